@@ -1,0 +1,327 @@
+"""A real Ray cluster on this machine, elastic through Ray's own autoscaler.
+
+Who owns what: `LocalCluster` writes and reads one folder per cluster name
+(`elasticml.home.cluster_dir`): `auth_token` (mode 0600, kept across up/down
+so clients stay configured), `autoscaling.yaml` (the rendered config),
+`state.json` (written last, atomically: a cluster is "up" exactly when it names
+a live supervisor whose start time matches) and `head.log`.
+
+`up` starts `elasticml.cluster.supervisor`, which runs `ray start --head
+--block` with the fake multi-node provider under autoscaler v2 (v1 ignores
+label selectors). Demand for a label brings up a node of a type carrying it;
+nodes idle for the config's `idle_timeout_minutes` are removed. `down` signals
+the supervisor by PID, and the supervisor stops its whole tree; `down` then
+kills, by PID and start time, anything of that tree still alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from elasticml import auth, home
+from elasticml.cluster.config import FAKE_HEAD_NODE_ID, ClusterSpec, render_local_autoscaling_config
+from elasticml.errors import ClusterAlreadyRunning, ClusterError, ClusterNotRunning
+
+STATE_FILE = "state.json"
+START_TIMEOUT_S = 120.0
+
+
+@dataclass(kw_only=True, frozen=True)
+class ClusterInfo:
+    """How to reach a running local cluster; persisted as state.json."""
+
+    name: str
+    pid: int
+    """The supervisor's PID: the root of every process the cluster started."""
+    create_time: float
+    """The supervisor's start time, so a recycled PID is never mistaken for it."""
+    gcs_address: str
+    dashboard_url: str
+    token_path: str
+    config_path: str
+    ray_temp_dir: str
+    log_path: str
+    started_at: float
+
+    def client_env(self) -> dict[str, str]:
+        """What `ray job submit` and other clients need: the address and the token."""
+        return {"RAY_ADDRESS": self.dashboard_url, **auth.client_env(Path(self.token_path))}
+
+    def connect(self, **init_kwargs: Any) -> None:
+        """Connect this process as a Ray driver, with the cluster's token."""
+        import ray
+
+        auth.use_token_in_this_process(Path(self.token_path))
+        init_kwargs.setdefault("logging_level", "ERROR")
+        init_kwargs.setdefault("log_to_driver", False)
+        ray.init(address=self.gcs_address, **init_kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalCluster:
+    """Start, find and stop one named local cluster."""
+
+    def __init__(self, name: str = "local") -> None:
+        self.name = name
+        self.dir = home.cluster_dir(name)
+
+    # -- state -----------------------------------------------------------------
+    def info(self) -> ClusterInfo | None:
+        """The running cluster's info, or None when it is not up (stale state is cleared)."""
+        path = self.dir / STATE_FILE
+        try:
+            info = ClusterInfo(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):
+            raise ClusterError(
+                f"{path} is not a cluster state file elasticml wrote; remove it and retry"
+            ) from None
+        if _process(info.pid, info.create_time) is None:
+            path.unlink(missing_ok=True)
+            return None
+        return info
+
+    def require_info(self) -> ClusterInfo:
+        info = self.info()
+        if info is None:
+            raise ClusterNotRunning(self.name)
+        return info
+
+    # -- up --------------------------------------------------------------------
+    def up(
+        self,
+        spec: ClusterSpec,
+        *,
+        port: int | None = None,
+        dashboard_port: int | None = None,
+        timeout_s: float = START_TIMEOUT_S,
+    ) -> ClusterInfo:
+        """Start the head under a supervisor and wait until jobs can be submitted."""
+        existing = self.info()
+        if existing is not None:
+            raise ClusterAlreadyRunning(self.name, existing.pid)
+        port = port or free_port()
+        dashboard_port = dashboard_port or free_port()
+        for p in (port, dashboard_port):
+            _check_port_free(p)
+
+        import ray._private.services as services
+
+        host_ip = services.get_node_ip_address()
+        gcs_address = f"{host_ip}:{port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        token_path = auth.ensure_token(self.dir / "auth_token")
+        config_path = self.dir / "autoscaling.yaml"
+        _atomic_write(config_path, yaml.safe_dump(render_local_autoscaling_config(spec, gcs_address=gcs_address)))
+        temp_dir = home.ray_temp_dir(self.name)
+        shutil.rmtree(temp_dir, ignore_errors=True)  # old sessions of this name: logs only
+        log_path = self.dir / "head.log"
+
+        ray_cli = str(Path(sys.executable).with_name("ray"))
+        cmd = [
+            sys.executable, "-m", "elasticml.cluster.supervisor", "--",
+            ray_cli, "start", "--head", "--block",
+            f"--port={port}",
+            f"--autoscaling-config={config_path}",
+            f"--temp-dir={temp_dir}",
+            "--num-cpus=0", "--num-gpus=0",  # the head coordinates; work goes to labelled workers
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            # Fixed defaults (10001, 52365) would collide between two clusters on one box.
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            "--disable-usage-stats",
+        ]
+        env = _head_env(token_path)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives the CLI; Ctrl-C in the shell does not reach it
+            )
+        info = ClusterInfo(
+            name=self.name,
+            pid=proc.pid,
+            create_time=psutil.Process(proc.pid).create_time(),
+            gcs_address=gcs_address,
+            dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+            token_path=str(token_path),
+            config_path=str(config_path),
+            ray_temp_dir=str(temp_dir),
+            log_path=str(log_path),
+            started_at=time.time(),
+        )
+        try:
+            self._wait_ready(proc, info, timeout_s)
+        except BaseException:
+            _stop(info, timeout_s=30)
+            raise
+        _atomic_write(self.dir / STATE_FILE, json.dumps(asdict(info), indent=2))
+        return info
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], info: ClusterInfo, timeout_s: float) -> None:
+        import httpx
+
+        headers = auth.auth_headers(Path(info.token_path))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ClusterError(
+                    f"the Ray head exited with status {proc.returncode} while starting; "
+                    f"last lines of {info.log_path}:\n{_tail(Path(info.log_path))}"
+                )
+            try:
+                # The job API answers only once the dashboard and GCS are both up.
+                r = httpx.get(f"{info.dashboard_url}/api/jobs/", headers=headers, timeout=2)
+                if r.status_code == 200 and self._head_alive(info, headers):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise ClusterError(
+            f"the Ray head did not become ready within {timeout_s:.0f}s; see {info.log_path}"
+        )
+
+    @staticmethod
+    def _head_alive(info: ClusterInfo, headers: dict[str, str]) -> bool:
+        import httpx
+
+        r = httpx.get(f"{info.dashboard_url}/api/v0/nodes", headers=headers, timeout=5)
+        if r.status_code != 200:
+            return False
+        rows = r.json()["data"]["result"]["result"]
+        return any(n.get("is_head_node") and n.get("state") == "ALIVE" for n in rows)
+
+    # -- down ------------------------------------------------------------------
+    def down(self, *, timeout_s: float = 60) -> list[int]:
+        """Stop every process this cluster started; returns their PIDs."""
+        info = self.require_info()
+        stopped = _stop(info, timeout_s=timeout_s)
+        (self.dir / STATE_FILE).unlink(missing_ok=True)
+        return stopped
+
+    def processes(self) -> list[psutil.Process]:
+        """The supervisor and all its descendants (empty when the cluster is down)."""
+        info = self.info()
+        if info is None:
+            return []
+        root = _process(info.pid, info.create_time)
+        if root is None:
+            return []
+        try:
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    # -- status ----------------------------------------------------------------
+    def nodes(self) -> list[dict[str, Any]]:
+        """Alive nodes as the dashboard's state API reports them, labels included."""
+        import httpx
+
+        info = self.require_info()
+        r = httpx.get(
+            f"{info.dashboard_url}/api/v0/nodes",
+            params={"limit": 1000, "detail": "true"},
+            headers=auth.auth_headers(Path(info.token_path)),
+            timeout=10,
+        )
+        r.raise_for_status()
+        rows = r.json()["data"]["result"]["result"]
+        return [n for n in rows if n.get("state") == "ALIVE"]
+
+
+def _head_env(token_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(auth.client_env(token_path))
+    env.pop(auth.TOKEN_VAR, None)
+    # Jobs run `python ...`: make it this interpreter even when the venv is not activated.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(
+        {
+            "RAY_FAKE_CLUSTER": "1",
+            "RAY_enable_autoscaler_v2": "1",
+            # The fake provider knows the head by this id; Ray must use the same.
+            "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
+            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID,
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+    )
+    return env
+
+
+def _stop(info: ClusterInfo, *, timeout_s: float) -> list[int]:
+    root = _process(info.pid, info.create_time)
+    if root is None:
+        return []
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = [root]
+    pids = [p.pid for p in tree]
+    try:
+        root.terminate()  # the supervisor stops its own tree
+    except psutil.NoSuchProcess:
+        pass
+    _, alive = psutil.wait_procs([root], timeout=timeout_s)
+    # Anything of the tree that outlived the supervisor (it was killed, or hung): by PID.
+    leftovers = [p for p in tree if p.is_running()]
+    for p in leftovers:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(leftovers, timeout=10)
+    return pids
+
+
+def _process(pid: int, create_time: float) -> psutil.Process | None:
+    """The process with this PID if it is the one started at create_time and not a zombie."""
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            raise ClusterError(f"port {port} is in use; pick another with --port/--dashboard-port") from None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,88 @@
+"""Every error elasticml raises on purpose, in one place.
+
+The hierarchy::
+
+    ElasticMLError                 base; `elasticml` CLI prints its message and exits 2
+    ├── ConfigError                a config file or spec is missing, malformed or invalid
+    │                              (fields: source, field)
+    ├── ClusterError               the local cluster cannot be started, found or stopped
+    │   ├── ClusterAlreadyRunning  `cluster up` on a name that is already up
+    │   └── ClusterNotRunning      a command needs a cluster that is not up
+    ├── AuthError                  the cluster's token is missing or unreadable
+    ├── DataError                  a corpus directory is missing or incomplete
+    └── CheckpointError            a checkpoint is missing, incomplete or of the wrong format
+
+Messages say what is wrong and how to fix it, on one line, so that the CLI can
+print them as they are.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ElasticMLError",
+    "ConfigError",
+    "ClusterError",
+    "ClusterAlreadyRunning",
+    "ClusterNotRunning",
+    "AuthError",
+    "DataError",
+    "CheckpointError",
+]
+
+
+class ElasticMLError(Exception):
+    """Base of every error raised on purpose by elasticml."""
+
+
+class ConfigError(ElasticMLError, ValueError):
+    """A config file, flag or spec is missing, malformed or invalid.
+
+    `source` names the file (or "flags"), `field` the offending key path when
+    there is one, so that tools can point at it.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+        self.source = source
+        self.field = field
+        where = ""
+        if source and field:
+            where = f"{source}: {field}: "
+        elif source:
+            where = f"{source}: "
+        elif field:
+            where = f"{field}: "
+        super().__init__(where + message)
+
+
+class ClusterError(ElasticMLError):
+    """The local cluster cannot be started, found or stopped."""
+
+
+class ClusterAlreadyRunning(ClusterError):
+    def __init__(self, name: str, pid: int):
+        self.name = name
+        self.pid = pid
+        super().__init__(
+            f"cluster {name!r} is already up (supervisor PID {pid}); "
+            f"run `elasticml cluster down --name {name}` first or pick another --name"
+        )
+
+
+class ClusterNotRunning(ClusterError):
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(
+            f"cluster {name!r} is not up; start it with `elasticml cluster up --name {name}`"
+        )
+
+
+class AuthError(ElasticMLError):
+    """The cluster's authentication token is missing or unreadable."""
+
+
+class DataError(ElasticMLError):
+    """A corpus directory is missing, empty or was not completely written."""
+
+
+class CheckpointError(ElasticMLError):
+    """A checkpoint is missing, incomplete or not in elasticml's format."""
