@@ -1,0 +1,181 @@
+"""The guided tour: `elasticml demo` (the README's first command).
+
+Stops, in order, each printed as it happens:
+  1. build a byte-level Parquet corpus from Python's own sources;
+  2. start the local elastic cluster from cluster_configs/local.yaml (token auth on);
+  3. submit jobs/train.py through Ray's Job Submission API: 2 Ray Train workers
+     on spot capacity, which the autoscaler brings up on demand; show its progress;
+  4. show the nodes that came up, by market;
+  5. deploy the completion Serve app from the run's checkpoint on on-demand capacity;
+  6. send HTTP requests and print the answers with their latency (and one bad request);
+  7. shut everything down, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from elasticml import labels as L
+from elasticml.cluster import LocalCluster, load_cluster_spec
+from elasticml.cluster.local import ClusterInfo, free_port
+from elasticml.data.corpus import build_corpus
+from elasticml.errors import ElasticMLError
+from elasticml.home import home
+from elasticml.repo import ROOT, default_cluster_config
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+PROMPTS = ["def main(", "import os\nimport ", "class Config:\n    def __init__(self"]
+
+
+class DemoFailed(ElasticMLError):
+    """A stop of the demo did not do what it should."""
+
+
+def run_demo(*, steps: int = 80, keep_workdir: bool = False, say: Callable[[str], None] = print,
+             cluster_name: str = "demo") -> dict[str, object]:
+    """Run the tour; returns what it measured (for tests and the closing note)."""
+    t_start = time.monotonic()
+    _quiet_ray_loggers()
+    workdir = home() / "demo"
+    shutil.rmtree(workdir, ignore_errors=True)
+    results: dict[str, object] = {}
+
+    say("== 1/7 data: a byte-level Parquet corpus from Python's standard library")
+    manifest = build_corpus(workdir / "corpus", num_shards=4, max_bytes=2_000_000)
+    say(f"   {manifest.num_documents} documents, {manifest.num_bytes / 1e6:.1f} MB in {len(manifest.shards)} shards")
+
+    say("== 2/7 cluster: the local elastic cluster from cluster_configs/local.yaml")
+    spec = load_cluster_spec(default_cluster_config())
+    cluster = LocalCluster(cluster_name)
+    if cluster.info() is not None:
+        cluster.down()
+    info = cluster.up(spec)
+    say(f"   head up (supervisor PID {info.pid}), dashboard {info.dashboard_url}, token auth on")
+    say("   worker node types: " + ", ".join(f"{t.name} ({t.market}, max {t.max_workers})" for t in spec.worker_types.values()))
+    try:
+        checkpoint = _train(info, cluster, workdir, steps, say, results)
+        _show_nodes(cluster, say)
+        _serve(info, checkpoint, say, results)
+    finally:
+        say("== 7/7 shutdown")
+        try:
+            import ray
+            from ray import serve
+
+            if ray.is_initialized():
+                serve.shutdown()
+                ray.shutdown()
+        finally:
+            pids = cluster.down()
+            say(f"   cluster down: {len(pids)} processes stopped")
+            if not keep_workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+    results["wall_s"] = round(time.monotonic() - t_start, 1)
+    say(f"demo finished in {results['wall_s']}s")
+    return results
+
+
+def _quiet_ray_loggers() -> None:
+    """Ray's INFO/WARNING chatter (packaging, Serve start-up) would drown the tour."""
+    import ray  # noqa: F401  (creates Ray's loggers, which set their own levels)
+    import ray.serve  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name == "ray" or name.startswith("ray."):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int,
+           say: Callable[[str], None], results: dict[str, object]) -> str:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from elasticml import auth
+
+    say("== 3/7 training: jobs/train.py through Ray's Job Submission API (2 workers on spot)")
+    auth.use_token_in_this_process(Path(info.token_path))
+    client = JobSubmissionClient(info.dashboard_url)
+    entrypoint = (
+        f"python jobs/train.py --data {workdir / 'corpus'} --storage-path {workdir / 'runs'} "
+        f"--run-name demo --steps {steps} --workers 2 --market spot --report-every 5"
+    )
+    # working_dir honours .gitignore, so the virtualenv is not uploaded.
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(ROOT)})
+    say(f"   submitted {job_id}: {entrypoint}")
+    t0 = time.monotonic()
+    shown_lines, seen_nodes, said_lines = 0, set(), set()
+    status = client.get_job_status(job_id)
+    while True:
+        status = client.get_job_status(job_id)
+        for node in cluster.nodes():
+            market = L.market_of(node.get("labels", {}))
+            if market and node["node_id"] not in seen_nodes:
+                seen_nodes.add(node["node_id"])
+                say(f"   [autoscaler] +{market} node {node['node_id'][-5:]} at {time.monotonic() - t0:.0f}s")
+        lines = client.get_job_logs(job_id).splitlines()
+        for line in lines[shown_lines:]:
+            line = ANSI.sub("", line)
+            text = line.split(")", 1)[-1].strip() if line.startswith("(") else line.strip()
+            # Ray can echo a worker's line more than once; each is shown once.
+            if text.startswith(("step ", "resumed")) and text not in said_lines:
+                said_lines.add(text)
+                say(f"   {text}")
+        shown_lines = len(lines)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
+        time.sleep(1)
+    results["train_s"] = round(time.monotonic() - t0, 1)
+    logs = client.get_job_logs(job_id)
+    summary = next((json.loads(l) for l in reversed(logs.splitlines()) if l.startswith('{"event": "train_done"')), None)
+    if status != JobStatus.SUCCEEDED or not summary or not summary.get("checkpoint"):
+        raise DemoFailed(f"training job {job_id} ended {status}; its log ends:\n" + "\n".join(logs.splitlines()[-30:]))
+    results["final_loss"] = summary["metrics"]["loss"]
+    say(f"   job {status} in {results['train_s']}s; loss {summary['metrics']['loss']:.3f}; checkpoint {summary['checkpoint']}")
+    return str(summary["checkpoint"])
+
+
+def _show_nodes(cluster: LocalCluster, say: Callable[[str], None]) -> None:
+    say("== 4/7 cluster status: nodes by market")
+    for node in cluster.nodes():
+        node_labels = node.get("labels", {})
+        kind = "head" if node.get("is_head_node") else node_labels.get(L.NODE_TYPE, "?")
+        say(f"   {node['node_id'][-5:]}  {kind:<16} {L.market_of(node_labels) or '-'}")
+
+
+def _serve(info: ClusterInfo, checkpoint: str, say: Callable[[str], None], results: dict[str, object]) -> None:
+    import httpx
+    from ray import serve
+
+    from elasticml.serve.completion import build_app
+
+    say("== 5/7 serving: the completion app from the checkpoint, one replica on on-demand capacity")
+    info.connect()
+    port = free_port()
+    t0 = time.monotonic()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"checkpoint": checkpoint, "market": "on-demand"}), name="completion", route_prefix="/")
+    results["serve_ready_s"] = round(time.monotonic() - t0, 1)
+    say(f"   ready at http://127.0.0.1:{port}/v1/completions in {results['serve_ready_s']}s")
+
+    say("== 6/7 requests over HTTP")
+    latencies = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        for i, prompt in enumerate(PROMPTS):
+            t = time.perf_counter()
+            # Greedy first; then sampled (seeded, so the tour is repeatable).
+            body = {"prompt": prompt, "max_tokens": 40, "temperature": 0.0 if i == 0 else 0.7, "seed": i}
+            r = http.post("/v1/completions", json=body)
+            ms = (time.perf_counter() - t) * 1e3
+            if r.status_code != 200:
+                raise DemoFailed(f"completion request failed with {r.status_code}: {r.text}")
+            latencies.append(ms)
+            say(f"   {prompt!r} -> {r.json()['completion']!r}  ({ms:.0f} ms)")
+        bad = http.post("/v1/completions", json={"prompt": "", "max_tokens": 5000})
+        say(f"   a bad request gets {bad.status_code}: {bad.json()['detail'][0]['msg']}")
+        results["bad_request_status"] = bad.status_code
+    results["latency_ms"] = [round(x, 1) for x in latencies]

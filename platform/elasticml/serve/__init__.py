@@ -1,0 +1,1 @@
+"""Serving: text generation and the Serve deployment behind serve_apps/."""

@@ -1,0 +1,108 @@
+"""The training run's configuration: one keyword-only dataclass, checked on construction.
+
+Filled from flags (`jobs/train.py`) or a YAML file; a bad value raises
+ConfigError naming the field and what would be accepted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from elasticml import labels as L
+from elasticml.errors import ConfigError
+from elasticml.models.transformer import SIZES
+
+MarketChoice = Literal["any", "spot", "on-demand", "reserved"]
+
+
+@dataclass(kw_only=True, frozen=True)
+class TrainConfig:
+    data: str
+    """Corpus folder written by `elasticml data build`."""
+    storage_path: str
+    """Where Ray Train keeps the run's checkpoints (absolute path)."""
+    run_name: str = "train"
+    model_size: str = "tiny"
+    """One of elasticml.models.SIZES."""
+    steps: int = 20
+    global_batch: int = 8
+    """Sequences per optimizer step, across all workers."""
+    seq_len: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 5
+    weight_decay: float = 0.1
+    seed: int = 0
+    num_workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    market: MarketChoice = "any"
+    """Capacity the workers must run on; 'any' lets Ray choose."""
+    report_every: int = 5
+    """Steps between metric reports (each report waits for Ray Train's controller)."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints; 0 = only at the end."""
+    keep_checkpoints: int = 2
+    max_failures: int = 3
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "global_batch", "seq_len", "num_workers", "report_every", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        for name in ("warmup_steps", "checkpoint_every", "max_failures"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
+        if not self.lr > 0:
+            raise ConfigError(f"must be > 0, got {self.lr}", field="lr")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"must be > 0, got {self.cpus_per_worker}", field="cpus_per_worker")
+        if self.model_size not in SIZES:
+            raise ConfigError(f"unknown size {self.model_size!r}; choose one of {', '.join(SIZES)}", field="model_size")
+        if self.seq_len > SIZES[self.model_size].max_seq_len:
+            raise ConfigError(
+                f"{self.seq_len} exceeds the {self.model_size} model's max_seq_len {SIZES[self.model_size].max_seq_len}",
+                field="seq_len",
+            )
+        if self.global_batch % self.num_workers:
+            raise ConfigError(
+                f"global_batch={self.global_batch} must be divisible by num_workers={self.num_workers}",
+                field="global_batch",
+            )
+        if self.market not in get_args(MarketChoice):
+            raise ConfigError(f"must be one of {', '.join(get_args(MarketChoice))}, got {self.market!r}", field="market")
+        if not Path(self.storage_path).is_absolute() and "://" not in self.storage_path:
+            raise ConfigError(f"must be an absolute path or a URI, got {self.storage_path!r}", field="storage_path")
+
+    def label_selector(self) -> dict[str, str] | None:
+        return None if self.market == "any" else L.selector_for(self.market)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", source=source)
+        try:
+            return cls(**raw)
+        except TypeError as exc:  # a required field missing
+            raise ConfigError(str(exc).replace("__init__() ", ""), source=source) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError("no such file", source=str(path)) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
+        if not isinstance(raw, dict):
+            raise ConfigError("expected a mapping of field: value", source=str(path))
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(raw, source=str(path))

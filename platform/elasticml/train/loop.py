@@ -1,0 +1,146 @@
+"""The per-worker training loop that Ray Train runs on every worker.
+
+Sequence on each worker: build the model from the same seed, shard it with
+FSDP2 (`fully_shard` on each block, then the root), restore the latest
+checkpoint Ray Train hands back (model, optimizer and step: the step *is* the
+data position, see `elasticml.data.loader`), then train. Every
+`report_every` steps all workers call `ray.train.report` (a barrier); on a
+checkpoint step the full state dict is gathered to rank 0, which writes it and
+attaches it to its report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from elasticml.data.loader import TokenBlocks
+from elasticml.models.transformer import SIZES, build_model
+from elasticml.train.checkpoint import read_meta, write_checkpoint
+from elasticml.train.config import TrainConfig
+
+log = logging.getLogger("elasticml.train")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    cfg = TrainConfig(**config)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False  # Ray configures the root logger too; print each line once
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model_size).to(device)
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cfg.use_gpu else MixedPrecisionPolicy()
+    for block in model.blocks:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+
+    start_step = 0
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as folder:
+            meta = read_meta(folder)
+            full = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(model, torch.load(Path(folder) / "model.pt", weights_only=True), options=full)
+            set_optimizer_state_dict(
+                model, opt, optim_state_dict=torch.load(Path(folder) / "optim.pt", weights_only=False), options=full
+            )
+            start_step = int(meta["step"])
+        if rank == 0:
+            log.info("resumed from step %d (%s)", start_step, restored.path)
+
+    data = TokenBlocks(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed)
+    flops_per_token = SIZES[cfg.model_size].flops_per_token(cfg.seq_len)
+    window_tokens, window_start = 0, time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    loss_count = 0
+    for step in range(start_step, cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        inputs, targets = data.batch(step, global_batch=cfg.global_batch, rank=rank, world_size=world)
+        inputs, targets = inputs.to(device), targets.to(device)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+        loss_count += 1
+        window_tokens += inputs.numel()
+
+        done = step + 1
+        is_last = done == cfg.steps
+        want_ckpt = is_last or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+        if not (want_ckpt or done % cfg.report_every == 0):
+            continue
+        stats = torch.stack([loss_sum, torch.tensor(float(window_tokens), device=device)])
+        dist.all_reduce(stats)
+        elapsed = time.perf_counter() - window_start
+        tokens_per_s = stats[1].item() / elapsed
+        metrics = {
+            "step": done,
+            "loss": stats[0].item() / (loss_count * world),
+            "tokens_per_s": tokens_per_s,
+            "flops_per_s": tokens_per_s * flops_per_token,
+            "lr": lr_at(step, cfg),
+            "world_size": world,
+        }
+        if rank == 0:
+            log.info("step %d/%d loss %.4f tokens/s %.0f workers %d", done, cfg.steps, metrics["loss"], tokens_per_s, world)
+        if want_ckpt:
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_state = get_model_state_dict(model, options=opts)
+            optim_state = get_optimizer_state_dict(model, opt, options=opts)
+            if rank == 0:
+                with tempfile.TemporaryDirectory() as tmp:
+                    write_checkpoint(
+                        Path(tmp),
+                        model_state=model_state,
+                        optim_state=optim_state,
+                        model_config=SIZES[cfg.model_size],
+                        step=done,
+                        extra={"model_size": cfg.model_size, "loss": metrics["loss"], "seq_len": cfg.seq_len},
+                    )
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics)
+        else:
+            ray.train.report(metrics)
+        loss_sum.zero_()
+        loss_count, window_tokens, window_start = 0, 0, time.perf_counter()

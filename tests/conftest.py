@@ -1,0 +1,59 @@
+"""Shared fixtures: an isolated ELASTICML_HOME, and one real local cluster per test module."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def elasticml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test runs against its own state folder, never the user's ~/.elasticml."""
+    home = tmp_path_factory.mktemp("elasticml-home")
+    old = os.environ.get("ELASTICML_HOME")
+    os.environ["ELASTICML_HOME"] = str(home)
+    # Report polls are what small runs wait on; see DEVELOPERS.md.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    yield home
+    if old is None:
+        os.environ.pop("ELASTICML_HOME", None)
+    else:
+        os.environ["ELASTICML_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from elasticml.data.corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("corpus") / "corpus"
+    build_corpus(out, num_shards=4, max_bytes=600_000)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_cluster(request: pytest.FixtureRequest) -> Iterator["object"]:
+    """A real local elastic cluster from cluster_configs/local.yaml, stopped after the module."""
+    from elasticml.cluster import LocalCluster, load_cluster_spec
+
+    name = request.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+    cluster = LocalCluster(name)
+    info = cluster.up(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"))
+    tree = [p for p in cluster.processes()]
+    try:
+        yield cluster
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        if cluster.info() is not None:
+            tree += cluster.processes()
+            cluster.down()
+        leftover = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not leftover, f"cluster {info.name} left processes behind: {leftover}"

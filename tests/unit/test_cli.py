@@ -1,0 +1,60 @@
+"""Bad input to the CLI: one line naming the problem, exit status 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ELASTICML = str(Path(sys.executable).with_name("elasticml"))
+
+
+def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ELASTICML, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("elasticml: error: "), lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_missing_cluster_yaml(tmp_path):
+    assert_one_line_error(run("cluster", "up", "--config", str(tmp_path / "nope.yaml")), "nope.yaml", "no such file")
+
+
+def test_malformed_cluster_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster_name: [unclosed\n")
+    assert_one_line_error(run("cluster", "up", "--config", str(bad)), "bad.yaml", "not valid YAML", "line 2")
+
+
+def test_unknown_node_type(tmp_path):
+    raw = yaml.safe_load((REPO / "cluster_configs" / "local.yaml").read_text())
+    raw["head_node_type"] = "head_that_does_not_exist"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert_one_line_error(run("cluster", "up", "--config", str(path)), "head_node_type", "head_that_does_not_exist")
+
+
+def test_worker_type_without_market_label(tmp_path):
+    raw = yaml.safe_load((REPO / "cluster_configs" / "local.yaml").read_text())
+    del raw["available_node_types"]["cpu_reserved"]["labels"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert_one_line_error(run("cluster", "up", "--config", str(path)), "cpu_reserved", "ray.io/market-type")
+
+
+@pytest.mark.parametrize("sub", ["status", "down", "env"])
+def test_commands_on_a_cluster_that_is_not_up(sub):
+    assert_one_line_error(run("cluster", sub, "--name", "never-started"), "'never-started' is not up")
+
+
+def test_click_usage_errors_also_exit_2():
+    proc = run("cluster", "frobnicate")
+    assert proc.returncode == 2 and "No such command" in proc.stderr

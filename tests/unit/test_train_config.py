@@ -1,0 +1,68 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from elasticml import labels as L
+from elasticml.errors import ConfigError
+from elasticml.train.config import TrainConfig
+from elasticml.train.loop import lr_at
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cfg(**kw):
+    base = {"data": "/d", "storage_path": "/s"}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"steps": 0}, "steps"),
+        ({"global_batch": 7, "num_workers": 2}, "global_batch"),
+        ({"model_size": "huge"}, "model_size"),
+        ({"seq_len": 4096}, "seq_len"),
+        ({"market": "cheap"}, "market"),
+        ({"storage_path": "relative/dir"}, "storage_path"),
+        ({"lr": 0}, "lr"),
+    ],
+)
+def test_bad_values_name_the_field(kw, field):
+    with pytest.raises(ConfigError) as err:
+        cfg(**kw)
+    assert err.value.field == field and str(err.value).startswith(field)
+
+
+def test_market_becomes_a_label_selector():
+    assert cfg().label_selector() is None
+    assert cfg(market="spot").label_selector() == {L.MARKET_TYPE: "spot"}
+    assert cfg(market="reserved").label_selector() == {L.CAPACITY: "reserved"}
+
+
+def test_yaml_and_unknown_fields(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("data: /d\nstorage_path: /s\nsteps: 3\n")
+    assert TrainConfig.from_yaml(path, steps=5).steps == 5
+    path.write_text("data: /d\nstorage_path: /s\nstepz: 3\n")
+    with pytest.raises(ConfigError, match="unknown field.*stepz"):
+        TrainConfig.from_yaml(path)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    c = cfg(steps=100, warmup_steps=10, lr=1.0)
+    assert lr_at(0, c) == pytest.approx(0.1)
+    assert lr_at(9, c) == pytest.approx(1.0)
+    assert lr_at(99, c) < lr_at(50, c) < lr_at(10, c)
+    assert lr_at(99, c) >= 0.1
+
+
+def test_train_script_rejects_bad_flags_before_starting_ray():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "train.py"), "--data", "/d", "--steps", "-1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "steps: must be >= 1" in proc.stderr
