@@ -56,13 +56,24 @@ class ClusterInfo:
     started_at: float
 
     def client_env(self) -> dict[str, str]:
-        """What `ray job submit` and other clients need: the address and the token."""
-        return {"RAY_ADDRESS": self.dashboard_url, **auth.client_env(Path(self.token_path))}
+        """What `ray job submit`, `serve deploy` and other clients need: the address and the token.
+
+        `ray job submit` reads RAY_ADDRESS, `serve deploy|status` RAY_DASHBOARD_ADDRESS.
+        """
+        return {
+            "RAY_ADDRESS": self.dashboard_url,
+            "RAY_DASHBOARD_ADDRESS": self.dashboard_url,
+            **auth.client_env(Path(self.token_path)),
+        }
 
     def connect(self, **init_kwargs: Any) -> None:
-        """Connect this process as a Ray driver, with the cluster's token."""
+        """Connect this process as a Ray driver, with the cluster's token (idempotent)."""
         import ray
 
+        if ray.is_initialized():
+            if ray.get_runtime_context().gcs_address == self.gcs_address:
+                return
+            ray.shutdown()
         auth.use_token_in_this_process(Path(self.token_path))
         init_kwargs.setdefault("logging_level", "ERROR")
         init_kwargs.setdefault("log_to_driver", False)

@@ -54,7 +54,16 @@ class Completer:
 
     @api.get("/healthz")
     def healthz(self) -> dict:
-        return {"status": "ok", "checkpoint": self.checkpoint, "step": self.meta["step"]}
+        import ray
+
+        node_labels = ray.get_runtime_context().get_node_labels()
+        return {
+            "status": "ok",
+            "checkpoint": self.checkpoint,
+            "step": self.meta["step"],
+            "market": L.market_of(node_labels),
+            "node_type": node_labels.get(L.NODE_TYPE),
+        }
 
     @api.post("/v1/completions", response_model=CompletionResponse)
     def complete(self, request: CompletionRequest) -> CompletionResponse:
@@ -80,8 +89,30 @@ class Completer:
         )
 
 
+def resolve_checkpoint(spec: str) -> str:
+    """A checkpoint folder, or `latest:RUN_DIR` for the newest complete checkpoint of a run."""
+    from pathlib import Path
+
+    from elasticml.errors import CheckpointError
+    from elasticml.train.checkpoint import latest_checkpoint, read_meta
+
+    if spec.startswith("latest:"):
+        run_dir = Path(spec.removeprefix("latest:")).expanduser()
+        found = latest_checkpoint(run_dir)
+        if found is None:
+            raise CheckpointError(
+                f"no complete checkpoint under {run_dir}; train one first (jobs/train.py) or pass a checkpoint folder"
+            )
+        return str(found)
+    read_meta(Path(spec).expanduser())  # refuse an incomplete checkpoint before any replica starts
+    return str(Path(spec).expanduser())
+
+
 def build_app(args: dict[str, Any]) -> Application:
-    """Builder for `serve run` / `serve deploy`: args {checkpoint, market?, num_cpus?}."""
+    """Builder for `serve run` / `serve deploy`: args {checkpoint, market?, num_cpus?}.
+
+    checkpoint is a folder written by jobs/train.py, or `latest:RUN_DIR`.
+    """
     if "checkpoint" not in args:
         raise ValueError("the completion app needs args.checkpoint: a checkpoint folder written by jobs/train.py")
     options: dict[str, Any] = {"num_cpus": float(args.get("num_cpus", 1))}
@@ -89,4 +120,4 @@ def build_app(args: dict[str, Any]) -> Application:
     if market != "any":
         options["label_selector"] = L.selector_for(market)
     threads = max(1, int(options["num_cpus"]))
-    return Completer.options(ray_actor_options=options).bind(str(args["checkpoint"]), threads)
+    return Completer.options(ray_actor_options=options).bind(resolve_checkpoint(str(args["checkpoint"])), threads)

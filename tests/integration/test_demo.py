@@ -1,0 +1,25 @@
+"""The README's first command, end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from elasticml.cluster import LocalCluster
+from elasticml.demo import run_demo
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_demo_trains_serves_answers_and_cleans_up():
+    lines: list[str] = []
+    results = run_demo(steps=20, say=lines.append, cluster_name="demo-test")
+    text = "\n".join(lines)
+    for stop in range(1, 8):
+        assert f"== {stop}/7" in text
+    assert "+spot node" in text  # the autoscaler brought spot capacity for training
+    assert "step 20/20" in text
+    assert len(results["latency_ms"]) == 3
+    assert results["bad_request_status"] == 422
+    assert results["final_loss"] < 5.0
+    assert results["wall_s"] < 300
+    assert LocalCluster("demo-test").info() is None

@@ -1,0 +1,102 @@
+"""`ray job submit` of jobs/train.py against a real head with token auth on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from elasticml.train.checkpoint import load_model, read_meta
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def submit(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RAY, "job", "submit", "--working-dir", str(REPO), "--", "python", "jobs/train.py", *args],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+    )
+
+
+def test_train_job_runs_two_workers_and_saves_a_checkpoint(local_cluster, corpus, tmp_path):
+    env = local_cluster.require_info().client_env()
+    proc = submit(
+        env, "--data", str(corpus), "--storage-path", str(tmp_path / "runs"), "--run-name", "t",
+        "--steps", "6", "--workers", "2", "--global-batch", "4", "--report-every", "3", "--market", "spot",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "succeeded" in proc.stdout + proc.stderr
+    summary = next(json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{"event": "train_done"'))
+    assert summary["error"] is None
+    assert summary["metrics"]["step"] == 6 and summary["metrics"]["world_size"] == 2
+    checkpoint = Path(summary["checkpoint"])
+    assert checkpoint.is_relative_to(tmp_path / "runs" / "t")
+    meta = read_meta(checkpoint)
+    assert meta["step"] == 6 and meta["model_size"] == "tiny"
+    model, _ = load_model(checkpoint)
+    assert model.config.n_layers == 2
+    # The loss went down from the uniform-guess starting point (ln 256 = 5.55).
+    assert summary["metrics"]["loss"] < 5.5
+
+
+def test_submission_without_the_right_token_is_refused(local_cluster, tmp_path):
+    info = local_cluster.require_info()
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text("f" * 64)
+    env = {**info.client_env(), "RAY_AUTH_TOKEN_PATH": str(wrong)}
+    proc = submit(env, "--data", "/nonexistent", timeout=120)
+    assert proc.returncode != 0
+    out = (proc.stdout + proc.stderr).lower()
+    assert "unauthorized" in out or "authentication" in out or "401" in out or "403" in out, out[-2000:]
+
+
+def test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint(local_cluster, corpus, tmp_path):
+    """`ray job submit` then `serve deploy serve_apps/completion.yaml`, as the README says."""
+    import time
+
+    import httpx
+    import yaml
+
+    from elasticml.cluster.local import free_port
+    from elasticml.serve.generate import generate
+    from elasticml.train.checkpoint import latest_checkpoint
+
+    env = local_cluster.require_info().client_env()
+    runs = tmp_path / "runs"
+    proc = submit(env, "--data", str(corpus), "--storage-path", str(runs), "--run-name", "train",
+                  "--steps", "3", "--workers", "1", "--global-batch", "2", "--report-every", "3")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+    config = yaml.safe_load((REPO / "serve_apps" / "completion.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"]["checkpoint"] = f"latest:{runs / 'train'}"
+    path = tmp_path / "completion.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve_cli = str(Path(sys.executable).with_name("serve"))
+    deploy = subprocess.run([serve_cli, "deploy", str(path)], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=120)
+    assert deploy.returncode == 0, deploy.stderr[-2000:]
+
+    model, _ = load_model(latest_checkpoint(runs / "train"))
+    expected = generate(model, b"import ", max_tokens=12).decode("utf-8", errors="replace")
+    deadline = time.monotonic() + 180
+    body = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "import ", "max_tokens": 12}, timeout=10)
+            if r.status_code == 200:
+                body = r.json()
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    assert body is not None, "the deployed app never answered"
+    assert body["completion"] == expected and body["model_step"] == 3
+    subprocess.run([serve_cli, "shutdown", "-y"], env={**os.environ, **env}, capture_output=True, timeout=120)

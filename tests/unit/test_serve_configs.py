@@ -1,0 +1,30 @@
+"""Every Serve config in serve_apps/ is valid against Serve's own deploy schema."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from elasticml.errors import CheckpointError
+from elasticml.serve.completion import resolve_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_serve_yamls_validate_against_serve_schema():
+    paths = sorted((REPO / "serve_apps").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+        for app in schema.applications:
+            module, _, attr = app.import_path.partition(":")
+            imported = __import__(module, fromlist=[attr])
+            assert callable(getattr(imported, attr))
+
+
+def test_checkpoint_spec_that_finds_nothing_is_refused_clearly(tmp_path):
+    with pytest.raises(CheckpointError, match="no complete checkpoint under"):
+        resolve_checkpoint(f"latest:{tmp_path}")
+    with pytest.raises(CheckpointError, match="not a complete elasticml checkpoint"):
+        resolve_checkpoint(str(tmp_path))
