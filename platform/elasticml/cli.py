@@ -137,7 +137,7 @@ def data_build(out: Path, shards: int, max_mb: float) -> None:
 
 # -- demo ----------------------------------------------------------------------
 @main.command("demo")
-@click.option("--steps", type=int, default=80, show_default=True, help="Training steps.")
+@click.option("--steps", type=int, default=240, show_default=True, help="Training steps.")
 @click.option("--keep-workdir", is_flag=True, help="Keep the demo's data and checkpoints.")
 def demo_cmd(steps: int, keep_workdir: bool) -> None:
     """The guided tour: data, a training job, a Serve endpoint, on an embedded local cluster."""

@@ -37,7 +37,7 @@ class DemoFailed(ElasticMLError):
     """A stop of the demo did not do what it should."""
 
 
-def run_demo(*, steps: int = 80, keep_workdir: bool = False, say: Callable[[str], None] = print,
+def run_demo(*, steps: int = 240, keep_workdir: bool = False, say: Callable[[str], None] = print,
              cluster_name: str = "demo") -> dict[str, object]:
     """Run the tour; returns what it measured (for tests and the closing note)."""
     t_start = time.monotonic()
@@ -66,10 +66,10 @@ def run_demo(*, steps: int = 80, keep_workdir: bool = False, say: Callable[[str]
         say("== 7/7 shutdown")
         try:
             import ray
-            from ray import serve
 
+            # No serve.shutdown(): the whole cluster goes next, and Serve's
+            # graceful shutdown only adds noise about actors being killed.
             if ray.is_initialized():
-                serve.shutdown()
                 ray.shutdown()
         finally:
             pids = cluster.down()
@@ -102,7 +102,8 @@ def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int,
     client = JobSubmissionClient(info.dashboard_url)
     entrypoint = (
         f"python jobs/train.py --data {workdir / 'corpus'} --storage-path {workdir / 'runs'} "
-        f"--run-name demo --steps {steps} --workers 2 --market spot --report-every 5"
+        f"--run-name demo --steps {steps} --workers 2 --global-batch 16 --market spot "
+        f"--report-every {max(1, steps // 8)}"
     )
     # working_dir honours .gitignore, so the virtualenv is not uploaded.
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(ROOT)})
