@@ -1,0 +1,401 @@
+"""Deadline-aware spot vs on-demand policies for one job, and the engine that runs them on a trace.
+
+The problem (NSDI'24 *Can't Be Late*): a job needs `job_hours` of compute
+before `deadline_hours`. Every tick of `gap` hours it may run on spot (price
+1 per hour, only while the trace says spot capacity is available; taken away
+at once when it is not), on on-demand (price `price_ratio`, always available)
+or idle (free). Every launch of an instance — the first, after a preemption,
+or a switch between spot and on-demand — spends `restart_hours` before
+progress resumes, and that time is billed.
+
+Policies see only the past and the present (`TickView`), except
+`omniscient`, which is given the whole trace and solves for the cheapest plan
+that meets the deadline by dynamic programming (see `omniscient_plan`); it is
+the yardstick the others are measured against.
+
+Glossary
+    slack    time to the deadline minus the time the remaining work needs on
+             on-demand, including one restart: how long one can still wait.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from elasticml.errors import ConfigError
+
+Instance = Literal["none", "spot", "on-demand"]
+NONE: Instance = "none"
+SPOT: Instance = "spot"
+OD: Instance = "on-demand"
+_EPS = 1e-9
+
+
+@dataclass(kw_only=True, frozen=True)
+class JobParams:
+    job_hours: float
+    deadline_hours: float
+    restart_hours: float
+    price_ratio: float
+    """On-demand price per hour in units of the spot price."""
+
+    def __post_init__(self) -> None:
+        if self.job_hours <= 0:
+            raise ConfigError(f"must be > 0, got {self.job_hours}", field="job_hours")
+        if self.deadline_hours < self.job_hours + self.restart_hours:
+            raise ConfigError(
+                f"deadline {self.deadline_hours}h leaves no room for {self.job_hours}h of work plus one "
+                f"{self.restart_hours}h restart", field="deadline_hours",
+            )
+        if self.restart_hours < 0:
+            raise ConfigError(f"must be >= 0, got {self.restart_hours}", field="restart_hours")
+        if self.price_ratio < 1:
+            raise ConfigError(f"on-demand cheaper than spot ({self.price_ratio}) makes spot pointless", field="price_ratio")
+
+
+@dataclass(kw_only=True, frozen=True)
+class TickView:
+    """What a policy may see when it decides tick `tick`: the past and the present."""
+
+    tick: int
+    hour: float
+    gap_hours: float
+    progress: float
+    instance: Instance
+    """What ran last tick; "none" after a preemption."""
+    preempted: bool
+    spot_available: bool
+    history: Sequence[bool]
+    """Spot availability of ticks 0..tick-1."""
+    params: JobParams
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.params.job_hours - self.progress)
+
+    @property
+    def slack(self) -> float:
+        """Hours one could still idle and then finish on on-demand, one restart included."""
+        return self.params.deadline_hours - self.hour - self.remaining - self.params.restart_hours
+
+    def must_run_on_demand(self) -> bool:
+        """Waiting one more tick, or a restart, would make the deadline unreachable."""
+        restart = 0.0 if self.instance == OD else self.params.restart_hours
+        return self.params.deadline_hours - self.hour - self.remaining - restart < self.gap_hours + _EPS
+
+
+class Policy(Protocol):
+    name: str
+
+    def decide(self, view: TickView) -> Instance: ...
+
+
+# -- the baselines --------------------------------------------------------------
+class OnDemandPolicy:
+    """On-demand from start to finish: never late, the most expensive."""
+
+    name = "on-demand"
+
+    def decide(self, view: TickView) -> Instance:
+        return OD
+
+
+class GreedyPolicy:
+    """Spot whenever there is spot; otherwise idle, until the deadline forces on-demand.
+
+    Sequence: run on spot while available; idle through outages; once the slack
+    is gone, switch to on-demand and stay there, since any further restart
+    would miss the deadline.
+    """
+
+    name = "greedy"
+
+    def decide(self, view: TickView) -> Instance:
+        if view.instance == OD and view.slack < view.params.restart_hours + view.gap_hours:
+            return OD
+        if view.must_run_on_demand():
+            return OD
+        return SPOT if view.spot_available else NONE
+
+
+class UniformProgressPolicy:
+    """Can't Be Late's uniform progress: keep progress on the line job_hours * t / deadline.
+
+    Sequence: spot whenever available; when not, run on-demand only while
+    progress is behind the uniform line, else idle; on-demand without a
+    choice when the deadline requires it.
+    """
+
+    name = "uniform-progress"
+
+    def decide(self, view: TickView) -> Instance:
+        if view.must_run_on_demand() or (view.instance == OD and view.slack < view.params.restart_hours + view.gap_hours):
+            return OD
+        if view.spot_available:
+            return SPOT
+        expected = view.params.job_hours * (view.hour + view.gap_hours) / view.params.deadline_hours
+        return OD if view.progress < expected else NONE
+
+
+@dataclass
+class SlackReservePolicy:
+    """Ours: wait for spot while the slack allows, but keep a reserve to come back to spot later.
+
+    Greedy spends all its slack waiting and then runs the rest on on-demand;
+    uniform progress pays for on-demand early even when spot would have come
+    back. This policy keeps a *reserve* of slack, sized from what it has
+    observed (mean outage length), and the rest is spent on waiting.
+
+    Sequence of moves:
+      1. spot available: run on spot; leave on-demand for it only when the
+         slack can pay a restart and still cover one preemption (2 restarts)
+         and the remaining work is long enough to earn the restart back;
+      2. spot unavailable, slack above the reserve: idle (wait for spot);
+      3. slack at or below the reserve: on-demand, and stay there while spot is away;
+      4. at the last moment (the deadline requires it): on-demand, and stay.
+    """
+
+    name: str = "slack-reserve"
+    reserve_restarts: float = 3.0
+    """The reserve, in restarts: what going back to spot later may cost."""
+    reserve_outage_fraction: float = 0.5
+    """Plus this share of the mean outage seen so far, so long outages keep more reserve."""
+    _outages: list[int] = field(default_factory=list, repr=False)
+
+    def reserve(self, view: TickView) -> float:
+        mean_outage_ticks = _mean_run_length(view.history, value=False)
+        return (
+            self.reserve_restarts * view.params.restart_hours
+            + self.reserve_outage_fraction * mean_outage_ticks * view.gap_hours
+        )
+
+    def decide(self, view: TickView) -> Instance:
+        d = view.params.restart_hours
+        if view.must_run_on_demand():
+            return OD
+        if view.spot_available:
+            if view.instance == OD:
+                worth_it = view.remaining * (view.params.price_ratio - 1) > d * view.params.price_ratio
+                if view.slack < 2 * d + view.gap_hours or not worth_it:
+                    return OD
+            return SPOT
+        if view.instance == OD:
+            return OD  # spot is still away: a restart now would only burn slack
+        return OD if view.slack <= self.reserve(view) else NONE
+
+
+def _mean_run_length(history: Sequence[bool], *, value: bool) -> float:
+    runs, current = [], 0
+    for h in history:
+        if h == value:
+            current += 1
+        elif current:
+            runs.append(current)
+            current = 0
+    if current:
+        runs.append(current)
+    return sum(runs) / len(runs) if runs else 0.0
+
+
+# -- the engine -----------------------------------------------------------------
+@dataclass(kw_only=True)
+class SimResult:
+    policy: str
+    cost: float
+    on_demand_cost: float
+    finished_by_deadline: bool
+    finish_hour: float | None
+    spot_hours: float
+    on_demand_hours: float
+    restarts: int
+    preemptions: int
+    progress_hours: float
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def on_demand_cost(params: JobParams) -> float:
+    return (params.job_hours + params.restart_hours) * params.price_ratio
+
+
+def simulate(policy: Policy, availability: Sequence[bool], gap_hours: float, params: JobParams) -> SimResult:
+    """Run a policy tick by tick; ticks past the end of the trace count as spot unavailable."""
+    progress = cost = spot_h = od_h = 0.0
+    instance: Instance = NONE
+    overhead_left = 0.0
+    restarts = preemptions = 0
+    launched = False
+    finish: float | None = None
+    n_ticks = math.ceil(params.deadline_hours / gap_hours - _EPS)
+    # Keep going past the deadline (on-demand) so a late job reports when it would finish.
+    tick = 0
+    while finish is None and tick < n_ticks + math.ceil((params.job_hours + params.restart_hours) / gap_hours) + 1:
+        hour = tick * gap_hours
+        avail = bool(availability[tick]) if tick < len(availability) else False
+        preempted = instance == SPOT and not avail
+        if preempted:
+            preemptions += 1
+            instance = NONE
+        view = TickView(
+            tick=tick, hour=hour, gap_hours=gap_hours, progress=progress, instance=instance,
+            preempted=preempted, spot_available=avail, history=availability[:tick], params=params,
+        )
+        choice = policy.decide(view) if tick < n_ticks else OD
+        if choice == SPOT and not avail:
+            choice = NONE
+        if choice != instance and choice != NONE:
+            overhead_left = params.restart_hours
+            restarts += 1 if launched else 0
+            launched = True
+        instance = choice
+        if instance != NONE:
+            used = min(overhead_left, gap_hours)
+            overhead_left -= used
+            work = gap_hours - used
+            needed = params.job_hours - progress
+            billed = gap_hours
+            if work >= needed - _EPS:
+                billed = used + needed
+                finish = hour + billed
+                progress = params.job_hours
+            else:
+                progress += work
+            price = 1.0 if instance == SPOT else params.price_ratio
+            cost += billed * price
+            if instance == SPOT:
+                spot_h += billed
+            else:
+                od_h += billed
+        tick += 1
+    return SimResult(
+        policy=policy.name,
+        cost=round(cost, 6),
+        on_demand_cost=round(on_demand_cost(params), 6),
+        finished_by_deadline=finish is not None and finish <= params.deadline_hours + _EPS,
+        finish_hour=None if finish is None else round(finish, 6),
+        spot_hours=round(spot_h, 6),
+        on_demand_hours=round(od_h, 6),
+        restarts=restarts,
+        preemptions=preemptions,
+        progress_hours=round(progress, 6),
+    )
+
+
+# -- the yardstick ----------------------------------------------------------------
+class PlanPolicy:
+    """Replays a fixed per-tick plan (the omniscient one) through the same engine."""
+
+    def __init__(self, name: str, plan: Sequence[Instance]) -> None:
+        self.name = name
+        self.plan = plan
+
+    def decide(self, view: TickView) -> Instance:
+        return self.plan[view.tick] if view.tick < len(self.plan) else OD
+
+
+def omniscient_plan(availability: Sequence[bool], gap_hours: float, params: JobParams, *, resolution: int = 20) -> list[Instance]:
+    """The cheapest per-tick plan that meets the deadline, knowing the whole trace.
+
+    Dynamic programming over (tick, instance and ticks since its launch,
+    progress). Progress is counted in 1/resolution of a tick and each tick's
+    gain is rounded *down*, so the plan, replayed exactly, finishes no later
+    than the program believes. The state keeps the ticks since launch up to
+    the point the restart overhead is paid off, which is all the past that
+    matters for the future.
+    """
+    R = resolution
+    d_ticks = params.restart_hours / gap_hours
+    K = math.ceil(d_ticks - _EPS) + 1  # ticks after which a run makes full progress
+    gains = [0] + [math.floor(R * (max(0.0, k - d_ticks) - max(0.0, k - 1 - d_ticks)) + _EPS) for k in range(1, K + 1)]
+    J = math.ceil(params.job_hours / gap_hours * R - _EPS)
+    n_ticks = math.ceil(params.deadline_hours / gap_hours - _EPS)
+    last_fraction = params.deadline_hours / gap_hours - (n_ticks - 1)
+    # States: 0 = idle; 1..K = spot run, k ticks old; K+1..2K = on-demand run.
+    n_states = 1 + 2 * K
+    kind = [NONE] + [SPOT] * K + [OD] * K
+    age = [0] + list(range(1, K + 1)) * 2
+    price = {NONE: 0.0, SPOT: gap_hours, OD: gap_hours * params.price_ratio}
+    INF = np.inf
+    dp = np.full((n_states, J), INF)
+    dp[0, 0] = 0.0
+    back = np.zeros((n_ticks, n_states, J), dtype=np.int16)  # predecessor state
+    best = (INF, -1, -1, -1)  # cost, tick, from-state, to-state
+    best_from_p = -1
+    for t in range(n_ticks):
+        avail = t < len(availability) and bool(availability[t])
+        new = np.full((n_states, J), INF)
+        new_back = np.zeros((n_states, J), dtype=np.int16)
+        for s in range(n_states):
+            row = dp[s]
+            if not np.isfinite(row).any():
+                continue
+            for action in (NONE, SPOT, OD):
+                if action == SPOT and not avail:
+                    continue
+                if action == NONE:
+                    s2, g = 0, 0
+                else:
+                    k2 = min(age[s] + 1, K) if kind[s] == action else 1
+                    s2 = (k2 if action == SPOT else K + k2)
+                    g = gains[k2]
+                cost = row + price[action]
+                # Unfinished: progress p -> p + g < J.
+                if g < J:
+                    src = cost[: J - g]
+                    dst = new[s2, g:]
+                    better = src < dst
+                    if better.any():
+                        dst[better] = src[better]
+                        new_back[s2, g:][better] = s
+                # Finished within this tick: p + g >= J; bill only the part of the tick used.
+                if action != NONE and g > 0:
+                    lo = max(0, J - g)
+                    p = np.arange(lo, J)
+                    valid = row[lo:]
+                    used = ((R - g) + (J - p)) / R  # overhead part of the tick, then the work left
+                    fin_cost = valid + price[action] * used
+                    if t == n_ticks - 1:
+                        fin_cost = np.where(used <= last_fraction + _EPS, fin_cost, INF)
+                    i = int(np.argmin(fin_cost))
+                    if fin_cost[i] < best[0] - _EPS:
+                        best = (float(fin_cost[i]), t, s, s2)
+                        best_from_p = lo + i
+        back[t] = new_back
+        dp = new
+    if best[1] < 0:
+        return [OD] * n_ticks  # no plan meets the deadline; on-demand is as good as anything
+    # Walk the predecessors back from the finishing move.
+    _, t_fin, s_from, s_fin = best
+    plan: list[Instance] = [kind[s_fin]]
+    s, p = s_from, best_from_p
+    for t in range(t_fin - 1, -1, -1):
+        plan.append(kind[s])
+        prev = int(back[t, s, p])
+        p -= gains[age[s]] if kind[s] != NONE else 0
+        s = prev
+    plan.reverse()
+    return plan
+
+
+POLICIES: dict[str, type] = {
+    "on-demand": OnDemandPolicy,
+    "greedy": GreedyPolicy,
+    "uniform-progress": UniformProgressPolicy,
+    "slack-reserve": SlackReservePolicy,
+}
+DEFAULT_POLICY = "slack-reserve"
+
+
+def run_policy(name: str, availability: Sequence[bool], gap_hours: float, params: JobParams) -> SimResult:
+    if name == "omniscient":
+        plan = omniscient_plan(availability, gap_hours, params)
+        return simulate(PlanPolicy("omniscient", plan), availability, gap_hours, params)
+    if name not in POLICIES:
+        raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join([*POLICIES, 'omniscient'])}", field="policy")
+    return simulate(POLICIES[name](), availability, gap_hours, params)
