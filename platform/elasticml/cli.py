@@ -116,6 +116,122 @@ def cluster_env(name: str) -> None:
         click.echo(f"export {key}={value}")
 
 
+# -- scheduler -----------------------------------------------------------------
+@main.group(cls=_Group)
+def scheduler() -> None:
+    """Place workloads on spot, on-demand or reserved capacity, and explain why."""
+
+
+def _scheduler(name: str, config: Path | None = None):  # type: ignore[no-untyped-def]
+    from elasticml.cluster import LocalCluster
+    from elasticml.scheduler.client import SchedulerClient
+
+    LocalCluster(name).require_info().connect()
+    return SchedulerClient.connect(cluster_config=config, cluster_name=name)
+
+
+def _echo_decisions(decisions: list[dict]) -> None:  # type: ignore[type-arg]
+    for d in decisions:
+        where = ", ".join(f"{a['workers']}x {a['node_type']} ({a['market']})" for a in d["allocations"])
+        cost = f" ${d['hourly_cost']:.4f}/h" if d["allocations"] else ""
+        click.echo(f"{d['workload']}: {d['action']}{' -> ' + where if where else ''}{cost}")
+        click.echo(f"  why: {d['reason']}")
+        if d.get("ray_options"):
+            click.echo(f"  ray options: {json.dumps(d['ray_options'])}")
+
+
+@scheduler.command("submit")
+@click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
+@_name_option
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def scheduler_submit(spec_file: Path, name: str, config_path: Path | None) -> None:
+    """Place the workload described in SPEC_FILE (YAML)."""
+    import yaml
+
+    from elasticml.errors import ConfigError
+    from elasticml.scheduler.spec import WorkloadSpec
+
+    try:
+        raw = yaml.safe_load(spec_file.read_text())
+    except FileNotFoundError:
+        raise ConfigError("no such file", source=str(spec_file)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", source=str(spec_file)) from None
+    spec = WorkloadSpec.from_dict(raw, source=str(spec_file))  # refuse bad specs before touching the cluster
+    _echo_decisions(_scheduler(name, config_path).submit(spec.to_dict()))
+
+
+@scheduler.command("status")
+@_name_option
+@click.option("--json", "as_json", is_flag=True)
+def scheduler_status(name: str, as_json: bool) -> None:
+    """Pools, what runs where, and the queue."""
+    st = _scheduler(name).status()
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    click.echo(f"price catalog {st['catalog_version']}")
+    for p in st["pools"]:
+        flag = "  INTERRUPTED" if p["interrupted"] else ""
+        click.echo(f"  {p['node_type']:<16} {p['market']:<10} {p['instance_type']:<12} ${p['hourly_price']:.4f}/h "
+                   f"{p['used_nodes']}/{p['max_nodes']} nodes{flag}")
+    for w, allocs in st["running"].items():
+        click.echo(f"  running {w}: " + ", ".join(f"{a['workers']}x {a['node_type']}" for a in allocs))
+    if st["queued"]:
+        click.echo(f"  queued: {', '.join(st['queued'])}")
+
+
+@scheduler.command("explain")
+@click.argument("workload")
+@_name_option
+def scheduler_explain(workload: str, name: str) -> None:
+    """Every decision taken for WORKLOAD, with its reason."""
+    decisions = _scheduler(name).explain(workload)
+    if not decisions:
+        click.echo(f"no decisions recorded for {workload!r}")
+    _echo_decisions(decisions)
+
+
+@scheduler.command("finish")
+@click.argument("workload")
+@_name_option
+def scheduler_finish(workload: str, name: str) -> None:
+    """Mark WORKLOAD done: its capacity goes to the queue and to cheaper moves."""
+    _echo_decisions(_scheduler(name).finish(workload))
+
+
+@scheduler.command("interrupt")
+@click.argument("node_type")
+@_name_option
+def scheduler_interrupt(node_type: str, name: str) -> None:
+    """Report a spot interruption notice for NODE_TYPE; its work is re-placed."""
+    _echo_decisions(_scheduler(name).interrupt(node_type))
+
+
+@main.group(cls=_Group)
+def cost() -> None:
+    """What the cluster's workloads cost."""
+
+
+@cost.command("report")
+@_name_option
+@click.option("--json", "as_json", is_flag=True)
+def cost_report(name: str, as_json: bool) -> None:
+    """Cost per tenant, workload and market, and savings against all on-demand."""
+    report = _scheduler(name).cost_report()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for column in ("tenant", "workload", "market"):
+        click.echo(f"by {column}:")
+        for r in report[column]:
+            click.echo(f"  {r['key']:<20} ${r['cost']:.6f}  (on-demand ${r['on_demand_cost']:.6f}, "
+                       f"saved ${r['savings']:.6f})  {r['worker_hours']:.4f} worker-h")
+    t = report["total"]
+    click.echo(f"total ${t['cost']:.6f}; all on-demand would be ${t['on_demand_cost']:.6f}: "
+               f"saved {t['savings_pct']:.1f}% over {report['intervals']} allocation intervals")
+
+
 # -- data ----------------------------------------------------------------------
 @main.group(cls=_Group)
 def data() -> None:

@@ -1,0 +1,113 @@
+"""The cost ledger: every allocation interval, durable across actor restarts.
+
+SQLite, one file, one table. Each interval is (workload, tenant, node type,
+market, workers, dollars per hour, start, end); an open interval has no end.
+SQLite's transactions make every write all-or-nothing, so a crash mid-write
+leaves the ledger as it was before the write, never half-updated.
+
+Times are wall-clock seconds (time.time()); costs are dollars.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS intervals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    workload TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    node_type TEXT NOT NULL,
+    market TEXT NOT NULL,
+    workers INTEGER NOT NULL,
+    hourly_cost REAL NOT NULL,
+    on_demand_hourly_cost REAL NOT NULL,
+    start REAL NOT NULL,
+    end REAL
+);
+CREATE INDEX IF NOT EXISTS intervals_open ON intervals(workload) WHERE end IS NULL;
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class CostRow:
+    key: str
+    cost: float
+    on_demand_cost: float
+    hours: float
+
+    @property
+    def savings(self) -> float:
+        return self.on_demand_cost - self.cost
+
+
+class Ledger:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def open(self, *, workload: str, tenant: str, node_type: str, market: str, workers: int,
+             hourly_cost: float, on_demand_hourly_cost: float, at: float | None = None) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO intervals (workload, tenant, node_type, market, workers, hourly_cost, on_demand_hourly_cost, start)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (workload, tenant, node_type, market, workers, hourly_cost, on_demand_hourly_cost, at or time.time()),
+            )
+
+    def close(self, workload: str, *, node_type: str | None = None, at: float | None = None) -> int:
+        """End the workload's open intervals (on one node type, or all); returns how many."""
+        with self._db:
+            if node_type is None:
+                cur = self._db.execute("UPDATE intervals SET end = ? WHERE workload = ? AND end IS NULL",
+                                       (at or time.time(), workload))
+            else:
+                cur = self._db.execute("UPDATE intervals SET end = ? WHERE workload = ? AND node_type = ? AND end IS NULL",
+                                       (at or time.time(), workload, node_type))
+            return cur.rowcount
+
+    def intervals(self) -> list[dict[str, object]]:
+        cur = self._db.execute("SELECT * FROM intervals ORDER BY id")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def costs_by(self, column: str, *, now: float | None = None) -> list[CostRow]:
+        if column not in ("tenant", "workload", "market", "node_type"):
+            raise ValueError(f"cannot group costs by {column!r}")
+        now = now or time.time()
+        cur = self._db.execute(
+            f"SELECT {column}, SUM(hourly_cost * (COALESCE(end, ?) - start) / 3600.0),"
+            f" SUM(on_demand_hourly_cost * (COALESCE(end, ?) - start) / 3600.0),"
+            f" SUM(workers * (COALESCE(end, ?) - start) / 3600.0)"
+            f" FROM intervals GROUP BY {column} ORDER BY {column}",
+            (now, now, now),
+        )
+        return [CostRow(key=k, cost=c or 0.0, on_demand_cost=o or 0.0, hours=h or 0.0) for k, c, o, h in cur.fetchall()]
+
+    def spend(self, tenant: str, *, now: float | None = None) -> float:
+        return next((r.cost for r in self.costs_by("tenant", now=now) if r.key == tenant), 0.0)
+
+    def put_state(self, key: str, value: str) -> None:
+        with self._db:
+            self._db.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                             (key, value))
+
+    def get_state(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def delete_state(self, key: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM state WHERE key = ?", (key,))
+
+    def state_items(self, prefix: str) -> dict[str, str]:
+        rows = self._db.execute("SELECT key, value FROM state WHERE key LIKE ?", (prefix + "%",)).fetchall()
+        return dict(rows)
