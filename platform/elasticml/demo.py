@@ -3,12 +3,15 @@
 Stops, in order, each printed as it happens:
   1. build a byte-level Parquet corpus from Python's own sources;
   2. start the local elastic cluster from cluster_configs/local.yaml (token auth on);
-  3. submit jobs/train.py through Ray's Job Submission API: 2 Ray Train workers
-     on spot capacity, which the autoscaler brings up on demand; show its progress;
-  4. show the nodes that came up, by market;
-  5. deploy the completion Serve app from the run's checkpoint on on-demand capacity;
-  6. send HTTP requests and print the answers with their latency (and one bad request);
-  7. shut everything down, by PID.
+  3. ask the cost-aware scheduler where the production endpoint (critical) and
+     the training run (low priority, checkpointable) go, and why;
+  4. submit jobs/train.py through Ray's Job Submission API on the market the
+     scheduler chose (the autoscaler brings those nodes up); show its progress;
+  5. show the nodes that came up, by market;
+  6. deploy the completion Serve app from the run's checkpoint where the scheduler placed it;
+  7. send HTTP requests and print the answers with their latency (and one bad request);
+  8. the cost report: per workload and market, and the savings against all on-demand;
+  9. shut everything down, by PID.
 """
 
 from __future__ import annotations
@@ -44,13 +47,15 @@ def run_demo(*, steps: int = 240, keep_workdir: bool = False, say: Callable[[str
     _quiet_ray_loggers()
     workdir = home() / "demo"
     shutil.rmtree(workdir, ignore_errors=True)
+    # The tour starts from an empty ledger: its cost report covers this run only.
+    shutil.rmtree(home() / "scheduler" / cluster_name, ignore_errors=True)
     results: dict[str, object] = {}
 
-    say("== 1/7 data: a byte-level Parquet corpus from Python's standard library")
+    say("== 1/9 data: a byte-level Parquet corpus from Python's standard library")
     manifest = build_corpus(workdir / "corpus", num_shards=4, max_bytes=2_000_000)
     say(f"   {manifest.num_documents} documents, {manifest.num_bytes / 1e6:.1f} MB in {len(manifest.shards)} shards")
 
-    say("== 2/7 cluster: the local elastic cluster from cluster_configs/local.yaml")
+    say("== 2/9 cluster: the local elastic cluster from cluster_configs/local.yaml")
     spec = load_cluster_spec(default_cluster_config())
     cluster = LocalCluster(cluster_name)
     if cluster.info() is not None:
@@ -59,11 +64,14 @@ def run_demo(*, steps: int = 240, keep_workdir: bool = False, say: Callable[[str
     say(f"   head up (supervisor PID {info.pid}), dashboard {info.dashboard_url}, token auth on")
     say("   worker node types: " + ", ".join(f"{t.name} ({t.market}, max {t.max_workers})" for t in spec.worker_types.values()))
     try:
-        checkpoint = _train(info, cluster, workdir, steps, say, results)
+        sched, train_market, serve_market = _schedule(info, say, results)
+        checkpoint = _train(info, cluster, workdir, steps, train_market, say, results)
+        sched.finish("nightly-train")
         _show_nodes(cluster, say)
-        _serve(info, checkpoint, say, results)
+        _serve(info, checkpoint, serve_market, say, results)
+        _cost_report(sched, say, results)
     finally:
-        say("== 7/7 shutdown")
+        say("== 9/9 shutdown")
         try:
             import ray
 
@@ -91,18 +99,48 @@ def _quiet_ray_loggers() -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int,
+def _schedule(info: ClusterInfo, say: Callable[[str], None], results: dict[str, object]):  # type: ignore[no-untyped-def]
+    from elasticml.scheduler.client import SchedulerClient
+
+    say("== 3/9 scheduler: where each workload goes, and why")
+    info.connect()
+    sched = SchedulerClient.connect(cluster_name=info.name)
+    endpoint = sched.submit({"name": "completion-endpoint", "tenant": "product", "kind": "serving",
+                             "priority": "critical", "min_workers": 1, "max_workers": 1, "expected_hours": 24})
+    train = sched.submit({"name": "nightly-train", "tenant": "research", "kind": "training", "priority": "low",
+                          "min_workers": 2, "max_workers": 2, "expected_hours": 0.05, "checkpoint_interval_hours": 0.01})
+    for d in endpoint + train:
+        where = ", ".join(f"{a['workers']}x {a['node_type']}" for a in d["allocations"])
+        say(f"   {d['workload']}: {d['action']} -> {where} (${d['hourly_cost']:.4f}/h)")
+        say(f"      why: {d['reason']}")
+    train_market = train[-1]["allocations"][0]["market"]
+    serve_market = endpoint[-1]["allocations"][0]["market"]
+    results["placements"] = {"training": train_market, "serving": serve_market}
+    return sched, train_market, serve_market
+
+
+def _cost_report(sched, say: Callable[[str], None], results: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+    say("== 8/9 cost report (ledger of every allocation interval)")
+    report = sched.cost_report()
+    for r in report["workload"]:
+        say(f"   {r['key']:<22} ${r['cost']:.6f}  (all on-demand: ${r['on_demand_cost']:.6f})")
+    t = report["total"]
+    say(f"   total ${t['cost']:.6f}, saved {t['savings_pct']:.0f}% against running everything on on-demand")
+    results["savings_pct"] = round(t["savings_pct"], 1)
+
+
+def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int, market: str,
            say: Callable[[str], None], results: dict[str, object]) -> str:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from elasticml import auth
 
-    say("== 3/7 training: jobs/train.py through Ray's Job Submission API (2 workers on spot)")
+    say(f"== 4/9 training: jobs/train.py through Ray's Job Submission API (2 workers on {market})")
     auth.use_token_in_this_process(Path(info.token_path))
     client = JobSubmissionClient(info.dashboard_url)
     entrypoint = (
         f"python jobs/train.py --data {workdir / 'corpus'} --storage-path {workdir / 'runs'} "
-        f"--run-name demo --steps {steps} --workers 2 --global-batch 16 --market spot "
+        f"--run-name demo --steps {steps} --workers 2 --global-batch 16 --market {market} "
         f"--report-every {max(1, steps // 8)}"
     )
     # working_dir honours .gitignore, so the virtualenv is not uploaded.
@@ -141,29 +179,30 @@ def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int,
 
 
 def _show_nodes(cluster: LocalCluster, say: Callable[[str], None]) -> None:
-    say("== 4/7 cluster status: nodes by market")
+    say("== 5/9 cluster status: nodes by market")
     for node in cluster.nodes():
         node_labels = node.get("labels", {})
         kind = "head" if node.get("is_head_node") else node_labels.get(L.NODE_TYPE, "?")
         say(f"   {node['node_id'][-5:]}  {kind:<16} {L.market_of(node_labels) or '-'}")
 
 
-def _serve(info: ClusterInfo, checkpoint: str, say: Callable[[str], None], results: dict[str, object]) -> None:
+def _serve(info: ClusterInfo, checkpoint: str, market: str, say: Callable[[str], None],
+           results: dict[str, object]) -> None:
     import httpx
     from ray import serve
 
     from elasticml.serve.completion import build_app
 
-    say("== 5/7 serving: the completion app from the checkpoint, one replica on on-demand capacity")
+    say(f"== 6/9 serving: the completion app from the checkpoint, one replica on {market} capacity")
     info.connect()
     port = free_port()
     t0 = time.monotonic()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"checkpoint": checkpoint, "market": "on-demand"}), name="completion", route_prefix="/")
+    serve.run(build_app({"checkpoint": checkpoint, "market": market}), name="completion", route_prefix="/")
     results["serve_ready_s"] = round(time.monotonic() - t0, 1)
     say(f"   ready at http://127.0.0.1:{port}/v1/completions in {results['serve_ready_s']}s")
 
-    say("== 6/7 requests over HTTP")
+    say("== 7/9 requests over HTTP")
     latencies = []
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
         for i, prompt in enumerate(PROMPTS):

@@ -14,8 +14,11 @@ def test_demo_trains_serves_answers_and_cleans_up():
     lines: list[str] = []
     results = run_demo(steps=20, say=lines.append, cluster_name="demo-test")
     text = "\n".join(lines)
-    for stop in range(1, 8):
-        assert f"== {stop}/7" in text
+    for stop in range(1, 10):
+        assert f"== {stop}/9" in text
+    # The scheduler keeps the critical endpoint off spot and sends the low-priority run there.
+    assert results["placements"] == {"training": "spot", "serving": "reserved"}
+    assert results["savings_pct"] > 0
     assert "+spot node" in text  # the autoscaler brought spot capacity for training
     assert "step 20/20" in text
     assert len(results["latency_ms"]) == 3
