@@ -1,0 +1,96 @@
+"""The boto3 adaptor against EC2 endpoints on loopback: moto's server, and a fake for what moto lacks."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from elasticml.scheduler.aws_prices import LiveSpotPrices
+
+pytestmark = pytest.mark.integration
+CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_ec2():
+    port = free_port()
+    exe = str(Path(sys.executable).with_name("moto_server"))
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_spot_prices_through_describe_spot_price_history(moto_ec2):
+    live = LiveSpotPrices(endpoint_url=moto_ec2, **CREDS)
+    prices = live.spot_prices(["m7i.large", "g5.xlarge"], "us-east-1")
+    assert set(prices) <= {"m7i.large", "g5.xlarge"} and prices
+    for zones in prices.values():
+        assert all(z.startswith("us-east-1") for z in zones)
+        assert all(p > 0 for p in zones.values())
+    spot = live.hourly("m7i.large", "spot", "us-east-1")
+    assert spot == min(prices["m7i.large"].values())
+    # Other markets come from the versioned catalog.
+    assert live.hourly("m7i.large", "on-demand", "us-east-1") == live.catalog.hourly("m7i.large", "on-demand", "us-east-1")
+
+
+class _PlacementScores(http.server.BaseHTTPRequestHandler):
+    """EC2's query protocol for GetSpotPlacementScores, which moto does not implement."""
+
+    seen: list[dict[str, list[str]]] = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        params = urllib.parse.parse_qs(body)
+        type(self).seen.append(params)
+        assert params["Action"] == ["GetSpotPlacementScores"]
+        xml = (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            '<GetSpotPlacementScoresResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+            "<requestId>r-1</requestId><spotPlacementScoreSet>"
+            "<item><region>us-east-1</region><availabilityZoneId>use1-az1</availabilityZoneId><score>9</score></item>"
+            "<item><region>us-east-1</region><availabilityZoneId>use1-az4</availabilityZoneId><score>3</score></item>"
+            "</spotPlacementScoreSet></GetSpotPlacementScoresResponse>"
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(xml)))
+        self.end_headers()
+        self.wfile.write(xml)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_placement_scores_through_get_spot_placement_scores():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PlacementScores)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        live = LiveSpotPrices(endpoint_url=f"http://127.0.0.1:{server.server_port}", **CREDS)
+        scores = live.placement_scores(["m7i.large"], "us-east-1", target_capacity=4)
+    finally:
+        server.shutdown()
+    assert scores == {"use1-az1": 9, "use1-az4": 3}
+    sent = _PlacementScores.seen[-1]
+    assert sent["TargetCapacity"] == ["4"] and sent["InstanceType.1"] == ["m7i.large"]
