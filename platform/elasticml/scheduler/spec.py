@@ -10,9 +10,10 @@ anything above it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
+from elasticml.dataconf import from_mapping
 from elasticml.errors import ConfigError
 
 Kind = Literal["training", "sweep", "serving", "batch"]
@@ -91,27 +92,15 @@ class WorkloadSpec:
 
     @classmethod
     def from_dict(cls, raw: Any, *, source: str = "spec") -> WorkloadSpec:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"a workload spec is a mapping of fields, got {type(raw).__name__}", source=source)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", source=source)
-        missing = [n for n in ("name", "tenant") if n not in raw]
-        if missing:
-            raise ConfigError(f"required field(s) missing: {', '.join(missing)}", source=source)
-        data = dict(raw)
-        if "regions" in data:
-            regions = data["regions"]
+        if isinstance(raw, dict):
+            missing = [n for n in ("name", "tenant") if n not in raw]
+            if missing:
+                raise ConfigError(f"required field(s) missing: {', '.join(missing)}", source=source)
+            regions = raw.get("regions", ())
             if isinstance(regions, str) or not isinstance(regions, (list, tuple)):
                 raise ConfigError("must be a list of region names", source=source, field="regions")
-            data["regions"] = tuple(regions)
-        try:
-            return cls(**data)
-        except ConfigError as exc:
-            raise ConfigError(str(exc), source=source) from None
-        except TypeError as exc:
-            raise ConfigError(f"a field has the wrong type: {exc}", source=source) from None
+            raw = {**raw, "regions": tuple(regions)} if "regions" in raw else raw
+        return from_mapping(cls, raw, source=source)
 
 
 @dataclass(kw_only=True, frozen=True)

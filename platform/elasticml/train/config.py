@@ -6,13 +6,14 @@ ConfigError naming the field and what would be accepted.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
 
 from elasticml import labels as L
+from elasticml.dataconf import from_mapping
 from elasticml.errors import ConfigError
 from elasticml.models.transformer import SIZES
 
@@ -85,14 +86,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}", source=source)
-        try:
-            return cls(**raw)
-        except TypeError as exc:  # a required field missing
-            raise ConfigError(str(exc).replace("__init__() ", ""), source=source) from None
+        return from_mapping(cls, raw, source=source)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -102,7 +96,6 @@ class TrainConfig:
             raise ConfigError("no such file", source=str(path)) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
-        if not isinstance(raw, dict):
-            raise ConfigError("expected a mapping of field: value", source=str(path))
-        raw.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(raw, dict):
+            raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(raw, source=str(path))
