@@ -205,7 +205,9 @@ def scheduler_finish(workload: str, name: str) -> None:
 @_name_option
 def scheduler_interrupt(node_type: str, name: str) -> None:
     """Report a spot interruption notice for NODE_TYPE; its work is re-placed."""
-    _echo_decisions(_scheduler(name).interrupt(node_type))
+    result = _scheduler(name).interrupt(node_type)
+    _echo_decisions(result["decisions"])
+    click.echo(f"drained {len(result['drained_nodes'])} node(s) of {node_type} as preempted")
 
 
 @main.group(cls=_Group)

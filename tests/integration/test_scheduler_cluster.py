@@ -62,8 +62,13 @@ def test_critical_on_reserved_low_on_spot_and_preemption(sched):
 
 
 def test_spot_interruption_replaces_the_work_off_spot(sched):
+    import ray
+
+    spot_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n.get("Labels", {}).get(L.NODE_TYPE) == "cpu_spot"}
     out = sched.interrupt("cpu_spot")
-    moved = last(out, "nightly")
+    moved = last(out["decisions"], "nightly")
+    # Ray was told too: the spot nodes are draining as preempted (what Ray Train's get_preemption_info sees).
+    assert set(out["drained_nodes"]) == spot_nodes
     assert moved["action"] == "move" and "checkpoint now" in moved["reason"]
     assert moved["allocations"][0]["market"] == "on-demand"
     assert run_where(moved)[L.NODE_TYPE] == "cpu_on_demand"

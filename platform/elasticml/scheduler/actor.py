@@ -11,6 +11,8 @@ incarnation reloads everything from the ledger, so a restart loses nothing.
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 import ray
 
+from elasticml import labels as L
 from elasticml.cluster.config import load_cluster_spec
 from elasticml.scheduler.capacity import Allocation, Snapshot, pools_from_cluster
 from elasticml.scheduler.catalog import PriceCatalog
@@ -80,12 +83,12 @@ class SchedulerState:
         self._dequeue(name)
         return self._retry_queue() + self._apply(rebalance(self.snapshot(), self._running_specs(), self.tenants))
 
-    def interrupt(self, node_type: str) -> list[dict[str, Any]]:
-        """A spot pool got an interruption notice (AWS two-minute warning, or a Ray drain)."""
+    def interrupt(self, node_type: str) -> dict[str, Any]:
+        """A spot pool got an interruption notice: {"decisions": re-placements, "drained_nodes": []}."""
         decisions = replace_interrupted(self.snapshot(), node_type, self._running_specs(), self.tenants)
         self.interrupted.add(node_type)
         self.ledger.put_state("interrupted", json.dumps(sorted(self.interrupted)))
-        return self._apply(decisions)
+        return {"decisions": self._apply(decisions), "drained_nodes": []}
 
     def clear_interruption(self, node_type: str) -> list[dict[str, Any]]:
         self.interrupted.discard(node_type)
@@ -175,9 +178,82 @@ class SchedulerState:
         return self._apply(place(self.snapshot(), waiting, self._running_specs(), self.tenants))
 
 
+NOTICE_SECONDS = 120
+"""AWS gives two minutes between a spot interruption notice and the reclaim."""
+NODE_POLL_S = float(os.environ.get("ELASTICML_SCHEDULER_NODE_POLL_S", "5"))
+# Ray's NodeDeathInfo reasons that mean the capacity was taken, not given back when idle.
+LOST_REASONS = {2: "unexpected termination", 3: "preempted"}  # UNEXPECTED_TERMINATION, AUTOSCALER_DRAIN_PREEMPTED
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1)
 class SchedulerActor(SchedulerState):
     """SchedulerState as a named, detached actor on the head node."""
 
+    def __init__(self, cluster_config: str, ledger_path: str) -> None:
+        super().__init__(cluster_config, ledger_path)
+        self._seen_dead: set[str] = set()
+        # Node watching goes through the actor's own queue, so it never races a command.
+        me = ray.get_runtime_context().current_actor
+        threading.Thread(target=_poll_forever, args=(me,), daemon=True, name="node-watch").start()
+
     def ping(self) -> str:
         return "ok"
+
+    def sync_nodes(self) -> list[dict[str, Any]]:
+        """Treat a spot node that died other than idle as an interruption of its pool."""
+        out: list[dict[str, Any]] = []
+        spot_pools = {p.node_type for p in self.pools if p.market == "spot"}
+        for node in ray.nodes():
+            node_id = node["NodeID"]
+            if node.get("Alive") or node_id in self._seen_dead:
+                continue
+            self._seen_dead.add(node_id)
+            node_type = node.get("Labels", {}).get(L.NODE_TYPE)
+            reason = LOST_REASONS.get(int(node.get("DeathReason", 0) or 0))
+            if node_type in spot_pools and reason:
+                decisions = super().interrupt(node_type)["decisions"]
+                for d in decisions:
+                    d["reason"] = f"spot node {node_id[-8:]} of {node_type} was lost ({reason}); " + d["reason"]
+                out += decisions
+                self.explanations.setdefault("_events", []).append(
+                    {"at": time.time(), "event": "spot node lost", "node_id": node_id, "node_type": node_type, "why": reason}
+                )
+        return out
+
+    def interrupt(self, node_type: str) -> dict[str, Any]:
+        """Re-place the pool's work, then tell Ray: drain its nodes as preempted.
+
+        Ray's drain (reason PREEMPTION, with the notice's deadline) stops new work
+        landing there and makes `ray.train.get_preemption_info()` non-None on the
+        Ray Train workers of those nodes, which checkpoint at once.
+        """
+        result = super().interrupt(node_type)
+        result["drained_nodes"] = drain_nodes_of_type(node_type, NOTICE_SECONDS)
+        return result
+
+
+def _poll_forever(handle: Any) -> None:
+    while True:
+        time.sleep(NODE_POLL_S)
+        try:
+            ray.get(handle.sync_nodes.remote())
+        except Exception:  # the actor is restarting or gone: its next incarnation polls again
+            return
+
+
+def drain_nodes_of_type(node_type: str, notice_seconds: int) -> list[str]:
+    """Ask the GCS to drain every alive node of a node type as preempted; returns the accepted node ids."""
+    from ray.core.generated import autoscaler_pb2
+
+    gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)
+    deadline_ms = time.time_ns() // 1_000_000 + notice_seconds * 1000
+    drained = []
+    for node in ray.nodes():
+        if node.get("Alive") and node.get("Labels", {}).get(L.NODE_TYPE) == node_type:
+            accepted, _ = gcs.drain_node(
+                node["NodeID"], autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+                f"spot interruption notice for {node_type}", deadline_ms,
+            )
+            if accepted:
+                drained.append(node["NodeID"])
+    return drained

@@ -51,7 +51,8 @@ class SchedulerClient:
     def finish(self, name: str) -> list[dict[str, Any]]:
         return self._call("finish", name)
 
-    def interrupt(self, node_type: str) -> list[dict[str, Any]]:
+    def interrupt(self, node_type: str) -> dict[str, Any]:
+        """{"decisions": [...], "drained_nodes": [Ray node ids drained as preempted]}."""
         return self._call("interrupt", node_type)
 
     def clear_interruption(self, node_type: str) -> list[dict[str, Any]]:

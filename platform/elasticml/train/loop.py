@@ -89,6 +89,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window_tokens, window_start = 0, time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
+    saved_for_preemption = False
     for step in range(start_step, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -109,6 +110,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         want_ckpt = is_last or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
         if not (want_ckpt or done % cfg.report_every == 0):
             continue
+        # A barrier across workers, so asked only at report points, where all of them are.
+        # A spot interruption notice (the scheduler drains the node) means: checkpoint now.
+        if ray.train.get_preemption_info() is not None and not saved_for_preemption:
+            want_ckpt = saved_for_preemption = True
+            if rank == 0:
+                log.info("preemption notice at step %d: checkpointing now", done)
         stats = torch.stack([loss_sum, torch.tensor(float(window_tokens), device=device)])
         dist.all_reduce(stats)
         elapsed = time.perf_counter() - window_start

@@ -1,0 +1,49 @@
+"""A spot node that vanishes without notice: the scheduler's node watch re-places its work."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_lost_spot_node_makes_the_scheduler_replace_its_work(local_cluster):
+    """No notice at all: the spot node just dies. The actor's node watch notices and re-places."""
+    import ray
+
+    from elasticml import labels as L
+    from elasticml.scheduler.client import SchedulerClient
+
+    local_cluster.require_info().connect()
+    sched = SchedulerClient.connect(cluster_name=local_cluster.name)
+    sched.submit({"name": "prod", "tenant": "p", "priority": "critical", "min_workers": 2, "max_workers": 2})
+    placed = sched.submit({"name": "sweep", "tenant": "r", "kind": "sweep", "priority": "low",
+                           "checkpoint_interval_hours": 0.2})[-1]
+    assert placed["allocations"][0]["market"] == "spot"
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def node(self) -> str:
+            return ray.get_runtime_context().get_node_id()
+
+    holder = Holder.options(**placed["ray_options"]).remote()
+    node_id = ray.get(holder.node.remote(), timeout=180)
+    labels = next(n["Labels"] for n in ray.nodes() if n["NodeID"] == node_id)
+    assert labels[L.NODE_TYPE] == "cpu_spot"
+    # Take the node away: kill its raylet by PID, as a reclaimed instance would vanish.
+    raylets = [p for p in local_cluster.processes() if p.name() == "raylet" and node_id in " ".join(p.cmdline())]
+    assert len(raylets) == 1
+    raylets[0].kill()
+    deadline = time.monotonic() + 120
+    while True:
+        moves = [d for d in sched.explain("sweep") if d["action"] == "move"]
+        if moves:
+            break
+        assert time.monotonic() < deadline, sched.explain("sweep")
+        time.sleep(2)
+    assert "was lost (unexpected termination)" in moves[-1]["reason"]
+    assert moves[-1]["allocations"][0]["market"] == "on-demand"
+    assert sched.placement("sweep")["allocations"][0]["node_type"] == "cpu_on_demand"
+    sched.kill(no_restart=True)
