@@ -4,6 +4,10 @@
     ray job submit --working-dir . -- python jobs/train.py \
         --data ~/.elasticml/corpus --steps 20 --workers 2 --market spot
 
+With --tenant (and --priority, --deadline-hours), the job asks the cluster's
+cost-aware scheduler where to run: its placement sets the pool and the number
+of workers, and the job reports itself finished at the end.
+
 Flags override a YAML file given with --config. The last line printed is a
 JSON summary (`{"event": "train_done", "checkpoint": ..., ...}`) that tools
 can parse from the job's logs.
@@ -22,7 +26,7 @@ from elasticml.home import default_storage_path
 from elasticml.train.config import TrainConfig
 
 
-def parse_args(argv: list[str]) -> TrainConfig:
+def parse_args(argv: list[str]) -> tuple[TrainConfig, dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", help="YAML file with TrainConfig fields")
     p.add_argument("--data")
@@ -40,29 +44,73 @@ def parse_args(argv: list[str]) -> TrainConfig:
     p.add_argument("--market", help="any | spot | on-demand | reserved")
     p.add_argument("--report-every", dest="report_every", type=int)
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    p.add_argument("--tenant", help="ask the scheduler for a placement, as this tenant")
+    p.add_argument("--priority", default="normal", help="critical | high | normal | low | preemptible")
+    p.add_argument("--expected-hours", type=float, default=1.0)
+    p.add_argument("--deadline-hours", type=float)
     args = vars(p.parse_args(argv))
+    scheduling = {k: args.pop(k) for k in ("tenant", "priority", "expected_hours", "deadline_hours")}
     config_file = args.pop("config")
     known = {f.name for f in fields(TrainConfig)}
     overrides = {k: v for k, v in args.items() if v is not None and k in known}
     if config_file:
-        return TrainConfig.from_yaml(config_file, **overrides)
+        return TrainConfig.from_yaml(config_file, **overrides), scheduling
     overrides.setdefault("storage_path", str(default_storage_path()))
-    return TrainConfig.from_dict(overrides, source="flags")
+    return TrainConfig.from_dict(overrides, source="flags"), scheduling
+
+
+def ask_scheduler(cfg: TrainConfig, scheduling: dict) -> tuple[TrainConfig, object]:
+    """Submit this run to the scheduler; the config with its placement, and the client."""
+    import dataclasses
+
+    import ray
+
+    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.scheduler.spec import WorkloadSpec
+
+    spec = WorkloadSpec(
+        name=cfg.run_name, tenant=scheduling["tenant"], kind="training", priority=scheduling["priority"],
+        cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=1.0 if cfg.use_gpu else 0.0,
+        min_workers=1, max_workers=cfg.num_workers, expected_hours=scheduling["expected_hours"],
+        deadline_hours=scheduling["deadline_hours"], checkpoint_interval_hours=scheduling["expected_hours"] / 10,
+    )
+    ray.init(logging_level="ERROR")
+    sched = SchedulerClient.connect()
+    decision = sched.submit(spec.to_dict())[0]
+    print(json.dumps({"event": "placement", "action": decision["action"], "reason": decision["reason"],
+                      "scaling_config": decision["scaling_config"]}), flush=True)
+    if decision["action"] != "place":
+        raise ElasticMLError(f"the scheduler did not place {cfg.run_name}: {decision['action']}: {decision['reason']}")
+    sc = decision["scaling_config"]
+    workers = sc["num_workers"]
+    while cfg.global_batch % workers:  # keep the global batch whole: fewer workers, never a different batch
+        workers -= 1
+    placed = dataclasses.replace(cfg, node_type=sc["label_selector"]["elasticml.io/node-type"], num_workers=workers)
+    return placed, sched
 
 
 def main(argv: list[str]) -> int:
     try:
-        cfg = parse_args(argv)
+        cfg, scheduling = parse_args(argv)
+        sched = None
+        if scheduling["tenant"]:
+            cfg, sched = ask_scheduler(cfg, scheduling)
     except ElasticMLError as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     from elasticml.train.launch import fit
 
     t0 = time.time()
-    result = fit(cfg)
+    try:
+        result = fit(cfg)
+    finally:
+        if sched is not None:
+            sched.finish(cfg.run_name)
     summary = {
         "event": "train_done",
         "run_name": cfg.run_name,
+        "node_type": cfg.node_type,
+        "num_workers": cfg.num_workers,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "metrics": result.metrics,
         "error": repr(result.error) if result.error else None,

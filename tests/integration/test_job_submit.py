@@ -100,3 +100,27 @@ def test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint(local_cluster, corp
     assert body is not None, "the deployed app never answered"
     assert body["completion"] == expected and body["model_step"] == 3
     subprocess.run([serve_cli, "shutdown", "-y"], env={**os.environ, **env}, capture_output=True, timeout=120)
+
+
+def test_train_job_asks_the_scheduler_where_to_run(local_cluster, corpus, tmp_path):
+    """--tenant: the job submits itself to the scheduler and trains where it was placed."""
+    import ray
+
+    from elasticml.scheduler.client import SchedulerClient
+
+    env = local_cluster.require_info().client_env()
+    proc = submit(env, "--data", str(corpus), "--storage-path", str(tmp_path), "--run-name", "sched-run",
+                  "--steps", "4", "--workers", "2", "--global-batch", "4", "--report-every", "2",
+                  "--tenant", "research", "--priority", "high")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    placement = next(json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{"event": "placement"'))
+    summary = next(json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{"event": "train_done"'))
+    assert placement["action"] == "place" and "reserved" in placement["reason"]
+    assert summary["node_type"] == "cpu_reserved" and summary["num_workers"] == 2
+    assert summary["metrics"]["world_size"] == 2
+    local_cluster.require_info().connect()
+    sched = SchedulerClient.connect(cluster_name=local_cluster.name)
+    assert "sched-run" not in sched.status()["running"]  # it reported itself finished
+    report = sched.cost_report()
+    assert any(r["key"] == "sched-run" and r["cost"] > 0 for r in report["workload"])
+    sched.kill(no_restart=True)

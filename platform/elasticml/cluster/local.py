@@ -162,6 +162,7 @@ class LocalCluster:
             "--disable-usage-stats",
         ]
         env = _head_env(token_path)
+        env["ELASTICML_CLUSTER_NAME"] = self.name  # jobs find their cluster's scheduler by it
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

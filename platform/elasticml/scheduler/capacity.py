@@ -28,14 +28,19 @@ class Pool:
     """For reserved pools, the committed size."""
     cpus_per_node: float
     gpus_per_node: float = 0.0
+    memory_gb_per_node: float = 0.0
+    """0 = not tracked (memory does not limit placement)."""
     interruption_per_hour: float = 0.0
 
-    def workers_per_node(self, cpus: float, gpus: float) -> int:
+    def workers_per_node(self, cpus: float, gpus: float, memory_gb: float = 0.0) -> int:
+        """How many workers of that shape one node holds: the scarcest resource decides."""
         fits = []
         if cpus > 0:
             fits.append(math.floor(self.cpus_per_node / cpus + 1e-9))
         if gpus > 0:
             fits.append(math.floor(self.gpus_per_node / gpus + 1e-9))
+        if memory_gb > 0 and self.memory_gb_per_node > 0:
+            fits.append(math.floor(self.memory_gb_per_node / memory_gb + 1e-9))
         return max(0, min(fits)) if fits else 0
 
 
@@ -100,6 +105,7 @@ def pools_from_cluster(spec: ClusterSpec, catalog: PriceCatalog) -> tuple[Pool, 
                 max_nodes=t.max_workers,
                 cpus_per_node=float(t.resources.get("CPU", 0)),
                 gpus_per_node=float(t.resources.get("GPU", 0)),
+                memory_gb_per_node=entry.memory_gib,
                 interruption_per_hour=entry.interruption_per_hour if t.market == "spot" else 0.0,
             )
         )

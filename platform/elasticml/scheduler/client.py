@@ -23,8 +23,12 @@ class SchedulerClient:
 
         Needs a Ray driver connection (`ClusterInfo.connect()` or `ray.init`).
         """
+        import os
+
         from elasticml.repo import default_cluster_config
 
+        # Inside a job the cluster's name comes from the head's environment (set by `cluster up`).
+        cluster_name = os.environ.get("ELASTICML_CLUSTER_NAME", cluster_name)
         config = str(Path(cluster_config or default_cluster_config()).resolve())
         ledger = str(ledger_path or home() / "scheduler" / cluster_name / "ledger.sqlite")
         handle = SchedulerActor.options(

@@ -81,6 +81,7 @@ class Decision:
             "fallback_node_types": list(self.fallback_node_types),
             "hourly_cost": round(self.hourly_cost, 6),
             "ray_options": self.ray_options(),
+            "scaling_config": self.scaling_config_kwargs(),
         }
 
 
@@ -275,7 +276,7 @@ def _serving_plan(snap: Snapshot, spec: WorkloadSpec, pools: list[Pool], specs: 
 
 
 def _fit(snap: Snapshot, spec: WorkloadSpec, pool: Pool, lo: int, hi: int) -> Allocation | None:
-    per_node = pool.workers_per_node(spec.cpus_per_worker, spec.gpus_per_worker)
+    per_node = pool.workers_per_node(spec.cpus_per_worker, spec.gpus_per_worker, spec.memory_gb_per_worker)
     if per_node == 0:
         return None
     workers = min(hi, snap.free_nodes(pool.node_type) * per_node)
@@ -289,7 +290,7 @@ def _fit(snap: Snapshot, spec: WorkloadSpec, pool: Pool, lo: int, hi: int) -> Al
 
 def _victims(snap: Snapshot, spec: WorkloadSpec, pool: Pool, specs: dict[str, WorkloadSpec]) -> list[str] | None:
     """Lowest-priority workloads on the pool whose removal makes room; None if not enough."""
-    per_node = pool.workers_per_node(spec.cpus_per_worker, spec.gpus_per_worker)
+    per_node = pool.workers_per_node(spec.cpus_per_worker, spec.gpus_per_worker, spec.memory_gb_per_worker)
     need_nodes = math.ceil(spec.min_workers / per_node) if per_node else math.inf
     free = snap.free_nodes(pool.node_type)
     lower = sorted((a for a in snap.allocations if a.node_type == pool.node_type and specs.get(a.workload)

@@ -42,6 +42,8 @@ class TrainConfig:
     use_gpu: bool = False
     market: MarketChoice = "any"
     """Capacity the workers must run on; 'any' lets Ray choose."""
+    node_type: str | None = None
+    """A pool of the cluster config (the scheduler's placement); wins over market."""
     report_every: int = 5
     """Steps between metric reports (each report waits for Ray Train's controller)."""
     checkpoint_every: int = 0
@@ -79,6 +81,8 @@ class TrainConfig:
             raise ConfigError(f"must be an absolute path or a URI, got {self.storage_path!r}", field="storage_path")
 
     def label_selector(self) -> dict[str, str] | None:
+        if self.node_type:
+            return {L.NODE_TYPE: self.node_type}
         return None if self.market == "any" else L.selector_for(self.market)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:

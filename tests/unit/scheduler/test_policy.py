@@ -190,3 +190,13 @@ def test_malformed_specs_get_clear_errors(raw, words):
     with pytest.raises(ConfigError) as err:
         WorkloadSpec.from_dict(raw, source="w.yaml")
     assert words in str(err.value) and str(err.value).startswith("w.yaml")
+
+
+def test_memory_gpus_and_cpus_each_limit_workers_per_node():
+    p = Pool(node_type="g", market="on-demand", instance_type="g5.12xlarge", region="us-east-1", hourly_price=5.0,
+             max_nodes=1, cpus_per_node=48, gpus_per_node=4, memory_gb_per_node=192)
+    assert p.workers_per_node(4, 1) == 4            # GPUs decide
+    assert p.workers_per_node(4, 0, 64) == 3        # memory decides
+    assert p.workers_per_node(16, 0) == 3           # CPUs decide
+    d = run(snap(pools=(p,)), spec("big", cpus_per_worker=4, memory_gb_per_worker=100, min_workers=2, max_workers=2))[0]
+    assert d.action == "queue"                      # 2 x 100 GB does not fit in one 192 GB node
