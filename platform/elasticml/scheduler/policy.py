@@ -13,8 +13,8 @@ priority first (then earliest deadline). For each workload, in order:
        anything else         reserved -> on-demand (spot only when preemptible)
      reserved first because it is already paid for; it fills by priority, and
      critical or high work preempts lower priority from it when it is full;
-  4. budget: spend so far plus the placement's expected cost over the tenant's
-     budget -> refused, with the numbers;
+  4. budget: the placement's expected cost over the workload's own budget, or
+     spend so far plus it over the tenant's budget -> refused, with the numbers;
   5. nothing fits -> queued, with what was full.
 
 `rebalance` moves running work to cheaper capacity when it frees up;
@@ -172,6 +172,10 @@ def _place_one(snap: Snapshot, spec: WorkloadSpec, specs: dict[str, WorkloadSpec
 
     decision = Decision(workload=spec.name, action="place", allocations=tuple(plan),
                         fallback_node_types=_fallbacks(spec, pools, plan), reason=why)
+    if spec.budget is not None and decision.hourly_cost * spec.expected_hours > spec.budget + 1e-9:
+        return [Decision(workload=spec.name, action="refuse",
+                         reason=f"over budget: this placement would cost about "
+                                f"${decision.hourly_cost * spec.expected_hours:.2f}, above this workload's ${spec.budget:.2f}")], snap
     if policy.budget is not None:
         spent = snap.tenant_spend.get(spec.tenant, 0.0)
         expected = decision.hourly_cost * spec.expected_hours

@@ -47,6 +47,8 @@ class WorkloadSpec:
     restart_overhead_hours: float = 0.1
     regions: tuple[str, ...] = ()
     """Allowed regions (data residency); empty = anywhere."""
+    budget: float | None = None
+    """Dollars this workload may cost at its expected duration; None = no limit of its own."""
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -73,6 +75,8 @@ class WorkloadSpec:
                 f"deadline {self.deadline_hours}h is shorter than the expected {self.expected_hours}h of work",
                 field="deadline_hours",
             )
+        if self.budget is not None and self.budget < 0:
+            raise ConfigError(f"must be >= 0 or null, got {self.budget}", field="budget")
         if self.checkpoint_interval_hours is not None and self.checkpoint_interval_hours <= 0:
             raise ConfigError(f"must be > 0 or null, got {self.checkpoint_interval_hours}", field="checkpoint_interval_hours")
 

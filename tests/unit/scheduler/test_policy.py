@@ -101,6 +101,8 @@ def test_over_budget_is_refused_with_the_numbers_and_quota_queues():
     tenants = Tenants(policies={"t": TenantPolicy(tenant="t", budget=1.0, max_cpus=1)})
     d = run(snap(tenant_spend={"t": 0.95}), spec("a", expected_hours=10), tenants=tenants)[0]
     assert d.action == "refuse" and "over budget" in d.reason and "$0.95 of $1.00" in d.reason
+    own = run(snap(), spec("c", expected_hours=100, budget=1.0))[0]
+    assert own.action == "refuse" and "above this workload's $1.00" in own.reason
     q = run(snap(), spec("b", min_workers=2, max_workers=2), tenants=tenants)[0]
     assert q.action == "queue" and "quota" in q.reason
 
