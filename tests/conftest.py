@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,3 +61,46 @@ def local_cluster(request: pytest.FixtureRequest) -> Iterator["object"]:
             cluster.down()
         leftover = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not leftover, f"cluster {info.name} left processes behind: {leftover}"
+
+
+class FakeIMDS(http.server.BaseHTTPRequestHandler):
+    """AWS instance metadata (IMDSv2) on loopback: a PUT for a session token, then GETs that must carry it.
+
+    `state["docs"]` maps paths to JSON documents (absent = 404); `state["delay"]` slows every GET.
+    """
+
+    state: dict = {}
+
+    def do_PUT(self):  # noqa: N802
+        if self.path != "/latest/api/token" or "X-aws-ec2-metadata-token-ttl-seconds" not in self.headers:
+            return self._send(400, "")
+        self.state["tokens"] += 1
+        self._send(200, f"tok-{self.state['tokens']}")
+
+    def do_GET(self):  # noqa: N802
+        time.sleep(self.state["delay"])
+        if not self.headers.get("X-aws-ec2-metadata-token", "").startswith("tok-"):
+            return self._send(401, "")
+        body = self.state["docs"].get(self.path)
+        if body is None:
+            return self._send(404, "Not Found")
+        self._send(200, json.dumps(body))
+
+    def _send(self, code: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_imds():
+    FakeIMDS.state = {"tokens": 0, "delay": 0.0, "docs": {}}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeIMDS)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, FakeIMDS.state
+    server.shutdown()

@@ -106,6 +106,38 @@ def cluster_status(name: str, as_json: bool) -> None:
         click.echo(f"  {r['node_id'][-8:]}  {r['node_type']:<16} {r['market']:<10} CPU={r['cpus']:<4} {r['labels']}")
 
 
+@cluster.command("render")
+@click.option("--target", type=click.Choice(["local", "aws", "kuberay", "all"]), default="all", show_default=True)
+@click.option("--cluster", "cluster_def", default=None, help="A definition in elasticml.provision.definition.")
+@click.option("--check", is_flag=True, help="Exit 1 if the committed files differ from what renders.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Repository root.")
+def cluster_render(target: str, cluster_def: str | None, check: bool, out: Path | None) -> None:
+    """Write (or --check) the local, AWS and KubeRay files generated from the one definition."""
+    from elasticml.provision.render import render, render_all
+    from elasticml.repo import ROOT
+
+    if target == "all":
+        files = render_all()
+    else:
+        files = render(target, cluster_def or ("local" if target == "local" else "aws-cpu"))
+    root = out or ROOT
+    stale = []
+    for rel, text in files.items():
+        path = root / rel
+        if check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(rel)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        click.echo(f"wrote {rel}")
+    if check:
+        if stale:
+            click.echo("out of date (run `elasticml cluster render`): " + ", ".join(stale), err=True)
+            sys.exit(1)
+        click.echo(f"{len(files)} generated files are up to date")
+
+
 @cluster.command("env")
 @_name_option
 def cluster_env(name: str) -> None:

@@ -47,3 +47,40 @@ def test_a_lost_spot_node_makes_the_scheduler_replace_its_work(local_cluster):
     assert moves[-1]["allocations"][0]["market"] == "on-demand"
     assert sched.placement("sweep")["allocations"][0]["node_type"] == "cpu_on_demand"
     sched.kill(no_restart=True)
+
+
+def test_watcher_process_turns_an_imds_notice_into_a_replacement(local_cluster, fake_imds):
+    """The real watcher, as spot nodes run it, against an IMDSv2 server on loopback."""
+    import os
+    import subprocess
+    import sys
+
+    from elasticml.scheduler.client import SchedulerClient
+
+    server, state = fake_imds
+    info = local_cluster.require_info()
+    info.connect()
+    sched = SchedulerClient.connect(cluster_name=local_cluster.name)
+    sched.clear_interruption("cpu_spot")
+    placed = sched.submit({"name": "batch-2", "tenant": "r", "kind": "batch", "priority": "low",
+                           "checkpoint_interval_hours": 0.2})[-1]
+    assert placed["allocations"][0]["market"] == "spot"
+    state["docs"]["/latest/meta-data/spot/instance-action"] = {"action": "terminate", "time": "2026-11-24T12:02:00Z"}
+    env = {**os.environ, **info.client_env(), "RAY_ADDRESS": info.gcs_address, "RAY_NODE_TYPE_NAME": "cpu_spot",
+           "ELASTICML_IMDS_URL": f"http://127.0.0.1:{server.server_port}", "ELASTICML_WATCH_INTERVAL_S": "0.5",
+           "ELASTICML_CLUSTER_NAME": local_cluster.name}
+    proc = subprocess.Popen([sys.executable, "-m", "elasticml.provision.watcher"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not [d for d in sched.explain("batch-2") if d["action"] == "move"]:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, sched.explain("batch-2")
+            time.sleep(1)
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert "interruption notice (terminate" in out
+    assert sched.placement("batch-2")["allocations"][0]["market"] == "on-demand"
+    assert next(p for p in sched.status()["pools"] if p["node_type"] == "cpu_spot")["interrupted"]
+    sched.kill(no_restart=True)

@@ -1,0 +1,1 @@
+"""Provisioning: one definition of node types and markets, rendered for local, AWS and KubeRay."""

@@ -1,0 +1,89 @@
+"""The one definition of every cluster elasticml deploys: node types, markets, labels, instance types.
+
+The local cluster (tests, demo), the AWS cluster-launcher YAMLs and the KubeRay
+manifests are all rendered from `CLUSTERS` (see `render.py`), and a test checks
+that the committed files equal what renders, so what was tested is what gets
+deployed: the same node type names, the same labels, the same markets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from elasticml import labels as L
+from elasticml.errors import ConfigError
+from elasticml.labels import Market
+
+
+@dataclass(kw_only=True, frozen=True)
+class NodeGroup:
+    name: str
+    """Node type name, the same in every target."""
+    market: Market
+    cpus: int
+    gpus: int = 0
+    memory_gib: int = 0
+    instance_type: str
+    """AWS instance type (priced in the scheduler's catalog)."""
+    min_workers: int = 0
+    max_workers: int
+
+    def __post_init__(self) -> None:
+        if self.max_workers < self.min_workers or self.min_workers < 0:
+            raise ConfigError(f"need 0 <= min_workers <= max_workers", field=f"{self.name}.max_workers")
+
+    @property
+    def labels(self) -> dict[str, str]:
+        out = {L.MARKET_TYPE: "spot" if self.market == "spot" else "on-demand"}
+        if self.market == "reserved":
+            out[L.CAPACITY] = L.RESERVED
+        out[L.NODE_TYPE] = self.name
+        return out
+
+
+@dataclass(kw_only=True, frozen=True)
+class ClusterDefinition:
+    name: str
+    """Cluster name and file stem."""
+    region: str
+    head_instance_type: str
+    groups: tuple[NodeGroup, ...]
+    idle_timeout_minutes: float = 5.0
+    description: str = ""
+    bucket: str = "elasticml-checkpoints"
+    zones: tuple[str, ...] = field(default_factory=tuple)
+
+    def group(self, name: str) -> NodeGroup:
+        return next(g for g in self.groups if g.name == name)
+
+
+def _cpu_groups(instance: str, cpus: int, mem: int, spot: int, od: int, reserved: int) -> tuple[NodeGroup, ...]:
+    return (
+        NodeGroup(name="cpu_spot", market="spot", cpus=cpus, memory_gib=mem, instance_type=instance, max_workers=spot),
+        NodeGroup(name="cpu_on_demand", market="on-demand", cpus=cpus, memory_gib=mem, instance_type=instance, max_workers=od),
+        NodeGroup(name="cpu_reserved", market="reserved", cpus=cpus, memory_gib=mem, instance_type=instance, max_workers=reserved),
+    )
+
+
+CLUSTERS: dict[str, ClusterDefinition] = {
+    # One box: 1-CPU fake nodes so that a laptop or CI can run several of them.
+    "local": ClusterDefinition(
+        name="local", region="us-east-1", head_instance_type="m7i.large", idle_timeout_minutes=0.25,
+        description="the local elastic cluster (tests, demo): Ray's fake multi-node provider, autoscaler v2",
+        groups=_cpu_groups("m7i.large", 1, 8, spot=2, od=2, reserved=2),
+    ),
+    "aws-cpu": ClusterDefinition(
+        name="aws-cpu", region="us-east-1", head_instance_type="m7i.large", zones=("us-east-1a", "us-east-1b"),
+        description="small business: CPU nodes for training small models and int8 serving",
+        groups=_cpu_groups("m7i.2xlarge", 8, 32, spot=8, od=4, reserved=2),
+    ),
+    "aws-gpu": ClusterDefinition(
+        name="aws-gpu", region="us-east-1", head_instance_type="m7i.2xlarge", zones=("us-east-1a", "us-east-1b", "us-east-1c"),
+        description="enterprise: GPU nodes for FSDP training and bf16 serving, CPU nodes for data",
+        groups=_cpu_groups("c7i.4xlarge", 16, 32, spot=8, od=4, reserved=0)[:2] + (
+            NodeGroup(name="gpu_spot", market="spot", cpus=48, gpus=4, memory_gib=192, instance_type="g5.12xlarge", max_workers=8),
+            NodeGroup(name="gpu_on_demand", market="on-demand", cpus=48, gpus=4, memory_gib=192, instance_type="g5.12xlarge", max_workers=4),
+            NodeGroup(name="gpu_reserved", market="reserved", cpus=192, gpus=8, memory_gib=2048, instance_type="p5.48xlarge", max_workers=2),
+        ),
+    ),
+}

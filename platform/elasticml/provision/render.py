@@ -1,0 +1,288 @@
+"""Render a ClusterDefinition for a target: local (Ray YAML), aws (Ray YAML), kuberay (manifests).
+
+`render(target, cluster)` returns `{relative path: file text}`; `elasticml
+cluster render` writes them, and `--check` (and the tests) compare them with
+the committed files.
+
+Security defaults, on purpose: token authentication on everywhere (the token
+travels to nodes as a file mount / a Kubernetes Secret, never in the file); no
+ingress from 0.0.0.0/0 (SSH only from the admin CIDR, Ray's ports only inside
+the security group); nodes get an instance profile that may only read and write
+the platform's checkpoint bucket (the head's adds what the autoscaler needs).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from elasticml.errors import ConfigError
+from elasticml.provision.definition import CLUSTERS, ClusterDefinition, NodeGroup
+
+TARGETS = ("local", "aws", "kuberay")
+FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+RAY_IMAGE = "rayproject/ray:2.60.0-py311-cpu"
+RAY_GPU_IMAGE = "rayproject/ray:2.60.0-py311-cu124"
+ADMIN_CIDR = "10.0.0.0/16"  # replace with your VPN or bastion range; never 0.0.0.0/0
+ACCOUNT = "123456789012"  # replace: your AWS account id
+WATCHER = "nohup python -m elasticml.provision.watcher > /tmp/elasticml-watcher.log 2>&1 &"
+
+
+def render(target: str, cluster: str) -> dict[str, str]:
+    if target not in TARGETS:
+        raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}", field="target")
+    if cluster not in CLUSTERS:
+        raise ConfigError(f"unknown cluster {cluster!r}; defined: {', '.join(CLUSTERS)}", field="cluster")
+    d = CLUSTERS[cluster]
+    if target == "local":
+        if cluster != "local":
+            raise ConfigError("only the 'local' definition renders for the local target", field="cluster")
+        return {"cluster_configs/local.yaml": _yaml(_local(d), _header(d, "elasticml cluster up"))}
+    if target == "aws":
+        if cluster == "local":
+            raise ConfigError("the 'local' definition is for this machine; render aws-cpu or aws-gpu", field="cluster")
+        return {
+            f"cluster_configs/{d.name}.yaml": _yaml(_aws(d), _header(d, f"ray up cluster_configs/{d.name}.yaml")),
+            f"cluster_configs/aws/{d.name}-head-policy.json": _json(_head_policy(d)),
+            f"cluster_configs/aws/{d.name}-worker-policy.json": _json(_worker_policy(d)),
+        }
+    return {
+        f"cluster_configs/kuberay/{d.name}-raycluster.yaml": _yaml(_raycluster(d), _header(d, "kubectl apply -f")),
+        f"cluster_configs/kuberay/{d.name}-rayjob.yaml": _yaml(_rayjob(d), _header(d, "kubectl apply -f")),
+        f"cluster_configs/kuberay/{d.name}-rayservice.yaml": _yaml(_rayservice(d), _header(d, "kubectl apply -f")),
+    }
+
+
+def render_all() -> dict[str, str]:
+    files = render("local", "local")
+    for name in CLUSTERS:
+        if name != "local":
+            files |= render("aws", name) | render("kuberay", name)
+    return files
+
+
+# -- local ----------------------------------------------------------------------
+def _local(d: ClusterDefinition) -> dict[str, Any]:
+    types: dict[str, Any] = {"ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}}
+    for g in d.groups:
+        types[g.name] = {"resources": _resources(g), "labels": g.labels, "node_config": {"InstanceType": g.instance_type},
+                         "min_workers": g.min_workers, "max_workers": g.max_workers}
+    return {
+        "cluster_name": f"elasticml-{d.name}",
+        "max_workers": sum(g.max_workers for g in d.groups),
+        "upscaling_speed": 10.0,
+        "idle_timeout_minutes": d.idle_timeout_minutes,
+        "provider": {"type": "external", "module": FAKE_PROVIDER, "launch_multiple": True, "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True, "region": d.region},
+        "available_node_types": types,
+        "head_node_type": "ray.head.default",
+    }
+
+
+# -- AWS --------------------------------------------------------------------------
+def _aws(d: ClusterDefinition) -> dict[str, Any]:
+    head_profile = f"arn:aws:iam::{ACCOUNT}:instance-profile/elasticml-{d.name}-head"
+    worker_profile = f"arn:aws:iam::{ACCOUNT}:instance-profile/elasticml-{d.name}-worker"
+    types: dict[str, Any] = {
+        "ray.head.default": {
+            "resources": {"CPU": 0},  # the head coordinates; on-demand, never spot
+            "node_config": {"InstanceType": d.head_instance_type, "ImageId": "latest_dlami",
+                            "IamInstanceProfile": {"Arn": head_profile}, **_disk(100)},
+        }
+    }
+    for g in d.groups:
+        node_config: dict[str, Any] = {"InstanceType": g.instance_type, "ImageId": "latest_dlami",
+                                       "IamInstanceProfile": {"Arn": worker_profile}, **_disk(200 if g.gpus else 100)}
+        if g.market == "spot":
+            node_config["InstanceMarketOptions"] = {"MarketType": "spot",
+                                                    "SpotOptions": {"InstanceInterruptionBehavior": "terminate"}}
+        if g.market == "reserved":
+            node_config["CapacityReservationSpecification"] = {
+                "CapacityReservationTarget": {"CapacityReservationResourceGroupArn":
+                                              f"arn:aws:resource-groups:{d.region}:{ACCOUNT}:group/elasticml-{d.name}-{g.name}"}
+            }
+        body: dict[str, Any] = {"resources": _resources(g), "labels": g.labels, "node_config": node_config,
+                                "min_workers": g.min_workers, "max_workers": g.max_workers}
+        if g.market == "spot":
+            # Spot nodes run the interruption watcher: IMDSv2 notices -> scheduler + Ray drain.
+            body["worker_setup_commands"] = [*_setup_commands(), WATCHER]
+        types[g.name] = body
+    return {
+        "cluster_name": f"elasticml-{d.name}",
+        "max_workers": sum(g.max_workers for g in d.groups),
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": d.idle_timeout_minutes,
+        "provider": {
+            "type": "aws", "region": d.region, "availability_zone": ",".join(d.zones), "cache_stopped_nodes": False,
+            "use_internal_ips": True,
+            "security_group": {
+                "GroupName": f"elasticml-{d.name}",
+                "IpPermissions": [{"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp",
+                                   "IpRanges": [{"CidrIp": ADMIN_CIDR, "Description": "SSH from the admin network only"}]}],
+            },
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": types,
+        "head_node_type": "ray.head.default",
+        "file_mounts": {
+            "~/elasticml": ".",
+            # Token auth: `ray get-auth-token --generate` makes this file on your machine.
+            "~/.ray/auth_token": "~/.ray/auth_token",
+        },
+        "rsync_exclude": [".venv", ".git", "**/__pycache__"],
+        "setup_commands": _setup_commands(),
+        "head_start_ray_commands": [
+            "ray stop",
+            "RAY_AUTH_MODE=token RAY_enable_autoscaler_v2=1 ray start --head --port=6379 --num-cpus=0 "
+            "--dashboard-host=127.0.0.1 --autoscaling-config=~/ray_bootstrap_config.yaml --disable-usage-stats",
+        ],
+        "worker_start_ray_commands": [
+            "ray stop",
+            "RAY_AUTH_MODE=token ray start --address=$RAY_HEAD_IP:6379 --disable-usage-stats",
+        ],
+    }
+
+
+def _setup_commands() -> list[str]:
+    return [
+        "chmod 600 ~/.ray/auth_token",
+        "echo 'export RAY_AUTH_MODE=token' >> ~/.bashrc",
+        "pip install -q -e ~/elasticml",
+    ]
+
+
+def _disk(gib: int) -> dict[str, Any]:
+    return {"BlockDeviceMappings": [{"DeviceName": "/dev/sda1",
+                                     "Ebs": {"VolumeSize": gib, "VolumeType": "gp3", "Encrypted": True}}]}
+
+
+def _resources(g: NodeGroup) -> dict[str, int]:
+    out = {"CPU": g.cpus}
+    if g.gpus:
+        out["GPU"] = g.gpus
+    return out
+
+
+def _bucket_statements(d: ClusterDefinition) -> list[dict[str, Any]]:
+    return [
+        {"Sid": "ListCheckpointBucket", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{d.bucket}"},
+        {"Sid": "ReadWriteCheckpoints", "Effect": "Allow",
+         "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+         "Resource": f"arn:aws:s3:::{d.bucket}/*"},
+    ]
+
+
+def _worker_policy(d: ClusterDefinition) -> dict[str, Any]:
+    """Workers may read and write the checkpoint bucket, and nothing more."""
+    return {"Version": "2012-10-17", "Statement": _bucket_statements(d)}
+
+
+def _head_policy(d: ClusterDefinition) -> dict[str, Any]:
+    """The head: the bucket, plus what Ray's autoscaler and the scheduler's price adaptor need."""
+    return {"Version": "2012-10-17", "Statement": _bucket_statements(d) + [
+        {"Sid": "Autoscaler", "Effect": "Allow",
+         "Action": ["ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTags", "ec2:DescribeInstances",
+                    "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeImages",
+                    "ec2:DescribeCapacityReservations", "ec2:DescribeSpotPriceHistory", "ec2:GetSpotPlacementScores"],
+         "Resource": "*", "Condition": {"StringEquals": {"aws:RequestedRegion": d.region}}},
+        {"Sid": "PassWorkerRole", "Effect": "Allow", "Action": ["iam:PassRole"],
+         "Resource": f"arn:aws:iam::{ACCOUNT}:role/elasticml-{d.name}-worker"},
+    ]}
+
+
+# -- KubeRay ------------------------------------------------------------------------
+CAPACITY_TYPE = "karpenter.sh/capacity-type"
+
+
+def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
+    gpus = g.gpus if g else 0
+    cpus = g.cpus if g else 2
+    mem = f"{(g.memory_gib if g else 8) * 7 // 8}Gi"  # leave room for the kubelet
+    limits: dict[str, Any] = {"cpu": str(cpus), "memory": mem}
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+    return {
+        "name": "ray-head" if g is None else "ray-worker",
+        "image": RAY_GPU_IMAGE if gpus else RAY_IMAGE,
+        "env": [{"name": "RAY_AUTH_MODE", "value": "token"},
+                {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"elasticml-{d.name}-token", "key": "token"}}}],
+        "resources": {"requests": dict(limits), "limits": limits},
+    }
+
+
+def _raycluster_spec(d: ClusterDefinition) -> dict[str, Any]:
+    workers = []
+    for g in d.groups:
+        capacity = {"spot": "spot", "on-demand": "on-demand", "reserved": "reserved"}[g.market]
+        pod: dict[str, Any] = {"nodeSelector": {CAPACITY_TYPE: capacity, "node.kubernetes.io/instance-type": g.instance_type},
+                               "containers": [_container(d, g)]}
+        if g.market == "spot":
+            pod["tolerations"] = [{"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot", "effect": "NoSchedule"}]
+        if g.gpus:
+            pod.setdefault("tolerations", []).append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+        workers.append({
+            "groupName": g.name.replace("_", "-"),
+            "replicas": g.min_workers, "minReplicas": g.min_workers, "maxReplicas": g.max_workers,
+            "rayStartParams": {"labels": ",".join(f"{k}={v}" for k, v in g.labels.items())},
+            "template": {"spec": pod},
+        })
+    head_pod = {"nodeSelector": {CAPACITY_TYPE: "on-demand"}, "containers": [_container(d, None)]}
+    return {
+        "rayVersion": "2.60.0",
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60)},
+        "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"}, "template": {"spec": head_pod}},
+        "workerGroupSpecs": workers,
+    }
+
+
+def _meta(d: ClusterDefinition, kind: str) -> dict[str, Any]:
+    return {"name": f"elasticml-{d.name}" + ("" if kind == "raycluster" else f"-{kind}"),
+            "labels": {"app.kubernetes.io/part-of": "elasticml"}}
+
+
+def _raycluster(d: ClusterDefinition) -> dict[str, Any]:
+    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _meta(d, "raycluster"), "spec": _raycluster_spec(d)}
+
+
+def _rayjob(d: ClusterDefinition) -> dict[str, Any]:
+    return {
+        "apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": _meta(d, "train"),
+        "spec": {
+            "entrypoint": (f"python jobs/train.py --data s3://{d.bucket}/corpus --storage-path s3://{d.bucket}/runs "
+                           "--run-name nightly --tenant research --priority low"),
+            "runtimeEnvYAML": "working_dir: /home/ray/elasticml\n",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": 600,
+            "rayClusterSpec": _raycluster_spec(d),
+        },
+    }
+
+
+def _rayservice(d: ClusterDefinition) -> dict[str, Any]:
+    serve_config = {
+        "applications": [{
+            "name": "completion", "route_prefix": "/", "import_path": "serve_apps.completion:app",
+            "args": {"checkpoint": f"latest:s3://{d.bucket}/runs/nightly", "market": "reserved"},
+        }]
+    }
+    return {
+        "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": _meta(d, "serve"),
+        "spec": {"serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False), "rayClusterConfig": _raycluster_spec(d)},
+    }
+
+
+# -- files --------------------------------------------------------------------------
+def _header(d: ClusterDefinition, use: str) -> str:
+    return (f"# GENERATED by `elasticml cluster render` from elasticml.provision.definition ({d.name}): "
+            f"edit the definition, not this file.\n# {d.description}\n# Use: {use}\n")
+
+
+def _yaml(obj: Any, header: str) -> str:
+    return header + yaml.safe_dump(obj, sort_keys=False, width=120)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2) + "\n"

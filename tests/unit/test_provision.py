@@ -1,0 +1,150 @@
+"""Provisioning files: generated from one definition, valid against their schemas, secure by default."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray._private.label_utils import parse_node_labels_string
+
+from elasticml import labels as L
+from elasticml.cluster.config import load_cluster_spec, ray_schema
+from elasticml.provision.definition import CLUSTERS
+from elasticml.provision.kuberay_schema import validate_manifest
+from elasticml.provision.render import render, render_all
+
+REPO = Path(__file__).resolve().parents[2]
+AWS = ["aws-cpu", "aws-gpu"]
+
+
+def load(rel: str):
+    return yaml.safe_load((REPO / rel).read_text())
+
+
+def test_committed_files_are_exactly_what_the_definition_renders():
+    files = render_all()
+    assert "cluster_configs/local.yaml" in files and len(files) == 13
+    stale = [rel for rel, text in files.items() if (REPO / rel).read_text() != text]
+    assert not stale, f"run `elasticml cluster render`: {stale}"
+    out = subprocess.run([str(Path(sys.executable).with_name("elasticml")), "cluster", "render", "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "up to date" in out.stdout
+
+
+def test_render_check_notices_a_hand_edit(tmp_path):
+    exe = str(Path(sys.executable).with_name("elasticml"))
+    subprocess.run([exe, "cluster", "render", "--out", str(tmp_path)], check=True, capture_output=True, timeout=60)
+    path = tmp_path / "cluster_configs" / "aws-cpu.yaml"
+    path.write_text(path.read_text().replace("max_workers: 8", "max_workers: 80"))
+    out = subprocess.run([exe, "cluster", "render", "--check", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "cluster_configs/aws-cpu.yaml" in out.stderr
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_aws_yamls_are_valid_launcher_configs_with_the_local_labels(name):
+    raw = load(f"cluster_configs/{name}.yaml")
+    jsonschema.validate(raw, ray_schema())
+    spec = load_cluster_spec(REPO / f"cluster_configs/{name}.yaml")
+    local = load_cluster_spec(REPO / "cluster_configs/local.yaml")
+    for t in spec.worker_types.values():
+        if t.name in local.node_types:  # same node type name: same labels as what the tests ran on
+            assert t.labels == local.node_types[t.name].labels
+        assert t.labels[L.NODE_TYPE] == t.name and t.market in L.MARKETS
+    assert {t.market for t in spec.worker_types.values()} == {"spot", "on-demand", "reserved"}
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_aws_markets_head_auth_security_and_watcher(name):
+    raw = load(f"cluster_configs/{name}.yaml")
+    types = raw["available_node_types"]
+    head = types[raw["head_node_type"]]
+    assert "InstanceMarketOptions" not in head["node_config"]  # the head is on-demand
+    for node_type, body in types.items():
+        if node_type == raw["head_node_type"]:
+            continue
+        market = L.market_of(body["labels"])
+        cfg = body["node_config"]
+        assert ("InstanceMarketOptions" in cfg) == (market == "spot"), node_type
+        assert ("CapacityReservationSpecification" in cfg) == (market == "reserved"), node_type
+        watcher = any("elasticml.provision.watcher" in c for c in body.get("worker_setup_commands", []))
+        assert watcher == (market == "spot"), node_type
+        assert cfg["IamInstanceProfile"]["Arn"].endswith("-worker")
+    assert head["node_config"]["IamInstanceProfile"]["Arn"].endswith("-head")
+    for rule in raw["provider"]["security_group"]["IpPermissions"]:
+        assert all(r["CidrIp"] != "0.0.0.0/0" for r in rule.get("IpRanges", []))
+        assert all(r.get("CidrIpv6") != "::/0" for r in rule.get("Ipv6Ranges", []))
+    starts = raw["head_start_ray_commands"] + raw["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if c.startswith("RAY_") or "ray start" in c)
+    assert raw["file_mounts"]["~/.ray/auth_token"]
+    assert any("pip install" in c and "elasticml" in c for c in raw["setup_commands"])
+    assert "RAY_enable_autoscaler_v2=1" in raw["head_start_ray_commands"][-1]
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_iam_policies_let_workers_reach_the_bucket_and_nothing_more(name):
+    bucket = CLUSTERS[name].bucket
+    worker = json.loads((REPO / f"cluster_configs/aws/{name}-worker-policy.json").read_text())
+    for st in worker["Statement"]:
+        assert st["Effect"] == "Allow"
+        assert all(a.startswith("s3:") for a in st["Action"])
+        assert st["Resource"] in (f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*")
+    head = json.loads((REPO / f"cluster_configs/aws/{name}-head-policy.json").read_text())
+    for st in head["Statement"]:
+        assert "*" not in st["Action"] and not any(a.endswith(":*") for a in st["Action"])
+        if st["Resource"] == "*":
+            assert st["Condition"]["StringEquals"]["aws:RequestedRegion"] == CLUSTERS[name].region
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_kuberay_manifests_validate_and_map_markets_to_node_pools(name):
+    docs = {kind: load(f"cluster_configs/kuberay/{name}-{kind}.yaml") for kind in ("raycluster", "rayjob", "rayservice")}
+    for doc in docs.values():
+        validate_manifest(doc)
+    groups = docs["raycluster"]["spec"]["workerGroupSpecs"]
+    definition = {g.name.replace("_", "-"): g for g in CLUSTERS[name].groups}
+    assert {g["groupName"] for g in groups} == set(definition)
+    for g in groups:
+        d = definition[g["groupName"]]
+        pod = g["template"]["spec"]
+        assert pod["nodeSelector"]["karpenter.sh/capacity-type"] == d.market
+        assert parse_node_labels_string(g["rayStartParams"]["labels"]) == d.labels
+        spot_toleration = any(t.get("value") == "spot" for t in pod.get("tolerations", []))
+        assert spot_toleration == (d.market == "spot")
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+    serve = yaml.safe_load(docs["rayservice"]["spec"]["serveConfigV2"])
+    assert serve["applications"][0]["import_path"] == "serve_apps.completion:app"
+    assert "jobs/train.py" in docs["rayjob"]["spec"]["entrypoint"]
+
+
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda d: d["spec"]["workerGroupSpecs"][0].pop("groupName"), "groupName"),
+        (lambda d: d["spec"]["autoscalerOptions"].update({"upscalingMode": "Fast"}), "Fast"),
+        (lambda d: d["spec"].update({"workerGroups": []}), "workerGroups"),
+        (lambda d: d["spec"]["workerGroupSpecs"][0].update({"minReplicas": 5, "maxReplicas": 1, "replicas": 5}), "maxReplicas"),
+        (lambda d: d.update({"apiVersion": "ray.io/v1alpha1"}), "ray.io/v1"),
+    ],
+)
+def test_kuberay_schema_rejects_mistakes(mutate, words):
+    doc = load("cluster_configs/kuberay/aws-cpu-raycluster.yaml")
+    mutate(doc)
+    with pytest.raises(jsonschema.ValidationError, match=words):
+        validate_manifest(doc)
+
+
+def test_render_refuses_unknown_targets_and_clusters():
+    from elasticml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown target"):
+        render("gcp", "aws-cpu")
+    with pytest.raises(ConfigError, match="unknown cluster"):
+        render("aws", "aws-tpu")
+    with pytest.raises(ConfigError, match="render aws-cpu or aws-gpu"):
+        render("aws", "local")
