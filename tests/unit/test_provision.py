@@ -148,3 +148,11 @@ def test_render_refuses_unknown_targets_and_clusters():
         render("aws", "aws-tpu")
     with pytest.raises(ConfigError, match="render aws-cpu or aws-gpu"):
         render("aws", "local")
+
+
+def test_a_definition_cannot_open_ssh_to_the_world():
+    from elasticml.errors import ConfigError
+    from elasticml.provision.definition import ClusterDefinition
+
+    with pytest.raises(ConfigError, match="admin_cidr"):
+        ClusterDefinition(name="x", region="us-east-1", head_instance_type="m7i.large", groups=(), admin_cidr="0.0.0.0/0")

@@ -52,6 +52,14 @@ class ClusterDefinition:
     description: str = ""
     bucket: str = "elasticml-checkpoints"
     zones: tuple[str, ...] = field(default_factory=tuple)
+    account_id: str = "123456789012"
+    """Replace with your AWS account id (IAM ARNs, capacity-reservation groups)."""
+    admin_cidr: str = "10.0.0.0/16"
+    """Where SSH may come from: your VPN or bastion range; never 0.0.0.0/0."""
+
+    def __post_init__(self) -> None:
+        if self.admin_cidr in ("0.0.0.0/0", "::/0"):
+            raise ConfigError("SSH must not be open to the world; use your VPN or bastion range", field="admin_cidr")
 
     def group(self, name: str) -> NodeGroup:
         return next(g for g in self.groups if g.name == name)

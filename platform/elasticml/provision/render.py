@@ -25,8 +25,6 @@ TARGETS = ("local", "aws", "kuberay")
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
 RAY_IMAGE = "rayproject/ray:2.60.0-py311-cpu"
 RAY_GPU_IMAGE = "rayproject/ray:2.60.0-py311-cu124"
-ADMIN_CIDR = "10.0.0.0/16"  # replace with your VPN or bastion range; never 0.0.0.0/0
-ACCOUNT = "123456789012"  # replace: your AWS account id
 WATCHER = "nohup python -m elasticml.provision.watcher > /tmp/elasticml-watcher.log 2>&1 &"
 
 
@@ -83,8 +81,8 @@ def _local(d: ClusterDefinition) -> dict[str, Any]:
 
 # -- AWS --------------------------------------------------------------------------
 def _aws(d: ClusterDefinition) -> dict[str, Any]:
-    head_profile = f"arn:aws:iam::{ACCOUNT}:instance-profile/elasticml-{d.name}-head"
-    worker_profile = f"arn:aws:iam::{ACCOUNT}:instance-profile/elasticml-{d.name}-worker"
+    head_profile = f"arn:aws:iam::{d.account_id}:instance-profile/elasticml-{d.name}-head"
+    worker_profile = f"arn:aws:iam::{d.account_id}:instance-profile/elasticml-{d.name}-worker"
     types: dict[str, Any] = {
         "ray.head.default": {
             "resources": {"CPU": 0},  # the head coordinates; on-demand, never spot
@@ -101,7 +99,7 @@ def _aws(d: ClusterDefinition) -> dict[str, Any]:
         if g.market == "reserved":
             node_config["CapacityReservationSpecification"] = {
                 "CapacityReservationTarget": {"CapacityReservationResourceGroupArn":
-                                              f"arn:aws:resource-groups:{d.region}:{ACCOUNT}:group/elasticml-{d.name}-{g.name}"}
+                                              f"arn:aws:resource-groups:{d.region}:{d.account_id}:group/elasticml-{d.name}-{g.name}"}
             }
         body: dict[str, Any] = {"resources": _resources(g), "labels": g.labels, "node_config": node_config,
                                 "min_workers": g.min_workers, "max_workers": g.max_workers}
@@ -120,7 +118,7 @@ def _aws(d: ClusterDefinition) -> dict[str, Any]:
             "security_group": {
                 "GroupName": f"elasticml-{d.name}",
                 "IpPermissions": [{"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp",
-                                   "IpRanges": [{"CidrIp": ADMIN_CIDR, "Description": "SSH from the admin network only"}]}],
+                                   "IpRanges": [{"CidrIp": d.admin_cidr, "Description": "SSH from the admin network only"}]}],
             },
         },
         "auth": {"ssh_user": "ubuntu"},
@@ -188,7 +186,7 @@ def _head_policy(d: ClusterDefinition) -> dict[str, Any]:
                     "ec2:DescribeCapacityReservations", "ec2:DescribeSpotPriceHistory", "ec2:GetSpotPlacementScores"],
          "Resource": "*", "Condition": {"StringEquals": {"aws:RequestedRegion": d.region}}},
         {"Sid": "PassWorkerRole", "Effect": "Allow", "Action": ["iam:PassRole"],
-         "Resource": f"arn:aws:iam::{ACCOUNT}:role/elasticml-{d.name}-worker"},
+         "Resource": f"arn:aws:iam::{d.account_id}:role/elasticml-{d.name}-worker"},
     ]}
 
 
