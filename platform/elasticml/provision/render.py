@@ -25,7 +25,7 @@ TARGETS = ("local", "aws", "kuberay")
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
 RAY_IMAGE = "rayproject/ray:2.60.0-py311-cpu"
 RAY_GPU_IMAGE = "rayproject/ray:2.60.0-py311-cu124"
-WATCHER = "nohup python -m elasticml.provision.watcher > /tmp/elasticml-watcher.log 2>&1 &"
+WATCHER = "RAY_AUTH_MODE=token nohup python -m elasticml.provision.watcher > /tmp/elasticml-watcher.log 2>&1 &"
 
 
 def render(target: str, cluster: str) -> dict[str, str]:
