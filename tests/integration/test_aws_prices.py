@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import http.server
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
@@ -19,27 +15,9 @@ pytestmark = pytest.mark.integration
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def moto_ec2():
-    port = free_port()
-    exe = str(Path(sys.executable).with_name("moto_server"))
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+def moto_ec2(s3_server):
+    return s3_server  # moto's server speaks EC2 on the same endpoint
 
 
 def test_spot_prices_through_describe_spot_price_history(moto_ec2):

@@ -95,9 +95,12 @@ def build_corpus(
 
 
 def read_manifest(corpus_dir: str | Path) -> CorpusManifest:
-    path = Path(corpus_dir) / MANIFEST
+    """The manifest of a complete corpus at a local path or an s3:// URI."""
+    from elasticml.storage import read_text
+
+    path = f"{str(corpus_dir).rstrip('/')}/{MANIFEST}"
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(read_text(path))
     except FileNotFoundError:
         raise DataError(
             f"{corpus_dir} is not a complete corpus (no {MANIFEST}); build one with `elasticml data build --out {corpus_dir}`"

@@ -28,11 +28,14 @@ class TokenBlocks:
     def __init__(self, corpus_dir: str, *, seq_len: int, seed: int = 0) -> None:
         if seq_len < 1:
             raise ConfigError(f"must be >= 1, got {seq_len}", field="seq_len")
+        from elasticml.storage import filesystem_for
+
         manifest = read_manifest(corpus_dir)
+        fs, root = filesystem_for(str(corpus_dir))
         parts: list[bytes] = []
         for shard in manifest.shards:
-            for text in pq.read_table(f"{corpus_dir}/{shard}", columns=["text"]).column("text").to_pylist():
-                parts.append(text.encode("utf-8"))
+            table = pq.read_table(f"{root}/{shard}", columns=["text"], filesystem=fs)
+            parts.extend(text.encode("utf-8") for text in table.column("text").to_pylist())
         stream = np.frombuffer(bytes([SEPARATOR]).join(parts), dtype=np.uint8)
         n_blocks = len(stream) // (seq_len + 1)
         if n_blocks < 1:

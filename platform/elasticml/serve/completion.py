@@ -97,15 +97,17 @@ def resolve_checkpoint(spec: str) -> str:
     from elasticml.train.checkpoint import latest_checkpoint, read_meta
 
     if spec.startswith("latest:"):
-        run_dir = Path(spec.removeprefix("latest:")).expanduser()
+        target = spec.removeprefix("latest:")
+        run_dir = target if "://" in target else Path(target).expanduser()
         found = latest_checkpoint(run_dir)
         if found is None:
             raise CheckpointError(
                 f"no complete checkpoint under {run_dir}; train one first (jobs/train.py) or pass a checkpoint folder"
             )
         return str(found)
-    read_meta(Path(spec).expanduser())  # refuse an incomplete checkpoint before any replica starts
-    return str(Path(spec).expanduser())
+    where = spec if "://" in spec else str(Path(spec).expanduser())
+    read_meta(where)  # refuse an incomplete checkpoint before any replica starts
+    return where
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -54,19 +54,24 @@ def write_checkpoint(
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
-    """meta.json of a complete checkpoint; CheckpointError if it is incomplete or foreign."""
-    folder = Path(folder)
+    """meta.json of a complete checkpoint (local path or s3:// URI); CheckpointError if incomplete or foreign."""
+    import pyarrow.fs as pafs
+
+    from elasticml.storage import filesystem_for
+
+    fs, root = filesystem_for(str(folder))
     try:
-        meta = json.loads((folder / META).read_text())
+        with fs.open_input_stream(f"{root}/{META}") as fh:
+            meta = json.loads(fh.read().decode())
     except FileNotFoundError:
         raise CheckpointError(f"{folder} is not a complete elasticml checkpoint (no {META})") from None
     except ValueError:
-        raise CheckpointError(f"{folder / META} is not valid JSON") from None
+        raise CheckpointError(f"{folder}/{META} is not valid JSON") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{folder} has format {meta.get('format')!r}, expected {FORMAT!r}")
     for name, size in meta["files"].items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != size:
+        info = fs.get_file_info(f"{root}/{name}")
+        if info.type != pafs.FileType.File or info.size != size:
             raise CheckpointError(f"{folder} is incomplete: {name} is missing or truncated")
     return meta
 
@@ -79,25 +84,42 @@ def is_complete(folder: str | Path) -> bool:
         return False
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step under a Ray Train run folder."""
-    run_dir = Path(run_dir)
-    best: tuple[int, Path] | None = None
-    for meta_path in run_dir.glob("**/" + META):
-        folder = meta_path.parent
+def latest_checkpoint(run_dir: str | Path) -> Path | str | None:
+    """The complete checkpoint with the highest step under a Ray Train run folder (local or s3://)."""
+    import pyarrow.fs as pafs
+
+    from elasticml.storage import filesystem_for, is_remote
+
+    uri = str(run_dir)
+    fs, root = filesystem_for(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    except FileNotFoundError:
+        return None
+    best: tuple[int, str] | None = None
+    for info in infos:
+        if info.base_name != META:
+            continue
+        folder_path = info.path.rsplit("/", 1)[0]
+        folder = ("s3://" + folder_path) if is_remote(uri) else folder_path
         try:
             step = int(read_meta(folder)["step"])
         except CheckpointError:
             continue
         if best is None or step > best[0]:
             best = (step, folder)
-    return best[1] if best else None
+    if best is None:
+        return None
+    return best[1] if is_remote(uri) else Path(best[1])
 
 
 def load_model(folder: str | Path, *, device: str | torch.device = "cpu") -> tuple[Transformer, dict[str, Any]]:
-    """The trained model (eval mode) and its meta.json."""
+    """The trained model (eval mode) and its meta.json, from a local folder or an s3:// URI."""
+    from elasticml.storage import download_dir
+
     meta = read_meta(folder)
+    local = download_dir(str(folder))
     model = Transformer(ModelConfig(**meta["model_config"]))
-    state = torch.load(Path(folder) / "model.pt", map_location=device, weights_only=True)
+    state = torch.load(local / "model.pt", map_location=device, weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval(), meta

@@ -18,7 +18,13 @@ def fit(cfg: TrainConfig) -> Result:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from elasticml.storage import filesystem_for, is_remote
     from elasticml.train.loop import train_loop_per_worker
+
+    storage_fs, storage_path = None, cfg.storage_path
+    if is_remote(cfg.storage_path):
+        # Ray Train writes through this pyarrow filesystem (endpoint configurable for S3-compatible stores).
+        storage_fs, storage_path = filesystem_for(cfg.storage_path)
 
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -32,7 +38,8 @@ def fit(cfg: TrainConfig) -> Result:
         ),
         run_config=RunConfig(
             name=cfg.run_name,
-            storage_path=cfg.storage_path,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
         ),

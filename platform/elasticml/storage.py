@@ -1,0 +1,56 @@
+"""Where data and checkpoints live: a local path or an `s3://` URI, behind pyarrow's filesystems.
+
+`filesystem_for(uri)` returns a pyarrow FileSystem and the path inside it. S3
+goes through pyarrow's S3FileSystem (no boto3 on the data path); its endpoint
+is configurable, so an S3-compatible server works the same as AWS:
+`ELASTICML_S3_ENDPOINT` (or `AWS_ENDPOINT_URL`), with credentials and region
+from the usual AWS variables.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    endpoint = os.environ.get("ELASTICML_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, object] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or an s3:// URI."""
+    if uri.startswith("s3://"):
+        return s3_filesystem(), uri.removeprefix("s3://").rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri.removeprefix("file://")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def read_text(uri: str) -> str:
+    fs, path = filesystem_for(uri)
+    with fs.open_input_stream(path) as fh:
+        return fh.read().decode()
+
+
+def download_dir(uri: str) -> Path:
+    """A local copy of a remote folder (for loaders that need files); a local path is returned as is."""
+    if not is_remote(uri):
+        return Path(uri).expanduser()
+    fs, path = filesystem_for(uri)
+    local = Path(tempfile.mkdtemp(prefix="elasticml-"))
+    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local
