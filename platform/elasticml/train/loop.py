@@ -82,7 +82,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             start_step = int(meta["step"])
         if rank == 0:
-            log.info("resumed from step %d (%s)", start_step, restored.path)
+            # The data position is the step: the next sample is start_step * global_batch, whatever the world size.
+            log.info("resumed from step %d (next sample %d, %d workers) from %s",
+                     start_step, start_step * cfg.global_batch, world, restored.path)
 
     data = TokenBlocks(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed)
     flops_per_token = SIZES[cfg.model_size].flops_per_token(cfg.seq_len)
@@ -142,7 +144,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         optim_state=optim_state,
                         model_config=SIZES[cfg.model_size],
                         step=done,
-                        extra={"model_size": cfg.model_size, "loss": metrics["loss"], "seq_len": cfg.seq_len},
+                        extra={"model_size": cfg.model_size, "loss": metrics["loss"], "seq_len": cfg.seq_len,
+                               "next_sample": done * cfg.global_batch, "global_batch": cfg.global_batch},
                     )
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
