@@ -42,6 +42,11 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, dict]:
     p.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float)
     p.add_argument("--gpu", dest="use_gpu", action="store_true", default=None)
     p.add_argument("--market", help="any | spot | on-demand | reserved")
+    p.add_argument("--min-workers", dest="min_workers", type=int, help="elastic: go on with as few as this")
+    p.add_argument("--peak-tflops", dest="peak_tflops", type=float, help="per-worker peak, for MFU (H100 bf16: 989)")
+    p.add_argument("--activation-checkpointing", dest="activation_checkpointing", action="store_true", default=None)
+    p.add_argument("--compile", dest="compile", action="store_true", default=None)
+    p.add_argument("--async-upload", dest="async_upload", action="store_true", default=None)
     p.add_argument("--report-every", dest="report_every", type=int)
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
     p.add_argument("--tenant", help="ask the scheduler for a placement, as this tenant")
@@ -82,10 +87,9 @@ def ask_scheduler(cfg: TrainConfig, scheduling: dict) -> tuple[TrainConfig, obje
     if decision["action"] != "place":
         raise ElasticMLError(f"the scheduler did not place {cfg.run_name}: {decision['action']}: {decision['reason']}")
     sc = decision["scaling_config"]
-    workers = sc["num_workers"]
-    while cfg.global_batch % workers:  # keep the global batch whole: fewer workers, never a different batch
-        workers -= 1
-    placed = dataclasses.replace(cfg, node_type=sc["label_selector"]["elasticml.io/node-type"], num_workers=workers)
+    workers = min(sc["num_workers"], cfg.global_batch)
+    placed = dataclasses.replace(cfg, node_type=sc["label_selector"]["elasticml.io/node-type"], num_workers=workers,
+                                 min_workers=min(cfg.min_workers, workers) if cfg.min_workers else None)
     return placed, sched
 
 

@@ -7,6 +7,8 @@ Stops, in order, each printed as it happens:
      the training run (low priority, checkpointable) go, and why;
   4. submit jobs/train.py through Ray's Job Submission API on the market the
      scheduler chose (the autoscaler brings those nodes up); show its progress;
+     a third of the way in, take one of its spot nodes away (every process of
+     it, as a reclaimed instance) and watch Ray Train resume from the last checkpoint;
   5. show the nodes that came up, by market;
   6. deploy the completion Serve app from the run's checkpoint where the scheduler placed it;
   7. send HTTP requests and print the answers with their latency (and one bad request);
@@ -23,6 +25,8 @@ import shutil
 import time
 from pathlib import Path
 from typing import Callable
+
+import psutil
 
 from elasticml import labels as L
 from elasticml.cluster import LocalCluster, load_cluster_spec
@@ -141,13 +145,15 @@ def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int, 
     entrypoint = (
         f"python jobs/train.py --data {workdir / 'corpus'} --storage-path {workdir / 'runs'} "
         f"--run-name demo --steps {steps} --workers 2 --global-batch 16 --market {market} "
-        f"--report-every {max(1, steps // 8)}"
+        f"--report-every {max(1, steps // 8)} --checkpoint-every {max(1, steps // 4)}"
     )
     # working_dir honours .gitignore, so the virtualenv is not uploaded.
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(ROOT)})
     say(f"   submitted {job_id}: {entrypoint}")
     t0 = time.monotonic()
     shown_lines, seen_nodes, said_lines = 0, set(), set()
+    take_node_at = f"step {max(1, steps // 8) * 3}/"
+    node_taken = False
     status = client.get_job_status(job_id)
     while True:
         status = client.get_job_status(job_id)
@@ -167,6 +173,13 @@ def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int, 
         shown_lines = len(lines)
         if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
             break
+        if not node_taken and any(take_node_at in l for l in lines):
+            node_taken = True
+            lost = _take_a_spot_node_away(cluster)
+            if lost:
+                say(f"   [chaos] spot node {lost[-5:]} taken away (its raylet and every process on it): "
+                    "Ray Train restarts the workers and resumes from the last checkpoint")
+                results["node_lost_at_s"] = round(time.monotonic() - t0, 1)
         time.sleep(1)
     results["train_s"] = round(time.monotonic() - t0, 1)
     logs = client.get_job_logs(job_id)
@@ -174,8 +187,23 @@ def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int, 
     if status != JobStatus.SUCCEEDED or not summary or not summary.get("checkpoint"):
         raise DemoFailed(f"training job {job_id} ended {status}; its log ends:\n" + "\n".join(logs.splitlines()[-30:]))
     results["final_loss"] = summary["metrics"]["loss"]
+    results["resumed"] = any("resumed from step" in l for l in logs.splitlines())
     say(f"   job {status} in {results['train_s']}s; loss {summary['metrics']['loss']:.3f}; checkpoint {summary['checkpoint']}")
     return str(summary["checkpoint"])
+
+
+def _take_a_spot_node_away(cluster: LocalCluster) -> str | None:
+    """Kill one spot node's whole process tree, as a reclaimed spot instance vanishes; its node id."""
+    spot = [n["node_id"] for n in cluster.nodes() if L.market_of(n.get("labels", {})) == "spot"]
+    for proc in cluster.processes():
+        try:
+            if spot and proc.name() == "raylet" and spot[0] in " ".join(proc.cmdline()):
+                for p in [*proc.children(recursive=True), proc]:
+                    p.kill()
+                return spot[0]
+        except psutil.Error:  # a process that went away on its own is fine here
+            continue
+    return None
 
 
 def _show_nodes(cluster: LocalCluster, say: Callable[[str], None]) -> None:

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_demo_trains_serves_answers_and_cleans_up():
     lines: list[str] = []
-    results = run_demo(steps=20, say=lines.append, cluster_name="demo-test")
+    results = run_demo(steps=120, say=lines.append, cluster_name="demo-test")
     text = "\n".join(lines)
     for stop in range(1, 10):
         assert f"== {stop}/9" in text
@@ -20,7 +20,9 @@ def test_demo_trains_serves_answers_and_cleans_up():
     assert results["placements"] == {"training": "spot", "serving": "reserved"}
     assert results["savings_pct"] > 0
     assert "+spot node" in text  # the autoscaler brought spot capacity for training
-    assert "step 20/20" in text
+    assert "step 120/120" in text
+    assert "[chaos] spot node" in text and results["resumed"]  # a spot node lost mid-run, and the run resumed
+    assert "resumed from step" in text
     assert len(results["latency_ms"]) == 3
     assert results["bad_request_status"] == 422
     assert results["final_loss"] < 5.0

@@ -62,3 +62,13 @@ def test_epochs_reshuffle_but_cover_every_block(corpus):
     second = [int(data._order(1)[i]) for i in range(n)]
     assert sorted(first) == sorted(second) == list(range(n))
     assert first != second
+
+
+def test_an_uneven_split_still_covers_the_global_batch_exactly_once(corpus):
+    data = TokenBlocks(str(corpus), seq_len=32)
+    for world in (1, 2, 3, 5, 8):
+        shares = [data.sample_ids(4, global_batch=8, rank=r, world_size=world) for r in range(world)]
+        assert sum(shares, []) == list(range(32, 40))
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    with pytest.raises(Exception, match="smaller than the 9 workers"):
+        data.sample_ids(0, global_batch=8, rank=0, world_size=9)

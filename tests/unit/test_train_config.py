@@ -22,7 +22,8 @@ def cfg(**kw):
     "kw, field",
     [
         ({"steps": 0}, "steps"),
-        ({"global_batch": 7, "num_workers": 2}, "global_batch"),
+        ({"global_batch": 1, "num_workers": 2}, "global_batch"),
+        ({"min_workers": 3, "num_workers": 2}, "min_workers"),
         ({"model_size": "huge"}, "model_size"),
         ({"seq_len": 4096}, "seq_len"),
         ({"market": "cheap"}, "market"),

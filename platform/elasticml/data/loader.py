@@ -54,13 +54,16 @@ class TokenBlocks:
         return self._orders[epoch]
 
     def sample_ids(self, step: int, *, global_batch: int, rank: int, world_size: int) -> list[int]:
-        """Global sample ids (positions in the epoch-by-epoch stream) that this worker reads at step."""
-        if global_batch % world_size:
-            raise ConfigError(
-                f"global batch {global_batch} must be divisible by the {world_size} workers", field="global_batch"
-            )
-        local = global_batch // world_size
-        first = step * global_batch + rank * local
+        """Global sample ids (positions in the epoch-by-epoch stream) that this worker reads at step.
+
+        The global batch is split as evenly as it goes (the first global_batch % world_size
+        workers take one more), so an elastic run may have any number of workers up to the batch.
+        """
+        if world_size > global_batch:
+            raise ConfigError(f"global batch {global_batch} is smaller than the {world_size} workers", field="global_batch")
+        base, extra = divmod(global_batch, world_size)
+        local = base + (1 if rank < extra else 0)
+        first = step * global_batch + rank * base + min(rank, extra)
         return list(range(first, first + local))
 
     def batch(self, step: int, *, global_batch: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

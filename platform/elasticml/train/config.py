@@ -38,12 +38,23 @@ class TrainConfig:
     weight_decay: float = 0.1
     seed: int = 0
     num_workers: int = 2
+    """Workers wanted; with min_workers, the most an elastic run grows to."""
+    min_workers: int | None = None
+    """Elastic: start (or go on) with as few as this many workers when capacity is short (spot)."""
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
     market: MarketChoice = "any"
     """Capacity the workers must run on; 'any' lets Ray choose."""
     node_type: str | None = None
     """A pool of the cluster config (the scheduler's placement); wins over market."""
+    peak_tflops: float | None = None
+    """Per-worker peak dense TFLOP/s for MFU (H100 bf16: 989); None = MFU not reported."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward: less memory, about a third more compute."""
+    compile: bool = False
+    """torch.compile each block (GPU runs; on CPU it mostly adds compile time)."""
+    async_upload: bool = False
+    """Upload checkpoints in the background while training goes on."""
     report_every: int = 5
     """Steps between metric reports (each report waits for Ray Train's controller)."""
     checkpoint_every: int = 0
@@ -70,11 +81,13 @@ class TrainConfig:
                 f"{self.seq_len} exceeds the {self.model_size} model's max_seq_len {SIZES[self.model_size].max_seq_len}",
                 field="seq_len",
             )
-        if self.global_batch % self.num_workers:
+        if self.global_batch < self.num_workers:
             raise ConfigError(
-                f"global_batch={self.global_batch} must be divisible by num_workers={self.num_workers}",
-                field="global_batch",
+                f"global_batch={self.global_batch} must be at least num_workers={self.num_workers}", field="global_batch"
             )
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
+            raise ConfigError(f"must be between 1 and num_workers={self.num_workers}, got {self.min_workers}",
+                              field="min_workers")
         if self.market not in get_args(MarketChoice):
             raise ConfigError(f"must be one of {', '.join(get_args(MarketChoice))}, got {self.market!r}", field="market")
         if not Path(self.storage_path).is_absolute() and "://" not in self.storage_path:

@@ -31,7 +31,8 @@ def fit(cfg: TrainConfig) -> Result:
         train_loop_config=cfg.to_dict(),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
+            # Elastic on spot: Ray Train runs with what it can get between the two bounds.
+            num_workers=(cfg.min_workers, cfg.num_workers) if cfg.min_workers else cfg.num_workers,
             use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
             label_selector=cfg.label_selector(),

@@ -39,8 +39,20 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def _gauges() -> dict[str, Any]:
+    """Per-step metrics as Prometheus gauges, exported by Ray's metrics agent (ray_elasticml_train_*)."""
+    from ray.util.metrics import Gauge
+
+    return {
+        name: Gauge(f"elasticml_train_{name}", description=desc, tag_keys=("run",))
+        for name, desc in [("loss", "training loss"), ("tokens_per_s", "tokens per second, all workers"),
+                           ("mfu", "model FLOPs utilisation"), ("step", "optimizer steps done")]
+    }
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
+    from ray.train import CheckpointUploadMode
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -65,6 +77,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_size).to(device)
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cfg.use_gpu else MixedPrecisionPolicy()
+    if cfg.activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        model.blocks = torch.nn.ModuleList(checkpoint_wrapper(b) for b in model.blocks)
+    if cfg.compile:
+        for block in model.blocks:
+            block.compile()
     for block in model.blocks:
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
@@ -88,6 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     data = TokenBlocks(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed)
     flops_per_token = SIZES[cfg.model_size].flops_per_token(cfg.seq_len)
+    gauges = _gauges() if rank == 0 else None
     window_tokens, window_start = 0, time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     loss_count = 0
@@ -99,7 +119,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         inputs, targets = inputs.to(device), targets.to(device)
         logits = model(inputs)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        loss.backward()
+        # FSDP averages gradients over workers; weigh each worker by its share of an uneven batch.
+        (loss * (inputs.shape[0] * world / cfg.global_batch)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -118,7 +139,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             want_ckpt = saved_for_preemption = True
             if rank == 0:
                 log.info("preemption notice at step %d: checkpointing now", done)
-        stats = torch.stack([loss_sum, torch.tensor(float(window_tokens), device=device)])
+        stats = torch.stack([loss_sum * inputs.shape[0] * world / cfg.global_batch,
+                             torch.tensor(float(window_tokens), device=device)])
         dist.all_reduce(stats)
         elapsed = time.perf_counter() - window_start
         tokens_per_s = stats[1].item() / elapsed
@@ -130,6 +152,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "lr": lr_at(step, cfg),
             "world_size": world,
         }
+        if cfg.peak_tflops:
+            # MFU = achieved model FLOP/s (6N + attention, see models.transformer) / peak of all workers.
+            metrics["mfu"] = metrics["flops_per_s"] / (cfg.peak_tflops * 1e12 * world)
+        if gauges is not None:
+            for name, gauge in gauges.items():
+                if name in metrics:
+                    gauge.set(metrics[name], tags={"run": cfg.run_name})
         if rank == 0:
             log.info("step %d/%d loss %.4f tokens/s %.0f workers %d", done, cfg.steps, metrics["loss"], tokens_per_s, world)
         if want_ckpt:
@@ -137,17 +166,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             model_state = get_model_state_dict(model, options=opts)
             optim_state = get_optimizer_state_dict(model, opt, options=opts)
             if rank == 0:
-                with tempfile.TemporaryDirectory() as tmp:
-                    write_checkpoint(
-                        Path(tmp),
-                        model_state=model_state,
-                        optim_state=optim_state,
-                        model_config=SIZES[cfg.model_size],
-                        step=done,
-                        extra={"model_size": cfg.model_size, "loss": metrics["loss"], "seq_len": cfg.seq_len,
-                               "next_sample": done * cfg.global_batch, "global_batch": cfg.global_batch},
-                    )
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                # Ray deletes it once uploaded (asynchronously with async_upload).
+                tmp = tempfile.mkdtemp(prefix="elasticml-ckpt-")
+                write_checkpoint(
+                    Path(tmp),
+                    model_state=model_state,
+                    optim_state=optim_state,
+                    model_config=SIZES[cfg.model_size],
+                    step=done,
+                    extra={"model_size": cfg.model_size, "loss": metrics["loss"], "seq_len": cfg.seq_len,
+                           "next_sample": done * cfg.global_batch, "global_batch": cfg.global_batch},
+                )
+                ray.train.report(
+                    metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                    checkpoint_upload_mode=CheckpointUploadMode.ASYNC if cfg.async_upload else CheckpointUploadMode.SYNC,
+                    delete_local_checkpoint_after_upload=True,
+                )
             else:
                 ray.train.report(metrics)
         else:
