@@ -124,3 +124,17 @@ def test_train_job_asks_the_scheduler_where_to_run(local_cluster, corpus, tmp_pa
     report = sched.cost_report()
     assert any(r["key"] == "sched-run" and r["cost"] > 0 for r in report["workload"])
     sched.kill(no_restart=True)
+
+
+def test_tune_sweep_with_asha_reports_the_best_trial(local_cluster, corpus, tmp_path):
+    env = local_cluster.require_info().client_env()
+    proc = subprocess.run(
+        [RAY, "job", "submit", "--working-dir", str(REPO), "--", "python", "jobs/tune.py", "--data", str(corpus),
+         "--storage-path", str(tmp_path), "--samples", "4", "--steps", "12", "--concurrent", "2"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    summary = next(json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{"event": "tune_done"'))
+    assert summary["trials"] == 4 and summary["errors"] == 0
+    assert summary["best"]["loss"] < 5.5 and 3e-4 <= summary["best"]["lr"] <= 1e-2
+    assert summary["stopped_early"] >= 1  # ASHA cut at least one trial at a rung

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from ray.train import Result
 
 
-def fit(cfg: TrainConfig) -> Result:
+def fit(cfg: TrainConfig, *, callbacks: list | None = None) -> Result:
     # Each report waits for the controller's poll (2 s by default); a shorter
     # interval keeps small runs from idling. An explicit setting wins.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
@@ -43,6 +43,7 @@ def fit(cfg: TrainConfig) -> Result:
             storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=callbacks or [],
         ),
     )
     return trainer.fit()

@@ -1,0 +1,90 @@
+"""A Ray Tune sweep (ASHA) over the elasticml trainer: low priority, on spot, best trial reported.
+
+    ray job submit --working-dir . -- python jobs/tune.py --data ~/.elasticml/corpus --samples 8 --steps 60
+
+Each trial is a Ray Train run of `elasticml.train` (FSDP2) placed on spot
+capacity by default (`--market`); ASHA stops the trials whose loss lags at
+each rung. The last line printed is a JSON summary with the best trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from elasticml.errors import ElasticMLError
+from elasticml.home import default_storage_path
+from elasticml.train.config import TrainConfig
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--storage-path", default=str(default_storage_path()))
+    p.add_argument("--name", default="sweep")
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--lr-min", type=float, default=3e-4)
+    p.add_argument("--lr-max", type=float, default=1e-2)
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
+    p.add_argument("--concurrent", type=int, default=2)
+    p.add_argument("--market", default="spot", help="sweeps are low priority: spot by default")
+    p.add_argument("--size", default="tiny")
+    args = p.parse_args(argv)
+    try:
+        base = TrainConfig(data=args.data, storage_path=args.storage_path, run_name=args.name, model_size=args.size,
+                           steps=args.steps, num_workers=args.workers, global_batch=4 * args.workers,
+                           market=args.market, report_every=max(1, args.steps // 6), max_failures=1)
+        if args.samples < 1 or not 0 < args.lr_min <= args.lr_max:
+            raise ElasticMLError("need --samples >= 1 and 0 < --lr-min <= --lr-max")
+    except ElasticMLError as exc:
+        print(f"tune.py: error: {exc}", file=sys.stderr)
+        return 2
+
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    from elasticml.train.launch import fit
+
+    def trial(config: dict) -> None:
+        import dataclasses
+
+        cfg = dataclasses.replace(base, lr=config["lr"], run_name=f"{args.name}-{tune.get_context().get_trial_id()}")
+        fit(cfg, callbacks=[TuneReportCallback()])
+
+    # Ray may garbage-collect the job's unpacked working_dir once the trials that shared it end,
+    # which would leave this driver in a deleted cwd: everything is imported, so step out of it.
+    os.chdir(os.path.expanduser("~"))
+    t0 = time.time()
+    tuner = tune.Tuner(
+        # The trial itself only drives Ray Train, so it takes a sliver of the head (placement
+        # groups refuse all-zero bundles); its Ray Train workers hold the CPUs, on spot nodes.
+        tune.with_resources(trial, {"CPU": 0, "node:__internal_head__": 0.01}),
+        param_space={"lr": tune.loguniform(args.lr_min, args.lr_max)},
+        tune_config=tune.TuneConfig(
+            metric="loss", mode="min", num_samples=args.samples, max_concurrent_trials=args.concurrent,
+            scheduler=ASHAScheduler(time_attr="step", max_t=args.steps, grace_period=max(1, args.steps // 3),
+                                    reduction_factor=2),
+        ),
+        run_config=tune.RunConfig(name=args.name, storage_path=args.storage_path),
+    )
+    results = tuner.fit()
+    best = results.get_best_result()
+    summary = {
+        "event": "tune_done",
+        "trials": len(results),
+        "errors": len(results.errors),
+        "stopped_early": sum(1 for r in results if r.metrics and r.metrics.get("step", 0) < args.steps),
+        "best": {"lr": best.config["lr"], "loss": best.metrics["loss"], "step": best.metrics["step"]},
+        "wall_s": round(time.time() - t0, 1),
+    }
+    print(json.dumps(summary), flush=True)
+    return 0 if summary["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
