@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import psutil
-
 from elasticml import labels as L
 from elasticml.cluster import LocalCluster, load_cluster_spec
 from elasticml.cluster.local import ClusterInfo, free_port
@@ -154,7 +152,6 @@ def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int, 
     shown_lines, seen_nodes, said_lines = 0, set(), set()
     take_node_at = f"step {max(1, steps // 8) * 3}/"
     node_taken = False
-    status = client.get_job_status(job_id)
     while True:
         status = client.get_job_status(job_id)
         for node in cluster.nodes():
@@ -195,15 +192,10 @@ def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int, 
 def _take_a_spot_node_away(cluster: LocalCluster) -> str | None:
     """Kill one spot node's whole process tree, as a reclaimed spot instance vanishes; its node id."""
     spot = [n["node_id"] for n in cluster.nodes() if L.market_of(n.get("labels", {})) == "spot"]
-    for proc in cluster.processes():
-        try:
-            if spot and proc.name() == "raylet" and spot[0] in " ".join(proc.cmdline()):
-                for p in [*proc.children(recursive=True), proc]:
-                    p.kill()
-                return spot[0]
-        except psutil.Error:  # a process that went away on its own is fine here
-            continue
-    return None
+    if not spot:
+        return None
+    cluster.kill_node(spot[0])
+    return spot[0]
 
 
 def _show_nodes(cluster: LocalCluster, say: Callable[[str], None]) -> None:

@@ -32,10 +32,8 @@ def test_a_lost_spot_node_makes_the_scheduler_replace_its_work(local_cluster):
     node_id = ray.get(holder.node.remote(), timeout=180)
     labels = next(n["Labels"] for n in ray.nodes() if n["NodeID"] == node_id)
     assert labels[L.NODE_TYPE] == "cpu_spot"
-    # Take the node away: kill its raylet by PID, as a reclaimed instance would vanish.
-    raylets = [p for p in local_cluster.processes() if p.name() == "raylet" and node_id in " ".join(p.cmdline())]
-    assert len(raylets) == 1
-    raylets[0].kill()
+    # Take the node away, as a reclaimed instance would vanish: its raylet and everything under it.
+    assert local_cluster.kill_node(node_id)
     deadline = time.monotonic() + 120
     while True:
         moves = [d for d in sched.explain("sweep") if d["action"] == "move"]

@@ -36,10 +36,8 @@ def test_losing_a_spot_node_mid_run_resumes_at_the_checkpointed_data_position(lo
     t_lost = time.monotonic()
     spot = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get(L.NODE_TYPE) == "cpu_spot"]
     assert len(spot) == 2
-    victim = [p for p in local_cluster.processes() if p.name() == "raylet" and spot[0] in " ".join(p.cmdline())]
     # The node vanishes, as a reclaimed spot instance does: its raylet and every process under it.
-    for proc in [*victim[0].children(recursive=True), victim[0]]:
-        proc.kill()
+    assert local_cluster.kill_node(spot[0])
 
     resumed_at = None
     while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):

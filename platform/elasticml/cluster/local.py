@@ -202,7 +202,7 @@ class LocalCluster:
             try:
                 # The job API answers only once the dashboard and GCS are both up.
                 r = httpx.get(f"{info.dashboard_url}/api/jobs/", headers=headers, timeout=2)
-                if r.status_code == 200 and self._head_alive(info, headers):
+                if r.status_code == 200 and any(n.get("is_head_node") for n in _alive_nodes(info, timeout_s=5)):
                     return
             except httpx.HTTPError:
                 pass
@@ -210,16 +210,6 @@ class LocalCluster:
         raise ClusterError(
             f"the Ray head did not become ready within {timeout_s:.0f}s; see {info.log_path}"
         )
-
-    @staticmethod
-    def _head_alive(info: ClusterInfo, headers: dict[str, str]) -> bool:
-        import httpx
-
-        r = httpx.get(f"{info.dashboard_url}/api/v0/nodes", headers=headers, timeout=5)
-        if r.status_code != 200:
-            return False
-        rows = r.json()["data"]["result"]["result"]
-        return any(n.get("is_head_node") and n.get("state") == "ALIVE" for n in rows)
 
     # -- down ------------------------------------------------------------------
     def down(self, *, timeout_s: float = 60) -> list[int]:
@@ -245,18 +235,34 @@ class LocalCluster:
     # -- status ----------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
         """Alive nodes as the dashboard's state API reports them, labels included."""
-        import httpx
+        return _alive_nodes(self.require_info())
 
-        info = self.require_info()
-        r = httpx.get(
-            f"{info.dashboard_url}/api/v0/nodes",
-            params={"limit": 1000, "detail": "true"},
-            headers=auth.auth_headers(Path(info.token_path)),
-            timeout=10,
-        )
-        r.raise_for_status()
-        rows = r.json()["data"]["result"]["result"]
-        return [n for n in rows if n.get("state") == "ALIVE"]
+    def kill_node(self, node_id: str) -> list[int]:
+        """Make a worker node vanish, as a reclaimed spot instance does: its raylet and every
+        process under it, killed by PID. For chaos tests and the demo; returns the PIDs."""
+        for proc in self.processes():
+            try:
+                if proc.name() == "raylet" and node_id in " ".join(proc.cmdline()):
+                    victims = [*proc.children(recursive=True), proc]
+                    for p in victims:
+                        p.kill()
+                    return [p.pid for p in victims]
+            except psutil.Error:  # a process that went away on its own is fine here
+                continue
+        raise ClusterError(f"no raylet of node {node_id} among cluster {self.name!r}'s processes")
+
+
+def _alive_nodes(info: ClusterInfo, *, timeout_s: float = 10) -> list[dict[str, Any]]:
+    import httpx
+
+    r = httpx.get(
+        f"{info.dashboard_url}/api/v0/nodes",
+        params={"limit": 1000, "detail": "true"},
+        headers=auth.auth_headers(Path(info.token_path)),
+        timeout=timeout_s,
+    )
+    r.raise_for_status()
+    return [n for n in r.json()["data"]["result"]["result"] if n.get("state") == "ALIVE"]
 
 
 def _head_env(token_path: Path) -> dict[str, str]:

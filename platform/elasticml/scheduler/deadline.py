@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
@@ -165,7 +165,6 @@ class SlackReservePolicy:
     """The reserve, in restarts: what going back to spot later may cost."""
     reserve_outage_fraction: float = 0.5
     """Plus this share of the mean outage seen so far, so long outages keep more reserve."""
-    _outages: list[int] = field(default_factory=list, repr=False)
 
     def reserve(self, view: TickView) -> float:
         mean_outage_ticks = _mean_run_length(view.history, value=False)

@@ -92,9 +92,6 @@ class Ledger:
         )
         return [CostRow(key=k, cost=c or 0.0, on_demand_cost=o or 0.0, hours=h or 0.0) for k, c, o, h in cur.fetchall()]
 
-    def spend(self, tenant: str, *, now: float | None = None) -> float:
-        return next((r.cost for r in self.costs_by("tenant", now=now) if r.key == tenant), 0.0)
-
     def put_state(self, key: str, value: str) -> None:
         with self._db:
             self._db.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
