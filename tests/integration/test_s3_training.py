@@ -59,5 +59,5 @@ def test_a_half_uploaded_checkpoint_on_s3_is_never_loaded(s3_env, tmp_path):
                          model_config=SIZES["tiny"], step=step)
         pafs.copy_files(str(local), f"half-up/run/checkpoint_{step}", source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=fs)
-    fs.delete_file("half-up/run/checkpoint_10/model.pt")  # the upload of step 10 died midway
+    fs.delete_file("half-up/run/checkpoint_10/__0_0.distcp")  # the upload of step 10 died midway
     assert latest_checkpoint("s3://half-up/run") == "s3://half-up/run/checkpoint_5"

@@ -24,9 +24,10 @@ def test_round_trip(tmp_path):
 
 def test_truncated_or_missing_files_are_never_loaded(tmp_path):
     save(tmp_path / "c", 1)
-    data = (tmp_path / "c" / "model.pt").read_bytes()
-    (tmp_path / "c" / "model.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="model.pt is missing or truncated"):
+    shard = tmp_path / "c" / "__0_0.distcp"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="__0_0.distcp is missing or truncated"):
         load_model(tmp_path / "c")
     save(tmp_path / "d", 1)
     (tmp_path / "d" / "meta.json").unlink()
@@ -38,6 +39,30 @@ def test_truncated_or_missing_files_are_never_loaded(tmp_path):
 def test_latest_checkpoint_skips_incomplete_ones(tmp_path):
     save(tmp_path / "run" / "checkpoint_a", 5)
     save(tmp_path / "run" / "checkpoint_b", 10)
-    (tmp_path / "run" / "checkpoint_b" / "optim.pt").unlink()  # a crash mid-copy
+    (tmp_path / "run" / "checkpoint_b" / ".metadata").unlink()  # a crash mid-copy
     assert latest_checkpoint(tmp_path / "run") == tmp_path / "run" / "checkpoint_a"
     assert latest_checkpoint(tmp_path / "empty") is None
+
+
+def test_files_are_dcp_shards_listed_in_meta(tmp_path):
+    save(tmp_path / "c", 3)
+    meta = read_meta(tmp_path / "c")
+    assert set(meta["files"]) == {".metadata", "__0_0.distcp"}
+    assert meta["format"] == "elasticml.checkpoint/v2"
+
+
+def test_model_only_load_ignores_optimizer_state(tmp_path):
+    """A Serve replica asks for the model alone; optimizer tensors in the checkpoint are not read."""
+    import torch.distributed.checkpoint as dcp
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
+    opt.step()
+    write_checkpoint(tmp_path / "c", model_state=model.state_dict(), optim_state=opt.state_dict(),
+                     model_config=SIZES["tiny"], step=1)
+    loaded, _ = load_model(tmp_path / "c")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    keys = dcp.FileSystemReader(tmp_path / "c").read_metadata().state_dict_metadata
+    assert any(k.startswith("optim.") for k in keys)

@@ -1,49 +1,85 @@
 """elasticml checkpoints: what a training run saves and a Serve replica loads.
 
-A checkpoint is a folder with `model.pt` (the full, unsharded state dict),
-`optim.pt` and `meta.json`. `meta.json` is written last and lists every other
-file with its size: a folder is a complete checkpoint exactly when meta.json is
-present and every file it lists has the listed size, so a half-written or
-half-copied checkpoint is never loaded.
+A checkpoint is a folder written with `torch.distributed.checkpoint` (DCP):
+every worker writes only its own shards (`__<rank>_0.distcp`), rank 0 adds
+DCP's `.metadata`, and then, last, our `meta.json`, which lists every file of
+every rank with its size. Ray Train merges the workers' folders into one
+checkpoint folder in the run's storage. A folder is a complete checkpoint
+exactly when meta.json is present and every file it lists has the listed size,
+so a half-written or half-uploaded checkpoint is never loaded.
+
+Because DCP stores tensors with their global shapes and offsets, a checkpoint
+written by N workers loads into M workers (an elastic run that shrank or grew)
+and into a single unsharded process (a Serve replica) alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 
 from elasticml.errors import CheckpointError
 from elasticml.models.transformer import ModelConfig, Transformer
 
 META = "meta.json"
-FORMAT = "elasticml.checkpoint/v1"
+FORMAT = "elasticml.checkpoint/v2"
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    """DCP warns that it "assumes" single-process use even when told so (no_dist=True)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def write_checkpoint(
     folder: Path,
     *,
-    model_state: dict[str, torch.Tensor],
+    model_state: dict[str, Any],
     optim_state: dict[str, Any] | None,
-    model_config: ModelConfig,
+    model_config: ModelConfig | None,
     step: int,
     extra: dict[str, Any] | None = None,
 ) -> Path:
+    """Write this process's shards to `folder`; rank 0 (or a lone process) also writes meta.json, last.
+
+    In a distributed run every rank must call this (DCP's save is collective);
+    the states are the sharded ones from `get_model_state_dict` / `get_optimizer_state_dict`.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"model.pt": model_state}
+    state: dict[str, Any] = {"model": model_state}
     if optim_state is not None:
-        files["optim.pt"] = optim_state
-    sizes = {}
-    for name, obj in files.items():
-        torch.save(obj, folder / name)
-        sizes[name] = (folder / name).stat().st_size
+        state["optim"] = optim_state
+    with _quiet_single_process():
+        dcp.save(state, checkpoint_id=folder, no_dist=not _distributed())
+    mine = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != META}
+    if _distributed():
+        everyone: list[dict[str, int] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        if dist.get_rank() != 0:
+            return folder
+        sizes = {name: size for part in everyone for name, size in (part or {}).items()}
+    else:
+        sizes = mine
     meta = {
         "format": FORMAT,
         "step": step,
-        "model_config": model_config.to_dict(),
+        "model_config": model_config.to_dict() if model_config else None,
         "files": sizes,
         **(extra or {}),
     }
@@ -51,6 +87,18 @@ def write_checkpoint(
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, folder / META)
     return folder
+
+
+def read_state(folder: str | Path, state: dict[str, Any]) -> None:
+    """Load a complete checkpoint into `state` in place ({"model": ..., "optim": ...}, sharded or not).
+
+    Only the keys present in `state` are read, so a Serve replica can ask for the model alone.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    read_meta(folder)
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=Path(folder), no_dist=not _distributed())
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -113,13 +161,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | str | None:
     return best[1] if is_remote(uri) else Path(best[1])
 
 
-def load_model(folder: str | Path, *, device: str | torch.device = "cpu") -> tuple[Transformer, dict[str, Any]]:
-    """The trained model (eval mode) and its meta.json, from a local folder or an s3:// URI."""
+def load_model(folder: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained model (eval mode, unsharded) and its meta.json, from a local folder or an s3:// URI.
+
+    The reference transformer is rebuilt from meta's model_config, a user's model with its factory.
+    """
+    from elasticml.models.user import build_user_model
     from elasticml.storage import download_dir
 
     meta = read_meta(folder)
     local = download_dir(str(folder))
-    model = Transformer(ModelConfig(**meta["model_config"]))
-    state = torch.load(local / "model.pt", map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    model = build_user_model(meta["model"]) if meta.get("model") else Transformer(ModelConfig(**meta["model_config"]))
+    state = {"model": model.state_dict()}
+    read_state(local, state)
+    model.load_state_dict(state["model"])
     return model.to(device).eval(), meta

@@ -16,6 +16,7 @@ from elasticml import labels as L
 from elasticml.dataconf import from_mapping
 from elasticml.errors import ConfigError
 from elasticml.models.transformer import SIZES
+from elasticml.models.user import resolve_factory
 
 MarketChoice = Literal["any", "spot", "on-demand", "reserved"]
 
@@ -29,6 +30,8 @@ class TrainConfig:
     run_name: str = "train"
     model_size: str = "tiny"
     """One of elasticml.models.SIZES."""
+    model: str | None = None
+    """A user's model as 'package.module:function' (see elasticml.models.user); replaces model_size."""
     steps: int = 20
     global_batch: int = 8
     """Sequences per optimizer step, across all workers."""
@@ -76,7 +79,9 @@ class TrainConfig:
             raise ConfigError(f"must be > 0, got {self.cpus_per_worker}", field="cpus_per_worker")
         if self.model_size not in SIZES:
             raise ConfigError(f"unknown size {self.model_size!r}; choose one of {', '.join(SIZES)}", field="model_size")
-        if self.seq_len > SIZES[self.model_size].max_seq_len:
+        if self.model is not None:
+            resolve_factory(self.model)  # importable and callable, before any worker starts
+        elif self.seq_len > SIZES[self.model_size].max_seq_len:
             raise ConfigError(
                 f"{self.seq_len} exceeds the {self.model_size} model's max_seq_len {SIZES[self.model_size].max_seq_len}",
                 field="seq_len",

@@ -5,8 +5,10 @@ FSDP2 (`fully_shard` on each block, then the root), restore the latest
 checkpoint Ray Train hands back (model, optimizer and step: the step *is* the
 data position, see `elasticml.data.loader`), then train. Every
 `report_every` steps all workers call `ray.train.report` (a barrier); on a
-checkpoint step the full state dict is gathered to rank 0, which writes it and
-attaches it to its report.
+checkpoint step every worker writes its own shards with
+`torch.distributed.checkpoint` and attaches them to its report, and Ray Train
+merges them into one checkpoint folder (see `elasticml.train.checkpoint`). No
+worker ever holds the full model or optimizer state.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from elasticml.data.loader import TokenBlocks
+from elasticml.models import user as user_models
 from elasticml.models.transformer import SIZES, build_model
-from elasticml.train.checkpoint import read_meta, write_checkpoint
+from elasticml.train.checkpoint import read_meta, read_state, write_checkpoint
 from elasticml.train.config import TrainConfig
 
 log = logging.getLogger("elasticml.train")
@@ -54,7 +57,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train import CheckpointUploadMode
     from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
         get_model_state_dict,
         get_optimizer_state_dict,
         set_model_state_dict,
@@ -75,17 +77,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model_size).to(device)
+    if cfg.model:
+        model = user_models.build_user_model(cfg.model)
+        user_models.check_output(model, cfg.model)
+        units = user_models.shard_units(model)
+        flops_per_token = user_models.flops_per_token(model, cfg.seq_len)
+    else:
+        model = build_model(cfg.model_size)
+        units = list(model.blocks)
+        flops_per_token = SIZES[cfg.model_size].flops_per_token(cfg.seq_len)
+    model = model.to(device)
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cfg.use_gpu else MixedPrecisionPolicy()
     if cfg.activation_checkpointing:
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
-        model.blocks = torch.nn.ModuleList(checkpoint_wrapper(b) for b in model.blocks)
+        wrap = set(map(id, units))
+        apply_activation_checkpointing(model, check_fn=lambda m: id(m) in wrap)
+        units = [m for m in model.modules() if getattr(m, "_checkpoint_wrapped_module", None) is not None]
     if cfg.compile:
-        for block in model.blocks:
-            block.compile()
-    for block in model.blocks:
-        fully_shard(block, mp_policy=mp)
+        for unit in units:
+            unit.compile()
+    for unit in units:
+        fully_shard(unit, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
 
@@ -94,11 +107,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if restored is not None:
         with restored.as_directory() as folder:
             meta = read_meta(folder)
-            full = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(model, torch.load(Path(folder) / "model.pt", weights_only=True), options=full)
-            set_optimizer_state_dict(
-                model, opt, optim_state_dict=torch.load(Path(folder) / "optim.pt", weights_only=False), options=full
-            )
+            # Sharded states of *this* world size; DCP reads each worker's slices whatever world wrote them.
+            state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+            read_state(folder, state)
+            set_model_state_dict(model, state["model"])
+            set_optimizer_state_dict(model, opt, optim_state_dict=state["optim"])
             start_step = int(meta["step"])
         if rank == 0:
             # The data position is the step: the next sample is start_step * global_batch, whatever the world size.
@@ -106,7 +119,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                      start_step, start_step * cfg.global_batch, world, restored.path)
 
     data = TokenBlocks(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed)
-    flops_per_token = SIZES[cfg.model_size].flops_per_token(cfg.seq_len)
     gauges = _gauges() if rank == 0 else None
     window_tokens, window_start = 0, time.perf_counter()
     loss_sum = torch.zeros((), device=device)
@@ -162,28 +174,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("step %d/%d loss %.4f tokens/s %.0f workers %d", done, cfg.steps, metrics["loss"], tokens_per_s, world)
         if want_ckpt:
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model_state = get_model_state_dict(model, options=opts)
-            optim_state = get_optimizer_state_dict(model, opt, options=opts)
-            if rank == 0:
-                # Ray deletes it once uploaded (asynchronously with async_upload).
-                tmp = tempfile.mkdtemp(prefix="elasticml-ckpt-")
-                write_checkpoint(
-                    Path(tmp),
-                    model_state=model_state,
-                    optim_state=optim_state,
-                    model_config=SIZES[cfg.model_size],
-                    step=done,
-                    extra={"model_size": cfg.model_size, "loss": metrics["loss"], "seq_len": cfg.seq_len,
-                           "next_sample": done * cfg.global_batch, "global_batch": cfg.global_batch},
-                )
-                ray.train.report(
-                    metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                    checkpoint_upload_mode=CheckpointUploadMode.ASYNC if cfg.async_upload else CheckpointUploadMode.SYNC,
-                    delete_local_checkpoint_after_upload=True,
-                )
-            else:
-                ray.train.report(metrics)
+            # Every worker writes its shards to its own folder, which Ray deletes once uploaded
+            # (in the background with async_upload) into the one shared checkpoint folder.
+            folder = Path(tempfile.mkdtemp(prefix="elasticml-ckpt-"))
+            write_checkpoint(
+                folder,
+                model_state=get_model_state_dict(model),
+                optim_state=get_optimizer_state_dict(model, opt),
+                model_config=None if cfg.model else SIZES[cfg.model_size],
+                step=done,
+                extra={"model_size": None if cfg.model else cfg.model_size, "model": cfg.model, "loss": metrics["loss"], "seq_len": cfg.seq_len,
+                       "next_sample": done * cfg.global_batch, "global_batch": cfg.global_batch,
+                       "world_size": world},
+            )
+            ray.train.report(
+                metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                checkpoint_upload_mode=CheckpointUploadMode.ASYNC if cfg.async_upload else CheckpointUploadMode.SYNC,
+                delete_local_checkpoint_after_upload=True,
+            )
         else:
             ray.train.report(metrics)
         loss_sum.zero_()
