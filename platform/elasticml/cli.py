@@ -298,3 +298,19 @@ def demo_cmd(steps: int, keep_workdir: bool) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@main.group(cls=_Group)
+def serve() -> None:
+    """Serving helpers (the app itself is deployed with `serve deploy serve_apps/...yaml`)."""
+
+
+@serve.command("keygen")
+@click.argument("tenant")
+def serve_keygen(tenant: str) -> None:
+    """A new API key for TENANT: give the key to the tenant, put the digest line under args.api_keys."""
+    from elasticml.serve.auth import new_key
+
+    key, digest = new_key()
+    click.echo(f"key (give to {tenant}, shown once): {key}")
+    click.echo(f"api_keys entry: {{{tenant}: {digest}}}")

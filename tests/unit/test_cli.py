@@ -58,3 +58,13 @@ def test_commands_on_a_cluster_that_is_not_up(sub):
 def test_click_usage_errors_also_exit_2():
     proc = run("cluster", "frobnicate")
     assert proc.returncode == 2 and "No such command" in proc.stderr
+
+
+def test_serve_keygen_prints_a_key_and_the_digest_that_accepts_it():
+    from elasticml.serve.auth import KeyRing
+
+    proc = run("serve", "keygen", "acme")
+    assert proc.returncode == 0, proc.stderr
+    key = proc.stdout.splitlines()[0].rsplit(" ", 1)[-1]
+    entry = yaml.safe_load(proc.stdout.splitlines()[1].split(": ", 1)[1])
+    assert KeyRing(entry).tenant_for(f"Bearer {key}", None) == "acme"

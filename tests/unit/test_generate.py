@@ -33,3 +33,46 @@ def test_long_prompts_are_cut_from_the_left_and_bad_lengths_refused():
         generate(model, b"x", max_tokens=model.config.max_seq_len)
     with pytest.raises(ValueError, match="empty"):
         generate(model, b"", max_tokens=1)
+
+
+def test_a_batch_of_different_prompts_computes_what_each_computes_alone():
+    from elasticml.serve.generate import Prompt, generate_batch
+
+    torch.manual_seed(1)
+    model = build_model("tiny").eval()
+    prompts = [
+        Prompt(text=b"import os", max_tokens=12),
+        Prompt(text=b"x", max_tokens=5),
+        Prompt(text=b"class Foo(object):\n    def", max_tokens=20),
+        Prompt(text=b"abc", max_tokens=9, temperature=0.8, seed=7),
+    ]
+    batched = generate_batch(model, prompts)
+    alone = [generate(model, p.text, max_tokens=p.max_tokens, temperature=p.temperature, seed=p.seed)
+             for p in prompts]
+    assert batched == alone
+    assert [len(b) for b in batched] == [12, 5, 20, 9]
+
+
+def test_rows_that_together_overflow_the_context_are_split_not_cut():
+    from elasticml.serve.generate import Prompt, generate_batch
+
+    model = build_model("tiny").eval()
+    long_prompt = Prompt(text=bytes(range(65, 91)) * 4, max_tokens=4)  # 104 bytes + 4
+    long_answer = Prompt(text=b"hi", max_tokens=100)  # 2 + 100; both together would need 204 > 128
+    assert generate_batch(model, [long_prompt, long_answer]) == [
+        generate(model, long_prompt.text, max_tokens=4), generate(model, b"hi", max_tokens=100)]
+
+
+def test_log_likelihood_is_the_sum_of_next_byte_log_probabilities():
+    from elasticml.serve.generate import log_likelihood
+
+    torch.manual_seed(2)
+    model = build_model("tiny").eval()
+    total, n = log_likelihood(model, b"def ", b"main")
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([list(b"def main")])), -1)[0]
+    expected = sum(float(logp[i - 1, b]) for i, b in enumerate(b"def main") if i >= 4)
+    assert n == 4 and total == pytest.approx(expected, rel=1e-5)
+    assert log_likelihood(model, b"", b"ab")[1] == 1
+    with pytest.raises(ValueError, match="model's context is 128"):
+        log_likelihood(model, b"x" * 100, b"y" * 100)

@@ -28,3 +28,12 @@ def test_checkpoint_spec_that_finds_nothing_is_refused_clearly(tmp_path):
         resolve_checkpoint(f"latest:{tmp_path}")
     with pytest.raises(CheckpointError, match="not a complete elasticml checkpoint"):
         resolve_checkpoint(str(tmp_path))
+
+
+def test_every_apps_args_are_a_valid_serve_config():
+    from elasticml.serve.config import ServeConfig
+
+    for path in sorted((REPO / "serve_apps").glob("*.yaml")):
+        for app in yaml.safe_load(path.read_text())["applications"]:
+            cfg = ServeConfig.from_dict(app["args"], source=str(path))
+            assert cfg.resolved_precision in ("int8", "bf16")

@@ -124,6 +124,9 @@ class KVCache:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     length: int = 0
+    pad: torch.Tensor | None = None
+    """(B,) left-padding positions per row of a batch of prompts of different lengths; they are never attended to.
+    Rotary positions are relative, so a row shifted right by its padding computes what it computes alone."""
 
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, *, device: torch.device | None = None,
@@ -156,6 +159,12 @@ class Attention(nn.Module):
             v_all = cache.values[layer][:, :, : start + t]
             # Query i (absolute position start+i) sees keys 0..start+i.
             mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            if cache.pad is not None:
+                keys = torch.arange(start + t, device=x.device)
+                real = keys[None, :] >= cache.pad[:, None]  # (B, S)
+                # A padding query still sees itself, so that its (unused) row stays finite instead of NaN.
+                itself = keys[None, :] == (start + torch.arange(t, device=x.device))[:, None]  # (t, S)
+                mask = mask[None, None] & (real[:, None, None, :] | itself[None, None])
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(b, t, -1))
 

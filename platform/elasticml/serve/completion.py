@@ -1,28 +1,64 @@
-"""The text-completion Serve deployment: a checkpoint behind HTTP.
+"""The completion Serve deployment: a checkpoint behind HTTP, for CPU (int8) or GPU (bf16) replicas.
 
-Endpoints: `POST /v1/completions` ({"prompt", "max_tokens", "temperature",
-"seed"} -> {"completion", "tokens", "latency_ms", "model_step"}), `GET
-/healthz`, and FastAPI's published OpenAPI schema at `/openapi.json`. Bad
-bodies are refused with 422 and a body naming the field and the rule.
+Endpoints (schema at `/openapi.json`):
+- `POST /v1/completions` {"prompt", "max_tokens", "temperature", "seed"} -> {"completion", ...}
+- `POST /v1/score` {"context", "continuation"} -> log-likelihood of the continuation
+- `GET /healthz` (open) and `GET /v1/stats` (cache hit rate, batch sizes)
+
+Requests are batched by `@serve.batch` (prompts of different lengths in one
+forward pass, see `elasticml.serve.generate`); repeated deterministic requests
+are answered from an LRU cache; bodies over `max_body_bytes` get 413; a request
+over `request_timeout_s` gets 504; with `api_keys` set, /v1/* need a tenant's
+key (401 otherwise). Backpressure (`max_queued_requests` -> 429 + Retry-After)
+is Serve's own, configured in `build_app`.
 
 It lives in the package (not in serve_apps/) so that a replica on any node
 imports it from the installed package; `serve_apps/completion.py` exposes the
 builder for `serve run` / `serve deploy`.
 """
 
-# No `from __future__ import annotations`: FastAPI must see the request model
-# as a class, not a string, to read it from the body.
+# No `from __future__ import annotations`: FastAPI must see the request models
+# as classes, not strings, to read them from the body.
+import asyncio
+import logging
+import os
 import time
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 
 from elasticml import labels as L
+from elasticml.serve.config import ServeConfig
 
-api = FastAPI(title="elasticml completion", version="1")
+api = FastAPI(title="elasticml completion", version="2")
+log = logging.getLogger("elasticml.serve")
+# The replica's body limit travels in its environment (set by build_app): the middleware runs before
+# the replica object exists for the request, and the app may be pickled by value onto the replica.
+BODY_LIMIT_ENV = "ELASTICML_SERVE_MAX_BODY_BYTES"
+
+
+@api.middleware("http")
+async def limit_body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
+    """413 before parsing: a declared or actual body over the limit is refused, the replica unharmed."""
+    limit = int(os.environ.get(BODY_LIMIT_ENV, "65536"))
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return JSONResponse(status_code=413, content={"detail": f"body is {declared} bytes; the limit is {limit}"})
+    if request.method == "POST" and len(await request.body()) > limit:
+        return JSONResponse(status_code=413, content={"detail": f"body exceeds the limit of {limit} bytes"})
+    return await call_next(request)
+
+
+@api.exception_handler(RequestValidationError)
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming the field and the rule, without echoing the (possibly large or private) input back."""
+    detail = [{k: v for k, v in err.items() if k not in ("input", "url", "ctx")} for err in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 class CompletionRequest(BaseModel):
@@ -30,7 +66,7 @@ class CompletionRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=4096, description="Text to continue.")
     max_tokens: int = Field(32, ge=1, le=512, description="Bytes to generate.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy, deterministic.")
-    seed: int | None = Field(None, description="Sampling seed, for reproducible sampled output.")
+    seed: int | None = Field(None, ge=0, description="Sampling seed, for reproducible sampled output.")
 
 
 class CompletionResponse(BaseModel):
@@ -38,19 +74,73 @@ class CompletionResponse(BaseModel):
     tokens: int
     latency_ms: float
     model_step: int
+    cached: bool
 
 
-@serve.deployment(max_ongoing_requests=8)
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    context: str = Field("", max_length=4096, description="Text the continuation follows (may be empty).")
+    continuation: str = Field(min_length=1, max_length=4096, description="Text whose likelihood is wanted.")
+
+
+class ScoreResponse(BaseModel):
+    log_likelihood: float = Field(description="Sum of log p(byte | preceding bytes), natural log.")
+    tokens: int = Field(description="Bytes scored.")
+    nll_per_byte: float
+    model_step: int
+
+
+@serve.deployment(max_ongoing_requests=32)
 @serve.ingress(api)
 class Completer:
-    def __init__(self, checkpoint: str, num_threads: int = 1) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         import torch
 
+        from elasticml.serve.auth import KeyRing
+        from elasticml.serve.cache import ResponseCache
+        from elasticml.serve.metrics import ServeMetrics
+        from elasticml.serve.precision import prepare
         from elasticml.train.checkpoint import load_model
 
-        torch.set_num_threads(num_threads)
-        self.model, self.meta = load_model(checkpoint)
-        self.checkpoint = checkpoint
+        self.cfg = ServeConfig.from_dict(config)
+        torch.set_num_threads(max(1, int(self.cfg.num_cpus)))
+        model, self.meta = load_model(self.cfg.checkpoint)
+        self.context = model.config.max_seq_len
+        self.model = prepare(model, device=self.cfg.device, precision=self.cfg.resolved_precision)
+        self.cache: ResponseCache[str] = ResponseCache(self.cfg.cache_size)
+        self.keys = KeyRing(self.cfg.api_keys)
+        self.batches = 0
+        self.batched_requests = 0
+        self.largest_batch = 0
+        self._complete_batch.set_max_batch_size(self.cfg.max_batch_size)
+        self._complete_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000)
+        self._metrics = ServeMetrics()
+
+    def _tenant(self, authorization: str | None, x_api_key: str | None) -> str | None:
+        if self.keys.open:
+            return None
+        tenant = self.keys.tenant_for(authorization, x_api_key)
+        if tenant is None:
+            raise HTTPException(status_code=401, detail="missing or unknown API key: send Authorization: Bearer "
+                                "<key> or X-API-Key: <key>", headers={"WWW-Authenticate": "Bearer"})
+        return tenant
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _complete_batch(self, prompts: list) -> list[bytes]:
+        from elasticml.serve.generate import generate_batch
+
+        self.batches += 1
+        self.batched_requests += len(prompts)
+        self.largest_batch = max(self.largest_batch, len(prompts))
+        # Off the event loop: requests keep arriving (and forming the next batch) while this one runs.
+        return await asyncio.to_thread(generate_batch, self.model, prompts)
+
+    async def _run(self, coro: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coro, timeout=self.cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(status_code=504, detail=f"the model did not answer within "
+                                f"{self.cfg.request_timeout_s}s; retry, or ask for fewer max_tokens") from None
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -59,34 +149,68 @@ class Completer:
         node_labels = ray.get_runtime_context().get_node_labels()
         return {
             "status": "ok",
-            "checkpoint": self.checkpoint,
+            "checkpoint": self.cfg.checkpoint,
             "step": self.meta["step"],
+            "device": self.cfg.device,
+            "precision": self.cfg.resolved_precision,
             "market": L.market_of(node_labels),
             "node_type": node_labels.get(L.NODE_TYPE),
+            "replica": serve.get_replica_context().replica_id.unique_id,
+        }
+
+    @api.get("/v1/stats")
+    def stats(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
+        self._tenant(authorization, x_api_key)
+        return {
+            "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "hit_rate": self.cache.hit_rate,
+                      "size": len(self.cache)},
+            "batches": self.batches,
+            "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0,
+            "largest_batch": self.largest_batch,
         }
 
     @api.post("/v1/completions", response_model=CompletionResponse)
-    def complete(self, request: CompletionRequest) -> CompletionResponse:
-        from fastapi import HTTPException
+    async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
+                       x_api_key: str | None = Header(None)) -> CompletionResponse:
+        from elasticml.serve.generate import Prompt
 
-        from elasticml.serve.generate import generate
-
-        if request.max_tokens >= self.model.config.max_seq_len:
-            raise HTTPException(
-                status_code=422,
-                detail=f"max_tokens must be below the model's context of {self.model.config.max_seq_len} bytes",
-            )
+        tenant = self._tenant(authorization, x_api_key)
+        if request.max_tokens >= self.context:
+            raise HTTPException(status_code=422,
+                                detail=f"max_tokens must be below the model's context of {self.context} bytes")
         t0 = time.perf_counter()
-        out = generate(
-            self.model, request.prompt.encode("utf-8"), max_tokens=request.max_tokens,
-            temperature=request.temperature, seed=request.seed,
-        )
-        return CompletionResponse(
-            completion=out.decode("utf-8", errors="replace"),
-            tokens=len(out),
-            latency_ms=(time.perf_counter() - t0) * 1e3,
-            model_step=int(self.meta["step"]),
-        )
+        deterministic = request.temperature == 0 or request.seed is not None
+        key = (request.prompt, request.max_tokens, request.temperature if request.temperature else 0.0,
+               request.seed if request.temperature else None)
+        text = self.cache.get(key) if deterministic else None
+        cached = text is not None
+        if text is None:
+            prompt = Prompt(text=request.prompt.encode("utf-8"), max_tokens=request.max_tokens,
+                            temperature=request.temperature, seed=request.seed)
+            out = await self._run(self._complete_batch(prompt))
+            text = out.decode("utf-8", errors="replace")
+            if deterministic:
+                self.cache.put(key, text)
+        self._metrics.record(tenant, cached, self.cache.hit_rate)
+        return CompletionResponse(completion=text, tokens=len(text.encode("utf-8", errors="replace")),
+                                  latency_ms=(time.perf_counter() - t0) * 1e3, model_step=int(self.meta["step"]),
+                                  cached=cached)
+
+    @api.post("/v1/score", response_model=ScoreResponse)
+    async def score(self, request: ScoreRequest, authorization: str | None = Header(None),
+                    x_api_key: str | None = Header(None)) -> ScoreResponse:
+        from elasticml.serve.generate import log_likelihood
+
+        self._tenant(authorization, x_api_key)
+        context, continuation = request.context.encode("utf-8"), request.continuation.encode("utf-8")
+        if len(context) + len(continuation) > self.context:
+            raise HTTPException(status_code=422, detail=f"context + continuation is {len(context) + len(continuation)} "
+                                f"bytes; the model's context is {self.context}")
+        if not context and len(continuation) < 2:
+            raise HTTPException(status_code=422, detail="with an empty context the continuation needs at least 2 "
+                                "bytes (the first one has nothing to be predicted from)")
+        total, n = await self._run(asyncio.to_thread(log_likelihood, self.model, context, continuation))
+        return ScoreResponse(log_likelihood=total, tokens=n, nll_per_byte=-total / n, model_step=int(self.meta["step"]))
 
 
 def resolve_checkpoint(spec: str) -> str:
@@ -110,16 +234,54 @@ def resolve_checkpoint(spec: str) -> str:
     return where
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """Builder for `serve run` / `serve deploy`: args {checkpoint, market?, num_cpus?}.
+def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], int | None]:
+    """ray_actor_options for the replicas and, when the scheduler placed them, how many it provisioned.
 
-    checkpoint is a folder written by jobs/train.py, or `latest:RUN_DIR`.
+    With a tenant the cluster's scheduler decides: base replicas on reserved or on-demand capacity, and a
+    fallback to spot for the replicas the autoscaler adds beyond it (over-provisioned, see the policy).
     """
-    if "checkpoint" not in args:
-        raise ValueError("the completion app needs args.checkpoint: a checkpoint folder written by jobs/train.py")
-    options: dict[str, Any] = {"num_cpus": float(args.get("num_cpus", 1))}
-    market = args.get("market", "any")
-    if market != "any":
-        options["label_selector"] = L.selector_for(market)
-    threads = max(1, int(options["num_cpus"]))
-    return Completer.options(ray_actor_options=options).bind(resolve_checkpoint(str(args["checkpoint"])), threads)
+    options: dict[str, Any] = {"num_cpus": cfg.num_cpus,
+                               "runtime_env": {"env_vars": {BODY_LIMIT_ENV: str(cfg.max_body_bytes)}}}
+    if cfg.device == "gpu":
+        options["num_gpus"] = 1
+    if cfg.tenant is None:
+        if cfg.market != "any":
+            options["label_selector"] = L.selector_for(cfg.market)  # type: ignore[arg-type]
+        return options, None
+    from elasticml.scheduler.client import SchedulerClient
+
+    replicas = cfg.autoscaling()
+    spec = {"name": name, "tenant": cfg.tenant, "kind": "serving", "priority": cfg.priority,
+            "cpus_per_worker": cfg.num_cpus, "gpus_per_worker": 1.0 if cfg.device == "gpu" else 0.0,
+            "min_workers": replicas.get("min_replicas", cfg.num_replicas) or 1,
+            "max_workers": replicas.get("max_replicas", cfg.num_replicas), "expected_hours": 24}
+    decision = SchedulerClient.connect().submit(spec)[-1]
+    if decision["action"] != "place":
+        from elasticml.errors import ElasticMLError
+
+        raise ElasticMLError(f"the scheduler did not place {name}: {decision['action']}: {decision['reason']}")
+    options.update(decision["ray_options"])
+    return options, sum(a["workers"] for a in decision["allocations"])
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Builder for `serve run` / `serve deploy`: args are ServeConfig fields (checkpoint is required)."""
+    from ray.serve.config import BackpressureConfig
+
+    cfg = ServeConfig.from_dict(dict(args), source="completion app args")
+    cfg = ServeConfig.from_dict({**cfg.to_dict(), "checkpoint": resolve_checkpoint(cfg.checkpoint)})
+    options, provisioned = placement(cfg, name=cfg.name)
+    deployment: dict[str, Any] = {
+        "ray_actor_options": options,
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "max_queued_requests": cfg.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=cfg.retry_after_s),
+    }
+    autoscaling = cfg.autoscaling()
+    if autoscaling:
+        if provisioned is not None:
+            autoscaling["max_replicas"] = max(autoscaling["max_replicas"], provisioned)
+        deployment["autoscaling_config"] = autoscaling
+    else:
+        deployment["num_replicas"] = cfg.num_replicas
+    return Completer.options(**deployment).bind(cfg.to_dict())

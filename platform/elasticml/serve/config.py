@@ -1,0 +1,124 @@
+"""The completion app's configuration: one keyword-only dataclass, checked on construction.
+
+Filled from the app's `args` in `serve_apps/*.yaml` (or `serve run ... key=value`);
+a bad value raises ConfigError naming the field and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
+
+from elasticml.dataconf import from_mapping
+from elasticml.errors import ConfigError
+
+Device = Literal["cpu", "gpu"]
+Precision = Literal["auto", "fp32", "int8", "bf16"]
+Preset = Literal["fixed", "latency", "batch"]
+Market = Literal["any", "spot", "on-demand", "reserved"]
+
+# Autoscaling presets (Serve's AutoscalingConfig fields). Latency-critical traffic scales up after
+# a few seconds at 2 requests in flight per replica and gives capacity back slowly; batch traffic
+# lets queues grow (bigger batches, fewer replicas) and reacts on a longer horizon.
+PRESETS: dict[str, dict[str, Any]] = {
+    "latency": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2,
+                "upscale_delay_s": 3.0, "downscale_delay_s": 30.0, "look_back_period_s": 5.0},
+    "batch": {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 16,
+              "upscale_delay_s": 10.0, "downscale_delay_s": 120.0, "look_back_period_s": 20.0},
+}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(kw_only=True, frozen=True)
+class ServeConfig:
+    checkpoint: str
+    """A checkpoint folder or s3:// URI written by jobs/train.py, or `latest:RUN_DIR`."""
+    name: str = "completion"
+    """The workload's name for the scheduler and its ledger."""
+    device: Device = "cpu"
+    precision: Precision = "auto"
+    """auto = int8 weights on CPU, bf16 on GPU."""
+    num_cpus: float = 1.0
+    """CPUs per replica; the replica runs that many torch threads."""
+    market: Market = "any"
+    """Capacity for the replicas when the scheduler is not asked (no tenant)."""
+    tenant: str | None = None
+    """Ask the cluster's scheduler for the placement, as this tenant."""
+    priority: str = "high"
+    preset: Preset = "fixed"
+    """Autoscaling preset: latency | batch, or fixed = num_replicas."""
+    num_replicas: int = 1
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    max_batch_size: int = 16
+    batch_wait_ms: float = 5.0
+    """How long a replica waits to fill a batch; the latency it adds to a lone request at most."""
+    max_ongoing_requests: int = 32
+    max_queued_requests: int = 64
+    """Requests waiting at each proxy beyond those in flight; more get 429 with Retry-After."""
+    retry_after_s: float = 1.0
+    cache_size: int = 1024
+    """Responses kept for repeated deterministic requests (greedy or seeded); 0 = no cache."""
+    max_body_bytes: int = 65536
+    request_timeout_s: float = 30.0
+    api_keys: dict[str, str] = field(default_factory=dict)
+    """tenant -> sha256 hex digest of its key (`elasticml serve keygen TENANT` makes both); empty = open."""
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("device", Device), ("precision", Precision), ("preset", Preset), ("market", Market)):
+            if getattr(self, name) not in get_args(allowed):
+                raise ConfigError(f"must be one of {', '.join(get_args(allowed))}, got {getattr(self, name)!r}",
+                                  field=name)
+        if self.device == "cpu" and self.precision == "bf16":
+            raise ConfigError("bf16 is for GPU replicas; use int8 or fp32 on CPU", field="precision")
+        if self.device == "gpu" and self.precision == "int8":
+            raise ConfigError("int8 is for CPU replicas; use bf16 or fp32 on GPU", field="precision")
+        for name in ("num_replicas", "max_batch_size", "max_ongoing_requests", "max_queued_requests",
+                     "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        for name in ("num_cpus", "request_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"must be > 0, got {getattr(self, name)}", field=name)
+        for name in ("batch_wait_ms", "retry_after_s", "cache_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ConfigError(f"must be at least max_batch_size={self.max_batch_size} or batches never fill, "
+                              f"got {self.max_ongoing_requests}", field="max_ongoing_requests")
+        low = self.min_replicas if self.min_replicas is not None else self.autoscaling().get("min_replicas", 1)
+        high = self.max_replicas if self.max_replicas is not None else self.autoscaling().get("max_replicas", 1)
+        if not 0 <= low <= high:
+            raise ConfigError(f"need 0 <= min_replicas <= max_replicas, got {low} and {high}", field="max_replicas")
+        if not isinstance(self.api_keys, dict):
+            raise ConfigError("must map tenant -> sha256 hex digest of the key", field="api_keys")
+        for tenant, digest in self.api_keys.items():
+            if not (isinstance(digest, str) and _SHA256.match(digest)):
+                # Never echo the value: it might be a plain key pasted by mistake.
+                raise ConfigError(f"the entry for tenant {tenant!r} is not a sha256 hex digest; store the "
+                                  "digest of the key (elasticml serve keygen), never the key", field="api_keys")
+
+    @property
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if self.device == "gpu" else "int8"
+
+    def autoscaling(self) -> dict[str, Any]:
+        """Serve's autoscaling_config for the preset, with min/max overrides; {} for a fixed replica count."""
+        if self.preset == "fixed":
+            return {}
+        preset = dict(PRESETS[self.preset])
+        if self.min_replicas is not None:
+            preset["min_replicas"] = self.min_replicas
+        if self.max_replicas is not None:
+            preset["max_replicas"] = self.max_replicas
+        return preset
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, source: str = "args") -> ServeConfig:
+        return from_mapping(cls, raw, source=source)
