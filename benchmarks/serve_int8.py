@@ -9,6 +9,11 @@ then each candidate's mean loss (nats/byte) on held-out stdlib files is compared
 Candidates: torch.ao dynamic int8 (what elasticml ships, see elasticml/serve/precision.py) and,
 when torchao is installed (`pip install torchao`; not a dependency), torchao's
 Int8DynamicActivationInt8Weight and Int8WeightOnly configs in eager mode.
+
+ONNX Runtime (when `pip install onnx onnxruntime`): our generation loop keeps a KV cache in
+Python, which an exported graph does not have, so ORT is compared on the full-sequence forward
+(what /v1/score runs): tokens/s scored for a (1, --score-len) input, torch fp32 and int8 vs ORT
+fp32 and ORT dynamic int8 (`onnxruntime.quantization.quantize_dynamic`, QInt8 weights).
 """
 
 from __future__ import annotations
@@ -59,6 +64,42 @@ def tokens_per_s(model: torch.nn.Module, n: int, reps: int) -> float:
     return n * reps / (time.perf_counter() - t0)
 
 
+def forward_tokens_per_s(run, n: int, reps: int) -> float:  # type: ignore[no-untyped-def]
+    run()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        run()
+    return n * reps / (time.perf_counter() - t0)
+
+
+def onnx_rows(base: torch.nn.Module, size: str, seq: int, threads: int, reps: int) -> list[tuple[str, float]]:
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        return []
+    import tempfile
+
+    tokens = torch.randint(0, 256, (1, seq))
+    folder = Path(tempfile.mkdtemp())
+    fp32_path, int8_path = folder / "model.onnx", folder / "model.int8.onnx"
+    torch.onnx.export(base, (tokens,), str(fp32_path), input_names=["tokens"], output_names=["logits"],
+                      dynamic_axes={"tokens": {0: "b", 1: "t"}}, dynamo=False)
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    rows = []
+    with torch.inference_mode():
+        rows.append(("torch fp32", forward_tokens_per_s(lambda: base(tokens), seq, reps)))
+        q = prepare(copy.deepcopy(base), device="cpu", precision="int8")
+        rows.append(("torch.ao dynamic int8 (shipped)", forward_tokens_per_s(lambda: q(tokens), seq, reps)))
+    feed = {"tokens": tokens.numpy()}
+    for name, path in (("onnxruntime fp32", fp32_path), ("onnxruntime dynamic int8", int8_path)):
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        rows.append((name, forward_tokens_per_s(lambda: session.run(None, feed), seq, reps)))
+    return rows
+
+
 def stdlib_bytes(names: list[str]) -> bytes:
     root = Path(sysconfig.get_paths()["stdlib"])
     return b"\n".join((root / n).read_bytes() for n in names)
@@ -96,6 +137,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--score-len", type=int, default=128)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cands = candidates()
@@ -106,6 +148,11 @@ def main() -> None:
         rates = {name: tokens_per_s(make(copy.deepcopy(base)), args.tokens, args.reps) for name, make in cands.items()}
         for name, rate in rates.items():
             print(f"{size:6s} {name:34s} {rate:8.1f} tokens/s   {rate / rates['fp32']:.2f}x fp32")
+    for size in args.sizes:
+        torch.manual_seed(0)
+        rows = onnx_rows(build_model(size).eval(), size, args.score_len, args.threads, args.reps * 3)
+        for name, rate in rows:
+            print(f"forward {size:6s} {name:34s} {rate:8.1f} tokens/s   {rate / rows[0][1]:.2f}x torch fp32")
     trained = train_small(args.train_steps)
     ref = held_out_loss(trained)
     print(f"quality: small trained {args.train_steps} steps, held-out loss fp32 {ref:.4f} nats/byte")

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Request
@@ -75,6 +76,7 @@ class CompletionResponse(BaseModel):
     latency_ms: float
     model_step: int
     cached: bool
+    model_version: str = Field("current", description="current, or stable/canary during a canary release.")
 
 
 class ScoreRequest(BaseModel):
@@ -90,9 +92,13 @@ class ScoreResponse(BaseModel):
     model_step: int
 
 
-@serve.deployment(max_ongoing_requests=32)
-@serve.ingress(api)
-class Completer:
+class CompletionService:
+    """What a replica does, apart from HTTP: the model, batching, cache, keys and stats.
+
+    `Completer` puts it behind FastAPI routes (an app's HTTP ingress); `ModelBackend` is the same
+    service reachable only through deployment handles (the versions behind a canary router).
+    """
+
     def __init__(self, config: dict[str, Any]) -> None:
         import torch
 
@@ -116,7 +122,7 @@ class Completer:
         self._complete_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000)
         self._metrics = ServeMetrics()
 
-    def _tenant(self, authorization: str | None, x_api_key: str | None) -> str | None:
+    def tenant(self, authorization: str | None, x_api_key: str | None) -> str | None:
         if self.keys.open:
             return None
         tenant = self.keys.tenant_for(authorization, x_api_key)
@@ -142,8 +148,7 @@ class Completer:
             raise HTTPException(status_code=504, detail=f"the model did not answer within "
                                 f"{self.cfg.request_timeout_s}s; retry, or ask for fewer max_tokens") from None
 
-    @api.get("/healthz")
-    def healthz(self) -> dict:
+    def health(self) -> dict:
         import ray
 
         node_labels = ray.get_runtime_context().get_node_labels()
@@ -158,9 +163,7 @@ class Completer:
             "replica": serve.get_replica_context().replica_id.unique_id,
         }
 
-    @api.get("/v1/stats")
-    def stats(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
-        self._tenant(authorization, x_api_key)
+    def stats(self) -> dict:
         return {
             "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "hit_rate": self.cache.hit_rate,
                       "size": len(self.cache)},
@@ -169,12 +172,9 @@ class Completer:
             "largest_batch": self.largest_batch,
         }
 
-    @api.post("/v1/completions", response_model=CompletionResponse)
-    async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
-                       x_api_key: str | None = Header(None)) -> CompletionResponse:
+    async def complete(self, request: CompletionRequest, tenant: str | None = None) -> CompletionResponse:
         from elasticml.serve.generate import Prompt
 
-        tenant = self._tenant(authorization, x_api_key)
         if request.max_tokens >= self.context:
             raise HTTPException(status_code=422,
                                 detail=f"max_tokens must be below the model's context of {self.context} bytes")
@@ -196,12 +196,9 @@ class Completer:
                                   latency_ms=(time.perf_counter() - t0) * 1e3, model_step=int(self.meta["step"]),
                                   cached=cached)
 
-    @api.post("/v1/score", response_model=ScoreResponse)
-    async def score(self, request: ScoreRequest, authorization: str | None = Header(None),
-                    x_api_key: str | None = Header(None)) -> ScoreResponse:
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
         from elasticml.serve.generate import log_likelihood
 
-        self._tenant(authorization, x_api_key)
         context, continuation = request.context.encode("utf-8"), request.continuation.encode("utf-8")
         if len(context) + len(continuation) > self.context:
             raise HTTPException(status_code=422, detail=f"context + continuation is {len(context) + len(continuation)} "
@@ -211,6 +208,62 @@ class Completer:
                                 "bytes (the first one has nothing to be predicted from)")
         total, n = await self._run(asyncio.to_thread(log_likelihood, self.model, context, continuation))
         return ScoreResponse(log_likelihood=total, tokens=n, nll_per_byte=-total / n, model_step=int(self.meta["step"]))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A 4xx/5xx from a backend, returned rather than raised: exceptions crossing a deployment handle
+    arrive wrapped in Ray's task errors, and the caller must answer the client with the same status."""
+
+    status_code: int
+    detail: Any
+
+
+@serve.deployment(max_ongoing_requests=32)
+class ModelBackend:
+    """A model version reachable only through handles (keys are checked by whoever holds the handle)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.service = CompletionService(config)
+
+    async def complete(self, request: CompletionRequest) -> "CompletionResponse | Refusal":
+        try:
+            return await self.service.complete(request)
+        except HTTPException as exc:
+            return Refusal(exc.status_code, exc.detail)
+
+    async def score(self, request: ScoreRequest) -> "ScoreResponse | Refusal":
+        try:
+            return await self.service.score(request)
+        except HTTPException as exc:
+            return Refusal(exc.status_code, exc.detail)
+
+
+@serve.deployment(max_ongoing_requests=32)
+@serve.ingress(api)
+class Completer:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.service = CompletionService(config)
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return self.service.health()
+
+    @api.get("/v1/stats")
+    def stats(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
+        self.service.tenant(authorization, x_api_key)
+        return self.service.stats()
+
+    @api.post("/v1/completions", response_model=CompletionResponse)
+    async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
+                       x_api_key: str | None = Header(None)) -> CompletionResponse:
+        return await self.service.complete(request, self.service.tenant(authorization, x_api_key))
+
+    @api.post("/v1/score", response_model=ScoreResponse)
+    async def score(self, request: ScoreRequest, authorization: str | None = Header(None),
+                    x_api_key: str | None = Header(None)) -> ScoreResponse:
+        self.service.tenant(authorization, x_api_key)
+        return await self.service.score(request)
 
 
 def resolve_checkpoint(spec: str) -> str:
@@ -234,11 +287,12 @@ def resolve_checkpoint(spec: str) -> str:
     return where
 
 
-def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], int | None]:
-    """ray_actor_options for the replicas and, when the scheduler placed them, how many it provisioned.
+def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """ray_actor_options for the replicas and, when the scheduler placed them, its allocations.
 
-    With a tenant the cluster's scheduler decides: base replicas on reserved or on-demand capacity, and a
-    fallback to spot for the replicas the autoscaler adds beyond it (over-provisioned, see the policy).
+    With a tenant the cluster's scheduler decides: base replicas on reserved or on-demand capacity,
+    extra ones on spot, over-provisioned (see the policy); `build_app` gives each allocation its own
+    deployment pinned to its pool (elasticml.serve.pools).
     """
     options: dict[str, Any] = {"num_cpus": cfg.num_cpus,
                                "runtime_env": {"env_vars": {BODY_LIMIT_ENV: str(cfg.max_body_bytes)}}}
@@ -247,7 +301,7 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], int | Non
     if cfg.tenant is None:
         if cfg.market != "any":
             options["label_selector"] = L.selector_for(cfg.market)  # type: ignore[arg-type]
-        return options, None
+        return options, []
     from elasticml.scheduler.client import SchedulerClient
 
     replicas = cfg.autoscaling()
@@ -260,28 +314,41 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], int | Non
         from elasticml.errors import ElasticMLError
 
         raise ElasticMLError(f"the scheduler did not place {name}: {decision['action']}: {decision['reason']}")
-    options.update(decision["ray_options"])
-    return options, sum(a["workers"] for a in decision["allocations"])
+    return options, decision["allocations"]
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """Builder for `serve run` / `serve deploy`: args are ServeConfig fields (checkpoint is required)."""
+def build_app(args: dict[str, Any], *, deployment_name: str = "Completer", backend: bool = False) -> Application:
+    """Builder for `serve run` / `serve deploy`: args are ServeConfig fields (checkpoint is required).
+
+    With backend=True the deployment is a handle-only ModelBackend (for a router in front of it).
+    With a tenant, the scheduler's allocations become one pinned deployment each behind a PoolRouter.
+    """
     from ray.serve.config import BackpressureConfig
 
     cfg = ServeConfig.from_dict(dict(args), source="completion app args")
     cfg = ServeConfig.from_dict({**cfg.to_dict(), "checkpoint": resolve_checkpoint(cfg.checkpoint)})
-    options, provisioned = placement(cfg, name=cfg.name)
-    deployment: dict[str, Any] = {
-        "ray_actor_options": options,
+    options, allocations = placement(cfg, name=cfg.name)
+    common: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,
         "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=cfg.retry_after_s),
     }
+    if allocations:
+        from elasticml.serve.pools import PoolRouter
+
+        backend_cfg = {**cfg.to_dict(), "api_keys": {}}  # keys are checked by the router
+        pools, handles = [], []
+        for alloc in allocations:
+            pinned = {**options, "label_selector": {L.NODE_TYPE: alloc["node_type"]}}  # no fallback: stay put
+            handles.append(ModelBackend.options(name=f"pool-{alloc['node_type']}", ray_actor_options=pinned,
+                                                num_replicas=alloc["workers"], **common).bind(backend_cfg))
+            pools.append({"node_type": alloc["node_type"], "market": alloc["market"], "replicas": alloc["workers"]})
+        router = {"num_cpus": 0, "runtime_env": options["runtime_env"]}
+        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys)
+    deployment: dict[str, Any] = {"name": deployment_name, "ray_actor_options": options, **common}
     autoscaling = cfg.autoscaling()
     if autoscaling:
-        if provisioned is not None:
-            autoscaling["max_replicas"] = max(autoscaling["max_replicas"], provisioned)
         deployment["autoscaling_config"] = autoscaling
     else:
         deployment["num_replicas"] = cfg.num_replicas
-    return Completer.options(**deployment).bind(cfg.to_dict())
+    return (ModelBackend if backend else Completer).options(**deployment).bind(cfg.to_dict())

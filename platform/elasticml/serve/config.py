@@ -20,12 +20,13 @@ Market = Literal["any", "spot", "on-demand", "reserved"]
 
 # Autoscaling presets (Serve's AutoscalingConfig fields). Latency-critical traffic scales up after
 # a few seconds at 2 requests in flight per replica and gives capacity back slowly; batch traffic
-# lets queues grow (bigger batches, fewer replicas) and reacts on a longer horizon.
+# lets queues grow (bigger batches, fewer replicas) and reacts on a longer horizon. The look-back
+# must exceed Serve's 10 s metrics interval (Serve warns now and will refuse later).
 PRESETS: dict[str, dict[str, Any]] = {
     "latency": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2,
-                "upscale_delay_s": 3.0, "downscale_delay_s": 30.0, "look_back_period_s": 5.0},
+                "upscale_delay_s": 3.0, "downscale_delay_s": 30.0, "look_back_period_s": 12.0},
     "batch": {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 16,
-              "upscale_delay_s": 10.0, "downscale_delay_s": 120.0, "look_back_period_s": 20.0},
+              "upscale_delay_s": 10.0, "downscale_delay_s": 120.0, "look_back_period_s": 30.0},
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -51,6 +52,9 @@ class ServeConfig:
     num_replicas: int = 1
     min_replicas: int | None = None
     max_replicas: int | None = None
+    upscale_delay_s: float | None = None
+    downscale_delay_s: float | None = None
+    """Override the preset's delays (how long load must stay high / low before replicas change)."""
     max_batch_size: int = 16
     batch_wait_ms: float = 5.0
     """How long a replica waits to fill a batch; the latency it adds to a lone request at most."""
@@ -81,8 +85,8 @@ class ServeConfig:
         for name in ("num_cpus", "request_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", field=name)
-        for name in ("batch_wait_ms", "retry_after_s", "cache_size"):
-            if getattr(self, name) < 0:
+        for name in ("batch_wait_ms", "retry_after_s", "cache_size", "upscale_delay_s", "downscale_delay_s"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError(f"must be at least max_batch_size={self.max_batch_size} or batches never fill, "
@@ -114,6 +118,9 @@ class ServeConfig:
             preset["min_replicas"] = self.min_replicas
         if self.max_replicas is not None:
             preset["max_replicas"] = self.max_replicas
+        for name in ("upscale_delay_s", "downscale_delay_s"):
+            if getattr(self, name) is not None:
+                preset[name] = getattr(self, name)
         return preset
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,202 @@
+"""Canary releases: a new checkpoint takes a share of the traffic, then is promoted or rolled back.
+
+`build_canary_app(args)` deploys three things: the current version and the canary (two `ModelBackend`
+deployments, each with its own replicas and batching) and `CanaryRouter`, the HTTP ingress. The
+router checks keys, sends each request to the canary with probability `canary_share`, and records
+latency per version. After `evaluate_after` canary requests, or on `POST /v1/canary/evaluate`, it
+scores held-out text on both versions and asks `canary_policy.judge`: a canary whose held-out loss
+or latency is worse than allowed is rolled back (share 0), otherwise promoted (share 1).
+`GET /v1/canary` tells the state and why.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the request models from the annotations.
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Header, HTTPException
+from fastapi.exceptions import RequestValidationError
+from ray import serve
+from ray.serve import Application
+
+from elasticml.dataconf import from_mapping
+from elasticml.errors import ConfigError
+from elasticml.serve.completion import (
+    BODY_LIMIT_ENV,
+    CompletionRequest,
+    CompletionResponse,
+    Refusal,
+    ScoreRequest,
+    ScoreResponse,
+    limit_body_size,
+    validation_error,
+)
+from elasticml.serve.config import ServeConfig
+
+canary_api = FastAPI(title="elasticml completion (canary release)", version="2")
+canary_api.middleware("http")(limit_body_size)
+canary_api.exception_handler(RequestValidationError)(validation_error)
+log = logging.getLogger("elasticml.serve.canary")
+
+
+@dataclass(kw_only=True, frozen=True)
+class CanaryConfig:
+    canary_checkpoint: str
+    """The new version; `checkpoint` (the ServeConfig field) is the current one."""
+    canary_share: float = 0.1
+    holdout_texts: list[str] = field(default_factory=list)
+    holdout_file: str | None = None
+    """A text file (local or s3://) of held-out text; used with or instead of holdout_texts."""
+    max_nll_increase: float = 0.01
+    """Roll back when the canary's held-out loss is more than this fraction above the current one's."""
+    max_latency_ratio: float = 1.5
+    min_latency_samples: int = 20
+    evaluate_after: int = 50
+    """Canary requests before the router judges on its own (0 = only on POST /v1/canary/evaluate)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.canary_share <= 1:
+            raise ConfigError(f"must be between 0 and 1, got {self.canary_share}", field="canary_share")
+        if not (self.holdout_texts or self.holdout_file):
+            raise ConfigError("the canary is judged on held-out text: give holdout_texts or holdout_file",
+                              field="holdout_texts")
+        if self.max_nll_increase < 0 or self.max_latency_ratio < 1:
+            raise ConfigError("max_nll_increase must be >= 0 and max_latency_ratio >= 1", field="max_nll_increase")
+        if self.min_latency_samples < 1 or self.evaluate_after < 0:
+            raise ConfigError("min_latency_samples must be >= 1 and evaluate_after >= 0", field="min_latency_samples")
+
+    def holdout(self) -> list[str]:
+        texts = list(self.holdout_texts)
+        if self.holdout_file:
+            from elasticml.storage import read_text
+
+            texts.append(read_text(self.holdout_file))
+        return [t for t in texts if t]
+
+
+def _chunks(text: bytes, size: int) -> list[bytes]:
+    return [text[i:i + size] for i in range(0, len(text), size) if len(text[i:i + size]) >= 2]
+
+
+@serve.deployment(max_ongoing_requests=256)
+@serve.ingress(canary_api)
+class CanaryRouter:
+    def __init__(self, stable: Any, canary: Any, serve_config: dict[str, Any], canary_config: dict[str, Any]) -> None:
+        from elasticml.serve.auth import KeyRing
+
+        self.handles = {"stable": stable, "canary": canary}
+        self.cfg = ServeConfig.from_dict(serve_config)
+        self.canary_cfg = CanaryConfig(**canary_config)
+        self.keys = KeyRing(self.cfg.api_keys)
+        self.share = self.canary_cfg.canary_share
+        self.state, self.reason = "running", "waiting for traffic"
+        self.latency: dict[str, deque] = {v: deque(maxlen=500) for v in self.handles}
+        self.requests = {v: 0 for v in self.handles}
+        self.last_scores: dict[str, float] = {}
+        self._judging = asyncio.Lock()
+
+    def _auth(self, authorization: str | None, x_api_key: str | None) -> None:
+        if not self.keys.open and self.keys.tenant_for(authorization, x_api_key) is None:
+            raise HTTPException(status_code=401, detail="missing or unknown API key: send Authorization: Bearer "
+                                "<key> or X-API-Key: <key>", headers={"WWW-Authenticate": "Bearer"})
+
+    def _pick(self) -> str:
+        return "canary" if random.random() < self.share else "stable"
+
+    async def _call(self, version: str, method: str, request: Any) -> Any:
+        """A backend's answer; its refusal (a 4xx, a 504) goes to the client with the same status."""
+        reply = await getattr(self.handles[version], method).remote(request)
+        if isinstance(reply, Refusal):
+            raise HTTPException(status_code=reply.status_code, detail=reply.detail)
+        return reply
+
+    @canary_api.post("/v1/completions", response_model=CompletionResponse)
+    async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
+                       x_api_key: str | None = Header(None)) -> Any:
+        self._auth(authorization, x_api_key)
+        version = self._pick()
+        t0 = time.perf_counter()
+        reply = await self._call(version, "complete", request)
+        if not reply.cached:
+            self.latency[version].append((time.perf_counter() - t0) * 1e3 / max(1, reply.tokens))
+        self.requests[version] += 1
+        after = self.canary_cfg.evaluate_after
+        if version == "canary" and self.state == "running" and after and self.requests["canary"] % after == 0:
+            asyncio.get_running_loop().create_task(self.evaluate_now())
+        return reply.model_copy(update={"model_version": version})
+
+    @canary_api.post("/v1/score", response_model=ScoreResponse)
+    async def score(self, request: ScoreRequest, authorization: str | None = Header(None),
+                    x_api_key: str | None = Header(None)) -> Any:
+        self._auth(authorization, x_api_key)
+        return await self._call(self._pick(), "score", request)
+
+    @canary_api.get("/v1/canary")
+    def status(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
+        self._auth(authorization, x_api_key)
+        return {"state": self.state, "reason": self.reason, "canary_share": self.share,
+                "requests": dict(self.requests), "held_out_nll_per_byte": dict(self.last_scores),
+                "p50_ms_per_token": {v: (sorted(l)[len(l) // 2] if l else None) for v, l in self.latency.items()}}
+
+    @canary_api.post("/v1/canary/evaluate")
+    async def evaluate(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
+        self._auth(authorization, x_api_key)
+        await self.evaluate_now()
+        return self.status(authorization, x_api_key)
+
+    async def _held_out_nll(self, version: str) -> float:
+        total, n = 0.0, 0
+        for text in self.canary_cfg.holdout():
+            for chunk in _chunks(text.encode("utf-8"), 128):
+                text = chunk.decode("utf-8", errors="ignore")
+                if len(text.encode("utf-8")) < 2:
+                    continue
+                reply = await self._call(version, "score", ScoreRequest(context="", continuation=text))
+                total -= reply.log_likelihood
+                n += reply.tokens
+        return total / max(1, n)
+
+    async def evaluate_now(self) -> None:
+        from elasticml.serve.canary_policy import VersionStats, judge
+
+        async with self._judging:
+            if self.state != "running":
+                return
+            scores = {v: await self._held_out_nll(v) for v in self.handles}
+            self.last_scores = scores
+            verdict = judge(
+                VersionStats(nll_per_byte=scores["stable"], ms_per_token=list(self.latency["stable"])),
+                VersionStats(nll_per_byte=scores["canary"], ms_per_token=list(self.latency["canary"])),
+                max_nll_increase=self.canary_cfg.max_nll_increase, max_latency_ratio=self.canary_cfg.max_latency_ratio,
+                min_latency_samples=self.canary_cfg.min_latency_samples,
+            )
+            self.reason = verdict.reason
+            if verdict.action == "rollback":
+                self.state, self.share = "rolled_back", 0.0
+            elif verdict.action == "promote":
+                self.state, self.share = "promoted", 1.0
+            log.warning("canary %s: %s", self.state, verdict.reason)
+
+
+def build_canary_app(args: dict[str, Any]) -> Application:
+    """Builder for `serve run` / `serve deploy`: ServeConfig fields plus CanaryConfig fields."""
+    from elasticml.serve.completion import build_app
+
+    canary_keys = {f for f in CanaryConfig.__dataclass_fields__}
+    canary_cfg = from_mapping(CanaryConfig, {k: v for k, v in args.items() if k in canary_keys}, source="canary args")
+    serve_args = {k: v for k, v in args.items() if k not in canary_keys}
+    serve_cfg = ServeConfig.from_dict(serve_args, source="canary app args")
+    backend_args = {**serve_args, "api_keys": {}}  # reachable only through the router, which checks keys
+    stable = build_app({**backend_args, "name": f"{serve_cfg.name}-stable"}, deployment_name="stable", backend=True)
+    canary = build_app({**backend_args, "name": f"{serve_cfg.name}-canary", "checkpoint": canary_cfg.canary_checkpoint},
+                       deployment_name="canary", backend=True)
+    router_options = {"num_cpus": 0, "runtime_env": {"env_vars": {BODY_LIMIT_ENV: str(serve_cfg.max_body_bytes)}}}
+    return CanaryRouter.options(ray_actor_options=router_options).bind(
+        stable, canary, serve_cfg.to_dict(), asdict(canary_cfg))
+
+
+__all__ = ["CanaryConfig", "CanaryRouter", "build_canary_app"]

@@ -1,0 +1,94 @@
+"""Serving across capacity pools, as the scheduler placed it: base replicas off spot, extras on spot.
+
+Ray Serve gives one deployment one placement (a label selector, maybe a fallback), and a fallback
+is taken whenever the first choice is not free *now*, so base replicas would drift onto spot
+(ray-project/ray#58491 asks for per-replica placement). Instead each allocation of the
+scheduler's decision becomes its own `ModelBackend` deployment pinned to its pool, with exactly
+the replicas the scheduler provisioned (the spot pool over-provisioned), and `PoolRouter`, the
+HTTP ingress, spreads requests over the pools by replica count. When a call fails because its
+replica went away (a spot node reclaimed), the router sends the same request to another pool:
+the client sees no error as long as one pool still serves.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the request models from the annotations.
+import logging
+import random
+from typing import Any
+
+from fastapi import FastAPI, Header, HTTPException
+from fastapi.exceptions import RequestValidationError
+from ray import serve
+
+from elasticml.serve.completion import (
+    CompletionRequest,
+    CompletionResponse,
+    Refusal,
+    ScoreRequest,
+    ScoreResponse,
+    limit_body_size,
+    validation_error,
+)
+
+pools_api = FastAPI(title="elasticml completion (spot-aware pools)", version="2")
+pools_api.middleware("http")(limit_body_size)
+pools_api.exception_handler(RequestValidationError)(validation_error)
+log = logging.getLogger("elasticml.serve.pools")
+
+
+@serve.deployment(max_ongoing_requests=256)
+@serve.ingress(pools_api)
+class PoolRouter:
+    def __init__(self, pools: list[dict[str, Any]], handles: list[Any], api_keys: dict[str, str]) -> None:
+        from elasticml.serve.auth import KeyRing
+
+        self.pools = [dict(p, handle=h, requests=0, failovers=0) for p, h in zip(pools, handles)]
+        self.keys = KeyRing(api_keys)
+
+    def _auth(self, authorization: str | None, x_api_key: str | None) -> None:
+        if not self.keys.open and self.keys.tenant_for(authorization, x_api_key) is None:
+            raise HTTPException(status_code=401, detail="missing or unknown API key: send Authorization: Bearer "
+                                "<key> or X-API-Key: <key>", headers={"WWW-Authenticate": "Bearer"})
+
+    def _order(self) -> list[dict[str, Any]]:
+        """All pools, the first drawn in proportion to its replicas, the others as failovers (base first)."""
+        first = random.choices(self.pools, weights=[p["replicas"] for p in self.pools])[0]
+        rest = sorted((p for p in self.pools if p is not first), key=lambda p: p["market"] == "spot")
+        return [first, *rest]
+
+    async def _call(self, method: str, request: Any) -> Any:
+        last: Exception | None = None
+        for i, pool in enumerate(self._order()):
+            pool["requests"] += 1
+            try:
+                reply = await getattr(pool["handle"], method).remote(request)
+            except Exception as exc:  # noqa: BLE001 - the replica or its node is gone: try the next pool
+                pool["failovers"] += 1
+                log.warning("pool %s failed (%s); trying the next pool", pool["node_type"], type(exc).__name__)
+                last = exc
+                continue
+            if isinstance(reply, Refusal):
+                raise HTTPException(status_code=reply.status_code, detail=reply.detail)
+            return reply
+        raise HTTPException(status_code=503, detail=f"no pool could serve the request ({type(last).__name__}); "
+                            "retry shortly", headers={"Retry-After": "1"})
+
+    @pools_api.post("/v1/completions", response_model=CompletionResponse)
+    async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
+                       x_api_key: str | None = Header(None)) -> Any:
+        self._auth(authorization, x_api_key)
+        return await self._call("complete", request)
+
+    @pools_api.post("/v1/score", response_model=ScoreResponse)
+    async def score(self, request: ScoreRequest, authorization: str | None = Header(None),
+                    x_api_key: str | None = Header(None)) -> Any:
+        self._auth(authorization, x_api_key)
+        return await self._call("score", request)
+
+    @pools_api.get("/v1/pools")
+    def status(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
+        self._auth(authorization, x_api_key)
+        return {"pools": [{k: v for k, v in p.items() if k != "handle"} for p in self.pools]}
+
+    @pools_api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok", "pools": [p["node_type"] for p in self.pools]}

@@ -1,0 +1,105 @@
+"""Canary releases over real HTTP: a worse checkpoint is rolled back, an equal one promoted on its own."""
+
+from __future__ import annotations
+
+import sysconfig
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import torch.nn.functional as F
+
+from elasticml.cluster.local import free_port
+from elasticml.models import SIZES, build_model
+from elasticml.train.checkpoint import write_checkpoint
+
+pytestmark = pytest.mark.integration
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def trained_tiny(steps: int = 150) -> torch.nn.Module:
+    data = torch.tensor(list((STDLIB / "argparse.py").read_bytes()))
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - 65, (16,))
+        x = torch.stack([data[s:s + 64] for s in starts])
+        y = torch.stack([data[s + 1:s + 65] for s in starts])
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def release(local_cluster, tmp_path_factory):
+    from ray import serve
+
+    root = tmp_path_factory.mktemp("canary")
+    good, bad = root / "good", root / "bad"
+    write_checkpoint(good, model_state=trained_tiny().state_dict(), optim_state=None, model_config=SIZES["tiny"], step=150)
+    torch.manual_seed(1)
+    write_checkpoint(bad, model_state=build_model("tiny").state_dict(), optim_state=None, model_config=SIZES["tiny"], step=0)
+    local_cluster.require_info().connect()
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    holdout = (STDLIB / "textwrap.py").read_text()[:1500]
+    yield {"good": str(good), "bad": str(bad), "base": f"http://127.0.0.1:{port}", "holdout": holdout}
+    serve.shutdown()
+
+
+def deploy(release, canary: str, **extra) -> None:
+    from ray import serve
+
+    from elasticml.serve.canary import build_canary_app
+
+    serve.run(build_canary_app({"checkpoint": release["good"], "canary_checkpoint": canary, "canary_share": 0.5,
+                                "holdout_texts": [release["holdout"]], "precision": "fp32", "cache_size": 0,
+                                **extra}), name="completion", route_prefix="/")
+
+
+def ask(base: str, i: int) -> str:
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": f"request {i}: def ", "max_tokens": 8}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["model_version"]
+
+
+def test_a_worse_canary_is_rolled_back_and_gets_no_more_traffic(release):
+    deploy(release, release["bad"], evaluate_after=0)
+    base = release["base"]
+    seen = {ask(base, i) for i in range(20)}
+    assert seen == {"stable", "canary"}  # both versions took traffic
+    status = httpx.post(f"{base}/v1/canary/evaluate", timeout=120).json()
+    assert status["state"] == "rolled_back" and "held-out loss" in status["reason"], status
+    nll = status["held_out_nll_per_byte"]
+    assert nll["canary"] > nll["stable"] * 1.01
+    assert {ask(base, 100 + i) for i in range(15)} == {"stable"}
+
+
+def test_an_equal_canary_is_promoted_on_its_own_after_enough_requests(release):
+    deploy(release, release["good"], evaluate_after=10, min_latency_samples=5, max_latency_ratio=5.0)
+    base = release["base"]
+    deadline = time.time() + 120
+    i = 0
+    while time.time() < deadline:
+        ask(base, i)
+        i += 1
+        if i % 10 == 0 and httpx.get(f"{base}/v1/canary").json()["state"] != "running":
+            break
+    status = httpx.get(f"{base}/v1/canary").json()
+    assert status["state"] == "promoted", status
+    assert {ask(base, 1000 + j) for j in range(10)} == {"canary"}
+
+
+def test_bad_input_and_missing_keys_get_the_same_4xx_through_the_router(release):
+    deploy(release, release["good"], evaluate_after=0)
+    base = release["base"]
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "x", "max_tokens": 200}, timeout=60)
+    assert r.status_code == 422 and "below the model's context" in r.text
+    assert httpx.post(f"{base}/v1/completions", json={"prompt": ""}, timeout=60).status_code == 422
+    assert httpx.post(f"{base}/v1/score", json={"context": "", "continuation": "a"}, timeout=60).status_code == 422
+    assert ask(base, 1) in ("stable", "canary")  # still serving
