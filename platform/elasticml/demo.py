@@ -213,7 +213,7 @@ def _serve(info: ClusterInfo, checkpoint: str, market: str, say: Callable[[str],
 
     from elasticml.serve.completion import build_app
 
-    say(f"== 6/9 serving: the completion app from the checkpoint, one replica on {market} capacity")
+    say(f"== 6/9 serving: the completion app from the checkpoint, one int8 replica on {market} capacity")
     info.connect()
     port = free_port()
     t0 = time.monotonic()
@@ -235,7 +235,13 @@ def _serve(info: ClusterInfo, checkpoint: str, market: str, say: Callable[[str],
                 raise DemoFailed(f"completion request failed with {r.status_code}: {r.text}")
             latencies.append(ms)
             say(f"   {prompt!r} -> {r.json()['completion']!r}  ({ms:.0f} ms)")
+        t = time.perf_counter()
+        again = http.post("/v1/completions", json={"prompt": PROMPTS[0], "max_tokens": 40, "temperature": 0.0})
+        say(f"   the first prompt again: cached={again.json()['cached']} ({(time.perf_counter() - t) * 1e3:.0f} ms)")
+        score = http.post("/v1/score", json={"context": "def ", "continuation": "main():"}).json()
+        say(f"   /v1/score 'def ' -> 'main():': {score['nll_per_byte']:.2f} nats/byte")
         bad = http.post("/v1/completions", json={"prompt": "", "max_tokens": 5000})
         say(f"   a bad request gets {bad.status_code}: {bad.json()['detail'][0]['msg']}")
         results["bad_request_status"] = bad.status_code
+        results["cache_hit"] = again.json()["cached"]
     results["latency_ms"] = [round(x, 1) for x in latencies]

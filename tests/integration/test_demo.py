@@ -25,6 +25,7 @@ def test_demo_trains_serves_answers_and_cleans_up():
     assert "resumed from step" in text
     assert len(results["latency_ms"]) == 3
     assert results["bad_request_status"] == 422
+    assert results["cache_hit"] is True  # the repeated greedy request came from the response cache
     assert results["final_loss"] < 5.0
     assert results["wall_s"] < 300
     assert LocalCluster("demo-test").info() is None
