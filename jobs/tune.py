@@ -29,6 +29,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--lr-min", type=float, default=3e-4)
     p.add_argument("--lr-max", type=float, default=1e-2)
+    p.add_argument("--lrs", help="comma-separated learning rates to try, in this order (a grid instead of "
+                   "--samples draws between --lr-min and --lr-max)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--market", default="spot", help="sweeps are low priority: spot by default")
@@ -40,6 +42,12 @@ def main(argv: list[str]) -> int:
                            market=args.market, report_every=max(1, args.steps // 6), max_failures=1)
         if args.samples < 1 or not 0 < args.lr_min <= args.lr_max:
             raise ElasticMLError("need --samples >= 1 and 0 < --lr-min <= --lr-max")
+        try:
+            grid = [float(x) for x in args.lrs.split(",")] if args.lrs else None
+        except ValueError:
+            raise ElasticMLError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
+        if grid is not None and not all(lr > 0 for lr in grid):
+            raise ElasticMLError(f"--lrs must all be > 0, got {args.lrs!r}")
     except ElasticMLError as exc:
         print(f"tune.py: error: {exc}", file=sys.stderr)
         return 2
@@ -64,9 +72,9 @@ def main(argv: list[str]) -> int:
         # The trial itself only drives Ray Train, so it takes a sliver of the head (placement
         # groups refuse all-zero bundles); its Ray Train workers hold the CPUs, on spot nodes.
         tune.with_resources(trial, {"CPU": 0, "node:__internal_head__": 0.01}),
-        param_space={"lr": tune.loguniform(args.lr_min, args.lr_max)},
+        param_space={"lr": tune.grid_search(grid) if grid else tune.loguniform(args.lr_min, args.lr_max)},
         tune_config=tune.TuneConfig(
-            metric="loss", mode="min", num_samples=args.samples, max_concurrent_trials=args.concurrent,
+            metric="loss", mode="min", num_samples=1 if grid else args.samples, max_concurrent_trials=args.concurrent,
             scheduler=ASHAScheduler(time_attr="step", max_t=args.steps, grace_period=max(1, args.steps // 3),
                                     reduction_factor=2),
         ),

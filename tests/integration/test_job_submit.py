@@ -84,7 +84,10 @@ def test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint(local_cluster, corp
                             capture_output=True, text=True, timeout=120)
     assert deploy.returncode == 0, deploy.stderr[-2000:]
 
+    from elasticml.serve.precision import prepare
+
     model, _ = load_model(latest_checkpoint(runs / "train"))
+    model = prepare(model, device="cpu", precision=config["applications"][0]["args"]["precision"])  # int8, as served
     expected = generate(model, b"import ", max_tokens=12).decode("utf-8", errors="replace")
     deadline = time.monotonic() + 180
     body = None
@@ -130,11 +133,12 @@ def test_tune_sweep_with_asha_reports_the_best_trial(local_cluster, corpus, tmp_
     env = local_cluster.require_info().client_env()
     proc = subprocess.run(
         [RAY, "job", "submit", "--working-dir", str(REPO), "--", "python", "jobs/tune.py", "--data", str(corpus),
-         "--storage-path", str(tmp_path), "--samples", "4", "--steps", "12", "--concurrent", "2"],
+         "--storage-path", str(tmp_path), "--lrs", "3e-3,1e-2,1e-3,1e-5", "--steps", "12", "--concurrent", "2"],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     summary = next(json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{"event": "tune_done"'))
     assert summary["trials"] == 4 and summary["errors"] == 0
-    assert summary["best"]["loss"] < 5.5 and 3e-4 <= summary["best"]["lr"] <= 1e-2
-    assert summary["stopped_early"] >= 1  # ASHA cut at least one trial at a rung
+    assert summary["best"]["loss"] < 5.5 and summary["best"]["lr"] in (3e-3, 1e-2, 1e-3)
+    # The 1e-5 trial learns next to nothing and reaches each rung after better ones: ASHA cuts it.
+    assert summary["stopped_early"] >= 1

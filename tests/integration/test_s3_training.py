@@ -61,3 +61,35 @@ def test_a_half_uploaded_checkpoint_on_s3_is_never_loaded(s3_env, tmp_path):
                         destination_filesystem=fs)
     fs.delete_file("half-up/run/checkpoint_10/__0_0.distcp")  # the upload of step 10 died midway
     assert latest_checkpoint("s3://half-up/run") == "s3://half-up/run/checkpoint_5"
+
+
+def test_the_serve_app_answers_from_a_checkpoint_on_s3(local_cluster, s3_env, tmp_path):
+    import httpx
+    from ray import serve
+
+    from elasticml.cluster.local import free_port
+    from elasticml.serve.completion import build_app
+    from elasticml.serve.generate import generate
+
+    boto3.client("s3", endpoint_url=s3_env["ELASTICML_S3_ENDPOINT"]).create_bucket(Bucket="models")
+    torch.manual_seed(11)
+    model = build_model("tiny").eval()
+    write_checkpoint(tmp_path / "c", model_state=model.state_dict(), optim_state=None, model_config=SIZES["tiny"],
+                     step=3)
+    fs, _ = filesystem_for("s3://models")
+    pafs.copy_files(str(tmp_path / "c"), "models/run/checkpoint_3", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    local_cluster.require_info().connect()
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app({"checkpoint": "latest:s3://models/run", "precision": "fp32", "env_vars": s3_env}),
+                  name="s3", route_prefix="/")
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "def ", "max_tokens": 12},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["completion"] == generate(model, b"def ", max_tokens=12).decode("utf-8", errors="replace")
+        assert r.json()["model_step"] == 3
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["checkpoint"] == "s3://models/run/checkpoint_3"
+    finally:
+        serve.shutdown()

@@ -81,6 +81,12 @@ def test_cpu_replicas_default_to_int8_and_stay_close_to_fp32(served):
     serve.delete("int8")
 
 
+def test_the_openapi_schema_is_published(served):
+    schema = served["client"].get("/openapi.json").json()
+    assert {"/v1/completions", "/v1/score", "/healthz", "/v1/stats"} <= set(schema["paths"])
+    assert "max_tokens" in schema["components"]["schemas"]["CompletionRequest"]["properties"]
+
+
 def test_replica_runs_on_the_market_it_was_placed_on(served):
     health = served["client"].get("/healthz").json()
     assert health["market"] == "reserved" and health["node_type"] == "cpu_reserved"

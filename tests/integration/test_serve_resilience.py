@@ -170,6 +170,8 @@ def test_scheduler_placed_serving_loses_a_spot_node_under_load_and_clients_see_n
     spot_nodes = replica_nodes("placed", "pool-cpu_spot")
     assert len(base_nodes) == 1 and L.market_of(labels[base_nodes[0]]) != "spot"
     assert len(spot_nodes) == 2 and all(L.market_of(labels[n]) == "spot" for n in spot_nodes)
+    router_nodes = replica_nodes("placed", "PoolRouter")
+    assert len(router_nodes) == 1 and L.market_of(labels[router_nodes[0]]) != "spot"  # the router is not on spot
     with Load(base, retries=0) as load:
         time.sleep(3)
         before = load.ok

@@ -1,5 +1,6 @@
 """Every Serve config in serve_apps/ is valid against Serve's own deploy schema."""
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,9 @@ def test_serve_yamls_validate_against_serve_schema():
         for app in schema.applications:
             module, _, attr = app.import_path.partition(":")
             imported = __import__(module, fromlist=[attr])
-            assert callable(getattr(imported, attr))
+            builder = getattr(imported, attr)
+            # Serve refuses builders that do not take exactly one parameter (the args dict).
+            assert len(inspect.signature(builder).parameters) == 1, app.import_path
 
 
 def test_checkpoint_spec_that_finds_nothing_is_refused_clearly(tmp_path):

@@ -18,28 +18,26 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException
-from fastapi.exceptions import RequestValidationError
+from fastapi import Header, HTTPException
 from ray import serve
 from ray.serve import Application
 
+from elasticml import labels as L
 from elasticml.dataconf import from_mapping
 from elasticml.errors import ConfigError
-from elasticml.serve.completion import (
+from elasticml.serve.api import (
     BODY_LIMIT_ENV,
     CompletionRequest,
     CompletionResponse,
     Refusal,
     ScoreRequest,
     ScoreResponse,
-    limit_body_size,
-    validation_error,
+    authenticate,
+    new_api,
 )
 from elasticml.serve.config import ServeConfig
 
-canary_api = FastAPI(title="elasticml completion (canary release)", version="2")
-canary_api.middleware("http")(limit_body_size)
-canary_api.exception_handler(RequestValidationError)(validation_error)
+canary_api = new_api("elasticml completion (canary release)")
 log = logging.getLogger("elasticml.serve.canary")
 
 
@@ -100,9 +98,7 @@ class CanaryRouter:
         self._judging = asyncio.Lock()
 
     def _auth(self, authorization: str | None, x_api_key: str | None) -> None:
-        if not self.keys.open and self.keys.tenant_for(authorization, x_api_key) is None:
-            raise HTTPException(status_code=401, detail="missing or unknown API key: send Authorization: Bearer "
-                                "<key> or X-API-Key: <key>", headers={"WWW-Authenticate": "Bearer"})
+        authenticate(self.keys, authorization, x_api_key)
 
     def _pick(self) -> str:
         return "canary" if random.random() < self.share else "stable"
@@ -184,17 +180,22 @@ class CanaryRouter:
 
 def build_canary_app(args: dict[str, Any]) -> Application:
     """Builder for `serve run` / `serve deploy`: ServeConfig fields plus CanaryConfig fields."""
-    from elasticml.serve.completion import build_app
+    from elasticml.serve.completion import build_deployment
 
     canary_keys = {f for f in CanaryConfig.__dataclass_fields__}
     canary_cfg = from_mapping(CanaryConfig, {k: v for k, v in args.items() if k in canary_keys}, source="canary args")
     serve_args = {k: v for k, v in args.items() if k not in canary_keys}
     serve_cfg = ServeConfig.from_dict(serve_args, source="canary app args")
     backend_args = {**serve_args, "api_keys": {}}  # reachable only through the router, which checks keys
-    stable = build_app({**backend_args, "name": f"{serve_cfg.name}-stable"}, deployment_name="stable", backend=True)
-    canary = build_app({**backend_args, "name": f"{serve_cfg.name}-canary", "checkpoint": canary_cfg.canary_checkpoint},
-                       deployment_name="canary", backend=True)
-    router_options = {"num_cpus": 0, "runtime_env": {"env_vars": {BODY_LIMIT_ENV: str(serve_cfg.max_body_bytes)}}}
+    stable = build_deployment({**backend_args, "name": f"{serve_cfg.name}-stable"},
+                              deployment_name="stable", backend=True)
+    canary = build_deployment({**backend_args, "name": f"{serve_cfg.name}-canary",
+                               "checkpoint": canary_cfg.canary_checkpoint},
+                              deployment_name="canary", backend=True)
+    router_options: dict[str, Any] = {"num_cpus": 0,
+                                      "runtime_env": {"env_vars": {BODY_LIMIT_ENV: str(serve_cfg.max_body_bytes)}}}
+    if serve_cfg.market != "any":  # the router goes where the versions go (never spot unless asked)
+        router_options["label_selector"] = L.selector_for(serve_cfg.market)  # type: ignore[arg-type]
     return CanaryRouter.options(ray_actor_options=router_options).bind(
         stable, canary, serve_cfg.to_dict(), asdict(canary_cfg))
 

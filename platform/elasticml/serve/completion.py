@@ -21,75 +21,28 @@ builder for `serve run` / `serve deploy`.
 # as classes, not strings, to read them from the body.
 import asyncio
 import logging
-import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Header, HTTPException
 from ray import serve
 from ray.serve import Application
 
 from elasticml import labels as L
+from elasticml.serve.api import (
+    BODY_LIMIT_ENV,
+    CompletionRequest,
+    CompletionResponse,
+    Refusal,
+    ScoreRequest,
+    ScoreResponse,
+    authenticate,
+    new_api,
+)
 from elasticml.serve.config import ServeConfig
 
-api = FastAPI(title="elasticml completion", version="2")
 log = logging.getLogger("elasticml.serve")
-# The replica's body limit travels in its environment (set by build_app): the middleware runs before
-# the replica object exists for the request, and the app may be pickled by value onto the replica.
-BODY_LIMIT_ENV = "ELASTICML_SERVE_MAX_BODY_BYTES"
-
-
-@api.middleware("http")
-async def limit_body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
-    """413 before parsing: a declared or actual body over the limit is refused, the replica unharmed."""
-    limit = int(os.environ.get(BODY_LIMIT_ENV, "65536"))
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return JSONResponse(status_code=413, content={"detail": f"body is {declared} bytes; the limit is {limit}"})
-    if request.method == "POST" and len(await request.body()) > limit:
-        return JSONResponse(status_code=413, content={"detail": f"body exceeds the limit of {limit} bytes"})
-    return await call_next(request)
-
-
-@api.exception_handler(RequestValidationError)
-async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 naming the field and the rule, without echoing the (possibly large or private) input back."""
-    detail = [{k: v for k, v in err.items() if k not in ("input", "url", "ctx")} for err in exc.errors()]
-    return JSONResponse(status_code=422, content={"detail": detail})
-
-
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    prompt: str = Field(min_length=1, max_length=4096, description="Text to continue.")
-    max_tokens: int = Field(32, ge=1, le=512, description="Bytes to generate.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy, deterministic.")
-    seed: int | None = Field(None, ge=0, description="Sampling seed, for reproducible sampled output.")
-
-
-class CompletionResponse(BaseModel):
-    completion: str
-    tokens: int
-    latency_ms: float
-    model_step: int
-    cached: bool
-    model_version: str = Field("current", description="current, or stable/canary during a canary release.")
-
-
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    context: str = Field("", max_length=4096, description="Text the continuation follows (may be empty).")
-    continuation: str = Field(min_length=1, max_length=4096, description="Text whose likelihood is wanted.")
-
-
-class ScoreResponse(BaseModel):
-    log_likelihood: float = Field(description="Sum of log p(byte | preceding bytes), natural log.")
-    tokens: int = Field(description="Bytes scored.")
-    nll_per_byte: float
-    model_step: int
+api = new_api("elasticml completion")
 
 
 class CompletionService:
@@ -123,13 +76,7 @@ class CompletionService:
         self._metrics = ServeMetrics()
 
     def tenant(self, authorization: str | None, x_api_key: str | None) -> str | None:
-        if self.keys.open:
-            return None
-        tenant = self.keys.tenant_for(authorization, x_api_key)
-        if tenant is None:
-            raise HTTPException(status_code=401, detail="missing or unknown API key: send Authorization: Bearer "
-                                "<key> or X-API-Key: <key>", headers={"WWW-Authenticate": "Bearer"})
-        return tenant
+        return authenticate(self.keys, authorization, x_api_key)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _complete_batch(self, prompts: list) -> list[bytes]:
@@ -210,15 +157,6 @@ class CompletionService:
         return ScoreResponse(log_likelihood=total, tokens=n, nll_per_byte=-total / n, model_step=int(self.meta["step"]))
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """A 4xx/5xx from a backend, returned rather than raised: exceptions crossing a deployment handle
-    arrive wrapped in Ray's task errors, and the caller must answer the client with the same status."""
-
-    status_code: int
-    detail: Any
-
-
 @serve.deployment(max_ongoing_requests=32)
 class ModelBackend:
     """A model version reachable only through handles (keys are checked by whoever holds the handle)."""
@@ -294,8 +232,8 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list[dict
     extra ones on spot, over-provisioned (see the policy); `build_app` gives each allocation its own
     deployment pinned to its pool (elasticml.serve.pools).
     """
-    options: dict[str, Any] = {"num_cpus": cfg.num_cpus,
-                               "runtime_env": {"env_vars": {BODY_LIMIT_ENV: str(cfg.max_body_bytes)}}}
+    env = {**cfg.env_vars, BODY_LIMIT_ENV: str(cfg.max_body_bytes)}
+    options: dict[str, Any] = {"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": env}}
     if cfg.device == "gpu":
         options["num_gpus"] = 1
     if cfg.tenant is None:
@@ -317,12 +255,17 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list[dict
     return options, decision["allocations"]
 
 
-def build_app(args: dict[str, Any], *, deployment_name: str = "Completer", backend: bool = False) -> Application:
+def build_app(args: dict[str, Any]) -> Application:
     """Builder for `serve run` / `serve deploy`: args are ServeConfig fields (checkpoint is required).
 
-    With backend=True the deployment is a handle-only ModelBackend (for a router in front of it).
     With a tenant, the scheduler's allocations become one pinned deployment each behind a PoolRouter.
+    (Serve insists that a builder takes exactly one parameter.)
     """
+    return build_deployment(args)
+
+
+def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer", backend: bool = False) -> Application:
+    """build_app's work; with backend=True a handle-only ModelBackend (for a router in front of it)."""
     from ray.serve.config import BackpressureConfig
 
     cfg = ServeConfig.from_dict(dict(args), source="completion app args")
@@ -343,7 +286,10 @@ def build_app(args: dict[str, Any], *, deployment_name: str = "Completer", backe
             handles.append(ModelBackend.options(name=f"pool-{alloc['node_type']}", ray_actor_options=pinned,
                                                 num_replicas=alloc["workers"], **common).bind(backend_cfg))
             pools.append({"node_type": alloc["node_type"], "market": alloc["market"], "replicas": alloc["workers"]})
-        router = {"num_cpus": 0, "runtime_env": options["runtime_env"]}
+        # The router must not sit on spot either: pinned to the first (base) pool, taking no CPU.
+        base_pool = next((a for a in allocations if a["market"] != "spot"), allocations[0])
+        router = {"num_cpus": 0, "runtime_env": options["runtime_env"],
+                  "label_selector": {L.NODE_TYPE: base_pool["node_type"]}}
         return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys)
     deployment: dict[str, Any] = {"name": deployment_name, "ray_actor_options": options, **common}
     autoscaling = cfg.autoscaling()

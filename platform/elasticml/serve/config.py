@@ -66,6 +66,9 @@ class ServeConfig:
     """Responses kept for repeated deterministic requests (greedy or seeded); 0 = no cache."""
     max_body_bytes: int = 65536
     request_timeout_s: float = 30.0
+    env_vars: dict[str, str] = field(default_factory=dict)
+    """Environment for the replicas, e.g. ELASTICML_S3_ENDPOINT for an S3-compatible store (AWS credentials
+    should come from the node's instance role, not from here)."""
     api_keys: dict[str, str] = field(default_factory=dict)
     """tenant -> sha256 hex digest of its key (`elasticml serve keygen TENANT` makes both); empty = open."""
 
@@ -95,6 +98,8 @@ class ServeConfig:
         high = self.max_replicas if self.max_replicas is not None else self.autoscaling().get("max_replicas", 1)
         if not 0 <= low <= high:
             raise ConfigError(f"need 0 <= min_replicas <= max_replicas, got {low} and {high}", field="max_replicas")
+        if not (isinstance(self.env_vars, dict) and all(isinstance(v, str) for v in self.env_vars.values())):
+            raise ConfigError("must map variable names to string values", field="env_vars")
         if not isinstance(self.api_keys, dict):
             raise ConfigError("must map tenant -> sha256 hex digest of the key", field="api_keys")
         for tenant, digest in self.api_keys.items():

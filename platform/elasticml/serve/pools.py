@@ -11,27 +11,25 @@ the client sees no error as long as one pool still serves.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request models from the annotations.
+import asyncio
 import logging
 import random
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException
-from fastapi.exceptions import RequestValidationError
+from fastapi import Header, HTTPException
 from ray import serve
 
-from elasticml.serve.completion import (
+from elasticml.serve.api import (
     CompletionRequest,
     CompletionResponse,
     Refusal,
     ScoreRequest,
     ScoreResponse,
-    limit_body_size,
-    validation_error,
+    authenticate,
+    new_api,
 )
 
-pools_api = FastAPI(title="elasticml completion (spot-aware pools)", version="2")
-pools_api.middleware("http")(limit_body_size)
-pools_api.exception_handler(RequestValidationError)(validation_error)
+pools_api = new_api("elasticml completion (spot-aware pools)")
 log = logging.getLogger("elasticml.serve.pools")
 
 
@@ -45,9 +43,7 @@ class PoolRouter:
         self.keys = KeyRing(api_keys)
 
     def _auth(self, authorization: str | None, x_api_key: str | None) -> None:
-        if not self.keys.open and self.keys.tenant_for(authorization, x_api_key) is None:
-            raise HTTPException(status_code=401, detail="missing or unknown API key: send Authorization: Bearer "
-                                "<key> or X-API-Key: <key>", headers={"WWW-Authenticate": "Bearer"})
+        authenticate(self.keys, authorization, x_api_key)
 
     def _order(self) -> list[dict[str, Any]]:
         """All pools, the first drawn in proportion to its replicas, the others as failovers (base first)."""
@@ -61,7 +57,10 @@ class PoolRouter:
             pool["requests"] += 1
             try:
                 reply = await getattr(pool["handle"], method).remote(request)
-            except Exception as exc:  # noqa: BLE001 - the replica or its node is gone: try the next pool
+            except (Exception, asyncio.CancelledError) as exc:  # the replica or its node is gone: next pool
+                task = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                    raise  # the client went away: this request itself is cancelled
                 pool["failovers"] += 1
                 log.warning("pool %s failed (%s); trying the next pool", pool["node_type"], type(exc).__name__)
                 last = exc
