@@ -119,6 +119,8 @@ def test_losing_a_spot_node_under_load_fails_no_request_beyond_the_retry_budget(
         before = load.ok
         assert serving["cluster"].kill_node(sorted(victims)[0])
         time.sleep(15)
+    print(f"spot node lost: ok {before} -> {load.ok}, first-attempt failures {load.first_failures}, "
+          f"failed for good {load.failed}: {load.errors[:5]}")
     assert before > 0 and load.ok > before + 20, (before, load.ok)  # it kept serving through the loss
     assert load.failed == 0, vars(load)
     assert load.first_failures <= CLIENTS, vars(load)

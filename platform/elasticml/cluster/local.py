@@ -240,16 +240,32 @@ class LocalCluster:
     def kill_node(self, node_id: str) -> list[int]:
         """Make a worker node vanish, as a reclaimed spot instance does: its raylet and every
         process under it, killed by PID. For chaos tests and the demo; returns the PIDs."""
+        deadline = time.monotonic() + 5
+        while True:  # a process tree walked while Ray forks workers can miss a branch: look again
+            try:
+                return self._kill_raylet(node_id)
+            except ClusterError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _kill_raylet(self, node_id: str) -> list[int]:
+        seen: list[str] = []
         for proc in self.processes():
             try:
-                if proc.name() == "raylet" and node_id in " ".join(proc.cmdline()):
+                if proc.name() != "raylet":
+                    continue
+                cmdline = " ".join(proc.cmdline())
+                seen += [arg.split("=", 1)[1] for arg in proc.cmdline() if arg.startswith("--node_id=")]
+                if node_id in cmdline:
                     victims = [*proc.children(recursive=True), proc]
                     for p in victims:
                         p.kill()
                     return [p.pid for p in victims]
             except psutil.Error:  # a process that went away on its own is fine here
                 continue
-        raise ClusterError(f"no raylet of node {node_id} among cluster {self.name!r}'s processes")
+        raise ClusterError(f"no raylet of node {node_id} among cluster {self.name!r}'s processes "
+                           f"(raylets of nodes {seen})")
 
 
 def _alive_nodes(info: ClusterInfo, *, timeout_s: float = 10) -> list[dict[str, Any]]:
