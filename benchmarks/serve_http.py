@@ -5,7 +5,8 @@
 One local Ray instance, one Serve replica per variant (the shipped CPU config: int8, threads = its
 CPUs), distinct prompts and the response cache off, so every request runs the model:
 - throughput: --clients threads each send --requests completions, once to a replica with
-  max_batch_size=1 (no batching) and once to one with max_batch_size=32 (batching), side by side;
+  max_batch_size=1 (no batching) and once to one with max_batch_size=32 and each --batch-wait-ms (batching), side by side,
+  and the p50 latency of a lone request (one client) on each: what waiting for a batch costs when there is no load;
 - overhead: p50 latency of a 1-token completion over HTTP (proxy, routing, FastAPI, the replica)
   minus p50 of the same call on the same int8 model in this process; and, as the floor, p50 of
   GET /healthz, which runs no model.
@@ -35,6 +36,8 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--cpus", type=float, default=2)
     p.add_argument("--latency-samples", type=int, default=200)
+    p.add_argument("--batch-wait-ms", default="5,20",
+                   help="comma-separated batch waits; one batching variant each")
     args = p.parse_args()
 
     import ray
@@ -57,7 +60,8 @@ def main() -> None:
     common = {"checkpoint": str(folder), "num_cpus": args.cpus, "cache_size": 0, "max_queued_requests": 1000}
     variants = {
         "no batching (max_batch_size=1)": {"max_batch_size": 1, "batch_wait_ms": 0, "max_ongoing_requests": 64},
-        "batching (max_batch_size=32)": {"max_batch_size": 32, "batch_wait_ms": 5, "max_ongoing_requests": 64},
+        **{f"batching (max 32, wait {w:g} ms)": {"max_batch_size": 32, "batch_wait_ms": w, "max_ongoing_requests": 64}
+           for w in map(float, args.batch_wait_ms.split(","))},
     }
     base = f"http://127.0.0.1:{port}"
     client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=args.clients * 2))
@@ -67,7 +71,8 @@ def main() -> None:
                         json={"prompt": f"client {i} request {j}: def f(", "max_tokens": tokens})
         r.raise_for_status()
 
-    rates = {}
+    rates: dict[str, float] = {}
+    alone: dict[str, list[float]] = {}
     for k, (name, extra) in enumerate(variants.items()):
         route = f"/v{k}"
         serve.run(build_app({**common, **extra}), name=f"v{k}", route_prefix=route)
@@ -77,6 +82,11 @@ def main() -> None:
             list(pool.map(lambda i: [one(route, i, j, args.tokens) for j in range(args.requests)],
                           range(args.clients)))
         rates[name] = args.clients * args.requests / (time.perf_counter() - t0)
+        alone[name] = []  # the price of waiting for a batch: one client, nobody to batch with
+        for j in range(20):
+            t = time.perf_counter()
+            one(route, 998, j, args.tokens)
+            alone[name].append(time.perf_counter() - t)
         if k == 0:
             lat, health = [], []
             for j in range(args.latency_samples):
@@ -101,7 +111,8 @@ def main() -> None:
           f"replica {args.cpus} CPUs (int8)")
     first = next(iter(rates.values()))
     for name, rate in rates.items():
-        print(f"  {name:34s} {rate:7.1f} requests/s  {rate * args.tokens:8.0f} tokens/s  {rate / first:.2f}x")
+        print(f"  {name:34s} {rate:7.1f} requests/s  {rate * args.tokens:8.0f} tokens/s  {rate / first:.2f}x"
+              f"   a lone request p50 {statistics.median(alone[name]) * 1e3:6.1f} ms")
     http_p50, direct_p50 = statistics.median(lat) * 1e3, statistics.median(direct) * 1e3
     print(f"1-token completion p50: over HTTP {http_p50:.2f} ms, direct {direct_p50:.2f} ms, "
           f"Serve overhead {http_p50 - direct_p50:.2f} ms (p90 HTTP {statistics.quantiles(lat, n=10)[-1] * 1e3:.2f} ms)")
