@@ -81,3 +81,32 @@ def test_int8_replaces_every_linear_and_stays_close():
         got = torch.log_softmax(q(tokens), -1)
     assert not any(type(m) is torch.nn.Linear for m in q.modules())
     assert (got - ref).abs().max() < 0.1
+
+
+def test_body_limit_refuses_declared_and_chunked_bodies_and_passes_the_rest_intact(monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from elasticml.serve.api import BODY_LIMIT_ENV, CompletionRequest, new_api
+
+    monkeypatch.setenv(BODY_LIMIT_ENV, "100")
+    app = new_api("t")
+
+    @app.post("/echo")
+    async def echo(request: CompletionRequest) -> dict:
+        return {"prompt": request.prompt}
+
+    client = TestClient(app, headers={"content-type": "application/json"})
+
+    def chunked(body: bytes):  # a generator body is sent without Content-Length
+        for i in range(0, len(body), 7):
+            yield body[i:i + 7]
+
+    small = b'{"prompt": "' + b"a" * 40 + b'"}'
+    big = b'{"prompt": "' + b"a" * 200 + b'"}'
+    assert client.post("/echo", content=small).json() == {"prompt": "a" * 40}
+    assert client.post("/echo", content=chunked(small)).json() == {"prompt": "a" * 40}  # replayed whole
+    r = client.post("/echo", content=big)
+    assert r.status_code == 413 and "is 214 bytes; the limit is 100" in r.json()["detail"]
+    r = client.post("/echo", content=chunked(big))
+    assert r.status_code == 413 and "exceeds the limit of 100 bytes" in r.json()["detail"]
+    assert client.post("/echo", content=b'{"prompt": ""}').status_code == 422  # the app still validates

@@ -53,6 +53,7 @@ class CompletionService:
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
+        import ray
         import torch
 
         from elasticml.serve.auth import KeyRing
@@ -74,6 +75,7 @@ class CompletionService:
         self._complete_batch.set_max_batch_size(self.cfg.max_batch_size)
         self._complete_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000)
         self._metrics = ServeMetrics()
+        self.node_labels = dict(ray.get_runtime_context().get_node_labels())  # a replica never moves
 
     def tenant(self, authorization: str | None, x_api_key: str | None) -> str | None:
         return authenticate(self.keys, authorization, x_api_key)
@@ -96,9 +98,7 @@ class CompletionService:
                                 f"{self.cfg.request_timeout_s}s; retry, or ask for fewer max_tokens") from None
 
     def health(self) -> dict:
-        import ray
-
-        node_labels = ray.get_runtime_context().get_node_labels()
+        node_labels = self.node_labels
         return {
             "status": "ok",
             "checkpoint": self.cfg.checkpoint,
@@ -183,12 +183,13 @@ class Completer:
     def __init__(self, config: dict[str, Any]) -> None:
         self.service = CompletionService(config)
 
+    # async: a plain def would make FastAPI hop to its thread pool for a few dictionary lookups
     @api.get("/healthz")
-    def healthz(self) -> dict:
+    async def healthz(self) -> dict:
         return self.service.health()
 
     @api.get("/v1/stats")
-    def stats(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
+    async def stats(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
         self.service.tenant(authorization, x_api_key)
         return self.service.stats()
 

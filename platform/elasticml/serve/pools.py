@@ -89,5 +89,5 @@ class PoolRouter:
         return {"pools": [{k: v for k, v in p.items() if k != "handle"} for p in self.pools]}
 
     @pools_api.get("/healthz")
-    def healthz(self) -> dict:
+    async def healthz(self) -> dict:
         return {"status": "ok", "pools": [p["node_type"] for p in self.pools]}
