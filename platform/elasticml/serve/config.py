@@ -56,11 +56,11 @@ class ServeConfig:
     downscale_delay_s: float | None = None
     """Override the preset's delays (how long load must stay high / low before replicas change)."""
     max_batch_size: int = 16
-    batch_wait_ms: float = 10.0
-    """How long a replica waits to fill a batch: the latency it adds to a lone request. Requests reach
-    the replica one by one through the proxy, so a wait shorter than that trickle makes small batches:
-    at 32 clients on 2 CPUs, 5 ms gave 2.2-2.9x the unbatched throughput, 10 ms 2.8-4.6x, 20 ms 4.1-6.5x
-    (benchmarks/serve_http.py); raise it for batch traffic."""
+    batch_wait_ms: float = 20.0
+    """How long a replica waits to fill a batch: the latency it can add to a lone request. Requests
+    reach the replica one by one through the proxy, so a wait shorter than that trickle makes small
+    batches: at 32 clients on 2 CPUs, 5 ms gave 2.2-2.7x the unbatched throughput, 10 ms 2.9x,
+    20 ms 4.1-4.9x (medians, benchmarks/serve_http.py); lower it for latency-critical, sparse traffic."""
     max_ongoing_requests: int = 32
     max_queued_requests: int = 64
     """Requests waiting at each proxy beyond those in flight; more get 429 with Retry-After."""
