@@ -46,6 +46,37 @@ def read_text(uri: str) -> str:
         return fh.read().decode()
 
 
+def exists(uri: str) -> bool:
+    fs, path = filesystem_for(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def write_text_atomic(uri: str, text: str) -> None:
+    """Replace a small text file so that readers see the old or the new content, never a part.
+
+    Local: a temporary file in the same folder, fsynced, then renamed over the target. S3: one PUT,
+    which becomes visible only when complete.
+    """
+    data = text.encode()
+    if is_remote(uri):
+        fs, path = filesystem_for(uri)
+        with fs.open_output_stream(path) as fh:
+            fh.write(data)
+        return
+    target = Path(uri.removeprefix("file://")).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def download_dir(uri: str) -> Path:
     """A local copy of a remote folder (for loaders that need files); a local path is returned as is."""
     if not is_remote(uri):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sysconfig
 import time
 from pathlib import Path
@@ -68,20 +69,59 @@ def ask(base: str, i: int) -> str:
     return r.json()["model_version"]
 
 
-def test_a_worse_canary_is_rolled_back_and_gets_no_more_traffic(release):
-    deploy(release, release["bad"], evaluate_after=0)
+def router_replicas() -> list:
+    from ray.util.state import list_actors
+
+    return [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+            if a.class_name == "ServeReplica:completion:CanaryRouter"]
+
+
+def test_a_worse_canary_is_rolled_back_gets_no_more_traffic_and_stays_rolled_back_after_a_router_restart(
+        release, tmp_path):
+    import ray
+
+    verdict = tmp_path / "verdict.json"
+    deploy(release, release["bad"], evaluate_after=0, verdict_uri=str(verdict))
     base = release["base"]
     seen = {ask(base, i) for i in range(20)}
     assert seen == {"stable", "canary"}  # both versions took traffic
+    assert not verdict.exists()  # nothing decided yet
     status = httpx.post(f"{base}/v1/canary/evaluate", timeout=120).json()
     assert status["state"] == "rolled_back" and "held-out loss" in status["reason"], status
     nll = status["held_out_nll_per_byte"]
     assert nll["canary"] > nll["stable"] * 1.01
     assert {ask(base, 100 + i) for i in range(15)} == {"stable"}
+    saved = json.loads(verdict.read_text())
+    assert saved["state"] == "rolled_back" and saved["release"] == {"stable": release["good"], "canary": release["bad"]}
+
+    # The router's replica dies; Serve starts another, which must not forget the rollback.
+    [old] = router_replicas()
+    ray.kill(ray.get_actor(old.name, namespace="serve"), no_restart=True)
+    deadline = time.time() + 90
+    while not [a for a in router_replicas() if a.actor_id != old.actor_id]:
+        assert time.time() < deadline, "Serve did not replace the router"
+        time.sleep(0.5)
+    while True:
+        try:
+            restored = httpx.get(f"{base}/v1/canary", timeout=10)
+            if restored.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.time() < deadline, "the new router never answered"
+        time.sleep(0.5)
+    assert restored.json()["state"] == "rolled_back" and restored.json()["reason"] == status["reason"]
+    assert restored.json()["canary_share"] == 0.0
+    assert {ask(base, 200 + i) for i in range(15)} == {"stable"}
 
 
-def test_an_equal_canary_is_promoted_on_its_own_after_enough_requests(release):
-    deploy(release, release["good"], evaluate_after=10, min_latency_samples=5, max_latency_ratio=5.0)
+def test_an_equal_canary_is_promoted_on_its_own_after_enough_requests(release, tmp_path):
+    verdict = tmp_path / "verdict.json"
+    verdict.write_text(json.dumps({"release": {"stable": release["good"], "canary": release["bad"]},
+                                   "state": "rolled_back", "reason": "an earlier release", "canary_share": 0.0}))
+    deploy(release, release["good"], evaluate_after=10, min_latency_samples=5, max_latency_ratio=5.0,
+           verdict_uri=str(verdict))
+    assert httpx.get(f"{release['base']}/v1/canary").json()["state"] == "running"  # other checkpoints' verdict
     base = release["base"]
     deadline = time.time() + 120
     i = 0
@@ -92,6 +132,7 @@ def test_an_equal_canary_is_promoted_on_its_own_after_enough_requests(release):
             break
     status = httpx.get(f"{base}/v1/canary").json()
     assert status["state"] == "promoted", status
+    assert json.loads(verdict.read_text())["state"] == "promoted"
     assert {ask(base, 1000 + j) for j in range(10)} == {"canary"}
 
 

@@ -6,16 +6,18 @@ router checks keys, sends each request to the canary with probability `canary_sh
 latency per version. After `evaluate_after` canary requests, or on `POST /v1/canary/evaluate`, it
 scores held-out text on both versions and asks `canary_policy.judge`: a canary whose held-out loss
 or latency is worse than allowed is rolled back (share 0), otherwise promoted (share 1).
-`GET /v1/canary` tells the state and why.
+`GET /v1/canary` tells the state and why. The verdict is written (atomically) to `verdict_uri`, and a
+restarted router takes it up again, so a rolled-back canary stays rolled back.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request models from the annotations.
 import asyncio
+import json
 import logging
 import random
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fastapi import Header, HTTPException
@@ -25,6 +27,7 @@ from ray.serve import Application
 from elasticml import labels as L
 from elasticml.dataconf import from_mapping
 from elasticml.errors import ConfigError
+from elasticml.home import home
 from elasticml.serve.api import (
     BODY_LIMIT_ENV,
     CompletionRequest,
@@ -55,6 +58,11 @@ class CanaryConfig:
     min_latency_samples: int = 20
     evaluate_after: int = 50
     """Canary requests before the router judges on its own (0 = only on POST /v1/canary/evaluate)."""
+    verdict_uri: str | None = None
+    """Where the router keeps its verdict (a JSON file, local or s3://), so that a restarted router
+    neither sends traffic to a rolled-back canary again nor forgets a promotion. The verdict names
+    both checkpoints: a release of other checkpoints starts afresh. Default:
+    `$ELASTICML_HOME/canary/<name>.json` on the router's node; use s3:// on a multi-node cluster."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.canary_share <= 1:
@@ -96,6 +104,33 @@ class CanaryRouter:
         self.requests = {v: 0 for v in self.handles}
         self.last_scores: dict[str, float] = {}
         self._judging = asyncio.Lock()
+        self.release = {"stable": self.cfg.checkpoint, "canary": self.canary_cfg.canary_checkpoint}
+        self.verdict_uri = self.canary_cfg.verdict_uri or str(home() / "canary" / f"{self.cfg.name}.json")
+        self._restore_verdict()
+
+    def _restore_verdict(self) -> None:
+        """Take up a verdict an earlier router of this release reached (this replica may be its restart)."""
+        from elasticml.storage import exists, read_text
+
+        if not exists(self.verdict_uri):
+            return
+        try:
+            saved = json.loads(read_text(self.verdict_uri))
+        except (OSError, ValueError) as exc:  # written atomically, so this is someone else's file
+            log.warning("ignoring unreadable canary verdict %s: %s", self.verdict_uri, exc)
+            return
+        if saved.get("release") != self.release:
+            return  # a verdict on other checkpoints: this release starts afresh
+        self.state, self.reason, self.share = saved["state"], saved["reason"], float(saved["canary_share"])
+        self.last_scores = saved.get("held_out_nll_per_byte", {})
+        log.warning("canary %s (restored from %s): %s", self.state, self.verdict_uri, self.reason)
+
+    def _save_verdict(self) -> None:
+        from elasticml.storage import write_text_atomic
+
+        write_text_atomic(self.verdict_uri, json.dumps({
+            "release": self.release, "state": self.state, "reason": self.reason, "canary_share": self.share,
+            "held_out_nll_per_byte": self.last_scores, "decided_at": time.time()}, indent=2))
 
     def _auth(self, authorization: str | None, x_api_key: str | None) -> None:
         authenticate(self.keys, authorization, x_api_key)
@@ -134,7 +169,7 @@ class CanaryRouter:
     @canary_api.get("/v1/canary")
     def status(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
         self._auth(authorization, x_api_key)
-        return {"state": self.state, "reason": self.reason, "canary_share": self.share,
+        return {"state": self.state, "reason": self.reason, "canary_share": self.share, "verdict_uri": self.verdict_uri,
                 "requests": dict(self.requests), "held_out_nll_per_byte": dict(self.last_scores),
                 "p50_ms_per_token": {v: (sorted(l)[len(l) // 2] if l else None) for v, l in self.latency.items()}}
 
@@ -175,16 +210,23 @@ class CanaryRouter:
                 self.state, self.share = "rolled_back", 0.0
             elif verdict.action == "promote":
                 self.state, self.share = "promoted", 1.0
+            if self.state != "running":
+                await asyncio.to_thread(self._save_verdict)
             log.warning("canary %s: %s", self.state, verdict.reason)
 
 
 def build_canary_app(args: dict[str, Any]) -> Application:
     """Builder for `serve run` / `serve deploy`: ServeConfig fields plus CanaryConfig fields."""
-    from elasticml.serve.completion import build_deployment
+    from elasticml.serve.completion import build_deployment, resolve_checkpoint
 
     canary_keys = {f for f in CanaryConfig.__dataclass_fields__}
     canary_cfg = from_mapping(CanaryConfig, {k: v for k, v in args.items() if k in canary_keys}, source="canary args")
+    # Resolved here, once: `latest:RUN_DIR` must name the same checkpoint in the versions and in the
+    # verdict the router keeps.
+    canary_cfg = replace(canary_cfg, canary_checkpoint=resolve_checkpoint(canary_cfg.canary_checkpoint))
     serve_args = {k: v for k, v in args.items() if k not in canary_keys}
+    if "checkpoint" in serve_args:
+        serve_args["checkpoint"] = resolve_checkpoint(serve_args["checkpoint"])
     serve_cfg = ServeConfig.from_dict(serve_args, source="canary app args")
     backend_args = {**serve_args, "api_keys": {}}  # reachable only through the router, which checks keys
     stable = build_deployment({**backend_args, "name": f"{serve_cfg.name}-stable"},
