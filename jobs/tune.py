@@ -34,6 +34,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--market", default="spot", help="sweeps are low priority: spot by default")
+    p.add_argument("--trial-retries", type=int, default=2, help="times a failed trial is run again")
     p.add_argument("--size", default="tiny")
     args = p.parse_args(argv)
     try:
@@ -42,6 +43,8 @@ def main(argv: list[str]) -> int:
                            market=args.market, report_every=max(1, args.steps // 6), max_failures=1)
         if args.samples < 1 or not 0 < args.lr_min <= args.lr_max:
             raise ElasticMLError("need --samples >= 1 and 0 < --lr-min <= --lr-max")
+        if args.trial_retries < 0:
+            raise ElasticMLError(f"--trial-retries must be >= 0, got {args.trial_retries}")
         try:
             grid = [float(x) for x in args.lrs.split(",")] if args.lrs else None
         except ValueError:
@@ -78,7 +81,11 @@ def main(argv: list[str]) -> int:
             scheduler=ASHAScheduler(time_attr="step", max_t=args.steps, grace_period=max(1, args.steps // 3),
                                     reduction_factor=2),
         ),
-        run_config=tune.RunConfig(name=args.name, storage_path=args.storage_path),
+        # A trial on spot can lose its node, or its workers can start into a working_dir that Ray is
+        # garbage-collecting (seen once in CI: "No such file or directory" importing torch): run it
+        # again, from its last checkpoint, before calling it an error.
+        run_config=tune.RunConfig(name=args.name, storage_path=args.storage_path,
+                                  failure_config=tune.FailureConfig(max_failures=args.trial_retries)),
     )
     results = tuner.fit()
     best = results.get_best_result()
