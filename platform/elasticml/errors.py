@@ -7,7 +7,8 @@ The hierarchy::
     │                              (fields: source, field)
     ├── ClusterError               the local cluster cannot be started, found or stopped
     │   ├── ClusterAlreadyRunning  `cluster up` on a name that is already up
-    │   └── ClusterNotRunning      a command needs a cluster that is not up
+    │   ├── ClusterNotRunning      a command needs a cluster that is not up
+    │   └── HeadStartFailed        the Ray head process exited while starting
     ├── AuthError                  the cluster's token is missing or unreadable
     ├── DataError                  a corpus directory is missing or incomplete
     └── CheckpointError            a checkpoint is missing, incomplete or of the wrong format
@@ -24,6 +25,7 @@ __all__ = [
     "ClusterError",
     "ClusterAlreadyRunning",
     "ClusterNotRunning",
+    "HeadStartFailed",
     "AuthError",
     "DataError",
     "CheckpointError",
@@ -74,6 +76,10 @@ class ClusterNotRunning(ClusterError):
         super().__init__(
             f"cluster {name!r} is not up; start it with `elasticml cluster up --name {name}`"
         )
+
+
+class HeadStartFailed(ClusterError):
+    """The Ray head exited before it was ready; the message carries the tail of its log."""
 
 
 class AuthError(ElasticMLError):

@@ -32,7 +32,7 @@ import yaml
 
 from elasticml import auth, home
 from elasticml.cluster.config import FAKE_HEAD_NODE_ID, ClusterSpec, render_local_autoscaling_config
-from elasticml.errors import ClusterAlreadyRunning, ClusterError, ClusterNotRunning
+from elasticml.errors import ClusterAlreadyRunning, ClusterError, ClusterNotRunning, HeadStartFailed
 
 STATE_FILE = "state.json"
 START_TIMEOUT_S = 120.0
@@ -125,10 +125,23 @@ class LocalCluster:
         dashboard_port: int | None = None,
         timeout_s: float = START_TIMEOUT_S,
     ) -> ClusterInfo:
-        """Start the head under a supervisor and wait until jobs can be submitted."""
+        """Start the head under a supervisor and wait until jobs can be submitted.
+
+        A head that exits while starting is started once more (with fresh ports unless they were
+        given): on a loaded machine Ray's own start-up can time out waiting for itself.
+        """
         existing = self.info()
         if existing is not None:
             raise ClusterAlreadyRunning(self.name, existing.pid)
+        try:
+            return self._start(spec, port=port, dashboard_port=dashboard_port, timeout_s=timeout_s)
+        except HeadStartFailed as first:
+            print(f"elasticml: the Ray head exited while starting; trying once more ({str(first).splitlines()[0]})",
+                  file=sys.stderr)
+            return self._start(spec, port=port, dashboard_port=dashboard_port, timeout_s=timeout_s)
+
+    def _start(self, spec: ClusterSpec, *, port: int | None, dashboard_port: int | None,
+               timeout_s: float) -> ClusterInfo:
         port = port or free_port()
         dashboard_port = dashboard_port or free_port()
         for p in (port, dashboard_port):
@@ -156,7 +169,8 @@ class LocalCluster:
             "--num-cpus=0", "--num-gpus=0",  # the head coordinates; work goes to labelled workers
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard_port}",
-            # Fixed defaults (10001, 52365) would collide between two clusters on one box.
+            # Fixed defaults (10001, 52365) would collide between two clusters on one box. (Ray starts
+            # its client server whenever ray[client] is installed; a port of 0 is refused.)
             f"--ray-client-server-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
@@ -195,7 +209,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise ClusterError(
+                raise HeadStartFailed(
                     f"the Ray head exited with status {proc.returncode} while starting; "
                     f"last lines of {info.log_path}:\n{_tail(Path(info.log_path))}"
                 )
