@@ -119,7 +119,6 @@ class ScoreResponse(BaseModel):
     model_step: int
 
 
-
 @dataclass(frozen=True)
 class Refusal:
     """A 4xx/5xx from a backend, returned rather than raised: exceptions crossing a deployment handle
@@ -127,3 +126,18 @@ class Refusal:
 
     status_code: int
     detail: Any
+
+
+async def refusal_for(call: Any) -> Any:
+    """Await a backend method's work, returning its HTTP error as a Refusal (the backend side)."""
+    try:
+        return await call
+    except HTTPException as exc:
+        return Refusal(exc.status_code, exc.detail)
+
+
+def answer_or_raise(reply: Any) -> Any:
+    """A backend's answer, or its Refusal raised as the HTTP error it stands for (the router side)."""
+    if isinstance(reply, Refusal):
+        raise HTTPException(status_code=reply.status_code, detail=reply.detail)
+    return reply

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from fastapi import Header, HTTPException
+from fastapi import Header
 from ray import serve
 from ray.serve import Application
 
@@ -32,9 +32,9 @@ from elasticml.serve.api import (
     BODY_LIMIT_ENV,
     CompletionRequest,
     CompletionResponse,
-    Refusal,
     ScoreRequest,
     ScoreResponse,
+    answer_or_raise,
     authenticate,
     new_api,
 )
@@ -140,10 +140,7 @@ class CanaryRouter:
 
     async def _call(self, version: str, method: str, request: Any) -> Any:
         """A backend's answer; its refusal (a 4xx, a 504) goes to the client with the same status."""
-        reply = await getattr(self.handles[version], method).remote(request)
-        if isinstance(reply, Refusal):
-            raise HTTPException(status_code=reply.status_code, detail=reply.detail)
-        return reply
+        return answer_or_raise(await getattr(self.handles[version], method).remote(request))
 
     @canary_api.post("/v1/completions", response_model=CompletionResponse)
     async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
@@ -183,10 +180,10 @@ class CanaryRouter:
         total, n = 0.0, 0
         for text in self.canary_cfg.holdout():
             for chunk in _chunks(text.encode("utf-8"), 128):
-                text = chunk.decode("utf-8", errors="ignore")
-                if len(text.encode("utf-8")) < 2:
+                piece = chunk.decode("utf-8", errors="ignore")  # a chunk edge may split a character
+                if len(piece.encode("utf-8")) < 2:
                     continue
-                reply = await self._call(version, "score", ScoreRequest(context="", continuation=text))
+                reply = await self._call(version, "score", ScoreRequest(context="", continuation=piece))
                 total -= reply.log_likelihood
                 n += reply.tokens
         return total / max(1, n)

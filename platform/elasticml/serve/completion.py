@@ -38,6 +38,7 @@ from elasticml.serve.api import (
     ScoreResponse,
     authenticate,
     new_api,
+    refusal_for,
 )
 from elasticml.serve.config import ServeConfig
 
@@ -80,7 +81,7 @@ class CompletionService:
     def tenant(self, authorization: str | None, x_api_key: str | None) -> str | None:
         return authenticate(self.keys, authorization, x_api_key)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch  # sized per replica in __init__ from max_batch_size / batch_wait_ms
     async def _complete_batch(self, prompts: list) -> list[bytes]:
         from elasticml.serve.generate import generate_batch
 
@@ -165,16 +166,10 @@ class ModelBackend:
         self.service = CompletionService(config)
 
     async def complete(self, request: CompletionRequest) -> "CompletionResponse | Refusal":
-        try:
-            return await self.service.complete(request)
-        except HTTPException as exc:
-            return Refusal(exc.status_code, exc.detail)
+        return await refusal_for(self.service.complete(request))
 
     async def score(self, request: ScoreRequest) -> "ScoreResponse | Refusal":
-        try:
-            return await self.service.score(request)
-        except HTTPException as exc:
-            return Refusal(exc.status_code, exc.detail)
+        return await refusal_for(self.service.score(request))
 
 
 @serve.deployment(max_ongoing_requests=32)

@@ -59,7 +59,7 @@ class ServeConfig:
     batch_wait_ms: float = 20.0
     """How long a replica waits to fill a batch: the latency it can add to a lone request. Requests
     reach the replica one by one through the proxy, so a wait shorter than that trickle makes small
-    batches: at 32 clients on 2 CPUs, 5 ms gave 2.2-2.7x the unbatched throughput, 10 ms 2.9x,
+    batches: at 32 clients on 2 CPUs, 5 ms gave 2.2-2.9x the unbatched throughput, 10 ms 2.8-2.9x,
     20 ms 4.1-4.9x (medians, benchmarks/serve_http.py); lower it for latency-critical, sparse traffic."""
     max_ongoing_requests: int = 32
     max_queued_requests: int = 64

@@ -22,9 +22,9 @@ from ray import serve
 from elasticml.serve.api import (
     CompletionRequest,
     CompletionResponse,
-    Refusal,
     ScoreRequest,
     ScoreResponse,
+    answer_or_raise,
     authenticate,
     new_api,
 )
@@ -65,9 +65,7 @@ class PoolRouter:
                 log.warning("pool %s failed (%s); trying the next pool", pool["node_type"], type(exc).__name__)
                 last = exc
                 continue
-            if isinstance(reply, Refusal):
-                raise HTTPException(status_code=reply.status_code, detail=reply.detail)
-            return reply
+            return answer_or_raise(reply)
         raise HTTPException(status_code=503, detail=f"no pool could serve the request ({type(last).__name__}); "
                             "retry shortly", headers={"Retry-After": "1"})
 
