@@ -111,24 +111,26 @@ def test_losing_a_spot_node_under_load_fails_no_request_beyond_the_retry_budget(
 
     serve.run(build_app({"checkpoint": serving["folder"], "market": "spot", "num_replicas": 2, "precision": "fp32",
                          "cache_size": 0}), name="spot", route_prefix="/spot")
-    spot_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get(L.NODE_TYPE) == "cpu_spot"}
-    victims = set(replica_nodes("spot"))
-    assert len(victims) == 2 and victims <= spot_nodes  # both replicas on spot, one per node
-    with Load(serving["base"] + "/spot") as load:
-        time.sleep(3)
-        before = load.ok
-        assert serving["cluster"].kill_node(sorted(victims)[0])
-        time.sleep(15)
-    print(f"spot node lost: ok {before} -> {load.ok}, first-attempt failures {load.first_failures}, "
-          f"failed for good {load.failed}: {load.errors[:5]}")
-    assert before > 0 and load.ok > before + 20, (before, load.ok)  # it kept serving through the loss
-    assert load.failed == 0, vars(load)
-    assert load.first_failures <= CLIENTS, vars(load)
-    deadline = time.time() + 90
-    while running_replicas("spot") < 2:  # the lost replica is replaced (on a new spot node)
-        assert time.time() < deadline, serve.status()
-        time.sleep(1)
-    serve.delete("spot")
+    try:  # a failure here must not leave replicas holding the spot nodes the next tests need
+        spot_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get(L.NODE_TYPE) == "cpu_spot"}
+        victims = set(replica_nodes("spot"))
+        assert len(victims) == 2 and victims <= spot_nodes  # both replicas on spot, one per node
+        with Load(serving["base"] + "/spot") as load:
+            time.sleep(3)
+            before = load.ok
+            assert serving["cluster"].kill_node(sorted(victims)[0])
+            time.sleep(15)
+        print(f"spot node lost: ok {before} -> {load.ok}, first-attempt failures {load.first_failures}, "
+              f"failed for good {load.failed}: {load.errors[:5]}")
+        assert before > 0 and load.ok > before + 20, (before, load.ok)  # it kept serving through the loss
+        assert load.failed == 0, vars(load)
+        assert load.first_failures <= CLIENTS, vars(load)
+        deadline = time.time() + 90
+        while running_replicas("spot") < 2:  # the lost replica is replaced (on a new spot node)
+            assert time.time() < deadline, serve.status()
+            time.sleep(1)
+    finally:
+        serve.delete("spot")
 
 
 def test_autoscaling_goes_from_one_to_two_replicas_under_load_and_back(serving):

@@ -16,6 +16,7 @@ kills, by PID and start time, anything of that tree still alive.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -254,27 +255,20 @@ class LocalCluster:
     def kill_node(self, node_id: str) -> list[int]:
         """Make a worker node vanish, as a reclaimed spot instance does: its raylet and every
         process under it, killed by PID. For chaos tests and the demo; returns the PIDs."""
-        deadline = time.monotonic() + 5
-        while True:  # a process tree walked while Ray forks workers can miss a branch: look again
-            try:
-                return self._kill_raylet(node_id)
-            except ClusterError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
-    def _kill_raylet(self, node_id: str) -> list[int]:
         seen: list[str] = []
         for proc in self.processes():
             try:
                 if proc.name() != "raylet":
                     continue
-                cmdline = " ".join(proc.cmdline())
-                seen += [arg.split("=", 1)[1] for arg in proc.cmdline() if arg.startswith("--node_id=")]
-                if node_id in cmdline:
+                args = proc.cmdline()
+                seen += [arg.split("=", 1)[1] for arg in args if arg.startswith("--node_id=")]
+                if node_id in " ".join(args):
                     victims = [*proc.children(recursive=True), proc]
                     for p in victims:
-                        p.kill()
+                        # A worker can exit on its own once its siblings die: that must not abort
+                        # the kill (it once did, and the node was then reported as not found).
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            p.kill()
                     return [p.pid for p in victims]
             except psutil.Error:  # a process that went away on its own is fine here
                 continue
