@@ -71,8 +71,10 @@ class TickView:
     preempted: bool
     spot_available: bool
     history: Sequence[bool]
-    """Spot availability of ticks 0..tick-1."""
+    """Spot availability before this tick: the zone's history before the job started, then ticks 0..tick-1."""
     params: JobParams
+    overhead_left: float = 0.0
+    """Hours of the current instance's restart not yet paid (0 once it makes full progress)."""
 
     @property
     def remaining(self) -> float:
@@ -124,22 +126,34 @@ class GreedyPolicy:
 
 
 class UniformProgressPolicy:
-    """Can't Be Late's uniform progress: keep progress on the line job_hours * t / deadline.
+    """Can't Be Late's uniform progress (NSDI'24), as the paper describes it.
 
-    Sequence: spot whenever available; when not, run on-demand only while
-    progress is behind the uniform line, else idle; on-demand without a
-    choice when the deadline requires it.
+    The line: progress should be at least job_hours * t / deadline_hours.
+    Sequence of moves:
+      1. safety net: once time left < work left + 2 restarts, commit to on-demand to the end;
+      2. on on-demand: stay until progress is back on the line two restarts ahead
+         (hysteresis, so one short spot window does not cost two restarts);
+      3. spot available: run on spot;
+      4. spot away: on-demand while progress is behind the line, else idle.
     """
 
     name = "uniform-progress"
 
+    def __init__(self) -> None:
+        self._committed = False
+
     def decide(self, view: TickView) -> Instance:
-        if view.must_run_on_demand() or (view.instance == OD and view.slack < view.params.restart_hours + view.gap_hours):
+        p = view.params
+        time_left = p.deadline_hours - view.hour
+        if self._committed or time_left < view.remaining + 2 * p.restart_hours or view.must_run_on_demand():
+            self._committed = True
+            return OD
+        line = p.job_hours * view.hour / p.deadline_hours
+        if view.instance == OD and view.progress < line + 2 * p.restart_hours:
             return OD
         if view.spot_available:
             return SPOT
-        expected = view.params.job_hours * (view.hour + view.gap_hours) / view.params.deadline_hours
-        return OD if view.progress < expected else NONE
+        return OD if view.progress < line else NONE
 
 
 @dataclass
@@ -223,8 +237,16 @@ def on_demand_cost(params: JobParams) -> float:
     return (params.job_hours + params.restart_hours) * params.price_ratio
 
 
-def simulate(policy: Policy, availability: Sequence[bool], gap_hours: float, params: JobParams) -> SimResult:
-    """Run a policy tick by tick; ticks past the end of the trace count as spot unavailable."""
+def simulate(
+    policy: Policy, availability: Sequence[bool], gap_hours: float, params: JobParams,
+    *, history: Sequence[bool] = (),
+) -> SimResult:
+    """Run a policy tick by tick from availability[0]; ticks past the end of the trace count as spot unavailable.
+
+    `history` is the zone's availability before the job starts, oldest first:
+    policies see it (an online signal), the job does not run in it.
+    """
+    past = [bool(v) for v in history]
     progress = cost = spot_h = od_h = 0.0
     instance: Instance = NONE
     overhead_left = 0.0
@@ -243,7 +265,8 @@ def simulate(policy: Policy, availability: Sequence[bool], gap_hours: float, par
             instance = NONE
         view = TickView(
             tick=tick, hour=hour, gap_hours=gap_hours, progress=progress, instance=instance,
-            preempted=preempted, spot_available=avail, history=availability[:tick], params=params,
+            preempted=preempted, spot_available=avail, history=past, params=params,
+            overhead_left=overhead_left if instance != NONE else 0.0,
         )
         choice = policy.decide(view) if tick < n_ticks else OD
         if choice == SPOT and not avail:
@@ -271,6 +294,7 @@ def simulate(policy: Policy, availability: Sequence[bool], gap_hours: float, par
                 spot_h += billed
             else:
                 od_h += billed
+        past.append(avail)
         tick += 1
     return SimResult(
         policy=policy.name,
@@ -380,21 +404,3 @@ def omniscient_plan(availability: Sequence[bool], gap_hours: float, params: JobP
         s = prev
     plan.reverse()
     return plan
-
-
-POLICIES: dict[str, type] = {
-    "on-demand": OnDemandPolicy,
-    "greedy": GreedyPolicy,
-    "uniform-progress": UniformProgressPolicy,
-    "slack-reserve": SlackReservePolicy,
-}
-DEFAULT_POLICY = "slack-reserve"
-
-
-def run_policy(name: str, availability: Sequence[bool], gap_hours: float, params: JobParams) -> SimResult:
-    if name == "omniscient":
-        plan = omniscient_plan(availability, gap_hours, params)
-        return simulate(PlanPolicy("omniscient", plan), availability, gap_hours, params)
-    if name not in POLICIES:
-        raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join([*POLICIES, 'omniscient'])}", field="policy")
-    return simulate(POLICIES[name](), availability, gap_hours, params)
