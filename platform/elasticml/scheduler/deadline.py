@@ -45,6 +45,10 @@ class JobParams:
     """On-demand price per hour in units of the spot price."""
 
     def __post_init__(self) -> None:
+        for name in ("job_hours", "deadline_hours", "restart_hours", "price_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"must be a finite number, got {value!r}", field=name)
         if self.job_hours <= 0:
             raise ConfigError(f"must be > 0, got {self.job_hours}", field="job_hours")
         if self.deadline_hours < self.job_hours + self.restart_hours:

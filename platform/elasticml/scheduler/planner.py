@@ -4,8 +4,8 @@ Who owns what: `StochasticDPPolicy` owns its plan (a decision table) and
 nothing else; it is pure over what `TickView` shows, so the simulator and the
 live controller run the same object on the same inputs.
 
-How it decides. At the job's start (and again every `resolve_every_hours`,
-as history grows) it fits a semi-Markov model of the zone
+How it decides. At the job's start (and again whenever the history has grown
+by `resolve_growth`) it fits a semi-Markov model of the zone
 (`spot_model.fit`: hazards of spot runs and outages by age, from all the
 history it is shown, before the job and during it) and solves, backwards
 from the deadline, for the action that minimises the *expected* cost from
@@ -29,8 +29,10 @@ on-demand), whether a spot run of this age is likely to last long enough to
 repay the two restarts of leaving on-demand for it, and how much slack the
 rest of the job will want.
 
-Table size: ticks x (1 + 2 K) x 2 x max_age x slack units, int8; slack units
-are capped at `max_slack_units` by coarsening them.
+Table size: ticks x (1 + 2 K) x 2 x max_age x slack units, int8. Slack units
+are coarsened (down to one a tick) so that there are at most `max_slack_units`
+and the table stays under `max_table_bytes`; past that, slack above the top row
+is read as the top row. Both round slack down: that costs money, never deadlines.
 """
 
 from __future__ import annotations
@@ -73,16 +75,18 @@ class StochasticDPPolicy:
     """
 
     name: str = "stochastic-dp"
-    prior_mean_hours: tuple[float, float] = (1.0, 2.0)
+    # Defaults chosen on the tuning traces only: benchmarks/tune_spot_policy.py.
+    prior_mean_hours: tuple[float, float] = (0.5, 1.0)
     """(mean outage, mean spot run) of the memoryless prior the history is shrunk toward."""
     prior_weight: float = 2.0
     """Pseudo-observations of the prior per age."""
-    max_age_hours: float = 4.0
+    max_age_hours: float = 8.0
     """Run ages are told apart up to this; older runs share one tail hazard."""
     resolve_growth: float = 0.5
     """Fit and solve again once the history has grown by this share since the last fit (and by >= 1 h)."""
     units_per_tick: int = 5
     max_slack_units: int = 480
+    max_table_bytes: int = 128 * 1024 * 1024
     _plan: _Plan | None = field(default=None, init=False, repr=False)
 
     def decide(self, view: TickView) -> Instance:
@@ -122,17 +126,22 @@ class StochasticDPPolicy:
         p = view.params
         g, d, rho = view.gap_hours, p.restart_hours, p.price_ratio
         slack_room = max(0.0, view.slack + d)
+        t0 = view.tick
+        T = math.ceil(p.deadline_hours / g - 1e-9)
+        A = max(2, math.ceil(self.max_age_hours / g))
+        K_max = max(1, math.ceil(d / (g / self.units_per_tick) / self.units_per_tick))
+        per_unit = (T - t0) * (1 + 2 * K_max) * 2 * A
+        max_units = max(2, min(self.max_slack_units, self.max_table_bytes // max(1, per_unit)))
         R = self.units_per_tick
-        if slack_room / (g / R) > self.max_slack_units:
-            R = max(1, math.floor(self.max_slack_units * g / slack_room))
+        if slack_room / (g / R) > max_units - 1:
+            R = max(1, math.floor((max_units - 1) * g / slack_room))
         u = g / R
         O = math.ceil(d / u - 1e-9)
         K = max(1, math.ceil(O / R))
         M = 1 + 2 * K
-        A = max(2, math.ceil(self.max_age_hours / g))
-        n_slack = math.floor(slack_room / u + 1e-9) + 1
-        t0 = view.tick
-        T = math.ceil(p.deadline_hours / g - 1e-9)
+        # Slack beyond the table's top row is looked up as the top row: the plan then believes
+        # in less slack than there is, which costs money, never deadlines.
+        n_slack = min(max_units, math.floor(slack_room / u + 1e-9) + 1)
         model = spot_model.fit(
             view.history, g, max_age=A, prior_mean_hours=self.prior_mean_hours, prior_weight=self.prior_weight,
         )

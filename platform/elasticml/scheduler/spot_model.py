@@ -85,5 +85,6 @@ def fit(
         if not censored:
             ended[row, capped - 1] += 1
     prior = np.array([min(1.0, gap_hours / max(m, gap_hours)) for m in prior_mean_hours])[:, None]
-    hazard = (ended + prior_weight * prior) / (at_risk + prior_weight)
+    seen = at_risk + prior_weight
+    hazard = np.where(seen > 0, (ended + prior_weight * prior) / np.maximum(seen, 1e-12), prior)
     return RunLengthModel(gap_hours=gap_hours, max_age=max_age, hazard=np.clip(hazard, 1e-6, 1.0))

@@ -20,6 +20,7 @@ available ticks, outage = mean unavailable run):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,23 +75,38 @@ def generate(family: str, *, hours: float = 96.0, seed: int = 0, gap_seconds: in
     }
 
 
+MAX_TRACE_BYTES = 64 * 1024 * 1024
+MAX_GAP_SECONDS = 86400.0
+
+
 def load_trace(path: str | Path) -> tuple[list[bool], float]:
-    """(availability per tick, gap in hours) from a trace file."""
+    """(availability per tick, gap in hours) from a trace file; a ConfigError naming the field otherwise.
+
+    The format is one node's: `data` a list of the integers 0 (spot available)
+    and 1 (not); `gap_seconds` finite, in (0, 86400]. A list of lists (several
+    nodes) is refused rather than guessed at.
+    """
     from elasticml.errors import ConfigError
 
+    file = Path(path)
     try:
-        raw = json.loads(Path(path).read_text())
+        if file.stat().st_size > MAX_TRACE_BYTES:
+            raise ConfigError(f"larger than {MAX_TRACE_BYTES} bytes", source=str(path))
+        raw = json.loads(file.read_text())
     except FileNotFoundError:
         raise ConfigError("no such trace file", source=str(path)) from None
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"not valid JSON: {exc}", source=str(path)) from None
-    try:
-        gap = float(raw["metadata"]["gap_seconds"])
-        data = raw["data"]
-    except (KeyError, TypeError):
-        raise ConfigError('expected {"metadata": {"gap_seconds": N}, "data": [...]}', source=str(path)) from None
-    if data and isinstance(data[0], list):
-        data = data[0]  # several nodes: the simulator's job runs on the first
-    if gap <= 0 or not data or any(v not in (0, 1) for v in data):
-        raise ConfigError("gap_seconds must be > 0 and data a non-empty list of 0/1", source=str(path))
+    if not isinstance(raw, dict) or not isinstance(raw.get("metadata"), dict) or "data" not in raw:
+        raise ConfigError('expected {"metadata": {"gap_seconds": N}, "data": [...]}', source=str(path))
+    gap = raw["metadata"].get("gap_seconds")
+    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or not 0 < gap <= MAX_GAP_SECONDS:
+        raise ConfigError(f"must be a number of seconds in (0, {MAX_GAP_SECONDS:.0f}], got {gap!r}", field="metadata.gap_seconds", source=str(path))
+    data = raw["data"]
+    if not isinstance(data, list) or not data:
+        raise ConfigError("must be a non-empty list of 0 (spot available) and 1 (not)", field="data", source=str(path))
+    for i, v in enumerate(data):
+        if type(v) is not int or v not in (0, 1):
+            raise ConfigError(f"data[{i}] is {str(v)[:40]!r}; only 0 (spot available) and 1 (not) are allowed",
+                              field="data", source=str(path))
     return [v == 0 for v in data], gap / 3600

@@ -7,8 +7,10 @@ import pytest
 
 from elasticml.errors import ConfigError
 from elasticml.scheduler.deadline import (
-    OD, SPOT, NONE, JobParams, PlanPolicy, POLICIES, omniscient_plan, run_policy, simulate,
+    OD, SPOT, NONE, JobParams, PlanPolicy, TickView, UniformProgressPolicy, omniscient_plan, simulate,
 )
+from elasticml.scheduler.policies import POLICIES, run_policy
+from elasticml.scheduler.traces import load_trace
 from elasticml.scheduler.traces import FAMILIES, generate
 
 GAP = 1 / 6
@@ -82,11 +84,13 @@ def test_omniscient_is_never_beaten_and_never_late(family):
 class Recorder:
     """Wraps a policy and records what it saw and chose."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, before=()):
         self.inner, self.name, self.seen = inner, inner.name, []
+        self.before, self.expected_before = len(before), list(before)
 
     def decide(self, view):
-        assert len(view.history) == view.tick  # the past only
+        assert len(view.history) == self.before + view.tick  # the past only
+        assert view.history[: self.before] == self.expected_before
         choice = self.inner.decide(view)
         self.seen.append(choice)
         return choice
@@ -131,10 +135,109 @@ def test_cli_prints_one_json_object_with_the_agreed_fields(tmp_path):
         out[policy] = json.loads(proc.stdout)
     for key in ("policy", "cost", "on_demand_cost", "finished_by_deadline", "finish_hour", "spot_hours", "on_demand_hours", "restarts"):
         assert key in out[None]
-    assert out[None]["policy"] == "slack-reserve"
+    assert out[None]["policy"] == "stochastic-dp"
     assert out["omniscient"]["cost"] <= min(out["greedy"]["cost"], out[None]["cost"]) + 1e-6
     assert out[None]["on_demand_cost"] == pytest.approx(48.2 * 3)
-    skipped = subprocess.run(base + ["--start-hour", "10"], capture_output=True, text=True, check=True, timeout=60)
-    assert json.loads(skipped.stdout) != out[None]
+    for policy in ("greedy", "stochastic-dp"):
+        skipped = subprocess.run(base + ["--policy", policy, "--start-hour", "30"], capture_output=True, text=True,
+                                 check=True, timeout=60)
+        assert json.loads(skipped.stdout) != out[policy if policy == "greedy" else None], policy
     bad = subprocess.run(base[:4] + [str(tmp_path / "none.json")] + base[5:], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no such trace file" in bad.stderr
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_policies_see_the_history_before_the_start_then_the_job_s_past(name):
+    trace = [v == 0 for v in generate("bursty", hours=30, seed=3)["data"]]
+    before, job = trace[:60], trace[60:]
+    rec = Recorder(POLICIES[name](), before=before)
+    r = simulate(rec, job, GAP, P, history=before)
+    assert r.finished_by_deadline and rec.seen
+
+
+def view(**kw):
+    base = dict(tick=0, hour=0.0, gap_hours=GAP, progress=0.0, instance=NONE, preempted=False,
+                spot_available=True, history=[], params=P)
+    base.update(kw)
+    return TickView(**base)
+
+
+def test_uniform_progress_stays_on_demand_until_two_restarts_ahead_of_the_line():
+    # P: 4 h of work by 6 h: the line is 2/3 h of work per hour.
+    up = UniformProgressPolicy()
+    line = 4 * 3.0 / 6
+    assert up.decide(view(tick=18, hour=3.0, progress=line - 0.1, spot_available=False)) == OD  # behind: on-demand
+    assert up.decide(view(tick=18, hour=3.0, progress=line + 0.1, spot_available=False)) == NONE  # ahead: wait
+    # On on-demand, spot back: stays until progress >= line + 2 restarts.
+    assert up.decide(view(tick=18, hour=3.0, progress=line + 0.3, instance=OD)) == OD
+    assert up.decide(view(tick=18, hour=3.0, progress=line + 0.41, instance=OD)) == SPOT
+
+
+def test_uniform_progress_safety_net_commits_to_on_demand_for_good():
+    up = UniformProgressPolicy()
+    # 6 - 3.5 = 2.5 h left < 2.2 h of work + 2 x 0.2 h restarts: commit.
+    assert up.decide(view(tick=21, hour=3.5, progress=1.8, instance=SPOT)) == OD
+    # Spot is back and progress would be fine by the line: still on-demand.
+    assert up.decide(view(tick=22, hour=3.6, progress=3.9, instance=OD)) == OD
+
+
+def test_cli_history_hours_is_documented_and_bad_values_are_refused(tmp_path):
+    help_text = subprocess.run([sys.executable, "-m", "elasticml.scheduler.simulate", "--help"],
+                               capture_output=True, text=True, check=True, timeout=60).stdout
+    assert "--history-hours" in help_text and "--start-hour" in help_text
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps(generate("long-outages", hours=120, seed=4)))
+    base = [sys.executable, "-m", "elasticml.scheduler.simulate", "--trace", str(trace), "--job-hours", "24",
+            "--deadline-hours", "30", "--restart-hours", "0.2", "--price-ratio", "3.0", "--start-hour", "60", "--json"]
+    for bad in ("-1", "nan", "inf"):
+        proc = subprocess.run(base + ["--history-hours", bad], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, bad
+    for ok in ("0", "60"):
+        proc = subprocess.run(base + ["--history-hours", ok], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["finished_by_deadline"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"metadata": {"gap_seconds": 600}, "data": [0, 2, 1]}, "data"),
+    ({"metadata": {"gap_seconds": 600}, "data": [0, True]}, "data"),
+    ({"metadata": {"gap_seconds": 600}, "data": [0, "1"]}, "data"),
+    ({"metadata": {"gap_seconds": 600}, "data": [0.0, 1]}, "data"),
+    ({"metadata": {"gap_seconds": 600}, "data": [[0, 1], [1, 0]]}, "data"),
+    ({"metadata": {"gap_seconds": 600}, "data": []}, "data"),
+    ({"metadata": {"gap_seconds": 600}, "data": {"0": 1}}, "data"),
+    ({"metadata": {"gap_seconds": 0}, "data": [0]}, "metadata.gap_seconds"),
+    ({"metadata": {"gap_seconds": -5}, "data": [0]}, "metadata.gap_seconds"),
+    ({"metadata": {"gap_seconds": 1e9}, "data": [0]}, "metadata.gap_seconds"),
+    ({"metadata": {"gap_seconds": "600"}, "data": [0]}, "metadata.gap_seconds"),
+    ({"metadata": {}, "data": [0]}, "metadata.gap_seconds"),
+])
+def test_malformed_traces_are_refused_naming_the_field(tmp_path, body, field):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(body))
+    with pytest.raises(ConfigError) as err:
+        load_trace(path)
+    assert err.value.field == field
+
+
+def test_non_finite_gap_and_non_json_traces_are_refused(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text('{"metadata": {"gap_seconds": NaN}, "data": [0]}')
+    with pytest.raises(ConfigError, match="gap_seconds"):
+        load_trace(path)
+    path.write_text("[0, 1")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_trace(path)
+    with pytest.raises(ConfigError, match='expected'):
+        path.write_text("[0, 1]")
+        load_trace(path)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("job_hours", float("nan")), ("deadline_hours", float("inf")), ("restart_hours", True), ("price_ratio", "3"),
+])
+def test_job_params_must_be_finite_numbers(field, value):
+    kw = dict(job_hours=4.0, deadline_hours=6.0, restart_hours=0.2, price_ratio=3.0)
+    kw[field] = value
+    with pytest.raises(ConfigError) as err:
+        JobParams(**kw)
+    assert err.value.field == field
