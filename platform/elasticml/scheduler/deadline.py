@@ -8,10 +8,13 @@ or idle (free). Every launch of an instance — the first, after a preemption,
 or a switch between spot and on-demand — spends `restart_hours` before
 progress resumes, and that time is billed.
 
-Policies see only the past and the present (`TickView`), except
+Policies see only the past and the present (`TickView`: the zone's history
+before the job started, the job's ticks so far, this tick), except
 `omniscient`, which is given the whole trace and solves for the cheapest plan
 that meets the deadline by dynamic programming (see `omniscient_plan`); it is
-the yardstick the others are measured against.
+the yardstick the others are measured against. This module holds the engine
+and the baselines; the default policy, `stochastic-dp`, is in `planner.py`,
+and `policies.py` names them all.
 
 Glossary
     slack    time to the deadline minus the time the remaining work needs on
@@ -28,6 +31,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from elasticml.errors import ConfigError
+from elasticml.scheduler.spot_model import runs
 
 Instance = Literal["none", "spot", "on-demand"]
 NONE: Instance = "none"
@@ -207,16 +211,8 @@ class SlackReservePolicy:
 
 
 def _mean_run_length(history: Sequence[bool], *, value: bool) -> float:
-    runs, current = [], 0
-    for h in history:
-        if h == value:
-            current += 1
-        elif current:
-            runs.append(current)
-            current = 0
-    if current:
-        runs.append(current)
-    return sum(runs) / len(runs) if runs else 0.0
+    lengths = [n for v, n in runs(history) if v == value]
+    return sum(lengths) / len(lengths) if lengths else 0.0
 
 
 # -- the engine -----------------------------------------------------------------

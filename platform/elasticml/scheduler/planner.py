@@ -87,6 +87,9 @@ class StochasticDPPolicy:
     units_per_tick: int = 5
     max_slack_units: int = 480
     max_table_bytes: int = 128 * 1024 * 1024
+    model_history: list[bool] | None = None
+    """Fit the model on this instead of the history the view shows (diagnostics only, e.g. a
+    model fitted on the job's own future to measure what a perfect fit would be worth)."""
     _plan: _Plan | None = field(default=None, init=False, repr=False)
 
     def decide(self, view: TickView) -> Instance:
@@ -143,7 +146,7 @@ class StochasticDPPolicy:
         # in less slack than there is, which costs money, never deadlines.
         n_slack = min(max_units, math.floor(slack_room / u + 1e-9) + 1)
         model = spot_model.fit(
-            view.history, g, max_age=A, prior_mean_hours=self.prior_mean_hours, prior_weight=self.prior_weight,
+            view.history if self.model_history is None else self.model_history, g, max_age=A, prior_mean_hours=self.prior_mean_hours, prior_weight=self.prior_weight,
         )
         cont = model.continue_probability()  # (2, A)
         older = np.minimum(np.arange(A) + 1, A - 1)

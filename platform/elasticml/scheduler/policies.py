@@ -27,12 +27,6 @@ DEFAULT_POLICY = "stochastic-dp"
 NAMES = [*POLICIES, "omniscient"]
 
 
-def make_policy(name: str) -> Policy:
-    if name not in POLICIES:
-        raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}", field="policy")
-    return POLICIES[name]()
-
-
 def run_policy(
     name: str, availability: Sequence[bool], gap_hours: float, params: JobParams, *, history: Sequence[bool] = (),
 ) -> SimResult:
