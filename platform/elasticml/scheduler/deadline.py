@@ -38,6 +38,11 @@ NONE: Instance = "none"
 SPOT: Instance = "spot"
 OD: Instance = "on-demand"
 _EPS = 1e-9
+MAX_HOURS = 8760.0
+"""A year: the longest job or deadline a policy is asked about."""
+MAX_PRICE_RATIO = 1000.0
+OMNISCIENT_MAX_BYTES = 1 << 30
+"""The omniscient plan's back-pointer table may use this much memory, no more."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -53,8 +58,10 @@ class JobParams:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"must be a finite number, got {value!r}", field=name)
-        if self.job_hours <= 0:
-            raise ConfigError(f"must be > 0, got {self.job_hours}", field="job_hours")
+        if not 0 < self.job_hours <= MAX_HOURS:
+            raise ConfigError(f"must be in (0, {MAX_HOURS:.0f}] hours, got {self.job_hours}", field="job_hours")
+        if self.deadline_hours > MAX_HOURS:
+            raise ConfigError(f"must be <= {MAX_HOURS:.0f} hours, got {self.deadline_hours}", field="deadline_hours")
         if self.deadline_hours < self.job_hours + self.restart_hours:
             raise ConfigError(
                 f"deadline {self.deadline_hours}h leaves no room for {self.job_hours}h of work plus one "
@@ -64,6 +71,8 @@ class JobParams:
             raise ConfigError(f"must be >= 0, got {self.restart_hours}", field="restart_hours")
         if self.price_ratio < 1:
             raise ConfigError(f"on-demand cheaper than spot ({self.price_ratio}) makes spot pointless", field="price_ratio")
+        if self.price_ratio > MAX_PRICE_RATIO:
+            raise ConfigError(f"must be <= {MAX_PRICE_RATIO:.0f}, got {self.price_ratio}", field="price_ratio")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -338,6 +347,13 @@ def omniscient_plan(availability: Sequence[bool], gap_hours: float, params: JobP
     gains = [0] + [math.floor(R * (max(0.0, k - d_ticks) - max(0.0, k - 1 - d_ticks)) + _EPS) for k in range(1, K + 1)]
     J = math.ceil(params.job_hours / gap_hours * R - _EPS)
     n_ticks = math.ceil(params.deadline_hours / gap_hours - _EPS)
+    needed = n_ticks * (1 + 2 * K) * J * 2  # the int16 back-pointer table
+    if needed > OMNISCIENT_MAX_BYTES:
+        raise ConfigError(
+            f"the omniscient plan over {n_ticks} ticks and {params.job_hours}h of work would need "
+            f"{needed / 2**30:.1f} GiB (limit {OMNISCIENT_MAX_BYTES / 2**30:.0f} GiB); use a shorter job or a coarser trace",
+            field="job_hours",
+        )
     last_fraction = params.deadline_hours / gap_hours - (n_ticks - 1)
     # States: 0 = idle; 1..K = spot run, k ticks old; K+1..2K = on-demand run.
     n_states = 1 + 2 * K

@@ -241,3 +241,21 @@ def test_job_params_must_be_finite_numbers(field, value):
     with pytest.raises(ConfigError) as err:
         JobParams(**kw)
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("field, value", [
+    ("job_hours", 1e9), ("deadline_hours", 1e6), ("price_ratio", 1e6), ("job_hours", -1.0),
+])
+def test_job_params_are_bounded(field, value):
+    kw = dict(job_hours=4.0, deadline_hours=6.0, restart_hours=0.2, price_ratio=3.0)
+    kw[field] = value
+    with pytest.raises(ConfigError) as err:
+        JobParams(**kw)
+    assert err.value.field == field
+
+
+def test_an_omniscient_plan_too_large_to_hold_is_refused_up_front():
+    params = JobParams(job_hours=2000, deadline_hours=3000, restart_hours=0.2, price_ratio=3.0)
+    with pytest.raises(ConfigError, match="GiB") as err:
+        run_policy("omniscient", [True] * 10, GAP, params)
+    assert err.value.field == "job_hours"
