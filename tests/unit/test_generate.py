@@ -76,3 +76,36 @@ def test_log_likelihood_is_the_sum_of_next_byte_log_probabilities():
     assert log_likelihood(model, b"", b"ab")[1] == 1
     with pytest.raises(ValueError, match="model's context is 128"):
         log_likelihood(model, b"x" * 100, b"y" * 100)
+
+
+def test_a_poison_row_does_not_fail_its_batch_neighbours():
+    from elasticml.serve.generate import Prompt, generate_batch
+
+    torch.manual_seed(2)
+    model = build_model("tiny").eval()
+    good = [Prompt(text=b"import os", max_tokens=8), Prompt(text=b"abc", max_tokens=8, temperature=0.8, seed=7)]
+    # Reached only past the API's validation: logits / 5e-324 overflow to inf; a seed of 2**70 overflows torch.
+    poison = [Prompt(text=b"def", max_tokens=8, temperature=5e-324), Prompt(text=b"x", max_tokens=8, temperature=1.0, seed=2**70)]
+    out = generate_batch(model, [good[0], poison[0], good[1], poison[1]])
+    assert [out[0], out[2]] == generate_batch(model, good)
+    assert len(out[1]) == 8 and len(out[3]) == 8
+    assert out[1] == generate(model, b"def", max_tokens=8)  # an impossible temperature goes greedy
+
+
+def test_seeds_that_torch_would_collide_or_overflow_are_refused_by_the_api_and_distinct_ones_differ():
+    from pydantic import ValidationError
+
+    from elasticml.serve.api import MAX_SEED, CompletionRequest
+
+    for bad in [{"temperature": 5e-324}, {"temperature": 0.001}, {"temperature": float("nan")},
+                {"temperature": float("inf")}, {"temperature": 2.5}, {"seed": 2**64}, {"seed": MAX_SEED + 1},
+                {"seed": -1}]:
+        with pytest.raises(ValidationError) as err:
+            CompletionRequest(prompt="a", **bad)
+        assert err.value.errors()[0]["loc"][0] == next(iter(bad)), bad
+    for ok in [{"temperature": 0}, {"temperature": 0.01}, {"temperature": 2.0}, {"seed": 0}, {"seed": MAX_SEED}]:
+        CompletionRequest(prompt="a", **ok)
+    model = build_model("tiny").eval()
+    a = generate(model, b"abc", max_tokens=24, temperature=1.0, seed=5)
+    b = generate(model, b"abc", max_tokens=24, temperature=1.0, seed=6)
+    assert a != b

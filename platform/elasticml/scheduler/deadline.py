@@ -88,7 +88,10 @@ class TickView:
     preempted: bool
     spot_available: bool
     history: Sequence[bool]
-    """Spot availability before this tick: the zone's history before the job started, then ticks 0..tick-1."""
+    """Spot availability before this tick: the zone's history before the job started, then ticks 0..tick-1.
+
+    The engine's own list, read during `decide` (copying it every tick would make a long trace
+    quadratic); copy it to keep it."""
     params: JobParams
     overhead_left: float = 0.0
     """Hours of the current instance's restart not yet paid (0 once it makes full progress)."""

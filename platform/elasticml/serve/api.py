@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The replica's body limit travels in its environment (set by build_app): the middleware runs before
 # the replica object exists for the request, and the app may be pickled by value onto the replica.
@@ -89,12 +89,27 @@ def authenticate(keys: Any, authorization: str | None, x_api_key: str | None) ->
     return tenant
 
 
+MIN_TEMPERATURE = 0.01
+"""Below this, logits / temperature overflow to inf and sampling is undefined; 0 means greedy."""
+MAX_SEED = 2**32 - 1
+
+
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(min_length=1, max_length=4096, description="Text to continue.")
     max_tokens: int = Field(32, ge=1, le=512, description="Bytes to generate.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy, deterministic.")
-    seed: int | None = Field(None, ge=0, description="Sampling seed, for reproducible sampled output.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False,
+                               description=f"0 = greedy, deterministic; otherwise {MIN_TEMPERATURE} to 2.")
+    # torch's CPU generator keeps only a seed's low 32 bits: a larger seed would silently
+    # share its stream with another one, and 2**64 and above overflow.
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Sampling seed (0 to 2**32 - 1), for reproducible sampled output.")
+
+    @field_validator("temperature")
+    @classmethod
+    def _greedy_or_sampled(cls, value: float) -> float:
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return value
 
 
 class CompletionResponse(BaseModel):

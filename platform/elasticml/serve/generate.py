@@ -54,7 +54,7 @@ def generate_batch(model: Transformer, prompts: list[Prompt]) -> list[bytes]:
     for p in prompts:
         gen = torch.Generator(device=device)
         if p.seed is not None:
-            gen.manual_seed(p.seed)
+            gen.manual_seed(p.seed % 2**32)  # what the CPU generator keeps anyway; never overflows
         generators.append(gen)
     logits = model(tokens, cache)[:, -1]
     out: list[list[int]] = [[] for _ in prompts]
@@ -63,7 +63,9 @@ def generate_batch(model: Transformer, prompts: list[Prompt]) -> list[bytes]:
         for i, p in enumerate(prompts):
             if p.temperature > 0:
                 probs = torch.softmax(logits[i].float() / p.temperature, -1)
-                nxt[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
+                # One row's impossible temperature must not fail its batch neighbours: it goes greedy.
+                if bool(torch.isfinite(probs).all()) and float(probs.sum()) > 0:
+                    nxt[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
             if len(out[i]) < p.max_tokens:
                 out[i].append(int(nxt[i]))
         if step + 1 < steps:
