@@ -120,6 +120,21 @@ def test_repeated_deterministic_requests_hit_the_cache(served):
     assert 0 < after["hit_rate"] <= 1
 
 
+def test_the_cache_is_per_tenant(served):
+    base = f"http://127.0.0.1:{served['port']}"
+    body = {"prompt": "tenant-scoped prompt", "max_tokens": 12}
+
+    def ask(key: str) -> dict:
+        r = httpx.post(f"{base}/v1/completions", json=body, headers={"X-API-Key": key}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    assert [ask(KEY)["cached"], ask(KEY)["cached"]] == [False, True]
+    other = ask(OTHER_KEY)  # the same prompt from another tenant is computed afresh, never served from acme's
+    assert other["cached"] is False
+    assert ask(OTHER_KEY)["cached"] is True
+
+
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
     client = served["client"]
     prompts = [f"request number {i}: " + "x" * (i % 5) for i in range(12)]

@@ -144,3 +144,19 @@ def test_bad_input_and_missing_keys_get_the_same_4xx_through_the_router(release)
     assert httpx.post(f"{base}/v1/completions", json={"prompt": ""}, timeout=60).status_code == 422
     assert httpx.post(f"{base}/v1/score", json={"context": "", "continuation": "a"}, timeout=60).status_code == 422
     assert ask(base, 1) in ("stable", "canary")  # still serving
+
+
+def test_the_router_passes_the_tenant_on_so_the_backend_cache_is_per_tenant(release):
+    from elasticml.serve.auth import new_key
+
+    (a_key, a_digest), (b_key, b_digest) = new_key(), new_key()
+    deploy(release, release["good"], evaluate_after=0, canary_share=0.0, cache_size=64,
+           api_keys={"acme": a_digest, "globex": b_digest})
+    body = {"prompt": "router tenant prompt", "max_tokens": 8}
+
+    def cached(key: str) -> bool:
+        r = httpx.post(f"{release['base']}/v1/completions", json=body, headers={"X-API-Key": key}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["cached"]
+
+    assert [cached(a_key), cached(a_key), cached(b_key), cached(b_key)] == [False, True, False, True]

@@ -132,23 +132,23 @@ class CanaryRouter:
             "release": self.release, "state": self.state, "reason": self.reason, "canary_share": self.share,
             "held_out_nll_per_byte": self.last_scores, "decided_at": time.time()}, indent=2))
 
-    def _auth(self, authorization: str | None, x_api_key: str | None) -> None:
-        authenticate(self.keys, authorization, x_api_key)
+    def _auth(self, authorization: str | None, x_api_key: str | None) -> str | None:
+        return authenticate(self.keys, authorization, x_api_key)
 
     def _pick(self) -> str:
         return "canary" if random.random() < self.share else "stable"
 
-    async def _call(self, version: str, method: str, request: Any) -> Any:
+    async def _call(self, version: str, method: str, request: Any, *args: Any) -> Any:
         """A backend's answer; its refusal (a 4xx, a 504) goes to the client with the same status."""
-        return answer_or_raise(await getattr(self.handles[version], method).remote(request))
+        return answer_or_raise(await getattr(self.handles[version], method).remote(request, *args))
 
     @canary_api.post("/v1/completions", response_model=CompletionResponse)
     async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
                        x_api_key: str | None = Header(None)) -> Any:
-        self._auth(authorization, x_api_key)
+        tenant = self._auth(authorization, x_api_key)
         version = self._pick()
         t0 = time.perf_counter()
-        reply = await self._call(version, "complete", request)
+        reply = await self._call(version, "complete", request, tenant)
         if not reply.cached:
             self.latency[version].append((time.perf_counter() - t0) * 1e3 / max(1, reply.tokens))
         self.requests[version] += 1

@@ -128,7 +128,8 @@ class CompletionService:
                                 detail=f"max_tokens must be below the model's context of {self.context} bytes")
         t0 = time.perf_counter()
         deterministic = request.temperature == 0 or request.seed is not None
-        key = (request.prompt, request.max_tokens, request.temperature if request.temperature else 0.0,
+        # Per tenant: a hit would hand one tenant another's answer, and prove the other sent that prompt.
+        key = (tenant, request.prompt, request.max_tokens, request.temperature if request.temperature else 0.0,
                request.seed if request.temperature else None)
         text = self.cache.get(key) if deterministic else None
         cached = text is not None
@@ -165,8 +166,9 @@ class ModelBackend:
     def __init__(self, config: dict[str, Any]) -> None:
         self.service = CompletionService(config)
 
-    async def complete(self, request: CompletionRequest) -> "CompletionResponse | Refusal":
-        return await refusal_for(self.service.complete(request))
+    async def complete(self, request: CompletionRequest, tenant: str | None = None) -> "CompletionResponse | Refusal":
+        """`tenant`: whom the router in front authenticated (it scopes the response cache)."""
+        return await refusal_for(self.service.complete(request, tenant))
 
     async def score(self, request: ScoreRequest) -> "ScoreResponse | Refusal":
         return await refusal_for(self.service.score(request))

@@ -42,8 +42,8 @@ class PoolRouter:
         self.pools = [dict(p, handle=h, requests=0, failovers=0) for p, h in zip(pools, handles)]
         self.keys = KeyRing(api_keys)
 
-    def _auth(self, authorization: str | None, x_api_key: str | None) -> None:
-        authenticate(self.keys, authorization, x_api_key)
+    def _auth(self, authorization: str | None, x_api_key: str | None) -> str | None:
+        return authenticate(self.keys, authorization, x_api_key)
 
     def _order(self) -> list[dict[str, Any]]:
         """All pools, the first drawn in proportion to its replicas, the others as failovers (base first)."""
@@ -51,12 +51,12 @@ class PoolRouter:
         rest = sorted((p for p in self.pools if p is not first), key=lambda p: p["market"] == "spot")
         return [first, *rest]
 
-    async def _call(self, method: str, request: Any) -> Any:
+    async def _call(self, method: str, request: Any, *args: Any) -> Any:
         last: Exception | None = None
         for i, pool in enumerate(self._order()):
             pool["requests"] += 1
             try:
-                reply = await getattr(pool["handle"], method).remote(request)
+                reply = await getattr(pool["handle"], method).remote(request, *args)
             except (Exception, asyncio.CancelledError) as exc:  # the replica or its node is gone: next pool
                 task = asyncio.current_task()
                 if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
@@ -72,8 +72,7 @@ class PoolRouter:
     @pools_api.post("/v1/completions", response_model=CompletionResponse)
     async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
                        x_api_key: str | None = Header(None)) -> Any:
-        self._auth(authorization, x_api_key)
-        return await self._call("complete", request)
+        return await self._call("complete", request, self._auth(authorization, x_api_key))
 
     @pools_api.post("/v1/score", response_model=ScoreResponse)
     async def score(self, request: ScoreRequest, authorization: str | None = Header(None),
