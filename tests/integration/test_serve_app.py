@@ -120,6 +120,21 @@ def test_repeated_deterministic_requests_hit_the_cache(served):
     assert 0 < after["hit_rate"] <= 1
 
 
+def test_poison_requests_among_40_innocent_ones_fail_alone(served):
+    client = served["client"]
+    innocent = [{"prompt": f"innocent {i}", "max_tokens": 8, "temperature": 0.7, "seed": i} for i in range(40)]
+    poison = [{"prompt": "poison", "max_tokens": 8, "temperature": 5e-324},
+              {"prompt": "poison", "max_tokens": 8, "temperature": 1.0, "seed": 2**64},
+              {"prompt": "poison", "max_tokens": 8, "temperature": 1.0, "seed": 2**32}]
+    bodies = innocent[:20] + poison + innocent[20:]
+    with cf.ThreadPoolExecutor(len(bodies)) as pool:
+        replies = list(pool.map(lambda b: client.post("/v1/completions", json=b), bodies))
+    codes = [r.status_code for r in replies]
+    assert codes[20:23] == [422, 422, 422], [r.text for r in replies[20:23]]
+    assert codes[:20] + codes[23:] == [200] * 40
+    assert all(len(r.json()["completion"].encode()) > 0 for r in replies[:20] + replies[23:])
+
+
 def test_the_cache_is_per_tenant(served):
     base = f"http://127.0.0.1:{served['port']}"
     body = {"prompt": "tenant-scoped prompt", "max_tokens": 12}
