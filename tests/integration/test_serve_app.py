@@ -53,6 +53,7 @@ def test_answers_match_the_loaded_checkpoint(served):
         body = r.json()
         expected = generate(served["model"], prompt.encode(), max_tokens=16).decode("utf-8", errors="replace")
         assert body["completion"] == expected
+        assert body["tokens"] == 16  # bytes generated, whatever U+FFFD the decoding put in the text
         assert body["model_step"] == 42 and body["latency_ms"] > 0
 
 

@@ -68,7 +68,7 @@ class CompletionService:
         model, self.meta = load_model(self.cfg.checkpoint)
         self.context = model.config.max_seq_len
         self.model = prepare(model, device=self.cfg.device, precision=self.cfg.resolved_precision)
-        self.cache: ResponseCache[str] = ResponseCache(self.cfg.cache_size)
+        self.cache: ResponseCache[tuple[str, int]] = ResponseCache(self.cfg.cache_size)  # (text, bytes generated)
         self.keys = KeyRing(self.cfg.api_keys)
         self.batches = 0
         self.batched_requests = 0
@@ -131,17 +131,20 @@ class CompletionService:
         # Per tenant: a hit would hand one tenant another's answer, and prove the other sent that prompt.
         key = (tenant, request.prompt, request.max_tokens, request.temperature if request.temperature else 0.0,
                request.seed if request.temperature else None)
-        text = self.cache.get(key) if deterministic else None
-        cached = text is not None
-        if text is None:
+        hit = self.cache.get(key) if deterministic else None
+        cached = hit is not None
+        if hit is None:
             prompt = Prompt(text=request.prompt.encode("utf-8"), max_tokens=request.max_tokens,
                             temperature=request.temperature, seed=request.seed)
             out = await self._run(self._complete_batch(prompt))
-            text = out.decode("utf-8", errors="replace")
+            # `tokens` counts the bytes generated: re-encoding the text would count each U+FFFD
+            # that stands for a broken byte sequence as 3.
+            hit = (out.decode("utf-8", errors="replace"), len(out))
             if deterministic:
-                self.cache.put(key, text)
+                self.cache.put(key, hit)
+        text, tokens = hit
         self._metrics.record(tenant, cached, self.cache.hit_rate)
-        return CompletionResponse(completion=text, tokens=len(text.encode("utf-8", errors="replace")),
+        return CompletionResponse(completion=text, tokens=tokens,
                                   latency_ms=(time.perf_counter() - t0) * 1e3, model_step=int(self.meta["step"]),
                                   cached=cached)
 
