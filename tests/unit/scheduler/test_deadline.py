@@ -234,19 +234,9 @@ def test_non_finite_gap_and_non_json_traces_are_refused(tmp_path):
 
 @pytest.mark.parametrize("field, value", [
     ("job_hours", float("nan")), ("deadline_hours", float("inf")), ("restart_hours", True), ("price_ratio", "3"),
-])
-def test_job_params_must_be_finite_numbers(field, value):
-    kw = dict(job_hours=4.0, deadline_hours=6.0, restart_hours=0.2, price_ratio=3.0)
-    kw[field] = value
-    with pytest.raises(ConfigError) as err:
-        JobParams(**kw)
-    assert err.value.field == field
-
-
-@pytest.mark.parametrize("field, value", [
     ("job_hours", 1e9), ("deadline_hours", 1e6), ("price_ratio", 1e6), ("job_hours", -1.0),
 ])
-def test_job_params_are_bounded(field, value):
+def test_job_params_must_be_finite_bounded_numbers(field, value):
     kw = dict(job_hours=4.0, deadline_hours=6.0, restart_hours=0.2, price_ratio=3.0)
     kw[field] = value
     with pytest.raises(ConfigError) as err:
