@@ -90,6 +90,6 @@ def test_the_serve_app_answers_from_a_checkpoint_on_s3(local_cluster, s3_env, tm
         assert r.status_code == 200, r.text
         assert r.json()["completion"] == generate(model, b"def ", max_tokens=12).decode("utf-8", errors="replace")
         assert r.json()["model_step"] == 3
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["checkpoint"] == "s3://models/run/checkpoint_3"
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/health").json()["checkpoint"] == "s3://models/run/checkpoint_3"
     finally:
         serve.shutdown()

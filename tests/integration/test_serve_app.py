@@ -73,7 +73,7 @@ def test_cpu_replicas_default_to_int8_and_stay_close_to_fp32(served):
 
     serve.run(build_app({"checkpoint": str(served["folder"])}), name="int8", route_prefix="/int8")
     base = f"http://127.0.0.1:{served['port']}/int8"
-    assert httpx.get(f"{base}/healthz").json()["precision"] == "int8"
+    assert httpx.get(f"{base}/v1/health").json()["precision"] == "int8"  # no keys on this app
     r = httpx.post(f"{base}/v1/completions", json={"prompt": "def main(", "max_tokens": 16}, timeout=60)
     assert r.json()["completion"] == generate(served["int8"], b"def main(", max_tokens=16).decode(errors="replace")
     score = httpx.post(f"{base}/v1/score", json={"context": "def ", "continuation": "main():"}, timeout=60).json()
@@ -89,8 +89,26 @@ def test_the_openapi_schema_is_published(served):
 
 
 def test_replica_runs_on_the_market_it_was_placed_on(served):
-    health = served["client"].get("/healthz").json()
+    health = served["client"].get("/v1/health").json()
     assert health["market"] == "reserved" and health["node_type"] == "cpu_reserved"
+
+
+def test_open_health_says_only_ok_and_the_details_need_a_key(served):
+    base = f"http://127.0.0.1:{served['port']}"
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/v1/health").status_code == 401
+    details = served["client"].get("/v1/health").json()
+    assert details["checkpoint"] == str(served["folder"]) and details["step"] == 42
+
+
+def test_completion_and_score_refuse_what_does_not_fit_the_context_alike(served):
+    client = served["client"]
+    long_prompt = "y" * 120  # the tiny model's context is 128 bytes
+    r = client.post("/v1/completions", json={"prompt": long_prompt, "max_tokens": 16})
+    assert r.status_code == 422 and "is 136; the model's context is 128" in r.text
+    r = client.post("/v1/score", json={"context": long_prompt, "continuation": "z" * 16})
+    assert r.status_code == 422 and "model's context is 128" in r.text
+    assert client.post("/v1/completions", json={"prompt": long_prompt, "max_tokens": 8}).status_code == 200
 
 
 def test_no_key_or_a_wrong_key_is_401_and_keys_are_per_tenant(served):

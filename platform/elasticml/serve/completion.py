@@ -3,7 +3,9 @@
 Endpoints (schema at `/openapi.json`):
 - `POST /v1/completions` {"prompt", "max_tokens", "temperature", "seed"} -> {"completion", ...}
 - `POST /v1/score` {"context", "continuation"} -> log-likelihood of the continuation
-- `GET /healthz` (open) and `GET /v1/stats` (cache hit rate, batch sizes)
+- `GET /healthz` (open: `{"status": "ok"}`, all a load balancer needs), `GET /v1/health` (the
+  checkpoint, step, device, precision, market, node type, replica: behind a key) and
+  `GET /v1/stats` (cache hit rate, batch sizes)
 
 Requests are batched by `@serve.batch` (prompts of different lengths in one
 forward pass, see `elasticml.serve.generate`); repeated deterministic requests
@@ -126,6 +128,11 @@ class CompletionService:
         if request.max_tokens >= self.context:
             raise HTTPException(status_code=422,
                                 detail=f"max_tokens must be below the model's context of {self.context} bytes")
+        needed = len(request.prompt.encode("utf-8")) + request.max_tokens
+        if needed > self.context:
+            # Refused, as /v1/score refuses: cutting the prompt silently would answer another question.
+            raise HTTPException(status_code=422, detail=f"prompt bytes + max_tokens is {needed}; the model's context "
+                                f"is {self.context} bytes")
         t0 = time.perf_counter()
         deterministic = request.temperature == 0 or request.seed is not None
         # Per tenant: a hit would hand one tenant another's answer, and prove the other sent that prompt.
@@ -186,6 +193,12 @@ class Completer:
     # async: a plain def would make FastAPI hop to its thread pool for a few dictionary lookups
     @api.get("/healthz")
     async def healthz(self) -> dict:
+        # Open to anyone who can reach the port: nothing about the model, its storage or its node.
+        return {"status": "ok"}
+
+    @api.get("/v1/health")
+    async def health(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
+        self.service.tenant(authorization, x_api_key)
         return self.service.health()
 
     @api.get("/v1/stats")
