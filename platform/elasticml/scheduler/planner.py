@@ -132,7 +132,7 @@ class StochasticDPPolicy:
         t0 = view.tick
         T = math.ceil(p.deadline_hours / g - 1e-9)
         A = max(2, math.ceil(self.max_age_hours / g))
-        K_max = max(1, math.ceil(d / (g / self.units_per_tick) / self.units_per_tick))
+        K_max = max(1, math.ceil(d / g - 1e-9))  # = K below for any R: ceil(ceil(xR) / R) == ceil(x)
         per_unit = (T - t0) * (1 + 2 * K_max) * 2 * A
         max_units = max(2, min(self.max_slack_units, self.max_table_bytes // max(1, per_unit)))
         R = self.units_per_tick
@@ -146,7 +146,8 @@ class StochasticDPPolicy:
         # in less slack than there is, which costs money, never deadlines.
         n_slack = min(max_units, math.floor(slack_room / u + 1e-9) + 1)
         model = spot_model.fit(
-            view.history if self.model_history is None else self.model_history, g, max_age=A, prior_mean_hours=self.prior_mean_hours, prior_weight=self.prior_weight,
+            view.history if self.model_history is None else self.model_history, g,
+            max_age=A, prior_mean_hours=self.prior_mean_hours, prior_weight=self.prior_weight,
         )
         cont = model.continue_probability()  # (2, A)
         older = np.minimum(np.arange(A) + 1, A - 1)
@@ -193,4 +194,5 @@ class StochasticDPPolicy:
             best[V >= _BIG / 2] = 2  # nothing feasible: on-demand is as good as anything
             V[..., remaining <= 1e-9] = 0.0
             table[t - t0] = best
-        return _Plan(start_tick=t0, history_ticks=len(view.history), unit_hours=u, overhead_units=O, ages=K, max_age=A, table=table)
+        return _Plan(start_tick=t0, history_ticks=len(view.history), unit_hours=u, overhead_units=O, ages=K,
+                     max_age=A, table=table)
