@@ -54,7 +54,6 @@ class _Plan:
     start_tick: int
     history_ticks: int
     unit_hours: float
-    overhead_units: int
     ages: int
     """K: ticks after which an instance's restart is paid off."""
     max_age: int
@@ -194,5 +193,5 @@ class StochasticDPPolicy:
             best[V >= _BIG / 2] = 2  # nothing feasible: on-demand is as good as anything
             V[..., remaining <= 1e-9] = 0.0
             table[t - t0] = best
-        return _Plan(start_tick=t0, history_ticks=len(view.history), unit_hours=u, overhead_units=O, ages=K,
+        return _Plan(start_tick=t0, history_ticks=len(view.history), unit_hours=u, ages=K,
                      max_age=A, table=table)

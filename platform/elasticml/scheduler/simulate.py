@@ -23,22 +23,22 @@ from elasticml.scheduler.policies import DEFAULT_POLICY, NAMES, run_policy
 from elasticml.scheduler.traces import load_trace
 
 
-def _hours(text: str) -> float:
+def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number of hours, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m elasticml.scheduler.simulate", description=__doc__.splitlines()[0])
     p.add_argument("--trace", required=True, help="trace JSON: {\"metadata\": {\"gap_seconds\": G}, \"data\": [0/1, ...]}, 0 = spot available")
-    p.add_argument("--job-hours", type=_hours, required=True)
-    p.add_argument("--deadline-hours", type=_hours, required=True)
-    p.add_argument("--restart-hours", type=_hours, required=True)
-    p.add_argument("--price-ratio", type=_hours, required=True, help="on-demand price per hour / spot price per hour")
-    p.add_argument("--start-hour", type=_hours, default=0.0, help="trace hour at which the job starts (default 0)")
-    p.add_argument("--history-hours", type=_hours, default=None,
+    p.add_argument("--job-hours", type=_finite, required=True)
+    p.add_argument("--deadline-hours", type=_finite, required=True)
+    p.add_argument("--restart-hours", type=_finite, required=True)
+    p.add_argument("--price-ratio", type=_finite, required=True, help="on-demand price per hour / spot price per hour")
+    p.add_argument("--start-hour", type=_finite, default=0.0, help="trace hour at which the job starts (default 0)")
+    p.add_argument("--history-hours", type=_finite, default=None,
                    help="hours of the trace before --start-hour that the policy may see (default: all of them; 0: none)")
     p.add_argument("--policy", default=DEFAULT_POLICY, help=f"one of {', '.join(NAMES)} (default {DEFAULT_POLICY})")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
