@@ -5,8 +5,12 @@
         --data ~/.elasticml/corpus --steps 20 --workers 2 --market spot
 
 With --tenant (and --priority, --deadline-hours), the job asks the cluster's
-cost-aware scheduler where to run: its placement sets the pool and the number
-of workers, and the job reports itself finished at the end.
+cost-aware scheduler where to run and then follows it: its placement sets the
+pool and the number of workers; when the scheduler moves the job (spot lost or
+back, a deadline policy's choice, cheaper capacity), the workers checkpoint at
+their next report point, the run ends, and a new run resumes from that
+checkpoint on the new pool. It reports its progress and, at the end, that it
+finished.
 
 Flags override a YAML file given with --config. The last line printed is a
 JSON summary (`{"event": "train_done", "checkpoint": ..., ...}`) that tools
@@ -50,12 +54,17 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, dict]:
     p.add_argument("--async-upload", dest="async_upload", action="store_true", default=None)
     p.add_argument("--report-every", dest="report_every", type=int)
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    p.add_argument("--min-step-seconds", dest="min_step_seconds", type=float,
+                   help="pace: each step lasts at least this long (replays map work to trace hours by it)")
     p.add_argument("--tenant", help="ask the scheduler for a placement, as this tenant")
     p.add_argument("--priority", default="normal", help="critical | high | normal | low | preemptible")
     p.add_argument("--expected-hours", type=float, default=1.0)
     p.add_argument("--deadline-hours", type=float)
+    p.add_argument("--restart-hours", type=float, help="what a move costs, in hours [default: min(0.1, expected / 4)]")
+    p.add_argument("--max-wait-s", type=float, default=3600.0, help="give up if not placed for this long")
     args = vars(p.parse_args(argv))
-    scheduling = {k: args.pop(k) for k in ("tenant", "priority", "expected_hours", "deadline_hours")}
+    scheduling = {k: args.pop(k) for k in ("tenant", "priority", "expected_hours", "deadline_hours", "restart_hours",
+                                           "max_wait_s")}
     config_file = args.pop("config")
     known = {f.name for f in fields(TrainConfig)}
     overrides = {k: v for k, v in args.items() if v is not None and k in known}
@@ -65,41 +74,144 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, dict]:
     return TrainConfig.from_dict(overrides, source="flags"), scheduling
 
 
-def ask_scheduler(cfg: TrainConfig, scheduling: dict) -> tuple[TrainConfig, object]:
-    """Submit this run to the scheduler; the config with its placement, and the client."""
+def scheduled_spec(cfg: TrainConfig, scheduling: dict) -> object:
+    from elasticml.scheduler.spec import WorkloadSpec
+
+    hours = scheduling["expected_hours"]
+    return WorkloadSpec(
+        name=cfg.run_name, tenant=scheduling["tenant"], kind="training", priority=scheduling["priority"],
+        cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=1.0 if cfg.use_gpu else 0.0,
+        min_workers=1, max_workers=cfg.num_workers, expected_hours=hours, deadline_hours=scheduling["deadline_hours"],
+        checkpoint_interval_hours=hours * cfg.checkpoint_every / cfg.steps if cfg.checkpoint_every else hours / 10,
+        restart_overhead_hours=scheduling["restart_hours"] if scheduling["restart_hours"] is not None else min(0.1, hours / 4),
+    )
+
+
+class Follower:
+    """Watches this job's placement from the driver; raises the stop flag when the scheduler moves it."""
+
+    def __init__(self, sched: object, name: str, epoch: int, flag: object, period_s: float = 1.0) -> None:
+        import threading
+
+        self.sched, self.name, self.epoch, self.flag, self.period_s = sched, name, epoch, flag, period_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="follow-placement")
+
+    def __enter__(self) -> Follower:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import ray
+
+        while not self._done.wait(self.period_s):
+            try:
+                now = self.sched.placement(self.name)
+            except Exception as exc:  # the scheduler restarting: keep training, ask again
+                print(json.dumps({"event": "scheduler_unreachable", "error": str(exc)[:200]}), flush=True)
+                continue
+            if now is not None and now.epoch != self.epoch:
+                ray.get(self.flag.request.remote(f"{now.state}: {now.reason}"))
+                return
+
+
+def progress_callback(name: str, steps: int) -> object:
+    """A Ray Train callback (on the run's controller) that tells the scheduler the share of steps done."""
+    from ray.train import UserCallback
+
+    class Progress(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):  # type: ignore[no-untyped-def]
+            import ray
+
+            from elasticml.scheduler.actor import ACTOR_NAME, NAMESPACE
+
+            step = metrics[0].get("step") if metrics else None
+            if step is not None:
+                actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+                actor.report_progress.remote(name, min(1.0, step / steps))  # fire and forget
+
+    return Progress()
+
+
+def started_hook(name: str, epoch: int) -> object:
+    """Called by rank 0 once a run is up: tells the scheduler, and returns how long to wait before training."""
+
+    def started() -> float:
+        import ray
+
+        from elasticml.scheduler.actor import ACTOR_NAME, NAMESPACE
+
+        return float(ray.get(ray.get_actor(ACTOR_NAME, namespace=NAMESPACE).run_started.remote(name, epoch), timeout=60))
+
+    return started
+
+
+def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConfig]:
+    """Train where the scheduler says, and follow it: a move checkpoints, stops and resumes on the new placement."""
     import dataclasses
 
     import ray
 
+    from elasticml.errors import SchedulerError
     from elasticml.scheduler.client import SchedulerClient
-    from elasticml.scheduler.spec import WorkloadSpec
+    from elasticml.train.launch import fit, stop_flag
 
-    spec = WorkloadSpec(
-        name=cfg.run_name, tenant=scheduling["tenant"], kind="training", priority=scheduling["priority"],
-        cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=1.0 if cfg.use_gpu else 0.0,
-        min_workers=1, max_workers=cfg.num_workers, expected_hours=scheduling["expected_hours"],
-        deadline_hours=scheduling["deadline_hours"], checkpoint_interval_hours=scheduling["expected_hours"] / 10,
-    )
+    spec = scheduled_spec(cfg, scheduling)
     ray.init(logging_level="ERROR")
     sched = SchedulerClient.connect()
-    decision = sched.submit(spec.to_dict())[0]
-    print(json.dumps({"event": "placement", "action": decision["action"], "reason": decision["reason"],
-                      "scaling_config": decision["scaling_config"]}), flush=True)
-    if decision["action"] != "place":
-        raise ElasticMLError(f"the scheduler did not place {cfg.run_name}: {decision['action']}: {decision['reason']}")
-    sc = decision["scaling_config"]
-    workers = min(sc["num_workers"], cfg.global_batch)
-    placed = dataclasses.replace(cfg, node_type=sc["label_selector"]["elasticml.io/node-type"], num_workers=workers,
-                                 min_workers=min(cfg.min_workers, workers) if cfg.min_workers else None)
-    return placed, sched
+    placement = sched.place(spec, attach=ray.get_runtime_context().get_job_id())
+    flag = stop_flag()
+    waited_s, result, run_cfg = 0.0, None, cfg
+    try:
+        while True:
+            print(json.dumps({"event": "placement", **placement.to_dict()}), flush=True)
+            while not placement.placed:
+                if waited_s > scheduling["max_wait_s"]:
+                    raise SchedulerError(f"{cfg.run_name} waited {waited_s:.0f}s to be placed: {placement.reason}")
+                time.sleep(1.0)
+                waited_s += 1.0
+                placement = sched.placement(cfg.run_name)
+                if placement is None:
+                    raise SchedulerError(f"the scheduler forgot {cfg.run_name}")
+            workers = min(placement.workers, cfg.global_batch)
+            run_cfg = dataclasses.replace(cfg, node_type=placement.node_type, num_workers=workers,
+                                          min_workers=min(cfg.min_workers, workers) if cfg.min_workers else None)
+            ray.get(flag.clear.remote())
+            with Follower(sched, cfg.run_name, placement.epoch, flag):
+                result = fit(run_cfg, stop=flag, callbacks=[progress_callback(cfg.run_name, cfg.steps)],
+                             started=started_hook(cfg.run_name, placement.epoch))
+            step = (result.metrics or {}).get("step", 0)
+            if result.error is not None or step >= cfg.steps:
+                return result, run_cfg
+            placement = sched.placement(cfg.run_name)
+            if placement is None:
+                raise SchedulerError(f"the scheduler forgot {cfg.run_name}")
+            saved = _checkpoint_step(result)
+            print(json.dumps({"event": "moved", "at_step": step, "checkpoint_step": saved, "to": placement.node_type,
+                              "state": placement.state, "reason": placement.reason}), flush=True)
+    finally:
+        sched.finish(cfg.run_name)
+        ray.kill(flag)
+
+
+def _checkpoint_step(result: object) -> int | None:
+    """The step of the run's last checkpoint: where the next run resumes."""
+    from elasticml.train.checkpoint import read_meta
+
+    ckpt = getattr(result, "checkpoint", None)
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as folder:
+        return int(read_meta(folder)["step"])
 
 
 def main(argv: list[str]) -> int:
     try:
         cfg, scheduling = parse_args(argv)
-        sched = None
-        if scheduling["tenant"]:
-            cfg, sched = ask_scheduler(cfg, scheduling)
     except ElasticMLError as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
@@ -107,10 +219,13 @@ def main(argv: list[str]) -> int:
 
     t0 = time.time()
     try:
-        result = fit(cfg)
-    finally:
-        if sched is not None:
-            sched.finish(cfg.run_name)
+        if scheduling["tenant"]:
+            result, cfg = run_scheduled(cfg, scheduling)
+        else:
+            result = fit(cfg)
+    except ElasticMLError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
     summary = {
         "event": "train_done",
         "run_name": cfg.run_name,

@@ -24,6 +24,7 @@ def elasticml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     os.environ["ELASTICML_HOME"] = str(home)
     # Report polls are what small runs wait on; see DEVELOPERS.md.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    os.environ.setdefault("ELASTICML_CONTROLLER_TICK_S", "1")  # the scheduler's controller looks every second
     yield home
     if old is None:
         os.environ.pop("ELASTICML_HOME", None)

@@ -50,14 +50,30 @@ _name_option = click.option("--name", default="local", show_default=True, help="
 @_name_option
 @click.option("--port", type=int, default=6379, show_default=True, help="GCS port.")
 @click.option("--dashboard-port", type=int, default=8265, show_default=True, help="Dashboard / job API port.")
-def cluster_up(config_path: Path | None, name: str, port: int, dashboard_port: int) -> None:
+@click.option("--spot-trace", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Replay this spot availability trace on the spot node types (0 = available).")
+@click.option("--start-hour", type=float, default=0.0, show_default=True, help="Trace hour the replay starts at.")
+@click.option("--seconds-per-hour", type=float, default=20.0, show_default=True, help="Wall seconds per trace hour.")
+@click.option("--price-ratio", type=float, default=3.0, show_default=True, help="On-demand / spot price.")
+@click.option("--notice-seconds", type=float, default=8.0, show_default=True,
+              help="Seconds between an outage's interruption notice and the reclaim of spot nodes.")
+def cluster_up(config_path: Path | None, name: str, port: int, dashboard_port: int, spot_trace: Path | None,
+               start_hour: float, seconds_per_hour: float, price_ratio: float, notice_seconds: float) -> None:
     """Start the head; worker nodes come and go with demand for their labels."""
     from elasticml.cluster import LocalCluster, load_cluster_spec
+    from elasticml.cluster.spot_market import MarketSettings
     from elasticml.repo import default_cluster_config
 
     spec = load_cluster_spec(config_path or default_cluster_config())
+    market = None
+    if spot_trace is not None:
+        from elasticml.scheduler.traces import load_trace
+
+        load_trace(spot_trace)  # a bad trace is refused before anything starts
+        market = MarketSettings(trace=str(spot_trace.resolve()), start_hour=start_hour,
+                                seconds_per_hour=seconds_per_hour, price_ratio=price_ratio, notice_seconds=notice_seconds)
     t0 = time.monotonic()
-    info = LocalCluster(name).up(spec, port=port, dashboard_port=dashboard_port)
+    info = LocalCluster(name).up(spec, port=port, dashboard_port=dashboard_port, market=market)
     click.echo(f"cluster {name!r} is up in {time.monotonic() - t0:.1f}s (supervisor PID {info.pid})")
     click.echo(f"  GCS        {info.gcs_address}")
     click.echo(f"  dashboard  {info.dashboard_url}")
@@ -154,91 +170,181 @@ def scheduler() -> None:
     """Place workloads on spot, on-demand or reserved capacity, and explain why."""
 
 
-def _scheduler(name: str, config: Path | None = None):  # type: ignore[no-untyped-def]
+_address_option = click.option(
+    "--address", default=None,
+    help="GCS address (host:port) of a `ray up` or KubeRay cluster [default: $RAY_ADDRESS when it is one, "
+         "else the local cluster --name].")
+
+
+def _connect(name: str, address: str | None) -> None:
+    """A Ray driver connection to the cluster: --address, then $RAY_ADDRESS (a GCS address), else the local cluster."""
+    import os
+
+    import ray
+
     from elasticml.cluster import LocalCluster
+
+    env = os.environ.get("RAY_ADDRESS", "")
+    address = address or (env if env and "://" not in env else None)  # http:// is the job API, not the GCS
+    if address:
+        if not ray.is_initialized():
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        return
+    LocalCluster(name).require_info().connect()
+
+
+def _scheduler(name: str, address: str | None = None):  # type: ignore[no-untyped-def]
     from elasticml.scheduler.client import SchedulerClient
 
-    LocalCluster(name).require_info().connect()
-    return SchedulerClient.connect(cluster_config=config, cluster_name=name)
+    _connect(name, address)
+    return SchedulerClient.connect()
 
 
-def _echo_decisions(decisions: list[dict]) -> None:  # type: ignore[type-arg]
-    for d in decisions:
-        where = ", ".join(f"{a['workers']}x {a['node_type']} ({a['market']})" for a in d["allocations"])
-        cost = f" ${d['hourly_cost']:.4f}/h" if d["allocations"] else ""
-        click.echo(f"{d['workload']}: {d['action']}{' -> ' + where if where else ''}{cost}")
-        click.echo(f"  why: {d['reason']}")
+def _echo_records(records: list[dict]) -> None:  # type: ignore[type-arg]
+    for d in records:
+        allocs = d.get("allocations", [])
+        where = ", ".join(f"{a['workers']}x {a['node_type']} ({a['market']})" for a in allocs)
+        cost = f" ${d['hourly_cost']:.4f}/h" if allocs else ""
+        click.echo(f"{d['workload']}: {d['action']}{' -> ' + where if where else ''}{cost}" if "workload" in d
+                   else f"{d.get('event', d.get('action'))}")
+        click.echo(f"  why: {d.get('reason', d.get('why', ''))}")
         if d.get("ray_options"):
             click.echo(f"  ray options: {json.dumps(d['ray_options'])}")
+
+
+def _echo_placement(p) -> None:  # type: ignore[no-untyped-def]
+    where = ", ".join(f"{a.workers}x {a.node_type} ({a.market})" for a in p.allocations)
+    click.echo(f"{p.workload}: {p.state}{' -> ' + where if where else ''}" + (f" ${p.hourly_cost:.4f}/h" if where else ""))
+    click.echo(f"  why: {p.reason}")
+    if p.ray_options:
+        click.echo(f"  ray options: {json.dumps(p.ray_options)}")
+
+
+@scheduler.command("start")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The running cluster's YAML [default: $ELASTICML_CLUSTER_CONFIG, else the launcher's "
+                   "~/ray_bootstrap_config.yaml].")
+@click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SQLite ledger on the head [default: ~/.elasticml/scheduler/CLUSTER/ledger.sqlite].")
+@click.option("--tick-seconds", type=float, default=None, help="Controller period [default 10].")
+@click.option("--seconds-per-hour", type=float, default=None, help="Wall seconds per scheduler hour [default 3600].")
+@click.option("--spot-market", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A replayed spot market's file (written by `cluster up --spot-trace`).")
+@_name_option
+@_address_option
+def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_seconds: float | None,
+                    seconds_per_hour: float | None, spot_market: Path | None, name: str, address: str | None) -> None:
+    """Create the cluster's scheduler (once per cluster; `cluster up` does it for local clusters)."""
+    from dataclasses import replace
+
+    from elasticml.cluster import load_cluster_spec
+    from elasticml.scheduler.actor import ControllerConfig
+    from elasticml.scheduler.client import SchedulerClient, running_cluster_config
+
+    spec = load_cluster_spec(running_cluster_config(config_path))  # refuse a bad config before touching the cluster
+    controller = ControllerConfig.from_env()
+    overrides = {k: v for k, v in (("tick_seconds", tick_seconds), ("seconds_per_hour", seconds_per_hour)) if v is not None}
+    if spot_market is not None:
+        from elasticml.cluster.spot_market import SpotMarket
+
+        SpotMarket.load(spot_market)  # readable and valid before the actor is made to read it
+        overrides["market"] = str(spot_market.resolve())
+    controller = replace(controller, **overrides)
+    _connect(name, address)
+    st = SchedulerClient.start(spec, ledger_path=ledger_path, controller=controller).status()
+    if spot_market is not None:
+        from elasticml.cluster.spot_market import start_driver
+
+        start_driver(spot_market.resolve(), [p["node_type"] for p in st["pools"] if p["market"] == "spot"])
+    click.echo(f"scheduler of cluster {st['cluster']!r} ({st['config']}): pools "
+               + ", ".join(f"{p['node_type']} ({p['market']})" for p in st["pools"]))
 
 
 @scheduler.command("submit")
 @click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
 @_name_option
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def scheduler_submit(spec_file: Path, name: str, config_path: Path | None) -> None:
+@_address_option
+def scheduler_submit(spec_file: Path, name: str, address: str | None) -> None:
     """Place the workload described in SPEC_FILE (YAML)."""
+    from elasticml.scheduler.spec import WorkloadSpec
+
+    raw = _read_yaml(spec_file)
+    spec = WorkloadSpec.from_dict(raw, source=str(spec_file))  # refuse bad specs before touching the cluster
+    _echo_placement(_scheduler(name, address).place(spec))
+
+
+def _read_yaml(path: Path):  # type: ignore[no-untyped-def]
     import yaml
 
     from elasticml.errors import ConfigError
-    from elasticml.scheduler.spec import WorkloadSpec
 
     try:
-        raw = yaml.safe_load(spec_file.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError("no such file", source=str(spec_file)) from None
+        raise ConfigError("no such file", source=str(path)) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", source=str(spec_file)) from None
-    spec = WorkloadSpec.from_dict(raw, source=str(spec_file))  # refuse bad specs before touching the cluster
-    _echo_decisions(_scheduler(name, config_path).submit(spec.to_dict()))
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"not valid YAML{where}: {problem}", source=str(path)) from None
 
 
 @scheduler.command("status")
 @_name_option
+@_address_option
 @click.option("--json", "as_json", is_flag=True)
-def scheduler_status(name: str, as_json: bool) -> None:
-    """Pools, what runs where, and the queue."""
-    st = _scheduler(name).status()
+def scheduler_status(name: str, address: str | None, as_json: bool) -> None:
+    """Pools, what runs where, what the controller steers, and the queue."""
+    st = _scheduler(name, address).status()
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
-    click.echo(f"price catalog {st['catalog_version']}")
+    click.echo(f"cluster {st['cluster']} ({st['config']}), price catalog {st['catalog_version']}")
+    click.echo(f"  {'POOL':<16} {'MARKET':<10} {'INSTANCE':<12} {'$/NODE-H':>9} NODES")
     for p in st["pools"]:
         flag = "  INTERRUPTED" if p["interrupted"] else ""
-        click.echo(f"  {p['node_type']:<16} {p['market']:<10} {p['instance_type']:<12} ${p['hourly_price']:.4f}/h "
-                   f"{p['used_nodes']}/{p['max_nodes']} nodes{flag}")
+        click.echo(f"  {p['node_type']:<16} {p['market']:<10} {p['instance_type']:<12} {p['hourly_price']:>9.4f} "
+                   f"{p['used_nodes']}/{p['max_nodes']}{flag}")
     for w, allocs in st["running"].items():
         click.echo(f"  running {w}: " + ", ".join(f"{a['workers']}x {a['node_type']}" for a in allocs))
+    for w, s in st["steered"].items():
+        click.echo(f"  steered {w}: {s['policy']} on {s['instance']}, {s['progress_hours']:.3g}h done, {s['restarts']} restarts")
     if st["queued"]:
         click.echo(f"  queued: {', '.join(st['queued'])}")
+    if st["paused"]:
+        click.echo(f"  paused (waiting for spot): {', '.join(st['paused'])}")
 
 
 @scheduler.command("explain")
 @click.argument("workload")
 @_name_option
-def scheduler_explain(workload: str, name: str) -> None:
-    """Every decision taken for WORKLOAD, with its reason."""
-    decisions = _scheduler(name).explain(workload)
-    if not decisions:
+@_address_option
+def scheduler_explain(workload: str, name: str, address: str | None) -> None:
+    """Every decision taken for WORKLOAD, with its reason (`_events` for node losses)."""
+    records = _scheduler(name, address).explain(workload)
+    if not records:
         click.echo(f"no decisions recorded for {workload!r}")
-    _echo_decisions(decisions)
+    _echo_records(records)
 
 
 @scheduler.command("finish")
 @click.argument("workload")
 @_name_option
-def scheduler_finish(workload: str, name: str) -> None:
+@_address_option
+def scheduler_finish(workload: str, name: str, address: str | None) -> None:
     """Mark WORKLOAD done: its capacity goes to the queue and to cheaper moves."""
-    _echo_decisions(_scheduler(name).finish(workload))
+    _scheduler(name, address).finish(workload)
+    click.echo(f"{workload}: finished")
 
 
 @scheduler.command("interrupt")
 @click.argument("node_type")
 @_name_option
-def scheduler_interrupt(node_type: str, name: str) -> None:
+@_address_option
+def scheduler_interrupt(node_type: str, name: str, address: str | None) -> None:
     """Report a spot interruption notice for NODE_TYPE; its work is re-placed."""
-    result = _scheduler(name).interrupt(node_type)
-    _echo_decisions(result["decisions"])
+    result = _scheduler(name, address).interrupt(node_type)
+    _echo_records(result["decisions"])
     click.echo(f"drained {len(result['drained_nodes'])} node(s) of {node_type} as preempted")
 
 
@@ -249,10 +355,11 @@ def cost() -> None:
 
 @cost.command("report")
 @_name_option
+@_address_option
 @click.option("--json", "as_json", is_flag=True)
-def cost_report(name: str, as_json: bool) -> None:
+def cost_report(name: str, address: str | None, as_json: bool) -> None:
     """Cost per tenant, workload and market, and savings against all on-demand."""
-    report = _scheduler(name).cost_report()
+    report = _scheduler(name, address).cost_report()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import fields
 from typing import Any, TypeVar
 
@@ -24,3 +26,23 @@ def from_mapping(cls: type[T], raw: Any, *, source: str) -> T:
         raise ConfigError(str(exc), source=source) from None
     except TypeError as exc:  # a required field missing, or a value of the wrong type
         raise ConfigError(str(exc).replace("__init__() ", "").replace(f"{cls.__name__}.", ""), source=source) from None
+
+
+def check_number(value: Any, *, field: str, lo: float, hi: float, integer: bool = False) -> None:
+    """A real number (not a bool), finite, in [lo, hi]; an int when `integer`."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        want = "an integer" if integer else "a number"
+        raise ConfigError(f"must be {want}, got {type(value).__name__} {str(value)[:40]!r}", field=field)
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise ConfigError(f"must be in [{lo:g}, {hi:g}], got {value!r}", field=field)
+
+
+def check_text(value: Any, *, field: str, max_len: int, pattern: str | None = None) -> None:
+    """A non-empty string of at most max_len characters, matching `pattern` (a full match) when given."""
+    if not isinstance(value, str):
+        raise ConfigError(f"must be a string, got {type(value).__name__}", field=field)
+    if not value or len(value) > max_len:
+        raise ConfigError(f"must be 1 to {max_len} characters, got {len(value)}", field=field)
+    if pattern is not None and re.fullmatch(pattern, value) is None:
+        raise ConfigError(f"must match {pattern} (got {value[:40]!r})", field=field)

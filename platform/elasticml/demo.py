@@ -103,20 +103,21 @@ def _quiet_ray_loggers() -> None:
 
 def _schedule(info: ClusterInfo, say: Callable[[str], None], results: dict[str, object]):  # type: ignore[no-untyped-def]
     from elasticml.scheduler.client import SchedulerClient
+    from elasticml.scheduler.spec import WorkloadSpec
 
     say("== 3/9 scheduler: where each workload goes, and why")
     info.connect()
-    sched = SchedulerClient.connect(cluster_name=info.name)
-    endpoint = sched.submit({"name": "completion-endpoint", "tenant": "product", "kind": "serving",
-                             "priority": "critical", "min_workers": 1, "max_workers": 1, "expected_hours": 24})
-    train = sched.submit({"name": "nightly-train", "tenant": "research", "kind": "training", "priority": "low",
-                          "min_workers": 2, "max_workers": 2, "expected_hours": 0.05, "checkpoint_interval_hours": 0.01})
-    for d in endpoint + train:
-        where = ", ".join(f"{a['workers']}x {a['node_type']}" for a in d["allocations"])
-        say(f"   {d['workload']}: {d['action']} -> {where} (${d['hourly_cost']:.4f}/h)")
-        say(f"      why: {d['reason']}")
-    train_market = train[-1]["allocations"][0]["market"]
-    serve_market = endpoint[-1]["allocations"][0]["market"]
+    sched = SchedulerClient.connect()
+    endpoint = sched.place(WorkloadSpec(name="completion-endpoint", tenant="product", kind="serving",
+                                        priority="critical", min_workers=1, max_workers=1, expected_hours=24))
+    train = sched.place(WorkloadSpec(name="nightly-train", tenant="research", kind="training", priority="low",
+                                     min_workers=2, max_workers=2, expected_hours=0.05, checkpoint_interval_hours=0.01))
+    for p in (endpoint, train):
+        where = ", ".join(f"{a.workers}x {a.node_type}" for a in p.allocations)
+        say(f"   {p.workload}: {p.state} -> {where} (${p.hourly_cost:.4f}/h)")
+        say(f"      why: {p.reason}")
+    train_market = train.market
+    serve_market = endpoint.market
     results["placements"] = {"training": train_market, "serving": serve_market}
     return sched, train_market, serve_market
 

@@ -11,7 +11,10 @@ The hierarchy::
     │   └── HeadStartFailed        the Ray head process exited while starting
     ├── AuthError                  the cluster's token is missing or unreadable
     ├── DataError                  a corpus directory is missing or incomplete
-    └── CheckpointError            a checkpoint is missing, incomplete or of the wrong format
+    ├── CheckpointError            a checkpoint is missing, incomplete or of the wrong format
+    └── SchedulerError             the cluster's scheduler cannot answer
+        ├── SchedulerNotRunning    no scheduler actor on this cluster
+        └── PlacementRefused       the scheduler will not run a workload (reason: why, with numbers)
 
 Messages say what is wrong and how to fix it, on one line, so that the CLI can
 print them as they are.
@@ -29,6 +32,9 @@ __all__ = [
     "AuthError",
     "DataError",
     "CheckpointError",
+    "SchedulerError",
+    "SchedulerNotRunning",
+    "PlacementRefused",
 ]
 
 
@@ -92,3 +98,27 @@ class DataError(ElasticMLError):
 
 class CheckpointError(ElasticMLError):
     """A checkpoint is missing, incomplete or not in elasticml's format."""
+
+
+class SchedulerError(ElasticMLError):
+    """The cluster's scheduler cannot answer the request."""
+
+
+class SchedulerNotRunning(SchedulerError):
+    def __init__(self, address: str):
+        super().__init__(
+            f"no elasticml scheduler on the Ray cluster at {address}; `elasticml cluster up` starts one on a local "
+            "cluster, `elasticml scheduler start --config CLUSTER.yaml` on a `ray up` or KubeRay cluster"
+        )
+
+
+class PlacementRefused(SchedulerError):
+    """The scheduler refuses a workload (residency, budget, a deadline no capacity can meet)."""
+
+    def __init__(self, workload: str, reason: str):
+        self.workload = workload
+        self.reason = reason
+        super().__init__(f"the scheduler refused {workload}: {reason}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (PlacementRefused, (self.workload, self.reason))

@@ -7,6 +7,7 @@ at that step, before the capacity goes away.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def test_interruption_notice_makes_training_checkpoint_now(local_cluster, corpus
 
     info = local_cluster.require_info()
     info.connect()
-    sched = SchedulerClient.connect(cluster_name=local_cluster.name)
+    sched = SchedulerClient.connect()
     client = JobSubmissionClient(info.dashboard_url)
     steps = 600
     job = client.submit_job(
@@ -49,5 +50,87 @@ def test_interruption_notice_makes_training_checkpoint_now(local_cluster, corpus
     steps_saved = sorted(read_meta(m.parent)["step"] for m in (tmp_path / "pre").glob("checkpoint_*/meta.json"))
     # Only the final checkpoint was scheduled (checkpoint_every=0): anything earlier is the preemption's.
     assert steps_saved[-1] == steps and len(steps_saved) == 2 and steps_saved[0] < steps, steps_saved
-    sched.kill(no_restart=True)
+    sched.clear_interruption("cpu_spot")
 
+
+
+def _worker_node_types(job_id: str) -> list[str]:
+    """Node types of the Ray job's live Ray Train workers, as Ray reports them."""
+    import ray
+    from ray._private import state
+
+    from elasticml import labels as L
+
+    nodes = {n["NodeID"]: n.get("Labels", {}) for n in ray.nodes() if n["Alive"]}
+    return sorted(nodes.get(a["Address"]["NodeID"], {}).get(L.NODE_TYPE, "?")
+                  for a in state.actors(job_id=ray.JobID.from_hex(job_id), actor_state_name="ALIVE").values()
+                  if "RayTrainWorker" in a["ActorClassName"])
+
+
+def test_the_controller_moves_a_running_job_spot_on_demand_spot_and_the_ledger_follows(local_cluster, corpus, tmp_path):
+    """Spot lost: the job is moved to on-demand; spot back: moved back. Each move is carried out (checkpoint,
+    stop, resume on the new pool) and the ledger's intervals are where Ray ran the workers."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.scheduler.spec import WorkloadSpec
+
+    info = local_cluster.require_info()
+    info.connect()
+    sched = SchedulerClient.connect()
+    sched.clear_interruption("cpu_spot")
+    # Reserved capacity is taken, so the cheapest place for the job is spot.
+    sched.place(WorkloadSpec(name="hold", tenant="ops", priority="critical", min_workers=2, max_workers=2))
+    client = JobSubmissionClient(info.dashboard_url)
+    job = client.submit_job(
+        entrypoint=f"python jobs/train.py --data {corpus} --storage-path {tmp_path} --run-name mover --steps 1500 "
+                   f"--workers 1 --global-batch 2 --report-every 5 --tenant research --priority low",
+        runtime_env={"working_dir": str(REPO)},
+    )
+    job_id = None
+    deadline = time.monotonic() + 420
+
+    def wait_until(pred, what: str) -> None:  # type: ignore[no-untyped-def]
+        while not pred():
+            logs = client.get_job_logs(job)
+            assert client.get_job_status(job) not in (JobStatus.FAILED, JobStatus.STOPPED), logs[-3000:]
+            assert time.monotonic() < deadline, f"waiting for {what}: {logs[-3000:]}"
+            time.sleep(1)
+
+    def open_interval() -> str | None:
+        rows = [i for i in sched.intervals("mover") if i["end"] is None]
+        return rows[0]["node_type"] if len(rows) == 1 else None
+
+    agree: list[tuple[str, str]] = []
+
+    def running_on(node_type: str) -> bool:
+        nonlocal job_id
+        job_id = job_id or client.get_job_info(job).job_id
+        on = _worker_node_types(job_id) if job_id else []
+        charged = open_interval()
+        if on == [node_type] and charged == node_type:
+            agree.append((on[0], charged))
+            return True
+        return False
+
+    wait_until(lambda: running_on("cpu_spot"), "training on spot")
+    sched.interrupt("cpu_spot")
+    wait_until(lambda: running_on("cpu_on_demand"), "training moved to on-demand")
+    sched.clear_interruption("cpu_spot")
+    wait_until(lambda: running_on("cpu_spot"), "training moved back to spot")
+    wait_until(lambda: client.get_job_status(job) == JobStatus.SUCCEEDED, "the job to finish")
+    logs = client.get_job_logs(job)
+    # The driver prints one "moved" event per move it followed (worker log lines may be repeated by Ray).
+    moved = [json.loads(l) for l in logs.splitlines() if l.startswith('{"event": "moved"')]
+    assert [m["to"] for m in moved] == ["cpu_on_demand", "cpu_spot"], moved
+    assert all(m["checkpoint_step"] == m["at_step"] for m in moved), moved  # nothing lost: checkpointed at the stop
+    assert "resumed from step" in logs
+    assert agree == [("cpu_spot",) * 2, ("cpu_on_demand",) * 2, ("cpu_spot",) * 2]
+    # Interval by interval, the ledger charged spot, then on-demand, then spot again, and closed at the end.
+    charged = [i for i in sched.intervals("mover")]
+    kinds = [i["node_type"] for i in charged]
+    assert [k for i, k in enumerate(kinds) if i == 0 or kinds[i - 1] != k] == ["cpu_spot", "cpu_on_demand", "cpu_spot"]
+    assert all(i["end"] is not None for i in charged) and all(i["workers"] == 1 for i in charged)
+    reasons = [d["reason"] for d in sched.explain("mover") if d["action"] == "move"]
+    assert "interruption notice" in reasons[0] and "cheaper capacity" in reasons[1]
+    sched.finish("hold")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from elasticml import labels as L
-from elasticml.errors import ConfigError
+from elasticml.errors import ConfigError, PlacementRefused, SchedulerNotRunning
+from elasticml.scheduler.spec import Placement, TenantPolicy, WorkloadSpec
 
 pytestmark = pytest.mark.integration
 ELASTICML = str(Path(sys.executable).with_name("elasticml"))
@@ -23,39 +24,34 @@ def sched(local_cluster):
     from elasticml.scheduler.client import SchedulerClient
 
     local_cluster.require_info().connect()
-    client = SchedulerClient.connect(cluster_name=local_cluster.name)
+    client = SchedulerClient.connect()  # `cluster up` created it
     yield client
     client.kill(no_restart=True)
 
 
-def run_where(decision: dict) -> dict[str, str]:
-    """Run a 1-CPU task with the decision's Ray options; the labels of the node it ran on."""
+def run_where(placement: Placement) -> dict[str, str]:
+    """Run a 1-CPU task with the placement's Ray options; the labels of the node it ran on."""
     import ray
 
     @ray.remote(num_cpus=1)
     def where() -> dict[str, str]:
         return dict(ray.get_runtime_context().get_node_labels())
 
-    return ray.get(where.options(**decision["ray_options"]).remote(), timeout=180)
-
-
-def last(decisions: list[dict], workload: str) -> dict:
-    return [d for d in decisions if d["workload"] == workload][-1]
+    return ray.get(where.options(**placement.ray_options).remote(), timeout=180)
 
 
 def test_critical_on_reserved_low_on_spot_and_preemption(sched):
-    low = sched.submit({"name": "nightly", "tenant": "research", "priority": "low", "kind": "training",
-                        "checkpoint_interval_hours": 0.5, "min_workers": 1, "max_workers": 2})
-    assert last(low, "nightly")["allocations"][0]["market"] == "reserved"  # reserved was free: already paid for
+    low = sched.place(WorkloadSpec(name="nightly", tenant="research", priority="low", kind="training",
+                                   checkpoint_interval_hours=0.5, min_workers=1, max_workers=2))
+    assert low.market == "reserved"  # reserved was free: already paid for
 
-    crit = sched.submit({"name": "fraud-model", "tenant": "payments", "priority": "critical", "max_workers": 2})
-    assert [(d["workload"], d["action"]) for d in crit] == [("fraud-model", "place"), ("nightly", "preempt"), ("nightly", "place")]
-    placed = crit[0]
-    assert placed["allocations"][0]["market"] == "reserved"
-    assert run_where(placed)[L.NODE_TYPE] == "cpu_reserved"
+    crit = sched.place(WorkloadSpec(name="fraud-model", tenant="payments", priority="critical", max_workers=2))
+    assert crit.workload == "fraud-model" and crit.market == "reserved"  # its own answer, not the victim's
+    assert run_where(crit)[L.NODE_TYPE] == "cpu_reserved"
+    assert [d["action"] for d in sched.explain("nightly")][-2:] == ["preempt", "place"]
 
-    moved = last(crit, "nightly")
-    assert moved["allocations"][0]["market"] == "spot"
+    moved = sched.placement("nightly")
+    assert moved.market == "spot"
     labels = run_where(moved)
     assert labels[L.NODE_TYPE] == "cpu_spot" and labels[L.MARKET_TYPE] == "spot"
     assert "critical > low" in sched.explain("nightly")[-2]["reason"]
@@ -66,24 +62,26 @@ def test_spot_interruption_replaces_the_work_off_spot(sched):
 
     spot_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n.get("Labels", {}).get(L.NODE_TYPE) == "cpu_spot"}
     out = sched.interrupt("cpu_spot")
-    moved = last(out["decisions"], "nightly")
     # Ray was told too: the spot nodes are draining as preempted (what Ray Train's get_preemption_info sees).
     assert set(out["drained_nodes"]) == spot_nodes
-    assert moved["action"] == "move" and "checkpoint now" in moved["reason"]
-    assert moved["allocations"][0]["market"] == "on-demand"
+    assert [d["action"] for d in out["decisions"] if d["workload"] == "nightly"] == ["move"]
+    moved = sched.placement("nightly")
+    assert "checkpoint now" in moved.reason and moved.market == "on-demand"
     assert run_where(moved)[L.NODE_TYPE] == "cpu_on_demand"
     assert next(p for p in sched.status()["pools"] if p["node_type"] == "cpu_spot")["interrupted"]
     sched.clear_interruption("cpu_spot")
 
 
 def test_residency_budget_and_bad_specs(sched):
-    eu = sched.submit({"name": "gdpr-job", "tenant": "eu-team", "regions": ["eu-west-1"]})
-    assert eu[-1]["action"] == "refuse" and "residency" in eu[-1]["reason"]
-    sched.set_tenant("broke", budget=0.0)
-    poor = sched.submit({"name": "too-pricey", "tenant": "broke", "expected_hours": 5})
-    assert poor[-1]["action"] == "refuse" and "over budget" in poor[-1]["reason"]
-    with pytest.raises(ConfigError, match="priority"):
-        sched.submit({"name": "x", "tenant": "t", "priority": "yesterday"})
+    with pytest.raises(PlacementRefused, match="residency"):
+        sched.place(WorkloadSpec(name="gdpr-job", tenant="eu-team", regions=("eu-west-1",)))
+    sched.set_tenant(TenantPolicy(tenant="broke", budget=0.0))
+    with pytest.raises(PlacementRefused, match="over budget") as info:
+        sched.place(WorkloadSpec(name="too-pricey", tenant="broke", expected_hours=5))
+    assert info.value.workload == "too-pricey"
+    with pytest.raises(ConfigError, match="WorkloadSpec"):
+        sched.place({"name": "x", "tenant": "t"})  # dicts do not cross the door
+    assert sched.placement("gdpr-job") is None and sched.placement("too-pricey") is None
 
 
 def test_actor_killed_and_restarted_loses_nothing(sched):
@@ -133,3 +131,32 @@ def test_cli_refuses_a_malformed_spec_file_without_touching_the_cluster(tmp_path
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("elasticml: error: ") and "min_workers" in proc.stderr
+
+
+def test_scheduler_start_on_a_cluster_models_the_config_it_is_given(sched, local_cluster, tmp_path):
+    """As on a `ray up` head: no scheduler, clients say so; `scheduler start --config` creates it for that config."""
+    import time
+
+    import ray
+
+    from elasticml.scheduler.client import SchedulerClient
+
+    sched.kill(no_restart=True)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            SchedulerClient.connect()
+        except SchedulerNotRunning as exc:
+            assert "scheduler start --config" in str(exc)
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    info = local_cluster.require_info()
+    env = {**__import__("os").environ, **info.client_env()}
+    env.pop("RAY_ADDRESS")
+    config = Path(__file__).resolve().parents[2] / "cluster_configs" / "aws-gpu.yaml"
+    proc = subprocess.run([ELASTICML, "scheduler", "start", "--config", str(config), "--address", info.gcs_address,
+                           "--ledger", str(tmp_path / "ledger.sqlite")], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    pools = {p["node_type"] for p in SchedulerClient.connect().status()["pools"]}
+    assert pools == {"cpu_spot", "cpu_on_demand", "gpu_spot", "gpu_on_demand", "gpu_reserved"}

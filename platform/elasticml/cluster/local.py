@@ -32,7 +32,9 @@ import psutil
 import yaml
 
 from elasticml import auth, home
+from elasticml.cluster import spot_market
 from elasticml.cluster.config import FAKE_HEAD_NODE_ID, ClusterSpec, render_local_autoscaling_config
+from elasticml.cluster.spot_market import MarketSettings
 from elasticml.errors import ClusterAlreadyRunning, ClusterError, ClusterNotRunning, HeadStartFailed
 
 STATE_FILE = "state.json"
@@ -125,8 +127,12 @@ class LocalCluster:
         port: int | None = None,
         dashboard_port: int | None = None,
         timeout_s: float = START_TIMEOUT_S,
+        market: MarketSettings | None = None,
     ) -> ClusterInfo:
         """Start the head under a supervisor and wait until jobs can be submitted.
+
+        `market`: replay a spot availability trace (`cluster.spot_market`): spot launches fail
+        while it says unavailable, and running spot nodes get a notice and are taken away.
 
         A head that exits while starting is started once more (with fresh ports unless they were
         given): on a loaded machine Ray's own start-up can time out waiting for itself.
@@ -135,14 +141,14 @@ class LocalCluster:
         if existing is not None:
             raise ClusterAlreadyRunning(self.name, existing.pid)
         try:
-            return self._start(spec, port=port, dashboard_port=dashboard_port, timeout_s=timeout_s)
+            return self._start(spec, port=port, dashboard_port=dashboard_port, timeout_s=timeout_s, market=market)
         except HeadStartFailed as first:
             print(f"elasticml: the Ray head exited while starting; trying once more ({str(first).splitlines()[0]})",
                   file=sys.stderr)
-            return self._start(spec, port=port, dashboard_port=dashboard_port, timeout_s=timeout_s)
+            return self._start(spec, port=port, dashboard_port=dashboard_port, timeout_s=timeout_s, market=market)
 
     def _start(self, spec: ClusterSpec, *, port: int | None, dashboard_port: int | None,
-               timeout_s: float) -> ClusterInfo:
+               timeout_s: float, market: MarketSettings | None) -> ClusterInfo:
         port = port or free_port()
         dashboard_port = dashboard_port or free_port()
         for p in (port, dashboard_port):
@@ -155,7 +161,16 @@ class LocalCluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         token_path = auth.ensure_token(self.dir / "auth_token")
         config_path = self.dir / "autoscaling.yaml"
-        _atomic_write(config_path, yaml.safe_dump(render_local_autoscaling_config(spec, gcs_address=gcs_address)))
+        rendered = render_local_autoscaling_config(spec, gcs_address=gcs_address)
+        market_file = spot_market.market_path(self.dir)
+        market_file.unlink(missing_ok=True)
+        spot_types = [t.name for t in spec.worker_types.values() if t.market == "spot"]
+        if market is not None:
+            if not spot_types:
+                raise ClusterError(f"{spec.source} has no spot node type for the spot market to replay")
+            spot_market.SpotMarket.create(market_file, market)
+            rendered["provider"].update(spot_market.provider_overrides(market_file, spot_types))
+        _atomic_write(config_path, yaml.safe_dump(rendered))
         temp_dir = home.ray_temp_dir(self.name)
         shutil.rmtree(temp_dir, ignore_errors=True)  # old sessions of this name: logs only
         log_path = self.dir / "head.log"
@@ -197,11 +212,27 @@ class LocalCluster:
         )
         try:
             self._wait_ready(proc, info, timeout_s)
+            self._start_scheduler(spec, info, market_file if market is not None else None)
         except BaseException:
             _stop(info, timeout_s=30)
             raise
         _atomic_write(self.dir / STATE_FILE, json.dumps(asdict(info), indent=2))
         return info
+
+    def _start_scheduler(self, spec: ClusterSpec, info: ClusterInfo, market_file: Path | None) -> None:
+        """The cluster's one scheduler actor (and a replayed market's driver), created by `elasticml
+        scheduler start` in its own driver process (so the caller's process does not become a Ray
+        driver of this cluster)."""
+        cli = [sys.executable, "-c", "import sys; from elasticml.cli import main; sys.exit(main())"]
+        cmd = [*cli, "scheduler", "start", "--config", spec.source, "--address", info.gcs_address,
+               "--ledger", str(home.home() / "scheduler" / self.name / "ledger.sqlite")]
+        if market_file is not None:
+            cmd += ["--spot-market", str(market_file)]
+        env = {**os.environ, **info.client_env()}
+        env.pop("RAY_ADDRESS", None)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if out.returncode != 0:
+            raise ClusterError(f"the scheduler did not start: {(out.stderr or out.stdout).strip()[-2000:]}")
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], info: ClusterInfo, timeout_s: float) -> None:
         import httpx

@@ -1,43 +1,130 @@
-"""The scheduler actor: one named, detached Ray actor per cluster that owns placement state.
+"""The scheduler actor: one named, detached Ray actor per cluster that owns placement and steers running work.
 
 Who owns what: the actor owns the workload specs, their allocations, the
-queue and the interrupted-pool set, all persisted in the ledger's SQLite file
-on every change; the policy (`policy.py`) owns every decision and is pure. The
-actor only takes a snapshot, asks the policy, applies what it says and writes
-it down. Ray restarts the actor if it dies (`max_restarts=-1`); a new
-incarnation reloads everything from the ledger, so a restart loses nothing.
+queue, the interrupted-pool set and one `JobStepper` per deadline job, all
+persisted in the ledger's SQLite file on every change; the policies
+(`policy.py` for placement, `deadline.py`/`planner.py` for spot vs on-demand
+under a deadline) own every decision and are pure. The actor takes a
+snapshot, asks them, applies what they say and writes it down. Ray restarts
+the actor if it dies (`max_restarts=-1`); a new incarnation reloads
+everything from the ledger.
+
+The controller (`controller_tick`, every `ControllerConfig.tick_seconds`)
+keeps steering: each deadline job's stepper decides spot, on-demand or wait
+at every tick of its policy, as in `simulate`; other checkpointable work
+moves to capacity at least 10% cheaper when it frees up; a move is bounded
+per hour. Running work follows its `Placement` (its `epoch` grows with every
+move). For work attached to a Ray job, the ledger charges what Ray says runs
+(which node types its workers are on), not what was decided.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
-from dataclasses import asdict
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import ray
 
 from elasticml import labels as L
-from elasticml.cluster.config import load_cluster_spec
-from elasticml.scheduler.capacity import Allocation, Snapshot, pools_from_cluster
+from elasticml.cluster.config import ClusterSpec
+from elasticml.dataconf import check_number, check_text
+from elasticml.errors import ConfigError, PlacementRefused
+from elasticml.cluster.spot_market import SpotMarket
+from elasticml.scheduler.capacity import Allocation, Pool, Snapshot, pools_from_cluster
 from elasticml.scheduler.catalog import PriceCatalog
+from elasticml.scheduler.deadline import NONE, OD, SPOT, Instance, JobParams, JobStepper
 from elasticml.scheduler.ledger import Ledger
-from elasticml.scheduler.policy import Decision, place, rebalance, replace_interrupted
-from elasticml.scheduler.spec import TenantPolicy, Tenants, WorkloadSpec
+from elasticml.scheduler.policies import POLICIES
+from elasticml.scheduler.policy import Decision, place, place_on, rebalance, replace_interrupted
+from elasticml.scheduler.spec import MAX_NAME, NAME_PATTERN, Placement, TenantPolicy, Tenants, WorkloadSpec
 
 ACTOR_NAME = "elasticml-scheduler"
 NAMESPACE = "elasticml"
+MAX_POOL_HISTORY = 20_000
+"""Availability bits kept per spot pool (the policies' model of the pool)."""
+MAX_EXPLANATIONS = 200
+
+Observer = Callable[[str], Mapping[str, tuple[int, int]]]
+"""Ray job id -> {node type: (workers, nodes)} of that job's training workers, as Ray sees them."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class ControllerConfig:
+    tick_seconds: float = 10.0
+    """How often the controller looks at every running workload."""
+    seconds_per_hour: float = 3600.0
+    """Wall seconds per scheduler hour: 3600 live; less when a spot market is replayed time-compressed."""
+    max_moves_per_hour: float = 6.0
+    """Voluntary moves (to cheaper capacity, back to spot) per workload per scheduler hour."""
+    max_policy_ticks: int = 400
+    """A deadline job's policy ticks at deadline / this, or the controller's tick if longer."""
+    market: str | None = None
+    """A replayed spot market's file (`cluster up --spot-trace`): the clock, the pace, spot prices,
+    the pool's history and the policy's tick then come from it."""
+
+    def __post_init__(self) -> None:
+        check_number(self.tick_seconds, field="tick_seconds", lo=0.05, hi=3600)
+        check_number(self.seconds_per_hour, field="seconds_per_hour", lo=0.01, hi=3600)
+        check_number(self.max_moves_per_hour, field="max_moves_per_hour", lo=0, hi=3600)
+        check_number(self.max_policy_ticks, field="max_policy_ticks", lo=10, hi=5000, integer=True)
+
+    @classmethod
+    def from_env(cls) -> ControllerConfig:
+        env = {"tick_seconds": "ELASTICML_CONTROLLER_TICK_S", "seconds_per_hour": "ELASTICML_SECONDS_PER_HOUR"}
+        kwargs: dict[str, Any] = {}
+        for key, var in env.items():
+            if var in os.environ:
+                try:
+                    kwargs[key] = float(os.environ[var])
+                except ValueError:
+                    raise ConfigError(f"must be a number, got {os.environ[var][:40]!r}", field=var) from None
+        return cls(**kwargs)
+
+
+def _check_feasible(spec: WorkloadSpec, params: JobParams) -> None:
+    """Refuse up front a deadline that even on-demand from now on could not meet."""
+    need = params.job_hours + params.restart_hours
+    if need > params.deadline_hours + 1e-9:
+        raise ConfigError(
+            f"cannot meet its deadline even on on-demand: {params.job_hours:g}h of work + {params.restart_hours:g}h "
+            f"to start = {need:g}h > {params.deadline_hours:g}h", field="deadline_hours")
+
+
+def _priced_by_market(pools: tuple[Pool, ...], price_ratio: float) -> tuple[Pool, ...]:
+    """Spot pools priced at the replayed market's ratio to on-demand for the same instance."""
+    od = {(p.instance_type, p.region): p.hourly_price for p in pools if p.market == "on-demand"}
+    return tuple(replace(p, hourly_price=od.get((p.instance_type, p.region), p.hourly_price * price_ratio) / price_ratio)
+                 if p.market == "spot" else p for p in pools)
+
+
+def _instance(market: str | None) -> Instance:
+    return NONE if market is None else SPOT if market == "spot" else OD
 
 
 class SchedulerState:
     """The actor's logic without Ray, so it can be tested and reasoned about on its own."""
 
-    def __init__(self, cluster_config: str, ledger_path: str) -> None:
+    def __init__(self, cluster: ClusterSpec, ledger_path: str, *, controller: ControllerConfig | None = None,
+                 clock: Callable[[], float] = time.time, observer: Observer | None = None) -> None:
+        self.cluster = cluster
+        self.controller = controller or ControllerConfig()
+        self.observer = observer
         self.catalog = PriceCatalog.load()
-        self.pools = pools_from_cluster(load_cluster_spec(cluster_config), self.catalog)
+        self.pools = pools_from_cluster(cluster, self.catalog)
+        self.market: SpotMarket | None = None
+        self.clock = clock
+        self.seconds_per_hour = self.controller.seconds_per_hour
+        if self.controller.market is not None:
+            self.market = SpotMarket.load(self.controller.market)
+            self.clock = self._market_now
+            self.seconds_per_hour = self.market.settings.seconds_per_hour
+            self.pools = _priced_by_market(self.pools, self.market.settings.price_ratio)
         self.ledger = Ledger(ledger_path)
         self.specs = {k.removeprefix("spec:"): WorkloadSpec.from_dict(json.loads(v))
                       for k, v in self.ledger.state_items("spec:").items()}
@@ -50,73 +137,171 @@ class SchedulerState:
         self.explanations: dict[str, list[dict[str, Any]]] = {
             k.removeprefix("why:"): json.loads(v) for k, v in self.ledger.state_items("why:").items()
         }
+        self.meta: dict[str, dict[str, Any]] = {k.removeprefix("meta:"): json.loads(v)
+                                                for k, v in self.ledger.state_items("meta:").items()}
+        """Per workload: epoch, state (placed/queued/paused), attached Ray job, progress, move times."""
+        self.pool_history: dict[str, list[bool]] = {
+            k.removeprefix("history:"): json.loads(v) for k, v in self.ledger.state_items("history:").items()
+        }
+        self.steppers: dict[str, JobStepper] = {}
+        for name, raw in self.ledger.state_items("steer:").items():
+            self.steppers[name.removeprefix("steer:")] = self._stepper_from(json.loads(raw))
+        self._last_tick = self.clock()
+        self._holder: str | None = None
+        """The workload whose move holds the replayed market's clock."""
+
+    def _market_now(self) -> float:
+        assert self.market is not None
+        self.market.reload_clock()
+        return self.market.now()
 
     # -- snapshot --------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        now = time.time()
+        now = self.clock()
         spend = {r.key: r.cost for r in self.ledger.costs_by("tenant", now=now)}
         allocs = tuple(a for lst in self.allocations.values() for a in lst)
         return Snapshot(now=now / 3600, pools=self.pools, allocations=allocs,
                         interrupted_pools=frozenset(self.interrupted), tenant_spend=spend)
 
-    # -- commands --------------------------------------------------------------
-    def set_tenant(self, policy: dict[str, Any]) -> None:
-        p = TenantPolicy(**policy)
-        self.tenants = Tenants(policies={**self.tenants.policies, p.tenant: p})
-        self.ledger.put_state(f"tenant:{p.tenant}", json.dumps(asdict(p)))
+    # -- the door ----------------------------------------------------------------
+    def place(self, spec: WorkloadSpec, attach: str | None = None) -> Placement:
+        """Place a workload; its own Placement, or PlacementRefused with the reason.
 
-    def submit(self, spec_dict: dict[str, Any]) -> list[dict[str, Any]]:
-        spec = WorkloadSpec.from_dict(spec_dict)
+        `attach`: the Ray job (hex id) whose Ray Train workers run it; the ledger then
+        charges where Ray says they run.
+        """
+        if not isinstance(spec, WorkloadSpec):
+            raise ConfigError(f"expected a WorkloadSpec, got {type(spec).__name__}", field="spec")
+        if attach is not None:
+            check_text(attach, field="attach", max_len=64, pattern=r"[0-9a-f]+")
         if spec.name in self.allocations:
             self._release(spec.name)
-        running_specs = {n: s for n, s in self.specs.items() if n in self.allocations}
-        decisions = place(self.snapshot(), [spec], running_specs, self.tenants)
         self.specs[spec.name] = spec
         self.ledger.put_state(f"spec:{spec.name}", json.dumps(spec.to_dict()))
-        return self._apply(decisions)
+        meta = {"epoch": self.meta.get(spec.name, {}).get("epoch", 0), "state": "queued", "attach": attach,
+                "progress": None, "moves": [], "submitted": self.clock()}
+        self._put_meta(spec.name, meta)
+        self.steppers.pop(spec.name, None)
+        self.ledger.delete_state(f"steer:{spec.name}")
+        running = {n: s for n, s in self.specs.items() if n in self.allocations}
+        if self._steered(spec):
+            try:
+                decisions = self._admit_steered(spec, running)
+            except ConfigError as exc:
+                self._forget(spec.name)
+                raise PlacementRefused(spec.name, str(exc)) from None
+        else:
+            decisions = place(self.snapshot(), [spec], running, self.tenants)
+        self._apply(decisions)
+        own = next(d for d in decisions if d.workload == spec.name)
+        if own.action == "refuse":
+            self._forget(spec.name)
+            raise PlacementRefused(spec.name, own.reason)
+        return self.placement(spec.name)  # type: ignore[return-value]
 
-    def finish(self, name: str) -> list[dict[str, Any]]:
+    def placement(self, name: str) -> Placement | None:
+        """The workload's placement now, or None if the scheduler does not know it."""
+        if name not in self.specs:
+            return None
+        meta = self.meta.get(name, {})
+        last = next((d for d in reversed(self.explanations.get(name, []))
+                     if d["action"] in ("place", "move", "queue", "pause")), None)
+        reason = last["reason"] if last else ""
+        if name in self.allocations:
+            allocs = tuple(self.allocations[name])
+            d = Decision(workload=name, action="place", reason=reason, allocations=allocs,
+                         fallback_node_types=tuple(last.get("fallback_node_types", ())) if last else ())
+            return Placement(workload=name, state="placed", reason=reason, allocations=allocs,
+                             ray_options=d.ray_options(), scaling_config=d.scaling_config_kwargs(),
+                             epoch=meta.get("epoch", 0))
+        return Placement(workload=name, state="paused" if meta.get("state") == "paused" else "queued",
+                         reason=reason, epoch=meta.get("epoch", 0))
+
+    def report_progress(self, name: str, fraction: float) -> None:
+        """The workload's share of its work done (0..1), as it measures it (steps done / steps)."""
+        check_number(fraction, field="fraction", lo=0, hi=1)
+        if name in self.meta:
+            self._put_meta(name, {**self.meta[name], "progress": float(fraction)})
+
+    def run_started(self, name: str, epoch: int) -> float:
+        """The workload's run for placement `epoch` is up (its checkpoint restored).
+
+        On a replayed market this ends the move: the held clock runs again, and the
+        answer is how long to wait before training (the job's restart hours, in
+        wall seconds) so that the restart costs what the simulator charges. 0 otherwise.
+        """
+        self._check_name(name)
+        check_number(epoch, field="epoch", lo=0, hi=2**31, integer=True)
+        meta = self.meta.get(name)
+        if self.market is None or meta is None or meta.get("epoch") != epoch or self._holder != name:
+            return 0.0
+        self._release_clock()
+        return self.specs[name].restart_overhead_hours * self.seconds_per_hour
+
+    # -- commands --------------------------------------------------------------
+    def set_tenant(self, policy: TenantPolicy) -> None:
+        if not isinstance(policy, TenantPolicy):
+            raise ConfigError(f"expected a TenantPolicy, got {type(policy).__name__}", field="policy")
+        self.tenants = Tenants(policies={**self.tenants.policies, policy.tenant: policy})
+        self.ledger.put_state(f"tenant:{policy.tenant}", json.dumps(asdict(policy)))
+
+    def finish(self, name: str) -> None:
         """The workload is done: close its intervals, then give its room to the queue and to cheaper moves."""
+        self._check_name(name)
         self._release(name)
-        self.specs.pop(name, None)
-        self.ledger.delete_state(f"spec:{name}")
-        self._dequeue(name)
-        return self._retry_queue() + self._apply(rebalance(self.snapshot(), self._running_specs(), self.tenants))
+        self._forget(name)
+        self._retry_queue()
+        self._rebalance()
 
     def interrupt(self, node_type: str) -> dict[str, Any]:
-        """A spot pool got an interruption notice: {"decisions": re-placements, "drained_nodes": []}."""
-        decisions = replace_interrupted(self.snapshot(), node_type, self._running_specs(), self.tenants)
+        """A spot pool got an interruption notice: its work is re-placed (deadline jobs wait for their policy).
+
+        {"decisions": what changed, "drained_nodes": Ray node ids drained as preempted}.
+        """
+        self._check_pool(node_type, spot=True)
+        steered_here = [n for n in self.steppers if any(a.node_type == node_type for a in self.allocations.get(n, []))]
+        decisions = [Decision(workload=n, action="pause",
+                              reason=f"spot pool {node_type} got an interruption notice: checkpoint now; "
+                                     f"its deadline policy picks on-demand or waiting at its next tick")
+                     for n in steered_here]
+        for n in steered_here:
+            self._release(n)
         self.interrupted.add(node_type)
         self.ledger.put_state("interrupted", json.dumps(sorted(self.interrupted)))
+        decisions += replace_interrupted(self.snapshot(), node_type, self._running_specs(), self.tenants)
         return {"decisions": self._apply(decisions), "drained_nodes": []}
 
     def clear_interruption(self, node_type: str) -> list[dict[str, Any]]:
+        self._check_pool(node_type, spot=True)
         self.interrupted.discard(node_type)
         self.ledger.put_state("interrupted", json.dumps(sorted(self.interrupted)))
-        return self._retry_queue() + self._apply(rebalance(self.snapshot(), self._running_specs(), self.tenants))
-
-    def placement(self, name: str) -> dict[str, Any] | None:
-        """The current placement of a running workload, with its Ray options."""
-        if name not in self.allocations:
-            return None
-        last = next((d for d in reversed(self.explanations.get(name, [])) if d["action"] in ("place", "move")), None)
-        return last
+        return self._retry_queue() + self._rebalance()
 
     def explain(self, name: str) -> list[dict[str, Any]]:
+        self._check_name(name, allow_events=True)
         return self.explanations.get(name, [])
+
+    def intervals(self, name: str) -> list[dict[str, Any]]:
+        self._check_name(name)
+        return self.ledger.intervals(name)
 
     def status(self) -> dict[str, Any]:
         snap = self.snapshot()
         return {
+            "cluster": self.cluster.name,
+            "config": self.cluster.source,
             "pools": [{**asdict(p), "used_nodes": snap.used_nodes(p.node_type), "interrupted": p.node_type in self.interrupted}
                       for p in self.pools],
             "running": {n: [asdict(a) for a in lst] for n, lst in self.allocations.items()},
             "queued": list(self.queue),
+            "paused": sorted(n for n, m in self.meta.items() if m.get("state") == "paused"),
+            "steered": {n: {"policy": self.specs[n].spot_policy, "tick": j.tick, "progress_hours": round(j.progress, 6),
+                            "instance": j.instance, "restarts": j.restarts} for n, j in self.steppers.items() if n in self.specs},
             "catalog_version": self.catalog.version,
         }
 
     def cost_report(self) -> dict[str, Any]:
-        now = time.time()
+        now = self.clock()
         report = {}
         for column in ("tenant", "workload", "market"):
             report[column] = [{"key": r.key, "cost": r.cost, "on_demand_cost": r.on_demand_cost,
@@ -128,6 +313,157 @@ class SchedulerState:
         report["intervals"] = len(self.ledger.intervals())
         return report
 
+    # -- the controller ----------------------------------------------------------
+    def controller_tick(self) -> list[dict[str, Any]]:
+        """Look at every running workload once: reconcile the ledger with Ray, steer deadline jobs, rebalance."""
+        now = self.clock()
+        self._record_pool_availability()
+        out = self._reconcile()
+        for name in sorted(self.steppers):
+            if name in self.specs:
+                out += self._steer(name, now)
+        out += self._rebalance()
+        self._last_tick = now
+        return out
+
+    def _steered(self, spec: WorkloadSpec) -> bool:
+        return spec.kind != "serving" and spec.deadline_hours is not None and spec.checkpoint_interval_hours is not None \
+            and spec.priority != "critical"
+
+    def _admit_steered(self, spec: WorkloadSpec, running: dict[str, WorkloadSpec]) -> list[Decision]:
+        spot = self._spot_pool(spec)
+        od = self._od_price(spec)
+        ratio = min(1000.0, max(1.0, od / spot.hourly_price)) if spot is not None and od else 1.0
+        params = JobParams(job_hours=spec.expected_hours, deadline_hours=spec.deadline_hours,  # type: ignore[arg-type]
+                           restart_hours=spec.restart_overhead_hours, price_ratio=ratio)
+        _check_feasible(spec, params)
+        now = self.clock()
+        if self.market is not None:
+            # The trace's own tick, as `simulate` runs it; ticks fall a quarter into each trace tick,
+            # so that the market's notice for that tick has reached the scheduler.
+            gap = self.market.gap_hours
+            hour = self.market.hour(now)
+            history = self.market.history(hour)
+            first_at = now + ((self.market.tick(hour) + 1.25) * gap - hour) * self.seconds_per_hour
+        else:
+            gap = max(self.controller.tick_seconds / self.seconds_per_hour,
+                      params.deadline_hours / self.controller.max_policy_ticks)
+            history = self.pool_history.get(spot.node_type, []) if spot is not None else []
+            first_at = now + gap * self.seconds_per_hour
+        job = JobStepper(POLICIES[spec.spot_policy](), params, gap, history=history)
+        self.steppers[spec.name] = job
+        decisions = self._steer_decisions(spec, job, first=True)
+        self._put_meta(spec.name, {**self.meta[spec.name], "next_tick": first_at})
+        return decisions
+
+    def _steer(self, name: str, now: float) -> list[dict[str, Any]]:
+        meta = self.meta.get(name, {})
+        job = self.steppers[name]
+        if now + 1e-6 < meta.get("next_tick", 0.0) or job.done:
+            return []
+        spec = self.specs[name]
+        live = _instance(self.allocations[name][0].market if name in self.allocations else None)
+        progress = meta.get("progress")
+        job.observe(job.progress if progress is None else progress * spec.expected_hours, instance=live)
+        decisions = self._steer_decisions(spec, job, first=False)
+        return self._apply(decisions)
+
+    def _steer_decisions(self, spec: WorkloadSpec, job: JobStepper, *, first: bool) -> list[Decision]:
+        """One tick of the job's policy, and the decision that carries out its choice."""
+        name = spec.name
+        avail = self._spot_available(spec)
+        before = job.instance
+        choice = job.decide(avail)
+        why = (f"{spec.spot_policy} at {job.hour:.3g}h of {job.params.deadline_hours:g}h, "
+               f"{job.progress:.3g}h of {job.params.job_hours:g}h done, spot {'up' if avail else 'down'}")
+        decisions: list[Decision] = []
+        if choice != before or first:
+            if choice != NONE and not first and choice == SPOT and not self._may_move(name):
+                job.instance = before  # over the hour's move budget: stay
+                why += f"; stays: {self.controller.max_moves_per_hour:g} moves per hour used"
+            elif choice == NONE:
+                decisions.append(Decision(workload=name, action="pause", reason=f"{why}: waiting for spot is cheaper"))
+            else:
+                markets = ("spot",) if choice == SPOT else ("reserved", "on-demand")
+                d = place_on(self.snapshot(), spec, self._running_specs() | {name: spec}, self.tenants, markets, why,
+                             voluntary=choice == SPOT)
+                if first and d.action == "move":
+                    d = Decision(workload=name, action="place", allocations=d.allocations, reason=d.reason)
+                if d.action == "queue":
+                    job.instance = before if not first else NONE
+                decisions.append(d)
+        job.run_for(job.gap_hours)
+        job.end_tick(avail)
+        self._save_stepper(name, job)
+        if not first:
+            self._put_meta(name, {**self.meta[name], "next_tick": self.meta[name]["next_tick"]
+                                  + job.gap_hours * self.seconds_per_hour})
+        return decisions
+
+    def _spot_pool(self, spec: WorkloadSpec):  # type: ignore[no-untyped-def]
+        pools = [p for p in self.pools if p.market == "spot" and (not spec.regions or p.region in spec.regions)
+                 and p.workers_per_node(spec.cpus_per_worker, spec.gpus_per_worker, spec.memory_gb_per_worker) > 0]
+        return min(pools, key=lambda p: p.hourly_price, default=None)
+
+    def _od_price(self, spec: WorkloadSpec) -> float:
+        prices = [p.hourly_price for p in self.pools if p.market == "on-demand" and (not spec.regions or p.region in spec.regions)]
+        return min(prices, default=0.0)
+
+    def _spot_available(self, spec: WorkloadSpec) -> bool:
+        """A spot pool it may use is not interrupted and has room for its minimum."""
+        snap = self.snapshot().without(spec.name)
+        for p in self.pools:
+            if p.market != "spot" or p.node_type in self.interrupted or (spec.regions and p.region not in spec.regions):
+                continue
+            per_node = p.workers_per_node(spec.cpus_per_worker, spec.gpus_per_worker, spec.memory_gb_per_worker)
+            if per_node and snap.free_nodes(p.node_type) * per_node >= spec.min_workers:
+                return True
+        return False
+
+    def _record_pool_availability(self) -> None:
+        for p in self.pools:
+            if p.market == "spot":
+                h = self.pool_history.setdefault(p.node_type, [])
+                h.append(p.node_type not in self.interrupted)
+                del h[:-MAX_POOL_HISTORY]
+                self.ledger.put_state(f"history:{p.node_type}", json.dumps(h))
+
+    def _may_move(self, name: str) -> bool:
+        hour_s = self.seconds_per_hour
+        recent = [t for t in self.meta.get(name, {}).get("moves", []) if t > self.clock() - hour_s]
+        return len(recent) < self.controller.max_moves_per_hour
+
+    def _rebalance(self) -> list[dict[str, Any]]:
+        free = {n: s for n, s in self._running_specs().items() if n not in self.steppers and self._may_move(n)}
+        return self._apply(rebalance(self.snapshot(), free, self.tenants))
+
+    def _reconcile(self) -> list[dict[str, Any]]:
+        """For work attached to a Ray job: charge the node types Ray says its workers are on."""
+        if self.observer is None:
+            return []
+        out = []
+        now = self.clock()
+        for name, meta in sorted(self.meta.items()):
+            job_id = meta.get("attach")
+            if not job_id or name not in self.specs:
+                continue
+            seen = {t: wn for t, wn in self.observer(job_id).items() if any(p.node_type == t for p in self.pools)}
+            open_now = {r["node_type"]: (r["workers"], r["nodes"]) for r in self.ledger.open_intervals(name)}
+            if seen == open_now:
+                continue
+            self.ledger.close(name, at=now)
+            spec = self.specs[name]
+            for node_type, (workers, nodes) in sorted(seen.items()):
+                pool = next(p for p in self.pools if p.node_type == node_type)
+                od = nodes * self.catalog.hourly(pool.instance_type, "on-demand", pool.region)
+                self.ledger.open(workload=name, tenant=spec.tenant, node_type=node_type, market=pool.market,
+                                 workers=workers, nodes=nodes, hourly_cost=nodes * pool.hourly_price,
+                                 on_demand_hourly_cost=od, at=now)
+            where = ", ".join(f"{w}x {t}" for t, (w, _) in sorted(seen.items())) or "nowhere"
+            out.append(self._record(name, {"action": "charge", "reason": f"Ray runs its workers on {where}",
+                                           "observed": {t: w for t, (w, _) in seen.items()}}))
+        return out
+
     # -- applying decisions ----------------------------------------------------
     def _running_specs(self) -> dict[str, WorkloadSpec]:
         return {n: self.specs[n] for n in self.allocations if n in self.specs}
@@ -135,36 +471,82 @@ class SchedulerState:
     def _apply(self, decisions: list[Decision]) -> list[dict[str, Any]]:
         out = []
         for d in decisions:
+            meta = self.meta.get(d.workload)
+            if self.market is not None and d.workload in self.steppers:
+                self._hold_for_move(d)
             if d.action in ("place", "move"):
                 self._release(d.workload)
                 self._dequeue(d.workload)
                 self.allocations[d.workload] = list(d.allocations)
                 self.ledger.put_state(f"alloc:{d.workload}", json.dumps([asdict(a) for a in d.allocations]))
+                attached = bool(meta and meta.get("attach"))
                 for a in d.allocations:
+                    if attached:
+                        break  # charged by what Ray runs (_reconcile), not by the decision
                     pool = next(p for p in self.pools if p.node_type == a.node_type)
                     od = a.nodes * self.catalog.hourly(pool.instance_type, "on-demand", pool.region)
                     self.ledger.open(workload=a.workload, tenant=a.tenant, node_type=a.node_type, market=a.market,
-                                     workers=a.workers, hourly_cost=a.hourly_cost, on_demand_hourly_cost=od)
-            elif d.action == "preempt":
+                                     workers=a.workers, nodes=a.nodes, hourly_cost=a.hourly_cost, on_demand_hourly_cost=od)
+                if meta is not None:
+                    moves = meta.get("moves", []) + ([self.clock()] if d.voluntary else [])
+                    self._put_meta(d.workload, {**meta, "state": "placed", "epoch": meta.get("epoch", 0) + 1,
+                                                "moves": moves[-32:]})
+            elif d.action in ("preempt", "pause"):
                 self._release(d.workload)
+                if meta is not None:
+                    self._put_meta(d.workload, {**meta, "state": "paused" if d.action == "pause" else "queued",
+                                                "epoch": meta.get("epoch", 0) + 1})
             elif d.action == "queue":
                 self._release(d.workload)
-                if d.workload not in self.queue:
+                if d.workload not in self.queue and d.workload not in self.steppers:
                     self.queue.append(d.workload)
                     self.ledger.put_state("queue", json.dumps(self.queue))
+                if meta is not None:
+                    self._put_meta(d.workload, {**meta, "state": "queued", "epoch": meta.get("epoch", 0) + 1})
             elif d.action == "refuse":
                 self._dequeue(d.workload)
-            record = {**d.to_dict(), "at": time.time()}
-            self.explanations.setdefault(d.workload, []).append(record)
-            self.explanations[d.workload] = self.explanations[d.workload][-20:]
-            self.ledger.put_state(f"why:{d.workload}", json.dumps(self.explanations[d.workload]))
-            out.append(record)
+            out.append(self._record(d.workload, d.to_dict()))
         return out
+
+    def _hold_for_move(self, d: Decision) -> None:
+        """A replayed market's clock stops while a steered job's move is carried out (until `run_started`)."""
+        if d.action in ("place", "move"):
+            if self._holder is None:
+                self._holder = d.workload
+                assert self.market is not None
+                self.market.hold()
+        elif self._holder == d.workload:
+            self._release_clock()
+
+    def _release_clock(self) -> None:
+        if self.market is not None and self._holder is not None:
+            self._holder = None
+            self.market.release()
+
+    def _record(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
+        record = {**record, "at": self.clock()}
+        self.explanations.setdefault(name, []).append(record)
+        self.explanations[name] = self.explanations[name][-MAX_EXPLANATIONS:]
+        self.ledger.put_state(f"why:{name}", json.dumps(self.explanations[name]))
+        return record
 
     def _release(self, name: str) -> None:
         if self.allocations.pop(name, None) is not None:
-            self.ledger.close(name)
+            if not self.meta.get(name, {}).get("attach"):
+                self.ledger.close(name)
             self.ledger.delete_state(f"alloc:{name}")
+
+    def _forget(self, name: str) -> None:
+        if self._holder == name:
+            self._release_clock()
+        self.ledger.close(name)  # attached or not, nothing is charged after the end
+        self.specs.pop(name, None)
+        self.ledger.delete_state(f"spec:{name}")
+        self.steppers.pop(name, None)
+        self.ledger.delete_state(f"steer:{name}")
+        self.meta.pop(name, None)
+        self.ledger.delete_state(f"meta:{name}")
+        self._dequeue(name)
 
     def _dequeue(self, name: str) -> None:
         if name in self.queue:
@@ -177,10 +559,41 @@ class SchedulerState:
         waiting = [self.specs[n] for n in self.queue if n in self.specs]
         return self._apply(place(self.snapshot(), waiting, self._running_specs(), self.tenants))
 
+    def _put_meta(self, name: str, meta: dict[str, Any]) -> None:
+        self.meta[name] = meta
+        self.ledger.put_state(f"meta:{name}", json.dumps(meta))
+
+    def _save_stepper(self, name: str, job: JobStepper) -> None:
+        state = {"params": asdict(job.params), "gap_hours": job.gap_hours, "policy": self.specs[name].spot_policy,
+                 "past": job.past[-MAX_POOL_HISTORY:], "tick": job.tick, "progress": job.progress,
+                 "instance": job.instance, "overhead_left": job.overhead_left, "restarts": job.restarts,
+                 "preemptions": job.preemptions, "launched": job.launched}
+        self.ledger.put_state(f"steer:{name}", json.dumps(state))
+
+    def _stepper_from(self, state: dict[str, Any]) -> JobStepper:
+        """A stepper as saved; its policy re-plans from the saved history (its tables are not saved)."""
+        job = JobStepper(POLICIES[state["policy"]](), JobParams(**state["params"]), state["gap_hours"],
+                         history=state["past"])
+        for key in ("tick", "progress", "instance", "overhead_left", "restarts", "preemptions", "launched"):
+            setattr(job, key, state[key])
+        return job
+
+    def _check_name(self, name: str, *, allow_events: bool = False) -> None:
+        if allow_events and name == "_events":
+            return
+        check_text(name, field="name", max_len=MAX_NAME, pattern=NAME_PATTERN)
+
+    def _check_pool(self, node_type: str, *, spot: bool) -> None:
+        check_text(node_type, field="node_type", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        pool = next((p for p in self.pools if p.node_type == node_type), None)
+        if pool is None:
+            raise ConfigError(f"no pool {node_type!r}; pools: {', '.join(p.node_type for p in self.pools)}", field="node_type")
+        if spot and pool.market != "spot":
+            raise ConfigError(f"{node_type} is a {pool.market} pool; only spot pools are interrupted", field="node_type")
+
 
 NOTICE_SECONDS = 120
 """AWS gives two minutes between a spot interruption notice and the reclaim."""
-NODE_POLL_S = float(os.environ.get("ELASTICML_SCHEDULER_NODE_POLL_S", "5"))
 # Ray's NodeDeathInfo reasons that mean the capacity was taken, not given back when idle.
 LOST_REASONS = {2: "unexpected termination", 3: "preempted"}  # UNEXPECTED_TERMINATION, AUTOSCALER_DRAIN_PREEMPTED
 
@@ -189,15 +602,18 @@ LOST_REASONS = {2: "unexpected termination", 3: "preempted"}  # UNEXPECTED_TERMI
 class SchedulerActor(SchedulerState):
     """SchedulerState as a named, detached actor on the head node."""
 
-    def __init__(self, cluster_config: str, ledger_path: str) -> None:
-        super().__init__(cluster_config, ledger_path)
+    def __init__(self, cluster: ClusterSpec, ledger_path: str, controller: ControllerConfig) -> None:
+        super().__init__(cluster, ledger_path, controller=controller, observer=ray_observer)
         self._seen_dead: set[str] = set()
-        # Node watching goes through the actor's own queue, so it never races a command.
+        # The controller and node watching go through the actor's own queue, so they never race a command.
         me = ray.get_runtime_context().current_actor
-        threading.Thread(target=_poll_forever, args=(me,), daemon=True, name="node-watch").start()
+        threading.Thread(target=_poll_forever, args=(me, controller.tick_seconds), daemon=True, name="controller").start()
 
     def ping(self) -> str:
         return "ok"
+
+    def tick(self) -> list[dict[str, Any]]:
+        return self.sync_nodes() + self.controller_tick()
 
     def sync_nodes(self) -> list[dict[str, Any]]:
         """Treat a spot node that died other than idle as an interruption of its pool."""
@@ -211,7 +627,7 @@ class SchedulerActor(SchedulerState):
             node_type = node.get("Labels", {}).get(L.NODE_TYPE)
             reason = LOST_REASONS.get(int(node.get("DeathReason", 0) or 0))
             if node_type in spot_pools and reason:
-                decisions = super().interrupt(node_type)["decisions"]
+                decisions = SchedulerState.interrupt(self, node_type)["decisions"]
                 for d in decisions:
                     d["reason"] = f"spot node {node_id[-8:]} of {node_type} was lost ({reason}); " + d["reason"]
                 out += decisions
@@ -232,13 +648,31 @@ class SchedulerActor(SchedulerState):
         return result
 
 
-def _poll_forever(handle: Any) -> None:
+def _poll_forever(handle: Any, period_s: float) -> None:
     while True:
-        time.sleep(NODE_POLL_S)
+        time.sleep(period_s)
         try:
-            ray.get(handle.sync_nodes.remote())
+            ray.get(handle.tick.remote())
         except Exception:  # the actor is restarting or gone: its next incarnation polls again
             return
+
+
+def ray_observer(job_id: str) -> dict[str, tuple[int, int]]:
+    """{node type: (Ray Train workers, distinct nodes)} of one Ray job's live training workers, from the GCS."""
+    from ray._private import state
+
+    alive_nodes = {n["NodeID"]: n.get("Labels", {}) for n in ray.nodes() if n.get("Alive")}
+    seen: dict[str, tuple[int, set[str]]] = {}
+    for actor in state.actors(job_id=ray.JobID.from_hex(job_id), actor_state_name="ALIVE").values():
+        if "RayTrainWorker" not in str(actor.get("ActorClassName", "")):
+            continue
+        node_id = actor.get("Address", {}).get("NodeID")
+        node_type = alive_nodes.get(node_id, {}).get(L.NODE_TYPE)
+        if node_type is None:
+            continue
+        workers, nodes = seen.get(node_type, (0, set()))
+        seen[node_type] = (workers + 1, nodes | {node_id})
+    return {t: (w, len(n)) for t, (w, n) in seen.items()}
 
 
 def drain_nodes_of_type(node_type: str, notice_seconds: int) -> list[str]:

@@ -249,65 +249,124 @@ def on_demand_cost(params: JobParams) -> float:
     return (params.job_hours + params.restart_hours) * params.price_ratio
 
 
+class JobStepper:
+    """One job under a policy, one tick at a time: the object both `simulate` and the live controller run.
+
+    Each tick: `decide(spot_available)` turns a spot loss into a preemption, shows the
+    policy the past and the present, and books the launch a change of instance costs;
+    the caller then says what the tick achieved (`run_for`, the simulator's model of a
+    tick) or what the job reported (`observe`, live), and `end_tick` files the tick's
+    availability into the history. The same availability and progress give the same
+    decisions wherever it runs.
+    """
+
+    def __init__(self, policy: Policy, params: JobParams, gap_hours: float, *, history: Sequence[bool] = ()) -> None:
+        if isinstance(gap_hours, bool) or not isinstance(gap_hours, (int, float)) or not 0 < gap_hours <= MAX_HOURS:
+            raise ConfigError(f"must be a number in (0, {MAX_HOURS:.0f}] hours, got {gap_hours!r}", field="gap_hours")
+        self.policy = policy
+        self.params = params
+        self.gap_hours = float(gap_hours)
+        self.past = [bool(v) for v in history]
+        self.tick = 0
+        self.progress = 0.0
+        self.instance: Instance = NONE
+        self.overhead_left = 0.0
+        self.restarts = 0
+        self.preemptions = 0
+        self.launched = False
+        self._lost_spot = False
+        self.n_ticks = math.ceil(params.deadline_hours / gap_hours - _EPS)
+
+    @property
+    def hour(self) -> float:
+        return self.tick * self.gap_hours
+
+    def decide(self, spot_available: bool) -> Instance:
+        avail = bool(spot_available)
+        preempted = (self.instance == SPOT and not avail) or self._lost_spot
+        self._lost_spot = False
+        if preempted:
+            self.preemptions += 1
+            self.instance = NONE
+        view = TickView(
+            tick=self.tick, hour=self.hour, gap_hours=self.gap_hours, progress=self.progress, instance=self.instance,
+            preempted=preempted, spot_available=avail, history=self.past, params=self.params,
+            overhead_left=self.overhead_left if self.instance != NONE else 0.0,
+        )
+        # Past the deadline only on-demand is left: finish as soon as possible.
+        choice = self.policy.decide(view) if self.tick < self.n_ticks else OD
+        if choice == SPOT and not avail:
+            choice = NONE
+        if choice != self.instance and choice != NONE:
+            self.overhead_left = self.params.restart_hours
+            self.restarts += 1 if self.launched else 0
+            self.launched = True
+        self.instance = choice
+        return choice
+
+    def run_for(self, hours: float) -> tuple[float, float]:
+        """The simulator's tick: pay the restart first, then progress; (work done, overhead paid) in hours."""
+        if self.instance == NONE:
+            return 0.0, 0.0
+        used = min(self.overhead_left, hours)
+        self.overhead_left -= used
+        work = min(hours - used, self.params.job_hours - self.progress)
+        self.progress += work
+        return work, used
+
+    def observe(self, progress_hours: float, *, instance: Instance) -> None:
+        """Live: the work the job reports done, and what it runs on now (a lost node ends a spot run)."""
+        if instance != self.instance:
+            self._lost_spot = self.instance == SPOT and instance == NONE
+            self.instance = instance
+            self.overhead_left = 0.0 if instance == NONE else self.overhead_left
+        if progress_hours - self.progress > _EPS:
+            self.overhead_left = 0.0  # it made progress: the restart is behind it
+        self.progress = min(self.params.job_hours, max(0.0, progress_hours))
+
+    def end_tick(self, spot_available: bool) -> None:
+        self.past.append(bool(spot_available))
+        self.tick += 1
+
+    @property
+    def done(self) -> bool:
+        return self.progress >= self.params.job_hours - _EPS
+
+
 def simulate(
     policy: Policy, availability: Sequence[bool], gap_hours: float, params: JobParams,
-    *, history: Sequence[bool] = (),
+    *, history: Sequence[bool] = (), decisions: list[Instance] | None = None,
 ) -> SimResult:
     """Run a policy tick by tick from availability[0]; ticks past the end of the trace count as spot unavailable.
 
     `history` is the zone's availability before the job starts, oldest first:
-    policies see it (an online signal), the job does not run in it.
+    policies see it (an online signal), the job does not run in it. `decisions`,
+    when given, receives the instance chosen at every tick.
     """
-    past = [bool(v) for v in history]
-    progress = cost = spot_h = od_h = 0.0
-    instance: Instance = NONE
-    overhead_left = 0.0
-    restarts = preemptions = 0
-    launched = False
+    job = JobStepper(policy, params, gap_hours, history=history)
+    cost = spot_h = od_h = 0.0
     finish: float | None = None
-    n_ticks = math.ceil(params.deadline_hours / gap_hours - _EPS)
     # Keep going past the deadline (on-demand) so a late job reports when it would finish.
-    tick = 0
-    while finish is None and tick < n_ticks + math.ceil((params.job_hours + params.restart_hours) / gap_hours) + 1:
-        hour = tick * gap_hours
-        avail = bool(availability[tick]) if tick < len(availability) else False
-        preempted = instance == SPOT and not avail
-        if preempted:
-            preemptions += 1
-            instance = NONE
-        view = TickView(
-            tick=tick, hour=hour, gap_hours=gap_hours, progress=progress, instance=instance,
-            preempted=preempted, spot_available=avail, history=past, params=params,
-            overhead_left=overhead_left if instance != NONE else 0.0,
-        )
-        choice = policy.decide(view) if tick < n_ticks else OD
-        if choice == SPOT and not avail:
-            choice = NONE
-        if choice != instance and choice != NONE:
-            overhead_left = params.restart_hours
-            restarts += 1 if launched else 0
-            launched = True
-        instance = choice
-        if instance != NONE:
-            used = min(overhead_left, gap_hours)
-            overhead_left -= used
-            work = gap_hours - used
-            needed = params.job_hours - progress
+    last = job.n_ticks + math.ceil((params.job_hours + params.restart_hours) / gap_hours) + 1
+    while finish is None and job.tick < last:
+        avail = bool(availability[job.tick]) if job.tick < len(availability) else False
+        choice = job.decide(avail)
+        if decisions is not None:
+            decisions.append(choice)
+        if choice != NONE:
+            hour = job.hour
+            work, used = job.run_for(gap_hours)
             billed = gap_hours
-            if work >= needed - _EPS:
-                billed = used + needed
+            if job.done:
+                billed = used + work
                 finish = hour + billed
-                progress = params.job_hours
-            else:
-                progress += work
-            price = 1.0 if instance == SPOT else params.price_ratio
+            price = 1.0 if choice == SPOT else params.price_ratio
             cost += billed * price
-            if instance == SPOT:
+            if choice == SPOT:
                 spot_h += billed
             else:
                 od_h += billed
-        past.append(avail)
-        tick += 1
+        job.end_tick(avail)
     return SimResult(
         policy=policy.name,
         cost=round(cost, 6),
@@ -316,9 +375,9 @@ def simulate(
         finish_hour=None if finish is None else round(finish, 6),
         spot_hours=round(spot_h, 6),
         on_demand_hours=round(od_h, 6),
-        restarts=restarts,
-        preemptions=preemptions,
-        progress_hours=round(progress, 6),
+        restarts=job.restarts,
+        preemptions=job.preemptions,
+        progress_hours=round(job.progress, 6),
     )
 
 

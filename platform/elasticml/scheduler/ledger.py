@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS intervals (
     node_type TEXT NOT NULL,
     market TEXT NOT NULL,
     workers INTEGER NOT NULL,
+    nodes INTEGER NOT NULL DEFAULT 0,
     hourly_cost REAL NOT NULL,
     on_demand_hourly_cost REAL NOT NULL,
     start REAL NOT NULL,
@@ -53,15 +54,21 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(intervals)")}
+        if "nodes" not in columns:  # a ledger written before nodes were recorded
+            self._db.execute("ALTER TABLE intervals ADD COLUMN nodes INTEGER NOT NULL DEFAULT 0")
 
-    def open(self, *, workload: str, tenant: str, node_type: str, market: str, workers: int,
+    def open(self, *, workload: str, tenant: str, node_type: str, market: str, workers: int, nodes: int,
              hourly_cost: float, on_demand_hourly_cost: float, at: float | None = None) -> None:
         with self._db:
             self._db.execute(
-                "INSERT INTO intervals (workload, tenant, node_type, market, workers, hourly_cost, on_demand_hourly_cost, start)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (workload, tenant, node_type, market, workers, hourly_cost, on_demand_hourly_cost, at or time.time()),
+                "INSERT INTO intervals (workload, tenant, node_type, market, workers, nodes, hourly_cost,"
+                " on_demand_hourly_cost, start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (workload, tenant, node_type, market, workers, nodes, hourly_cost, on_demand_hourly_cost, at or time.time()),
             )
+
+    def open_intervals(self, workload: str) -> list[dict[str, object]]:
+        return [r for r in self.intervals(workload) if r["end"] is None]
 
     def close(self, workload: str, *, node_type: str | None = None, at: float | None = None) -> int:
         """End the workload's open intervals (on one node type, or all); returns how many."""
@@ -74,8 +81,11 @@ class Ledger:
                                        (at or time.time(), workload, node_type))
             return cur.rowcount
 
-    def intervals(self) -> list[dict[str, object]]:
-        cur = self._db.execute("SELECT * FROM intervals ORDER BY id")
+    def intervals(self, workload: str | None = None) -> list[dict[str, object]]:
+        if workload is None:
+            cur = self._db.execute("SELECT * FROM intervals ORDER BY id")
+        else:
+            cur = self._db.execute("SELECT * FROM intervals WHERE workload = ? ORDER BY id", (workload,))
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 

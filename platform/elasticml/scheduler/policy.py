@@ -32,7 +32,7 @@ from elasticml import labels as L
 from elasticml.scheduler.capacity import Allocation, Pool, Snapshot
 from elasticml.scheduler.spec import Tenants, WorkloadSpec
 
-Action = Literal["place", "queue", "refuse", "preempt", "move"]
+Action = Literal["place", "queue", "refuse", "preempt", "move", "pause"]
 OVER_PROVISION = 0.5
 """Extra spot replicas per spot replica a serving workload asks for (SkyServe-style)."""
 
@@ -45,6 +45,8 @@ class Decision:
     allocations: tuple[Allocation, ...] = ()
     fallback_node_types: tuple[str, ...] = ()
     """Where Ray may go if the chosen pool cannot take it (never spot for critical work)."""
+    voluntary: bool = False
+    """A move to save money, not forced by lost capacity: these are bounded per hour."""
 
     @property
     def hourly_cost(self) -> float:
@@ -116,7 +118,7 @@ def rebalance(snapshot: Snapshot, specs: dict[str, WorkloadSpec], tenants: Tenan
             where = ", ".join(f"{a.workers}x {a.market}" for a in final.allocations)
             decisions.append(Decision(
                 workload=alloc_name, action="move", allocations=final.allocations,
-                fallback_node_types=final.fallback_node_types,
+                fallback_node_types=final.fallback_node_types, voluntary=True,
                 reason=f"cheaper capacity freed up: ${cost_now:.3f}/h -> ${final.hourly_cost:.3f}/h on {where}",
             ))
             snap = trial_snap
@@ -148,8 +150,20 @@ def replace_interrupted(snapshot: Snapshot, node_type: str, specs: dict[str, Wor
 
 
 # -- one workload ---------------------------------------------------------------
+def place_on(snapshot: Snapshot, spec: WorkloadSpec, specs: dict[str, WorkloadSpec], tenants: Tenants,
+             markets: tuple[str, ...], reason: str, *, voluntary: bool = False) -> Decision:
+    """A move of running work to one of `markets` (the controller's choice), or a queue decision saying why not."""
+    new, _ = _place_one(snapshot.without(spec.name), spec, specs, tenants, allow_preempt=False, markets=markets)
+    final = new[0]
+    if final.action != "place":
+        return Decision(workload=spec.name, action="queue", reason=f"{reason}, but {final.reason}")
+    where = ", ".join(f"{a.workers}x {a.node_type} ({a.market})" for a in final.allocations)
+    return Decision(workload=spec.name, action="move", allocations=final.allocations, voluntary=voluntary,
+                    reason=f"{reason}: moved to {where}")
+
+
 def _place_one(snap: Snapshot, spec: WorkloadSpec, specs: dict[str, WorkloadSpec], tenants: Tenants,
-               *, allow_preempt: bool = True) -> tuple[list[Decision], Snapshot]:
+               *, allow_preempt: bool = True, markets: tuple[str, ...] | None = None) -> tuple[list[Decision], Snapshot]:
     pools = [p for p in snap.pools if not spec.regions or p.region in spec.regions]
     if not pools:
         regions = sorted({p.region for p in snap.pools})
@@ -166,7 +180,7 @@ def _place_one(snap: Snapshot, spec: WorkloadSpec, specs: dict[str, WorkloadSpec
     if spec.kind == "serving":
         plan, why, preempted = _serving_plan(snap, spec, pools, specs, allow_preempt)
     else:
-        plan, why, preempted = _batch_plan(snap, spec, pools, specs, allow_preempt)
+        plan, why, preempted = _batch_plan(snap, spec, pools, specs, allow_preempt, markets)
     if plan is None:
         return [Decision(workload=spec.name, action="queue", reason=why)], snap
 
@@ -222,8 +236,10 @@ def _spot_allowed(spec: WorkloadSpec, pools: list[Pool]) -> tuple[bool, str]:
 
 
 def _batch_plan(snap: Snapshot, spec: WorkloadSpec, pools: list[Pool], specs: dict[str, WorkloadSpec],
-                allow_preempt: bool) -> tuple[list[Allocation] | None, str, list[str]]:
+                allow_preempt: bool, only: tuple[str, ...] | None = None) -> tuple[list[Allocation] | None, str, list[str]]:
     markets, why = _markets(spec, pools)
+    if only is not None:
+        markets, why = [m for m in markets if m in only], "the controller's choice"
     full = []
     for market in markets:
         for pool in sorted((p for p in pools if p.market == market), key=lambda p: p.hourly_price):

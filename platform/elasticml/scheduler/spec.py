@@ -13,8 +13,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-from elasticml.dataconf import from_mapping
+from elasticml.dataconf import check_number, check_text, from_mapping
 from elasticml.errors import ConfigError
+from elasticml.scheduler.capacity import Allocation
+
+MAX_NAME = 63
+"""Workload and tenant names: a DNS label's length, so they fit Ray, Kubernetes and metric labels."""
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+MAX_WORKERS = 10_000
+MAX_HOURS = 8760.0
+"""A year: the longest run, deadline or interval a spec may name."""
+MAX_DOLLARS = 1e9
+MAX_REGIONS = 32
 
 Kind = Literal["training", "sweep", "serving", "batch"]
 Priority = Literal["critical", "high", "normal", "low", "preemptible"]
@@ -50,35 +60,52 @@ class WorkloadSpec:
     budget: float | None = None
     """Dollars this workload may cost at its expected duration; None = no limit of its own."""
 
+    spot_policy: str = "stochastic-dp"
+    """The deadline policy the controller runs for checkpointable work with a deadline (see `policies.NAMES`)."""
+
     def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"must be a non-empty name of letters, digits, - and _ (got {self.name!r})", field="name")
-        if not self.tenant:
-            raise ConfigError("must not be empty", field="tenant")
+        check_text(self.name, field="name", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        check_text(self.tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
         if self.kind not in get_args(Kind):
-            raise ConfigError(f"must be one of {', '.join(get_args(Kind))}, got {self.kind!r}", field="kind")
+            raise ConfigError(f"must be one of {', '.join(get_args(Kind))}, got {str(self.kind)[:40]!r}", field="kind")
         if self.priority not in PRIORITY_ORDER:
-            raise ConfigError(f"must be one of {' > '.join(PRIORITY_ORDER)}, got {self.priority!r}", field="priority")
-        for name in ("cpus_per_worker", "gpus_per_worker", "memory_gb_per_worker", "restart_overhead_hours"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
+            raise ConfigError(f"must be one of {' > '.join(PRIORITY_ORDER)}, got {str(self.priority)[:40]!r}", field="priority")
+        check_number(self.cpus_per_worker, field="cpus_per_worker", lo=0, hi=1024)
+        check_number(self.gpus_per_worker, field="gpus_per_worker", lo=0, hi=64)
+        check_number(self.memory_gb_per_worker, field="memory_gb_per_worker", lo=0, hi=16384)
+        check_number(self.restart_overhead_hours, field="restart_overhead_hours", lo=0, hi=MAX_HOURS)
+        check_number(self.min_workers, field="min_workers", lo=1, hi=MAX_WORKERS, integer=True)
+        check_number(self.max_workers, field="max_workers", lo=1, hi=MAX_WORKERS, integer=True)
+        check_number(self.expected_hours, field="expected_hours", lo=0, hi=MAX_HOURS)
         if self.cpus_per_worker == 0 and self.gpus_per_worker == 0:
             raise ConfigError("a worker needs at least one CPU or GPU", field="cpus_per_worker")
-        if self.min_workers < 1 or self.max_workers < self.min_workers:
+        if self.max_workers < self.min_workers:
             raise ConfigError(
                 f"need 1 <= min_workers <= max_workers, got {self.min_workers} and {self.max_workers}", field="min_workers"
             )
         if self.expected_hours <= 0:
             raise ConfigError(f"must be > 0, got {self.expected_hours}", field="expected_hours")
-        if self.deadline_hours is not None and self.deadline_hours < self.expected_hours:
-            raise ConfigError(
-                f"deadline {self.deadline_hours}h is shorter than the expected {self.expected_hours}h of work",
-                field="deadline_hours",
-            )
-        if self.budget is not None and self.budget < 0:
-            raise ConfigError(f"must be >= 0 or null, got {self.budget}", field="budget")
-        if self.checkpoint_interval_hours is not None and self.checkpoint_interval_hours <= 0:
-            raise ConfigError(f"must be > 0 or null, got {self.checkpoint_interval_hours}", field="checkpoint_interval_hours")
+        if self.deadline_hours is not None:
+            check_number(self.deadline_hours, field="deadline_hours", lo=0, hi=MAX_HOURS)
+            if self.deadline_hours < self.expected_hours:
+                raise ConfigError(
+                    f"deadline {self.deadline_hours}h is shorter than the expected {self.expected_hours}h of work",
+                    field="deadline_hours",
+                )
+        if self.budget is not None:
+            check_number(self.budget, field="budget", lo=0, hi=MAX_DOLLARS)
+        if self.checkpoint_interval_hours is not None:
+            check_number(self.checkpoint_interval_hours, field="checkpoint_interval_hours", lo=0, hi=MAX_HOURS)
+            if self.checkpoint_interval_hours <= 0:
+                raise ConfigError(f"must be > 0 or null, got {self.checkpoint_interval_hours}", field="checkpoint_interval_hours")
+        if not isinstance(self.regions, tuple) or len(self.regions) > MAX_REGIONS:
+            raise ConfigError(f"must be a list of at most {MAX_REGIONS} region names", field="regions")
+        for region in self.regions:
+            check_text(region, field="regions", max_len=32, pattern=r"[a-z0-9][a-z0-9-]*")
+        from elasticml.scheduler.policies import POLICIES
+
+        if self.spot_policy not in POLICIES:
+            raise ConfigError(f"must be one of {', '.join(POLICIES)}, got {str(self.spot_policy)[:40]!r}", field="spot_policy")
 
     @property
     def checkpointable(self) -> bool:
@@ -116,10 +143,11 @@ class TenantPolicy:
     """Quota: CPUs this tenant may hold at once; None = no limit."""
 
     def __post_init__(self) -> None:
-        for name in ("budget", "max_cpus"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                raise ConfigError(f"must be >= 0, got {v}", field=name)
+        check_text(self.tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        if self.budget is not None:
+            check_number(self.budget, field="budget", lo=0, hi=MAX_DOLLARS)
+        if self.max_cpus is not None:
+            check_number(self.max_cpus, field="max_cpus", lo=0, hi=1e7)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -128,3 +156,52 @@ class Tenants:
 
     def of(self, tenant: str) -> TenantPolicy:
         return self.policies.get(tenant, TenantPolicy(tenant=tenant))
+
+
+PlacementState = Literal["placed", "queued", "paused"]
+
+
+@dataclass(kw_only=True, frozen=True)
+class Placement:
+    """One workload's own answer from the scheduler: where it runs now, or why it waits.
+
+    `placed`: run `workers` workers on `node_type` (`ray_options` for tasks, actors and
+    Serve replicas; `scaling_config` for Ray Train). `queued`: nothing fits yet.
+    `paused`: the controller stopped it on purpose (waiting for spot is cheaper and the
+    deadline allows it). `epoch` grows with every move, so running work can tell that
+    it must follow.
+    """
+
+    workload: str
+    state: PlacementState
+    reason: str
+    allocations: tuple[Allocation, ...] = ()
+    ray_options: dict[str, Any] = field(default_factory=dict)
+    scaling_config: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+
+    @property
+    def placed(self) -> bool:
+        return self.state == "placed"
+
+    @property
+    def node_type(self) -> str | None:
+        return self.allocations[0].node_type if self.allocations else None
+
+    @property
+    def market(self) -> str | None:
+        return self.allocations[0].market if self.allocations else None
+
+    @property
+    def workers(self) -> int:
+        return sum(a.workers for a in self.allocations)
+
+    @property
+    def hourly_cost(self) -> float:
+        return sum(a.hourly_cost for a in self.allocations)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workload": self.workload, "state": self.state, "reason": self.reason, "epoch": self.epoch,
+                "node_type": self.node_type, "market": self.market, "workers": self.workers,
+                "hourly_cost": round(self.hourly_cost, 6), "allocations": [asdict(a) for a in self.allocations],
+                "ray_options": self.ray_options, "scaling_config": self.scaling_config}

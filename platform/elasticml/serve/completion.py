@@ -24,7 +24,7 @@ builder for `serve run` / `serve deploy`.
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Header, HTTPException
 from ray import serve
@@ -43,6 +43,9 @@ from elasticml.serve.api import (
     refusal_for,
 )
 from elasticml.serve.config import ServeConfig
+
+if TYPE_CHECKING:
+    from elasticml.scheduler.capacity import Allocation
 
 log = logging.getLogger("elasticml.serve")
 api = new_api("elasticml completion")
@@ -239,7 +242,7 @@ def resolve_checkpoint(spec: str) -> str:
     return where
 
 
-def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list["Allocation"]]:
     """ray_actor_options for the replicas and, when the scheduler placed them, its allocations.
 
     With a tenant the cluster's scheduler decides: base replicas on reserved or on-demand capacity,
@@ -254,19 +257,19 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list[dict
         if cfg.market != "any":
             options["label_selector"] = L.selector_for(cfg.market)  # type: ignore[arg-type]
         return options, []
+    from elasticml.errors import SchedulerError
     from elasticml.scheduler.client import SchedulerClient
+    from elasticml.scheduler.spec import WorkloadSpec
 
     replicas = cfg.autoscaling()
-    spec = {"name": name, "tenant": cfg.tenant, "kind": "serving", "priority": cfg.priority,
-            "cpus_per_worker": cfg.num_cpus, "gpus_per_worker": 1.0 if cfg.device == "gpu" else 0.0,
-            "min_workers": replicas.get("min_replicas", cfg.num_replicas) or 1,
-            "max_workers": replicas.get("max_replicas", cfg.num_replicas), "expected_hours": 24}
-    decision = SchedulerClient.connect().submit(spec)[-1]
-    if decision["action"] != "place":
-        from elasticml.errors import ElasticMLError
-
-        raise ElasticMLError(f"the scheduler did not place {name}: {decision['action']}: {decision['reason']}")
-    return options, decision["allocations"]
+    spec = WorkloadSpec(name=name, tenant=cfg.tenant, kind="serving", priority=cfg.priority,
+                        cpus_per_worker=cfg.num_cpus, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0,
+                        min_workers=replicas.get("min_replicas", cfg.num_replicas) or 1,
+                        max_workers=replicas.get("max_replicas", cfg.num_replicas), expected_hours=24)
+    placed = SchedulerClient.connect().place(spec)
+    if not placed.placed:
+        raise SchedulerError(f"the scheduler has not placed {name} yet ({placed.state}): {placed.reason}")
+    return options, list(placed.allocations)
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -296,14 +299,14 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         backend_cfg = {**cfg.to_dict(), "api_keys": {}}  # keys are checked by the router
         pools, handles = [], []
         for alloc in allocations:
-            pinned = {**options, "label_selector": {L.NODE_TYPE: alloc["node_type"]}}  # no fallback: stay put
-            handles.append(ModelBackend.options(name=f"pool-{alloc['node_type']}", ray_actor_options=pinned,
-                                                num_replicas=alloc["workers"], **common).bind(backend_cfg))
-            pools.append({"node_type": alloc["node_type"], "market": alloc["market"], "replicas": alloc["workers"]})
+            pinned = {**options, "label_selector": {L.NODE_TYPE: alloc.node_type}}  # no fallback: stay put
+            handles.append(ModelBackend.options(name=f"pool-{alloc.node_type}", ray_actor_options=pinned,
+                                                num_replicas=alloc.workers, **common).bind(backend_cfg))
+            pools.append({"node_type": alloc.node_type, "market": alloc.market, "replicas": alloc.workers})
         # The router must not sit on spot either: pinned to the first (base) pool, taking no CPU.
-        base_pool = next((a for a in allocations if a["market"] != "spot"), allocations[0])
+        base_pool = next((a for a in allocations if a.market != "spot"), allocations[0])
         router = {"num_cpus": 0, "runtime_env": options["runtime_env"],
-                  "label_selector": {L.NODE_TYPE: base_pool["node_type"]}}
+                  "label_selector": {L.NODE_TYPE: base_pool.node_type}}
         return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys)
     deployment: dict[str, Any] = {"name": deployment_name, "ray_actor_options": options, **common}
     autoscaling = cfg.autoscaling()

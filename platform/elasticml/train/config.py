@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from elasticml import labels as L
-from elasticml.dataconf import from_mapping
+from elasticml.dataconf import check_number, from_mapping
 from elasticml.errors import ConfigError
 from elasticml.models.transformer import SIZES
 from elasticml.models.user import resolve_factory
@@ -64,6 +64,8 @@ class TrainConfig:
     """Steps between checkpoints; 0 = only at the end."""
     keep_checkpoints: int = 2
     max_failures: int = 3
+    min_step_seconds: float = 0.0
+    """Pace: each step lasts at least this long (a replayed spot market maps work to trace hours by it)."""
 
     def __post_init__(self) -> None:
         positive = ("steps", "global_batch", "seq_len", "num_workers", "report_every", "keep_checkpoints")
@@ -73,6 +75,7 @@ class TrainConfig:
         for name in ("warmup_steps", "checkpoint_every", "max_failures"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
+        check_number(self.min_step_seconds, field="min_step_seconds", lo=0, hi=3600)
         if not self.lr > 0:
             raise ConfigError(f"must be > 0, got {self.lr}", field="lr")
         if self.cpus_per_worker <= 0:

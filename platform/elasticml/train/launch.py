@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import ray
 
 from elasticml.train.config import TrainConfig
 
@@ -11,7 +14,15 @@ if TYPE_CHECKING:
     from ray.train import Result
 
 
-def fit(cfg: TrainConfig, *, callbacks: list | None = None) -> Result:
+def fit(cfg: TrainConfig, *, callbacks: list | None = None, stop: Any = None,
+        started: Callable[[], float] | None = None) -> Result:
+    """Train `cfg` (validated once, here at the door: workers get the typed value).
+
+    `stop`: a `StopFlag` actor; when it is raised the workers checkpoint at their next
+    report point and end the run early (the scheduler moved the job: it resumes
+    from that checkpoint on its new placement). `started`: called by rank 0 once
+    the run is up, before its first step; it returns seconds to wait first.
+    """
     # Each report waits for the controller's poll (2 s by default); a shorter
     # interval keeps small runs from idling. An explicit setting wins.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
@@ -28,7 +39,7 @@ def fit(cfg: TrainConfig, *, callbacks: list | None = None) -> Result:
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=cfg.to_dict(),
+        train_loop_config={"config": cfg, "stop": stop, "started": started},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             # Elastic on spot: Ray Train runs with what it can get between the two bounds.
@@ -47,3 +58,25 @@ def fit(cfg: TrainConfig, *, callbacks: list | None = None) -> Result:
         ),
     )
     return trainer.fit()
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class StopFlag:
+    """Raised by the job's driver when the scheduler moves it; read by rank 0 at report points."""
+
+    def __init__(self) -> None:
+        self._reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        self._reason = reason
+
+    def clear(self) -> None:
+        self._reason = None
+
+    def reason(self) -> str | None:
+        return self._reason
+
+
+def stop_flag() -> Any:
+    """A StopFlag on the head node, which no spot interruption takes away."""
+    return StopFlag.options(resources={"node:__internal_head__": 0.001}).remote()

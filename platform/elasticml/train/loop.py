@@ -53,7 +53,7 @@ def _gauges() -> dict[str, Any]:
     }
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     from ray.train import CheckpointUploadMode
     from torch.distributed.checkpoint.state_dict import (
@@ -64,7 +64,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    cfg = TrainConfig(**config)
+    cfg: TrainConfig = loop_config["config"]
+    stop = loop_config.get("stop")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -118,6 +119,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             log.info("resumed from step %d (next sample %d, %d workers) from %s",
                      start_step, start_step * cfg.global_batch, world, restored.path)
 
+    started = loop_config.get("started")
+    if rank == 0 and started is not None:
+        # Tell the job's driver side the run is up; on a replayed market the answer is the restart's
+        # cost in wall seconds, spent here as the simulator spends it (paid, no progress).
+        pause_s = float(started())
+        if pause_s > 0:
+            log.info("run up at step %d: the restart costs %.1fs", start_step, pause_s)
+            time.sleep(pause_s)
+
     data = TokenBlocks(cfg.data, seq_len=cfg.seq_len, seed=cfg.seed)
     gauges = _gauges() if rank == 0 else None
     window_tokens, window_start = 0, time.perf_counter()
@@ -125,6 +135,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loss_count = 0
     saved_for_preemption = False
     for step in range(start_step, cfg.steps):
+        step_start = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         inputs, targets = data.batch(step, global_batch=cfg.global_batch, rank=rank, world_size=world)
@@ -136,6 +147,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if cfg.min_step_seconds:
+            time.sleep(max(0.0, cfg.min_step_seconds - (time.perf_counter() - step_start)))
         loss_sum += loss.detach()
         loss_count += 1
         window_tokens += inputs.numel()
@@ -151,9 +164,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             want_ckpt = saved_for_preemption = True
             if rank == 0:
                 log.info("preemption notice at step %d: checkpointing now", done)
+        # The driver raises the stop flag when the scheduler moves the job; rank 0 reads it and the
+        # all-reduce below tells every worker, so all of them checkpoint and stop at the same step.
+        stop_now = 1.0 if rank == 0 and stop is not None and ray.get(stop.reason.remote(), timeout=30) else 0.0
         stats = torch.stack([loss_sum * inputs.shape[0] * world / cfg.global_batch,
-                             torch.tensor(float(window_tokens), device=device)])
+                             torch.tensor(float(window_tokens), device=device),
+                             torch.tensor(stop_now, device=device)])
         dist.all_reduce(stats)
+        moving = stats[2].item() > 0 and not is_last
+        if moving:
+            want_ckpt = True
+            if rank == 0:
+                log.info("the scheduler moved this job at step %d: checkpointing, then stopping", done)
         elapsed = time.perf_counter() - window_start
         tokens_per_s = stats[1].item() / elapsed
         metrics = {
@@ -196,3 +218,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         loss_sum.zero_()
         loss_count, window_tokens, window_start = 0, 0, time.perf_counter()
+        if moving:
+            return

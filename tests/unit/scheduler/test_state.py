@@ -1,56 +1,240 @@
-"""The actor's state without Ray: persistence, ledger durability and costs."""
+"""The actor's state without Ray: the typed door, persistence, ledger durability, costs and the controller."""
 
+import math
+import random
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from elasticml.errors import ConfigError
-from elasticml.scheduler.actor import SchedulerState
+from elasticml.cluster.config import load_cluster_spec
+from elasticml.errors import ConfigError, PlacementRefused
+from elasticml.scheduler.actor import ControllerConfig, SchedulerState
+from elasticml.scheduler.deadline import NONE, OD, SPOT, simulate
 from elasticml.scheduler.ledger import Ledger
+from elasticml.scheduler.policies import POLICIES
+from elasticml.scheduler.spec import Placement, TenantPolicy, WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[3]
-CONFIG = str(REPO / "cluster_configs" / "local.yaml")
+CONFIG = load_cluster_spec(REPO / "cluster_configs" / "local.yaml")
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def spec(name: str, **kw) -> WorkloadSpec:
+    return WorkloadSpec(name=name, tenant=kw.pop("tenant", "t"), **kw)
 
 
 def test_a_new_incarnation_reloads_everything(tmp_path):
     db = str(tmp_path / "l.sqlite")
     s = SchedulerState(CONFIG, db)
-    s.set_tenant({"tenant": "b", "budget": 100.0})
-    s.submit({"name": "crit", "tenant": "a", "priority": "critical", "max_workers": 2})
-    s.submit({"name": "r1", "tenant": "a", "max_workers": 2})
-    s.submit({"name": "r2", "tenant": "b", "max_workers": 1})  # reserved and on-demand full: queued
+    s.set_tenant(TenantPolicy(tenant="b", budget=100.0))
+    s.place(spec("crit", tenant="a", priority="critical", max_workers=2))
+    s.place(spec("r1", tenant="a", max_workers=2))
+    s.place(spec("r2", tenant="b", max_workers=1))  # reserved and on-demand full: queued
     s.interrupt("cpu_spot")
-    before = (s.status(), s.explain("crit"), s.ledger.intervals())
+    before = (s.status(), s.explain("crit"), s.ledger.intervals(), s.placement("r2"))
     again = SchedulerState(CONFIG, db)
-    assert (again.status(), again.explain("crit"), again.ledger.intervals()) == before
+    assert (again.status(), again.explain("crit"), again.ledger.intervals(), again.placement("r2")) == before
     assert again.queue == ["r2"] and again.interrupted == {"cpu_spot"}
     assert again.tenants.of("b").budget == 100.0
 
 
+def test_place_answers_with_the_callers_own_placement_even_when_it_preempts_another(tmp_path):
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"))
+    low = s.place(spec("nightly", priority="low", max_workers=2, checkpoint_interval_hours=0.1))
+    assert low.placed and low.market == "reserved"
+    crit = s.place(spec("fraud", tenant="p", priority="critical", max_workers=2))
+    # The victim's re-placement is the last decision taken, but the answer is fraud's own.
+    assert isinstance(crit, Placement) and crit.workload == "fraud" and crit.market == "reserved"
+    assert crit.scaling_config == {"num_workers": 2, "label_selector": {"elasticml.io/node-type": "cpu_reserved"}}
+    assert [d["action"] for d in s.explain("nightly")][-2:] == ["preempt", "place"]
+    moved = s.placement("nightly")
+    assert moved.placed and moved.market != "reserved" and moved.epoch == 3  # placed, preempted, placed
+
+
 def test_finishing_frees_capacity_for_the_queue(tmp_path):
     s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"))
-    s.submit({"name": "a", "tenant": "t", "max_workers": 2})
-    s.submit({"name": "b", "tenant": "t", "max_workers": 2})
-    q = s.submit({"name": "c", "tenant": "t", "max_workers": 1})
-    assert q[-1]["action"] == "queue"
-    out = s.finish("a")
-    assert ("c", "place") in [(d["workload"], d["action"]) for d in out]
-    assert s.queue == []
+    s.place(spec("a", max_workers=2))
+    s.place(spec("b", max_workers=2))
+    q = s.place(spec("c", max_workers=1))
+    assert q.state == "queued" and not q.placed and q.allocations == ()
+    s.finish("a")
+    assert s.placement("c").placed and s.queue == []
+    assert s.placement("a") is None
     closed = [i for i in s.ledger.intervals() if i["workload"] == "a"]
     assert closed and all(i["end"] is not None for i in closed)
+
+
+def test_a_refusal_raises_with_the_reason_and_leaves_nothing_behind(tmp_path):
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"))
+    with pytest.raises(PlacementRefused, match="data residency") as info:
+        s.place(spec("gdpr", regions=("eu-west-1",)))
+    assert info.value.workload == "gdpr" and "eu-west-1" in info.value.reason
+    assert s.placement("gdpr") is None and s.status()["running"] == {}
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("max_workers", True, "integer"),
+    ("max_workers", 2.5, "integer"),
+    ("max_workers", "two", "integer"),
+    ("expected_hours", math.nan, r"\[0, 8760\]"),
+    ("expected_hours", math.inf, r"\[0, 8760\]"),
+    ("deadline_hours", math.nan, r"\[0, 8760\]"),
+    ("tenant", 123, "string"),
+    ("name", "x" * 100_000, "1 to 63"),
+    ("name", "a b", "must match"),
+    ("budget", -1.0, r"\[0, 1e\+09\]"),
+    ("cpus_per_worker", 1e9, r"\[0, 1024\]"),
+    ("spot_policy", "yolo", "spot_policy"),
+    ("regions", ("us east",), "must match"),
+])
+def test_hostile_specs_are_refused_naming_the_field(field, value, match):
+    raw = {"name": "w", "tenant": "t", field: value}
+    with pytest.raises(ConfigError, match=match) as info:
+        WorkloadSpec.from_dict(raw)
+    assert field in str(info.value)
+    assert len(str(info.value)) < 400  # a huge value is not echoed back
+
+
+def test_the_door_takes_typed_values_only(tmp_path):
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"))
+    with pytest.raises(ConfigError, match="WorkloadSpec"):
+        s.place({"name": "x", "tenant": "t"})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="node_type"):
+        s.interrupt("cpu_reserved")  # not a spot pool: nothing to interrupt
+    with pytest.raises(ConfigError, match="fraction"):
+        s.report_progress("x", math.nan)
+    assert s.status()["running"] == {} and s.ledger.intervals() == []
+
+
+def test_pools_are_the_node_types_of_the_config_it_was_started_with(tmp_path):
+    gpu = load_cluster_spec(REPO / "cluster_configs" / "aws-gpu.yaml")
+    s = SchedulerState(gpu, str(tmp_path / "l.sqlite"))
+    assert {p.node_type for p in s.pools} == set(gpu.worker_types) == {
+        "cpu_spot", "cpu_on_demand", "gpu_spot", "gpu_on_demand", "gpu_reserved"}
+    assert s.status()["config"].endswith("aws-gpu.yaml")
+    assert s.place(spec("g", gpus_per_worker=1, cpus_per_worker=4, priority="critical")).node_type == "gpu_reserved"
+
+
+def test_the_running_cluster_config_comes_from_the_launchers_bootstrap_file(tmp_path, monkeypatch):
+    from elasticml.scheduler.client import running_cluster_config
+
+    monkeypatch.delenv("ELASTICML_CLUSTER_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match="--config"):
+        running_cluster_config()
+    (tmp_path / "ray_bootstrap_config.yaml").write_text((REPO / "cluster_configs" / "aws-gpu.yaml").read_text())
+    assert running_cluster_config() == tmp_path / "ray_bootstrap_config.yaml"
+    monkeypatch.setenv("ELASTICML_CLUSTER_CONFIG", "/x.yaml")
+    assert running_cluster_config() == Path("/x.yaml")
+    assert running_cluster_config("/y.yaml") == Path("/y.yaml")
+
+
+def _trace(n: int, seed: int) -> list[bool]:
+    """Spot up and down in runs of random length: long outages and short flapping windows."""
+    rng, out, up = random.Random(seed), [], True
+    while len(out) < n:
+        out += [up] * rng.choice([1, 2, 3, 8, 20, 40])
+        up = not up
+    return out[:n]
+
+
+@pytest.mark.parametrize("policy", ["stochastic-dp", "uniform-progress", "slack-reserve"])
+def test_the_live_controller_takes_the_simulators_decisions_on_the_same_availability(tmp_path, policy):
+    clock = Clock()
+    cfg = ControllerConfig(tick_seconds=54, seconds_per_hour=3600, max_moves_per_hour=3600)
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), controller=cfg, clock=clock)
+    job = spec("j", expected_hours=2, deadline_hours=8, restart_overhead_hours=0.05, checkpoint_interval_hours=0.1,
+               spot_policy=policy)
+    trace = _trace(400, seed=len(policy))
+    live: list[str] = []
+
+    def live_instance() -> str:
+        p = s.placement("j")
+        return NONE if not p.placed else SPOT if p.market == "spot" else OD
+
+    def set_spot(up: bool) -> None:
+        if up and "cpu_spot" in s.interrupted:
+            s.clear_interruption("cpu_spot")
+        elif not up and "cpu_spot" not in s.interrupted:
+            s.interrupt("cpu_spot")
+
+    set_spot(trace[0])
+    s.place(job)
+    stepper = s.steppers["j"]
+    gap_s = stepper.gap_hours * 3600
+    live.append(live_instance())
+    for k in range(1, len(trace)):
+        if stepper.done:
+            break
+        set_spot(trace[k])
+        clock.t += gap_s
+        s.controller_tick()
+        live.append(live_instance())
+    sim: list[str] = []
+    simulate(POLICIES[policy](), trace, stepper.gap_hours, stepper.params, decisions=sim)
+    assert len(set(live)) == 3 or policy != "stochastic-dp"  # it waited, ran on spot and on on-demand
+    assert live == sim[:len(live)]
+    # Every change of instance was carried out as a move (or a pause), and charged where it ran.
+    markets = [i["market"] for i in s.ledger.intervals("j")]
+    assert len(markets) == sum(1 for a, b in zip(live, live[1:]) if a != b and b != NONE) + (live[0] != NONE)
+
+
+def test_the_ledger_charges_where_ray_runs_the_workers_not_the_advice(tmp_path):
+    clock = Clock()
+    seen: dict[str, tuple[int, int]] = {}
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), clock=clock, observer=lambda job_id: dict(seen))
+    placed = s.place(spec("j", max_workers=2, checkpoint_interval_hours=0.1), attach="0a000000")
+    assert placed.placed and s.ledger.intervals("j") == []  # nothing runs yet: nothing is charged
+    clock.t += 60
+    seen.update({"cpu_spot": (2, 2)})
+    s.controller_tick()
+    clock.t += 3600
+    seen.clear()
+    seen.update({"cpu_spot": (1, 1), "cpu_on_demand": (1, 1)})  # half moved
+    s.controller_tick()
+    clock.t += 1800
+    seen.clear()
+    s.controller_tick()  # workers gone (between runs): nothing charged
+    rows = [(i["node_type"], i["workers"], i["end"] - i["start"]) for i in s.ledger.intervals("j")]
+    assert sorted(rows) == [("cpu_on_demand", 1, 1800), ("cpu_spot", 1, 1800), ("cpu_spot", 2, 3600)]
+    assert [r["action"] for r in s.explain("j")].count("charge") == 3
+
+
+def test_voluntary_moves_are_bounded_per_hour(tmp_path):
+    clock = Clock()
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), clock=clock,
+                       controller=ControllerConfig(max_moves_per_hour=1))
+    s.place(spec("a", max_workers=2, checkpoint_interval_hours=0.1))
+    s.place(spec("w", max_workers=1, checkpoint_interval_hours=0.1))  # reserved full: spot
+    s.interrupt("cpu_spot")  # forced: w moves to on-demand whatever the budget
+    assert s.placement("w").market == "on-demand"
+    s.clear_interruption("cpu_spot")  # spot is back and cheaper: one voluntary move
+    assert s.placement("w").market == "spot"
+    s.interrupt("cpu_spot")
+    s.clear_interruption("cpu_spot")  # a second voluntary move within the hour: refused
+    assert s.placement("w").market == "on-demand"
+    clock.t += 3601
+    s.controller_tick()
+    assert s.placement("w").market == "spot"
 
 
 def test_costs_and_savings_add_up(tmp_path):
     ledger = Ledger(tmp_path / "l.sqlite")
     t0 = 1_000_000.0
-    ledger.open(workload="w", tenant="t", node_type="cpu_spot", market="spot", workers=2,
+    ledger.open(workload="w", tenant="t", node_type="cpu_spot", market="spot", workers=2, nodes=2,
                 hourly_cost=0.08, on_demand_hourly_cost=0.2, at=t0)
     ledger.close("w", at=t0 + 1800)
-    ledger.open(workload="w", tenant="t", node_type="cpu_on_demand", market="on-demand", workers=2,
+    ledger.open(workload="w", tenant="t", node_type="cpu_on_demand", market="on-demand", workers=2, nodes=2,
                 hourly_cost=0.2, on_demand_hourly_cost=0.2, at=t0 + 1800)
     rows = {r.key: r for r in ledger.costs_by("market", now=t0 + 3600)}
     assert rows["spot"].cost == pytest.approx(0.04) and rows["on-demand"].cost == pytest.approx(0.1)
@@ -62,7 +246,8 @@ def test_costs_and_savings_add_up(tmp_path):
 def test_a_crash_mid_write_leaves_the_ledger_as_it_was(tmp_path):
     path = tmp_path / "l.sqlite"
     ledger = Ledger(path)
-    ledger.open(workload="kept", tenant="t", node_type="n", market="spot", workers=1, hourly_cost=1, on_demand_hourly_cost=2)
+    ledger.open(workload="kept", tenant="t", node_type="n", market="spot", workers=1, nodes=1, hourly_cost=1,
+                on_demand_hourly_cost=2)
     # Another process starts a write and dies (SIGKILL-like) before committing it.
     code = (
         "import os, sqlite3; db = sqlite3.connect(%r, isolation_level=None); db.execute('BEGIN');"
@@ -74,10 +259,3 @@ def test_a_crash_mid_write_leaves_the_ledger_as_it_was(tmp_path):
     after = Ledger(path).intervals()
     assert [i["workload"] for i in after] == ["kept"] and after[0]["end"] is None
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-
-
-def test_bad_specs_are_refused_before_anything_changes(tmp_path):
-    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"))
-    with pytest.raises(ConfigError, match="priority"):
-        s.submit({"name": "x", "tenant": "t", "priority": "asap"})
-    assert s.status()["running"] == {} and s.ledger.intervals() == []
