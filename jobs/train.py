@@ -62,9 +62,10 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, dict]:
     p.add_argument("--deadline-hours", type=float)
     p.add_argument("--restart-hours", type=float, help="what a move costs, in hours [default: min(0.1, expected / 4)]")
     p.add_argument("--max-wait-s", type=float, default=3600.0, help="give up if not placed for this long")
+    p.add_argument("--spot-policy", default="stochastic-dp", help="the deadline policy the scheduler runs for this job")
     args = vars(p.parse_args(argv))
     scheduling = {k: args.pop(k) for k in ("tenant", "priority", "expected_hours", "deadline_hours", "restart_hours",
-                                           "max_wait_s")}
+                                           "max_wait_s", "spot_policy")}
     config_file = args.pop("config")
     known = {f.name for f in fields(TrainConfig)}
     overrides = {k: v for k, v in args.items() if v is not None and k in known}
@@ -84,6 +85,7 @@ def scheduled_spec(cfg: TrainConfig, scheduling: dict) -> object:
         min_workers=1, max_workers=cfg.num_workers, expected_hours=hours, deadline_hours=scheduling["deadline_hours"],
         checkpoint_interval_hours=hours * cfg.checkpoint_every / cfg.steps if cfg.checkpoint_every else hours / 10,
         restart_overhead_hours=scheduling["restart_hours"] if scheduling["restart_hours"] is not None else min(0.1, hours / 4),
+        spot_policy=scheduling["spot_policy"],
     )
 
 

@@ -249,6 +249,8 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
 
         SpotMarket.load(spot_market)  # readable and valid before the actor is made to read it
         overrides["market"] = str(spot_market.resolve())
+        # A compressed market's ticks last seconds: the controller must look more often than that.
+        overrides.setdefault("tick_seconds", min(controller.tick_seconds, 0.5))
     controller = replace(controller, **overrides)
     _connect(name, address)
     st = SchedulerClient.start(spec, ledger_path=ledger_path, controller=controller).status()

@@ -170,8 +170,8 @@ def test_scheduler_placed_serving_loses_a_spot_node_under_load_and_clients_see_n
     assert pools[False]["market"] in ("reserved", "on-demand") and pools[False]["replicas"] == 1, pools
     assert pools[True]["replicas"] == 2  # 1 asked + 1 spare against preemptions
     labels = {n["NodeID"]: n["Labels"] for n in ray.nodes() if n["Alive"]}
-    base_nodes = replica_nodes("placed", f"pool-{pools[False]['node_type']}")
-    spot_nodes = replica_nodes("placed", "pool-cpu_spot")
+    base_nodes = replica_nodes("placed", f"shop-endpoint-pool-{pools[False]['node_type']}")
+    spot_nodes = replica_nodes("placed", "shop-endpoint-pool-cpu_spot")
     assert len(base_nodes) == 1 and L.market_of(labels[base_nodes[0]]) != "spot"
     assert len(spot_nodes) == 2 and all(L.market_of(labels[n]) == "spot" for n in spot_nodes)
     router_nodes = replica_nodes("placed", "PoolRouter")
@@ -183,4 +183,17 @@ def test_scheduler_placed_serving_loses_a_spot_node_under_load_and_clients_see_n
         time.sleep(12)
     assert load.failed == 0 and load.first_failures == 0, (load.ok, load.errors)
     assert load.ok > before + 20, (before, load.ok)
+
+    # The ledger charged the pools Ray ran the replicas on; deleting the app finishes the workload.
+    from elasticml.scheduler.client import SchedulerClient
+
+    sched = SchedulerClient.connect()
+    charged = {(i["node_type"], i["workers"]) for i in sched.intervals("shop-endpoint")}
+    assert (pools[False]["node_type"], 1) in charged and ("cpu_spot", 2) in charged, charged
     serve.delete("placed")
+    deadline = time.time() + 90
+    while sched.placement("shop-endpoint") is not None:
+        assert time.time() < deadline, sched.explain("shop-endpoint")[-3:]
+        time.sleep(1)
+    assert all(i["end"] is not None for i in sched.intervals("shop-endpoint"))
+    assert "the app was deleted" in sched.explain("shop-endpoint")[-1]["reason"]

@@ -49,6 +49,10 @@ NAMESPACE = "elasticml"
 MAX_POOL_HISTORY = 20_000
 """Availability bits kept per spot pool (the policies' model of the pool)."""
 MAX_EXPLANATIONS = 200
+SERVE_GONE_S = 20.0
+"""A scheduler-placed Serve app whose replicas have been gone this long (clock seconds) was deleted."""
+SERVE_NEVER_S = 900.0
+"""... or whose replicas never came up in this long."""
 
 Observer = Callable[[str], Mapping[str, tuple[int, int]]]
 """Ray job id -> {node type: (workers, nodes)} of that job's training workers, as Ray sees them."""
@@ -85,15 +89,6 @@ class ControllerConfig:
                 except ValueError:
                     raise ConfigError(f"must be a number, got {os.environ[var][:40]!r}", field=var) from None
         return cls(**kwargs)
-
-
-def _check_feasible(spec: WorkloadSpec, params: JobParams) -> None:
-    """Refuse up front a deadline that even on-demand from now on could not meet."""
-    need = params.job_hours + params.restart_hours
-    if need > params.deadline_hours + 1e-9:
-        raise ConfigError(
-            f"cannot meet its deadline even on on-demand: {params.job_hours:g}h of work + {params.restart_hours:g}h "
-            f"to start = {need:g}h > {params.deadline_hours:g}h", field="deadline_hours")
 
 
 def _priced_by_market(pools: tuple[Pool, ...], price_ratio: float) -> tuple[Pool, ...]:
@@ -173,7 +168,7 @@ class SchedulerState:
         if not isinstance(spec, WorkloadSpec):
             raise ConfigError(f"expected a WorkloadSpec, got {type(spec).__name__}", field="spec")
         if attach is not None:
-            check_text(attach, field="attach", max_len=64, pattern=r"[0-9a-f]+")
+            check_text(attach, field="attach", max_len=MAX_NAME + 6, pattern=rf"[0-9a-f]+|serve:{NAME_PATTERN}")
         if spec.name in self.allocations:
             self._release(spec.name)
         self.specs[spec.name] = spec
@@ -336,7 +331,6 @@ class SchedulerState:
         ratio = min(1000.0, max(1.0, od / spot.hourly_price)) if spot is not None and od else 1.0
         params = JobParams(job_hours=spec.expected_hours, deadline_hours=spec.deadline_hours,  # type: ignore[arg-type]
                            restart_hours=spec.restart_overhead_hours, price_ratio=ratio)
-        _check_feasible(spec, params)
         now = self.clock()
         if self.market is not None:
             # The trace's own tick, as `simulate` runs it; ticks fall a quarter into each trace tick,
@@ -387,8 +381,9 @@ class SchedulerState:
                 markets = ("spot",) if choice == SPOT else ("reserved", "on-demand")
                 d = place_on(self.snapshot(), spec, self._running_specs() | {name: spec}, self.tenants, markets, why,
                              voluntary=choice == SPOT)
-                if first and d.action == "move":
-                    d = Decision(workload=name, action="place", allocations=d.allocations, reason=d.reason)
+                if d.action == "move" and (first or before == NONE):  # a start, not a move of running work
+                    d = Decision(workload=name, action="place", allocations=d.allocations,
+                                 reason=d.reason.replace(": moved to ", ": placed on "))
                 if d.action == "queue":
                     job.instance = before if not first else NONE
                 decisions.append(d)
@@ -438,16 +433,23 @@ class SchedulerState:
         return self._apply(rebalance(self.snapshot(), free, self.tenants))
 
     def _reconcile(self) -> list[dict[str, Any]]:
-        """For work attached to a Ray job: charge the node types Ray says its workers are on."""
+        """For attached work (a Ray job's training workers, a Serve app's replicas): charge the node types
+        Ray says they are on; a Serve app whose replicas are gone (deleted) is finished."""
         if self.observer is None:
             return []
         out = []
         now = self.clock()
+        gone: list[tuple[str, str]] = []
         for name, meta in sorted(self.meta.items()):
-            job_id = meta.get("attach")
-            if not job_id or name not in self.specs:
+            attach = meta.get("attach")
+            if not attach or name not in self.specs:
                 continue
-            seen = {t: wn for t, wn in self.observer(job_id).items() if any(p.node_type == t for p in self.pools)}
+            seen = {t: wn for t, wn in self.observer(attach).items() if any(p.node_type == t for p in self.pools)}
+            if attach.startswith("serve:"):
+                why = self._serve_presence(name, meta, bool(seen), now)
+                if why:
+                    gone.append((name, why))
+                    continue
             open_now = {r["node_type"]: (r["workers"], r["nodes"]) for r in self.ledger.open_intervals(name)}
             if seen == open_now:
                 continue
@@ -462,7 +464,26 @@ class SchedulerState:
             where = ", ".join(f"{w}x {t}" for t, (w, _) in sorted(seen.items())) or "nowhere"
             out.append(self._record(name, {"action": "charge", "reason": f"Ray runs its workers on {where}",
                                            "observed": {t: w for t, (w, _) in seen.items()}}))
+        for name, why in gone:
+            out.append(self._record(name, {"action": "finish", "reason": why}))
+            self.finish(name)
         return out
+
+    def _serve_presence(self, name: str, meta: dict[str, Any], present: bool, now: float) -> str | None:
+        """Why a Serve app's workload is over (its replicas gone for SERVE_GONE_S, or never up), or None."""
+        if present:
+            if not meta.get("seen") or meta.get("absent_since") is not None:
+                self._put_meta(name, {**meta, "seen": True, "absent_since": None})
+            return None
+        since = meta.get("absent_since")
+        if since is None:
+            self._put_meta(name, {**meta, "absent_since": now})
+            return None
+        if meta.get("seen") and now - since >= SERVE_GONE_S:
+            return f"its Serve replicas have been gone for {now - since:.0f}s: the app was deleted"
+        if not meta.get("seen") and now - since >= SERVE_NEVER_S:
+            return f"no Serve replica came up in {now - since:.0f}s"
+        return None
 
     # -- applying decisions ----------------------------------------------------
     def _running_specs(self) -> dict[str, WorkloadSpec]:
@@ -510,17 +531,23 @@ class SchedulerState:
 
     def _hold_for_move(self, d: Decision) -> None:
         """A replayed market's clock stops while a steered job's move is carried out (until `run_started`)."""
+        assert self.market is not None
         if d.action in ("place", "move"):
-            if self._holder is None:
+            if self._holder in (None, d.workload):
                 self._holder = d.workload
-                assert self.market is not None
+                self.market.reload_clock()
                 self.market.hold()
-        elif self._holder == d.workload:
-            self._release_clock()
+        elif self._holder in (None, d.workload):
+            # Not placed (waiting for spot, queued): nothing to carry out, so time runs on. This also ends
+            # the hold a replay starts with when its job's first answer is to wait.
+            self._holder = None
+            self.market.reload_clock()
+            self.market.release()
 
     def _release_clock(self) -> None:
         if self.market is not None and self._holder is not None:
             self._holder = None
+            self.market.reload_clock()
             self.market.release()
 
     def _record(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -657,14 +684,28 @@ def _poll_forever(handle: Any, period_s: float) -> None:
             return
 
 
-def ray_observer(job_id: str) -> dict[str, tuple[int, int]]:
-    """{node type: (Ray Train workers, distinct nodes)} of one Ray job's live training workers, from the GCS."""
+def serve_attachment(workload: str) -> str:
+    """What a scheduler-placed Serve app attaches as: its pinned deployments are named `<workload>-pool-<type>`."""
+    return f"serve:{workload}"
+
+
+def ray_observer(attach: str) -> dict[str, tuple[int, int]]:
+    """{node type: (workers, distinct nodes)} of what runs a workload, from the GCS: a Ray job's live
+    Ray Train workers (attach = the job's hex id), or a Serve app's live pinned replicas (`serve:NAME`)."""
+    import re
+
     from ray._private import state
 
     alive_nodes = {n["NodeID"]: n.get("Labels", {}) for n in ray.nodes() if n.get("Alive")}
     seen: dict[str, tuple[int, set[str]]] = {}
-    for actor in state.actors(job_id=ray.JobID.from_hex(job_id), actor_state_name="ALIVE").values():
-        if "RayTrainWorker" not in str(actor.get("ActorClassName", "")):
+    if attach.startswith("serve:"):
+        wanted = re.compile(rf"ServeReplica:[^:]+:{re.escape(attach.removeprefix('serve:'))}-pool-[A-Za-z0-9_-]+")
+        actors = state.actors(actor_state_name="ALIVE").values()
+    else:
+        wanted = re.compile(r".*RayTrainWorker.*")
+        actors = state.actors(job_id=ray.JobID.from_hex(attach), actor_state_name="ALIVE").values()
+    for actor in actors:
+        if not wanted.fullmatch(str(actor.get("ActorClassName", ""))):
             continue
         node_id = actor.get("Address", {}).get("NodeID")
         node_type = alive_nodes.get(node_id, {}).get(L.NODE_TYPE)

@@ -22,6 +22,7 @@ builder for `serve run` / `serve deploy`.
 # No `from __future__ import annotations`: FastAPI must see the request models
 # as classes, not strings, to read them from the body.
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -258,6 +259,7 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list["All
             options["label_selector"] = L.selector_for(cfg.market)  # type: ignore[arg-type]
         return options, []
     from elasticml.errors import SchedulerError
+    from elasticml.scheduler.actor import serve_attachment
     from elasticml.scheduler.client import SchedulerClient
     from elasticml.scheduler.spec import WorkloadSpec
 
@@ -266,7 +268,7 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list["All
                         cpus_per_worker=cfg.num_cpus, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0,
                         min_workers=replicas.get("min_replicas", cfg.num_replicas) or 1,
                         max_workers=replicas.get("max_replicas", cfg.num_replicas), expected_hours=24)
-    placed = SchedulerClient.connect().place(spec)
+    placed = SchedulerClient.connect().place(spec, attach=serve_attachment(name))
     if not placed.placed:
         raise SchedulerError(f"the scheduler has not placed {name} yet ({placed.state}): {placed.reason}")
     return options, list(placed.allocations)
@@ -286,7 +288,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
     from ray.serve.config import BackpressureConfig
 
     cfg = ServeConfig.from_dict(dict(args), source="completion app args")
-    cfg = ServeConfig.from_dict({**cfg.to_dict(), "checkpoint": resolve_checkpoint(cfg.checkpoint)})
+    cfg = dataclasses.replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))
     options, allocations = placement(cfg, name=cfg.name)
     common: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
@@ -300,7 +302,8 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         pools, handles = [], []
         for alloc in allocations:
             pinned = {**options, "label_selector": {L.NODE_TYPE: alloc.node_type}}  # no fallback: stay put
-            handles.append(ModelBackend.options(name=f"pool-{alloc.node_type}", ray_actor_options=pinned,
+            # Named <workload>-pool-<type>: the scheduler charges (and finishes) the app by these replicas.
+            handles.append(ModelBackend.options(name=f"{cfg.name}-pool-{alloc.node_type}", ray_actor_options=pinned,
                                                 num_replicas=alloc.workers, **common).bind(backend_cfg))
             pools.append({"node_type": alloc.node_type, "market": alloc.market, "replicas": alloc.workers})
         # The router must not sit on spot either: pinned to the first (base) pool, taking no CPU.

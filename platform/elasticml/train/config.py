@@ -65,7 +65,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 3
     min_step_seconds: float = 0.0
-    """Pace: each step lasts at least this long (a replayed spot market maps work to trace hours by it)."""
+    """Pace: a run's step k ends no earlier than k times this after the run began (a replayed spot
+    market maps work to trace hours by it; report points' waits are absorbed)."""
 
     def __post_init__(self) -> None:
         positive = ("steps", "global_batch", "seq_len", "num_workers", "report_every", "keep_checkpoints")

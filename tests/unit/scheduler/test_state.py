@@ -259,3 +259,30 @@ def test_a_crash_mid_write_leaves_the_ledger_as_it_was(tmp_path):
     after = Ledger(path).intervals()
     assert [i["workload"] for i in after] == ["kept"] and after[0]["end"] is None
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_serve_app_is_charged_by_its_replicas_and_finished_when_they_are_gone(tmp_path):
+    from elasticml.scheduler.actor import SERVE_GONE_S, serve_attachment
+
+    clock = Clock()
+    seen: dict[str, dict[str, tuple[int, int]]] = {}
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), clock=clock, observer=lambda a: dict(seen.get(a, {})))
+    s.place(spec("endpoint", kind="serving", priority="high", max_workers=1), attach=serve_attachment("endpoint"))
+    clock.t += 5
+    s.controller_tick()  # not up yet: nothing charged, and not finished either
+    assert s.placement("endpoint").placed and s.ledger.intervals("endpoint") == []
+    clock.t += SERVE_GONE_S * 2
+    seen["serve:endpoint"] = {"cpu_reserved": (1, 1), "cpu_spot": (2, 2)}
+    s.controller_tick()
+    assert {(i["node_type"], i["workers"]) for i in s.ledger.intervals("endpoint")} == {("cpu_reserved", 1), ("cpu_spot", 2)}
+    seen.clear()  # `serve delete`
+    clock.t += 1
+    s.controller_tick()
+    assert s.placement("endpoint") is not None  # a replica restart is not a deletion
+    clock.t += SERVE_GONE_S
+    s.controller_tick()
+    assert s.placement("endpoint") is None and s.status()["running"] == {}
+    assert all(i["end"] is not None for i in s.ledger.intervals("endpoint"))
+    assert "deleted" in s.explain("endpoint")[-1]["reason"]
+    with pytest.raises(ConfigError, match="attach"):
+        s.place(spec("x"), attach="serve:../etc")
