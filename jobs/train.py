@@ -82,7 +82,7 @@ def scheduled_spec(cfg: TrainConfig, scheduling: dict) -> object:
     return WorkloadSpec(
         name=cfg.run_name, tenant=scheduling["tenant"], kind="training", priority=scheduling["priority"],
         cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=1.0 if cfg.use_gpu else 0.0,
-        min_workers=1, max_workers=cfg.num_workers, expected_hours=hours, deadline_hours=scheduling["deadline_hours"],
+        min_workers=cfg.min_workers or cfg.num_workers, max_workers=cfg.num_workers, expected_hours=hours, deadline_hours=scheduling["deadline_hours"],
         checkpoint_interval_hours=hours * cfg.checkpoint_every / cfg.steps if cfg.checkpoint_every else hours / 10,
         restart_overhead_hours=scheduling["restart_hours"] if scheduling["restart_hours"] is not None else min(0.1, hours / 4),
         spot_policy=scheduling["spot_policy"],
@@ -180,7 +180,7 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
                 if placement is None:
                     raise SchedulerError(f"the scheduler forgot {cfg.run_name}")
             workers = min(placement.workers, cfg.global_batch)
-            run_cfg = dataclasses.replace(cfg, node_type=placement.node_type, num_workers=workers,
+            run_cfg = dataclasses.replace(cfg, node_type=",".join(placement.node_types), num_workers=workers,
                                           min_workers=min(cfg.min_workers, workers) if cfg.min_workers else None)
             ray.get(flag.clear.remote())
             with Follower(sched, cfg.run_name, placement.epoch, flag):

@@ -230,10 +230,14 @@ def _echo_placement(p) -> None:  # type: ignore[no-untyped-def]
 @click.option("--seconds-per-hour", type=float, default=None, help="Wall seconds per scheduler hour [default 3600].")
 @click.option("--spot-market", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A replayed spot market's file (written by `cluster up --spot-trace`).")
+@click.option("--live-prices", "live_prices_s", type=float, default=None,
+              help="Refresh spot prices and placement scores from EC2 every this many seconds (AWS clusters; "
+                   "$ELASTICML_EC2_ENDPOINT for another endpoint).")
 @_name_option
 @_address_option
 def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_seconds: float | None,
-                    seconds_per_hour: float | None, spot_market: Path | None, name: str, address: str | None) -> None:
+                    seconds_per_hour: float | None, spot_market: Path | None, live_prices_s: float | None, name: str,
+                    address: str | None) -> None:
     """Create the cluster's scheduler (once per cluster; `cluster up` does it for local clusters)."""
     from dataclasses import replace
 
@@ -243,10 +247,11 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
 
     spec = load_cluster_spec(running_cluster_config(config_path))  # refuse a bad config before touching the cluster
     controller = ControllerConfig.from_env()
-    overrides = {k: v for k, v in (("tick_seconds", tick_seconds), ("seconds_per_hour", seconds_per_hour)) if v is not None}
-    if spot_market is not None:
-        from elasticml.cluster.spot_market import SpotMarket
+    overrides = {k: v for k, v in (("tick_seconds", tick_seconds), ("seconds_per_hour", seconds_per_hour),
+                                   ("live_prices_seconds", live_prices_s)) if v is not None}
+    from elasticml.cluster.spot_market import SpotMarket
 
+    if spot_market is not None:
         SpotMarket.load(spot_market)  # readable and valid before the actor is made to read it
         overrides["market"] = str(spot_market.resolve())
         # A compressed market's ticks last seconds: the controller must look more often than that.
@@ -254,7 +259,7 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
     controller = replace(controller, **overrides)
     _connect(name, address)
     st = SchedulerClient.start(spec, ledger_path=ledger_path, controller=controller).status()
-    if spot_market is not None:
+    if spot_market is not None and SpotMarket.load(spot_market).settings.notices:
         from elasticml.cluster.spot_market import start_driver
 
         start_driver(spot_market.resolve(), [p["node_type"] for p in st["pools"] if p["market"] == "spot"])

@@ -66,9 +66,8 @@ def run_demo(*, steps: int = 240, keep_workdir: bool = False, say: Callable[[str
     say(f"   head up (supervisor PID {info.pid}), dashboard {info.dashboard_url}, token auth on")
     say("   worker node types: " + ", ".join(f"{t.name} ({t.market}, max {t.max_workers})" for t in spec.worker_types.values()))
     try:
-        sched, train_market, serve_market = _schedule(info, say, results)
-        checkpoint = _train(info, cluster, workdir, steps, train_market, say, results)
-        sched.finish("nightly-train")
+        sched, serve_market = _schedule(info, say, results)
+        checkpoint = _train(info, cluster, sched, workdir, steps, say, results)
         _show_nodes(cluster, say)
         _serve(info, checkpoint, serve_market, say, results)
         _cost_report(sched, say, results)
@@ -110,16 +109,12 @@ def _schedule(info: ClusterInfo, say: Callable[[str], None], results: dict[str, 
     sched = SchedulerClient.connect()
     endpoint = sched.place(WorkloadSpec(name="completion-endpoint", tenant="product", kind="serving",
                                         priority="critical", min_workers=1, max_workers=1, expected_hours=24))
-    train = sched.place(WorkloadSpec(name="nightly-train", tenant="research", kind="training", priority="low",
-                                     min_workers=2, max_workers=2, expected_hours=0.05, checkpoint_interval_hours=0.01))
-    for p in (endpoint, train):
-        where = ", ".join(f"{a.workers}x {a.node_type}" for a in p.allocations)
-        say(f"   {p.workload}: {p.state} -> {where} (${p.hourly_cost:.4f}/h)")
-        say(f"      why: {p.reason}")
-    train_market = train.market
-    serve_market = endpoint.market
-    results["placements"] = {"training": train_market, "serving": serve_market}
-    return sched, train_market, serve_market
+    where = ", ".join(f"{a.workers}x {a.node_type}" for a in endpoint.allocations)
+    say(f"   {endpoint.workload}: {endpoint.state} -> {where} (${endpoint.hourly_cost:.4f}/h)")
+    say(f"      why: {endpoint.reason}")
+    say("   nightly-train (tenant research, low priority) asks for itself when its job starts (next stop)")
+    results["placements"] = {"serving": endpoint.market}
+    return sched, endpoint.market
 
 
 def _cost_report(sched, say: Callable[[str], None], results: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
@@ -132,18 +127,19 @@ def _cost_report(sched, say: Callable[[str], None], results: dict[str, object]) 
     results["savings_pct"] = round(t["savings_pct"], 1)
 
 
-def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int, market: str,
+def _train(info: ClusterInfo, cluster: LocalCluster, sched, workdir: Path, steps: int,  # type: ignore[no-untyped-def]
            say: Callable[[str], None], results: dict[str, object]) -> str:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from elasticml import auth
 
-    say(f"== 4/9 training: jobs/train.py through Ray's Job Submission API (2 workers on {market})")
+    say("== 4/9 training: jobs/train.py through Ray's Job Submission API, placed and steered by the scheduler")
     auth.use_token_in_this_process(Path(info.token_path))
     client = JobSubmissionClient(info.dashboard_url)
     entrypoint = (
         f"python jobs/train.py --data {workdir / 'corpus'} --storage-path {workdir / 'runs'} "
-        f"--run-name demo --steps {steps} --workers 2 --global-batch 16 --market {market} "
+        f"--run-name nightly-train --steps {steps} --workers 2 --global-batch 16 "
+        f"--tenant research --priority low --expected-hours 0.05 "
         f"--report-every {max(1, steps // 8)} --checkpoint-every {max(1, steps // 4)}"
     )
     # working_dir honours .gitignore, so the virtualenv is not uploaded.
@@ -152,7 +148,7 @@ def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int, 
     t0 = time.monotonic()
     shown_lines, seen_nodes, said_lines = 0, set(), set()
     take_node_at = f"step {max(1, steps // 8) * 3}/"
-    node_taken = False
+    node_taken = move_shown = False
     while True:
         status = client.get_job_status(job_id)
         for node in cluster.nodes():
@@ -168,6 +164,9 @@ def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int, 
             if text.startswith(("step ", "resumed")) and text not in said_lines:
                 said_lines.add(text)
                 say(f"   {text}")
+            elif text.startswith(('{"event": "placement"', '{"event": "moved"')) and text not in said_lines:
+                said_lines.add(text)
+                _say_placement(json.loads(text), say, results)
         shown_lines = len(lines)
         if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
             break
@@ -175,10 +174,16 @@ def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int, 
             node_taken = True
             lost = _take_a_spot_node_away(cluster)
             if lost:
-                say(f"   [chaos] spot node {lost[-5:]} taken away (its raylet and every process on it): "
-                    "Ray Train restarts the workers and resumes from the last checkpoint")
+                say(f"   [chaos] spot node {lost[-5:]} taken away (its raylet and every process on it)")
                 results["node_lost_at_s"] = round(time.monotonic() - t0, 1)
+        if node_taken and not move_shown:
+            # The scheduler saw the spot node die and moved the job off the pool: the job follows.
+            moved = [d for d in sched.explain("nightly-train") if d["action"] == "move"]
+            if moved:
+                move_shown = True
+                say(f"   [scheduler] {moved[-1]['reason']}")
         time.sleep(1)
+    sched.clear_interruption("cpu_spot")  # the tour's spot loss is over
     results["train_s"] = round(time.monotonic() - t0, 1)
     logs = client.get_job_logs(job_id)
     summary = next((json.loads(l) for l in reversed(logs.splitlines()) if l.startswith('{"event": "train_done"')), None)
@@ -188,6 +193,19 @@ def _train(info: ClusterInfo, cluster: LocalCluster, workdir: Path, steps: int, 
     results["resumed"] = any("resumed from step" in l for l in logs.splitlines())
     say(f"   job {status} in {results['train_s']}s; loss {summary['metrics']['loss']:.3f}; checkpoint {summary['checkpoint']}")
     return str(summary["checkpoint"])
+
+
+def _say_placement(event: dict[str, object], say: Callable[[str], None], results: dict[str, object]) -> None:
+    """The job's own placement and each move it followed, as its driver printed them."""
+    if event["event"] == "placement" and event.get("state") == "placed":
+        results.setdefault("placements", {}).setdefault("training", event["market"])  # type: ignore[union-attr]
+        say(f"   [scheduler] nightly-train: placed -> {event['workers']}x {event['node_type']} "
+            f"(${event['hourly_cost']:.4f}/h)")
+        say(f"      why: {event['reason']}")
+    elif event["event"] == "moved":
+        results["moved_to"] = event["to"]
+        say(f"   [scheduler] nightly-train checkpointed at step {event['checkpoint_step']} and follows its move "
+            f"to {event['to']}")
 
 
 def _take_a_spot_node_away(cluster: LocalCluster) -> str | None:

@@ -56,12 +56,17 @@ class MarketSettings:
     """On-demand price per hour / spot price per hour."""
     notice_seconds: float = 8.0
     """Market seconds between an outage's start and the reclaim of spot nodes still running."""
+    notices: bool = True
+    """Give the scheduler interruption notices; off, it learns of outages only from failed launches
+    and lost nodes (a cloud without a notice, or a watcher that is not running)."""
 
     def __post_init__(self) -> None:
         check_number(self.start_hour, field="start_hour", lo=0, hi=8760 * 10)
         check_number(self.seconds_per_hour, field="seconds_per_hour", lo=0.5, hi=3600)
         check_number(self.price_ratio, field="price_ratio", lo=1, hi=1000)
         check_number(self.notice_seconds, field="notice_seconds", lo=0, hi=3600)
+        if not isinstance(self.notices, bool):
+            raise ConfigError(f"must be true or false, got {self.notices!r}", field="notices")
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -68,6 +68,10 @@ class ControllerConfig:
     """Voluntary moves (to cheaper capacity, back to spot) per workload per scheduler hour."""
     max_policy_ticks: int = 400
     """A deadline job's policy ticks at deadline / this, or the controller's tick if longer."""
+    unfillable_seconds: float = 15.0
+    """A pool whose launches have failed this long is treated as unavailable."""
+    live_prices_seconds: float | None = None
+    """Refresh spot prices and placement scores from EC2 this often (`scheduler start --live-prices`); None = off."""
     market: str | None = None
     """A replayed spot market's file (`cluster up --spot-trace`): the clock, the pace, spot prices,
     the pool's history and the policy's tick then come from it."""
@@ -77,6 +81,9 @@ class ControllerConfig:
         check_number(self.seconds_per_hour, field="seconds_per_hour", lo=0.01, hi=3600)
         check_number(self.max_moves_per_hour, field="max_moves_per_hour", lo=0, hi=3600)
         check_number(self.max_policy_ticks, field="max_policy_ticks", lo=10, hi=5000, integer=True)
+        check_number(self.unfillable_seconds, field="unfillable_seconds", lo=0, hi=86400)
+        if self.live_prices_seconds is not None:
+            check_number(self.live_prices_seconds, field="live_prices_seconds", lo=10, hi=86400)
 
     @classmethod
     def from_env(cls) -> ControllerConfig:
@@ -127,6 +134,12 @@ class SchedulerState:
                             for k, v in self.ledger.state_items("alloc:").items()}
         self.queue: list[str] = json.loads(self.ledger.get_state("queue") or "[]")
         self.interrupted: set[str] = set(json.loads(self.ledger.get_state("interrupted") or "[]"))
+        """Spot pools with a live interruption notice."""
+        self.unfillable: set[str] = set(json.loads(self.ledger.get_state("unfillable") or "[]"))
+        """Pools whose launches have been failing (the autoscaler's view): unavailable too."""
+        live = json.loads(self.ledger.get_state("live_prices") or "{}")
+        self.pools = tuple(replace(p, hourly_price=live[p.node_type][0], placement_score=live[p.node_type][1])
+                           if p.node_type in live else p for p in self.pools)
         self.tenants = Tenants(policies={k.removeprefix("tenant:"): TenantPolicy(**json.loads(v))
                                          for k, v in self.ledger.state_items("tenant:").items()})
         self.explanations: dict[str, list[dict[str, Any]]] = {
@@ -156,7 +169,7 @@ class SchedulerState:
         spend = {r.key: r.cost for r in self.ledger.costs_by("tenant", now=now)}
         allocs = tuple(a for lst in self.allocations.values() for a in lst)
         return Snapshot(now=now / 3600, pools=self.pools, allocations=allocs,
-                        interrupted_pools=frozenset(self.interrupted), tenant_spend=spend)
+                        interrupted_pools=frozenset(self._unavailable()), tenant_spend=spend)
 
     # -- the door ----------------------------------------------------------------
     def place(self, spec: WorkloadSpec, attach: str | None = None) -> Placement:
@@ -254,23 +267,94 @@ class SchedulerState:
         {"decisions": what changed, "drained_nodes": Ray node ids drained as preempted}.
         """
         self._check_pool(node_type, spot=True)
-        steered_here = [n for n in self.steppers if any(a.node_type == node_type for a in self.allocations.get(n, []))]
-        decisions = [Decision(workload=n, action="pause",
-                              reason=f"spot pool {node_type} got an interruption notice: checkpoint now; "
-                                     f"its deadline policy picks on-demand or waiting at its next tick")
-                     for n in steered_here]
-        for n in steered_here:
-            self._release(n)
         self.interrupted.add(node_type)
         self.ledger.put_state("interrupted", json.dumps(sorted(self.interrupted)))
-        decisions += replace_interrupted(self.snapshot(), node_type, self._running_specs(), self.tenants)
-        return {"decisions": self._apply(decisions), "drained_nodes": []}
+        return {"decisions": self._vacate(node_type, f"spot pool {node_type} got an interruption notice"),
+                "drained_nodes": []}
 
     def clear_interruption(self, node_type: str) -> list[dict[str, Any]]:
         self._check_pool(node_type, spot=True)
         self.interrupted.discard(node_type)
         self.ledger.put_state("interrupted", json.dumps(sorted(self.interrupted)))
         return self._retry_queue() + self._rebalance()
+
+    def set_unfillable(self, failing_s: Mapping[str, float]) -> list[dict[str, Any]]:
+        """Pools whose launches have failed for `failing_s[node_type]` seconds, as the autoscaler reports.
+
+        One failing for `ControllerConfig.unfillable_seconds` is treated as unavailable: nothing new
+        goes there and its work is placed elsewhere (deadline jobs: their policy decides). When
+        launches stop failing it is available again and the queue and cheaper moves are retried.
+        """
+        bad = {t for t, secs in failing_s.items()
+               if secs >= self.controller.unfillable_seconds and any(p.node_type == t for p in self.pools)}
+        added, cleared = sorted(bad - self.unfillable), self.unfillable - bad
+        self.unfillable = bad
+        self.ledger.put_state("unfillable", json.dumps(sorted(bad)))
+        out: list[dict[str, Any]] = []
+        for node_type in added:
+            why = f"pool {node_type} could not be launched for {failing_s[node_type]:.0f}s (the autoscaler's launches fail)"
+            self.explanations.setdefault("_events", []).append({"at": self.clock(), "event": "pool unfillable",
+                                                                 "node_type": node_type, "why": why})
+            out += self._vacate(node_type, why)
+        if cleared:
+            out += self._retry_queue() + self._rebalance()
+        return out
+
+    def refresh_prices(self, spot_prices: Mapping[str, float], scores: Mapping[str, int] | None = None) -> None:
+        """Live spot prices ($/node-hour) and placement scores (1-10) per spot pool, from the cloud.
+
+        A price that is not a finite number above 0 and below 10x the pool's on-demand price is
+        ignored (a broken feed must not make spot look free); so is a score outside 1..10.
+        """
+        scores = scores or {}
+        od = {(p.instance_type, p.region): self.catalog.hourly(p.instance_type, "on-demand", p.region)
+              for p in self.pools if (p.instance_type, p.region) in self.catalog}
+        new = []
+        for p in self.pools:
+            if p.market == "spot":
+                price, score = spot_prices.get(p.node_type), scores.get(p.node_type)
+                ceiling = 10 * od.get((p.instance_type, p.region), p.hourly_price)
+                if isinstance(price, (int, float)) and not isinstance(price, bool) and math.isfinite(price) \
+                        and 0 < price < ceiling:
+                    p = replace(p, hourly_price=float(price))
+                if type(score) is int and 1 <= score <= 10:
+                    p = replace(p, placement_score=score)
+            new.append(p)
+        self.pools = tuple(new)
+        self.ledger.put_state("live_prices", json.dumps({p.node_type: [p.hourly_price, p.placement_score]
+                                                         for p in self.pools if p.market == "spot"}))
+
+    def refresh_live_prices(self, live: Any) -> None:
+        """Ask a `LiveSpotPrices` (EC2 through boto3) for every spot pool's price and placement score."""
+        spot = [p for p in self.pools if p.market == "spot"]
+        prices: dict[str, float] = {}
+        scores: dict[str, int] = {}
+        for region in sorted({p.region for p in spot}):
+            here = [p for p in spot if p.region == region]
+            zones = live.spot_prices(sorted({p.instance_type for p in here}), region)
+            for p in here:
+                if zones.get(p.instance_type):
+                    prices[p.node_type] = min(zones[p.instance_type].values())
+                got = live.placement_scores([p.instance_type], region, max(1, p.max_nodes))
+                if got:
+                    scores[p.node_type] = max(got.values())
+        self.refresh_prices(prices, scores)
+
+    def _vacate(self, node_type: str, why: str) -> list[dict[str, Any]]:
+        """The pool is unavailable: its deadline jobs pause (their policy picks), the rest is re-placed."""
+        steered_here = [n for n in self.steppers if any(a.node_type == node_type for a in self.allocations.get(n, []))]
+        decisions = [Decision(workload=n, action="pause",
+                              reason=f"{why}: checkpoint now; its deadline policy picks on-demand or waiting at its next tick")
+                     for n in steered_here]
+        for n in steered_here:
+            self._release(n)
+        for d in replace_interrupted(self.snapshot(), node_type, self._running_specs(), self.tenants):
+            decisions.append(replace(d, reason=d.reason.replace(f"spot pool {node_type} got an interruption notice", why)
+                                     .replace(f"spot pool {node_type} interrupted", why)))
+        return self._apply(decisions)
+
+    def _unavailable(self) -> set[str]:
+        return self.interrupted | self.unfillable
 
     def explain(self, name: str) -> list[dict[str, Any]]:
         self._check_name(name, allow_events=True)
@@ -285,7 +369,8 @@ class SchedulerState:
         return {
             "cluster": self.cluster.name,
             "config": self.cluster.source,
-            "pools": [{**asdict(p), "used_nodes": snap.used_nodes(p.node_type), "interrupted": p.node_type in self.interrupted}
+            "pools": [{**asdict(p), "used_nodes": snap.used_nodes(p.node_type), "interrupted": p.node_type in self.interrupted,
+                       "unfillable": p.node_type in self.unfillable}
                       for p in self.pools],
             "running": {n: [asdict(a) for a in lst] for n, lst in self.allocations.items()},
             "queued": list(self.queue),
@@ -408,7 +493,7 @@ class SchedulerState:
         """A spot pool it may use is not interrupted and has room for its minimum."""
         snap = self.snapshot().without(spec.name)
         for p in self.pools:
-            if p.market != "spot" or p.node_type in self.interrupted or (spec.regions and p.region not in spec.regions):
+            if p.market != "spot" or p.node_type in self._unavailable() or (spec.regions and p.region not in spec.regions):
                 continue
             per_node = p.workers_per_node(spec.cpus_per_worker, spec.gpus_per_worker, spec.memory_gb_per_worker)
             if per_node and snap.free_nodes(p.node_type) * per_node >= spec.min_workers:
@@ -419,7 +504,7 @@ class SchedulerState:
         for p in self.pools:
             if p.market == "spot":
                 h = self.pool_history.setdefault(p.node_type, [])
-                h.append(p.node_type not in self.interrupted)
+                h.append(p.node_type not in self._unavailable())
                 del h[:-MAX_POOL_HISTORY]
                 self.ledger.put_state(f"history:{p.node_type}", json.dumps(h))
 
@@ -619,6 +704,8 @@ class SchedulerState:
             raise ConfigError(f"{node_type} is a {pool.market} pool; only spot pools are interrupted", field="node_type")
 
 
+LAUNCH_FAILURE_FRESH_S = 60.0
+"""A failed launch this recent means the pool is still failing (the autoscaler retries every few seconds)."""
 NOTICE_SECONDS = 120
 """AWS gives two minutes between a spot interruption notice and the reclaim."""
 # Ray's NodeDeathInfo reasons that mean the capacity was taken, not given back when idle.
@@ -632,6 +719,8 @@ class SchedulerActor(SchedulerState):
     def __init__(self, cluster: ClusterSpec, ledger_path: str, controller: ControllerConfig) -> None:
         super().__init__(cluster, ledger_path, controller=controller, observer=ray_observer)
         self._seen_dead: set[str] = set()
+        self._failing_since: dict[str, float] = {}
+        self._prices_due = 0.0
         # The controller and node watching go through the actor's own queue, so they never race a command.
         me = ray.get_runtime_context().current_actor
         threading.Thread(target=_poll_forever, args=(me, controller.tick_seconds), daemon=True, name="controller").start()
@@ -640,7 +729,38 @@ class SchedulerActor(SchedulerState):
         return "ok"
 
     def tick(self) -> list[dict[str, Any]]:
-        return self.sync_nodes() + self.controller_tick()
+        out = self.sync_nodes() + self.sync_capacity()
+        if self.controller.live_prices_seconds and time.time() >= self._prices_due:
+            self._prices_due = time.time() + self.controller.live_prices_seconds
+            try:
+                from elasticml.scheduler.aws_prices import LiveSpotPrices
+
+                self.refresh_live_prices(LiveSpotPrices(endpoint_url=os.environ.get("ELASTICML_EC2_ENDPOINT")))
+            except Exception as exc:  # EC2 unreachable or throttling: keep the last prices, say so
+                self.explanations.setdefault("_events", []).append(
+                    {"at": self.clock(), "event": "live prices failed", "why": str(exc)[:300]})
+        return out + self.controller_tick()
+
+    def sync_capacity(self) -> list[dict[str, Any]]:
+        """Pools the autoscaler cannot fill: launches that keep failing (a cloud's capacity errors)."""
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        try:
+            status = get_cluster_status(ray.get_runtime_context().gcs_address, timeout=5)
+        except Exception:  # the autoscaler's state is unavailable for a moment: judge at the next tick
+            return []
+        now = time.time()
+        fresh = {}
+        for launch in status.failed_launches:
+            at = float(launch.failed_ts_s or launch.request_ts_s or 0)
+            if now - at <= LAUNCH_FAILURE_FRESH_S:
+                fresh[launch.ray_node_type_name] = max(fresh.get(launch.ray_node_type_name, 0.0), at)
+        for node_type in list(self._failing_since):
+            if node_type not in fresh:
+                del self._failing_since[node_type]
+        for node_type, at in fresh.items():
+            self._failing_since.setdefault(node_type, at)
+        return self.set_unfillable({t: now - since for t, since in self._failing_since.items()})
 
     def sync_nodes(self) -> list[dict[str, Any]]:
         """Treat a spot node that died other than idle as an interruption of its pool."""

@@ -31,6 +31,15 @@ class Pool:
     memory_gb_per_node: float = 0.0
     """0 = not tracked (memory does not limit placement)."""
     interruption_per_hour: float = 0.0
+    placement_score: int | None = None
+    """Spot: the cloud's 1-10 estimate that a request of the pool's size succeeds (None = unknown)."""
+
+    @property
+    def expected_price(self) -> float:
+        """The price a placement compares: spot's divided by its chance of success (score / 10)."""
+        if self.market == "spot" and self.placement_score is not None:
+            return self.hourly_price / (self.placement_score / 10)
+        return self.hourly_price
 
     def workers_per_node(self, cpus: float, gpus: float, memory_gb: float = 0.0) -> int:
         """How many workers of that shape one node holds: the scarcest resource decides."""

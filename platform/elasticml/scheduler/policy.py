@@ -72,7 +72,10 @@ class Decision:
         """For Ray Train's `ScalingConfig(**kwargs)`: where the workers go and how many."""
         if not self.allocations:
             return {}
-        return {"num_workers": self.workers, "label_selector": {L.NODE_TYPE: self.allocations[0].node_type}}
+        types = list(dict.fromkeys(a.node_type for a in self.allocations))
+        # Workers given to several pools may land on any of them (Ray's `in(...)` selector).
+        where = types[0] if len(types) == 1 else f"in({', '.join(types)})"
+        return {"num_workers": self.workers, "label_selector": {L.NODE_TYPE: where}}
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -213,26 +216,22 @@ def _place_one(snap: Snapshot, spec: WorkloadSpec, specs: dict[str, WorkloadSpec
 def _markets(spec: WorkloadSpec, pools: list[Pool]) -> tuple[list[str], str]:
     if spec.priority == "critical":
         return ["reserved", "on-demand"], "critical work never runs on spot"
-    spot_ok, why = _spot_allowed(spec, pools)
+    spot_ok, why = _spot_allowed(spec)
     if spot_ok:
         return ["reserved", "spot", "on-demand"], why
     return ["reserved", "on-demand"], why
 
 
-def _spot_allowed(spec: WorkloadSpec, pools: list[Pool]) -> tuple[bool, str]:
+def _spot_allowed(spec: WorkloadSpec) -> tuple[bool, str]:
+    """Whether spot may be used at all. When it is worth it under a deadline is not decided here:
+    the deadline policy (`deadline.JobStepper`, the one `simulate` scores) decides that, tick by tick."""
     if not spec.checkpointable and spec.priority != "preemptible":
         return False, "not checkpointable: a preemption would lose all progress, so no spot"
     if spec.deadline_hours is None:
         return True, "checkpointable, no deadline: spot when reserved is full"
-    risk = max((p.interruption_per_hour for p in pools if p.market == "spot"), default=0.0)
-    lost_per_preemption = spec.restart_overhead_hours + (spec.checkpoint_interval_hours or 0.0) / 2
-    # Keep room for the preemptions expected over the run plus two, each costing a restart
-    # and half a checkpoint interval of lost work (Can't Be Late's slack reasoning).
-    needed = (risk * spec.expected_hours + 2) * lost_per_preemption
-    slack = spec.deadline_hours - spec.expected_hours
-    if slack < needed:
-        return False, f"deadline slack {slack:.2f}h is below the {needed:.2f}h that spot preemptions may cost"
-    return True, f"deadline slack {slack:.2f}h covers expected spot preemptions ({needed:.2f}h)"
+    if not spec.checkpointable:
+        return False, "a deadline and no checkpoints: a preemption would start it over, so no spot"
+    return True, f"its deadline policy ({spec.spot_policy}) picks spot, on-demand or waiting at every tick"
 
 
 def _batch_plan(snap: Snapshot, spec: WorkloadSpec, pools: list[Pool], specs: dict[str, WorkloadSpec],
@@ -242,7 +241,7 @@ def _batch_plan(snap: Snapshot, spec: WorkloadSpec, pools: list[Pool], specs: di
         markets, why = [m for m in markets if m in only], "the controller's choice"
     full = []
     for market in markets:
-        for pool in sorted((p for p in pools if p.market == market), key=lambda p: p.hourly_price):
+        for pool in sorted((p for p in pools if p.market == market), key=lambda p: p.expected_price):
             if market == "spot" and pool.node_type in snap.interrupted_pools:
                 full.append(f"{pool.node_type} interrupted")
                 continue
@@ -280,14 +279,14 @@ def _serving_plan(snap: Snapshot, spec: WorkloadSpec, pools: list[Pool], specs: 
     after = snap.with_allocations(plan)
     spot_pools = [p for p in pools if p.market == "spot" and p.node_type not in snap.interrupted_pools]
     want = extra + math.ceil(extra * OVER_PROVISION)
-    for pool in sorted(spot_pools, key=lambda p: p.hourly_price):
+    for pool in sorted(spot_pools, key=lambda p: p.expected_price):
         alloc = _fit(after, spec, pool, 1, want)
         if alloc:
             plan.append(alloc)
             return plan, (f"serving: base {spec.min_workers} on {base[0].market}, {alloc.workers} on spot "
                           f"({extra} asked + {alloc.workers - extra} spare against preemptions)"), victims
     od = [p for p in pools if p.market == "on-demand"]
-    for pool in sorted(od, key=lambda p: p.hourly_price):
+    for pool in sorted(od, key=lambda p: p.expected_price):
         alloc = _fit(after, spec, pool, 1, extra)
         if alloc:
             plan.append(alloc)
@@ -330,4 +329,4 @@ def _fallbacks(spec: WorkloadSpec, pools: list[Pool], plan: list[Allocation]) ->
     later = markets[markets.index(chosen) + 1:] if chosen in markets else []
     if spec.kind == "serving":
         later = [m for m in later if m != "spot"] if spec.priority == "critical" else later
-    return tuple(p.node_type for m in later for p in sorted(pools, key=lambda p: p.hourly_price) if p.market == m)
+    return tuple(p.node_type for m in later for p in sorted(pools, key=lambda p: p.expected_price) if p.market == m)

@@ -193,6 +193,11 @@ class Placement:
         return self.allocations[0].market if self.allocations else None
 
     @property
+    def node_types(self) -> tuple[str, ...]:
+        """Every pool it was given, first (cheapest) first."""
+        return tuple(dict.fromkeys(a.node_type for a in self.allocations))
+
+    @property
     def workers(self) -> int:
         return sum(a.workers for a in self.allocations)
 

@@ -6,6 +6,7 @@ ConfigError naming the field and what would be accepted.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -49,7 +50,8 @@ class TrainConfig:
     market: MarketChoice = "any"
     """Capacity the workers must run on; 'any' lets Ray choose."""
     node_type: str | None = None
-    """A pool of the cluster config (the scheduler's placement); wins over market."""
+    """A pool of the cluster config, or several comma-separated (the scheduler's placement, which
+    may span pools); wins over market."""
     peak_tflops: float | None = None
     """Per-worker peak dense TFLOP/s for MFU (H100 bf16: 989); None = MFU not reported."""
     activation_checkpointing: bool = False
@@ -77,6 +79,10 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
         check_number(self.min_step_seconds, field="min_step_seconds", lo=0, hi=3600)
+        if self.node_type is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*(,[A-Za-z0-9][A-Za-z0-9_-]*)*",
+                                                            self.node_type):
+            raise ConfigError(f"must be a node type name or a comma-separated list of them, got {self.node_type[:40]!r}",
+                              field="node_type")
         if not self.lr > 0:
             raise ConfigError(f"must be > 0, got {self.lr}", field="lr")
         if self.cpus_per_worker <= 0:
@@ -104,7 +110,8 @@ class TrainConfig:
 
     def label_selector(self) -> dict[str, str] | None:
         if self.node_type:
-            return {L.NODE_TYPE: self.node_type}
+            types = self.node_type.split(",")
+            return {L.NODE_TYPE: types[0] if len(types) == 1 else f"in({', '.join(types)})"}
         return None if self.market == "any" else L.selector_for(self.market)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:

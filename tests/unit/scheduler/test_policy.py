@@ -60,12 +60,12 @@ def test_reserved_is_filled_by_priority_first():
     assert markets(by["low"]) == ["spot"]
 
 
-def test_checkpointable_work_uses_spot_while_slack_allows_then_on_demand():
+def test_spot_needs_checkpoints_and_under_a_deadline_the_deadline_policy_decides():
     full_res = (pool("spot", "spot"), pool("od", "on-demand"), pool("res", "reserved", n=0))
-    roomy = run(snap(pools=full_res), spec("a", checkpoint_interval_hours=0.5, expected_hours=10, deadline_hours=14))[0]
-    assert markets(roomy) == ["spot"] and "slack" in roomy.reason
-    tight = run(snap(pools=full_res), spec("b", checkpoint_interval_hours=0.5, expected_hours=10, deadline_hours=10.1))[0]
-    assert markets(tight) == ["on-demand"] and "slack" in tight.reason
+    steered = run(snap(pools=full_res), spec("a", checkpoint_interval_hours=0.5, expected_hours=10, deadline_hours=14))[0]
+    assert markets(steered) == ["spot"] and "deadline policy (stochastic-dp)" in steered.reason
+    no_ckpt = run(snap(pools=full_res), spec("b", priority="preemptible", expected_hours=10, deadline_hours=14))[0]
+    assert markets(no_ckpt) == ["on-demand"] and "no checkpoints" in no_ckpt.reason
     not_ckpt = run(snap(pools=full_res), spec("c"))[0]
     assert markets(not_ckpt) == ["on-demand"] and "not checkpointable" in not_ckpt.reason
 
@@ -202,3 +202,17 @@ def test_memory_gpus_and_cpus_each_limit_workers_per_node():
     assert p.workers_per_node(16, 0) == 3           # CPUs decide
     d = run(snap(pools=(p,)), spec("big", cpus_per_worker=4, memory_gb_per_worker=100, min_workers=2, max_workers=2))[0]
     assert d.action == "queue"                      # 2 x 100 GB does not fit in one 192 GB node
+
+
+def test_placement_scores_pick_among_spot_pools():
+    from dataclasses import replace
+
+    cheap_risky = replace(pool("spot-a", "spot", price=0.03), placement_score=2)  # $0.15 expected
+    dearer_safe = replace(pool("spot-b", "spot", price=0.05), placement_score=9)  # $0.056 expected
+    pools = (cheap_risky, dearer_safe, pool("od", "on-demand"), pool("res", "reserved", n=0))
+    d = run(snap(pools=pools), spec("b", kind="batch", priority="low", checkpoint_interval_hours=0.1))[0]
+    assert [a.node_type for a in d.allocations] == ["spot-b"]
+    unknown = replace(cheap_risky, placement_score=None)  # no score: its price alone
+    d = run(snap(pools=(unknown, dearer_safe, pool("od", "on-demand"))), spec("b", kind="batch", priority="low",
+                                                                            checkpoint_interval_hours=0.1))[0]
+    assert [a.node_type for a in d.allocations] == ["spot-a"]

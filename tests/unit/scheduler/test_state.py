@@ -286,3 +286,42 @@ def test_a_serve_app_is_charged_by_its_replicas_and_finished_when_they_are_gone(
     assert "deleted" in s.explain("endpoint")[-1]["reason"]
     with pytest.raises(ConfigError, match="attach"):
         s.place(spec("x"), attach="serve:../etc")
+
+
+def test_a_pool_whose_launches_keep_failing_is_unavailable_until_they_stop(tmp_path):
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"))
+    s.place(spec("hold", priority="critical", max_workers=2))
+    assert s.place(spec("b", kind="batch", priority="low", checkpoint_interval_hours=0.1)).market == "spot"
+    s.set_unfillable({"cpu_spot": 5.0})  # failing, but not for long yet
+    assert s.placement("b").market == "spot"
+    s.set_unfillable({"cpu_spot": 20.0})
+    moved = s.placement("b")
+    assert moved.market == "on-demand" and "could not be launched for 20s" in moved.reason
+    assert next(p for p in s.status()["pools"] if p["node_type"] == "cpu_spot")["unfillable"]
+    again = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"))  # a restart keeps the verdict
+    assert again.unfillable == {"cpu_spot"}
+    s.set_unfillable({})  # launches stopped failing: spot is cheaper again
+    assert s.placement("b").market == "spot"
+
+
+def test_live_prices_and_placement_scores_steer_spot_and_garbage_is_ignored(tmp_path):
+    gpu = load_cluster_spec(REPO / "cluster_configs" / "aws-gpu.yaml")
+    s = SchedulerState(gpu, str(tmp_path / "l.sqlite"))
+    before = {p.node_type: p.hourly_price for p in s.pools}
+    s.refresh_prices({"cpu_spot": 0.05, "gpu_spot": math.nan}, {"cpu_spot": 7, "gpu_spot": 99})
+    pools = {p.node_type: p for p in s.pools}
+    assert pools["cpu_spot"].hourly_price == 0.05 and pools["cpu_spot"].placement_score == 7
+    assert pools["gpu_spot"].hourly_price == before["gpu_spot"] and pools["gpu_spot"].placement_score is None
+    s.refresh_prices({"cpu_spot": -1.0, "gpu_spot": 1e9})  # refused: not a price spot could have
+    assert {p.node_type: p.hourly_price for p in s.pools}["cpu_spot"] == 0.05
+    assert SchedulerState(gpu, str(tmp_path / "l.sqlite")).pools == s.pools  # kept across a restart
+
+
+def test_a_deadline_without_slack_gets_on_demand_from_its_policy_and_a_roomy_one_spot(tmp_path):
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"))
+    s.place(spec("hold", priority="critical", max_workers=2))  # reserved taken
+    ckpt = {"checkpoint_interval_hours": 0.5, "restart_overhead_hours": 0.05, "priority": "low"}
+    tight = s.place(spec("tight", expected_hours=10, deadline_hours=10.06, **ckpt))  # slack < one tick
+    roomy = s.place(spec("roomy", expected_hours=10, deadline_hours=14, **ckpt))
+    assert tight.market == "on-demand" and "stochastic-dp at 0h" in tight.reason
+    assert roomy.market == "spot" and "stochastic-dp at 0h" in roomy.reason
