@@ -22,7 +22,7 @@ import ray
 from elasticml.cluster.config import load_cluster_spec
 from elasticml.errors import PlacementRefused
 from elasticml.repo import CLUSTER_CONFIGS
-from elasticml.scheduler.actor import SchedulerState
+from elasticml.scheduler.state import SchedulerState
 from elasticml.scheduler.client import SchedulerClient
 from elasticml.scheduler.spec import WorkloadSpec
 

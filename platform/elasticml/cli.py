@@ -242,7 +242,7 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
     from dataclasses import replace
 
     from elasticml.cluster import load_cluster_spec
-    from elasticml.scheduler.actor import ControllerConfig
+    from elasticml.scheduler.controller import ControllerConfig
     from elasticml.scheduler.client import SchedulerClient, running_cluster_config
 
     spec = load_cluster_spec(running_cluster_config(config_path))  # refuse a bad config before touching the cluster
@@ -256,6 +256,8 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
         overrides["market"] = str(spot_market.resolve())
         # A compressed market's ticks last seconds: the controller must look more often than that.
         overrides.setdefault("tick_seconds", min(controller.tick_seconds, 0.5))
+        if SpotMarket.load(spot_market).settings.notices:
+            overrides["unfillable_seconds"] = None  # see ControllerConfig.unfillable_seconds
     controller = replace(controller, **overrides)
     _connect(name, address)
     st = SchedulerClient.start(spec, ledger_path=ledger_path, controller=controller).status()

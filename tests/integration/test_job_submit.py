@@ -107,7 +107,6 @@ def test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint(local_cluster, corp
 
 def test_train_job_asks_the_scheduler_where_to_run(local_cluster, corpus, tmp_path):
     """--tenant: the job submits itself to the scheduler and trains where it was placed."""
-    import ray
 
     from elasticml.scheduler.client import SchedulerClient
 

@@ -19,7 +19,6 @@ ELASTICML = str(Path(sys.executable).with_name("elasticml"))
 
 @pytest.fixture(scope="module")
 def sched(local_cluster):
-    import ray
 
     from elasticml.scheduler.client import SchedulerClient
 
@@ -137,7 +136,6 @@ def test_scheduler_start_on_a_cluster_models_the_config_it_is_given(sched, local
     """As on a `ray up` head: no scheduler, clients say so; `scheduler start --config` creates it for that config."""
     import time
 
-    import ray
 
     from elasticml.scheduler.client import SchedulerClient
 

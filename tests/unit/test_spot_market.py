@@ -9,7 +9,8 @@ import pytest
 from elasticml.cluster.config import load_cluster_spec
 from elasticml.cluster.spot_market import MarketSettings, SpotMarket
 from elasticml.errors import ConfigError, PlacementRefused
-from elasticml.scheduler.actor import ControllerConfig, SchedulerState
+from elasticml.scheduler.controller import ControllerConfig
+from elasticml.scheduler.state import SchedulerState
 from elasticml.scheduler.spec import WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -267,26 +267,34 @@ def _driver_class():  # type: ignore[no-untyped-def]
         def _forever(self) -> None:
             from elasticml.scheduler.client import SchedulerClient
 
-            sched = None
+            sched, told, checked = None, None, 0.0
             while True:
-                time.sleep(0.2)
+                time.sleep(0.1)
                 try:
                     sched = sched or SchedulerClient.connect()
                     self.market.reload_clock()
                     up = self.market.available()
+                    # At a change at once; otherwise compare with the scheduler's view now and then (it
+                    # may have restarted, or a lost node may have marked the pool), without crowding its queue.
+                    if up == told and time.monotonic() - checked < RESYNC_S:
+                        continue
+                    checked = time.monotonic()
                     interrupted = {p["node_type"] for p in sched.status()["pools"] if p["interrupted"]}
                     for node_type in self.spot_types:
                         if up and node_type in interrupted:
                             sched.clear_interruption(node_type)
                         elif not up and node_type not in interrupted:
                             sched.interrupt(node_type)
+                    told = up
                 except Exception:  # the scheduler restarting: it is looked up again next time
-                    sched = None
+                    sched, told = None, None
 
     return MarketDriver
 
 
 DRIVER_NAME = "elasticml-spot-market"
+RESYNC_S = 2.0
+"""How often the driver checks the scheduler's view of the pools when the market has not changed."""
 
 
 def start_driver(path: Path, spot_node_types: list[str]) -> None:

@@ -30,7 +30,7 @@ class NodeGroup:
 
     def __post_init__(self) -> None:
         if self.max_workers < self.min_workers or self.min_workers < 0:
-            raise ConfigError(f"need 0 <= min_workers <= max_workers", field=f"{self.name}.max_workers")
+            raise ConfigError("need 0 <= min_workers <= max_workers", field=f"{self.name}.max_workers")
 
     @property
     def labels(self) -> dict[str, str]:

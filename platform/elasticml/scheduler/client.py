@@ -17,7 +17,8 @@ import ray
 from elasticml.cluster.config import ClusterSpec, load_cluster_spec
 from elasticml.errors import ConfigError, ElasticMLError, SchedulerNotRunning
 from elasticml.home import home
-from elasticml.scheduler.actor import ACTOR_NAME, NAMESPACE, ControllerConfig, SchedulerActor
+from elasticml.scheduler.actor import ACTOR_NAME, NAMESPACE, SchedulerActor
+from elasticml.scheduler.controller import ControllerConfig
 from elasticml.scheduler.spec import Placement, TenantPolicy, WorkloadSpec
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")

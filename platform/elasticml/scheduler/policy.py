@@ -25,7 +25,7 @@ notice. Every decision carries a reason a person can read.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from elasticml import labels as L

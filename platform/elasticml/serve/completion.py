@@ -259,7 +259,7 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list["All
             options["label_selector"] = L.selector_for(cfg.market)  # type: ignore[arg-type]
         return options, []
     from elasticml.errors import SchedulerError
-    from elasticml.scheduler.actor import serve_attachment
+    from elasticml.scheduler.ray_view import serve_attachment
     from elasticml.scheduler.client import SchedulerClient
     from elasticml.scheduler.spec import WorkloadSpec
 

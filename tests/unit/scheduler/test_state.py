@@ -11,7 +11,8 @@ import pytest
 
 from elasticml.cluster.config import load_cluster_spec
 from elasticml.errors import ConfigError, PlacementRefused
-from elasticml.scheduler.actor import ControllerConfig, SchedulerState
+from elasticml.scheduler.controller import ControllerConfig
+from elasticml.scheduler.state import SchedulerState
 from elasticml.scheduler.deadline import NONE, OD, SPOT, simulate
 from elasticml.scheduler.ledger import Ledger
 from elasticml.scheduler.policies import POLICIES
@@ -262,7 +263,8 @@ def test_a_crash_mid_write_leaves_the_ledger_as_it_was(tmp_path):
 
 
 def test_a_serve_app_is_charged_by_its_replicas_and_finished_when_they_are_gone(tmp_path):
-    from elasticml.scheduler.actor import SERVE_GONE_S, serve_attachment
+    from elasticml.scheduler.controller import SERVE_GONE_S
+    from elasticml.scheduler.ray_view import serve_attachment
 
     clock = Clock()
     seen: dict[str, dict[str, tuple[int, int]]] = {}
@@ -325,3 +327,14 @@ def test_a_deadline_without_slack_gets_on_demand_from_its_policy_and_a_roomy_one
     roomy = s.place(spec("roomy", expected_hours=10, deadline_hours=14, **ckpt))
     assert tight.market == "on-demand" and "stochastic-dp at 0h" in tight.reason
     assert roomy.market == "spot" and "stochastic-dp at 0h" in roomy.reason
+
+
+def test_a_serving_workload_that_preempts_another_gets_its_own_placement(tmp_path):
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"))
+    s.place(spec("nightly", priority="low", max_workers=2, checkpoint_interval_hours=0.1))  # takes reserved
+    served = s.place(spec("endpoint", tenant="shop", kind="serving", priority="critical", min_workers=2, max_workers=2))
+    # The victim is re-placed after the endpoint (the last decision taken), but the answer is the endpoint's.
+    assert served.workload == "endpoint" and served.market == "reserved" and served.workers == 2
+    assert s.explain("endpoint")[-1]["action"] == "place"
+    assert [d["action"] for d in s.explain("nightly")][-2:] == ["preempt", "place"]
+    assert s.placement("nightly").market != "reserved"
