@@ -14,6 +14,7 @@ import os
 import secrets
 from pathlib import Path
 
+from elasticml.atomic import write_atomic
 from elasticml.errors import AuthError
 
 AUTH_MODE_VAR = "RAY_AUTH_MODE"
@@ -26,12 +27,7 @@ def ensure_token(path: Path) -> Path:
     if path.exists():
         read_token(path)  # refuse an empty or unreadable token now, not at connect time
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32))
-    os.replace(tmp, path)
+    write_atomic(path, secrets.token_hex(32), mode=0o600)
     return path
 
 

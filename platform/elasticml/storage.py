@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from elasticml.atomic import write_atomic
+
 
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
@@ -63,18 +65,7 @@ def write_text_atomic(uri: str, text: str) -> None:
         with fs.open_output_stream(path) as fh:
             fh.write(data)
         return
-    target = Path(uri.removeprefix("file://")).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(Path(uri.removeprefix("file://")).expanduser(), data)
 
 
 def download_dir(uri: str) -> Path:

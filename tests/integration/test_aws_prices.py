@@ -72,3 +72,43 @@ def test_placement_scores_through_get_spot_placement_scores():
     assert scores == {"use1-az1": 9, "use1-az4": 3}
     sent = _PlacementScores.seen[-1]
     assert sent["TargetCapacity"] == ["4"] and sent["InstanceType.1"] == ["m7i.large"]
+
+
+def test_the_scheduler_refreshes_spot_pools_from_ec2(moto_ec2, tmp_path):
+    """Prices from moto's DescribeSpotPriceHistory, scores from the fake GetSpotPlacementScores: both
+    real EC2 protocol on loopback, through the one adaptor, into the scheduler's pools."""
+    import boto3
+
+    from elasticml.cluster import load_cluster_spec
+    from elasticml.scheduler.state import SchedulerState
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PlacementScores)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        def ec2(region: str, endpoint: str):  # type: ignore[no-untyped-def]
+            return boto3.client("ec2", region_name=region, endpoint_url=endpoint, **CREDS)
+
+        class Split:
+            """Spot prices from moto, placement scores from the fake: one client each, as one."""
+
+            def __init__(self, region: str) -> None:
+                self.prices = ec2(region, moto_ec2)
+                self.scores = ec2(region, f"http://127.0.0.1:{server.server_port}")
+
+            def get_paginator(self, name: str):  # type: ignore[no-untyped-def]
+                return self.prices.get_paginator(name)
+
+            def get_spot_placement_scores(self, **kw):  # type: ignore[no-untyped-def]
+                return self.scores.get_spot_placement_scores(**kw)
+
+        live = LiveSpotPrices(client_factory=Split)
+        spec = load_cluster_spec(__import__("pathlib").Path(__file__).resolve().parents[2] / "cluster_configs" / "aws-cpu.yaml")
+        state = SchedulerState(spec, str(tmp_path / "l.sqlite"))
+        spot = next(p for p in state.pools if p.market == "spot")
+        state.refresh_live_prices(live)
+    finally:
+        server.shutdown()
+    zones = live.spot_prices([spot.instance_type], spot.region)[spot.instance_type]
+    now = next(p for p in state.pools if p.node_type == spot.node_type)
+    assert now.hourly_price == min(zones.values()) and now.placement_score == 9
+    assert _PlacementScores.seen[-1]["InstanceType.1"] == [spot.instance_type]

@@ -184,10 +184,28 @@ def test_scheduler_placed_serving_loses_a_spot_node_under_load_and_clients_see_n
     assert load.failed == 0 and load.first_failures == 0, (load.ok, load.errors)
     assert load.ok > before + 20, (before, load.ok)
 
-    # The ledger charged the pools Ray ran the replicas on; deleting the app finishes the workload.
+    # The scheduler saw the spot node go and moved the spare replicas off spot; the router follows it:
+    # spot gets no more traffic.
     from elasticml.scheduler.client import SchedulerClient
 
     sched = SchedulerClient.connect()
+    deadline = time.time() + 60
+    while True:
+        now = httpx.get(f"{base}/v1/pools", timeout=30).json()
+        spot = next(p for p in now["pools"] if p["market"] == "spot")
+        if spot["weight"] == 0:
+            break
+        assert time.time() < deadline, (now, sched.explain("shop-endpoint")[-3:])
+        time.sleep(1)
+    assert "was lost" in now["followed"]["reason"], now
+    sent = spot["requests"]
+    for _ in range(10):
+        assert httpx.post(f"{base}/v1/completions", json={"prompt": "def f(", "max_tokens": 4}, timeout=60).status_code == 200
+    assert next(p for p in httpx.get(f"{base}/v1/pools", timeout=30).json()["pools"]
+                if p["market"] == "spot")["requests"] == sent
+    sched.clear_interruption("cpu_spot")
+
+    # The ledger charged the pools Ray ran the replicas on; deleting the app finishes the workload.
     charged = {(i["node_type"], i["workers"]) for i in sched.intervals("shop-endpoint")}
     assert (pools[False]["node_type"], 1) in charged and ("cpu_spot", 2) in charged, charged
     serve.delete("placed")

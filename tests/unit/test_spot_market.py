@@ -83,3 +83,36 @@ def test_a_deadline_that_on_demand_cannot_meet_is_refused_with_the_numbers(tmp_p
         s.place(WorkloadSpec(name="late", tenant="t", expected_hours=2, deadline_hours=2.2, restart_overhead_hours=0.5,
                              checkpoint_interval_hours=0.1))
     assert s.placement("late") is None
+
+
+def test_the_clock_runs_again_only_when_every_move_under_way_is_carried_out(tmp_path):
+    m = SpotMarket.create(tmp_path / "m.json", MarketSettings(trace=trace(tmp_path, [0] * 60), seconds_per_hour=20))
+    m.restart(held=False)
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), controller=ControllerConfig(market=str(tmp_path / "m.json")))
+    job = {"tenant": "t", "priority": "low", "expected_hours": 1, "deadline_hours": 4, "restart_overhead_hours": 0.1,
+           "checkpoint_interval_hours": 0.1, "spot_policy": "greedy"}
+    a = s.place(WorkloadSpec(name="a", **job))
+    b = s.place(WorkloadSpec(name="b", **job))
+    held = lambda: SpotMarket.load(tmp_path / "m.json").held()  # noqa: E731
+    assert held()
+    s.run_started("a", a.epoch)
+    assert held()  # b's move is still under way
+    s.run_started("b", b.epoch)
+    assert not held()
+
+
+def test_a_new_cluster_under_the_same_name_forgets_what_the_old_one_ran_but_keeps_its_costs(tmp_path):
+    import time as _time
+
+    db = str(tmp_path / "l.sqlite")
+    old = SchedulerState(CONFIG, db, incarnation="gcs:1/session_a")
+    old.place(WorkloadSpec(name="w", tenant="t", max_workers=2))
+    _time.sleep(0.05)
+    again = SchedulerState(CONFIG, db, incarnation="gcs:1/session_a")  # the actor restarted: same cluster
+    assert again.placement("w") is not None
+    new = SchedulerState(CONFIG, db, incarnation="gcs:1/session_b")  # `cluster down`, `cluster up`
+    assert new.placement("w") is None and new.status()["running"] == {} and new.queue == []
+    rows = new.ledger.intervals("w")
+    last_heard = old.explain("w")[-1]["at"]
+    assert rows and all(r["end"] == last_heard for r in rows)  # charged until the last thing heard of it
+    assert "forgot 1 workload" in new.explain("_events")[-1]["why"]

@@ -39,3 +39,22 @@ def test_a_file_on_s3_is_written_and_replaced(s3_env):
     write_text_atomic(uri, '{"state": "rolled_back"}')
     write_text_atomic(uri, '{"state": "promoted"}')
     assert exists(uri) and read_text(uri) == '{"state": "promoted"}'
+
+
+def test_write_atomic_keeps_the_mode_and_leaves_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from elasticml.atomic import write_atomic
+
+    target = tmp_path / "secret"
+    write_atomic(target, "one", mode=0o600)
+    assert target.read_text() == "one" and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+    def crash(src, dst):  # type: ignore[no-untyped-def]
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        write_atomic(target, "two")
+    assert target.read_text() == "one" and [p.name for p in tmp_path.iterdir()] == ["secret"]

@@ -32,10 +32,20 @@ import psutil
 import yaml
 
 from elasticml import auth, home
+from elasticml.atomic import write_atomic
 from elasticml.cluster import spot_market
-from elasticml.cluster.config import FAKE_HEAD_NODE_ID, ClusterSpec, render_local_autoscaling_config
+from elasticml.cluster.config import (
+    FAKE_HEAD_NODE_ID,
+    ClusterSpec,
+    render_local_autoscaling_config,
+)
 from elasticml.cluster.spot_market import MarketSettings
-from elasticml.errors import ClusterAlreadyRunning, ClusterError, ClusterNotRunning, HeadStartFailed
+from elasticml.errors import (
+    ClusterAlreadyRunning,
+    ClusterError,
+    ClusterNotRunning,
+    HeadStartFailed,
+)
 
 STATE_FILE = "state.json"
 START_TIMEOUT_S = 120.0
@@ -170,7 +180,7 @@ class LocalCluster:
                 raise ClusterError(f"{spec.source} has no spot node type for the spot market to replay")
             spot_market.SpotMarket.create(market_file, market)
             rendered["provider"].update(spot_market.provider_overrides(market_file, spot_types))
-        _atomic_write(config_path, yaml.safe_dump(rendered))
+        write_atomic(config_path, yaml.safe_dump(rendered))
         temp_dir = home.ray_temp_dir(self.name)
         shutil.rmtree(temp_dir, ignore_errors=True)  # old sessions of this name: logs only
         log_path = self.dir / "head.log"
@@ -216,7 +226,7 @@ class LocalCluster:
         except BaseException:
             _stop(info, timeout_s=30)
             raise
-        _atomic_write(self.dir / STATE_FILE, json.dumps(asdict(info), indent=2))
+        write_atomic(self.dir / STATE_FILE, json.dumps(asdict(info), indent=2))
         return info
 
     def _start_scheduler(self, spec: ClusterSpec, info: ClusterInfo, market_file: Path | None) -> None:
@@ -382,15 +392,6 @@ def _check_port_free(port: int) -> None:
             sock.bind(("0.0.0.0", port))
         except OSError:
             raise ClusterError(f"port {port} is in use; pick another with --port/--dashboard-port") from None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -40,7 +40,7 @@ class SchedulerActor(SchedulerState):
     """SchedulerState as a named, detached actor on the head node."""
 
     def __init__(self, cluster: ClusterSpec, ledger_path: str, controller: ControllerConfig) -> None:
-        super().__init__(cluster, ledger_path, controller=controller, observer=ray_observer)
+        super().__init__(cluster, ledger_path, controller=controller, observer=ray_observer, incarnation=_session())
         self._seen_dead: set[str] = set()
         self._failing_since: dict[str, float] = {}
         self._prices_due = 0.0
@@ -117,10 +117,17 @@ class SchedulerActor(SchedulerState):
         return result
 
 
+def _session() -> str:
+    """The running Ray cluster's session: new at every start, the same across restarts of this actor."""
+    return f"{ray.get_runtime_context().gcs_address}/{ray._private.worker.global_worker.node.session_name}"
+
+
 def _poll_forever(handle: Any, period_s: float) -> None:
     while True:
         time.sleep(period_s)
         try:
             ray.get(handle.tick.remote())
-        except Exception:  # the actor is restarting or gone: its next incarnation polls again
+        except ray.exceptions.RayActorError:  # the actor is restarting or gone: its next incarnation polls again
             return
+        except Exception as exc:  # one bad tick must not stop the controller: say so, and look again
+            print(f"elasticml scheduler: controller tick failed: {type(exc).__name__}: {str(exc)[:500]}", flush=True)

@@ -121,9 +121,9 @@ class Controller:
         self._check_name(name)
         check_number(epoch, field="epoch", lo=0, hi=2**31, integer=True)
         meta = self.meta.get(name)
-        if self.market is None or meta is None or meta.get("epoch") != epoch or self._holder != name:
+        if self.market is None or meta is None or meta.get("epoch") != epoch or name not in self._holders:
             return 0.0
-        self._release_clock()
+        self._release_clock(name)
         return self.specs[name].restart_overhead_hours * self.seconds_per_hour
 
     def _steered(self: SchedulerState, spec: WorkloadSpec) -> bool:
@@ -297,20 +297,18 @@ class Controller:
         """A replayed market's clock stops while a steered job's move is carried out (until `run_started`)."""
         assert self.market is not None
         if d.action in ("place", "move"):
-            if self._holder in (None, d.workload):
-                self._holder = d.workload
-                self.market.reload_clock()
-                self.market.hold()
-        elif self._holder in (None, d.workload):
-            # Not placed (waiting for spot, queued): nothing to carry out, so time runs on. This also ends
-            # the hold a replay starts with when its job's first answer is to wait.
-            self._holder = None
+            self._holders.add(d.workload)
             self.market.reload_clock()
-            self.market.release()
+            self.market.hold()
+        else:
+            # Not placed (waiting for spot, queued): nothing to carry out for it. With no other move under
+            # way time runs on; this also ends the hold a replay starts with when its job's first answer is to wait.
+            self._release_clock(d.workload)
 
-    def _release_clock(self: SchedulerState) -> None:
-        if self.market is not None and self._holder is not None:
-            self._holder = None
+    def _release_clock(self: SchedulerState, name: str) -> None:
+        """`name`'s move is carried out; the clock runs again once no move is under way."""
+        self._holders.discard(name)
+        if self.market is not None and not self._holders:
             self.market.reload_clock()
             self.market.release()
 

@@ -42,7 +42,11 @@ class SchedulerState(Controller):
     """The actor's logic without Ray, so it can be tested and reasoned about on its own."""
 
     def __init__(self, cluster: ClusterSpec, ledger_path: str, *, controller: ControllerConfig | None = None,
-                 clock: Callable[[], float] = time.time, observer: Observer | None = None) -> None:
+                 clock: Callable[[], float] = time.time, observer: Observer | None = None,
+                 incarnation: str | None = None) -> None:
+        """`incarnation` names the running Ray cluster (its session): a ledger last written by another
+        one (the cluster was taken down and started again under the same name) keeps its costs, but
+        what it says runs is of a cluster that is gone, and is closed and forgotten."""
         self.cluster = cluster
         self.controller = controller or ControllerConfig()
         self.observer = observer
@@ -84,9 +88,27 @@ class SchedulerState(Controller):
         for name, raw in self.ledger.state_items("steer:").items():
             self.steppers[name.removeprefix("steer:")] = self._stepper_from(json.loads(raw))
         self._last_tick = self.clock()
-        self._holder: str | None = None
-        """The workload whose move holds the replayed market's clock."""
+        self._holders: set[str] = set()
+        """The workloads whose moves hold the replayed market's clock (until their runs are up)."""
+        if incarnation is not None and self.ledger.get_state("incarnation") not in (None, incarnation):
+            self._forget_previous_cluster()
+        if incarnation is not None:
+            self.ledger.put_state("incarnation", incarnation)
 
+    def _forget_previous_cluster(self) -> None:
+        gone = sorted(set(self.specs) | set(self.allocations) | set(self.meta))
+        for name in gone:
+            # Charged until the last thing the scheduler heard of it, not until now.
+            last = max((r.get("at", 0.0) for r in self.explanations.get(name, [])), default=None)
+            self.ledger.close(name, at=last)
+            self._release(name)
+            self._forget(name)
+        self.queue, self.interrupted, self.unfillable = [], set(), set()
+        for key in ("queue", "interrupted", "unfillable"):
+            self.ledger.put_state(key, "[]")
+        self.explanations.setdefault("_events", []).append(
+            {"at": self.clock(), "event": "new cluster", "why": f"the cluster was started again: forgot {len(gone)} "
+             f"workload(s) of the previous one ({', '.join(gone)[:300]}), their intervals closed"})
 
     # -- snapshot --------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -366,8 +388,8 @@ class SchedulerState(Controller):
             self.ledger.delete_state(f"alloc:{name}")
 
     def _forget(self, name: str) -> None:
-        if self._holder == name:
-            self._release_clock()
+        if name in self._holders:
+            self._release_clock(name)
         self.ledger.close(name)  # attached or not, nothing is charged after the end
         self.specs.pop(name, None)
         self.ledger.delete_state(f"spec:{name}")

@@ -310,7 +310,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         base_pool = next((a for a in allocations if a.market != "spot"), allocations[0])
         router = {"num_cpus": 0, "runtime_env": options["runtime_env"],
                   "label_selector": {L.NODE_TYPE: base_pool.node_type}}
-        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys)
+        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys, cfg.name)
     deployment: dict[str, Any] = {"name": deployment_name, "ray_actor_options": options, **common}
     autoscaling = cfg.autoscaling()
     if autoscaling:

@@ -8,6 +8,11 @@ the replicas the scheduler provisioned (the spot pool over-provisioned), and `Po
 HTTP ingress, spreads requests over the pools by replica count. When a call fails because its
 replica went away (a spot node reclaimed), the router sends the same request to another pool:
 the client sees no error as long as one pool still serves.
+
+The router follows the scheduler: every `FOLLOW_S` it reads the workload's placement and
+weighs each pool by the replicas the scheduler gives it now, so when the controller moves the
+spare spot replicas away (an interruption notice, a lost node, a pool it cannot fill) traffic
+leaves spot at once, before the capacity goes; a pool the placement no longer names gets none.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request models from the annotations.
@@ -30,28 +35,54 @@ from elasticml.serve.api import (
 )
 
 pools_api = new_api("elasticml completion (spot-aware pools)")
+FOLLOW_S = 2.0
+"""How often the router reads its workload's placement from the scheduler."""
 log = logging.getLogger("elasticml.serve.pools")
 
 
 @serve.deployment(max_ongoing_requests=256)
 @serve.ingress(pools_api)
 class PoolRouter:
-    def __init__(self, pools: list[dict[str, Any]], handles: list[Any], api_keys: dict[str, str]) -> None:
+    def __init__(self, pools: list[dict[str, Any]], handles: list[Any], api_keys: dict[str, str],
+                 workload: str | None = None) -> None:
         from elasticml.serve.auth import KeyRing
 
-        self.pools = [dict(p, handle=h, requests=0, failovers=0) for p, h in zip(pools, handles)]
+        self.pools = [dict(p, handle=h, requests=0, failovers=0, weight=p["replicas"]) for p, h in zip(pools, handles)]
         self.keys = KeyRing(api_keys)
+        self.workload = workload
+        self.followed: dict[str, Any] = {"epoch": None, "reason": None}
+        self._follower: asyncio.Task[None] | None = None  # started on the replica's loop by the first request
+
+    async def _follow(self) -> None:
+        """Weigh the pools by the scheduler's placement of this workload, as it changes."""
+        from elasticml.scheduler.client import SchedulerClient
+
+        while True:
+            try:
+                placed = await asyncio.to_thread(lambda: SchedulerClient.connect().placement(self.workload))
+            except Exception as exc:  # the scheduler restarting: keep the last weights
+                log.warning("could not read the placement of %s: %s", self.workload, type(exc).__name__)
+                placed = None
+            if placed is not None and placed.epoch != self.followed["epoch"]:
+                given = {t: sum(a.workers for a in placed.allocations if a.node_type == t) for t in placed.node_types}
+                if any(given.get(p["node_type"], 0) for p in self.pools):  # never weigh every pool to nothing
+                    for p in self.pools:
+                        p["weight"] = given.get(p["node_type"], 0)
+                self.followed = {"epoch": placed.epoch, "reason": placed.reason}
+            await asyncio.sleep(FOLLOW_S)
 
     def _auth(self, authorization: str | None, x_api_key: str | None) -> str | None:
         return authenticate(self.keys, authorization, x_api_key)
 
     def _order(self) -> list[dict[str, Any]]:
-        """All pools, the first drawn in proportion to its replicas, the others as failovers (base first)."""
-        first = random.choices(self.pools, weights=[p["replicas"] for p in self.pools])[0]
+        """All pools, the first drawn in proportion to its weight, the others as failovers (base first)."""
+        first = random.choices(self.pools, weights=[p["weight"] for p in self.pools])[0]
         rest = sorted((p for p in self.pools if p is not first), key=lambda p: p["market"] == "spot")
         return [first, *rest]
 
     async def _call(self, method: str, request: Any, *args: Any) -> Any:
+        if self.workload is not None and self._follower is None:
+            self._follower = asyncio.create_task(self._follow())
         last: Exception | None = None
         for i, pool in enumerate(self._order()):
             pool["requests"] += 1
@@ -83,7 +114,8 @@ class PoolRouter:
     @pools_api.get("/v1/pools")
     def status(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
         self._auth(authorization, x_api_key)
-        return {"pools": [{k: v for k, v in p.items() if k != "handle"} for p in self.pools]}
+        return {"pools": [{k: v for k, v in p.items() if k != "handle"} for p in self.pools],
+                "followed": self.followed}
 
     @pools_api.get("/healthz")
     async def healthz(self) -> dict:

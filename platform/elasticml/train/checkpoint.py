@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,6 +24,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from elasticml.atomic import write_atomic
 from elasticml.errors import CheckpointError
 from elasticml.models.transformer import ModelConfig, Transformer
 
@@ -83,9 +83,7 @@ def write_checkpoint(
         "files": sizes,
         **(extra or {}),
     }
-    tmp = folder / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, folder / META)
+    write_atomic(folder / META, json.dumps(meta, indent=2))  # last: the checkpoint counts from here
     return folder
 
 
