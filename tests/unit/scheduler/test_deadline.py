@@ -7,7 +7,7 @@ import pytest
 
 from elasticml.errors import ConfigError
 from elasticml.scheduler.deadline import (
-    OD, SPOT, NONE, JobParams, PlanPolicy, TickView, UniformProgressPolicy, omniscient_plan, simulate,
+    OD, SPOT, NONE, JobParams, PlanPolicy, TickView, UniformProgressPolicy, simulate,
 )
 from elasticml.scheduler.policies import POLICIES, run_policy
 from elasticml.scheduler.traces import load_trace
