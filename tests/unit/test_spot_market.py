@@ -116,3 +116,15 @@ def test_a_new_cluster_under_the_same_name_forgets_what_the_old_one_ran_but_keep
     last_heard = old.explain("w")[-1]["at"]
     assert rows and all(r["end"] == last_heard for r in rows)  # charged until the last thing heard of it
     assert "forgot 1 workload" in new.explain("_events")[-1]["why"]
+
+
+def test_on_a_replayed_market_every_interval_is_on_the_markets_clock(tmp_path):
+    """Closing at wall time would add every second the clock was held to the last interval."""
+    m = SpotMarket.create(tmp_path / "m.json", MarketSettings(trace=trace(tmp_path, [0] * 60), seconds_per_hour=20))
+    m.restart(held=True)
+    time.sleep(0.3)  # held: 0.3 s of wall time that is not market time
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), controller=ControllerConfig(market=str(tmp_path / "m.json")))
+    s.place(WorkloadSpec(name="w", tenant="t", max_workers=1))
+    s.finish("w")
+    (row,) = s.ledger.intervals("w")
+    assert row["end"] - row["start"] < 0.05 and row["end"] <= SpotMarket.load(tmp_path / "m.json").now() + 1e-6

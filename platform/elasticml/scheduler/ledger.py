@@ -5,13 +5,14 @@ market, workers, dollars per hour, start, end); an open interval has no end.
 SQLite's transactions make every write all-or-nothing, so a crash mid-write
 leaves the ledger as it was before the write, never half-updated.
 
-Times are wall-clock seconds (time.time()); costs are dollars.
+Times are the scheduler's clock in seconds, given by the caller on every write (wall-clock
+seconds live; a replayed market's seconds there): a default of its own would mix two clocks. Costs
+are dollars.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,26 +60,26 @@ class Ledger:
             self._db.execute("ALTER TABLE intervals ADD COLUMN nodes INTEGER NOT NULL DEFAULT 0")
 
     def open(self, *, workload: str, tenant: str, node_type: str, market: str, workers: int, nodes: int,
-             hourly_cost: float, on_demand_hourly_cost: float, at: float | None = None) -> None:
+             hourly_cost: float, on_demand_hourly_cost: float, at: float) -> None:
         with self._db:
             self._db.execute(
                 "INSERT INTO intervals (workload, tenant, node_type, market, workers, nodes, hourly_cost,"
                 " on_demand_hourly_cost, start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (workload, tenant, node_type, market, workers, nodes, hourly_cost, on_demand_hourly_cost, at or time.time()),
+                (workload, tenant, node_type, market, workers, nodes, hourly_cost, on_demand_hourly_cost, at),
             )
 
     def open_intervals(self, workload: str) -> list[dict[str, object]]:
         return [r for r in self.intervals(workload) if r["end"] is None]
 
-    def close(self, workload: str, *, node_type: str | None = None, at: float | None = None) -> int:
+    def close(self, workload: str, *, at: float, node_type: str | None = None) -> int:
         """End the workload's open intervals (on one node type, or all); returns how many."""
         with self._db:
             if node_type is None:
                 cur = self._db.execute("UPDATE intervals SET end = ? WHERE workload = ? AND end IS NULL",
-                                       (at or time.time(), workload))
+                                       (at, workload))
             else:
                 cur = self._db.execute("UPDATE intervals SET end = ? WHERE workload = ? AND node_type = ? AND end IS NULL",
-                                       (at or time.time(), workload, node_type))
+                                       (at, workload, node_type))
             return cur.rowcount
 
     def intervals(self, workload: str | None = None) -> list[dict[str, object]]:
@@ -89,10 +90,9 @@ class Ledger:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
-    def costs_by(self, column: str, *, now: float | None = None) -> list[CostRow]:
+    def costs_by(self, column: str, *, now: float) -> list[CostRow]:
         if column not in ("tenant", "workload", "market", "node_type"):
             raise ValueError(f"cannot group costs by {column!r}")
-        now = now or time.time()
         cur = self._db.execute(
             f"SELECT {column}, SUM(hourly_cost * (COALESCE(end, ?) - start) / 3600.0),"
             f" SUM(on_demand_hourly_cost * (COALESCE(end, ?) - start) / 3600.0),"

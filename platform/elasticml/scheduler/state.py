@@ -100,7 +100,7 @@ class SchedulerState(Controller):
         for name in gone:
             # Charged until the last thing the scheduler heard of it, not until now.
             last = max((r.get("at", 0.0) for r in self.explanations.get(name, [])), default=None)
-            self.ledger.close(name, at=last)
+            self.ledger.close(name, at=self.clock() if last is None else last)
             self._release(name)
             self._forget(name)
         self.queue, self.interrupted, self.unfillable = [], set(), set()
@@ -351,7 +351,8 @@ class SchedulerState(Controller):
                     pool = next(p for p in self.pools if p.node_type == a.node_type)
                     od = a.nodes * self.catalog.hourly(pool.instance_type, "on-demand", pool.region)
                     self.ledger.open(workload=a.workload, tenant=a.tenant, node_type=a.node_type, market=a.market,
-                                     workers=a.workers, nodes=a.nodes, hourly_cost=a.hourly_cost, on_demand_hourly_cost=od)
+                                     workers=a.workers, nodes=a.nodes, hourly_cost=a.hourly_cost, on_demand_hourly_cost=od,
+                                     at=self.clock())
                 if meta is not None:
                     moves = meta.get("moves", []) + ([self.clock()] if d.voluntary else [])
                     self._put_meta(d.workload, {**meta, "state": "placed", "epoch": meta.get("epoch", 0) + 1,
@@ -384,13 +385,13 @@ class SchedulerState(Controller):
     def _release(self, name: str) -> None:
         if self.allocations.pop(name, None) is not None:
             if not self.meta.get(name, {}).get("attach"):
-                self.ledger.close(name)
+                self.ledger.close(name, at=self.clock())
             self.ledger.delete_state(f"alloc:{name}")
 
     def _forget(self, name: str) -> None:
         if name in self._holders:
             self._release_clock(name)
-        self.ledger.close(name)  # attached or not, nothing is charged after the end
+        self.ledger.close(name, at=self.clock())  # attached or not, nothing is charged after the end
         self.specs.pop(name, None)
         self.ledger.delete_state(f"spec:{name}")
         self.steppers.pop(name, None)

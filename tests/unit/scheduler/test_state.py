@@ -248,7 +248,7 @@ def test_a_crash_mid_write_leaves_the_ledger_as_it_was(tmp_path):
     path = tmp_path / "l.sqlite"
     ledger = Ledger(path)
     ledger.open(workload="kept", tenant="t", node_type="n", market="spot", workers=1, nodes=1, hourly_cost=1,
-                on_demand_hourly_cost=2)
+                on_demand_hourly_cost=2, at=1_000_000.0)
     # Another process starts a write and dies (SIGKILL-like) before committing it.
     code = (
         "import os, sqlite3; db = sqlite3.connect(%r, isolation_level=None); db.execute('BEGIN');"
