@@ -423,10 +423,19 @@ def serve() -> None:
 
 @serve.command("keygen")
 @click.argument("tenant")
-def serve_keygen(tenant: str) -> None:
-    """A new API key for TENANT: give the key to the tenant, put the digest line under args.api_keys."""
-    from elasticml.serve.auth import new_key
+@click.option("--file", "key_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Add the digest to this key file (an app's api_keys_file; mode 0600).")
+def serve_keygen(tenant: str, key_file: Path | None) -> None:
+    """A new API key for TENANT: give the key to the tenant; its digest goes to --file or under args.api_keys."""
+    import re
 
+    from elasticml.errors import ConfigError
+    from elasticml.serve.auth import add_to_key_file, new_key
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", tenant):
+        raise ConfigError("must be 1 to 63 letters, digits, - and _", field="tenant")
     key, digest = new_key()
+    if key_file is not None:
+        add_to_key_file(key_file, tenant, digest)
     click.echo(f"key (give to {tenant}, shown once): {key}")
-    click.echo(f"api_keys entry: {{{tenant}: {digest}}}")
+    click.echo(f"added to {key_file}" if key_file is not None else f"api_keys entry: {{{tenant}: {digest}}}")

@@ -77,6 +77,12 @@ def test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint(local_cluster, corp
     port = free_port()
     config["http_options"]["port"] = port
     config["applications"][0]["args"]["checkpoint"] = f"latest:{runs / 'train'}"
+    # The shipped config requires keys from a file: make one, as the comment in it says.
+    from elasticml.serve.auth import add_to_key_file, new_key
+
+    key, key_digest = new_key()
+    add_to_key_file(tmp_path / "api_keys.json", "acme", key_digest)
+    config["applications"][0]["args"]["api_keys_file"] = str(tmp_path / "api_keys.json")
     path = tmp_path / "completion.yaml"
     path.write_text(yaml.safe_dump(config))
     serve_cli = str(Path(sys.executable).with_name("serve"))
@@ -93,7 +99,8 @@ def test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint(local_cluster, corp
     body = None
     while time.monotonic() < deadline:
         try:
-            r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "import ", "max_tokens": 12}, timeout=10)
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "import ", "max_tokens": 12},
+                           headers={"Authorization": f"Bearer {key}"}, timeout=10)
             if r.status_code == 200:
                 body = r.json()
                 break
@@ -102,6 +109,8 @@ def test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint(local_cluster, corp
         time.sleep(2)
     assert body is not None, "the deployed app never answered"
     assert body["completion"] == expected and body["model_step"] == 3
+    anonymous = httpx.post(f"http://127.0.0.1:{port}/v1/completions", content=b"{not json", timeout=10)
+    assert anonymous.status_code == 401  # the key is checked before the body is even parsed
     subprocess.run([serve_cli, "shutdown", "-y"], env={**os.environ, **env}, capture_output=True, timeout=120)
 
 

@@ -46,3 +46,68 @@ def test_every_apps_args_are_a_valid_serve_config():
                 args = {k: v for k, v in args.items() if k not in canary_fields}
             cfg = ServeConfig.from_dict(args, source=str(path))
             assert cfg.resolved_precision in ("int8", "bf16")
+
+
+def _shipped_apps():
+    for path in sorted((REPO / "serve_apps").glob("*.yaml")):
+        for app in yaml.safe_load(path.read_text())["applications"]:
+            yield path.name, app
+    for path in sorted((REPO / "cluster_configs" / "kuberay").glob("*-rayservice.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        for app in yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]:
+            yield path.name, app
+
+
+def test_every_shipped_serve_config_requires_api_keys_from_a_file():
+    apps = list(_shipped_apps())
+    assert len(apps) >= 5
+    for name, app in apps:
+        args = app["args"]
+        assert args.get("api_keys_file"), f"{name}: {app['name']} is open to anyone"
+        assert not args.get("api_keys"), f"{name}: keys belong in the key file, not the config"
+
+
+def test_the_rayservice_head_mounts_the_key_files_secret():
+    from elasticml.provision.render import API_KEYS_MOUNT
+
+    for path in sorted((REPO / "cluster_configs" / "kuberay").glob("*-rayservice.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        pod = doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+        secret = pod["volumes"][0]["secret"]["secretName"]
+        assert secret.endswith("-api-keys")
+        mount = pod["containers"][0]["volumeMounts"][0]
+        assert mount["mountPath"] == API_KEYS_MOUNT and mount["readOnly"] is True
+        app = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"][0]
+        assert app["args"]["api_keys_file"].startswith(API_KEYS_MOUNT + "/")
+
+
+def test_key_files_are_refused_clearly_and_keygen_adds_to_them(tmp_path):
+    import json
+    import stat
+
+    from click.testing import CliRunner
+
+    from elasticml.cli import main as cli
+    from elasticml.errors import ConfigError
+    from elasticml.serve.auth import KeyRing, read_key_file
+
+    path = tmp_path / "keys.json"
+    with pytest.raises(ConfigError, match="elasticml serve keygen TENANT --file"):
+        read_key_file(path)
+    for body, words in (("[1]", "non-empty JSON object"), ("{", "not a JSON object"),
+                        ('{"acme": "eml_plainkeypasted"}', "not a sha256 hex digest")):
+        path.write_text(body)
+        with pytest.raises(ConfigError, match=words) as info:
+            read_key_file(path)
+        assert "eml_plainkeypasted" not in str(info.value)  # a pasted key is never echoed
+    path.unlink()
+    keys = {}
+    for tenant in ("acme", "globex"):
+        out = CliRunner().invoke(cli, ["serve", "keygen", tenant, "--file", str(path)])
+        assert out.exit_code == 0, out.output
+        keys[tenant] = out.output.split("shown once): ")[1].split()[0]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    ring = KeyRing(read_key_file(path))
+    assert {t: ring.tenant_for(f"Bearer {k}", None) for t, k in keys.items()} == {"acme": "acme", "globex": "globex"}
+    assert set(json.loads(path.read_text())) == {"acme", "globex"} and keys["acme"] not in path.read_text()
+    assert CliRunner().invoke(cli, ["serve", "keygen", "bad tenant", "--file", str(path)]).exit_code != 0

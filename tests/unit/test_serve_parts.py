@@ -110,3 +110,35 @@ def test_body_limit_refuses_declared_and_chunked_bodies_and_passes_the_rest_inta
     r = client.post("/echo", content=chunked(big))
     assert r.status_code == 413 and "exceeds the limit of 100 bytes" in r.json()["detail"]
     assert client.post("/echo", content=b'{"prompt": ""}').status_code == 422  # the app still validates
+
+
+def test_keys_are_checked_before_the_body_is_parsed_or_validated():
+    from fastapi.testclient import TestClient
+    from pydantic import BaseModel
+
+    from elasticml.serve.api import new_api, use_keys
+    from elasticml.serve.auth import KeyRing, digest
+
+    app = new_api("gate test")
+
+    class Body(BaseModel):
+        n: int
+
+    @app.post("/v1/echo")
+    def echo(body: Body) -> dict:
+        return {"n": body.n}
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    use_keys(app, KeyRing({"acme": digest("k-acme")}))
+    client = TestClient(app)
+    for body in (b"{not json", b'{"n": "x"}', b'{"n": 1}', b"\xff" * 10):
+        r = client.post("/v1/echo", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert r.json() == {"detail": "missing or unknown API key: send Authorization: Bearer <key> or X-API-Key: <key>"}
+    assert client.post("/v1/echo", content=b"{not json", headers={"authorization": "Bearer k-acme"}).status_code == 422
+    assert client.post("/v1/echo", json={"n": 1}, headers={"x-api-key": "k-acme"}).json() == {"n": 1}
+    assert client.post("/v1/echo", json={"n": 1}, headers={"x-api-key": "k-other"}).status_code == 401
+    assert client.get("/healthz").status_code == 200  # open: a load balancer has no key

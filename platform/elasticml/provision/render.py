@@ -24,6 +24,8 @@ from elasticml.provision.definition import CLUSTERS, ClusterDefinition, NodeGrou
 TARGETS = ("local", "aws", "kuberay")
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
 RAY_IMAGE = "rayproject/ray:2.60.0-py311-cpu"
+API_KEYS_MOUNT = "/etc/elasticml/api-keys"
+"""Where the RayService head mounts the Secret `elasticml-<cluster>-api-keys` (key `api_keys.json`)."""
 RAY_GPU_IMAGE = "rayproject/ray:2.60.0-py311-cu124"
 WATCHER = "RAY_AUTH_MODE=token nohup python -m elasticml.provision.watcher > /tmp/elasticml-watcher.log 2>&1 &"
 
@@ -210,7 +212,8 @@ def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
     }
 
 
-def _raycluster_spec(d: ClusterDefinition) -> dict[str, Any]:
+def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[str, Any]:
+    """`api_keys`: the head mounts the serving API keys' Secret (the Serve app is built there)."""
     workers = []
     for g in d.groups:
         capacity = {"spot": "spot", "on-demand": "on-demand", "reserved": "reserved"}[g.market]
@@ -226,7 +229,10 @@ def _raycluster_spec(d: ClusterDefinition) -> dict[str, Any]:
             "rayStartParams": {"labels": ",".join(f"{k}={v}" for k, v in g.labels.items())},
             "template": {"spec": pod},
         })
-    head_pod = {"nodeSelector": {CAPACITY_TYPE: "on-demand"}, "containers": [_container(d, None)]}
+    head_pod: dict[str, Any] = {"nodeSelector": {CAPACITY_TYPE: "on-demand"}, "containers": [_container(d, None)]}
+    if api_keys:
+        head_pod["volumes"] = [{"name": "api-keys", "secret": {"secretName": f"elasticml-{d.name}-api-keys"}}]
+        head_pod["containers"][0]["volumeMounts"] = [{"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True}]
     return {
         "rayVersion": "2.60.0",
         "enableInTreeAutoscaling": True,
@@ -263,12 +269,14 @@ def _rayservice(d: ClusterDefinition) -> dict[str, Any]:
     serve_config = {
         "applications": [{
             "name": "completion", "route_prefix": "/", "import_path": "serve_apps.completion:app",
-            "args": {"checkpoint": f"latest:s3://{d.bucket}/runs/nightly", "market": "reserved"},
+            "args": {"checkpoint": f"latest:s3://{d.bucket}/runs/nightly", "market": "reserved",
+                     "api_keys_file": f"{API_KEYS_MOUNT}/api_keys.json"},
         }]
     }
     return {
         "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": _meta(d, "serve"),
-        "spec": {"serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False), "rayClusterConfig": _raycluster_spec(d)},
+        "spec": {"serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
+                 "rayClusterConfig": _raycluster_spec(d, api_keys=True)},
     }
 
 

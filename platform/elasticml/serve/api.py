@@ -60,6 +60,42 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+_KEYRINGS: dict[str, Any] = {}
+"""App title -> the KeyRing of the replica serving it in this process (one replica a process)."""
+UNAUTHORIZED = "missing or unknown API key: send Authorization: Bearer <key> or X-API-Key: <key>"
+
+
+def use_keys(app: FastAPI, keys: Any) -> None:
+    """Called by a replica's constructor: `KeyGate` checks these keys on the app's /v1/ paths."""
+    _KEYRINGS[app.title] = keys
+
+
+class KeyGate:
+    """401 before the body is read, parsed or validated: on /v1/ an unknown caller learns nothing of the
+    schema and costs no parsing. The endpoints still ask `authenticate` for the tenant (it is cheap).
+
+    The keyring is looked up by the app's title in this module (not held by the app object, which
+    Serve may pickle by value onto the replica, away from the replica's own copy).
+    """
+
+    def __init__(self, app: Any, title: str) -> None:
+        self.app = app
+        self.title = title
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            keys = _KEYRINGS.get(self.title)
+            if keys is not None and not keys.open:
+                headers = dict(scope["headers"])
+                authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+                api_key = headers.get(b"x-api-key", b"").decode("latin-1") or None
+                if keys.tenant_for(authorization, api_key) is None:
+                    response = JSONResponse(status_code=401, content={"detail": UNAUTHORIZED},
+                                            headers={"WWW-Authenticate": "Bearer"})
+                    return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 async def _too_large(scope: dict, receive: Any, send: Any, detail: str) -> None:
     await JSONResponse(status_code=413, content={"detail": detail})(scope, receive, send)
 
@@ -71,9 +107,11 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 
 
 def new_api(title: str) -> FastAPI:
-    """A FastAPI app with the body limit (413) and the quiet 422s: the completion app and its routers."""
+    """A FastAPI app with keys checked first (401), the body limit (413) and the quiet 422s: the
+    completion app and its routers."""
     app = FastAPI(title=title, version="2")
     app.add_middleware(BodyLimit)
+    app.add_middleware(KeyGate, title=title)  # added last: runs first
     app.exception_handler(RequestValidationError)(validation_error)
     return app
 
@@ -84,8 +122,7 @@ def authenticate(keys: Any, authorization: str | None, x_api_key: str | None) ->
         return None
     tenant = keys.tenant_for(authorization, x_api_key)
     if tenant is None:
-        raise HTTPException(status_code=401, detail="missing or unknown API key: send Authorization: Bearer "
-                            "<key> or X-API-Key: <key>", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(status_code=401, detail=UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
     return tenant
 
 

@@ -37,6 +37,7 @@ from elasticml.serve.api import (
     answer_or_raise,
     authenticate,
     new_api,
+    use_keys,
 )
 from elasticml.serve.config import ServeConfig
 
@@ -98,6 +99,7 @@ class CanaryRouter:
         self.cfg = ServeConfig.from_dict(serve_config)
         self.canary_cfg = CanaryConfig(**canary_config)
         self.keys = KeyRing(self.cfg.api_keys)
+        use_keys(canary_api, self.keys)
         self.share = self.canary_cfg.canary_share
         self.state, self.reason = "running", "waiting for traffic"
         self.latency: dict[str, deque] = {v: deque(maxlen=500) for v in self.handles}
@@ -225,7 +227,13 @@ def build_canary_app(args: dict[str, Any]) -> Application:
     if "checkpoint" in serve_args:
         serve_args["checkpoint"] = resolve_checkpoint(serve_args["checkpoint"])
     serve_cfg = ServeConfig.from_dict(serve_args, source="canary app args")
-    backend_args = {**serve_args, "api_keys": {}}  # reachable only through the router, which checks keys
+    if serve_cfg.api_keys_file is not None:  # read here, on the head: the router gets the digests
+        from elasticml.serve.auth import read_key_file
+
+        serve_cfg = replace(serve_cfg, api_keys={**read_key_file(serve_cfg.api_keys_file), **serve_cfg.api_keys},
+                            api_keys_file=None)
+    # Reachable only through the router, which checks keys.
+    backend_args = {**serve_args, "api_keys": {}, "api_keys_file": None}
     stable = build_deployment({**backend_args, "name": f"{serve_cfg.name}-stable"},
                               deployment_name="stable", backend=True)
     canary = build_deployment({**backend_args, "name": f"{serve_cfg.name}-canary",

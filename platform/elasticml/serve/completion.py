@@ -42,6 +42,7 @@ from elasticml.serve.api import (
     authenticate,
     new_api,
     refusal_for,
+    use_keys,
 )
 from elasticml.serve.config import ServeConfig
 
@@ -76,6 +77,7 @@ class CompletionService:
         self.model = prepare(model, device=self.cfg.device, precision=self.cfg.resolved_precision)
         self.cache: ResponseCache[tuple[str, int]] = ResponseCache(self.cfg.cache_size)  # (text, bytes generated)
         self.keys = KeyRing(self.cfg.api_keys)
+        use_keys(api, self.keys)
         self.batches = 0
         self.batched_requests = 0
         self.largest_batch = 0
@@ -259,8 +261,8 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list["All
             options["label_selector"] = L.selector_for(cfg.market)  # type: ignore[arg-type]
         return options, []
     from elasticml.errors import SchedulerError
-    from elasticml.scheduler.ray_view import serve_attachment
     from elasticml.scheduler.client import SchedulerClient
+    from elasticml.scheduler.ray_view import serve_attachment
     from elasticml.scheduler.spec import WorkloadSpec
 
     replicas = cfg.autoscaling()
@@ -289,6 +291,10 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
 
     cfg = ServeConfig.from_dict(dict(args), source="completion app args")
     cfg = dataclasses.replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))
+    if cfg.api_keys_file is not None:  # read here, on the head: replicas get the digests, not the file
+        from elasticml.serve.auth import read_key_file
+
+        cfg = dataclasses.replace(cfg, api_keys={**read_key_file(cfg.api_keys_file), **cfg.api_keys}, api_keys_file=None)
     options, allocations = placement(cfg, name=cfg.name)
     common: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,

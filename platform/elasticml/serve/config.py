@@ -73,7 +73,11 @@ class ServeConfig:
     """Environment for the replicas, e.g. ELASTICML_S3_ENDPOINT for an S3-compatible store (AWS credentials
     should come from the node's instance role, not from here)."""
     api_keys: dict[str, str] = field(default_factory=dict)
-    """tenant -> sha256 hex digest of its key (`elasticml serve keygen TENANT` makes both); empty = open."""
+    """tenant -> sha256 hex digest of its key (`elasticml serve keygen TENANT` makes both); empty and no
+    `api_keys_file` = open (for a quick local try only: every shipped config names a key file)."""
+    api_keys_file: str | None = None
+    """A JSON file of tenant -> digest on the head (a mounted Secret on KubeRay), read when the app is
+    built; `elasticml serve keygen TENANT --file F` adds to it. Its entries join `api_keys`."""
 
     def __post_init__(self) -> None:
         for name, allowed in (("device", Device), ("precision", Precision), ("preset", Preset), ("market", Market)):
@@ -103,6 +107,9 @@ class ServeConfig:
             raise ConfigError(f"need 0 <= min_replicas <= max_replicas, got {low} and {high}", field="max_replicas")
         if not (isinstance(self.env_vars, dict) and all(isinstance(v, str) for v in self.env_vars.values())):
             raise ConfigError("must map variable names to string values", field="env_vars")
+        if self.api_keys_file is not None and not (isinstance(self.api_keys_file, str)
+                                                   and 0 < len(self.api_keys_file) <= 4096):
+            raise ConfigError("must be a path of at most 4096 characters", field="api_keys_file")
         if not isinstance(self.api_keys, dict):
             raise ConfigError("must map tenant -> sha256 hex digest of the key", field="api_keys")
         for tenant, digest in self.api_keys.items():

@@ -32,6 +32,7 @@ from elasticml.serve.api import (
     answer_or_raise,
     authenticate,
     new_api,
+    use_keys,
 )
 
 pools_api = new_api("elasticml completion (spot-aware pools)")
@@ -49,6 +50,7 @@ class PoolRouter:
 
         self.pools = [dict(p, handle=h, requests=0, failovers=0, weight=p["replicas"]) for p, h in zip(pools, handles)]
         self.keys = KeyRing(api_keys)
+        use_keys(pools_api, self.keys)
         self.workload = workload
         self.followed: dict[str, Any] = {"epoch": None, "reason": None}
         self._follower: asyncio.Task[None] | None = None  # started on the replica's loop by the first request
