@@ -166,7 +166,17 @@ def test_the_cache_is_per_tenant(served):
     assert [ask(KEY)["cached"], ask(KEY)["cached"]] == [False, True]
     other = ask(OTHER_KEY)  # the same prompt from another tenant is computed afresh, never served from acme's
     assert other["cached"] is False
+    def mine(key: str) -> dict:
+        return httpx.get(f"{base}/v1/stats", headers={"X-API-Key": key}, timeout=60).json()["tenant"]
+
+    before = mine(OTHER_KEY)
     assert ask(OTHER_KEY)["cached"] is True
+    after = mine(OTHER_KEY)
+    # Each tenant sees its own numbers only, and the endpoint says what it covers.
+    assert after["name"] == "globex" and after["requests"] == before["requests"] + 1
+    assert after["cache_hits"] == before["cache_hits"] + 1
+    assert mine(KEY)["name"] == "acme" and "Prometheus" in httpx.get(
+        f"{base}/v1/stats", headers={"X-API-Key": KEY}, timeout=60).json()["covers"]
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(served):
@@ -239,3 +249,89 @@ def test_overload_gets_429_with_retry_after_and_slow_requests_504(served):
         assert "did not answer within 0.5s" in slow.text
     assert httpx.post(f"{base}/v1/completions", json={"prompt": "ok", "max_tokens": 2}, timeout=60).status_code == 200
     serve.delete("tight")
+
+
+def _hostile_requests() -> list[tuple[str, str, dict[str, str], bytes]]:
+    """At least 300 hostile requests: wrong types, sizes, unicode, NaN/inf, huge ints, nesting, encodings."""
+    import json
+    import random
+
+    rng = random.Random(13)
+    weird_values: list[object] = [
+        None, True, False, 0, -1, 1.5, -0.0, 2**31, 2**63, 2**64, -(2**64), 10**30, 1e308, 5e-324, "", " ", "x" * 5000,
+        "\u0000", "\ud7ff\ue000", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 🎉", "\u202eRTL", "ﷺ" * 200, [], {}, [1, 2], {"a": 1}, [[[[]]]], "NaN", "1e400",
+    ]
+    fields = {"/v1/completions": ["prompt", "max_tokens", "temperature", "seed"],
+              "/v1/score": ["context", "continuation"]}
+    good = {"/v1/completions": {"prompt": "def ", "max_tokens": 4}, "/v1/score": {"context": "de", "continuation": "f"}}
+    json_headers = {"content-type": "application/json"}
+    out: list[tuple[str, str, dict[str, str], bytes]] = []
+    for path, names in fields.items():
+        for name in names:  # every field, every weird value
+            for value in weird_values:
+                out.append(("POST", path, json_headers, json.dumps({**good[path], name: value}).encode()))
+        for raw in (b'{"prompt": NaN, "max_tokens": 4}', b'{"prompt": "x", "max_tokens": Infinity}',
+                    b'{"prompt": "x", "temperature": -Infinity}', b'{"prompt": "x", "max_tokens": 1e400}',
+                    b'{"prompt": "x", "seed": 123456789012345678901234567890}', b'{"prompt": "x", "prompt": 5}',
+                    b'{"context": "ab", "continuation": "\\ud800"}', b'{"prompt": "\\udfff\\ud800"}',
+                    b"\xff\xfe\x00{", b"\xef\xbb\xbf{\"prompt\": \"x\"}", b"", b"null", b"[]", b"[1,2,3]", b"\"str\"",
+                    b"123", b"true", b"{", b"}", b"{}", b'{"prompt": "x",}', b"{'prompt': 'x'}",
+                    b"[" * 9000 + b"]" * 9000, b'{"a":' * 3000 + b"1" + b"}" * 3000,
+                    json.dumps({"prompt": "x", "extra": list(range(3000))}).encode()):
+            out.append(("POST", path, json_headers, raw))
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                      "application/xml", "application/json; charset=utf-16", "", "*/*"):
+            out.append(("POST", path, {"content-type": ctype}, json.dumps(good[path]).encode()))
+        for method in ("GET", "PUT", "DELETE", "PATCH"):
+            out.append((method, path, json_headers, json.dumps(good[path]).encode()))
+    while len(out) < 320:  # random bytes and random mutations of a good body
+        path = rng.choice(list(fields))
+        base = bytearray(json.dumps(good[path]).encode())
+        for _ in range(rng.randint(1, 6)):
+            base[rng.randrange(len(base))] = rng.randrange(256)
+        out.append(("POST", path, json_headers, bytes(base) if rng.random() < 0.7 else rng.randbytes(rng.randint(1, 400))))
+    return out
+
+
+def test_300_hostile_requests_get_no_5xx_and_the_replica_stays_healthy(served):
+    """Over real HTTP, with and without a key (without one, nothing is parsed: 401)."""
+    hostile = _hostile_requests()
+    assert len(hostile) >= 300
+    base = f"http://127.0.0.1:{served['port']}"
+    statuses: dict[int, int] = {}
+    with httpx.Client(base_url=base, timeout=60) as plain:
+        for i, (method, path, headers, body) in enumerate(hostile):
+            keyed = {**headers, "authorization": f"Bearer {KEY}"} if i % 5 else headers
+            r = plain.request(method, path, headers=keyed, content=body)
+            assert r.status_code < 500, (method, path, body[:200], r.status_code, r.text[:300])
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        # Chunked bodies (no Content-Length), too large and not.
+        for size in (10, 19_000, 25_000):
+            r = plain.post("/v1/completions", content=iter([b'{"prompt": "', b"x" * size, b'"}']),
+                           headers={"content-type": "application/json", "authorization": f"Bearer {KEY}"})
+            assert r.status_code in (413, 422), r.text[:300]
+    assert statuses.get(401, 0) >= len(hostile) // 5 - 5  # every keyless one was stopped at the door
+    assert served["client"].post("/v1/completions", json={"prompt": "ok", "max_tokens": 2}).status_code == 200
+    assert served["client"].get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_request_past_its_deadline_gets_504_and_stops_generating(served):
+    """The 504 is certain (a 5 ms limit against ~50 ms of generation), and the replica stops: its stats
+    count the request as cancelled with fewer bytes generated than it asked for."""
+    from ray import serve
+
+    from elasticml.serve.completion import build_app
+
+    serve.run(build_app({"checkpoint": str(served["folder"]), "precision": "fp32", "max_batch_size": 1,
+                         "batch_wait_ms": 0, "request_timeout_s": 0.005, "cache_size": 0}),
+              name="deadline", route_prefix="/deadline")
+    base = f"http://127.0.0.1:{served['port']}/deadline"
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "slow", "max_tokens": 120}, timeout=60)
+    assert r.status_code == 504 and "did not answer within 0.005s" in r.text
+    stats = httpx.get(f"{base}/v1/stats", timeout=60).json()
+    deadline = __import__("time").monotonic() + 30
+    while stats["cancelled"] < 1:  # the batch's thread notices between two tokens
+        assert __import__("time").monotonic() < deadline, stats
+        stats = httpx.get(f"{base}/v1/stats", timeout=60).json()
+    assert stats["cancelled"] == 1 and stats["generated_bytes"] < 120, stats
+    serve.delete("deadline")

@@ -109,3 +109,31 @@ def test_seeds_that_torch_would_collide_or_overflow_are_refused_by_the_api_and_d
     a = generate(model, b"abc", max_tokens=24, temperature=1.0, seed=5)
     b = generate(model, b"abc", max_tokens=24, temperature=1.0, seed=6)
     assert a != b
+
+
+def test_a_cancelled_prompt_stops_and_a_batch_of_them_stops_early():
+    import threading
+
+    import torch
+
+    from elasticml.models import SIZES, build_model
+    from elasticml.serve.generate import Prompt, generate_batch
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    gone = threading.Event()
+    gone.set()
+    live = Prompt(text=b"def ", max_tokens=20)
+    dead = Prompt(text=b"import ", max_tokens=20, cancel=gone)
+    out = generate_batch(model, [live, dead])
+    assert out[0] == generate_batch(model, [live])[0] and out[1] == b""  # its neighbour is untouched
+    calls = []
+    original = model.forward
+
+    def counting(*a, **kw):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(*a, **kw)
+
+    model.forward = counting  # type: ignore[method-assign]
+    assert generate_batch(model, [dead]) == [b""]
+    assert len(calls) == 1  # the prompt's forward pass only: no token was generated for nobody

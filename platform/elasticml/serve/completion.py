@@ -23,6 +23,7 @@ builder for `serve run` / `serve deploy`.
 # as classes, not strings, to read them from the body.
 import asyncio
 import dataclasses
+import threading
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,9 @@ class CompletionService:
         self.keys = KeyRing(self.cfg.api_keys)
         use_keys(api, self.keys)
         self.batches = 0
+        self.generated_bytes = 0
+        self.per_tenant: dict[str | None, dict[str, int]] = {}
+        self.cancelled = 0
         self.batched_requests = 0
         self.largest_batch = 0
         self._complete_batch.set_max_batch_size(self.cfg.max_batch_size)
@@ -97,14 +101,25 @@ class CompletionService:
         self.batched_requests += len(prompts)
         self.largest_batch = max(self.largest_batch, len(prompts))
         # Off the event loop: requests keep arriving (and forming the next batch) while this one runs.
-        return await asyncio.to_thread(generate_batch, self.model, prompts)
+        outs = await asyncio.to_thread(generate_batch, self.model, prompts)
+        self.generated_bytes += sum(len(o) for o in outs)
+        self.cancelled += sum(p.cancelled for p in prompts)
+        return outs
 
-    async def _run(self, coro: Any) -> Any:
+    async def _run(self, coro: Any, cancel: threading.Event | None = None) -> Any:
+        """`coro` within the request's time limit; past it (or when the client goes away) `cancel` is set,
+        so that generation stops instead of finishing for nobody."""
         try:
             return await asyncio.wait_for(coro, timeout=self.cfg.request_timeout_s)
         except asyncio.TimeoutError:
+            if cancel is not None:
+                cancel.set()
             raise HTTPException(status_code=504, detail=f"the model did not answer within "
                                 f"{self.cfg.request_timeout_s}s; retry, or ask for fewer max_tokens") from None
+        except asyncio.CancelledError:
+            if cancel is not None:
+                cancel.set()
+            raise
 
     def health(self) -> dict:
         node_labels = self.node_labels
@@ -119,13 +134,21 @@ class CompletionService:
             "replica": serve.get_replica_context().replica_id.unique_id,
         }
 
-    def stats(self) -> dict:
+    def stats(self, tenant: str | None = None) -> dict:
+        """This replica's numbers (Prometheus sums them over replicas), and the caller's own tenant's:
+        a tenant never sees another's."""
+        mine = self.per_tenant.get(tenant, {"requests": 0, "cache_hits": 0})
         return {
+            "covers": f"replica {serve.get_replica_context().replica_id.unique_id}; Prometheus "
+                      "(ray_elasticml_serve_*) sums every replica",
+            "tenant": {"name": tenant, **mine},
             "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "hit_rate": self.cache.hit_rate,
                       "size": len(self.cache)},
             "batches": self.batches,
             "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0,
             "largest_batch": self.largest_batch,
+            "generated_bytes": self.generated_bytes,
+            "cancelled": self.cancelled,
         }
 
     async def complete(self, request: CompletionRequest, tenant: str | None = None) -> CompletionResponse:
@@ -147,15 +170,19 @@ class CompletionService:
         hit = self.cache.get(key) if deterministic else None
         cached = hit is not None
         if hit is None:
+            cancel = threading.Event()
             prompt = Prompt(text=request.prompt.encode("utf-8"), max_tokens=request.max_tokens,
-                            temperature=request.temperature, seed=request.seed)
-            out = await self._run(self._complete_batch(prompt))
+                            temperature=request.temperature, seed=request.seed, cancel=cancel)
+            out = await self._run(self._complete_batch(prompt), cancel)
             # `tokens` counts the bytes generated: re-encoding the text would count each U+FFFD
             # that stands for a broken byte sequence as 3.
             hit = (out.decode("utf-8", errors="replace"), len(out))
             if deterministic:
                 self.cache.put(key, hit)
         text, tokens = hit
+        counts = self.per_tenant.setdefault(tenant, {"requests": 0, "cache_hits": 0})  # tenants: the keyring's
+        counts["requests"] += 1
+        counts["cache_hits"] += cached
         self._metrics.record(tenant, cached, self.cache.hit_rate)
         return CompletionResponse(completion=text, tokens=tokens,
                                   latency_ms=(time.perf_counter() - t0) * 1e3, model_step=int(self.meta["step"]),
@@ -209,8 +236,7 @@ class Completer:
 
     @api.get("/v1/stats")
     async def stats(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
-        self.service.tenant(authorization, x_api_key)
-        return self.service.stats()
+        return self.service.stats(self.service.tenant(authorization, x_api_key))
 
     @api.post("/v1/completions", response_model=CompletionResponse)
     async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),

@@ -8,7 +8,8 @@ positions are relative, so each row computes what it would compute alone;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,12 @@ class Prompt:
     max_tokens: int
     temperature: float = 0.0
     seed: int | None = None
+    cancel: threading.Event | None = field(default=None, compare=False)
+    """Set when nobody waits for the answer any more (past its deadline, client gone): the row stops."""
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
 
 def _fit(model: Transformer, prompt: Prompt) -> list[int]:
@@ -37,7 +44,11 @@ def _fit(model: Transformer, prompt: Prompt) -> list[int]:
 
 @torch.inference_mode()
 def generate_batch(model: Transformer, prompts: list[Prompt]) -> list[bytes]:
-    """Continue every prompt by its max_tokens bytes; temperature 0 is greedy (deterministic)."""
+    """Continue every prompt by its max_tokens bytes; temperature 0 is greedy (deterministic).
+
+    A cancelled prompt gets no more bytes, and once every unfinished row is cancelled the batch
+    stops: a request nobody waits for does not keep the replica busy.
+    """
     rows = [_fit(model, p) for p in prompts]
     device = next(model.parameters()).device
     width = max(len(r) for r in rows)
@@ -59,6 +70,8 @@ def generate_batch(model: Transformer, prompts: list[Prompt]) -> list[bytes]:
     logits = model(tokens, cache)[:, -1]
     out: list[list[int]] = [[] for _ in prompts]
     for step in range(steps):
+        if all(p.cancelled or len(out[i]) >= p.max_tokens for i, p in enumerate(prompts)):
+            break
         nxt = logits.argmax(-1)
         for i, p in enumerate(prompts):
             if p.temperature > 0:
@@ -66,7 +79,7 @@ def generate_batch(model: Transformer, prompts: list[Prompt]) -> list[bytes]:
                 # One row's impossible temperature must not fail its batch neighbours: it goes greedy.
                 if bool(torch.isfinite(probs).all()) and float(probs.sum()) > 0:
                     nxt[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
-            if len(out[i]) < p.max_tokens:
+            if len(out[i]) < p.max_tokens and not p.cancelled:
                 out[i].append(int(nxt[i]))
         if step + 1 < steps:
             logits = model(nxt.view(-1, 1), cache)[:, -1]
