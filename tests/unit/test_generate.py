@@ -116,7 +116,7 @@ def test_a_cancelled_prompt_stops_and_a_batch_of_them_stops_early():
 
     import torch
 
-    from elasticml.models import SIZES, build_model
+    from elasticml.models import build_model
     from elasticml.serve.generate import Prompt, generate_batch
 
     torch.manual_seed(0)
