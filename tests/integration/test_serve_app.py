@@ -36,7 +36,8 @@ def served(local_cluster, tmp_path_factory):
     # fp32 here, so that batched answers can be held equal to one-by-one ones (int8's activation scale is
     # per batch, so its answers depend a little on their batch neighbours); int8 is tested on its own below.
     serve.run(build_app({"checkpoint": str(folder), "market": "reserved", "batch_wait_ms": 20, "precision": "fp32",
-                         "api_keys": {"acme": DIGEST, "globex": OTHER_DIGEST}, "max_body_bytes": 20000}),
+                         "api_keys": {"acme": DIGEST, "globex": OTHER_DIGEST}, "max_body_bytes": 20000,
+                         "tenant_share": 1}),  # no per-tenant cap here: tests below flood as one tenant
               name="completion", route_prefix="/")
     int8 = prepare(load_model(folder)[0], device="cpu", precision="int8")  # what the replica computes
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
@@ -335,3 +336,31 @@ def test_a_request_past_its_deadline_gets_504_and_stops_generating(served):
         stats = httpx.get(f"{base}/v1/stats", timeout=60).json()
     assert stats["cancelled"] == 1 and stats["generated_bytes"] < 120, stats
     serve.delete("deadline")
+
+
+def test_one_tenants_flood_cannot_take_the_replica_from_another(served):
+    """acme sends 10x globex's requests at once: acme's excess gets 429 at the replica (its share is 2 of 4
+    slots), and globex, under its share, gets no 429 at all."""
+    from ray import serve
+
+    from elasticml.serve.completion import build_app
+
+    serve.run(build_app({"checkpoint": str(served["folder"]), "precision": "fp32", "max_batch_size": 1,
+                         "max_ongoing_requests": 4, "max_queued_requests": 256, "cache_size": 0,
+                         "api_keys": {"acme": DIGEST, "globex": OTHER_DIGEST}}),
+              name="fair", route_prefix="/fair")
+    url = f"http://127.0.0.1:{served['port']}/fair/v1/completions"
+
+    def ask(key: str) -> httpx.Response:
+        return httpx.post(url, json={"prompt": "flood", "max_tokens": 100}, headers={"X-API-Key": key}, timeout=120)
+
+    with cf.ThreadPoolExecutor(33) as pool:
+        floods = [pool.submit(ask, KEY) for _ in range(30)]
+        polite = [pool.submit(ask, OTHER_KEY) for _ in range(3)]
+        flood_codes = [f.result().status_code for f in floods]
+        polite_replies = [f.result() for f in polite]
+    assert [r.status_code for r in polite_replies] == [200, 200, 200], [r.text[:200] for r in polite_replies]
+    assert 429 in flood_codes and set(flood_codes) <= {200, 429}, flood_codes
+    refused = next(f.result() for f in floods if f.result().status_code == 429)
+    assert "its share is 2" in refused.text and refused.headers["retry-after"] == "1"
+    serve.delete("fair")

@@ -216,7 +216,11 @@ class CanaryRouter:
 
 def build_canary_app(args: dict[str, Any]) -> Application:
     """Builder for `serve run` / `serve deploy`: ServeConfig fields plus CanaryConfig fields."""
-    from elasticml.serve.completion import build_deployment, resolve_checkpoint
+    from elasticml.serve.completion import (
+        build_deployment,
+        resolve_checkpoint,
+        tenant_share_of,
+    )
 
     canary_keys = {f for f in CanaryConfig.__dataclass_fields__}
     canary_cfg = from_mapping(CanaryConfig, {k: v for k, v in args.items() if k in canary_keys}, source="canary args")
@@ -233,7 +237,7 @@ def build_canary_app(args: dict[str, Any]) -> Application:
         serve_cfg = replace(serve_cfg, api_keys={**read_key_file(serve_cfg.api_keys_file), **serve_cfg.api_keys},
                             api_keys_file=None)
     # Reachable only through the router, which checks keys.
-    backend_args = {**serve_args, "api_keys": {}, "api_keys_file": None}
+    backend_args = {**serve_args, "api_keys": {}, "api_keys_file": None, "tenant_share": tenant_share_of(serve_cfg)}
     stable = build_deployment({**backend_args, "name": f"{serve_cfg.name}-stable"},
                               deployment_name="stable", backend=True)
     canary = build_deployment({**backend_args, "name": f"{serve_cfg.name}-canary",

@@ -23,8 +23,8 @@ builder for `serve run` / `serve deploy`.
 # as classes, not strings, to read them from the body.
 import asyncio
 import dataclasses
-import threading
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,10 @@ class CompletionService:
         self.cache: ResponseCache[tuple[str, int]] = ResponseCache(self.cfg.cache_size)  # (text, bytes generated)
         self.keys = KeyRing(self.cfg.api_keys)
         use_keys(api, self.keys)
+        share = tenant_share_of(self.cfg)
+        self.tenant_slots = max(self.cfg.max_batch_size, int(self.cfg.max_ongoing_requests * share))
+        """Requests one tenant may have in this replica at once (never fewer than a full batch)."""
+        self.in_flight: dict[str | None, int] = {}
         self.batches = 0
         self.generated_bytes = 0
         self.per_tenant: dict[str | None, dict[str, int]] = {}
@@ -152,6 +156,19 @@ class CompletionService:
         }
 
     async def complete(self, request: CompletionRequest, tenant: str | None = None) -> CompletionResponse:
+        held = self.in_flight.get(tenant, 0)
+        if held >= self.tenant_slots:
+            # Refused at once: a flood from one tenant holds at most its share of the replica.
+            raise HTTPException(status_code=429, detail=f"this tenant already has {held} requests in flight here "
+                                f"(its share is {self.tenant_slots}); retry shortly",
+                                headers={"Retry-After": f"{self.cfg.retry_after_s:g}"})
+        self.in_flight[tenant] = held + 1
+        try:
+            return await self._complete(request, tenant)
+        finally:
+            self.in_flight[tenant] -= 1
+
+    async def _complete(self, request: CompletionRequest, tenant: str | None) -> CompletionResponse:
         from elasticml.serve.generate import Prompt
 
         if request.max_tokens >= self.context:
@@ -302,6 +319,13 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list["All
     return options, list(placed.allocations)
 
 
+def tenant_share_of(cfg: ServeConfig) -> float:
+    """A tenant's share of a replica: as configured, else equal among the tenants with keys."""
+    if cfg.tenant_share is not None:
+        return cfg.tenant_share
+    return 1.0 / len(cfg.api_keys) if cfg.api_keys else 1.0
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """Builder for `serve run` / `serve deploy`: args are ServeConfig fields (checkpoint is required).
 
@@ -330,7 +354,8 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
     if allocations:
         from elasticml.serve.pools import PoolRouter
 
-        backend_cfg = {**cfg.to_dict(), "api_keys": {}}  # keys are checked by the router
+        # Keys are checked by the router; the backends keep each tenant to its share of the router's tenants.
+        backend_cfg = {**cfg.to_dict(), "api_keys": {}, "tenant_share": tenant_share_of(cfg)}
         pools, handles = [], []
         for alloc in allocations:
             pinned = {**options, "label_selector": {L.NODE_TYPE: alloc.node_type}}  # no fallback: stay put

@@ -63,6 +63,10 @@ class ServeConfig:
     20 ms 4.1-4.9x (medians, benchmarks/serve_http.py); lower it for latency-critical, sparse traffic."""
     max_ongoing_requests: int = 32
     max_queued_requests: int = 64
+    tenant_share: float | None = None
+    """The share of a replica's `max_ongoing_requests` one tenant may hold at once; beyond it its requests
+    get 429 at once, so one tenant's flood cannot take every slot from the others. None = an equal share
+    per tenant with a key (no limit on an app without keys); 1 = no limit."""
     """Requests waiting at each proxy beyond those in flight; more get 429 with Retry-After."""
     retry_after_s: float = 1.0
     cache_size: int = 1024
@@ -98,6 +102,10 @@ class ServeConfig:
         for name in ("batch_wait_ms", "retry_after_s", "cache_size", "upscale_delay_s", "downscale_delay_s"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
+        if self.tenant_share is not None and not (isinstance(self.tenant_share, (int, float))
+                                                  and not isinstance(self.tenant_share, bool)
+                                                  and 0 < self.tenant_share <= 1):
+            raise ConfigError(f"must be a number in (0, 1], got {str(self.tenant_share)[:40]!r}", field="tenant_share")
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError(f"must be at least max_batch_size={self.max_batch_size} or batches never fill, "
                               f"got {self.max_ongoing_requests}", field="max_ongoing_requests")
