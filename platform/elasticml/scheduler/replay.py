@@ -113,7 +113,8 @@ def simulated(args: argparse.Namespace, availability: list[bool], gap_h: float, 
 
 def live(records: list[dict[str, Any]], intervals: list[dict[str, Any]], *, t0: float, seconds_per_hour: float,
          price_ratio: float) -> dict[str, Any]:
-    """The ledger's intervals (market seconds) in trace hours and spot-hour prices, and the decisions' restarts."""
+    """The ledger's intervals (market seconds) in trace hours and spot-hour prices, the decisions' restarts,
+    and the hour its work was done."""
     spot_h = od_h = 0.0
     end = t0
     for i in intervals:
@@ -123,6 +124,9 @@ def live(records: list[dict[str, Any]], intervals: list[dict[str, Any]], *, t0: 
             spot_h += hours
         else:
             od_h += hours
+    # Finished when its work was done and saved (its report), not when its workers had shut down.
+    done = next((r["at"] for r in records if r.get("action") == "done"), None)
+    end = end if done is None else done
     choices = []
     for r in records:
         if r.get("action") in ("place", "move"):

@@ -176,7 +176,11 @@ class SchedulerState(Controller):
         """The workload's share of its work done (0..1), as it measures it (steps done / steps)."""
         check_number(fraction, field="fraction", lo=0, hi=1)
         if name in self.meta:
+            done_before = (self.meta[name].get("progress") or 0.0) >= 1.0
             self._put_meta(name, {**self.meta[name], "progress": float(fraction)})
+            if fraction >= 1.0 and not done_before:
+                self._record(name, {"action": "done", "reason": "it reported all of its work done (its last "
+                                    "checkpoint saved); what follows is shutting down"})
 
 
     # -- commands --------------------------------------------------------------

@@ -338,3 +338,16 @@ def test_a_serving_workload_that_preempts_another_gets_its_own_placement(tmp_pat
     assert s.explain("endpoint")[-1]["action"] == "place"
     assert [d["action"] for d in s.explain("nightly")][-2:] == ["preempt", "place"]
     assert s.placement("nightly").market != "reserved"
+
+
+def test_a_job_is_done_when_it_reports_all_its_work_and_that_is_recorded_once(tmp_path):
+    clock = Clock()
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), clock=clock)
+    s.place(spec("j", max_workers=1, checkpoint_interval_hours=0.1))
+    s.report_progress("j", 0.5)
+    clock.t += 10
+    s.report_progress("j", 1.0)
+    clock.t += 10
+    s.report_progress("j", 1.0)  # a repeated report is not a second finish
+    done = [r for r in s.explain("j") if r["action"] == "done"]
+    assert len(done) == 1 and done[0]["at"] == 1_000_010.0
