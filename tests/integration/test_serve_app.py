@@ -243,11 +243,7 @@ def test_overload_gets_429_with_retry_after_and_slow_requests_504(served):
     assert 429 in codes, codes
     assert all(r.headers.get("retry-after") == "2" for r in replies if r.status_code == 429)
     assert set(codes) <= {200, 429, 504}, codes
-    # On its own a request over the time limit gets 504 with a reason; a short one still works.
-    slow = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
-    assert slow.status_code in (200, 504)
-    if slow.status_code == 504:
-        assert "did not answer within 0.5s" in slow.text
+    # (A certain 504 and what it does to the replica: test_a_request_past_its_deadline_gets_504_...)
     assert httpx.post(f"{base}/v1/completions", json={"prompt": "ok", "max_tokens": 2}, timeout=60).status_code == 200
     serve.delete("tight")
 
