@@ -160,8 +160,11 @@ def test_scheduler_placed_serving_loses_a_spot_node_under_load_and_clients_see_n
     import ray
     from ray import serve
 
+    from elasticml.scheduler.client import SchedulerClient
     from elasticml.serve.completion import build_app
 
+    # The spot node an earlier test killed marked the pool interrupted; that loss is over.
+    SchedulerClient.connect().clear_interruption("cpu_spot")
     serve.run(build_app({"checkpoint": serving["folder"], "tenant": "shop", "priority": "high", "preset": "latency",
                          "min_replicas": 1, "max_replicas": 2, "precision": "fp32", "cache_size": 0,
                          "name": "shop-endpoint"}), name="placed", route_prefix="/placed")
@@ -186,8 +189,6 @@ def test_scheduler_placed_serving_loses_a_spot_node_under_load_and_clients_see_n
 
     # The scheduler saw the spot node go and moved the spare replicas off spot; the router follows it:
     # spot gets no more traffic.
-    from elasticml.scheduler.client import SchedulerClient
-
     sched = SchedulerClient.connect()
     deadline = time.time() + 60
     while True:

@@ -31,6 +31,8 @@ NAMESPACE = "elasticml"
 
 LAUNCH_FAILURE_FRESH_S = 20.0
 """A failed launch this recent means the pool is still failing (the autoscaler retries every few seconds)."""
+LOST_NODE_HOLD_S = 120.0
+"""A pool whose spot node was lost is tried again after this long (scheduler clock seconds)."""
 NOTICE_SECONDS = 120
 """AWS gives two minutes between a spot interruption notice and the reclaim."""
 
@@ -96,7 +98,7 @@ class SchedulerActor(SchedulerState):
             node_type = node.get("Labels", {}).get(L.NODE_TYPE)
             reason = LOST_REASONS.get(int(node.get("DeathReason", 0) or 0))
             if node_type in spot_pools and reason:
-                decisions = SchedulerState.interrupt(self, node_type)["decisions"]
+                decisions = SchedulerState.interrupt(self, node_type, lasts_s=LOST_NODE_HOLD_S)["decisions"]
                 for d in decisions:
                     d["reason"] = f"spot node {node_id[-8:]} of {node_type} was lost ({reason}); " + d["reason"]
                 out += decisions

@@ -102,8 +102,15 @@ class Controller:
     def controller_tick(self: SchedulerState) -> list[dict[str, Any]]:
         """Look at every running workload once: reconcile the ledger with Ray, steer deadline jobs, rebalance."""
         now = self.clock()
+        out: list[dict[str, Any]] = []
+        for node_type, at in sorted(self.interrupt_expiry.items()):
+            if now >= at and node_type in self.interrupted:
+                self.explanations.setdefault("_events", []).append(
+                    {"at": now, "event": "spot pool tried again", "node_type": node_type,
+                     "why": "no notice came after its lost node: spot may be back (failed launches would say not)"})
+                out += self.clear_interruption(node_type)
         self._record_pool_availability()
-        out = self._reconcile()
+        out += self._reconcile()
         for name in sorted(self.steppers):
             if name in self.specs:
                 out += self._steer(name, now)

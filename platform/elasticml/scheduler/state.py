@@ -68,6 +68,8 @@ class SchedulerState(Controller):
         self.queue: list[str] = json.loads(self.ledger.get_state("queue") or "[]")
         self.interrupted: set[str] = set(json.loads(self.ledger.get_state("interrupted") or "[]"))
         """Spot pools with a live interruption notice."""
+        self.interrupt_expiry: dict[str, float] = json.loads(self.ledger.get_state("interrupt_expiry") or "{}")
+        """Interrupted pools that are tried again at this clock time (a lost node's, not a notice's)."""
         self.unfillable: set[str] = set(json.loads(self.ledger.get_state("unfillable") or "[]"))
         """Pools whose launches have been failing (the autoscaler's view): unavailable too."""
         live = json.loads(self.ledger.get_state("live_prices") or "{}")
@@ -198,12 +200,19 @@ class SchedulerState(Controller):
         self._retry_queue()
         self._rebalance()
 
-    def interrupt(self, node_type: str) -> dict[str, Any]:
+    def interrupt(self, node_type: str, *, lasts_s: float | None = None) -> dict[str, Any]:
         """A spot pool got an interruption notice: its work is re-placed (deadline jobs wait for their policy).
 
+        `lasts_s`: the pool is tried again after this long unless a notice says otherwise (a lost node
+        is not a notice: nobody will say the pool is back). A notice (no `lasts_s`) lasts until cleared.
         {"decisions": what changed, "drained_nodes": Ray node ids drained as preempted}.
         """
         self._check_pool(node_type, spot=True)
+        if lasts_s is None:
+            self.interrupt_expiry.pop(node_type, None)
+        elif node_type not in self.interrupted or node_type in self.interrupt_expiry:
+            self.interrupt_expiry[node_type] = self.clock() + lasts_s
+        self.ledger.put_state("interrupt_expiry", json.dumps(self.interrupt_expiry))
         self.interrupted.add(node_type)
         self.ledger.put_state("interrupted", json.dumps(sorted(self.interrupted)))
         return {"decisions": self._vacate(node_type, f"spot pool {node_type} got an interruption notice"),
@@ -211,6 +220,8 @@ class SchedulerState(Controller):
 
     def clear_interruption(self, node_type: str) -> list[dict[str, Any]]:
         self._check_pool(node_type, spot=True)
+        self.interrupt_expiry.pop(node_type, None)
+        self.ledger.put_state("interrupt_expiry", json.dumps(self.interrupt_expiry))
         self.interrupted.discard(node_type)
         self.ledger.put_state("interrupted", json.dumps(sorted(self.interrupted)))
         return self._retry_queue() + self._rebalance()

@@ -351,3 +351,24 @@ def test_a_job_is_done_when_it_reports_all_its_work_and_that_is_recorded_once(tm
     s.report_progress("j", 1.0)  # a repeated report is not a second finish
     done = [r for r in s.explain("j") if r["action"] == "done"]
     assert len(done) == 1 and done[0]["at"] == 1_000_010.0
+
+
+def test_a_lost_nodes_interruption_is_tried_again_later_but_a_notice_lasts_until_cleared(tmp_path):
+    clock = Clock()
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), clock=clock)
+    s.place(spec("hold", priority="critical", max_workers=2))
+    s.place(spec("b", kind="batch", priority="low", checkpoint_interval_hours=0.1))
+    s.interrupt("cpu_spot", lasts_s=120)  # a spot node of the pool was lost
+    assert s.placement("b").market == "on-demand"
+    clock.t += 119
+    s.controller_tick()
+    assert "cpu_spot" in s.interrupted
+    clock.t += 2
+    s.controller_tick()
+    assert "cpu_spot" not in s.interrupted and s.placement("b").market == "spot"
+    assert s.explain("_events")[-1]["event"] == "spot pool tried again"
+    s.interrupt("cpu_spot", lasts_s=120)
+    s.interrupt("cpu_spot")  # then a real notice: it lasts until its source clears it
+    clock.t += 10_000
+    s.controller_tick()
+    assert "cpu_spot" in s.interrupted
