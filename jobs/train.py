@@ -126,6 +126,8 @@ def progress_callback(name: str, steps: int) -> object:
     from ray.train import UserCallback
 
     class Progress(UserCallback):
+        actor = None  # looked up once, on the run's controller, at the first report
+
         def after_report(self, run_context, metrics, checkpoint):  # type: ignore[no-untyped-def]
             import ray
 
@@ -133,8 +135,9 @@ def progress_callback(name: str, steps: int) -> object:
 
             step = metrics[0].get("step") if metrics else None
             if step is not None:
-                actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
-                actor.report_progress.remote(name, min(1.0, step / steps))  # fire and forget
+                if self.actor is None:
+                    self.actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+                self.actor.report_progress.remote(name, min(1.0, step / steps))  # fire and forget
 
     return Progress()
 

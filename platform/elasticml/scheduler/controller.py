@@ -62,7 +62,7 @@ class ControllerConfig:
     """A replayed spot market's file (`cluster up --spot-trace`): the clock, the pace, spot prices,
     the pool's history and the policy's tick then come from it."""
 
-    def __post_init__(self: SchedulerState) -> None:
+    def __post_init__(self) -> None:
         check_number(self.tick_seconds, field="tick_seconds", lo=0.05, hi=3600)
         check_number(self.seconds_per_hour, field="seconds_per_hour", lo=0.01, hi=3600)
         check_number(self.max_moves_per_hour, field="max_moves_per_hour", lo=0, hi=3600)
@@ -115,7 +115,6 @@ class Controller:
             if name in self.specs:
                 out += self._steer(name, now)
         out += self._rebalance()
-        self._last_tick = now
         return out
 
     def run_started(self: SchedulerState, name: str, epoch: int) -> float:
@@ -137,7 +136,7 @@ class Controller:
         return spec.kind != "serving" and spec.deadline_hours is not None and spec.checkpoint_interval_hours is not None \
             and spec.priority != "critical"
 
-    def _admit_steered(self: SchedulerState, spec: WorkloadSpec, running: dict[str, WorkloadSpec]) -> list[Decision]:
+    def _admit_steered(self: SchedulerState, spec: WorkloadSpec) -> list[Decision]:
         spot = self._spot_pool(spec)
         od = self._od_price(spec)
         ratio = min(1000.0, max(1.0, od / spot.hourly_price)) if spot is not None and od else 1.0
@@ -187,7 +186,7 @@ class Controller:
                f"{job.progress:.3g}h of {job.params.job_hours:g}h done, spot {'up' if avail else 'down'}")
         decisions: list[Decision] = []
         if choice != before or first:
-            if choice != NONE and not first and choice == SPOT and not self._may_move(name):
+            if choice == SPOT and not first and not self._may_move(name):
                 job.instance = before  # over the hour's move budget: stay
                 why += f"; stays: {self.controller.max_moves_per_hour:g} moves per hour used"
             elif choice == NONE:
@@ -231,6 +230,10 @@ class Controller:
         return False
 
     def _record_pool_availability(self: SchedulerState) -> None:
+        """The spot pools' availability, tick by tick: the history a deadline job's policy starts from.
+        On a replayed market that history is the trace's, so nothing is kept (or written) here."""
+        if self.market is not None:
+            return
         for p in self.pools:
             if p.market == "spot":
                 h = self.pool_history.setdefault(p.node_type, [])

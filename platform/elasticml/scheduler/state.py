@@ -89,7 +89,6 @@ class SchedulerState(Controller):
         self.steppers: dict[str, JobStepper] = {}
         for name, raw in self.ledger.state_items("steer:").items():
             self.steppers[name.removeprefix("steer:")] = self._stepper_from(json.loads(raw))
-        self._last_tick = self.clock()
         self._holders: set[str] = set()
         """The workloads whose moves hold the replayed market's clock (until their runs are up)."""
         if incarnation is not None and self.ledger.get_state("incarnation") not in (None, incarnation):
@@ -140,15 +139,14 @@ class SchedulerState(Controller):
         self._put_meta(spec.name, meta)
         self.steppers.pop(spec.name, None)
         self.ledger.delete_state(f"steer:{spec.name}")
-        running = {n: s for n, s in self.specs.items() if n in self.allocations}
         if self._steered(spec):
             try:
-                decisions = self._admit_steered(spec, running)
+                decisions = self._admit_steered(spec)
             except ConfigError as exc:
                 self._forget(spec.name)
                 raise PlacementRefused(spec.name, str(exc)) from None
         else:
-            decisions = place(self.snapshot(), [spec], running, self.tenants)
+            decisions = place(self.snapshot(), [spec], self._running_specs(), self.tenants)
         self._apply(decisions)
         own = next(d for d in decisions if d.workload == spec.name)
         if own.action == "refuse":
@@ -237,8 +235,9 @@ class SchedulerState(Controller):
         bad = {t for t, secs in failing_s.items()
                if limit is not None and secs >= limit and any(p.node_type == t for p in self.pools)}
         added, cleared = sorted(bad - self.unfillable), self.unfillable - bad
+        if bad != self.unfillable:  # asked every tick: write only a change
+            self.ledger.put_state("unfillable", json.dumps(sorted(bad)))
         self.unfillable = bad
-        self.ledger.put_state("unfillable", json.dumps(sorted(bad)))
         out: list[dict[str, Any]] = []
         for node_type in added:
             why = f"pool {node_type} could not be launched for {failing_s[node_type]:.0f}s (the autoscaler's launches fail)"
