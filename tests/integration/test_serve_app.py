@@ -312,14 +312,15 @@ def test_300_hostile_requests_get_no_5xx_and_the_replica_stays_healthy(served):
     assert served["client"].get("/healthz").json() == {"status": "ok"}
 
 
-def test_a_request_past_its_deadline_gets_504_and_stops_generating(served):
+@pytest.mark.parametrize("batch", [1, 4], ids=["alone", "batched"])  # straight to the model / the batch queue
+def test_a_request_past_its_deadline_gets_504_and_stops_generating(served, batch):
     """The 504 is certain (a 5 ms limit against ~50 ms of generation), and the replica stops: its stats
     count the request as cancelled with fewer bytes generated than it asked for."""
     from ray import serve
 
     from elasticml.serve.completion import build_app
 
-    serve.run(build_app({"checkpoint": str(served["folder"]), "precision": "fp32", "max_batch_size": 1,
+    serve.run(build_app({"checkpoint": str(served["folder"]), "precision": "fp32", "max_batch_size": batch,
                          "batch_wait_ms": 0, "request_timeout_s": 0.005, "cache_size": 0}),
               name="deadline", route_prefix="/deadline")
     base = f"http://127.0.0.1:{served['port']}/deadline"

@@ -83,62 +83,120 @@ def test_int8_replaces_every_linear_and_stays_close():
     assert (got - ref).abs().max() < 0.1
 
 
-def test_body_limit_refuses_declared_and_chunked_bodies_and_passes_the_rest_intact(monkeypatch):
+def _ingress(keys: dict[str, str] | None = None, body_limit: int = 65536, root_path: str = ""):
+    """An Ingress over a FastAPI app with a cold echo route, and a hot /v1/completions whose calls are
+    recorded (so a test can tell which path answered)."""
+    from fastapi import HTTPException
     from fastapi.testclient import TestClient
 
-    from elasticml.serve.api import BODY_LIMIT_ENV, CompletionRequest, new_api
-
-    monkeypatch.setenv(BODY_LIMIT_ENV, "100")
-    app = new_api("t")
-
-    @app.post("/echo")
-    async def echo(request: CompletionRequest) -> dict:
-        return {"prompt": request.prompt}
-
-    client = TestClient(app, headers={"content-type": "application/json"})
-
-    def chunked(body: bytes):  # a generator body is sent without Content-Length
-        for i in range(0, len(body), 7):
-            yield body[i:i + 7]
-
-    small = b'{"prompt": "' + b"a" * 40 + b'"}'
-    big = b'{"prompt": "' + b"a" * 200 + b'"}'
-    assert client.post("/echo", content=small).json() == {"prompt": "a" * 40}
-    assert client.post("/echo", content=chunked(small)).json() == {"prompt": "a" * 40}  # replayed whole
-    r = client.post("/echo", content=big)
-    assert r.status_code == 413 and "is 214 bytes; the limit is 100" in r.json()["detail"]
-    r = client.post("/echo", content=chunked(big))
-    assert r.status_code == 413 and "exceeds the limit of 100 bytes" in r.json()["detail"]
-    assert client.post("/echo", content=b'{"prompt": ""}').status_code == 422  # the app still validates
-
-
-def test_keys_are_checked_before_the_body_is_parsed_or_validated():
-    from fastapi.testclient import TestClient
-    from pydantic import BaseModel
-
-    from elasticml.serve.api import new_api, use_keys
+    from elasticml.serve.api import CompletionRequest, CompletionResponse, HotRoute, Ingress, new_api
     from elasticml.serve.auth import KeyRing, digest
 
-    app = new_api("gate test")
-
-    class Body(BaseModel):
-        n: int
+    app = new_api("t")
+    calls: list[tuple[str, str, str | None]] = []
 
     @app.post("/v1/echo")
-    def echo(body: Body) -> dict:
-        return {"n": body.n}
+    async def echo(request: CompletionRequest) -> dict:
+        calls.append(("cold", request.prompt, None))
+        return {"prompt": request.prompt}
+
+    @app.post("/v1/completions")
+    async def cold_complete(request: CompletionRequest) -> dict:
+        calls.append(("fastapi", request.prompt, None))
+        return {}
 
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok"}
 
-    use_keys(app, KeyRing({"acme": digest("k-acme")}))
-    client = TestClient(app)
-    for body in (b"{not json", b'{"n": "x"}', b'{"n": 1}', b"\xff" * 10):
-        r = client.post("/v1/echo", content=body, headers={"content-type": "application/json"})
-        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-        assert r.json() == {"detail": "missing or unknown API key: send Authorization: Bearer <key> or X-API-Key: <key>"}
-    assert client.post("/v1/echo", content=b"{not json", headers={"authorization": "Bearer k-acme"}).status_code == 422
-    assert client.post("/v1/echo", json={"n": 1}, headers={"x-api-key": "k-acme"}).json() == {"n": 1}
-    assert client.post("/v1/echo", json={"n": 1}, headers={"x-api-key": "k-other"}).status_code == 401
-    assert client.get("/healthz").status_code == 200  # open: a load balancer has no key
+    class Busy(Exception):
+        pass
+
+    async def complete(request: CompletionRequest, tenant: str | None) -> CompletionResponse:
+        calls.append(("hot", request.prompt, tenant))
+        if request.prompt == "refuse":
+            raise HTTPException(status_code=429, detail="slow down", headers={"Retry-After": "3"})
+        if request.prompt == "busy":
+            raise Busy()
+        if request.prompt == "crash":
+            raise RuntimeError("a bug")
+        return CompletionResponse(completion=request.prompt[::-1], tokens=request.max_tokens, latency_ms=0.5,
+                                  model_step=7, cached=False)
+
+    ring = KeyRing({t: digest(k) for t, k in (keys or {}).items()})
+    ingress = Ingress(app, keys=ring, body_limit=body_limit, hot={("POST", "/v1/completions"): HotRoute(
+        CompletionRequest, complete)})
+    from fastapi.responses import JSONResponse
+
+    ingress.add_exception_handler(Busy, lambda request, exc: JSONResponse({"detail": "busy"}, status_code=503))
+    return TestClient(ingress, root_path=root_path, raise_server_exceptions=False), calls
+
+
+def _chunked(body: bytes):  # a generator body is sent without Content-Length
+    for i in range(0, len(body), 7):
+        yield body[i:i + 7]
+
+
+def test_body_limit_refuses_declared_and_chunked_bodies_and_passes_the_rest_intact():
+    client, calls = _ingress(body_limit=100)
+    json_type = {"content-type": "application/json"}
+    small = b'{"prompt": "' + b"a" * 40 + b'"}'
+    big = b'{"prompt": "' + b"a" * 200 + b'"}'
+    for path in ("/v1/echo", "/v1/completions"):  # a cold route (FastAPI) and a hot one
+        calls.clear()
+        r = client.post(path, content=small, headers=json_type)
+        assert r.status_code == 200 and calls == [("cold" if path == "/v1/echo" else "hot", "a" * 40, None)]
+        r = client.post(path, content=_chunked(small), headers=json_type)
+        assert r.status_code == 200 and calls[-1][1] == "a" * 40  # replayed whole
+        r = client.post(path, content=big, headers=json_type)
+        assert r.status_code == 413 and "is 214 bytes; the limit is 100" in r.json()["detail"]
+        r = client.post(path, content=_chunked(big), headers=json_type)
+        assert r.status_code == 413 and "exceeds the limit of 100 bytes" in r.json()["detail"]
+        assert len(calls) == 2  # neither refused body reached a handler
+        assert client.post(path, content=b'{"prompt": ""}', headers=json_type).status_code == 422
+
+
+def test_keys_are_checked_before_the_body_is_parsed_or_validated():
+    for root in ("", "/prefix"):  # Serve leaves an app's route prefix on the path, in root_path
+        client, calls = _ingress(keys={"acme": "k-acme"}, root_path=root)
+        for path in ("/v1/echo", "/v1/completions"):
+            for body in (b"{not json", b'{"prompt": 5}', b'{"prompt": "x"}', b"\xff" * 10):
+                r = client.post(root + path, content=body, headers={"content-type": "application/json"})
+                assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+                assert r.json() == {"detail": "missing or unknown API key: send Authorization: Bearer <key> or "
+                                              "X-API-Key: <key>"}
+            assert client.post(root + path, content=b"{not json", headers={"authorization": "Bearer k-acme"}
+                               ).status_code == 422
+            assert client.post(root + path, json={"prompt": "x"}, headers={"x-api-key": "k-other"}).status_code == 401
+            assert client.post(root + path, json={"prompt": "x"}, headers={"x-api-key": "k-acme"}).status_code == 200
+        assert calls == [("cold", "x", None), ("hot", "x", "acme")]  # the hot handler is told the tenant
+        assert client.get(root + "/healthz").status_code == 200  # open: a load balancer has no key
+
+
+def test_hot_route_answers_valid_bodies_itself_and_leaves_every_error_to_fastapi():
+    client, calls = _ingress()
+    r = client.post("/v1/completions", json={"prompt": "abc", "max_tokens": 3})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"completion": "cba", "tokens": 3, "latency_ms": 0.5, "model_step": 7, "cached": False,
+                        "model_version": "current"}
+    assert calls == [("hot", "abc", None)]
+    # Every body the hot path does not take gets exactly what FastAPI answers on a cold route.
+    bodies = [(b"{not json", "application/json"), (b'{"prompt": 5}', "application/json"),
+              (b'{"prompt": "x", "extra": 1}', "application/json"), (b'{"prompt": "x", "temperature": NaN}',
+              "application/json"), (b"[" * 5000 + b"]" * 5000, "application/json"), (b"", "application/json"),
+              (b'{"prompt": "x"}', "text/plain"), (b'{"prompt": "x"}', "application/x-www-form-urlencoded"),
+              (b"\xff\xfe", "application/json"), (b'{"prompt": "x", "seed": 18446744073709551616}', "application/json")]
+    for body, kind in bodies:
+        hot = client.post("/v1/completions", content=body, headers={"content-type": kind})
+        cold = client.post("/v1/echo", content=body, headers={"content-type": kind})
+        assert 400 <= hot.status_code < 500 and (hot.status_code, hot.json()) == (cold.status_code, cold.json()), body
+    assert [c[0] for c in calls] == ["hot"]  # none of them reached a handler
+    # The handler's own refusals keep their status, detail and headers; its errors are 5xx for it alone.
+    r = client.post("/v1/completions", json={"prompt": "refuse"})
+    assert (r.status_code, r.json(), r.headers["retry-after"]) == (429, {"detail": "slow down"}, "3")
+    r = client.post("/v1/completions", json={"prompt": "busy"})
+    assert (r.status_code, r.json()) == (503, {"detail": "busy"})  # a handler registered as Serve registers its own
+    r = client.post("/v1/completions", json={"prompt": "crash"})
+    assert (r.status_code, r.json()) == (500, {"detail": "internal error"})
+    assert client.post("/v1/completions", json={"prompt": "abc"}).status_code == 200
+    assert client.get("/openapi.json").json()["paths"]["/v1/completions"]  # the schema is still FastAPI's

@@ -1,9 +1,11 @@
-"""The HTTP surface shared by the completion app and its routers: request and response models,
-the body limit (413), quiet 422s, API-key checks (401), and how a backend's refusal crosses a handle."""
+"""The HTTP surface shared by the completion app and its routers: request and response models, the
+replica's `Ingress` (API keys: 401, body limit: 413, the hot endpoints without FastAPI's per-request
+work), quiet 422s, and how a backend's refusal crosses a handle."""
 
 # No `from __future__ import annotations`: FastAPI must see the request models
 # as classes, not strings, to read them from the body.
-import os
+import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,47 +13,81 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-# The replica's body limit travels in its environment (set by build_app): the middleware runs before
-# the replica object exists for the request, and the app may be pickled by value onto the replica.
-BODY_LIMIT_ENV = "ELASTICML_SERVE_MAX_BODY_BYTES"
+DEFAULT_BODY_LIMIT = 65536
 
 
-class BodyLimit:
-    """413 before parsing: a declared or actual body over the limit is refused, the replica unharmed.
+@dataclass(frozen=True)
+class HotRoute:
+    """An endpoint the ingress answers itself: the body as `model`, then `handler(request, tenant)`."""
 
-    Plain ASGI rather than FastAPI's @app.middleware("http"): that wrapper runs every request and
-    response through an extra task and stream (about a millisecond a request, measured in
-    benchmarks/serve_http.py). A declared Content-Length is enforced by the HTTP server's framing,
-    so only a body without one (chunked) is read ahead and counted, then replayed to the app.
+    model: type[BaseModel]
+    handler: Callable[[Any, str | None], Awaitable[BaseModel]]
+
+
+UNAUTHORIZED = "missing or unknown API key: send Authorization: Bearer <key> or X-API-Key: <key>"
+_JSON = (b"content-type", b"application/json")
+
+
+class Ingress:
+    """A replica's ASGI app: keys, body limit and the hot endpoints here; everything else by FastAPI.
+
+    In order, for every HTTP request:
+    - on /v1/ paths with keys set, 401 from the headers alone: an unknown caller's body is never
+      read, parsed or validated, so it learns nothing of the schema and costs no parsing;
+    - 413 for a declared body over `body_limit`; a body without a declared length (chunked) is
+      read and counted first, then replayed whole;
+    - a hot route (`hot`, by method and path) with a JSON body that its model accepts is answered
+      here: `json.loads` then `model.model_validate`, what FastAPI does with a body parameter,
+      the handler, and the answer written as JSON. Anything else there (another content type,
+      a body that does not parse or validate) goes to FastAPI with the body replayed, so every
+      error is FastAPI's own (the same 400/422, the same quiet detail);
+    - every other request goes to `app` unchanged, which keeps OpenAPI, /docs and the cold
+      endpoints.
+    FastAPI's routing, dependency injection and response-model validation cost more than the
+    whole Serve hop of a request (benchmarks/serve_http.py measures both); the hot routes skip them.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, keys: Any, body_limit: int = DEFAULT_BODY_LIMIT,
+                 hot: dict[tuple[str, str], HotRoute] | None = None) -> None:
         self.app = app
+        self.keys = keys
+        self.body_limit = body_limit
+        self.hot = dict(hot or {})
+        self._handlers: dict[type, Any] = {}
+
+    def add_exception_handler(self, exc_class: type, handler: Any) -> None:
+        """Serve registers its own errors (backpressure, an unavailable deployment) on the ASGI app: the
+        hot routes answer them as FastAPI would."""
+        self._handlers[exc_class] = handler
+        self.app.add_exception_handler(exc_class, handler)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = int(os.environ.get(BODY_LIMIT_ENV, "65536"))
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None:
-            if declared.isdigit() and int(declared) > limit:
-                detail = f"body is {declared.decode()} bytes; the limit is {limit}"
-                return await _too_large(scope, receive, send, detail)
-            return await self.app(scope, receive, send)
-        if scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        messages, size = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size > limit:
-                return await _too_large(scope, receive, send, f"body exceeds the limit of {limit} bytes")
-            if not message.get("more_body", False):
-                break
+        path = route_path(scope)
+        headers = dict(scope["headers"])
+        tenant = None
+        if path.startswith("/v1/") and not self.keys.open:
+            tenant = self.keys.tenant_for(headers.get(b"authorization", b"").decode("latin-1") or None,
+                                          headers.get(b"x-api-key", b"").decode("latin-1") or None)
+            if tenant is None:
+                return await _send_json(send, 401, {"detail": UNAUTHORIZED}, {"WWW-Authenticate": "Bearer"})
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.body_limit:
+            return await _send_json(send, 413, {"detail": f"body is {declared.decode()} bytes; the limit is "
+                                                          f"{self.body_limit}"})
+        route = self.hot.get((scope["method"], path))
+        if route is None and (declared is not None or scope["method"] not in ("POST", "PUT", "PATCH")):
+            return await self.app(scope, receive, send)  # the server's framing holds a declared length
+        messages = await self._read_body(receive, send)
+        if messages is None:
+            return
+        if route is not None:
+            request = _parse(route.model, headers, messages)
+            if request is not None:
+                return await self._answer(route, request, tenant, scope, send)
         pending = iter(messages)
 
         async def replay() -> dict:
@@ -59,45 +95,69 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
+    async def _read_body(self, receive: Any, send: Any) -> list[dict] | None:
+        """The request's messages up to the end of its body; None once a 413 is sent."""
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages
+            size += len(message.get("body", b""))
+            if size > self.body_limit:
+                await _send_json(send, 413, {"detail": f"body exceeds the limit of {self.body_limit} bytes"})
+                return None
+            if not message.get("more_body", False):
+                return messages
 
-_KEYRINGS: dict[str, Any] = {}
-"""App title -> the KeyRing of the replica serving it in this process (one replica a process)."""
-UNAUTHORIZED = "missing or unknown API key: send Authorization: Bearer <key> or X-API-Key: <key>"
-
-
-def use_keys(app: FastAPI, keys: Any) -> None:
-    """Called by a replica's constructor: `KeyGate` checks these keys on the app's /v1/ paths."""
-    _KEYRINGS[app.title] = keys
-
-
-class KeyGate:
-    """401 before the body is read, parsed or validated: on /v1/ an unknown caller learns nothing of the
-    schema and costs no parsing. The endpoints still ask `authenticate` for the tenant (it is cheap).
-
-    The keyring is looked up by the app's title in this module (not held by the app object, which
-    Serve may pickle by value onto the replica, away from the replica's own copy).
-    """
-
-    def __init__(self, app: Any, title: str) -> None:
-        self.app = app
-        self.title = title
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            keys = _KEYRINGS.get(self.title)
-            if keys is not None and not keys.open:
-                headers = dict(scope["headers"])
-                authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-                api_key = headers.get(b"x-api-key", b"").decode("latin-1") or None
-                if keys.tenant_for(authorization, api_key) is None:
-                    response = JSONResponse(status_code=401, content={"detail": UNAUTHORIZED},
-                                            headers={"WWW-Authenticate": "Bearer"})
-                    return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+    async def _answer(self, route: HotRoute, request: BaseModel, tenant: str | None, scope: dict, send: Any) -> None:
+        try:
+            reply = await route.handler(request, tenant)
+        except StarletteHTTPException as exc:
+            return await _send_json(send, exc.status_code, {"detail": exc.detail}, exc.headers)
+        except Exception as exc:
+            handler = next((h for cls, h in self._handlers.items() if isinstance(exc, cls)), None)
+            if handler is None:
+                await _send_json(send, 500, {"detail": "internal error"})
+                raise  # to Serve, which logs it as it logs FastAPI's
+            response = handler(Request(scope), exc)
+            return await response(scope, _no_body, send)
+        body = reply.model_dump_json().encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [_JSON, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
-async def _too_large(scope: dict, receive: Any, send: Any, detail: str) -> None:
-    await JSONResponse(status_code=413, content={"detail": detail})(scope, receive, send)
+def route_path(scope: dict) -> str:
+    """The path within the app: Serve puts the route prefix in root_path and leaves it on path."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("/", ""):
+        return path[len(root):] or "/"
+    return path
+
+
+def _parse(model: type[BaseModel], headers: dict[bytes, bytes], messages: list[dict]) -> BaseModel | None:
+    """The body as `model` when it is JSON that the model accepts, else None (FastAPI will say why)."""
+    kind = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    if kind != b"application/json" or messages[-1]["type"] != "http.request":
+        return None
+    body = b"".join(m.get("body", b"") for m in messages)
+    try:
+        return model.model_validate(json.loads(body))
+    except Exception:  # malformed, too deep, not the model: each gets FastAPI's own answer
+        return None
+
+
+async def _no_body() -> dict:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send_json(send: Any, status: int, content: Any, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [_JSON, (b"content-length", str(len(body)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -107,11 +167,8 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 
 
 def new_api(title: str) -> FastAPI:
-    """A FastAPI app with keys checked first (401), the body limit (413) and the quiet 422s: the
-    completion app and its routers."""
+    """A FastAPI app with the quiet 422s; a replica serves it behind its `Ingress`."""
     app = FastAPI(title=title, version="2")
-    app.add_middleware(BodyLimit)
-    app.add_middleware(KeyGate, title=title)  # added last: runs first
     app.exception_handler(RequestValidationError)(validation_error)
     return app
 

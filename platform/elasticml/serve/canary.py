@@ -29,15 +29,15 @@ from elasticml.dataconf import from_mapping
 from elasticml.errors import ConfigError
 from elasticml.home import home
 from elasticml.serve.api import (
-    BODY_LIMIT_ENV,
     CompletionRequest,
     CompletionResponse,
+    HotRoute,
+    Ingress,
     ScoreRequest,
     ScoreResponse,
     answer_or_raise,
     authenticate,
     new_api,
-    use_keys,
 )
 from elasticml.serve.config import ServeConfig
 
@@ -99,7 +99,6 @@ class CanaryRouter:
         self.cfg = ServeConfig.from_dict(serve_config)
         self.canary_cfg = CanaryConfig(**canary_config)
         self.keys = KeyRing(self.cfg.api_keys)
-        use_keys(canary_api, self.keys)
         self.share = self.canary_cfg.canary_share
         self.state, self.reason = "running", "waiting for traffic"
         self.latency: dict[str, deque] = {v: deque(maxlen=500) for v in self.handles}
@@ -134,6 +133,16 @@ class CanaryRouter:
             "release": self.release, "state": self.state, "reason": self.reason, "canary_share": self.share,
             "held_out_nll_per_byte": self.last_scores, "decided_at": time.time()}, indent=2))
 
+    def __serve_build_asgi_app__(self) -> Ingress:
+        """Serve calls this once the replica exists; `self.app` is the FastAPI app `@serve.ingress` bound."""
+
+        async def score(request: ScoreRequest, tenant: str | None) -> Any:
+            return await self._score(request)
+
+        return Ingress(self.app, keys=self.keys, body_limit=self.cfg.max_body_bytes,  # type: ignore[attr-defined]
+                       hot={("POST", "/v1/completions"): HotRoute(CompletionRequest, self._complete),
+                            ("POST", "/v1/score"): HotRoute(ScoreRequest, score)})
+
     def _auth(self, authorization: str | None, x_api_key: str | None) -> str | None:
         return authenticate(self.keys, authorization, x_api_key)
 
@@ -147,7 +156,9 @@ class CanaryRouter:
     @canary_api.post("/v1/completions", response_model=CompletionResponse)
     async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
                        x_api_key: str | None = Header(None)) -> Any:
-        tenant = self._auth(authorization, x_api_key)
+        return await self._complete(request, self._auth(authorization, x_api_key))
+
+    async def _complete(self, request: CompletionRequest, tenant: str | None) -> CompletionResponse:
         version = self._pick()
         t0 = time.perf_counter()
         reply = await self._call(version, "complete", request, tenant)
@@ -163,6 +174,9 @@ class CanaryRouter:
     async def score(self, request: ScoreRequest, authorization: str | None = Header(None),
                     x_api_key: str | None = Header(None)) -> Any:
         self._auth(authorization, x_api_key)
+        return await self._score(request)
+
+    async def _score(self, request: ScoreRequest) -> ScoreResponse:
         return await self._call(self._pick(), "score", request)
 
     @canary_api.get("/v1/canary")
@@ -243,8 +257,7 @@ def build_canary_app(args: dict[str, Any]) -> Application:
     canary = build_deployment({**backend_args, "name": f"{serve_cfg.name}-canary",
                                "checkpoint": canary_cfg.canary_checkpoint},
                               deployment_name="canary", backend=True)
-    router_options: dict[str, Any] = {"num_cpus": 0,
-                                      "runtime_env": {"env_vars": {BODY_LIMIT_ENV: str(serve_cfg.max_body_bytes)}}}
+    router_options: dict[str, Any] = {"num_cpus": 0}
     if serve_cfg.market != "any":  # the router goes where the versions go (never spot unless asked)
         router_options["label_selector"] = L.selector_for(serve_cfg.market)  # type: ignore[arg-type]
     return CanaryRouter.options(ray_actor_options=router_options).bind(

@@ -7,12 +7,15 @@ Endpoints (schema at `/openapi.json`):
   checkpoint, step, device, precision, market, node type, replica: behind a key) and
   `GET /v1/stats` (cache hit rate, batch sizes)
 
-Requests are batched by `@serve.batch` (prompts of different lengths in one
-forward pass, see `elasticml.serve.generate`); repeated deterministic requests
-are answered from an LRU cache; bodies over `max_body_bytes` get 413; a request
-over `request_timeout_s` gets 504; with `api_keys` set, /v1/* need a tenant's
-key (401 otherwise). Backpressure (`max_queued_requests` -> 429 + Retry-After)
-is Serve's own, configured in `build_app`.
+Requests are batched by `elasticml.serve.batching.Batcher` (a batch forms when the
+model is free, one request from each tenant in turn; prompts of different lengths
+share a forward pass, see `elasticml.serve.generate`); repeated deterministic
+requests are answered from a per-tenant LRU cache; bodies over `max_body_bytes` get
+413; a request over `request_timeout_s` gets 504 and stops generating; with
+`api_keys` set, /v1/* need a tenant's key (401 before the body is read). A tenant
+holding its share of the replica gets 429 at once; backpressure beyond that
+(`max_queued_requests` -> 429 + Retry-After) is Serve's own, configured in `build_app`.
+The hot endpoints skip FastAPI's per-request work (`elasticml.serve.api.Ingress`).
 
 It lives in the package (not in serve_apps/) so that a replica on any node
 imports it from the installed package; `serve_apps/completion.py` exposes the
@@ -34,17 +37,18 @@ from ray.serve import Application
 
 from elasticml import labels as L
 from elasticml.serve.api import (
-    BODY_LIMIT_ENV,
     CompletionRequest,
     CompletionResponse,
+    HotRoute,
+    Ingress,
     Refusal,
     ScoreRequest,
     ScoreResponse,
     authenticate,
     new_api,
     refusal_for,
-    use_keys,
 )
+from elasticml.serve.batching import Batcher
 from elasticml.serve.config import ServeConfig
 
 if TYPE_CHECKING:
@@ -78,7 +82,6 @@ class CompletionService:
         self.model = prepare(model, device=self.cfg.device, precision=self.cfg.resolved_precision)
         self.cache: ResponseCache[tuple[str, int]] = ResponseCache(self.cfg.cache_size)  # (text, bytes generated)
         self.keys = KeyRing(self.cfg.api_keys)
-        use_keys(api, self.keys)
         share = tenant_share_of(self.cfg)
         self.tenant_slots = max(self.cfg.max_batch_size, int(self.cfg.max_ongoing_requests * share))
         """Requests one tenant may have in this replica at once (never fewer than a full batch)."""
@@ -89,23 +92,28 @@ class CompletionService:
         self.cancelled = 0
         self.batched_requests = 0
         self.largest_batch = 0
-        self._complete_batch.set_max_batch_size(self.cfg.max_batch_size)
-        self._complete_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_ms / 1000)
+        self.batch_seconds = 0.0
+        self.longest_batch_s = 0.0
+        self.batcher = Batcher(self._generate, max_batch_size=self.cfg.max_batch_size,
+                               wait_s=self.cfg.batch_wait_ms / 1000)
         self._metrics = ServeMetrics()
         self.node_labels = dict(ray.get_runtime_context().get_node_labels())  # a replica never moves
 
     def tenant(self, authorization: str | None, x_api_key: str | None) -> str | None:
         return authenticate(self.keys, authorization, x_api_key)
 
-    @serve.batch  # sized per replica in __init__ from max_batch_size / batch_wait_ms
-    async def _complete_batch(self, prompts: list) -> list[bytes]:
+    async def _generate(self, prompts: list) -> list[bytes]:
         from elasticml.serve.generate import generate_batch
 
         self.batches += 1
         self.batched_requests += len(prompts)
         self.largest_batch = max(self.largest_batch, len(prompts))
         # Off the event loop: requests keep arriving (and forming the next batch) while this one runs.
+        t0 = time.perf_counter()
         outs = await asyncio.to_thread(generate_batch, self.model, prompts)
+        took = time.perf_counter() - t0
+        self.batch_seconds += took
+        self.longest_batch_s = max(self.longest_batch_s, took)
         self.generated_bytes += sum(len(o) for o in outs)
         self.cancelled += sum(p.cancelled for p in prompts)
         return outs
@@ -114,8 +122,9 @@ class CompletionService:
         """`coro` within the request's time limit; past it (or when the client goes away) `cancel` is set,
         so that generation stops instead of finishing for nobody."""
         try:
-            return await asyncio.wait_for(coro, timeout=self.cfg.request_timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.cfg.request_timeout_s):  # no task of its own, unlike wait_for
+                return await coro
+        except TimeoutError:
             if cancel is not None:
                 cancel.set()
             raise HTTPException(status_code=504, detail=f"the model did not answer within "
@@ -145,14 +154,17 @@ class CompletionService:
         return {
             "covers": f"replica {serve.get_replica_context().replica_id.unique_id}; Prometheus "
                       "(ray_elasticml_serve_*) sums every replica",
-            "tenant": {"name": tenant, **mine},
+            "tenant": {"name": tenant, **mine, "in_flight": self.in_flight.get(tenant, 0), "share": self.tenant_slots},
+            "in_flight": sum(self.in_flight.values()),
             "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "hit_rate": self.cache.hit_rate,
                       "size": len(self.cache)},
             "batches": self.batches,
             "mean_batch_size": self.batched_requests / self.batches if self.batches else 0.0,
             "largest_batch": self.largest_batch,
+            "mean_batch_ms": self.batch_seconds / self.batches * 1e3 if self.batches else 0.0,
+            "longest_batch_ms": self.longest_batch_s * 1e3,
             "generated_bytes": self.generated_bytes,
-            "cancelled": self.cancelled,
+            "cancelled": self.cancelled + self.batcher.dropped,
         }
 
     async def complete(self, request: CompletionRequest, tenant: str | None = None) -> CompletionResponse:
@@ -190,7 +202,7 @@ class CompletionService:
             cancel = threading.Event()
             prompt = Prompt(text=request.prompt.encode("utf-8"), max_tokens=request.max_tokens,
                             temperature=request.temperature, seed=request.seed, cancel=cancel)
-            out = await self._run(self._complete_batch(prompt), cancel)
+            out = await self._run(self.batcher.submit(prompt, tenant), cancel)
             # `tokens` counts the bytes generated: re-encoding the text would count each U+FFFD
             # that stands for a broken byte sequence as 3.
             hit = (out.decode("utf-8", errors="replace"), len(out))
@@ -239,6 +251,17 @@ class ModelBackend:
 class Completer:
     def __init__(self, config: dict[str, Any]) -> None:
         self.service = CompletionService(config)
+
+    def __serve_build_asgi_app__(self) -> Ingress:
+        """Serve calls this once the replica exists; `self.app` is the FastAPI app `@serve.ingress` bound."""
+        service = self.service
+
+        async def score(request: ScoreRequest, tenant: str | None) -> ScoreResponse:
+            return await service.score(request)
+
+        return Ingress(self.app, keys=service.keys, body_limit=service.cfg.max_body_bytes,  # type: ignore[attr-defined]
+                       hot={("POST", "/v1/completions"): HotRoute(CompletionRequest, service.complete),
+                            ("POST", "/v1/score"): HotRoute(ScoreRequest, score)})
 
     # async: a plain def would make FastAPI hop to its thread pool for a few dictionary lookups
     @api.get("/healthz")
@@ -295,8 +318,7 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list["All
     extra ones on spot, over-provisioned (see the policy); `build_app` gives each allocation its own
     deployment pinned to its pool (elasticml.serve.pools).
     """
-    env = {**cfg.env_vars, BODY_LIMIT_ENV: str(cfg.max_body_bytes)}
-    options: dict[str, Any] = {"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": env}}
+    options: dict[str, Any] = {"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": dict(cfg.env_vars)}}
     if cfg.device == "gpu":
         options["num_gpus"] = 1
     if cfg.tenant is None:
@@ -367,7 +389,8 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         base_pool = next((a for a in allocations if a.market != "spot"), allocations[0])
         router = {"num_cpus": 0, "runtime_env": options["runtime_env"],
                   "label_selector": {L.NODE_TYPE: base_pool.node_type}}
-        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys, cfg.name)
+        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys, cfg.name,
+                                                                 cfg.max_body_bytes)
     deployment: dict[str, Any] = {"name": deployment_name, "ray_actor_options": options, **common}
     autoscaling = cfg.autoscaling()
     if autoscaling:

@@ -25,14 +25,16 @@ from fastapi import Header, HTTPException
 from ray import serve
 
 from elasticml.serve.api import (
+    DEFAULT_BODY_LIMIT,
     CompletionRequest,
     CompletionResponse,
+    HotRoute,
+    Ingress,
     ScoreRequest,
     ScoreResponse,
     answer_or_raise,
     authenticate,
     new_api,
-    use_keys,
 )
 
 pools_api = new_api("elasticml completion (spot-aware pools)")
@@ -45,12 +47,12 @@ log = logging.getLogger("elasticml.serve.pools")
 @serve.ingress(pools_api)
 class PoolRouter:
     def __init__(self, pools: list[dict[str, Any]], handles: list[Any], api_keys: dict[str, str],
-                 workload: str | None = None) -> None:
+                 workload: str | None = None, body_limit: int = DEFAULT_BODY_LIMIT) -> None:
         from elasticml.serve.auth import KeyRing
 
         self.pools = [dict(p, handle=h, requests=0, failovers=0, weight=p["replicas"]) for p, h in zip(pools, handles)]
         self.keys = KeyRing(api_keys)
-        use_keys(pools_api, self.keys)
+        self.body_limit = body_limit
         self.workload = workload
         self.followed: dict[str, Any] = {"epoch": None, "reason": None}
         self._follower: asyncio.Task[None] | None = None  # started on the replica's loop by the first request
@@ -72,6 +74,19 @@ class PoolRouter:
                         p["weight"] = given.get(p["node_type"], 0)
                 self.followed = {"epoch": placed.epoch, "reason": placed.reason}
             await asyncio.sleep(FOLLOW_S)
+
+    def __serve_build_asgi_app__(self) -> Ingress:
+        """Serve calls this once the replica exists; `self.app` is the FastAPI app `@serve.ingress` bound."""
+
+        async def complete(request: CompletionRequest, tenant: str | None) -> Any:
+            return await self._call("complete", request, tenant)
+
+        async def score(request: ScoreRequest, tenant: str | None) -> Any:
+            return await self._call("score", request)
+
+        return Ingress(self.app, keys=self.keys, body_limit=self.body_limit,  # type: ignore[attr-defined]
+                       hot={("POST", "/v1/completions"): HotRoute(CompletionRequest, complete),
+                            ("POST", "/v1/score"): HotRoute(ScoreRequest, score)})
 
     def _auth(self, authorization: str | None, x_api_key: str | None) -> str | None:
         return authenticate(self.keys, authorization, x_api_key)
