@@ -121,36 +121,25 @@ class Follower:
                 return
 
 
-def progress_callback(name: str, steps: int) -> object:
-    """A Ray Train callback (on the run's controller) that tells the scheduler the share of steps done."""
+def progress_callback(sched: object, name: str, steps: int) -> object:
+    """A Ray Train callback (on the run's controller) that tells the scheduler the share of steps done,
+    as the job's own principal (`sched` is its SchedulerClient, which travels with the callback)."""
     from ray.train import UserCallback
 
     class Progress(UserCallback):
-        actor = None  # looked up once, on the run's controller, at the first report
-
         def after_report(self, run_context, metrics, checkpoint):  # type: ignore[no-untyped-def]
-            import ray
-
-            from elasticml.scheduler.actor import ACTOR_NAME, NAMESPACE
-
             step = metrics[0].get("step") if metrics else None
             if step is not None:
-                if self.actor is None:
-                    self.actor = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
-                self.actor.report_progress.remote(name, min(1.0, step / steps))  # fire and forget
+                sched.report_progress_async(name, min(1.0, step / steps))  # type: ignore[attr-defined]
 
     return Progress()
 
 
-def started_hook(name: str, epoch: int) -> object:
+def started_hook(sched: object, name: str, epoch: int) -> object:
     """Called by rank 0 once a run is up: tells the scheduler, and returns how long to wait before training."""
 
     def started() -> float:
-        import ray
-
-        from elasticml.scheduler.actor import ACTOR_NAME, NAMESPACE
-
-        return float(ray.get(ray.get_actor(ACTOR_NAME, namespace=NAMESPACE).run_started.remote(name, epoch), timeout=60))
+        return float(sched.run_started(name, epoch))  # type: ignore[attr-defined]
 
     return started
 
@@ -187,8 +176,8 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
                                           min_workers=min(cfg.min_workers, workers) if cfg.min_workers else None)
             ray.get(flag.clear.remote())
             with Follower(sched, cfg.run_name, placement.epoch, flag):
-                result = fit(run_cfg, stop=flag, callbacks=[progress_callback(cfg.run_name, cfg.steps)],
-                             started=started_hook(cfg.run_name, placement.epoch))
+                result = fit(run_cfg, stop=flag, callbacks=[progress_callback(sched, cfg.run_name, cfg.steps)],
+                             started=started_hook(sched, cfg.run_name, placement.epoch))
             step = (result.metrics or {}).get("step", 0)
             if result.error is not None or step >= cfg.steps:
                 return result, run_cfg

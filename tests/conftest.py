@@ -67,7 +67,8 @@ def local_cluster(request: pytest.FixtureRequest) -> Iterator["object"]:
 class FakeIMDS(http.server.BaseHTTPRequestHandler):
     """AWS instance metadata (IMDSv2) on loopback: a PUT for a session token, then GETs that must carry it.
 
-    `state["docs"]` maps paths to JSON documents (absent = 404); `state["delay"]` slows every GET.
+    `state["docs"]` maps paths to JSON documents (absent = 404); `state["delay"]` slows every GET;
+    `state["raw"]` maps paths to bytes sent as they are, a byte at a time (`drip_s`), or cut off (`dies`).
     """
 
     state: dict = {}
@@ -82,6 +83,23 @@ class FakeIMDS(http.server.BaseHTTPRequestHandler):
         time.sleep(self.state["delay"])
         if not self.headers.get("X-aws-ec2-metadata-token", "").startswith("tok-"):
             return self._send(401, "")
+        raw = self.state.get("raw", {}).get(self.path)
+        if raw is not None:  # a service that lies (`data` as is), drips (`drip_s` a byte) or dies mid-body
+            data, drip_s, dies = raw["data"], raw.get("drip_s", 0.0), raw.get("dies", False)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data) * (2 if dies else 1)))
+            self.end_headers()
+            for piece in ([data[i:i + 1] for i in range(len(data))] if drip_s else [data]):
+                try:
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                except OSError:  # the client gave up on it
+                    return
+                time.sleep(drip_s)
+            if dies:
+                self.close_connection = True
+                self.connection.shutdown(2)
+            return
         body = self.state["docs"].get(self.path)
         if body is None:
             return self._send(404, "Not Found")

@@ -282,6 +282,17 @@ def scheduler_submit(spec_file: Path, name: str, address: str | None) -> None:
     _echo_placement(_scheduler(name, address).place(spec))
 
 
+@scheduler.command("validate")
+@click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
+def scheduler_validate(spec_file: Path) -> None:
+    """Check SPEC_FILE offline, as the scheduler's door would (no cluster): exit 0 when valid, 2 naming the field."""
+    from elasticml.scheduler.spec import WorkloadSpec
+
+    spec = WorkloadSpec.from_dict(_read_yaml(spec_file), source=str(spec_file))
+    click.echo(f"{spec_file}: valid ({spec.kind} {spec.name} of tenant {spec.tenant}, {spec.priority} priority, "
+               f"{spec.min_workers}-{spec.max_workers} workers)")
+
+
 def _read_yaml(path: Path):  # type: ignore[no-untyped-def]
     import yaml
 
@@ -357,6 +368,116 @@ def scheduler_interrupt(node_type: str, name: str, address: str | None) -> None:
     click.echo(f"drained {len(result['drained_nodes'])} node(s) of {node_type} as preempted")
 
 
+@scheduler.command("whoami")
+@_name_option
+@_address_option
+def scheduler_whoami(name: str, address: str | None) -> None:
+    """The principal and role your credential ($ELASTICML_CREDENTIAL_PATH, else the cluster's admin file) is."""
+    me = _scheduler(name, address).whoami()
+    click.echo(f"{me['name']} ({me['role']})")
+
+
+@scheduler.group("credential", cls=_Group)
+def credential() -> None:
+    """Who may call the scheduler: admins, tenants and node agents, each with its own credential file."""
+
+
+@credential.command("add")
+@click.argument("principal")
+@click.option("--role", type=click.Choice(["tenant", "agent", "admin"]), required=True)
+@click.option("--file", "file", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="Where to write the new credential (mode 0600); hand it to whoever acts as PRINCIPAL.")
+@_name_option
+@_address_option
+def credential_add(principal: str, role: str, file: Path, name: str, address: str | None) -> None:
+    """Give PRINCIPAL (a tenant's name, an agent's, an admin's) a credential; only an admin may."""
+    if file.exists():
+        raise click.UsageError(f"{file} exists; a credential is never overwritten (remove it first)")
+    written = _scheduler(name, address).add_principal(principal, role, file)
+    click.echo(f"{principal} ({role}): credential written to {written}; use it with "
+               f"ELASTICML_CREDENTIAL_PATH={written}")
+
+
+@credential.command("remove")
+@click.argument("principal")
+@_name_option
+@_address_option
+def credential_remove(principal: str, name: str, address: str | None) -> None:
+    """Revoke PRINCIPAL's credential at once."""
+    _scheduler(name, address).remove_principal(principal)
+    click.echo(f"{principal}: removed")
+
+
+@credential.command("list")
+@_name_option
+@_address_option
+def credential_list(name: str, address: str | None) -> None:
+    """The principals and their roles (never their credentials)."""
+    for p in _scheduler(name, address).principals():
+        click.echo(f"{p['name']:<24} {p['role']}")
+
+
+# -- audit -----------------------------------------------------------------------
+@main.group(cls=_Group)
+def audit() -> None:
+    """The scheduler's audit trail: who did what, when and why; tamper-evident."""
+
+
+def _audit_files(name: str, ledger: Path | None) -> tuple[Path, Path, Path]:
+    from elasticml.home import home
+
+    folder = ledger.parent if ledger else home() / "scheduler" / name
+    return folder / "audit.jsonl", folder / "audit.key", ledger or folder / "ledger.sqlite"
+
+
+_ledger_option = click.option("--ledger", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                              help="The scheduler's ledger (the trail and its key lie beside it) [default: "
+                                   "$ELASTICML_HOME/scheduler/NAME/ledger.sqlite]; read on the head, offline.")
+
+
+@audit.command("show")
+@_name_option
+@_ledger_option
+@click.option("--tenant", default=None, help="Only records about this tenant's workloads or by it.")
+@click.option("--since", type=float, default=None, help="Only records at or after this Unix time.")
+@click.option("--json", "as_json", is_flag=True)
+def audit_show(name: str, ledger: Path | None, tenant: str | None, since: float | None, as_json: bool) -> None:
+    """The audit trail, oldest first."""
+    trail, _, _ = _audit_files(name, ledger)
+    from elasticml.scheduler.audit import read_records
+
+    for r in read_records(trail):
+        if tenant is not None and r.get("tenant") != tenant and r.get("who") != f"tenant {tenant}":
+            continue
+        if since is not None and r.get("at", 0) < since:
+            continue
+        if as_json:
+            click.echo(json.dumps(r, sort_keys=True))
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.get("at", 0)))
+        target = f" {r['target']}" if r.get("target") else ""
+        click.echo(f"{r.get('seq'):>6} {when} {r.get('who')}: {r.get('action')}{target} [{r.get('outcome')}]"
+                   + (f" - {r['why']}" if r.get("why") else ""))
+
+
+@audit.command("verify")
+@_name_option
+@_ledger_option
+def audit_verify(name: str, ledger: Path | None) -> None:
+    """Exit 0 when the trail is intact; 1, naming the first bad record, when it was edited, cut or reordered."""
+    from elasticml.scheduler.audit import AuditLog, ledger_tip, load_key
+
+    trail, key_file, ledger_file = _audit_files(name, ledger)
+    if not key_file.exists():
+        raise click.ClickException(f"no audit key at {key_file}: run this on the scheduler's head, or pass --ledger")
+    verdict = AuditLog.verify(trail, load_key(key_file), ledger_tip(ledger_file))
+    if verdict.ok:
+        click.echo(f"intact: {verdict.records} records, chained and signed, ending where the ledger says")
+        return
+    click.echo(f"NOT intact after {verdict.records} good records: {verdict.problem}", err=True)
+    sys.exit(1)
+
+
 @main.group(cls=_Group)
 def cost() -> None:
     """What the cluster's workloads cost."""
@@ -373,13 +494,16 @@ def cost_report(name: str, address: str | None, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
         return
     for column in ("tenant", "workload", "market"):
+        if column not in report:  # a tenant sees its own rows only, and no market totals
+            continue
         click.echo(f"by {column}:")
         for r in report[column]:
             click.echo(f"  {r['key']:<20} ${r['cost']:.6f}  (on-demand ${r['on_demand_cost']:.6f}, "
                        f"saved ${r['savings']:.6f})  {r['worker_hours']:.4f} worker-h")
     t = report["total"]
     click.echo(f"total ${t['cost']:.6f}; all on-demand would be ${t['on_demand_cost']:.6f}: "
-               f"saved {t['savings_pct']:.1f}% over {report['intervals']} allocation intervals")
+               f"saved {t['savings_pct']:.1f}%" + (f" over {report['intervals']} allocation intervals"
+                                                    if "intervals" in report else ""))
 
 
 # -- data ----------------------------------------------------------------------

@@ -122,3 +122,20 @@ class PlacementRefused(SchedulerError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (PlacementRefused, (self.workload, self.reason))
+
+
+class AccessDenied(SchedulerError):
+    """The caller's credential is unknown, or its role may not do this (it is audited)."""
+
+    def __init__(self, who: str, action: str, reason: str):
+        self.who = who
+        self.action = action
+        self.reason = reason
+        super().__init__(f"{who} may not {action}: {reason}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (AccessDenied, (self.who, self.action, self.reason))
+
+
+class AuditError(ElasticMLError):
+    """The audit trail is not intact (edited, truncated, reordered) or cannot be written."""

@@ -83,6 +83,50 @@ def test_residency_budget_and_bad_specs(sched):
     assert sched.placement("gdpr-job") is None and sched.placement("too-pricey") is None
 
 
+def test_tenants_act_through_their_own_credentials_and_cannot_reach_past_the_door(sched, local_cluster, tmp_path):
+    import os
+
+    import ray
+
+    from elasticml.errors import AccessDenied
+    from elasticml.scheduler.client import SchedulerClient
+
+    name = local_cluster.name
+    env = {**os.environ}
+    for tenant in ("research", "payments"):
+        proc = subprocess.run([ELASTICML, "scheduler", "credential", "add", tenant, "--role", "tenant", "--file",
+                               str(tmp_path / tenant), "--name", name], capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / tenant).stat().st_mode & 0o777 == 0o600
+    research = SchedulerClient.connect(credential=tmp_path / "research")
+    assert research.whoami() == {"name": "research", "role": "tenant"}
+    assert research.placement("nightly") is not None  # its own
+    for attempt in (lambda: research.finish("fraud-model"), lambda: research.explain("fraud-model"),
+                    lambda: research.set_tenant(TenantPolicy(tenant="payments", budget=0.0)),
+                    lambda: research.interrupt("cpu_reserved"),
+                    lambda: research.place(WorkloadSpec(name="fraud-model", tenant="research", max_workers=1))):
+        with pytest.raises(AccessDenied):
+            attempt()
+    assert sched.placement("fraud-model").placed  # untouched
+    assert set(research.status()["running"]) <= {"nightly"}
+    # Ray lets anyone with the handle call an actor's methods: the actor has no other way in.
+    handle = ray.get_actor("elasticml-scheduler", namespace="elasticml")
+    with pytest.raises(AttributeError):
+        handle.finish.remote("fraud-model")
+    with pytest.raises(ray.exceptions.RayTaskError):
+        ray.get(handle.poll.remote("guess"))
+    with pytest.raises(AccessDenied):
+        ray.get(handle.call.remote("eml1.admin.guess", "finish", ("fraud-model",)))
+    # The CLI as the tenant: refused, with the reason.
+    proc = subprocess.run([ELASTICML, "scheduler", "finish", "fraud-model", "--name", name], capture_output=True,
+                          text=True, timeout=120, env={**env, "ELASTICML_CREDENTIAL_PATH": str(tmp_path / "research")})
+    assert proc.returncode == 2 and "tenant research may not finish fraud-model" in proc.stderr, proc.stderr
+    shown = subprocess.run([ELASTICML, "audit", "show", "--name", name, "--tenant", "research", "--json"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    denied = [json.loads(line) for line in shown.stdout.splitlines() if '"denied"' in line]
+    assert len(denied) >= 6 and all(r["who"] in ("tenant research", "an unknown caller") for r in denied)
+
+
 def test_actor_killed_and_restarted_loses_nothing(sched):
     import time
 
@@ -103,6 +147,29 @@ def test_actor_killed_and_restarted_loses_nothing(sched):
     after_report = sched.cost_report()
     assert after_report["intervals"] == before_report["intervals"] > 0
     assert after_report["total"]["cost"] >= before_report["total"]["cost"]
+
+
+def test_the_audit_trail_survives_the_kill_and_verify_catches_an_edit(sched, local_cluster):
+    import os
+
+    from elasticml.home import home
+
+    name = local_cluster.name
+    verify = [ELASTICML, "audit", "verify", "--name", name]
+    proc = subprocess.run(verify, capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert proc.returncode == 0 and "intact" in proc.stdout, proc.stdout + proc.stderr
+    trail = home() / "scheduler" / name / "audit.jsonl"
+    records = [json.loads(line) for line in trail.read_text().splitlines()]
+    # Recorded before the actor was killed, still there after its restart: the denials and the placements.
+    assert any(r["outcome"] == "denied" and r["who"] == "tenant research" for r in records)
+    assert any(r["action"] == "preempt" and r["target"] == "nightly" for r in records)
+    good = trail.read_bytes()
+    try:
+        trail.write_bytes(good.replace(b'"outcome":"denied"', b'"outcome":"done"', 1))
+        proc = subprocess.run(verify, capture_output=True, text=True, timeout=60, env={**os.environ})
+        assert proc.returncode == 1 and "NOT intact" in proc.stderr, proc.stdout + proc.stderr
+    finally:
+        trail.write_bytes(good)
 
 
 def test_cli_status_explain_and_cost_report(sched, local_cluster):

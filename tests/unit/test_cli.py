@@ -68,3 +68,28 @@ def test_serve_keygen_prints_a_key_and_the_digest_that_accepts_it():
     key = proc.stdout.splitlines()[0].rsplit(" ", 1)[-1]
     entry = yaml.safe_load(proc.stdout.splitlines()[1].split(": ", 1)[1])
     assert KeyRing(entry).tenant_for(f"Bearer {key}", None) == "acme"
+
+
+@pytest.mark.parametrize("body, field", [
+    ("max_workers: true", "max_workers"),  # a bool is not a count
+    ("max_workers: 2.5", "max_workers"),
+    ("max_workers: two", "max_workers"),
+    ("expected_hours: .nan", "expected_hours"),
+    ("expected_hours: .inf", "expected_hours"),
+    ("tenant_override: 1", "tenant_override"),
+], ids=["bool", "float", "word", "nan", "inf", "unknown-field"])
+def test_scheduler_validate_names_the_field_offline(tmp_path, body, field):
+    spec = tmp_path / "w.yaml"
+    spec.write_text(f"name: job\ntenant: acme\n{body}\n")
+    assert_one_line_error(run("scheduler", "validate", str(spec)), field)
+
+
+def test_scheduler_validate_refuses_bad_names_and_accepts_a_good_spec(tmp_path):
+    spec = tmp_path / "w.yaml"
+    spec.write_text(f"name: {'x' * 100_000}\ntenant: acme\n")
+    assert_one_line_error(run("scheduler", "validate", str(spec)), "name")
+    spec.write_text("name: job\ntenant: 123\n")
+    assert_one_line_error(run("scheduler", "validate", str(spec)), "tenant")
+    spec.write_text("name: job\ntenant: acme\nmax_workers: 2\n")
+    good = run("scheduler", "validate", str(spec))
+    assert good.returncode == 0 and "valid" in good.stdout, good.stderr

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import httpx
 import pytest
 
@@ -57,3 +60,68 @@ def test_metadata_service_down_is_survived():
     rounds = iter(range(2))
     w.run(interval_s=0.01, max_backoff_s=0.01, stop=lambda: next(rounds, None) is None)
     assert w.errors == 2 and seen == []
+
+
+ACTION = "/latest/meta-data/spot/instance-action"
+
+
+def test_a_slow_drip_is_cut_at_the_poll_rounds_deadline_not_per_read(imds):
+    server, state = imds
+    body = json.dumps({"action": "terminate", "time": "2026-12-01T12:00:00Z"}).encode()
+    state["raw"] = {ACTION: {"data": body, "drip_s": 0.05}}  # each read is quick (0.05 s < the 0.5 s limit)
+    seen: list[Notice] = []
+    w = make(server, seen, timeout_s=0.5)
+    t = time.monotonic()
+    with pytest.raises(httpx.TimeoutException):
+        w.poll_once()
+    assert time.monotonic() - t < 1.5 and seen == []  # about 2.5 s to drip it all; cut near 0.5 s
+
+
+@pytest.mark.parametrize("data", [b"[1, 2, 3]", b'"terminate"', b"null", b"{not json", b"\xff\xfe",
+                                  b'{"action": "explode", "time": "t"}', b'{"action": "stop", "time": 5}',
+                                  b'{"action": "stop"}'], ids=["list", "string", "null", "broken", "binary",
+                                                               "unknown-action", "time-not-text", "no-time"])
+def test_a_lying_metadata_service_is_logged_and_skipped(imds, data):
+    server, state = imds
+    state["raw"] = {ACTION: {"data": data}}
+    seen: list[Notice] = []
+    w = make(server, seen)
+    assert w.poll_once() is None and seen == [] and w.skipped == 1
+
+
+def test_an_oversized_body_is_refused(imds):
+    server, state = imds
+    state["raw"] = {ACTION: {"data": b'{"action": "stop", "time": "' + b"x" * 100_000 + b'"}'}}
+    with pytest.raises(ValueError, match="more than"):
+        make(server, []).poll_once()
+
+
+def test_a_service_that_dies_mid_answer_is_survived(imds):
+    server, state = imds
+    state["raw"] = {ACTION: {"data": b'{"action": "st', "dies": True}}
+    seen: list[Notice] = []
+    w = make(server, seen)
+    rounds = iter(range(2))
+    w.run(interval_s=0.01, max_backoff_s=0.01, stop=lambda: next(rounds, None) is None)
+    assert w.errors == 2 and seen == []
+    state["raw"] = {}
+    state["docs"][ACTION] = {"action": "terminate", "time": "t1"}
+    assert w.poll_once().action == "terminate"
+
+
+def test_a_notice_the_scheduler_did_not_take_is_delivered_again(imds):
+    server, state = imds
+    state["docs"][ACTION] = {"action": "terminate", "time": "t1"}
+    delivered: list[Notice] = []
+    attempts = []
+
+    def flaky(notice: Notice) -> None:
+        attempts.append(notice)
+        if len(attempts) < 3:
+            raise RuntimeError("the scheduler is restarting")
+        delivered.append(notice)
+
+    w = Watcher(on_notice=flaky, imds_url=f"http://127.0.0.1:{server.server_port}", timeout_s=1.0)
+    rounds = iter(range(5))
+    w.run(interval_s=0.01, max_backoff_s=0.01, stop=lambda: next(rounds, None) is None)
+    assert len(attempts) == 3 and len(delivered) == 1 and w.errors == 2  # retried until taken, then once only

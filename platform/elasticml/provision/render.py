@@ -27,7 +27,9 @@ RAY_IMAGE = "rayproject/ray:2.60.0-py311-cpu"
 API_KEYS_MOUNT = "/etc/elasticml/api-keys"
 """Where the RayService head mounts the Secret `elasticml-<cluster>-api-keys` (key `api_keys.json`)."""
 RAY_GPU_IMAGE = "rayproject/ray:2.60.0-py311-cu124"
-WATCHER = "RAY_AUTH_MODE=token nohup python -m elasticml.provision.watcher > /tmp/elasticml-watcher.log 2>&1 &"
+WATCHER = ("RAY_AUTH_MODE=token nohup sh -c 'while true; do python -m elasticml.provision.watcher; sleep 5; done' "
+           ">> /tmp/elasticml-watcher.log 2>&1 &")
+"""The spot watcher under a restart loop: if its process dies for any reason it is back 5 s later."""
 
 
 def render(target: str, cluster: str) -> dict[str, str]:

@@ -38,20 +38,54 @@ NOTICE_SECONDS = 120
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1)
-class SchedulerActor(SchedulerState):
-    """SchedulerState as a named, detached actor on the head node."""
+class SchedulerActor:
+    """The named, detached actor on the head node. Ray lets anyone holding its handle call any of its
+    methods, so it has only three: `ping` (the cluster's name, nothing else), `call` (every request,
+    through the authenticating `Door`) and `poll` (the controller's ticks, with a secret only the
+    actor's own poll thread knows)."""
+
+    def __init__(self, cluster: ClusterSpec, ledger_path: str, controller: ControllerConfig, admin_digest: str) -> None:
+        import secrets
+        from pathlib import Path
+
+        from elasticml.scheduler.audit import AuditLog, load_key
+        from elasticml.scheduler.door import Door
+
+        self.core = ClusterScheduler(cluster, ledger_path, controller)
+        folder = Path(ledger_path).parent
+        self.core.audit = AuditLog(folder / "audit.jsonl", load_key(folder / "audit.key"))
+        if not any(role == "admin" for role, _ in self.core.principals.values()):
+            self.core.add_principal("admin", "admin", admin_digest)
+            self.core.audit_action("add_principal", target="admin", who="scheduler", why="role admin: the cluster's creator")
+        self.door = Door(self.core)
+        self._poll_secret = secrets.token_hex(32)
+        # The controller and node watching go through the actor's own queue, so they never race a command.
+        me = ray.get_runtime_context().current_actor
+        threading.Thread(target=_poll_forever, args=(me, self._poll_secret, controller.tick_seconds), daemon=True,
+                         name="controller").start()
+
+    def ping(self) -> str:
+        return self.core.cluster.name
+
+    def call(self, token: Any, method: Any, args: Any) -> Any:
+        return self.door.call(token, method, args)
+
+    def poll(self, secret: Any) -> list[dict[str, Any]]:
+        import hmac
+
+        if type(secret) is not str or not hmac.compare_digest(secret, self._poll_secret):
+            raise PermissionError("poll is the actor's own")
+        return self.core.tick()
+
+
+class ClusterScheduler(SchedulerState):
+    """SchedulerState fed by Ray: nodes that died, launches that fail, live prices, drains."""
 
     def __init__(self, cluster: ClusterSpec, ledger_path: str, controller: ControllerConfig) -> None:
         super().__init__(cluster, ledger_path, controller=controller, observer=ray_observer, incarnation=_session())
         self._seen_dead: set[str] = set()
         self._failing_since: dict[str, float] = {}
         self._prices_due = 0.0
-        # The controller and node watching go through the actor's own queue, so they never race a command.
-        me = ray.get_runtime_context().current_actor
-        threading.Thread(target=_poll_forever, args=(me, controller.tick_seconds), daemon=True, name="controller").start()
-
-    def ping(self) -> str:
-        return "ok"
 
     def tick(self) -> list[dict[str, Any]]:
         out = self.sync_nodes() + self.sync_capacity()
@@ -62,7 +96,7 @@ class SchedulerActor(SchedulerState):
 
                 self.refresh_live_prices(LiveSpotPrices(endpoint_url=os.environ.get("ELASTICML_EC2_ENDPOINT")))
             except Exception as exc:  # EC2 unreachable or throttling: keep the last prices, say so
-                self.explanations.setdefault("_events", []).append(
+                self.note_event(
                     {"at": self.clock(), "event": "live prices failed", "why": str(exc)[:300]})
         return out + self.controller_tick()
 
@@ -102,7 +136,7 @@ class SchedulerActor(SchedulerState):
                 for d in decisions:
                     d["reason"] = f"spot node {node_id[-8:]} of {node_type} was lost ({reason}); " + d["reason"]
                 out += decisions
-                self.explanations.setdefault("_events", []).append(
+                self.note_event(
                     {"at": time.time(), "event": "spot node lost", "node_id": node_id, "node_type": node_type, "why": reason}
                 )
         return out
@@ -124,11 +158,11 @@ def _session() -> str:
     return f"{ray.get_runtime_context().gcs_address}/{ray._private.worker.global_worker.node.session_name}"
 
 
-def _poll_forever(handle: Any, period_s: float) -> None:
+def _poll_forever(handle: Any, secret: str, period_s: float) -> None:
     while True:
         time.sleep(period_s)
         try:
-            ray.get(handle.tick.remote())
+            ray.get(handle.poll.remote(secret))
         except ray.exceptions.RayActorError:  # the actor is restarting or gone: its next incarnation polls again
             return
         except Exception as exc:  # one bad tick must not stop the controller: say so, and look again

@@ -44,8 +44,9 @@ def running_cluster_config(explicit: str | Path | None = None) -> Path:
 
 
 class SchedulerClient:
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, token: str) -> None:
         self._actor = handle
+        self._token = token
 
     @classmethod
     def start(cls, cluster: ClusterSpec | str | Path, *, ledger_path: str | Path | None = None,
@@ -55,29 +56,35 @@ class SchedulerClient:
         Needs a Ray driver connection. The actor is given the parsed config, so it models the
         cluster it was started for whatever the head's working directory holds.
         """
+        from elasticml.scheduler.identity import admin_credential, digest
+
         spec = cluster if isinstance(cluster, ClusterSpec) else load_cluster_spec(cluster)
         ledger = str(ledger_path or home() / "scheduler" / spec.name / "ledger.sqlite")
+        token = admin_credential(spec.name)  # the creator is the first admin
         handle = SchedulerActor.options(
             name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
             # On the head: the ledger file lives on its disk, and the head is never spot.
             resources={"node:__internal_head__": 0.001},
-        ).remote(spec, ledger, controller or ControllerConfig.from_env())
-        client = cls(handle)
-        client._call("ping")
-        return client
+        ).remote(spec, ledger, controller or ControllerConfig.from_env(), digest(token))
+        ray.get(handle.ping.remote())
+        return cls(handle, token)
 
     @classmethod
-    def connect(cls) -> SchedulerClient:
-        """The cluster's scheduler; SchedulerNotRunning if nobody started one. Needs a Ray driver connection."""
+    def connect(cls, credential: str | Path | None = None) -> SchedulerClient:
+        """The cluster's scheduler, called as the principal whose credential file is `credential`
+        (default: $ELASTICML_CREDENTIAL_PATH, else this cluster's admin file in $ELASTICML_HOME).
+        SchedulerNotRunning if nobody started one. Needs a Ray driver connection."""
+        from elasticml.scheduler.identity import find_credential
+
         try:
             handle = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
         except ValueError:
             raise SchedulerNotRunning(ray.get_runtime_context().gcs_address) from None
-        return cls(handle)
+        return cls(handle, find_credential(ray.get(handle.ping.remote()), credential))
 
     def _call(self, method: str, *args: Any) -> Any:
         try:
-            return ray.get(getattr(self._actor, method).remote(*args))
+            return ray.get(self._actor.call.remote(self._token, method, args))
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, ElasticMLError):
@@ -98,6 +105,14 @@ class SchedulerClient:
 
     def report_progress(self, name: str, fraction: float) -> None:
         self._call("report_progress", name, fraction)
+
+    def report_progress_async(self, name: str, fraction: float) -> None:
+        """report_progress without waiting for the answer (a training callback must not block on it)."""
+        self._actor.call.remote(self._token, "report_progress", (name, fraction))
+
+    def run_started(self, name: str, epoch: int) -> float:
+        """The workload's run for placement `epoch` is up; how long to wait before training (a replay's restart)."""
+        return self._call("run_started", name, epoch)
 
     def finish(self, name: str) -> None:
         self._call("finish", name)
@@ -128,6 +143,25 @@ class SchedulerClient:
 
     def set_tenant(self, policy: TenantPolicy) -> None:
         self._call("set_tenant", policy)
+
+    def whoami(self) -> dict[str, str]:
+        return self._call("whoami")
+
+    def add_principal(self, name: str, role: str, file: str | Path) -> Path:
+        """A new credential for `name` with `role` (admin only), written to `file` (mode 0600); the
+        scheduler keeps only its digest. Hand the file to whoever acts as `name`."""
+        from elasticml.scheduler.identity import Principal, digest, new_token, write_credential
+
+        Principal(name, role)  # refuse a bad name or role before a secret exists
+        token = new_token(name)
+        self._call("add_principal", name, role, digest(token))
+        return write_credential(Path(file).expanduser(), token)
+
+    def remove_principal(self, name: str) -> None:
+        self._call("remove_principal", name)
+
+    def principals(self) -> list[dict[str, str]]:
+        return self._call("list_principals")
 
     def kill(self, *, no_restart: bool = False) -> None:
         ray.kill(self._actor, no_restart=no_restart)

@@ -105,7 +105,7 @@ class Controller:
         out: list[dict[str, Any]] = []
         for node_type, at in sorted(self.interrupt_expiry.items()):
             if now >= at and node_type in self.interrupted:
-                self.explanations.setdefault("_events", []).append(
+                self.note_event(
                     {"at": now, "event": "spot pool tried again", "node_type": node_type,
                      "why": "no notice came after its lost node: spot may be back (failed launches would say not)"})
                 out += self.clear_interruption(node_type)

@@ -24,6 +24,7 @@ from elasticml.cluster.spot_market import SpotMarket
 from elasticml.dataconf import check_number, check_text
 from elasticml.errors import ConfigError, PlacementRefused
 from elasticml.scheduler.capacity import Allocation, Snapshot, pools_from_cluster
+from elasticml.scheduler.audit import AuditLog
 from elasticml.scheduler.catalog import PriceCatalog
 from elasticml.scheduler.controller import Controller, ControllerConfig, priced_by_market
 from elasticml.scheduler.deadline import JobStepper
@@ -86,6 +87,15 @@ class SchedulerState(Controller):
         self.pool_history: dict[str, list[bool]] = {
             k.removeprefix("history:"): json.loads(v) for k, v in self.ledger.state_items("history:").items()
         }
+        self.principals: dict[str, tuple[str, str]] = {
+            k.removeprefix("principal:"): tuple(json.loads(v)) for k, v in self.ledger.state_items("principal:").items()
+        }
+        """Who may call the scheduler: name -> (role, sha256 of the credential); see identity.py."""
+        self.owners: dict[str, str] = {k.removeprefix("owner:"): v for k, v in self.ledger.state_items("owner:").items()}
+        """Workload name -> the tenant it belongs to (kept after it finishes, with its history)."""
+        self.caller = "scheduler"
+        """Who the change being made is for (the door sets it per call): what the audit trail records."""
+        self.audit: AuditLog | None = None
         self.steppers: dict[str, JobStepper] = {}
         for name, raw in self.ledger.state_items("steer:").items():
             self.steppers[name.removeprefix("steer:")] = self._stepper_from(json.loads(raw))
@@ -107,9 +117,8 @@ class SchedulerState(Controller):
         self.queue, self.interrupted, self.unfillable = [], set(), set()
         for key in ("queue", "interrupted", "unfillable"):
             self.ledger.put_state(key, "[]")
-        self.explanations.setdefault("_events", []).append(
-            {"at": self.clock(), "event": "new cluster", "why": f"the cluster was started again: forgot {len(gone)} "
-             f"workload(s) of the previous one ({', '.join(gone)[:300]}), their intervals closed"})
+        self.note_event({"at": self.clock(), "event": "new cluster", "why": f"the cluster was started again: forgot "
+                         f"{len(gone)} workload(s) of the previous one ({', '.join(gone)[:300]}), their intervals closed"})
 
     # -- snapshot --------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -132,6 +141,9 @@ class SchedulerState(Controller):
             check_text(attach, field="attach", max_len=MAX_NAME + 6, pattern=rf"[0-9a-f]+|serve:{NAME_PATTERN}")
         if spec.name in self.allocations:
             self._release(spec.name)
+        if self.owners.get(spec.name) != spec.tenant:
+            self.owners[spec.name] = spec.tenant
+            self.ledger.put_state(f"owner:{spec.name}", spec.tenant)
         self.specs[spec.name] = spec
         self.ledger.put_state(f"spec:{spec.name}", json.dumps(spec.to_dict()))
         meta = {"epoch": self.meta.get(spec.name, {}).get("epoch", 0), "state": "queued", "attach": attach,
@@ -241,8 +253,7 @@ class SchedulerState(Controller):
         out: list[dict[str, Any]] = []
         for node_type in added:
             why = f"pool {node_type} could not be launched for {failing_s[node_type]:.0f}s (the autoscaler's launches fail)"
-            self.explanations.setdefault("_events", []).append({"at": self.clock(), "event": "pool unfillable",
-                                                                 "node_type": node_type, "why": why})
+            self.note_event({"at": self.clock(), "event": "pool unfillable", "node_type": node_type, "why": why})
             out += self._vacate(node_type, why)
         if cleared:
             out += self._retry_queue() + self._rebalance()
@@ -394,7 +405,45 @@ class SchedulerState(Controller):
         self.explanations.setdefault(name, []).append(record)
         self.explanations[name] = self.explanations[name][-MAX_EXPLANATIONS:]
         self.ledger.put_state(f"why:{name}", json.dumps(self.explanations[name]))
+        self.audit_action(record.get("action", "?"), target=name, why=record.get("reason", ""))
         return record
+
+    def note_event(self, event: dict[str, Any]) -> None:
+        """Something that happened to the cluster (a node lost, a pool unfillable): kept and audited."""
+        self.explanations.setdefault("_events", []).append(event)
+        self.explanations["_events"] = self.explanations["_events"][-MAX_EXPLANATIONS:]
+        self.audit_action(event.get("event", "event"), target=event.get("node_type"), why=event.get("why", ""))
+
+    def audit_action(self, action: str, *, target: str | None = None, why: str = "", outcome: str = "done",
+                     who: str | None = None) -> None:
+        """Append to the audit trail (when there is one) and keep its tip in the ledger."""
+        if self.audit is None:
+            return
+        tenant = self.owners.get(target) if target is not None else None
+        rec = self.audit.append(at=self.clock(), who=who or self.caller, action=action, target=target, why=why,
+                                tenant=tenant, outcome=outcome)
+        self.ledger.put_state("audit_tip", json.dumps([rec["seq"], rec["mac"]]))
+
+    # -- principals ---------------------------------------------------------------
+    def add_principal(self, name: str, role: str, credential_digest: str) -> None:
+        from elasticml.scheduler.identity import Principal
+
+        principal = Principal(name, role)
+        check_text(credential_digest, field="credential_digest", max_len=64, pattern="[0-9a-f]{64}")
+        self.principals[principal.name] = (principal.role, credential_digest)
+        self.ledger.put_state(f"principal:{name}", json.dumps([principal.role, credential_digest]))
+
+    def remove_principal(self, name: str) -> None:
+        check_text(name, field="name", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        if name not in self.principals:
+            raise ConfigError(f"no principal {name!r}", field="name")
+        if self.principals[name][0] == "admin" and sum(r == "admin" for r, _ in self.principals.values()) == 1:
+            raise ConfigError("the last admin cannot be removed", field="name")
+        del self.principals[name]
+        self.ledger.delete_state(f"principal:{name}")
+
+    def list_principals(self) -> list[dict[str, str]]:
+        return [{"name": n, "role": r} for n, (r, _) in sorted(self.principals.items())]
 
     def _release(self, name: str) -> None:
         if self.allocations.pop(name, None) is not None:
