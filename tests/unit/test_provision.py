@@ -70,7 +70,10 @@ def test_aws_markets_head_auth_security_and_watcher(name):
         market = L.market_of(body["labels"])
         cfg = body["node_config"]
         assert ("InstanceMarketOptions" in cfg) == (market == "spot"), node_type
-        assert ("CapacityReservationSpecification" in cfg) == (market == "reserved"), node_type
+        reservation = cfg.get("CapacityReservationSpecification", {})
+        assert ("CapacityReservationTarget" in reservation) == (market == "reserved"), node_type
+        # On-demand launches never take the reservation reserved work is placed on.
+        assert (reservation.get("CapacityReservationPreference") == "none") == (market == "on-demand"), node_type
         watcher = any("elasticml.provision.watcher" in c for c in body.get("worker_setup_commands", []))
         assert watcher == (market == "spot"), node_type
         assert cfg["IamInstanceProfile"]["Arn"].endswith("-worker")
@@ -115,8 +118,16 @@ def test_kuberay_manifests_validate_and_map_markets_to_node_pools(name):
         assert parse_node_labels_string(g["rayStartParams"]["labels"]) == d.labels
         spot_toleration = any(t.get("value") == "spot" for t in pod.get("tolerations", []))
         assert spot_toleration == (d.market == "spot")
+    head = docs["raycluster"]["spec"]["headGroupSpec"]["template"]["spec"]
+    for pod in [head] + [g["template"]["spec"] for g in groups]:
+        # The token is a mounted file; no variable holds it for every process to inherit.
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
-        assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+        assert env["RAY_AUTH_MODE"]["value"] == "token" and "RAY_AUTH_TOKEN" not in env
+        assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in env.values())
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "ray-token")
+        assert mount["readOnly"] and env["RAY_AUTH_TOKEN_PATH"]["value"] == mount["mountPath"] + "/token"
+        volume = next(v for v in pod["volumes"] if v["name"] == "ray-token")
+        assert volume["secret"]["secretName"] == f"elasticml-{name}-token" and volume["secret"]["defaultMode"] == 0o400
     serve = yaml.safe_load(docs["rayservice"]["spec"]["serveConfigV2"])
     assert serve["applications"][0]["import_path"] == "serve_apps.completion:app"
     assert "jobs/train.py" in docs["rayjob"]["spec"]["entrypoint"]
@@ -156,3 +167,26 @@ def test_a_definition_cannot_open_ssh_to_the_world():
 
     with pytest.raises(ConfigError, match="admin_cidr"):
         ClusterDefinition(name="x", region="us-east-1", head_instance_type="m7i.large", groups=(), admin_cidr="0.0.0.0/0")
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_aws_nodes_require_imdsv2_and_the_head_manages_only_its_own_clusters_instances(name):
+    raw = load(f"cluster_configs/{name}.yaml")
+    for node_type, body in raw["available_node_types"].items():
+        assert body["node_config"]["MetadataOptions"] == {"HttpEndpoint": "enabled", "HttpTokens": "required",
+                                                         "HttpPutResponseHopLimit": 1}, node_type
+    policy = json.loads((REPO / "cluster_configs" / "aws" / f"{name}-head-policy.json").read_text())
+    cluster = raw["cluster_name"]
+    for st in policy["Statement"]:
+        actions = set(st["Action"])
+        instances = [r for r in ([st["Resource"]] if isinstance(st["Resource"], str) else st["Resource"])
+                     if ":instance/" in r or r == "*"]
+        if actions & {"ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances"}:
+            assert st["Condition"] == {"StringEquals": {"ec2:ResourceTag/ray-cluster-name": cluster}}, st
+        if "ec2:RunInstances" in actions and instances:
+            assert st["Condition"] == {"StringEquals": {"aws:RequestTag/ray-cluster-name": cluster}}, st
+        if "ec2:CreateTags" in actions:
+            assert st["Condition"] in ({"StringEquals": {"ec2:ResourceTag/ray-cluster-name": cluster}},
+                                       {"StringEquals": {"ec2:CreateAction": "RunInstances"}}), st
+        if st["Resource"] == "*":
+            assert all(a.startswith(("ec2:Describe", "ec2:GetSpot")) for a in actions), st

@@ -84,6 +84,13 @@ def _local(d: ClusterDefinition) -> dict[str, Any]:
 
 
 # -- AWS --------------------------------------------------------------------------
+RAY_CLUSTER_TAG = "ray-cluster-name"
+"""The tag Ray's AWS node provider puts on every instance it launches (ray.autoscaler.tags)."""
+IMDS_V2 = {"HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponseHopLimit": 1}
+"""IMDSv2 only (no token-less GETs, the SSRF path to instance credentials), one hop: a container on the
+node cannot reach it through the host (raise to 2 for a containerised Ray on the instance)."""
+
+
 def _aws(d: ClusterDefinition) -> dict[str, Any]:
     head_profile = f"arn:aws:iam::{d.account_id}:instance-profile/elasticml-{d.name}-head"
     worker_profile = f"arn:aws:iam::{d.account_id}:instance-profile/elasticml-{d.name}-worker"
@@ -91,15 +98,19 @@ def _aws(d: ClusterDefinition) -> dict[str, Any]:
         "ray.head.default": {
             "resources": {"CPU": 0},  # the head coordinates; on-demand, never spot
             "node_config": {"InstanceType": d.head_instance_type, "ImageId": "latest_dlami",
-                            "IamInstanceProfile": {"Arn": head_profile}, **_disk(100)},
+                            "IamInstanceProfile": {"Arn": head_profile}, "MetadataOptions": dict(IMDS_V2), **_disk(100)},
         }
     }
     for g in d.groups:
         node_config: dict[str, Any] = {"InstanceType": g.instance_type, "ImageId": "latest_dlami",
-                                       "IamInstanceProfile": {"Arn": worker_profile}, **_disk(200 if g.gpus else 100)}
+                                       "IamInstanceProfile": {"Arn": worker_profile}, "MetadataOptions": dict(IMDS_V2),
+                                       **_disk(200 if g.gpus else 100)}
         if g.market == "spot":
             node_config["InstanceMarketOptions"] = {"MarketType": "spot",
                                                     "SpotOptions": {"InstanceInterruptionBehavior": "terminate"}}
+        if g.market == "on-demand":
+            # Without this an on-demand launch takes a matching open reservation, which reserved work needs.
+            node_config["CapacityReservationSpecification"] = {"CapacityReservationPreference": "none"}
         if g.market == "reserved":
             node_config["CapacityReservationSpecification"] = {
                 "CapacityReservationTarget": {"CapacityReservationResourceGroupArn":
@@ -183,10 +194,27 @@ def _worker_policy(d: ClusterDefinition) -> dict[str, Any]:
 
 def _head_policy(d: ClusterDefinition) -> dict[str, Any]:
     """The head: the bucket, plus what Ray's autoscaler and the scheduler's price adaptor need."""
+    cluster = f"elasticml-{d.name}"
     return {"Version": "2012-10-17", "Statement": _bucket_statements(d) + [
-        {"Sid": "Autoscaler", "Effect": "Allow",
-         "Action": ["ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTags", "ec2:DescribeInstances",
-                    "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeImages",
+        # Instances only with this cluster's tag (Ray's launcher puts ray-cluster-name on every instance it
+        # launches), and only those may be stopped, terminated or re-tagged: the head cannot touch
+        # another cluster's or anyone else's instances in the account.
+        {"Sid": "LaunchOnlyTaggedForThisCluster", "Effect": "Allow", "Action": ["ec2:RunInstances"],
+         "Resource": f"arn:aws:ec2:{d.region}:{d.account_id}:instance/*",
+         "Condition": {"StringEquals": {f"aws:RequestTag/{RAY_CLUSTER_TAG}": cluster}}},
+        {"Sid": "LaunchWithTheseParts", "Effect": "Allow", "Action": ["ec2:RunInstances"],
+         "Resource": [f"arn:aws:ec2:{d.region}:{d.account_id}:{kind}/*" for kind in
+                      ("volume", "network-interface", "subnet", "security-group", "key-pair", "capacity-reservation")]
+         + [f"arn:aws:ec2:{d.region}::image/*"]},
+        {"Sid": "TagAtLaunch", "Effect": "Allow", "Action": ["ec2:CreateTags"],
+         "Resource": f"arn:aws:ec2:{d.region}:{d.account_id}:instance/*",
+         "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}},
+        {"Sid": "ManageOnlyThisClustersInstances", "Effect": "Allow",
+         "Action": ["ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances", "ec2:CreateTags"],
+         "Resource": f"arn:aws:ec2:{d.region}:{d.account_id}:instance/*",
+         "Condition": {"StringEquals": {f"ec2:ResourceTag/{RAY_CLUSTER_TAG}": cluster}}},
+        {"Sid": "Describe", "Effect": "Allow",  # EC2's Describe calls cannot be scoped to resources
+         "Action": ["ec2:DescribeInstances", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeImages",
                     "ec2:DescribeCapacityReservations", "ec2:DescribeSpotPriceHistory", "ec2:GetSpotPlacementScores"],
          "Resource": "*", "Condition": {"StringEquals": {"aws:RequestedRegion": d.region}}},
         {"Sid": "PassWorkerRole", "Effect": "Allow", "Action": ["iam:PassRole"],
@@ -196,6 +224,8 @@ def _head_policy(d: ClusterDefinition) -> dict[str, Any]:
 
 # -- KubeRay ------------------------------------------------------------------------
 CAPACITY_TYPE = "karpenter.sh/capacity-type"
+TOKEN_MOUNT = "/etc/ray-token"
+"""Where every pod mounts the Secret `elasticml-<cluster>-token` (key `token`)."""
 
 
 def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
@@ -208,10 +238,16 @@ def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
     return {
         "name": "ray-head" if g is None else "ray-worker",
         "image": RAY_GPU_IMAGE if gpus else RAY_IMAGE,
+        # The token as a file (the Secret mounted read-only), never as a variable every process inherits.
         "env": [{"name": "RAY_AUTH_MODE", "value": "token"},
-                {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": f"elasticml-{d.name}-token", "key": "token"}}}],
+                {"name": "RAY_AUTH_TOKEN_PATH", "value": f"{TOKEN_MOUNT}/token"}],
+        "volumeMounts": [{"name": "ray-token", "mountPath": TOKEN_MOUNT, "readOnly": True}],
         "resources": {"requests": dict(limits), "limits": limits},
     }
+
+
+def _token_volume(d: ClusterDefinition) -> dict[str, Any]:
+    return {"name": "ray-token", "secret": {"secretName": f"elasticml-{d.name}-token", "defaultMode": 0o400}}
 
 
 def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[str, Any]:
@@ -220,7 +256,7 @@ def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[st
     for g in d.groups:
         capacity = {"spot": "spot", "on-demand": "on-demand", "reserved": "reserved"}[g.market]
         pod: dict[str, Any] = {"nodeSelector": {CAPACITY_TYPE: capacity, "node.kubernetes.io/instance-type": g.instance_type},
-                               "containers": [_container(d, g)]}
+                               "containers": [_container(d, g)], "volumes": [_token_volume(d)]}
         if g.market == "spot":
             pod["tolerations"] = [{"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot", "effect": "NoSchedule"}]
         if g.gpus:
@@ -231,10 +267,12 @@ def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[st
             "rayStartParams": {"labels": ",".join(f"{k}={v}" for k, v in g.labels.items())},
             "template": {"spec": pod},
         })
-    head_pod: dict[str, Any] = {"nodeSelector": {CAPACITY_TYPE: "on-demand"}, "containers": [_container(d, None)]}
+    head_pod: dict[str, Any] = {"nodeSelector": {CAPACITY_TYPE: "on-demand"}, "containers": [_container(d, None)],
+                                "volumes": [_token_volume(d)]}
     if api_keys:
-        head_pod["volumes"] = [{"name": "api-keys", "secret": {"secretName": f"elasticml-{d.name}-api-keys"}}]
-        head_pod["containers"][0]["volumeMounts"] = [{"name": "api-keys", "mountPath": API_KEYS_MOUNT, "readOnly": True}]
+        head_pod["volumes"].append({"name": "api-keys", "secret": {"secretName": f"elasticml-{d.name}-api-keys"}})
+        head_pod["containers"][0]["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_MOUNT,
+                                                          "readOnly": True})
     return {
         "rayVersion": "2.60.0",
         "enableInTreeAutoscaling": True,
