@@ -89,12 +89,15 @@ class FakeIMDS(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", str(len(data) * (2 if dies else 1)))
             self.end_headers()
+            sent = self.state.setdefault("sent", {})
+            sent[self.path] = 0
             for piece in ([data[i:i + 1] for i in range(len(data))] if drip_s else [data]):
                 try:
                     self.wfile.write(piece)
                     self.wfile.flush()
                 except OSError:  # the client gave up on it
                     return
+                sent[self.path] += len(piece)
                 time.sleep(drip_s)
             if dies:
                 self.close_connection = True

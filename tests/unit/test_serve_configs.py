@@ -73,9 +73,9 @@ def test_the_rayservice_head_mounts_the_key_files_secret():
     for path in sorted((REPO / "cluster_configs" / "kuberay").glob("*-rayservice.yaml")):
         doc = yaml.safe_load(path.read_text())
         pod = doc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
-        secret = pod["volumes"][0]["secret"]["secretName"]
-        assert secret.endswith("-api-keys")
-        mount = pod["containers"][0]["volumeMounts"][0]
+        volume = next(v for v in pod["volumes"] if v["name"] == "api-keys")
+        assert volume["secret"]["secretName"].endswith("-api-keys")
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "api-keys")
         assert mount["mountPath"] == API_KEYS_MOUNT and mount["readOnly"] is True
         app = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"][0]
         assert app["args"]["api_keys_file"].startswith(API_KEYS_MOUNT + "/")
@@ -111,3 +111,13 @@ def test_key_files_are_refused_clearly_and_keygen_adds_to_them(tmp_path):
     assert {t: ring.tenant_for(f"Bearer {k}", None) for t, k in keys.items()} == {"acme": "acme", "globex": "globex"}
     assert set(json.loads(path.read_text())) == {"acme", "globex"} and keys["acme"] not in path.read_text()
     assert CliRunner().invoke(cli, ["serve", "keygen", "bad tenant", "--file", str(path)]).exit_code != 0
+
+
+@pytest.mark.parametrize("value", ["shop_models", ["a b"], ["x"] * 65, [5], ["os; rm"], ["a..b"]])
+def test_allowed_model_modules_must_be_a_short_list_of_module_names(value):
+    from elasticml.errors import ConfigError
+    from elasticml.serve.config import ServeConfig
+
+    with pytest.raises(ConfigError, match="allowed_model_modules"):
+        ServeConfig(checkpoint="c", allowed_model_modules=value)
+    assert ServeConfig(checkpoint="c", allowed_model_modules=["shop.models", "_x"]).allowed_model_modules

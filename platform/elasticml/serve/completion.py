@@ -77,7 +77,7 @@ class CompletionService:
 
         self.cfg = ServeConfig.from_dict(config)
         torch.set_num_threads(max(1, int(self.cfg.num_cpus)))
-        model, self.meta = load_model(self.cfg.checkpoint)
+        model, self.meta = load_model(self.cfg.checkpoint, allowed_modules=tuple(self.cfg.allowed_model_modules))
         self.context = model.config.max_seq_len
         self.model = prepare(model, device=self.cfg.device, precision=self.cfg.resolved_precision)
         self.cache: ResponseCache[tuple[str, int]] = ResponseCache(self.cfg.cache_size)  # (text, bytes generated)
@@ -295,7 +295,7 @@ def resolve_checkpoint(spec: str) -> str:
     from pathlib import Path
 
     from elasticml.errors import CheckpointError
-    from elasticml.train.checkpoint import latest_checkpoint, read_meta
+    from elasticml.train.checkpoint import latest_checkpoint, verify_files
 
     if spec.startswith("latest:"):
         target = spec.removeprefix("latest:")
@@ -307,7 +307,7 @@ def resolve_checkpoint(spec: str) -> str:
             )
         return str(found)
     where = spec if "://" in spec else str(Path(spec).expanduser())
-    read_meta(where)  # refuse an incomplete checkpoint before any replica starts
+    verify_files(where)  # refuse an incomplete, unsigned or altered checkpoint before any replica starts
     return where
 
 

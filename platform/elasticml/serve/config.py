@@ -28,6 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "batch": {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 16,
               "upscale_delay_s": 10.0, "downscale_delay_s": 120.0, "look_back_period_s": 30.0},
 }
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99}){0,9}")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -57,18 +58,16 @@ class ServeConfig:
     """Override the preset's delays (how long load must stay high / low before replicas change)."""
     max_batch_size: int = 16
     batch_wait_ms: float = 5.0
-    """How long a request waits for company when the model is free (a batch also forms while one runs)."""
-    """How long a replica waits to fill a batch: the latency it can add to a lone request. Requests
-    reach the replica one by one through the proxy, so a wait shorter than that trickle makes small
-    batches: at 32 clients on 2 CPUs, 5 ms gave 2.2-2.9x the unbatched throughput, 10 ms 2.8-2.9x,
-    20 ms 4.1-4.9x (medians, benchmarks/serve_http.py); lower it for latency-critical, sparse traffic."""
+    """How long a request waits for company when the model is free: the latency batching can add to a
+    lone request. Under load it hardly matters: a batch forms from everything that queued while the
+    previous one ran (elasticml.serve.batching; measured in benchmarks/README.md)."""
     max_ongoing_requests: int = 32
     max_queued_requests: int = 64
+    """Requests waiting at each proxy beyond those in flight; more get 429 with Retry-After."""
     tenant_share: float | None = None
     """The share of a replica's `max_ongoing_requests` one tenant may hold at once; beyond it its requests
     get 429 at once, so one tenant's flood cannot take every slot from the others. None = an equal share
     per tenant with a key (no limit on an app without keys); 1 = no limit."""
-    """Requests waiting at each proxy beyond those in flight; more get 429 with Retry-After."""
     retry_after_s: float = 1.0
     cache_size: int = 1024
     """Responses kept for repeated deterministic requests (greedy or seeded); 0 = no cache."""
@@ -80,6 +79,10 @@ class ServeConfig:
     api_keys: dict[str, str] = field(default_factory=dict)
     """tenant -> sha256 hex digest of its key (`elasticml serve keygen TENANT` makes both); empty and no
     `api_keys_file` = open (for a quick local try only: every shipped config names a key file)."""
+    allowed_model_modules: list[str] = field(default_factory=list)
+    """Python modules a checkpoint's user model factory (`module:factory` in its meta.json) may come from;
+    empty = only the reference transformer. Whoever can write a checkpoint must not choose the code a
+    replica imports."""
     api_keys_file: str | None = None
     """A JSON file of tenant -> digest on the head (a mounted Secret on KubeRay), read when the app is
     built; `elasticml serve keygen TENANT --file F` adds to it. Its entries join `api_keys`."""
@@ -119,6 +122,9 @@ class ServeConfig:
         if self.api_keys_file is not None and not (isinstance(self.api_keys_file, str)
                                                    and 0 < len(self.api_keys_file) <= 4096):
             raise ConfigError("must be a path of at most 4096 characters", field="api_keys_file")
+        if not (isinstance(self.allowed_model_modules, list) and len(self.allowed_model_modules) <= 64 and all(
+                isinstance(m, str) and _MODULE.fullmatch(m) for m in self.allowed_model_modules)):
+            raise ConfigError("must be a list of at most 64 dotted Python module names", field="allowed_model_modules")
         if not isinstance(self.api_keys, dict):
             raise ConfigError("must map tenant -> sha256 hex digest of the key", field="api_keys")
         for tenant, digest in self.api_keys.items():

@@ -8,6 +8,15 @@ checkpoint folder in the run's storage. A folder is a complete checkpoint
 exactly when meta.json is present and every file it lists has the listed size,
 so a half-written or half-uploaded checkpoint is never loaded.
 
+Integrity: meta.json also holds the sha256 of every file, and an HMAC-SHA256 of
+the whole manifest under the cluster's checkpoint key (`$ELASTICML_CHECKPOINT_KEY_PATH`,
+else `$ELASTICML_HOME/keys/checkpoint.key`, made by the first writer, mode 0600).
+Where the key exists, a manifest without a valid MAC is not a checkpoint (so
+`latest:` never picks one), and every file's digest is checked before anything
+is read from it: DCP's `.metadata` is a pickle, and only bytes the key holder
+wrote are unpickled. A user model's factory is imported only from the modules a
+deployment allows.
+
 Because DCP stores tensors with their global shapes and offsets, a checkpoint
 written by N workers loads into M workers (an elastic run that shrank or grew)
 and into a single unsharded process (a Serve replica) alike.
@@ -16,7 +25,11 @@ and into a single unsharded process (a Serve replica) alike.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
+import os
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +43,39 @@ from elasticml.models.transformer import ModelConfig, Transformer
 
 META = "meta.json"
 FORMAT = "elasticml.checkpoint/v2"
+KEY_ENV = "ELASTICML_CHECKPOINT_KEY_PATH"
+
+
+def _key_path() -> Path:
+    from elasticml.home import home
+
+    return Path(os.environ.get(KEY_ENV) or home() / "keys" / "checkpoint.key").expanduser()
+
+
+def checkpoint_key(*, create: bool = False) -> bytes | None:
+    """The cluster's checkpoint key, or None where there is none (and `create` is not asked)."""
+    path = _key_path()
+    if not path.exists():
+        if not create:
+            return None
+        write_atomic(path, secrets.token_hex(32), mode=0o600)
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        raise CheckpointError(f"the checkpoint key {path} is unreadable") from None
+
+
+def _manifest_mac(key: bytes, meta: dict[str, Any]) -> str:
+    body = json.dumps({k: v for k, v in meta.items() if k != "mac"}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def _sha256(open_stream: Any) -> str:
+    h = hashlib.sha256()
+    with open_stream() as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _distributed() -> bool:
@@ -67,22 +113,25 @@ def write_checkpoint(
         state["optim"] = optim_state
     with _quiet_single_process():
         dcp.save(state, checkpoint_id=folder, no_dist=not _distributed())
-    mine = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != META}
+    mine = {p.name: (p.stat().st_size, _sha256(lambda p=p: open(p, "rb")))
+            for p in folder.iterdir() if p.is_file() and p.name != META and not p.name.startswith(".meta.json.")}
     if _distributed():
-        everyone: list[dict[str, int] | None] = [None] * dist.get_world_size()
+        everyone: list[dict[str, tuple[int, str]] | None] = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine)
         if dist.get_rank() != 0:
             return folder
-        sizes = {name: size for part in everyone for name, size in (part or {}).items()}
+        files = {name: entry for part in everyone for name, entry in (part or {}).items()}
     else:
-        sizes = mine
-    meta = {
+        files = mine
+    meta: dict[str, Any] = {
         "format": FORMAT,
         "step": step,
         "model_config": model_config.to_dict() if model_config else None,
-        "files": sizes,
+        "files": {name: size for name, (size, _) in files.items()},
+        "sha256": {name: digest for name, (_, digest) in files.items()},
         **(extra or {}),
     }
+    meta["mac"] = _manifest_mac(checkpoint_key(create=True), meta)  # type: ignore[arg-type]
     write_atomic(folder / META, json.dumps(meta, indent=2))  # last: the checkpoint counts from here
     return folder
 
@@ -94,7 +143,7 @@ def read_state(folder: str | Path, state: dict[str, Any]) -> None:
     """
     import torch.distributed.checkpoint as dcp
 
-    read_meta(folder)
+    verify_files(folder)  # before DCP unpickles its .metadata
     with _quiet_single_process():
         dcp.load(state, checkpoint_id=Path(folder), no_dist=not _distributed())
 
@@ -113,12 +162,37 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder} is not a complete elasticml checkpoint (no {META})") from None
     except ValueError:
         raise CheckpointError(f"{folder}/{META} is not valid JSON") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{folder} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{folder} has format {got!r}, expected {FORMAT!r}")
+    key = checkpoint_key()
+    if key is not None:
+        mac = meta.get("mac")
+        if type(mac) is not str or not hmac.compare_digest(mac, _manifest_mac(key, meta)):
+            raise CheckpointError(f"{folder} is not signed with this cluster's checkpoint key ({_key_path()}): "
+                                  "written elsewhere, or its meta.json was changed; it is not loaded")
+    if not isinstance(meta.get("files"), dict) or not isinstance(meta.get("sha256"), dict) \
+            or set(meta["files"]) != set(meta["sha256"]):
+        raise CheckpointError(f"{folder}/{META} does not list every file with its size and sha256")
     for name, size in meta["files"].items():
+        if "/" in name or name in ("", ".", ".."):
+            raise CheckpointError(f"{folder}/{META} names a file outside the checkpoint: {name[:80]!r}")
         info = fs.get_file_info(f"{root}/{name}")
         if info.type != pafs.FileType.File or info.size != size:
             raise CheckpointError(f"{folder} is incomplete: {name} is missing or truncated")
+    return meta
+
+
+def verify_files(folder: str | Path) -> dict[str, Any]:
+    """read_meta, then every file's sha256 against the (signed) manifest; CheckpointError naming the file."""
+    from elasticml.storage import filesystem_for
+
+    meta = read_meta(folder)
+    fs, root = filesystem_for(str(folder))
+    for name, want in meta["sha256"].items():
+        if not hmac.compare_digest(_sha256(lambda name=name: fs.open_input_stream(f"{root}/{name}")), str(want)):
+            raise CheckpointError(f"{folder}: {name} is not the file its manifest names (its sha256 differs); "
+                                  "the checkpoint is not loaded")
     return meta
 
 
@@ -159,17 +233,27 @@ def latest_checkpoint(run_dir: str | Path) -> Path | str | None:
     return best[1] if is_remote(uri) else Path(best[1])
 
 
-def load_model(folder: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model(folder: str | Path, *, device: str | torch.device = "cpu",
+               allowed_modules: tuple[str, ...] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained model (eval mode, unsharded) and its meta.json, from a local folder or an s3:// URI.
 
-    The reference transformer is rebuilt from meta's model_config, a user's model with its factory.
+    The reference transformer is rebuilt from meta's model_config, a user's model with its factory,
+    which is imported only when its module is in `allowed_modules` (None: any, for the training
+    process that wrote it; a Serve deployment passes its own list).
     """
     from elasticml.models.user import build_user_model
     from elasticml.storage import download_dir
 
-    meta = read_meta(folder)
+    read_meta(folder)
     local = download_dir(str(folder))
-    model = build_user_model(meta["model"]) if meta.get("model") else Transformer(ModelConfig(**meta["model_config"]))
+    meta = verify_files(local)  # the local copy is what gets read
+    factory = meta.get("model")
+    if factory and allowed_modules is not None:
+        module = str(factory).split(":", 1)[0]
+        if not any(module == m or module.startswith(m + ".") for m in allowed_modules):
+            raise CheckpointError(f"{folder} needs the model factory {str(factory)[:100]!r}, whose module is not in "
+                                  f"this deployment's allowed_model_modules ({', '.join(allowed_modules) or 'none'})")
+    model = build_user_model(factory) if factory else Transformer(ModelConfig(**meta["model_config"]))
     state = {"model": model.state_dict()}
     read_state(local, state)
     model.load_state_dict(state["model"])
