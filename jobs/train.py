@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import fields
 
-from elasticml.errors import ElasticMLError
+from elasticml.errors import ConfigError, ElasticMLError
 from elasticml.home import default_storage_path
 from elasticml.train.config import TrainConfig
 
@@ -155,8 +155,11 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
     from elasticml.train.launch import fit, stop_flag
 
     spec = scheduled_spec(cfg, scheduling)
-    ray.init(logging_level="ERROR")
+    if not ray.is_initialized():
+        ray.init(logging_level="ERROR")
     sched = SchedulerClient.connect()
+    # Residency first: nothing is read from or written to a bucket outside the tenant's regions.
+    sched.check_residency(spec.tenant, [str(cfg.data), str(cfg.storage_path)])
     placement = sched.place(spec, attach=ray.get_runtime_context().get_job_id())
     flag = stop_flag()
     waited_s, result, run_cfg = 0.0, None, cfg
@@ -203,6 +206,31 @@ def _checkpoint_step(result: object) -> int | None:
         return int(read_meta(folder)["step"])
 
 
+def _as_principal(cfg: TrainConfig, scheduling: dict) -> None:
+    """A job run with a tenant's credential is that tenant's work: the scheduler places it (with its
+    residency and budget), so neither leaving out --tenant nor giving --market goes around it."""
+    import os
+
+    from elasticml.scheduler.identity import CREDENTIAL_ENV
+
+    if not os.environ.get(CREDENTIAL_ENV):
+        return
+    import ray
+
+    from elasticml.scheduler.client import SchedulerClient
+
+    if not ray.is_initialized():
+        ray.init(logging_level="ERROR")
+    me = SchedulerClient.connect().whoami()
+    if me["role"] != "tenant":
+        return
+    if scheduling["tenant"] not in (None, me["name"]):
+        raise ConfigError(f"this job runs as tenant {me['name']}, not {scheduling['tenant']}", field="tenant")
+    if cfg.market not in (None, "any"):
+        raise ConfigError("a tenant's job is placed by the scheduler; --market is for admins", field="market")
+    scheduling["tenant"] = me["name"]
+
+
 def main(argv: list[str]) -> int:
     try:
         cfg, scheduling = parse_args(argv)
@@ -213,6 +241,7 @@ def main(argv: list[str]) -> int:
 
     t0 = time.time()
     try:
+        _as_principal(cfg, scheduling)
         if scheduling["tenant"]:
             result, cfg = run_scheduled(cfg, scheduling)
         else:

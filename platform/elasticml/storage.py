@@ -33,6 +33,24 @@ def s3_filesystem() -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def bucket_region(uri: str) -> str | None:
+    """The AWS region an s3:// URI's bucket is in (S3's GetBucketLocation); None for a local path."""
+    if not uri.startswith("s3://"):
+        return None
+    import boto3
+
+    from elasticml.errors import DataError
+
+    bucket = uri.removeprefix("s3://").split("/", 1)[0]
+    endpoint = os.environ.get("ELASTICML_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    try:
+        where = client.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+    except Exception as exc:  # no such bucket, no permission: a region that cannot be told is not allowed
+        raise DataError(f"cannot tell which region s3://{bucket} is in: {type(exc).__name__}") from None
+    return where or "us-east-1"  # S3 answers None for us-east-1
+
+
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or an s3:// URI."""
     if uri.startswith("s3://"):

@@ -93,3 +93,41 @@ def test_the_serve_app_answers_from_a_checkpoint_on_s3(local_cluster, s3_env, tm
         assert httpx.get(f"http://127.0.0.1:{port}/v1/health").json()["checkpoint"] == "s3://models/run/checkpoint_3"
     finally:
         serve.shutdown()
+
+
+def test_a_bucket_outside_the_tenants_regions_is_refused_before_anything_is_written(s3_env, s3_server, tmp_path):
+    """Residency for data and checkpoints: the bucket's region (S3's GetBucketLocation, here moto's)
+    against the tenant's regions, through the scheduler's door, refused and audited."""
+    import boto3
+
+    from elasticml.cluster.config import load_cluster_spec
+    from elasticml.errors import PlacementRefused
+    from elasticml.scheduler.audit import AuditLog, load_key
+    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.scheduler.door import Door
+    from elasticml.scheduler.identity import digest, new_token
+    from elasticml.scheduler.spec import TenantPolicy
+    from elasticml.scheduler.state import SchedulerState
+    from elasticml.storage import bucket_region
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="uae-runs", CreateBucketConfiguration={"LocationConstraint": "me-central-1"})
+    s3.create_bucket(Bucket="eu-runs", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    assert bucket_region("s3://uae-runs/x") == "me-central-1" and bucket_region("/local/path") is None
+    state = SchedulerState(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"), str(tmp_path / "l.sqlite"))
+    state.audit = AuditLog(tmp_path / "audit.jsonl", load_key(tmp_path / "audit.key"))
+    token = new_token("acme")
+    state.add_principal("acme", "tenant", digest(token))
+    state.set_tenant(TenantPolicy(tenant="acme", regions=("me-central-1",)))
+
+    class Local(SchedulerClient):  # the client's own check, with the door in this process instead of the actor
+        def _call(self, method, *args):  # type: ignore[no-untyped-def]
+            return Door(state).call(token, method, args)
+
+    client = Local(None, token)
+    client.check_residency("acme", ["s3://uae-runs/corpus", "s3://uae-runs/runs", str(tmp_path)])
+    with pytest.raises(PlacementRefused, match="s3://eu-runs/runs is in eu-west-1"):
+        client.check_residency("acme", ["s3://uae-runs/corpus", "s3://eu-runs/runs"])
+    assert s3.list_objects_v2(Bucket="eu-runs").get("KeyCount", 0) == 0
+    refused = [r for r in state.audit.records() if r["outcome"] == "failed"]
+    assert refused and refused[-1]["who"] == "tenant acme" and "eu-west-1" in refused[-1]["why"]

@@ -144,6 +144,16 @@ class SchedulerClient:
     def set_tenant(self, policy: TenantPolicy) -> None:
         self._call("set_tenant", policy)
 
+    def check_residency(self, tenant: str, uris: list[str]) -> None:
+        """Refuse (PlacementRefused, audited) when any s3:// URI's bucket lies outside the tenant's regions;
+        called before data or checkpoints are read or written there."""
+        from elasticml.storage import bucket_region
+
+        for uri in uris:
+            region = bucket_region(uri)
+            if region is not None:
+                self._call("check_residency", tenant, region, uri[:300])
+
     def whoami(self) -> dict[str, str]:
         return self._call("whoami")
 

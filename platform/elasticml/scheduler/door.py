@@ -10,6 +10,7 @@ What each role may do (identity.py says who the roles are):
 | status | everything | its own workloads | pools only |
 | cost_report | everything | its own costs | - |
 | interrupt, clear_interruption | spot pools | - | spot pools |
+| check_residency (may this tenant's data be in region R?) | any tenant | its own | - |
 | set_tenant, add/remove/list principals, tick, cluster events | yes | - | - |
 | whoami | yes | yes | yes |
 
@@ -29,9 +30,9 @@ OWN_WORKLOAD = {"placement", "report_progress", "run_started", "finish", "explai
 ADMIN_ONLY = {"set_tenant", "add_principal", "remove_principal", "list_principals", "tick"}
 POOL_SIGNALS = {"interrupt", "clear_interruption"}
 CHANGES = {"place", "finish", "set_tenant", "add_principal", "remove_principal", "interrupt", "clear_interruption",
-           "report_progress"}
+           "report_progress", "check_residency"}
 """Methods whose successful calls are audited (reads are not; their refusals are)."""
-PUBLIC = OWN_WORKLOAD | ADMIN_ONLY | POOL_SIGNALS | {"place", "status", "cost_report", "whoami"}
+PUBLIC = OWN_WORKLOAD | ADMIN_ONLY | POOL_SIGNALS | {"place", "status", "cost_report", "whoami", "check_residency"}
 MAX_ARGS = 4
 
 
@@ -101,6 +102,8 @@ class Door:
             if owner not in (None, who.name):
                 return f"the name {spec.name!r} belongs to another tenant"
             return None
+        if method == "check_residency":
+            return None if args and args[0] == who.name else "a tenant checks its own residency only"
         if method in OWN_WORKLOAD:
             name = args[0] if args else None
             if name == "_events":
@@ -124,6 +127,8 @@ class Door:
 def _summary(method: str, args: tuple[Any, ...]) -> str:
     if method == "set_tenant" and args:
         return repr(args[0])[:300]
+    if method == "check_residency" and len(args) >= 2:
+        return f"{args[2] if len(args) > 2 else 'storage'} in {args[1]}: allowed"
     if method == "add_principal" and len(args) >= 2:
         return f"role {args[1]}"
     return ""

@@ -141,9 +141,16 @@ class TenantPolicy:
     """Dollars this tenant may spend in total; None = no limit."""
     max_cpus: float | None = None
     """Quota: CPUs this tenant may hold at once; None = no limit."""
+    regions: tuple[str, ...] = ()
+    """Where this tenant's work runs and its data and checkpoints are kept (residency, set by an admin);
+    empty = anywhere. A spec cannot widen it."""
 
     def __post_init__(self) -> None:
         check_text(self.tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        if not isinstance(self.regions, tuple) or len(self.regions) > MAX_REGIONS:
+            raise ConfigError(f"must be a tuple of at most {MAX_REGIONS} region names", field="regions")
+        for region in self.regions:
+            check_text(region, field="regions", max_len=32, pattern=r"[a-z0-9][a-z0-9-]*")
         if self.budget is not None:
             check_number(self.budget, field="budget", lo=0, hi=MAX_DOLLARS)
         if self.max_cpus is not None:

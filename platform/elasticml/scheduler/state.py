@@ -76,7 +76,7 @@ class SchedulerState(Controller):
         live = json.loads(self.ledger.get_state("live_prices") or "{}")
         self.pools = tuple(replace(p, hourly_price=live[p.node_type][0], placement_score=live[p.node_type][1])
                            if p.node_type in live else p for p in self.pools)
-        self.tenants = Tenants(policies={k.removeprefix("tenant:"): TenantPolicy(**json.loads(v))
+        self.tenants = Tenants(policies={k.removeprefix("tenant:"): _tenant_policy(json.loads(v))
                                          for k, v in self.ledger.state_items("tenant:").items()})
         self.explanations: dict[str, list[dict[str, Any]]] = {
             k.removeprefix("why:"): json.loads(v) for k, v in self.ledger.state_items("why:").items()
@@ -139,6 +139,7 @@ class SchedulerState(Controller):
             raise ConfigError(f"expected a WorkloadSpec, got {type(spec).__name__}", field="spec")
         if attach is not None:
             check_text(attach, field="attach", max_len=MAX_NAME + 6, pattern=rf"[0-9a-f]+|serve:{NAME_PATTERN}")
+        spec = self._within_residency(spec)
         if spec.name in self.allocations:
             self._release(spec.name)
         if self.owners.get(spec.name) != spec.tenant:
@@ -165,6 +166,28 @@ class SchedulerState(Controller):
             self._forget(spec.name)
             raise PlacementRefused(spec.name, own.reason)
         return self.placement(spec.name)  # type: ignore[return-value]
+
+    def _within_residency(self, spec: WorkloadSpec) -> WorkloadSpec:
+        """The spec held to its tenant's regions: it may narrow them, never widen them."""
+        allowed = self.tenants.of(spec.tenant).regions
+        if not allowed:
+            return spec
+        outside = [r for r in spec.regions if r not in allowed]
+        if outside:
+            raise PlacementRefused(spec.name, f"data residency: tenant {spec.tenant} is kept to {list(allowed)}; "
+                                              f"the spec asks for {outside}")
+        return spec if spec.regions else replace(spec, regions=allowed)
+
+    def check_residency(self, tenant: str, region: str, what: str = "") -> None:
+        """Refuse (PlacementRefused) data or checkpoints of `tenant` in `region` outside its regions."""
+        check_text(tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        check_text(region, field="region", max_len=32, pattern=r"[a-z0-9][a-z0-9-]*")
+        if what:
+            check_text(what, field="what", max_len=300)
+        allowed = self.tenants.of(tenant).regions
+        if allowed and region not in allowed:
+            raise PlacementRefused(what or tenant, f"data residency: tenant {tenant} is kept to {list(allowed)}, "
+                                                   f"but {what or 'the storage'} is in {region}")
 
     def placement(self, name: str) -> Placement | None:
         """The workload's placement now, or None if the scheduler does not know it."""
@@ -491,3 +514,7 @@ class SchedulerState(Controller):
             raise ConfigError(f"no pool {node_type!r}; pools: {', '.join(p.node_type for p in self.pools)}", field="node_type")
         if spot and pool.market != "spot":
             raise ConfigError(f"{node_type} is a {pool.market} pool; only spot pools are interrupted", field="node_type")
+
+
+def _tenant_policy(raw: dict[str, Any]) -> TenantPolicy:
+    return TenantPolicy(**{**raw, "regions": tuple(raw.get("regions", ()))})

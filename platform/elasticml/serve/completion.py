@@ -335,7 +335,9 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list["All
                         cpus_per_worker=cfg.num_cpus, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0,
                         min_workers=replicas.get("min_replicas", cfg.num_replicas) or 1,
                         max_workers=replicas.get("max_replicas", cfg.num_replicas), expected_hours=24)
-    placed = SchedulerClient.connect().place(spec, attach=serve_attachment(name))
+    sched = SchedulerClient.connect()
+    sched.check_residency(cfg.tenant, [cfg.checkpoint])  # the checkpoint's bucket, before any replica reads it
+    placed = sched.place(spec, attach=serve_attachment(name))
     if not placed.placed:
         raise SchedulerError(f"the scheduler has not placed {name} yet ({placed.state}): {placed.reason}")
     return options, list(placed.allocations)

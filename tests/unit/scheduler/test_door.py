@@ -182,3 +182,24 @@ def test_credential_files_are_private_and_never_echoed(tmp_path):
         read_credential(tmp_path / "junk")
     assert verify(token, {"acme": ("tenant", digest(token))}).role == "tenant"
     assert verify(token, {"acme": ("tenant", digest("other"))}) is None
+
+
+def test_residency_is_the_tenants_and_a_spec_cannot_widen_it(door):
+    from elasticml.errors import PlacementRefused
+
+    call(door, "admin", "set_tenant", TenantPolicy(tenant="acme", regions=("me-central-1",)))
+    with pytest.raises(PlacementRefused, match="kept to"):
+        call(door, "acme", "place", WorkloadSpec(name="a1", tenant="acme", max_workers=1, regions=("us-east-1",)))
+    # With no regions in the spec the tenant's apply: the local pools are in no UAE region, so it is refused.
+    with pytest.raises(PlacementRefused, match="data residency"):
+        call(door, "acme", "place", job("a2", "acme"))
+    with pytest.raises(PlacementRefused, match="is in eu-west-1"):
+        call(door, "acme", "check_residency", "acme", "eu-west-1", "s3://eu-bucket/runs")
+    assert call(door, "acme", "check_residency", "acme", "me-central-1", "s3://uae-bucket/runs") is None
+    with pytest.raises(AccessDenied, match="its own residency"):
+        call(door, "globex", "check_residency", "acme", "me-central-1")
+    failed = [r for r in audit(door) if r["outcome"] == "failed"]
+    assert [r["action"] for r in failed] == ["place", "place", "check_residency"]
+    assert all("residency" in r["why"] for r in failed)
+    again = SchedulerState(CONFIG, str(door.tmp / "ledger.sqlite"))  # the tenant's regions persist
+    assert again.tenants.of("acme").regions == ("me-central-1",)
