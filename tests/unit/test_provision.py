@@ -28,7 +28,7 @@ def load(rel: str):
 
 def test_committed_files_are_exactly_what_the_definition_renders():
     files = render_all()
-    assert "cluster_configs/local.yaml" in files and len(files) == 13
+    assert "cluster_configs/local.yaml" in files and len(files) == 17
     stale = [rel for rel, text in files.items() if (REPO / rel).read_text() != text]
     assert not stale, f"run `elasticml cluster render`: {stale}"
     out = subprocess.run([str(Path(sys.executable).with_name("elasticml")), "cluster", "render", "--check"],
@@ -94,6 +94,9 @@ def test_iam_policies_let_workers_reach_the_bucket_and_nothing_more(name):
     worker = json.loads((REPO / f"cluster_configs/aws/{name}-worker-policy.json").read_text())
     for st in worker["Statement"]:
         assert st["Effect"] == "Allow"
+        if st["Sid"] == "UseTheBucketsKey":  # the bucket's objects are encrypted with this key alone
+            assert set(st["Action"]) == {"kms:GenerateDataKey", "kms:Decrypt"} and "kms:ResourceAliases" in str(st)
+            continue
         assert all(a.startswith("s3:") for a in st["Action"])
         assert st["Resource"] in (f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*")
     head = json.loads((REPO / f"cluster_configs/aws/{name}-head-policy.json").read_text())
@@ -190,3 +193,24 @@ def test_aws_nodes_require_imdsv2_and_the_head_manages_only_its_own_clusters_ins
                                        {"StringEquals": {"ec2:CreateAction": "RunInstances"}}), st
         if st["Resource"] == "*":
             assert all(a.startswith(("ec2:Describe", "ec2:GetSpot")) for a in actions), st
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_the_bucket_refuses_plain_http_and_encrypts_every_object_with_the_clusters_key(name):
+    policy = json.loads((REPO / "cluster_configs" / "aws" / f"{name}-bucket-policy.json").read_text())
+    encryption = json.loads((REPO / "cluster_configs" / "aws" / f"{name}-bucket-encryption.json").read_text())
+    key = f"arn:aws:kms:{CLUSTERS[name].region}:{CLUSTERS[name].account_id}:alias/elasticml-{name}"
+    rule = encryption["Rules"][0]["ApplyServerSideEncryptionByDefault"]
+    assert rule == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key}
+    by_sid = {st["Sid"]: st for st in policy["Statement"]}
+    assert all(st["Effect"] == "Deny" for st in policy["Statement"])
+    assert by_sid["DenyWithoutTLS"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert by_sid["DenyWithoutTLS"]["Action"] == "s3:*"
+    assert by_sid["DenyOtherEncryption"]["Condition"]["StringNotEqualsIfExists"] == {
+        "s3:x-amz-server-side-encryption": "aws:kms"}
+    assert by_sid["DenyOtherKeys"]["Condition"]["StringNotEqualsIfExists"] == {
+        "s3:x-amz-server-side-encryption-aws-kms-key-id": key}
+    for role in ("head", "worker"):  # both roles can use that key, and only keys with its alias
+        statements = json.loads((REPO / "cluster_configs" / "aws" / f"{name}-{role}-policy.json").read_text())["Statement"]
+        kms = next(st for st in statements if st["Sid"] == "UseTheBucketsKey")
+        assert kms["Condition"] == {"ForAnyValue:StringEquals": {"kms:ResourceAliases": f"alias/elasticml-{name}"}}

@@ -121,3 +121,11 @@ def test_allowed_model_modules_must_be_a_short_list_of_module_names(value):
     with pytest.raises(ConfigError, match="allowed_model_modules"):
         ServeConfig(checkpoint="c", allowed_model_modules=value)
     assert ServeConfig(checkpoint="c", allowed_model_modules=["shop.models", "_x"]).allowed_model_modules
+
+
+def test_every_shipped_serve_config_that_listens_beyond_loopback_answers_https_only():
+    for path in sorted((REPO / "serve_apps").glob("*.yaml")):
+        http = yaml.safe_load(path.read_text()).get("http_options", {})
+        if http.get("host", "127.0.0.1") in ("127.0.0.1", "localhost", "::1"):
+            continue
+        assert http.get("ssl_keyfile") and http.get("ssl_certfile"), f"{path.name} listens on {http['host']} without TLS"

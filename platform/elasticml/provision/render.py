@@ -49,6 +49,8 @@ def render(target: str, cluster: str) -> dict[str, str]:
             f"cluster_configs/{d.name}.yaml": _yaml(_aws(d), _header(d, f"ray up cluster_configs/{d.name}.yaml")),
             f"cluster_configs/aws/{d.name}-head-policy.json": _json(_head_policy(d)),
             f"cluster_configs/aws/{d.name}-worker-policy.json": _json(_worker_policy(d)),
+            f"cluster_configs/aws/{d.name}-bucket-policy.json": _json(_bucket_policy(d)),
+            f"cluster_configs/aws/{d.name}-bucket-encryption.json": _json(_bucket_encryption(d)),
         }
     return {
         f"cluster_configs/kuberay/{d.name}-raycluster.yaml": _yaml(_raycluster(d), _header(d, "kubectl apply -f")),
@@ -184,7 +186,40 @@ def _bucket_statements(d: ClusterDefinition) -> list[dict[str, Any]]:
         {"Sid": "ReadWriteCheckpoints", "Effect": "Allow",
          "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
          "Resource": f"arn:aws:s3:::{d.bucket}/*"},
+        # Objects are encrypted with the cluster's KMS key (the bucket's default): reading and writing
+        # them needs that key, and only that one.
+        {"Sid": "UseTheBucketsKey", "Effect": "Allow", "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+         "Resource": f"arn:aws:kms:{d.region}:{d.account_id}:key/*",
+         "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": f"alias/elasticml-{d.name}"}}},
     ]
+
+
+def _kms_key(d: ClusterDefinition) -> str:
+    return f"arn:aws:kms:{d.region}:{d.account_id}:alias/elasticml-{d.name}"
+
+
+def _bucket_encryption(d: ClusterDefinition) -> dict[str, Any]:
+    """`aws s3api put-bucket-encryption --bucket B --server-side-encryption-configuration file://...`: every
+    object written is encrypted with the cluster's KMS key (pyarrow's S3 writes cannot ask for SSE
+    themselves, so the bucket does it for them)."""
+    return {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": _kms_key(d)},
+                       "BucketKeyEnabled": True}]}
+
+
+def _bucket_policy(d: ClusterDefinition) -> dict[str, Any]:
+    """`aws s3api put-bucket-policy`: no request without TLS, and no object written with any encryption
+    but the cluster's KMS key (a request that names none gets the bucket's default, which is that key)."""
+    bucket = f"arn:aws:s3:::{d.bucket}"
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "DenyWithoutTLS", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+         "Resource": [bucket, f"{bucket}/*"], "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
+        {"Sid": "DenyOtherEncryption", "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+         "Resource": f"{bucket}/*",
+         "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption": "aws:kms"}}},
+        {"Sid": "DenyOtherKeys", "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+         "Resource": f"{bucket}/*",
+         "Condition": {"StringNotEqualsIfExists": {"s3:x-amz-server-side-encryption-aws-kms-key-id": _kms_key(d)}}},
+    ]}
 
 
 def _worker_policy(d: ClusterDefinition) -> dict[str, Any]:
