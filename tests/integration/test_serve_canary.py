@@ -77,7 +77,7 @@ def router_replicas() -> list:
 
 
 def test_a_worse_canary_is_rolled_back_gets_no_more_traffic_and_stays_rolled_back_after_a_router_restart(
-        release, tmp_path):
+        release, tmp_path, local_cluster):
     import ray
 
     verdict = tmp_path / "verdict.json"
@@ -93,6 +93,12 @@ def test_a_worse_canary_is_rolled_back_gets_no_more_traffic_and_stays_rolled_bac
     assert {ask(base, 100 + i) for i in range(15)} == {"stable"}
     saved = json.loads(verdict.read_text())
     assert saved["state"] == "rolled_back" and saved["release"] == {"stable": release["good"], "canary": release["bad"]}
+    from elasticml.home import home
+    from elasticml.scheduler.audit import read_records
+
+    trail = read_records(home() / "scheduler" / local_cluster.name / "audit.jsonl")
+    audited = [r for r in trail if r["action"] == "canary rolled back"]
+    assert audited and audited[-1]["who"] == "admin admin" and "held-out loss" in audited[-1]["why"], trail[-3:]
 
     # The router's replica dies; Serve starts another, which must not forget the rollback.
     [old] = router_replicas()

@@ -154,6 +154,10 @@ class SchedulerClient:
             if region is not None:
                 self._call("check_residency", tenant, region, uri[:300])
 
+    def record_event(self, action: str, target: str, why: str) -> None:
+        """Put a decision taken elsewhere in the platform (a canary verdict) into the audit trail (admin)."""
+        self._call("record_event", action, target, why)
+
     def whoami(self) -> dict[str, str]:
         return self._call("whoami")
 

@@ -11,7 +11,7 @@ What each role may do (identity.py says who the roles are):
 | cost_report | everything | its own costs | - |
 | interrupt, clear_interruption | spot pools | - | spot pools |
 | check_residency (may this tenant's data be in region R?) | any tenant | its own | - |
-| set_tenant, add/remove/list principals, tick, cluster events | yes | - | - |
+| set_tenant, add/remove/list principals, tick, cluster events, record_event (a canary verdict) | yes | - | - |
 | whoami | yes | yes | yes |
 
 A refusal raises `AccessDenied` and is audited like every change.
@@ -27,7 +27,7 @@ from elasticml.scheduler.spec import WorkloadSpec
 from elasticml.scheduler.state import SchedulerState
 
 OWN_WORKLOAD = {"placement", "report_progress", "run_started", "finish", "explain", "intervals"}
-ADMIN_ONLY = {"set_tenant", "add_principal", "remove_principal", "list_principals", "tick"}
+ADMIN_ONLY = {"set_tenant", "add_principal", "remove_principal", "list_principals", "tick", "record_event"}
 POOL_SIGNALS = {"interrupt", "clear_interruption"}
 CHANGES = {"place", "finish", "set_tenant", "add_principal", "remove_principal", "interrupt", "clear_interruption",
            "report_progress", "check_residency"}

@@ -431,6 +431,14 @@ class SchedulerState(Controller):
         self.audit_action(record.get("action", "?"), target=name, why=record.get("reason", ""))
         return record
 
+    def record_event(self, action: str, target: str, why: str) -> None:
+        """Something a part of the platform decided outside the scheduler (a canary's verdict, a
+        release): into the audit trail, by its caller."""
+        check_text(action, field="action", max_len=40, pattern=r"[a-z][a-z0-9 _-]*")
+        check_text(target, field="target", max_len=80)
+        check_text(why, field="why", max_len=2000)
+        self.audit_action(action, target=target, why=why)
+
     def note_event(self, event: dict[str, Any]) -> None:
         """Something that happened to the cluster (a node lost, a pool unfillable): kept and audited."""
         self.explanations.setdefault("_events", []).append(event)

@@ -225,7 +225,19 @@ class CanaryRouter:
                 self.state, self.share = "promoted", 1.0
             if self.state != "running":
                 await asyncio.to_thread(self._save_verdict)
+                await asyncio.to_thread(self._audit_verdict)
             log.warning("canary %s: %s", self.state, verdict.reason)
+
+    def _audit_verdict(self) -> None:
+        """Into the cluster's audit trail, when the cluster has a scheduler (the verdict file stands alone)."""
+        from elasticml.scheduler.client import SchedulerClient
+
+        try:
+            SchedulerClient.connect().record_event(
+                f"canary {self.state.replace('_', ' ')}", self.cfg.name,
+                f"{self.reason} (stable {self.release['stable']}, canary {self.release['canary']})"[:2000])
+        except Exception as exc:  # no scheduler, or this node has no credential: say so, keep serving
+            log.warning("canary verdict not audited: %s: %s", type(exc).__name__, str(exc)[:200])
 
 
 def build_canary_app(args: dict[str, Any]) -> Application:
