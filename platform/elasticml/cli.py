@@ -15,6 +15,7 @@ import click
 
 from elasticml import labels as L
 from elasticml.errors import ElasticMLError
+from elasticml.scheduler.identity import ROLES
 
 
 class _Group(click.Group):
@@ -384,7 +385,7 @@ def credential() -> None:
 
 @credential.command("add")
 @click.argument("principal")
-@click.option("--role", type=click.Choice(["tenant", "agent", "admin"]), required=True)
+@click.option("--role", type=click.Choice(ROLES), required=True)
 @click.option("--file", "file", type=click.Path(path_type=Path, dir_okay=False), required=True,
               help="Where to write the new credential (mode 0600); hand it to whoever acts as PRINCIPAL.")
 @_name_option

@@ -25,6 +25,15 @@ MAX_HOURS = 8760.0
 """A year: the longest run, deadline or interval a spec may name."""
 MAX_DOLLARS = 1e9
 MAX_REGIONS = 32
+REGION_PATTERN = r"[a-z0-9][a-z0-9-]*"
+
+
+def check_regions(regions: object) -> None:
+    """A tuple of at most MAX_REGIONS region names (a workload's, or a tenant's residency)."""
+    if not isinstance(regions, tuple) or len(regions) > MAX_REGIONS:
+        raise ConfigError(f"must be a list of at most {MAX_REGIONS} region names", field="regions")
+    for region in regions:
+        check_text(region, field="regions", max_len=32, pattern=REGION_PATTERN)
 
 Kind = Literal["training", "sweep", "serving", "batch"]
 Priority = Literal["critical", "high", "normal", "low", "preemptible"]
@@ -98,10 +107,7 @@ class WorkloadSpec:
             check_number(self.checkpoint_interval_hours, field="checkpoint_interval_hours", lo=0, hi=MAX_HOURS)
             if self.checkpoint_interval_hours <= 0:
                 raise ConfigError(f"must be > 0 or null, got {self.checkpoint_interval_hours}", field="checkpoint_interval_hours")
-        if not isinstance(self.regions, tuple) or len(self.regions) > MAX_REGIONS:
-            raise ConfigError(f"must be a list of at most {MAX_REGIONS} region names", field="regions")
-        for region in self.regions:
-            check_text(region, field="regions", max_len=32, pattern=r"[a-z0-9][a-z0-9-]*")
+        check_regions(self.regions)
         from elasticml.scheduler.policies import POLICIES
 
         if self.spot_policy not in POLICIES:
@@ -147,10 +153,7 @@ class TenantPolicy:
 
     def __post_init__(self) -> None:
         check_text(self.tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
-        if not isinstance(self.regions, tuple) or len(self.regions) > MAX_REGIONS:
-            raise ConfigError(f"must be a tuple of at most {MAX_REGIONS} region names", field="regions")
-        for region in self.regions:
-            check_text(region, field="regions", max_len=32, pattern=r"[a-z0-9][a-z0-9-]*")
+        check_regions(self.regions)
         if self.budget is not None:
             check_number(self.budget, field="budget", lo=0, hi=MAX_DOLLARS)
         if self.max_cpus is not None:

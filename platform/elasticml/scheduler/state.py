@@ -30,7 +30,15 @@ from elasticml.scheduler.controller import Controller, ControllerConfig, priced_
 from elasticml.scheduler.deadline import JobStepper
 from elasticml.scheduler.ledger import Ledger
 from elasticml.scheduler.policy import Decision, place, replace_interrupted
-from elasticml.scheduler.spec import MAX_NAME, NAME_PATTERN, Placement, TenantPolicy, Tenants, WorkloadSpec
+from elasticml.scheduler.spec import (
+    MAX_NAME,
+    NAME_PATTERN,
+    REGION_PATTERN,
+    Placement,
+    TenantPolicy,
+    Tenants,
+    WorkloadSpec,
+)
 
 MAX_EXPLANATIONS = 200
 """Decisions and events kept per workload for `explain`."""
@@ -181,7 +189,7 @@ class SchedulerState(Controller):
     def check_residency(self, tenant: str, region: str, what: str = "") -> None:
         """Refuse (PlacementRefused) data or checkpoints of `tenant` in `region` outside its regions."""
         check_text(tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
-        check_text(region, field="region", max_len=32, pattern=r"[a-z0-9][a-z0-9-]*")
+        check_text(region, field="region", max_len=32, pattern=REGION_PATTERN)
         if what:
             check_text(what, field="what", max_len=300)
         allowed = self.tenants.of(tenant).regions

@@ -61,12 +61,14 @@ class PoolRouter:
         """Weigh the pools by the scheduler's placement of this workload, as it changes."""
         from elasticml.scheduler.client import SchedulerClient
 
+        sched: SchedulerClient | None = None  # looked up once (actor, cluster name, credential file), again after a failure
         while True:
             try:
-                placed = await asyncio.to_thread(lambda: SchedulerClient.connect().placement(self.workload))
+                sched = sched or await asyncio.to_thread(SchedulerClient.connect)
+                placed = await asyncio.to_thread(sched.placement, self.workload)
             except Exception as exc:  # the scheduler restarting: keep the last weights
                 log.warning("could not read the placement of %s: %s", self.workload, type(exc).__name__)
-                placed = None
+                sched, placed = None, None
             if placed is not None and placed.epoch != self.followed["epoch"]:
                 given = {t: sum(a.workers for a in placed.allocations if a.node_type == t) for t in placed.node_types}
                 if any(given.get(p["node_type"], 0) for p in self.pools):  # never weigh every pool to nothing
