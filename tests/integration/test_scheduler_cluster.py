@@ -102,13 +102,21 @@ def test_tenants_act_through_their_own_credentials_and_cannot_reach_past_the_doo
     assert research.whoami() == {"name": "research", "role": "tenant"}
     assert research.placement("nightly") is not None  # its own
     for attempt in (lambda: research.finish("fraud-model"), lambda: research.explain("fraud-model"),
+                    lambda: research.intervals("payments/fraud-model"),
                     lambda: research.set_tenant(TenantPolicy(tenant="payments", budget=0.0)),
-                    lambda: research.interrupt("cpu_reserved"),
-                    lambda: research.place(WorkloadSpec(name="fraud-model", tenant="research", max_workers=1))):
+                    lambda: research.interrupt("cpu_reserved")):
         with pytest.raises(AccessDenied):
             attempt()
     assert sched.placement("fraud-model").placed  # untouched
     assert set(research.status()["running"]) <= {"nightly"}
+    # The node agents' credential, made when the scheduler started and trusted as an agent only.
+    from elasticml.scheduler.identity import credentials_dir
+
+    assert (credentials_dir(sched.status()["cluster"]) / "agent").stat().st_mode & 0o777 == 0o600
+    agent = SchedulerClient.connect(default="agent")
+    assert agent.whoami() == {"name": "node-agent", "role": "agent"}
+    with pytest.raises(AccessDenied):
+        agent.finish("fraud-model")
     # Ray lets anyone with the handle call an actor's methods: the actor has no other way in.
     handle = ray.get_actor("elasticml-scheduler", namespace="elasticml")
     with pytest.raises(AttributeError):
@@ -120,7 +128,12 @@ def test_tenants_act_through_their_own_credentials_and_cannot_reach_past_the_doo
     # The CLI as the tenant: refused, with the reason.
     proc = subprocess.run([ELASTICML, "scheduler", "finish", "fraud-model", "--name", name], capture_output=True,
                           text=True, timeout=120, env={**env, "ELASTICML_CREDENTIAL_PATH": str(tmp_path / "research")})
-    assert proc.returncode == 2 and "tenant research may not finish fraud-model" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "tenant research may not finish research/fraud-model" in proc.stderr, proc.stderr
+    # Its names are its own: its fraud-model is another workload than payments'.
+    mine = research.place(WorkloadSpec(name="fraud-model", tenant="research", max_workers=1, priority="low"))
+    assert mine.workload == "research/fraud-model"
+    research.finish("fraud-model")
+    assert sched.placement("fraud-model").placed and sched.placement("research/fraud-model") is None  # untouched
     shown = subprocess.run([ELASTICML, "audit", "show", "--name", name, "--tenant", "research", "--json"],
                            capture_output=True, text=True, timeout=60, env=env)
     denied = [json.loads(line) for line in shown.stdout.splitlines() if '"denied"' in line]

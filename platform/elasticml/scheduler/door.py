@@ -5,34 +5,41 @@ What each role may do (identity.py says who the roles are):
 
 | method | admin | tenant | agent |
 |---|---|---|---|
-| place | any spec | specs of its own tenant, names not another tenant's | - |
+| place | any spec | specs of its own tenant, named in its namespace | - |
 | placement, report_progress, run_started, finish, explain, intervals | any workload | its own workloads | - |
 | status | everything | its own workloads | pools only |
 | cost_report | everything | its own costs | - |
 | interrupt, clear_interruption | spot pools | - | spot pools |
 | check_residency (may this tenant's data be in region R?) | any tenant | its own | - |
-| set_tenant, add/remove/list principals, tick, cluster events, record_event (a canary verdict) | yes | - | - |
+| record_event (a deployment, a canary verdict) | any | its own workloads' | - |
+| set_tenant, add/remove/list principals, tick, cluster events | yes | - | - |
 | whoami | yes | yes | yes |
+
+A tenant's workload names are its own: the door reads its `nightly` as `TENANT/nightly` (spec.scoped)
+in every call, so two tenants may both run a `nightly` and neither can name the other's. An admin
+names a tenant's workload in full (`acme/nightly`).
 
 A refusal raises `AccessDenied` and is audited like every change.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from elasticml.errors import AccessDenied, ConfigError
 from elasticml.scheduler.identity import Principal, verify
-from elasticml.scheduler.spec import WorkloadSpec
+from elasticml.scheduler.spec import WorkloadSpec, scoped
 from elasticml.scheduler.state import SchedulerState
 
 OWN_WORKLOAD = {"placement", "report_progress", "run_started", "finish", "explain", "intervals"}
-ADMIN_ONLY = {"set_tenant", "add_principal", "remove_principal", "list_principals", "tick", "record_event"}
+ADMIN_ONLY = {"set_tenant", "add_principal", "remove_principal", "list_principals", "tick"}
 POOL_SIGNALS = {"interrupt", "clear_interruption"}
 CHANGES = {"place", "finish", "set_tenant", "add_principal", "remove_principal", "interrupt", "clear_interruption",
            "report_progress", "check_residency"}
 """Methods whose successful calls are audited (reads are not; their refusals are)."""
-PUBLIC = OWN_WORKLOAD | ADMIN_ONLY | POOL_SIGNALS | {"place", "status", "cost_report", "whoami", "check_residency"}
+PUBLIC = OWN_WORKLOAD | ADMIN_ONLY | POOL_SIGNALS | {"place", "status", "cost_report", "whoami", "check_residency",
+                                                      "record_event"}
 MAX_ARGS = 4
 
 
@@ -51,6 +58,7 @@ class Door:
             self._deny("an unknown caller", method, None, "the credential is not recognised (see `elasticml "
                        "scheduler credential`; set ELASTICML_CREDENTIAL_PATH to your credential file)")
         assert principal is not None
+        args = _in_namespace(principal, method, args, state.owners)
         target = self._target(method, args)
         reason = self._forbidden(principal, method, args)
         if reason is not None:
@@ -76,6 +84,8 @@ class Door:
     def _target(method: str, args: tuple[Any, ...]) -> str | None:
         if method == "place" and args and isinstance(args[0], WorkloadSpec):
             return args[0].name
+        if method == "record_event" and len(args) > 1 and type(args[1]) is str:
+            return args[1][:80]
         if args and type(args[0]) is str:
             return args[0][:80]
         return None
@@ -98,9 +108,12 @@ class Door:
                 return None  # the state refuses it with the field named
             if spec.tenant != who.name:
                 return f"a tenant places its own workloads only (the spec says tenant {spec.tenant!r})"
-            owner = self.state.owners.get(spec.name)
-            if owner not in (None, who.name):
-                return f"the name {spec.name!r} belongs to another tenant"
+            return None  # its names are in its namespace (_in_namespace): no other tenant's can be meant
+        if method == "record_event":
+            target = args[1] if len(args) > 1 else None
+            if type(target) is not str or self.state.owners.get(target) != who.name:
+                return ("a tenant records events of its own workloads only (an app without a tenant is an "
+                        "operator's: give it `tenant:` so the scheduler places it)")
             return None
         if method == "check_residency":
             return None if args and args[0] == who.name else "a tenant checks its own residency only"
@@ -122,6 +135,27 @@ class Door:
         if method == "cost_report" and who.role == "tenant":
             return _costs_for(state.cost_report(), who.name, state.owners)
         return getattr(state, method)(*args)
+
+
+def _in_namespace(who: Principal, method: str, args: tuple[Any, ...], owners: dict[str, str]) -> tuple[Any, ...]:
+    """A tenant's call with its workload names read in its own namespace. A workload an admin placed
+    for it under a bare name is still its own by that name."""
+    if who.role != "tenant" or not args:
+        return args
+    first = args[0]
+    if method == "place" and isinstance(first, WorkloadSpec) and first.tenant == who.name:
+        return (replace(first, name=_own(who.name, first.name, owners)), *args[1:])
+    if method in OWN_WORKLOAD and type(first) is str and first != "_events" and len(first) <= 200:
+        return (_own(who.name, first, owners), *args[1:])
+    if method == "record_event" and len(args) > 1 and type(args[1]) is str and len(args[1]) <= 200:
+        return (first, _own(who.name, args[1], owners), *args[2:])
+    return args
+
+
+def _own(tenant: str, name: str, owners: dict[str, str]) -> str:
+    if owners.get(name) == tenant and scoped(tenant, name) not in owners:
+        return name
+    return scoped(tenant, name)
 
 
 def _summary(method: str, args: tuple[Any, ...]) -> str:

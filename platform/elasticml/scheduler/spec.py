@@ -20,6 +20,9 @@ from elasticml.scheduler.capacity import Allocation
 MAX_NAME = 63
 """Workload and tenant names: a DNS label's length, so they fit Ray, Kubernetes and metric labels."""
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+WORKLOAD_PATTERN = rf"(?:{NAME_PATTERN}/)?{NAME_PATTERN}"
+"""A workload's name: `NAME`, or `TENANT/NAME` in its tenant's own namespace (what a tenant's names become)."""
+MAX_WORKLOAD = 2 * MAX_NAME + 1
 MAX_WORKERS = 10_000
 MAX_HOURS = 8760.0
 """A year: the longest run, deadline or interval a spec may name."""
@@ -48,7 +51,9 @@ def priority_rank(priority: str) -> int:
 @dataclass(kw_only=True, frozen=True)
 class WorkloadSpec:
     name: str
-    """Unique per cluster: a re-submission with the same name replaces the spec."""
+    """Unique per cluster: a re-submission with the same name replaces the spec. A tenant's own calls name
+    its workloads in its namespace: the door makes its `nightly` into `TENANT/nightly` (`scoped`), so two
+    tenants' names never meet; an admin names them in full."""
     tenant: str
     kind: Kind = "training"
     priority: Priority = "normal"
@@ -73,8 +78,12 @@ class WorkloadSpec:
     """The deadline policy the controller runs for checkpointable work with a deadline (see `policies.NAMES`)."""
 
     def __post_init__(self) -> None:
-        check_text(self.name, field="name", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        check_text(self.name, field="name", max_len=MAX_WORKLOAD, pattern=WORKLOAD_PATTERN)
+        check_text(self.name.rpartition("/")[2], field="name", max_len=MAX_NAME)
         check_text(self.tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        if "/" in self.name and not self.name.startswith(f"{self.tenant}/"):
+            raise ConfigError(f"a name in a namespace must be in its tenant's, {self.tenant}/...; got "
+                              f"{self.name[:80]!r}", field="name")
         if self.kind not in get_args(Kind):
             raise ConfigError(f"must be one of {', '.join(get_args(Kind))}, got {str(self.kind)[:40]!r}", field="kind")
         if self.priority not in PRIORITY_ORDER:
@@ -138,6 +147,12 @@ class WorkloadSpec:
                 raise ConfigError("must be a list of region names", source=source, field="regions")
             raw = {**raw, "regions": tuple(regions)} if "regions" in raw else raw
         return from_mapping(cls, raw, source=source)
+
+
+def scoped(tenant: str, name: str) -> str:
+    """`name` in `tenant`'s namespace: what a tenant's own calls mean by it (a name with a namespace
+    is taken as it is, and is the tenant's only if that namespace is)."""
+    return name if "/" in name else f"{tenant}/{name}"
 
 
 @dataclass(kw_only=True, frozen=True)

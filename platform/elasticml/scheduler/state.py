@@ -32,8 +32,10 @@ from elasticml.scheduler.ledger import Ledger
 from elasticml.scheduler.policy import Decision, place, replace_interrupted
 from elasticml.scheduler.spec import (
     MAX_NAME,
+    MAX_WORKLOAD,
     NAME_PATTERN,
     REGION_PATTERN,
+    WORKLOAD_PATTERN,
     Placement,
     TenantPolicy,
     Tenants,
@@ -521,7 +523,7 @@ class SchedulerState(Controller):
     def _check_name(self, name: str, *, allow_events: bool = False) -> None:
         if allow_events and name == "_events":
             return
-        check_text(name, field="name", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        check_text(name, field="name", max_len=MAX_WORKLOAD, pattern=WORKLOAD_PATTERN)
 
     def _check_pool(self, node_type: str, *, spot: bool) -> None:
         check_text(node_type, field="node_type", max_len=MAX_NAME, pattern=NAME_PATTERN)

@@ -47,16 +47,16 @@ def audit(door) -> list[dict]:
 
 
 def test_a_tenant_acts_on_its_own_workloads_and_every_cross_tenant_action_is_refused_and_audited(door):
-    assert call(door, "globex", "place", job("b-train", "globex")).placed
+    assert call(door, "globex", "place", job("b-train", "globex")).workload == "globex/b-train"
     assert call(door, "acme", "place", job("a-train", "acme")).placed
     hostile = [
-        ("place", (job("b-train", "acme"),), "belongs to another tenant"),  # take over b's name
         ("place", (job("c-train", "globex"),), "its own workloads only"),  # act as another tenant
-        ("finish", ("b-train",), "its own workloads only"),
+        ("finish", ("b-train",), "its own workloads only"),  # acme's b-train: there is none
+        ("finish", ("globex/b-train",), "its own workloads only"),  # naming into globex's namespace
         ("placement", ("b-train",), "its own workloads only"),
-        ("explain", ("b-train",), "its own workloads only"),
+        ("explain", ("globex/b-train",), "its own workloads only"),
         ("intervals", ("b-train",), "its own workloads only"),
-        ("report_progress", ("b-train", 1.0), "its own workloads only"),
+        ("report_progress", ("globex/b-train", 1.0), "its own workloads only"),
         ("explain", ("_events",), "for an admin"),
         ("set_tenant", (TenantPolicy(tenant="globex", budget=0.0),), "only an admin"),
         ("set_tenant", (TenantPolicy(tenant="acme", budget=1e9),), "only an admin"),
@@ -70,16 +70,31 @@ def test_a_tenant_acts_on_its_own_workloads_and_every_cross_tenant_action_is_ref
     for method, args, words in hostile:
         with pytest.raises(AccessDenied, match=words):
             door.call(door.tokens["acme"], method, args)
-    assert door.state.placement("b-train").placed and "b-train" in door.state.specs  # untouched
+    assert door.state.placement("globex/b-train").placed and "globex/b-train" in door.state.specs  # untouched
     denied = [r for r in audit(door) if r["outcome"] == "denied"]
     assert [(r["action"], r["who"]) for r in denied] == [(m, "tenant acme") for m, _, _ in hostile]
     assert all(r["why"] for r in denied)
+    with pytest.raises(ConfigError, match="tenant's, acme/"):  # a spec cannot name into another namespace
+        call(door, "acme", "place", job("globex/b-train", "acme"))
+    # Names are scoped: acme's own b-train is another workload, and globex's is untouched by it.
+    assert call(door, "acme", "place", job("b-train", "acme")).workload == "acme/b-train"
+    assert call(door, "acme", "finish", "b-train") is None
+    assert "globex/b-train" in door.state.allocations and "acme/b-train" not in door.state.specs
     # What a tenant reads is its own.
     status = call(door, "acme", "status")
-    assert set(status["running"]) == {"a-train"}
+    assert set(status["running"]) == {"acme/a-train"}
     costs = call(door, "acme", "cost_report")
-    assert [r["key"] for r in costs["tenant"]] == ["acme"] and {r["key"] for r in costs["workload"]} == {"a-train"}
+    assert [r["key"] for r in costs["tenant"]] == ["acme"] and {r["key"] for r in costs["workload"]} == {"acme/a-train", "acme/b-train"}
+    assert call(door, "acme", "placement", "a-train").workload == "acme/a-train"
     assert call(door, "acme", "finish", "a-train") is None
+
+
+def test_a_workload_an_admin_placed_for_a_tenant_is_the_tenants_by_its_bare_name(door):
+    call(door, "admin", "place", job("shared-eval", "acme"))
+    assert call(door, "acme", "placement", "shared-eval").workload == "shared-eval"
+    with pytest.raises(AccessDenied, match="its own workloads only"):
+        call(door, "globex", "finish", "shared-eval")
+    assert call(door, "acme", "finish", "shared-eval") is None
 
 
 def test_unknown_forged_or_malformed_credentials_are_refused_and_audited(door):
@@ -119,9 +134,9 @@ def test_every_change_is_audited_with_who_what_and_why(door):
     records = audit(door)
     actions = [(r["who"], r["action"], r["target"]) for r in records]
     assert ("admin admin", "set_tenant", None) in actions
-    assert ("tenant acme", "place", "a-train") in actions  # the placement decision, by its caller
+    assert ("tenant acme", "place", "acme/a-train") in actions  # the placement decision, by its caller
     assert ("admin admin", "interrupt", "cpu_spot") in actions
-    assert ("tenant acme", "finish", "a-train") in actions
+    assert ("tenant acme", "finish", "acme/a-train") in actions
     assert ("admin admin", "add_principal", "initech") in actions and ("admin admin", "remove_principal", "initech") in actions
     place = next(r for r in records if r["action"] == "place")
     assert place["tenant"] == "acme" and place["why"]
