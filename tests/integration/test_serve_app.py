@@ -89,6 +89,38 @@ def test_the_openapi_schema_is_published(served):
     assert "max_tokens" in schema["components"]["schemas"]["CompletionRequest"]["properties"]
 
 
+def test_the_deployment_is_in_the_audit_trail_and_a_tenant_cannot_deploy_around_the_scheduler(
+        served, local_cluster, tmp_path, monkeypatch):
+    """Every build is recorded before its replicas start: by whom, which checkpoint (step and manifest
+    MAC) and which tenants' keys (a keyring fingerprint, so a key change shows as a new one)."""
+    import json
+
+    from elasticml.errors import AccessDenied
+    from elasticml.scheduler.audit import read_records
+    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.serve.audit import keyring_fingerprint
+    from elasticml.serve.completion import build_app
+    from elasticml.train.checkpoint import read_meta
+
+    from elasticml.home import home
+
+    trail = home() / "scheduler" / local_cluster.name / "audit.jsonl"
+    deploys = [r for r in read_records(trail) if r["action"] == "deploy"]
+    assert deploys and deploys[0]["who"].startswith("admin ") and deploys[0]["target"] == "completion"
+    why = deploys[0]["why"]
+    assert f"checkpoint {served['folder']}" in why and "step 42" in why
+    assert str(read_meta(served["folder"])["mac"])[:16] in why
+    assert "['acme', 'globex']" in why and keyring_fingerprint({"acme": DIGEST, "globex": OTHER_DIGEST}) in why
+    assert KEY not in json.dumps(deploys)  # digests and their fingerprint only
+    # A tenant's build of an app without a tenant: refused by the door, and audited.
+    SchedulerClient.connect().add_principal("acme", "tenant", tmp_path / "acme.cred")
+    monkeypatch.setenv("ELASTICML_CREDENTIAL_PATH", str(tmp_path / "acme.cred"))
+    with pytest.raises(AccessDenied, match="an app without a tenant is an operator's"):
+        build_app({"checkpoint": str(served["folder"]), "name": "sneaky", "market": "spot"})
+    denied = [r for r in read_records(trail) if r["outcome"] == "denied" and r["target"] == "acme/sneaky"]
+    assert denied and denied[-1]["who"] == "tenant acme" and denied[-1]["action"] == "record_event"
+
+
 def test_replica_runs_on_the_market_it_was_placed_on(served):
     health = served["client"].get("/v1/health").json()
     assert health["market"] == "reserved" and health["node_type"] == "cpu_reserved"

@@ -53,6 +53,7 @@ from elasticml.serve.config import ServeConfig
 
 if TYPE_CHECKING:
     from elasticml.scheduler.capacity import Allocation
+    from elasticml.scheduler.client import SchedulerClient
 
 log = logging.getLogger("elasticml.serve")
 api = new_api("elasticml completion")
@@ -311,7 +312,7 @@ def resolve_checkpoint(spec: str) -> str:
     return where
 
 
-def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list["Allocation"]]:
+def placement(cfg: ServeConfig, *, name: str, sched: "SchedulerClient | None" = None) -> tuple[dict[str, Any], list["Allocation"]]:
     """ray_actor_options for the replicas and, when the scheduler placed them, its allocations.
 
     With a tenant the cluster's scheduler decides: base replicas on reserved or on-demand capacity,
@@ -325,8 +326,7 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list["All
         if cfg.market != "any":
             options["label_selector"] = L.selector_for(cfg.market)  # type: ignore[arg-type]
         return options, []
-    from elasticml.errors import SchedulerError
-    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.errors import SchedulerError, SchedulerNotRunning
     from elasticml.scheduler.ray_view import serve_attachment
     from elasticml.scheduler.spec import WorkloadSpec
 
@@ -335,7 +335,10 @@ def placement(cfg: ServeConfig, *, name: str) -> tuple[dict[str, Any], list["All
                         cpus_per_worker=cfg.num_cpus, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0,
                         min_workers=replicas.get("min_replicas", cfg.num_replicas) or 1,
                         max_workers=replicas.get("max_replicas", cfg.num_replicas), expected_hours=24)
-    sched = SchedulerClient.connect()
+    if sched is None:
+        import ray
+
+        raise SchedulerNotRunning(ray.get_runtime_context().gcs_address)
     sched.check_residency(cfg.tenant, [cfg.checkpoint])  # the checkpoint's bucket, before any replica reads it
     placed = sched.place(spec, attach=serve_attachment(name))
     if not placed.placed:
@@ -369,7 +372,12 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         from elasticml.serve.auth import read_key_file
 
         cfg = dataclasses.replace(cfg, api_keys={**read_key_file(cfg.api_keys_file), **cfg.api_keys}, api_keys_file=None)
-    options, allocations = placement(cfg, name=cfg.name)
+    from elasticml.serve.audit import record_deployment, scheduler_or_none
+    from elasticml.train.checkpoint import read_meta
+
+    sched = scheduler_or_none()
+    options, allocations = placement(cfg, name=cfg.name, sched=sched)
+    record_deployment(cfg, allocations, read_meta(cfg.checkpoint), sched)  # before any replica starts
     common: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,

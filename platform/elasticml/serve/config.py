@@ -92,6 +92,9 @@ class ServeConfig:
             if getattr(self, name) not in get_args(allowed):
                 raise ConfigError(f"must be one of {', '.join(get_args(allowed))}, got {getattr(self, name)!r}",
                                   field=name)
+        if self.tenant is not None and self.market != "any":
+            raise ConfigError("a tenant's app is placed by the scheduler (its budget, priority and residency); "
+                              "`market:` is for an operator's app without a tenant", field="market")
         if self.device == "cpu" and self.precision == "bf16":
             raise ConfigError("bf16 is for GPU replicas; use int8 or fp32 on CPU", field="precision")
         if self.device == "gpu" and self.precision == "int8":
