@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import fields
 
-from elasticml.errors import ConfigError, ElasticMLError
+from elasticml.errors import ElasticMLError
 from elasticml.home import default_storage_path
+from elasticml.scheduler.identity import CREDENTIAL_ENV
 from elasticml.train.config import TrainConfig
 
 
@@ -206,31 +208,6 @@ def _checkpoint_step(result: object) -> int | None:
         return int(read_meta(folder)["step"])
 
 
-def _as_principal(cfg: TrainConfig, scheduling: dict) -> None:
-    """A job run with a tenant's credential is that tenant's work: the scheduler places it (with its
-    residency and budget), so neither leaving out --tenant nor giving --market goes around it."""
-    import os
-
-    from elasticml.scheduler.identity import CREDENTIAL_ENV
-
-    if not os.environ.get(CREDENTIAL_ENV):
-        return
-    import ray
-
-    from elasticml.scheduler.client import SchedulerClient
-
-    if not ray.is_initialized():
-        ray.init(logging_level="ERROR")
-    me = SchedulerClient.connect().whoami()
-    if me["role"] != "tenant":
-        return
-    if scheduling["tenant"] not in (None, me["name"]):
-        raise ConfigError(f"this job runs as tenant {me['name']}, not {scheduling['tenant']}", field="tenant")
-    if cfg.market not in (None, "any"):
-        raise ConfigError("a tenant's job is placed by the scheduler; --market is for admins", field="market")
-    scheduling["tenant"] = me["name"]
-
-
 def main(argv: list[str]) -> int:
     try:
         cfg, scheduling = parse_args(argv)
@@ -241,7 +218,14 @@ def main(argv: list[str]) -> int:
 
     t0 = time.time()
     try:
-        _as_principal(cfg, scheduling)
+        if os.environ.get(CREDENTIAL_ENV):
+            import ray
+
+            from elasticml.scheduler.client import job_tenant
+
+            if not ray.is_initialized():
+                ray.init(logging_level="ERROR")
+            scheduling["tenant"] = job_tenant(scheduling["tenant"], cfg.market)
         if scheduling["tenant"]:
             result, cfg = run_scheduled(cfg, scheduling)
         else:

@@ -5,6 +5,13 @@
 Each trial is a Ray Train run of `elasticml.train` (FSDP2) placed on spot
 capacity by default (`--market`); ASHA stops the trials whose loss lags at
 each rung. The last line printed is a JSON summary with the best trial.
+
+With --tenant (always, when run with a tenant's credential) the sweep is the
+tenant's workload: the scheduler checks its data and storage buckets against
+the tenant's regions before anything is read or written, places the sweep
+(kind `sweep`, `--priority` low by default) within its budget and quota, and
+the trials run on the pools it gave; a trial that loses its node is run again
+(--trial-retries) from its last checkpoint. The sweep is finished when it ends.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import os
 import sys
 import time
 
-from elasticml.errors import ElasticMLError
+from elasticml.errors import ConfigError, ElasticMLError
 from elasticml.home import default_storage_path
 from elasticml.train.config import TrainConfig
 
@@ -33,14 +40,17 @@ def main(argv: list[str]) -> int:
                    "--samples draws between --lr-min and --lr-max)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
     p.add_argument("--concurrent", type=int, default=2)
-    p.add_argument("--market", default="spot", help="sweeps are low priority: spot by default")
+    p.add_argument("--market", help="without a tenant: where trials run (sweeps are low priority: spot by default)")
+    p.add_argument("--tenant", help="place the sweep through the cluster's scheduler, as this tenant")
+    p.add_argument("--priority", default="low", help="with --tenant: critical | high | normal | low | preemptible")
+    p.add_argument("--max-wait-s", type=float, default=3600.0, help="with --tenant: give up if not placed for this long")
     p.add_argument("--trial-retries", type=int, default=2, help="times a failed trial is run again")
     p.add_argument("--size", default="tiny")
     args = p.parse_args(argv)
     try:
         base = TrainConfig(data=args.data, storage_path=args.storage_path, run_name=args.name, model_size=args.size,
                            steps=args.steps, num_workers=args.workers, global_batch=4 * args.workers,
-                           market=args.market, report_every=max(1, args.steps // 6), max_failures=1)
+                           market=args.market or "spot", report_every=max(1, args.steps // 6), max_failures=1)
         if args.samples < 1 or not 0 < args.lr_min <= args.lr_max:
             raise ElasticMLError("need --samples >= 1 and 0 < --lr-min <= --lr-max")
         if args.trial_retries < 0:
@@ -55,6 +65,63 @@ def main(argv: list[str]) -> int:
         print(f"tune.py: error: {exc}", file=sys.stderr)
         return 2
 
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level="ERROR")
+    sched = None
+    try:
+        from elasticml.scheduler.client import job_tenant
+
+        tenant = job_tenant(args.tenant, args.market)
+        if tenant is not None:
+            if args.market is not None:
+                raise ConfigError("a sweep with a tenant is placed by the scheduler; --market is without one",
+                                  field="market")
+            sched, base = placed_sweep(base, args, tenant)
+    except ElasticMLError as exc:
+        print(json.dumps({"event": "tune_refused", "error": str(exc)[:500]}), flush=True)
+        print(f"tune.py: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return sweep(base, args, grid)
+    finally:
+        if sched is not None:
+            sched.finish(args.name)
+
+
+def placed_sweep(base: TrainConfig, args: argparse.Namespace, tenant: str) -> tuple[object, TrainConfig]:
+    """Residency first, then the scheduler's placement; the trials' config pinned to the pools given."""
+    import dataclasses
+
+    import ray
+
+    from elasticml.errors import SchedulerError
+    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.scheduler.spec import WorkloadSpec
+
+    sched = SchedulerClient.connect()
+    sched.check_residency(tenant, [str(base.data), str(base.storage_path)])
+    spec = WorkloadSpec(name=args.name, tenant=tenant, kind="sweep", priority=args.priority,
+                        cpus_per_worker=base.cpus_per_worker, gpus_per_worker=1.0 if base.use_gpu else 0.0,
+                        min_workers=args.workers, max_workers=args.workers * args.concurrent, expected_hours=1.0,
+                        checkpoint_interval_hours=0.1)
+    placement = sched.place(spec, attach=ray.get_runtime_context().get_job_id())
+    waited = 0.0
+    while not placement.placed:
+        if waited > args.max_wait_s:
+            sched.finish(args.name)
+            raise SchedulerError(f"{args.name} waited {waited:.0f}s to be placed: {placement.reason}")
+        time.sleep(1.0)
+        waited += 1.0
+        placement = sched.placement(args.name)
+        if placement is None:
+            raise SchedulerError(f"the scheduler forgot {args.name}")
+    print(json.dumps({"event": "placement", **placement.to_dict()}), flush=True)
+    return sched, dataclasses.replace(base, market="any", node_type=",".join(placement.node_types))
+
+
+def sweep(base: TrainConfig, args: argparse.Namespace, grid: list[float] | None) -> int:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.tune.schedulers import ASHAScheduler

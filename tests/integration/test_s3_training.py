@@ -131,3 +131,42 @@ def test_a_bucket_outside_the_tenants_regions_is_refused_before_anything_is_writ
     assert s3.list_objects_v2(Bucket="eu-runs").get("KeyCount", 0) == 0
     refused = [r for r in state.audit.records() if r["outcome"] == "failed"]
     assert refused and refused[-1]["who"] == "tenant acme" and "eu-west-1" in refused[-1]["why"]
+
+
+def test_a_tenants_sweep_goes_through_residency_and_cannot_pick_its_market(local_cluster, s3_env, tmp_path):
+    """jobs/tune.py run with a tenant's credential: its buckets are checked against the tenant's
+    regions before Tune starts anything (refused, audited, nothing written), and --market is refused."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from elasticml.home import home
+    from elasticml.scheduler.audit import read_records
+    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.scheduler.spec import TenantPolicy
+
+    s3 = boto3.client("s3", endpoint_url=s3_env["ELASTICML_S3_ENDPOINT"])
+    s3.create_bucket(Bucket="eu-sweeps", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    info = local_cluster.require_info()
+    info.connect()
+    admin = SchedulerClient.connect()
+    admin.add_principal("gulf", "tenant", tmp_path / "gulf.cred")
+    admin.set_tenant(TenantPolicy(tenant="gulf", regions=("me-central-1",)))
+    env = {**os.environ, **info.client_env(), **s3_env, "ELASTICML_CREDENTIAL_PATH": str(tmp_path / "gulf.cred"),
+           "RAY_ADDRESS": info.gcs_address}  # a driver on the head, as `ray job submit` runs it
+
+    def tune(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(REPO / "jobs" / "tune.py"), "--name", "gulf-sweep", *flags],
+                              env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+
+    proc = tune("--data", "s3://eu-sweeps/corpus", "--storage-path", "s3://eu-sweeps/runs")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    refused = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert refused["event"] == "tune_refused" and "eu-west-1" in refused["error"]
+    assert s3.list_objects_v2(Bucket="eu-sweeps").get("KeyCount", 0) == 0
+    trail = read_records(home() / "scheduler" / local_cluster.name / "audit.jsonl")
+    assert any(r["who"] == "tenant gulf" and r["outcome"] == "failed" and "eu-west-1" in r["why"] for r in trail)
+    proc = tune("--data", str(tmp_path), "--storage-path", str(tmp_path), "--market", "on-demand")
+    assert proc.returncode == 2 and "--market is for admins" in proc.stderr, proc.stderr[-2000:]
+    assert admin.placement("gulf/gulf-sweep") is None  # nothing was placed

@@ -56,7 +56,7 @@ class SchedulerClient:
         Needs a Ray driver connection. The actor is given the parsed config, so it models the
         cluster it was started for whatever the head's working directory holds.
         """
-        from elasticml.scheduler.identity import admin_credential, digest
+        from elasticml.scheduler.identity import admin_credential, agent_credential, digest, name_of
 
         spec = cluster if isinstance(cluster, ClusterSpec) else load_cluster_spec(cluster)
         ledger = str(ledger_path or home() / "scheduler" / spec.name / "ledger.sqlite")
@@ -67,20 +67,25 @@ class SchedulerClient:
             resources={"node:__internal_head__": 0.001},
         ).remote(spec, ledger, controller or ControllerConfig.from_env(), digest(token))
         ray.get(handle.ping.remote())
-        return cls(handle, token)
+        client = cls(handle, token)
+        agent = agent_credential(spec.name)  # the node agents' (file-mounted on cloud nodes), trusted as agents
+        if {"name": name_of(agent), "role": "agent"} not in client.principals():
+            client._call("add_principal", name_of(agent), "agent", digest(agent))
+        return client
 
     @classmethod
-    def connect(cls, credential: str | Path | None = None) -> SchedulerClient:
+    def connect(cls, credential: str | Path | None = None, *, default: str = "admin") -> SchedulerClient:
         """The cluster's scheduler, called as the principal whose credential file is `credential`
-        (default: $ELASTICML_CREDENTIAL_PATH, else this cluster's admin file in $ELASTICML_HOME).
-        SchedulerNotRunning if nobody started one. Needs a Ray driver connection."""
+        (default: $ELASTICML_CREDENTIAL_PATH, else this cluster's `default` file in $ELASTICML_HOME:
+        `admin`, or `agent` for node agents). SchedulerNotRunning if nobody started one. Needs a Ray
+        driver connection."""
         from elasticml.scheduler.identity import find_credential
 
         try:
             handle = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
         except ValueError:
             raise SchedulerNotRunning(ray.get_runtime_context().gcs_address) from None
-        return cls(handle, find_credential(ray.get(handle.ping.remote()), credential))
+        return cls(handle, find_credential(ray.get(handle.ping.remote()), credential, default=default))
 
     def _call(self, method: str, *args: Any) -> Any:
         try:
@@ -179,3 +184,22 @@ class SchedulerClient:
 
     def kill(self, *, no_restart: bool = False) -> None:
         ray.kill(self._actor, no_restart=no_restart)
+
+
+def job_tenant(tenant: str | None, market: str | None) -> str | None:
+    """The tenant a job (jobs/train.py, jobs/tune.py) runs as: run with a tenant's credential
+    ($ELASTICML_CREDENTIAL_PATH) it is that tenant's work whatever its flags say, so the scheduler
+    places it with its budget and residency: another --tenant and any --market are refused.
+    Without one, `tenant` as given (an operator's choice). Needs a Ray driver connection then."""
+    from elasticml.scheduler.identity import CREDENTIAL_ENV
+
+    if not os.environ.get(CREDENTIAL_ENV):
+        return tenant
+    me = SchedulerClient.connect().whoami()
+    if me["role"] != "tenant":
+        return tenant
+    if tenant not in (None, me["name"]):
+        raise ConfigError(f"this job runs as tenant {me['name']}, not {tenant}", field="tenant")
+    if market not in (None, "any"):
+        raise ConfigError("a tenant's job is placed by the scheduler; --market is for admins", field="market")
+    return me["name"]
