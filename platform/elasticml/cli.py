@@ -7,6 +7,7 @@ line, `elasticml: error: ...`, with exit status 2, like click's own usage errors
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -153,6 +154,28 @@ def cluster_render(target: str, cluster_def: str | None, check: bool, out: Path 
             click.echo("out of date (run `elasticml cluster render`): " + ", ".join(stale), err=True)
             sys.exit(1)
         click.echo(f"{len(files)} generated files are up to date")
+
+
+@cluster.command("credentials")
+@click.argument("cluster_name")
+def cluster_credentials(cluster_name: str) -> None:
+    """Make (once) a cloud cluster's node-agent credential and Ray TLS CA, before `ray up`.
+
+    CLUSTER_NAME is the launcher's `cluster_name` (e.g. elasticml-aws-cpu). The rendered YAML
+    mounts both on every node: the scheduler trusts the credential as an agent when it starts,
+    and each node makes its own TLS certificate from the CA at boot (elasticml.provision.tls).
+    """
+    from elasticml.provision.tls import make_ca
+    from elasticml.scheduler.identity import agent_credential, credentials_dir
+    from elasticml.scheduler.spec import NAME_PATTERN
+
+    if not re.fullmatch(NAME_PATTERN, cluster_name) or len(cluster_name) > 63:
+        raise click.BadParameter("must be a cluster name (letters, digits, - and _)", param_hint="CLUSTER_NAME")
+    agent_credential(cluster_name)
+    folder = credentials_dir(cluster_name)
+    make_ca(folder / "tls", cluster_name)
+    click.echo(f"node agents' credential: {folder / 'agent'} (mode 0600)")
+    click.echo(f"Ray TLS CA: {folder / 'tls' / 'ca.crt'} (its key, mode 0600, beside it)")
 
 
 @cluster.command("env")
@@ -416,6 +439,37 @@ def credential_list(name: str, address: str | None) -> None:
     """The principals and their roles (never their credentials)."""
     for p in _scheduler(name, address).principals():
         click.echo(f"{p['name']:<24} {p['role']}")
+
+
+# -- checkpoint ------------------------------------------------------------------
+@main.group(cls=_Group)
+def checkpoint() -> None:
+    """Checkpoints: verify one, or sign one written before checkpoints were signed."""
+
+
+@checkpoint.command("verify")
+@click.argument("path")
+def checkpoint_verify(path: str) -> None:
+    """Exit 0 if PATH is complete, signed with this cluster's key and every file matches its digest."""
+    from elasticml.train.checkpoint import verify_files
+
+    meta = verify_files(path)
+    click.echo(f"{path}: step {meta['step']}, {len(meta['files'])} files, signed and intact")
+
+
+@checkpoint.command("sign")
+@click.argument("path")
+def checkpoint_sign(path: str) -> None:
+    """Sign PATH with this cluster's checkpoint key, vouching for its bytes as they are now.
+
+    For checkpoints written before checkpoints were signed (or under another cluster's key): Serve
+    and `latest:` refuse them until then. Run it where the key is (the head), only on checkpoints
+    you trust: a signed checkpoint is loaded, its pickled DCP metadata included.
+    """
+    from elasticml.train.checkpoint import sign_checkpoint
+
+    meta = sign_checkpoint(path)
+    click.echo(f"{path}: step {meta['step']}, {len(meta['files'])} files signed")
 
 
 # -- audit -----------------------------------------------------------------------

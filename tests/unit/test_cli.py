@@ -93,3 +93,20 @@ def test_scheduler_validate_refuses_bad_names_and_accepts_a_good_spec(tmp_path):
     spec.write_text("name: job\ntenant: acme\nmax_workers: 2\n")
     good = run("scheduler", "validate", str(spec))
     assert good.returncode == 0 and "valid" in good.stdout, good.stderr
+
+
+def test_cluster_credentials_makes_the_agent_file_and_the_tls_ca_once_and_private(tmp_path):
+    import os
+
+    env = {**os.environ, "ELASTICML_HOME": str(tmp_path)}
+    made = [subprocess.run([ELASTICML, "cluster", "credentials", "elasticml-aws-cpu"], capture_output=True,
+                           text=True, timeout=60, env=env) for _ in range(2)]
+    assert all(p.returncode == 0 for p in made), made[0].stderr
+    agent = tmp_path / "credentials" / "elasticml-aws-cpu" / "agent"
+    assert agent.stat().st_mode & 0o777 == 0o600 and agent.read_text().startswith("eml1.node-agent.")
+    assert str(agent) in made[0].stdout and agent.read_text().split(".")[2] not in made[0].stdout  # path, not secret
+    ca = tmp_path / "credentials" / "elasticml-aws-cpu" / "tls"
+    assert (ca / "ca.key").stat().st_mode & 0o777 == 0o600 and "BEGIN CERTIFICATE" in (ca / "ca.crt").read_text()
+    bad = subprocess.run([ELASTICML, "cluster", "credentials", "../etc"], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert bad.returncode == 2 and "CLUSTER_NAME" in bad.stderr

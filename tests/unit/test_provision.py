@@ -84,6 +84,23 @@ def test_aws_markets_head_auth_security_and_watcher(name):
     starts = raw["head_start_ray_commands"] + raw["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in c for c in starts if c.startswith("RAY_") or "ray start" in c)
     assert raw["file_mounts"]["~/.ray/auth_token"]
+    # The node agents' credential where the watcher (and the head's scheduler) look for it, on every
+    # node and private; the admin's is never mounted.
+    agent = f"~/.elasticml/credentials/{raw['cluster_name']}/agent"
+    assert raw["file_mounts"][agent] == agent and not any("admin" in k for k in raw["file_mounts"])
+    assert any(c.startswith("chmod 600") and agent in c for c in raw["setup_commands"])
+    # Ray's TLS: the CA on every node, each node's own certificate made after the package is installed,
+    # and every Ray process (head, workers, the watcher) started with it.
+    ca = f"~/.elasticml/credentials/{raw['cluster_name']}/tls"
+    assert raw["file_mounts"][ca] == ca
+    setup = raw["setup_commands"]
+    cert = next(i for i, c in enumerate(setup) if "elasticml.provision.tls node" in c and ca in c)
+    assert cert > next(i for i, c in enumerate(setup) if "pip install" in c)
+    tls = ["RAY_USE_TLS=1", "RAY_TLS_SERVER_CERT=$HOME/.elasticml/tls/node.crt",
+           "RAY_TLS_SERVER_KEY=$HOME/.elasticml/tls/node.key", "RAY_TLS_CA_CERT=$HOME/.elasticml/tls/ca.crt"]
+    spot_setups = [c for b in types.values() for c in b.get("worker_setup_commands", []) if "watcher" in c]
+    for command in [c for c in starts if "ray start" in c] + spot_setups:
+        assert all(t in command for t in tls), command
     assert any("pip install" in c and "elasticml" in c for c in raw["setup_commands"])
     assert "RAY_enable_autoscaler_v2=1" in raw["head_start_ray_commands"][-1]
 
@@ -131,6 +148,18 @@ def test_kuberay_manifests_validate_and_map_markets_to_node_pools(name):
         assert mount["readOnly"] and env["RAY_AUTH_TOKEN_PATH"]["value"] == mount["mountPath"] + "/token"
         volume = next(v for v in pod["volumes"] if v["name"] == "ray-token")
         assert volume["secret"]["secretName"] == f"elasticml-{name}-token" and volume["secret"]["defaultMode"] == 0o400
+        # Ray's TLS: an init container makes the pod's certificate (its IP) from the CA Secret into a
+        # memory volume that Ray's container reads and the TLS variables point at.
+        init = pod["initContainers"][0]
+        assert init["command"][:4] == ["python", "-m", "elasticml.provision.tls", "node"] and "$(POD_IP)" in init["command"]
+        assert {e["name"] for e in init["env"]} == {"POD_IP", "POD_NAMESPACE"}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["ray-ca"]["secret"]["secretName"] == f"elasticml-{name}-ca"
+        assert volumes["ray-tls"]["emptyDir"] == {"medium": "Memory"}
+        tls_mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "ray-tls")
+        assert env["RAY_USE_TLS"]["value"] == "1" and tls_mount["readOnly"]
+        for var, file in (("RAY_TLS_SERVER_CERT", "node.crt"), ("RAY_TLS_SERVER_KEY", "node.key"), ("RAY_TLS_CA_CERT", "ca.crt")):
+            assert env[var]["value"] == f"{tls_mount['mountPath']}/{file}"
     serve = yaml.safe_load(docs["rayservice"]["spec"]["serveConfigV2"])
     assert serve["applications"][0]["import_path"] == "serve_apps.completion:app"
     assert "jobs/train.py" in docs["rayjob"]["spec"]["entrypoint"]

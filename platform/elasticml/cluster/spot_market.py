@@ -271,7 +271,7 @@ def _driver_class():  # type: ignore[no-untyped-def]
             while True:
                 time.sleep(0.1)
                 try:
-                    sched = sched or SchedulerClient.connect()
+                    sched = sched or SchedulerClient.connect(default="agent")
                     self.market.reload_clock()
                     up = self.market.available()
                     # At a change at once; otherwise compare with the scheduler's view now and then (it

@@ -20,6 +20,7 @@ import yaml
 
 from elasticml.errors import ConfigError
 from elasticml.provision.definition import CLUSTERS, ClusterDefinition, NodeGroup
+from elasticml.provision.tls import tls_env
 
 TARGETS = ("local", "aws", "kuberay")
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
@@ -27,9 +28,25 @@ RAY_IMAGE = "rayproject/ray:2.60.0-py311-cpu"
 API_KEYS_MOUNT = "/etc/elasticml/api-keys"
 """Where the RayService head mounts the Secret `elasticml-<cluster>-api-keys` (key `api_keys.json`)."""
 RAY_GPU_IMAGE = "rayproject/ray:2.60.0-py311-cu124"
-WATCHER = ("RAY_AUTH_MODE=token nohup sh -c 'while true; do python -m elasticml.provision.watcher; sleep 5; done' "
+NODE_TLS = "$HOME/.elasticml/tls"
+"""Where an AWS node keeps the Ray TLS certificate it makes at boot (elasticml.provision.tls)."""
+RAY_ENV = "RAY_AUTH_MODE=token " + " ".join(f"{k}={v}" for k, v in tls_env(NODE_TLS).items())
+"""Token auth and Ray's TLS, for every Ray process an AWS node starts (start commands, the watcher, ~/.bashrc)."""
+WATCHER = (f"{RAY_ENV} nohup sh -c 'while true; do python -m elasticml.provision.watcher; sleep 5; done' "
            ">> /tmp/elasticml-watcher.log 2>&1 &")
-"""The spot watcher under a restart loop: if its process dies for any reason it is back 5 s later."""
+"""The spot watcher under a restart loop: if its process dies for any reason it is back 5 s later. It
+calls the scheduler as the node agent (the agent credential, which every node has), never as admin."""
+
+
+def agent_file(d: ClusterDefinition) -> str:
+    """The node agents' credential, on the launching machine and on every node (`elasticml cluster
+    credentials elasticml-NAME` makes it); the admin's never leaves the head."""
+    return f"~/.elasticml/credentials/elasticml-{d.name}/agent"
+
+
+def ca_dir(d: ClusterDefinition) -> str:
+    """The cluster's CA for Ray's TLS, made beside the agent credential and mounted likewise."""
+    return f"~/.elasticml/credentials/elasticml-{d.name}/tls"
 
 
 def render(target: str, cluster: str) -> dict[str, str]:
@@ -122,7 +139,7 @@ def _aws(d: ClusterDefinition) -> dict[str, Any]:
                                 "min_workers": g.min_workers, "max_workers": g.max_workers}
         if g.market == "spot":
             # Spot nodes run the interruption watcher: IMDSv2 notices -> scheduler + Ray drain.
-            body["worker_setup_commands"] = [*_setup_commands(), WATCHER]
+            body["worker_setup_commands"] = [*_setup_commands(d), WATCHER]
         types[g.name] = body
     return {
         "cluster_name": f"elasticml-{d.name}",
@@ -145,26 +162,30 @@ def _aws(d: ClusterDefinition) -> dict[str, Any]:
             "~/elasticml": ".",
             # Token auth: `ray get-auth-token --generate` makes this file on your machine.
             "~/.ray/auth_token": "~/.ray/auth_token",
+            agent_file(d): agent_file(d),
+            ca_dir(d): ca_dir(d),
         },
         "rsync_exclude": [".venv", ".git", "**/__pycache__"],
-        "setup_commands": _setup_commands(),
+        "setup_commands": _setup_commands(d),
         "head_start_ray_commands": [
             "ray stop",
-            "RAY_AUTH_MODE=token RAY_enable_autoscaler_v2=1 ray start --head --port=6379 --num-cpus=0 "
+            f"{RAY_ENV} RAY_enable_autoscaler_v2=1 ray start --head --port=6379 --num-cpus=0 "
             "--dashboard-host=127.0.0.1 --autoscaling-config=~/ray_bootstrap_config.yaml --disable-usage-stats",
         ],
         "worker_start_ray_commands": [
             "ray stop",
-            "RAY_AUTH_MODE=token ray start --address=$RAY_HEAD_IP:6379 --disable-usage-stats",
+            f"{RAY_ENV} ray start --address=$RAY_HEAD_IP:6379 --disable-usage-stats",
         ],
     }
 
 
-def _setup_commands() -> list[str]:
+def _setup_commands(d: ClusterDefinition) -> list[str]:
     return [
-        "chmod 600 ~/.ray/auth_token",
-        "echo 'export RAY_AUTH_MODE=token' >> ~/.bashrc",
+        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {ca_dir(d)}/ca.key",
+        f"grep -q RAY_USE_TLS ~/.bashrc || echo 'export {RAY_ENV}' >> ~/.bashrc",
         "pip install -q -e ~/elasticml",
+        # This node's own certificate for Ray's TLS, for every address it has, signed by the cluster's CA.
+        f"python -m elasticml.provision.tls node --ca-dir {ca_dir(d)} --out {NODE_TLS}",
     ]
 
 
@@ -261,6 +282,10 @@ def _head_policy(d: ClusterDefinition) -> dict[str, Any]:
 CAPACITY_TYPE = "karpenter.sh/capacity-type"
 TOKEN_MOUNT = "/etc/ray-token"
 """Where every pod mounts the Secret `elasticml-<cluster>-token` (key `token`)."""
+CA_MOUNT = "/etc/elasticml-ca"
+"""Where the TLS init container mounts the Secret `elasticml-<cluster>-ca` (keys `ca.crt`, `ca.key`)."""
+POD_TLS = "/etc/ray-tls"
+"""The pod's own Ray TLS certificate, made by the init container into an in-memory volume."""
 
 
 def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
@@ -275,10 +300,32 @@ def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
         "image": RAY_GPU_IMAGE if gpus else RAY_IMAGE,
         # The token as a file (the Secret mounted read-only), never as a variable every process inherits.
         "env": [{"name": "RAY_AUTH_MODE", "value": "token"},
-                {"name": "RAY_AUTH_TOKEN_PATH", "value": f"{TOKEN_MOUNT}/token"}],
-        "volumeMounts": [{"name": "ray-token", "mountPath": TOKEN_MOUNT, "readOnly": True}],
+                {"name": "RAY_AUTH_TOKEN_PATH", "value": f"{TOKEN_MOUNT}/token"},
+                *({"name": k, "value": v} for k, v in tls_env(POD_TLS).items())],
+        "volumeMounts": [{"name": "ray-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
+                         {"name": "ray-tls", "mountPath": POD_TLS, "readOnly": True}],
         "resources": {"requests": dict(limits), "limits": limits},
     }
+
+
+def _tls_init(d: ClusterDefinition, image: str) -> dict[str, Any]:
+    """The init container that makes the pod's Ray TLS certificate (its IP, and any service name in
+    its namespace, as KubeRay's head service is dialled) from the CA Secret, before Ray starts."""
+    return {
+        "name": "ray-tls-cert", "image": image,
+        "command": ["python", "-m", "elasticml.provision.tls", "node", "--ca-dir", CA_MOUNT, "--out", POD_TLS,
+                    "--ip", "$(POD_IP)", "--ip", "127.0.0.1", "--dns", "localhost",
+                    "--dns", "*.$(POD_NAMESPACE).svc.cluster.local"],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+        "volumeMounts": [{"name": "ray-ca", "mountPath": CA_MOUNT, "readOnly": True},
+                         {"name": "ray-tls", "mountPath": POD_TLS}],
+    }
+
+
+def _tls_volumes(d: ClusterDefinition) -> list[dict[str, Any]]:
+    return [{"name": "ray-ca", "secret": {"secretName": f"elasticml-{d.name}-ca", "defaultMode": 0o400}},
+            {"name": "ray-tls", "emptyDir": {"medium": "Memory"}}]
 
 
 def _token_volume(d: ClusterDefinition) -> dict[str, Any]:
@@ -290,8 +337,10 @@ def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[st
     workers = []
     for g in d.groups:
         capacity = {"spot": "spot", "on-demand": "on-demand", "reserved": "reserved"}[g.market]
+        worker = _container(d, g)
         pod: dict[str, Any] = {"nodeSelector": {CAPACITY_TYPE: capacity, "node.kubernetes.io/instance-type": g.instance_type},
-                               "containers": [_container(d, g)], "volumes": [_token_volume(d)]}
+                               "initContainers": [_tls_init(d, worker["image"])], "containers": [worker],
+                               "volumes": [_token_volume(d), *_tls_volumes(d)]}
         if g.market == "spot":
             pod["tolerations"] = [{"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot", "effect": "NoSchedule"}]
         if g.gpus:
@@ -302,8 +351,10 @@ def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[st
             "rayStartParams": {"labels": ",".join(f"{k}={v}" for k, v in g.labels.items())},
             "template": {"spec": pod},
         })
-    head_pod: dict[str, Any] = {"nodeSelector": {CAPACITY_TYPE: "on-demand"}, "containers": [_container(d, None)],
-                                "volumes": [_token_volume(d)]}
+    head = _container(d, None)
+    head_pod: dict[str, Any] = {"nodeSelector": {CAPACITY_TYPE: "on-demand"},
+                                "initContainers": [_tls_init(d, head["image"])], "containers": [head],
+                                "volumes": [_token_volume(d), *_tls_volumes(d)]}
     if api_keys:
         head_pod["volumes"].append({"name": "api-keys", "secret": {"secretName": f"elasticml-{d.name}-api-keys"}})
         head_pod["containers"][0]["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_MOUNT,

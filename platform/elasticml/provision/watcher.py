@@ -170,7 +170,7 @@ def notify_scheduler(notice: Notice) -> None:
     if notice.kind == "rebalance":
         log.warning("rebalance recommendation for %s at %s: no action until an interruption notice", node_type, notice.time)
         return
-    result = SchedulerClient.connect().interrupt(node_type)
+    result = SchedulerClient.connect(default="agent").interrupt(node_type)
     log.warning("interruption notice (%s at %s): %d workloads re-placed, %d nodes drained", notice.action, notice.time,
                 len(result["decisions"]), len(result["drained_nodes"]))
 

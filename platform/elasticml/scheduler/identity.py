@@ -109,9 +109,10 @@ def read_credential(path: str | Path) -> str:
     return token
 
 
-def find_credential(cluster: str, explicit: str | Path | None = None) -> str:
-    """The caller's token: `explicit`, else $ELASTICML_CREDENTIAL_PATH, else this cluster's admin file."""
-    path = explicit or os.environ.get(CREDENTIAL_ENV) or credentials_dir(cluster) / "admin"
+def find_credential(cluster: str, explicit: str | Path | None = None, *, default: str = "admin") -> str:
+    """The caller's token: `explicit`, else $ELASTICML_CREDENTIAL_PATH, else this cluster's `default`
+    file (`admin` on the head; `agent` for the node agents, which every node has)."""
+    path = explicit or os.environ.get(CREDENTIAL_ENV) or credentials_dir(cluster) / default
     return read_credential(path)
 
 
@@ -120,4 +121,19 @@ def admin_credential(cluster: str) -> str:
     path = credentials_dir(cluster) / "admin"
     if not path.exists():
         write_credential(path, new_token("admin"))
+    return read_credential(path)
+
+
+AGENT = "node-agent"
+
+
+def agent_credential(cluster: str) -> str:
+    """The node agents' token (the spot watcher, a replayed market's driver), made on first use.
+
+    On a cloud cluster it is made on the launching machine (`elasticml cluster credentials`) and
+    travels to every node as a file mount, as Ray's own token does; the head's scheduler trusts it
+    as an agent when it starts. Only the agent file goes to workers, never the admin one."""
+    path = credentials_dir(cluster) / "agent"
+    if not path.exists():
+        write_credential(path, new_token(AGENT))
     return read_credential(path)
