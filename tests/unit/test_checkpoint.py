@@ -151,3 +151,42 @@ def test_serving_refuses_an_altered_checkpoint_when_the_app_is_built(tmp_path):
     _flip_a_byte(tmp_path / "c" / "__0_0.distcp", at=100)
     with pytest.raises(CheckpointError, match="sha256 differs"):
         build_app({"checkpoint": str(tmp_path / "c")})
+
+
+def test_a_checkpoint_from_before_signing_is_refused_until_an_operator_signs_it(tmp_path):
+    """The migration path: `elasticml checkpoint sign` vouches for an unsigned (pre-signing) checkpoint's
+    bytes as they are; it refuses an incomplete one, and what it signed is checked like any other."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from elasticml.train.checkpoint import verify_files
+
+    cli = str(Path(sys.executable).with_name("elasticml"))
+    old = tmp_path / "old"
+    save(old, step=7)
+    meta = json.loads((old / "meta.json").read_text())
+    unsigned = {k: v for k, v in meta.items() if k not in ("sha256", "mac")}  # what checkpoints held before
+    (old / "meta.json").write_text(json.dumps(unsigned))
+    with pytest.raises(CheckpointError, match="not signed"):
+        verify_files(old)
+    refused = subprocess.run([cli, "checkpoint", "verify", str(old)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "not signed" in refused.stderr
+    signed = subprocess.run([cli, "checkpoint", "sign", str(old)], capture_output=True, text=True, timeout=60)
+    assert signed.returncode == 0 and "step 7" in signed.stdout, signed.stderr
+    assert verify_files(old)["step"] == 7 and load_model(old)[0] is not None
+    assert subprocess.run([cli, "checkpoint", "verify", str(old)], capture_output=True, timeout=60).returncode == 0
+    shard = next(p for p in old.iterdir() if p.suffix == ".distcp")
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # altered after signing: refused as ever
+    with pytest.raises(CheckpointError, match="sha256"):
+        verify_files(old)
+    # An incomplete one is never signed.
+    torn = tmp_path / "torn"
+    save(torn, step=8)
+    (torn / "meta.json").write_text(json.dumps({k: v for k, v in json.loads((torn / "meta.json").read_text()).items()
+                                                if k not in ("sha256", "mac")}))
+    next(p for p in torn.iterdir() if p.suffix == ".distcp").write_bytes(b"short")
+    proc = subprocess.run([cli, "checkpoint", "sign", str(torn)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "incomplete" in proc.stderr

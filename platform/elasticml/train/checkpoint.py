@@ -196,6 +196,45 @@ def verify_files(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
+def sign_checkpoint(folder: str | Path) -> dict[str, Any]:
+    """Sign a complete checkpoint that carries no valid MAC under this cluster's key: one written
+    before checkpoints were signed, or under another cluster's key. Whoever runs it vouches for
+    the bytes as they are now (it is the migration path, an operator's decision, not a repair):
+    every listed file must be there at its listed size; their sha256s are taken now. Returns the
+    new manifest. Local folders and s3:// alike; meta.json is replaced in one write."""
+    from elasticml.storage import filesystem_for
+
+    fs, root = filesystem_for(str(folder))
+    try:
+        with fs.open_input_stream(f"{root}/{META}") as fh:
+            raw = json.loads(fh.read(1 << 22).decode())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} is not a checkpoint (no {META})") from None
+    except ValueError:
+        raise CheckpointError(f"{folder}/{META} is not valid JSON") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT or not isinstance(raw.get("files"), dict):
+        raise CheckpointError(f"{folder} is not an {FORMAT} checkpoint with a file list; it cannot be signed")
+    import pyarrow.fs as pafs
+
+    sha: dict[str, str] = {}
+    for name, size in raw["files"].items():
+        if type(name) is not str or "/" in name or name in ("", ".", "..", META) or type(size) is not int:
+            raise CheckpointError(f"{folder}/{META} lists a file it cannot hold: {str(name)[:80]!r}")
+        info = fs.get_file_info(f"{root}/{name}")
+        if info.type != pafs.FileType.File or info.size != size:
+            raise CheckpointError(f"{folder} is incomplete: {name} is missing or truncated; not signed")
+        sha[name] = _sha256(lambda name=name: fs.open_input_stream(f"{root}/{name}"))
+    meta = {**{k: v for k, v in raw.items() if k not in ("sha256", "mac")}, "sha256": sha}
+    meta["mac"] = _manifest_mac(checkpoint_key(create=True), meta)  # type: ignore[arg-type]
+    text = json.dumps(meta, indent=2)
+    if "://" in str(folder):
+        with fs.open_output_stream(f"{root}/{META}") as out:  # one PUT: readers see the old or the new
+            out.write(text.encode())
+    else:
+        write_atomic(Path(root) / META, text)
+    return meta
+
+
 def is_complete(folder: str | Path) -> bool:
     try:
         read_meta(folder)
