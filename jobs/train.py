@@ -162,6 +162,8 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
     sched = SchedulerClient.connect()
     # Residency first: nothing is read from or written to a bucket outside the tenant's regions.
     sched.check_residency(spec.tenant, [str(cfg.data), str(cfg.storage_path)])
+    # Where the cluster confines tenants to their bucket prefixes, only these credentials reach them.
+    sched.tenant_storage(spec.tenant, [str(cfg.data), str(cfg.storage_path)], hours=min(12.0, max(1.0, 2 * spec.expected_hours)))
     placement = sched.place(spec, attach=ray.get_runtime_context().get_job_id())
     flag = stop_flag()
     waited_s, result, run_cfg = 0.0, None, cfg

@@ -102,6 +102,7 @@ def placed_sweep(base: TrainConfig, args: argparse.Namespace, tenant: str) -> tu
 
     sched = SchedulerClient.connect()
     sched.check_residency(tenant, [str(base.data), str(base.storage_path)])
+    sched.tenant_storage(tenant, [str(base.data), str(base.storage_path)], hours=12.0)  # trials take them along
     spec = WorkloadSpec(name=args.name, tenant=tenant, kind="sweep", priority=args.priority,
                         cpus_per_worker=base.cpus_per_worker, gpus_per_worker=1.0 if base.use_gpu else 0.0,
                         min_workers=args.workers, max_workers=args.workers * args.concurrent, expected_hours=1.0,
@@ -128,15 +129,26 @@ def sweep(base: TrainConfig, args: argparse.Namespace, grid: list[float] | None)
 
     from elasticml.train.launch import fit
 
+    from elasticml.storage import installed_credentials
+
+    s3_credentials = installed_credentials()  # a tenant's, where its prefix is out of the node role's reach
+
     def trial(config: dict) -> None:
         import dataclasses
 
+        from elasticml.storage import use_credentials
+
+        use_credentials(s3_credentials)
         cfg = dataclasses.replace(base, lr=config["lr"], run_name=f"{args.name}-{tune.get_context().get_trial_id()}")
         fit(cfg, callbacks=[TuneReportCallback()])
 
     # Ray may garbage-collect the job's unpacked working_dir once the trials that shared it end,
     # which would leave this driver in a deleted cwd: everything is imported, so step out of it.
     os.chdir(os.path.expanduser("~"))
+    from elasticml.storage import filesystem_for, is_remote
+
+    # Tune's own state goes through the same filesystem as the trials' checkpoints (and its credentials).
+    storage_fs, storage_path = filesystem_for(args.storage_path) if is_remote(args.storage_path) else (None, args.storage_path)
     t0 = time.time()
     tuner = tune.Tuner(
         # The trial itself only drives Ray Train, so it takes a sliver of the head (placement
@@ -151,7 +163,7 @@ def sweep(base: TrainConfig, args: argparse.Namespace, grid: list[float] | None)
         # A trial on spot can lose its node, or its workers can start into a working_dir that Ray is
         # garbage-collecting (seen once in CI: "No such file or directory" importing torch): run it
         # again, from its last checkpoint, before calling it an error.
-        run_config=tune.RunConfig(name=args.name, storage_path=args.storage_path,
+        run_config=tune.RunConfig(name=args.name, storage_path=storage_path, storage_filesystem=storage_fs,
                                   failure_config=tune.FailureConfig(max_failures=args.trial_retries)),
     )
     results = tuner.fit()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -22,13 +23,47 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
-def s3_filesystem() -> pafs.S3FileSystem:
+@dataclass(frozen=True)
+class S3Credentials:
+    """Short-lived S3 credentials confined to one prefix (a tenant's, vended by the scheduler:
+    scheduler/tenant_storage.py). The secret never shows in a repr or a log line."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(repr=False)
+    expiration: float
+    """Unix time after which they no longer work."""
+    prefix: str
+    """`bucket/tenants/NAME/`: the only keys they reach."""
+
+    def cover(self, uri: str) -> bool:
+        return uri.startswith("s3://") and f"{uri.removeprefix('s3://').rstrip('/')}/".startswith(self.prefix)
+
+
+_credentials: list[S3Credentials] = []
+
+
+def use_credentials(creds: list[S3Credentials]) -> None:
+    """From now on, in this process, S3 URIs under each one's prefix are reached with it (a tenant's
+    job and its workers); an empty list forgets them."""
+    _credentials[:] = list(creds)
+
+
+def installed_credentials() -> list[S3Credentials]:
+    return list(_credentials)
+
+
+def s3_filesystem(uri: str = "") -> pafs.S3FileSystem:
     endpoint = os.environ.get("ELASTICML_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict[str, object] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
+    vended = next((c for c in _credentials if c.cover(uri)), None)
+    if vended is not None:
+        kwargs.update(access_key=vended.access_key_id, secret_key=vended.secret_access_key,
+                      session_token=vended.session_token)
+    elif os.environ.get("AWS_ACCESS_KEY_ID"):
         kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
     return pafs.S3FileSystem(**kwargs)
 
@@ -54,7 +89,7 @@ def bucket_region(uri: str) -> str | None:
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or an s3:// URI."""
     if uri.startswith("s3://"):
-        return s3_filesystem(), uri.removeprefix("s3://").rstrip("/")
+        return s3_filesystem(uri), uri.removeprefix("s3://").rstrip("/")
     if uri.startswith("file://"):
         uri = uri.removeprefix("file://")
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())

@@ -28,7 +28,7 @@ def load(rel: str):
 
 def test_committed_files_are_exactly_what_the_definition_renders():
     files = render_all()
-    assert "cluster_configs/local.yaml" in files and len(files) == 17
+    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2  # + tenant trust and roles, Serve ingresses
     stale = [rel for rel, text in files.items() if (REPO / rel).read_text() != text]
     assert not stale, f"run `elasticml cluster render`: {stale}"
     out = subprocess.run([str(Path(sys.executable).with_name("elasticml")), "cluster", "render", "--check"],
@@ -110,6 +110,10 @@ def test_iam_policies_let_workers_reach_the_bucket_and_nothing_more(name):
     bucket = CLUSTERS[name].bucket
     worker = json.loads((REPO / f"cluster_configs/aws/{name}-worker-policy.json").read_text())
     for st in worker["Statement"]:
+        if st["Effect"] == "Deny":  # tenants' prefixes, which only their own vended credentials reach
+            assert st["Resource"] == f"arn:aws:s3:::{bucket}/tenants/*" or \
+                st["Condition"]["StringLike"]["s3:prefix"] == ["tenants/*"]
+            continue
         assert st["Effect"] == "Allow"
         if st["Sid"] == "UseTheBucketsKey":  # the bucket's objects are encrypted with this key alone
             assert set(st["Action"]) == {"kms:GenerateDataKey", "kms:Decrypt"} and "kms:ResourceAliases" in str(st)
@@ -243,3 +247,39 @@ def test_the_bucket_refuses_plain_http_and_encrypts_every_object_with_the_cluste
         statements = json.loads((REPO / "cluster_configs" / "aws" / f"{name}-{role}-policy.json").read_text())["Statement"]
         kms = next(st for st in statements if st["Sid"] == "UseTheBucketsKey")
         assert kms["Condition"] == {"ForAnyValue:StringEquals": {"kms:ResourceAliases": f"alias/elasticml-{name}"}}
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_each_tenant_role_reaches_only_its_prefix_and_only_the_head_may_assume_it(name):
+    d = CLUSTERS[name]
+    assert d.tenants
+    trust = json.loads((REPO / f"cluster_configs/aws/{name}-tenant-trust.json").read_text())
+    assert [st["Principal"]["AWS"] for st in trust["Statement"]] == [f"arn:aws:iam::{d.account_id}:role/elasticml-{name}-head"]
+    for tenant in d.tenants:
+        policy = json.loads((REPO / f"cluster_configs/aws/{name}-tenant-{tenant}-policy.json").read_text())
+        for st in policy["Statement"]:
+            assert st["Effect"] == "Allow"
+            if st["Sid"] == "OwnPrefix":
+                assert st["Resource"] == f"arn:aws:s3:::{d.bucket}/tenants/{tenant}/*"
+            elif st["Sid"] == "ListOwnPrefix":
+                assert st["Condition"]["StringLike"]["s3:prefix"] == [f"tenants/{tenant}/*"]
+            else:
+                assert st["Sid"] in ("BucketRegion", "UseTheBucketsKey") and "s3:GetObject" not in st["Action"]
+    head = json.loads((REPO / f"cluster_configs/aws/{name}-head-policy.json").read_text())
+    vend = next(st for st in head["Statement"] if st["Sid"] == "VendTenantCredentials")
+    assert vend["Resource"] == f"arn:aws:iam::{d.account_id}:role/elasticml-{name}-tenant-*"
+    raw = load(f"cluster_configs/{name}.yaml")
+    assert f"ELASTICML_TENANT_ROLE_ARN=arn:aws:iam::{d.account_id}:role/elasticml-{name}-tenant-{{tenant}}" in \
+        raw["head_start_ray_commands"][-1]
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_the_rayservice_is_reached_over_https_only(name):
+    ingress = load(f"cluster_configs/kuberay/{name}-serve-ingress.yaml")
+    service = load(f"cluster_configs/kuberay/{name}-rayservice.yaml")
+    notes = ingress["metadata"]["annotations"]
+    assert json.loads(notes["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTPS": 443}]  # no plain HTTP listener
+    assert notes["alb.ingress.kubernetes.io/certificate-arn"].startswith(f"arn:aws:acm:{CLUSTERS[name].region}:")
+    assert notes["alb.ingress.kubernetes.io/scheme"] == "internal" and "TLS13" in notes["alb.ingress.kubernetes.io/ssl-policy"]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{service['metadata']['name']}-serve-svc", "port": {"number": 8000}}

@@ -56,10 +56,22 @@ class ClusterDefinition:
     """Replace with your AWS account id (IAM ARNs, capacity-reservation groups)."""
     admin_cidr: str = "10.0.0.0/16"
     """Where SSH may come from: your VPN or bastion range; never 0.0.0.0/0."""
+    serve_certificate: str = "REPLACE-WITH-YOUR-ACM-CERTIFICATE-ID"
+    """The ACM certificate (its id in this account and region) that the RayService's load balancer
+    answers HTTPS with."""
+    tenants: tuple[str, ...] = ()
+    """Tenants with a role of their own that reaches only s3://BUCKET/tenants/TENANT/ (the nodes' roles
+    are denied tenants/*); the scheduler vends its credentials (scheduler/tenant_storage.py)."""
 
     def __post_init__(self) -> None:
         if self.admin_cidr in ("0.0.0.0/0", "::/0"):
             raise ConfigError("SSH must not be open to the world; use your VPN or bastion range", field="admin_cidr")
+        import re
+
+        for tenant in self.tenants:
+            if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?", tenant):
+                raise ConfigError(f"must be 1-32 of a-z, 0-9 and '-' (an IAM role name part), got {tenant!r}",
+                                  field="tenants")
 
     def group(self, name: str) -> NodeGroup:
         return next(g for g in self.groups if g.name == name)
@@ -83,11 +95,12 @@ CLUSTERS: dict[str, ClusterDefinition] = {
     "aws-cpu": ClusterDefinition(
         name="aws-cpu", region="us-east-1", head_instance_type="m7i.large", zones=("us-east-1a", "us-east-1b"),
         description="small business: CPU nodes for training small models and int8 serving",
-        groups=_cpu_groups("m7i.2xlarge", 8, 32, spot=8, od=4, reserved=2),
+        groups=_cpu_groups("m7i.2xlarge", 8, 32, spot=8, od=4, reserved=2), tenants=("research", "payments"),
     ),
     "aws-gpu": ClusterDefinition(
         name="aws-gpu", region="us-east-1", head_instance_type="m7i.2xlarge", zones=("us-east-1a", "us-east-1b", "us-east-1c"),
         description="enterprise: GPU nodes for FSDP training and bf16 serving, CPU nodes for data",
+        tenants=("research", "product"),
         groups=_cpu_groups("c7i.4xlarge", 16, 32, spot=8, od=4, reserved=0)[:2] + (
             NodeGroup(name="gpu_spot", market="spot", cpus=48, gpus=4, memory_gib=192, instance_type="g5.12xlarge", max_workers=8),
             NodeGroup(name="gpu_on_demand", market="on-demand", cpus=48, gpus=4, memory_gib=192, instance_type="g5.12xlarge", max_workers=4),

@@ -38,6 +38,14 @@ WATCHER = (f"{RAY_ENV} nohup sh -c 'while true; do python -m elasticml.provision
 calls the scheduler as the node agent (the agent credential, which every node has), never as admin."""
 
 
+TENANT_ROLE_ENV = "ELASTICML_TENANT_ROLE_ARN"
+"""Set for the head's Ray (and so its scheduler actor): the tenant roles it vends credentials of."""
+
+
+def _tenant_role(d: ClusterDefinition) -> str:
+    return f"arn:aws:iam::{d.account_id}:role/elasticml-{d.name}-tenant-{{tenant}}"
+
+
 def agent_file(d: ClusterDefinition) -> str:
     """The node agents' credential, on the launching machine and on every node (`elasticml cluster
     credentials elasticml-NAME` makes it); the admin's never leaves the head."""
@@ -68,11 +76,14 @@ def render(target: str, cluster: str) -> dict[str, str]:
             f"cluster_configs/aws/{d.name}-worker-policy.json": _json(_worker_policy(d)),
             f"cluster_configs/aws/{d.name}-bucket-policy.json": _json(_bucket_policy(d)),
             f"cluster_configs/aws/{d.name}-bucket-encryption.json": _json(_bucket_encryption(d)),
+            f"cluster_configs/aws/{d.name}-tenant-trust.json": _json(_tenant_trust(d)),
+            **{f"cluster_configs/aws/{d.name}-tenant-{t}-policy.json": _json(_tenant_policy(d, t)) for t in d.tenants},
         }
     return {
         f"cluster_configs/kuberay/{d.name}-raycluster.yaml": _yaml(_raycluster(d), _header(d, "kubectl apply -f")),
         f"cluster_configs/kuberay/{d.name}-rayjob.yaml": _yaml(_rayjob(d), _header(d, "kubectl apply -f")),
         f"cluster_configs/kuberay/{d.name}-rayservice.yaml": _yaml(_rayservice(d), _header(d, "kubectl apply -f")),
+        f"cluster_configs/kuberay/{d.name}-serve-ingress.yaml": _yaml(_serve_ingress(d), _header(d, "kubectl apply -f")),
     }
 
 
@@ -169,7 +180,7 @@ def _aws(d: ClusterDefinition) -> dict[str, Any]:
         "setup_commands": _setup_commands(d),
         "head_start_ray_commands": [
             "ray stop",
-            f"{RAY_ENV} RAY_enable_autoscaler_v2=1 ray start --head --port=6379 --num-cpus=0 "
+            f"{RAY_ENV} RAY_enable_autoscaler_v2=1 {TENANT_ROLE_ENV}={_tenant_role(d)} ray start --head --port=6379 --num-cpus=0 "
             "--dashboard-host=127.0.0.1 --autoscaling-config=~/ray_bootstrap_config.yaml --disable-usage-stats",
         ],
         "worker_start_ray_commands": [
@@ -201,18 +212,50 @@ def _resources(g: NodeGroup) -> dict[str, int]:
     return out
 
 
+OBJECT_ACTIONS = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+
+
+def _use_key(d: ClusterDefinition) -> dict[str, Any]:
+    # Objects are encrypted with the cluster's KMS key (the bucket's default): reading and writing
+    # them needs that key, and only that one.
+    return {"Sid": "UseTheBucketsKey", "Effect": "Allow", "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+            "Resource": f"arn:aws:kms:{d.region}:{d.account_id}:key/*",
+            "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": f"alias/elasticml-{d.name}"}}}
+
+
 def _bucket_statements(d: ClusterDefinition) -> list[dict[str, Any]]:
+    bucket = f"arn:aws:s3:::{d.bucket}"
     return [
-        {"Sid": "ListCheckpointBucket", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{d.bucket}"},
-        {"Sid": "ReadWriteCheckpoints", "Effect": "Allow",
-         "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
-         "Resource": f"arn:aws:s3:::{d.bucket}/*"},
-        # Objects are encrypted with the cluster's KMS key (the bucket's default): reading and writing
-        # them needs that key, and only that one.
-        {"Sid": "UseTheBucketsKey", "Effect": "Allow", "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
-         "Resource": f"arn:aws:kms:{d.region}:{d.account_id}:key/*",
-         "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": f"alias/elasticml-{d.name}"}}},
+        # GetBucketLocation: the residency check asks the bucket's region before anything is written.
+        {"Sid": "ListCheckpointBucket", "Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
+         "Resource": bucket},
+        {"Sid": "ReadWriteCheckpoints", "Effect": "Allow", "Action": OBJECT_ACTIONS, "Resource": f"{bucket}/*"},
+        # Tenants' prefixes are out of the nodes' reach (any code on a node has its role): a tenant's job
+        # reaches its own prefix only with the credentials the scheduler vends for its role.
+        {"Sid": "NotTenantsData", "Effect": "Deny", "Action": OBJECT_ACTIONS, "Resource": f"{bucket}/tenants/*"},
+        {"Sid": "NotTenantsListing", "Effect": "Deny", "Action": ["s3:ListBucket"], "Resource": bucket,
+         "Condition": {"StringLike": {"s3:prefix": ["tenants/*"]}}},
+        _use_key(d),
     ]
+
+
+def _tenant_policy(d: ClusterDefinition, tenant: str) -> dict[str, Any]:
+    """Role `elasticml-<cluster>-tenant-<tenant>`: its own prefix of the bucket, and nothing else."""
+    bucket, prefix = f"arn:aws:s3:::{d.bucket}", f"tenants/{tenant}/"
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "OwnPrefix", "Effect": "Allow", "Action": OBJECT_ACTIONS, "Resource": f"{bucket}/{prefix}*"},
+        {"Sid": "ListOwnPrefix", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket,
+         "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}}},
+        {"Sid": "BucketRegion", "Effect": "Allow", "Action": ["s3:GetBucketLocation"], "Resource": bucket},
+        _use_key(d),
+    ]}
+
+
+def _tenant_trust(d: ClusterDefinition) -> dict[str, Any]:
+    """Every tenant role's trust policy: only the head (its scheduler) may assume it, for at most 12 h."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "TheSchedulerVends", "Effect": "Allow", "Action": "sts:AssumeRole",
+         "Principal": {"AWS": f"arn:aws:iam::{d.account_id}:role/elasticml-{d.name}-head"}}]}
 
 
 def _kms_key(d: ClusterDefinition) -> str:
@@ -275,6 +318,9 @@ def _head_policy(d: ClusterDefinition) -> dict[str, Any]:
          "Resource": "*", "Condition": {"StringEquals": {"aws:RequestedRegion": d.region}}},
         {"Sid": "PassWorkerRole", "Effect": "Allow", "Action": ["iam:PassRole"],
          "Resource": f"arn:aws:iam::{d.account_id}:role/elasticml-{d.name}-worker"},
+        # The scheduler vends each tenant short-lived credentials of its own role (tenant_storage.py).
+        {"Sid": "VendTenantCredentials", "Effect": "Allow", "Action": ["sts:AssumeRole"],
+         "Resource": f"arn:aws:iam::{d.account_id}:role/elasticml-{d.name}-tenant-*"},
     ]}
 
 
@@ -403,6 +449,29 @@ def _rayservice(d: ClusterDefinition) -> dict[str, Any]:
         "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": _meta(d, "serve"),
         "spec": {"serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
                  "rayClusterConfig": _raycluster_spec(d, api_keys=True)},
+    }
+
+
+def _serve_ingress(d: ClusterDefinition) -> dict[str, Any]:
+    """HTTPS in front of the RayService (AWS Load Balancer Controller): an internal ALB that answers
+    only HTTPS on 443 with the cluster's ACM certificate and a modern TLS policy; plain HTTP is
+    never listened on. KubeRay names the RayService's Serve service `<rayservice>-serve-svc`."""
+    service = f"{_meta(d, 'serve')['name']}-serve-svc"
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": f"elasticml-{d.name}-serve", "labels": {"app.kubernetes.io/part-of": "elasticml"},
+                     "annotations": {
+                         "alb.ingress.kubernetes.io/scheme": "internal",
+                         "alb.ingress.kubernetes.io/target-type": "ip",
+                         "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTPS": 443}]),
+                         "alb.ingress.kubernetes.io/certificate-arn":
+                             f"arn:aws:acm:{d.region}:{d.account_id}:certificate/{d.serve_certificate}",
+                         "alb.ingress.kubernetes.io/ssl-policy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
+                         "alb.ingress.kubernetes.io/healthcheck-path": "/healthz",
+                     }},
+        "spec": {"ingressClassName": "alb", "rules": [{"http": {"paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": service, "port": {"number": 8000}}}}]}}]},
     }
 
 

@@ -51,7 +51,10 @@ class SchedulerActor:
         from elasticml.scheduler.audit import AuditLog, load_key
         from elasticml.scheduler.door import Door
 
+        from elasticml.scheduler.tenant_storage import CredentialVendor
+
         self.core = ClusterScheduler(cluster, ledger_path, controller)
+        self.core.vendor = CredentialVendor.from_env()  # the head's tenant roles (cloud); None locally
         folder = Path(ledger_path).parent
         self.core.audit = AuditLog(folder / "audit.jsonl", load_key(folder / "audit.key"))
         if not any(role == "admin" for role, _ in self.core.principals.values()):

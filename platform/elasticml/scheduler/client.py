@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 
@@ -20,6 +20,9 @@ from elasticml.home import home
 from elasticml.scheduler.actor import ACTOR_NAME, NAMESPACE, SchedulerActor
 from elasticml.scheduler.controller import ControllerConfig
 from elasticml.scheduler.spec import Placement, TenantPolicy, WorkloadSpec
+
+if TYPE_CHECKING:
+    from elasticml.storage import S3Credentials
 
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
 """Where Ray's cluster launcher leaves the running cluster's config on its head node."""
@@ -158,6 +161,21 @@ class SchedulerClient:
             region = bucket_region(uri)
             if region is not None:
                 self._call("check_residency", tenant, region, uri[:300])
+
+    def storage_credentials(self, tenant: str, bucket: str, hours: float = 1.0) -> "S3Credentials | None":
+        """Short-lived credentials reaching only s3://BUCKET/tenants/TENANT/ (None where the cluster
+        keeps no tenant prefixes)."""
+        return self._call("storage_credentials", tenant, bucket, hours)
+
+    def tenant_storage(self, tenant: str, uris: list[str], hours: float) -> list["S3Credentials"]:
+        """Credentials for every bucket among `uris`, installed in this process (storage.use_credentials)
+        and returned, for the job's workers to install too. Empty where the cluster vends none."""
+        from elasticml.storage import use_credentials
+
+        buckets = sorted({u.removeprefix("s3://").split("/", 1)[0] for u in uris if u.startswith("s3://")})
+        creds = [c for c in (self.storage_credentials(tenant, b, hours) for b in buckets) if c is not None]
+        use_credentials(creds)
+        return creds
 
     def record_event(self, action: str, target: str, why: str) -> None:
         """Put a decision taken elsewhere in the platform (a canary verdict) into the audit trail (admin)."""

@@ -10,7 +10,8 @@ What each role may do (identity.py says who the roles are):
 | status | everything | its own workloads | pools only |
 | cost_report | everything | its own costs | - |
 | interrupt, clear_interruption | spot pools | - | spot pools |
-| check_residency (may this tenant's data be in region R?) | any tenant | its own | - |
+| check_residency (may this tenant's data be in region R, under this URI?) | any tenant | its own | - |
+| storage_credentials (short-lived, its bucket prefix only) | any tenant | its own | - |
 | record_event (a deployment, a canary verdict) | any | its own workloads' | - |
 | set_tenant, add/remove/list principals, tick, cluster events | yes | - | - |
 | whoami | yes | yes | yes |
@@ -36,10 +37,10 @@ OWN_WORKLOAD = {"placement", "report_progress", "run_started", "finish", "explai
 ADMIN_ONLY = {"set_tenant", "add_principal", "remove_principal", "list_principals", "tick"}
 POOL_SIGNALS = {"interrupt", "clear_interruption"}
 CHANGES = {"place", "finish", "set_tenant", "add_principal", "remove_principal", "interrupt", "clear_interruption",
-           "report_progress", "check_residency"}
+           "report_progress", "check_residency", "storage_credentials"}
 """Methods whose successful calls are audited (reads are not; their refusals are)."""
 PUBLIC = OWN_WORKLOAD | ADMIN_ONLY | POOL_SIGNALS | {"place", "status", "cost_report", "whoami", "check_residency",
-                                                      "record_event"}
+                                                      "record_event", "storage_credentials"}
 MAX_ARGS = 4
 
 
@@ -117,6 +118,8 @@ class Door:
             return None
         if method == "check_residency":
             return None if args and args[0] == who.name else "a tenant checks its own residency only"
+        if method == "storage_credentials":
+            return None if args and args[0] == who.name else "a tenant gets credentials for its own prefix only"
         if method in OWN_WORKLOAD:
             name = args[0] if args else None
             if name == "_events":
@@ -163,6 +166,8 @@ def _summary(method: str, args: tuple[Any, ...]) -> str:
         return repr(args[0])[:300]
     if method == "check_residency" and len(args) >= 2:
         return f"{args[2] if len(args) > 2 else 'storage'} in {args[1]}: allowed"
+    if method == "storage_credentials" and len(args) >= 2:
+        return f"s3://{str(args[1])[:63]}/tenants/{str(args[0])[:63]}/ for {args[2] if len(args) > 2 else 1.0}h"
     if method == "add_principal" and len(args) >= 2:
         return f"role {args[1]}"
     return ""

@@ -29,6 +29,8 @@ from elasticml.scheduler.catalog import PriceCatalog
 from elasticml.scheduler.controller import Controller, ControllerConfig, priced_by_market
 from elasticml.scheduler.deadline import JobStepper
 from elasticml.scheduler.ledger import Ledger
+from elasticml.scheduler.tenant_storage import MAX_SESSION_HOURS, CredentialVendor, check_confined
+from elasticml.storage import S3Credentials
 from elasticml.scheduler.policy import Decision, place, replace_interrupted
 from elasticml.scheduler.spec import (
     MAX_NAME,
@@ -106,6 +108,8 @@ class SchedulerState(Controller):
         self.caller = "scheduler"
         """Who the change being made is for (the door sets it per call): what the audit trail records."""
         self.audit: AuditLog | None = None
+        self.vendor: CredentialVendor | None = None
+        """Where tenants' storage credentials come from (tenant_storage.py); None = no tenant prefixes."""
         self.steppers: dict[str, JobStepper] = {}
         for name, raw in self.ledger.state_items("steer:").items():
             self.steppers[name.removeprefix("steer:")] = self._stepper_from(json.loads(raw))
@@ -198,6 +202,18 @@ class SchedulerState(Controller):
         if allowed and region not in allowed:
             raise PlacementRefused(what or tenant, f"data residency: tenant {tenant} is kept to {list(allowed)}, "
                                                    f"but {what or 'the storage'} is in {region}")
+        if self.vendor is not None:  # tenants' data is confined to their prefixes here
+            check_confined(tenant, what)
+
+    def storage_credentials(self, tenant: str, bucket: str, hours: float = 1.0) -> S3Credentials | None:
+        """Short-lived credentials that reach only s3://BUCKET/tenants/TENANT/; None where this cluster
+        keeps no tenant prefixes (nothing configured to vend them)."""
+        check_text(tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        check_text(bucket, field="bucket", max_len=63, pattern=r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+        check_number(hours, field="hours", lo=0.25, hi=MAX_SESSION_HOURS)
+        if self.vendor is None:
+            return None
+        return self.vendor.vend(tenant, bucket, float(hours))
 
     def placement(self, name: str) -> Placement | None:
         """The workload's placement now, or None if the scheduler does not know it."""

@@ -29,7 +29,7 @@ def fit(cfg: TrainConfig, *, callbacks: list | None = None, stop: Any = None,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from elasticml.storage import filesystem_for, is_remote
+    from elasticml.storage import filesystem_for, installed_credentials, is_remote
     from elasticml.train.loop import train_loop_per_worker
 
     storage_fs, storage_path = None, cfg.storage_path
@@ -39,7 +39,9 @@ def fit(cfg: TrainConfig, *, callbacks: list | None = None, stop: Any = None,
 
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg, "stop": stop, "started": started},
+        # A tenant's storage credentials (installed in this driver by its job) travel to the workers in
+        # the task arguments, like the scheduler client: never in an environment variable or a log.
+        train_loop_config={"config": cfg, "stop": stop, "started": started, "s3_credentials": installed_credentials()},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             # Elastic on spot: Ray Train runs with what it can get between the two bounds.

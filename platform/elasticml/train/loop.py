@@ -66,6 +66,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     cfg: TrainConfig = loop_config["config"]
     stop = loop_config.get("stop")
+    if loop_config.get("s3_credentials"):  # a tenant's: its prefix is out of the node role's reach
+        from elasticml.storage import use_credentials
+
+        use_credentials(loop_config["s3_credentials"])
     if not log.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))

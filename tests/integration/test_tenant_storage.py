@@ -1,0 +1,146 @@
+"""Tenants' bucket prefixes, against an S3 and STS that check IAM (moto's server with IAM enforcement):
+the rendered tenant roles and node policies, credentials the scheduler vends through its door,
+and pyarrow reaching a tenant's prefix with them. Nothing here is mocked but AWS itself."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from elasticml.provision.definition import CLUSTERS
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+D = CLUSTERS["aws-cpu"]
+SETUP_REQUESTS = 12
+"""The requests `iam_world` makes before moto starts checking every signature and policy."""
+
+
+def _policy(name: str) -> str:
+    return (REPO / "cluster_configs" / "aws" / f"aws-cpu-{name}.json").read_text()
+
+
+@pytest.fixture(scope="module")
+def iam_world(tmp_path_factory):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = str(Path(sys.executable).with_name("moto_server"))
+    env = {"INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_REQUESTS), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    url = f"http://127.0.0.1:{port}"
+    boot = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": "boot", "aws_secret_access_key": "boot"}
+    iam, s3 = boto3.client("iam", **boot), boto3.client("s3", **boot)
+    keys = {}
+    for user, policy in (("elasticml-head", "head-policy"), ("elasticml-worker", "worker-policy")):  # 6 requests
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="rendered", PolicyDocument=_policy(policy))
+        keys[user] = iam.create_access_key(UserName=user)["AccessKey"]
+    s3.create_bucket(Bucket=D.bucket)  # 1
+    # The rendered trust policy names the head *role*; moto matches principals literally (it does not see
+    # a role's sessions as the role), so here the head is a user and the trust names that user.
+    trust = json.loads(_policy("tenant-trust"))
+    trust["Statement"][0]["Principal"]["AWS"] = f"arn:aws:iam::{D.account_id}:user/elasticml-head"
+    for tenant in ("research", "payments"):  # 4 requests
+        iam.create_role(RoleName=f"elasticml-aws-cpu-tenant-{tenant}", AssumeRolePolicyDocument=json.dumps(trust))
+        iam.put_role_policy(RoleName=f"elasticml-aws-cpu-tenant-{tenant}", PolicyName="rendered",
+                            PolicyDocument=_policy(f"tenant-{tenant}-policy"))
+    s3.put_object(Bucket=D.bucket, Key="tenants/payments/ledger.csv", Body=b"payments' own data")  # 1
+    yield {"url": url, "keys": keys}
+    proc.terminate()
+    proc.wait(10)
+
+
+def _s3(world, access_key: str, secret: str, token: str | None = None):
+    return boto3.client("s3", endpoint_url=world["url"], region_name="us-east-1", aws_access_key_id=access_key,
+                        aws_secret_access_key=secret, aws_session_token=token)
+
+
+def _denied(call) -> bool:
+    try:
+        call()
+    except ClientError as exc:
+        return exc.response["Error"]["Code"] in ("AccessDenied", "403")
+    return False
+
+
+def test_the_nodes_roles_cannot_touch_tenants_data(iam_world):
+    k = iam_world["keys"]["elasticml-worker"]
+    worker = _s3(iam_world, k["AccessKeyId"], k["SecretAccessKey"])
+    worker.put_object(Bucket=D.bucket, Key="runs/operator/x", Body=b"ok")  # the platform's own prefix
+    worker.get_bucket_location(Bucket=D.bucket)  # what the residency check asks before anything is written
+    assert _denied(lambda: worker.get_object(Bucket=D.bucket, Key="tenants/payments/ledger.csv"))
+    assert _denied(lambda: worker.put_object(Bucket=D.bucket, Key="tenants/research/x", Body=b"no"))
+    assert _denied(lambda: worker.delete_object(Bucket=D.bucket, Key="tenants/payments/ledger.csv"))
+
+
+def test_vended_credentials_reach_the_tenants_prefix_and_nothing_else(iam_world, tmp_path, monkeypatch):
+    from elasticml.cluster.config import load_cluster_spec
+    from elasticml.errors import AccessDenied, PlacementRefused
+    from elasticml.scheduler.audit import AuditLog, load_key
+    from elasticml.scheduler.door import Door
+    from elasticml.scheduler.identity import digest, new_token
+    from elasticml.scheduler.state import SchedulerState
+    from elasticml.scheduler.tenant_storage import CredentialVendor
+    from elasticml.storage import read_text, use_credentials, write_text_atomic
+
+    head = iam_world["keys"]["elasticml-head"]
+    for var, value in (("AWS_ACCESS_KEY_ID", head["AccessKeyId"]), ("AWS_SECRET_ACCESS_KEY", head["SecretAccessKey"]),
+                       ("AWS_DEFAULT_REGION", "us-east-1"), ("ELASTICML_S3_ENDPOINT", iam_world["url"])):
+        monkeypatch.setenv(var, value)  # the scheduler's process: the head's identity
+    state = SchedulerState(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"), str(tmp_path / "l.sqlite"))
+    state.audit = AuditLog(tmp_path / "audit.jsonl", load_key(tmp_path / "audit.key"))
+    state.vendor = CredentialVendor(role_arn=f"arn:aws:iam::{D.account_id}:role/elasticml-aws-cpu-tenant-{{tenant}}",
+                                    endpoint=iam_world["url"])
+    tokens = {t: new_token(t) for t in ("research", "payments")}
+    for t, token in tokens.items():
+        state.add_principal(t, "tenant", digest(token))
+    door = Door(state)
+
+    creds = door.call(tokens["research"], "storage_credentials", ("research", D.bucket, 1.0))
+    assert creds.prefix == f"{D.bucket}/tenants/research/" and creds.expiration > time.time()
+    assert creds.secret_access_key not in repr(creds) and creds.session_token not in repr(creds)
+    with pytest.raises(AccessDenied, match="its own prefix only"):
+        door.call(tokens["research"], "storage_credentials", ("payments", D.bucket, 1.0))
+    research = _s3(iam_world, creds.access_key_id, creds.secret_access_key, creds.session_token)
+    research.put_object(Bucket=D.bucket, Key="tenants/research/run/step-1", Body=b"mine")
+    assert research.get_object(Bucket=D.bucket, Key="tenants/research/run/step-1")["Body"].read() == b"mine"
+    assert _denied(lambda: research.get_object(Bucket=D.bucket, Key="tenants/payments/ledger.csv"))
+    assert _denied(lambda: research.put_object(Bucket=D.bucket, Key="tenants/payments/ledger.csv", Body=b"x"))
+    assert _denied(lambda: research.put_object(Bucket=D.bucket, Key="runs/elsewhere", Body=b"x"))
+    # A job's own path (pyarrow, as training writes): installed, the prefix is reachable; outside it the
+    # process falls back to its own (the head's) identity, which is denied tenants' data.
+    use_credentials([creds])
+    try:
+        write_text_atomic(f"s3://{D.bucket}/tenants/research/run/meta.json", "{}")
+        assert read_text(f"s3://{D.bucket}/tenants/research/run/meta.json") == "{}"
+        with pytest.raises(OSError):
+            read_text(f"s3://{D.bucket}/tenants/payments/ledger.csv")
+    finally:
+        use_credentials([])
+    # Where prefixes are kept, a tenant's job outside its own is refused at the residency check, and audited.
+    state.check_residency("research", "us-east-1", f"s3://{D.bucket}/tenants/research/corpus")
+    with pytest.raises(PlacementRefused, match="tenants/research/"):
+        door.call(tokens["research"], "check_residency", ("research", "us-east-1", f"s3://{D.bucket}/runs/corpus"))
+    trail = state.audit.records()
+    vended = [r for r in trail if r["action"] == "storage_credentials" and r["outcome"] == "done"]
+    assert vended and "tenants/research/" in vended[0]["why"] and creds.secret_access_key not in json.dumps(trail)
+    assert any(r["action"] == "storage_credentials" and r["outcome"] == "denied" for r in trail)
+    assert any(r["action"] == "check_residency" and r["outcome"] == "failed" for r in trail)
