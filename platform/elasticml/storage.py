@@ -53,7 +53,70 @@ def installed_credentials() -> list[S3Credentials]:
     return list(_credentials)
 
 
-def s3_filesystem(uri: str = "") -> pafs.S3FileSystem:
+class _PrefixHandler(pafs.FileSystemHandler):
+    """A tenant's S3 through pyarrow, without the bucket-level call its credentials may not make.
+
+    pyarrow's S3 `create_dir` first asks whether the bucket exists (HeadBucket, which IAM authorizes
+    as a ListBucket of no prefix: a listing of every tenant's keys, which a tenant's role is rightly
+    denied). S3 has no directories, so creating one is nothing here; everything else is S3's own.
+    """
+
+    def __init__(self, fs: pafs.S3FileSystem) -> None:
+        self.fs = fs
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _PrefixHandler) and self.fs.equals(other.fs)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def get_type_name(self) -> str:
+        return "elasticml-s3-prefix"
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        return None
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("a tenant's S3 access never empties a bucket")
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path: str) -> object:
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> object:
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: object) -> object:
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path: str, metadata: object) -> object:
+        return self.fs.open_append_stream(path, metadata=metadata)
+
+
+def s3_filesystem(uri: str = "") -> pafs.FileSystem:
     endpoint = os.environ.get("ELASTICML_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict[str, object] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
     if endpoint:
@@ -63,7 +126,8 @@ def s3_filesystem(uri: str = "") -> pafs.S3FileSystem:
     if vended is not None:
         kwargs.update(access_key=vended.access_key_id, secret_key=vended.secret_access_key,
                       session_token=vended.session_token)
-    elif os.environ.get("AWS_ACCESS_KEY_ID"):
+        return pafs.PyFileSystem(_PrefixHandler(pafs.S3FileSystem(**kwargs)))
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
         kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
     return pafs.S3FileSystem(**kwargs)
 

@@ -133,7 +133,8 @@ def test_a_bucket_outside_the_tenants_regions_is_refused_before_anything_is_writ
     assert refused and refused[-1]["who"] == "tenant acme" and "eu-west-1" in refused[-1]["why"]
 
 
-def test_a_tenants_sweep_goes_through_residency_and_cannot_pick_its_market(local_cluster, s3_env, tmp_path):
+def test_a_tenants_sweep_and_serve_app_go_through_residency_and_cannot_pick_a_market(local_cluster, s3_env, tmp_path,
+                                                                                    monkeypatch):
     """jobs/tune.py run with a tenant's credential: its buckets are checked against the tenant's
     regions before Tune starts anything (refused, audited, nothing written), and --market is refused."""
     import json
@@ -170,3 +171,11 @@ def test_a_tenants_sweep_goes_through_residency_and_cannot_pick_its_market(local
     proc = tune("--data", str(tmp_path), "--storage-path", str(tmp_path), "--market", "on-demand")
     assert proc.returncode == 2 and "--market is for admins" in proc.stderr, proc.stderr[-2000:]
     assert admin.placement("gulf/gulf-sweep") is None  # nothing was placed
+    # The tenant's Serve app: the checkpoint's bucket is checked before `latest:` lists it.
+    from elasticml.errors import PlacementRefused
+    from elasticml.serve.completion import build_app
+
+    monkeypatch.setenv("ELASTICML_CREDENTIAL_PATH", str(tmp_path / "gulf.cred"))
+    with pytest.raises(PlacementRefused, match="eu-west-1"):
+        build_app({"checkpoint": "latest:s3://eu-sweeps/runs/nightly", "tenant": "gulf", "name": "gulf-serve"})
+    assert admin.placement("gulf/gulf-serve") is None

@@ -20,7 +20,7 @@ from elasticml.provision.definition import CLUSTERS
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 D = CLUSTERS["aws-cpu"]
-SETUP_REQUESTS = 12
+SETUP_REQUESTS = 14
 """The requests `iam_world` makes before moto starts checking every signature and policy."""
 
 
@@ -62,6 +62,13 @@ def iam_world(tmp_path_factory):
         iam.create_role(RoleName=f"elasticml-aws-cpu-tenant-{tenant}", AssumeRolePolicyDocument=json.dumps(trust))
         iam.put_role_policy(RoleName=f"elasticml-aws-cpu-tenant-{tenant}", PolicyName="rendered",
                             PolicyDocument=_policy(f"tenant-{tenant}-policy"))
+    # "lab": research's rendered policy for its own prefix, less the s3:prefix condition on listing, which
+    # moto cannot evaluate (it refuses every listing under it): what a training run needs to list.
+    lab = json.loads(_policy("tenant-research-policy").replace("tenants/research/", "tenants/lab/"))
+    for st in lab["Statement"]:
+        st.pop("Condition", None) if st["Sid"] == "ListOwnPrefix" else None
+    iam.create_role(RoleName="elasticml-aws-cpu-tenant-lab", AssumeRolePolicyDocument=json.dumps(trust))  # 2
+    iam.put_role_policy(RoleName="elasticml-aws-cpu-tenant-lab", PolicyName="rendered", PolicyDocument=json.dumps(lab))
     s3.put_object(Bucket=D.bucket, Key="tenants/payments/ledger.csv", Body=b"payments' own data")  # 1
     yield {"url": url, "keys": keys}
     proc.terminate()
@@ -144,3 +151,70 @@ def test_vended_credentials_reach_the_tenants_prefix_and_nothing_else(iam_world,
     assert vended and "tenants/research/" in vended[0]["why"] and creds.secret_access_key not in json.dumps(trail)
     assert any(r["action"] == "storage_credentials" and r["outcome"] == "denied" for r in trail)
     assert any(r["action"] == "check_residency" and r["outcome"] == "failed" for r in trail)
+
+
+@pytest.fixture(scope="module")
+def confined_cluster(iam_world, request):
+    """A local cluster whose nodes have the head's identity (denied tenants/*) and whose scheduler vends
+    tenants' credentials: a cloud cluster's storage, on loopback."""
+    import os
+
+    head = iam_world["keys"]["elasticml-head"]
+    env = {"AWS_ACCESS_KEY_ID": head["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": head["SecretAccessKey"],
+           "AWS_DEFAULT_REGION": "us-east-1", "ELASTICML_S3_ENDPOINT": iam_world["url"],
+           "ELASTICML_TENANT_ROLE_ARN": f"arn:aws:iam::{D.account_id}:role/elasticml-aws-cpu-tenant-{{tenant}}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # before the cluster starts: its raylets, and so every node process, inherit it
+    try:
+        yield request.getfixturevalue("local_cluster")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_a_tenants_training_job_reaches_its_prefix_only_with_vended_credentials(confined_cluster, iam_world, corpus,
+                                                                                 tmp_path):
+    """jobs/train.py as tenant lab: its corpus and checkpoints under tenants/lab/, which the nodes' own
+    identity cannot touch; the run succeeds only because the driver, Ray Train's controller and every
+    worker use the credentials the scheduler vended."""
+    import os
+
+    import pyarrow.fs as pafs
+
+    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.storage import filesystem_for, use_credentials
+    from elasticml.train.checkpoint import read_meta
+
+    info = confined_cluster.require_info()
+    info.connect()
+    admin = SchedulerClient.connect()
+    admin.add_principal("lab", "tenant", tmp_path / "lab.cred")
+    creds = admin.storage_credentials("lab", D.bucket, 1.0)
+    assert creds is not None  # this cluster vends
+    use_credentials([creds])
+    try:
+        fs, _ = filesystem_for(f"s3://{D.bucket}/tenants/lab/corpus")
+        pafs.copy_files(str(corpus), f"{D.bucket}/tenants/lab/corpus", source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
+    finally:
+        use_credentials([])
+    env = {**os.environ, **info.client_env(), "RAY_ADDRESS": info.gcs_address,
+           "ELASTICML_CREDENTIAL_PATH": str(tmp_path / "lab.cred")}
+    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "train.py"), "--data", f"s3://{D.bucket}/tenants/lab/corpus",
+                           "--storage-path", f"s3://{D.bucket}/tenants/lab/runs", "--run-name", "confined", "--steps", "4",
+                           "--workers", "2", "--global-batch", "4", "--report-every", "2", "--checkpoint-every", "2"],
+                          env=env, capture_output=True, text=True, timeout=420, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["error"] is None and summary["checkpoint"].startswith(f"{D.bucket}/tenants/lab/runs/confined")
+    use_credentials([admin.storage_credentials("lab", D.bucket, 1.0)])
+    try:
+        assert read_meta(f"s3://{summary['checkpoint']}")["step"] == 4
+    finally:
+        use_credentials([])
+    k = iam_world["keys"]["elasticml-worker"]
+    worker = _s3(iam_world, k["AccessKeyId"], k["SecretAccessKey"])
+    assert _denied(lambda: worker.get_object(Bucket=D.bucket, Key=f"{summary['checkpoint'].split('/', 1)[1]}/meta.json"))

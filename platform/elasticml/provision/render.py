@@ -427,7 +427,9 @@ def _rayjob(d: ClusterDefinition) -> dict[str, Any]:
     return {
         "apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": _meta(d, "train"),
         "spec": {
-            "entrypoint": (f"python jobs/train.py --data s3://{d.bucket}/corpus --storage-path s3://{d.bucket}/runs "
+            # A tenant's job keeps to its own prefix of the bucket (scheduler/tenant_storage.py).
+            "entrypoint": (f"python jobs/train.py --data s3://{d.bucket}/tenants/research/corpus "
+                           f"--storage-path s3://{d.bucket}/tenants/research/runs "
                            "--run-name nightly --tenant research --priority low"),
             "runtimeEnvYAML": "working_dir: /home/ray/elasticml\n",
             "shutdownAfterJobFinishes": True,
@@ -441,8 +443,10 @@ def _rayservice(d: ClusterDefinition) -> dict[str, Any]:
     serve_config = {
         "applications": [{
             "name": "completion", "route_prefix": "/", "import_path": "serve_apps.completion:app",
-            "args": {"checkpoint": f"latest:s3://{d.bucket}/runs/nightly", "market": "reserved",
-                     "api_keys_file": f"{API_KEYS_MOUNT}/api_keys.json"},
+            # research's model, served as research's workload: the scheduler places it (base replicas on
+            # reserved or on-demand capacity) and its checkpoints stay in research's prefix.
+            "args": {"checkpoint": f"latest:s3://{d.bucket}/tenants/research/runs/nightly", "tenant": "research",
+                     "priority": "high", "api_keys_file": f"{API_KEYS_MOUNT}/api_keys.json"},
         }]
     }
     return {

@@ -248,8 +248,15 @@ def build_canary_app(args: dict[str, Any]) -> Application:
         tenant_share_of,
     )
 
+    from elasticml.serve.audit import scheduler_or_none
+    from elasticml.serve.completion import tenant_storage
+
     canary_keys = {f for f in CanaryConfig.__dataclass_fields__}
     canary_cfg = from_mapping(CanaryConfig, {k: v for k, v in args.items() if k in canary_keys}, source="canary args")
+    tenant = args.get("tenant") if isinstance(args.get("tenant"), str) else None
+    # A tenant's versions: residency and its prefix's credentials before `latest:` lists anything.
+    tenant_storage(tenant, [canary_cfg.canary_checkpoint, str(args.get("checkpoint", ""))],
+                   scheduler_or_none() if tenant else None)
     # Resolved here, once: `latest:RUN_DIR` must name the same checkpoint in the versions and in the
     # verdict the router keeps.
     canary_cfg = replace(canary_cfg, canary_checkpoint=resolve_checkpoint(canary_cfg.canary_checkpoint))

@@ -66,17 +66,22 @@ class CompletionService:
     service reachable only through deployment handles (the versions behind a canary router).
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], s3_credentials: list | None = None) -> None:
+        """`s3_credentials`: a tenant's, where the cluster confines its checkpoints to its prefix
+        (scheduler/tenant_storage.py); they arrive in the replica's constructor arguments."""
         import ray
         import torch
 
         from elasticml.serve.auth import KeyRing
+        from elasticml.storage import use_credentials
         from elasticml.serve.cache import ResponseCache
         from elasticml.serve.metrics import ServeMetrics
         from elasticml.serve.precision import prepare
         from elasticml.train.checkpoint import load_model
 
         self.cfg = ServeConfig.from_dict(config)
+        if s3_credentials:
+            use_credentials(s3_credentials)
         torch.set_num_threads(max(1, int(self.cfg.num_cpus)))
         model, self.meta = load_model(self.cfg.checkpoint, allowed_modules=tuple(self.cfg.allowed_model_modules))
         self.context = model.config.max_seq_len
@@ -236,8 +241,8 @@ class CompletionService:
 class ModelBackend:
     """A model version reachable only through handles (keys are checked by whoever holds the handle)."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.service = CompletionService(config)
+    def __init__(self, config: dict[str, Any], s3_credentials: list | None = None) -> None:
+        self.service = CompletionService(config, s3_credentials)
 
     async def complete(self, request: CompletionRequest, tenant: str | None = None) -> "CompletionResponse | Refusal":
         """`tenant`: whom the router in front authenticated (it scopes the response cache)."""
@@ -250,8 +255,8 @@ class ModelBackend:
 @serve.deployment(max_ongoing_requests=32)
 @serve.ingress(api)
 class Completer:
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.service = CompletionService(config)
+    def __init__(self, config: dict[str, Any], s3_credentials: list | None = None) -> None:
+        self.service = CompletionService(config, s3_credentials)
 
     def __serve_build_asgi_app__(self) -> Ingress:
         """Serve calls this once the replica exists; `self.app` is the FastAPI app `@serve.ingress` bound."""
@@ -339,7 +344,6 @@ def placement(cfg: ServeConfig, *, name: str, sched: "SchedulerClient | None" = 
         import ray
 
         raise SchedulerNotRunning(ray.get_runtime_context().gcs_address)
-    sched.check_residency(cfg.tenant, [cfg.checkpoint])  # the checkpoint's bucket, before any replica reads it
     placed = sched.place(spec, attach=serve_attachment(name))
     if not placed.placed:
         raise SchedulerError(f"the scheduler has not placed {name} yet ({placed.state}): {placed.reason}")
@@ -366,16 +370,17 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
     """build_app's work; with backend=True a handle-only ModelBackend (for a router in front of it)."""
     from ray.serve.config import BackpressureConfig
 
+    from elasticml.serve.audit import record_deployment, scheduler_or_none
+    from elasticml.train.checkpoint import read_meta
+
     cfg = ServeConfig.from_dict(dict(args), source="completion app args")
+    sched = scheduler_or_none()
+    creds = tenant_storage(cfg.tenant, [cfg.checkpoint], sched)
     cfg = dataclasses.replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))
     if cfg.api_keys_file is not None:  # read here, on the head: replicas get the digests, not the file
         from elasticml.serve.auth import read_key_file
 
         cfg = dataclasses.replace(cfg, api_keys={**read_key_file(cfg.api_keys_file), **cfg.api_keys}, api_keys_file=None)
-    from elasticml.serve.audit import record_deployment, scheduler_or_none
-    from elasticml.train.checkpoint import read_meta
-
-    sched = scheduler_or_none()
     options, allocations = placement(cfg, name=cfg.name, sched=sched)
     record_deployment(cfg, allocations, read_meta(cfg.checkpoint), sched)  # before any replica starts
     common: dict[str, Any] = {
@@ -393,7 +398,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
             pinned = {**options, "label_selector": {L.NODE_TYPE: alloc.node_type}}  # no fallback: stay put
             # Named <workload>-pool-<type>: the scheduler charges (and finishes) the app by these replicas.
             handles.append(ModelBackend.options(name=f"{cfg.name}-pool-{alloc.node_type}", ray_actor_options=pinned,
-                                                num_replicas=alloc.workers, **common).bind(backend_cfg))
+                                                num_replicas=alloc.workers, **common).bind(backend_cfg, creds))
             pools.append({"node_type": alloc.node_type, "market": alloc.market, "replicas": alloc.workers})
         # The router must not sit on spot either: pinned to the first (base) pool, taking no CPU.
         base_pool = next((a for a in allocations if a.market != "spot"), allocations[0])
@@ -407,4 +412,16 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         deployment["autoscaling_config"] = autoscaling
     else:
         deployment["num_replicas"] = cfg.num_replicas
-    return (ModelBackend if backend else Completer).options(**deployment).bind(cfg.to_dict())
+    return (ModelBackend if backend else Completer).options(**deployment).bind(cfg.to_dict(), creds)
+
+
+def tenant_storage(tenant: str | None, checkpoints: list[str], sched: "SchedulerClient | None") -> list:
+    """For a tenant's app: its checkpoints' buckets checked against its regions before anything is read,
+    and, where the cluster confines tenants to their prefixes, the credentials that reach them
+    (installed here for `latest:` and the manifest check; handed to the replicas). Vended for the
+    longest session IAM allows: a replica that starts after they expire needs a redeploy."""
+    if tenant is None or sched is None:
+        return []
+    uris = [c.removeprefix("latest:") for c in checkpoints]
+    sched.check_residency(tenant, uris)
+    return sched.tenant_storage(tenant, uris, hours=12.0)
