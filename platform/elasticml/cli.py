@@ -129,15 +129,21 @@ def cluster_status(name: str, as_json: bool) -> None:
 @click.option("--cluster", "cluster_def", default=None, help="A definition in elasticml.provision.definition.")
 @click.option("--check", is_flag=True, help="Exit 1 if the committed files differ from what renders.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Repository root.")
-def cluster_render(target: str, cluster_def: str | None, check: bool, out: Path | None) -> None:
+@click.option("--image", default=None, help="REPOSITORY:TAG of the platform's image (built from the Dockerfile; "
+              "-cpu/-gpu appended) for the KubeRay manifests [default: the definition's].")
+def cluster_render(target: str, cluster_def: str | None, check: bool, out: Path | None, image: str | None) -> None:
     """Write (or --check) the local, AWS and KubeRay files generated from the one definition."""
     from elasticml.provision.render import render, render_all
     from elasticml.repo import ROOT
 
-    if target == "all":
+    if target == "all" and image is None:
         files = render_all()
+    elif target == "all":
+        from elasticml.provision.definition import CLUSTERS
+
+        files = {k: v for c in CLUSTERS if c != "local" for k, v in render("kuberay", c, image=image).items()}
     else:
-        files = render(target, cluster_def or ("local" if target == "local" else "aws-cpu"))
+        files = render(target, cluster_def or ("local" if target == "local" else "aws-cpu"), image=image)
     root = out or ROOT
     stale = []
     for rel, text in files.items():

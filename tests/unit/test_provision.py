@@ -10,13 +10,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from ray._private.label_utils import parse_node_labels_string
 
 from elasticml import labels as L
 from elasticml.cluster.config import load_cluster_spec, ray_schema
 from elasticml.provision.definition import CLUSTERS
-from elasticml.provision.kuberay_schema import validate_manifest
-from elasticml.provision.render import render, render_all
+from elasticml.provision.kuberay_rules import ManifestError, validate_manifest
+from elasticml.provision.render import setup_environment, render, render_all
 
 REPO = Path(__file__).resolve().parents[2]
 AWS = ["aws-cpu", "aws-gpu"]
@@ -28,7 +27,8 @@ def load(rel: str):
 
 def test_committed_files_are_exactly_what_the_definition_renders():
     files = render_all()
-    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2  # + tenant trust and roles, Serve ingresses
+    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2 + 4 + 2  # + tenant trust and roles, Serve ingresses, service accounts,
+    # Karpenter, the AWS docker variants
     stale = [rel for rel, text in files.items() if (REPO / rel).read_text() != text]
     assert not stale, f"run `elasticml cluster render`: {stale}"
     out = subprocess.run([str(Path(sys.executable).with_name("elasticml")), "cluster", "render", "--check"],
@@ -45,7 +45,7 @@ def test_render_check_notices_a_hand_edit(tmp_path):
     assert out.returncode == 1 and "cluster_configs/aws-cpu.yaml" in out.stderr
 
 
-@pytest.mark.parametrize("name", AWS)
+@pytest.mark.parametrize("name", AWS + [f"{n}-docker" for n in AWS])
 def test_aws_yamls_are_valid_launcher_configs_with_the_local_labels(name):
     raw = load(f"cluster_configs/{name}.yaml")
     jsonschema.validate(raw, ray_schema())
@@ -131,7 +131,7 @@ def test_iam_policies_let_workers_reach_the_bucket_and_nothing_more(name):
 def test_kuberay_manifests_validate_and_map_markets_to_node_pools(name):
     docs = {kind: load(f"cluster_configs/kuberay/{name}-{kind}.yaml") for kind in ("raycluster", "rayjob", "rayservice")}
     for doc in docs.values():
-        validate_manifest(doc)
+        validate_manifest(doc)  # the vendored CRD and the KubeRay controller's rules
     groups = docs["raycluster"]["spec"]["workerGroupSpecs"]
     definition = {g.name.replace("_", "-"): g for g in CLUSTERS[name].groups}
     assert {g["groupName"] for g in groups} == set(definition)
@@ -139,19 +139,18 @@ def test_kuberay_manifests_validate_and_map_markets_to_node_pools(name):
         d = definition[g["groupName"]]
         pod = g["template"]["spec"]
         assert pod["nodeSelector"]["karpenter.sh/capacity-type"] == d.market
-        assert parse_node_labels_string(g["rayStartParams"]["labels"]) == d.labels
+        assert g["labels"] == d.labels and "labels" not in g["rayStartParams"]  # KubeRay >= 1.5's way
+        assert g["idleTimeoutSeconds"] >= 0 and g["resources"]["CPU"] == str(d.cpus)
         spot_toleration = any(t.get("value") == "spot" for t in pod.get("tolerations", []))
         assert spot_toleration == (d.market == "spot")
     head = docs["raycluster"]["spec"]["headGroupSpec"]["template"]["spec"]
     for pod in [head] + [g["template"]["spec"] for g in groups]:
-        # The token is a mounted file; no variable holds it for every process to inherit.
+        # The token through authOptions (KubeRay hands it to Ray, its autoscaler and the job submitter);
+        # no manifest holds it or points an env var at a secret of its own.
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
-        assert env["RAY_AUTH_MODE"]["value"] == "token" and "RAY_AUTH_TOKEN" not in env
-        assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in env.values())
-        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "ray-token")
-        assert mount["readOnly"] and env["RAY_AUTH_TOKEN_PATH"]["value"] == mount["mountPath"] + "/token"
-        volume = next(v for v in pod["volumes"] if v["name"] == "ray-token")
-        assert volume["secret"]["secretName"] == f"elasticml-{name}-token" and volume["secret"]["defaultMode"] == 0o400
+        assert "RAY_AUTH_TOKEN" not in env and not any("secretKeyRef" in e.get("valueFrom", {}) for e in env.values())
+        assert pod["serviceAccountName"] == f"elasticml-{name}"
+        assert pod["containers"][0]["image"].startswith(CLUSTERS[name].image + ":")
         # Ray's TLS: an init container makes the pod's certificate (its IP) from the CA Secret into a
         # memory volume that Ray's container reads and the TLS variables point at.
         init = pod["initContainers"][0]
@@ -164,26 +163,98 @@ def test_kuberay_manifests_validate_and_map_markets_to_node_pools(name):
         assert env["RAY_USE_TLS"]["value"] == "1" and tls_mount["readOnly"]
         for var, file in (("RAY_TLS_SERVER_CERT", "node.crt"), ("RAY_TLS_SERVER_KEY", "node.key"), ("RAY_TLS_CA_CERT", "ca.crt")):
             assert env[var]["value"] == f"{tls_mount['mountPath']}/{file}"
+    for spec in (docs["raycluster"]["spec"], docs["rayjob"]["spec"]["rayClusterSpec"],
+                 docs["rayservice"]["spec"]["rayClusterConfig"]):
+        assert spec["authOptions"] == {"mode": "token", "secretName": f"elasticml-{name}-token"}
+        assert spec["autoscalerOptions"]["version"] == "v2" and spec["enableInTreeAutoscaling"] is True
+    assert docs["rayjob"]["spec"]["submissionMode"] == "K8sJobMode" and docs["rayjob"]["spec"]["backoffLimit"] >= 1
+    assert docs["rayservice"]["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+    account = load(f"cluster_configs/kuberay/{name}-serviceaccount.yaml")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(f"role/elasticml-{name}-worker")
     serve = yaml.safe_load(docs["rayservice"]["spec"]["serveConfigV2"])
     assert serve["applications"][0]["import_path"] == "serve_apps.completion:app"
     assert "jobs/train.py" in docs["rayjob"]["spec"]["entrypoint"]
 
 
-@pytest.mark.parametrize(
-    "mutate, words",
-    [
-        (lambda d: d["spec"]["workerGroupSpecs"][0].pop("groupName"), "groupName"),
-        (lambda d: d["spec"]["autoscalerOptions"].update({"upscalingMode": "Fast"}), "Fast"),
-        (lambda d: d["spec"].update({"workerGroups": []}), "workerGroups"),
-        (lambda d: d["spec"]["workerGroupSpecs"][0].update({"minReplicas": 5, "maxReplicas": 1, "replicas": 5}), "maxReplicas"),
-        (lambda d: d.update({"apiVersion": "ray.io/v1alpha1"}), "ray.io/v1"),
-    ],
-)
-def test_kuberay_schema_rejects_mistakes(mutate, words):
-    doc = load("cluster_configs/kuberay/aws-cpu-raycluster.yaml")
+def _rc(doc):
+    return doc["spec"]
+
+
+def _group(doc):
+    return doc["spec"]["workerGroupSpecs"][0]
+
+
+@pytest.mark.parametrize("kind, mutate, field, words", [
+    # The CRD's own schema.
+    ("raycluster", lambda d: _group(d).update({"minReplicas": "two"}), "minReplicas", "is not of type 'integer'"),
+    ("raycluster", lambda d: _rc(d)["autoscalerOptions"].update({"upscalingMode": "Fast"}), "upscalingMode", "Fast"),
+    ("raycluster", lambda d: _rc(d)["authOptions"].update({"mode": "on"}), "authOptions.mode", "'on'"),
+    ("raycluster", lambda d: _rc(d).update({"workerGroups": []}), "spec.workerGroups", "does not define"),
+    ("raycluster", lambda d: _group(d).pop("groupName"), "workerGroupSpecs.0", "groupName"),
+    ("raycluster", lambda d: d.update({"apiVersion": "ray.io/v1alpha2"}), "kind", "no vendored CRD"),
+    # The controller's rules (validation.go).
+    ("raycluster", lambda d: _group(d)["rayStartParams"].update({"labels": "a=b"}), "rayStartParams.labels",
+     "top-level Labels"),
+    ("raycluster", lambda d: _group(d)["rayStartParams"].update({"num-cpus": "8"}), "resources", "both rayStartParams"),
+    ("raycluster", lambda d: _group(d)["labels"].update({"bad key!": "x"}), "labels", "invalid label key"),
+    ("raycluster", lambda d: _group(d)["labels"].update({"ok": "-bad-"}), "labels", "invalid label value"),
+    ("raycluster", lambda d: d["metadata"].update({"name": "x" * 54}), "metadata.name", "53 characters"),
+    ("raycluster", lambda d: d["metadata"].update({"name": "1-not-dns-1035"}), "metadata.name", "DNS1035"),
+    ("raycluster", lambda d: _rc(d)["autoscalerOptions"].pop("version"), "idleTimeoutSeconds", "autoscaler v2"),
+    ("raycluster", lambda d: _rc(d)["workerGroupSpecs"].append(dict(_group(d))), "workerGroupSpecs", "unique"),
+    ("raycluster", lambda d: _group(d).update({"minReplicas": 5, "maxReplicas": 1}), "minReplicas", "greater than"),
+    ("raycluster", lambda d: _rc(d).update({"rayVersion": "2.40.0"}), "rayVersion", "2.52.0"),
+    ("raycluster", lambda d: _rc(d)["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "RAY_enable_autoscaler_v2", "value": "1"}), "autoscalerOptions.version", "only use the former"),
+    ("raycluster", lambda d: _group(d)["template"]["spec"].update({"restartPolicy": "Always"}), "restartPolicy",
+     "Never or unset"),
+    ("rayjob", lambda d: d["metadata"].update({"name": "x" * 48}), "metadata.name", "47 characters"),
+    ("rayjob", lambda d: d["spec"].update({"runtimeEnvYAML": "working_dir: [unclosed"}), "runtimeEnvYAML", "valid YAML"),
+    ("rayjob", lambda d: d["spec"].update({"backoffLimit": -1}), "backoffLimit", "positive"),
+    ("rayjob", lambda d: d["spec"].update({"activeDeadlineSeconds": 0}), "activeDeadlineSeconds", "positive"),
+    ("rayjob", lambda d: d["spec"].update({"shutdownAfterJobFinishes": False}), "ttlSecondsAfterFinished",
+     "cannot have TTLSecondsAfterFinished"),
+    ("rayjob", lambda d: d["spec"].update({"submissionMode": "InteractiveMode"}), "backoffLimit", "InteractiveMode"),
+    ("rayjob", lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["rayStartParams"].update(
+        {"labels": "a=b"}), "rayStartParams.labels", "top-level Labels"),
+    ("rayservice", lambda d: d["spec"]["upgradeStrategy"].update({"type": "Rolling"}), "upgradeStrategy", "Rolling"),
+    ("rayservice", lambda d: d["spec"]["rayClusterConfig"]["headGroupSpec"].update(
+        {"headService": {"metadata": {"name": "mine"}}}), "headService", "should not be set"),
+    ("rayservice", lambda d: d["spec"].update({"serveConfigV2": "applications: [unclosed"}), "serveConfigV2", "YAML"),
+])
+def test_each_kind_of_manifest_the_crds_or_the_kuberay_controller_refuse_is_refused(kind, mutate, field, words):
+    doc = load(f"cluster_configs/kuberay/aws-cpu-{kind}.yaml")
+    validate_manifest(doc)
     mutate(doc)
-    with pytest.raises(jsonschema.ValidationError, match=words):
+    with pytest.raises(ManifestError, match=words) as info:
         validate_manifest(doc)
+    assert field in str(info.value.field), info.value
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_karpenter_node_pools_match_the_definitions_markets_and_pass_karpenters_crds(name):
+    docs = list(yaml.safe_load_all((REPO / f"cluster_configs/kuberay/{name}-karpenter.yaml").read_text()))
+    for doc in docs:
+        validate_manifest(doc)
+    nodeclass = next(d for d in docs if d["kind"] == "EC2NodeClass")
+    assert nodeclass["spec"]["metadataOptions"]["httpTokens"] == "required"
+    assert nodeclass["spec"]["capacityReservationSelectorTerms"]
+    pools = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NodePool"}
+    markets = {g.market for g in CLUSTERS[name].groups}
+    assert set(pools) == {f"elasticml-{name}-{m}" for m in markets}
+    groups = load(f"cluster_configs/kuberay/{name}-raycluster.yaml")["spec"]["workerGroupSpecs"]
+    for g in groups:  # every worker group's pods fit exactly one pool: its market's, with its instance type
+        selector = g["template"]["spec"]["nodeSelector"]
+        pool = pools[f"elasticml-{name}-{selector['karpenter.sh/capacity-type']}"]
+        reqs = {r["key"]: r["values"] for r in pool["spec"]["template"]["spec"]["requirements"]}
+        assert reqs["karpenter.sh/capacity-type"] == [selector["karpenter.sh/capacity-type"]]
+        assert selector["node.kubernetes.io/instance-type"] in reqs["node.kubernetes.io/instance-type"]
+        tainted = bool(pool["spec"]["template"]["spec"].get("taints"))
+        assert tainted == any(t.get("value") == "spot" for t in g["template"]["spec"].get("tolerations", []))
+    bad = json.loads(json.dumps(docs[1]))
+    bad["spec"]["template"]["spec"]["requirements"][0]["operator"] = "Within"
+    with pytest.raises(ManifestError, match="Within"):
+        validate_manifest(bad)
 
 
 def test_render_refuses_unknown_targets_and_clusters():
@@ -283,3 +354,65 @@ def test_the_rayservice_is_reached_over_https_only(name):
     assert notes["alb.ingress.kubernetes.io/scheme"] == "internal" and "TLS13" in notes["alb.ingress.kubernetes.io/ssl-policy"]
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": f"{service['metadata']['name']}-serve-svc", "port": {"number": 8000}}
+
+
+def test_the_image_is_rays_matching_release_with_the_package_and_every_manifest_uses_it(tmp_path):
+    """No daemon here to build it: the Dockerfile is checked as text, the manifests as rendered."""
+    import re
+
+    docker = (REPO / "Dockerfile").read_text()
+    base = re.search(r"ARG RAY_TAG=(\S+)", docker).group(1)
+    ray_pin = re.search(r'"ray\[[^\]]*\]>=([\d.]+),<', (REPO / "pyproject.toml").read_text()).group(1)
+    assert base.startswith(ray_pin) and "-py311-" in base and "FROM rayproject/ray:${RAY_TAG}" in docker
+    assert '"torch==2.13.0" .' in docker and all(f"COPY --chown=ray:users {d} ./{d}" in docker
+                                                   for d in ("platform", "serve_apps", "jobs"))
+    for name in AWS:
+        d = CLUSTERS[name]
+        for kind in ("raycluster", "rayjob", "rayservice"):
+            text = (REPO / f"cluster_configs/kuberay/{name}-{kind}.yaml").read_text()
+            images = set(re.findall(r"image: (\S+)", text))
+            assert images and images <= {f"{d.image}:{d.image_tag}-cpu", f"{d.image}:{d.image_tag}-gpu"}, images
+    out = subprocess.run([str(Path(sys.executable).with_name("elasticml")), "cluster", "render", "--image",
+                          "registry.example.com/ml/elasticml:7", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "cluster_configs/kuberay/aws-gpu-raycluster.yaml").read_text()
+    assert "image: registry.example.com/ml/elasticml:7-gpu" in text and "image: registry.example.com/ml/elasticml:7-cpu" in text
+    bad = subprocess.run([str(Path(sys.executable).with_name("elasticml")), "cluster", "render", "--image", "no-tag",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "image" in bad.stderr
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_aws_nodes_boot_a_current_ami_family_with_python_3_11_or_later(name):
+    raw = load(f"cluster_configs/{name}.yaml")
+    assert "latest_dlami" not in (REPO / f"cluster_configs/{name}.yaml").read_text()
+    for node_type, body in raw["available_node_types"].items():
+        ami = body["node_config"]["ImageId"]
+        gpus = body["resources"].get("GPU", 0)
+        # Resolved by EC2 at launch from the public SSM parameter of the family, in the cluster's region.
+        assert ami.startswith("resolve:ssm:/aws/service/") and "ubuntu" in ami and "24.04" in ami, node_type
+        assert ("deeplearning" in ami) == bool(gpus), node_type
+    head = json.loads((REPO / f"cluster_configs/aws/{name}-head-policy.json").read_text())
+    ssm = next(st for st in head["Statement"] if st["Sid"] == "ResolvePublicAmiParameters")
+    assert ssm["Action"] == ["ssm:GetParameters"] and ssm["Resource"].endswith("::parameter/aws/service/*")
+    setup = raw["setup_commands"]
+    assert all(c in setup for c in setup_environment())  # what test_setup_commands... runs in a fresh venv
+    assert all("/venv/bin/ray " in c for c in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"])
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_the_docker_variant_runs_ray_in_the_platforms_image_with_the_same_pools(name):
+    d = CLUSTERS[name]
+    plain, docker = load(f"cluster_configs/{name}.yaml"), load(f"cluster_configs/{name}-docker.yaml")
+    assert docker["docker"]["head_image"] == f"{d.image}:{d.image_tag}-cpu"
+    for node_type, body in docker["available_node_types"].items():
+        same = plain["available_node_types"][node_type]
+        assert body.get("labels") == same.get("labels") and body["resources"] == same["resources"]
+        assert body["node_config"]["MetadataOptions"]["HttpPutResponseHopLimit"] == 2  # the container is a hop
+        assert body["node_config"]["MetadataOptions"]["HttpTokens"] == "required"
+        if body["resources"].get("GPU"):
+            assert body["docker"]["worker_image"] == f"{d.image}:{d.image_tag}-gpu"
+    assert not any("pip install" in c for c in docker["setup_commands"])  # the image has the platform
+    assert any("elasticml.provision.tls node" in c for c in docker["setup_commands"])
+    assert any("docker.io" in c for c in docker["initialization_commands"])

@@ -56,6 +56,17 @@ class ClusterDefinition:
     """Replace with your AWS account id (IAM ARNs, capacity-reservation groups)."""
     admin_cidr: str = "10.0.0.0/16"
     """Where SSH may come from: your VPN or bastion range; never 0.0.0.0/0."""
+    cpu_ami: str = "resolve:ssm:/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+    """The head's and CPU nodes' AMI family: Canonical's Ubuntu 24.04 (Python 3.12), resolved by EC2 at launch
+    from its public SSM parameter in whichever region the cluster runs (pin an `ami-...` id here instead
+    to freeze it)."""
+    gpu_ami: str = "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
+    """GPU nodes' AMI family: AWS's Deep Learning Base OSS Nvidia Driver GPU AMI on Ubuntu 24.04 (drivers,
+    CUDA, Python 3.12), resolved likewise."""
+    image: str = "ghcr.io/elasticml/elasticml"
+    """The platform's image repository (built from the Dockerfile; push it where your cluster pulls)."""
+    image_tag: str = "0.1.0"
+    """Its tag; `-cpu` or `-gpu` is appended (rayproject/ray 2.60.0 py311 cpu / cu124 bases)."""
     serve_certificate: str = "REPLACE-WITH-YOUR-ACM-CERTIFICATE-ID"
     """The ACM certificate (its id in this account and region) that the RayService's load balancer
     answers HTTPS with."""

@@ -14,6 +14,8 @@ the platform's checkpoint bucket (the head's adds what the autoscaler needs).
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -24,15 +26,13 @@ from elasticml.provision.tls import tls_env
 
 TARGETS = ("local", "aws", "kuberay")
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
-RAY_IMAGE = "rayproject/ray:2.60.0-py311-cpu"
 API_KEYS_MOUNT = "/etc/elasticml/api-keys"
 """Where the RayService head mounts the Secret `elasticml-<cluster>-api-keys` (key `api_keys.json`)."""
-RAY_GPU_IMAGE = "rayproject/ray:2.60.0-py311-cu124"
 NODE_TLS = "$HOME/.elasticml/tls"
 """Where an AWS node keeps the Ray TLS certificate it makes at boot (elasticml.provision.tls)."""
 RAY_ENV = "RAY_AUTH_MODE=token " + " ".join(f"{k}={v}" for k, v in tls_env(NODE_TLS).items())
 """Token auth and Ray's TLS, for every Ray process an AWS node starts (start commands, the watcher, ~/.bashrc)."""
-WATCHER = (f"{RAY_ENV} nohup sh -c 'while true; do python -m elasticml.provision.watcher; sleep 5; done' "
+WATCHER = (f"{RAY_ENV} nohup sh -c 'while true; do $HOME/venv/bin/python -m elasticml.provision.watcher; sleep 5; done' "
            ">> /tmp/elasticml-watcher.log 2>&1 &")
 """The spot watcher under a restart loop: if its process dies for any reason it is back 5 s later. It
 calls the scheduler as the node agent (the agent credential, which every node has), never as admin."""
@@ -57,12 +57,18 @@ def ca_dir(d: ClusterDefinition) -> str:
     return f"~/.elasticml/credentials/elasticml-{d.name}/tls"
 
 
-def render(target: str, cluster: str) -> dict[str, str]:
+def render(target: str, cluster: str, *, image: str | None = None) -> dict[str, str]:
+    """`image`: REPOSITORY:TAG of the platform's image (default: the definition's), for the manifests."""
     if target not in TARGETS:
         raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}", field="target")
     if cluster not in CLUSTERS:
         raise ConfigError(f"unknown cluster {cluster!r}; defined: {', '.join(CLUSTERS)}", field="cluster")
     d = CLUSTERS[cluster]
+    if image is not None:
+        repo, _, tag = image.rpartition(":")
+        if not repo or not tag or "/" in tag or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,254}", image):
+            raise ConfigError(f"must be REPOSITORY:TAG, got {image[:80]!r}", field="image")
+        d = replace(d, image=repo, image_tag=tag)
     if target == "local":
         if cluster != "local":
             raise ConfigError("only the 'local' definition renders for the local target", field="cluster")
@@ -72,6 +78,8 @@ def render(target: str, cluster: str) -> dict[str, str]:
             raise ConfigError("the 'local' definition is for this machine; render aws-cpu or aws-gpu", field="cluster")
         return {
             f"cluster_configs/{d.name}.yaml": _yaml(_aws(d), _header(d, f"ray up cluster_configs/{d.name}.yaml")),
+            f"cluster_configs/{d.name}-docker.yaml": _yaml(_aws_docker(d), _header(
+                d, f"ray up cluster_configs/{d.name}-docker.yaml (Ray in the platform's image: see Dockerfile)")),
             f"cluster_configs/aws/{d.name}-head-policy.json": _json(_head_policy(d)),
             f"cluster_configs/aws/{d.name}-worker-policy.json": _json(_worker_policy(d)),
             f"cluster_configs/aws/{d.name}-bucket-policy.json": _json(_bucket_policy(d)),
@@ -84,6 +92,9 @@ def render(target: str, cluster: str) -> dict[str, str]:
         f"cluster_configs/kuberay/{d.name}-rayjob.yaml": _yaml(_rayjob(d), _header(d, "kubectl apply -f")),
         f"cluster_configs/kuberay/{d.name}-rayservice.yaml": _yaml(_rayservice(d), _header(d, "kubectl apply -f")),
         f"cluster_configs/kuberay/{d.name}-serve-ingress.yaml": _yaml(_serve_ingress(d), _header(d, "kubectl apply -f")),
+        f"cluster_configs/kuberay/{d.name}-serviceaccount.yaml": _yaml(_service_account(d), _header(d, "kubectl apply -f")),
+        f"cluster_configs/kuberay/{d.name}-karpenter.yaml": _header(d, "kubectl apply -f (Karpenter >= 1.5, "
+                                                                       "ReservedCapacity feature gate on)") + _karpenter(d),
     }
 
 
@@ -121,18 +132,51 @@ IMDS_V2 = {"HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponse
 node cannot reach it through the host (raise to 2 for a containerised Ray on the instance)."""
 
 
+def _aws_docker(d: ClusterDefinition) -> dict[str, Any]:
+    """The same cluster with Ray in the platform's image on every node (Ray's launcher `docker` option):
+    nothing to install on the nodes but Docker itself. A container is a hop from the instance, so
+    IMDSv2's hop limit is 2 here (the watcher in the container must reach it)."""
+    cfg = _aws(d)
+    cfg["docker"] = {"head_image": image_for(d, 0), "worker_image": image_for(d, 0), "container_name": "ray_container",
+                     "pull_before_run": True, "run_options": ["--ulimit nofile=65536:65536"]}
+    for name, body in cfg["available_node_types"].items():
+        body["node_config"]["MetadataOptions"] = {**IMDS_V2, "HttpPutResponseHopLimit": 2}
+        gpus = body["resources"].get("GPU", 0)
+        if gpus:
+            body["docker"] = {"worker_image": image_for(d, gpus), "worker_run_options": ["--gpus all"]}
+        if "worker_setup_commands" in body:
+            body["worker_setup_commands"] = [*_container_setup(d), WATCHER.replace("$HOME/venv/bin/python", "python")]
+    # On the instance, before its container: Docker (the GPU AMI has it; Ubuntu's base does not).
+    cfg["initialization_commands"] = [
+        "command -v docker >/dev/null || (sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive "
+        "apt-get install -yq docker.io && sudo usermod -aG docker $USER)"]
+    cfg["setup_commands"] = _container_setup(d)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        cfg[key] = [c.replace(f"{VENV}/bin/ray", "ray") for c in cfg[key]]
+    return cfg
+
+
+def _container_setup(d: ClusterDefinition) -> list[str]:
+    """In the platform's image elasticml is installed already: the secrets' modes and this node's certificate."""
+    return [
+        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {ca_dir(d)}/ca.key",
+        f"grep -q RAY_USE_TLS ~/.bashrc || echo 'export {RAY_ENV}' >> ~/.bashrc",
+        f"python -m elasticml.provision.tls node --ca-dir {ca_dir(d)} --out {NODE_TLS}",
+    ]
+
+
 def _aws(d: ClusterDefinition) -> dict[str, Any]:
     head_profile = f"arn:aws:iam::{d.account_id}:instance-profile/elasticml-{d.name}-head"
     worker_profile = f"arn:aws:iam::{d.account_id}:instance-profile/elasticml-{d.name}-worker"
     types: dict[str, Any] = {
         "ray.head.default": {
             "resources": {"CPU": 0},  # the head coordinates; on-demand, never spot
-            "node_config": {"InstanceType": d.head_instance_type, "ImageId": "latest_dlami",
+            "node_config": {"InstanceType": d.head_instance_type, "ImageId": d.cpu_ami,
                             "IamInstanceProfile": {"Arn": head_profile}, "MetadataOptions": dict(IMDS_V2), **_disk(100)},
         }
     }
     for g in d.groups:
-        node_config: dict[str, Any] = {"InstanceType": g.instance_type, "ImageId": "latest_dlami",
+        node_config: dict[str, Any] = {"InstanceType": g.instance_type, "ImageId": d.gpu_ami if g.gpus else d.cpu_ami,
                                        "IamInstanceProfile": {"Arn": worker_profile}, "MetadataOptions": dict(IMDS_V2),
                                        **_disk(200 if g.gpus else 100)}
         if g.market == "spot":
@@ -179,24 +223,41 @@ def _aws(d: ClusterDefinition) -> dict[str, Any]:
         "rsync_exclude": [".venv", ".git", "**/__pycache__"],
         "setup_commands": _setup_commands(d),
         "head_start_ray_commands": [
-            "ray stop",
-            f"{RAY_ENV} RAY_enable_autoscaler_v2=1 {TENANT_ROLE_ENV}={_tenant_role(d)} ray start --head --port=6379 --num-cpus=0 "
+            f"{VENV}/bin/ray stop",
+            f"{RAY_ENV} RAY_enable_autoscaler_v2=1 {TENANT_ROLE_ENV}={_tenant_role(d)} {VENV}/bin/ray start --head --port=6379 --num-cpus=0 "
             "--dashboard-host=127.0.0.1 --autoscaling-config=~/ray_bootstrap_config.yaml --disable-usage-stats",
         ],
         "worker_start_ray_commands": [
-            "ray stop",
-            f"{RAY_ENV} ray start --address=$RAY_HEAD_IP:6379 --disable-usage-stats",
+            f"{VENV}/bin/ray stop",
+            f"{RAY_ENV} {VENV}/bin/ray start --address=$RAY_HEAD_IP:6379 --disable-usage-stats",
         ],
     }
 
 
+VENV = "$HOME/venv"
+"""The nodes' Python environment: Ubuntu 24.04's own Python is externally managed (PEP 668)."""
+
+
+def setup_environment() -> list[str]:
+    """A node's Python environment with elasticml (torch from the CPU index on CPU nodes would be
+    smaller; one command set keeps every node alike). Also what a test runs in a fresh venv here."""
+    return [
+        f"test -x {VENV}/bin/python || python3 -m venv {VENV}",
+        f"{VENV}/bin/python -m pip install -q --upgrade pip",
+        f'{VENV}/bin/python -m pip install -q "torch==2.13.0" -e ~/elasticml',
+    ]
+
+
 def _setup_commands(d: ClusterDefinition) -> list[str]:
     return [
+        "command -v python3 >/dev/null && python3 -m venv --help >/dev/null 2>&1 || "
+        "(sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -yq python3-venv)",
+        *setup_environment(),
+        f"grep -q {VENV}/bin ~/.bashrc || echo 'export PATH={VENV}/bin:$PATH' >> ~/.bashrc",
         f"chmod 600 ~/.ray/auth_token {agent_file(d)} {ca_dir(d)}/ca.key",
         f"grep -q RAY_USE_TLS ~/.bashrc || echo 'export {RAY_ENV}' >> ~/.bashrc",
-        "pip install -q -e ~/elasticml",
         # This node's own certificate for Ray's TLS, for every address it has, signed by the cluster's CA.
-        f"python -m elasticml.provision.tls node --ca-dir {ca_dir(d)} --out {NODE_TLS}",
+        f"{VENV}/bin/python -m elasticml.provision.tls node --ca-dir {ca_dir(d)} --out {NODE_TLS}",
     ]
 
 
@@ -298,6 +359,9 @@ def _head_policy(d: ClusterDefinition) -> dict[str, Any]:
         # Instances only with this cluster's tag (Ray's launcher puts ray-cluster-name on every instance it
         # launches), and only those may be stopped, terminated or re-tagged: the head cannot touch
         # another cluster's or anyone else's instances in the account.
+        # The nodes' AMIs are public SSM parameters that EC2 resolves at launch (resolve:ssm:...).
+        {"Sid": "ResolvePublicAmiParameters", "Effect": "Allow", "Action": ["ssm:GetParameters"],
+         "Resource": f"arn:aws:ssm:{d.region}::parameter/aws/service/*"},
         {"Sid": "LaunchOnlyTaggedForThisCluster", "Effect": "Allow", "Action": ["ec2:RunInstances"],
          "Resource": f"arn:aws:ec2:{d.region}:{d.account_id}:instance/*",
          "Condition": {"StringEquals": {f"aws:RequestTag/{RAY_CLUSTER_TAG}": cluster}}},
@@ -326,12 +390,15 @@ def _head_policy(d: ClusterDefinition) -> dict[str, Any]:
 
 # -- KubeRay ------------------------------------------------------------------------
 CAPACITY_TYPE = "karpenter.sh/capacity-type"
-TOKEN_MOUNT = "/etc/ray-token"
-"""Where every pod mounts the Secret `elasticml-<cluster>-token` (key `token`)."""
 CA_MOUNT = "/etc/elasticml-ca"
 """Where the TLS init container mounts the Secret `elasticml-<cluster>-ca` (keys `ca.crt`, `ca.key`)."""
 POD_TLS = "/etc/ray-tls"
 """The pod's own Ray TLS certificate, made by the init container into an in-memory volume."""
+
+
+def image_for(d: ClusterDefinition, gpus: int) -> str:
+    """The platform's image (Dockerfile: the matching rayproject/ray tag with elasticml installed)."""
+    return f"{d.image}:{d.image_tag}-{'gpu' if gpus else 'cpu'}"
 
 
 def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
@@ -343,13 +410,11 @@ def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
         limits["nvidia.com/gpu"] = str(gpus)
     return {
         "name": "ray-head" if g is None else "ray-worker",
-        "image": RAY_GPU_IMAGE if gpus else RAY_IMAGE,
-        # The token as a file (the Secret mounted read-only), never as a variable every process inherits.
-        "env": [{"name": "RAY_AUTH_MODE", "value": "token"},
-                {"name": "RAY_AUTH_TOKEN_PATH", "value": f"{TOKEN_MOUNT}/token"},
-                *({"name": k, "value": v} for k, v in tls_env(POD_TLS).items())],
-        "volumeMounts": [{"name": "ray-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
-                         {"name": "ray-tls", "mountPath": POD_TLS, "readOnly": True}],
+        "image": image_for(d, gpus),
+        # The Ray token comes from authOptions (KubeRay gives it to Ray, its autoscaler and the job
+        # submitter alike); Ray's TLS from the pod's own certificate.
+        "env": [{"name": k, "value": v} for k, v in tls_env(POD_TLS).items()],
+        "volumeMounts": [{"name": "ray-tls", "mountPath": POD_TLS, "readOnly": True}],
         "resources": {"requests": dict(limits), "limits": limits},
     }
 
@@ -374,8 +439,14 @@ def _tls_volumes(d: ClusterDefinition) -> list[dict[str, Any]]:
             {"name": "ray-tls", "emptyDir": {"medium": "Memory"}}]
 
 
-def _token_volume(d: ClusterDefinition) -> dict[str, Any]:
-    return {"name": "ray-token", "secret": {"secretName": f"elasticml-{d.name}-token", "defaultMode": 0o400}}
+def service_account(d: ClusterDefinition) -> str:
+    return f"elasticml-{d.name}"
+
+
+def _pod(d: ClusterDefinition, container: dict[str, Any], node_selector: dict[str, str]) -> dict[str, Any]:
+    return {"serviceAccountName": service_account(d), "nodeSelector": node_selector,
+            "initContainers": [_tls_init(d, container["image"])], "containers": [container],
+            "volumes": _tls_volumes(d)}
 
 
 def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[str, Any]:
@@ -383,10 +454,7 @@ def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[st
     workers = []
     for g in d.groups:
         capacity = {"spot": "spot", "on-demand": "on-demand", "reserved": "reserved"}[g.market]
-        worker = _container(d, g)
-        pod: dict[str, Any] = {"nodeSelector": {CAPACITY_TYPE: capacity, "node.kubernetes.io/instance-type": g.instance_type},
-                               "initContainers": [_tls_init(d, worker["image"])], "containers": [worker],
-                               "volumes": [_token_volume(d), *_tls_volumes(d)]}
+        pod = _pod(d, _container(d, g), {CAPACITY_TYPE: capacity, "node.kubernetes.io/instance-type": g.instance_type})
         if g.market == "spot":
             pod["tolerations"] = [{"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot", "effect": "NoSchedule"}]
         if g.gpus:
@@ -394,24 +462,84 @@ def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[st
         workers.append({
             "groupName": g.name.replace("_", "-"),
             "replicas": g.min_workers, "minReplicas": g.min_workers, "maxReplicas": g.max_workers,
-            "rayStartParams": {"labels": ",".join(f"{k}={v}" for k, v in g.labels.items())},
+            # Ray's node labels and logical resources as the group's own fields (KubeRay >= 1.5 refuses
+            # labels in rayStartParams): the same labels, and so the same pools, as every other target.
+            "labels": dict(g.labels),
+            "resources": {k: str(v) for k, v in _resources(g).items()},
+            "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60),
+            "rayStartParams": {},
             "template": {"spec": pod},
         })
-    head = _container(d, None)
-    head_pod: dict[str, Any] = {"nodeSelector": {CAPACITY_TYPE: "on-demand"},
-                                "initContainers": [_tls_init(d, head["image"])], "containers": [head],
-                                "volumes": [_token_volume(d), *_tls_volumes(d)]}
+    head_pod = _pod(d, _container(d, None), {CAPACITY_TYPE: "on-demand"})
     if api_keys:
         head_pod["volumes"].append({"name": "api-keys", "secret": {"secretName": f"elasticml-{d.name}-api-keys"}})
         head_pod["containers"][0]["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_MOUNT,
                                                           "readOnly": True})
     return {
         "rayVersion": "2.60.0",
+        # Token auth the way KubeRay runs it: the Secret's `auth_token` reaches Ray, the autoscaler
+        # sidecar, the RayJob submitter and KubeRay's own dashboard client.
+        "authOptions": {"mode": "token", "secretName": f"elasticml-{d.name}-token"},
         "enableInTreeAutoscaling": True,
-        "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60)},
+        # v2: the autoscaler that honours label selectors, which is how the scheduler places work.
+        "autoscalerOptions": {"version": "v2", "upscalingMode": "Default",
+                              "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60)},
         "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"}, "template": {"spec": head_pod}},
         "workerGroupSpecs": workers,
     }
+
+
+def _service_account(d: ClusterDefinition) -> dict[str, Any]:
+    """The pods' identity on EKS (IRSA): the worker role, which reaches the bucket but not tenants' prefixes."""
+    return {"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": service_account(d), "labels": {"app.kubernetes.io/part-of": "elasticml"},
+                         "annotations": {"eks.amazonaws.com/role-arn":
+                                         f"arn:aws:iam::{d.account_id}:role/elasticml-{d.name}-worker"}}}
+
+
+def _nodeclass(d: ClusterDefinition) -> dict[str, Any]:
+    discovery = {"karpenter.sh/discovery": f"elasticml-{d.name}"}
+    return {
+        "apiVersion": "karpenter.k8s.aws/v1", "kind": "EC2NodeClass", "metadata": {"name": f"elasticml-{d.name}"},
+        "spec": {
+            "amiSelectorTerms": [{"alias": "al2023@latest"}],
+            "role": f"elasticml-{d.name}-karpenter-node",
+            "subnetSelectorTerms": [{"tags": discovery}], "securityGroupSelectorTerms": [{"tags": discovery}],
+            # Reserved capacity: the cluster's capacity reservations, found by their tag.
+            "capacityReservationSelectorTerms": [{"tags": {"elasticml/cluster": d.name}}],
+            "metadataOptions": {"httpEndpoint": "enabled", "httpTokens": "required", "httpPutResponseHopLimit": 1,
+                                "httpProtocolIPv6": "disabled"},
+            "blockDeviceMappings": [{"deviceName": "/dev/xvda",
+                                     "ebs": {"volumeSize": "100Gi", "volumeType": "gp3", "encrypted": True}}],
+        },
+    }
+
+
+def _nodepool(d: ClusterDefinition, market: str) -> dict[str, Any]:
+    """One NodePool per market, for the instance types the definition's groups of that market use."""
+    groups = [g for g in d.groups if g.market == market]
+    spec: dict[str, Any] = {
+        "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": f"elasticml-{d.name}"},
+        "requirements": [
+            {"key": CAPACITY_TYPE, "operator": "In", "values": [market]},
+            {"key": "node.kubernetes.io/instance-type", "operator": "In",
+             "values": sorted({g.instance_type for g in groups})},
+        ],
+    }
+    if market == "spot":  # only pods that tolerate losing their node land here (the spot worker groups)
+        spec["taints"] = [{"key": CAPACITY_TYPE, "value": "spot", "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "karpenter.sh/v1", "kind": "NodePool", "metadata": {"name": f"elasticml-{d.name}-{market}"},
+        "spec": {"template": {"spec": spec},
+                 "limits": {"cpu": str(sum(g.cpus * g.max_workers for g in groups))},
+                 "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "60s"}},
+    }
+
+
+def _karpenter(d: ClusterDefinition) -> str:
+    markets = [m for m in ("spot", "on-demand", "reserved") if any(g.market == m for g in d.groups)]
+    docs = [_nodeclass(d)] + [_nodepool(d, m) for m in markets]
+    return "---\n".join(yaml.safe_dump(doc, sort_keys=False, width=120) for doc in docs)
 
 
 def _meta(d: ClusterDefinition, kind: str) -> dict[str, Any]:
@@ -431,7 +559,11 @@ def _rayjob(d: ClusterDefinition) -> dict[str, Any]:
             "entrypoint": (f"python jobs/train.py --data s3://{d.bucket}/tenants/research/corpus "
                            f"--storage-path s3://{d.bucket}/tenants/research/runs "
                            "--run-name nightly --tenant research --priority low"),
+            # The image has elasticml and jobs/ installed at /home/ray/elasticml (Dockerfile).
             "runtimeEnvYAML": "working_dir: /home/ray/elasticml\n",
+            "submissionMode": "K8sJobMode",
+            "backoffLimit": 2,
+            "activeDeadlineSeconds": 7 * 24 * 3600,
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 600,
             "rayClusterSpec": _raycluster_spec(d),
@@ -452,6 +584,8 @@ def _rayservice(d: ClusterDefinition) -> dict[str, Any]:
     return {
         "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": _meta(d, "serve"),
         "spec": {"serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
+                 # A new cluster per change: the old one serves until the new one is ready.
+                 "upgradeStrategy": {"type": "NewCluster"},
                  "rayClusterConfig": _raycluster_spec(d, api_keys=True)},
     }
 
