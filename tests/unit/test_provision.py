@@ -264,8 +264,27 @@ def test_render_refuses_unknown_targets_and_clusters():
         render("gcp", "aws-cpu")
     with pytest.raises(ConfigError, match="unknown cluster"):
         render("aws", "aws-tpu")
-    with pytest.raises(ConfigError, match="render aws-cpu or aws-gpu"):
+    with pytest.raises(ConfigError, match="render aws for aws-cpu or aws-gpu"):
         render("aws", "local")
+    with pytest.raises(ConfigError, match="render kuberay for aws-cpu or aws-gpu"):
+        render("kuberay", "local")
+    with pytest.raises(ConfigError, match="REPOSITORY:TAG"):
+        render("kuberay", "aws-cpu", image="no tag here")
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_every_target_has_the_same_pools_with_the_same_labels(name):
+    """Local, AWS (both variants) and KubeRay: one node type name, one set of Ray labels, one market."""
+    local = load("cluster_configs/local.yaml")["available_node_types"]
+    aws = {t: b["labels"] for t, b in load(f"cluster_configs/{name}.yaml")["available_node_types"].items() if "labels" in b}
+    docker = {t: b["labels"] for t, b in load(f"cluster_configs/{name}-docker.yaml")["available_node_types"].items()
+              if "labels" in b}
+    kuberay = {g["labels"][L.NODE_TYPE]: g["labels"]
+               for g in load(f"cluster_configs/kuberay/{name}-raycluster.yaml")["spec"]["workerGroupSpecs"]}
+    assert aws == docker == kuberay and set(aws) == {g.name for g in CLUSTERS[name].groups}
+    for node_type, labels in aws.items():
+        if node_type in local:
+            assert local[node_type]["labels"] == labels
 
 
 def test_a_definition_cannot_open_ssh_to_the_world():

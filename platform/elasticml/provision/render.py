@@ -73,9 +73,10 @@ def render(target: str, cluster: str, *, image: str | None = None) -> dict[str, 
         if cluster != "local":
             raise ConfigError("only the 'local' definition renders for the local target", field="cluster")
         return {"cluster_configs/local.yaml": _yaml(_local(d), _header(d, "elasticml cluster up"))}
+    if cluster == "local":  # Ray's fake provider on this machine: there is no cloud to render it for
+        raise ConfigError(f"the 'local' definition is for this machine; render {target} for "
+                          f"{' or '.join(c for c in CLUSTERS if c != 'local')}", field="cluster")
     if target == "aws":
-        if cluster == "local":
-            raise ConfigError("the 'local' definition is for this machine; render aws-cpu or aws-gpu", field="cluster")
         return {
             f"cluster_configs/{d.name}.yaml": _yaml(_aws(d), _header(d, f"ray up cluster_configs/{d.name}.yaml")),
             f"cluster_configs/{d.name}-docker.yaml": _yaml(_aws_docker(d), _header(
