@@ -164,6 +164,9 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
     sched.check_residency(spec.tenant, [str(cfg.data), str(cfg.storage_path)])
     # Where the cluster confines tenants to their bucket prefixes, only these credentials reach them.
     sched.tenant_storage(spec.tenant, [str(cfg.data), str(cfg.storage_path)], hours=min(12.0, max(1.0, 2 * spec.expected_hours)))
+    from elasticml.train.preflight import preflight
+
+    preflight(cfg)  # a bad path fails before the job takes capacity
     placement = sched.place(spec, attach=ray.get_runtime_context().get_job_id())
     flag = stop_flag()
     waited_s, result, run_cfg = 0.0, None, cfg
@@ -233,6 +236,8 @@ def main(argv: list[str]) -> int:
         else:
             result = fit(cfg)
     except ElasticMLError as exc:
+        print(json.dumps({"event": "train_failed", "run_name": cfg.run_name, "error": str(exc)[:1000],
+                          "wall_s": round(time.time() - t0, 1)}), flush=True)
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     summary = {

@@ -79,7 +79,12 @@ def main(argv: list[str]) -> int:
                 raise ConfigError("a sweep with a tenant is placed by the scheduler; --market is without one",
                                   field="market")
             sched, base = placed_sweep(base, args, tenant)
+        from elasticml.train.preflight import preflight
+
+        preflight(base)  # data and storage, before Tune starts a trial (a tenant's with its credentials)
     except ElasticMLError as exc:
+        if sched is not None:
+            sched.finish(args.name)
         print(json.dumps({"event": "tune_refused", "error": str(exc)[:500]}), flush=True)
         print(f"tune.py: error: {exc}", file=sys.stderr)
         return 2

@@ -67,3 +67,32 @@ def test_train_script_rejects_bad_flags_before_starting_ray():
     )
     assert proc.returncode == 2
     assert "steps: must be >= 1" in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["no corpus", "missing shard", "storage under a file"])
+def test_a_bad_data_or_storage_path_fails_before_ray_starts_with_one_line_and_a_json_summary(case, corpus, tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    data, storage = str(corpus), str(tmp_path / "runs")
+    if case == "no corpus":
+        data, words = "/nonexistent/corpus", "not a complete corpus"
+    elif case == "missing shard":
+        broken = tmp_path / "corpus"
+        shutil.copytree(corpus, broken)
+        next(broken.glob("*.parquet")).unlink()
+        data, words = str(broken), "shards are missing"
+    else:
+        (tmp_path / "a-file").write_text("x")
+        storage, words = str(tmp_path / "a-file" / "runs"), "cannot reach the storage path"
+    proc = subprocess.run([sys.executable, str(repo / "jobs" / "train.py"), "--data", data, "--storage-path", storage,
+                           "--steps", "2"], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["event"] == "train_failed" and words in summary["error"]
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr

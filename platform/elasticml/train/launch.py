@@ -31,6 +31,9 @@ def fit(cfg: TrainConfig, *, callbacks: list | None = None, stop: Any = None,
 
     from elasticml.storage import filesystem_for, installed_credentials, is_remote
     from elasticml.train.loop import train_loop_per_worker
+    from elasticml.train.preflight import preflight
+
+    preflight(cfg)  # a bad data or storage path fails here, in a second, not in every worker
 
     storage_fs, storage_path = None, cfg.storage_path
     if is_remote(cfg.storage_path):
