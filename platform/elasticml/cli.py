@@ -184,6 +184,18 @@ def cluster_credentials(cluster_name: str) -> None:
     click.echo(f"Ray TLS CA: {folder / 'tls' / 'ca.crt'} (its key, mode 0600, beside it)")
 
 
+@cluster.command("prometheus-config")
+@_name_option
+def cluster_prometheus_config(name: str) -> None:
+    """Print a Prometheus config that scrapes every node of the local cluster (Ray's service discovery)."""
+    from elasticml import home
+    from elasticml.cluster import LocalCluster
+    from elasticml.observe.dashboards import prometheus_config
+
+    LocalCluster(name).require_info()
+    click.echo(prometheus_config(str((home.ray_temp_dir(name) / "session_latest").resolve())), nl=False)
+
+
 @cluster.command("env")
 @_name_option
 def cluster_env(name: str) -> None:

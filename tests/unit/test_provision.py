@@ -27,8 +27,8 @@ def load(rel: str):
 
 def test_committed_files_are_exactly_what_the_definition_renders():
     files = render_all()
-    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2 + 4 + 2  # + tenant trust and roles, Serve ingresses, service accounts,
-    # Karpenter, the AWS docker variants
+    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2 + 4 + 2 + 4  # + tenant trust and roles, Serve ingresses, service accounts,
+    # Karpenter, the AWS docker variants, Grafana dashboards
     stale = [rel for rel, text in files.items() if (REPO / rel).read_text() != text]
     assert not stale, f"run `elasticml cluster render`: {stale}"
     out = subprocess.run([str(Path(sys.executable).with_name("elasticml")), "cluster", "render", "--check"],

@@ -100,7 +100,9 @@ def render(target: str, cluster: str, *, image: str | None = None) -> dict[str, 
 
 
 def render_all() -> dict[str, str]:
-    files = render("local", "local")
+    from elasticml.observe.dashboards import rendered
+
+    files = render("local", "local") | rendered()
     for name in CLUSTERS:
         if name != "local":
             files |= render("aws", name) | render("kuberay", name)

@@ -85,7 +85,10 @@ class ClusterScheduler(SchedulerState):
     """SchedulerState fed by Ray: nodes that died, launches that fail, live prices, drains."""
 
     def __init__(self, cluster: ClusterSpec, ledger_path: str, controller: ControllerConfig) -> None:
+        from elasticml.scheduler.metrics import SchedulerMetrics
+
         super().__init__(cluster, ledger_path, controller=controller, observer=ray_observer, incarnation=_session())
+        self.metrics = SchedulerMetrics()
         self._seen_dead: set[str] = set()
         self._failing_since: dict[str, float] = {}
         self._prices_due = 0.0
@@ -101,7 +104,18 @@ class ClusterScheduler(SchedulerState):
             except Exception as exc:  # EC2 unreachable or throttling: keep the last prices, say so
                 self.note_event(
                     {"at": self.clock(), "event": "live prices failed", "why": str(exc)[:300]})
-        return out + self.controller_tick()
+        out += self.controller_tick()
+        try:
+            self.metrics.update(self)
+        except Exception as exc:  # numbers for dashboards must never stop the controller
+            print(f"elasticml scheduler: metrics not updated: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        return out
+
+    def _record(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
+        out = super()._record(name, record)
+        if getattr(self, "metrics", None) is not None:  # decisions replayed while loading come before it
+            self.metrics.count(out)
+        return out
 
     def sync_capacity(self) -> list[dict[str, Any]]:
         """Pools the autoscaler cannot fill: launches that keep failing (a cloud's capacity errors)."""

@@ -90,6 +90,11 @@ class Ledger:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
+    def cost_by_tenant_and_market(self, *, now: float) -> dict[tuple[str, str], float]:
+        cur = self._db.execute("SELECT tenant, market, SUM(hourly_cost * (COALESCE(end, ?) - start) / 3600.0)"
+                               " FROM intervals GROUP BY tenant, market", (now,))
+        return {(t, m): c or 0.0 for t, m, c in cur.fetchall()}
+
     def costs_by(self, column: str, *, now: float) -> list[CostRow]:
         if column not in ("tenant", "workload", "market", "node_type"):
             raise ValueError(f"cannot group costs by {column!r}")

@@ -1,0 +1,1 @@
+"""What the platform shows people: Grafana dashboards over its Prometheus metrics, and the scrape config."""
