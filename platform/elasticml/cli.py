@@ -559,10 +559,19 @@ def cost() -> None:
 @cost.command("report")
 @_name_option
 @_address_option
+@click.option("--ledger", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="Read this ledger file instead of asking the running scheduler (e.g. after the cluster "
+                   "is down); open intervals are charged to the last time it recorded.")
 @click.option("--json", "as_json", is_flag=True)
-def cost_report(name: str, address: str | None, as_json: bool) -> None:
+def cost_report(name: str, address: str | None, ledger: Path | None, as_json: bool) -> None:
     """Cost per tenant, workload and market, and savings against all on-demand."""
-    report = _scheduler(name, address).cost_report()
+    if ledger is not None:
+        from elasticml.scheduler.ledger import Ledger
+
+        book = Ledger(str(ledger))
+        report = book.report(now=book.last_recorded() or time.time())
+    else:
+        report = _scheduler(name, address).cost_report()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -601,12 +610,13 @@ def data_build(out: Path, shards: int, max_mb: float) -> None:
 # -- demo ----------------------------------------------------------------------
 @main.command("demo")
 @click.option("--steps", type=int, default=240, show_default=True, help="Training steps.")
-@click.option("--keep-workdir", is_flag=True, help="Keep the demo's data and checkpoints.")
-def demo_cmd(steps: int, keep_workdir: bool) -> None:
+@click.option("--clean", is_flag=True, help="Leave nothing behind (by default the data, checkpoint, ledger and "
+              "audit trail stay to explore next).")
+def demo_cmd(steps: int, clean: bool) -> None:
     """The guided tour: data, a training job, a Serve endpoint, on an embedded local cluster."""
     from elasticml.demo import run_demo
 
-    run_demo(steps=steps, keep_workdir=keep_workdir)
+    run_demo(steps=steps, clean=clean)
 
 
 if __name__ == "__main__":

@@ -42,9 +42,10 @@ class DemoFailed(ElasticMLError):
     """A stop of the demo did not do what it should."""
 
 
-def run_demo(*, steps: int = 240, keep_workdir: bool = False, say: Callable[[str], None] = print,
+def run_demo(*, steps: int = 240, clean: bool = False, say: Callable[[str], None] = print,
              cluster_name: str = "demo") -> dict[str, object]:
-    """Run the tour; returns what it measured (for tests and the closing note)."""
+    """Run the tour; returns what it measured (for tests and the closing note). Its data, checkpoint,
+    ledger and audit trail stay for what the user tries next, unless `clean`."""
     t_start = time.monotonic()
     _quiet_ray_loggers()
     workdir = home() / "demo"
@@ -68,6 +69,7 @@ def run_demo(*, steps: int = 240, keep_workdir: bool = False, say: Callable[[str
     try:
         sched, serve_market = _schedule(info, say, results)
         checkpoint = _train(info, cluster, sched, workdir, steps, say, results)
+        results["checkpoint"] = str(checkpoint)
         _show_nodes(cluster, say)
         _serve(info, checkpoint, serve_market, say, results)
         _cost_report(sched, say, results)
@@ -83,11 +85,26 @@ def run_demo(*, steps: int = 240, keep_workdir: bool = False, say: Callable[[str
         finally:
             pids = cluster.down()
             say(f"   cluster down: {len(pids)} processes stopped")
-            if not keep_workdir:
+            if clean:
                 shutil.rmtree(workdir, ignore_errors=True)
     results["wall_s"] = round(time.monotonic() - t_start, 1)
     say(f"demo finished in {results['wall_s']}s")
+    if not clean:
+        _what_next(workdir, home() / "scheduler" / cluster_name, str(results.get("checkpoint", "")), say)
     return results
+
+
+def _what_next(workdir: Path, ledger_dir: Path, checkpoint: str, say: Callable[[str], None]) -> None:
+    say("what it left, to explore next (`elasticml demo --clean` leaves nothing):")
+    say(f"   corpus      {workdir / 'corpus'}")
+    say(f"   checkpoint  {checkpoint}")
+    say(f"   ledger      {ledger_dir / 'ledger.sqlite'}   audit trail {ledger_dir / 'audit.jsonl'}")
+    say("try:")
+    say(f"   elasticml cost report --ledger {ledger_dir / 'ledger.sqlite'}")
+    say(f"   elasticml audit show --ledger {ledger_dir / 'ledger.sqlite'}")
+    say(f"   elasticml checkpoint verify {checkpoint}")
+    say("   elasticml cluster up   # then serve the checkpoint:")
+    say(f"   serve run serve_apps.completion:app checkpoint={checkpoint} market=on-demand")
 
 
 def _quiet_ray_loggers() -> None:

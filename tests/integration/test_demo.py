@@ -10,7 +10,7 @@ from elasticml.demo import run_demo
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_demo_trains_serves_answers_and_cleans_up():
+def test_demo_trains_serves_answers_and_leaves_what_to_try_next():
     lines: list[str] = []
     results = run_demo(steps=120, say=lines.append, cluster_name="demo-test")
     text = "\n".join(lines)
@@ -31,3 +31,22 @@ def test_demo_trains_serves_answers_and_cleans_up():
     assert results["cache_hit"] is True  # the repeated greedy request came from the response cache
     assert results["final_loss"] < 5.0
     assert LocalCluster("demo-test").info() is None
+    # What it left works offline, as its last lines say: the checkpoint, the ledger, the audit trail.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from elasticml.home import home
+
+    cli = str(Path(sys.executable).with_name("elasticml"))
+    ledger = home() / "scheduler" / "demo-test" / "ledger.sqlite"
+    assert "what it left" in text and f"cost report --ledger {ledger}" in text
+    report = subprocess.run([cli, "cost", "report", "--ledger", str(ledger), "--json"], capture_output=True,
+                            text=True, timeout=60)
+    assert report.returncode == 0, report.stderr
+    total = json.loads(report.stdout)["total"]
+    assert total["cost"] > 0 and round(total["savings_pct"], 1) >= results["savings_pct"] - 5
+    for args in (["checkpoint", "verify", str(results["checkpoint"])], ["audit", "verify", "--name", "demo-test"]):
+        proc = subprocess.run([cli, *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr

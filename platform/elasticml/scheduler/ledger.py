@@ -90,6 +90,25 @@ class Ledger:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
+    def report(self, *, now: float) -> dict[str, object]:
+        """Cost per tenant, workload and market, with savings against all on-demand, as of `now`."""
+        report: dict[str, object] = {}
+        for column in ("tenant", "workload", "market"):
+            report[column] = [{"key": r.key, "cost": r.cost, "on_demand_cost": r.on_demand_cost,
+                               "savings": r.savings, "worker_hours": r.hours} for r in self.costs_by(column, now=now)]
+        rows = report["tenant"]
+        total = sum(r["cost"] for r in rows)  # type: ignore[union-attr]
+        od = sum(r["on_demand_cost"] for r in rows)  # type: ignore[union-attr]
+        report["total"] = {"cost": total, "on_demand_cost": od, "savings": od - total,
+                           "savings_pct": 100 * (od - total) / od if od else 0.0}
+        report["intervals"] = len(self.intervals())
+        return report
+
+    def last_recorded(self) -> float | None:
+        """The latest start or end in the ledger: where a ledger of a cluster that is gone stops."""
+        row = self._db.execute("SELECT MAX(MAX(start, COALESCE(end, start))) FROM intervals").fetchone()
+        return row[0] if row else None
+
     def cost_by_tenant_and_market(self, *, now: float) -> dict[tuple[str, str], float]:
         cur = self._db.execute("SELECT tenant, market, SUM(hourly_cost * (COALESCE(end, ?) - start) / 3600.0)"
                                " FROM intervals GROUP BY tenant, market", (now,))

@@ -391,17 +391,7 @@ class SchedulerState(Controller):
         }
 
     def cost_report(self) -> dict[str, Any]:
-        now = self.clock()
-        report = {}
-        for column in ("tenant", "workload", "market"):
-            report[column] = [{"key": r.key, "cost": r.cost, "on_demand_cost": r.on_demand_cost,
-                               "savings": r.savings, "worker_hours": r.hours} for r in self.ledger.costs_by(column, now=now)]
-        total = sum(r["cost"] for r in report["tenant"])
-        od = sum(r["on_demand_cost"] for r in report["tenant"])
-        report["total"] = {"cost": total, "on_demand_cost": od, "savings": od - total,
-                           "savings_pct": 100 * (od - total) / od if od else 0.0}
-        report["intervals"] = len(self.ledger.intervals())
-        return report
+        return self.ledger.report(now=self.clock())
 
     # -- applying decisions ----------------------------------------------------
     def _running_specs(self) -> dict[str, WorkloadSpec]:
