@@ -562,16 +562,36 @@ def cost() -> None:
 @click.option("--ledger", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="Read this ledger file instead of asking the running scheduler (e.g. after the cluster "
                    "is down); open intervals are charged to the last time it recorded.")
+@click.option("--html", "html_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write a page of charts: cost over time by market and tenant, worker-hours, savings, moves.")
+@click.option("--png", "png_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the same charts as one PNG.")
 @click.option("--json", "as_json", is_flag=True)
-def cost_report(name: str, address: str | None, ledger: Path | None, as_json: bool) -> None:
+def cost_report(name: str, address: str | None, ledger: Path | None, html_out: Path | None, png_out: Path | None,
+                as_json: bool) -> None:
     """Cost per tenant, workload and market, and savings against all on-demand."""
     if ledger is not None:
         from elasticml.scheduler.ledger import Ledger
 
         book = Ledger(str(ledger))
-        report = book.report(now=book.last_recorded() or time.time())
+        now = book.last_recorded() or time.time()
+        report = book.report(now=now)
+        intervals = book.intervals() if (html_out or png_out) else []
     else:
-        report = _scheduler(name, address).cost_report()
+        sched = _scheduler(name, address)
+        report, now = sched.cost_report(), time.time()
+        intervals = [iv for w in report["workload"] for iv in sched.intervals(w["key"])] if (html_out or png_out) else []
+    if html_out or png_out:
+        from elasticml.atomic import write_atomic
+        from elasticml.observe.reports import cost_charts, page, png
+
+        t = report["total"]
+        summary = [("total", f"${t['cost']:.6f}"), ("all on-demand", f"${t['on_demand_cost']:.6f}"),
+                   ("saved", f"{t['savings_pct']:.1f}%"), ("allocation intervals", str(len(intervals)))]
+        if html_out:
+            write_atomic(html_out, page("elasticml cost report", summary, cost_charts(intervals, report, now)))
+        if png_out:
+            write_atomic(png_out, png(cost_charts(intervals, report, now)))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -586,6 +606,48 @@ def cost_report(name: str, address: str | None, ledger: Path | None, as_json: bo
     click.echo(f"total ${t['cost']:.6f}; all on-demand would be ${t['on_demand_cost']:.6f}: "
                f"saved {t['savings_pct']:.1f}%" + (f" over {report['intervals']} allocation intervals"
                                                     if "intervals" in report else ""))
+
+
+# -- train -----------------------------------------------------------------------
+@main.group(cls=_Group)
+def train() -> None:
+    """Training runs: their reports."""
+
+
+@train.command("report")
+@click.argument("run_dir")
+@click.option("--html", "html_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write a page of charts: loss and tokens/s per step, resumes marked.")
+@click.option("--png", "png_out", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option("--json", "as_json", is_flag=True)
+def train_report(run_dir: str, html_out: Path | None, png_out: Path | None, as_json: bool) -> None:
+    """What a run (RUN_DIR: the storage path / run name, local or s3://) reported at every report point."""
+    from elasticml.train.history import read_history
+
+    history = read_history(run_dir)
+    if not history:
+        raise click.ClickException(f"{run_dir} has no training history (history/ is written by jobs/train.py runs)")
+    run = run_dir.rstrip("/").rsplit("/", 1)[-1]
+    resumes = [r["resumed_from"] for r in history if r.get("resumed_from")]
+    if html_out or png_out:
+        from elasticml.atomic import write_atomic
+        from elasticml.observe.reports import page, png, train_charts
+
+        summary = [("run", run), ("steps reported", f"{history[0]['step']}..{history[-1]['step']}"),
+                   ("last loss", f"{history[-1].get('loss', float('nan')):.4f}"),
+                   ("resumed from", ", ".join(map(str, resumes)) or "never")]
+        if html_out:
+            write_atomic(html_out, page(f"elasticml training report: {run}", summary, train_charts(history, run)))
+        if png_out:
+            write_atomic(png_out, png(train_charts(history, run)))
+    if as_json:
+        click.echo(json.dumps({"run": run, "history": history, "resumed_from": resumes}))
+        return
+    click.echo(f"{'step':>8}  {'loss':>8}  {'tokens/s':>10}  {'workers':>7}")
+    for r in history:
+        mark = "  (resumed)" if r.get("resumed_from") else ""
+        click.echo(f"{r['step']:>8}  {r.get('loss', float('nan')):>8.4f}  {r.get('tokens_per_s', 0):>10.0f}  "
+                   f"{r.get('world_size', 0):>7}{mark}")
 
 
 # -- data ----------------------------------------------------------------------

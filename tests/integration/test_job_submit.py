@@ -43,6 +43,12 @@ def test_train_job_runs_two_workers_and_saves_a_checkpoint(local_cluster, corpus
     assert model.config.n_layers == 2
     # The loss went down from the uniform-guess starting point (ln 256 = 5.55).
     assert summary["metrics"]["loss"] < 5.5
+    # Every report point is in the run's history, for `elasticml train report`.
+    report = subprocess.run([str(Path(RAY).with_name("elasticml")), "train", "report", str(tmp_path / "runs" / "t"),
+                             "--json"], capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0, report.stderr
+    history = json.loads(report.stdout)["history"]
+    assert [r["step"] for r in history] == [3, 6] and history[-1]["loss"] == pytest.approx(summary["metrics"]["loss"])
 
 
 def test_submission_without_the_right_token_is_refused(local_cluster, tmp_path):

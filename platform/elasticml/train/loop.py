@@ -30,6 +30,7 @@ from elasticml.models import user as user_models
 from elasticml.models.transformer import SIZES, build_model
 from elasticml.train.checkpoint import read_meta, read_state, write_checkpoint
 from elasticml.train.config import TrainConfig
+from elasticml.train.history import record
 
 log = logging.getLogger("elasticml.train")
 
@@ -139,6 +140,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     loss_count = 0
     saved_for_preemption = False
     pace_start = time.perf_counter()
+    first_report = True
     for step in range(start_step, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
@@ -200,6 +202,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     gauge.set(metrics[name], tags={"run": cfg.run_name})
         if rank == 0:
             log.info("step %d/%d loss %.4f tokens/s %.0f workers %d", done, cfg.steps, metrics["loss"], tokens_per_s, world)
+            try:
+                record(cfg.storage_path, cfg.run_name, metrics, resumed_from=start_step if first_report and start_step else None)
+            except OSError as exc:  # the report's history is for people; training goes on without it
+                log.info("history not written at step %d: %s", done, str(exc)[:200])
+            first_report = False
         if want_ckpt:
             # Every worker writes its shards to its own folder, which Ray deletes once uploaded
             # (in the background with async_upload) into the one shared checkpoint folder.
