@@ -1,12 +1,33 @@
 """elasticml: a Ray-based elastic compute platform for ML teams.
 
-Packages: `cluster` (local elastic cluster from cluster YAMLs), `data`
-(Parquet corpora), `models` (the reference transformer), `train` (Ray Train
-loop), `serve` (text generation for Serve apps). Errors live in `errors`,
-node labels in `labels`, token handling in `auth`.
+The Python API, the same code the `elasticml` command and the jobs run:
+
+    import elasticml as eml
+
+    cluster = eml.LocalCluster("local")                        # a local elastic cluster
+    cluster.up(eml.load_cluster_spec("cluster_configs/local.yaml"))
+    cluster.require_info().connect()                           # this process as its Ray driver
+
+    sched = eml.SchedulerClient.connect()                      # the cost-aware scheduler
+    placement = sched.place(eml.WorkloadSpec(name="nightly", tenant="research", priority="low"))
+
+    result = eml.fit(eml.TrainConfig(data=..., storage_path=..., run_name="nightly", steps=100))
+    app = eml.build_app({"checkpoint": f"latest:{storage_path}/nightly"})   # for serve.run
+
+Packages: `cluster` (local elastic cluster from cluster YAMLs), `scheduler` (placement, the
+ledger, identities, the audit trail), `data` (Parquet corpora), `models`, `train` (Ray Train
+loop, checkpoints), `serve` (the completion app), `provision` (cloud configs), `observe`
+(dashboards, reports). Errors live in `errors`. Names below are imported on first use, so
+`import elasticml` does not import Ray or torch.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
 from elasticml.errors import (
+    AccessDenied,
     AuthError,
     CheckpointError,
     ClusterAlreadyRunning,
@@ -15,12 +36,41 @@ from elasticml.errors import (
     ConfigError,
     DataError,
     ElasticMLError,
+    PlacementRefused,
+    SchedulerError,
 )
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "LocalCluster": "elasticml.cluster.local",
+    "ClusterSpec": "elasticml.cluster.config",
+    "load_cluster_spec": "elasticml.cluster.config",
+    "SchedulerClient": "elasticml.scheduler.client",
+    "WorkloadSpec": "elasticml.scheduler.spec",
+    "TenantPolicy": "elasticml.scheduler.spec",
+    "Placement": "elasticml.scheduler.spec",
+    "TrainConfig": "elasticml.train.config",
+    "fit": "elasticml.train.launch",
+    "ServeConfig": "elasticml.serve.config",
+    "build_app": "elasticml.serve.completion",
+    "build_corpus": "elasticml.data.corpus",
+    "latest_checkpoint": "elasticml.train.checkpoint",
+    "load_model": "elasticml.train.checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'elasticml' has no attribute {name!r}")
+
+
 __all__ = [
     "__version__",
+    *_LAZY,
     "ElasticMLError",
     "ConfigError",
     "ClusterError",
@@ -29,4 +79,7 @@ __all__ = [
     "AuthError",
     "DataError",
     "CheckpointError",
+    "SchedulerError",
+    "PlacementRefused",
+    "AccessDenied",
 ]

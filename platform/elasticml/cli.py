@@ -45,6 +45,15 @@ def cluster() -> None:
 
 _name_option = click.option("--name", default="local", show_default=True, help="Cluster name (one state folder each).")
 
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+
+
+def _emit(as_json: bool, payload: object) -> bool:
+    """Print `payload` as JSON when asked; True when it did (the caller then prints nothing else)."""
+    if as_json:
+        click.echo(json.dumps(payload, default=str))
+    return as_json
+
 
 @cluster.command("up")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -59,8 +68,10 @@ _name_option = click.option("--name", default="local", show_default=True, help="
 @click.option("--price-ratio", type=float, default=3.0, show_default=True, help="On-demand / spot price.")
 @click.option("--notice-seconds", type=float, default=8.0, show_default=True,
               help="Seconds between an outage's interruption notice and the reclaim of spot nodes.")
+@_json_option
 def cluster_up(config_path: Path | None, name: str, port: int, dashboard_port: int, spot_trace: Path | None,
-               start_hour: float, seconds_per_hour: float, price_ratio: float, notice_seconds: float) -> None:
+               start_hour: float, seconds_per_hour: float, price_ratio: float, notice_seconds: float,
+               as_json: bool) -> None:
     """Start the head; worker nodes come and go with demand for their labels."""
     from elasticml.cluster import LocalCluster, load_cluster_spec
     from elasticml.cluster.spot_market import MarketSettings
@@ -76,6 +87,11 @@ def cluster_up(config_path: Path | None, name: str, port: int, dashboard_port: i
                                 seconds_per_hour=seconds_per_hour, price_ratio=price_ratio, notice_seconds=notice_seconds)
     t0 = time.monotonic()
     info = LocalCluster(name).up(spec, port=port, dashboard_port=dashboard_port, market=market)
+    if _emit(as_json, {"cluster": name, "up_s": round(time.monotonic() - t0, 1), "gcs_address": info.gcs_address,
+                       "dashboard_url": info.dashboard_url, "token_path": str(info.token_path), "pid": info.pid,
+                       "node_types": {t.name: {"market": t.market, "min_workers": t.min_workers,
+                                               "max_workers": t.max_workers} for t in spec.worker_types.values()}}):
+        return
     click.echo(f"cluster {name!r} is up in {time.monotonic() - t0:.1f}s (supervisor PID {info.pid})")
     click.echo(f"  GCS        {info.gcs_address}")
     click.echo(f"  dashboard  {info.dashboard_url}")
@@ -88,11 +104,14 @@ def cluster_up(config_path: Path | None, name: str, port: int, dashboard_port: i
 
 @cluster.command("down")
 @_name_option
-def cluster_down(name: str) -> None:
+@_json_option
+def cluster_down(name: str, as_json: bool) -> None:
     """Stop every process `cluster up` started, by PID."""
     from elasticml.cluster import LocalCluster
 
     pids = LocalCluster(name).down()
+    if _emit(as_json, {"cluster": name, "stopped": len(pids)}):
+        return
     click.echo(f"cluster {name!r} is down ({len(pids)} processes stopped)")
 
 
@@ -120,8 +139,10 @@ def cluster_status(name: str, as_json: bool) -> None:
         click.echo(json.dumps({"name": name, "gcs_address": info.gcs_address, "nodes": rows}, indent=2))
         return
     click.echo(f"cluster {name!r}: {len(rows)} alive node(s), dashboard {info.dashboard_url}")
+    click.echo(f"  {'NODE':<8}  {'NODE TYPE':<16} {'MARKET':<10} {'CPUS':<5} LABELS")
     for r in rows:
-        click.echo(f"  {r['node_id'][-8:]}  {r['node_type']:<16} {r['market']:<10} CPU={r['cpus']:<4} {r['labels']}")
+        labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
+        click.echo(f"  {r['node_id'][-8:]:<8}  {r['node_type']:<16} {r['market']:<10} {r['cpus']:<5} {labels}")
 
 
 @cluster.command("render")
@@ -131,7 +152,9 @@ def cluster_status(name: str, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Repository root.")
 @click.option("--image", default=None, help="REPOSITORY:TAG of the platform's image (built from the Dockerfile; "
               "-cpu/-gpu appended) for the KubeRay manifests [default: the definition's].")
-def cluster_render(target: str, cluster_def: str | None, check: bool, out: Path | None, image: str | None) -> None:
+@_json_option
+def cluster_render(target: str, cluster_def: str | None, check: bool, out: Path | None, image: str | None,
+                   as_json: bool) -> None:
     """Write (or --check) the local, AWS and KubeRay files generated from the one definition."""
     from elasticml.provision.render import render, render_all
     from elasticml.repo import ROOT
@@ -154,7 +177,13 @@ def cluster_render(target: str, cluster_def: str | None, check: bool, out: Path 
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        click.echo(f"wrote {rel}")
+        if not as_json:
+            click.echo(f"wrote {rel}")
+    if as_json:
+        click.echo(json.dumps({"files": sorted(files), "stale": stale} if check else {"wrote": sorted(files)}))
+        if stale:
+            sys.exit(1)
+        return
     if check:
         if stale:
             click.echo("out of date (run `elasticml cluster render`): " + ", ".join(stale), err=True)
@@ -164,7 +193,8 @@ def cluster_render(target: str, cluster_def: str | None, check: bool, out: Path 
 
 @cluster.command("credentials")
 @click.argument("cluster_name")
-def cluster_credentials(cluster_name: str) -> None:
+@_json_option
+def cluster_credentials(cluster_name: str, as_json: bool) -> None:
     """Make (once) a cloud cluster's node-agent credential and Ray TLS CA, before `ray up`.
 
     CLUSTER_NAME is the launcher's `cluster_name` (e.g. elasticml-aws-cpu). The rendered YAML
@@ -180,6 +210,8 @@ def cluster_credentials(cluster_name: str) -> None:
     agent_credential(cluster_name)
     folder = credentials_dir(cluster_name)
     make_ca(folder / "tls", cluster_name)
+    if _emit(as_json, {"agent_credential": str(folder / "agent"), "ca_certificate": str(folder / "tls" / "ca.crt")}):
+        return
     click.echo(f"node agents' credential: {folder / 'agent'} (mode 0600)")
     click.echo(f"Ray TLS CA: {folder / 'tls' / 'ca.crt'} (its key, mode 0600, beside it)")
 
@@ -277,9 +309,10 @@ def _echo_placement(p) -> None:  # type: ignore[no-untyped-def]
                    "$ELASTICML_EC2_ENDPOINT for another endpoint).")
 @_name_option
 @_address_option
+@_json_option
 def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_seconds: float | None,
                     seconds_per_hour: float | None, spot_market: Path | None, live_prices_s: float | None, name: str,
-                    address: str | None) -> None:
+                    address: str | None, as_json: bool) -> None:
     """Create the cluster's scheduler (once per cluster; `cluster up` does it for local clusters)."""
     from dataclasses import replace
 
@@ -307,6 +340,9 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
         from elasticml.cluster.spot_market import start_driver
 
         start_driver(spot_market.resolve(), [p["node_type"] for p in st["pools"] if p["market"] == "spot"])
+    if _emit(as_json, {"cluster": st["cluster"], "config": st["config"],
+                       "pools": [{"node_type": p["node_type"], "market": p["market"]} for p in st["pools"]]}):
+        return
     click.echo(f"scheduler of cluster {st['cluster']!r} ({st['config']}): pools "
                + ", ".join(f"{p['node_type']} ({p['market']})" for p in st["pools"]))
 
@@ -315,22 +351,28 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
 @click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
 @_name_option
 @_address_option
-def scheduler_submit(spec_file: Path, name: str, address: str | None) -> None:
+@_json_option
+def scheduler_submit(spec_file: Path, name: str, address: str | None, as_json: bool) -> None:
     """Place the workload described in SPEC_FILE (YAML)."""
     from elasticml.scheduler.spec import WorkloadSpec
 
     raw = _read_yaml(spec_file)
     spec = WorkloadSpec.from_dict(raw, source=str(spec_file))  # refuse bad specs before touching the cluster
-    _echo_placement(_scheduler(name, address).place(spec))
+    placement = _scheduler(name, address).place(spec)
+    if not _emit(as_json, placement.to_dict()):
+        _echo_placement(placement)
 
 
 @scheduler.command("validate")
 @click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
-def scheduler_validate(spec_file: Path) -> None:
+@_json_option
+def scheduler_validate(spec_file: Path, as_json: bool) -> None:
     """Check SPEC_FILE offline, as the scheduler's door would (no cluster): exit 0 when valid, 2 naming the field."""
     from elasticml.scheduler.spec import WorkloadSpec
 
     spec = WorkloadSpec.from_dict(_read_yaml(spec_file), source=str(spec_file))
+    if _emit(as_json, {"file": str(spec_file), "valid": True, "spec": spec.to_dict()}):
+        return
     click.echo(f"{spec_file}: valid ({spec.kind} {spec.name} of tenant {spec.tenant}, {spec.priority} priority, "
                f"{spec.min_workers}-{spec.max_workers} workers)")
 
@@ -381,9 +423,12 @@ def scheduler_status(name: str, address: str | None, as_json: bool) -> None:
 @click.argument("workload")
 @_name_option
 @_address_option
-def scheduler_explain(workload: str, name: str, address: str | None) -> None:
+@_json_option
+def scheduler_explain(workload: str, name: str, address: str | None, as_json: bool) -> None:
     """Every decision taken for WORKLOAD, with its reason (`_events` for node losses)."""
     records = _scheduler(name, address).explain(workload)
+    if _emit(as_json, {"workload": workload, "records": records}):
+        return
     if not records:
         click.echo(f"no decisions recorded for {workload!r}")
     _echo_records(records)
@@ -393,9 +438,12 @@ def scheduler_explain(workload: str, name: str, address: str | None) -> None:
 @click.argument("workload")
 @_name_option
 @_address_option
-def scheduler_finish(workload: str, name: str, address: str | None) -> None:
+@_json_option
+def scheduler_finish(workload: str, name: str, address: str | None, as_json: bool) -> None:
     """Mark WORKLOAD done: its capacity goes to the queue and to cheaper moves."""
     _scheduler(name, address).finish(workload)
+    if _emit(as_json, {"workload": workload, "finished": True}):
+        return
     click.echo(f"{workload}: finished")
 
 
@@ -403,9 +451,12 @@ def scheduler_finish(workload: str, name: str, address: str | None) -> None:
 @click.argument("node_type")
 @_name_option
 @_address_option
-def scheduler_interrupt(node_type: str, name: str, address: str | None) -> None:
+@_json_option
+def scheduler_interrupt(node_type: str, name: str, address: str | None, as_json: bool) -> None:
     """Report a spot interruption notice for NODE_TYPE; its work is re-placed."""
     result = _scheduler(name, address).interrupt(node_type)
+    if _emit(as_json, {"node_type": node_type, **result}):
+        return
     _echo_records(result["decisions"])
     click.echo(f"drained {len(result['drained_nodes'])} node(s) of {node_type} as preempted")
 
@@ -413,9 +464,12 @@ def scheduler_interrupt(node_type: str, name: str, address: str | None) -> None:
 @scheduler.command("whoami")
 @_name_option
 @_address_option
-def scheduler_whoami(name: str, address: str | None) -> None:
+@_json_option
+def scheduler_whoami(name: str, address: str | None, as_json: bool) -> None:
     """The principal and role your credential ($ELASTICML_CREDENTIAL_PATH, else the cluster's admin file) is."""
     me = _scheduler(name, address).whoami()
+    if _emit(as_json, me):
+        return
     click.echo(f"{me['name']} ({me['role']})")
 
 
@@ -431,11 +485,14 @@ def credential() -> None:
               help="Where to write the new credential (mode 0600); hand it to whoever acts as PRINCIPAL.")
 @_name_option
 @_address_option
-def credential_add(principal: str, role: str, file: Path, name: str, address: str | None) -> None:
+@_json_option
+def credential_add(principal: str, role: str, file: Path, name: str, address: str | None, as_json: bool) -> None:
     """Give PRINCIPAL (a tenant's name, an agent's, an admin's) a credential; only an admin may."""
     if file.exists():
         raise click.UsageError(f"{file} exists; a credential is never overwritten (remove it first)")
     written = _scheduler(name, address).add_principal(principal, role, file)
+    if _emit(as_json, {"principal": principal, "role": role, "file": str(written)}):
+        return
     click.echo(f"{principal} ({role}): credential written to {written}; use it with "
                f"ELASTICML_CREDENTIAL_PATH={written}")
 
@@ -444,18 +501,26 @@ def credential_add(principal: str, role: str, file: Path, name: str, address: st
 @click.argument("principal")
 @_name_option
 @_address_option
-def credential_remove(principal: str, name: str, address: str | None) -> None:
+@_json_option
+def credential_remove(principal: str, name: str, address: str | None, as_json: bool) -> None:
     """Revoke PRINCIPAL's credential at once."""
     _scheduler(name, address).remove_principal(principal)
+    if _emit(as_json, {"principal": principal, "removed": True}):
+        return
     click.echo(f"{principal}: removed")
 
 
 @credential.command("list")
 @_name_option
 @_address_option
-def credential_list(name: str, address: str | None) -> None:
+@_json_option
+def credential_list(name: str, address: str | None, as_json: bool) -> None:
     """The principals and their roles (never their credentials)."""
-    for p in _scheduler(name, address).principals():
+    principals = _scheduler(name, address).principals()
+    if _emit(as_json, principals):
+        return
+    click.echo(f"{'PRINCIPAL':<24} ROLE")
+    for p in principals:
         click.echo(f"{p['name']:<24} {p['role']}")
 
 
@@ -467,17 +532,21 @@ def checkpoint() -> None:
 
 @checkpoint.command("verify")
 @click.argument("path")
-def checkpoint_verify(path: str) -> None:
+@_json_option
+def checkpoint_verify(path: str, as_json: bool) -> None:
     """Exit 0 if PATH is complete, signed with this cluster's key and every file matches its digest."""
     from elasticml.train.checkpoint import verify_files
 
     meta = verify_files(path)
+    if _emit(as_json, {"path": path, "step": meta["step"], "files": len(meta["files"]), "intact": True}):
+        return
     click.echo(f"{path}: step {meta['step']}, {len(meta['files'])} files, signed and intact")
 
 
 @checkpoint.command("sign")
 @click.argument("path")
-def checkpoint_sign(path: str) -> None:
+@_json_option
+def checkpoint_sign(path: str, as_json: bool) -> None:
     """Sign PATH with this cluster's checkpoint key, vouching for its bytes as they are now.
 
     For checkpoints written before checkpoints were signed (or under another cluster's key): Serve
@@ -487,6 +556,8 @@ def checkpoint_sign(path: str) -> None:
     from elasticml.train.checkpoint import sign_checkpoint
 
     meta = sign_checkpoint(path)
+    if _emit(as_json, {"path": path, "step": meta["step"], "files": len(meta["files"]), "signed": True}):
+        return
     click.echo(f"{path}: step {meta['step']}, {len(meta['files'])} files signed")
 
 
@@ -536,7 +607,8 @@ def audit_show(name: str, ledger: Path | None, tenant: str | None, since: float 
 @audit.command("verify")
 @_name_option
 @_ledger_option
-def audit_verify(name: str, ledger: Path | None) -> None:
+@_json_option
+def audit_verify(name: str, ledger: Path | None, as_json: bool) -> None:
     """Exit 0 when the trail is intact; 1, naming the first bad record, when it was edited, cut or reordered."""
     from elasticml.scheduler.audit import AuditLog, ledger_tip, load_key
 
@@ -544,6 +616,9 @@ def audit_verify(name: str, ledger: Path | None) -> None:
     if not key_file.exists():
         raise click.ClickException(f"no audit key at {key_file}: run this on the scheduler's head, or pass --ledger")
     verdict = AuditLog.verify(trail, load_key(key_file), ledger_tip(ledger_file))
+    if as_json:
+        click.echo(json.dumps({"intact": verdict.ok, "records": verdict.records, "problem": verdict.problem}))
+        sys.exit(0 if verdict.ok else 1)
     if verdict.ok:
         click.echo(f"intact: {verdict.records} records, chained and signed, ending where the ledger says")
         return
@@ -660,11 +735,15 @@ def data() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--shards", type=int, default=4, show_default=True)
 @click.option("--max-mb", type=float, default=8.0, show_default=True, help="Corpus size cap.")
-def data_build(out: Path, shards: int, max_mb: float) -> None:
+@_json_option
+def data_build(out: Path, shards: int, max_mb: float, as_json: bool) -> None:
     """Write a byte-level text corpus from Python's standard library sources."""
     from elasticml.data.corpus import build_corpus
 
     manifest = build_corpus(out, num_shards=shards, max_bytes=int(max_mb * 1e6))
+    if _emit(as_json, {"out": str(out), "documents": manifest.num_documents, "bytes": manifest.num_bytes,
+                       "shards": list(manifest.shards)}):
+        return
     click.echo(f"wrote {manifest.num_documents} documents, {manifest.num_bytes / 1e6:.1f} MB, "
                f"{len(manifest.shards)} shards to {out}")
 
@@ -694,7 +773,8 @@ def serve() -> None:
 @click.argument("tenant")
 @click.option("--file", "key_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Add the digest to this key file (an app's api_keys_file; mode 0600).")
-def serve_keygen(tenant: str, key_file: Path | None) -> None:
+@_json_option
+def serve_keygen(tenant: str, key_file: Path | None, as_json: bool) -> None:
     """A new API key for TENANT: give the key to the tenant; its digest goes to --file or under args.api_keys."""
     import re
 
@@ -706,5 +786,7 @@ def serve_keygen(tenant: str, key_file: Path | None) -> None:
     key, digest = new_key()
     if key_file is not None:
         add_to_key_file(key_file, tenant, digest)
+    if _emit(as_json, {"tenant": tenant, "key": key, "digest": digest, "key_file": str(key_file) if key_file else None}):
+        return
     click.echo(f"key (give to {tenant}, shown once): {key}")
     click.echo(f"added to {key_file}" if key_file is not None else f"api_keys entry: {{{tenant}: {digest}}}")

@@ -110,3 +110,38 @@ def test_cluster_credentials_makes_the_agent_file_and_the_tls_ca_once_and_privat
     bad = subprocess.run([ELASTICML, "cluster", "credentials", "../etc"], capture_output=True, text=True, timeout=60,
                          env=env)
     assert bad.returncode == 2 and "CLUSTER_NAME" in bad.stderr
+
+
+def test_every_offline_command_prints_one_json_document_with_json(tmp_path):
+    """`--json` on what prints a result: one parseable document, and nothing else on stdout."""
+    import json
+    import os
+
+    env = {**os.environ, "ELASTICML_HOME": str(tmp_path / "home")}
+
+    def as_json(*args: str) -> dict:
+        proc = subprocess.run([ELASTICML, *args, "--json"], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+        assert proc.returncode == 0, (args, proc.stderr)
+        return json.loads(proc.stdout)
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: nightly\ntenant: research\npriority: low\nmax_workers: 2\n")
+    assert as_json("scheduler", "validate", str(spec))["spec"]["max_workers"] == 2
+    built = as_json("data", "build", "--out", str(tmp_path / "corpus"), "--shards", "2", "--max-mb", "0.2")
+    assert built["documents"] > 0 and len(built["shards"]) == 2
+    assert as_json("cluster", "render", "--check")["stale"] == []
+    made = as_json("cluster", "credentials", "elasticml-aws-cpu")
+    assert made["agent_credential"].endswith("/agent")
+    key = as_json("serve", "keygen", "acme")
+    assert key["tenant"] == "acme" and len(key["digest"]) == 64
+    from elasticml.models import SIZES, build_model
+    from elasticml.train.checkpoint import write_checkpoint
+
+    os.environ["ELASTICML_CHECKPOINT_KEY_PATH"] = str(tmp_path / "home" / "keys" / "checkpoint.key")
+    try:
+        write_checkpoint(tmp_path / "ckpt", model_state=build_model("tiny").state_dict(), optim_state=None,
+                         model_config=SIZES["tiny"], step=3)
+    finally:
+        del os.environ["ELASTICML_CHECKPOINT_KEY_PATH"]
+    assert as_json("checkpoint", "verify", str(tmp_path / "ckpt")) == {"path": str(tmp_path / "ckpt"), "step": 3,
+                                                                       "files": 2, "intact": True}
