@@ -83,7 +83,8 @@ def test_every_dashboard_panel_returns_data_while_the_cluster_trains_serves_and_
     # Training, until told to stop.
     flag = stop_flag()
     cfg = TrainConfig(data=str(corpus), storage_path=str(tmp_path / "runs"), run_name="watched", steps=100_000,
-                      global_batch=2, seq_len=32, num_workers=1, report_every=5, peak_tflops=0.05)
+                      global_batch=2, seq_len=32, num_workers=1, report_every=5, checkpoint_every=20,
+                      peak_tflops=0.05)
     trained: dict = {}
     trainer = threading.Thread(target=lambda: trained.update(r=fit(cfg, stop=flag)), daemon=True)
     trainer.start()

@@ -27,8 +27,8 @@ def load(rel: str):
 
 def test_committed_files_are_exactly_what_the_definition_renders():
     files = render_all()
-    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2 + 4 + 2 + 4  # + tenant trust and roles, Serve ingresses, service accounts,
-    # Karpenter, the AWS docker variants, Grafana dashboards
+    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2 + 4 + 2 + 4 + 2  # + tenant trust and roles, Serve ingresses, service accounts,
+    # Karpenter, the AWS docker variants, Grafana dashboards, PodMonitors
     stale = [rel for rel, text in files.items() if (REPO / rel).read_text() != text]
     assert not stale, f"run `elasticml cluster render`: {stale}"
     out = subprocess.run([str(Path(sys.executable).with_name("elasticml")), "cluster", "render", "--check"],
@@ -435,3 +435,17 @@ def test_the_docker_variant_runs_ray_in_the_platforms_image_with_the_same_pools(
     assert not any("pip install" in c for c in docker["setup_commands"])  # the image has the platform
     assert any("elasticml.provision.tls node" in c for c in docker["setup_commands"])
     assert any("docker.io" in c for c in docker["initialization_commands"])
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_the_pod_monitor_scrapes_every_ray_pod_the_manifests_make(name):
+    monitor = load(f"cluster_configs/kuberay/{name}-podmonitor.yaml")
+    assert monitor["kind"] == "PodMonitor" and monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    for kind in ("raycluster", "rayjob", "rayservice"):
+        doc = load(f"cluster_configs/kuberay/{name}-{kind}.yaml")
+        spec = {"raycluster": lambda d: d["spec"], "rayjob": lambda d: d["spec"]["rayClusterSpec"],
+                "rayservice": lambda d: d["spec"]["rayClusterConfig"]}[kind](doc)
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            labels = {**group["template"]["metadata"]["labels"], "ray.io/is-ray-node": "yes"}  # KubeRay adds the latter
+            assert selector.items() <= labels.items(), (kind, group.get("groupName"))

@@ -51,6 +51,7 @@ DASHBOARDS: dict[str, tuple[str, tuple[Panel, ...]]] = {
         Panel("Tokens per second", "short", ("sum by (run) (ray_elasticml_train_tokens_per_s)",), "{{run}}"),
         Panel("Model FLOPs utilisation", "percentunit", ("max by (run) (ray_elasticml_train_mfu)",), "{{run}}"),
         Panel("Step", "short", ("max by (run) (ray_elasticml_train_step)",), "{{run}}"),
+        Panel("Checkpoint time", "s", ("max by (run) (ray_elasticml_train_checkpoint_seconds)",), "{{run}}"),
     )),
     "serving": ("elasticml: serving", (
         Panel("Requests per second by tenant", "reqps", (
@@ -59,6 +60,10 @@ DASHBOARDS: dict[str, tuple[str, tuple[Panel, ...]]] = {
         Panel("Request latency p50 / p99", "ms", (
             "histogram_quantile(0.5, sum by (le) (rate(ray_serve_http_request_latency_ms_bucket[1m])))",
             "histogram_quantile(0.99, sum by (le) (rate(ray_serve_http_request_latency_ms_bucket[1m])))"), ""),
+        Panel("Batch size p50 / p99 (requests)", "short", (
+            "histogram_quantile(0.5, sum by (le) (rate(ray_elasticml_serve_batch_size_bucket[1m])))",
+            "histogram_quantile(0.99, sum by (le) (rate(ray_elasticml_serve_batch_size_bucket[1m])))"), ""),
+        Panel("Requests waiting for a batch", "short", ("sum(ray_elasticml_serve_queued_requests)",), ""),
         Panel("Replicas by deployment", "short", (
             "sum by (deployment) (ray_serve_deployment_replica_healthy)",), "{{deployment}}"),
     )),

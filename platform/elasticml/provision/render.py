@@ -94,6 +94,8 @@ def render(target: str, cluster: str, *, image: str | None = None) -> dict[str, 
         f"cluster_configs/kuberay/{d.name}-rayservice.yaml": _yaml(_rayservice(d), _header(d, "kubectl apply -f")),
         f"cluster_configs/kuberay/{d.name}-serve-ingress.yaml": _yaml(_serve_ingress(d), _header(d, "kubectl apply -f")),
         f"cluster_configs/kuberay/{d.name}-serviceaccount.yaml": _yaml(_service_account(d), _header(d, "kubectl apply -f")),
+        f"cluster_configs/kuberay/{d.name}-podmonitor.yaml": _yaml(_pod_monitor(d), _header(
+            d, "kubectl apply -f (with the Prometheus Operator, e.g. kube-prometheus-stack)")),
         f"cluster_configs/kuberay/{d.name}-karpenter.yaml": _header(d, "kubectl apply -f (Karpenter >= 1.5, "
                                                                        "ReservedCapacity feature gate on)") + _karpenter(d),
     }
@@ -399,6 +401,10 @@ POD_TLS = "/etc/ray-tls"
 """The pod's own Ray TLS certificate, made by the init container into an in-memory volume."""
 
 
+POD_LABELS = {"app.kubernetes.io/part-of": "elasticml"}
+"""On every Ray pod (KubeRay adds its own `ray.io/*` labels): what the PodMonitor selects."""
+
+
 def image_for(d: ClusterDefinition, gpus: int) -> str:
     """The platform's image (Dockerfile: the matching rayproject/ray tag with elasticml installed)."""
     return f"{d.image}:{d.image_tag}-{'gpu' if gpus else 'cpu'}"
@@ -471,7 +477,7 @@ def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[st
             "resources": {k: str(v) for k, v in _resources(g).items()},
             "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60),
             "rayStartParams": {},
-            "template": {"spec": pod},
+            "template": {"metadata": {"labels": dict(POD_LABELS)}, "spec": pod},
         })
     head_pod = _pod(d, _container(d, None), {CAPACITY_TYPE: "on-demand"})
     if api_keys:
@@ -487,7 +493,8 @@ def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[st
         # v2: the autoscaler that honours label selectors, which is how the scheduler places work.
         "autoscalerOptions": {"version": "v2", "upscalingMode": "Default",
                               "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60)},
-        "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"}, "template": {"spec": head_pod}},
+        "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                          "template": {"metadata": {"labels": dict(POD_LABELS)}, "spec": head_pod}},
         "workerGroupSpecs": workers,
     }
 
@@ -498,6 +505,23 @@ def _service_account(d: ClusterDefinition) -> dict[str, Any]:
             "metadata": {"name": service_account(d), "labels": {"app.kubernetes.io/part-of": "elasticml"},
                          "annotations": {"eks.amazonaws.com/role-arn":
                                          f"arn:aws:iam::{d.account_id}:role/elasticml-{d.name}-worker"}}}
+
+
+def _pod_monitor(d: ClusterDefinition) -> dict[str, Any]:
+    """Prometheus Operator: scrape the metrics port KubeRay gives every Ray container (`metrics`, 8080),
+    on every Ray pod of this definition's clusters (RayCluster, RayJob and RayService alike), where the
+    platform's and Ray's metrics are, as `cluster prometheus-config` does locally."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+        "metadata": {"name": f"elasticml-{d.name}-ray", "labels": {"app.kubernetes.io/part-of": "elasticml",
+                                                                  "release": "prometheus"}},
+        "spec": {
+            "jobLabel": "ray", "namespaceSelector": {"any": True},
+            "selector": {"matchLabels": {"ray.io/is-ray-node": "yes", **POD_LABELS}},
+            "podMetricsEndpoints": [{"port": "metrics", "interval": "15s", "relabelings": [
+                {"sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"], "targetLabel": "ray_io_cluster"}]}],
+        },
+    }
 
 
 def _nodeclass(d: ClusterDefinition) -> dict[str, Any]:

@@ -122,6 +122,7 @@ class CompletionService:
         self.longest_batch_s = max(self.longest_batch_s, took)
         self.generated_bytes += sum(len(o) for o in outs)
         self.cancelled += sum(p.cancelled for p in prompts)
+        self._metrics.batch(len(prompts), took, self.batcher.queued)
         return outs
 
     async def _run(self, coro: Any, cancel: threading.Event | None = None) -> Any:

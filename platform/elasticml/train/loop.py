@@ -50,7 +50,8 @@ def _gauges() -> dict[str, Any]:
     return {
         name: Gauge(f"elasticml_train_{name}", description=desc, tag_keys=("run",))
         for name, desc in [("loss", "training loss"), ("tokens_per_s", "tokens per second, all workers"),
-                           ("mfu", "model FLOPs utilisation"), ("step", "optimizer steps done")]
+                           ("mfu", "model FLOPs utilisation"), ("step", "optimizer steps done"),
+                           ("checkpoint_seconds", "how long the last checkpoint took to write and report")]
     }
 
 
@@ -210,6 +211,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if want_ckpt:
             # Every worker writes its shards to its own folder, which Ray deletes once uploaded
             # (in the background with async_upload) into the one shared checkpoint folder.
+            ckpt_start = time.perf_counter()
             folder = Path(tempfile.mkdtemp(prefix="elasticml-ckpt-"))
             write_checkpoint(
                 folder,
@@ -226,6 +228,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 checkpoint_upload_mode=CheckpointUploadMode.ASYNC if cfg.async_upload else CheckpointUploadMode.SYNC,
                 delete_local_checkpoint_after_upload=True,
             )
+            if gauges is not None:
+                gauges["checkpoint_seconds"].set(time.perf_counter() - ckpt_start, tags={"run": cfg.run_name})
         else:
             ray.train.report(metrics)
         loss_sum.zero_()
