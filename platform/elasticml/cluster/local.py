@@ -94,8 +94,9 @@ class ClusterInfo:
 
 
 def free_port() -> int:
+    """A port free on every interface: Ray binds the node's address, not only loopback."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("0.0.0.0", 0))
         return int(sock.getsockname()[1])
 
 
@@ -159,10 +160,7 @@ class LocalCluster:
 
     def _start(self, spec: ClusterSpec, *, port: int | None, dashboard_port: int | None,
                timeout_s: float, market: MarketSettings | None) -> ClusterInfo:
-        port = port or free_port()
-        dashboard_port = dashboard_port or free_port()
-        for p in (port, dashboard_port):
-            _check_port_free(p)
+        port, dashboard_port = _ports(port, dashboard_port)
 
         import ray._private.services as services
 
@@ -383,6 +381,21 @@ def _process(pid: int, create_time: float) -> psutil.Process | None:
         return proc
     except psutil.NoSuchProcess:
         return None
+
+
+def _ports(port: int | None, dashboard_port: int | None, attempts: int = 5) -> tuple[int, int]:
+    """The GCS and dashboard ports: as given (refused when in use), or picked free. A picked port can be
+    taken by another process before it is checked, so picking is tried again."""
+    for attempt in range(attempts):
+        chosen = (port or free_port(), dashboard_port or free_port())
+        try:
+            for p in chosen:
+                _check_port_free(p)
+            return chosen
+        except ClusterError:
+            if (port and dashboard_port) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _check_port_free(port: int) -> None:
