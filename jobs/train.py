@@ -173,14 +173,8 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
     try:
         while True:
             print(json.dumps({"event": "placement", **placement.to_dict()}), flush=True)
-            while not placement.placed:
-                if waited_s > scheduling["max_wait_s"]:
-                    raise SchedulerError(f"{cfg.run_name} waited {waited_s:.0f}s to be placed: {placement.reason}")
-                time.sleep(1.0)
-                waited_s += 1.0
-                placement = sched.placement(cfg.run_name)
-                if placement is None:
-                    raise SchedulerError(f"the scheduler forgot {cfg.run_name}")
+            placement, waited_s = sched.wait_placed(cfg.run_name, placement, max_wait_s=scheduling["max_wait_s"],
+                                                    waited_s=waited_s)
             workers = min(placement.workers, cfg.global_batch)
             run_cfg = dataclasses.replace(cfg, node_type=",".join(placement.node_types), num_workers=workers,
                                           min_workers=min(cfg.min_workers, workers) if cfg.min_workers else None)

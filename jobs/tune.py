@@ -113,16 +113,11 @@ def placed_sweep(base: TrainConfig, args: argparse.Namespace, tenant: str) -> tu
                         min_workers=args.workers, max_workers=args.workers * args.concurrent, expected_hours=1.0,
                         checkpoint_interval_hours=0.1)
     placement = sched.place(spec, attach=ray.get_runtime_context().get_job_id())
-    waited = 0.0
-    while not placement.placed:
-        if waited > args.max_wait_s:
-            sched.finish(args.name)
-            raise SchedulerError(f"{args.name} waited {waited:.0f}s to be placed: {placement.reason}")
-        time.sleep(1.0)
-        waited += 1.0
-        placement = sched.placement(args.name)
-        if placement is None:
-            raise SchedulerError(f"the scheduler forgot {args.name}")
+    try:
+        placement, _ = sched.wait_placed(args.name, placement, max_wait_s=args.max_wait_s)
+    except SchedulerError:
+        sched.finish(args.name)
+        raise
     print(json.dumps({"event": "placement", **placement.to_dict()}), flush=True)
     return sched, dataclasses.replace(base, market="any", node_type=",".join(placement.node_types))
 

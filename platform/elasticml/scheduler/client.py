@@ -111,6 +111,25 @@ class SchedulerClient:
     def placement(self, name: str) -> Placement | None:
         return self._call("placement", name)
 
+    def wait_placed(self, name: str, placement: Placement, *, max_wait_s: float, waited_s: float = 0.0,
+                    poll_s: float = 1.0) -> tuple[Placement, float]:
+        """Ask again until `name` is placed; (its placement, seconds waited in all, counting `waited_s`).
+        SchedulerError when that passes `max_wait_s`, or when the scheduler forgets it."""
+        import time
+
+        from elasticml.errors import SchedulerError
+
+        while not placement.placed:
+            if waited_s > max_wait_s:
+                raise SchedulerError(f"{name} waited {waited_s:.0f}s to be placed: {placement.reason}")
+            time.sleep(poll_s)
+            waited_s += poll_s
+            found = self.placement(name)
+            if found is None:
+                raise SchedulerError(f"the scheduler forgot {name}")
+            placement = found
+        return placement, waited_s
+
     def report_progress(self, name: str, fraction: float) -> None:
         self._call("report_progress", name, fraction)
 
