@@ -13,6 +13,7 @@ import torch
 from elasticml.models import SIZES, build_model
 from elasticml.storage import filesystem_for
 from elasticml.train.checkpoint import latest_checkpoint, load_model, read_meta, write_checkpoint
+from tests.support.output import last_json
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -137,7 +138,6 @@ def test_a_tenants_sweep_and_serve_app_go_through_residency_and_cannot_pick_a_ma
                                                                                     monkeypatch):
     """jobs/tune.py run with a tenant's credential: its buckets are checked against the tenant's
     regions before Tune starts anything (refused, audited, nothing written), and --market is refused."""
-    import json
     import os
     import subprocess
     import sys
@@ -163,7 +163,7 @@ def test_a_tenants_sweep_and_serve_app_go_through_residency_and_cannot_pick_a_ma
 
     proc = tune("--data", "s3://eu-sweeps/corpus", "--storage-path", "s3://eu-sweeps/runs")
     assert proc.returncode == 2, proc.stderr[-2000:]
-    refused = json.loads(proc.stdout.strip().splitlines()[-1])
+    refused = last_json(proc.stdout)
     assert refused["event"] == "tune_refused" and "eu-west-1" in refused["error"]
     assert s3.list_objects_v2(Bucket="eu-sweeps").get("KeyCount", 0) == 0
     trail = read_records(home() / "scheduler" / local_cluster.name / "audit.jsonl")

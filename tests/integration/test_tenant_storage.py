@@ -16,6 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from elasticml.provision.definition import CLUSTERS
+from tests.support.output import last_json
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -208,7 +209,7 @@ def test_a_tenants_training_job_reaches_its_prefix_only_with_vended_credentials(
                            "--workers", "2", "--global-batch", "4", "--report-every", "2", "--checkpoint-every", "2"],
                           env=env, capture_output=True, text=True, timeout=420, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = last_json(proc.stdout)
     assert summary["error"] is None and summary["checkpoint"].startswith(f"{D.bucket}/tenants/lab/runs/confined")
     use_credentials([admin.storage_credentials("lab", D.bucket, 1.0)])
     try:

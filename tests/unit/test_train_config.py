@@ -8,6 +8,7 @@ from elasticml import labels as L
 from elasticml.errors import ConfigError
 from elasticml.train.config import TrainConfig
 from elasticml.train.loop import lr_at
+from tests.support.output import last_json
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,7 +72,6 @@ def test_train_script_rejects_bad_flags_before_starting_ray():
 
 @pytest.mark.parametrize("case", ["no corpus", "missing shard", "storage under a file"])
 def test_a_bad_data_or_storage_path_fails_before_ray_starts_with_one_line_and_a_json_summary(case, corpus, tmp_path):
-    import json
     import shutil
     import subprocess
     import sys
@@ -93,6 +93,6 @@ def test_a_bad_data_or_storage_path_fails_before_ray_starts_with_one_line_and_a_
                           env={k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = last_json(proc.stdout)
     assert summary["event"] == "train_failed" and words in summary["error"]
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
