@@ -527,7 +527,7 @@ def credential_list(name: str, address: str | None, as_json: bool) -> None:
 # -- checkpoint ------------------------------------------------------------------
 @main.group(cls=_Group)
 def checkpoint() -> None:
-    """Checkpoints: verify one, or sign one written before checkpoints were signed."""
+    """Checkpoints: verify, copy (to or from S3), or sign one written before checkpoints were signed."""
 
 
 @checkpoint.command("verify")
@@ -559,6 +559,28 @@ def checkpoint_sign(path: str, as_json: bool) -> None:
     if _emit(as_json, {"path": path, "step": meta["step"], "files": len(meta["files"]), "signed": True}):
         return
     click.echo(f"{path}: step {meta['step']}, {len(meta['files'])} files signed")
+
+
+@checkpoint.command("copy")
+@click.argument("src")
+@click.argument("dst")
+@_json_option
+def checkpoint_copy(src: str, dst: str, as_json: bool) -> None:
+    """Copy the checkpoint SRC to DST, a new folder or s3:// prefix (upload, download or between buckets).
+
+    SRC must be complete and signed with this cluster's key. DST becomes a checkpoint only once every
+    file is in and matches SRC's manifest; a copy that fails leaves none there.
+    """
+    from elasticml.train.checkpoint import copy_checkpoint
+
+    t0 = time.monotonic()
+    meta = copy_checkpoint(src, dst)
+    size = sum(meta["files"].values())
+    if _emit(as_json, {"src": src, "dst": dst, "step": meta["step"], "files": len(meta["files"]), "bytes": size,
+                       "seconds": round(time.monotonic() - t0, 2)}):
+        return
+    click.echo(f"{dst}: step {meta['step']}, {len(meta['files'])} files, {size / 1e6:.1f} MB copied from {src} "
+               f"in {time.monotonic() - t0:.1f}s")
 
 
 # -- audit -----------------------------------------------------------------------
@@ -738,9 +760,11 @@ def data() -> None:
 @_json_option
 def data_build(out: Path, shards: int, max_mb: float, as_json: bool) -> None:
     """Write a byte-level text corpus from Python's standard library sources."""
-    from elasticml.data.corpus import build_corpus
+    from elasticml.data.corpus import MAX_BYTES, build_corpus
+    from elasticml.dataconf import check_number
 
-    manifest = build_corpus(out, num_shards=shards, max_bytes=int(max_mb * 1e6))
+    check_number(max_mb, field="max_mb", lo=1e-6, hi=MAX_BYTES / 1e6)
+    manifest = build_corpus(out, num_shards=shards, max_bytes=max(1, int(max_mb * 1e6)))
     if _emit(as_json, {"out": str(out), "documents": manifest.num_documents, "bytes": manifest.num_bytes,
                        "shards": list(manifest.shards)}):
         return

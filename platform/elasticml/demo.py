@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from elasticml import labels as L
+from elasticml import progress
 from elasticml.cluster import LocalCluster, load_cluster_spec
 from elasticml.cluster.local import ClusterInfo, free_port
 from elasticml.data.corpus import build_corpus
@@ -35,6 +36,7 @@ from elasticml.home import home
 from elasticml.repo import ROOT, default_cluster_config
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STEP = re.compile(r"step (\d+)/")
 PROMPTS = ["def main(", "import os\nimport ", "class Config:\n    def __init__(self"]
 
 
@@ -42,7 +44,7 @@ class DemoFailed(ElasticMLError):
     """A stop of the demo did not do what it should."""
 
 
-def run_demo(*, steps: int = 240, clean: bool = False, say: Callable[[str], None] = print,
+def run_demo(*, steps: int = 240, clean: bool = False, say: Callable[[str], None] = progress.say,
              cluster_name: str = "demo") -> dict[str, object]:
     """Run the tour; returns what it measured (for tests and the closing note). Its data, checkpoint,
     ledger and audit trail stay for what the user tries next, unless `clean`."""
@@ -163,8 +165,28 @@ def _train(info: ClusterInfo, cluster: LocalCluster, sched, workdir: Path, steps
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(ROOT)})
     say(f"   submitted {job_id}: {entrypoint}")
     t0 = time.monotonic()
-    shown_lines, seen_nodes, said_lines = 0, set(), set()
     take_node_at = f"step {max(1, steps // 8) * 3}/"
+    with progress.bar("training", total=steps, unit="step") as shown:
+        status = _follow(client, job_id, cluster, sched, say, results, shown, take_node_at, t0)
+    sched.clear_interruption("cpu_spot")  # the tour's spot loss is over
+    results["train_s"] = round(time.monotonic() - t0, 1)
+    logs = client.get_job_logs(job_id)
+    summary = next((json.loads(l) for l in reversed(logs.splitlines()) if l.startswith('{"event": "train_done"')), None)
+    if status != JobStatus.SUCCEEDED or not summary or not summary.get("checkpoint"):
+        raise DemoFailed(f"training job {job_id} ended {status}; its log ends:\n" + "\n".join(logs.splitlines()[-30:]))
+    results["final_loss"] = summary["metrics"]["loss"]
+    results["resumed"] = any("resumed from step" in l for l in logs.splitlines())
+    say(f"   job {status} in {results['train_s']}s; loss {summary['metrics']['loss']:.3f}; checkpoint {summary['checkpoint']}")
+    return str(summary["checkpoint"])
+
+
+def _follow(client, job_id: str, cluster: LocalCluster, sched, say: Callable[[str], None],  # type: ignore[no-untyped-def]
+            results: dict[str, object], shown, take_node_at: str, t0: float):
+    """Print the job's progress, its placement and its moves, and take a spot node away on cue, until
+    the job ends; its final status."""
+    from ray.job_submission import JobStatus
+
+    shown_lines, seen_nodes, said_lines = 0, set(), set()
     node_taken = move_shown = False
     while True:
         status = client.get_job_status(job_id)
@@ -181,12 +203,14 @@ def _train(info: ClusterInfo, cluster: LocalCluster, sched, workdir: Path, steps
             if text.startswith(("step ", "resumed")) and text not in said_lines:
                 said_lines.add(text)
                 say(f"   {text}")
+                if m := STEP.match(text):
+                    shown.update(max(0, int(m.group(1)) - shown.n))
             elif text.startswith(('{"event": "placement"', '{"event": "moved"')) and text not in said_lines:
                 said_lines.add(text)
                 _say_placement(json.loads(text), say, results)
         shown_lines = len(lines)
         if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            break
+            return status
         if not node_taken and any(take_node_at in l for l in lines):
             node_taken = True
             lost = _take_a_spot_node_away(cluster)
@@ -200,17 +224,6 @@ def _train(info: ClusterInfo, cluster: LocalCluster, sched, workdir: Path, steps
                 move_shown = True
                 say(f"   [scheduler] {moved[-1]['reason']}")
         time.sleep(1)
-    sched.clear_interruption("cpu_spot")  # the tour's spot loss is over
-    results["train_s"] = round(time.monotonic() - t0, 1)
-    logs = client.get_job_logs(job_id)
-    summary = next((json.loads(l) for l in reversed(logs.splitlines()) if l.startswith('{"event": "train_done"')), None)
-    if status != JobStatus.SUCCEEDED or not summary or not summary.get("checkpoint"):
-        raise DemoFailed(f"training job {job_id} ended {status}; its log ends:\n" + "\n".join(logs.splitlines()[-30:]))
-    results["final_loss"] = summary["metrics"]["loss"]
-    results["resumed"] = any("resumed from step" in l for l in logs.splitlines())
-    say(f"   job {status} in {results['train_s']}s; loss {summary['metrics']['loss']:.3f}; checkpoint {summary['checkpoint']}")
-    return str(summary["checkpoint"])
-
 
 def _say_placement(event: dict[str, object], say: Callable[[str], None], results: dict[str, object]) -> None:
     """The job's own placement and each move it followed, as its driver printed them."""

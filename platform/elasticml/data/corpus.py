@@ -25,10 +25,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from elasticml.errors import ConfigError, DataError
+from elasticml import progress
+from elasticml.dataconf import check_number
+from elasticml.errors import DataError
 
 MANIFEST = "_MANIFEST.json"
 FORMAT = "elasticml.corpus/v1"
+MAX_SHARDS = 4096
+MAX_BYTES = 100_000_000_000
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -52,10 +56,8 @@ def build_corpus(
     force: bool = False,
 ) -> CorpusManifest:
     """Write the corpus to out_dir; a complete corpus already there is reused unless force."""
-    if num_shards < 1:
-        raise ConfigError(f"must be >= 1, got {num_shards}", field="num_shards")
-    if max_bytes < 1:
-        raise ConfigError(f"must be >= 1, got {max_bytes}", field="max_bytes")
+    check_number(num_shards, field="num_shards", lo=1, hi=MAX_SHARDS, integer=True)
+    check_number(max_bytes, field="max_bytes", lo=1, hi=MAX_BYTES, integer=True)
     out = Path(out_dir)
     if (out / MANIFEST).is_file() and not force:
         return read_manifest(out)
@@ -69,7 +71,7 @@ def build_corpus(
     try:
         shards, digests = [], {}
         per_shard = -(-len(docs) // num_shards)
-        for i in range(num_shards):
+        for i in progress.bar("writing shards", iterable=range(num_shards), total=num_shards, unit="shard"):
             chunk = docs[i * per_shard : (i + 1) * per_shard]
             name = f"shard-{i:05d}.parquet"
             table = pa.table({"path": [p for p, _ in chunk], "text": [t for _, t in chunk]})
@@ -113,19 +115,22 @@ def read_manifest(corpus_dir: str | Path) -> CorpusManifest:
 def _collect(source: Path, max_bytes: int) -> list[tuple[str, str]]:
     docs: list[tuple[str, str]] = []
     total = 0
-    for path in sorted(source.rglob("*.py")):
-        if "site-packages" in path.parts:
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        if not text.strip():
-            continue
-        docs.append((str(path.relative_to(source)), text))
-        total += len(text.encode())
-        if total >= max_bytes:
-            break
+    with progress.bar(f"reading {source.name} sources", total=max_bytes, in_bytes=True) as shown:
+        for path in sorted(source.rglob("*.py")):
+            if "site-packages" in path.parts:
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            if not text.strip():
+                continue
+            docs.append((str(path.relative_to(source)), text))
+            size = len(text.encode())
+            shown.update(min(size, max_bytes - total))
+            total += size
+            if total >= max_bytes:
+                break
     return docs
 
 

@@ -44,6 +44,7 @@ from elasticml.models.transformer import ModelConfig, Transformer
 META = "meta.json"
 FORMAT = "elasticml.checkpoint/v2"
 KEY_ENV = "ELASTICML_CHECKPOINT_KEY_PATH"
+MAX_META = 4 << 20
 
 
 def _key_path() -> Path:
@@ -157,7 +158,10 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     fs, root = filesystem_for(str(folder))
     try:
         with fs.open_input_stream(f"{root}/{META}") as fh:
-            meta = json.loads(fh.read().decode())
+            body = fh.read(MAX_META + 1)
+        if len(body) > MAX_META:
+            raise CheckpointError(f"{folder}/{META} is over {MAX_META >> 20} MiB; not a manifest this platform wrote")
+        meta = json.loads(body.decode())
     except FileNotFoundError:
         raise CheckpointError(f"{folder} is not a complete elasticml checkpoint (no {META})") from None
     except ValueError:
@@ -207,7 +211,7 @@ def sign_checkpoint(folder: str | Path) -> dict[str, Any]:
     fs, root = filesystem_for(str(folder))
     try:
         with fs.open_input_stream(f"{root}/{META}") as fh:
-            raw = json.loads(fh.read(1 << 22).decode())
+            raw = json.loads(fh.read(MAX_META).decode())
     except FileNotFoundError:
         raise CheckpointError(f"{folder} is not a checkpoint (no {META})") from None
     except ValueError:
@@ -226,12 +230,41 @@ def sign_checkpoint(folder: str | Path) -> dict[str, Any]:
         sha[name] = _sha256(lambda name=name: fs.open_input_stream(f"{root}/{name}"))
     meta = {**{k: v for k, v in raw.items() if k not in ("sha256", "mac")}, "sha256": sha}
     meta["mac"] = _manifest_mac(checkpoint_key(create=True), meta)  # type: ignore[arg-type]
-    text = json.dumps(meta, indent=2)
-    if "://" in str(folder):
-        with fs.open_output_stream(f"{root}/{META}") as out:  # one PUT: readers see the old or the new
-            out.write(text.encode())
-    else:
-        write_atomic(Path(root) / META, text)
+    from elasticml.storage import write_text_atomic
+
+    write_text_atomic(_meta_uri(folder), json.dumps(meta, indent=2))
+    return meta
+
+
+def _meta_uri(folder: str | Path) -> str:
+    return f"{str(folder).rstrip('/')}/{META}"
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Copy a complete, signed checkpoint to `dst`, a new local folder or s3:// prefix (an upload, a
+    download, or between buckets), with a progress bar. Its files go first, several at a time, and
+    meta.json last, only once every file is in place and its bytes match the source's signed
+    manifest: a copy that fails or is cut off leaves no checkpoint at `dst` (what it wrote is removed
+    where it can be). Returns the manifest."""
+    from elasticml.storage import copy_tree, exists, filesystem_for, write_text_atomic
+
+    src, dst = str(src), str(dst)
+    meta = read_meta(src)
+    if exists(_meta_uri(dst)):
+        raise CheckpointError(f"{dst} already holds a checkpoint; copy to a new folder")
+    try:
+        digests = copy_tree(src, dst, files=dict(meta["files"]), desc=f"copying step {meta['step']}")
+        for name, want in meta["sha256"].items():
+            if not hmac.compare_digest(digests[name], str(want)):
+                raise CheckpointError(f"{src}: {name} is not the file its manifest names (its sha256 differs); "
+                                      "nothing was copied")
+        write_text_atomic(_meta_uri(dst), json.dumps(meta, indent=2))
+    except BaseException:
+        fs, root = filesystem_for(dst)
+        for name in meta["files"]:
+            with contextlib.suppress(OSError):
+                fs.delete_file(f"{root}/{name}")
+        raise
     return meta
 
 
