@@ -203,6 +203,25 @@ def test_cli_status_explain_and_cost_report(sched, local_cluster):
     assert data["total"]["on_demand_cost"] >= data["total"]["cost"] > 0
 
 
+def test_cli_commands_that_reach_the_scheduler_print_one_json_document_with_json(sched, local_cluster, tmp_path):
+    name = local_cluster.name
+
+    def cli(*args: str) -> dict:
+        proc = subprocess.run([ELASTICML, *args, "--name", name, "--json"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)  # the whole of stdout: one document
+
+    spec = tmp_path / "w.yaml"
+    spec.write_text("name: json-probe\ntenant: research\npriority: low\nmin_workers: 1\nmax_workers: 1\n")
+    placed = cli("scheduler", "submit", str(spec))
+    assert placed["workload"] == "json-probe" and placed["state"] in ("placed", "queued")
+    records = cli("scheduler", "explain", "json-probe")["records"]
+    assert records and records[-1]["action"] in ("place", "queue")
+    assert cli("scheduler", "whoami") == {"name": "admin", "role": "admin"}
+    assert cli("scheduler", "finish", "json-probe") == {"workload": "json-probe", "finished": True}
+    assert sched.placement("json-probe") is None or not sched.placement("json-probe").placed
+
+
 def test_cli_refuses_a_malformed_spec_file_without_touching_the_cluster(tmp_path, local_cluster):
     bad = tmp_path / "w.yaml"
     bad.write_text("name: x\ntenant: t\nmin_workers: 0\n")

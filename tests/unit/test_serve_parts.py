@@ -40,8 +40,8 @@ def test_unknown_args_are_refused_with_the_known_ones_listed():
 
 def test_presets_and_precision_defaults():
     assert cfg().resolved_precision == "int8" and cfg(device="gpu").resolved_precision == "bf16"
-    assert cfg().autoscaling() == {}
-    latency = cfg(preset="latency", max_replicas=6).autoscaling()
+    assert cfg().autoscaling_config() == {}
+    latency = cfg(preset="latency", max_replicas=6).autoscaling_config()
     assert latency["max_replicas"] == 6 and latency["target_ongoing_requests"] == PRESETS["latency"]["target_ongoing_requests"]
     assert PRESETS["batch"]["target_ongoing_requests"] > PRESETS["latency"]["target_ongoing_requests"]
 

@@ -336,7 +336,7 @@ def placement(cfg: ServeConfig, *, name: str, sched: "SchedulerClient | None" = 
     from elasticml.scheduler.ray_view import serve_attachment
     from elasticml.scheduler.spec import WorkloadSpec
 
-    replicas = cfg.autoscaling()
+    replicas = cfg.autoscaling_config()
     spec = WorkloadSpec(name=name, tenant=cfg.tenant, kind="serving", priority=cfg.priority,
                         cpus_per_worker=cfg.num_cpus, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0,
                         min_workers=replicas.get("min_replicas", cfg.num_replicas) or 1,
@@ -375,6 +375,8 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
     from elasticml.train.checkpoint import read_meta
 
     cfg = ServeConfig.from_dict(dict(args), source="completion app args")
+    if cfg.autoscaling not in ("reactive", "predictive"):
+        check_policy(cfg.autoscaling)
     sched = scheduler_or_none()
     creds = tenant_storage(cfg.tenant, [cfg.checkpoint], sched)
     cfg = dataclasses.replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))
@@ -408,12 +410,27 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys, cfg.name,
                                                                  cfg.max_body_bytes)
     deployment: dict[str, Any] = {"name": deployment_name, "ray_actor_options": options, **common}
-    autoscaling = cfg.autoscaling()
+    autoscaling = cfg.autoscaling_config()
     if autoscaling:
         deployment["autoscaling_config"] = autoscaling
     else:
         deployment["num_replicas"] = cfg.num_replicas
     return (ModelBackend if backend else Completer).options(**deployment).bind(cfg.to_dict(), creds)
+
+
+def check_policy(path: str) -> None:
+    """An autoscaling policy Serve can import and call, or ConfigError naming `autoscaling` (at build
+    time, not when Serve's controller first calls it)."""
+    from ray._common.utils import import_attr
+
+    from elasticml.errors import ConfigError
+
+    try:
+        policy = import_attr(path)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"cannot import {path!r}: {type(exc).__name__}: {str(exc)[:200]}", field="autoscaling") from None
+    if not callable(policy):
+        raise ConfigError(f"{path!r} is not a callable autoscaling policy", field="autoscaling")
 
 
 def tenant_storage(tenant: str | None, checkpoints: list[str], sched: "SchedulerClient | None") -> list:

@@ -30,6 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99}){0,9}")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_POLICY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99}){0,9}:[A-Za-z_][A-Za-z0-9_]{0,99}")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -56,6 +57,13 @@ class ServeConfig:
     upscale_delay_s: float | None = None
     downscale_delay_s: float | None = None
     """Override the preset's delays (how long load must stay high / low before replicas change)."""
+    autoscaling: str = "reactive"
+    """How a latency/batch preset picks its replica count: reactive (Serve's own policy: the requests in
+    flight now), predictive (elasticml.serve.autoscale: replicas asked for one measured start-up ahead
+    of the forecast load), or a `package.module:callable` Serve autoscaling policy of your own."""
+    forecast: dict[str, Any] = field(default_factory=dict)
+    """The predictive policy's settings (elasticml.serve.forecast.ForecastConfig), e.g.
+    {season_s: 86400, startup_s: 20}; only with autoscaling: predictive."""
     max_batch_size: int = 16
     batch_wait_ms: float = 5.0
     """How long a request waits for company when the model is free: the latency batching can add to a
@@ -116,8 +124,9 @@ class ServeConfig:
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError(f"must be at least max_batch_size={self.max_batch_size} or batches never fill, "
                               f"got {self.max_ongoing_requests}", field="max_ongoing_requests")
-        low = self.min_replicas if self.min_replicas is not None else self.autoscaling().get("min_replicas", 1)
-        high = self.max_replicas if self.max_replicas is not None else self.autoscaling().get("max_replicas", 1)
+        self._check_autoscaling()
+        low = self.min_replicas if self.min_replicas is not None else self.autoscaling_config().get("min_replicas", 1)
+        high = self.max_replicas if self.max_replicas is not None else self.autoscaling_config().get("max_replicas", 1)
         if not 0 <= low <= high:
             raise ConfigError(f"need 0 <= min_replicas <= max_replicas, got {low} and {high}", field="max_replicas")
         if not (isinstance(self.env_vars, dict) and all(isinstance(v, str) for v in self.env_vars.values())):
@@ -136,13 +145,30 @@ class ServeConfig:
                 raise ConfigError(f"the entry for tenant {tenant!r} is not a sha256 hex digest; store the "
                                   "digest of the key (elasticml serve keygen), never the key", field="api_keys")
 
+    def _check_autoscaling(self) -> None:
+        if not isinstance(self.autoscaling, str) or not (self.autoscaling in ("reactive", "predictive")
+                                                         or _POLICY.fullmatch(self.autoscaling)):
+            raise ConfigError(f"must be reactive, predictive or package.module:callable, got "
+                              f"{str(self.autoscaling)[:80]!r}", field="autoscaling")
+        if self.autoscaling != "reactive" and self.preset == "fixed":
+            raise ConfigError(f"{self.autoscaling} autoscaling needs a preset (latency or batch); a fixed "
+                              "preset keeps num_replicas", field="autoscaling")
+        if not isinstance(self.forecast, dict):
+            raise ConfigError("must be a mapping of the predictive policy's settings", field="forecast")
+        if self.forecast and self.autoscaling != "predictive":
+            raise ConfigError("only the predictive policy reads it; set autoscaling: predictive", field="forecast")
+        if self.autoscaling == "predictive":
+            from elasticml.serve.autoscale import forecast_config
+
+            forecast_config(self.forecast, target_per_replica=PRESETS[self.preset]["target_ongoing_requests"])
+
     @property
     def resolved_precision(self) -> str:
         if self.precision != "auto":
             return self.precision
         return "bf16" if self.device == "gpu" else "int8"
 
-    def autoscaling(self) -> dict[str, Any]:
+    def autoscaling_config(self) -> dict[str, Any]:
         """Serve's autoscaling_config for the preset, with min/max overrides; {} for a fixed replica count."""
         if self.preset == "fixed":
             return {}
@@ -154,6 +180,13 @@ class ServeConfig:
         for name in ("upscale_delay_s", "downscale_delay_s"):
             if getattr(self, name) is not None:
                 preset[name] = getattr(self, name)
+        if self.autoscaling == "predictive":
+            from elasticml.serve.autoscale import POLICY_PATH, forecast_config
+
+            settings = forecast_config(self.forecast, target_per_replica=preset["target_ongoing_requests"])
+            preset["policy"] = {"policy_function": POLICY_PATH, "policy_kwargs": asdict(settings)}
+        elif self.autoscaling != "reactive":
+            preset["policy"] = {"policy_function": self.autoscaling}
         return preset
 
     def to_dict(self) -> dict[str, Any]:

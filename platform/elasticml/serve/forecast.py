@@ -1,0 +1,280 @@
+"""Forecasting a deployment's load, to have replicas ready before it arrives.
+
+Pure: a `LoadForecaster` is fed (time, load) observations and answers how many replicas the load
+will need one replica start-up from now. Serve's adapter (elasticml.serve.autoscale) feeds it the
+requests in flight every control-loop tick and persists its state; the benchmark and the tests
+drive it directly too.
+
+The model works over fixed buckets of time: a level and a trend (Holt's double exponential
+smoothing) and, when the app names its season (a day, or a day compressed into minutes in the
+benchmark), a profile of the load with one slot per bucket, smoothed over the seasons seen. Within
+a season the forecast is the current level plus the change the profile saw over the same stretch
+last time, which anticipates a peak that came at the same hour yesterday (a trend cannot see it
+coming); without one, the level and its trend follow a ramp one start-up ahead. Each bucket's forecast is checked when its time comes: the error's RMS
+sets a safety margin, and while the forecast is poor (or still learning) the decision falls back
+to reactive (what is in flight now), so a bad forecast costs at most what the reactive policy would.
+
+Scaling down has hysteresis: replicas are given back only when the forecast for the whole coming
+start-up window stays below what one replica fewer can carry, with room to spare.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from elasticml.dataconf import check_number
+from elasticml.errors import ConfigError
+
+MAX_SLOTS = 2880
+"""Seasonal slots kept (season_s / bucket_s): a day in 30 s buckets; bounds the persisted state."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class ForecastConfig:
+    target_per_replica: float = 2.0
+    """Requests in flight one replica should carry (Serve's target_ongoing_requests)."""
+    bucket_s: float = 1.0
+    """Observations are averaged over buckets this long; the forecast steps by buckets."""
+    season_s: float | None = None
+    """The load's period (86400 for a daily pattern); None = trend only."""
+    startup_s: float = 10.0
+    """A replica's start-up time until one has been measured."""
+    alpha: float = 0.5
+    beta: float = 0.2
+    gamma: float = 0.3
+    """Smoothing of the level, the trend and the seasonal profile across seasons (0..1: higher follows faster)."""
+    margin_sigmas: float = 1.0
+    """Safety margin: this many RMS forecast errors above the forecast."""
+    max_relative_error: float = 0.6
+    """Fall back to reactive while the forecast's RMS error exceeds this share of the mean load."""
+    warmup_buckets: int = 10
+    """Buckets observed before the forecast is trusted."""
+    down_headroom: float = 0.8
+    """Give a replica back only when the coming load fits in this share of one replica fewer."""
+
+    def __post_init__(self) -> None:
+        check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
+        check_number(self.bucket_s, field="bucket_s", lo=0.05, hi=3600)
+        if self.season_s is not None:
+            check_number(self.season_s, field="season_s", lo=self.bucket_s * 2, hi=86400 * 7)
+            if self.season_s / self.bucket_s > MAX_SLOTS:
+                raise ConfigError(f"season_s / bucket_s must be at most {MAX_SLOTS} slots, got "
+                                  f"{self.season_s / self.bucket_s:.0f}; use longer buckets", field="season_s")
+        check_number(self.startup_s, field="startup_s", lo=0, hi=3600)
+        for name in ("alpha", "beta", "gamma"):
+            check_number(getattr(self, name), field=name, lo=0.0, hi=1.0)
+        check_number(self.margin_sigmas, field="margin_sigmas", lo=0, hi=10)
+        check_number(self.max_relative_error, field="max_relative_error", lo=0.01, hi=100)
+        check_number(self.warmup_buckets, field="warmup_buckets", lo=1, hi=100_000, integer=True)
+        check_number(self.down_headroom, field="down_headroom", lo=0.1, hi=1.0)
+
+    @property
+    def slots(self) -> int:
+        return round(self.season_s / self.bucket_s) if self.season_s else 0
+
+
+@dataclass
+class Decision:
+    replicas: int
+    mode: str
+    """'predictive', or 'reactive' while the forecast is not trusted."""
+    load: float
+    """Requests in flight now (this bucket's mean so far)."""
+    forecast: float
+    """Load expected one start-up from now (with the margin: what is provisioned for)."""
+    lead_s: float
+    rms_error: float
+
+
+@dataclass
+class LoadForecaster:
+    config: ForecastConfig
+    level: float | None = None
+    trend: float = 0.0
+    season: list[float] = field(default_factory=list)
+    seasons_seen: float = 0.0
+    """Seasons observed (fractional): the profile is used from the second one on."""
+    bucket_start: float | None = None
+    bucket_sum: float = 0.0
+    bucket_n: int = 0
+    buckets: int = 0
+    """Completed buckets."""
+    last_index: int | None = None
+    """The absolute index (time // bucket_s) of the last completed bucket."""
+    pending: deque[tuple[int, float]] = field(default_factory=deque)
+    """(bucket index, forecast) made one lead ahead, checked when that bucket completes."""
+    sq_error: float = 0.0
+    mean_load: float = 0.0
+    startup_s: float | None = None
+    """Measured replica start-up (EMA), None until a scale-up completed."""
+    waiting: dict[int, float] = field(default_factory=dict)
+    """replica target -> when it was first asked for, for the start-up measurement."""
+
+    def __post_init__(self) -> None:
+        if not self.season and self.config.slots:
+            self.season = [0.0] * self.config.slots
+
+    # -- observations --------------------------------------------------------------
+    def observe(self, now: float, load: float) -> None:
+        """Load (requests in flight) seen at `now`; completes buckets as time passes."""
+        load = max(0.0, float(load)) if math.isfinite(load) else 0.0
+        size = self.config.bucket_s
+        if self.bucket_start is None:
+            self.bucket_start = math.floor(now / size) * size
+        if now < self.bucket_start:  # a clock step back: start the bucket again
+            self.bucket_start = math.floor(now / size) * size
+            self.bucket_sum, self.bucket_n = 0.0, 0
+        while now >= self.bucket_start + size:
+            if self.bucket_n:
+                self._complete(self.bucket_sum / self.bucket_n)
+                self.bucket_sum, self.bucket_n = 0.0, 0
+            else:  # a silent bucket (no tick in it) repeats the last value
+                self._complete(self.level if self.level is not None else 0.0, skipped=True)
+            self.bucket_start += size
+            if now - self.bucket_start > size * 1000:  # a long gap (a restart): jump, do not replay it
+                self.bucket_start = math.floor(now / size) * size
+        self.bucket_sum += load
+        self.bucket_n += 1
+
+    def _slot(self, index: int) -> int:
+        return index % self.config.slots
+
+    def _complete(self, y: float, *, skipped: bool = False) -> None:
+        cfg = self.config
+        index = round(self.bucket_start / cfg.bucket_s)  # type: ignore[operator]
+        self.last_index = index
+        while self.pending and self.pending[0][0] < index:
+            self.pending.popleft()
+        if self.pending and self.pending[0][0] == index and not skipped:
+            err = y - self.pending.popleft()[1]
+            self.sq_error = err * err if self.buckets < 2 else 0.9 * self.sq_error + 0.1 * err * err
+        self.mean_load = y if self.buckets == 0 else 0.95 * self.mean_load + 0.05 * y
+        if self.level is None:
+            self.level = y
+        else:
+            previous = self.level
+            self.level = cfg.alpha * y + (1 - cfg.alpha) * (self.level + self.trend)
+            self.trend = cfg.beta * (self.level - previous) + (1 - cfg.beta) * self.trend
+        if cfg.slots:
+            slot = self._slot(index)
+            first = self.seasons_seen < 1
+            self.season[slot] = y if first else cfg.gamma * y + (1 - cfg.gamma) * self.season[slot]
+            self.seasons_seen += 1 / cfg.slots
+        self.buckets += 1
+        ahead = self._steps_ahead()
+        self.pending.append((index + ahead, self.forecast(ahead)))
+        while len(self.pending) > 4 * ahead + 8:
+            self.pending.popleft()
+
+    # -- forecasts -------------------------------------------------------------------
+    @property
+    def lead_s(self) -> float:
+        """How far ahead replicas must be asked for: one start-up, and the bucket being filled."""
+        return (self.startup_s if self.startup_s is not None else self.config.startup_s) + self.config.bucket_s
+
+    def _steps_ahead(self) -> int:
+        return max(1, math.ceil(self.lead_s / self.config.bucket_s))
+
+    def forecast(self, steps: int) -> float:
+        """The load expected `steps` buckets after the last completed one (never below zero).
+
+        Within a known season: the current level plus the change the profile saw over the same
+        stretch of the last seasons (what came next last time); otherwise the level and its trend."""
+        if self.level is None or self.last_index is None:
+            return 0.0
+        if self.seasonal:
+            y = self.level + self.season[self._slot(self.last_index + steps)] - self.season[self._slot(self.last_index)]
+        else:
+            y = self.level + self.trend * steps
+        return max(0.0, y)
+
+    @property
+    def seasonal(self) -> bool:
+        return bool(self.config.slots) and self.seasons_seen >= 1
+
+    @property
+    def rms_error(self) -> float:
+        return math.sqrt(self.sq_error)
+
+    @property
+    def trusted(self) -> bool:
+        if self.buckets < self.config.warmup_buckets:
+            return False
+        return self.rms_error <= self.config.max_relative_error * max(self.mean_load, self.config.target_per_replica)
+
+    # -- replica start-up --------------------------------------------------------------
+    def replicas_seen(self, now: float, target: int, running: int) -> None:
+        """Serve's target and running replicas at `now`: measures how long a scale-up takes to serve."""
+        if target > running:
+            for want in range(running + 1, target + 1):
+                self.waiting.setdefault(want, now)
+        for want in [w for w in self.waiting if w <= running]:
+            took = now - self.waiting.pop(want)
+            if 0 <= took <= 3600:
+                self.startup_s = took if self.startup_s is None else 0.7 * self.startup_s + 0.3 * took
+        for want in [w for w in self.waiting if w > target]:  # asked for, then no longer wanted
+            self.waiting.pop(want)
+        while len(self.waiting) > 64:
+            self.waiting.pop(min(self.waiting))
+
+    # -- the decision ---------------------------------------------------------------------
+    def decide(self, *, running: int, low: int, high: int) -> Decision:
+        """How many replicas to ask for now, within [low, high]."""
+        cfg = self.config
+        load = self.bucket_sum / self.bucket_n if self.bucket_n else (self.level or 0.0)
+        now_need = load / cfg.target_per_replica
+        if not self.trusted:
+            replicas = math.ceil(now_need)
+            mode, provisioned = "reactive", load
+        else:
+            ahead = self._steps_ahead()
+            margin = cfg.margin_sigmas * self.rms_error
+            path = [self.forecast(k) for k in range(1, ahead + 1)]
+            provisioned = max(path[-1] + margin, load)
+            replicas = math.ceil(provisioned / cfg.target_per_replica)
+            mode = "predictive"
+            if replicas < running:
+                # Hysteresis: only as far down as the whole coming window allows, with headroom.
+                window = max(max(path) + margin, load)
+                floor = math.ceil(window / (cfg.target_per_replica * cfg.down_headroom))
+                replicas = max(replicas, min(running, floor))
+        return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
+                        lead_s=self.lead_s, rms_error=self.rms_error)
+
+    # -- persistence --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": 1, "level": self.level, "trend": self.trend, "season": [round(x, 6) for x in self.season],
+                "seasons_seen": self.seasons_seen, "bucket_start": self.bucket_start, "buckets": self.buckets,
+                "sq_error": self.sq_error, "mean_load": self.mean_load, "startup_s": self.startup_s}
+
+    @classmethod
+    def from_dict(cls, config: ForecastConfig, raw: Any) -> LoadForecaster:
+        """A forecaster resumed from `to_dict`'s output; a fresh one when it does not fit this config
+        (another season length) or is not what to_dict writes."""
+        fresh = cls(config=config)
+        if not isinstance(raw, dict) or raw.get("v") != 1:
+            return fresh
+        try:
+            season = raw["season"]
+            if not (isinstance(season, list) and len(season) == config.slots):
+                return fresh
+            numbers = [raw["trend"], raw["seasons_seen"], raw["sq_error"], raw["mean_load"], *season]
+            optional = [raw["level"], raw["bucket_start"], raw["startup_s"]]
+            if not all(_finite(x) for x in numbers) or not all(x is None or _finite(x) for x in optional):
+                return fresh
+            if type(raw["buckets"]) is not int or raw["buckets"] < 0:
+                return fresh
+            last = round(optional[1] / config.bucket_s) - 1 if optional[1] is not None else None
+            return cls(config=config, level=optional[0], last_index=last, trend=float(raw["trend"]),
+                       season=[float(x) for x in season], seasons_seen=float(raw["seasons_seen"]),
+                       bucket_start=optional[1], buckets=raw["buckets"], sq_error=float(raw["sq_error"]),
+                       mean_load=float(raw["mean_load"]), startup_s=optional[2])
+        except (KeyError, TypeError):
+            return fresh
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

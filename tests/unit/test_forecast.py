@@ -1,0 +1,175 @@
+"""The load forecaster behind predictive autoscaling: pure, driven with synthetic load."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from elasticml.errors import ConfigError
+from elasticml.serve.config import ServeConfig
+from elasticml.serve.forecast import ForecastConfig, LoadForecaster
+
+
+def drive(fc: LoadForecaster, load, start: float, end: float, tick: float = 0.1, running: int = 1):
+    """Feed `load(t)` every tick; the decisions, one per second, as (t, Decision)."""
+    out = []
+    steps = round((end - start) / tick)
+    for i in range(steps):
+        t = start + i * tick
+        fc.observe(t, load(t))
+        if i % round(1 / tick) == 0:
+            out.append((t, fc.decide(running=running, low=1, high=50)))
+    return out
+
+
+def test_on_a_ramp_it_asks_for_the_replicas_one_start_up_ahead_of_the_load():
+    cfg = ForecastConfig(target_per_replica=1.0, startup_s=5.0)
+    fc = LoadForecaster(config=cfg)
+    ramp = lambda t: 1.0 if t < 30 else 1.0 + (t - 30) * 0.2  # noqa: E731
+    decisions = drive(fc, ramp, 0, 80)
+    late = [(t, d) for t, d in decisions if t >= 50]
+    assert all(d.mode == "predictive" for _, d in late)
+    for t, d in late:
+        reactive = math.ceil(ramp(t))
+        assert d.replicas >= reactive  # never behind what is in flight
+        assert d.replicas >= math.ceil(ramp(t + 5.0)) - 1  # ready for what comes one start-up later
+    assert sum(d.replicas > math.ceil(ramp(t)) for t, d in late) >= len(late) // 2
+
+
+def test_with_a_season_it_anticipates_the_peak_a_trend_cannot_see():
+    season = 60.0
+    wave = lambda t: 6 + 5 * math.sin(2 * math.pi * t / season)  # noqa: E731
+    seasonal = LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=6.0, season_s=season))
+    trend_only = LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=6.0))
+    drive(seasonal, wave, 0, 3 * season)
+    drive(trend_only, wave, 0, 3 * season)
+    assert seasonal.seasonal and not trend_only.seasonal
+    # The trough is followed by a rise: at the trough, only the profile knows it is coming.
+    trough = 3 * season + season * 0.75
+    for fc in (seasonal, trend_only):
+        drive(fc, wave, 3 * season, trough)
+    truth = wave(trough + 6.0 + 1.0)
+    assert abs(seasonal.forecast(7) - truth) < abs(trend_only.forecast(7) - truth)
+    assert abs(seasonal.forecast(7) - truth) < 1.0
+
+
+def test_a_poor_forecast_falls_back_to_reactive():
+    cfg = ForecastConfig(target_per_replica=1.0, startup_s=3.0, max_relative_error=0.3)
+    fc = LoadForecaster(config=cfg)
+    noise = lambda t: 10.0 if int(t * 7919) % 3 == 0 else 0.5  # noqa: E731  (jumps every bucket)
+    decisions = drive(fc, lambda t: noise(math.floor(t)), 0, 60)
+    assert decisions[-1][1].mode == "reactive"
+    d = decisions[-1][1]
+    assert d.replicas == max(1, math.ceil(d.load))
+
+
+def test_it_scales_down_only_once_the_whole_coming_window_fits_in_fewer_replicas():
+    cfg = ForecastConfig(target_per_replica=1.0, startup_s=4.0)
+    fc = LoadForecaster(config=cfg)
+    drive(fc, lambda t: 4.0, 0, 30, running=4)
+    assert fc.decide(running=4, low=1, high=10).replicas == 4
+    assert fc.decide(running=5, low=1, high=10).replicas == 5  # 4 in flight needs 4 / 0.8: the fifth stays
+    down = drive(fc, lambda t: 4.0 if t < 30 else 1.0, 30, 90, running=5)
+    assert down[-1][1].replicas <= 2
+    assert down[0][1].replicas >= 4  # not the moment the load dipped
+
+
+def test_replica_start_up_is_measured_from_target_and_running_counts():
+    fc = LoadForecaster(config=ForecastConfig(startup_s=30.0))
+    assert fc.lead_s == 31.0
+    fc.replicas_seen(100.0, target=3, running=1)
+    fc.replicas_seen(104.0, target=3, running=2)
+    fc.replicas_seen(106.0, target=3, running=3)
+    assert 4.0 <= fc.startup_s <= 6.0
+    assert fc.lead_s < 10
+
+
+def test_its_state_round_trips_and_hostile_state_starts_afresh():
+    cfg = ForecastConfig(season_s=20.0)
+    fc = LoadForecaster(config=cfg)
+    drive(fc, lambda t: 3 + math.sin(t), 0, 50)
+    fc.replicas_seen(1.0, target=2, running=1)
+    fc.replicas_seen(3.0, target=2, running=2)
+    again = LoadForecaster.from_dict(cfg, fc.to_dict())
+    assert again.buckets == fc.buckets and again.seasonal and again.startup_s == fc.startup_s
+    assert again.forecast(3) == pytest.approx(fc.forecast(3), abs=1e-4)
+    for bad in (None, [], {"v": 2}, {**fc.to_dict(), "level": float("nan")}, {**fc.to_dict(), "season": [1.0]},
+                {**fc.to_dict(), "buckets": -1}, {**fc.to_dict(), "trend": "1"}, {**fc.to_dict(), "level": True}):
+        fresh = LoadForecaster.from_dict(cfg, bad)
+        assert fresh.buckets == 0 and fresh.level is None
+    # Another season length: what was learnt does not fit.
+    assert LoadForecaster.from_dict(ForecastConfig(season_s=30.0), fc.to_dict()).buckets == 0
+
+
+def test_load_that_is_not_a_finite_number_counts_as_none():
+    fc = LoadForecaster(config=ForecastConfig())
+    for t, load in enumerate([1.0, float("nan"), float("inf"), -5.0, 2.0]):
+        fc.observe(float(t), load)
+    assert all(math.isfinite(x) for x in (fc.level, fc.trend, fc.sq_error))
+
+
+@pytest.mark.parametrize("forecast, field", [
+    ({"season_s": 1e9}, "season_s"), ({"season_s": 86400.0, "bucket_s": 1.0}, "season_s"),
+    ({"alpha": 1.5}, "alpha"), ({"startup_s": float("inf")}, "startup_s"), ({"warmup_buckets": 2.5}, "warmup_buckets"),
+    ({"margin": 1}, "unknown field"), ({"target_per_replica": 4}, "forecast.target_per_replica"),
+])
+def test_the_apps_forecast_settings_are_checked_naming_the_field(forecast, field):
+    with pytest.raises(ConfigError, match=field):
+        ServeConfig(checkpoint="c", preset="latency", autoscaling="predictive", forecast=forecast)
+
+
+def test_predictive_autoscaling_becomes_servees_policy_with_the_presets_target():
+    cfg = ServeConfig(checkpoint="c", preset="latency", autoscaling="predictive", forecast={"season_s": 86400.0,
+                                                                                           "bucket_s": 60.0})
+    policy = cfg.autoscaling_config()["policy"]
+    assert policy["policy_function"] == "elasticml.serve.autoscale:PredictivePolicy"
+    assert policy["policy_kwargs"]["target_per_replica"] == cfg.autoscaling_config()["target_ongoing_requests"]
+    assert policy["policy_kwargs"]["season_s"] == 86400.0
+    assert "policy" not in ServeConfig(checkpoint="c", preset="latency").autoscaling_config()
+    with pytest.raises(ConfigError, match="autoscaling: predictive autoscaling needs a preset"):
+        ServeConfig(checkpoint="c", autoscaling="predictive")
+    with pytest.raises(ConfigError, match="autoscaling: must be reactive, predictive"):
+        ServeConfig(checkpoint="c", preset="latency", autoscaling="rm -rf /")
+
+
+def test_serves_policy_logs_its_decisions_and_a_new_instance_resumes_what_was_learnt(monkeypatch):
+    """The adapter Serve's controller calls, over a stand-in for Ray's key-value store."""
+    from types import SimpleNamespace
+
+    from elasticml.serve import autoscale
+
+    store: dict[bytes, object] = {}
+    monkeypatch.setattr(autoscale, "_kv_get", lambda key: store.get(key))
+    monkeypatch.setattr(autoscale, "_kv_put", lambda key, value: store.__setitem__(key, value))
+    kwargs = {"target_per_replica": 1.0, "bucket_s": 0.5, "startup_s": 3.0, "warmup_buckets": 4}
+
+    def ctx(t: float, load: float, running: int, target: int) -> SimpleNamespace:
+        return SimpleNamespace(current_time=t, app_name="a", deployment_name="d", target_num_replicas=target,
+                               current_num_replicas=running, total_num_requests=load,
+                               capacity_adjusted_min_replicas=1, capacity_adjusted_max_replicas=10)
+
+    policy = autoscale.PredictivePolicy(**kwargs)
+    running = 1
+    for i in range(300):
+        t = 1000.0 + i * 0.1
+        load = 1.0 + max(0.0, t - 1010.0) * 0.3
+        replicas, state = policy(ctx(t, load, running, running))
+        assert 1 <= replicas <= 10 and state["elasticml_mode"] in ("predictive", "reactive")
+    events = [e for e in autoscale.decisions("a", "d") if e["event"] == "decision"]
+    assert any(e["mode"] == "predictive" and e["replicas"] > e["reactive"] for e in events)
+    learned = autoscale.learned_state("a", "d")
+    assert learned and learned["buckets"] >= 50
+
+    again = autoscale.PredictivePolicy(**kwargs)  # Serve's controller restarted
+    again(ctx(1030.5, 5.0, running, running))
+    assert autoscale.decisions("a", "d")[-2]["event"] == "resumed"
+    assert again.forecaster.buckets >= learned["buckets"]
+
+    store[b"a/d/state"] = {"v": 1, "level": "lots"}  # not what the policy writes: start afresh
+    fresh = autoscale.PredictivePolicy(**kwargs)
+    fresh(ctx(1031.0, 5.0, 1, 1))
+    assert fresh.forecaster.buckets == 0
+
+    with pytest.raises(ConfigError, match="policy_kwargs: unknown field"):
+        autoscale.PredictivePolicy(bogus=1)
