@@ -173,3 +173,60 @@ def test_serves_policy_logs_its_decisions_and_a_new_instance_resumes_what_was_le
 
     with pytest.raises(ConfigError, match="policy_kwargs: unknown field"):
         autoscale.PredictivePolicy(bogus=1)
+
+
+def test_a_spot_burst_pool_is_sized_for_the_whole_apps_forecast_above_the_base(monkeypatch):
+    """Burst mode: the load is what the app's routers have in flight; the base replicas off spot come off."""
+    from types import SimpleNamespace
+
+    from elasticml.serve import autoscale
+
+    store: dict[bytes, object] = {}
+    monkeypatch.setattr(autoscale, "_kv_get", lambda key: store.get(key))
+    monkeypatch.setattr(autoscale, "_kv_put", lambda key, value: store.__setitem__(key, value))
+    import ray.experimental.internal_kv as kv
+
+    monkeypatch.setattr(kv, "_internal_kv_list",
+                        lambda prefix, namespace=None: [k for k in store if k.startswith(prefix)])
+    policy = autoscale.PredictivePolicy(target_per_replica=1.0, bucket_s=0.5, startup_s=2.0, warmup_buckets=4,
+                                        burst={"workload": "acme/chat", "base_replicas": 2})
+    running = 0
+    for i in range(200):
+        t = 5000.0 + i * 0.1
+        autoscale.publish_router_load("acme/chat", "r1", 6.0, t)  # the whole app: 6 in flight
+        ctx = SimpleNamespace(current_time=t, app_name="a", deployment_name="acme/chat-pool-cpu_spot",
+                              target_num_replicas=running, current_num_replicas=running, total_num_requests=0.0,
+                              capacity_adjusted_min_replicas=0, capacity_adjusted_max_replicas=6)
+        replicas, _ = policy(ctx)
+        running = replicas
+    assert running == 4  # 6 in flight at 1 a replica, 2 of them on the base
+    assert autoscale.pool_running("acme/chat", "acme/chat-pool-cpu_spot") is not None
+    # A router that stopped reporting no longer counts: the pool's own load (none) plus the base's share.
+    assert autoscale.router_load("acme/chat", 5000.0 + 200 * 0.1 + autoscale.ROUTER_FRESH_S + 1) is None
+    with pytest.raises(ConfigError, match="policy_kwargs.burst"):
+        autoscale.PredictivePolicy(burst={"workload": "w", "base_replicas": -1})
+
+
+def test_the_router_weighs_a_burst_pool_by_the_replicas_it_runs(monkeypatch):
+    import asyncio
+
+    from elasticml.serve import autoscale
+    from elasticml.serve.pools import PoolRouter
+
+    running = {"n": 0}
+    monkeypatch.setattr(autoscale, "pool_running", lambda workload, deployment: running["n"])
+    pools = [{"node_type": "cpu_reserved", "market": "on-demand", "replicas": 1, "deployment": "w-pool-cpu_reserved",
+              "burst": False},
+             {"node_type": "cpu_spot", "market": "spot", "replicas": 3, "deployment": "w-pool-cpu_spot", "burst": True}]
+    plain = PoolRouter.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
+    router = plain(pools, [None, None], {}, "w")
+    assert [p["weight"] for p in router.pools] == [1, 0]  # nothing runs on spot yet
+    running["n"] = 2
+    asyncio.run(router._weigh())
+    assert [p["weight"] for p in router.pools] == [1, 2]
+    running["n"] = 9  # never more than the scheduler gave the pool
+    asyncio.run(router._weigh())
+    assert [p["weight"] for p in router.pools] == [1, 3]
+    router.given = {"cpu_reserved": 1, "cpu_spot": 0}  # the scheduler took spot away: traffic leaves it
+    asyncio.run(router._weigh())
+    assert [p["weight"] for p in router.pools] == [1, 0]

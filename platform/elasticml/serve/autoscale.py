@@ -75,8 +75,59 @@ def learned_state(app: str, deployment: str) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
+ROUTER_FRESH_S = 5.0
+"""A router's in-flight count older than this is not counted (that router replica is gone)."""
+
+
+def publish_router_load(workload: str, router: str, in_flight: float, now: float) -> None:
+    """A PoolRouter replica's requests in flight across every pool of `workload` (see burst mode)."""
+    _kv_put(f"router/{workload}/{router}".encode(), {"t": now, "in_flight": in_flight})
+
+
+def router_load(workload: str, now: float) -> float | None:
+    """The whole app's requests in flight, summed over its routers' fresh reports; None without one."""
+    from ray.experimental.internal_kv import _internal_kv_list
+
+    total, fresh = 0.0, False
+    for key in _internal_kv_list(f"router/{workload}/".encode(), namespace=NAMESPACE)[:64]:
+        report = _kv_get(key)
+        if isinstance(report, dict) and _number(report.get("t")) and _number(report.get("in_flight")) \
+                and now - report["t"] <= ROUTER_FRESH_S:
+            total, fresh = total + max(0.0, float(report["in_flight"])), True
+    return total if fresh else None
+
+
+def publish_running(workload: str, deployment: str, running: int, now: float) -> None:
+    _kv_put(f"pool/{workload}/{deployment}".encode(), {"t": now, "running": running})
+
+
+def pool_running(workload: str, deployment: str) -> int | None:
+    """Running replicas of a burst pool's deployment, as its policy last saw them; None if unknown."""
+    report = _kv_get(f"pool/{workload}/{deployment}".encode())
+    if isinstance(report, dict) and type(report.get("running")) is int and report["running"] >= 0:
+        return report["running"]
+    return None
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 class PredictivePolicy:
+    """Serve's policy for one deployment. With `burst` ({"workload": W, "base_replicas": B}) it sizes the
+    spot pool of a tenant's app (elasticml.serve.pools): the load is the whole app's, as its routers
+    report it, the forecast is for the whole app, and the B base replicas off spot (fixed, placed by
+    the scheduler) come off the answer, so only what the forecast adds above them goes to spot."""
+
     def __init__(self, **kwargs: Any) -> None:
+        burst = kwargs.pop("burst", None)
+        if burst is not None and not (isinstance(burst, dict) and set(burst) == {"workload", "base_replicas"}
+                                      and isinstance(burst["workload"], str) and 0 < len(burst["workload"]) <= 200
+                                      and type(burst["base_replicas"]) is int and 0 <= burst["base_replicas"] <= 1000):
+            from elasticml.errors import ConfigError
+
+            raise ConfigError("must be {workload: NAME, base_replicas: N}", field="policy_kwargs.burst")
+        self.burst: dict[str, Any] | None = burst
         self.config = from_mapping(ForecastConfig, kwargs, source="autoscaling_config.policy.policy_kwargs")
         self.forecaster: LoadForecaster | None = None
         self.events: list[dict[str, Any]] = []
@@ -107,14 +158,24 @@ class PredictivePolicy:
         if self.forecaster is None:
             self.forecaster = self._resume(app, deployment, now)
         fc = self.forecaster
-        fc.replicas_seen(now, int(ctx.target_num_replicas), int(ctx.current_num_replicas))
+        base = self.burst["base_replicas"] if self.burst else 0
+        running, target = int(ctx.current_num_replicas), int(ctx.target_num_replicas)
+        low, high = base + int(ctx.capacity_adjusted_min_replicas), base + int(ctx.capacity_adjusted_max_replicas)
+        fc.replicas_seen(now, target, running)  # start-up is this deployment's, base or not
         load = float(ctx.total_num_requests or 0.0)
+        if self.burst:
+            try:
+                publish_running(self.burst["workload"], deployment, running, now)
+                whole = router_load(self.burst["workload"], now)
+            except Exception as exc:  # the GCS briefly away: this deployment's own load, plus the base's share
+                log.warning("could not read the routers' load: %s", type(exc).__name__)
+                whole = None
+            load = whole if whole is not None else load + base * self.config.target_per_replica
         fc.observe(now, load)
-        decision = fc.decide(running=int(ctx.current_num_replicas), low=int(ctx.capacity_adjusted_min_replicas),
-                             high=int(ctx.capacity_adjusted_max_replicas))
+        decision = fc.decide(running=base + running, low=low, high=high)
+        decision.replicas -= base
         if decision.replicas != self.last_replicas:
-            reactive = max(int(ctx.capacity_adjusted_min_replicas),
-                           min(int(ctx.capacity_adjusted_max_replicas), math.ceil(load / self.config.target_per_replica)))
+            reactive = max(low, min(high, math.ceil(load / self.config.target_per_replica))) - base
             self._event(app, deployment, {"t": now, "event": "decision", "replicas": decision.replicas,
                                           "reactive": reactive, "mode": decision.mode, "load": round(load, 3),
                                           "forecast": round(decision.forecast, 3), "lead_s": round(decision.lead_s, 2),

@@ -397,12 +397,18 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         # Keys are checked by the router; the backends keep each tenant to its share of the router's tenants.
         backend_cfg = {**cfg.to_dict(), "api_keys": {}, "tenant_share": tenant_share_of(cfg)}
         pools, handles = [], []
+        base = sum(a.workers for a in allocations if a.market != "spot")
         for alloc in allocations:
             pinned = {**options, "label_selector": {L.NODE_TYPE: alloc.node_type}}  # no fallback: stay put
             # Named <workload>-pool-<type>: the scheduler charges (and finishes) the app by these replicas.
-            handles.append(ModelBackend.options(name=f"{cfg.name}-pool-{alloc.node_type}", ray_actor_options=pinned,
-                                                num_replicas=alloc.workers, **common).bind(backend_cfg, creds))
-            pools.append({"node_type": alloc.node_type, "market": alloc.market, "replicas": alloc.workers})
+            name = f"{cfg.name}-pool-{alloc.node_type}"
+            burst = cfg.autoscaling == "predictive" and alloc.market == "spot" and base > 0
+            scale: dict[str, Any] = {"autoscaling_config": burst_autoscaling(cfg, name, alloc.workers, base)} if burst \
+                else {"num_replicas": alloc.workers}
+            handles.append(ModelBackend.options(name=name, ray_actor_options=pinned, **scale, **common)
+                           .bind(backend_cfg, creds))
+            pools.append({"node_type": alloc.node_type, "market": alloc.market, "replicas": alloc.workers,
+                          "deployment": name, "burst": burst})
         # The router must not sit on spot either: pinned to the first (base) pool, taking no CPU.
         base_pool = next((a for a in allocations if a.market != "spot"), allocations[0])
         router = {"num_cpus": 0, "runtime_env": options["runtime_env"],
@@ -416,6 +422,15 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
     else:
         deployment["num_replicas"] = cfg.num_replicas
     return (ModelBackend if backend else Completer).options(**deployment).bind(cfg.to_dict(), creds)
+
+
+def burst_autoscaling(cfg: ServeConfig, name: str, most: int, base: int) -> dict[str, Any]:
+    """A spot pool's autoscaling under the predictive policy: none to `most` replicas (what the scheduler
+    gave the pool), for what the whole app's forecast needs above its `base` replicas off spot."""
+    scaling = cfg.autoscaling_config()
+    policy = scaling["policy"]
+    kwargs = {**policy["policy_kwargs"], "burst": {"workload": cfg.name, "base_replicas": base}}
+    return {**scaling, "min_replicas": 0, "max_replicas": most, "policy": {**policy, "policy_kwargs": kwargs}}
 
 
 def check_policy(path: str) -> None:

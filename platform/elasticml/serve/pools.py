@@ -9,6 +9,11 @@ HTTP ingress, spreads requests over the pools by replica count. When a call fail
 replica went away (a spot node reclaimed), the router sends the same request to another pool:
 the client sees no error as long as one pool still serves.
 
+With `autoscaling: predictive`, a spot pool is a burst pool: its deployment autoscales (from none to
+what the scheduler gave it) under elasticml.serve.autoscale's policy, which forecasts the whole app's
+load from the in-flight counts the routers publish (`PUBLISH_S`) and asks spot for what the
+forecast adds above the fixed base pools; the router weighs a burst pool by the replicas it runs.
+
 The router follows the scheduler: every `FOLLOW_S` it reads the workload's placement and
 weighs each pool by the replicas the scheduler gives it now, so when the controller moves the
 spare spot replicas away (an interruption notice, a lost node, a pool it cannot fill) traffic
@@ -18,7 +23,9 @@ leaves spot at once, before the capacity goes; a pool the placement no longer na
 # No `from __future__ import annotations`: FastAPI reads the request models from the annotations.
 import asyncio
 import logging
+import os
 import random
+import time
 from typing import Any
 
 from fastapi import Header, HTTPException
@@ -40,6 +47,8 @@ from elasticml.serve.api import (
 pools_api = new_api("elasticml completion (spot-aware pools)")
 FOLLOW_S = 2.0
 """How often the router reads its workload's placement from the scheduler."""
+PUBLISH_S = 0.25
+"""How often a router with burst pools publishes its requests in flight for their policy."""
 log = logging.getLogger("elasticml.serve.pools")
 
 
@@ -56,6 +65,13 @@ class PoolRouter:
         self.workload = workload
         self.followed: dict[str, Any] = {"epoch": None, "reason": None}
         self._follower: asyncio.Task[None] | None = None  # started on the replica's loop by the first request
+        self._publisher: asyncio.Task[None] | None = None
+        self.in_flight = 0
+        self.router_id = f"{os.getpid()}-{random.getrandbits(32):08x}"
+        self.given: dict[str, int] = {p["node_type"]: p["replicas"] for p in self.pools}
+        for p in self.pools:
+            if p.get("burst"):
+                p["weight"] = 0  # until its policy says replicas run
 
     async def _follow(self) -> None:
         """Weigh the pools by the scheduler's placement of this workload, as it changes."""
@@ -72,10 +88,39 @@ class PoolRouter:
             if placed is not None and placed.epoch != self.followed["epoch"]:
                 given = {t: sum(a.workers for a in placed.allocations if a.node_type == t) for t in placed.node_types}
                 if any(given.get(p["node_type"], 0) for p in self.pools):  # never weigh every pool to nothing
-                    for p in self.pools:
-                        p["weight"] = given.get(p["node_type"], 0)
+                    self.given = {p["node_type"]: given.get(p["node_type"], 0) for p in self.pools}
                 self.followed = {"epoch": placed.epoch, "reason": placed.reason}
+            await self._weigh()
             await asyncio.sleep(FOLLOW_S)
+
+    async def _weigh(self) -> None:
+        """Each pool's weight: what the scheduler gives it, and for a burst pool no more than it runs."""
+        from elasticml.serve.autoscale import pool_running
+
+        for p in self.pools:
+            weight = self.given.get(p["node_type"], 0)
+            if p.get("burst"):
+                try:
+                    running = await asyncio.to_thread(pool_running, self.workload, p["deployment"])
+                except Exception:  # the GCS briefly away: keep the last weight
+                    continue
+                weight = min(weight, running or 0)
+            p["weight"] = weight
+        if not any(p["weight"] for p in self.pools):
+            for p in self.pools:
+                p["weight"] = 0 if p.get("burst") else max(1, self.given.get(p["node_type"], 0))
+
+    async def _publish(self) -> None:
+        """This router's requests in flight, for the burst pools' policy (the whole app's load)."""
+        from elasticml.serve.autoscale import publish_router_load
+
+        while True:
+            try:
+                await asyncio.to_thread(publish_router_load, self.workload, self.router_id, float(self.in_flight),
+                                        time.time())
+            except Exception as exc:
+                log.warning("could not publish the load of %s: %s", self.workload, type(exc).__name__)
+            await asyncio.sleep(PUBLISH_S)
 
     def __serve_build_asgi_app__(self) -> Ingress:
         """Serve calls this once the replica exists; `self.app` is the FastAPI app `@serve.ingress` bound."""
@@ -102,6 +147,15 @@ class PoolRouter:
     async def _call(self, method: str, request: Any, *args: Any) -> Any:
         if self.workload is not None and self._follower is None:
             self._follower = asyncio.create_task(self._follow())
+            if any(p.get("burst") for p in self.pools):
+                self._publisher = asyncio.create_task(self._publish())
+        self.in_flight += 1
+        try:
+            return await self._call_pools(method, request, *args)
+        finally:
+            self.in_flight -= 1
+
+    async def _call_pools(self, method: str, request: Any, *args: Any) -> Any:
         last: Exception | None = None
         for i, pool in enumerate(self._order()):
             pool["requests"] += 1
@@ -134,7 +188,7 @@ class PoolRouter:
     def status(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
         self._auth(authorization, x_api_key)
         return {"pools": [{k: v for k, v in p.items() if k != "handle"} for p in self.pools],
-                "followed": self.followed}
+                "followed": self.followed, "in_flight": self.in_flight}
 
     @pools_api.get("/healthz")
     async def healthz(self) -> dict:
