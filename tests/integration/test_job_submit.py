@@ -144,6 +144,7 @@ def test_train_job_asks_the_scheduler_where_to_run(local_cluster, corpus, tmp_pa
     assert all(i["end"] is not None for i in charged)
 
 
+@pytest.mark.slow  # four Ray Train trials
 def test_tune_sweep_with_asha_reports_the_best_trial(local_cluster, corpus, tmp_path):
     env = local_cluster.require_info().client_env()
     proc = subprocess.run(

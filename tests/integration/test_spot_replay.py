@@ -22,6 +22,7 @@ def write_trace(path: Path, data: list[int], gap: int = 600) -> Path:
     return path
 
 
+@pytest.mark.slow  # a long replay (benchmarks/spot_replay.py is its full form)
 def test_replay_meets_the_deadline_and_matches_the_simulator(tmp_path, corpus):
     from elasticml.scheduler.replay import parse, run
 
