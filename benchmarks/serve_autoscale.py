@@ -9,9 +9,9 @@ elasticml/serve/loadreplay.py) and the same autoscaling bounds and delays; they 
 the policy: Serve's default (reactive: requests in flight now / target) and
 elasticml.serve.autoscale:PredictivePolicy (the forecast one measured start-up ahead). For each
 trace both apps are deployed afresh (the predictive one with nothing learnt) and the same trace,
-with the same seeded arrivals, is replayed against both at once: open-loop Poisson requests to
-127.0.0.1. Serve's metrics are pushed every 0.5 s (instead of 10) so that a trace compressed into
-minutes is seen at all; both policies get the same signal.
+with the same seeded arrivals, is replayed against one app and then the other (so that neither
+starts replicas on cores the other's are starting on): open-loop Poisson requests to 127.0.0.1. Serve's load metrics are pushed every 0.5 s (`metrics_interval_s`, instead of 10) so
+that a trace compressed into minutes is seen at all; both policies get the same signal.
 
 Printed per trace and policy: requests, those over the latency SLO (or failed), 429/503, p99,
 replica-seconds (the cost), and on the ramp the time from its start until the replicas its top
@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -34,12 +33,12 @@ from datetime import date
 warnings.filterwarnings("ignore")
 
 SERVICE_S = 0.25
-SLOTS = 2
+SLOTS = 4
 LOAD_S = 3.0
 SLO_S = 1.0
-TARGET = 1.0
-BOUNDS = {"min_replicas": 1, "max_replicas": 12}
-DELAYS = {"upscale_delay_s": 0.5, "downscale_delay_s": 8.0, "look_back_period_s": 1.0}
+TARGET = 3.0
+BOUNDS = {"min_replicas": 1, "max_replicas": 8}
+DELAYS = {"upscale_delay_s": 0.5, "downscale_delay_s": 8.0, "look_back_period_s": 1.0, "metrics_interval_s": 0.5}
 
 
 def traces(scale: float) -> dict[str, tuple[object, float, dict]]:
@@ -48,12 +47,16 @@ def traces(scale: float) -> dict[str, tuple[object, float, dict]]:
 
     period = 60.0 * scale
     return {
-        "diurnal": (lr.diurnal(period, 1.0, 28.0), 4 * period, {"season_s": period}),
+        "diurnal": (lr.diurnal(period, 1.0, 28.0), 3 * period, {"season_s": period}),
         "ramp": (lr.ramp(20 * scale, 30 * scale, 1.0, 28.0), 80 * scale, {"ramp": (20 * scale, 28.0)}),
         "spike": (lr.spike(30 * scale, 15 * scale, 2.0, 24.0), 70 * scale, {}),
         "flat": (lr.flat(12.0), 60 * scale, {}),
-        "noisy": (lr.noisy(lr.diurnal(period, 2.0, 24.0), 4.0), 3 * period, {"season_s": period}),
+        "noisy": (lr.noisy(lr.diurnal(period, 2.0, 24.0), 4.0), 2 * period, {"season_s": period}),
     }
+
+
+FORECAST: dict = {}
+"""Extra ForecastConfig settings from --forecast (JSON), for trying them; none = the defaults."""
 
 
 def autoscaling(policy: str, season_s: float | None) -> dict:
@@ -63,7 +66,7 @@ def autoscaling(policy: str, season_s: float | None) -> dict:
 
     config = {**BOUNDS, **DELAYS, "target_ongoing_requests": TARGET}
     if policy == "predictive":
-        settings = forecast_config({"bucket_s": 1.0, "startup_s": LOAD_S + 2.0, "season_s": season_s},
+        settings = forecast_config({"bucket_s": 1.0, "startup_s": LOAD_S + 2.0, "season_s": season_s, **FORECAST},
                                    target_per_replica=TARGET)
         config["policy"] = {"policy_function": POLICY_PATH, "policy_kwargs": asdict(settings)}
     return config
@@ -88,15 +91,19 @@ def deploy(port: int, season_s: float | None) -> dict[str, str]:
     return urls
 
 
-async def run_trace(urls: dict[str, str], trace, duration_s: float) -> tuple[dict, object]:
+async def run_trace(urls: dict[str, str], trace, duration_s: float) -> tuple[dict, dict]:
+    """The trace against each app in turn (the same seeded arrivals), each with the machine to itself."""
     from elasticml.serve.loadreplay import ReplicaSampler, replay
 
-    sampler = ReplicaSampler({p: (p, "SyntheticModel") for p in urls})
-    sampling = asyncio.create_task(sampler.run())
-    outcomes = await asyncio.gather(*(replay(url, trace, duration_s, seed=11) for url in urls.values()))
-    sampler.stop()
-    await sampling
-    return dict(zip(urls, outcomes)), sampler
+    outcomes, samplers = {}, {}
+    for policy, url in urls.items():
+        sampler = ReplicaSampler({policy: (policy, "SyntheticModel")})
+        sampling = asyncio.create_task(sampler.run())
+        outcomes[policy] = await replay(url, trace, duration_s, seed=11)
+        sampler.stop()
+        await sampling
+        samplers[policy] = sampler
+    return outcomes, samplers
 
 
 def main() -> None:
@@ -105,10 +112,11 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="stretch every trace (and its season) by this")
     ap.add_argument("--json", default=None)
     ap.add_argument("--png", default=None)
+    ap.add_argument("--forecast", default="{}", help="ForecastConfig settings to try, as JSON")
+    ap.add_argument("--verbose", action="store_true", help="print each policy's replicas over time")
     args = ap.parse_args()
+    FORECAST.update(json.loads(args.forecast))
 
-    os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
-    os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
     import ray
     from ray import serve
 
@@ -124,9 +132,10 @@ def main() -> None:
     t_start = time.monotonic()
     for name, (trace, duration_s, facts) in chosen.items():
         urls = deploy(port, facts.get("season_s"))
-        outcomes, sampler = asyncio.run(run_trace(urls, trace, duration_s))
+        outcomes, samplers = asyncio.run(run_trace(urls, trace, duration_s))
         row = {}
         for policy, outcome in outcomes.items():
+            sampler = samplers[policy]
             r = outcome.summary(SLO_S)
             r["replica_s"] = round(sampler.replica_seconds(policy), 1)
             if "ramp" in facts:
@@ -137,15 +146,20 @@ def main() -> None:
             row[policy] = r
         results[name] = row
         print(f"{name}: done ({duration_s:.0f} s)", file=sys.stderr)
+        if args.verbose:
+            for policy, sampler in samplers.items():
+                series = [n for _, n in sampler.samples[policy]][::10]
+                print(f"  {policy} replicas every 5 s: {series}", file=sys.stderr)
         if name == "diurnal":
-            picture = (sampler.samples, sampler.started_at, decisions("predictive", "SyntheticModel"), trace,
-                       duration_s)
+            picture = ({p: samplers[p].samples[p] for p in samplers}, samplers["predictive"].started_at,
+                       decisions("predictive", "SyntheticModel"), trace, duration_s)
     serve.shutdown()
     ray.shutdown()
 
     print(f"benchmarks/serve_autoscale.py, {date.today()}: service {SERVICE_S}s x {SLOTS} slots a replica, "
           f"{LOAD_S}s model load, SLO {SLO_S}s, target {TARGET} in flight a replica, "
-          f"replicas {BOUNDS['min_replicas']}..{BOUNDS['max_replicas']}, scale {args.scale:g}; "
+          f"replicas {BOUNDS['min_replicas']}..{BOUNDS['max_replicas']}, scale {args.scale:g}, "
+          f"forecast settings {FORECAST or 'default'}; "
           f"{time.monotonic() - t_start:.0f} s in all")
     print("| trace | policy | requests | over SLO | 429/503 | p99 s | replica-s | ramp to enough s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -48,10 +48,7 @@ def local_cluster(request: pytest.FixtureRequest) -> Iterator["object"]:
 
     name = request.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
     cluster = LocalCluster(name)
-    with pytest.MonkeyPatch.context() as env:  # a module's CLUSTER_ENV reaches every process of its cluster
-        for key, value in getattr(request.module, "CLUSTER_ENV", {}).items():
-            env.setenv(key, value)
-        info = cluster.up(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"))
+    info = cluster.up(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"))
     tree = [p for p in cluster.processes()]
     try:
         yield cluster

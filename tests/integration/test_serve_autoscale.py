@@ -10,9 +10,6 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-# Serve's load metrics every 0.5 s instead of 10, so a ramp of seconds is seen (both policies alike).
-CLUSTER_ENV = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-               "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5"}
 APP = "predictive"
 
 
@@ -30,6 +27,7 @@ def app_url(local_cluster):
     settings = forecast_config({"bucket_s": 0.5, "startup_s": 4.0, "warmup_buckets": 6}, target_per_replica=1.0)
     autoscaling = {"min_replicas": 1, "max_replicas": 6, "target_ongoing_requests": 1.0, "upscale_delay_s": 0.5,
                    "downscale_delay_s": 30.0, "look_back_period_s": 1.0,
+                   "metrics_interval_s": 0.5,  # load reported every 0.5 s, not 10: a ramp of seconds is seen
                    "policy": {"policy_function": POLICY_PATH, "policy_kwargs": asdict(settings)}}
     serve.run(SyntheticModel.options(autoscaling_config=autoscaling).bind(0.25, 2.0), name=APP,
               route_prefix=f"/{APP}")

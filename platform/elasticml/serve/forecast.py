@@ -46,13 +46,16 @@ class ForecastConfig:
     beta: float = 0.2
     gamma: float = 0.3
     """Smoothing of the level, the trend and the seasonal profile across seasons (0..1: higher follows faster)."""
-    margin_sigmas: float = 1.0
+    phi: float = 0.9
+    """Damping of the trend (Gardner's damped Holt): step k ahead adds trend * (phi + ... + phi**k), so a
+    queue draining or filling is not extrapolated for the whole lead; 1 = an undamped trend."""
+    margin_sigmas: float = 0.5
     """Safety margin: this many RMS forecast errors above the forecast."""
     max_relative_error: float = 0.6
     """Fall back to reactive while the forecast's RMS error exceeds this share of the mean load."""
     warmup_buckets: int = 10
     """Buckets observed before the forecast is trusted."""
-    down_headroom: float = 0.8
+    down_headroom: float = 0.9
     """Give a replica back only when the coming load fits in this share of one replica fewer."""
 
     def __post_init__(self) -> None:
@@ -64,7 +67,7 @@ class ForecastConfig:
                 raise ConfigError(f"season_s / bucket_s must be at most {MAX_SLOTS} slots, got "
                                   f"{self.season_s / self.bucket_s:.0f}; use longer buckets", field="season_s")
         check_number(self.startup_s, field="startup_s", lo=0, hi=3600)
-        for name in ("alpha", "beta", "gamma"):
+        for name in ("alpha", "beta", "gamma", "phi"):
             check_number(getattr(self, name), field=name, lo=0.0, hi=1.0)
         check_number(self.margin_sigmas, field="margin_sigmas", lo=0, hi=10)
         check_number(self.max_relative_error, field="max_relative_error", lo=0.01, hi=100)
@@ -156,8 +159,8 @@ class LoadForecaster:
             self.level = y
         else:
             previous = self.level
-            self.level = cfg.alpha * y + (1 - cfg.alpha) * (self.level + self.trend)
-            self.trend = cfg.beta * (self.level - previous) + (1 - cfg.beta) * self.trend
+            self.level = cfg.alpha * y + (1 - cfg.alpha) * (self.level + cfg.phi * self.trend)
+            self.trend = cfg.beta * (self.level - previous) + (1 - cfg.beta) * cfg.phi * self.trend
         if cfg.slots:
             slot = self._slot(index)
             first = self.seasons_seen < 1
@@ -188,7 +191,9 @@ class LoadForecaster:
         if self.seasonal:
             y = self.level + self.season[self._slot(self.last_index + steps)] - self.season[self._slot(self.last_index)]
         else:
-            y = self.level + self.trend * steps
+            phi = self.config.phi
+            damped = steps if phi >= 1.0 else phi * (1 - phi ** steps) / (1 - phi)
+            y = self.level + self.trend * damped
         return max(0.0, y)
 
     @property
@@ -203,7 +208,9 @@ class LoadForecaster:
     def trusted(self) -> bool:
         if self.buckets < self.config.warmup_buckets:
             return False
-        return self.rms_error <= self.config.max_relative_error * max(self.mean_load, self.config.target_per_replica)
+        # Relative to the load as it is now, not only its long mean: on a ramp the mean lags far behind.
+        scale = max(self.mean_load, self.level or 0.0, self.config.target_per_replica)
+        return self.rms_error <= self.config.max_relative_error * scale
 
     # -- replica start-up --------------------------------------------------------------
     def replicas_seen(self, now: float, target: int, running: int) -> None:
@@ -237,8 +244,10 @@ class LoadForecaster:
             replicas = math.ceil(provisioned / cfg.target_per_replica)
             mode = "predictive"
             if replicas < running:
-                # Hysteresis: only as far down as the whole coming window allows, with headroom.
-                window = max(max(path) + margin, load)
+                # Hysteresis: only as far down as the whole coming window allows, with headroom; a
+                # falling trend is not taken as a promise (the level now counts).
+                window = max(max(path), self.level or 0.0) + margin
+                window = max(window, load)
                 floor = math.ceil(window / (cfg.target_per_replica * cfg.down_headroom))
                 replicas = max(replicas, min(running, floor))
         return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
