@@ -193,10 +193,11 @@ def draw(picture, path: str) -> None:
     for policy, style in (("reactive", "tab:orange"), ("predictive", "tab:blue")):
         ax.step([t for t, _ in samples[policy]], [n for _, n in samples[policy]], where="post", color=style,
                 label=f"{policy}: running replicas")
-    decided = [e for e in events if e.get("event") == "decision"]
+    decided = [e for e in events if e.get("event") == "decision" and 0 <= e["t"] - started_at <= duration_s]
     if decided:
         ax.plot([e["t"] - started_at for e in decided], [e["forecast"] / TARGET for e in decided], ".", color="tab:blue",
                 ms=3, alpha=0.6, label="predictive: forecast (replicas' worth)")
+    ax.set_xlim(0, duration_s)
     ax.set_xlabel("seconds (a compressed day is 60 s)")
     ax.set_ylabel("replicas")
     ax.legend(loc="upper left", fontsize=8)
