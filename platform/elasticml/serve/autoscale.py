@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from elasticml.dataconf import from_mapping
-from elasticml.serve.forecast import ForecastConfig, LoadForecaster
+from elasticml.serve.forecast import ForecastConfig, LoadForecaster, is_finite_number
 
 NAMESPACE = "elasticml_autoscale"
 MAX_EVENTS = 500
@@ -91,7 +91,7 @@ def router_load(workload: str, now: float) -> float | None:
     total, fresh = 0.0, False
     for key in _internal_kv_list(f"router/{workload}/".encode(), namespace=NAMESPACE)[:64]:
         report = _kv_get(key)
-        if isinstance(report, dict) and _number(report.get("t")) and _number(report.get("in_flight")) \
+        if isinstance(report, dict) and is_finite_number(report.get("t")) and is_finite_number(report.get("in_flight")) \
                 and now - report["t"] <= ROUTER_FRESH_S:
             total, fresh = total + max(0.0, float(report["in_flight"])), True
     return total if fresh else None
@@ -107,10 +107,6 @@ def pool_running(workload: str, deployment: str) -> int | None:
     if isinstance(report, dict) and type(report.get("running")) is int and report["running"] >= 0:
         return report["running"]
     return None
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class PredictivePolicy:

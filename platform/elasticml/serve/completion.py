@@ -403,7 +403,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
             # Named <workload>-pool-<type>: the scheduler charges (and finishes) the app by these replicas.
             name = f"{cfg.name}-pool-{alloc.node_type}"
             burst = cfg.autoscaling == "predictive" and alloc.market == "spot" and base > 0
-            scale: dict[str, Any] = {"autoscaling_config": burst_autoscaling(cfg, name, alloc.workers, base)} if burst \
+            scale: dict[str, Any] = {"autoscaling_config": burst_autoscaling(cfg, alloc.workers, base)} if burst \
                 else {"num_replicas": alloc.workers}
             handles.append(ModelBackend.options(name=name, ray_actor_options=pinned, **scale, **common)
                            .bind(backend_cfg, creds))
@@ -424,7 +424,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
     return (ModelBackend if backend else Completer).options(**deployment).bind(cfg.to_dict(), creds)
 
 
-def burst_autoscaling(cfg: ServeConfig, name: str, most: int, base: int) -> dict[str, Any]:
+def burst_autoscaling(cfg: ServeConfig, most: int, base: int) -> dict[str, Any]:
     """A spot pool's autoscaling under the predictive policy: none to `most` replicas (what the scheduler
     gave the pool), for what the whole app's forecast needs above its `base` replicas off spot."""
     scaling = cfg.autoscaling_config()

@@ -272,7 +272,7 @@ class LoadForecaster:
                 return fresh
             numbers = [raw["trend"], raw["seasons_seen"], raw["sq_error"], raw["mean_load"], *season]
             optional = [raw["level"], raw["bucket_start"], raw["startup_s"]]
-            if not all(_finite(x) for x in numbers) or not all(x is None or _finite(x) for x in optional):
+            if not all(is_finite_number(x) for x in numbers) or not all(x is None or is_finite_number(x) for x in optional):
                 return fresh
             if type(raw["buckets"]) is not int or raw["buckets"] < 0:
                 return fresh
@@ -285,5 +285,6 @@ class LoadForecaster:
             return fresh
 
 
-def _finite(x: Any) -> bool:
+def is_finite_number(x: Any) -> bool:
+    """A real number (not a bool) that is finite: for state read back, where a bad value means start afresh."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
