@@ -59,3 +59,60 @@ def test_losing_a_spot_node_mid_run_resumes_at_the_checkpointed_data_position(lo
     final = [read_meta(m.parent) for m in (tmp_path / "lost").glob("checkpoint_*/meta.json")]
     assert max(m["step"] for m in final) == steps
     print(f"lost a node at step ~20; resumed at step {step} after {resumed_at - t_lost:.1f}s")
+
+
+def test_losing_the_runs_controller_starts_a_new_one_from_the_last_checkpoint(local_cluster, corpus, tmp_path):
+    """The controller's process dies mid-run (SIGKILL, as a crash would): the run goes on under a new
+    controller, from the last checkpoint, and finishes."""
+    import os
+    import signal
+    import threading
+
+    import ray
+    from ray.train import UserCallback
+    from ray.util.state import list_actors
+
+    from elasticml.train.config import TrainConfig
+    from elasticml.train.launch import fit
+
+    local_cluster.require_info().connect()
+    seen = tmp_path / "steps.txt"
+
+    class Steps(UserCallback):  # runs in the controller, on this machine: each reported step, "c" if checkpointed
+        def after_report(self, run_context, metrics, checkpoint):  # type: ignore[no-untyped-def]
+            with open(seen, "a") as f:
+                f.write(f"{metrics[0]['step']}{'c' if checkpoint else ''}\n")
+
+    steps = 80
+    cfg = TrainConfig(data=str(corpus), storage_path=str(tmp_path), run_name="ctl", steps=steps, global_batch=2,
+                      seq_len=32, num_workers=1, report_every=5, checkpoint_every=10)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(r=fit(cfg, callbacks=[Steps()])), daemon=True)
+    runner.start()
+
+    def checkpointed() -> list[int]:  # checkpoints the controller has registered, not only written
+        return [int(s[:-1]) for s in (seen.read_text().split() if seen.exists() else []) if s.endswith("c")]
+
+    deadline = time.monotonic() + 180
+    while max(checkpointed(), default=0) < 20:
+        assert runner.is_alive() and time.monotonic() < deadline, result
+        time.sleep(0.2)
+    job = ray.get_runtime_context().get_job_id()
+    controllers = [a for a in list_actors(filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE")])
+                   if a.job_id == job]
+    assert len(controllers) == 1, controllers
+    os.kill(controllers[0].pid, signal.SIGKILL)
+    with open(seen, "a") as f:  # the old controller is gone: what follows is the new one's
+        f.write("killed\n")
+
+    runner.join(timeout=240)
+    assert not runner.is_alive()
+    assert result["r"].error is None and result["r"].metrics["step"] == steps
+    before, after = (part.split() for part in seen.read_text().split("killed\n"))
+    registered = [int(s[:-1]) for s in before if s.endswith("c")]
+    after = [int(s.rstrip("c")) for s in after]
+    resumed_from = after[0] - 5
+    # The new controller's run starts right after the last checkpoint registered before the kill, not from 0.
+    assert resumed_from >= 20 and resumed_from == registered[-1], (before, after)
+    assert after == list(range(resumed_from + 5, steps + 1, 5))
+    assert max(read_meta(m.parent)["step"] for m in (tmp_path / "ctl").glob("checkpoint_*/meta.json")) == steps

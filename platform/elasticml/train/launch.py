@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,8 @@ from elasticml.train.config import TrainConfig
 
 if TYPE_CHECKING:
     from ray.train import Result
+
+log = logging.getLogger(__name__)
 
 
 def fit(cfg: TrainConfig, *, callbacks: list | None = None, stop: Any = None,
@@ -40,29 +43,43 @@ def fit(cfg: TrainConfig, *, callbacks: list | None = None, stop: Any = None,
         # Ray Train writes through this pyarrow filesystem (endpoint configurable for S3-compatible stores).
         storage_fs, storage_path = filesystem_for(cfg.storage_path)
 
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        # A tenant's storage credentials (installed in this driver by its job) travel to the workers in
-        # the task arguments, like the scheduler client: never in an environment variable or a log.
-        train_loop_config={"config": cfg, "stop": stop, "started": started, "s3_credentials": installed_credentials()},
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            # Elastic on spot: Ray Train runs with what it can get between the two bounds.
-            num_workers=(cfg.min_workers, cfg.num_workers) if cfg.min_workers else cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
-            label_selector=cfg.label_selector(),
-        ),
-        run_config=RunConfig(
-            name=cfg.run_name,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-            callbacks=callbacks or [],
-        ),
-    )
-    return trainer.fit()
+    def trainer() -> TorchTrainer:
+        return TorchTrainer(
+            train_loop_per_worker,
+            # A tenant's storage credentials (installed in this driver by its job) travel to the workers in
+            # the task arguments, like the scheduler client: never in an environment variable or a log.
+            train_loop_config={"config": cfg, "stop": stop, "started": started, "s3_credentials": installed_credentials()},
+            torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(
+                # Elastic on spot: Ray Train runs with what it can get between the two bounds.
+                num_workers=(cfg.min_workers, cfg.num_workers) if cfg.min_workers else cfg.num_workers,
+                use_gpu=cfg.use_gpu,
+                resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+                label_selector=cfg.label_selector(),
+            ),
+            run_config=RunConfig(
+                name=cfg.run_name,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                callbacks=callbacks or [],
+            ),
+        )
+
+    # The controller runs beside this driver; if its process dies (killed, crashed), Ray ends its workers
+    # and placement group with it. A new controller resumes the run from its last checkpoint, within the
+    # same failure budget as lost workers.
+    lost = 0
+    while True:
+        try:
+            return trainer().fit()
+        except ray.exceptions.ActorDiedError as exc:
+            if lost >= cfg.max_failures:
+                raise
+            lost += 1
+            log.warning("the run's controller died (%s); restarting it from the last checkpoint (%d/%d)",
+                        str(exc).splitlines()[0][:200], lost, cfg.max_failures)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
