@@ -1,7 +1,7 @@
 """Predictive vs reactive Serve autoscaling, replaying request-rate traces side by side.
 
-    python benchmarks/serve_autoscale.py [--traces diurnal,ramp,spike,flat,noisy] [--scale 1.0]
-        [--json out.json] [--png out.png]
+    python benchmarks/serve_autoscale.py [--traces diurnal,ramp,fast_ramp,spike,flat,noisy] [--rounds 1]
+        [--scale 1.0] [--json out.json] [--png out.png]
 
 One local Ray instance, two Serve apps with the same `SyntheticModel` deployment (each request
 holds one of a replica's 2 slots for 0.25 s; a new replica loads for 3 s before it serves:
@@ -9,7 +9,7 @@ elasticml/serve/loadreplay.py) and the same autoscaling bounds and delays; they 
 the policy: Serve's default (reactive: requests in flight now / target) and
 elasticml.serve.autoscale:PredictivePolicy (the forecast one measured start-up ahead). For each
 trace both apps are deployed afresh (the predictive one with nothing learnt) and the same trace,
-with the same seeded arrivals, is replayed against one app and then the other (so that neither
+with the same seeded arrivals (other seeds in each of --rounds), is replayed against one app and then the other (so that neither
 starts replicas on cores the other's are starting on): open-loop Poisson requests to 127.0.0.1. Serve's load metrics are pushed every 0.5 s (`metrics_interval_s`, instead of 10) so
 that a trace compressed into minutes is seen at all; both policies get the same signal.
 
@@ -49,6 +49,9 @@ def traces(scale: float) -> dict[str, tuple[object, float, dict]]:
     return {
         "diurnal": (lr.diurnal(period, 1.0, 28.0), 3 * period, {"season_s": period}),
         "ramp": (lr.ramp(20 * scale, 30 * scale, 1.0, 28.0), 80 * scale, {"ramp": (20 * scale, 28.0)}),
+        # The same climb in 8 s: faster than a replica starts and Serve sees the load, as a launch or a
+        # news spike is; the slow ramp above gives a reactive policy time to keep up.
+        "fast_ramp": (lr.ramp(20 * scale, 8 * scale, 1.0, 28.0), 60 * scale, {"ramp": (20 * scale, 28.0)}),
         "spike": (lr.spike(30 * scale, 15 * scale, 2.0, 24.0), 70 * scale, {}),
         "flat": (lr.flat(12.0), 60 * scale, {}),
         "noisy": (lr.noisy(lr.diurnal(period, 2.0, 24.0), 4.0), 2 * period, {"season_s": period}),
@@ -91,7 +94,7 @@ def deploy(port: int, season_s: float | None) -> dict[str, str]:
     return urls
 
 
-async def run_trace(urls: dict[str, str], trace, duration_s: float) -> tuple[dict, dict]:
+async def run_trace(urls: dict[str, str], trace, duration_s: float, seed: int) -> tuple[dict, dict]:
     """The trace against each app in turn (the same seeded arrivals), each with the machine to itself."""
     from elasticml.serve.loadreplay import ReplicaSampler, replay
 
@@ -99,7 +102,7 @@ async def run_trace(urls: dict[str, str], trace, duration_s: float) -> tuple[dic
     for policy, url in urls.items():
         sampler = ReplicaSampler({policy: (policy, "SyntheticModel")})
         sampling = asyncio.create_task(sampler.run())
-        outcomes[policy] = await replay(url, trace, duration_s, seed=11)
+        outcomes[policy] = await replay(url, trace, duration_s, seed=seed)
         sampler.stop()
         await sampling
         samplers[policy] = sampler
@@ -108,7 +111,8 @@ async def run_trace(urls: dict[str, str], trace, duration_s: float) -> tuple[dic
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--traces", default="diurnal,ramp,spike,flat,noisy")
+    ap.add_argument("--traces", default="diurnal,ramp,fast_ramp,spike,flat,noisy")
+    ap.add_argument("--rounds", type=int, default=1, help="replay each trace this many times (other arrivals each)")
     ap.add_argument("--scale", type=float, default=1.0, help="stretch every trace (and its season) by this")
     ap.add_argument("--json", default=None)
     ap.add_argument("--png", default=None)
@@ -130,9 +134,11 @@ def main() -> None:
     results: dict[str, dict] = {}
     picture = None
     t_start = time.monotonic()
-    for name, (trace, duration_s, facts) in chosen.items():
+    runs = [(name, k) for name in chosen for k in range(args.rounds)]
+    for name, k in runs:
+        trace, duration_s, facts = chosen[name]
         urls = deploy(port, facts.get("season_s"))
-        outcomes, samplers = asyncio.run(run_trace(urls, trace, duration_s))
+        outcomes, samplers = asyncio.run(run_trace(urls, trace, duration_s, seed=11 + k))
         row = {}
         for policy, outcome in outcomes.items():
             sampler = samplers[policy]
@@ -144,13 +150,13 @@ def main() -> None:
                 reached = sampler.first_reaching(policy, need, after_s=start)
                 r["ramp_to_enough_s"] = round(reached - start, 1) if reached is not None else None
             row[policy] = r
-        results[name] = row
-        print(f"{name}: done ({duration_s:.0f} s)", file=sys.stderr)
+        results.setdefault(name, []).append(row)
+        print(f"{name} round {k + 1}: done ({duration_s:.0f} s)", file=sys.stderr)
         if args.verbose:
             for policy, sampler in samplers.items():
                 series = [n for _, n in sampler.samples[policy]][::10]
                 print(f"  {policy} replicas every 5 s: {series}", file=sys.stderr)
-        if name == "diurnal":
+        if name == "diurnal" and k == 0:
             picture = ({p: samplers[p].samples[p] for p in samplers}, samplers["predictive"].started_at,
                        decisions("predictive", "SyntheticModel"), trace, duration_s)
     serve.shutdown()
@@ -159,20 +165,22 @@ def main() -> None:
     print(f"benchmarks/serve_autoscale.py, {date.today()}: service {SERVICE_S}s x {SLOTS} slots a replica, "
           f"{LOAD_S}s model load, SLO {SLO_S}s, target {TARGET} in flight a replica, "
           f"replicas {BOUNDS['min_replicas']}..{BOUNDS['max_replicas']}, scale {args.scale:g}, "
-          f"forecast settings {FORECAST or 'default'}; "
+          f"forecast settings {FORECAST or 'default'}, {args.rounds} round(s) of each trace; "
           f"{time.monotonic() - t_start:.0f} s in all")
-    print("| trace | policy | requests | over SLO | 429/503 | p99 s | replica-s | ramp to enough s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, row in results.items():
-        for policy, r in row.items():
-            print(f"| {name} | {policy} | {r['requests']} | {r['over_slo']} | {r['rejected']} | {r['p99_s']} | "
-                  f"{r['replica_s']} | {r.get('ramp_to_enough_s', '')} |")
-    print("| trace | over SLO predictive / reactive | replica-s predictive / reactive |")
-    print("|---|---|---|")
-    for name, row in results.items():
-        p, r = row["predictive"], row["reactive"]
-        slo = f"{p['over_slo'] / r['over_slo']:.2f}" if r["over_slo"] else f"{p['over_slo']} vs 0"
-        print(f"| {name} | {slo} | {p['replica_s'] / r['replica_s']:.2f} |")
+    print("| trace | round | policy | requests | over SLO | 429/503 | p99 s | replica-s | ramp to enough s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, rows in results.items():
+        for k, row in enumerate(rows, 1):
+            for policy, r in row.items():
+                print(f"| {name} | {k} | {policy} | {r['requests']} | {r['over_slo']} | {r['rejected']} | {r['p99_s']} | "
+                      f"{r['replica_s']} | {r.get('ramp_to_enough_s', '')} |")
+    print("| trace | over SLO predictive vs reactive, summed over rounds | ratio | replica-s ratio per round |")
+    print("|---|---|---|---|")
+    for name, rows in results.items():
+        p = sum(row["predictive"]["over_slo"] for row in rows)
+        r = sum(row["reactive"]["over_slo"] for row in rows)
+        cost = ", ".join(f"{row['predictive']['replica_s'] / row['reactive']['replica_s']:.2f}" for row in rows)
+        print(f"| {name} | {p} vs {r} | {f'{p / r:.2f}' if r else '-'} | {cost} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -223,3 +223,54 @@ def test_scheduler_placed_serving_loses_a_spot_node_under_load_and_clients_see_n
         time.sleep(1)
     assert all(i["end"] is not None for i in sched.intervals("shop-endpoint"))
     assert "the app was deleted" in sched.explain("shop-endpoint")[-1]["reason"]
+
+
+def test_predictive_extra_replicas_of_a_tenants_app_go_to_spot_and_leave_when_the_load_does(serving):
+    """The base replica stays off spot; what the forecast adds above it runs in the spot pool, which
+    starts empty, grows under load and empties again after it."""
+    import ray
+    from ray import serve
+
+    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.serve.autoscale import decisions
+    from elasticml.serve.completion import build_app
+
+    SchedulerClient.connect().clear_interruption("cpu_spot")
+    serve.run(build_app({"checkpoint": serving["folder"], "tenant": "shop", "priority": "high", "preset": "latency",
+                         "min_replicas": 1, "max_replicas": 2, "precision": "fp32", "cache_size": 0,
+                         "max_batch_size": 1, "batch_wait_ms": 0, "upscale_delay_s": 1, "downscale_delay_s": 3,
+                         "autoscaling": "predictive",
+                         "forecast": {"bucket_s": 0.5, "startup_s": 4.0, "warmup_buckets": 6},
+                         "name": "shop-burst"}), name="burst", route_prefix="/burst")
+    base_url = serving["base"] + "/burst"
+    spot_deployment = "shop-burst-pool-cpu_spot"
+
+    def pools() -> dict:
+        return {p["market"] == "spot": p for p in httpx.get(f"{base_url}/v1/pools", timeout=30).json()["pools"]}
+
+    def spot_running() -> int:
+        return serve.status().applications["burst"].deployments[spot_deployment].replica_states.get("RUNNING", 0)
+
+    try:
+        fixed = pools()[False]
+        base_deployment = f"shop-burst-pool-{fixed['node_type']}"
+        assert fixed["market"] in ("reserved", "on-demand") and fixed["replicas"] == 1
+        # Idle, nothing runs on spot: the forecast asks for no more than the base.
+        assert spot_running() == 0 and pools()[True]["weight"] == 0
+        with Load(base_url, retries=0) as load:  # 4 clients in flight, 2 per replica: one more replica needed
+            wait_until(lambda: spot_running() >= 1, "a spot replica under load", timeout=90)
+            wait_until(lambda: pools()[True]["weight"] >= 1, "the router sending to the spot pool", timeout=30)
+            before = pools()[True]["requests"]
+            wait_until(lambda: pools()[True]["requests"] > before, "requests answered on spot", timeout=30)
+        assert load.failed == 0 and load.first_failures == 0, (load.ok, load.errors[:5])
+        labels = {n["NodeID"]: n["Labels"] for n in ray.nodes() if n["Alive"]}  # spot nodes started for it
+        on = replica_nodes("burst", spot_deployment)
+        assert on and all(L.market_of(labels[n]) == "spot" for n in on)
+        kept = replica_nodes("burst", base_deployment)
+        assert len(kept) == 1 and L.market_of(labels[kept[0]]) != "spot"  # the base never moved
+        wait_until(lambda: spot_running() == 0, "the spot pool empty after the load", timeout=90)
+        assert len(replica_nodes("burst", base_deployment)) == 1
+        asked = [e["replicas"] for e in decisions("burst", spot_deployment) if e["event"] == "decision"]
+        assert max(asked) >= 1 and asked[-1] == 0, asked  # what the policy asked the spot pool for, in order
+    finally:
+        serve.delete("burst")

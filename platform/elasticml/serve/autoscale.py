@@ -75,6 +75,8 @@ def learned_state(app: str, deployment: str) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
+READ_S = 0.25
+"""How often a burst pool's policy reads the routers' loads (they publish as often)."""
 ROUTER_FRESH_S = 5.0
 """A router's in-flight count older than this is not counted (that router replica is gone)."""
 
@@ -129,6 +131,9 @@ class PredictivePolicy:
         self.events: list[dict[str, Any]] = []
         self.last_replicas: int | None = None
         self.saved_bucket: int | None = None
+        # Serve calls the policy every control loop (~10 Hz); the routers publish 4 times a second.
+        self._read: tuple[float, float | None] = (-math.inf, None)
+        self._published: tuple[float, int] = (-math.inf, -1)
 
     def _resume(self, app: str | None, deployment: str, now: float) -> LoadForecaster:
         state = _kv_get(_key(app, deployment, "state"))
@@ -161,8 +166,12 @@ class PredictivePolicy:
         load = float(ctx.total_num_requests or 0.0)
         if self.burst:
             try:
-                publish_running(self.burst["workload"], deployment, running, now)
-                whole = router_load(self.burst["workload"], now)
+                if running != self._published[1] or now - self._published[0] >= 1.0:
+                    publish_running(self.burst["workload"], deployment, running, now)
+                    self._published = (now, running)
+                if now - self._read[0] >= READ_S:
+                    self._read = (now, router_load(self.burst["workload"], now))
+                whole = self._read[1]
             except Exception as exc:  # the GCS briefly away: this deployment's own load, plus the base's share
                 log.warning("could not read the routers' load: %s", type(exc).__name__)
                 whole = None

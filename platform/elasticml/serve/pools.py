@@ -67,6 +67,10 @@ class PoolRouter:
         self._follower: asyncio.Task[None] | None = None  # started on the replica's loop by the first request
         self._publisher: asyncio.Task[None] | None = None
         self.in_flight = 0
+        # Requests in flight integrated over time since the last publish: the burst policy gets the mean
+        # over the interval, not whichever 0..N a single instant happened to show.
+        self._area, self._since = 0.0, time.monotonic()
+        self._changed = self._since
         self.router_id = f"{os.getpid()}-{random.getrandbits(32):08x}"
         self.given: dict[str, int] = {p["node_type"]: p["replicas"] for p in self.pools}
         for p in self.pools:
@@ -116,7 +120,7 @@ class PoolRouter:
 
         while True:
             try:
-                await asyncio.to_thread(publish_router_load, self.workload, self.router_id, float(self.in_flight),
+                await asyncio.to_thread(publish_router_load, self.workload, self.router_id, self._mean_in_flight(),
                                         time.time())
             except Exception as exc:
                 log.warning("could not publish the load of %s: %s", self.workload, type(exc).__name__)
@@ -149,11 +153,24 @@ class PoolRouter:
             self._follower = asyncio.create_task(self._follow())
             if any(p.get("burst") for p in self.pools):
                 self._publisher = asyncio.create_task(self._publish())
-        self.in_flight += 1
+        self._count(+1)
         try:
             return await self._call_pools(method, request, *args)
         finally:
-            self.in_flight -= 1
+            self._count(-1)
+
+    def _count(self, delta: int) -> None:
+        now = time.monotonic()
+        self._area += self.in_flight * (now - self._changed)
+        self._changed = now
+        self.in_flight += delta
+
+    def _mean_in_flight(self) -> float:
+        """Mean requests in flight since the last call (time-weighted), and start a new interval."""
+        now = time.monotonic()
+        area, span = self._area + self.in_flight * (now - self._changed), now - self._since
+        self._area, self._since, self._changed = 0.0, now, now
+        return area / span if span > 0 else float(self.in_flight)
 
     async def _call_pools(self, method: str, request: Any, *args: Any) -> Any:
         last: Exception | None = None
