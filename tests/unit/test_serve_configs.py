@@ -129,3 +129,35 @@ def test_every_shipped_serve_config_that_listens_beyond_loopback_answers_https_o
         if http.get("host", "127.0.0.1") in ("127.0.0.1", "localhost", "::1"):
             continue
         assert http.get("ssl_keyfile") and http.get("ssl_certfile"), f"{path.name} listens on {http['host']} without TLS"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("upscale_delay_s", float("nan"), "must be in"), ("downscale_delay_s", float("inf"), "must be in"),
+    ("num_cpus", float("inf"), "must be in"), ("num_cpus", 0, "must be in"), ("batch_wait_ms", 1e300, "must be in"),
+    ("num_replicas", "two", "must be an integer"), ("num_replicas", True, "must be an integer"),
+    ("max_replicas", 2.5, "must be an integer"), ("max_queued_requests", 0, "must be in"),
+    ("request_timeout_s", float("nan"), "must be in"), ("retry_after_s", -1, "must be in"),
+    ("metrics_interval_s", 0.01, "must be in"), ("look_back_period_s", "1", "must be a number"),
+])
+def test_every_number_in_a_serve_config_is_finite_bounded_and_named_when_wrong(field, value, message):
+    from elasticml.errors import ConfigError
+    from elasticml.serve.config import ServeConfig
+
+    with pytest.raises(ConfigError, match=f"{field}: {message}"):
+        ServeConfig.from_dict({"checkpoint": "ckpt", "preset": "latency", field: value})
+
+
+def test_the_load_report_interval_and_look_back_reach_serve_and_must_agree():
+    from elasticml.errors import ConfigError
+    from elasticml.serve.config import ServeConfig
+
+    cfg = ServeConfig.from_dict({"checkpoint": "c", "preset": "latency", "autoscaling": "predictive",
+                                 "metrics_interval_s": 1.0, "look_back_period_s": 2.0})
+    scaling = cfg.autoscaling_config()
+    assert (scaling["metrics_interval_s"], scaling["look_back_period_s"]) == (1.0, 2.0)
+    assert "metrics_interval_s" not in ServeConfig.from_dict({"checkpoint": "c", "preset": "latency"}).autoscaling_config()
+    # A look-back shorter than the interval averages over no report at all (Serve warns, and will refuse).
+    with pytest.raises(ConfigError, match="look_back_period_s: must be at least metrics_interval_s"):
+        ServeConfig.from_dict({"checkpoint": "c", "preset": "latency", "metrics_interval_s": 5.0, "look_back_period_s": 2.0})
+    with pytest.raises(ConfigError, match="metrics_interval_s: only an autoscaling preset"):
+        ServeConfig.from_dict({"checkpoint": "c", "metrics_interval_s": 1.0})

@@ -10,7 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-from elasticml.dataconf import from_mapping
+from elasticml.dataconf import check_number, from_mapping
 from elasticml.errors import ConfigError
 
 Device = Literal["cpu", "gpu"]
@@ -27,6 +27,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "upscale_delay_s": 3.0, "downscale_delay_s": 30.0, "look_back_period_s": 12.0},
     "batch": {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 16,
               "upscale_delay_s": 10.0, "downscale_delay_s": 120.0, "look_back_period_s": 30.0},
+}
+# Every number a config may set: finite, within these bounds (an integer where marked), else a
+# ConfigError naming the field. None (where allowed) means the preset's or Serve's value.
+_NUMBERS: dict[str, tuple[float, float, bool]] = {
+    "num_cpus": (0.01, 256, False), "num_replicas": (1, 1000, True),
+    "min_replicas": (0, 1000, True), "max_replicas": (0, 1000, True),
+    "upscale_delay_s": (0, 86400, False), "downscale_delay_s": (0, 86400, False),
+    "metrics_interval_s": (0.1, 60, False), "look_back_period_s": (0.1, 3600, False),
+    "max_batch_size": (1, 4096, True), "batch_wait_ms": (0, 10_000, False),
+    "max_ongoing_requests": (1, 100_000, True), "max_queued_requests": (1, 1_000_000, True),
+    "retry_after_s": (0, 3600, False), "cache_size": (0, 1_000_000, True),
+    "max_body_bytes": (1, 1 << 30, True), "request_timeout_s": (0.001, 3600, False),
 }
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99}){0,9}")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -57,6 +69,11 @@ class ServeConfig:
     upscale_delay_s: float | None = None
     downscale_delay_s: float | None = None
     """Override the preset's delays (how long load must stay high / low before replicas change)."""
+    metrics_interval_s: float | None = None
+    """How often replicas push their load to Serve's autoscaler (Serve's default: 10 s). A forecast in
+    buckets shorter than this sees steps, not the load; the look-back must be at least as long."""
+    look_back_period_s: float | None = None
+    """Override the preset's look-back: the window the load is averaged over before a decision."""
     autoscaling: str = "reactive"
     """How a latency/batch preset picks its replica count: reactive (Serve's own policy: the requests in
     flight now), predictive (elasticml.serve.autoscale: replicas asked for one measured start-up ahead
@@ -107,16 +124,9 @@ class ServeConfig:
             raise ConfigError("bf16 is for GPU replicas; use int8 or fp32 on CPU", field="precision")
         if self.device == "gpu" and self.precision == "int8":
             raise ConfigError("int8 is for CPU replicas; use bf16 or fp32 on GPU", field="precision")
-        for name in ("num_replicas", "max_batch_size", "max_ongoing_requests", "max_queued_requests",
-                     "max_body_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", field=name)
-        for name in ("num_cpus", "request_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"must be > 0, got {getattr(self, name)}", field=name)
-        for name in ("batch_wait_ms", "retry_after_s", "cache_size", "upscale_delay_s", "downscale_delay_s"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
+        for name, (lo, hi, integer) in _NUMBERS.items():
+            if getattr(self, name) is not None:
+                check_number(getattr(self, name), field=name, lo=lo, hi=hi, integer=integer)
         if self.tenant_share is not None and not (isinstance(self.tenant_share, (int, float))
                                                   and not isinstance(self.tenant_share, bool)
                                                   and 0 < self.tenant_share <= 1):
@@ -125,6 +135,13 @@ class ServeConfig:
             raise ConfigError(f"must be at least max_batch_size={self.max_batch_size} or batches never fill, "
                               f"got {self.max_ongoing_requests}", field="max_ongoing_requests")
         self._check_autoscaling()
+        scaling = self.autoscaling_config()
+        for name in ("metrics_interval_s", "look_back_period_s"):
+            if getattr(self, name) is not None and not scaling:
+                raise ConfigError("only an autoscaling preset (latency or batch) reads it", field=name)
+        if scaling and scaling["look_back_period_s"] < scaling.get("metrics_interval_s", 10.0):
+            raise ConfigError(f"must be at least metrics_interval_s ({scaling.get('metrics_interval_s', 10.0)}; "
+                              f"Serve's default is 10), got {scaling['look_back_period_s']}", field="look_back_period_s")
         low = self.min_replicas if self.min_replicas is not None else self.autoscaling_config().get("min_replicas", 1)
         high = self.max_replicas if self.max_replicas is not None else self.autoscaling_config().get("max_replicas", 1)
         if not 0 <= low <= high:
@@ -177,7 +194,7 @@ class ServeConfig:
             preset["min_replicas"] = self.min_replicas
         if self.max_replicas is not None:
             preset["max_replicas"] = self.max_replicas
-        for name in ("upscale_delay_s", "downscale_delay_s"):
+        for name in ("upscale_delay_s", "downscale_delay_s", "metrics_interval_s", "look_back_period_s"):
             if getattr(self, name) is not None:
                 preset[name] = getattr(self, name)
         if self.autoscaling == "predictive":
