@@ -583,6 +583,52 @@ def checkpoint_copy(src: str, dst: str, as_json: bool) -> None:
                f"in {time.monotonic() - t0:.1f}s")
 
 
+# -- optimize --------------------------------------------------------------------
+def _shares(value: str, option: str) -> tuple[float, ...]:
+    from elasticml.errors import ConfigError
+
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"must be comma-separated numbers, got {value[:80]!r}", field=option) from None
+
+
+@main.command("optimize")
+@click.argument("checkpoint")
+@click.option("--eval-data", required=True, help="Held-out corpus (elasticml data build) the teacher did not train on.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder for candidates and report.json.")
+@click.option("--train-data", default=None, help="Training corpus: calibrates pruning, fine-tunes the pruned students.")
+@click.option("--keep", "keep", default="0.5", show_default=True, help="Shares of MLP channels pruned candidates keep.")
+@click.option("--layers", "layers", default="", help="Shares of blocks shallower candidates keep (e.g. 0.5).")
+@click.option("--threads", type=int, default=2, show_default=True, help="CPU threads for the speed measurement.")
+@click.option("--quality-budget", type=float, default=0.01, show_default=True,
+              help="Held-out loss may exceed the teacher's by this share.")
+@click.option("--distill-steps", type=int, default=100, show_default=True, help="Fine-tune steps per pruned student.")
+@click.option("--eval-blocks", type=int, default=64, show_default=True, help="Held-out blocks the loss is taken on.")
+@_json_option
+def optimize_cmd(checkpoint: str, eval_data: str, out: str, train_data: str | None, keep: str, layers: str, threads: int,
+                 quality_budget: float, distill_steps: int, eval_blocks: int, as_json: bool) -> None:
+    """Smaller and faster candidates from CHECKPOINT (int8; students with fewer MLP channels or blocks,
+    distilled from it, in fp32 and int8), measured on held-out data and this machine's CPU, gated on
+    quality and gain.
+
+    OUT/report.json keeps every number, each verdict and the chosen candidate.
+    """
+    from elasticml.optimize.distill import DistillConfig
+    from elasticml.optimize.gate import GateConfig
+    from elasticml.optimize.pipeline import OptimizeConfig, optimize, table
+
+    cfg = OptimizeConfig(checkpoint=checkpoint, eval_data=eval_data, out=out, train_data=train_data,
+                         keeps=_shares(keep, "--keep"), layer_keeps=_shares(layers, "--layers"), threads=threads,
+                         eval_blocks=eval_blocks,
+                         gate=GateConfig(quality_budget=quality_budget), distill=DistillConfig(steps=distill_steps))
+    report = optimize(cfg, say=(lambda _m: None) if as_json else (lambda m: click.echo(m, err=True)))
+    if _emit(as_json, report):
+        return
+    click.echo(table(report))
+    click.echo(f"chosen: {report['chosen'] or 'none passed the gate'} ({Path(out) / 'report.json'})")
+
+
 # -- audit -----------------------------------------------------------------------
 @main.group(cls=_Group)
 def audit() -> None:
@@ -757,14 +803,17 @@ def data() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--shards", type=int, default=4, show_default=True)
 @click.option("--max-mb", type=float, default=8.0, show_default=True, help="Corpus size cap.")
+@click.option("--source", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Folder of .py sources [default: Python's standard library]; e.g. a held-out corpus "
+                   "for `elasticml optimize` from a package the training corpus does not reach.")
 @_json_option
-def data_build(out: Path, shards: int, max_mb: float, as_json: bool) -> None:
-    """Write a byte-level text corpus from Python's standard library sources."""
+def data_build(out: Path, shards: int, max_mb: float, source: Path | None, as_json: bool) -> None:
+    """Write a byte-level text corpus from Python sources (the standard library's by default)."""
     from elasticml.data.corpus import MAX_BYTES, build_corpus
     from elasticml.dataconf import check_number
 
     check_number(max_mb, field="max_mb", lo=1e-6, hi=MAX_BYTES / 1e6)
-    manifest = build_corpus(out, num_shards=shards, max_bytes=max(1, int(max_mb * 1e6)))
+    manifest = build_corpus(out, num_shards=shards, max_bytes=max(1, int(max_mb * 1e6)), source_dir=source)
     if _emit(as_json, {"out": str(out), "documents": manifest.num_documents, "bytes": manifest.num_bytes,
                        "shards": list(manifest.shards)}):
         return

@@ -1,0 +1,166 @@
+"""`elasticml optimize`: candidates from a checkpoint, measured side by side, gated, reported.
+
+Candidates: the teacher in int8 (dynamic quantisation, the shipped CPU path), and for each `keep`
+share of MLP channels and each `layer_keep` share of blocks (alone and combined) a structurally
+smaller model (elasticml.optimize.prune) distilled from the teacher (elasticml.optimize.distill)
+on the training data, in fp32 and in int8. Each pruned model is
+written as a signed checkpoint under OUT/<name>; an int8 candidate is a checkpoint plus
+`precision: int8`, which is how a replica serves it. Every candidate and the fp32 teacher are
+measured on the same held-out blocks and prompts with the same CPU threads, then judged by the
+gate (elasticml.optimize.gate); OUT/report.json keeps the numbers, the verdicts and the choice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from elasticml.dataconf import check_number
+from elasticml.errors import ConfigError
+from elasticml.optimize.distill import DistillConfig
+from elasticml.optimize.gate import GateConfig, Verdict, choose, judge
+from elasticml.optimize.measure import Measurement, measure
+
+REPORT = "report.json"
+
+
+@dataclass(kw_only=True, frozen=True)
+class OptimizeConfig:
+    checkpoint: str
+    eval_data: str
+    """A corpus (elasticml data build) the teacher was not trained on."""
+    out: str
+    train_data: str | None = None
+    """The training corpus: calibrates pruning and fine-tunes the pruned students. Without it, no
+    pruned candidates (only quantisation)."""
+    keeps: tuple[float, ...] = (0.5,)
+    """Share of MLP channels each pruned candidate keeps."""
+    layer_keeps: tuple[float, ...] = ()
+    """Share of blocks each shallower candidate keeps (alone and with each of `keeps`)."""
+    threads: int = 2
+    """CPU threads for the speed measurement: the replicas' num_cpus."""
+    eval_blocks: int = 64
+    seq_len: int = 128
+    prompts: int = 4
+    max_tokens: int = 32
+    repeats: int = 3
+    gate: GateConfig = field(default_factory=GateConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.keeps, tuple) and 0 < len(self.keeps) <= 8):
+            raise ConfigError("must be 1 to 8 shares of channels to keep", field="keeps")
+        for keep in self.keeps:
+            check_number(keep, field="keeps", lo=0.001, hi=0.999)
+        if not (isinstance(self.layer_keeps, tuple) and len(self.layer_keeps) <= 8):
+            raise ConfigError("must be at most 8 shares of blocks to keep", field="layer_keeps")
+        for keep in self.layer_keeps:
+            check_number(keep, field="layer_keeps", lo=0.001, hi=0.999)
+        check_number(self.threads, field="threads", lo=1, hi=256, integer=True)
+        check_number(self.eval_blocks, field="eval_blocks", lo=1, hi=100_000, integer=True)
+        check_number(self.seq_len, field="seq_len", lo=8, hi=65536, integer=True)
+        check_number(self.prompts, field="prompts", lo=1, hi=64, integer=True)
+        check_number(self.max_tokens, field="max_tokens", lo=1, hi=4096, integer=True)
+        check_number(self.repeats, field="repeats", lo=1, hi=100, integer=True)
+
+
+def _int8(model: torch.nn.Module) -> torch.nn.Module:
+    from elasticml.serve.precision import prepare
+
+    return prepare(model, device="cpu", precision="int8")
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def optimize(cfg: OptimizeConfig, *, say: Any = print) -> dict[str, Any]:
+    """Build, measure and gate the candidates; write OUT/report.json and return it."""
+    from elasticml.atomic import write_atomic
+    from elasticml.data.loader import TokenBlocks
+    from elasticml.models.transformer import Transformer
+    from elasticml.optimize.distill import finetune
+    from elasticml.optimize.prune import drop_blocks, prune_mlp
+    from elasticml.train.checkpoint import load_model, write_checkpoint
+
+    teacher, meta = load_model(cfg.checkpoint)
+    seq_len = min(cfg.seq_len, teacher.config.max_seq_len) if isinstance(teacher, Transformer) else cfg.seq_len
+    held_out = TokenBlocks(cfg.eval_data, seq_len=seq_len)
+    blocks = torch.from_numpy(held_out.blocks[: cfg.eval_blocks].astype("int64"))
+    inputs, targets = blocks[:, :-1], blocks[:, 1:]
+    prompt_len = max(1, min(32, seq_len - cfg.max_tokens))
+    prompts = [bytes(b[:prompt_len].tolist()) for b in held_out.blocks[: cfg.prompts]]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        def measured(model: torch.nn.Module, params: int) -> Measurement:
+            return measure(model, inputs, targets, prompts, max_tokens=cfg.max_tokens, repeats=cfg.repeats,
+                           params=params)
+
+        candidates: dict[str, dict[str, Any]] = {}
+        base = measured(teacher, _params(teacher))
+        say(f"teacher: loss {base.loss:.4f}, {base.tokens_per_s:.0f} bytes/s, {base.size_bytes} bytes")
+        candidates["int8"] = {"checkpoint": str(cfg.checkpoint), "precision": "int8",
+                              "measurement": measured(_int8(teacher), _params(teacher))}
+        if cfg.train_data is not None and not isinstance(teacher, Transformer):
+            raise ConfigError("pruning needs the reference transformer; this checkpoint holds a user model",
+                              field="keeps")
+        if cfg.train_data is not None:
+            train = TokenBlocks(cfg.train_data, seq_len=seq_len, seed=1)
+            calibration = train.batch(0, global_batch=min(16, len(train)))[0]
+            shapes = [(1.0, k) for k in cfg.keeps] + [(d, k) for d in cfg.layer_keeps for k in (1.0, *cfg.keeps)]
+            for depth, keep in shapes:
+                name = "+".join(([f"depth{round(depth * 100)}"] if depth < 1 else []) +
+                                ([f"prune{round(keep * 100)}"] if keep < 1 else []))
+                student = drop_blocks(teacher, keep=depth) if depth < 1 else teacher
+                student = prune_mlp(student, calibration, keep=keep) if keep < 1 else student  # new models, both
+                batches = (train.batch(s, global_batch=cfg.distill.batch) for s in itertools.count(1))
+                losses = finetune(student, teacher, batches, cfg.distill) if cfg.distill.steps else []
+                student.eval()
+                folder = write_checkpoint(out / name, model_state=student.state_dict(), optim_state=None,
+                                          model_config=student.config, step=int(meta.get("step", 0)),
+                                          extra={"optimized": {"from": str(cfg.checkpoint), "keep": keep,
+                                                               "layer_keep": depth, "distill": asdict(cfg.distill),
+                                                               "finetune_loss": losses[-1] if losses else None}})
+                params = _params(student)
+                candidates[name] = {"checkpoint": str(folder), "precision": "fp32", "measurement": measured(student, params)}
+                candidates[f"{name}+int8"] = {"checkpoint": str(folder), "precision": "int8",
+                                              "measurement": measured(_int8(student), params)}
+                say(f"{name}: {params} parameters, held-out loss {candidates[name]['measurement'].loss:.4f}")
+    finally:
+        torch.set_num_threads(threads)
+    verdicts: dict[str, Verdict] = {n: judge(base, c["measurement"], cfg.gate) for n, c in candidates.items()}
+    chosen = choose(verdicts)
+    report = {
+        "teacher": {"checkpoint": str(cfg.checkpoint), "precision": "fp32", **base.to_dict()},
+        "threads": cfg.threads, "gate": asdict(cfg.gate), "eval_blocks": len(blocks), "seq_len": seq_len,
+        "candidates": [{"name": n, "checkpoint": c["checkpoint"], "precision": c["precision"],
+                        **c["measurement"].to_dict(), **verdicts[n].to_dict()} for n, c in candidates.items()],
+        "chosen": chosen,
+    }
+    write_atomic(out / REPORT, json.dumps(report, indent=2))
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    """The report as a Markdown table, teacher first."""
+    rows = ["| candidate | precision | held-out loss | next-byte acc | p50 ms | bytes/s | size KiB | speed-up | verdict |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    t = report["teacher"]
+    rows.append(f"| teacher | fp32 | {t['loss']:.4f} | {t['accuracy']:.3f} | {t['p50_ms']:.1f} | {t['tokens_per_s']:.0f} | "
+                f"{t['size_bytes'] / 1024:.0f} | 1.00x | baseline |")
+    for c in report["candidates"]:
+        verdict = "pass" + (" (chosen)" if c["name"] == report["chosen"] else "") if c["passed"] else \
+            "fail: " + "; ".join(c["reasons"])
+        rows.append(f"| {c['name']} | {c['precision']} | {c['loss']:.4f} | {c['accuracy']:.3f} | {c['p50_ms']:.1f} | "
+                    f"{c['tokens_per_s']:.0f} | {c['size_bytes'] / 1024:.0f} | {c['speedup']:.2f}x | {verdict} |")
+    return "\n".join(rows)
+
+
