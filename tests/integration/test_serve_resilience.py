@@ -140,6 +140,9 @@ def test_losing_a_spot_node_under_load_fails_no_request_beyond_the_retry_budget(
         serve.delete("spot")
 
 
+# Serve's own (reactive) policy on the latency preset; the default run scales a tenant's spot pool
+# up and back with the predictive policy below, and tests/integration/test_serve_autoscale.py the policy itself.
+@pytest.mark.slow
 def test_autoscaling_goes_from_one_to_two_replicas_under_load_and_back(serving):
     from ray import serve
 
