@@ -1,7 +1,7 @@
 """Teacher vs int8 vs students with fewer MLP channels or blocks (distilled from it), and both, on the CPU.
 
     python benchmarks/optimize.py [--size small] [--train-steps 600] [--keeps 0.5,0.25] [--layers 0.5] [--threads 2]
-        [--distill-steps 200] [--json out.json]
+        [--distill-steps 200] [--repeats 5] [--json out.json]
 
 Trains a teacher of --size on a corpus of the Python stdlib (plain torch, one process), then runs
 `elasticml optimize`'s pipeline on it: every candidate and the fp32 teacher measured in one run on
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--layers", default="0.5")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--distill-steps", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=5, help="rounds of the speed measurement")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -77,7 +78,7 @@ def main() -> None:
     cfg = OptimizeConfig(checkpoint=str(folder), eval_data=str(held_dir), out=str(work / "out"),
                          train_data=str(train_dir), keeps=tuple(float(k) for k in args.keeps.split(",")),
                          layer_keeps=tuple(float(k) for k in args.layers.split(",") if k),
-                         threads=args.threads, seq_len=args.seq_len,
+                         threads=args.threads, seq_len=args.seq_len, repeats=args.repeats,
                          distill=DistillConfig(steps=args.distill_steps, batch=args.batch))
     t1 = time.monotonic()
     report = optimize(cfg, say=lambda m: print(m, file=sys.stderr))

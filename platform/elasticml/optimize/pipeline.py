@@ -24,7 +24,7 @@ from elasticml.dataconf import check_number
 from elasticml.errors import ConfigError
 from elasticml.optimize.distill import DistillConfig
 from elasticml.optimize.gate import GateConfig, Verdict, choose, judge
-from elasticml.optimize.measure import Measurement, measure
+from elasticml.optimize.measure import measure_all
 
 REPORT = "report.json"
 
@@ -100,15 +100,11 @@ def optimize(cfg: OptimizeConfig, *, say: Any = print) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        def measured(model: torch.nn.Module, params: int) -> Measurement:
-            return measure(model, inputs, targets, prompts, max_tokens=cfg.max_tokens, repeats=cfg.repeats,
-                           params=params)
-
-        candidates: dict[str, dict[str, Any]] = {}
-        base = measured(teacher, _params(teacher))
-        say(f"teacher: loss {base.loss:.4f}, {base.tokens_per_s:.0f} bytes/s, {base.size_bytes} bytes")
-        candidates["int8"] = {"checkpoint": str(cfg.checkpoint), "precision": "int8",
-                              "measurement": measured(_int8(teacher), _params(teacher))}
+        # name -> (model as served, parameters, checkpoint, precision); the teacher first.
+        models: dict[str, tuple[torch.nn.Module, int, str, str]] = {
+            "teacher": (teacher, _params(teacher), str(cfg.checkpoint), "fp32"),
+            "int8": (_int8(teacher), _params(teacher), str(cfg.checkpoint), "int8"),
+        }
         if cfg.train_data is not None and not isinstance(teacher, Transformer):
             raise ConfigError("pruning needs the reference transformer; this checkpoint holds a user model",
                               field="keeps")
@@ -130,12 +126,17 @@ def optimize(cfg: OptimizeConfig, *, say: Any = print) -> dict[str, Any]:
                                                                "layer_keep": depth, "distill": asdict(cfg.distill),
                                                                "finetune_loss": losses[-1] if losses else None}})
                 params = _params(student)
-                candidates[name] = {"checkpoint": str(folder), "precision": "fp32", "measurement": measured(student, params)}
-                candidates[f"{name}+int8"] = {"checkpoint": str(folder), "precision": "int8",
-                                              "measurement": measured(_int8(student), params)}
-                say(f"{name}: {params} parameters, held-out loss {candidates[name]['measurement'].loss:.4f}")
+                models[name] = (student, params, str(folder), "fp32")
+                models[f"{name}+int8"] = (_int8(student), params, str(folder), "int8")
+                say(f"{name}: {params} parameters, distilled for {len(losses)} steps")
+        say(f"measuring {len(models)} models side by side")
+        measured = measure_all({n: (m, params) for n, (m, params, _, _) in models.items()}, inputs, targets, prompts,
+                               max_tokens=cfg.max_tokens, repeats=cfg.repeats)
     finally:
         torch.set_num_threads(threads)
+    base = measured.pop("teacher")
+    candidates = {n: {"checkpoint": models[n][2], "precision": models[n][3], "measurement": m}
+                  for n, m in measured.items()}
     verdicts: dict[str, Verdict] = {n: judge(base, c["measurement"], cfg.gate) for n, c in candidates.items()}
     chosen = choose(verdicts)
     report = {
