@@ -9,9 +9,11 @@ elasticml/serve/loadreplay.py) and the same autoscaling bounds and delays; they 
 the policy: Serve's default (reactive: requests in flight now / target) and
 elasticml.serve.autoscale:PredictivePolicy (the forecast one measured start-up ahead). For each
 trace both apps are deployed afresh (the predictive one with nothing learnt) and the same trace,
-with the same seeded arrivals (other seeds in each of --rounds), is replayed against one app and then the other (so that neither
-starts replicas on cores the other's are starting on): open-loop Poisson requests to 127.0.0.1. Serve's load metrics are pushed every 0.5 s (`metrics_interval_s`, instead of 10) so
-that a trace compressed into minutes is seen at all; both policies get the same signal.
+with the same seeded arrivals (other seeds in each of --rounds), is replayed against one app and
+then the other (so that neither starts replicas on cores the other's are starting on): open-loop
+Poisson requests to 127.0.0.1. Serve's load metrics are pushed every 0.5 s (`metrics_interval_s`,
+instead of 10) so that a trace compressed into minutes is seen at all; both policies get the same
+signal.
 
 Printed per trace and policy: requests, those over the latency SLO (or failed), 429/503, p99,
 replica-seconds (the cost), and on the ramp the time from its start until the replicas its top

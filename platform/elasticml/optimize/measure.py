@@ -3,7 +3,8 @@
 Quality is mean next-byte cross-entropy (nats) and accuracy (argmax == next byte) over held-out
 blocks, in the candidate's serving precision. Speed is the serving path itself
 (`elasticml.serve.generate.generate`, greedy, KV cache): the median latency of completing a prompt
-and the bytes per second that makes, every candidate timed in turn in each round. Size is the bytes of the state dict a replica holds.
+and the bytes per second that makes, every candidate timed in turn in each round. Size is the bytes
+of the state dict a replica holds.
 """
 
 from __future__ import annotations

@@ -163,5 +163,3 @@ def table(report: dict[str, Any]) -> str:
         rows.append(f"| {c['name']} | {c['precision']} | {c['loss']:.4f} | {c['accuracy']:.3f} | {c['p50_ms']:.1f} | "
                     f"{c['tokens_per_s']:.0f} | {c['size_bytes'] / 1024:.0f} | {c['speedup']:.2f}x | {verdict} |")
     return "\n".join(rows)
-
-

@@ -142,8 +142,8 @@ class ServeConfig:
         if scaling and scaling["look_back_period_s"] < scaling.get("metrics_interval_s", 10.0):
             raise ConfigError(f"must be at least metrics_interval_s ({scaling.get('metrics_interval_s', 10.0)}; "
                               f"Serve's default is 10), got {scaling['look_back_period_s']}", field="look_back_period_s")
-        low = self.min_replicas if self.min_replicas is not None else self.autoscaling_config().get("min_replicas", 1)
-        high = self.max_replicas if self.max_replicas is not None else self.autoscaling_config().get("max_replicas", 1)
+        low = scaling.get("min_replicas", 1)  # the overrides are in it
+        high = scaling.get("max_replicas", 1)
         if not 0 <= low <= high:
             raise ConfigError(f"need 0 <= min_replicas <= max_replicas, got {low} and {high}", field="max_replicas")
         if not (isinstance(self.env_vars, dict) and all(isinstance(v, str) for v in self.env_vars.values())):
@@ -174,10 +174,7 @@ class ServeConfig:
             raise ConfigError("must be a mapping of the predictive policy's settings", field="forecast")
         if self.forecast and self.autoscaling != "predictive":
             raise ConfigError("only the predictive policy reads it; set autoscaling: predictive", field="forecast")
-        if self.autoscaling == "predictive":
-            from elasticml.serve.autoscale import forecast_config
-
-            forecast_config(self.forecast, target_per_replica=PRESETS[self.preset]["target_ongoing_requests"])
+        # The forecast settings themselves are checked where they are built, in autoscaling_config().
 
     @property
     def resolved_precision(self) -> str:
