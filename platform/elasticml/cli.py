@@ -629,6 +629,75 @@ def optimize_cmd(checkpoint: str, eval_data: str, out: str, train_data: str | No
     click.echo(f"chosen: {report['chosen'] or 'none passed the gate'} ({Path(out) / 'report.json'})")
 
 
+# -- release ---------------------------------------------------------------------
+@main.command("release")
+@click.argument("candidate")
+@click.option("--app", default="completion", show_default=True, help="The Serve application to release into.")
+@click.option("--pick", "pick", default=None, help="A candidate of the report by name [default: the one it chose].")
+@click.option("--precision", default=None,
+              help="When CANDIDATE is a checkpoint: the precision it serves in [default: the current version's].")
+@click.option("--base", "base_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The current version, for the app's first release: its `serve deploy` file or a YAML of its args.")
+@click.option("--holdout-file", required=True, help="Held-out text (local or s3://) the canary scores both versions on.")
+@click.option("--share", "canary_share", type=float, default=0.1, show_default=True,
+              help="Share of the traffic the candidate takes.")
+@click.option("--evaluate-after", type=int, default=50, show_default=True, help="Canary requests before it is judged.")
+@click.option("--max-nll-increase", type=float, default=0.01, show_default=True,
+              help="Roll back when the candidate's held-out loss is more than this share above the current one's.")
+@click.option("--max-latency-ratio", type=float, default=1.5, show_default=True,
+              help="Roll back when its p50 latency per token is more than this many times the current one's.")
+@click.option("--min-latency-samples", type=int, default=20, show_default=True,
+              help="Requests on each version before latency counts.")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for a verdict; then it is judged on what it saw, and rolled back without one.")
+@_name_option
+@_address_option
+@_json_option
+def release_cmd(candidate: str, app: str, pick: str | None, precision: str | None, base_file: str | None,
+                holdout_file: str, canary_share: float, evaluate_after: int, max_nll_increase: float,
+                max_latency_ratio: float, min_latency_samples: int, timeout_s: float, name: str, address: str | None,
+                as_json: bool) -> None:
+    """Release CANDIDATE (an `elasticml optimize` report or its folder, or a checkpoint) into Serve app APP
+    through a canary: promoted when the router's online checks pass, rolled back otherwise.
+
+    The record, $ELASTICML_HOME/releases/APP.json, keeps every step and what APP serves now (the next
+    release's base); releases/APP.yaml is a `serve deploy` file of it.
+    """
+    from elasticml.serve.release import (
+        Candidate,
+        ReleaseConfig,
+        candidate_from_report,
+        load_record,
+        read_base,
+        record_path,
+        release,
+    )
+
+    path = Path(candidate).expanduser()
+    is_report = path.suffix == ".json" or (path.is_dir() and (path / "report.json").exists())
+    base, route = read_base(base_file, app) if base_file else (None, None)
+    if is_report:
+        if precision is not None:
+            raise click.UsageError("--precision is for a checkpoint; a report's candidate has its own")
+        chosen = candidate_from_report(path, pick)
+    else:
+        if pick is not None:
+            raise click.UsageError("--pick is for a report")
+        probe = ReleaseConfig(candidate=Candidate(checkpoint=candidate, precision="auto"), app=app,
+                              holdout_file=holdout_file)
+        current = base or (load_record(record_path(probe)) or {}).get("serving", {})
+        chosen = Candidate(checkpoint=candidate, precision=precision or current.get("precision", "auto"))
+    cfg = ReleaseConfig(candidate=chosen, app=app, route_prefix=route, base=base, holdout_file=holdout_file,
+                        canary_share=canary_share, evaluate_after=evaluate_after, max_nll_increase=max_nll_increase,
+                        max_latency_ratio=max_latency_ratio, min_latency_samples=min_latency_samples,
+                        timeout_s=timeout_s)
+    _connect(name, address)
+    entry = release(cfg, say=(lambda _m: None) if as_json else (lambda m: click.echo(m, err=True)))
+    if _emit(as_json, entry):
+        return
+    click.echo(f"{app}: {entry['outcome'].replace('_', ' ')} ({record_path(cfg)})")
+
+
 # -- audit -----------------------------------------------------------------------
 @main.group(cls=_Group)
 def audit() -> None:

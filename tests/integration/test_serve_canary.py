@@ -166,3 +166,131 @@ def test_the_router_passes_the_tenant_on_so_the_backend_cache_is_per_tenant(rele
         return r.json()["cached"]
 
     assert [cached(a_key), cached(a_key), cached(b_key), cached(b_key)] == [False, True, False, True]
+
+
+@pytest.fixture(scope="module")
+def reports(release, tmp_path_factory):
+    """Two `elasticml optimize` runs of the good checkpoint: a strict gate (1%) and a lax one (50%)."""
+    from elasticml.data.corpus import build_corpus
+    from elasticml.optimize.distill import DistillConfig
+    from elasticml.optimize.gate import GateConfig
+    from elasticml.optimize.pipeline import OptimizeConfig, optimize
+
+    root = tmp_path_factory.mktemp("optimize")
+    build_corpus(root / "train", num_shards=1, max_bytes=200_000, source_dir=STDLIB / "json")
+    build_corpus(root / "eval", num_shards=1, max_bytes=60_000, source_dir=STDLIB / "email")
+    out = {}
+    for gate, budget in (("strict", 0.01), ("lax", 0.5)):
+        out[gate] = optimize(OptimizeConfig(
+            checkpoint=release["good"], eval_data=str(root / "eval"), out=str(root / gate),
+            train_data=str(root / "train"), keeps=(0.5, 0.1), eval_blocks=16, repeats=1, prompts=2, max_tokens=8,
+            gate=GateConfig(quality_budget=budget), distill=DistillConfig(steps=0)), say=lambda _m: None)
+        out[gate]["path"] = str(root / gate / "report.json")
+    return out
+
+
+class Traffic:
+    """Clients asking all along, as users would through a release; every answer is kept."""
+
+    def __init__(self, base: str) -> None:
+        import threading
+
+        self.base, self.codes, self.stop = base, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        with httpx.Client(timeout=60) as client:
+            while not self.stop.is_set():
+                i += 1
+                try:
+                    r = client.post(f"{self.base}/v1/completions",
+                                    json={"prompt": f"user {i}: def ", "max_tokens": 8})
+                    self.codes.append(r.status_code)
+                except httpx.HTTPError as exc:
+                    self.codes.append(type(exc).__name__)
+
+    def end(self) -> list:
+        self.stop.set()
+        self.thread.join(timeout=90)
+        return self.codes
+
+
+def app_deployments() -> set[str]:
+    from ray import serve
+
+    return set(serve.status().applications["completion"].deployments)
+
+
+def serving(base: str) -> dict:
+    return httpx.get(f"{base}/v1/canary", timeout=30).json()
+
+
+def test_release_refuses_what_the_gate_stopped_rolls_back_what_regresses_online_and_promotes_a_good_candidate(
+        release, reports, tmp_path, local_cluster):
+    from elasticml.errors import ConfigError
+    from elasticml.home import home
+    from elasticml.scheduler.audit import read_records
+    from elasticml.serve.release import ReleaseConfig, candidate_from_report, load_record
+    from elasticml.serve.release import release as run_release
+
+    strict = {c["name"]: c for c in reports["strict"]["candidates"]}
+    lax = {c["name"]: c for c in reports["lax"]["candidates"]}
+    assert not strict["prune10"]["passed"] and lax["prune10"]["passed"]  # same numbers, other budget
+    assert strict["prune50+int8"]["passed"]
+    base = {"checkpoint": release["good"], "precision": "fp32", "cache_size": 0}
+    common = dict(app="completion", holdout_texts=(release["holdout"],), canary_share=0.5, evaluate_after=10,
+                  min_latency_samples=5, max_latency_ratio=5.0, timeout_s=120, poll_s=0.2, records=str(tmp_path))
+
+    # 1. Stopped by the gate: refused at the door, with the gate's reason; Serve is not touched.
+    with pytest.raises(ConfigError, match=r"the gate stopped prune10: held-out loss .* above the teacher's"):
+        candidate_from_report(reports["strict"]["path"], "prune10")
+    from ray import serve
+
+    from elasticml.serve.canary import build_release_app
+
+    serve.run(build_release_app(base), name="completion", route_prefix="/")  # the shape releases keep
+    base_url = release["base"]
+    first = app_deployments()
+    assert ask(base_url, 0) == "stable" and serving(base_url)["state"] == "stable"
+
+    # 2. Passed a lax gate, worse online: the canary rolls it back and the base serves alone again.
+    traffic = Traffic(base_url)
+    bad = run_release(ReleaseConfig(candidate=candidate_from_report(reports["lax"]["path"], "prune10"),
+                                    base=base, **common), say=lambda _m: None)
+    codes = traffic.end()
+    assert bad["outcome"] == "rolled_back", bad
+    assert bad["verdict"]["state"] == "rolled_back" and "held-out loss" in bad["verdict"]["reason"]
+    assert bad["verdict"]["requests"]["canary"] >= 10
+    assert [s["step"] for s in bad["steps"]] == ["gated", "canary", "judged", "rolled back"]
+    assert app_deployments() == first  # the candidate's deployment is gone, the base's never restarted
+    assert serving(base_url)["versions"] == {"stable": {"checkpoint": release["good"], "precision": "fp32"}}
+    assert codes and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}  # nobody was turned away
+
+    # 3. A good candidate in its own precision: promoted, and it serves; the record makes it the base.
+    traffic = Traffic(base_url)
+    good = run_release(ReleaseConfig(candidate=candidate_from_report(reports["strict"]["path"], "prune50+int8"),
+                                     **common), say=lambda _m: None)  # no base: the record's
+    codes = traffic.end()
+    assert good["outcome"] == "promoted", good
+    assert good["base"] == {"checkpoint": release["good"], "precision": "fp32"}
+    assert [s["step"] for s in good["steps"]] == ["gated", "canary", "judged", "promoted"]
+    now = app_deployments()
+    assert len(now) == 2 and "CanaryRouter" in now and now != first  # the old version is torn down
+    assert serving(base_url)["versions"] == {
+        "stable": {"checkpoint": strict["prune50+int8"]["checkpoint"], "precision": "int8"}}
+    assert ask(base_url, 1) == "stable" and serving(base_url)["state"] == "stable"
+    assert codes and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+
+    record = load_record(tmp_path / "completion.json")
+    assert record["serving"]["checkpoint"] == strict["prune50+int8"]["checkpoint"]
+    assert record["serving"]["precision"] == "int8"
+    assert [r["outcome"] for r in record["releases"]] == ["rolled_back", "promoted"]
+    import yaml
+
+    deploy_file = yaml.safe_load((tmp_path / "completion.yaml").read_text())
+    assert deploy_file["applications"][0]["args"] == record["serving"]
+    trail = read_records(home() / "scheduler" / local_cluster.name / "audit.jsonl")
+    assert [r["action"] for r in trail if r["action"].startswith("release ")][-4:] == \
+        ["release gated", "release canary", "release judged", "release promoted"]

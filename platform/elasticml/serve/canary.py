@@ -49,6 +49,9 @@ log = logging.getLogger("elasticml.serve.canary")
 class CanaryConfig:
     canary_checkpoint: str
     """The new version; `checkpoint` (the ServeConfig field) is the current one."""
+    canary_precision: str | None = None
+    """The canary's own precision (a candidate chosen as int8 next to an fp32 current version);
+    default: the current version's `precision`."""
     canary_share: float = 0.1
     holdout_texts: list[str] = field(default_factory=list)
     holdout_file: str | None = None
@@ -66,6 +69,13 @@ class CanaryConfig:
     `$ELASTICML_HOME/canary/<name>.json` on the router's node; use s3:// on a multi-node cluster."""
 
     def __post_init__(self) -> None:
+        from typing import get_args
+
+        from elasticml.serve.config import Precision
+
+        if self.canary_precision is not None and self.canary_precision not in get_args(Precision):
+            raise ConfigError(f"must be one of {', '.join(get_args(Precision))}, got {self.canary_precision!r}",
+                              field="canary_precision")
         if not 0 <= self.canary_share <= 1:
             raise ConfigError(f"must be between 0 and 1, got {self.canary_share}", field="canary_share")
         if not (self.holdout_texts or self.holdout_file):
@@ -89,23 +99,59 @@ def _chunks(text: bytes, size: int) -> list[bytes]:
     return [text[i:i + size] for i in range(0, len(text), size) if len(text[i:i + size]) >= 2]
 
 
+# The router is never restarted by a redeploy: its code version is fixed here and everything that
+# changes (the versions, keys, the canary's settings) comes through `user_config`, applied in place
+# by `reconfigure`. Serve's rolling update stops an old replica before its successor is up, so a
+# restarted router (or model version) would turn away every request in between.
+ROUTER_VERSION = "canary-router-1"
+
+
 @serve.deployment(max_ongoing_requests=256)
 @serve.ingress(canary_api)
 class CanaryRouter:
-    def __init__(self, stable: Any, canary: Any, serve_config: dict[str, Any], canary_config: dict[str, Any]) -> None:
+    """The ingress of a released app: `stable` and, during a release, `canary` are model versions
+    (ModelBackend deployments of this app, named by what they serve), found by name."""
+
+    def __init__(self, *versions: Any) -> None:
         from elasticml.serve.auth import KeyRing
 
-        self.handles = {"stable": stable, "canary": canary}
-        self.cfg = ServeConfig.from_dict(serve_config)
-        self.canary_cfg = CanaryConfig(**canary_config)
+        # `versions` are bound only so that Serve deploys them; a reconfigured replica outlives them.
+        del versions
+        self.keys = KeyRing({})
+        self.release: dict[str, Any] = {}
+        self.handles: dict[str, Any] = {}
+        self._ingress: Ingress | None = None
+        self._judging = asyncio.Lock()
+        self.canary_cfg: CanaryConfig | None = None
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        from elasticml.serve.auth import KeyRing
+
+        self.cfg = ServeConfig.from_dict(config["serve_config"])
+        self.canary_cfg = CanaryConfig(**config["canary_config"]) if config["canary_config"] else None
+        app = serve.get_replica_context().app_name
+        names = {"stable": config["stable"], **({"canary": config["canary"]} if self.canary_cfg else {})}
+        self.handles = {v: serve.get_deployment_handle(n, app_name=app) for v, n in names.items()}
         self.keys = KeyRing(self.cfg.api_keys)
+        if self._ingress is not None:
+            self._ingress.keys, self._ingress.body_limit = self.keys, self.cfg.max_body_bytes
+        release = {"stable": self.cfg.checkpoint}
+        if self.canary_cfg is not None:
+            release["canary"] = self.canary_cfg.canary_checkpoint
+            if self.canary_cfg.canary_precision:  # the same checkpoint in another precision is another release
+                release["canary_precision"] = self.canary_cfg.canary_precision
+        if release == self.release:
+            return  # the same release (keys or limits changed): keep its traffic and its verdict
+        self.release = release
+        self.latency: dict[str, deque] = {v: deque(maxlen=500) for v in ("stable", "canary")}
+        self.requests = {v: 0 for v in ("stable", "canary")}
+        self.last_scores: dict[str, float] = {}
+        if self.canary_cfg is None:
+            self.share, self.state, self.reason = 0.0, "stable", "no canary: every request goes to the stable version"
+            self.verdict_uri = None
+            return
         self.share = self.canary_cfg.canary_share
         self.state, self.reason = "running", "waiting for traffic"
-        self.latency: dict[str, deque] = {v: deque(maxlen=500) for v in self.handles}
-        self.requests = {v: 0 for v in self.handles}
-        self.last_scores: dict[str, float] = {}
-        self._judging = asyncio.Lock()
-        self.release = {"stable": self.cfg.checkpoint, "canary": self.canary_cfg.canary_checkpoint}
         self.verdict_uri = self.canary_cfg.verdict_uri or str(home() / "canary" / f"{self.cfg.name}.json")
         self._restore_verdict()
 
@@ -139,9 +185,12 @@ class CanaryRouter:
         async def score(request: ScoreRequest, tenant: str | None) -> Any:
             return await self._score(request)
 
-        return Ingress(self.app, keys=self.keys, body_limit=self.cfg.max_body_bytes,  # type: ignore[attr-defined]
-                       hot={("POST", "/v1/completions"): HotRoute(CompletionRequest, self._complete),
-                            ("POST", "/v1/score"): HotRoute(ScoreRequest, score)})
+        self._ingress = Ingress(self.app, keys=self.keys,  # type: ignore[attr-defined]
+                                hot={("POST", "/v1/completions"): HotRoute(CompletionRequest, self._complete),
+                                     ("POST", "/v1/score"): HotRoute(ScoreRequest, score)})
+        if hasattr(self, "cfg"):
+            self._ingress.body_limit = self.cfg.max_body_bytes
+        return self._ingress
 
     def _auth(self, authorization: str | None, x_api_key: str | None) -> str | None:
         return authenticate(self.keys, authorization, x_api_key)
@@ -165,7 +214,7 @@ class CanaryRouter:
         if not reply.cached:
             self.latency[version].append((time.perf_counter() - t0) * 1e3 / max(1, reply.tokens))
         self.requests[version] += 1
-        after = self.canary_cfg.evaluate_after
+        after = self.canary_cfg.evaluate_after if self.canary_cfg else 0
         if version == "canary" and self.state == "running" and after and self.requests["canary"] % after == 0:
             asyncio.get_running_loop().create_task(self.evaluate_now())
         return reply.model_copy(update={"model_version": version})
@@ -182,9 +231,24 @@ class CanaryRouter:
     @canary_api.get("/v1/canary")
     def status(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
         self._auth(authorization, x_api_key)
-        return {"state": self.state, "reason": self.reason, "canary_share": self.share, "verdict_uri": self.verdict_uri,
+        return {**self.verdict(), "verdict_uri": self.verdict_uri}
+
+    def verdict(self) -> dict:
+        """The release's state for a driver holding a deployment handle (`elasticml release`): no key,
+        because only a process already admitted to the cluster gets a handle."""
+        stable = {"checkpoint": self.cfg.checkpoint, "precision": self.cfg.resolved_precision}
+        sides = {"stable": stable}
+        if self.canary_cfg is not None:
+            sides["canary"] = {"checkpoint": self.canary_cfg.canary_checkpoint,
+                               "precision": self.canary_cfg.canary_precision or stable["precision"]}
+        return {"state": self.state, "reason": self.reason, "canary_share": self.share, "versions": sides,
                 "requests": dict(self.requests), "held_out_nll_per_byte": dict(self.last_scores),
                 "p50_ms_per_token": {v: (sorted(l)[len(l) // 2] if l else None) for v, l in self.latency.items()}}
+
+    async def judge_now(self) -> dict:
+        """Judge now on what was seen so far (a handle call, like `verdict`)."""
+        await self.evaluate_now()
+        return self.verdict()
 
     @canary_api.post("/v1/canary/evaluate")
     async def evaluate(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
@@ -193,6 +257,7 @@ class CanaryRouter:
         return self.status(authorization, x_api_key)
 
     async def _held_out_nll(self, version: str) -> float:
+        assert self.canary_cfg is not None
         total, n = 0.0, 0
         for text in self.canary_cfg.holdout():
             for chunk in _chunks(text.encode("utf-8"), 128):
@@ -208,7 +273,7 @@ class CanaryRouter:
         from elasticml.serve.canary_policy import VersionStats, judge
 
         async with self._judging:
-            if self.state != "running":
+            if self.state != "running" or self.canary_cfg is None:
                 return
             scores = {v: await self._held_out_nll(v) for v in self.handles}
             self.last_scores = scores
@@ -240,26 +305,33 @@ class CanaryRouter:
             log.warning("canary verdict not audited: %s: %s", type(exc).__name__, str(exc)[:200])
 
 
-def build_canary_app(args: dict[str, Any]) -> Application:
-    """Builder for `serve run` / `serve deploy`: ServeConfig fields plus CanaryConfig fields."""
-    from elasticml.serve.completion import (
-        build_deployment,
-        resolve_checkpoint,
-        tenant_share_of,
-    )
+def version_name(backend_args: dict[str, Any]) -> str:
+    """A model version's deployment name: a digest of what it serves and how, so the same version
+    keeps its name (and its running replicas) from canary to stable across redeploys."""
+    import hashlib
 
+    blob = json.dumps({k: v for k, v in backend_args.items() if k != "name"}, sort_keys=True, default=str)
+    return "v-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_release_app(args: dict[str, Any]) -> Application:
+    """Builder for `serve run` / `serve deploy`: ServeConfig fields, plus CanaryConfig fields during a
+    release. Without `canary_checkpoint` the app is its stable version alone behind the router, the
+    shape `elasticml release` keeps an app in between releases."""
     from elasticml.serve.audit import scheduler_or_none
-    from elasticml.serve.completion import tenant_storage
+    from elasticml.serve.completion import build_deployment, resolve_checkpoint, tenant_share_of, tenant_storage
 
-    canary_keys = {f for f in CanaryConfig.__dataclass_fields__}
-    canary_cfg = from_mapping(CanaryConfig, {k: v for k, v in args.items() if k in canary_keys}, source="canary args")
+    canary_keys = set(CanaryConfig.__dataclass_fields__)
+    canary_args = {k: v for k, v in args.items() if k in canary_keys}
+    canary_cfg = from_mapping(CanaryConfig, canary_args, source="canary args") if canary_args else None
     tenant = args.get("tenant") if isinstance(args.get("tenant"), str) else None
     # A tenant's versions: residency and its prefix's credentials before `latest:` lists anything.
-    tenant_storage(tenant, [canary_cfg.canary_checkpoint, str(args.get("checkpoint", ""))],
+    tenant_storage(tenant, ([canary_cfg.canary_checkpoint] if canary_cfg else []) + [str(args.get("checkpoint", ""))],
                    scheduler_or_none() if tenant else None)
     # Resolved here, once: `latest:RUN_DIR` must name the same checkpoint in the versions and in the
     # verdict the router keeps.
-    canary_cfg = replace(canary_cfg, canary_checkpoint=resolve_checkpoint(canary_cfg.canary_checkpoint))
+    if canary_cfg is not None:
+        canary_cfg = replace(canary_cfg, canary_checkpoint=resolve_checkpoint(canary_cfg.canary_checkpoint))
     serve_args = {k: v for k, v in args.items() if k not in canary_keys}
     if "checkpoint" in serve_args:
         serve_args["checkpoint"] = resolve_checkpoint(serve_args["checkpoint"])
@@ -271,16 +343,29 @@ def build_canary_app(args: dict[str, Any]) -> Application:
                             api_keys_file=None)
     # Reachable only through the router, which checks keys.
     backend_args = {**serve_args, "api_keys": {}, "api_keys_file": None, "tenant_share": tenant_share_of(serve_cfg)}
-    stable = build_deployment({**backend_args, "name": f"{serve_cfg.name}-stable"},
-                              deployment_name="stable", backend=True)
-    canary = build_deployment({**backend_args, "name": f"{serve_cfg.name}-canary",
-                               "checkpoint": canary_cfg.canary_checkpoint},
-                              deployment_name="canary", backend=True)
+    sides = {"stable": backend_args}
+    if canary_cfg is not None:
+        precision = {"precision": canary_cfg.canary_precision} if canary_cfg.canary_precision else {}
+        sides["canary"] = {**backend_args, "checkpoint": canary_cfg.canary_checkpoint, **precision}
+    names = {side: version_name(a) for side, a in sides.items()}
+    # A canary that serves exactly what the stable version does is that deployment, bound once.
+    built = {names[side]: a for side, a in sides.items()}
+    versions = [build_deployment({**a, "name": f"{serve_cfg.name}-{n}"}, deployment_name=n, backend=True, version=n)
+                for n, a in built.items()]
     router_options: dict[str, Any] = {"num_cpus": 0}
     if serve_cfg.market != "any":  # the router goes where the versions go (never spot unless asked)
         router_options["label_selector"] = L.selector_for(serve_cfg.market)  # type: ignore[arg-type]
-    return CanaryRouter.options(ray_actor_options=router_options).bind(
-        stable, canary, serve_cfg.to_dict(), asdict(canary_cfg))
+    config = {"serve_config": serve_cfg.to_dict(), "canary_config": asdict(canary_cfg) if canary_cfg else None,
+              "stable": names["stable"], "canary": names.get("canary")}
+    return CanaryRouter.options(ray_actor_options=router_options, user_config=config,  # type: ignore[call-arg]
+                                version=ROUTER_VERSION, _internal=True).bind(*versions)
 
 
-__all__ = ["CanaryConfig", "CanaryRouter", "build_canary_app"]
+def build_canary_app(args: dict[str, Any]) -> Application:
+    """Builder for `serve run` / `serve deploy` of a canary release: ServeConfig plus CanaryConfig fields."""
+    if "canary_checkpoint" not in args:
+        raise ConfigError("a canary release needs the new version's checkpoint", field="canary_checkpoint")
+    return build_release_app(args)
+
+
+__all__ = ["CanaryConfig", "CanaryRouter", "build_canary_app", "build_release_app", "version_name"]

@@ -367,8 +367,12 @@ def build_app(args: dict[str, Any]) -> Application:
     return build_deployment(args)
 
 
-def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer", backend: bool = False) -> Application:
-    """build_app's work; with backend=True a handle-only ModelBackend (for a router in front of it)."""
+def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer", backend: bool = False,
+                     version: str | None = None) -> Application:
+    """build_app's work; with backend=True a handle-only ModelBackend (for a router in front of it).
+
+    `version`: Serve's code version for the replicas. A redeploy with the same one keeps them running;
+    without one, Serve draws a new version at every deploy and restarts them all."""
     from ray.serve.config import BackpressureConfig
 
     from elasticml.serve.audit import record_deployment, scheduler_or_none
@@ -416,6 +420,8 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys, cfg.name,
                                                                  cfg.max_body_bytes)
     deployment: dict[str, Any] = {"name": deployment_name, "ray_actor_options": options, **common}
+    if version is not None:  # Serve takes a version only as an internal option
+        deployment.update(version=version, _internal=True)
     autoscaling = cfg.autoscaling_config()
     if autoscaling:
         deployment["autoscaling_config"] = autoscaling
