@@ -58,6 +58,11 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, dict]:
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
     p.add_argument("--min-step-seconds", dest="min_step_seconds", type=float,
                    help="pace: each step lasts at least this long (replays map work to trace hours by it)")
+    p.add_argument("--teacher", help="distil from this checkpoint (folder, s3:// or latest:RUN_DIR): see jobs/distill.py")
+    p.add_argument("--temperature", dest="distill_temperature", type=float, help="distillation temperature [2]")
+    p.add_argument("--alpha", dest="distill_alpha", type=float, help="share of the teacher's term in the loss [0.5]")
+    p.add_argument("--init-from", dest="init_from",
+                   help="start the model (shape and weights) from this checkpoint, e.g. a pruned student")
     p.add_argument("--tenant", help="ask the scheduler for a placement, as this tenant")
     p.add_argument("--priority", default="normal", help="critical | high | normal | low | preemptible")
     p.add_argument("--expected-hours", type=float, default=1.0)
@@ -72,9 +77,29 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, dict]:
     known = {f.name for f in fields(TrainConfig)}
     overrides = {k: v for k, v in args.items() if v is not None and k in known}
     if config_file:
-        return TrainConfig.from_yaml(config_file, **overrides), scheduling
-    overrides.setdefault("storage_path", str(default_storage_path()))
-    return TrainConfig.from_dict(overrides, source="flags"), scheduling
+        cfg = TrainConfig.from_yaml(config_file, **overrides)
+    else:
+        overrides.setdefault("storage_path", str(default_storage_path()))
+        cfg = TrainConfig.from_dict(overrides, source="flags")
+    return with_checkpoints_resolved(cfg), scheduling
+
+
+def with_checkpoints_resolved(cfg: TrainConfig) -> TrainConfig:
+    """`latest:RUN_DIR` in teacher / init_from becomes that run's newest checkpoint, once, here: every
+    worker, and every resumed run, must load the same one."""
+    import dataclasses
+
+    from elasticml.train.checkpoint import resolve_checkpoint
+
+    found = {}
+    for name in ("teacher", "init_from"):
+        value = getattr(cfg, name)
+        if value is not None:
+            try:
+                found[name] = resolve_checkpoint(value)
+            except ElasticMLError as exc:
+                raise type(exc)(f"{name}: {exc}") from None
+    return dataclasses.replace(cfg, **found) if found else cfg
 
 
 def scheduled_spec(cfg: TrainConfig, scheduling: dict) -> object:

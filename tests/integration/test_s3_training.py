@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_train_reads_s3_data_and_checkpoints_to_s3(local_cluster, corpus, s3_env, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from elasticml.serve.completion import resolve_checkpoint
+    from elasticml.train.checkpoint import resolve_checkpoint
 
     boto3.client("s3", endpoint_url=s3_env["ELASTICML_S3_ENDPOINT"]).create_bucket(Bucket="ml-data")
     fs, _ = filesystem_for("s3://ml-data/corpus")

@@ -49,3 +49,70 @@ def test_uneven_batches_checkpointing_options_and_mfu(local_cluster, corpus, tmp
         assert b[step] == pytest.approx(a[step], rel=TOLERANCE), (step, a[step], b[step])
     assert 0 < uneven.metrics["mfu"] < 1
     assert read_meta(latest_checkpoint(tmp_path / "u2"))["step"] == 4  # async uploads completed and complete
+
+
+def test_distillation_on_two_sharded_workers_moves_a_pruned_student_to_its_teacher_and_resumes(
+        local_cluster, corpus, tmp_path):
+    """jobs/distill.py's run: a student cut from the teacher (half the blocks, half the MLP channels)
+    learns the teacher's soft targets on 2 FSDP2 workers, checkpoints, and a second run resumes it."""
+    import torch
+    import torch.nn.functional as F
+
+    from elasticml.data.loader import TokenBlocks
+    from elasticml.models import SIZES, build_model
+    from elasticml.optimize.prune import drop_blocks, prune_mlp
+    from elasticml.train.checkpoint import latest_checkpoint, load_model, read_meta, write_checkpoint
+    from elasticml.train.config import TrainConfig
+    from elasticml.train.history import read_history
+    from elasticml.train.launch import fit
+
+    blocks = TokenBlocks(str(corpus), seq_len=64)
+    torch.manual_seed(0)
+    teacher = build_model("tiny")
+    opt = torch.optim.AdamW(teacher.parameters(), lr=3e-3)
+    for step in range(150):
+        x, y = blocks.batch(step, global_batch=16)
+        loss = F.cross_entropy(teacher(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    teacher.eval()
+    t_dir = write_checkpoint(tmp_path / "teacher", model_state=teacher.state_dict(), optim_state=None,
+                             model_config=SIZES["tiny"], step=150)
+    held_out, _ = blocks.batch(10_000, global_batch=16)
+    student = prune_mlp(drop_blocks(teacher, keep=0.5), held_out[:4], keep=0.5)
+    with torch.no_grad():  # a fresh start far from the teacher, so that only distillation brings it back
+        for p in student.blocks.parameters():
+            p.mul_(0.3)
+    s_dir = write_checkpoint(tmp_path / "student", model_state=student.state_dict(), optim_state=None,
+                             model_config=student.config, step=0)
+
+    def kl_to_teacher(model) -> float:
+        with torch.no_grad():
+            return F.kl_div(F.log_softmax(model(held_out), -1).flatten(0, 1),
+                            F.log_softmax(teacher(held_out), -1).flatten(0, 1), log_target=True,
+                            reduction="batchmean").item()
+
+    local_cluster.require_info().connect()
+    common = dict(data=str(corpus), storage_path=str(tmp_path / "runs"), run_name="distil", num_workers=2,
+                  global_batch=8, seq_len=64, lr=3e-3, warmup_steps=2, report_every=5, checkpoint_every=10,
+                  teacher=str(t_dir), init_from=str(s_dir), distill_alpha=1.0, distill_temperature=1.0)
+    first = fit(TrainConfig(steps=10, **common))
+    assert first.error is None and first.metrics["step"] == 10
+    second = fit(TrainConfig(steps=35, **common))
+    assert second.error is None and second.metrics["step"] == 35 and second.metrics["world_size"] == 2
+    history = read_history(str(tmp_path / "runs" / "distil"))
+    assert [r["resumed_from"] for r in history if "resumed_from" in r] == [10]  # the second run went on
+
+    final = latest_checkpoint(tmp_path / "runs" / "distil")
+    meta = read_meta(final)
+    assert meta["distilled"] == {"teacher": str(t_dir), "temperature": 1.0, "alpha": 1.0, "init_from": str(s_dir)}
+    distilled, _ = load_model(final)
+    assert distilled.config == student.config  # the student's shape: fewer blocks, narrower MLPs
+    before, after = kl_to_teacher(student), kl_to_teacher(distilled)
+    print(f"KL(teacher || student) on held-out blocks: {before:.4f} -> {after:.4f}")
+    assert after < 0.5 * before
+    # With alpha 1 the loss trained on is the KL to the teacher alone, far below the data's cross-entropy.
+    with torch.no_grad():
+        data_loss = F.cross_entropy(distilled(held_out[:, :-1]).flatten(0, 1), held_out[:, 1:].flatten()).item()
+    assert second.metrics["loss"] < 0.5 * data_loss, (second.metrics["loss"], data_loss)

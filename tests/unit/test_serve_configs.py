@@ -8,7 +8,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from elasticml.errors import CheckpointError
-from elasticml.serve.completion import resolve_checkpoint
+from elasticml.train.checkpoint import resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -96,3 +96,30 @@ def test_a_bad_data_or_storage_path_fails_before_ray_starts_with_one_line_and_a_
     summary = last_json(proc.stdout)
     assert summary["event"] == "train_failed" and words in summary["error"]
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"distill_alpha": 1.5}, "distill_alpha"), ({"distill_temperature": float("nan")}, "distill_temperature"),
+    ({"teacher": ""}, "teacher"), ({"teacher": 7}, "teacher"), ({"init_from": "x" * 5000}, "init_from"),
+    ({"init_from": "/ckpt", "model": "tests.support.user_models:small_mlp"}, "init_from"),
+])
+def test_distillation_settings_are_checked_and_named(kw, field):
+    with pytest.raises(ConfigError, match=rf"^{field}: "):
+        cfg(**kw)
+
+
+def test_distill_job_needs_a_teacher_that_is_a_complete_checkpoint(tmp_path, corpus):
+    from elasticml.errors import CheckpointError
+    from elasticml.train.preflight import preflight
+
+    def distill(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "jobs/distill.py", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+
+    done = distill("--data", str(corpus))
+    assert done.returncode == 2 and "--teacher CHECKPOINT is required" in done.stderr
+    done = distill("--data", str(corpus), "--teacher", f"latest:{tmp_path / 'none'}")
+    assert done.returncode == 2 and "teacher: no complete checkpoint under" in done.stderr, done.stderr
+    (tmp_path / "half").mkdir()
+    with pytest.raises(CheckpointError, match="^teacher: "):
+        preflight(cfg(data=str(corpus), storage_path=str(tmp_path / "runs"), teacher=str(tmp_path / "half")))

@@ -319,7 +319,8 @@ def build_release_app(args: dict[str, Any]) -> Application:
     release. Without `canary_checkpoint` the app is its stable version alone behind the router, the
     shape `elasticml release` keeps an app in between releases."""
     from elasticml.serve.audit import scheduler_or_none
-    from elasticml.serve.completion import build_deployment, resolve_checkpoint, tenant_share_of, tenant_storage
+    from elasticml.serve.completion import build_deployment, tenant_share_of, tenant_storage
+    from elasticml.train.checkpoint import resolve_checkpoint
 
     canary_keys = set(CanaryConfig.__dataclass_fields__)
     canary_args = {k: v for k, v in args.items() if k in canary_keys}

@@ -50,6 +50,7 @@ from elasticml.serve.api import (
 )
 from elasticml.serve.batching import Batcher
 from elasticml.serve.config import ServeConfig
+from elasticml.train.checkpoint import resolve_checkpoint
 
 if TYPE_CHECKING:
     from elasticml.scheduler.capacity import Allocation
@@ -295,27 +296,6 @@ class Completer:
                     x_api_key: str | None = Header(None)) -> ScoreResponse:
         self.service.tenant(authorization, x_api_key)
         return await self.service.score(request)
-
-
-def resolve_checkpoint(spec: str) -> str:
-    """A checkpoint folder, or `latest:RUN_DIR` for the newest complete checkpoint of a run."""
-    from pathlib import Path
-
-    from elasticml.errors import CheckpointError
-    from elasticml.train.checkpoint import latest_checkpoint, verify_files
-
-    if spec.startswith("latest:"):
-        target = spec.removeprefix("latest:")
-        run_dir = target if "://" in target else Path(target).expanduser()
-        found = latest_checkpoint(run_dir)
-        if found is None:
-            raise CheckpointError(
-                f"no complete checkpoint under {run_dir}; train one first (jobs/train.py) or pass a checkpoint folder"
-            )
-        return str(found)
-    where = spec if "://" in spec else str(Path(spec).expanduser())
-    verify_files(where)  # refuse an incomplete, unsigned or altered checkpoint before any replica starts
-    return where
 
 
 def placement(cfg: ServeConfig, *, name: str, sched: "SchedulerClient | None" = None) -> tuple[dict[str, Any], list["Allocation"]]:

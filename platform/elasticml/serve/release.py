@@ -248,7 +248,7 @@ def release(cfg: ReleaseConfig, *, say: Callable[[str], None] = print) -> dict[s
 
     Needs a driver connected to the cluster (ray.init) with Serve on it."""
     from elasticml.serve.canary import build_canary_app, build_release_app
-    from elasticml.serve.completion import resolve_checkpoint
+    from elasticml.train.checkpoint import resolve_checkpoint
     from elasticml.serve.config import ServeConfig
 
     path = record_path(cfg)

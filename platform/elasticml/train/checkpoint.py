@@ -330,3 +330,19 @@ def load_model(folder: str | Path, *, device: str | torch.device = "cpu",
     read_state(local, state)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), meta
+
+
+def resolve_checkpoint(spec: str) -> str:
+    """A checkpoint folder, or `latest:RUN_DIR` for the newest complete checkpoint of a run."""
+    if spec.startswith("latest:"):
+        target = spec.removeprefix("latest:")
+        run_dir = target if "://" in target else Path(target).expanduser()
+        found = latest_checkpoint(run_dir)
+        if found is None:
+            raise CheckpointError(
+                f"no complete checkpoint under {run_dir}; train one first (jobs/train.py) or pass a checkpoint folder"
+            )
+        return str(found)
+    where = spec if "://" in spec else str(Path(spec).expanduser())
+    verify_files(where)  # refuse an incomplete, unsigned or altered checkpoint before any replica starts
+    return where

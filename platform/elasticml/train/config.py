@@ -69,6 +69,15 @@ class TrainConfig:
     min_step_seconds: float = 0.0
     """Pace: a run's step k ends no earlier than k times this after the run began (a replayed spot
     market maps work to trace hours by it; report points' waits are absorbed)."""
+    teacher: str | None = None
+    """Distillation (jobs/distill.py): the checkpoint whose model the student learns from, its
+    next-byte distribution softened by `distill_temperature` beside the data's targets."""
+    distill_temperature: float = 2.0
+    distill_alpha: float = 0.5
+    """Share of the teacher's (soft) term in the loss; the rest is the data's cross-entropy."""
+    init_from: str | None = None
+    """Start the model, shape and weights, from this checkpoint (a student `elasticml optimize`
+    pruned, say) instead of model_size's fresh one; a resumed run starts from its own checkpoint."""
 
     def __post_init__(self) -> None:
         positive = ("steps", "global_batch", "seq_len", "num_workers", "report_every", "keep_checkpoints")
@@ -79,6 +88,15 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
         check_number(self.min_step_seconds, field="min_step_seconds", lo=0, hi=3600)
+        check_number(self.distill_temperature, field="distill_temperature", lo=0.1, hi=100)
+        check_number(self.distill_alpha, field="distill_alpha", lo=0.0, hi=1.0)
+        for name in ("teacher", "init_from"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and 0 < len(value) <= 4096):
+                raise ConfigError("must be a checkpoint folder, s3:// URI or latest:RUN_DIR of at most 4096 "
+                                  "characters", field=name)
+        if self.init_from is not None and self.model is not None:
+            raise ConfigError("init_from gives the model; leave model unset", field="init_from")
         if self.node_type is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*(,[A-Za-z0-9][A-Za-z0-9_-]*)*",
                                                             self.node_type):
             raise ConfigError(f"must be a node type name or a comma-separated list of them, got {self.node_type[:40]!r}",

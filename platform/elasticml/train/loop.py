@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 from elasticml.data.loader import TokenBlocks
 from elasticml.models import user as user_models
-from elasticml.models.transformer import SIZES, build_model
-from elasticml.train.checkpoint import read_meta, read_state, write_checkpoint
+from elasticml.models.transformer import SIZES, Transformer, build_model
+from elasticml.optimize.distill import distill_loss
+from elasticml.train.checkpoint import load_model, read_meta, read_state, write_checkpoint
 from elasticml.train.config import TrainConfig
 from elasticml.train.history import record
 
@@ -53,6 +54,19 @@ def _gauges() -> dict[str, Any]:
                            ("mfu", "model FLOPs utilisation"), ("step", "optimizer steps done"),
                            ("checkpoint_seconds", "how long the last checkpoint took to write and report")]
     }
+
+
+def _teacher(cfg: TrainConfig, device: torch.device, mp: Any, fully_shard: Any) -> torch.nn.Module:
+    """The frozen teacher, sharded like the student (FSDP2 gathers each block for its forward and
+    frees it after), so a teacher larger than one worker's memory still fits the world."""
+    teacher, _ = load_model(str(cfg.teacher))
+    teacher.requires_grad_(False)
+    teacher = teacher.to(device)
+    blocks = list(teacher.blocks) if isinstance(teacher, Transformer) else user_models.shard_units(teacher)
+    for block in blocks:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(teacher, mp_policy=mp)
+    return teacher.eval()
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -84,15 +98,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
 
     torch.manual_seed(cfg.seed)
-    if cfg.model:
+    model_config = None if cfg.model else SIZES[cfg.model_size]
+    if cfg.init_from:
+        model, _ = load_model(cfg.init_from)
+        model.train()
+    elif cfg.model:
         model = user_models.build_user_model(cfg.model)
         user_models.check_output(model, cfg.model)
-        units = user_models.shard_units(model)
-        flops_per_token = user_models.flops_per_token(model, cfg.seq_len)
     else:
         model = build_model(cfg.model_size)
+    if isinstance(model, Transformer):
+        model_config = model.config
         units = list(model.blocks)
-        flops_per_token = SIZES[cfg.model_size].flops_per_token(cfg.seq_len)
+        flops_per_token = model_config.flops_per_token(cfg.seq_len)
+    else:
+        model_config = None
+        units = user_models.shard_units(model)
+        flops_per_token = user_models.flops_per_token(model, cfg.seq_len)
     model = model.to(device)
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cfg.use_gpu else MixedPrecisionPolicy()
     if cfg.activation_checkpointing:
@@ -107,6 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for unit in units:
         fully_shard(unit, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
+    teacher = _teacher(cfg, device, mp, fully_shard) if cfg.teacher else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
 
     start_step = 0
@@ -148,7 +171,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         inputs, targets = data.batch(step, global_batch=cfg.global_batch, rank=rank, world_size=world)
         inputs, targets = inputs.to(device), targets.to(device)
         logits = model(inputs)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        if teacher is None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        else:
+            with torch.no_grad():
+                soft = teacher(inputs)
+            loss = distill_loss(logits, soft, targets, temperature=cfg.distill_temperature, alpha=cfg.distill_alpha)
         # FSDP averages gradients over workers; weigh each worker by its share of an uneven batch.
         (loss * (inputs.shape[0] * world / cfg.global_batch)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -217,11 +245,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 folder,
                 model_state=get_model_state_dict(model),
                 optim_state=get_optimizer_state_dict(model, opt),
-                model_config=None if cfg.model else SIZES[cfg.model_size],
+                model_config=model_config,
                 step=done,
-                extra={"model_size": None if cfg.model else cfg.model_size, "model": cfg.model, "loss": metrics["loss"], "seq_len": cfg.seq_len,
+                extra={"model_size": None if cfg.model or cfg.init_from else cfg.model_size, "model": cfg.model,
+                       "loss": metrics["loss"], "seq_len": cfg.seq_len,
                        "next_sample": done * cfg.global_batch, "global_batch": cfg.global_batch,
-                       "world_size": world},
+                       "world_size": world,
+                       **({"distilled": {"teacher": cfg.teacher, "temperature": cfg.distill_temperature,
+                                         "alpha": cfg.distill_alpha, "init_from": cfg.init_from}}
+                          if cfg.teacher else {})},
             )
             ray.train.report(
                 metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),

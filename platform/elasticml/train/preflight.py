@@ -14,7 +14,17 @@ from elasticml.train.config import TrainConfig
 
 
 def preflight(cfg: TrainConfig) -> None:
-    """DataError (data) or ElasticMLError (storage) naming the path, before anything starts."""
+    """DataError (data), CheckpointError (teacher, init_from) or ElasticMLError (storage) naming the
+    path, before anything starts."""
+    from elasticml.train.checkpoint import verify_files
+
+    for name in ("teacher", "init_from"):
+        where = getattr(cfg, name)
+        if where is not None:
+            try:
+                verify_files(where)  # complete, signed and unaltered: every worker will load it
+            except ElasticMLError as exc:
+                raise type(exc)(f"{name}: {exc}") from None
     manifest = read_manifest(cfg.data)
     fs, root = filesystem_for(str(cfg.data))
     paths = [f"{root}/{shard}" for shard in manifest.shards]
