@@ -605,12 +605,14 @@ def _shares(value: str, option: str) -> tuple[float, ...]:
               help="Held-out loss may exceed the teacher's by this share.")
 @click.option("--distill-steps", type=int, default=100, show_default=True, help="Fine-tune steps per pruned student.")
 @click.option("--eval-blocks", type=int, default=64, show_default=True, help="Held-out blocks the loss is taken on.")
+@click.option("--precisions", default="int8,onnx,onnx-int8", show_default=True,
+              help="Serving precisions measured besides fp32: int8 (torch), onnx, onnx-int8 (ONNX Runtime).")
 @_json_option
 def optimize_cmd(checkpoint: str, eval_data: str, out: str, train_data: str | None, keep: str, layers: str, threads: int,
-                 quality_budget: float, distill_steps: int, eval_blocks: int, as_json: bool) -> None:
-    """Smaller and faster candidates from CHECKPOINT (int8; students with fewer MLP channels or blocks,
-    distilled from it, in fp32 and int8), measured on held-out data and this machine's CPU, gated on
-    quality and gain.
+                 quality_budget: float, distill_steps: int, eval_blocks: int, precisions: str, as_json: bool) -> None:
+    """Smaller and faster candidates from CHECKPOINT (int8 and ONNX Runtime; students with fewer MLP
+    channels or blocks, distilled from it, in fp32 and those precisions), measured on held-out data
+    and this machine's CPU, gated on quality and gain.
 
     OUT/report.json keeps every number, each verdict and the chosen candidate.
     """
@@ -620,7 +622,7 @@ def optimize_cmd(checkpoint: str, eval_data: str, out: str, train_data: str | No
 
     cfg = OptimizeConfig(checkpoint=checkpoint, eval_data=eval_data, out=out, train_data=train_data,
                          keeps=_shares(keep, "--keep"), layer_keeps=_shares(layers, "--layers"), threads=threads,
-                         eval_blocks=eval_blocks,
+                         eval_blocks=eval_blocks, precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()),
                          gate=GateConfig(quality_budget=quality_budget), distill=DistillConfig(steps=distill_steps))
     report = optimize(cfg, say=(lambda _m: None) if as_json else (lambda m: click.echo(m, err=True)))
     if _emit(as_json, report):

@@ -118,7 +118,12 @@ def test_optimize_writes_signed_smaller_checkpoints_and_the_gate_stops_an_over_p
                          eval_blocks=16, seq_len=64, prompts=2, max_tokens=8, repeats=1)
     report = optimize(cfg, say=lambda _m: None)
     by = {c["name"]: c for c in report["candidates"]}
-    assert set(by) == {"int8", "prune50", "prune50+int8", "prune2", "prune2+int8"}
+    served = ("int8", "onnx", "onnx-int8")
+    assert set(by) == {*served, "prune50", "prune2", *(f"prune{k}+{p}" for k in (50, 2) for p in served)}
+    # ONNX Runtime computes the same function as torch (fp32), and its int8 graph is smaller.
+    assert by["onnx"]["loss"] == pytest.approx(report["teacher"]["loss"], rel=1e-4)
+    assert by["prune50+onnx"]["loss"] == pytest.approx(by["prune50"]["loss"], rel=1e-4)
+    assert by["onnx-int8"]["size_bytes"] < 0.6 * by["onnx"]["size_bytes"]
     # 4 MLP channels of 192 left: far outside a 1% quality budget, whatever it gains.
     assert not by["prune2"]["passed"] and "above the teacher's" in by["prune2"]["reasons"][0]
     assert by["prune2"]["loss"] > report["teacher"]["loss"] * 1.01
@@ -143,10 +148,12 @@ def test_the_optimize_command_reports_json_and_refuses_bad_settings(teacher, hel
     done = run("--eval-blocks", "8", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert [c["name"] for c in report["candidates"]] == ["int8"]  # no training data: quantisation only
+    # no training data: the teacher in other precisions only
+    assert [c["name"] for c in report["candidates"]] == ["int8", "onnx", "onnx-int8"]
     for args, words in ((["--keep", "half"], "--keep: must be comma-separated numbers"),
                         (["--keep", "0"], "keeps: must be in"), (["--threads", "0"], "threads: must be in"),
-                        (["--quality-budget", "nan"], "quality_budget: must be in")):
+                        (["--quality-budget", "nan"], "quality_budget: must be in"),
+                        (["--precisions", "int8,int4"], "precisions: must be some of int8, onnx, onnx-int8")):
         bad = run(*args)
         assert bad.returncode == 2 and bad.stderr.startswith("elasticml: error: ") and words in bad.stderr, bad.stderr
 

@@ -64,6 +64,8 @@ def speeds(models: dict[str, torch.nn.Module], prompts: list[bytes], *, max_toke
 
 
 def size_bytes(model: torch.nn.Module) -> int:
+    if hasattr(model, "serialized_bytes"):  # ONNX Runtime's graph and weights
+        return int(model.serialized_bytes())
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.tell()

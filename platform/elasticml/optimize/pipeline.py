@@ -1,11 +1,11 @@
 """`elasticml optimize`: candidates from a checkpoint, measured side by side, gated, reported.
 
-Candidates: the teacher in int8 (dynamic quantisation, the shipped CPU path), and for each `keep`
-share of MLP channels and each `layer_keep` share of blocks (alone and combined) a structurally
-smaller model (elasticml.optimize.prune) distilled from the teacher (elasticml.optimize.distill)
-on the training data, in fp32 and in int8. Each pruned model is
-written as a signed checkpoint under OUT/<name>; an int8 candidate is a checkpoint plus
-`precision: int8`, which is how a replica serves it. Every candidate and the fp32 teacher are
+Candidates: the teacher in each of `precisions` (torch's dynamic int8, the shipped CPU path; ONNX
+Runtime in fp32 and int8), and for each `keep` share of MLP channels and each `layer_keep` share
+of blocks (alone and combined) a structurally smaller model (elasticml.optimize.prune) distilled
+from the teacher (elasticml.optimize.distill) on the training data, in fp32 and in each of
+`precisions`. Each pruned model is written as a signed checkpoint under OUT/<name>; a candidate
+is a checkpoint plus the `precision` a replica serves it in. Every candidate and the fp32 teacher are
 measured on the same held-out blocks and prompts with the same CPU threads, then judged by the
 gate (elasticml.optimize.gate); OUT/report.json keeps the numbers, the verdicts and the choice.
 """
@@ -49,6 +49,9 @@ class OptimizeConfig:
     prompts: int = 4
     max_tokens: int = 32
     repeats: int = 3
+    precisions: tuple[str, ...] = ("int8", "onnx", "onnx-int8")
+    """How else than fp32 torch each model is measured: int8 (torch dynamic quantisation), onnx and
+    onnx-int8 (ONNX Runtime, elasticml.serve.onnx_runtime); each is a `precision` replicas serve in."""
     gate: GateConfig = field(default_factory=GateConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
@@ -67,12 +70,19 @@ class OptimizeConfig:
         check_number(self.prompts, field="prompts", lo=1, hi=64, integer=True)
         check_number(self.max_tokens, field="max_tokens", lo=1, hi=4096, integer=True)
         check_number(self.repeats, field="repeats", lo=1, hi=100, integer=True)
+        if not (isinstance(self.precisions, tuple) and len(self.precisions) <= len(SERVED)
+                and set(self.precisions) <= set(SERVED)):
+            raise ConfigError(f"must be some of {', '.join(SERVED)}, got {self.precisions!r}"[:200], field="precisions")
 
 
-def _int8(model: torch.nn.Module) -> torch.nn.Module:
+SERVED = ("int8", "onnx", "onnx-int8")
+
+
+def _served(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The model as a CPU replica serves it in `precision`."""
     from elasticml.serve.precision import prepare
 
-    return prepare(model, device="cpu", precision="int8")
+    return prepare(model, device="cpu", precision=precision)
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -103,7 +113,7 @@ def optimize(cfg: OptimizeConfig, *, say: Any = print) -> dict[str, Any]:
         # name -> (model as served, parameters, checkpoint, precision); the teacher first.
         models: dict[str, tuple[torch.nn.Module, int, str, str]] = {
             "teacher": (teacher, _params(teacher), str(cfg.checkpoint), "fp32"),
-            "int8": (_int8(teacher), _params(teacher), str(cfg.checkpoint), "int8"),
+            **{p: (_served(teacher, p), _params(teacher), str(cfg.checkpoint), p) for p in cfg.precisions},
         }
         if cfg.train_data is not None and not isinstance(teacher, Transformer):
             raise ConfigError("pruning needs the reference transformer; this checkpoint holds a user model",
@@ -127,7 +137,8 @@ def optimize(cfg: OptimizeConfig, *, say: Any = print) -> dict[str, Any]:
                                                                "finetune_loss": losses[-1] if losses else None}})
                 params = _params(student)
                 models[name] = (student, params, str(folder), "fp32")
-                models[f"{name}+int8"] = (_int8(student), params, str(folder), "int8")
+                for p in cfg.precisions:
+                    models[f"{name}+{p}"] = (_served(student, p), params, str(folder), p)
                 say(f"{name}: {params} parameters, distilled for {len(losses)} steps")
         say(f"measuring {len(models)} models side by side")
         measured = measure_all({n: (m, params) for n, (m, params, _, _) in models.items()}, inputs, targets, prompts,

@@ -14,7 +14,7 @@ from elasticml.dataconf import check_number, from_mapping
 from elasticml.errors import ConfigError
 
 Device = Literal["cpu", "gpu"]
-Precision = Literal["auto", "fp32", "int8", "bf16"]
+Precision = Literal["auto", "fp32", "int8", "bf16", "onnx", "onnx-int8"]
 Preset = Literal["fixed", "latency", "batch"]
 Market = Literal["any", "spot", "on-demand", "reserved"]
 
@@ -122,8 +122,8 @@ class ServeConfig:
                               "`market:` is for an operator's app without a tenant", field="market")
         if self.device == "cpu" and self.precision == "bf16":
             raise ConfigError("bf16 is for GPU replicas; use int8 or fp32 on CPU", field="precision")
-        if self.device == "gpu" and self.precision == "int8":
-            raise ConfigError("int8 is for CPU replicas; use bf16 or fp32 on GPU", field="precision")
+        if self.device == "gpu" and self.precision in ("int8", "onnx", "onnx-int8"):
+            raise ConfigError(f"{self.precision} is for CPU replicas; use bf16 or fp32 on GPU", field="precision")
         for name, (lo, hi, integer) in _NUMBERS.items():
             if getattr(self, name) is not None:
                 check_number(getattr(self, name), field=name, lo=lo, hi=hi, integer=integer)

@@ -8,6 +8,9 @@ fp32 on a CPU (they are built for torch.compile and GPUs), while torch.ao's
 dynamic int8 kernels (fbgemm) are 3.6x faster than fp32 at 125M parameters. That
 is why we use torch.ao although torch 2.13 marks it deprecated; swap it here when
 torchao's CPU path catches up.
+
+`onnx` and `onnx-int8` run the reference transformer on ONNX Runtime instead
+(elasticml.serve.onnx_runtime); `elasticml optimize` measures them beside torch's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ from torch import nn
 
 def prepare(model: nn.Module, *, device: str, precision: str) -> nn.Module:
     model = model.eval()
+    if precision in ("onnx", "onnx-int8"):
+        from elasticml.errors import ConfigError
+        from elasticml.models.transformer import Transformer
+        from elasticml.serve.onnx_runtime import OrtTransformer
+
+        if device != "cpu" or not isinstance(model, Transformer):
+            raise ConfigError(f"{precision} runs the reference transformer on CPU replicas", field="precision")
+        return OrtTransformer(model, int8=precision == "onnx-int8")
     if device == "gpu":
         model = model.to("cuda")
         return model.to(torch.bfloat16) if precision == "bf16" else model
