@@ -294,3 +294,30 @@ def test_release_refuses_what_the_gate_stopped_rolls_back_what_regresses_online_
     trail = read_records(home() / "scheduler" / local_cluster.name / "audit.jsonl")
     assert [r["action"] for r in trail if r["action"].startswith("release ")][-4:] == \
         ["release gated", "release canary", "release judged", "release promoted"]
+
+
+def test_cli_release_without_enough_traffic_rolls_back_at_its_timeout(release, reports, tmp_path, local_cluster):
+    """`elasticml release` as an operator runs it: the first release of the app, its base from a file;
+    nobody sends traffic, so at --timeout there is no verdict and the candidate is rolled back."""
+    import subprocess
+    import sys
+
+    from elasticml.home import home
+    from elasticml.serve.release import load_record
+
+    holdout = tmp_path / "holdout.txt"
+    holdout.write_text(release["holdout"])
+    base = tmp_path / "base.yaml"
+    base.write_text(f"checkpoint: {release['good']}\nprecision: fp32\ncache_size: 0\n")
+    elasticml = str(Path(sys.executable).with_name("elasticml"))
+    done = subprocess.run([elasticml, "release", reports["strict"]["path"], "--pick", "onnx-int8", "--base", str(base),
+                           "--holdout-file", str(holdout), "--timeout", "3", "--name", local_cluster.name, "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    entry = json.loads(done.stdout)
+    assert entry["outcome"] == "rolled_back" and entry["candidate"]["precision"] == "onnx-int8"
+    assert entry["verdict"]["reason"].startswith("no verdict after 3s: ")
+    assert [s["step"] for s in entry["steps"]] == ["gated", "canary", "judged", "rolled back"]
+    record = load_record(home() / "releases" / "completion.json")
+    assert record["serving"]["checkpoint"] == release["good"] and record["releases"][-1]["id"] == entry["id"]
+    assert serving(release["base"])["versions"] == {"stable": {"checkpoint": release["good"], "precision": "fp32"}}

@@ -102,7 +102,9 @@ def _chunks(text: bytes, size: int) -> list[bytes]:
 # The router is never restarted by a redeploy: its code version is fixed here and everything that
 # changes (the versions, keys, the canary's settings) comes through `user_config`, applied in place
 # by `reconfigure`. Serve's rolling update stops an old replica before its successor is up, so a
-# restarted router (or model version) would turn away every request in between.
+# restarted router (or model version) would turn away every request in between. These versions hold
+# for `serve.run` (what `elasticml release` uses); `serve deploy` gives every deployment the app's code
+# version, a digest of its args, so there any change of args restarts them all.
 ROUTER_VERSION = "canary-router-1"
 
 

@@ -227,7 +227,7 @@ def _wait_for_verdict(cfg: ReleaseConfig, say: Callable[[str], None]) -> dict[st
     deadline = time.monotonic() + cfg.timeout_s
     seen = -1
     while True:
-        state = router.verdict.remote().result()
+        state = router.verdict.remote().result(timeout_s=120)
         if state["state"] != "running":
             return state
         if state["requests"]["canary"] != seen:
@@ -236,7 +236,7 @@ def _wait_for_verdict(cfg: ReleaseConfig, say: Callable[[str], None]) -> dict[st
         if time.monotonic() >= deadline:
             break
         time.sleep(cfg.poll_s)
-    state = router.judge_now.remote().result()
+    state = router.judge_now.remote().result(timeout_s=600)
     if state["state"] == "running":
         state = {**state, "state": "rolled_back",
                  "reason": f"no verdict after {cfg.timeout_s:g}s: {state['reason']}"}
