@@ -1,7 +1,8 @@
-"""Teacher vs int8 vs students with fewer MLP channels or blocks (distilled from it), and both, on the CPU.
+"""Teacher vs int8 and ONNX Runtime vs students with fewer MLP channels or blocks (distilled from it),
+and both, on the CPU.
 
     python benchmarks/optimize.py [--size small] [--train-steps 600] [--keeps 0.5,0.25] [--layers 0.5] [--threads 2]
-        [--distill-steps 200] [--repeats 5] [--json out.json]
+        [--distill-steps 200] [--repeats 5] [--json out.json] [--png benchmarks/optimize.png]
 
 Trains a teacher of --size on a corpus of the Python stdlib (plain torch, one process), then runs
 `elasticml optimize`'s pipeline on it: every candidate and the fp32 teacher measured in one run on
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--distill-steps", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5, help="rounds of the speed measurement")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--png", default=None, help="copy the report's chart here (benchmarks/optimize.png)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="elasticml-optimize-"))
@@ -90,6 +92,8 @@ def main() -> None:
     print(f"chosen: {report['chosen']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.png:
+        Path(args.png).write_bytes((work / "out" / "report.png").read_bytes())
 
 
 if __name__ == "__main__":

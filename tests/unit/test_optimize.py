@@ -136,6 +136,9 @@ def test_optimize_writes_signed_smaller_checkpoints_and_the_gate_stops_an_over_p
     assert loss == pytest.approx(by["prune50"]["loss"], rel=1e-5)
     assert by["prune50+int8"]["checkpoint"] == by["prune50"]["checkpoint"] and by["prune50+int8"]["precision"] == "int8"
     assert json.loads((tmp_path / "out" / "report.json").read_text()) == report
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("<svg") == 2 and "prune2+onnx" in page and "quality budget 1%" in page  # every candidate drawn
+    assert (tmp_path / "out" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["chosen"] is None or by[report["chosen"]]["passed"]
     assert "| prune2 | fp32 |" in table(report) and "fail: held-out loss" in table(report)
 

@@ -5,6 +5,8 @@ no script, nothing fetched) and the same charts as one PNG.
   on-demand vs reserved, savings against all on-demand, and every workload's placements on a
   timeline (each bar an allocation interval: the scheduler's moves are where a bar changes colour).
 - `train_report(history)`: loss and tokens/s per step, with the steps a run resumed from marked.
+- `optimize_charts(report)`: every candidate of `elasticml optimize` by speed-up and held-out loss,
+  the gate's quality budget drawn, passed and stopped candidates apart, the chosen one marked.
 
 matplotlib draws the charts: axes, ticks and legends by hand would be most of this file.
 """
@@ -110,6 +112,39 @@ def train_charts(history: list[dict[str, Any]], run: str) -> list[tuple[str, Any
         if resumes:
             ax.legend(loc="best")
         ax.set(title=title, xlabel="step", ylabel=ylabel)
+        charts.append((title, fig))
+    return charts
+
+
+PRECISION_MARKERS = {"fp32": "o", "int8": "s", "onnx": "^", "onnx-int8": "D", "bf16": "v"}
+
+
+def optimize_charts(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Speed-up against held-out loss, and size, of every candidate in an optimize report."""
+    from matplotlib.lines import Line2D
+
+    teacher, budget = report["teacher"], 100 * report["gate"]["quality_budget"]
+    rows = report["candidates"]
+    charts = []
+    for key, xlabel, title in (("speedup", "bytes/s vs the fp32 teacher (x)", "Speed-up and quality cost"),
+                               ("size_ratio", "size vs the fp32 teacher (x)", "Size and quality cost")):
+        fig, ax = _figure(7.5, 3.8)
+        for c in rows:
+            loss_pct = 100 * (c["loss"] / teacher["loss"] - 1)
+            colour = "#2a9d8f" if c["passed"] else "#e76f51"
+            ax.scatter(c[key], loss_pct, marker=PRECISION_MARKERS.get(c["precision"], "o"), color=colour,
+                       s=140 if c["name"] == report["chosen"] else 40, edgecolors="black" if c["name"] == report["chosen"]
+                       else "none", zorder=3)
+            ax.annotate(c["name"], (c[key], loss_pct), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(budget, color="#264653", linestyle="--", linewidth=1)
+        ax.axvline(1.0, color="#999999", linewidth=0.8)
+        ax.set(title=title, xlabel=xlabel, ylabel="held-out loss vs teacher (%)")
+        handles = [Line2D([], [], linestyle="--", color="#264653", label=f"quality budget {budget:g}%"),
+                   Line2D([], [], marker="o", linestyle="", color="#2a9d8f", label="passed the gate"),
+                   Line2D([], [], marker="o", linestyle="", color="#e76f51", label="stopped"),
+                   *(Line2D([], [], marker=m, linestyle="", color="#777777", label=p)
+                     for p, m in PRECISION_MARKERS.items() if any(c["precision"] == p for c in rows))]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
         charts.append((title, fig))
     return charts
 

@@ -7,7 +7,8 @@ from the teacher (elasticml.optimize.distill) on the training data, in fp32 and 
 `precisions`. Each pruned model is written as a signed checkpoint under OUT/<name>; a candidate
 is a checkpoint plus the `precision` a replica serves it in. Every candidate and the fp32 teacher are
 measured on the same held-out blocks and prompts with the same CPU threads, then judged by the
-gate (elasticml.optimize.gate); OUT/report.json keeps the numbers, the verdicts and the choice.
+gate (elasticml.optimize.gate); OUT/report.json keeps the numbers, the verdicts and the choice,
+and OUT/report.html / report.png chart them (elasticml.observe.reports).
 """
 
 from __future__ import annotations
@@ -158,6 +159,14 @@ def optimize(cfg: OptimizeConfig, *, say: Any = print) -> dict[str, Any]:
         "chosen": chosen,
     }
     write_atomic(out / REPORT, json.dumps(report, indent=2))
+    from elasticml.observe.reports import optimize_charts, page, png
+
+    summary = [("teacher", f"{cfg.checkpoint} (fp32): held-out loss {base.loss:.4f}, {base.tokens_per_s:.0f} bytes/s"),
+               ("gate", f"loss within {100 * cfg.gate.quality_budget:g}% of the teacher's, and {cfg.gate.min_speedup:g}x "
+                        f"its bytes/s or at most {cfg.gate.max_size_ratio:g}x its size"),
+               ("chosen", chosen or "none passed the gate")]
+    write_atomic(out / "report.html", page("elasticml optimize", summary, optimize_charts(report)))
+    write_atomic(out / "report.png", png(optimize_charts(report)))
     return report
 
 
