@@ -68,24 +68,16 @@ def test_distillation_on_two_sharded_workers_moves_a_pruned_student_to_its_teach
     import torch.nn.functional as F
 
     from elasticml.data.loader import TokenBlocks
-    from elasticml.models import SIZES, build_model
+    from elasticml.models import SIZES
     from elasticml.optimize.prune import drop_blocks, prune_mlp
     from elasticml.train.checkpoint import latest_checkpoint, load_model, read_meta, write_checkpoint
     from elasticml.train.config import TrainConfig
     from elasticml.train.history import read_history
     from elasticml.train.launch import fit
+    from tests.support.tiny import train_tiny
 
     blocks = TokenBlocks(str(corpus), seq_len=64)
-    torch.manual_seed(0)
-    teacher = build_model("tiny")
-    opt = torch.optim.AdamW(teacher.parameters(), lr=3e-3)
-    for step in range(150):
-        x, y = blocks.batch(step, global_batch=16)
-        loss = F.cross_entropy(teacher(x).flatten(0, 1), y.flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    teacher.eval()
+    teacher = train_tiny(corpus, steps=150)
     t_dir = write_checkpoint(tmp_path / "teacher", model_state=teacher.state_dict(), optim_state=None,
                              model_config=SIZES["tiny"], step=150)
     held_out, _ = blocks.batch(10_000, global_batch=16)

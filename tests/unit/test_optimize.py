@@ -23,19 +23,10 @@ ELASTICML = str(Path(sys.executable).with_name("elasticml"))
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, corpus):
     """A tiny model trained for a few hundred steps on the corpus (plain torch, one process)."""
-    from elasticml.data.loader import TokenBlocks
     from elasticml.train.checkpoint import write_checkpoint
+    from tests.support.tiny import train_tiny
 
-    torch.manual_seed(0)
-    model = build_model("tiny")
-    blocks = TokenBlocks(str(corpus), seq_len=64)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(200):
-        x, y = blocks.batch(step, global_batch=16)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = train_tiny(corpus, steps=200)
     folder = tmp_path_factory.mktemp("teacher") / "checkpoint"
     write_checkpoint(folder, model_state=model.state_dict(), optim_state=None, model_config=SIZES["tiny"], step=200)
     return folder
