@@ -10,10 +10,10 @@ Candidates: torch.ao dynamic int8 (what elasticml ships, see elasticml/serve/pre
 when torchao is installed (`pip install torchao`; not a dependency), torchao's
 Int8DynamicActivationInt8Weight and Int8WeightOnly configs in eager mode.
 
-ONNX Runtime (when `pip install onnx onnxruntime`): our generation loop keeps a KV cache in
-Python, which an exported graph does not have, so ORT is compared on the full-sequence forward
-(what /v1/score runs): tokens/s scored for a (1, --score-len) input, torch fp32 and int8 vs ORT
-fp32 and ORT dynamic int8 (`onnxruntime.quantization.quantize_dynamic`, QInt8 weights).
+ONNX Runtime (a dependency since the `onnx` / `onnx-int8` precisions): in generation, the decode
+step exported with its KV cache as inputs and outputs, as replicas run it; and on the full-sequence
+forward (what /v1/score runs): tokens/s scored for a (1, --score-len) input, torch fp32 and int8 vs
+ORT fp32 and ORT dynamic int8 (`onnxruntime.quantization.quantize_dynamic`, QInt8 weights).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def candidates() -> dict:
     out = {
         "fp32": lambda m: m,
         "torch.ao dynamic int8 (shipped)": lambda m: prepare(m, device="cpu", precision="int8"),
+        # The decode step exported with its KV cache (elasticml/serve/onnx_runtime.py): precision onnx / onnx-int8.
+        "onnxruntime fp32, KV cache (onnx)": lambda m: prepare(m, device="cpu", precision="onnx"),
+        "onnxruntime dynamic int8, KV cache (onnx-int8)": lambda m: prepare(m, device="cpu", precision="onnx-int8"),
     }
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
