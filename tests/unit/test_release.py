@@ -114,3 +114,20 @@ def test_cli_release_says_in_one_line_why_nothing_was_released(tmp_path):
     done = subprocess.run([ELASTICML, "release", str(good), "--holdout-file", str(path), "--share", "2"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "canary_share: must be in [0.01, 1]" in done.stderr, done.stderr
+
+
+def test_one_release_of_an_app_at_a_time(tmp_path):
+    import fcntl
+
+    folder = tmp_path / "releases"
+    folder.mkdir()
+    cfg = ReleaseConfig(candidate=Candidate(checkpoint="/c", precision="int8"), holdout_texts=("t",),
+                        records=str(folder))
+    with open(folder / "completion.lock", "w") as held:
+        held.write("pid 1234, since now\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)  # another release holds the app
+        with pytest.raises(ConfigError, match=r"app: a release of completion is in progress \(pid 1234"):
+            release(cfg, say=lambda _m: None)
+    with pytest.raises(ConfigError, match="needs its current version"):  # free again: on to the next check
+        release(cfg, say=lambda _m: None)

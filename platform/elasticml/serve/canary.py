@@ -258,10 +258,9 @@ class CanaryRouter:
         await self.evaluate_now()
         return self.status(authorization, x_api_key)
 
-    async def _held_out_nll(self, version: str) -> float:
-        assert self.canary_cfg is not None
+    async def _held_out_nll(self, version: str, texts: list[str]) -> float:
         total, n = 0.0, 0
-        for text in self.canary_cfg.holdout():
+        for text in texts:
             for chunk in _chunks(text.encode("utf-8"), 128):
                 piece = chunk.decode("utf-8", errors="ignore")  # a chunk edge may split a character
                 if len(piece.encode("utf-8")) < 2:
@@ -277,7 +276,10 @@ class CanaryRouter:
         async with self._judging:
             if self.state != "running" or self.canary_cfg is None:
                 return
-            scores = {v: await self._held_out_nll(v) for v in self.handles}
+            judged, texts = self.release, await asyncio.to_thread(self.canary_cfg.holdout)
+            scores = {v: await self._held_out_nll(v, texts) for v in self.handles}
+            if self.release is not judged:  # reconfigured to another release while scoring: not this one's verdict
+                return
             self.last_scores = scores
             verdict = judge(
                 VersionStats(nll_per_byte=scores["stable"], ms_per_token=list(self.latency["stable"])),

@@ -191,14 +191,15 @@ def _save(path: Path, record: dict[str, Any]) -> None:
     from elasticml.atomic import write_atomic
 
     record["releases"] = record["releases"][-KEEP_RELEASES:]
-    write_atomic(path, json.dumps(record, indent=2))
+    # 0600: what an app serves may carry its tenants' key digests
+    write_atomic(path, json.dumps(record, indent=2), mode=0o600)
     deploy_file = {"applications": [{"name": record["app"], "route_prefix": record["route_prefix"],
                                      "import_path": "elasticml.serve.canary:build_release_app",
                                      "args": record["serving"]}]}
     write_atomic(path.with_suffix(".yaml"),
                  f"# What Serve application {record['app']} serves after its last release "
                  f"(elasticml release); `serve deploy` this file to bring it back.\n"
-                 + yaml.safe_dump(deploy_file, sort_keys=False))
+                 + yaml.safe_dump(deploy_file, sort_keys=False), mode=0o600)
 
 
 # -- the release ------------------------------------------------------------------
@@ -246,7 +247,28 @@ def _wait_for_verdict(cfg: ReleaseConfig, say: Callable[[str], None]) -> dict[st
 def release(cfg: ReleaseConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Take `cfg.candidate` through a canary release of APP; returns this release's entry of the record.
 
-    Needs a driver connected to the cluster (ray.init) with Serve on it."""
+    Needs a driver connected to the cluster (ray.init) with Serve on it. One release of an app at a
+    time: a second one while the first runs is refused (a lock file next to the record)."""
+    import fcntl
+    import os
+
+    folder = cfg.records_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{cfg.app}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise ConfigError(f"a release of {cfg.app} is in progress ({lock.read().strip() or 'another process'}); "
+                              "wait for its verdict", field="app") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        lock.flush()
+        return _release(cfg, say)
+
+
+def _release(cfg: ReleaseConfig, say: Callable[[str], None]) -> dict[str, Any]:
     from elasticml.serve.canary import build_canary_app, build_release_app
     from elasticml.train.checkpoint import resolve_checkpoint
     from elasticml.serve.config import ServeConfig
