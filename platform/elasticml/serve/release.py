@@ -313,10 +313,17 @@ def _release(cfg: ReleaseConfig, say: Callable[[str], None]) -> dict[str, Any]:
                    "holdout_file": cfg.holdout_file, "evaluate_after": cfg.evaluate_after,
                    "max_nll_increase": cfg.max_nll_increase, "max_latency_ratio": cfg.max_latency_ratio,
                    "min_latency_samples": cfg.min_latency_samples, "verdict_uri": verdict_uri}
-    _deploy(build_canary_app, canary_args, cfg.app, route_prefix)
-    step("canary", f"{candidate_ckpt} ({cfg.candidate.precision}) takes {cfg.canary_share:.0%} of {cfg.app}'s "
-                   f"traffic next to {serving['checkpoint']} ({serving.get('precision', 'auto')})")
-    verdict = _wait_for_verdict(cfg, say)
+    try:
+        _deploy(build_canary_app, canary_args, cfg.app, route_prefix)
+        step("canary", f"{candidate_ckpt} ({cfg.candidate.precision}) takes {cfg.canary_share:.0%} of {cfg.app}'s "
+                       f"traffic next to {serving['checkpoint']} ({serving.get('precision', 'auto')})")
+        verdict = _wait_for_verdict(cfg, say)
+    except ConfigError:  # a bad setting of the candidate's, refused while the app was built: nothing deployed
+        entry["outcome"] = "refused"
+        _save(path, record)
+        raise
+    except Exception as exc:  # the candidate did not come up, or its router did not answer
+        verdict = {"state": "rolled_back", "reason": f"the canary failed: {type(exc).__name__}: {str(exc)[:500]}"}
     entry["verdict"] = {k: verdict.get(k) for k in ("state", "reason", "requests", "held_out_nll_per_byte",
                                                      "p50_ms_per_token")}
     if verdict["state"] == "promoted":
@@ -332,7 +339,7 @@ def _release(cfg: ReleaseConfig, say: Callable[[str], None]) -> dict[str, Any]:
             return entry
         record["serving"] = promoted
         entry["outcome"] = "promoted"
-        step("promoted", f"{cfg.app} serves {candidate_ckpt} ({cfg.candidate.precision}); the canary app is torn down")
+        step("promoted", f"{cfg.app} serves {candidate_ckpt} ({cfg.candidate.precision}); the old version is torn down")
     else:
         step("judged", f"roll back: {verdict['reason']}")
         _deploy(build_release_app, serving, cfg.app, route_prefix)
