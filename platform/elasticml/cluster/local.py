@@ -170,6 +170,9 @@ class LocalCluster:
         token_path = auth.ensure_token(self.dir / "auth_token")
         config_path = self.dir / "autoscaling.yaml"
         rendered = render_local_autoscaling_config(spec, gcs_address=gcs_address)
+        from elasticml.cluster.provider import MODULE
+
+        rendered["provider"]["module"] = MODULE  # the fake provider, a runtime-env folder per node
         market_file = spot_market.market_path(self.dir)
         market_file.unlink(missing_ok=True)
         spot_types = [t.name for t in spec.worker_types.values() if t.market == "spot"]

@@ -189,11 +189,11 @@ def market_path(cluster_dir: Path) -> Path:
 
 
 # -- the node provider ---------------------------------------------------------------------
+from elasticml.cluster.provider import LocalNodeProvider
+
 try:
-    from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
     from ray.autoscaler.tags import TAG_RAY_USER_NODE_TYPE
 except ImportError:  # pragma: no cover - Ray is a dependency; this keeps the module importable without it
-    FakeMultiNodeProvider = object  # type: ignore[assignment,misc]
     TAG_RAY_USER_NODE_TYPE = "ray-user-node-type"
 
 
@@ -201,8 +201,8 @@ class SpotCapacityError(RuntimeError):
     """What a cloud answers a spot launch with when it has no capacity (EC2's InsufficientInstanceCapacity)."""
 
 
-class SpotMarketProvider(FakeMultiNodeProvider):  # type: ignore[misc,valid-type]
-    """Ray's fake multi-node provider, with spot node types that follow the replayed market.
+class SpotMarketProvider(LocalNodeProvider):  # type: ignore[misc,valid-type]
+    """The local cluster's provider, with spot node types that follow the replayed market.
 
     Provider config keys beside the fake provider's: `spot_market` (the market file)
     and `spot_node_types` (the node types that are spot).
