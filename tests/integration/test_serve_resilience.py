@@ -261,7 +261,7 @@ def test_predictive_extra_replicas_of_a_tenants_app_go_to_spot_and_leave_when_th
         # Idle, nothing runs on spot: the forecast asks for no more than the base.
         assert spot_running() == 0 and pools()[True]["weight"] == 0
         with Load(base_url, retries=0) as load:  # 4 clients in flight, 2 per replica: one more replica needed
-            wait_until(lambda: spot_running() >= 1, "a spot replica under load", timeout=90)
+            wait_until(lambda: spot_running() >= 1, "a spot replica under load", timeout=180)
             wait_until(lambda: pools()[True]["weight"] >= 1, "the router sending to the spot pool", timeout=30)
             before = pools()[True]["requests"]
             wait_until(lambda: pools()[True]["requests"] > before, "requests answered on spot", timeout=30)
