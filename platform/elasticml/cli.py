@@ -685,9 +685,7 @@ def release_cmd(candidate: str, app: str, pick: str | None, precision: str | Non
     else:
         if pick is not None:
             raise click.UsageError("--pick is for a report")
-        probe = ReleaseConfig(candidate=Candidate(checkpoint=candidate, precision="auto"), app=app,
-                              holdout_file=holdout_file)
-        current = base or (load_record(record_path(probe)) or {}).get("serving", {})
+        current = base or (load_record(record_path(app)) or {}).get("serving", {})
         chosen = Candidate(checkpoint=candidate, precision=precision or current.get("precision", "auto"))
     cfg = ReleaseConfig(candidate=chosen, app=app, route_prefix=route, base=base, holdout_file=holdout_file,
                         canary_share=canary_share, evaluate_after=evaluate_after, max_nll_increase=max_nll_increase,
@@ -697,7 +695,7 @@ def release_cmd(candidate: str, app: str, pick: str | None, precision: str | Non
     entry = release(cfg, say=(lambda _m: None) if as_json else (lambda m: click.echo(m, err=True)))
     if _emit(as_json, entry):
         return
-    click.echo(f"{app}: {entry['outcome'].replace('_', ' ')} ({record_path(cfg)})")
+    click.echo(f"{app}: {entry['outcome'].replace('_', ' ')} ({record_path(app)})")
 
 
 # -- audit -----------------------------------------------------------------------

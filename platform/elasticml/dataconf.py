@@ -38,6 +38,12 @@ def check_number(value: Any, *, field: str, lo: float, hi: float, integer: bool 
         raise ConfigError(f"must be in [{lo:g}, {hi:g}], got {value!r}", field=field)
 
 
+def check_choice(value: Any, allowed: tuple[str, ...], *, field: str) -> None:
+    """One of `allowed` (a Literal's get_args, say)."""
+    if value not in allowed:
+        raise ConfigError(f"must be one of {', '.join(allowed)}, got {value!r}", field=field)
+
+
 def check_text(value: Any, *, field: str, max_len: int, pattern: str | None = None) -> None:
     """A non-empty string of at most max_len characters, matching `pattern` (a full match) when given."""
     if not isinstance(value, str):

@@ -138,6 +138,22 @@ class KVCache:
         )
 
 
+def decode_mask(start: int | torch.Tensor, t: int, pad: torch.Tensor | None, device: torch.device | None = None
+                ) -> torch.Tensor:
+    """Which keys (positions 0..start+t-1) each of t new queries (positions start..) may attend to:
+    (t, S) causal, or with `pad` (B,) left padding positions per row, (B, 1, t, S), padding never
+    attended to. Built from comparisons of positions, so an exported graph (ONNX) computes it too."""
+    keys = torch.arange(start + t, device=device)
+    queries = start + torch.arange(t, device=device)
+    causal = keys[None, :] <= queries[:, None]  # (t, S)
+    if pad is None:
+        return causal
+    real = keys[None, :] >= pad[:, None]  # (B, S)
+    # A padding query still sees itself, so that its (unused) row stays finite instead of NaN.
+    itself = keys[None, :] == queries[:, None]  # (t, S)
+    return causal[None, None] & (real[:, None, None, :] | itself[None, None])
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -145,10 +161,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def heads(self, x: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys (both rotated) and values, (B, H, T, D) each."""
         b, t, _ = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(q, rope), apply_rotary(k, rope)
+        return apply_rotary(q, rope), apply_rotary(k, rope), v
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.heads(x, rope)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -157,14 +178,7 @@ class Attention(nn.Module):
             cache.values[layer][:, :, start : start + t] = v
             k_all = cache.keys[layer][:, :, : start + t]
             v_all = cache.values[layer][:, :, : start + t]
-            # Query i (absolute position start+i) sees keys 0..start+i.
-            mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            if cache.pad is not None:
-                keys = torch.arange(start + t, device=x.device)
-                real = keys[None, :] >= cache.pad[:, None]  # (B, S)
-                # A padding query still sees itself, so that its (unused) row stays finite instead of NaN.
-                itself = keys[None, :] == (start + torch.arange(t, device=x.device))[:, None]  # (t, S)
-                mask = mask[None, None] & (real[:, None, None, :] | itself[None, None])
+            mask = decode_mask(start, t, cache.pad, x.device)
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(b, t, -1))
 

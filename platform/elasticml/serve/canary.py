@@ -71,11 +71,11 @@ class CanaryConfig:
     def __post_init__(self) -> None:
         from typing import get_args
 
+        from elasticml.dataconf import check_choice
         from elasticml.serve.config import Precision
 
-        if self.canary_precision is not None and self.canary_precision not in get_args(Precision):
-            raise ConfigError(f"must be one of {', '.join(get_args(Precision))}, got {self.canary_precision!r}",
-                              field="canary_precision")
+        if self.canary_precision is not None:
+            check_choice(self.canary_precision, get_args(Precision), field="canary_precision")
         if not 0 <= self.canary_share <= 1:
             raise ConfigError(f"must be between 0 and 1, got {self.canary_share}", field="canary_share")
         if not (self.holdout_texts or self.holdout_file):

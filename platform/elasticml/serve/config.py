@@ -10,7 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-from elasticml.dataconf import check_number, from_mapping
+from elasticml.dataconf import check_choice, check_number, from_mapping
 from elasticml.errors import ConfigError
 
 Device = Literal["cpu", "gpu"]
@@ -114,9 +114,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (("device", Device), ("precision", Precision), ("preset", Preset), ("market", Market)):
-            if getattr(self, name) not in get_args(allowed):
-                raise ConfigError(f"must be one of {', '.join(get_args(allowed))}, got {getattr(self, name)!r}",
-                                  field=name)
+            check_choice(getattr(self, name), get_args(allowed), field=name)
         if self.tenant is not None and self.market != "any":
             raise ConfigError("a tenant's app is placed by the scheduler (its budget, priority and residency); "
                               "`market:` is for an operator's app without a tenant", field="market")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticml.models.transformer import KVCache, Transformer, apply_rotary
+from elasticml.models.transformer import KVCache, Transformer, decode_mask
 
 PRECISIONS = ("onnx", "onnx-int8")
 OPSET = 18
@@ -42,17 +42,11 @@ class Step(nn.Module):
         start = past_k.shape[3]
         x = m.embed(tokens)
         rope = m.rope[start:start + t]
-        keys = torch.arange(start + t)
-        queries = start + torch.arange(t)
-        causal = keys[None, :] <= queries[:, None]  # (t, S)
-        real = keys[None, :] >= pad[:, None]  # (B, S)
-        itself = keys[None, :] == queries[:, None]  # a padding query sees itself: its row stays finite
-        mask = causal[None, None] & (real[:, None, None, :] | itself[None, None])
+        mask = decode_mask(start, t, pad)
         present_k, present_v = [], []
         for i, block in enumerate(m.blocks):
             attn = block.attn
-            q, k, v = attn.qkv(block.attn_norm(x)).view(b, t, 3, attn.n_heads, -1).permute(2, 0, 3, 1, 4)
-            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
+            q, k, v = attn.heads(block.attn_norm(x), rope)
             k, v = torch.cat([past_k[i], k], 2), torch.cat([past_v[i], v], 2)
             present_k.append(k)
             present_v.append(v)

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from elasticml.dataconf import check_number, check_text
+from elasticml.dataconf import check_choice, check_number, check_text
 from elasticml.errors import ConfigError
 from elasticml.home import home
 
@@ -60,9 +60,7 @@ class Candidate:
         from elasticml.serve.config import Precision
 
         check_text(self.checkpoint, field="checkpoint", max_len=4096)
-        if self.precision not in get_args(Precision):
-            raise ConfigError(f"must be one of {', '.join(get_args(Precision))}, got {self.precision!r}",
-                              field="precision")
+        check_choice(self.precision, get_args(Precision), field="precision")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -105,15 +103,20 @@ class ReleaseConfig:
         check_number(self.poll_s, field="poll_s", lo=0.05, hi=60.0)
 
     def records_dir(self) -> Path:
-        return Path(self.records).expanduser() if self.records else home() / "releases"
+        return record_path(self.app, self.records).parent
 
 
 # -- the candidate ----------------------------------------------------------------
-def _read_json(path: Path, what: str) -> Any:
+def _read_bounded(path: Path, what: str) -> str:
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ConfigError(f"{path} is larger than {MAX_FILE_BYTES} bytes", field=what)
+    return path.read_text()
+
+
+def _read_json(path: Path, what: str) -> Any:
+    text = _read_bounded(path, what)
     try:
-        return json.loads(path.read_text())
+        return json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not JSON: {exc}", field=what) from None
 
@@ -150,10 +153,9 @@ def read_base(path: str | Path, app: str) -> tuple[dict[str, Any], str | None]:
     import yaml
 
     file = Path(path).expanduser()
-    if file.stat().st_size > MAX_FILE_BYTES:
-        raise ConfigError(f"{file} is larger than {MAX_FILE_BYTES} bytes", field="base")
+    text = _read_bounded(file, "base")
     try:
-        doc = yaml.safe_load(file.read_text())
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file} is not YAML: {str(exc)[:300]}", field="base") from None
     if not isinstance(doc, dict):
@@ -171,8 +173,9 @@ def read_base(path: str | Path, app: str) -> tuple[dict[str, Any], str | None]:
 
 
 # -- the record -------------------------------------------------------------------
-def record_path(cfg: ReleaseConfig) -> Path:
-    return cfg.records_dir() / f"{cfg.app}.json"
+def record_path(app: str, records: str | None = None) -> Path:
+    """APP's release record, in `records` (default $ELASTICML_HOME/releases)."""
+    return (Path(records).expanduser() if records else home() / "releases") / f"{app}.json"
 
 
 def load_record(path: Path) -> dict[str, Any] | None:
@@ -273,7 +276,7 @@ def _release(cfg: ReleaseConfig, say: Callable[[str], None]) -> dict[str, Any]:
     from elasticml.train.checkpoint import resolve_checkpoint
     from elasticml.serve.config import ServeConfig
 
-    path = record_path(cfg)
+    path = record_path(cfg.app, cfg.records)
     record = load_record(path)
     if record is None:
         if cfg.base is None:
@@ -326,25 +329,25 @@ def _release(cfg: ReleaseConfig, say: Callable[[str], None]) -> dict[str, Any]:
         verdict = {"state": "rolled_back", "reason": f"the canary failed: {type(exc).__name__}: {str(exc)[:500]}"}
     entry["verdict"] = {k: verdict.get(k) for k in ("state", "reason", "requests", "held_out_nll_per_byte",
                                                      "p50_ms_per_token")}
-    if verdict["state"] == "promoted":
-        step("judged", f"promote: {verdict['reason']}")
-        promoted = {**serving, "checkpoint": candidate_ckpt, "precision": cfg.candidate.precision}
-        try:
-            _deploy(build_release_app, promoted, cfg.app, route_prefix)
-        except Exception as exc:
-            step("promotion failed", f"{type(exc).__name__}: {str(exc)[:500]}")
-            _deploy(build_release_app, serving, cfg.app, route_prefix)
-            entry["outcome"] = "rolled_back"
-            step("rolled back", f"{cfg.app} serves {serving['checkpoint']} again")
-            return entry
-        record["serving"] = promoted
-        entry["outcome"] = "promoted"
-        step("promoted", f"{cfg.app} serves {candidate_ckpt} ({cfg.candidate.precision}); the old version is torn down")
-    else:
-        step("judged", f"roll back: {verdict['reason']}")
+    def roll_back() -> dict[str, Any]:
         _deploy(build_release_app, serving, cfg.app, route_prefix)
         entry["outcome"] = "rolled_back"
         step("rolled back", f"{cfg.app} serves {serving['checkpoint']} alone; the candidate is torn down")
+        return entry
+
+    if verdict["state"] != "promoted":
+        step("judged", f"roll back: {verdict['reason']}")
+        return roll_back()
+    step("judged", f"promote: {verdict['reason']}")
+    promoted = {**serving, "checkpoint": candidate_ckpt, "precision": cfg.candidate.precision}
+    try:
+        _deploy(build_release_app, promoted, cfg.app, route_prefix)
+    except Exception as exc:
+        step("promotion failed", f"{type(exc).__name__}: {str(exc)[:500]}")
+        return roll_back()
+    record["serving"] = promoted
+    entry["outcome"] = "promoted"
+    step("promoted", f"{cfg.app} serves {candidate_ckpt} ({cfg.candidate.precision}); the old version is torn down")
     return entry
 
 

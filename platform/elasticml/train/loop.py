@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from elasticml.data.loader import TokenBlocks
 from elasticml.models import user as user_models
-from elasticml.models.transformer import SIZES, Transformer, build_model
+from elasticml.models.transformer import Transformer, build_model
 from elasticml.optimize.distill import distill_loss
 from elasticml.train.checkpoint import load_model, read_meta, read_state, write_checkpoint
 from elasticml.train.config import TrainConfig
@@ -98,7 +98,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
 
     torch.manual_seed(cfg.seed)
-    model_config = None if cfg.model else SIZES[cfg.model_size]
     if cfg.init_from:
         model, _ = load_model(cfg.init_from)
         model.train()
