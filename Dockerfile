@@ -1,18 +1,24 @@
 # The platform's image: the matching rayproject/ray release with elasticml installed, for KubeRay pods
-# and the AWS YAMLs' docker option. Build both flavours (the tag is the definition's image_tag):
+# and the AWS YAMLs' docker option. Every package comes from a lock (requirements/, refreshed by
+# `./dev lock`), at its version and hash. Build both flavours (the tag is the definition's image_tag):
 #   docker build -t ghcr.io/elasticml/elasticml:0.1.0-cpu .
 #   docker build -t ghcr.io/elasticml/elasticml:0.1.0-gpu --build-arg RAY_TAG=2.60.0-py311-cu124 \
-#       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+#       --build-arg LOCK=runtime-cuda.lock .
 ARG RAY_TAG=2.60.0-py311-cpu
 FROM rayproject/ray:${RAY_TAG}
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# runtime-cpu.lock holds torch's CPU build (2.13.0+cpu, from PyTorch's CPU index); runtime-cuda.lock
+# PyPI's 2.13.0, the CUDA build with its nvidia-* libraries.
+ARG LOCK=runtime-cpu.lock
+ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 # Made by the base image's user (ray), so the install below may write in it.
 RUN mkdir -p /home/ray/elasticml
 WORKDIR /home/ray/elasticml
+COPY --chown=ray:users requirements/${LOCK} ./requirements/
+RUN pip install --no-cache-dir --require-hashes --extra-index-url "${TORCH_CPU_INDEX}" -r "requirements/${LOCK}"
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users platform ./platform
 COPY --chown=ray:users serve_apps ./serve_apps
 COPY --chown=ray:users jobs ./jobs
-# Ray stays the base image's own (the package pins 2.60.x); torch from the index of the base's flavour.
-RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX}" "torch==2.13.0" . \
+# The package alone: everything it needs is already installed from the lock.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && python -c "import elasticml.provision.tls, serve_apps.completion"

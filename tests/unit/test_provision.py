@@ -383,8 +383,14 @@ def test_the_image_is_rays_matching_release_with_the_package_and_every_manifest_
     base = re.search(r"ARG RAY_TAG=(\S+)", docker).group(1)
     ray_pin = re.search(r'"ray\[[^\]]*\]>=([\d.]+),<', (REPO / "pyproject.toml").read_text()).group(1)
     assert base.startswith(ray_pin) and "-py311-" in base and "FROM rayproject/ray:${RAY_TAG}" in docker
-    assert '"torch==2.13.0" .' in docker and all(f"COPY --chown=ray:users {d} ./{d}" in docker
-                                                   for d in ("platform", "serve_apps", "jobs"))
+    assert all(f"COPY --chown=ray:users {d} ./{d}" in docker for d in ("platform", "serve_apps", "jobs"))
+    # Every package from a lock with hashes (the default flavour's lock holds torch's CPU build), then
+    # the package alone.
+    assert "ARG LOCK=runtime-cpu.lock" in docker and "--build-arg LOCK=runtime-cuda.lock" in docker
+    assert '--require-hashes --extra-index-url "${TORCH_CPU_INDEX}" -r "requirements/${LOCK}"' in docker
+    assert "pip install --no-cache-dir --no-deps --no-build-isolation ." in docker
+    assert "torch==2.13.0+cpu \\" in (REPO / "requirements/runtime-cpu.lock").read_text()
+    assert "requirements" not in (REPO / ".dockerignore").read_text().split()
     for name in AWS:
         d = CLUSTERS[name]
         for kind in ("raycluster", "rayjob", "rayservice"):
