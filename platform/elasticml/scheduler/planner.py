@@ -11,8 +11,8 @@ history it is shown, before the job and during it) and solves, backwards
 from the deadline, for the action that minimises the *expected* cost from
 every reachable state:
 
-    state    tick, slack (in units of gap / units_per_tick), what ran last
-             tick and how much of its restart is still unpaid, spot up or
+    state    step, slack (in units of step / units_per_tick), what ran last
+             step and how much of its restart is still unpaid, spot up or
              down and for how long
     actions  idle (slack drops a tick), spot (only while up), on-demand;
              switching to another instance pays a restart out of slack
@@ -20,7 +20,12 @@ every reachable state:
              no longer finish by the deadline even on on-demand) is
              forbidden, so no plan it follows can be late
 
-Each tick it looks its state up in the table. The safety net of the
+Time is in hours, not ticks: the plan's step is `step_hours` (the trace's
+tick where that is coarser), run lengths are re-measured on that grid before
+the model is fitted, and every lookup turns the view's hours (clock, slack,
+run age, unpaid restart) into grid cells. A trace read at a finer tick is the
+same zone and the same job, so it gets the same plan; the finer tick only
+lets the policy look more often. Each tick it looks its state up in the table. The safety net of the
 baselines (`must_run_on_demand`) stays in front of the table; slack is
 rounded down to whole units, so the table never believes in more time than
 there is. What the model captures that threshold rules miss: whether an
@@ -29,8 +34,8 @@ on-demand), whether a spot run of this age is likely to last long enough to
 repay the two restarts of leaving on-demand for it, and how much slack the
 rest of the job will want.
 
-Table size: ticks x (1 + 2 K) x 2 x max_age x slack units, int8. Slack units
-are coarsened (down to one a tick) so that there are at most `max_slack_units`
+Table size: steps x (1 + 2 K) x 2 x max_age x slack units, int8. Slack units
+are coarsened (down to one a step) so that there are at most `max_slack_units`
 and the table stays under `max_table_bytes`; past that, slack above the top row
 is read as the top row. Both round slack down: that costs money, never deadlines.
 """
@@ -43,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from elasticml.scheduler import spot_model
-from elasticml.scheduler.deadline import NONE, OD, SPOT, Instance, TickView
+from elasticml.scheduler.deadline import NONE, OD, SPOT, Instance, JobParams, TickView
 
 _BIG = 1e12
 _ACTIONS: tuple[Instance, Instance, Instance] = (NONE, SPOT, OD)
@@ -51,14 +56,15 @@ _ACTIONS: tuple[Instance, Instance, Instance] = (NONE, SPOT, OD)
 
 @dataclass
 class _Plan:
-    start_tick: int
+    start_step: int
+    step_hours: float
     history_ticks: int
     unit_hours: float
     ages: int
-    """K: ticks after which an instance's restart is paid off."""
+    """K: steps after which an instance's restart is paid off."""
     max_age: int
     table: np.ndarray
-    """(ticks, 1 + 2K, 2, max_age, slack units + 1) -> index into _ACTIONS."""
+    """(steps, 1 + 2K, 2, max_age, slack units + 1) -> index into _ACTIONS."""
 
 
 @dataclass
@@ -83,7 +89,12 @@ class StochasticDPPolicy:
     """Run ages are told apart up to this; older runs share one tail hazard."""
     resolve_growth: float = 0.5
     """Fit and solve again once the history has grown by this share since the last fit (and by >= 1 h)."""
+    step_hours: float | None = None
+    """The plan's time step: decisions are planned, and run lengths measured, on this grid in hours
+    whatever the trace's tick (a coarser tick plans at the tick). None: the job's restart, within
+    [deadline / 2000, 10 minutes], so the grid resolves what a launch costs."""
     units_per_tick: int = 5
+    """Slack units per step, before coarsening."""
     max_slack_units: int = 480
     max_table_bytes: int = 128 * 1024 * 1024
     model_history: list[bool] | None = None
@@ -94,8 +105,10 @@ class StochasticDPPolicy:
     def decide(self, view: TickView) -> Instance:
         if view.must_run_on_demand():
             return OD
+        if self._holds(view):
+            return view.instance
         plan = self._plan
-        if plan is None or view.tick < plan.start_tick or self._history_grew(plan, view):
+        if plan is None or self._step_of(plan.step_hours, view) < plan.start_step or self._history_grew(plan, view):
             plan = self._plan = self._solve(view)
         choice = _ACTIONS[int(plan.table[self._index(plan, view)])]
         if choice == SPOT and not view.spot_available:
@@ -106,10 +119,34 @@ class StochasticDPPolicy:
         grown = len(view.history) - plan.history_ticks
         return grown * view.gap_hours >= 1.0 and grown >= self.resolve_growth * plan.history_ticks
 
+    def plan_step(self, params: JobParams, gap_hours: float) -> float:
+        """The plan's step in hours: set by the job, never finer than the trace's tick."""
+        step = self.step_hours
+        if step is None:
+            step = min(1 / 6, max(params.restart_hours, params.deadline_hours / 2000))
+        return max(gap_hours, step)
+
+    def _holds(self, view: TickView) -> bool:
+        """Inside a plan step where nothing happened: keep what ran last tick.
+
+        The table decides once a step, as its program assumes; a finer tick looks again inside
+        the step only when something happened (spot came or went, a preemption), so the same
+        zone read at a finer tick runs the same plan and still reacts at once to events."""
+        if view.tick == 0 or view.preempted or not view.history:
+            return False
+        g = self.plan_step(view.params, view.gap_hours)
+        if g <= view.gap_hours + 1e-12:
+            return False
+        same_step = math.floor(view.hour / g + 1e-9) == math.floor((view.hour - view.gap_hours) / g + 1e-9)
+        return same_step and bool(view.history[-1]) == view.spot_available
+
     # -- lookup -------------------------------------------------------------------
     @staticmethod
-    def _index(plan: _Plan, view: TickView) -> tuple[int, int, int, int, int]:
-        d, g = view.params.restart_hours, view.gap_hours
+    def _step_of(step_hours: float, view: TickView) -> int:
+        return math.floor(view.hour / step_hours + 1e-9)
+
+    def _index(self, plan: _Plan, view: TickView) -> tuple[int, int, int, int, int]:
+        d, g = view.params.restart_hours, plan.step_hours
         K = plan.ages
         if view.instance == NONE:
             m = 0
@@ -118,18 +155,21 @@ class StochasticDPPolicy:
             age = K if unpaid <= 1e-9 else min(K - 1, max(0, round((d - unpaid) / g)))
             m = (1 if view.instance == SPOT else 1 + K) + max(age, 1) - 1
         a = 1 if view.spot_available else 0
-        k = min(spot_model.current_age(view.history, view.spot_available), plan.max_age) - 1
+        age_ticks = spot_model.current_age(view.history, view.spot_available)
+        k = min(spot_model.age_on_grid(age_ticks, view.gap_hours, g), plan.max_age) - 1
         n_slack = plan.table.shape[-1]
         i = min(n_slack - 1, max(0, math.floor((view.slack + d) / plan.unit_hours + 1e-9)))
-        return view.tick - plan.start_tick, m, a, k, i
+        t = min(plan.table.shape[0] - 1, self._step_of(g, view) - plan.start_step)
+        return t, m, a, k, i
 
     # -- the program ----------------------------------------------------------------
     def _solve(self, view: TickView) -> _Plan:
         p = view.params
-        g, d, rho = view.gap_hours, p.restart_hours, p.price_ratio
+        g = self.plan_step(view.params, view.gap_hours)
+        d, rho = p.restart_hours, p.price_ratio
         slack_room = max(0.0, view.slack + d)
-        t0 = view.tick
-        T = math.ceil(p.deadline_hours / g - 1e-9)
+        t0 = self._step_of(g, view)
+        T = max(t0 + 1, math.ceil(p.deadline_hours / g - 1e-9))
         A = max(2, math.ceil(self.max_age_hours / g))
         K_max = max(1, math.ceil(d / g - 1e-9))  # = K below for any R: ceil(ceil(xR) / R) == ceil(x)
         per_unit = (T - t0) * (1 + 2 * K_max) * 2 * A
@@ -144,9 +184,10 @@ class StochasticDPPolicy:
         # Slack beyond the table's top row is looked up as the top row: the plan then believes
         # in less slack than there is, which costs money, never deadlines.
         n_slack = min(max_units, math.floor(slack_room / u + 1e-9) + 1)
+        history = view.history if self.model_history is None else self.model_history
         model = spot_model.fit(
-            view.history if self.model_history is None else self.model_history, g,
-            max_age=A, prior_mean_hours=self.prior_mean_hours, prior_weight=self.prior_weight,
+            (), g, max_age=A, prior_mean_hours=self.prior_mean_hours, prior_weight=self.prior_weight,
+            observed=spot_model.on_grid(spot_model.runs(history), view.gap_hours, g),
         )
         cont = model.continue_probability()  # (2, A)
         older = np.minimum(np.arange(A) + 1, A - 1)
@@ -193,5 +234,5 @@ class StochasticDPPolicy:
             best[V >= _BIG / 2] = 2  # nothing feasible: on-demand is as good as anything
             V[..., remaining <= 1e-9] = 0.0
             table[t - t0] = best
-        return _Plan(start_tick=t0, history_ticks=len(view.history), unit_hours=u, ages=K,
+        return _Plan(start_step=t0, step_hours=g, history_ticks=len(view.history), unit_hours=u, ages=K,
                      max_age=A, table=table)

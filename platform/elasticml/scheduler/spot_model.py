@@ -19,6 +19,7 @@ Glossary
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,6 +61,19 @@ def current_age(history: Sequence[bool], available: bool) -> int:
     return age
 
 
+def on_grid(observed: Sequence[tuple[bool, int]], gap_hours: float, step_hours: float) -> list[tuple[bool, int]]:
+    """Runs measured in ticks of `gap_hours`, re-measured in steps of `step_hours` (at least one step each).
+
+    A run's length in hours is what it is whatever the trace's tick, so a model fitted on the
+    re-measured runs is the same for a trace and the same trace read at a finer tick."""
+    return [(v, max(1, round(n * gap_hours / step_hours))) for v, n in observed]
+
+
+def age_on_grid(age_ticks: int, gap_hours: float, step_hours: float) -> int:
+    """A run's age in ticks as an age in steps: the step the current tick falls in, counted from 1."""
+    return max(1, math.ceil(age_ticks * gap_hours / step_hours - 1e-9))
+
+
 def fit(
     history: Sequence[bool],
     gap_hours: float,
@@ -67,14 +81,16 @@ def fit(
     max_age: int,
     prior_mean_hours: tuple[float, float],
     prior_weight: float,
+    observed: Sequence[tuple[bool, int]] | None = None,
 ) -> RunLengthModel:
     """Kaplan-Meier hazards by age for down (row 0) and up (row 1) runs, shrunk toward a geometric prior.
 
-    `prior_mean_hours` is (mean outage, mean spot run) of the memoryless prior.
+    `prior_mean_hours` is (mean outage, mean spot run) of the memoryless prior. `observed`, when
+    given, is the runs to fit in ticks of `gap_hours` instead of `runs(history)`.
     """
     at_risk = np.zeros((2, max_age))
     ended = np.zeros((2, max_age))
-    observed = runs(history)
+    observed = runs(history) if observed is None else list(observed)
     for i, (value, length) in enumerate(observed):
         row = UP if value else DOWN
         censored = i == len(observed) - 1
