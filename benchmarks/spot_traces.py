@@ -1,7 +1,11 @@
-"""The real spot traces in ../shared/spot-traces, as 0/1 availability for one node on 10-minute ticks.
+"""The real spot traces in ../shared/spot-traces, as 0/1 availability for one node, at their native
+tick or resampled to a coarser one.
 
-    tuning_traces()      -> [(name, availability, gap_hours)]   choose parameters on these only
-    validation_traces()  -> [(name, availability, gap_hours)]   report on these; never tune on them
+    tuning_traces(gap_seconds=None)      -> [(name, availability, gap_hours)]   choose parameters on these only
+    validation_traces(gap_seconds=None)  -> [(name, availability, gap_hours)]   report on these; never tune on them
+
+`gap_seconds=None` keeps each file's own tick (600 s validation, 300 s 16-node and 4-node, 30-34 s
+1-node preemption); a number resamples every trace to it (600: the validation set's tick).
 
 How each folder is turned into one node's availability (read off the data):
 - validation/availability-1-node-*: already the simulator's format (0 = spot available), 600 s ticks.
@@ -13,10 +17,9 @@ How each folder is turned into one node's availability (read off the data):
   almost only 1s for 46 h, so these record a running instance: 1 = up, 0 = preempted or
   relaunching. Inverted. The 4-node files (counts 0..4, 300 s) likewise count nodes up: one node
   is available when at least one is up.
-- Everything is resampled to 600 s ticks, the validation set's: a tick is available only when
-  every sub-tick in it was (a preemption inside a tick loses the tick). Traces shorter than
-  150 h after resampling (GCP's 46 h files) are left out: a 48 h job with 70 h deadline and
-  history before it does not fit.
+- Resampled to a coarser tick, a tick is available only when every sub-tick in it was (a
+  preemption inside a tick loses the tick). Traces shorter than 150 h (GCP's 46 h files) are
+  left out: a 48 h job with a 70 h deadline and history before it does not fit.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ import json
 from pathlib import Path
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "spot-traces"
-GAP_SECONDS = 600
 MIN_HOURS = 150
 
 
-def _resample(available: list[bool], gap_seconds: float) -> list[bool]:
-    per = GAP_SECONDS / gap_seconds
+def _resample(available: list[bool], gap_seconds: float, to_seconds: float | None) -> tuple[list[bool], float]:
+    if to_seconds is None or to_seconds <= gap_seconds:
+        return available, gap_seconds
+    per = to_seconds / gap_seconds
     n = int(len(available) / per)
-    return [all(available[int(i * per): max(int(i * per) + 1, int((i + 1) * per))]) for i in range(n)]
+    return [all(available[int(i * per): max(int(i * per) + 1, int((i + 1) * per))]) for i in range(n)], to_seconds
 
 
 def _load(path: Path) -> tuple[list, float]:
@@ -40,27 +44,28 @@ def _load(path: Path) -> tuple[list, float]:
     return raw["data"], float(raw["metadata"]["gap_seconds"])
 
 
-def _keep(name: str, available: list[bool], out: list[tuple[str, list[bool], float]]) -> None:
-    if len(available) * GAP_SECONDS / 3600 >= MIN_HOURS:
-        out.append((name, available, GAP_SECONDS / 3600))
+def _keep(name: str, trace: tuple[list[bool], float], out: list[tuple[str, list[bool], float]]) -> None:
+    available, gap_seconds = trace
+    if len(available) * gap_seconds / 3600 >= MIN_HOURS:
+        out.append((name, available, gap_seconds / 3600))
 
 
-def tuning_traces(root: Path = TRACES) -> list[tuple[str, list[bool], float]]:
+def tuning_traces(gap_seconds: float | None = None, root: Path = TRACES) -> list[tuple[str, list[bool], float]]:
     out: list[tuple[str, list[bool], float]] = []
     for path in sorted((root / "tuning").glob("availability-16-node-*/*.json")):
         data, gap = _load(path)
-        _keep(f"16node-any/{path.stem}", _resample([v < 16 for v in data], gap), out)
-        _keep(f"16node-all/{path.stem}", _resample([v == 0 for v in data], gap), out)
+        _keep(f"16node-any/{path.stem}", _resample([v < 16 for v in data], gap, gap_seconds), out)
+        _keep(f"16node-all/{path.stem}", _resample([v == 0 for v in data], gap, gap_seconds), out)
     for path in sorted((root / "tuning" / "preemption").glob("*/*.json")):
         data, gap = _load(path)
         kind = "4node" if path.parent.name.startswith("4-node") else "1node"
-        _keep(f"preempt-{kind}/{path.parent.name}/{path.stem}", _resample([v > 0 for v in data], gap), out)
+        _keep(f"preempt-{kind}/{path.parent.name}/{path.stem}", _resample([v > 0 for v in data], gap, gap_seconds), out)
     return out
 
 
-def validation_traces(root: Path = TRACES) -> list[tuple[str, list[bool], float]]:
+def validation_traces(gap_seconds: float | None = None, root: Path = TRACES) -> list[tuple[str, list[bool], float]]:
     out: list[tuple[str, list[bool], float]] = []
     for path in sorted((root / "validation").glob("*/*.json")):
         data, gap = _load(path)
-        _keep(path.stem, _resample([v == 0 for v in data], gap), out)
+        _keep(path.stem, _resample([v == 0 for v in data], gap, gap_seconds), out)
     return out

@@ -37,7 +37,7 @@ GRID = {
 
 def cases(step_hours: float) -> list[tuple[str, list[bool], float, int, JobParams]]:
     out = []
-    for name, av, gap in tuning_traces():
+    for name, av, gap in tuning_traces(600):
         for deadline in DEADLINES:
             params = JobParams(job_hours=JOB_H, deadline_hours=deadline, restart_hours=RESTART_H, price_ratio=PRICE_RATIO)
             start = 48.0

@@ -97,6 +97,10 @@ class StochasticDPPolicy:
     """Slack units per step, before coarsening."""
     max_slack_units: int = 480
     max_table_bytes: int = 128 * 1024 * 1024
+    idle_while_up: bool = False
+    """Let the plan wait while spot is up (for an older, steadier spot run). Under its model that
+    can be worth the slack; when the model misleads (a calm history before a hostile job) the
+    slack is gone when it is needed, so by default spot up means run: on spot or on-demand."""
     model_history: list[bool] | None = None
     """Fit the model on this instead of the history the view shows (diagnostics only, e.g. a
     model fitted on the job's own future to measure what a perfect fit would be worth)."""
@@ -229,6 +233,8 @@ class StochasticDPPolicy:
                                           price * g + shifted(W[base + after[j]], over[j]))
                 Q[kind] = per_age[age_in[kind]]
             Q[1, :, 0] = _BIG  # no spot while it is down
+            if not self.idle_while_up:
+                Q[0, :, 1] = _BIG  # no waiting while spot is up: see idle_while_up
             best = np.argmin(Q, axis=0).astype(np.int8)
             V = np.minimum(np.min(Q, axis=0), _BIG)
             best[V >= _BIG / 2] = 2  # nothing feasible: on-demand is as good as anything

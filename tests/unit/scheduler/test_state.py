@@ -158,7 +158,7 @@ def test_the_live_controller_takes_the_simulators_decisions_on_the_same_availabi
     s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), controller=cfg, clock=clock)
     job = spec("j", expected_hours=2, deadline_hours=8, restart_overhead_hours=0.05, checkpoint_interval_hours=0.1,
                spot_policy=policy)
-    trace = _trace(400, seed=4)  # one on which stochastic-dp waits, runs on spot and on on-demand
+    trace = _trace(400, seed=8)  # one on which stochastic-dp waits, runs on spot and on on-demand
     live: list[str] = []
 
     def live_instance() -> str:
