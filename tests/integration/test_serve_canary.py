@@ -180,11 +180,14 @@ def reports(release, tmp_path_factory):
     build_corpus(root / "train", num_shards=1, max_bytes=200_000, source_dir=STDLIB / "json")
     build_corpus(root / "eval", num_shards=1, max_bytes=60_000, source_dir=STDLIB / "email")
     out = {}
-    for gate, budget in (("strict", 0.01), ("lax", 0.5)):
+    # The lax gate counts any smaller model as a gain, so its verdict never hangs on a tokens/s
+    # measured on a loaded runner (prune10 is smaller, but not always 0.9x, and not always 1.1x faster).
+    gates = {"strict": GateConfig(quality_budget=0.01), "lax": GateConfig(quality_budget=0.5, max_size_ratio=1.0)}
+    for gate, cfg in gates.items():
         out[gate] = optimize(OptimizeConfig(
             checkpoint=release["good"], eval_data=str(root / "eval"), out=str(root / gate),
             train_data=str(root / "train"), keeps=(0.5, 0.1), eval_blocks=16, repeats=1, prompts=2, max_tokens=8,
-            gate=GateConfig(quality_budget=budget), distill=DistillConfig(steps=0)), say=lambda _m: None)
+            gate=cfg, distill=DistillConfig(steps=0)), say=lambda _m: None)
         out[gate]["path"] = str(root / gate / "report.json")
     return out
 
@@ -237,7 +240,7 @@ def test_release_refuses_what_the_gate_stopped_rolls_back_what_regresses_online_
 
     strict = {c["name"]: c for c in reports["strict"]["candidates"]}
     lax = {c["name"]: c for c in reports["lax"]["candidates"]}
-    assert not strict["prune10"]["passed"] and lax["prune10"]["passed"]  # same numbers, other budget
+    assert not strict["prune10"]["passed"] and lax["prune10"]["passed"]  # same numbers, a laxer gate
     assert strict["prune50+int8"]["passed"]
     base = {"checkpoint": release["good"], "precision": "fp32", "cache_size": 0}
     common = dict(app="completion", holdout_texts=(release["holdout"],), canary_share=0.5, evaluate_after=10,
