@@ -32,12 +32,12 @@ from elasticml.scheduler import traces  # noqa: E402
 HISTORY_HOURS = 24.0
 
 
-def cases() -> dict[str, tuple[list[bool], float]]:
+def cases(native_tick: bool = False) -> dict[str, tuple[list[bool], float]]:
     out = {}
     for family, seed in (("long-outages", 3), ("bursty", 1), ("mostly-down", 2)):
         raw = traces.generate(family, hours=96, seed=seed)
         out[f"synthetic/{family}"] = ([v == 0 for v in raw["data"]], raw["metadata"]["gap_seconds"] / 3600)
-    real = {name: (avail, gap) for name, avail, gap in tuning_traces()}
+    real = {name: (avail, gap) for name, avail, gap in tuning_traces(None if native_tick else 600)}
     for name in ("16node-all/us-west-2a_v100_1", "preempt-1node/aws-04-19-2023/us-east-1c_intel_64",
                  "preempt-4node/4-node-aws-08-03-2023/us-east-1f_v100_1"):
         if name in real:
@@ -64,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline-hours", type=float, default=6.0)
     p.add_argument("--restart-hours", type=float, default=0.1)
     p.add_argument("--price-ratio", type=float, default=3.0)
+    p.add_argument("--native-tick", action="store_true",
+                   help="tuning traces at their own tick (300 s, 32-34 s) instead of 10 minutes; a tick must "
+                        "last 2 s on the wall clock, so a 34-s tick needs --seconds-per-hour >= 212")
     args = p.parse_args(argv)
-    todo = cases()
+    todo = cases(args.native_tick)
     if args.cases:
         todo = {k: v for k, v in todo.items() if k in args.cases.split(",")}
     tmp = Path(tempfile.mkdtemp(prefix="spot-replay-"))
