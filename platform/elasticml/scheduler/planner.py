@@ -20,12 +20,14 @@ every reachable state:
              no longer finish by the deadline even on on-demand) is
              forbidden, so no plan it follows can be late
 
-Time is in hours, not ticks: the plan's step is `step_hours` (the trace's
+Time is in hours, not ticks: the plan's step is `plan_step` (the trace's
 tick where that is coarser), run lengths are re-measured on that grid before
 the model is fitted, and every lookup turns the view's hours (clock, slack,
 run age, unpaid restart) into grid cells. A trace read at a finer tick is the
 same zone and the same job, so it gets the same plan; the finer tick only
-lets the policy look more often. Each tick it looks its state up in the table. The safety net of the
+lets the policy react sooner when spot comes or goes.
+
+Each step it looks its state up in the table. The safety net of the
 baselines (`must_run_on_demand`) stays in front of the table; slack is
 rounded down to whole units, so the table never believes in more time than
 there is. What the model captures that threshold rules miss: whether an
