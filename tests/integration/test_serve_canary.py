@@ -170,7 +170,7 @@ def test_the_router_passes_the_tenant_on_so_the_backend_cache_is_per_tenant(rele
 
 @pytest.fixture(scope="module")
 def reports(release, tmp_path_factory):
-    """Two `elasticml optimize` runs of the good checkpoint: a strict gate (1%) and a lax one (50%)."""
+    """Two `elasticml optimize` runs of the good checkpoint: a strict gate (5%) and a lax one (100%)."""
     from elasticml.data.corpus import build_corpus
     from elasticml.optimize.distill import DistillConfig
     from elasticml.optimize.gate import GateConfig
@@ -180,9 +180,10 @@ def reports(release, tmp_path_factory):
     build_corpus(root / "train", num_shards=1, max_bytes=200_000, source_dir=STDLIB / "json")
     build_corpus(root / "eval", num_shards=1, max_bytes=60_000, source_dir=STDLIB / "email")
     out = {}
-    # The lax gate counts any smaller model as a gain, so its verdict never hangs on a tokens/s
-    # measured on a loaded runner (prune10 is smaller, but not always 0.9x, and not always 1.1x faster).
-    gates = {"strict": GateConfig(quality_budget=0.01), "lax": GateConfig(quality_budget=0.5, max_size_ratio=1.0)}
+    # Budgets far from the measured losses (prune10 ~58% worse, prune50+int8 ~2.5% worse here; the
+    # exact figures move with the CPU's kernels), and the lax gate counts any smaller model as a
+    # gain, so no verdict hangs on a tokens/s measured on a loaded runner.
+    gates = {"strict": GateConfig(quality_budget=0.05), "lax": GateConfig(quality_budget=1.0, max_size_ratio=1.0)}
     for gate, cfg in gates.items():
         out[gate] = optimize(OptimizeConfig(
             checkpoint=release["good"], eval_data=str(root / "eval"), out=str(root / gate),
@@ -243,8 +244,11 @@ def test_release_refuses_what_the_gate_stopped_rolls_back_what_regresses_online_
     assert not strict["prune10"]["passed"] and lax["prune10"]["passed"]  # same numbers, a laxer gate
     assert strict["prune50+int8"]["passed"]
     base = {"checkpoint": release["good"], "precision": "fp32", "cache_size": 0}
+    # The online budget matches the strict gate's (5%): the good candidate is a few % worse, the bad
+    # one over 50%, wherever the teacher's numbers land.
     common = dict(app="completion", holdout_texts=(release["holdout"],), canary_share=0.5, evaluate_after=10,
-                  min_latency_samples=5, max_latency_ratio=5.0, timeout_s=120, poll_s=0.2, records=str(tmp_path))
+                  min_latency_samples=5, max_latency_ratio=5.0, max_nll_increase=0.05, timeout_s=120, poll_s=0.2,
+                  records=str(tmp_path))
 
     # 1. Stopped by the gate: refused at the door, with the gate's reason; Serve is not touched.
     with pytest.raises(ConfigError, match=r"the gate stopped prune10: held-out loss .* above the teacher's"):
