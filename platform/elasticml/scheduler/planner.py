@@ -143,7 +143,7 @@ class StochasticDPPolicy:
         g = self.plan_step(view.params, view.gap_hours)
         if g <= view.gap_hours + 1e-12:
             return False
-        same_step = math.floor(view.hour / g + 1e-9) == math.floor((view.hour - view.gap_hours) / g + 1e-9)
+        same_step = self._step_of(g, view) == math.floor((view.hour - view.gap_hours) / g + 1e-9)
         return same_step and bool(view.history[-1]) == view.spot_available
 
     # -- lookup -------------------------------------------------------------------
