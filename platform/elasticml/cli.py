@@ -317,7 +317,7 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
     from dataclasses import replace
 
     from elasticml.cluster import load_cluster_spec
-    from elasticml.scheduler.controller import ControllerConfig
+    from elasticml.scheduler.settings import ControllerConfig
     from elasticml.scheduler.client import SchedulerClient, running_cluster_config
 
     spec = load_cluster_spec(running_cluster_config(config_path))  # refuse a bad config before touching the cluster
@@ -706,14 +706,16 @@ def audit() -> None:
 
 def _audit_files(name: str, ledger: Path | None) -> tuple[Path, Path, Path]:
     from elasticml.home import home
+    from elasticml.scheduler.audit import audit_key_path
 
     folder = ledger.parent if ledger else home() / "scheduler" / name
-    return folder / "audit.jsonl", folder / "audit.key", ledger or folder / "ledger.sqlite"
+    return folder / "audit.jsonl", audit_key_path(name), ledger or folder / "ledger.sqlite"
 
 
 _ledger_option = click.option("--ledger", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                              help="The scheduler's ledger (the trail and its key lie beside it) [default: "
-                                   "$ELASTICML_HOME/scheduler/NAME/ledger.sqlite]; read on the head, offline.")
+                              help="The scheduler's ledger (the trail lies beside it) [default: "
+                                   "$ELASTICML_HOME/scheduler/NAME/ledger.sqlite]; read on the head, offline. The "
+                                   "key is apart: $ELASTICML_AUDIT_KEY_PATH, else $ELASTICML_HOME/credentials/NAME/audit.key.")
 
 
 @audit.command("show")
@@ -725,7 +727,7 @@ _ledger_option = click.option("--ledger", type=click.Path(path_type=Path, dir_ok
 def audit_show(name: str, ledger: Path | None, tenant: str | None, since: float | None, as_json: bool) -> None:
     """The audit trail, oldest first."""
     trail, _, _ = _audit_files(name, ledger)
-    from elasticml.scheduler.audit import read_records
+    from elasticml.scheduler.audit import escape_controls, read_records
 
     for r in read_records(trail):
         if tenant is not None and r.get("tenant") != tenant and r.get("who") != f"tenant {tenant}":
@@ -735,10 +737,14 @@ def audit_show(name: str, ledger: Path | None, tenant: str | None, since: float 
         if as_json:
             click.echo(json.dumps(r, sort_keys=True))
             continue
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.get("at", 0)))
-        target = f" {r['target']}" if r.get("target") else ""
-        click.echo(f"{r.get('seq'):>6} {when} {r.get('who')}: {r.get('action')}{target} [{r.get('outcome')}]"
-                   + (f" - {r['why']}" if r.get("why") else ""))
+        at = r.get("at", 0)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at if type(at) in (int, float) else 0))
+        # Every field a caller wrote is shown with its control characters escaped: a newline in a
+        # reason must not print a forged record below it.
+        e = {k: escape_controls(str(r.get(k))) for k in ("seq", "who", "action", "target", "outcome", "why")}
+        target = f" {e['target']}" if r.get("target") else ""
+        click.echo(f"{e['seq']:>6} {when} {e['who']}: {e['action']}{target} [{e['outcome']}]"
+                   + (f" - {e['why']}" if r.get("why") else ""))
 
 
 @audit.command("verify")
@@ -747,17 +753,22 @@ def audit_show(name: str, ledger: Path | None, tenant: str | None, since: float 
 @_json_option
 def audit_verify(name: str, ledger: Path | None, as_json: bool) -> None:
     """Exit 0 when the trail is intact; 1, naming the first bad record, when it was edited, cut or reordered."""
-    from elasticml.scheduler.audit import AuditLog, ledger_tip, load_key
+    from elasticml.scheduler.audit import AuditLog, load_key, store_tip
 
     trail, key_file, ledger_file = _audit_files(name, ledger)
     if not key_file.exists():
-        raise click.ClickException(f"no audit key at {key_file}: run this on the scheduler's head, or pass --ledger")
-    verdict = AuditLog.verify(trail, load_key(key_file), ledger_tip(ledger_file))
+        raise click.ClickException(f"no audit key at {key_file}: run this on the scheduler's head, or set "
+                                   "ELASTICML_AUDIT_KEY_PATH to where the key is kept")
+    tip, last = store_tip(ledger_file)
+    verdict = AuditLog.verify(trail, load_key(key_file), tip, last_decision_at=last)
     if as_json:
-        click.echo(json.dumps({"intact": verdict.ok, "records": verdict.records, "problem": verdict.problem}))
+        click.echo(json.dumps({"intact": verdict.ok, "records": verdict.records, "problem": verdict.problem,
+                               "after_tip": verdict.after_tip}))
         sys.exit(0 if verdict.ok else 1)
     if verdict.ok:
-        click.echo(f"intact: {verdict.records} records, chained and signed, ending where the ledger says")
+        extra = (f"; {verdict.after_tip} record(s) after it, of a command that did not commit (a crash) or "
+                 "one under way") if verdict.after_tip else ""
+        click.echo(f"intact: {verdict.records} records, chained and signed, reaching the store's signed tip{extra}")
         return
     click.echo(f"NOT intact after {verdict.records} good records: {verdict.problem}", err=True)
     sys.exit(1)
@@ -785,7 +796,7 @@ def cost_report(name: str, address: str | None, ledger: Path | None, html_out: P
     if ledger is not None:
         from elasticml.scheduler.ledger import Ledger
 
-        book = Ledger(str(ledger))
+        book = Ledger.read_only(ledger)
         now = book.last_recorded() or time.time()
         report = book.report(now=now)
         intervals = book.intervals() if (html_out or png_out) else []

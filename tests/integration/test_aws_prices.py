@@ -79,7 +79,7 @@ def test_the_scheduler_refreshes_spot_pools_from_ec2(moto_ec2, tmp_path):
     import boto3
 
     from elasticml.cluster import load_cluster_spec
-    from elasticml.scheduler.state import SchedulerState
+    from tests.support.scheduler import Sched as SchedulerState
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PlacementScores)
     threading.Thread(target=server.serve_forever, daemon=True).start()

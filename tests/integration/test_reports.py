@@ -47,7 +47,7 @@ def drawn(png: Path) -> tuple[float, float]:
 def test_the_cost_report_page_renders_its_charts(tmp_path):
     from elasticml.cluster.config import load_cluster_spec
     from elasticml.scheduler.spec import WorkloadSpec
-    from elasticml.scheduler.state import SchedulerState
+    from tests.support.scheduler import Sched as SchedulerState
 
     now = [1_000_000.0]
     state = SchedulerState(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"), str(tmp_path / "ledger.sqlite"),

@@ -103,29 +103,25 @@ def test_a_bucket_outside_the_tenants_regions_is_refused_before_anything_is_writ
 
     from elasticml.cluster.config import load_cluster_spec
     from elasticml.errors import PlacementRefused
-    from elasticml.scheduler.audit import AuditLog, load_key
     from elasticml.scheduler.client import SchedulerClient
-    from elasticml.scheduler.door import Door
     from elasticml.scheduler.identity import digest, new_token
+    from elasticml.scheduler.shell import open_shell
     from elasticml.scheduler.spec import TenantPolicy
-    from elasticml.scheduler.state import SchedulerState
     from elasticml.storage import bucket_region
 
     s3 = boto3.client("s3", endpoint_url=s3_server)
     s3.create_bucket(Bucket="uae-runs", CreateBucketConfiguration={"LocationConstraint": "me-central-1"})
     s3.create_bucket(Bucket="eu-runs", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     assert bucket_region("s3://uae-runs/x") == "me-central-1" and bucket_region("/local/path") is None
-    state = SchedulerState(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"), str(tmp_path / "l.sqlite"))
-    state.audit = AuditLog(tmp_path / "audit.jsonl", load_key(tmp_path / "audit.key"))
+    shell = open_shell(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"), tmp_path / "l.sqlite",
+                       admin_digest=digest(new_token("admin")), audit_key_path=tmp_path / "keys" / "audit.key")
+    state = shell.scheduler
     token = new_token("acme")
     state.add_principal("acme", "tenant", digest(token))
     state.set_tenant(TenantPolicy(tenant="acme", regions=("me-central-1",)))
 
-    class Local(SchedulerClient):  # the client's own check, with the door in this process instead of the actor
-        def _call(self, method, *args):  # type: ignore[no-untyped-def]
-            return Door(state).call(token, method, args)
-
-    client = Local(None, token)
+    # The client's own check, with the door in this process instead of the actor.
+    client = SchedulerClient(lambda route, args, wait=True: shell.door.call(token, route, args))
     client.check_residency("acme", ["s3://uae-runs/corpus", "s3://uae-runs/runs", str(tmp_path)])
     with pytest.raises(PlacementRefused, match="s3://eu-runs/runs is in eu-west-1"):
         client.check_residency("acme", ["s3://uae-runs/corpus", "s3://eu-runs/runs"])

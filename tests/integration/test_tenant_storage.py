@@ -102,10 +102,8 @@ def test_the_nodes_roles_cannot_touch_tenants_data(iam_world):
 def test_vended_credentials_reach_the_tenants_prefix_and_nothing_else(iam_world, tmp_path, monkeypatch):
     from elasticml.cluster.config import load_cluster_spec
     from elasticml.errors import AccessDenied, PlacementRefused
-    from elasticml.scheduler.audit import AuditLog, load_key
-    from elasticml.scheduler.door import Door
     from elasticml.scheduler.identity import digest, new_token
-    from elasticml.scheduler.state import SchedulerState
+    from elasticml.scheduler.shell import open_shell
     from elasticml.scheduler.tenant_storage import CredentialVendor
     from elasticml.storage import read_text, use_credentials, write_text_atomic
 
@@ -113,20 +111,21 @@ def test_vended_credentials_reach_the_tenants_prefix_and_nothing_else(iam_world,
     for var, value in (("AWS_ACCESS_KEY_ID", head["AccessKeyId"]), ("AWS_SECRET_ACCESS_KEY", head["SecretAccessKey"]),
                        ("AWS_DEFAULT_REGION", "us-east-1"), ("ELASTICML_S3_ENDPOINT", iam_world["url"])):
         monkeypatch.setenv(var, value)  # the scheduler's process: the head's identity
-    state = SchedulerState(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"), str(tmp_path / "l.sqlite"))
-    state.audit = AuditLog(tmp_path / "audit.jsonl", load_key(tmp_path / "audit.key"))
+    shell = open_shell(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"), tmp_path / "l.sqlite",
+                       admin_digest=digest(new_token("admin")), audit_key_path=tmp_path / "keys" / "audit.key")
+    state = shell.scheduler
     state.vendor = CredentialVendor(role_arn=f"arn:aws:iam::{D.account_id}:role/elasticml-aws-cpu-tenant-{{tenant}}",
                                     endpoint=iam_world["url"])
     tokens = {t: new_token(t) for t in ("research", "payments")}
     for t, token in tokens.items():
         state.add_principal(t, "tenant", digest(token))
-    door = Door(state)
+    door = shell.door
 
-    creds = door.call(tokens["research"], "storage_credentials", ("research", D.bucket, 1.0))
+    creds = door.call(tokens["research"], "storage_credentials", {"tenant": "research", "bucket": D.bucket, "hours": 1.0})
     assert creds.prefix == f"{D.bucket}/tenants/research/" and creds.expiration > time.time()
     assert creds.secret_access_key not in repr(creds) and creds.session_token not in repr(creds)
     with pytest.raises(AccessDenied, match="its own prefix only"):
-        door.call(tokens["research"], "storage_credentials", ("payments", D.bucket, 1.0))
+        door.call(tokens["research"], "storage_credentials", {"tenant": "payments", "bucket": D.bucket, "hours": 1.0})
     research = _s3(iam_world, creds.access_key_id, creds.secret_access_key, creds.session_token)
     research.put_object(Bucket=D.bucket, Key="tenants/research/run/step-1", Body=b"mine")
     assert research.get_object(Bucket=D.bucket, Key="tenants/research/run/step-1")["Body"].read() == b"mine"
@@ -146,7 +145,8 @@ def test_vended_credentials_reach_the_tenants_prefix_and_nothing_else(iam_world,
     # Where prefixes are kept, a tenant's job outside its own is refused at the residency check, and audited.
     state.check_residency("research", "us-east-1", f"s3://{D.bucket}/tenants/research/corpus")
     with pytest.raises(PlacementRefused, match="tenants/research/"):
-        door.call(tokens["research"], "check_residency", ("research", "us-east-1", f"s3://{D.bucket}/runs/corpus"))
+        door.call(tokens["research"], "check_residency",
+                  {"tenant": "research", "region": "us-east-1", "what": f"s3://{D.bucket}/runs/corpus"})
     trail = state.audit.records()
     vended = [r for r in trail if r["action"] == "storage_credentials" and r["outcome"] == "done"]
     assert vended and "tenants/research/" in vended[0]["why"] and creds.secret_access_key not in json.dumps(trail)

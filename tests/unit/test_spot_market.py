@@ -9,8 +9,8 @@ import pytest
 from elasticml.cluster.config import load_cluster_spec
 from elasticml.cluster.spot_market import MarketSettings, SpotMarket
 from elasticml.errors import ConfigError, PlacementRefused
-from elasticml.scheduler.controller import ControllerConfig
-from elasticml.scheduler.state import SchedulerState
+from elasticml.scheduler.settings import ControllerConfig
+from tests.support.scheduler import Sched as SchedulerState
 from elasticml.scheduler.spec import WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[2]

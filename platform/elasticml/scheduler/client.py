@@ -1,15 +1,17 @@
-"""The typed door to the cluster's scheduler: every caller (CLI, demo, jobs, Serve, watcher) goes through it.
+"""The scheduler's client: every caller (CLI, demo, jobs, Serve, watcher) reaches the door through it.
 
 `SchedulerClient.start` creates the one actor of a cluster (`elasticml cluster up`
 does it for a local cluster, `elasticml scheduler start` on `ray up` or KubeRay
-clusters); everything else uses `connect`, which only looks it up. Specs and
-placements cross the actor as dataclasses.
+clusters); everything else uses `connect`, which only looks it up. Each method builds
+the request its route declares (requests.py) and sends its plain fields; the answer
+comes back as the door's handler gave it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -18,7 +20,8 @@ from elasticml.cluster.config import ClusterSpec, load_cluster_spec
 from elasticml.errors import ConfigError, ElasticMLError, SchedulerNotRunning
 from elasticml.home import home
 from elasticml.scheduler.actor import ACTOR_NAME, NAMESPACE, SchedulerActor
-from elasticml.scheduler.controller import ControllerConfig
+from elasticml.scheduler import requests as R
+from elasticml.scheduler.settings import ControllerConfig
 from elasticml.scheduler.spec import Placement, TenantPolicy, WorkloadSpec
 
 if TYPE_CHECKING:
@@ -46,10 +49,35 @@ def running_cluster_config(explicit: str | Path | None = None) -> Path:
     )
 
 
-class SchedulerClient:
+class RayTransport:
+    """Requests to the scheduler actor over a Ray connection, as the principal whose token it holds."""
+
     def __init__(self, handle: Any, token: str) -> None:
-        self._actor = handle
+        self.actor = handle
         self._token = token
+
+    def __call__(self, route: str, args: dict[str, Any], *, wait: bool = True) -> Any:
+        ref = self.actor.call.remote(self._token, route, args)
+        if not wait:
+            return None
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, ElasticMLError):
+                raise cause from None
+            raise
+
+
+Transport = Callable[..., Any]
+"""(route name, {field: plain value}, wait=True) -> the answer; a RayTransport, or any function (tests)."""
+
+
+class SchedulerClient:
+    """One method per route of requests.ROUTES (a test holds them together), each building its request."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
 
     @classmethod
     def start(cls, cluster: ClusterSpec | str | Path, *, ledger_path: str | Path | None = None,
@@ -59,6 +87,7 @@ class SchedulerClient:
         Needs a Ray driver connection. The actor is given the parsed config, so it models the
         cluster it was started for whatever the head's working directory holds.
         """
+        from elasticml.scheduler.audit import audit_key_path
         from elasticml.scheduler.identity import admin_credential, agent_credential, digest, name_of
 
         spec = cluster if isinstance(cluster, ClusterSpec) else load_cluster_spec(cluster)
@@ -68,12 +97,12 @@ class SchedulerClient:
             name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
             # On the head: the ledger file lives on its disk, and the head is never spot.
             resources={"node:__internal_head__": 0.001},
-        ).remote(spec, ledger, controller or ControllerConfig.from_env(), digest(token))
+        ).remote(spec, ledger, controller or ControllerConfig.from_env(), digest(token), str(audit_key_path(spec.name)))
         ray.get(handle.ping.remote())
-        client = cls(handle, token)
+        client = cls(RayTransport(handle, token))
         agent = agent_credential(spec.name)  # the node agents' (file-mounted on cloud nodes), trusted as agents
         if {"name": name_of(agent), "role": "agent"} not in client.principals():
-            client._call("add_principal", name_of(agent), "agent", digest(agent))
+            client._send(R.AddPrincipal(name=name_of(agent) or "", role="agent", credential_digest=digest(agent)))
         return client
 
     @classmethod
@@ -88,28 +117,20 @@ class SchedulerClient:
             handle = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
         except ValueError:
             raise SchedulerNotRunning(ray.get_runtime_context().gcs_address) from None
-        return cls(handle, find_credential(ray.get(handle.ping.remote()), credential, default=default))
+        return cls(RayTransport(handle, find_credential(ray.get(handle.ping.remote()), credential, default=default)))
 
-    def _call(self, method: str, *args: Any) -> Any:
-        try:
-            return ray.get(self._actor.call.remote(self._token, method, args))
-        except ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, ElasticMLError):
-                raise cause from None
-            raise
+    def _send(self, request: R.Request, *, wait: bool = True) -> Any:
+        return self._transport(request.route, request.wire(), wait=wait)
 
     def place(self, spec: WorkloadSpec, *, attach: str | None = None) -> Placement:
         """This workload's placement (placed, queued or paused); PlacementRefused says why not at all.
 
         `attach`: the Ray job id whose training workers run it, so the ledger charges where they run.
         """
-        if not isinstance(spec, WorkloadSpec):
-            raise ConfigError(f"expected a WorkloadSpec, got {type(spec).__name__}", field="spec")
-        return self._call("place", spec, attach)
+        return self._send(R.Place(spec=spec, attach=attach))
 
     def placement(self, name: str) -> Placement | None:
-        return self._call("placement", name)
+        return self._send(R.GetPlacement(name=name))
 
     def wait_placed(self, name: str, placement: Placement, *, max_wait_s: float, waited_s: float = 0.0,
                     poll_s: float = 1.0) -> tuple[Placement, float]:
@@ -131,45 +152,45 @@ class SchedulerClient:
         return placement, waited_s
 
     def report_progress(self, name: str, fraction: float) -> None:
-        self._call("report_progress", name, fraction)
+        self._send(R.ReportProgress(name=name, fraction=fraction))
 
     def report_progress_async(self, name: str, fraction: float) -> None:
         """report_progress without waiting for the answer (a training callback must not block on it)."""
-        self._actor.call.remote(self._token, "report_progress", (name, fraction))
+        self._send(R.ReportProgress(name=name, fraction=fraction), wait=False)
 
     def run_started(self, name: str, epoch: int) -> float:
         """The workload's run for placement `epoch` is up; how long to wait before training (a replay's restart)."""
-        return self._call("run_started", name, epoch)
+        return self._send(R.RunStarted(name=name, epoch=epoch))
 
     def finish(self, name: str) -> None:
-        self._call("finish", name)
+        self._send(R.Finish(name=name))
 
     def interrupt(self, node_type: str) -> dict[str, Any]:
         """{"decisions": [...], "drained_nodes": [Ray node ids drained as preempted]}."""
-        return self._call("interrupt", node_type)
+        return self._send(R.Interrupt(node_type=node_type))
 
     def clear_interruption(self, node_type: str) -> list[dict[str, Any]]:
-        return self._call("clear_interruption", node_type)
+        return self._send(R.ClearInterruption(node_type=node_type))
 
     def tick(self) -> list[dict[str, Any]]:
         """Run the controller once now (it also runs on its own period)."""
-        return self._call("tick")
+        return self._send(R.Tick())
 
     def explain(self, name: str) -> list[dict[str, Any]]:
-        return self._call("explain", name)
+        return self._send(R.Explain(name=name))
 
     def status(self) -> dict[str, Any]:
-        return self._call("status")
+        return self._send(R.Status())
 
     def cost_report(self) -> dict[str, Any]:
-        return self._call("cost_report")
+        return self._send(R.CostReport())
 
     def intervals(self, name: str) -> list[dict[str, Any]]:
         """The ledger's intervals for one workload, oldest first."""
-        return self._call("intervals", name)
+        return self._send(R.Intervals(name=name))
 
     def set_tenant(self, policy: TenantPolicy) -> None:
-        self._call("set_tenant", policy)
+        self._send(R.SetTenant(policy=policy))
 
     def check_residency(self, tenant: str, uris: list[str]) -> None:
         """Refuse (PlacementRefused, audited) when any s3:// URI's bucket lies outside the tenant's regions;
@@ -179,12 +200,12 @@ class SchedulerClient:
         for uri in uris:
             region = bucket_region(uri)
             if region is not None:
-                self._call("check_residency", tenant, region, uri[:300])
+                self._send(R.CheckResidency(tenant=tenant, region=region, what=uri[:300]))
 
     def storage_credentials(self, tenant: str, bucket: str, hours: float = 1.0) -> "S3Credentials | None":
         """Short-lived credentials reaching only s3://BUCKET/tenants/TENANT/ (None where the cluster
         keeps no tenant prefixes)."""
-        return self._call("storage_credentials", tenant, bucket, hours)
+        return self._send(R.StorageCredentials(tenant=tenant, bucket=bucket, hours=hours))
 
     def tenant_storage(self, tenant: str, uris: list[str], hours: float) -> list["S3Credentials"]:
         """Credentials for every bucket among `uris`, installed in this process (storage.use_credentials)
@@ -197,11 +218,11 @@ class SchedulerClient:
         return creds
 
     def record_event(self, action: str, target: str, why: str) -> None:
-        """Put a decision taken elsewhere in the platform (a canary verdict) into the audit trail (admin)."""
-        self._call("record_event", action, target, why)
+        """Put a decision taken elsewhere in the platform (a canary verdict) into the audit trail."""
+        self._send(R.RecordEvent(action=action, target=target, why=why))
 
     def whoami(self) -> dict[str, str]:
-        return self._call("whoami")
+        return self._send(R.Whoami())
 
     def add_principal(self, name: str, role: str, file: str | Path) -> Path:
         """A new credential for `name` with `role` (admin only), written to `file` (mode 0600); the
@@ -210,17 +231,19 @@ class SchedulerClient:
 
         Principal(name, role)  # refuse a bad name or role before a secret exists
         token = new_token(name)
-        self._call("add_principal", name, role, digest(token))
+        self._send(R.AddPrincipal(name=name, role=role, credential_digest=digest(token)))
         return write_credential(Path(file).expanduser(), token)
 
     def remove_principal(self, name: str) -> None:
-        self._call("remove_principal", name)
+        self._send(R.RemovePrincipal(name=name))
 
-    def principals(self) -> list[dict[str, str]]:
-        return self._call("list_principals")
+    def list_principals(self) -> list[dict[str, str]]:
+        return self._send(R.ListPrincipals())
+
+    principals = list_principals
 
     def kill(self, *, no_restart: bool = False) -> None:
-        ray.kill(self._actor, no_restart=no_restart)
+        ray.kill(self._transport.actor, no_restart=no_restart)  # type: ignore[attr-defined]
 
 
 def job_tenant(tenant: str | None, market: str | None) -> str | None:

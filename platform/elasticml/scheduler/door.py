@@ -1,158 +1,215 @@
-"""The scheduler's only door: every call names its caller's credential; the door verifies it, checks
-the caller's role and ownership, audits the outcome, then lets the state act.
+"""The door: the one way into the scheduler. It serves the routes of requests.py, one handler each.
 
-What each role may do (identity.py says who the roles are):
+Every call names its caller's credential; the door verifies it, rebuilds the request from plain
+values (requests.py), checks the caller's role and ownership, runs the handler inside one store
+command with the audit record of its outcome, and answers. What a tenant owns: the workloads
+whose spec names it as tenant, its own tenant's residency and storage credentials. A tenant's
+workload names are its own: the door reads its `nightly` as `TENANT/nightly` (spec.scoped), so
+two tenants may both run a `nightly` and neither can name the other's; an admin names a
+tenant's workload in full (`acme/nightly`). A tenant places at most at its priority ceiling
+(`TenantPolicy.max_priority`) and attaches only what the platform started for the workload.
 
-| method | admin | tenant | agent |
-|---|---|---|---|
-| place | any spec | specs of its own tenant, named in its namespace | - |
-| placement, report_progress, run_started, finish, explain, intervals | any workload | its own workloads | - |
-| status | everything | its own workloads | pools only |
-| cost_report | everything | its own costs | - |
-| interrupt, clear_interruption | spot pools | - | spot pools |
-| check_residency (may this tenant's data be in region R, under this URI?) | any tenant | its own | - |
-| storage_credentials (short-lived, its bucket prefix only) | any tenant | its own | - |
-| record_event (a deployment, a canary verdict) | any | its own workloads' | - |
-| set_tenant, add/remove/list principals, tick, cluster events | yes | - | - |
-| whoami | yes | yes | yes |
+Refusals (an unknown credential, a role or ownership check, a request that fails its checks)
+raise `AccessDenied` or `ConfigError`, and are audited once per burst of one caller's refusals
+of one call: the first at once, the rest counted into one record when the burst ends, so a
+flood cannot fill the disk.
 
-A tenant's workload names are its own: the door reads its `nightly` as `TENANT/nightly` (spec.scoped)
-in every call, so two tenants may both run a `nightly` and neither can name the other's. An admin
-names a tenant's workload in full (`acme/nightly`).
-
-A refusal raises `AccessDenied` and is audited like every change.
+What the door cannot stop: a Ray token holder. Ray's `__ray_call__` (a public developer API on
+every actor in Ray 2.60) runs any closure inside the scheduler's actor, so whoever holds the
+cluster's token is trusted whatever the door checks. Tenants hold credentials, not the token.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from elasticml.errors import AccessDenied, ConfigError
+from elasticml.errors import AccessDenied, ConfigError, ElasticMLError
+from elasticml.scheduler.controller import Controller
+from elasticml.scheduler.core import Scheduler
 from elasticml.scheduler.identity import Principal, verify
-from elasticml.scheduler.spec import WorkloadSpec, scoped
-from elasticml.scheduler.state import SchedulerState
+from elasticml.scheduler.requests import ROUTES, Request, Route
+from elasticml.scheduler.requests import (
+    AddPrincipal, CheckResidency, ClearInterruption, CostReport, Explain, Finish, GetPlacement, Interrupt, Intervals,
+    ListPrincipals, Place, RecordEvent, RemovePrincipal, ReportProgress, RunStarted, SetTenant, Status,
+    StorageCredentials, Tick, Whoami,
+)
+from elasticml.scheduler.spec import priority_rank, scoped
 
-OWN_WORKLOAD = {"placement", "report_progress", "run_started", "finish", "explain", "intervals"}
-ADMIN_ONLY = {"set_tenant", "add_principal", "remove_principal", "list_principals", "tick"}
-POOL_SIGNALS = {"interrupt", "clear_interruption"}
-CHANGES = {"place", "finish", "set_tenant", "add_principal", "remove_principal", "interrupt", "clear_interruption",
-           "report_progress", "check_residency", "storage_credentials"}
-"""Methods whose successful calls are audited (reads are not; their refusals are)."""
-PUBLIC = OWN_WORKLOAD | ADMIN_ONLY | POOL_SIGNALS | {"place", "status", "cost_report", "whoami", "check_residency",
-                                                      "record_event", "storage_credentials"}
-MAX_ARGS = 4
+BURST_SECONDS = 10.0
+"""Refusals by one caller within this long of its first are audited as one record."""
+
+Handler = Callable[["Door", Principal, Any], Any]
+HANDLERS: dict[type[Request], Handler] = {}
+
+
+def handles(request: type[Request]) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        if request in HANDLERS:
+            raise RuntimeError(f"two handlers for {request.route}")
+        HANDLERS[request] = fn
+        return fn
+    return register
+
+
+AttachCheck = Callable[[str, str], str | None]
+"""(attach, workload) -> why it may not be attached, or None: whether the platform started it for the workload."""
 
 
 class Door:
-    def __init__(self, state: SchedulerState) -> None:
-        self.state = state
+    def __init__(self, scheduler: Scheduler, controller: Controller, *, attach_check: AttachCheck | None = None,
+                 tick: Callable[[], Any] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        """`tick`: what an admin's `tick` runs (the actor's: Ray's signals, then the controller)."""
+        self.s = scheduler
+        self.controller = controller
+        self.tick = tick or controller.tick
+        self.drain: Callable[[str], list[str]] | None = None
+        """Tells Ray to drain a pool's nodes as preempted after an admin's or agent's notice (the actor's)."""
+        self.attach_check = attach_check
+        self._clock = clock
+        self._bursts: dict[tuple[str, str, str], list[Any]] = {}
+        """(caller, call, outcome) -> [burst start, refusals since the audited one, the last one's (target, why)]."""
 
-    def call(self, token: Any, method: Any, args: tuple[Any, ...]) -> Any:
-        state = self.state
-        if type(method) is not str or not method.isidentifier() or len(method) > 40:
-            raise ConfigError("must be a method name", field="method")
-        if not isinstance(args, tuple) or len(args) > MAX_ARGS:
-            raise ConfigError(f"must be a tuple of at most {MAX_ARGS} arguments", field="args")
-        principal = verify(token, state.principals)
-        if principal is None:
-            self._deny("an unknown caller", method, None, "the credential is not recognised (see `elasticml "
-                       "scheduler credential`; set ELASTICML_CREDENTIAL_PATH to your credential file)")
-        assert principal is not None
-        args = _in_namespace(principal, method, args, state.owners)
-        target = self._target(method, args)
-        reason = self._forbidden(principal, method, args)
-        if reason is not None:
-            self._deny(str(principal), method, target, reason)
-        state.caller = str(principal)
+    def call(self, token: Any, route_name: Any, args: Any) -> Any:
+        if type(route_name) is not str or not route_name.isidentifier() or len(route_name) > 40:
+            raise ConfigError("must be a call's name", field="method")
+        who = verify(token, self.s.principals)
+        if who is None:
+            self._refuse("an unknown caller", route_name, None, "the credential is not recognised (see `elasticml "
+                         "scheduler credential`; set ELASTICML_CREDENTIAL_PATH to your credential file)")
+        assert who is not None
+        route = ROUTES.get(route_name)
+        if route is None:
+            self._refuse(str(who), route_name, None, f"no such call {route_name!r}")
+        assert route is not None
         try:
-            result = self._dispatch(principal, method, args)
-        except Exception as exc:
-            if method in CHANGES:
-                state.audit_action(method, target=target, why=str(exc), outcome="failed")
+            req = route.request.from_wire(args)
+        except ConfigError as exc:
+            self._refuse(str(who), route.name, None, f"invalid request: {exc}", exc)
+            raise
+        req = self._in_namespace(who, req)
+        target = _target(req)
+        reason = self._forbidden(who, route, req)
+        if reason is not None:
+            self._refuse(str(who), route.name, target, reason)
+        self.s.caller = str(who)
+        try:
+            with self.s.command():
+                result = HANDLERS[route.request](self, who, req)
+                if route.audit == "summary":
+                    self.s.audit_action(route.name, target=target, who=str(who), why=_summary(req))
+            return result
+        except ElasticMLError as exc:
+            if route.mutates or route.audit == "summary":
+                self._refuse(str(who), route.name, target, str(exc), exc, outcome="failed")
             raise
         finally:
-            state.caller = "scheduler"
-        if method in CHANGES and method not in ("place", "report_progress"):  # a placement audits its decisions
-            state.audit_action(method, target=target, who=str(principal), why=_summary(method, args))
-        return result
+            self.s.caller = "scheduler"
 
-    def _deny(self, who: str, method: str, target: str | None, reason: str) -> None:
-        self.state.audit_action(method, target=target, who=who, why=reason, outcome="denied")
-        raise AccessDenied(who, method if target is None else f"{method} {target}", reason)
+    # -- refusals --------------------------------------------------------------------------------
+    def _refuse(self, who: str, route: str, target: str | None, reason: str, exc: Exception | None = None,
+                *, outcome: str = "denied") -> None:
+        """Audit the refusal (once per burst of the caller's refusals of this call), then raise it
+        (AccessDenied, or `exc`)."""
+        now = self._clock()
+        key = (who, route, outcome)
+        burst = self._bursts.get(key)
+        if burst is not None and now - burst[0] < BURST_SECONDS:
+            burst[1] += 1
+            burst[2] = (target, reason)
+        else:
+            self.flush_refusals(only=key)
+            self._bursts[key] = [now, 0, None]
+            with self.s.command():
+                self.s.audit_action(route, target=target, who=who, why=reason, outcome=outcome)
+        if exc is not None:
+            raise exc
+        raise AccessDenied(who, route if target is None else f"{route} {target}", reason)
 
-    @staticmethod
-    def _target(method: str, args: tuple[Any, ...]) -> str | None:
-        if method == "place" and args and isinstance(args[0], WorkloadSpec):
-            return args[0].name
-        if method == "record_event" and len(args) > 1 and type(args[1]) is str:
-            return args[1][:80]
-        if args and type(args[0]) is str:
-            return args[0][:80]
-        return None
+    def flush_refusals(self, *, only: tuple[str, str, str] | None = None) -> None:
+        """Write the counted refusals of bursts that are over (of `only`, whatever its age)."""
+        now = self._clock()
+        for key, (start, count, last) in list(self._bursts.items()):
+            if only is not None and key != only:
+                continue
+            if only is None and now - start < BURST_SECONDS:
+                continue
+            del self._bursts[key]
+            if count:
+                who, route, outcome = key
+                target, reason = last
+                with self.s.command():
+                    self.s.audit_action(route, target=target, who=who, outcome=outcome,
+                                        why=f"{count} more refusal(s) in {BURST_SECONDS:g}s after the one above; "
+                                            f"the last: {reason}")
 
-    def _forbidden(self, who: Principal, method: str, args: tuple[Any, ...]) -> str | None:
+    # -- checks -------------------------------------------------------------------------------------
+    def _in_namespace(self, who: Principal, req: Request) -> Request:
+        """A tenant's request with its workload names read in its own namespace. A workload an admin
+        placed for it under a bare name is still its own by that name."""
+        if who.role != "tenant":
+            return req
+        owners = self.s.owners
+        if isinstance(req, Place) and req.spec.tenant == who.name:
+            return replace(req, spec=replace(req.spec, name=_own(who.name, req.spec.name, owners)))
+        if isinstance(req, RecordEvent):
+            return replace(req, target=_own(who.name, req.target, owners))
+        name = getattr(req, "name", None)
+        if ROUTES[req.route].owns == "workload" and type(name) is str and name != "_events":
+            return replace(req, name=_own(who.name, name, owners))  # type: ignore[call-arg]
+        return req
+
+    def _forbidden(self, who: Principal, route: Route, req: Request) -> str | None:
         """Why `who` may not make this call, or None."""
-        if method not in PUBLIC:
-            return f"no such method {method!r}"
-        if method == "whoami" or who.role == "admin":
+        if who.role not in route.roles:
+            return {"admin": "only an admin may", "agent": "a node agent only signals spot pools (and reads them)"
+                    }.get(who.role, "only an admin or a node agent signals pools" if route.roles == ("admin", "agent")
+                          else "only an admin may")
+        if who.role != "tenant":
+            if isinstance(req, Place) and req.attach is not None and self.attach_check is not None \
+                    and who.role != "admin":
+                return self.attach_check(req.attach, req.spec.name)
             return None
-        if method in ADMIN_ONLY:
-            return "only an admin may"
-        if who.role == "agent":
-            return None if method in POOL_SIGNALS | {"status"} else "a node agent only signals spot pools (and reads them)"
-        if method in POOL_SIGNALS:
-            return "only an admin or a node agent signals pools"
-        if method == "place":
-            spec = args[0] if args else None
-            if not isinstance(spec, WorkloadSpec):
-                return None  # the state refuses it with the field named
+        owners = self.s.owners
+        if route.owns == "spec":
+            spec = req.spec  # type: ignore[attr-defined]
             if spec.tenant != who.name:
                 return f"a tenant places its own workloads only (the spec says tenant {spec.tenant!r})"
-            return None  # its names are in its namespace (_in_namespace): no other tenant's can be meant
-        if method == "record_event":
-            target = args[1] if len(args) > 1 else None
-            if type(target) is not str or self.state.owners.get(target) != who.name:
+            ceiling = self.s.tenants.of(who.name).max_priority
+            if priority_rank(spec.priority) < priority_rank(ceiling):
+                return (f"tenant {who.name} places at most at priority {ceiling} (its ceiling, set by an admin); "
+                        f"the spec asks for {spec.priority}")
+            attach = req.attach  # type: ignore[attr-defined]
+            if attach is not None:
+                from elasticml.scheduler.ray_view import serve_attachment
+
+                if attach.startswith("serve:"):
+                    if attach != serve_attachment(spec.name):
+                        return f"a Serve app attaches as its own workload only ({serve_attachment(spec.name)})"
+                elif self.attach_check is None:
+                    return "attach names a Ray job, which only the platform's own entrypoints or an admin may"
+                else:
+                    return self.attach_check(attach, spec.name)
+            return None
+        if route.owns == "target":
+            if owners.get(req.target) != who.name:  # type: ignore[attr-defined]
                 return ("a tenant records events of its own workloads only (an app without a tenant is an "
                         "operator's: give it `tenant:` so the scheduler places it)")
             return None
-        if method == "check_residency":
-            return None if args and args[0] == who.name else "a tenant checks its own residency only"
-        if method == "storage_credentials":
-            return None if args and args[0] == who.name else "a tenant gets credentials for its own prefix only"
-        if method in OWN_WORKLOAD:
-            name = args[0] if args else None
+        if route.owns == "tenant":
+            if req.tenant != who.name:  # type: ignore[attr-defined]
+                return ("a tenant checks its own residency only" if isinstance(req, CheckResidency)
+                        else "a tenant gets credentials for its own prefix only")
+            return None
+        if route.owns == "workload":
+            name = req.name  # type: ignore[attr-defined]
             if name == "_events":
                 return "cluster events are for an admin"
-            if type(name) is not str or self.state.owners.get(name) != who.name:
+            if owners.get(name) != who.name:
                 return "a tenant sees and changes its own workloads only (no workload of this tenant has that name)"
-            return None
-        return None  # status and cost_report: filtered to what is its own
-
-    def _dispatch(self, who: Principal, method: str, args: tuple[Any, ...]) -> Any:
-        state = self.state
-        if method == "whoami":
-            return {"name": who.name, "role": who.role}
-        if method == "status" and who.role != "admin":
-            return _status_for(state.status(), who, state.owners)
-        if method == "cost_report" and who.role == "tenant":
-            return _costs_for(state.cost_report(), who.name, state.owners)
-        return getattr(state, method)(*args)
-
-
-def _in_namespace(who: Principal, method: str, args: tuple[Any, ...], owners: dict[str, str]) -> tuple[Any, ...]:
-    """A tenant's call with its workload names read in its own namespace. A workload an admin placed
-    for it under a bare name is still its own by that name."""
-    if who.role != "tenant" or not args:
-        return args
-    first = args[0]
-    if method == "place" and isinstance(first, WorkloadSpec) and first.tenant == who.name:
-        return (replace(first, name=_own(who.name, first.name, owners)), *args[1:])
-    if method in OWN_WORKLOAD and type(first) is str and first != "_events" and len(first) <= 200:
-        return (_own(who.name, first, owners), *args[1:])
-    if method == "record_event" and len(args) > 1 and type(args[1]) is str and len(args[1]) <= 200:
-        return (first, _own(who.name, args[1], owners), *args[2:])
-    return args
+        return None
 
 
 def _own(tenant: str, name: str, owners: dict[str, str]) -> str:
@@ -161,31 +218,147 @@ def _own(tenant: str, name: str, owners: dict[str, str]) -> str:
     return scoped(tenant, name)
 
 
-def _summary(method: str, args: tuple[Any, ...]) -> str:
-    if method == "set_tenant" and args:
-        return repr(args[0])[:300]
-    if method == "check_residency" and len(args) >= 2:
-        return f"{args[2] if len(args) > 2 else 'storage'} in {args[1]}: allowed"
-    if method == "storage_credentials" and len(args) >= 2:
-        return f"s3://{str(args[1])[:63]}/tenants/{str(args[0])[:63]}/ for {args[2] if len(args) > 2 else 1.0}h"
-    if method == "add_principal" and len(args) >= 2:
-        return f"role {args[1]}"
+def _target(req: Request) -> str | None:
+    if isinstance(req, Place):
+        return req.spec.name
+    for field in ("name", "target", "node_type", "tenant"):
+        value = getattr(req, field, None)
+        if type(value) is str:
+            return value[:80]
+    if isinstance(req, SetTenant):
+        return req.policy.tenant
+    return None
+
+
+def _summary(req: Request) -> str:
+    if isinstance(req, SetTenant):
+        return repr(req.policy)[:300]
+    if isinstance(req, CheckResidency):
+        return f"{req.what or 'storage'} in {req.region}: allowed"
+    if isinstance(req, StorageCredentials):
+        return f"s3://{req.bucket}/tenants/{req.tenant}/ for {req.hours}h"
+    if isinstance(req, AddPrincipal):
+        return f"role {req.role}"
     return ""
 
 
-def _status_for(status: dict[str, Any], who: Principal, owners: dict[str, str]) -> dict[str, Any]:
+# -- handlers: one per route ------------------------------------------------------------------------------
+@handles(Place)
+def _place(door: Door, who: Principal, req: Place) -> Any:
+    return door.s.place(req.spec, req.attach)
+
+
+@handles(GetPlacement)
+def _placement(door: Door, who: Principal, req: GetPlacement) -> Any:
+    return door.s.placement(req.name)
+
+
+@handles(ReportProgress)
+def _report_progress(door: Door, who: Principal, req: ReportProgress) -> None:
+    door.s.report_progress(req.name, req.fraction)
+
+
+@handles(RunStarted)
+def _run_started(door: Door, who: Principal, req: RunStarted) -> float:
+    return door.controller.run_started(req.name, req.epoch)
+
+
+@handles(Finish)
+def _finish(door: Door, who: Principal, req: Finish) -> None:
+    door.s.finish(req.name)
+
+
+@handles(Explain)
+def _explain(door: Door, who: Principal, req: Explain) -> Any:
+    return door.s.explain(req.name)
+
+
+@handles(Intervals)
+def _intervals(door: Door, who: Principal, req: Intervals) -> Any:
+    return door.s.intervals(req.name)
+
+
+@handles(Status)
+def _status(door: Door, who: Principal, req: Status) -> Any:
+    status = door.s.status()
+    if who.role == "admin":
+        return status
     if who.role == "agent":
         return {k: status[k] for k in ("cluster", "pools", "market_hour")}
-    mine = {n for n, t in owners.items() if t == who.name}
+    mine = {n for n, t in door.s.owners.items() if t == who.name}
     return {**status, "running": {n: v for n, v in status["running"].items() if n in mine},
             "queued": [n for n in status["queued"] if n in mine], "paused": [n for n in status["paused"] if n in mine],
             "steered": {n: v for n, v in status["steered"].items() if n in mine}}
 
 
-def _costs_for(report: dict[str, Any], tenant: str, owners: dict[str, str]) -> dict[str, Any]:
-    rows = [r for r in report["tenant"] if r["key"] == tenant]
+@handles(CostReport)
+def _cost_report(door: Door, who: Principal, req: CostReport) -> Any:
+    report = door.s.cost_report()
+    if who.role == "admin":
+        return report
+    owners = door.s.owners
+    rows = [r for r in report["tenant"] if r["key"] == who.name]
     cost = sum(r["cost"] for r in rows)
     od = sum(r["on_demand_cost"] for r in rows)
-    return {"tenant": rows, "workload": [r for r in report["workload"] if owners.get(r["key"]) == tenant],
+    return {"tenant": rows, "workload": [r for r in report["workload"] if owners.get(r["key"]) == who.name],
             "total": {"cost": cost, "on_demand_cost": od, "savings": od - cost,
                       "savings_pct": 100 * (od - cost) / od if od else 0.0}}
+
+
+@handles(Interrupt)
+def _interrupt(door: Door, who: Principal, req: Interrupt) -> Any:
+    result = door.s.interrupt(req.node_type)
+    if door.drain is not None:
+        result["drained_nodes"] = door.drain(req.node_type)
+    return result
+
+
+@handles(ClearInterruption)
+def _clear(door: Door, who: Principal, req: ClearInterruption) -> Any:
+    return door.s.clear_interruption(req.node_type)
+
+
+@handles(CheckResidency)
+def _check_residency(door: Door, who: Principal, req: CheckResidency) -> None:
+    door.s.check_residency(req.tenant, req.region, req.what)
+
+
+@handles(StorageCredentials)
+def _storage_credentials(door: Door, who: Principal, req: StorageCredentials) -> Any:
+    return door.s.storage_credentials(req.tenant, req.bucket, req.hours)
+
+
+@handles(RecordEvent)
+def _record_event(door: Door, who: Principal, req: RecordEvent) -> None:
+    door.s.record_event(req.action, req.target, req.why)
+
+
+@handles(SetTenant)
+def _set_tenant(door: Door, who: Principal, req: SetTenant) -> None:
+    door.s.set_tenant(req.policy)
+
+
+@handles(AddPrincipal)
+def _add_principal(door: Door, who: Principal, req: AddPrincipal) -> None:
+    door.s.add_principal(req.name, req.role, req.credential_digest)
+
+
+@handles(RemovePrincipal)
+def _remove_principal(door: Door, who: Principal, req: RemovePrincipal) -> None:
+    door.s.remove_principal(req.name)
+
+
+@handles(ListPrincipals)
+def _list_principals(door: Door, who: Principal, req: ListPrincipals) -> Any:
+    return door.s.list_principals()
+
+
+@handles(Tick)
+def _tick(door: Door, who: Principal, req: Tick) -> Any:
+    door.flush_refusals()
+    return door.tick()
+
+
+@handles(Whoami)
+def _whoami(door: Door, who: Principal, req: Whoami) -> dict[str, str]:
+    return {"name": who.name, "role": who.role}

@@ -1,9 +1,9 @@
 """The cost ledger: every allocation interval, durable across actor restarts.
 
-SQLite, one file, one table. Each interval is (workload, tenant, node type,
-market, workers, dollars per hour, start, end); an open interval has no end.
-SQLite's transactions make every write all-or-nothing, so a crash mid-write
-leaves the ledger as it was before the write, never half-updated.
+The `intervals` table of the scheduler's store (store.py owns the file, its schema and its
+transactions). Each interval is (workload, tenant, node type, market, workers, dollars per
+hour, start, end); an open interval has no end. Writes go through the store's open command,
+so an interval opened or closed by a decision is committed with that decision or not at all.
 
 Times are the scheduler's clock in seconds, given by the caller on every write (wall-clock
 seconds live; a replayed market's seconds there): a default of its own would mix two clocks. Costs
@@ -13,27 +13,10 @@ are dollars.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS intervals (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    workload TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    node_type TEXT NOT NULL,
-    market TEXT NOT NULL,
-    workers INTEGER NOT NULL,
-    nodes INTEGER NOT NULL DEFAULT 0,
-    hourly_cost REAL NOT NULL,
-    on_demand_hourly_cost REAL NOT NULL,
-    start REAL NOT NULL,
-    end REAL
-);
-CREATE INDEX IF NOT EXISTS intervals_open ON intervals(workload) WHERE end IS NULL;
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
+from typing import Any
 
 @dataclass(frozen=True)
 class CostRow:
@@ -48,39 +31,40 @@ class CostRow:
 
 
 class Ledger:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(intervals)")}
-        if "nodes" not in columns:  # a ledger written before nodes were recorded
-            self._db.execute("ALTER TABLE intervals ADD COLUMN nodes INTEGER NOT NULL DEFAULT 0")
+    def __init__(self, db: sqlite3.Connection, write: Callable[..., Any] | None = None) -> None:
+        """Over the store's connection; `write` is the store's (None: read only)."""
+        self._db = db
+        self._writer = write
+
+    @classmethod
+    def read_only(cls, path: str | Path) -> Ledger:
+        """A ledger file of a cluster that may be gone, read without changing it (any schema version)."""
+        return cls(sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, check_same_thread=False))
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+        if self._writer is None:
+            raise sqlite3.OperationalError("this ledger was opened read only")
+        return self._writer(sql, params)
 
     def open(self, *, workload: str, tenant: str, node_type: str, market: str, workers: int, nodes: int,
              hourly_cost: float, on_demand_hourly_cost: float, at: float) -> None:
-        with self._db:
-            self._db.execute(
-                "INSERT INTO intervals (workload, tenant, node_type, market, workers, nodes, hourly_cost,"
-                " on_demand_hourly_cost, start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (workload, tenant, node_type, market, workers, nodes, hourly_cost, on_demand_hourly_cost, at),
-            )
+        self._write(
+            "INSERT INTO intervals (workload, tenant, node_type, market, workers, nodes, hourly_cost,"
+            " on_demand_hourly_cost, start) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (workload, tenant, node_type, market, workers, nodes, hourly_cost, on_demand_hourly_cost, at),
+        )
 
     def open_intervals(self, workload: str) -> list[dict[str, object]]:
         return [r for r in self.intervals(workload) if r["end"] is None]
 
     def close(self, workload: str, *, at: float, node_type: str | None = None) -> int:
         """End the workload's open intervals (on one node type, or all); returns how many."""
-        with self._db:
-            if node_type is None:
-                cur = self._db.execute("UPDATE intervals SET end = ? WHERE workload = ? AND end IS NULL",
-                                       (at, workload))
-            else:
-                cur = self._db.execute("UPDATE intervals SET end = ? WHERE workload = ? AND node_type = ? AND end IS NULL",
-                                       (at, workload, node_type))
-            return cur.rowcount
+        if node_type is None:
+            cur = self._write("UPDATE intervals SET end = ? WHERE workload = ? AND end IS NULL", (at, workload))
+        else:
+            cur = self._write("UPDATE intervals SET end = ? WHERE workload = ? AND node_type = ? AND end IS NULL",
+                              (at, workload, node_type))
+        return cur.rowcount
 
     def intervals(self, workload: str | None = None) -> list[dict[str, object]]:
         if workload is None:
@@ -125,20 +109,3 @@ class Ledger:
             (now, now, now),
         )
         return [CostRow(key=k, cost=c or 0.0, on_demand_cost=o or 0.0, hours=h or 0.0) for k, c, o, h in cur.fetchall()]
-
-    def put_state(self, key: str, value: str) -> None:
-        with self._db:
-            self._db.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                             (key, value))
-
-    def get_state(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def delete_state(self, key: str) -> None:
-        with self._db:
-            self._db.execute("DELETE FROM state WHERE key = ?", (key,))
-
-    def state_items(self, prefix: str) -> dict[str, str]:
-        rows = self._db.execute("SELECT key, value FROM state WHERE key LIKE ?", (prefix + "%",)).fetchall()
-        return dict(rows)

@@ -1,6 +1,6 @@
 """The scheduler's numbers as Prometheus metrics, exported by Ray's metrics agent on the head
 (Ray prefixes them `ray_`): what is being spent, what it saves, what the scheduler decided, and
-the pools it decides over. Set from the ledger and the state at every controller tick.
+the pools it decides over. Set from the store at every controller tick.
 
 Labels are bounded: tenant (one per principal), market (3), node type (the cluster's pools),
 action (the policy's few). Cost per workload stays in `elasticml cost report` (workload names
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from elasticml.scheduler.state import SchedulerState
+    from elasticml.scheduler.core import Scheduler
 
 ACTIONS = ("place", "move", "preempt", "queue", "pause", "refuse", "done")
 MARKETS = ("spot", "on-demand", "reserved")
@@ -42,13 +42,13 @@ class SchedulerMetrics:
                            tag_keys=("node_type", "market"))
         self.queued = Gauge("elasticml_scheduler_queued_workloads", description="workloads waiting for capacity")
 
-    def update(self, state: SchedulerState) -> None:
+    def update(self, state: Scheduler) -> None:
         now = state.clock()
-        by_tenant = state.ledger.costs_by("tenant", now=now)
+        by_tenant = state.store.ledger.costs_by("tenant", now=now)
         for row in by_tenant:
             self.on_demand_cost.set(row.on_demand_cost, tags={"tenant": row.key})
             self.savings.set(row.on_demand_cost - row.cost, tags={"tenant": row.key})
-        for (tenant, market), cost in state.ledger.cost_by_tenant_and_market(now=now).items():
+        for (tenant, market), cost in state.store.ledger.cost_by_tenant_and_market(now=now).items():
             self.cost.set(cost, tags={"tenant": tenant, "market": market})
         rate: dict[tuple[str, str], float] = {}
         workers = dict.fromkeys(MARKETS, 0)

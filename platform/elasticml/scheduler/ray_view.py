@@ -75,3 +75,28 @@ def failed_launches(timeout_s: int = 5) -> list[tuple[str, float]]:
     status = get_cluster_status(ray.get_runtime_context().gcs_address, timeout=timeout_s)
     return [(launch.ray_node_type_name, float(launch.failed_ts_s or launch.request_ts_s or 0))
             for launch in status.failed_launches]
+
+
+PLATFORM_ENTRYPOINTS = ("jobs/train.py", "jobs/tune.py", "jobs/distill.py")
+"""The platform's own job entrypoints: a tenant's placement may attach only a live Ray job running one."""
+
+
+def attachable(attach: str, workload: str) -> str | None:
+    """Why a tenant may not attach `workload` to the Ray job `attach` (None: it may): the job must be
+    alive in the GCS and be one of the platform's own entrypoints, which place themselves with
+    their own job id. A made-up id, a finished job or someone's own script is refused."""
+    import re
+
+    from ray._private import state
+
+    if not re.fullmatch(r"[0-9a-f]{1,64}", attach):
+        return "attach names a Ray job by its hex id"
+    for job in state.state.job_table():
+        if job["JobID"] == attach:
+            if job["IsDead"]:
+                return f"Ray job {attach} has finished"
+            entry = str(job.get("Entrypoint", ""))
+            if not any(e in entry for e in PLATFORM_ENTRYPOINTS):
+                return f"Ray job {attach} is not one of the platform's entrypoints ({', '.join(PLATFORM_ENTRYPOINTS)})"
+            return None
+    return f"no Ray job {attach} runs on this cluster"

@@ -165,9 +165,15 @@ class TenantPolicy:
     regions: tuple[str, ...] = ()
     """Where this tenant's work runs and its data and checkpoints are kept (residency, set by an admin);
     empty = anywhere. A spec cannot widen it."""
+    max_priority: Priority = "normal"
+    """The highest priority the tenant's own calls may place at (an admin may place above it): without
+    it a tenant could declare `critical` and preempt other tenants' reserved work."""
 
     def __post_init__(self) -> None:
         check_text(self.tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        if self.max_priority not in PRIORITY_ORDER:
+            raise ConfigError(f"must be one of {' > '.join(PRIORITY_ORDER)}, got {str(self.max_priority)[:40]!r}",
+                              field="max_priority")
         check_regions(self.regions)
         if self.budget is not None:
             check_number(self.budget, field="budget", lo=0, hi=MAX_DOLLARS)

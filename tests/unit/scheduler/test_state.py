@@ -11,10 +11,10 @@ import pytest
 
 from elasticml.cluster.config import load_cluster_spec
 from elasticml.errors import ConfigError, PlacementRefused
-from elasticml.scheduler.controller import ControllerConfig
-from elasticml.scheduler.state import SchedulerState
+from elasticml.scheduler.settings import ControllerConfig
+from tests.support.scheduler import Sched as SchedulerState
 from elasticml.scheduler.deadline import NONE, OD, SPOT, simulate
-from elasticml.scheduler.ledger import Ledger
+from elasticml.scheduler.store import Store
 from elasticml.scheduler.policies import POLICIES
 from elasticml.scheduler.spec import Placement, TenantPolicy, WorkloadSpec
 
@@ -207,10 +207,26 @@ def test_the_ledger_charges_where_ray_runs_the_workers_not_the_advice(tmp_path):
     s.controller_tick()
     clock.t += 1800
     seen.clear()
-    s.controller_tick()  # workers gone (between runs): nothing charged
-    rows = [(i["node_type"], i["workers"], i["end"] - i["start"]) for i in s.ledger.intervals("j")]
+    s.controller_tick()  # workers gone (between runs): charged what it holds, not nothing
+    rows = [(i["node_type"], i["workers"], i["end"] - i["start"]) for i in s.ledger.intervals("j") if i["end"]]
     assert sorted(rows) == [("cpu_on_demand", 1, 1800), ("cpu_spot", 1, 1800), ("cpu_spot", 2, 3600)]
+    held = [(i["node_type"], i["workers"]) for i in s.ledger.intervals("j") if i["end"] is None]
+    assert held == [(a.node_type, a.workers) for a in placed.allocations]
     assert [r["action"] for r in s.explain("j")].count("charge") == 3
+
+
+def test_a_forged_attach_that_ray_never_runs_is_charged_its_allocation_and_counts_against_the_budget(tmp_path):
+    clock = Clock()
+    s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), clock=clock, observer=lambda job_id: {})
+    s.set_tenant(TenantPolicy(tenant="t", budget=1.0))
+    placed = s.place(spec("j", max_workers=2, checkpoint_interval_hours=0.1), attach="abcdef0123")  # no such job
+    s.controller_tick()
+    clock.t += 10 * 3600
+    s.controller_tick()
+    cost = s.cost_report()["total"]["cost"]
+    assert cost == pytest.approx(10 * placed.hourly_cost) and cost > 1.0
+    with pytest.raises(PlacementRefused, match="budget"):
+        s.place(spec("next", max_workers=1))
 
 
 def test_voluntary_moves_are_bounded_per_hour(tmp_path):
@@ -232,13 +248,15 @@ def test_voluntary_moves_are_bounded_per_hour(tmp_path):
 
 
 def test_costs_and_savings_add_up(tmp_path):
-    ledger = Ledger(tmp_path / "l.sqlite")
+    store = Store(tmp_path / "l.sqlite")
+    ledger = store.ledger
     t0 = 1_000_000.0
-    ledger.open(workload="w", tenant="t", node_type="cpu_spot", market="spot", workers=2, nodes=2,
-                hourly_cost=0.08, on_demand_hourly_cost=0.2, at=t0)
-    ledger.close("w", at=t0 + 1800)
-    ledger.open(workload="w", tenant="t", node_type="cpu_on_demand", market="on-demand", workers=2, nodes=2,
-                hourly_cost=0.2, on_demand_hourly_cost=0.2, at=t0 + 1800)
+    with store.command():
+        ledger.open(workload="w", tenant="t", node_type="cpu_spot", market="spot", workers=2, nodes=2,
+                    hourly_cost=0.08, on_demand_hourly_cost=0.2, at=t0)
+        ledger.close("w", at=t0 + 1800)
+        ledger.open(workload="w", tenant="t", node_type="cpu_on_demand", market="on-demand", workers=2, nodes=2,
+                    hourly_cost=0.2, on_demand_hourly_cost=0.2, at=t0 + 1800)
     rows = {r.key: r for r in ledger.costs_by("market", now=t0 + 3600)}
     assert rows["spot"].cost == pytest.approx(0.04) and rows["on-demand"].cost == pytest.approx(0.1)
     (tenant,) = ledger.costs_by("tenant", now=t0 + 3600)
@@ -248,9 +266,10 @@ def test_costs_and_savings_add_up(tmp_path):
 
 def test_a_crash_mid_write_leaves_the_ledger_as_it_was(tmp_path):
     path = tmp_path / "l.sqlite"
-    ledger = Ledger(path)
-    ledger.open(workload="kept", tenant="t", node_type="n", market="spot", workers=1, nodes=1, hourly_cost=1,
-                on_demand_hourly_cost=2, at=1_000_000.0)
+    store = Store(path)
+    with store.command():
+        store.ledger.open(workload="kept", tenant="t", node_type="n", market="spot", workers=1, nodes=1, hourly_cost=1,
+                          on_demand_hourly_cost=2, at=1_000_000.0)
     # Another process starts a write and dies (SIGKILL-like) before committing it.
     code = (
         "import os, sqlite3; db = sqlite3.connect(%r, isolation_level=None); db.execute('BEGIN');"
@@ -259,7 +278,7 @@ def test_a_crash_mid_write_leaves_the_ledger_as_it_was(tmp_path):
         "db.execute(\"UPDATE intervals SET end = 1 WHERE workload = 'kept'\"); os._exit(9)" % str(path)
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 9
-    after = Ledger(path).intervals()
+    after = Store(path).ledger.intervals()
     assert [i["workload"] for i in after] == ["kept"] and after[0]["end"] is None
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
@@ -273,12 +292,14 @@ def test_a_serve_app_is_charged_by_its_replicas_and_finished_when_they_are_gone(
     s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), clock=clock, observer=lambda a: dict(seen.get(a, {})))
     s.place(spec("endpoint", kind="serving", priority="high", max_workers=1), attach=serve_attachment("endpoint"))
     clock.t += 5
-    s.controller_tick()  # not up yet: nothing charged, and not finished either
-    assert s.placement("endpoint").placed and s.ledger.intervals("endpoint") == []
+    s.controller_tick()  # not up yet: charged what it holds, and not finished either
+    assert s.placement("endpoint").placed
+    assert [(i["node_type"], i["workers"]) for i in s.ledger.intervals("endpoint")] == [("cpu_reserved", 1)]
     clock.t += SERVE_GONE_S * 2
     seen["serve:endpoint"] = {"cpu_reserved": (1, 1), "cpu_spot": (2, 2)}
     s.controller_tick()
-    assert {(i["node_type"], i["workers"]) for i in s.ledger.intervals("endpoint")} == {("cpu_reserved", 1), ("cpu_spot", 2)}
+    assert {(i["node_type"], i["workers"]) for i in s.ledger.intervals("endpoint") if i["end"] is None} == {
+        ("cpu_reserved", 1), ("cpu_spot", 2)}
     seen.clear()  # `serve delete`
     clock.t += 1
     s.controller_tick()
