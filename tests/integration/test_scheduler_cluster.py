@@ -137,7 +137,11 @@ def test_tenants_act_through_their_own_credentials_and_cannot_reach_past_the_doo
     shown = subprocess.run([ELASTICML, "audit", "show", "--name", name, "--tenant", "research", "--json"],
                            capture_output=True, text=True, timeout=60, env=env)
     denied = [json.loads(line) for line in shown.stdout.splitlines() if '"denied"' in line]
-    assert len(denied) >= 6 and all(r["who"] in ("tenant research", "an unknown caller") for r in denied)
+    # One record per burst of a caller's refusals of one call: the CLI's finish came within the burst
+    # of the client's, so it is counted into the record written when the burst ends.
+    assert {r["action"] for r in denied if r["who"] == "tenant research"} == {
+        "finish", "explain", "intervals", "set_tenant", "interrupt"}
+    assert all(r["who"] in ("tenant research", "an unknown caller") for r in denied)
 
 
 def test_actor_killed_and_restarted_loses_nothing(sched):

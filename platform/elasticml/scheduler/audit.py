@@ -56,8 +56,8 @@ KEY_ENV = "ELASTICML_AUDIT_KEY_PATH"
 
 
 def audit_key_path(cluster: str) -> Path:
-    """Where the cluster's audit key lives: $ELASTICML_AUDIT_KEY_PATH, else beside its credentials
-    (never in the scheduler's folder, beside the trail it signs)."""
+    """Where the audit key of the scheduler whose folder is `$ELASTICML_HOME/scheduler/CLUSTER` lives:
+    $ELASTICML_AUDIT_KEY_PATH, else with the credentials (never in that folder, beside the trail it signs)."""
     from elasticml.scheduler.identity import credentials_dir
 
     return Path(os.environ[KEY_ENV]) if os.environ.get(KEY_ENV) else credentials_dir(cluster) / "audit.key"

@@ -97,7 +97,9 @@ class SchedulerClient:
             name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
             # On the head: the ledger file lives on its disk, and the head is never spot.
             resources={"node:__internal_head__": 0.001},
-        ).remote(spec, ledger, controller or ControllerConfig.from_env(), digest(token), str(audit_key_path(spec.name)))
+        ).remote(spec, ledger, controller or ControllerConfig.from_env(), digest(token),
+                  # Named as the ledger's folder is (what `elasticml audit verify --name` finds it by).
+                  str(audit_key_path(Path(ledger).parent.name)))
         ray.get(handle.ping.remote())
         client = cls(RayTransport(handle, token))
         agent = agent_credential(spec.name)  # the node agents' (file-mounted on cloud nodes), trusted as agents
