@@ -186,8 +186,9 @@ class Door:
                 from elasticml.scheduler.ray_view import serve_attachment
 
                 if attach.startswith("serve:"):
-                    if attach != serve_attachment(spec.name):
-                        return f"a Serve app attaches as its own workload only ({serve_attachment(spec.name)})"
+                    own = serve_attachment(spec.name.rpartition("/")[2])  # Serve names the app without its tenant
+                    if attach != own:
+                        return f"a Serve app attaches as its own workload only ({own})"
                 elif self.attach_check is None:
                     return "attach names a Ray job, which only the platform's own entrypoints or an admin may"
                 else:
