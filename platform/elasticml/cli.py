@@ -337,7 +337,7 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
     _connect(name, address)
     st = SchedulerClient.start(spec, ledger_path=ledger_path, controller=controller).status()
     if spot_market is not None and SpotMarket.load(spot_market).settings.notices:
-        from elasticml.cluster.spot_market import start_driver
+        from elasticml.cluster.market_driver import start_driver
 
         start_driver(spot_market.resolve(), [p["node_type"] for p in st["pools"] if p["market"] == "spot"])
     if _emit(as_json, {"cluster": st["cluster"], "config": st["config"],

@@ -105,6 +105,7 @@ def test_a_bucket_outside_the_tenants_regions_is_refused_before_anything_is_writ
     from elasticml.errors import PlacementRefused
     from elasticml.scheduler.client import SchedulerClient
     from elasticml.scheduler.identity import digest, new_token
+    from elasticml.scheduler.principals import add_principal
     from elasticml.scheduler.shell import open_shell
     from elasticml.scheduler.spec import TenantPolicy
     from elasticml.storage import bucket_region
@@ -117,7 +118,7 @@ def test_a_bucket_outside_the_tenants_regions_is_refused_before_anything_is_writ
                        admin_digest=digest(new_token("admin")), audit_key_path=tmp_path / "keys" / "audit.key")
     state = shell.scheduler
     token = new_token("acme")
-    state.add_principal("acme", "tenant", digest(token))
+    add_principal(state, "acme", "tenant", digest(token))
     state.set_tenant(TenantPolicy(tenant="acme", regions=("me-central-1",)))
 
     # The client's own check, with the door in this process instead of the actor.

@@ -103,6 +103,7 @@ def test_vended_credentials_reach_the_tenants_prefix_and_nothing_else(iam_world,
     from elasticml.cluster.config import load_cluster_spec
     from elasticml.errors import AccessDenied, PlacementRefused
     from elasticml.scheduler.identity import digest, new_token
+    from elasticml.scheduler.principals import add_principal
     from elasticml.scheduler.shell import open_shell
     from elasticml.scheduler.tenant_storage import CredentialVendor
     from elasticml.storage import read_text, use_credentials, write_text_atomic
@@ -118,7 +119,7 @@ def test_vended_credentials_reach_the_tenants_prefix_and_nothing_else(iam_world,
                                     endpoint=iam_world["url"])
     tokens = {t: new_token(t) for t in ("research", "payments")}
     for t, token in tokens.items():
-        state.add_principal(t, "tenant", digest(token))
+        add_principal(state, t, "tenant", digest(token))
     door = shell.door
 
     creds = door.call(tokens["research"], "storage_credentials", {"tenant": "research", "bucket": D.bucket, "hours": 1.0})
@@ -143,7 +144,8 @@ def test_vended_credentials_reach_the_tenants_prefix_and_nothing_else(iam_world,
     finally:
         use_credentials([])
     # Where prefixes are kept, a tenant's job outside its own is refused at the residency check, and audited.
-    state.check_residency("research", "us-east-1", f"s3://{D.bucket}/tenants/research/corpus")
+    door.call(tokens["research"], "check_residency",
+              {"tenant": "research", "region": "us-east-1", "what": f"s3://{D.bucket}/tenants/research/corpus"})
     with pytest.raises(PlacementRefused, match="tenants/research/"):
         door.call(tokens["research"], "check_residency",
                   {"tenant": "research", "region": "us-east-1", "what": f"s3://{D.bucket}/runs/corpus"})

@@ -28,6 +28,16 @@ class Sched:
     def run_started(self, name: str, epoch: int) -> float:
         return self.controller.run_started(name, epoch)
 
+    def refresh_prices(self, *args: Any) -> None:
+        from elasticml.scheduler.prices import refresh_prices
+
+        refresh_prices(self.scheduler, *args)
+
+    def refresh_live_prices(self, live: Any) -> None:
+        from elasticml.scheduler.prices import refresh_live_prices
+
+        refresh_live_prices(self.scheduler, live)
+
     @property
     def steppers(self) -> dict[str, Any]:
         return {n: self.controller.stepper(w) for n, w in self.scheduler.store.workloads.items() if w.stepper}

@@ -33,7 +33,7 @@ import yaml
 
 from elasticml import auth, home
 from elasticml.atomic import write_atomic
-from elasticml.cluster import spot_market
+import elasticml.cluster.spot_market as spot_market
 from elasticml.cluster.config import (
     FAKE_HEAD_NODE_ID,
     ClusterSpec,

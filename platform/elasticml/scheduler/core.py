@@ -11,7 +11,6 @@ work through the same methods; the door (door.py) decides who may call which; th
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,7 +30,6 @@ from elasticml.scheduler.spec import (
     MAX_NAME,
     MAX_WORKLOAD,
     NAME_PATTERN,
-    REGION_PATTERN,
     WORKLOAD_PATTERN,
     Placement,
     TenantPolicy,
@@ -39,8 +37,7 @@ from elasticml.scheduler.spec import (
     WorkloadSpec,
 )
 from elasticml.scheduler.store import EVENTS, Store, Workload
-from elasticml.scheduler.tenant_storage import MAX_SESSION_HOURS, CredentialVendor, check_confined
-from elasticml.storage import S3Credentials
+from elasticml.scheduler.tenant_storage import CredentialVendor
 
 MAX_MOVES_KEPT = 32
 
@@ -205,29 +202,6 @@ class Scheduler:
                                               f"the spec asks for {outside}")
         return spec if spec.regions else replace(spec, regions=allowed)
 
-    def check_residency(self, tenant: str, region: str, what: str = "") -> None:
-        """Refuse (PlacementRefused) data or checkpoints of `tenant` in `region` outside its regions."""
-        check_text(tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
-        check_text(region, field="region", max_len=32, pattern=REGION_PATTERN)
-        if what:
-            check_text(what, field="what", max_len=300)
-        allowed = self.tenants.of(tenant).regions
-        if allowed and region not in allowed:
-            raise PlacementRefused(what or tenant, f"data residency: tenant {tenant} is kept to {list(allowed)}, "
-                                                   f"but {what or 'the storage'} is in {region}")
-        if self.vendor is not None:  # tenants' data is confined to their prefixes here
-            check_confined(tenant, what)
-
-    def storage_credentials(self, tenant: str, bucket: str, hours: float = 1.0) -> S3Credentials | None:
-        """Short-lived credentials that reach only s3://BUCKET/tenants/TENANT/; None where this cluster
-        keeps no tenant prefixes (nothing configured to vend them)."""
-        check_text(tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
-        check_text(bucket, field="bucket", max_len=63, pattern=r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-        check_number(hours, field="hours", lo=0.25, hi=MAX_SESSION_HOURS)
-        if self.vendor is None:
-            return None
-        return self.vendor.vend(tenant, bucket, float(hours))
-
     def placement(self, name: str) -> Placement | None:
         """The workload's placement now, or None if the scheduler does not know it."""
         w = self.store.workloads.get(name)
@@ -322,43 +296,6 @@ class Scheduler:
             if cleared:
                 out += self.retry_queue() + self.rebalance()
             return out
-
-    def refresh_prices(self, spot_prices: Mapping[str, float], scores: Mapping[str, int] | None = None) -> None:
-        """Live spot prices ($/node-hour) and placement scores (1-10) per spot pool, from the cloud.
-
-        A price that is not a finite number above 0 and below 10x the pool's on-demand price is
-        ignored (a broken feed must not make spot look free); so is a score outside 1..10.
-        """
-        scores = scores or {}
-        with self.command():
-            for p in self.pools:
-                if p.market != "spot":
-                    continue
-                price, score = spot_prices.get(p.node_type), scores.get(p.node_type)
-                ceiling = 10 * (self.catalog.hourly(p.instance_type, "on-demand", p.region)
-                                if (p.instance_type, p.region) in self.catalog else p.hourly_price)
-                new_price, new_score = p.hourly_price, p.placement_score
-                if type(price) in (int, float) and math.isfinite(price) and 0 < price < ceiling:  # type: ignore[arg-type]
-                    new_price = float(price)  # type: ignore[arg-type]
-                if type(score) is int and 1 <= score <= 10:
-                    new_score = score
-                self.store.put_pool(replace(self.store.pool(p.node_type), price=new_price, score=new_score))
-
-    def refresh_live_prices(self, live: Any) -> None:
-        """Ask a `LiveSpotPrices` (EC2 through boto3) for every spot pool's price and placement score."""
-        spot = [p for p in self.pools if p.market == "spot"]
-        prices: dict[str, float] = {}
-        scores: dict[str, int] = {}
-        for region in sorted({p.region for p in spot}):
-            here = [p for p in spot if p.region == region]
-            zones = live.spot_prices(sorted({p.instance_type for p in here}), region)
-            for p in here:
-                if zones.get(p.instance_type):
-                    prices[p.node_type] = min(zones[p.instance_type].values())
-                got = live.placement_scores([p.instance_type], region, max(1, p.max_nodes))
-                if got:
-                    scores[p.node_type] = max(got.values())
-        self.refresh_prices(prices, scores)
 
     def vacate(self, node_type: str, why: str) -> list[dict[str, Any]]:
         """The pool is unavailable: its deadline jobs pause (their policy picks), the rest is re-placed."""
@@ -496,33 +433,6 @@ class Scheduler:
 
     def _drop_audit(self) -> None:
         self._audit_batch = None
-
-    # -- principals ----------------------------------------------------------------------------------
-    def add_principal(self, name: str, role: str, credential_digest: str) -> None:
-        from elasticml.scheduler.identity import Principal
-
-        principal = Principal(name, role)
-        check_text(credential_digest, field="credential_digest", max_len=64, pattern="[0-9a-f]{64}")
-        old = self.store.principals.get(name)
-        if old is not None and old[0] == "admin" and role != "admin" and self._admins() == 1:
-            raise ConfigError(f"{name} is the last admin: add another admin before changing its role", field="role")
-        with self.command():
-            self.store.put_principal(principal.name, principal.role, credential_digest)
-
-    def remove_principal(self, name: str) -> None:
-        check_text(name, field="name", max_len=MAX_NAME, pattern=NAME_PATTERN)
-        if name not in self.store.principals:
-            raise ConfigError(f"no principal {name!r}", field="name")
-        if self.store.principals[name][0] == "admin" and self._admins() == 1:
-            raise ConfigError("the last admin cannot be removed", field="name")
-        with self.command():
-            self.store.drop_principal(name)
-
-    def _admins(self) -> int:
-        return sum(r == "admin" for r, _ in self.store.principals.values())
-
-    def list_principals(self) -> list[dict[str, str]]:
-        return [{"name": n, "role": r} for n, (r, _) in sorted(self.store.principals.items())]
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def release(self, w: Workload) -> None:

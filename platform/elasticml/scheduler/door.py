@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from elasticml.errors import AccessDenied, ConfigError, ElasticMLError
+from elasticml.scheduler import principals, tenant_storage
 from elasticml.scheduler.controller import Controller
 from elasticml.scheduler.core import Scheduler
 from elasticml.scheduler.identity import Principal, verify
@@ -321,12 +322,12 @@ def _clear(door: Door, who: Principal, req: ClearInterruption) -> Any:
 
 @handles(CheckResidency)
 def _check_residency(door: Door, who: Principal, req: CheckResidency) -> None:
-    door.s.check_residency(req.tenant, req.region, req.what)
+    tenant_storage.check_residency(door.s.tenants.of(req.tenant), door.s.vendor, req.region, req.what)
 
 
 @handles(StorageCredentials)
 def _storage_credentials(door: Door, who: Principal, req: StorageCredentials) -> Any:
-    return door.s.storage_credentials(req.tenant, req.bucket, req.hours)
+    return tenant_storage.storage_credentials(door.s.vendor, req.tenant, req.bucket, req.hours)
 
 
 @handles(RecordEvent)
@@ -341,17 +342,17 @@ def _set_tenant(door: Door, who: Principal, req: SetTenant) -> None:
 
 @handles(AddPrincipal)
 def _add_principal(door: Door, who: Principal, req: AddPrincipal) -> None:
-    door.s.add_principal(req.name, req.role, req.credential_digest)
+    principals.add_principal(door.s, req.name, req.role, req.credential_digest)
 
 
 @handles(RemovePrincipal)
 def _remove_principal(door: Door, who: Principal, req: RemovePrincipal) -> None:
-    door.s.remove_principal(req.name)
+    principals.remove_principal(door.s, req.name)
 
 
 @handles(ListPrincipals)
 def _list_principals(door: Door, who: Principal, req: ListPrincipals) -> Any:
-    return door.s.list_principals()
+    return principals.list_principals(door.s)
 
 
 @handles(Tick)

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 
 from elasticml.errors import ConfigError
 from elasticml.scheduler.deadline import (
-    GreedyPolicy, JobParams, OnDemandPolicy, PlanPolicy, Policy, SimResult, SlackReservePolicy,
-    UniformProgressPolicy, omniscient_plan, simulate,
+    GreedyPolicy, JobParams, OnDemandPolicy, Policy, SimResult, SlackReservePolicy, UniformProgressPolicy, simulate,
 )
+from elasticml.scheduler.omniscient import PlanPolicy, omniscient_plan
 from elasticml.scheduler.planner import StochasticDPPolicy
 
 POLICIES: dict[str, Callable[[], Policy]] = {

@@ -45,7 +45,9 @@ class RaySignals:
             try:
                 from elasticml.scheduler.aws_prices import LiveSpotPrices
 
-                self.s.refresh_live_prices(LiveSpotPrices(endpoint_url=os.environ.get("ELASTICML_EC2_ENDPOINT")))
+                from elasticml.scheduler.prices import refresh_live_prices
+
+                refresh_live_prices(self.s, LiveSpotPrices(endpoint_url=os.environ.get("ELASTICML_EC2_ENDPOINT")))
             except Exception as exc:  # EC2 unreachable or throttling: keep the last prices, say so
                 self.s.note_event({"at": self.s.clock(), "event": "live prices failed", "why": str(exc)[:300]})
         out += self.controller.tick()

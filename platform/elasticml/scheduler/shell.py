@@ -18,6 +18,7 @@ from elasticml.scheduler.audit import AuditLog, load_key
 from elasticml.scheduler.controller import Controller, Observer
 from elasticml.scheduler.core import Scheduler
 from elasticml.scheduler.door import AttachCheck, Door
+from elasticml.scheduler.principals import add_principal
 from elasticml.scheduler.settings import ControllerConfig
 from elasticml.scheduler.store import Store
 
@@ -50,7 +51,7 @@ def open_shell(cluster: ClusterSpec, ledger_path: str | Path, config: Controller
     controller = Controller(scheduler, observer=observer)
     if not any(role == "admin" for role, _ in store.principals.values()):
         with scheduler.command():
-            scheduler.add_principal("admin", "admin", admin_digest)
+            add_principal(scheduler, "admin", "admin", admin_digest)
             scheduler.audit_action("add_principal", target="admin", who="scheduler", why="role admin: the cluster's creator")
     return Shell(store, scheduler, controller, Door(scheduler, controller, attach_check=attach_check))
 

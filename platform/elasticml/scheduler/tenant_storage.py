@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from elasticml.dataconf import check_number, check_text
 from elasticml.errors import ConfigError, PlacementRefused
+from elasticml.scheduler.spec import MAX_NAME, NAME_PATTERN, REGION_PATTERN, TenantPolicy
 from elasticml.storage import S3Credentials
 
 ROLE_ENV = "ELASTICML_TENANT_ROLE_ARN"
@@ -88,3 +90,29 @@ class CredentialVendor:
         return S3Credentials(access_key_id=c["AccessKeyId"], secret_access_key=c["SecretAccessKey"],
                              session_token=c["SessionToken"], expiration=expiration,
                              prefix=f"{bucket}/{tenant_prefix(tenant)}")
+
+
+def check_residency(policy: TenantPolicy, vendor: CredentialVendor | None, region: str, what: str = "") -> None:
+    """Refuse (PlacementRefused) data or checkpoints of the policy's tenant in `region` outside its
+    regions, and (where tenants' prefixes are kept, `vendor` set) outside its own prefix."""
+    check_text(region, field="region", max_len=32, pattern=REGION_PATTERN)
+    if what:
+        check_text(what, field="what", max_len=300)
+    tenant = policy.tenant
+    if policy.regions and region not in policy.regions:
+        raise PlacementRefused(what or tenant, f"data residency: tenant {tenant} is kept to {list(policy.regions)}, "
+                                               f"but {what or 'the storage'} is in {region}")
+    if vendor is not None:
+        check_confined(tenant, what)
+
+
+def storage_credentials(vendor: CredentialVendor | None, tenant: str, bucket: str, hours: float = 1.0
+                        ) -> S3Credentials | None:
+    """Short-lived credentials that reach only s3://BUCKET/tenants/TENANT/; None where this cluster
+    keeps no tenant prefixes (nothing configured to vend them)."""
+    check_text(tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
+    check_text(bucket, field="bucket", max_len=63, pattern=r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+    check_number(hours, field="hours", lo=0.25, hi=MAX_SESSION_HOURS)
+    if vendor is None:
+        return None
+    return vendor.vend(tenant, bucket, float(hours))

@@ -6,8 +6,9 @@ import sys
 import pytest
 
 from elasticml.errors import ConfigError
+from elasticml.scheduler.omniscient import PlanPolicy
 from elasticml.scheduler.deadline import (
-    OD, SPOT, NONE, JobParams, PlanPolicy, TickView, UniformProgressPolicy, simulate,
+    OD, SPOT, NONE, JobParams, TickView, UniformProgressPolicy, simulate,
 )
 from elasticml.scheduler.policies import POLICIES, run_policy
 from elasticml.scheduler.traces import load_trace

@@ -11,6 +11,7 @@ import pytest
 from elasticml.cluster.config import load_cluster_spec
 from elasticml.errors import AccessDenied, AuthError, ConfigError
 from elasticml.scheduler.audit import AuditLog, load_key
+from elasticml.scheduler.principals import add_principal, list_principals
 from elasticml.scheduler.identity import digest, new_token, read_credential, verify, write_credential
 from elasticml.scheduler.requests import ROUTES
 from elasticml.scheduler.shell import open_shell
@@ -39,7 +40,7 @@ def door(tmp_path):
                        audit_key_path=tmp_path / "keys" / "audit.key")
     state = shell.scheduler
     for name, role in (("acme", "tenant"), ("globex", "tenant"), ("watcher", "agent")):
-        state.add_principal(name, role, digest(tokens[name]))
+        add_principal(state, name, role, digest(tokens[name]))
     d = shell.door
     d._clock = Ticks()
     d.state, d.tokens, d.tmp, d.key = state, tokens, tmp_path, state.audit.key  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from elasticml.errors import AccessDenied, ConfigError
 from elasticml.scheduler.audit import AuditLog, store_tip
 from elasticml.scheduler.client import SchedulerClient
 from elasticml.scheduler.door import HANDLERS
+from elasticml.scheduler.principals import add_principal, list_principals
 from elasticml.scheduler.identity import digest, new_token
 from elasticml.scheduler.requests import ROUTES
 from elasticml.scheduler.shell import open_shell
@@ -42,7 +43,7 @@ def world(tmp_path):
                        audit_key_path=tmp_path / "keys" / "audit.key")
     shell.door._clock = burst
     for n in ("acme", "globex"):
-        shell.scheduler.add_principal(n, "tenant", digest(tokens[n]))
+        add_principal(shell.scheduler, n, "tenant", digest(tokens[n]))
 
     def client(who: str) -> SchedulerClient:
         return SchedulerClient(lambda route, args, wait=True: shell.door.call(tokens[who], route, args))
@@ -139,7 +140,7 @@ def test_the_last_admin_can_never_be_demoted_or_removed(world):
     admin.add_principal("second", "admin", world.tmp / "second")
     world.door.call(world.tokens["admin"], "add_principal",
                     {"name": "admin", "role": "tenant", "credential_digest": digest(world.tokens["admin"])})
-    assert sum(p["role"] == "admin" for p in world.scheduler.list_principals()) == 1
+    assert sum(p["role"] == "admin" for p in list_principals(world.scheduler)) == 1
 
 
 def test_a_flood_of_refusals_is_one_audit_record_per_burst_with_its_count(world):

@@ -14,6 +14,7 @@ import pytest
 from elasticml.cluster.config import load_cluster_spec
 from elasticml.errors import SchedulerError
 from elasticml.scheduler.audit import AuditLog, store_tip
+from elasticml.scheduler.principals import add_principal, list_principals
 from elasticml.scheduler.identity import digest
 from elasticml.scheduler.shell import open_shell
 from elasticml.scheduler.spec import TenantPolicy, WorkloadSpec
@@ -93,7 +94,7 @@ def test_a_ledger_written_by_schema_1_opens_with_everything_it_held(tmp_path):
         assert json.loads(json.dumps(s.placement(name).to_dict())) == placement
         assert json.loads(json.dumps(s.explain(name))) == expected["explain"][name]
     assert s.explain("_events") == expected["explain"]["_events"]
-    assert s.ledger.intervals() == expected["intervals"] and s.list_principals() == expected["principals"]
+    assert s.ledger.intervals() == expected["intervals"] and list_principals(s.scheduler) == expected["principals"]
     assert s.owners == expected["owners"] and s.queue == expected["queue"]
     assert s.steppers["dl"].tick == expected["steered"]["dl"]["tick"]
     assert s.steppers["dl"].past == expected["steered"]["dl"]["past"]
