@@ -6,8 +6,10 @@ Who owns what: the store (store.py) owns the state, `Scheduler` (core.py) the co
 head node and feeds them what Ray says (ray_signals.py): nodes that died, launches the
 autoscaler cannot make, live prices, which node types each workload's workers are on. Ray
 restarts the actor if it dies (`max_restarts=-1`); a new incarnation reads everything from
-the store. Commands and the controller's ticks go through the actor's one queue
-(`max_concurrency=1`), so they never race.
+the store. The actor is asynchronous: Ray hands it up to 256 calls at once, each waits on
+its future while every command and controller tick runs on one committer thread
+(group_commit.py), in order, so they never race, and the commands that queued together
+share one commit and its fsyncs.
 
 Ray lets anyone holding the cluster's token call any method of any actor, `__ray_call__`
 included (a public developer API in Ray 2.60 that runs any closure inside the actor): a token
@@ -16,6 +18,7 @@ holder is trusted whatever the door checks, so tenants get credentials, never th
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -29,7 +32,7 @@ ACTOR_NAME = "elasticml-scheduler"
 NAMESPACE = "elasticml"
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=256)
 class SchedulerActor:
     """The named, detached actor on the head node. Its own methods: `ping` (the cluster's name,
     nothing else), `call` (every request, through the authenticating `Door`) and `poll` (the
@@ -39,6 +42,7 @@ class SchedulerActor:
                  audit_key_path: str) -> None:
         import secrets
 
+        from elasticml.scheduler.group_commit import GroupCommit
         from elasticml.scheduler.ray_signals import RaySignals, session
         from elasticml.scheduler.ray_view import attachable
         from elasticml.scheduler.shell import open_shell
@@ -48,25 +52,31 @@ class SchedulerActor:
                                 attach_check=attachable)
         self.signals = RaySignals(self.shell)
         self.shell.door.tick = self.signals.tick
+        self.committer = GroupCommit(self.shell.store)
         self._poll_secret = secrets.token_hex(32)
         # The controller and node watching go through the actor's own queue, so they never race a command.
         me = ray.get_runtime_context().current_actor
         threading.Thread(target=_poll_forever, args=(me, self._poll_secret, controller.tick_seconds), daemon=True,
                          name="controller").start()
 
-    def ping(self) -> str:
+    async def ping(self) -> str:
         return self.shell.scheduler.cluster.name
 
-    def call(self, token: Any, route: Any, args: Any) -> Any:
-        return self.shell.door.call(token, route, args)
+    async def call(self, token: Any, route: Any, args: Any) -> Any:
+        return await asyncio.wrap_future(self.committer.submit(lambda: self.shell.door.call(token, route, args)))
 
-    def poll(self, secret: Any) -> list[dict[str, Any]]:
+    async def poll(self, secret: Any) -> list[dict[str, Any]]:
         import hmac
 
         if type(secret) is not str or not hmac.compare_digest(secret, self._poll_secret):
             raise PermissionError("poll is the actor's own")
-        self.shell.door.flush_refusals()
-        return self.signals.tick()
+        seen = await asyncio.get_running_loop().run_in_executor(None, self.signals.look)
+
+        def tick() -> list[dict[str, Any]]:
+            self.shell.door.flush_refusals()
+            return self.signals.tick(seen)
+
+        return await asyncio.wrap_future(self.committer.submit(tick))
 
 
 def _poll_forever(handle: Any, secret: str, period_s: float) -> None:

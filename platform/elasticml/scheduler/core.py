@@ -72,7 +72,7 @@ class Scheduler:
         """The controller, which admits deadline jobs under their spot policy (it registers itself)."""
         self.on_record: Callable[[dict[str, Any]], None] | None = None
         """Told of every decision recorded (the actor's metrics)."""
-        self._audit_batch: list[dict[str, Any]] | None = None
+        store.flush_outbox = self._flush_audit
         if incarnation is not None and store.meta("incarnation") not in (None, incarnation):
             self._forget_previous_cluster()
         if incarnation is not None and store.meta("incarnation") != incarnation:
@@ -138,7 +138,7 @@ class Scheduler:
             gone = sorted(self.store.workloads)
             for name in gone:
                 # Charged until the last thing the scheduler heard of it, not until now.
-                last = max((r.get("at", 0.0) for r in self.store.reasons.get(name, [])), default=None)
+                last = max((r.get("at", 0.0) for r in self.store.reasons(name)), default=None)
                 self.store.ledger.close(name, at=self.clock() if last is None else last)
                 self.forget(name)
             self.store.set_queue([])
@@ -150,7 +150,7 @@ class Scheduler:
 
     def snapshot(self) -> Snapshot:
         now = self.clock()
-        spend = {r.key: r.cost for r in self.store.ledger.costs_by("tenant", now=now)}
+        spend = self.store.ledger.spend_by_tenant(now=now)
         allocs = tuple(a for w in self.store.workloads.values() for a in w.allocations)
         return Snapshot(now=now / 3600, pools=self.pools, allocations=allocs,
                         interrupted_pools=frozenset(self.unavailable()), tenant_spend=spend)
@@ -207,8 +207,7 @@ class Scheduler:
         w = self.store.workloads.get(name)
         if w is None:
             return None
-        last = next((d for d in reversed(self.store.reasons.get(name, []))
-                     if d["action"] in ("place", "move", "queue", "pause")), None)
+        last = self.store.last_reason(name, ("place", "move", "queue", "pause"))
         reason = last["reason"] if last else ""
         if w.allocations:
             allocs = tuple(w.allocations)
@@ -315,7 +314,7 @@ class Scheduler:
     def explain(self, name: str) -> list[dict[str, Any]]:
         if name != EVENTS:
             check_workload_name(name)
-        return list(self.store.reasons.get(name, []))
+        return self.store.reasons(name)
 
     def intervals(self, name: str) -> list[dict[str, Any]]:
         check_workload_name(name)
@@ -411,28 +410,19 @@ class Scheduler:
 
     def audit_action(self, action: str, *, target: str | None = None, why: str = "", outcome: str = "done",
                      who: str | None = None) -> None:
-        """Into the audit trail (when there is one), written and fsynced with the command's other
-        records just before the command commits; the trail's tip is committed with it."""
+        """Into the audit trail (when there is one): written and fsynced with the batch's other records
+        just before it commits; the trail's tip is committed with it."""
         if self.audit is None:
             return
         tenant = self.store.owners.get(target) if target is not None else None
-        entry = {"at": self.clock(), "who": who or self.caller, "action": action, "target": target, "why": why,
-                 "tenant": tenant, "outcome": outcome}
         with self.command():
-            if self._audit_batch is None:
-                self._audit_batch = []
-                self.store.before_commit(self._flush_audit)
-                self.store.on_rollback(self._drop_audit)
-            self._audit_batch.append(entry)
+            self.store.outbox.append({"at": self.clock(), "who": who or self.caller, "action": action,
+                                      "target": target, "why": why, "tenant": tenant, "outcome": outcome})
 
-    def _flush_audit(self) -> None:
-        batch, self._audit_batch = self._audit_batch or [], None
+    def _flush_audit(self, entries: list[dict[str, Any]]) -> None:
         assert self.audit is not None
-        self.audit.append_many(batch)
+        self.audit.append_many(entries)
         self.store.set_meta("audit_tip", self.audit.tip())
-
-    def _drop_audit(self) -> None:
-        self._audit_batch = None
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def release(self, w: Workload) -> None:

@@ -35,6 +35,9 @@ class Ledger:
         """Over the store's connection; `write` is the store's (None: read only)."""
         self._db = db
         self._writer = write
+        self._closed: dict[str, float] | None = None
+        """Dollars per tenant of closed intervals (they never change): so a snapshot's spend costs the
+        open intervals only. Forgotten whenever the store is read again (a rollback)."""
 
     @classmethod
     def read_only(cls, path: str | Path) -> Ledger:
@@ -59,6 +62,12 @@ class Ledger:
 
     def close(self, workload: str, *, at: float, node_type: str | None = None) -> int:
         """End the workload's open intervals (on one node type, or all); returns how many."""
+        if self._closed is not None:
+            for tenant, hourly, start, kind in self._db.execute(
+                    "SELECT tenant, hourly_cost, start, node_type FROM intervals WHERE workload = ? AND end IS NULL",
+                    (workload,)):
+                if node_type is None or kind == node_type:
+                    self._closed[tenant] = self._closed.get(tenant, 0.0) + hourly * (at - start) / 3600.0
         if node_type is None:
             cur = self._write("UPDATE intervals SET end = ? WHERE workload = ? AND end IS NULL", (at, workload))
         else:
@@ -87,6 +96,21 @@ class Ledger:
                            "savings_pct": 100 * (od - total) / od if od else 0.0}
         report["intervals"] = len(self.intervals())
         return report
+
+    def forget_cache(self) -> None:
+        self._closed = None
+
+    def spend_by_tenant(self, *, now: float) -> dict[str, float]:
+        """Dollars per tenant as of `now` (what budgets are checked against)."""
+        if self._closed is None:
+            self._closed = dict(self._db.execute(
+                "SELECT tenant, SUM(hourly_cost * (end - start) / 3600.0) FROM intervals WHERE end IS NOT NULL"
+                " GROUP BY tenant").fetchall())
+        spend = dict(self._closed)
+        for tenant, hourly, start in self._db.execute(
+                "SELECT tenant, hourly_cost, start FROM intervals WHERE end IS NULL"):
+            spend[tenant] = spend.get(tenant, 0.0) + hourly * (now - start) / 3600.0
+        return spend
 
     def last_recorded(self) -> float | None:
         """The latest start or end in the ledger: where a ledger of a cluster that is gone stops."""

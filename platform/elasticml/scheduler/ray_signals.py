@@ -37,8 +37,20 @@ class RaySignals:
         self._failing_since: dict[str, float] = {}
         self._prices_due = 0.0
 
-    def tick(self) -> list[dict[str, Any]]:
-        out = self.sync_nodes() + self.sync_capacity()
+    def look(self) -> dict[str, Any]:
+        """What Ray says now (nodes, failed launches): asked outside the committer, so that a slow
+        GCS or autoscaler answer never holds up a batch of commands."""
+        seen: dict[str, Any] = {"nodes": ray.nodes(), "failed": None}
+        if self.s.config.unfillable_seconds is not None:
+            try:
+                seen["failed"] = failed_launches()
+            except Exception:  # the autoscaler's state is unavailable for a moment: judge at the next tick
+                pass
+        return seen
+
+    def tick(self, seen: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        seen = seen or self.look()
+        out = self.sync_nodes(seen["nodes"]) + self.sync_capacity(seen["failed"])
         config = self.s.config
         if config.live_prices_seconds and time.time() >= self._prices_due:
             self._prices_due = time.time() + config.live_prices_seconds
@@ -57,13 +69,9 @@ class RaySignals:
             print(f"elasticml scheduler: metrics not updated: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
         return out
 
-    def sync_capacity(self) -> list[dict[str, Any]]:
+    def sync_capacity(self, failed: list[tuple[str, float]] | None) -> list[dict[str, Any]]:
         """Pools the autoscaler cannot fill: launches that keep failing (a cloud's capacity errors)."""
-        if self.s.config.unfillable_seconds is None:
-            return []
-        try:
-            failed = failed_launches()
-        except Exception:  # the autoscaler's state is unavailable for a moment: judge at the next tick
+        if self.s.config.unfillable_seconds is None or failed is None:
             return []
         now = time.time()
         fresh: dict[str, float] = {}
@@ -77,11 +85,11 @@ class RaySignals:
             self._failing_since.setdefault(node_type, at)
         return self.s.set_unfillable({t: now - since for t, since in self._failing_since.items()})
 
-    def sync_nodes(self) -> list[dict[str, Any]]:
+    def sync_nodes(self, nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Treat a spot node that died other than idle as an interruption of its pool."""
         out: list[dict[str, Any]] = []
         spot_pools = {p.node_type for p in self.s.pools if p.market == "spot"}
-        for node in ray.nodes():
+        for node in nodes:
             node_id = node["NodeID"]
             if node.get("Alive") or node_id in self._seen_dead:
                 continue

@@ -10,7 +10,7 @@ anything above it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from elasticml.dataconf import check_number, check_text, from_mapping
@@ -132,7 +132,7 @@ class WorkloadSpec:
         return priority_rank(self.priority)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # plain values only: no asdict recursion
         d["regions"] = list(self.regions)
         return d
 

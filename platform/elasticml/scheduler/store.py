@@ -24,7 +24,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +90,10 @@ class Workload:
     """A steered job's `JobStepper`, saved (controller.save_stepper)."""
 
     def to_json(self) -> str:
-        body = asdict(self)
+        # By hand, not asdict: this runs at every change of every workload.
+        body = {f.name: getattr(self, f.name) for f in fields(self)}
         body["spec"] = self.spec.to_dict()
+        body["allocations"] = [dict(vars(a)) for a in self.allocations]
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -162,9 +164,11 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.ledger = Ledger(self.db, self.write)
         self._depth = 0
-        self._before: list[Callable[[], None]] = []
-        self._after_commit: list[Callable[[], None]] = []
-        self._rollback: list[Callable[[], None]] = []
+        self._in_batch = False
+        self.outbox: list[dict[str, Any]] = []
+        """Audit entries of the open batch's commands, flushed to the trail just before it commits."""
+        self.flush_outbox: Callable[[list[dict[str, Any]]], None] = lambda records: None
+        """Appends a batch's audit entries to the trail (and records its tip), inside the batch."""
         self.quarantined: list[str] = []
         """Records the file holds that failed their checks when read (name: why)."""
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -188,7 +192,8 @@ class Store:
     @contextmanager
     def command(self) -> Iterator[None]:
         """One command: everything written inside is committed together, or none of it is.
-        Nested uses join the outer command."""
+        Nested uses join the outer command. Inside a `batch` it is a savepoint: a failure undoes
+        this command alone."""
         if self._depth:
             self._depth += 1
             try:
@@ -196,43 +201,54 @@ class Store:
             finally:
                 self._depth -= 1
             return
+        if self._in_batch:
+            mark = len(self.outbox)
+            self.db.execute("SAVEPOINT command")
+            self._depth = 1
+            try:
+                yield
+                self.db.execute("RELEASE command")
+            except BaseException:
+                self.db.execute("ROLLBACK TO command")
+                self.db.execute("RELEASE command")
+                del self.outbox[mark:]
+                self.load()  # memory back to what the batch holds so far
+                raise
+            finally:
+                self._depth = 0
+            return
+        with self.batch():
+            self._depth = 1
+            try:
+                yield
+            finally:
+                self._depth = 0
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Commands committed together (group commit): one append to the audit trail and one SQLite
+        commit, so one fsync each, for all of them. Nothing in it is durable, so nothing may be
+        answered, before the batch has left this block."""
         self.db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
+        self._in_batch = True
         try:
             yield
-            while self._before:
-                self._before.pop(0)()
+            self._in_batch = False
+            self._depth = 1
+            if self.outbox:
+                records, self.outbox = self.outbox, []
+                self.flush_outbox(records)
             self._fault("COMMIT")
             self.db.execute("COMMIT")
         except BaseException:
-            self._depth = 0
-            self._before.clear()
-            self._after_commit.clear()
+            self.outbox = []
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             self.load()  # memory back to what the file holds
-            hooks, self._rollback = self._rollback, []
-            for hook in hooks:
-                hook()
             raise
-        self._depth = 0
-        self._rollback.clear()
-        hooks, self._after_commit = self._after_commit, []
-        for hook in hooks:
-            hook()
-
-    def before_commit(self, hook: Callable[[], None]) -> None:
-        """Run `hook` inside the open command, last: what must be durable before the command is
-        (the audit trail's records) is written here, so that a failure still rolls the command back."""
-        self._before.append(hook)
-
-    def on_rollback(self, hook: Callable[[], None]) -> None:
-        """Run `hook` if the open command rolls back (what memory outside the store must forget)."""
-        self._rollback.append(hook)
-
-    def after_commit(self, hook: Callable[[], None]) -> None:
-        """Run `hook` once the open command is committed (never if it rolls back)."""
-        self._after_commit.append(hook)
+        finally:
+            self._in_batch = False
+            self._depth = 0
 
     def write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         if not self._depth:
@@ -249,6 +265,7 @@ class Store:
         """Every record, read again from the file."""
         self.generation = getattr(self, "generation", 0) + 1
         """Grows at every load: what callers cache from records is stale once it has."""
+        self.ledger.forget_cache()
         self.quarantined = []
         self.workloads: dict[str, Workload] = {}
         for name, body in self.db.execute("SELECT name, body FROM workloads"):
@@ -272,9 +289,6 @@ class Store:
                 self.pools[name] = PoolState.from_json(body)
             except (ConfigError, ValueError, TypeError) as exc:
                 self.quarantined.append(f"pool {name[:80]}: {str(exc)[:200]}")
-        self.reasons: dict[str, list[dict[str, Any]]] = {}
-        for name, body in self.db.execute("SELECT workload, body FROM reasons ORDER BY id"):
-            self.reasons.setdefault(name, []).append(json.loads(body))
         self.queue: list[str] = json.loads(self._meta_raw("queue") or "[]")
 
     def _meta_raw(self, key: str) -> str | None:
@@ -327,19 +341,25 @@ class Store:
         self.queue = list(queue)
         self.set_meta("queue", self.queue)
 
+    def reasons(self, name: str) -> list[dict[str, Any]]:
+        """The workload's kept decisions and events, oldest first (read from the file: they are many,
+        and only `explain` and `placement` read them)."""
+        rows = self.db.execute("SELECT body FROM reasons WHERE workload = ? ORDER BY id DESC LIMIT ?", (name, MAX_REASONS))
+        return [json.loads(b) for (b,) in reversed(rows.fetchall())]
+
+    def last_reason(self, name: str, actions: tuple[str, ...]) -> dict[str, Any] | None:
+        for (body,) in self.db.execute("SELECT body FROM reasons WHERE workload = ? ORDER BY id DESC", (name,)):
+            record = json.loads(body)
+            if record.get("action") in actions:
+                return record
+        return None
+
     def add_reason(self, name: str, record: dict[str, Any]) -> None:
         """A decision or event, kept for `explain` (the last MAX_REASONS per workload)."""
-        kept = self.reasons.setdefault(name, [])
-        kept.append(record)
-        self.write("INSERT INTO reasons (workload, body) VALUES (?, ?)", (name, json.dumps(record)))
-        if len(kept) > MAX_REASONS:
-            del kept[:-MAX_REASONS]
+        cur = self.write("INSERT INTO reasons (workload, body) VALUES (?, ?)", (name, json.dumps(record)))
+        if cur.lastrowid is not None and cur.lastrowid % 64 == 0:  # trimmed now and then, not at every write
             self.write("DELETE FROM reasons WHERE workload = ? AND id NOT IN (SELECT id FROM reasons WHERE workload = ?"
                        " ORDER BY id DESC LIMIT ?)", (name, name, MAX_REASONS))
-
-    def drop_reasons(self, name: str) -> None:
-        if self.reasons.pop(name, None) is not None:
-            self.write("DELETE FROM reasons WHERE workload = ?", (name,))
 
     def dump(self) -> dict[str, Any]:
         """Everything the file holds, as plain data (tests compare states with it)."""

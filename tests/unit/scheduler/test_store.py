@@ -15,7 +15,8 @@ from elasticml.cluster.config import load_cluster_spec
 from elasticml.errors import SchedulerError
 from elasticml.scheduler.audit import AuditLog, store_tip
 from elasticml.scheduler.principals import add_principal, list_principals
-from elasticml.scheduler.identity import digest
+from elasticml.scheduler.identity import digest, new_token
+from elasticml.scheduler.principals import add_principal
 from elasticml.scheduler.shell import open_shell
 from elasticml.scheduler.spec import TenantPolicy, WorkloadSpec
 from elasticml.scheduler.store import SCHEMA_VERSION, Store
@@ -211,3 +212,78 @@ def test_a_process_killed_at_any_write_of_a_command_loses_no_acknowledged_comman
             tip, last = store_tip(folder / "ledger.sqlite")
             assert AuditLog.verify(folder / "audit.jsonl", bytes.fromhex(key.decode().strip()), tip,
                                    last_decision_at=last).ok
+
+
+def test_concurrent_commands_share_commits_and_each_answer_waits_for_its_own(tmp_path):
+    import threading
+
+    from elasticml.scheduler.group_commit import GroupCommit
+
+    shell = open_at(tmp_path)
+    token = new_token("admin")
+    add_principal(shell.scheduler, "ops", "admin", digest(token))
+    commits = {"n": 0}
+    shell.store._on_write = lambda sql: commits.__setitem__("n", commits["n"] + (sql == "COMMIT"))
+    committer = GroupCommit(shell.store)
+    answers: dict[int, object] = {}
+
+    def caller(i: int) -> None:
+        spec = WorkloadSpec(name=f"w{i}", tenant=f"t{i % 3}", max_workers=1, priority="low")
+        try:
+            answers[i] = committer.run(lambda: shell.door.call(token, "place", {"spec": spec}))
+        except Exception as exc:  # a refusal is an answer too
+            answers[i] = exc
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(answers) == 40 and committer.commands == 40
+    assert committer.batches < 40 and commits["n"] == committer.batches  # shared: one commit a batch
+    placed = {n for n in shell.store.workloads}
+    assert placed == {f"w{i}" for i, a in answers.items() if not isinstance(a, Exception)}
+    reopened = Store(tmp_path / "ledger.sqlite")
+    assert set(reopened.workloads) == placed
+    tip, last = store_tip(tmp_path / "ledger.sqlite")
+    assert AuditLog.verify(tmp_path / "audit.jsonl", shell.scheduler.audit.key, tip, last_decision_at=last).ok
+
+
+GROUP_CHILD = r"""
+import sys, os, threading
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from tests.unit.scheduler.test_store import open_at
+from elasticml.scheduler.group_commit import GroupCommit
+from elasticml.scheduler.spec import WorkloadSpec
+kill_at = int(sys.argv[1])
+shell = open_at(Path(sys.argv[2]))
+count = {{"n": 0}}
+def hook(sql):
+    count["n"] += 1
+    if count["n"] == kill_at:
+        os._exit(9)
+shell.store._on_write = hook
+committer = GroupCommit(shell.store)
+def caller(i):
+    spec = WorkloadSpec(name=f"w{{i}}", tenant="t", max_workers=1, priority="preemptible", kind="batch")
+    committer.run(lambda: shell.scheduler.place(spec))
+    os.write(1, f"ack w{{i}}\n".encode())  # one write: lines from threads never interleave
+threads = [threading.Thread(target=caller, args=(i,)) for i in range(30)]
+for t in threads: t.start()
+for t in threads: t.join()
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("kill_at", [15, 40, 80, 120])
+def test_a_kill_during_a_group_commit_loses_no_acknowledged_command(tmp_path, kill_at):
+    proc = subprocess.run([sys.executable, "-c", GROUP_CHILD.format(repo=str(REPO)), str(kill_at), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 9, proc.stderr[-2000:]  # killed mid-run, at a write of some batch
+    acked = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ack ")}
+    kept = set(Store(tmp_path / "ledger.sqlite").workloads)
+    assert acked <= kept
+    tip, last = store_tip(tmp_path / "ledger.sqlite")
+    key = bytes.fromhex((tmp_path / "audit.key").read_text().strip())
+    assert AuditLog.verify(tmp_path / "audit.jsonl", key, tip, last_decision_at=last).ok
