@@ -378,19 +378,9 @@ def scheduler_validate(spec_file: Path, as_json: bool) -> None:
 
 
 def _read_yaml(path: Path):  # type: ignore[no-untyped-def]
-    import yaml
+    from elasticml.yamlio import load_yaml
 
-    from elasticml.errors import ConfigError
-
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("no such file", source=str(path)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"not valid YAML{where}: {problem}", source=str(path)) from None
+    return load_yaml(path, source=str(path))
 
 
 @scheduler.command("status")

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from elasticml import labels as L
 from elasticml.errors import ConfigError
+from elasticml.yamlio import load_yaml
 
 FAKE_PROVIDER_MODULE = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
 # The fake provider names nodes by 56-hex-digit ids and counts up from the head's.
@@ -135,14 +135,8 @@ def load_cluster_spec(path: str | Path) -> ClusterSpec:
         raise ConfigError(
             "no such file; pass a cluster YAML such as cluster_configs/local.yaml", source=source
         )
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"not valid YAML{where}: {problem}", source=source) from None
-    return parse_cluster_spec(raw, source=source)
+    # `ray up` reads the file too: a scalar YAML 1.1 reads otherwise is refused, not read two ways
+    return parse_cluster_spec(load_yaml(path, source=source, agree_with_yaml11=True), source=source)
 
 
 def parse_cluster_spec(raw: Any, *, source: str = "<config>") -> ClusterSpec:
@@ -152,6 +146,7 @@ def parse_cluster_spec(raw: Any, *, source: str = "<config>") -> ClusterSpec:
             source=source,
         )
     _check_ray_schema(raw, source)
+    _check_finite(raw, "", source)
     for key in ("cluster_name", "available_node_types", "head_node_type"):
         if key not in raw:
             raise ConfigError("required key is missing", source=source, field=key)
@@ -206,6 +201,16 @@ def _check_ray_schema(raw: dict[str, Any], source: str) -> None:
             source=source,
             field=where,
         )
+
+
+def _check_finite(value: Any, path: str, source: str) -> None:
+    # Ray's schema lets .inf and .nan through its `number` fields (idle_timeout_minutes, upscaling_speed...);
+    # no launcher setting means either.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"must be a finite number, got {value}", source=source, field=path or "<top level>")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        _check_finite(item, f"{path}.{key}" if path else str(key), source)
 
 
 def _check_market_labels(name: str, node_labels: dict[str, str], source: str) -> None:

@@ -18,11 +18,10 @@ import re
 from dataclasses import replace
 from typing import Any
 
-import yaml
-
 from elasticml.errors import ConfigError
 from elasticml.provision.definition import CLUSTERS, ClusterDefinition, NodeGroup
 from elasticml.provision.tls import tls_env
+from elasticml.yamlio import dump_yaml
 
 TARGETS = ("local", "aws", "kuberay")
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
@@ -566,7 +565,7 @@ def _nodepool(d: ClusterDefinition, market: str) -> dict[str, Any]:
 def _karpenter(d: ClusterDefinition) -> str:
     markets = [m for m in ("spot", "on-demand", "reserved") if any(g.market == m for g in d.groups)]
     docs = [_nodeclass(d)] + [_nodepool(d, m) for m in markets]
-    return "---\n".join(yaml.safe_dump(doc, sort_keys=False, width=120) for doc in docs)
+    return "---\n".join(dump_yaml(doc, sort_keys=False, width=120) for doc in docs)
 
 
 def _meta(d: ClusterDefinition, kind: str) -> dict[str, Any]:
@@ -610,7 +609,7 @@ def _rayservice(d: ClusterDefinition) -> dict[str, Any]:
     }
     return {
         "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": _meta(d, "serve"),
-        "spec": {"serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
+        "spec": {"serveConfigV2": dump_yaml(serve_config, sort_keys=False),
                  # A new cluster per change: the old one serves until the new one is ready.
                  "upgradeStrategy": {"type": "NewCluster"},
                  "rayClusterConfig": _raycluster_spec(d, api_keys=True)},
@@ -647,7 +646,7 @@ def _header(d: ClusterDefinition, use: str) -> str:
 
 
 def _yaml(obj: Any, header: str) -> str:
-    return header + yaml.safe_dump(obj, sort_keys=False, width=120)
+    return header + dump_yaml(obj, sort_keys=False, width=120)
 
 
 def _json(obj: Any) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
-from elasticml.dataconf import check_number, check_text, from_mapping
+from elasticml.dataconf import check_number, check_text, from_mapping, shown
 from elasticml.errors import ConfigError
 from elasticml.scheduler.capacity import Allocation
 
@@ -85,9 +85,9 @@ class WorkloadSpec:
             raise ConfigError(f"a name in a namespace must be in its tenant's, {self.tenant}/...; got "
                               f"{self.name[:80]!r}", field="name")
         if self.kind not in get_args(Kind):
-            raise ConfigError(f"must be one of {', '.join(get_args(Kind))}, got {str(self.kind)[:40]!r}", field="kind")
+            raise ConfigError(f"must be one of {', '.join(get_args(Kind))}, got {shown(self.kind)}", field="kind")
         if self.priority not in PRIORITY_ORDER:
-            raise ConfigError(f"must be one of {' > '.join(PRIORITY_ORDER)}, got {str(self.priority)[:40]!r}", field="priority")
+            raise ConfigError(f"must be one of {' > '.join(PRIORITY_ORDER)}, got {shown(self.priority)}", field="priority")
         check_number(self.cpus_per_worker, field="cpus_per_worker", lo=0, hi=1024)
         check_number(self.gpus_per_worker, field="gpus_per_worker", lo=0, hi=64)
         check_number(self.memory_gb_per_worker, field="memory_gb_per_worker", lo=0, hi=16384)
@@ -119,8 +119,8 @@ class WorkloadSpec:
         check_regions(self.regions)
         from elasticml.scheduler.policies import POLICIES
 
-        if self.spot_policy not in POLICIES:
-            raise ConfigError(f"must be one of {', '.join(POLICIES)}, got {str(self.spot_policy)[:40]!r}", field="spot_policy")
+        if not isinstance(self.spot_policy, str) or self.spot_policy not in POLICIES:  # a list is unhashable
+            raise ConfigError(f"must be one of {', '.join(POLICIES)}, got {shown(self.spot_policy)}", field="spot_policy")
 
     @property
     def checkpointable(self) -> bool:

@@ -10,7 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-from elasticml.dataconf import check_choice, check_number, from_mapping
+from elasticml.dataconf import check_choice, check_number, from_mapping, shown
 from elasticml.errors import ConfigError
 
 Device = Literal["cpu", "gpu"]
@@ -128,7 +128,7 @@ class ServeConfig:
         if self.tenant_share is not None and not (isinstance(self.tenant_share, (int, float))
                                                   and not isinstance(self.tenant_share, bool)
                                                   and 0 < self.tenant_share <= 1):
-            raise ConfigError(f"must be a number in (0, 1], got {str(self.tenant_share)[:40]!r}", field="tenant_share")
+            raise ConfigError(f"must be a number in (0, 1], got {shown(self.tenant_share)}", field="tenant_share")
         if self.max_ongoing_requests < self.max_batch_size:
             raise ConfigError(f"must be at least max_batch_size={self.max_batch_size} or batches never fill, "
                               f"got {self.max_ongoing_requests}", field="max_ongoing_requests")
@@ -164,7 +164,7 @@ class ServeConfig:
         if not isinstance(self.autoscaling, str) or not (self.autoscaling in ("reactive", "predictive")
                                                          or _POLICY.fullmatch(self.autoscaling)):
             raise ConfigError(f"must be reactive, predictive or package.module:callable, got "
-                              f"{str(self.autoscaling)[:80]!r}", field="autoscaling")
+                              f"{shown(self.autoscaling, 80)}", field="autoscaling")
         if self.autoscaling != "reactive" and self.preset == "fixed":
             raise ConfigError(f"{self.autoscaling} autoscaling needs a preset (latency or batch); a fixed "
                               "preset keeps num_replicas", field="autoscaling")

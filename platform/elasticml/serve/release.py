@@ -150,14 +150,13 @@ def candidate_from_report(report_path: str | Path, name: str | None = None) -> C
 
 def read_base(path: str | Path, app: str) -> tuple[dict[str, Any], str | None]:
     """ServeConfig fields (and the route) of APP from a `serve deploy` file, or a YAML mapping of the fields."""
-    import yaml
+    from elasticml.yamlio import load_yaml
 
     file = Path(path).expanduser()
-    text = _read_bounded(file, "base")
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file} is not YAML: {str(exc)[:300]}", field="base") from None
+        doc = load_yaml(file, source=str(file), max_bytes=MAX_FILE_BYTES, agree_with_yaml11=True)  # serve deploy too
+    except ConfigError as exc:
+        raise ConfigError(str(exc), field="base") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{file} must hold a mapping", field="base")
     if "applications" not in doc:
@@ -189,9 +188,8 @@ def load_record(path: Path) -> dict[str, Any] | None:
 
 
 def _save(path: Path, record: dict[str, Any]) -> None:
-    import yaml
-
     from elasticml.atomic import write_atomic
+    from elasticml.yamlio import dump_yaml
 
     record["releases"] = record["releases"][-KEEP_RELEASES:]
     # 0600: what an app serves may carry its tenants' key digests
@@ -202,7 +200,7 @@ def _save(path: Path, record: dict[str, Any]) -> None:
     write_atomic(path.with_suffix(".yaml"),
                  f"# What Serve application {record['app']} serves after its last release "
                  f"(elasticml release); `serve deploy` this file to bring it back.\n"
-                 + yaml.safe_dump(deploy_file, sort_keys=False), mode=0o600)
+                 + dump_yaml(deploy_file, sort_keys=False), mode=0o600)  # read_base reads it back
 
 
 # -- the release ------------------------------------------------------------------

@@ -11,15 +11,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
-
 from elasticml import labels as L
-from elasticml.dataconf import check_number, from_mapping
+from elasticml.dataconf import check_bool, check_number, check_text, from_mapping, shown
 from elasticml.errors import ConfigError
 from elasticml.models.transformer import SIZES
 from elasticml.models.user import resolve_factory
+from elasticml.yamlio import load_yaml
 
 MarketChoice = Literal["any", "spot", "on-demand", "reserved"]
+_COUNTS = {"steps": (1, 10**9), "global_batch": (1, 2**20), "seq_len": (1, 2**20), "num_workers": (1, 10_000),
+           "report_every": (1, 10**9), "keep_checkpoints": (1, 10**6), "warmup_steps": (0, 10**9),
+           "checkpoint_every": (0, 10**9), "max_failures": (0, 10**6), "seed": (0, 2**63 - 1)}
+_REALS = {"lr": (0.0, 100.0), "weight_decay": (0.0, 100.0), "cpus_per_worker": (0.0, 1024.0)}
+_FLAGS = ("use_gpu", "activation_checkpointing", "compile", "async_upload")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -80,13 +84,23 @@ class TrainConfig:
     pruned, say) instead of model_size's fresh one; a resumed run starts from its own checkpoint."""
 
     def __post_init__(self) -> None:
-        positive = ("steps", "global_batch", "seq_len", "num_workers", "report_every", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"must be >= 1, got {getattr(self, name)}", field=name)
-        for name in ("warmup_steps", "checkpoint_every", "max_failures"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
+        # Types before comparisons: from YAML, `steps: 1:30` is the string "1:30", `lr: .inf` a float
+        # and `compile: no` the string "no", which a comparison or a truth test would misread.
+        for name, (lo, hi) in _COUNTS.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < lo:
+                raise ConfigError(f"must be >= {lo}, got {value}", field=name)
+            check_number(value, field=name, lo=lo, hi=hi, integer=True)
+        for name, (lo, hi) in _REALS.items():
+            check_number(getattr(self, name), field=name, lo=lo, hi=hi)
+        for name in _FLAGS:
+            check_bool(getattr(self, name), field=name)
+        for name in ("data", "storage_path", "run_name"):
+            check_text(getattr(self, name), field=name, max_len=4096)
+        if self.min_workers is not None:
+            check_number(self.min_workers, field="min_workers", lo=1, hi=10_000, integer=True)
+        if self.peak_tflops is not None:
+            check_number(self.peak_tflops, field="peak_tflops", lo=0.0, hi=1e6)
         check_number(self.min_step_seconds, field="min_step_seconds", lo=0, hi=3600)
         check_number(self.distill_temperature, field="distill_temperature", lo=0.1, hi=100)
         check_number(self.distill_alpha, field="distill_alpha", lo=0.0, hi=1.0)
@@ -97,16 +111,16 @@ class TrainConfig:
                                   "characters", field=name)
         if self.init_from is not None and self.model is not None:
             raise ConfigError("init_from gives the model; leave model unset", field="init_from")
-        if self.node_type is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*(,[A-Za-z0-9][A-Za-z0-9_-]*)*",
-                                                            self.node_type):
-            raise ConfigError(f"must be a node type name or a comma-separated list of them, got {self.node_type[:40]!r}",
+        if self.node_type is not None and not (isinstance(self.node_type, str) and re.fullmatch(
+                r"[A-Za-z0-9][A-Za-z0-9_-]*(,[A-Za-z0-9][A-Za-z0-9_-]*)*", self.node_type)):
+            raise ConfigError(f"must be a node type name or a comma-separated list of them, got {shown(self.node_type)}",
                               field="node_type")
         if not self.lr > 0:
             raise ConfigError(f"must be > 0, got {self.lr}", field="lr")
         if self.cpus_per_worker <= 0:
             raise ConfigError(f"must be > 0, got {self.cpus_per_worker}", field="cpus_per_worker")
-        if self.model_size not in SIZES:
-            raise ConfigError(f"unknown size {self.model_size!r}; choose one of {', '.join(SIZES)}", field="model_size")
+        if not isinstance(self.model_size, str) or self.model_size not in SIZES:
+            raise ConfigError(f"unknown size {shown(self.model_size)}; choose one of {', '.join(SIZES)}", field="model_size")
         if self.model is not None:
             resolve_factory(self.model)  # importable and callable, before any worker starts
         elif self.seq_len > SIZES[self.model_size].max_seq_len:
@@ -122,9 +136,9 @@ class TrainConfig:
             raise ConfigError(f"must be between 1 and num_workers={self.num_workers}, got {self.min_workers}",
                               field="min_workers")
         if self.market not in get_args(MarketChoice):
-            raise ConfigError(f"must be one of {', '.join(get_args(MarketChoice))}, got {self.market!r}", field="market")
+            raise ConfigError(f"must be one of {', '.join(get_args(MarketChoice))}, got {shown(self.market)}", field="market")
         if not Path(self.storage_path).is_absolute() and "://" not in self.storage_path:
-            raise ConfigError(f"must be an absolute path or a URI, got {self.storage_path!r}", field="storage_path")
+            raise ConfigError(f"must be an absolute path or a URI, got {shown(self.storage_path)}", field="storage_path")
 
     def label_selector(self) -> dict[str, str] | None:
         if self.node_type:
@@ -141,12 +155,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError("no such file", source=str(path)) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
+        raw = load_yaml(Path(path), source=str(path)) or {}
         if isinstance(raw, dict):
             raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(raw, source=str(path))
