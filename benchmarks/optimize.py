@@ -46,12 +46,15 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from elasticml.checkpoint_key import KEY_ENV, make_cluster_key
     from elasticml.data.corpus import build_corpus
     from elasticml.data.loader import TokenBlocks
     from elasticml.models import SIZES, build_model
     from elasticml.optimize.distill import DistillConfig
     from elasticml.optimize.pipeline import OptimizeConfig, optimize, table
     from elasticml.train.checkpoint import write_checkpoint
+
+    os.environ[KEY_ENV] = str(make_cluster_key("benchmarks"))  # this run's own key, in its own home
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     train_dir, held_dir = work / "train", work / "heldout"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import os
 import statistics
 import tempfile
 import time
@@ -54,12 +55,17 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from elasticml.checkpoint_key import KEY_ENV, make_cluster_key
     from elasticml.cluster.local import free_port
     from elasticml.models import SIZES, build_model
     from elasticml.serve.completion import build_app
     from elasticml.serve.generate import Prompt, generate_batch
     from elasticml.serve.precision import prepare
     from elasticml.train.checkpoint import load_model, write_checkpoint
+
+    # The Ray that ray.init starts below is this run's cluster: its key (unless the shell names one),
+    # which its replicas inherit with this process's environment.
+    os.environ.setdefault(KEY_ENV, str(make_cluster_key("benchmarks")))
 
     folder = Path(tempfile.mkdtemp()) / "ckpt"
     torch.manual_seed(0)

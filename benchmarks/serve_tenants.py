@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -73,11 +74,16 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from elasticml.checkpoint_key import KEY_ENV, make_cluster_key
     from elasticml.cluster.local import free_port
     from elasticml.models import SIZES, build_model
     from elasticml.serve.auth import new_key
     from elasticml.serve.completion import build_app
     from elasticml.train.checkpoint import write_checkpoint
+
+    # The Ray that ray.init starts below is this run's cluster: its key (unless the shell names one),
+    # which its replicas inherit with this process's environment.
+    os.environ.setdefault(KEY_ENV, str(make_cluster_key("benchmarks")))
 
     folder = Path(tempfile.mkdtemp()) / "ckpt"
     torch.manual_seed(0)

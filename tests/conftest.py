@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated ELASTICML_HOME, and one real local cluster per test module."""
+"""Shared fixtures: an isolated ELASTICML_HOME with the local clusters' checkpoint key, and one real
+local cluster per test module."""
 
 from __future__ import annotations
 
@@ -18,18 +19,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session", autouse=True)
 def elasticml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Every test runs against its own state folder, never the user's ~/.elasticml."""
+    """Every test runs against its own state folder, never the user's ~/.elasticml, and as a client of
+    the local clusters: with the checkpoint key that `cluster up` makes for cluster_configs/local.yaml's
+    `elasticml-local` and hands to every node and client (`cluster env`, `ClusterInfo.connect`), made
+    by the same function. Checkpoints written here load on those clusters, and theirs here."""
+    from elasticml.checkpoint_key import KEY_ENV, make_cluster_key
+
     home = tmp_path_factory.mktemp("elasticml-home")
     old = os.environ.get("ELASTICML_HOME")
+    old_key = os.environ.get(KEY_ENV)
     os.environ["ELASTICML_HOME"] = str(home)
+    os.environ[KEY_ENV] = str(make_cluster_key("elasticml-local"))
     # Report polls are what small runs wait on; see DEVELOPERS.md.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("ELASTICML_CONTROLLER_TICK_S", "1")  # the scheduler's controller looks every second
     yield home
-    if old is None:
-        os.environ.pop("ELASTICML_HOME", None)
-    else:
-        os.environ["ELASTICML_HOME"] = old
+    for name, value in (("ELASTICML_HOME", old), (KEY_ENV, old_key)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -195,12 +195,14 @@ def cluster_render(target: str, cluster_def: str | None, check: bool, out: Path 
 @click.argument("cluster_name")
 @_json_option
 def cluster_credentials(cluster_name: str, as_json: bool) -> None:
-    """Make (once) a cloud cluster's node-agent credential and Ray TLS CA, before `ray up`.
+    """Make (once) a cloud cluster's node-agent credential, Ray TLS CA and checkpoint key, before `ray up`.
 
     CLUSTER_NAME is the launcher's `cluster_name` (e.g. elasticml-aws-cpu). The rendered YAML
-    mounts both on every node: the scheduler trusts the credential as an agent when it starts,
-    and each node makes its own TLS certificate from the CA at boot (elasticml.provision.tls).
+    mounts all three on every node: the scheduler trusts the credential as an agent when it starts,
+    each node makes its own TLS certificate from the CA at boot (elasticml.provision.tls), and
+    every node signs and checks checkpoints with the key ($ELASTICML_CHECKPOINT_KEY_PATH).
     """
+    from elasticml.checkpoint_key import make_cluster_key
     from elasticml.provision.tls import make_ca
     from elasticml.scheduler.identity import agent_credential, credentials_dir
     from elasticml.scheduler.spec import NAME_PATTERN
@@ -210,10 +212,13 @@ def cluster_credentials(cluster_name: str, as_json: bool) -> None:
     agent_credential(cluster_name)
     folder = credentials_dir(cluster_name)
     make_ca(folder / "tls", cluster_name)
-    if _emit(as_json, {"agent_credential": str(folder / "agent"), "ca_certificate": str(folder / "tls" / "ca.crt")}):
+    key = make_cluster_key(cluster_name)
+    if _emit(as_json, {"agent_credential": str(folder / "agent"), "ca_certificate": str(folder / "tls" / "ca.crt"),
+                       "checkpoint_key": str(key)}):
         return
     click.echo(f"node agents' credential: {folder / 'agent'} (mode 0600)")
     click.echo(f"Ray TLS CA: {folder / 'tls' / 'ca.crt'} (its key, mode 0600, beside it)")
+    click.echo(f"checkpoint key: {key} (mode 0600)")
 
 
 @cluster.command("prometheus-config")
@@ -524,7 +529,8 @@ def checkpoint() -> None:
 @click.argument("path")
 @_json_option
 def checkpoint_verify(path: str, as_json: bool) -> None:
-    """Exit 0 if PATH is complete, signed with this cluster's key and every file matches its digest."""
+    """Exit 0 if PATH is complete, signed with this cluster's key ($ELASTICML_CHECKPOINT_KEY_PATH) and
+    every file matches its digest."""
     from elasticml.train.checkpoint import verify_files
 
     meta = verify_files(path)
@@ -540,8 +546,9 @@ def checkpoint_sign(path: str, as_json: bool) -> None:
     """Sign PATH with this cluster's checkpoint key, vouching for its bytes as they are now.
 
     For checkpoints written before checkpoints were signed (or under another cluster's key): Serve
-    and `latest:` refuse them until then. Run it where the key is (the head), only on checkpoints
-    you trust: a signed checkpoint is loaded, its pickled DCP metadata included.
+    and `latest:` refuse them until then. Run it where the key is ($ELASTICML_CHECKPOINT_KEY_PATH: the
+    head, or the launching machine), only on checkpoints you trust: a signed checkpoint's weights
+    are loaded and served (its files run no code either way: elasticml.train.safe_load).
     """
     from elasticml.train.checkpoint import sign_checkpoint
 

@@ -92,11 +92,12 @@ def run_demo(*, steps: int = 240, clean: bool = False, say: Callable[[str], None
     results["wall_s"] = round(time.monotonic() - t_start, 1)
     say(f"demo finished in {results['wall_s']}s")
     if not clean:
-        _what_next(workdir, home() / "scheduler" / cluster_name, str(results.get("checkpoint", "")), say)
+        _what_next(workdir, home() / "scheduler" / cluster_name, str(results.get("checkpoint", "")),
+                   info.checkpoint_key_path, say)
     return results
 
 
-def _what_next(workdir: Path, ledger_dir: Path, checkpoint: str, say: Callable[[str], None]) -> None:
+def _what_next(workdir: Path, ledger_dir: Path, checkpoint: str, key: str, say: Callable[[str], None]) -> None:
     say("what it left, to explore next (`elasticml demo --clean` leaves nothing):")
     say(f"   corpus      {workdir / 'corpus'}")
     say(f"   checkpoint  {checkpoint}")
@@ -104,6 +105,8 @@ def _what_next(workdir: Path, ledger_dir: Path, checkpoint: str, say: Callable[[
     say("try:")
     say(f"   elasticml cost report --ledger {ledger_dir / 'ledger.sqlite'}")
     say(f"   elasticml audit show --ledger {ledger_dir / 'ledger.sqlite'}")
+    # Every local cluster of this machine signs with this key; a shell names it to check or serve one.
+    say(f"   export ELASTICML_CHECKPOINT_KEY_PATH={key}")
     say(f"   elasticml checkpoint verify {checkpoint}")
     say("   elasticml cluster up   # then serve the checkpoint:")
     say(f"   serve run serve_apps.completion:app checkpoint={checkpoint} market=on-demand")

@@ -11,7 +11,7 @@ The hierarchy::
     │   └── HeadStartFailed        the Ray head process exited while starting
     ├── AuthError                  the cluster's token is missing or unreadable
     ├── DataError                  a corpus directory is missing or incomplete
-    ├── CheckpointError            a checkpoint is missing, incomplete or of the wrong format
+    ├── CheckpointError            a checkpoint is missing, incomplete, unsigned or holds code; or no key
     └── SchedulerError             the cluster's scheduler cannot answer
         ├── SchedulerNotRunning    no scheduler actor on this cluster
         └── PlacementRefused       the scheduler will not run a workload (reason: why, with numbers)
@@ -97,7 +97,8 @@ class DataError(ElasticMLError):
 
 
 class CheckpointError(ElasticMLError):
-    """A checkpoint is missing, incomplete or not in elasticml's format."""
+    """A checkpoint is missing, incomplete, not in elasticml's format, not signed with the cluster's
+    key or holds something other than data (a pickled call); or there is no checkpoint key here."""
 
 
 class SchedulerError(ElasticMLError):

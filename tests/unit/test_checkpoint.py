@@ -2,6 +2,7 @@ import torch
 
 import pytest
 
+from elasticml.checkpoint_key import KEY_ENV, make_cluster_key
 from elasticml.errors import CheckpointError
 from elasticml.models import SIZES, build_model
 from elasticml.train.checkpoint import is_complete, latest_checkpoint, load_model, read_meta, write_checkpoint
@@ -101,9 +102,9 @@ def test_a_changed_or_foreign_manifest_is_not_a_checkpoint(tmp_path, monkeypatch
     with pytest.raises(CheckpointError, match="not signed"):
         read_meta(tmp_path / "c")
     # Written under another cluster's key: refused here.
-    monkeypatch.setenv("ELASTICML_CHECKPOINT_KEY_PATH", str(tmp_path / "other.key"))
-    save(tmp_path / "elsewhere", 4)
-    monkeypatch.delenv("ELASTICML_CHECKPOINT_KEY_PATH")
+    with monkeypatch.context() as m:
+        m.setenv(KEY_ENV, str(make_cluster_key("elsewhere")))
+        save(tmp_path / "elsewhere", 4)
     with pytest.raises(CheckpointError, match="not signed"):
         read_meta(tmp_path / "elsewhere")
     for bad in ({"../../etc/passwd": 10}, {"": 1}):
@@ -119,9 +120,9 @@ def test_a_changed_or_foreign_manifest_is_not_a_checkpoint(tmp_path, monkeypatch
 
 def test_latest_takes_only_signed_checkpoints(tmp_path, monkeypatch):
     save(tmp_path / "run" / "checkpoint_a", 5)
-    monkeypatch.setenv("ELASTICML_CHECKPOINT_KEY_PATH", str(tmp_path / "attacker.key"))
-    save(tmp_path / "run" / "checkpoint_b", 50)  # planted in the run folder by someone without the key
-    monkeypatch.delenv("ELASTICML_CHECKPOINT_KEY_PATH")
+    with monkeypatch.context() as m:
+        m.setenv(KEY_ENV, str(make_cluster_key("attacker")))
+        save(tmp_path / "run" / "checkpoint_b", 50)  # planted in the run folder by someone without the key
     assert latest_checkpoint(tmp_path / "run") == tmp_path / "run" / "checkpoint_a"
 
 
@@ -190,3 +191,170 @@ def test_a_checkpoint_from_before_signing_is_refused_until_an_operator_signs_it(
     next(p for p in torn.iterdir() if p.suffix == ".distcp").write_bytes(b"short")
     proc = subprocess.run([cli, "checkpoint", "sign", str(torn)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "incomplete" in proc.stderr
+
+
+def test_without_a_key_nothing_is_read_verified_loaded_signed_or_written(tmp_path, monkeypatch):
+    """Fail closed: a node without the cluster's key neither trusts a checkpoint (it once skipped the
+    MAC check) nor signs one (it once made a key of its own wherever it wrote)."""
+    from elasticml.home import home
+    from elasticml.train.checkpoint import (copy_checkpoint, read_state, resolve_checkpoint, sign_checkpoint,
+                                            verify_files)
+
+    save(tmp_path / "run" / "checkpoint_1", 1)
+    folder = tmp_path / "run" / "checkpoint_1"
+    model = build_model("tiny")
+    attempts = {
+        "read_meta": lambda: read_meta(folder),
+        "verify_files": lambda: verify_files(folder),
+        "load_model": lambda: load_model(folder, allowed_modules=()),
+        "read_state": lambda: read_state(folder, {"model": model.state_dict()}),
+        "is_complete": lambda: is_complete(folder),
+        "latest_checkpoint": lambda: latest_checkpoint(tmp_path / "run"),
+        "resolve_checkpoint": lambda: resolve_checkpoint(f"latest:{tmp_path / 'run'}"),
+        "sign_checkpoint": lambda: sign_checkpoint(folder),
+        "copy_checkpoint": lambda: copy_checkpoint(folder, tmp_path / "copy"),
+        "write_checkpoint": lambda: write_checkpoint(tmp_path / "new", model_state=model.state_dict(),
+                                                     optim_state=None, model_config=SIZES["tiny"], step=2),
+    }
+    before = {p for p in home().rglob("*")}
+    monkeypatch.delenv(KEY_ENV)
+    for name, attempt in attempts.items():
+        with pytest.raises(CheckpointError, match="no checkpoint key: set ELASTICML_CHECKPOINT_KEY_PATH") as info:
+            attempt()
+        assert "elasticml cluster credentials" in str(info.value) and "credentials/<cluster>/checkpoint.key" \
+            in str(info.value), name
+    # A variable naming a file that is not there, or a key too short to be one, is no key either.
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "nowhere.key"))
+    with pytest.raises(CheckpointError, match="nowhere.key .ELASTICML_CHECKPOINT_KEY_PATH. does not exist"):
+        write_checkpoint(tmp_path / "new", model_state=model.state_dict(), optim_state=None, model_config=None, step=2)
+    (tmp_path / "empty.key").write_text("\n")
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "empty.key"))
+    with pytest.raises(CheckpointError, match="is not 32 or more bytes"):
+        read_meta(folder)
+    assert not (tmp_path / "nowhere.key").exists() and not (tmp_path / "new").exists() \
+        and not (tmp_path / "copy").exists()
+    assert {p for p in home().rglob("*")} == before  # no key was made anywhere
+
+
+class _Touch:
+    """Unpickles as `Path(path).touch()`: the file appears exactly when the pickle ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (self.path,))
+
+
+def _resign(folder):
+    """What a key holder does: every file's size and sha256 in the manifest, MAC'd with the cluster's key."""
+    import hashlib
+    import json
+
+    from elasticml.train.checkpoint import _manifest_mac, checkpoint_key
+
+    meta = json.loads((folder / "meta.json").read_text())
+    files = [p for p in folder.iterdir() if p.name != "meta.json"]
+    meta["files"] = {p.name: p.stat().st_size for p in files}
+    meta["sha256"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    meta["mac"] = _manifest_mac(checkpoint_key(), meta)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def test_dcp_metadata_that_would_run_code_is_refused_even_when_signed(tmp_path):
+    """DCP's .metadata is a pickle. One that calls Path.touch, in an otherwise valid checkpoint signed with
+    the cluster's key, is refused by the real load path, naming the global, and nothing runs."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from elasticml.train.checkpoint import read_state, verify_files
+
+    folder, marker = tmp_path / "c", tmp_path / "ran"
+    save(folder, 4)
+    with open(folder / ".metadata", "rb") as fh:
+        metadata = pickle.load(fh)  # our own, just written
+    metadata.planner_data = {"model.x": _Touch(marker)}
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    _resign(folder)
+    assert verify_files(folder)["step"] == 4  # signed and intact: the MAC is not what stops it
+    for load in (lambda: load_model(folder, allowed_modules=()), lambda: load_model(folder),
+                 lambda: read_state(folder, {"model": build_model("tiny").state_dict()})):
+        with pytest.raises(CheckpointError, match=r"names the global pathlib\.Path\.touch.*nothing from it was run"):
+            load()
+    assert not marker.exists()
+    dcp.FileSystemReader(folder).read_metadata()  # DCP's own reader: plain pickle.load runs it
+    assert marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP's own load, below
+def test_a_non_tensor_value_that_would_run_code_is_refused_even_when_signed(tmp_path):
+    """DCP saves a non-tensor value (an optimizer's hyper-parameters) with torch.save and loads it with
+    torch.load(weights_only=False); here it loads weights-only, and a pickled call is refused."""
+    import torch.distributed.checkpoint as dcp
+
+    from elasticml.train.checkpoint import read_state
+
+    folder, marker = tmp_path / "c", tmp_path / "ran"
+    model = build_model("tiny")
+    write_checkpoint(folder, model_state=model.state_dict(), optim_state={"x": _Touch(marker)},
+                     model_config=SIZES["tiny"], step=1)  # signed by its writer, a key holder
+    with pytest.raises(CheckpointError, match=r"optim\.x is not plain data \(it names the global getattr\)"):
+        read_state(folder, {"model": model.state_dict(), "optim": {"x": None}})
+    assert not marker.exists()
+    dcp.load({"model": model.state_dict(), "optim": {"x": None}}, checkpoint_id=folder, no_dist=True)  # DCP's own
+    assert marker.exists()
+
+
+def test_metadata_that_points_a_chunk_outside_the_checkpoint_is_refused(tmp_path):
+    import pickle
+
+    from elasticml.train.checkpoint import read_state
+
+    folder = tmp_path / "c"
+    save(folder, 2)
+    with open(folder / ".metadata", "rb") as fh:
+        metadata = pickle.load(fh)
+    info = next(iter(metadata.storage_data.values()))
+    info.relative_path = "../../elsewhere/secret"
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    _resign(folder)
+    with pytest.raises(CheckpointError, match="points a chunk outside the checkpoint"):
+        read_state(folder, {"model": build_model("tiny").state_dict()})
+
+
+def test_real_checkpoints_metadata_needs_only_the_allow_list_and_optimizer_state_round_trips(tmp_path):
+    """The allow-list is what DCP metadata of this project's checkpoints holds (model and AdamW state);
+    the optimizer's non-tensor state comes back through the weights-only loader."""
+    import io
+    import pickle
+
+    from elasticml.train.checkpoint import read_state
+    from elasticml.train.safe_load import _DTYPES, ALLOWED
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
+    opt.step()
+    write_checkpoint(tmp_path / "c", model_state=model.state_dict(), optim_state=opt.state_dict(),
+                     model_config=SIZES["tiny"], step=1)
+    seen = set()
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module, name):
+            seen.add((module, name))
+            return super().find_class(module, name)
+
+    Recorder(io.BytesIO((tmp_path / "c" / ".metadata").read_bytes())).load()
+    assert seen and all(g in ALLOWED or (g[0] == "torch" and g[1] in _DTYPES) for g in seen), seen
+    fresh = build_model("tiny")
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1.0)
+    fresh(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
+    fresh_opt.step()  # DCP fills in the keys the state asks for: give it Adam's moments
+    state = {"model": fresh.state_dict(), "optim": fresh_opt.state_dict()}
+    read_state(tmp_path / "c", state)
+    assert state["optim"]["param_groups"][0]["lr"] == 3e-4 and state["optim"]["param_groups"][0]["betas"] == (0.9, 0.95)
+    assert torch.equal(state["optim"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])

@@ -95,7 +95,7 @@ def test_scheduler_validate_refuses_bad_names_and_accepts_a_good_spec(tmp_path):
     assert good.returncode == 0 and "valid" in good.stdout, good.stderr
 
 
-def test_cluster_credentials_makes_the_agent_file_and_the_tls_ca_once_and_private(tmp_path):
+def test_cluster_credentials_makes_the_agent_file_the_tls_ca_and_the_checkpoint_key_once_and_private(tmp_path):
     import os
 
     env = {**os.environ, "ELASTICML_HOME": str(tmp_path)}
@@ -107,6 +107,10 @@ def test_cluster_credentials_makes_the_agent_file_and_the_tls_ca_once_and_privat
     assert str(agent) in made[0].stdout and agent.read_text().split(".")[2] not in made[0].stdout  # path, not secret
     ca = tmp_path / "credentials" / "elasticml-aws-cpu" / "tls"
     assert (ca / "ca.key").stat().st_mode & 0o777 == 0o600 and "BEGIN CERTIFICATE" in (ca / "ca.crt").read_text()
+    # The checkpoint key: the one place a cloud cluster's is made, kept by the second call, never printed.
+    key = tmp_path / "credentials" / "elasticml-aws-cpu" / "checkpoint.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and len(bytes.fromhex(key.read_text())) == 32
+    assert f"checkpoint key: {key}" in made[1].stdout and key.read_text().strip() not in made[0].stdout + made[1].stdout
     bad = subprocess.run([ELASTICML, "cluster", "credentials", "../etc"], capture_output=True, text=True, timeout=60,
                          env=env)
     assert bad.returncode == 2 and "CLUSTER_NAME" in bad.stderr
@@ -131,17 +135,13 @@ def test_every_offline_command_prints_one_json_document_with_json(tmp_path):
     assert built["documents"] > 0 and len(built["shards"]) == 2
     assert as_json("cluster", "render", "--check")["stale"] == []
     made = as_json("cluster", "credentials", "elasticml-aws-cpu")
-    assert made["agent_credential"].endswith("/agent")
+    assert made["agent_credential"].endswith("/agent") and made["checkpoint_key"].endswith("/checkpoint.key")
     key = as_json("serve", "keygen", "acme")
     assert key["tenant"] == "acme" and len(key["digest"]) == 64
     from elasticml.models import SIZES, build_model
     from elasticml.train.checkpoint import write_checkpoint
 
-    os.environ["ELASTICML_CHECKPOINT_KEY_PATH"] = str(tmp_path / "home" / "keys" / "checkpoint.key")
-    try:
-        write_checkpoint(tmp_path / "ckpt", model_state=build_model("tiny").state_dict(), optim_state=None,
-                         model_config=SIZES["tiny"], step=3)
-    finally:
-        del os.environ["ELASTICML_CHECKPOINT_KEY_PATH"]
+    write_checkpoint(tmp_path / "ckpt", model_state=build_model("tiny").state_dict(), optim_state=None,
+                     model_config=SIZES["tiny"], step=3)  # with the session's key, which `env` hands on
     assert as_json("checkpoint", "verify", str(tmp_path / "ckpt")) == {"path": str(tmp_path / "ckpt"), "step": 3,
                                                                        "files": 2, "intact": True}

@@ -105,6 +105,50 @@ def test_aws_markets_head_auth_security_and_watcher(name):
     assert "RAY_enable_autoscaler_v2=1" in raw["head_start_ray_commands"][-1]
 
 
+@pytest.mark.parametrize("name", AWS + [f"{n}-docker" for n in AWS])
+def test_aws_nodes_get_the_checkpoint_key_as_a_private_file_mount_and_ray_gets_its_path(name):
+    """Every node writes or loads checkpoints: the key made by `cluster credentials` on the launching
+    machine is mounted on each (0600) and every Ray process started there, head and workers, so every
+    job and replica, has ELASTICML_CHECKPOINT_KEY_PATH naming it; so do login shells (~/.bashrc)."""
+    raw = load(f"cluster_configs/{name}.yaml")
+    key = f"~/.elasticml/credentials/{raw['cluster_name']}/checkpoint.key"
+    assert raw["file_mounts"][key] == key
+    assert any(c.startswith("chmod 600") and key in c.split() for c in raw["setup_commands"])
+    var = f"ELASTICML_CHECKPOINT_KEY_PATH={key.replace('~', '$HOME')}"
+    starts = [c for c in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all(var in c.split() for c in starts), starts
+    assert any(f"echo 'export {var}' >> ~/.bashrc" in c for c in raw["setup_commands"])
+    for body in raw["available_node_types"].values():  # a node type's own setup replaces the cluster's
+        if "worker_setup_commands" in body:
+            assert any(c.startswith("chmod 600") and key in c.split() for c in body["worker_setup_commands"])
+    jsonschema.validate(raw, ray_schema())
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_every_kuberay_pod_mounts_the_checkpoint_key_secret_read_only_and_names_it(name):
+    """The key travels as the CA does: a Secret (`elasticml-NAME-checkpoint-key`, from the file `cluster
+    credentials` made), mounted read-only in every Ray pod, head and workers, of the RayCluster, the
+    RayJob's and the RayService's, with ELASTICML_CHECKPOINT_KEY_PATH naming the file; the pods' group
+    (the image's user) may read it, nobody else. The manifests still pass the CRDs and the controller."""
+    for kind, spec_of in (("raycluster", lambda d: d["spec"]), ("rayjob", lambda d: d["spec"]["rayClusterSpec"]),
+                          ("rayservice", lambda d: d["spec"]["rayClusterConfig"])):
+        doc = load(f"cluster_configs/kuberay/{name}-{kind}.yaml")
+        validate_manifest(doc)
+        spec = spec_of(doc)
+        pods = [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+        assert len(pods) == 1 + len(CLUSTERS[name].groups)
+        for pod in pods:
+            volume = next(v for v in pod["volumes"] if v["name"] == "checkpoint-key")
+            assert volume["secret"] == {"secretName": f"elasticml-{name}-checkpoint-key", "defaultMode": 0o400}
+            container = pod["containers"][0]
+            mount = next(m for m in container["volumeMounts"] if m["name"] == "checkpoint-key")
+            assert mount["readOnly"] is True
+            env = {e["name"]: e for e in container["env"]}
+            assert env["ELASTICML_CHECKPOINT_KEY_PATH"] == {"name": "ELASTICML_CHECKPOINT_KEY_PATH",
+                                                            "value": f"{mount['mountPath']}/checkpoint.key"}
+            assert pod["securityContext"] == {"fsGroup": 100}
+
+
 @pytest.mark.parametrize("name", AWS)
 def test_iam_policies_let_workers_reach_the_bucket_and_nothing_more(name):
     bucket = CLUSTERS[name].bucket

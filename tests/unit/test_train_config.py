@@ -123,3 +123,14 @@ def test_distill_job_needs_a_teacher_that_is_a_complete_checkpoint(tmp_path, cor
     (tmp_path / "half").mkdir()
     with pytest.raises(CheckpointError, match="^teacher: "):
         preflight(cfg(data=str(corpus), storage_path=str(tmp_path / "runs"), teacher=str(tmp_path / "half")))
+
+
+def test_a_run_without_the_checkpoint_key_fails_before_anything_starts(tmp_path, corpus, monkeypatch):
+    """Its workers would train until the first checkpoint and then fail to sign it."""
+    from elasticml.errors import CheckpointError
+    from elasticml.train.preflight import preflight
+
+    monkeypatch.delenv("ELASTICML_CHECKPOINT_KEY_PATH")
+    with pytest.raises(CheckpointError, match="no checkpoint key"):
+        preflight(cfg(data=str(corpus), storage_path=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs").exists()

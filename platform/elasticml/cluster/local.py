@@ -4,7 +4,9 @@ Who owns what: `LocalCluster` writes and reads one folder per cluster name
 (`elasticml.home.cluster_dir`): `auth_token` (mode 0600, kept across up/down
 so clients stay configured), `autoscaling.yaml` (the rendered config),
 `state.json` (written last, atomically: a cluster is "up" exactly when it names
-a live supervisor whose start time matches) and `head.log`.
+a live supervisor whose start time matches) and `head.log`. `up` also makes (once)
+the checkpoint key of the config's `cluster_name` (`elasticml.checkpoint_key`) and
+hands its path to the head, so to every node, job and replica, and to clients.
 
 `up` starts `elasticml.cluster.supervisor`, which runs `ray start --head
 --block` with the fake multi-node provider under autoscaler v2 (v1 ignores
@@ -34,6 +36,7 @@ import yaml
 from elasticml import auth, home
 from elasticml.atomic import write_atomic
 import elasticml.cluster.spot_market as spot_market
+from elasticml.checkpoint_key import KEY_ENV, make_cluster_key
 from elasticml.cluster.config import (
     FAKE_HEAD_NODE_ID,
     ClusterSpec,
@@ -67,9 +70,12 @@ class ClusterInfo:
     ray_temp_dir: str
     log_path: str
     started_at: float
+    checkpoint_key_path: str = ""
+    """The cluster's checkpoint key file (empty in the state of a cluster started before it had one)."""
 
     def client_env(self) -> dict[str, str]:
-        """What `ray job submit`, `serve deploy` and other clients need: the address and the token.
+        """What `ray job submit`, `serve deploy` and other clients need: the address, the token and
+        the checkpoint key (a client verifies a checkpoint before it deploys it).
 
         `ray job submit` reads RAY_ADDRESS, `serve deploy|status` RAY_DASHBOARD_ADDRESS.
         """
@@ -77,6 +83,7 @@ class ClusterInfo:
             "RAY_ADDRESS": self.dashboard_url,
             "RAY_DASHBOARD_ADDRESS": self.dashboard_url,
             **auth.client_env(Path(self.token_path)),
+            **({KEY_ENV: self.checkpoint_key_path} if self.checkpoint_key_path else {}),
         }
 
     def connect(self, **init_kwargs: Any) -> None:
@@ -88,6 +95,8 @@ class ClusterInfo:
                 return
             ray.shutdown()
         auth.use_token_in_this_process(Path(self.token_path))
+        if self.checkpoint_key_path:  # a driver loads and writes this cluster's checkpoints
+            os.environ[KEY_ENV] = self.checkpoint_key_path
         init_kwargs.setdefault("logging_level", "ERROR")
         init_kwargs.setdefault("log_to_driver", False)
         ray.init(address=self.gcs_address, **init_kwargs)
@@ -168,6 +177,7 @@ class LocalCluster:
         gcs_address = f"{host_ip}:{port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         token_path = auth.ensure_token(self.dir / "auth_token")
+        key_path = make_cluster_key(spec.name)
         config_path = self.dir / "autoscaling.yaml"
         rendered = render_local_autoscaling_config(spec, gcs_address=gcs_address)
         from elasticml.cluster.provider import MODULE
@@ -202,7 +212,7 @@ class LocalCluster:
             f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
         ]
-        env = _head_env(token_path)
+        env = _head_env(token_path, key_path)
         env["ELASTICML_CLUSTER_NAME"] = self.name  # jobs find their cluster's scheduler by it
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
@@ -220,6 +230,7 @@ class LocalCluster:
             ray_temp_dir=str(temp_dir),
             log_path=str(log_path),
             started_at=time.time(),
+            checkpoint_key_path=str(key_path),
         )
         try:
             self._wait_ready(proc, info, timeout_s)
@@ -331,10 +342,13 @@ def _alive_nodes(info: ClusterInfo, *, timeout_s: float = 10) -> list[dict[str, 
     return [n for n in r.json()["data"]["result"]["result"] if n.get("state") == "ALIVE"]
 
 
-def _head_env(token_path: Path) -> dict[str, str]:
+def _head_env(token_path: Path, key_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(auth.client_env(token_path))
     env.pop(auth.TOKEN_VAR, None)
+    # Every node, job and replica inherits the head's environment: they all sign and check
+    # checkpoints with the cluster's key, whatever key the caller's shell named.
+    env[KEY_ENV] = str(key_path)
     # Jobs run `python ...`: make it this interpreter even when the venv is not activated.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(

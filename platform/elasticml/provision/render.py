@@ -5,7 +5,8 @@ cluster render` writes them, and `--check` (and the tests) compare them with
 the committed files.
 
 Security defaults, on purpose: token authentication on everywhere (the token
-travels to nodes as a file mount / a Kubernetes Secret, never in the file); no
+travels to nodes as a file mount / a Kubernetes Secret, never in the file, and
+so does the checkpoint key, with `ELASTICML_CHECKPOINT_KEY_PATH` naming it); no
 ingress from 0.0.0.0/0 (SSH only from the admin CIDR, Ray's ports only inside
 the security group); nodes get an instance profile that may only read and write
 the platform's checkpoint bucket (the head's adds what the autoscaler needs).
@@ -18,6 +19,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from elasticml.checkpoint_key import KEY_ENV, KEY_FILE
 from elasticml.errors import ConfigError
 from elasticml.provision.definition import CLUSTERS, ClusterDefinition, NodeGroup
 from elasticml.provision.tls import tls_env
@@ -54,6 +56,17 @@ def agent_file(d: ClusterDefinition) -> str:
 def ca_dir(d: ClusterDefinition) -> str:
     """The cluster's CA for Ray's TLS, made beside the agent credential and mounted likewise."""
     return f"~/.elasticml/credentials/elasticml-{d.name}/tls"
+
+
+def key_file(d: ClusterDefinition) -> str:
+    """The cluster's checkpoint key (elasticml.checkpoint_key), made beside the agent credential and
+    mounted likewise: every node writes or loads checkpoints."""
+    return f"~/.elasticml/credentials/elasticml-{d.name}/{KEY_FILE}"
+
+
+def key_env(d: ClusterDefinition) -> str:
+    """`ELASTICML_CHECKPOINT_KEY_PATH=...` for every Ray process of an AWS node, so its jobs and replicas."""
+    return f"{KEY_ENV}={key_file(d).replace('~', '$HOME', 1)}"
 
 
 def render(target: str, cluster: str, *, image: str | None = None) -> dict[str, str]:
@@ -163,8 +176,9 @@ def _aws_docker(d: ClusterDefinition) -> dict[str, Any]:
 def _container_setup(d: ClusterDefinition) -> list[str]:
     """In the platform's image elasticml is installed already: the secrets' modes and this node's certificate."""
     return [
-        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {ca_dir(d)}/ca.key",
+        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {ca_dir(d)}/ca.key {key_file(d)}",
         f"grep -q RAY_USE_TLS ~/.bashrc || echo 'export {RAY_ENV}' >> ~/.bashrc",
+        f"grep -q {KEY_ENV} ~/.bashrc || echo 'export {key_env(d)}' >> ~/.bashrc",
         f"python -m elasticml.provision.tls node --ca-dir {ca_dir(d)} --out {NODE_TLS}",
     ]
 
@@ -223,17 +237,18 @@ def _aws(d: ClusterDefinition) -> dict[str, Any]:
             "~/.ray/auth_token": "~/.ray/auth_token",
             agent_file(d): agent_file(d),
             ca_dir(d): ca_dir(d),
+            key_file(d): key_file(d),
         },
         "rsync_exclude": [".venv", ".git", "**/__pycache__"],
         "setup_commands": _setup_commands(d),
         "head_start_ray_commands": [
             f"{VENV}/bin/ray stop",
-            f"{RAY_ENV} RAY_enable_autoscaler_v2=1 {TENANT_ROLE_ENV}={_tenant_role(d)} {VENV}/bin/ray start --head --port=6379 --num-cpus=0 "
+            f"{RAY_ENV} {key_env(d)} RAY_enable_autoscaler_v2=1 {TENANT_ROLE_ENV}={_tenant_role(d)} {VENV}/bin/ray start --head --port=6379 --num-cpus=0 "
             "--dashboard-host=127.0.0.1 --autoscaling-config=~/ray_bootstrap_config.yaml --disable-usage-stats",
         ],
         "worker_start_ray_commands": [
             f"{VENV}/bin/ray stop",
-            f"{RAY_ENV} {VENV}/bin/ray start --address=$RAY_HEAD_IP:6379 --disable-usage-stats",
+            f"{RAY_ENV} {key_env(d)} {VENV}/bin/ray start --address=$RAY_HEAD_IP:6379 --disable-usage-stats",
         ],
     }
 
@@ -258,8 +273,9 @@ def _setup_commands(d: ClusterDefinition) -> list[str]:
         "(sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -yq python3-venv)",
         *setup_environment(),
         f"grep -q {VENV}/bin ~/.bashrc || echo 'export PATH={VENV}/bin:$PATH' >> ~/.bashrc",
-        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {ca_dir(d)}/ca.key",
+        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {ca_dir(d)}/ca.key {key_file(d)}",
         f"grep -q RAY_USE_TLS ~/.bashrc || echo 'export {RAY_ENV}' >> ~/.bashrc",
+        f"grep -q {KEY_ENV} ~/.bashrc || echo 'export {key_env(d)}' >> ~/.bashrc",
         # This node's own certificate for Ray's TLS, for every address it has, signed by the cluster's CA.
         f"{VENV}/bin/python -m elasticml.provision.tls node --ca-dir {ca_dir(d)} --out {NODE_TLS}",
     ]
@@ -398,6 +414,10 @@ CA_MOUNT = "/etc/elasticml-ca"
 """Where the TLS init container mounts the Secret `elasticml-<cluster>-ca` (keys `ca.crt`, `ca.key`)."""
 POD_TLS = "/etc/ray-tls"
 """The pod's own Ray TLS certificate, made by the init container into an in-memory volume."""
+KEY_MOUNT = "/etc/elasticml/checkpoint-key"
+"""Where every Ray pod mounts the Secret `elasticml-<cluster>-checkpoint-key` (key `checkpoint.key`)."""
+IMAGE_GROUP = 100
+"""The group of the image's user (rayproject/ray's `ray` is in `users`, gid 100)."""
 
 
 POD_LABELS = {"app.kubernetes.io/part-of": "elasticml"}
@@ -420,9 +440,11 @@ def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
         "name": "ray-head" if g is None else "ray-worker",
         "image": image_for(d, gpus),
         # The Ray token comes from authOptions (KubeRay gives it to Ray, its autoscaler and the job
-        # submitter alike); Ray's TLS from the pod's own certificate.
-        "env": [{"name": k, "value": v} for k, v in tls_env(POD_TLS).items()],
-        "volumeMounts": [{"name": "ray-tls", "mountPath": POD_TLS, "readOnly": True}],
+        # submitter alike); Ray's TLS from the pod's own certificate; the checkpoint key from its Secret.
+        "env": [{"name": k, "value": v} for k, v in tls_env(POD_TLS).items()]
+        + [{"name": KEY_ENV, "value": f"{KEY_MOUNT}/{KEY_FILE}"}],
+        "volumeMounts": [{"name": "ray-tls", "mountPath": POD_TLS, "readOnly": True},
+                         {"name": "checkpoint-key", "mountPath": KEY_MOUNT, "readOnly": True}],
         "resources": {"requests": dict(limits), "limits": limits},
     }
 
@@ -447,14 +469,22 @@ def _tls_volumes(d: ClusterDefinition) -> list[dict[str, Any]]:
             {"name": "ray-tls", "emptyDir": {"medium": "Memory"}}]
 
 
+def _key_volume(d: ClusterDefinition) -> dict[str, Any]:
+    return {"name": "checkpoint-key", "secret": {"secretName": f"elasticml-{d.name}-checkpoint-key",
+                                                 "defaultMode": 0o400}}
+
+
 def service_account(d: ClusterDefinition) -> str:
     return f"elasticml-{d.name}"
 
 
 def _pod(d: ClusterDefinition, container: dict[str, Any], node_selector: dict[str, str]) -> dict[str, Any]:
     return {"serviceAccountName": service_account(d), "nodeSelector": node_selector,
+            # Secret files are root's, and the image runs as `ray`: the pod's group may read them
+            # (Kubernetes makes a read-only Secret's files 0440 for fsGroup), nobody else.
+            "securityContext": {"fsGroup": IMAGE_GROUP},
             "initContainers": [_tls_init(d, container["image"])], "containers": [container],
-            "volumes": _tls_volumes(d)}
+            "volumes": [*_tls_volumes(d), _key_volume(d)]}
 
 
 def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[str, Any]:

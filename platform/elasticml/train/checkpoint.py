@@ -9,13 +9,20 @@ exactly when meta.json is present and every file it lists has the listed size,
 so a half-written or half-uploaded checkpoint is never loaded.
 
 Integrity: meta.json also holds the sha256 of every file, and an HMAC-SHA256 of
-the whole manifest under the cluster's checkpoint key (`$ELASTICML_CHECKPOINT_KEY_PATH`,
-else `$ELASTICML_HOME/keys/checkpoint.key`, made by the first writer, mode 0600).
-Where the key exists, a manifest without a valid MAC is not a checkpoint (so
+the whole manifest under the cluster's checkpoint key, which every node finds
+through `$ELASTICML_CHECKPOINT_KEY_PATH` (`elasticml.checkpoint_key`: where it is
+made and how it travels). A manifest without a valid MAC is not a checkpoint (so
 `latest:` never picks one), and every file's digest is checked before anything
-is read from it: DCP's `.metadata` is a pickle, and only bytes the key holder
-wrote are unpickled. A user model's factory is imported only from the modules a
-deployment allows.
+is read from it. Without the key nothing is read, verified or written: a node
+that cannot check refuses rather than trusts.
+
+What the MAC does not do is make the bytes harmless: it proves a key holder
+wrote them, and every training job runs where the key is. DCP would unpickle
+`.metadata` and the state dict's non-tensor values with plain pickle; here they
+go through `elasticml.train.safe_load` instead (a restricted unpickler that builds
+only DCP's metadata classes, and torch.load(weights_only=True)), so no bytes of
+a checkpoint run code, signed or not. A user model's factory is imported only
+from the modules a deployment allows.
 
 Because DCP stores tensors with their global shapes and offsets, a checkpoint
 written by N workers loads into M workers (an elastic run that shrank or grew)
@@ -28,8 +35,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
-import secrets
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,32 +43,13 @@ import torch
 import torch.distributed as dist
 
 from elasticml.atomic import write_atomic
+from elasticml.checkpoint_key import checkpoint_key, key_path
 from elasticml.errors import CheckpointError
 from elasticml.models.transformer import ModelConfig, Transformer
 
 META = "meta.json"
 FORMAT = "elasticml.checkpoint/v2"
-KEY_ENV = "ELASTICML_CHECKPOINT_KEY_PATH"
 MAX_META = 4 << 20
-
-
-def _key_path() -> Path:
-    from elasticml.home import home
-
-    return Path(os.environ.get(KEY_ENV) or home() / "keys" / "checkpoint.key").expanduser()
-
-
-def checkpoint_key(*, create: bool = False) -> bytes | None:
-    """The cluster's checkpoint key, or None where there is none (and `create` is not asked)."""
-    path = _key_path()
-    if not path.exists():
-        if not create:
-            return None
-        write_atomic(path, secrets.token_hex(32), mode=0o600)
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError):
-        raise CheckpointError(f"the checkpoint key {path} is unreadable") from None
 
 
 def _manifest_mac(key: bytes, meta: dict[str, Any]) -> str:
@@ -107,6 +93,7 @@ def write_checkpoint(
     """
     import torch.distributed.checkpoint as dcp
 
+    key = checkpoint_key()  # on every rank, before any shard is written: no key, no checkpoint
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"model": model_state}
@@ -132,7 +119,7 @@ def write_checkpoint(
         "sha256": {name: digest for name, (_, digest) in files.items()},
         **(extra or {}),
     }
-    meta["mac"] = _manifest_mac(checkpoint_key(create=True), meta)  # type: ignore[arg-type]
+    meta["mac"] = _manifest_mac(key, meta)
     write_atomic(folder / META, json.dumps(meta, indent=2))  # last: the checkpoint counts from here
     return folder
 
@@ -142,11 +129,12 @@ def read_state(folder: str | Path, state: dict[str, Any]) -> None:
 
     Only the keys present in `state` are read, so a Serve replica can ask for the model alone.
     """
-    import torch.distributed.checkpoint as dcp
+    from elasticml.train.safe_load import load_state
 
-    verify_files(folder)  # before DCP unpickles its .metadata
+    verify_files(folder)  # before DCP reads anything from it
     with _quiet_single_process():
-        dcp.load(state, checkpoint_id=Path(folder), no_dist=not _distributed())
+        # Not dcp.load's own reader and planner: they unpickle .metadata and non-tensor values with plain pickle.
+        load_state(state, Path(folder), no_dist=not _distributed())
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
@@ -155,6 +143,7 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
 
     from elasticml.storage import filesystem_for
 
+    key = checkpoint_key()  # first: without it nothing is trusted, complete or not
     fs, root = filesystem_for(str(folder))
     try:
         with fs.open_input_stream(f"{root}/{META}") as fh:
@@ -169,12 +158,10 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{folder} has format {got!r}, expected {FORMAT!r}")
-    key = checkpoint_key()
-    if key is not None:
-        mac = meta.get("mac")
-        if type(mac) is not str or not hmac.compare_digest(mac, _manifest_mac(key, meta)):
-            raise CheckpointError(f"{folder} is not signed with this cluster's checkpoint key ({_key_path()}): "
-                                  "written elsewhere, or its meta.json was changed; it is not loaded")
+    mac = meta.get("mac")
+    if type(mac) is not str or not hmac.compare_digest(mac, _manifest_mac(key, meta)):
+        raise CheckpointError(f"{folder} is not signed with this cluster's checkpoint key ({key_path()}): "
+                              "written elsewhere, or its meta.json was changed; it is not loaded")
     if not isinstance(meta.get("files"), dict) or not isinstance(meta.get("sha256"), dict) \
             or set(meta["files"]) != set(meta["sha256"]):
         raise CheckpointError(f"{folder}/{META} does not list every file with its size and sha256")
@@ -208,6 +195,7 @@ def sign_checkpoint(folder: str | Path) -> dict[str, Any]:
     new manifest. Local folders and s3:// alike; meta.json is replaced in one write."""
     from elasticml.storage import filesystem_for
 
+    key = checkpoint_key()  # signing is where the key is, and nowhere else
     fs, root = filesystem_for(str(folder))
     try:
         with fs.open_input_stream(f"{root}/{META}") as fh:
@@ -229,7 +217,7 @@ def sign_checkpoint(folder: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{folder} is incomplete: {name} is missing or truncated; not signed")
         sha[name] = _sha256(lambda name=name: fs.open_input_stream(f"{root}/{name}"))
     meta = {**{k: v for k, v in raw.items() if k not in ("sha256", "mac")}, "sha256": sha}
-    meta["mac"] = _manifest_mac(checkpoint_key(create=True), meta)  # type: ignore[arg-type]
+    meta["mac"] = _manifest_mac(key, meta)
     from elasticml.storage import write_text_atomic
 
     write_text_atomic(_meta_uri(folder), json.dumps(meta, indent=2))
@@ -269,6 +257,7 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> dict[str, Any]:
 
 
 def is_complete(folder: str | Path) -> bool:
+    checkpoint_key()  # without the key nothing is complete: say so, not False
     try:
         read_meta(folder)
         return True
@@ -283,6 +272,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | str | None:
     from elasticml.storage import filesystem_for, is_remote
 
     uri = str(run_dir)
+    checkpoint_key()  # without the key every candidate is refused: say so, not "none"
     fs, root = filesystem_for(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))

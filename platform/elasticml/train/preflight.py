@@ -14,10 +14,11 @@ from elasticml.train.config import TrainConfig
 
 
 def preflight(cfg: TrainConfig) -> None:
-    """DataError (data), CheckpointError (teacher, init_from) or ElasticMLError (storage) naming the
-    path, before anything starts."""
-    from elasticml.train.checkpoint import verify_files
+    """DataError (data), CheckpointError (no checkpoint key; teacher, init_from) or ElasticMLError
+    (storage) naming the path, before anything starts."""
+    from elasticml.train.checkpoint import checkpoint_key, verify_files
 
+    checkpoint_key()  # the run signs every checkpoint with it: without one, fail now, not at the first
     for name in ("teacher", "init_from"):
         where = getattr(cfg, name)
         if where is not None:
