@@ -70,9 +70,19 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, dict]:
     p.add_argument("--restart-hours", type=float, help="what a move costs, in hours [default: min(0.1, expected / 4)]")
     p.add_argument("--max-wait-s", type=float, default=3600.0, help="give up if not placed for this long")
     p.add_argument("--spot-policy", default="stochastic-dp", help="the deadline policy the scheduler runs for this job")
+    p.add_argument("--settle-s", type=float, default=None,
+                   help="after a failed run, wait this long for the scheduler to move it before restarting where it "
+                        "was [default: two controller ticks]")
     args = vars(p.parse_args(argv))
     scheduling = {k: args.pop(k) for k in ("tenant", "priority", "expected_hours", "deadline_hours", "restart_hours",
-                                           "max_wait_s", "spot_policy")}
+                                           "max_wait_s", "spot_policy", "settle_s")}
+    if scheduling["settle_s"] is None:
+        from elasticml.scheduler.settings import ControllerConfig
+
+        scheduling["settle_s"] = 2 * ControllerConfig.from_env().tick_seconds
+    from elasticml.dataconf import check_number
+
+    check_number(scheduling["settle_s"], field="settle_s", lo=0, hi=3600)
     config_file = args.pop("config")
     known = {f.name for f in fields(TrainConfig)}
     overrides = {k: v for k, v in args.items() if v is not None and k in known}
@@ -177,6 +187,8 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
 
     import ray
 
+    from ray.train import TrainingFailedError
+
     from elasticml.errors import SchedulerError
     from elasticml.scheduler.client import SchedulerClient
     from elasticml.train.launch import fit, stop_flag
@@ -194,7 +206,7 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
     preflight(cfg)  # a bad path fails before the job takes capacity
     placement = sched.place(spec, attach=ray.get_runtime_context().get_job_id())
     flag = stop_flag()
-    waited_s, result, run_cfg = 0.0, None, cfg
+    waited_s, result, run_cfg, failures = 0.0, None, cfg, 0
     try:
         while True:
             print(json.dumps({"event": "placement", **placement.to_dict()}), flush=True)
@@ -204,9 +216,24 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
             run_cfg = dataclasses.replace(cfg, node_type=",".join(placement.node_types), num_workers=workers,
                                           min_workers=min(cfg.min_workers, workers) if cfg.min_workers else None)
             ray.get(flag.clear.remote())
-            with Follower(sched, cfg.run_name, placement.epoch, flag):
-                result = fit(run_cfg, stop=flag, callbacks=[progress_callback(sched, cfg.run_name, cfg.steps)],
-                             started=started_hook(sched, cfg.run_name, placement.epoch))
+            try:
+                with Follower(sched, cfg.run_name, placement.epoch, flag):
+                    # Ray Train does not retry on its own here: its retry would start on the placement the
+                    # run had, though the scheduler may have moved it (a lost spot node is an interruption
+                    # of its pool). This loop restarts the run where the scheduler says.
+                    result = fit(run_cfg, stop=flag, callbacks=[progress_callback(sched, cfg.run_name, cfg.steps)],
+                                 started=started_hook(sched, cfg.run_name, placement.epoch), retries=False)
+            except TrainingFailedError as exc:
+                failures += 1
+                if failures > cfg.max_failures:
+                    raise
+                failed_on = placement
+                placement = await_move(sched, cfg.run_name, failed_on.epoch, scheduling["settle_s"])
+                print(json.dumps({"event": "retry", "failure": failures, "of": cfg.max_failures,
+                                  "error": str(exc).splitlines()[0][:300], "from": failed_on.node_type,
+                                  "to": placement.node_type, "state": placement.state, "reason": placement.reason}),
+                      flush=True)
+                continue
             step = (result.metrics or {}).get("step", 0)
             if result.error is not None or step >= cfg.steps:
                 return result, run_cfg
@@ -219,6 +246,25 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
     finally:
         sched.finish(cfg.run_name)
         ray.kill(flag)
+
+
+def await_move(sched: object, name: str, epoch: int, settle_s: float) -> object:
+    """After a failed run: the placement once the scheduler has moved it (its epoch grew), or the same
+    one after `settle_s` (the failure was not one the scheduler acts on, such as a crashed worker).
+    The scheduler learns of a lost node at its next tick, so a retry that did not wait for it would
+    start where the lost node was."""
+    import time
+
+    from elasticml.errors import SchedulerError
+
+    deadline = time.monotonic() + settle_s
+    while True:
+        placement = sched.placement(name)  # type: ignore[attr-defined]
+        if placement is None:
+            raise SchedulerError(f"the scheduler forgot {name}")
+        if placement.epoch != epoch or time.monotonic() >= deadline:
+            return placement
+        time.sleep(0.5)
 
 
 def _checkpoint_step(result: object) -> int | None:

@@ -116,3 +116,53 @@ def test_losing_the_runs_controller_starts_a_new_one_from_the_last_checkpoint(lo
     assert resumed_from >= 20 and resumed_from == registered[-1], (before, after)
     assert after == list(range(resumed_from + 5, steps + 1, 5))
     assert max(read_meta(m.parent)["step"] for m in (tmp_path / "ctl").glob("checkpoint_*/meta.json")) == steps
+
+
+def test_a_scheduled_run_that_loses_its_spot_node_restarts_once_where_the_scheduler_moved_it(local_cluster, corpus,
+                                                                                            tmp_path):
+    """A move wins over a retry: the scheduler moves the job off the lost node's pool, and the job's one
+    restart runs there. Ray Train's own retry would have asked for spot again (a new spot node launched
+    for nothing, then a second restart when the move came)."""
+    import json
+
+    import ray
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.scheduler.spec import WorkloadSpec
+
+    info = local_cluster.require_info()
+    info.connect()
+    sched = SchedulerClient.connect()
+    sched.place(WorkloadSpec(name="hold", tenant="p", priority="critical", min_workers=2, max_workers=2))  # reserved
+    client = JobSubmissionClient(info.dashboard_url)
+    steps = 60
+    job = client.submit_job(
+        entrypoint=f"python jobs/train.py --data {corpus} --storage-path {tmp_path} --run-name follows "
+                   f"--steps {steps} --workers 2 --global-batch 4 --report-every 5 --checkpoint-every 10 "
+                   f"--tenant research --expected-hours 0.2",
+        runtime_env={"working_dir": str(REPO)},
+    )
+    deadline = time.monotonic() + 300
+    while "step 20/" not in client.get_job_logs(job):
+        assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
+        assert client.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(job)[-3000:]
+        time.sleep(0.5)
+    assert sched.placement("follows").market == "spot"
+    spot_before = {n["NodeID"] for n in ray.nodes() if n["Labels"].get(L.NODE_TYPE) == "cpu_spot"}
+    victim = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get(L.NODE_TYPE) == "cpu_spot")
+    assert local_cluster.kill_node(victim)
+    spot_since: set[str] = set()
+    while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        assert time.monotonic() < deadline + 300, client.get_job_logs(job)[-3000:]
+        spot_since |= {n["NodeID"] for n in ray.nodes() if n["Labels"].get(L.NODE_TYPE) == "cpu_spot"}
+        time.sleep(0.5)
+    logs = client.get_job_logs(job)
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
+    events = [json.loads(line) for line in logs.splitlines() if line.startswith('{"event"')]
+    retries = [e for e in events if e["event"] == "retry"]
+    assert len(retries) == 1, events  # one restart, not Ray Train's and then the move's
+    assert retries[0]["from"] == "cpu_spot" and retries[0]["to"] == "cpu_on_demand", retries
+    assert not [e for e in events if e["event"] == "moved"], events
+    assert spot_since <= spot_before, "a spot node was launched after the loss"
+    sched.finish("hold")

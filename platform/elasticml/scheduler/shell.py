@@ -46,6 +46,7 @@ def open_shell(cluster: ClusterSpec, ledger_path: str | Path, config: Controller
         observer = observer or ray_observer
         scheduler.vendor = CredentialVendor.from_env()  # the head's tenant roles (cloud); None locally
     trail = Path(ledger_path).parent / "audit.jsonl"
+    _move_key_from_beside_the_trail(trail.parent / "audit.key", Path(audit_key_path))
     scheduler.audit = AuditLog(trail, load_key(Path(audit_key_path)))
     _sign_unsigned_tip(scheduler, trail)
     controller = Controller(scheduler, observer=observer)
@@ -54,6 +55,16 @@ def open_shell(cluster: ClusterSpec, ledger_path: str | Path, config: Controller
             add_principal(scheduler, "admin", "admin", admin_digest)
             scheduler.audit_action("add_principal", target="admin", who="scheduler", why="role admin: the cluster's creator")
     return Shell(store, scheduler, controller, Door(scheduler, controller, attach_check=attach_check))
+
+
+def _move_key_from_beside_the_trail(old: Path, new: Path) -> None:
+    """Schedulers of schema 1 kept the audit key beside the trail, where whoever could rewrite the
+    trail could re-sign it too: it moves to its own place, once (the trail's MACs need that key)."""
+    if old.exists() and not new.exists():
+        import os
+
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(old, new)
 
 
 def _sign_unsigned_tip(scheduler: Scheduler, trail: Path) -> None:

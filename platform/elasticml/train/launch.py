@@ -18,13 +18,16 @@ log = logging.getLogger(__name__)
 
 
 def fit(cfg: TrainConfig, *, callbacks: list | None = None, stop: Any = None,
-        started: Callable[[], float] | None = None) -> Result:
+        started: Callable[[], float] | None = None, retries: bool = True) -> Result:
     """Train `cfg` (validated once, here at the door: workers get the typed value).
 
     `stop`: a `StopFlag` actor; when it is raised the workers checkpoint at their next
     report point and end the run early (the scheduler moved the job: it resumes
     from that checkpoint on its new placement). `started`: called by rank 0 once
     the run is up, before its first step; it returns seconds to wait first.
+    `retries=False`: Ray Train does not restart lost workers itself (a lost worker or
+    preempted node raises `ray.train.TrainingFailedError`): the caller restarts the run
+    where the scheduler says, since Ray Train's own retry would keep the old placement.
     """
     # Each report waits for the controller's poll (2 s by default); a shorter
     # interval keeps small runs from idling. An explicit setting wins.
@@ -62,7 +65,8 @@ def fit(cfg: TrainConfig, *, callbacks: list | None = None, stop: Any = None,
                 storage_path=storage_path,
                 storage_filesystem=storage_fs,
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                failure_config=FailureConfig(max_failures=cfg.max_failures) if retries
+                else FailureConfig(max_failures=0, max_preemption_failures=0),
                 callbacks=callbacks or [],
             ),
         )

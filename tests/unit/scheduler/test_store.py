@@ -287,3 +287,29 @@ def test_a_kill_during_a_group_commit_loses_no_acknowledged_command(tmp_path, ki
     tip, last = store_tip(tmp_path / "ledger.sqlite")
     key = bytes.fromhex((tmp_path / "audit.key").read_text().strip())
     assert AuditLog.verify(tmp_path / "audit.jsonl", key, tip, last_decision_at=last).ok
+
+
+def test_a_schema_1_scheduler_folder_keeps_its_trail_verifiable_and_its_key_moves_apart(tmp_path):
+    """Its key beside the trail and its tip unsigned: the key moves to its own place, the tip is
+    checked against the trail and signed, and verify passes with the moved key."""
+    from elasticml.scheduler.audit import AuditLog as Log
+    from elasticml.scheduler.audit import load_key
+
+    folder = tmp_path / "sched"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "ledger_v1.sqlite", folder / "ledger.sqlite")
+    key = load_key(folder / "audit.key")
+    log = Log(folder / "audit.jsonl", key)
+    for i in range(3):
+        last = log.append(at=2_000_000.0 + i, who="admin admin", action="place", target=f"w{i}")
+    import sqlite3
+
+    db = sqlite3.connect(folder / "ledger.sqlite")
+    with db:
+        db.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('audit_tip', ?)", (json.dumps([3, last["mac"]]),))
+    db.close()
+    shell = open_shell(CONFIG, folder / "ledger.sqlite", admin_digest="0" * 64, audit_key_path=tmp_path / "keys" / "k")
+    assert not (folder / "audit.key").exists() and bytes.fromhex((tmp_path / "keys" / "k").read_text()) == key
+    tip, at = store_tip(folder / "ledger.sqlite")
+    assert tip["seq"] >= 3 and Log.verify(folder / "audit.jsonl", key, tip, last_decision_at=at).ok
+    assert shell.store.meta("schema_version") == SCHEMA_VERSION
