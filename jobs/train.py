@@ -72,14 +72,19 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, dict]:
     p.add_argument("--spot-policy", default="stochastic-dp", help="the deadline policy the scheduler runs for this job")
     p.add_argument("--settle-s", type=float, default=None,
                    help="after a failed run, wait this long for the scheduler to move it before restarting where it "
-                        "was [default: two controller ticks]")
+                        "was [default: Ray's time to declare a node dead plus two controller ticks]")
     args = vars(p.parse_args(argv))
     scheduling = {k: args.pop(k) for k in ("tenant", "priority", "expected_hours", "deadline_hours", "restart_hours",
                                            "max_wait_s", "spot_policy", "settle_s")}
     if scheduling["settle_s"] is None:
+        import ray
+
         from elasticml.scheduler.settings import ControllerConfig
 
-        scheduling["settle_s"] = 2 * ControllerConfig.from_env().tick_seconds
+        # A lost node is known to the GCS once its health checks have failed (period x threshold),
+        # and to the scheduler at its next tick after that.
+        ray_detects_s = ray._config.health_check_period_ms() * ray._config.health_check_failure_threshold() / 1000
+        scheduling["settle_s"] = ray_detects_s + 2 * ControllerConfig.from_env().tick_seconds
     from elasticml.dataconf import check_number
 
     check_number(scheduling["settle_s"], field="settle_s", lo=0, hi=3600)
