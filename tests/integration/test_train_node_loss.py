@@ -15,6 +15,16 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
+def wait_for_log(client, job: str, words: str, deadline: float) -> None:
+    """Until the job's logs say `words`; fails if it ends or the deadline passes first."""
+    from ray.job_submission import JobStatus
+
+    while words not in client.get_job_logs(job):
+        assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
+        assert client.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(job)[-3000:]
+        time.sleep(0.5)
+
+
 def test_losing_a_spot_node_mid_run_resumes_at_the_checkpointed_data_position(local_cluster, corpus, tmp_path):
     import ray
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -29,10 +39,7 @@ def test_losing_a_spot_node_mid_run_resumes_at_the_checkpointed_data_position(lo
         runtime_env={"working_dir": str(REPO)},
     )
     deadline = time.monotonic() + 300
-    while "step 20/" not in client.get_job_logs(job):
-        assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
-        assert client.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(job)[-3000:]
-        time.sleep(0.5)
+    wait_for_log(client, job, "step 20/", deadline)
     t_lost = time.monotonic()
     spot = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get(L.NODE_TYPE) == "cpu_spot"]
     assert len(spot) == 2
@@ -144,10 +151,7 @@ def test_a_scheduled_run_that_loses_its_spot_node_restarts_once_where_the_schedu
         runtime_env={"working_dir": str(REPO)},
     )
     deadline = time.monotonic() + 300
-    while "step 20/" not in client.get_job_logs(job):
-        assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
-        assert client.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING), client.get_job_logs(job)[-3000:]
-        time.sleep(0.5)
+    wait_for_log(client, job, "step 20/", deadline)
     assert sched.placement("follows").market == "spot"
     spot_before = {n["NodeID"] for n in ray.nodes() if n["Labels"].get(L.NODE_TYPE) == "cpu_spot"}
     victim = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get(L.NODE_TYPE) == "cpu_spot")

@@ -181,8 +181,9 @@ class CostReport(Request):
 
 
 @dataclass(kw_only=True, frozen=True)
-class Interrupt(Request):
-    route: ClassVar[str] = "interrupt"
+class PoolSignal(Request):
+    """A signal about one pool."""
+
     node_type: str
 
     def __post_init__(self) -> None:
@@ -190,12 +191,13 @@ class Interrupt(Request):
 
 
 @dataclass(kw_only=True, frozen=True)
-class ClearInterruption(Request):
-    route: ClassVar[str] = "clear_interruption"
-    node_type: str
+class Interrupt(PoolSignal):
+    route: ClassVar[str] = "interrupt"
 
-    def __post_init__(self) -> None:
-        _pool(self.node_type)
+
+@dataclass(kw_only=True, frozen=True)
+class ClearInterruption(PoolSignal):
+    route: ClassVar[str] = "clear_interruption"
 
 
 @dataclass(kw_only=True, frozen=True)
