@@ -31,8 +31,18 @@ class _Group(click.Group):
             ctx.exit(2)
 
 
+def _use_endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    import os
+
+    if value:
+        os.environ["ELASTICML_ENDPOINT"] = value
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="elasticml")
+@click.option("--endpoint", expose_value=False, callback=_use_endpoint, is_eager=True,
+              help="Reach the scheduler through this API server with your credential, not through Ray "
+                   "[default: $ELASTICML_ENDPOINT, then `elasticml login`'s].")
 def main() -> None:
     """elasticml: elastic, cost-aware ML on Ray."""
 
@@ -273,8 +283,12 @@ def _connect(name: str, address: str | None) -> None:
 
 
 def _scheduler(name: str, address: str | None = None):  # type: ignore[no-untyped-def]
+    from elasticml.api.cli import configured_client
     from elasticml.scheduler.client import SchedulerClient
 
+    over_http = configured_client()  # a tenant's way in: its credential to the API server, no Ray token
+    if over_http is not None:
+        return over_http
     _connect(name, address)
     return SchedulerClient.connect()
 
@@ -908,6 +922,16 @@ def demo_cmd(steps: int, clean: bool) -> None:
     from elasticml.demo import run_demo
 
     run_demo(steps=steps, clean=clean)
+
+
+def _add_api_commands() -> None:
+    from elasticml.api.cli import api, login
+
+    main.add_command(api)
+    main.add_command(login)
+
+
+_add_api_commands()
 
 
 if __name__ == "__main__":

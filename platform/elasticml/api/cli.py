@@ -1,0 +1,80 @@
+"""`elasticml api serve` and `elasticml login`: the API server, and a tenant's way to it.
+
+After `elasticml login --endpoint URL --credential FILE` (or with $ELASTICML_ENDPOINT and
+$ELASTICML_CREDENTIAL_PATH, or `elasticml --endpoint URL ...`), the scheduler commands of the
+CLI go to that server with that credential, with no Ray connection and no Ray token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from elasticml.api.transport import ENDPOINT_ENV, HttpTransport
+from elasticml.atomic import write_atomic
+from elasticml.errors import ConfigError
+from elasticml.home import home
+from elasticml.scheduler.identity import CREDENTIAL_ENV
+
+
+def login_file() -> Path:
+    return home() / "login.json"
+
+
+def configured_client():  # type: ignore[no-untyped-def]
+    """A SchedulerClient over HTTP when an endpoint is configured (flag/env, then the login file), else None."""
+    from elasticml.scheduler.client import SchedulerClient
+
+    endpoint, credential = os.environ.get(ENDPOINT_ENV), os.environ.get(CREDENTIAL_ENV)
+    if not endpoint and login_file().is_file():
+        try:
+            saved = json.loads(login_file().read_text())
+        except ValueError:
+            raise ConfigError(f"{login_file()} is not the JSON `elasticml login` writes: run it again") from None
+        endpoint, credential = saved.get("endpoint"), credential or saved.get("credential")
+    if not endpoint:
+        return None
+    if not credential:
+        raise ConfigError(f"an endpoint needs a credential file: `elasticml login` or ${CREDENTIAL_ENV}",
+                          field="credential")
+    return SchedulerClient(HttpTransport(str(endpoint), str(credential)))
+
+
+@click.command("login")
+@click.option("--endpoint", required=True, help="The API server, https:// (http:// on loopback only).")
+@click.option("--credential", "credential", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Your credential file (`elasticml scheduler credential add` wrote it; mode 0600).")
+def login(endpoint: str, credential: Path) -> None:
+    """Remember the API server and your credential for later commands (written 0600)."""
+    from elasticml.scheduler.client import SchedulerClient
+
+    me = SchedulerClient(HttpTransport(endpoint, credential)).whoami()
+    write_atomic(login_file(), json.dumps({"endpoint": endpoint, "credential": str(credential.resolve())}) + "\n",
+                 mode=0o600)
+    click.echo(f"logged in to {endpoint} as {me['role']} {me['name']}")
+
+
+@click.group("api")
+def api() -> None:
+    """The API server: tenants reach the scheduler with their own credential; it holds the Ray token."""
+
+
+@api.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True)
+@click.option("--address", default=None, help="The Ray cluster's GCS address [default: $RAY_ADDRESS].")
+@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
+def serve(host: str, port: int, address: str | None, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Serve the scheduler's door over HTTP (HTTPS beyond loopback)."""
+    import uvicorn
+
+    from elasticml.api.server import build_app, ray_call
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not (tls_cert and tls_key):
+        raise ConfigError("beyond loopback the server speaks HTTPS only: pass --tls-cert and --tls-key", field="host")
+    uvicorn.run(build_app(ray_call(address)), host=host, port=port, log_level="warning",
+                ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)

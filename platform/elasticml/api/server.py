@@ -1,0 +1,185 @@
+"""The API server: `POST /v1/<route>` for every route of the scheduler's declared door.
+
+Who owns what: the door owns who may do what; this server owns only HTTP. Each request carries
+its caller's credential as `Authorization: Bearer eml1.NAME.SECRET`, which the server hands to the
+door unread (the door verifies it, checks the caller's role and ownership, and audits). The
+server adds what HTTP needs: a bounded body (413), JSON errors that name the field and never a
+stack trace, limits per credential and per client address (429 with Retry-After), and
+`/openapi.json` built from the request types. No route answers without a credential except
+`/healthz`.
+
+Status codes: 400 a malformed or invalid request (the field named), 401 no or a malformed
+credential, 403 refused by the door, 404 no such route, 409 a placement refused (budget,
+residency, deadline), 413 a body too large, 429 too many requests, 503 the scheduler unreachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from elasticml.api import wire
+from elasticml.errors import AccessDenied, AuthError, ConfigError, ElasticMLError, PlacementRefused, SchedulerNotRunning
+from elasticml.scheduler.identity import name_of
+from elasticml.scheduler.requests import ROUTES
+
+MAX_BODY_BYTES = 64 * 1024
+"""A request body's bound: a spec is well under 2 KiB."""
+MAX_BUCKETS = 10_000
+"""Rate-limit buckets kept (the least recently used go first), so a flood of made-up keys cannot grow memory."""
+
+Call = Callable[[str, str, dict[str, Any]], Any]
+"""(credential, route, fields) -> the door's answer: the actor over Ray, or a door in process (tests)."""
+
+
+class Limiter:
+    """Token buckets: `rate` requests a second per key, bursts of `burst`."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def wait_s(self, key: str) -> float:
+        """0 when the request may go now (and it is counted); else the seconds until it may."""
+        now = self.clock()
+        tokens, at = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens >= 1:
+            self._buckets[key] = (tokens - 1, now)
+            wait = 0.0
+        else:
+            self._buckets[key] = (tokens, now)
+            wait = (1 - tokens) / self.rate
+        while len(self._buckets) > MAX_BUCKETS:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+def error(status: int, kind: str, message: str, *, field: str | None = None, details: dict[str, str] | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": kind, "message": message[:1000]}
+    if field:
+        body["field"] = field[:80]
+    if details:
+        body["details"] = {k: str(v)[:500] for k, v in details.items()}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+DETAILS = {AccessDenied: ("who", "action", "reason"), PlacementRefused: ("workload", "reason")}
+"""The fields of an error that the client builds it back from."""
+
+
+def status_of(exc: ElasticMLError) -> tuple[int, str]:
+    for kind, status in ((AccessDenied, 403), (AuthError, 401), (PlacementRefused, 409), (SchedulerNotRunning, 503),
+                         (ConfigError, 400)):
+        if isinstance(exc, kind):
+            return status, kind.__name__
+    return 400, type(exc).__name__
+
+
+def build_app(call: Call, *, rate_per_s: float = 50.0, burst: float = 100.0, per_address_per_s: float = 200.0,
+              clock: Callable[[], float] = time.monotonic) -> FastAPI:
+    app = FastAPI(title="elasticml", version="1", description=__doc__, docs_url=None, redoc_url=None)
+    per_credential = Limiter(rate_per_s, burst, clock)
+    per_address = Limiter(per_address_per_s, 2 * per_address_per_s, clock)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def serve(route: str, request: Request) -> JSONResponse:
+        address = request.client.host if request.client else "?"
+        wait = per_address.wait_s(address)
+        header = request.headers.get("authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not wait:
+            if name_of(token) is None:
+                return error(401, "AuthError", "send your credential as `Authorization: Bearer eml1.NAME.SECRET` "
+                                               "(the file `elasticml scheduler credential add` wrote)",
+                             headers={"WWW-Authenticate": "Bearer"})
+            wait = per_credential.wait_s(hashlib.sha256(token.encode()).hexdigest())
+        if wait:
+            return error(429, "TooManyRequests", f"slow down: try again in {wait:.2f}s",
+                         headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            return error(413, "TooLarge", f"a request body is at most {MAX_BODY_BYTES} bytes")
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                return error(413, "TooLarge", f"a request body is at most {MAX_BODY_BYTES} bytes")
+        try:
+            body = json.loads(raw or b"{}")
+            fields = wire.decode_request(route, body)
+        except ValueError as exc:  # ConfigError is one too
+            return error(400, "ConfigError", str(exc) if isinstance(exc, ConfigError) else "the body is not JSON",
+                         field=getattr(exc, "field", None) or "body")
+        except RecursionError:
+            return error(400, "ConfigError", "the body nests too deeply", field="body")
+        try:
+            answer = await run_in_threadpool(call, token, route, fields)
+        except ElasticMLError as exc:
+            status, kind = status_of(exc)
+            names = DETAILS.get(type(exc), ())
+            return error(status, kind, str(exc), field=getattr(exc, "field", None),
+                         details={n: getattr(exc, n) for n in names} or None)
+        except (TypeError, ValueError, RecursionError) as exc:  # a value of a shape no check foresaw
+            return error(400, "ConfigError", f"invalid request: {type(exc).__name__}")
+        return JSONResponse({"answer": wire.encode_answer(answer)})
+
+    def endpoint_for(route: str) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> JSONResponse:
+            return await serve(route, request)
+        return endpoint
+
+    for name in ROUTES:
+        app.add_api_route(
+            f"/v1/{name}", endpoint_for(name), methods=["POST"], name=name, summary=ROUTES[name].request.__doc__ or name,
+            openapi_extra={"requestBody": {"required": False, "content": {
+                "application/json": {"schema": wire.request_schema(name)}}},
+                "security": [{"bearer": []}]},
+        )
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return error(404, "NotFound", f"no such route {request.url.path[:80]}; see /openapi.json")
+
+    @app.exception_handler(405)
+    async def not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        return error(405, "MethodNotAllowed", "every call is a POST of a JSON body; see /openapi.json")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        return error(500, "InternalError", "the server failed; its log has the details")
+
+    return app
+
+
+def ray_call(address: str | None = None) -> Call:
+    """The scheduler actor's door over a Ray connection (the server's; it holds the Ray token)."""
+    import ray
+
+    from elasticml.scheduler.actor import ACTOR_NAME, NAMESPACE
+    from elasticml.scheduler.client import RayTransport
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level="ERROR")
+    try:
+        handle = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+    except ValueError:
+        raise SchedulerNotRunning(ray.get_runtime_context().gcs_address) from None
+
+    def call(token: str, route: str, fields: dict[str, Any]) -> Any:
+        return RayTransport(handle, token)(route, fields)
+
+    return call
