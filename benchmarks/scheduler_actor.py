@@ -1,4 +1,4 @@
-"""Placements per second through the scheduler actor's door, with the audit trail, and their latency.
+"""Placements per second through the scheduler actor's door and the API server, with the audit trail, and their latency.
 
     python benchmarks/scheduler_actor.py [--requests 2000] [--in-flight 32] [--rounds 3] [--json OUT]
 
@@ -8,7 +8,9 @@ What ships, side by side in one run, the three sides interleaved over `--rounds`
   each fsynced, per batch), a Ray round trip each;
 - in-process: the same callers through the same door and group commit on the same kind of
   store, without Ray (the ratio actor / in-process is Ray's share);
-- one at a time: one caller through the door in process (a commit and a trail fsync each).
+- one at a time: one caller through the door in process (a commit and a trail fsync each);
+- api: the same callers over HTTP on loopback through the API server (an actor on the head,
+  default rate limits on), which calls the actor's door with each caller's credential.
 Every request is a placement or a finish; a placement refused (a budget) or queued is an
 answer too and is counted apart. Latency is per request, from submit to answer.
 """
@@ -40,6 +42,8 @@ from elasticml.scheduler.spec import WorkloadSpec
 
 GOAL_PER_S = 2000.0
 GOAL_P99_MS = 5.0
+API_GOAL_PER_S = 1000.0
+API_GOAL_P99_MS = 10.0
 
 
 def workload(i: int) -> WorkloadSpec:
@@ -117,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     grouped = SchedulerClient(lambda route, wire_args, wait=True: committer.run(
         lambda: shell.door.call(token, route, wire_args)))
     single = SchedulerClient(lambda route, wire_args, wait=True: shell.door.call(token, route, wire_args))
-    sides = {"actor": (actor, args.in_flight), "in_process": (grouped, args.in_flight), "one_at_a_time": (single, 1)}
+    from elasticml.api.actor import start_api_server
+    from elasticml.api.transport import HttpTransport
+    from elasticml.scheduler.identity import credentials_dir
+
+    over_http = SchedulerClient(HttpTransport(start_api_server(), credentials_dir(config.name) / "admin"))
+    sides = {"actor": (actor, args.in_flight), "in_process": (grouped, args.in_flight), "one_at_a_time": (single, 1),
+             "api": (over_http, args.in_flight)}
     for client, callers in sides.values():  # warm-up
         run_callers(client, 10**7, 64, callers)
     rounds: list[dict[str, Any]] = []
@@ -135,11 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     p99 = [r["actor"]["p99_ms"] for r in rounds]
     ratio = [r["actor_over_in_process_per_s"] for r in rounds]
     single_per_s = [r["one_at_a_time"]["per_s"] for r in rounds]
+    api_per_s = [r["api"]["per_s"] for r in rounds]
+    api_p99 = [r["api"]["p99_ms"] for r in rounds]
     summary = {
         "actor_per_s_median": statistics.median(per_s), "actor_per_s_range": [min(per_s), max(per_s)],
         "actor_p99_ms_median": statistics.median(p99), "actor_p99_ms_range": [min(p99), max(p99)],
         "actor_over_in_process_median": statistics.median(ratio), "ratio_range": [min(ratio), max(ratio)],
         "one_at_a_time_per_s_median": statistics.median(single_per_s),
+        "api_per_s_median": statistics.median(api_per_s), "api_per_s_range": [min(api_per_s), max(api_per_s)],
+        "api_p99_ms_median": statistics.median(api_p99), "api_goal_per_s": API_GOAL_PER_S,
+        "api_goal_p99_ms": API_GOAL_P99_MS, "api_goals_met": statistics.median(api_per_s) >= API_GOAL_PER_S
+        and statistics.median(api_p99) <= API_GOAL_P99_MS,
         "goal_per_s": GOAL_PER_S, "goal_p99_ms": GOAL_P99_MS,
         "per_s_goal_met": statistics.median(per_s) >= GOAL_PER_S, "p99_goal_met": statistics.median(p99) <= GOAL_P99_MS,
     }

@@ -146,9 +146,11 @@ def cluster_status(name: str, as_json: bool) -> None:
         for n in nodes
     ]
     if as_json:
-        click.echo(json.dumps({"name": name, "gcs_address": info.gcs_address, "nodes": rows}, indent=2))
+        click.echo(json.dumps({"name": name, "gcs_address": info.gcs_address, "api_url": info.api_url or None,
+                               "nodes": rows}, indent=2))
         return
-    click.echo(f"cluster {name!r}: {len(rows)} alive node(s), dashboard {info.dashboard_url}")
+    click.echo(f"cluster {name!r}: {len(rows)} alive node(s), dashboard {info.dashboard_url}"
+               + (f", API server {info.api_url}" if info.api_url else ""))
     click.echo(f"  {'NODE':<8}  {'NODE TYPE':<16} {'MARKET':<10} {'CPUS':<5} LABELS")
     for r in rows:
         labels = ",".join(f"{k}={v}" for k, v in sorted(r["labels"].items()))
@@ -359,11 +361,15 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
         from elasticml.cluster.market_driver import start_driver
 
         start_driver(spot_market.resolve(), [p["node_type"] for p in st["pools"] if p["market"] == "spot"])
-    if _emit(as_json, {"cluster": st["cluster"], "config": st["config"],
+    from elasticml.api.actor import start_api_server
+
+    url = start_api_server()  # tenants' way in, with their own credential (127.0.0.1 here)
+    if _emit(as_json, {"cluster": st["cluster"], "config": st["config"], "api_url": url,
                        "pools": [{"node_type": p["node_type"], "market": p["market"]} for p in st["pools"]]}):
         return
     click.echo(f"scheduler of cluster {st['cluster']!r} ({st['config']}): pools "
                + ", ".join(f"{p['node_type']} ({p['market']})" for p in st["pools"]))
+    click.echo(f"API server: {url} (tenants: `elasticml login --endpoint {url} --credential FILE`)")
 
 
 @scheduler.command("submit")
@@ -925,9 +931,10 @@ def demo_cmd(steps: int, clean: bool) -> None:
 
 
 def _add_api_commands() -> None:
-    from elasticml.api.cli import api, login
+    from elasticml.api.cli import api, jobs, login
 
     main.add_command(api)
+    main.add_command(jobs)
     main.add_command(login)
 
 

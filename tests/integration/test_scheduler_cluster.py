@@ -144,6 +144,91 @@ def test_tenants_act_through_their_own_credentials_and_cannot_reach_past_the_doo
     assert all(r["who"] in ("tenant research", "an unknown caller") for r in denied)
 
 
+def test_a_tenant_without_the_ray_token_works_through_the_api_server_and_cannot_connect_a_driver(
+        sched, local_cluster, tmp_path):
+    """`cluster up` starts the API server on 127.0.0.1; a tenant whose environment has no Ray token
+    (another HOME and ELASTICML_HOME) places, reads and is refused through it with its credential
+    alone, and cannot connect a Ray driver."""
+    import os
+
+    from elasticml.api.transport import HttpTransport
+    from elasticml.errors import AccessDenied
+    from elasticml.scheduler.client import SchedulerClient
+
+    name = local_cluster.name
+    status = json.loads(subprocess.run([ELASTICML, "cluster", "status", "--name", name, "--json"], capture_output=True,
+                                       text=True, timeout=60, check=True).stdout)
+    url = status["api_url"]
+    assert url.startswith("http://127.0.0.1:")
+    sched.add_principal("initech", "tenant", tmp_path / "initech.cred")
+    tenant = SchedulerClient(HttpTransport(url, tmp_path / "initech.cred"))
+    placed = tenant.place(WorkloadSpec(name="etl", tenant="initech", kind="batch", priority="low",
+                                       checkpoint_interval_hours=0.1))
+    assert placed.workload == "initech/etl" and sched.placement("initech/etl") == placed
+    with pytest.raises(AccessDenied, match="its own workloads only"):
+        tenant.finish("fraud-model")
+    assert set(tenant.status()["running"]) <= {"initech/etl"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ELASTICML_"))}
+    env.update({"HOME": str(tmp_path), "ELASTICML_HOME": str(tmp_path / "home"),
+                "ELASTICML_CREDENTIAL_PATH": str(tmp_path / "initech.cred")})
+    cli = subprocess.run([ELASTICML, "--endpoint", url, "scheduler", "explain", "etl"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert cli.returncode == 0 and "place" in cli.stdout, cli.stderr
+    driver = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={local_cluster.require_info().gcs_address!r})"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert driver.returncode != 0  # token auth: no token, no driver
+    tenant.finish("etl")
+
+
+def test_a_tenant_trains_through_the_api_server_with_only_its_credential(sched, local_cluster, corpus, tmp_path):
+    """A tenant with no Ray token submits a training job through the server, follows it to the end,
+    reads its logs, placement and costs; another tenant sees none of it."""
+    import os
+    import time
+
+    from elasticml.api.transport import HttpTransport
+    from elasticml.errors import AccessDenied, ConfigError
+    from elasticml.yamlio import dump_yaml
+
+    url = local_cluster.require_info().api_url
+    sched.add_principal("hooli", "tenant", tmp_path / "hooli.cred")
+    sched.add_principal("piper", "tenant", tmp_path / "piper.cred")
+    hooli, piper = HttpTransport(url, tmp_path / "hooli.cred"), HttpTransport(url, tmp_path / "piper.cred")
+    config = {"data": str(corpus), "storage_path": str(tmp_path / "runs"), "run_name": "tiny", "steps": 6,
+              "num_workers": 1, "global_batch": 2, "seq_len": 32, "report_every": 3}
+    for bad, field in (({**config, "model": "evil.module:make"}, "config.model"),
+                       ({**config, "steps": "many"}, "steps"), ({**config, "surprise": 1}, "config")):
+        with pytest.raises(ConfigError) as err:
+            hooli.post("jobs/submit", {"config": bad})
+        assert field in str(err.value)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ELASTICML_"))}
+    env.update({"HOME": str(tmp_path), "ELASTICML_HOME": str(tmp_path / "home"), "ELASTICML_ENDPOINT": url,
+                "ELASTICML_CREDENTIAL_PATH": str(tmp_path / "hooli.cred")})
+    (tmp_path / "train.yaml").write_text(dump_yaml(config))
+    out = subprocess.run([ELASTICML, "jobs", "submit", str(tmp_path / "train.yaml"), "--priority", "low",
+                          "--expected-hours", "0.1"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)
+    assert job["workload"] == "hooli/tiny"
+    deadline = time.monotonic() + 300
+    while (status := hooli.post("jobs/status", {"submission_id": job["submission_id"]})["status"]) not in (
+            "SUCCEEDED", "FAILED", "STOPPED"):
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    logs = hooli.post("jobs/logs", {"submission_id": job["submission_id"]})["logs"]
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert '"event": "train_done"' in logs and "eml1." not in logs.replace("eml1.[redacted]", "")
+    explained = subprocess.run([ELASTICML, "scheduler", "explain", "tiny"], capture_output=True, text=True, env=env,
+                               timeout=120)
+    assert explained.returncode == 0 and "place" in explained.stdout, explained.stderr
+    assert [r["key"] for r in hooli.post("cost_report", {})["tenant"]] == ["hooli"]
+    for op in ("status", "logs", "stop"):
+        with pytest.raises(AccessDenied, match="no job of this tenant"):
+            piper.post(f"jobs/{op}", {"submission_id": job["submission_id"]})
+    assert piper.post("jobs/list", {}) == [] and [j["submission_id"] for j in hooli.post("jobs/list", {})] == [
+        job["submission_id"]]
+
+
 def test_actor_killed_and_restarted_loses_nothing(sched):
     import time
 

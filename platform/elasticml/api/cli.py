@@ -78,3 +78,53 @@ def serve(host: str, port: int, address: str | None, tls_cert: Path | None, tls_
         raise ConfigError("beyond loopback the server speaks HTTPS only: pass --tls-cert and --tls-key", field="host")
     uvicorn.run(build_app(ray_call(address)), host=host, port=port, log_level="warning",
                 ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
+
+
+def _jobs_transport() -> HttpTransport:
+    client = configured_client()
+    if client is None:
+        raise ConfigError("jobs go through the API server: `elasticml login --endpoint URL --credential FILE`, "
+                          f"or ${ENDPOINT_ENV} with ${CREDENTIAL_ENV}", field="endpoint")
+    return client._transport  # type: ignore[no-any-return]
+
+
+@click.group("jobs")
+def jobs() -> None:
+    """Your training jobs, through the API server with your credential (no Ray token)."""
+
+
+@jobs.command("submit")
+@click.argument("config_file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--priority", default="normal", show_default=True)
+@click.option("--expected-hours", type=float, default=1.0, show_default=True)
+@click.option("--deadline-hours", type=float, default=None)
+def jobs_submit(config_file: Path, priority: str, expected_hours: float, deadline_hours: float | None) -> None:
+    """Train with CONFIG_FILE (a TrainConfig YAML: data, storage_path, run_name, steps...)."""
+    from elasticml.yamlio import load_yaml
+
+    body = {"config": load_yaml(config_file, source=str(config_file)), "priority": priority,
+            "expected_hours": expected_hours, "deadline_hours": deadline_hours}
+    click.echo(json.dumps(_jobs_transport().post("jobs/submit", body)))
+
+
+@jobs.command("status")
+@click.argument("submission_id")
+def jobs_status(submission_id: str) -> None:
+    click.echo(json.dumps(_jobs_transport().post("jobs/status", {"submission_id": submission_id})))
+
+
+@jobs.command("logs")
+@click.argument("submission_id")
+def jobs_logs(submission_id: str) -> None:
+    click.echo(_jobs_transport().post("jobs/logs", {"submission_id": submission_id})["logs"], nl=False)
+
+
+@jobs.command("stop")
+@click.argument("submission_id")
+def jobs_stop(submission_id: str) -> None:
+    click.echo(json.dumps(_jobs_transport().post("jobs/stop", {"submission_id": submission_id})))
+
+
+@jobs.command("list")
+def jobs_list() -> None:
+    click.echo(json.dumps(_jobs_transport().post("jobs/list", {})))

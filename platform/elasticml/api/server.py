@@ -86,7 +86,7 @@ def status_of(exc: ElasticMLError) -> tuple[int, str]:
     return 400, type(exc).__name__
 
 
-def build_app(call: Call, *, rate_per_s: float = 50.0, burst: float = 100.0, per_address_per_s: float = 200.0,
+def build_app(call: Call, *, jobs: Any = None, rate_per_s: float = 200.0, burst: float = 400.0, per_address_per_s: float = 2000.0,
               clock: Callable[[], float] = time.monotonic) -> FastAPI:
     app = FastAPI(title="elasticml", version="1", description=__doc__, docs_url=None, redoc_url=None)
     per_credential = Limiter(rate_per_s, burst, clock)
@@ -96,7 +96,8 @@ def build_app(call: Call, *, rate_per_s: float = 50.0, burst: float = 100.0, per
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    async def serve(route: str, request: Request) -> JSONResponse:
+    async def serve(route: str, request: Request, handle: Callable[[str, Any], Any]) -> JSONResponse:
+        """The checks every route shares, then `handle(credential, body)` in a worker thread."""
         address = request.client.host if request.client else "?"
         wait = per_address.wait_s(address)
         header = request.headers.get("authorization", "")
@@ -120,14 +121,12 @@ def build_app(call: Call, *, rate_per_s: float = 50.0, burst: float = 100.0, per
                 return error(413, "TooLarge", f"a request body is at most {MAX_BODY_BYTES} bytes")
         try:
             body = json.loads(raw or b"{}")
-            fields = wire.decode_request(route, body)
-        except ValueError as exc:  # ConfigError is one too
-            return error(400, "ConfigError", str(exc) if isinstance(exc, ConfigError) else "the body is not JSON",
-                         field=getattr(exc, "field", None) or "body")
+        except ValueError:
+            return error(400, "ConfigError", "the body is not JSON", field="body")
         except RecursionError:
             return error(400, "ConfigError", "the body nests too deeply", field="body")
         try:
-            answer = await run_in_threadpool(call, token, route, fields)
+            answer = await run_in_threadpool(handle, token, body)
         except ElasticMLError as exc:
             status, kind = status_of(exc)
             names = DETAILS.get(type(exc), ())
@@ -137,18 +136,35 @@ def build_app(call: Call, *, rate_per_s: float = 50.0, burst: float = 100.0, per
             return error(400, "ConfigError", f"invalid request: {type(exc).__name__}")
         return JSONResponse({"answer": wire.encode_answer(answer)})
 
-    def endpoint_for(route: str) -> Callable[[Request], Any]:
+    def door(route: str) -> Callable[[str, Any], Any]:
+        return lambda token, body: call(token, route, wire.decode_request(route, body))
+
+    def endpoint_for(route: str, handle: Callable[[str, Any], Any]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> JSONResponse:
-            return await serve(route, request)
+            return await serve(route, request, handle)
         return endpoint
 
     for name in ROUTES:
         app.add_api_route(
-            f"/v1/{name}", endpoint_for(name), methods=["POST"], name=name, summary=ROUTES[name].request.__doc__ or name,
+            f"/v1/{name}", endpoint_for(name, door(name)), methods=["POST"], name=name, summary=ROUTES[name].request.__doc__ or name,
             openapi_extra={"requestBody": {"required": False, "content": {
                 "application/json": {"schema": wire.request_schema(name)}}},
                 "security": [{"bearer": []}]},
         )
+
+    if jobs is not None:
+        def as_caller(op: str) -> Callable[[str, Any], Any]:
+            def handle(token: str, body: Any) -> Any:
+                who = call(token, "whoami", {})  # the door verifies the credential (and audits a refusal)
+                if op == "submit":
+                    return jobs.submit(who, token, body)
+                return getattr(jobs, op)(who, body)
+            return handle
+
+        for op in ("submit", "status", "logs", "stop", "list"):
+            app.add_api_route(f"/v1/jobs/{op}", endpoint_for(f"jobs/{op}", as_caller(op)), methods=["POST"],
+                              name=f"jobs_{op}", summary=f"a tenant's training jobs: {op}",
+                              openapi_extra={"security": [{"bearer": []}]})
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> JSONResponse:

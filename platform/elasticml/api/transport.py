@@ -35,6 +35,10 @@ class HttpTransport:
 
     def __call__(self, route: str, args: dict[str, Any], *, wait: bool = True) -> Any:
         body = {k: (v.to_dict() if hasattr(v, "to_dict") and k in wire.NESTED else wire._plain(v)) for k, v in args.items()}
+        return self.post(route, body)
+
+    def post(self, route: str, body: Any) -> Any:
+        """POST /v1/ROUTE with a JSON body; its answer, or the platform's error for its status."""
         for attempt in range(MAX_RETRIES_429 + 1):
             try:
                 reply = self._http.post(f"{self.endpoint}/v1/{route}", json=body,

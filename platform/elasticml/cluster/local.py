@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,8 @@ class ClusterInfo:
     started_at: float
     checkpoint_key_path: str = ""
     """The cluster's checkpoint key file (empty in the state of a cluster started before it had one)."""
+    api_url: str = ""
+    """The API server tenants reach the scheduler through (empty before it had one)."""
 
     def client_env(self) -> dict[str, str]:
         """What `ray job submit`, `serve deploy` and other clients need: the address, the token and
@@ -234,20 +236,20 @@ class LocalCluster:
         )
         try:
             self._wait_ready(proc, info, timeout_s)
-            self._start_scheduler(spec, info, market_file if market is not None else None)
+            info = replace(info, api_url=self._start_scheduler(spec, info, market_file if market is not None else None))
         except BaseException:
             _stop(info, timeout_s=30)
             raise
         write_atomic(self.dir / STATE_FILE, json.dumps(asdict(info), indent=2))
         return info
 
-    def _start_scheduler(self, spec: ClusterSpec, info: ClusterInfo, market_file: Path | None) -> None:
-        """The cluster's one scheduler actor (and a replayed market's driver), created by `elasticml
-        scheduler start` in its own driver process (so the caller's process does not become a Ray
-        driver of this cluster)."""
+    def _start_scheduler(self, spec: ClusterSpec, info: ClusterInfo, market_file: Path | None) -> str:
+        """The cluster's one scheduler actor (and a replayed market's driver) and its API server, created
+        by `elasticml scheduler start` in its own driver process (so the caller's process does not become
+        a Ray driver of this cluster); the API server's URL."""
         cli = [sys.executable, "-c", "import sys; from elasticml.cli import main; sys.exit(main())"]
         cmd = [*cli, "scheduler", "start", "--config", spec.source, "--address", info.gcs_address,
-               "--ledger", str(home.home() / "scheduler" / self.name / "ledger.sqlite")]
+               "--ledger", str(home.home() / "scheduler" / self.name / "ledger.sqlite"), "--json"]
         if market_file is not None:
             cmd += ["--spot-market", str(market_file)]
         env = {**os.environ, **info.client_env()}
@@ -255,6 +257,7 @@ class LocalCluster:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         if out.returncode != 0:
             raise ClusterError(f"the scheduler did not start: {(out.stderr or out.stdout).strip()[-2000:]}")
+        return str(json.loads(out.stdout.strip().splitlines()[-1]).get("api_url") or "")
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], info: ClusterInfo, timeout_s: float) -> None:
         import httpx

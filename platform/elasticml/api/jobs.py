@@ -1,0 +1,134 @@
+"""A tenant's training jobs through the API server: submit, follow, read logs, stop, list.
+
+The server is the token holder, so it submits the job; what runs is the platform's own
+entrypoint (`jobs/train.py`) with a config the server validated (`TrainConfig`, strictly), never
+a tenant's code, working directory or runtime environment. The job acts as its tenant: it gets
+the tenant's credential in a 0600 file on the head (its path in `ELASTICML_CREDENTIAL_PATH`, the
+way `ray job submit` users give theirs), so the scheduler places it with the tenant's budget,
+ceiling and residency, and its data and checkpoints pass the tenant's residency check. A job is
+the tenant's whose submission says so (metadata only the server writes); another tenant's job
+is answered as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from elasticml.atomic import write_atomic
+from elasticml.dataconf import check_number, check_text
+from elasticml.errors import AccessDenied, ConfigError
+from elasticml.repo import JOBS
+
+TENANT_KEY = "elasticml_tenant"
+FORBIDDEN = {"model": "a tenant trains a reference model size (`model_size`), not its own module",
+             "node_type": "the scheduler picks where a tenant's job runs",
+             "teacher": "distillation through the server is not offered yet",
+             "init_from": "starting from a checkpoint through the server is not offered yet"}
+MAX_LOG_BYTES = 256 * 1024
+SUBMISSION_ID = r"[A-Za-z0-9_-]{1,64}"
+
+
+class Jobs:
+    def __init__(self, folder: Path, client: Any) -> None:
+        """`client`: a `ray.job_submission.JobSubmissionClient` (the server's, with the Ray token)."""
+        self.folder = folder
+        self.client = client
+
+    def submit(self, who: dict[str, str], token: str, body: Any) -> dict[str, Any]:
+        from elasticml.train.config import TrainConfig
+
+        if type(body) is not dict or type(body.get("config")) is not dict:
+            raise ConfigError("the body is {\"config\": {TrainConfig fields}, \"priority\": ..., "
+                              "\"expected_hours\": ...}", field="config")
+        unknown = set(body) - {"config", "priority", "expected_hours", "deadline_hours"}
+        if unknown:
+            raise ConfigError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:200]}", field="body")
+        for name, why in FORBIDDEN.items():
+            if body["config"].get(name) is not None:
+                raise ConfigError(why, field=f"config.{name}")
+        cfg = TrainConfig.from_dict(body["config"], source="config")  # every field checked, strictly
+        check_text(cfg.run_name, field="config.run_name", max_len=63, pattern=r"[A-Za-z0-9][A-Za-z0-9_-]*")
+        priority = body.get("priority", "normal")
+        check_text(priority, field="priority", max_len=20, pattern=r"[a-z]+")
+        hours = body.get("expected_hours", 1.0)
+        check_number(hours, field="expected_hours", lo=0.001, hi=8760)
+        tenant = who["name"]
+        submission_id = f"{tenant}-{cfg.run_name}-{secrets.token_hex(4)}"
+        folder = self.folder / submission_id
+        folder.mkdir(parents=True, exist_ok=False)
+        credential, config_file = folder / "credential", folder / "config.yaml"
+        write_atomic(credential, token + "\n", mode=0o600)
+        write_atomic(config_file, _yaml(cfg.to_dict()), mode=0o600)
+        args = [sys.executable, str(JOBS / "train.py"), "--config", str(config_file), "--tenant", tenant,
+                "--priority", priority, "--expected-hours", str(float(hours))]
+        if body.get("deadline_hours") is not None:
+            check_number(body["deadline_hours"], field="deadline_hours", lo=0.001, hi=8760)
+            args += ["--deadline-hours", str(float(body["deadline_hours"]))]
+        self.client.submit_job(entrypoint=shlex.join(args), submission_id=submission_id,
+                               metadata={TENANT_KEY: tenant},
+                               runtime_env={"env_vars": {"ELASTICML_CREDENTIAL_PATH": str(credential)}})
+        return {"submission_id": submission_id, "workload": f"{tenant}/{cfg.run_name}"}
+
+    def _own(self, who: dict[str, str], body: Any) -> str:
+        job_id = body.get("submission_id") if type(body) is dict else None
+        check_text(job_id, field="submission_id", max_len=64, pattern=SUBMISSION_ID)
+        try:
+            info = self.client.get_job_info(job_id)
+        except Exception:  # RuntimeError when Ray knows no such job
+            info = None
+        tenant = (getattr(info, "metadata", None) or {}).get(TENANT_KEY) if info is not None else None
+        if info is None or (who["role"] != "admin" and tenant != who["name"]):
+            raise AccessDenied(f"{who['role']} {who['name']}", f"read job {job_id}",
+                               "no job of this tenant has that id")
+        return str(job_id)
+
+    def status(self, who: dict[str, str], body: Any) -> dict[str, Any]:
+        job_id = self._own(who, body)
+        info = self.client.get_job_info(job_id)
+        return {"submission_id": job_id, "status": str(info.status), "message": (info.message or "")[:2000]}
+
+    def logs(self, who: dict[str, str], body: Any) -> dict[str, Any]:
+        job_id = self._own(who, body)
+        text = self.client.get_job_logs(job_id)
+        return {"submission_id": job_id, "logs": _redacted(text[-MAX_LOG_BYTES:])}
+
+    def stop(self, who: dict[str, str], body: Any) -> dict[str, Any]:
+        job_id = self._own(who, body)
+        return {"submission_id": job_id, "stopped": bool(self.client.stop_job(job_id))}
+
+    def list(self, who: dict[str, str], body: Any) -> list[dict[str, Any]]:
+        out = []
+        for info in self.client.list_jobs():
+            tenant = (info.metadata or {}).get(TENANT_KEY)
+            if info.submission_id and tenant and (who["role"] == "admin" or tenant == who["name"]):
+                out.append({"submission_id": info.submission_id, "tenant": tenant, "status": str(info.status)})
+        return out
+
+
+def _yaml(raw: dict[str, Any]) -> str:
+    from elasticml.yamlio import dump_yaml
+
+    return dump_yaml({k: v for k, v in raw.items() if v is not None})
+
+
+def _redacted(text: str) -> str:
+    """A job's logs with anything shaped like a credential removed (they are the tenant's to read,
+    but a log is where secrets leak to)."""
+    return re.sub(r"eml1\.[a-z0-9-]+\.[A-Za-z0-9_-]+", "eml1.[redacted]", text)
+
+
+def server_jobs(folder: Path | None = None) -> Jobs:
+    """The API server's jobs, through the Ray dashboard's job API on the head (with the Ray token)."""
+    import ray
+    from ray.job_submission import JobSubmissionClient
+
+    from elasticml.home import home
+
+    url = ray._private.worker.get_dashboard_url()
+    url = url if url.startswith("http") else f"http://{url}"
+    return Jobs(folder or home() / "api" / "jobs", JobSubmissionClient(url))
