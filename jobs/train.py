@@ -229,11 +229,13 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
                     result = fit(run_cfg, stop=flag, callbacks=[progress_callback(sched, cfg.run_name, cfg.steps)],
                                  started=started_hook(sched, cfg.run_name, placement.epoch), retries=False)
             except TrainingFailedError as exc:
-                failures += 1
-                if failures > cfg.max_failures:
-                    raise
                 failed_on = placement
                 placement = await_move(sched, cfg.run_name, failed_on.epoch, scheduling["settle_s"])
+                # A run the scheduler moved away (its node lost, its pool interrupted) did not fail on its
+                # own: only failures where it stays count against max_failures.
+                failures += placement.epoch == failed_on.epoch
+                if failures > cfg.max_failures:
+                    raise
                 print(json.dumps({"event": "retry", "failure": failures, "of": cfg.max_failures,
                                   "error": str(exc).splitlines()[0][:300], "from": failed_on.node_type,
                                   "to": placement.node_type, "state": placement.state, "reason": placement.reason}),

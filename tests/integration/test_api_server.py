@@ -179,3 +179,47 @@ def test_the_cli_speaks_to_the_api_server_with_a_credential_and_no_ray(api, tmp_
                            text=True, env={**env, "ELASTICML_CREDENTIAL_PATH": str(api["files"]["globex"])},
                            timeout=120)
     assert json.loads(other.stdout) == {"name": "globex", "role": "tenant"}, other.stderr
+
+
+def test_the_dashboard_renders_a_tenants_live_data_and_refreshes_without_a_reload(api, tmp_path):
+    """Headless Chromium: the page asks for the credential, shows only the tenant's workloads, costs,
+    pools and audit records, and picks up a new placement on its own."""
+    from io import BytesIO
+
+    from tests.support.browser import Browser
+
+    acme = client(api, "acme")
+    acme.place(WorkloadSpec(name="dash-a", tenant="acme", max_workers=1, checkpoint_interval_hours=0.1))
+    client(api, "globex").place(WorkloadSpec(name="dash-g", tenant="globex", max_workers=1))
+    page = httpx.get(f"{api['url']}/")
+    assert page.status_code == 200 and "script-src 'sha256-" in page.headers["content-security-policy"]
+    assert "http://" not in page.text.replace(api["url"], "") and "https://" not in page.text  # nothing fetched from elsewhere
+    browser = Browser()
+    try:
+        browser.open(f"{api['url']}/")
+        browser.wait_for("document.getElementById('login') && !document.getElementById('login').hidden")
+        browser.js(f"document.getElementById('cred').value = {api['tokens']['acme']!r};"
+                   "document.getElementById('go').click(); true")
+        browser.wait_for("document.body.dataset.ready === '1'")
+        text = browser.js("document.getElementById('app').innerText")
+        assert "acme/dash-a" in text and "globex" not in text
+        assert browser.js("document.getElementById('who').textContent") == "tenant acme"
+        assert "placed" in browser.js("document.getElementById('workloads').innerText")
+        assert browser.js("document.querySelectorAll('#timeline rect').length") >= 0
+        assert browser.js("document.querySelectorAll('#pools tr').length") == 1 + len(
+            api["shell"].scheduler.pools)
+        assert "place" in browser.js("document.getElementById('audit').innerText")
+        marker = browser.js("window.__marker = 42; window.__marker")
+        acme.place(WorkloadSpec(name="dash-b", tenant="acme", max_workers=1))
+        browser.wait_for("document.getElementById('workloads').innerText.includes('acme/dash-b')")
+        assert browser.js("window.__marker") == marker  # refreshed in place, not reloaded
+        png = browser.screenshot()
+    finally:
+        browser.close()
+    (tmp_path / "dashboard.png").write_bytes(png)
+    from PIL import Image
+
+    image = Image.open(BytesIO(png)).convert("L")
+    assert image.size == (1280, 1000)
+    colours = image.getcolors(maxcolors=1 << 16) or []
+    assert len(colours) > 20  # text, tables and charts, not a blank page

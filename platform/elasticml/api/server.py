@@ -25,9 +25,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
-from elasticml.api import wire
+from elasticml.api import dashboard, wire
 from elasticml.errors import AccessDenied, AuthError, ConfigError, ElasticMLError, PlacementRefused, SchedulerNotRunning
 from elasticml.scheduler.identity import name_of
 from elasticml.scheduler.requests import ROUTES
@@ -36,6 +36,22 @@ MAX_BODY_BYTES = 64 * 1024
 """A request body's bound: a spec is well under 2 KiB."""
 MAX_BUCKETS = 10_000
 """Rate-limit buckets kept (the least recently used go first), so a flood of made-up keys cannot grow memory."""
+
+def _csp() -> str:
+    """Only the page's own script and style run, and it talks to this server only."""
+    import base64
+    import re
+
+    def digest(tag: str) -> str:
+        body = re.search(rf"<{tag}>(.*?)</{tag}>", dashboard.PAGE, re.S).group(1)  # type: ignore[union-attr]
+        return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+
+    return (f"default-src 'none'; connect-src 'self'; script-src {digest('script')}; style-src {digest('style')}; "
+            "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+
+PAGE_HEADERS = {"Content-Security-Policy": _csp(), "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-store"}
 
 Call = Callable[[str, str, dict[str, Any]], Any]
 """(credential, route, fields) -> the door's answer: the actor over Ray, or a door in process (tests)."""
@@ -95,6 +111,11 @@ def build_app(call: Call, *, jobs: Any = None, rate_per_s: float = 200.0, burst:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        """The dashboard (it asks for the credential itself; its data come from the API)."""
+        return HTMLResponse(dashboard.PAGE, headers=PAGE_HEADERS)
 
     async def serve(route: str, request: Request, handle: Callable[[str, Any], Any]) -> JSONResponse:
         """The checks every route shares, then `handle(credential, body)` in a worker thread."""

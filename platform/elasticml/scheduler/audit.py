@@ -148,11 +148,20 @@ class AuditLog:
             seq, mac = record["seq"], record["mac"]
         if not records:
             return []
+        data = "".join(lines).encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        size = os.fstat(fd).st_size
         try:
-            os.write(fd, "".join(lines).encode())
+            done = 0
+            while done < len(data):  # a short write (a full disk) is finished or undone, never left torn
+                done += os.write(fd, data[done:])
             os.fsync(fd)
         except OSError as exc:
+            try:
+                os.ftruncate(fd, size)  # the batch is not committed: its records must not stay half written
+                os.fsync(fd)
+            except OSError:
+                pass
             raise AuditError(f"cannot append to the audit trail {self.path}: {exc.strerror}") from None
         finally:
             os.close(fd)

@@ -226,6 +226,10 @@ class SchedulerClient:
     def whoami(self) -> dict[str, str]:
         return self._send(R.Whoami())
 
+    def audit_records(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The trail's newest records: a tenant's own, an admin's all."""
+        return self._send(R.AuditRecords(limit=limit))
+
     def add_principal(self, name: str, role: str, file: str | Path) -> Path:
         """A new credential for `name` with `role` (admin only), written to `file` (mode 0600); the
         scheduler keeps only its digest. Hand the file to whoever acts as `name`."""

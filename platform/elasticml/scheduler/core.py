@@ -166,7 +166,10 @@ class Scheduler:
         if type(spec) is not WorkloadSpec:
             raise ConfigError(f"expected a WorkloadSpec, got {type(spec).__name__}", field="spec")
         if attach is not None:
-            check_text(attach, field="attach", max_len=MAX_NAME + 6, pattern=rf"[0-9a-f]+|serve:{NAME_PATTERN}")
+            check_text(attach, field="attach", max_len=MAX_NAME + 6, pattern=rf"[0-9a-f]{{1,64}}|serve:{NAME_PATTERN}")
+        if spec.tenant in self.store.quarantined_tenants:
+            raise PlacementRefused(spec.name, f"tenant {spec.tenant}'s policy could not be read from the store: "
+                                              "an admin sets it again before its work is placed")
         with self.command():
             spec = self._within_residency(spec)
             old = self.store.workloads.get(spec.name)
@@ -245,11 +248,12 @@ class Scheduler:
             self.retry_queue()
             self.rebalance()
 
-    def interrupt(self, node_type: str, *, lasts_s: float | None = None) -> dict[str, Any]:
+    def interrupt(self, node_type: str, *, lasts_s: float | None = None, why: str | None = None) -> dict[str, Any]:
         """A spot pool got an interruption notice: its work is re-placed (deadline jobs wait for their policy).
 
         `lasts_s`: the pool is tried again after this long unless a notice says otherwise (a lost node
         is not a notice: nobody will say the pool is back). A notice (no `lasts_s`) lasts until cleared.
+        `why`: what happened, in the decisions' reasons (a lost node's id and cause).
         {"decisions": what changed, "drained_nodes": Ray node ids drained as preempted}.
         """
         self.check_pool(node_type, spot=True)
@@ -261,7 +265,7 @@ class Scheduler:
             elif not p.interrupted or p.retry_at is not None:
                 retry_at = self.clock() + lasts_s
             self.store.put_pool(replace(p, interrupted=True, retry_at=retry_at))
-            return {"decisions": self.vacate(node_type, f"spot pool {node_type} got an interruption notice"),
+            return {"decisions": self.vacate(node_type, why or f"spot pool {node_type} got an interruption notice"),
                     "drained_nodes": []}
 
     def clear_interruption(self, node_type: str) -> list[dict[str, Any]]:
@@ -397,7 +401,7 @@ class Scheduler:
         """Something a part of the platform decided outside the scheduler (a canary's verdict, a
         release): into the audit trail, by its caller."""
         check_text(action, field="action", max_len=40, pattern=r"[a-z][a-z0-9 _-]*")
-        check_text(target, field="target", max_len=80)
+        check_text(target, field="target", max_len=MAX_WORKLOAD)
         check_text(why, field="why", max_len=2000)
         with self.command():
             self.audit_action(action, target=target, why=why)

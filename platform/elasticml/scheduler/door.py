@@ -24,16 +24,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
-from elasticml.errors import AccessDenied, ConfigError, ElasticMLError
+from elasticml.errors import AccessDenied, ConfigError, ElasticMLError, SchedulerError
 from elasticml.scheduler import principals, tenant_storage
 from elasticml.scheduler.controller import Controller
 from elasticml.scheduler.core import Scheduler
 from elasticml.scheduler.identity import Principal, verify
 from elasticml.scheduler.requests import ROUTES, Request, Route
 from elasticml.scheduler.requests import (
-    AddPrincipal, CheckResidency, ClearInterruption, CostReport, Explain, Finish, GetPlacement, Interrupt, Intervals,
+    AddPrincipal, AuditRecords, CheckResidency, ClearInterruption, CostReport, Explain, Finish, GetPlacement, Interrupt, Intervals,
     ListPrincipals, Place, RecordEvent, RemovePrincipal, ReportProgress, RunStarted, SetTenant, Status,
     StorageCredentials, Tick, Whoami,
 )
@@ -77,19 +77,19 @@ class Door:
         if type(route_name) is not str or not route_name.isidentifier() or len(route_name) > 40:
             raise ConfigError("must be a call's name", field="method")
         who = verify(token, self.s.principals)
-        if who is None:
+        if who is None:  # one burst for every unknown caller and call: rotating names buys no records
             self._refuse("an unknown caller", route_name, None, "the credential is not recognised (see `elasticml "
-                         "scheduler credential`; set ELASTICML_CREDENTIAL_PATH to your credential file)")
-        assert who is not None
+                         "scheduler credential`; set ELASTICML_CREDENTIAL_PATH to your credential file)", key="*")
         route = ROUTES.get(route_name)
         if route is None:
-            self._refuse(str(who), route_name, None, f"no such call {route_name!r}")
-        assert route is not None
+            self._refuse(str(who), route_name, None, f"no such call {route_name!r}", key="*")
         try:
             req = route.request.from_wire(args)
         except ConfigError as exc:
             self._refuse(str(who), route.name, None, f"invalid request: {exc}", exc)
-            raise
+        except (TypeError, ValueError, AttributeError, RecursionError) as exc:  # a shape no check foresaw
+            self._refuse(str(who), route.name, None, f"invalid request: {type(exc).__name__}",
+                         ConfigError(f"invalid request ({type(exc).__name__})", field="args"))
         req = self._in_namespace(who, req)
         target = _target(req)
         reason = self._forbidden(who, route, req)
@@ -103,19 +103,22 @@ class Door:
                     self.s.audit_action(route.name, target=target, who=str(who), why=_summary(req))
             return result
         except ElasticMLError as exc:
-            if route.mutates or route.audit == "summary":
+            if route.mutates or route.audit in ("summary", "failures"):
                 self._refuse(str(who), route.name, target, str(exc), exc, outcome="failed")
             raise
+        except Exception as exc:  # undone with its command; audited, and never a trace to the caller
+            self._refuse(str(who), route.name, target, f"{type(exc).__name__}: {str(exc)[:200]}",
+                         SchedulerError(f"{route.name} failed ({type(exc).__name__}); it was undone"), outcome="error")
         finally:
             self.s.caller = "scheduler"
 
     # -- refusals --------------------------------------------------------------------------------
     def _refuse(self, who: str, route: str, target: str | None, reason: str, exc: Exception | None = None,
-                *, outcome: str = "denied") -> None:
-        """Audit the refusal (once per burst of the caller's refusals of this call), then raise it
-        (AccessDenied, or `exc`)."""
+                *, outcome: str = "denied", key: str | None = None) -> NoReturn:
+        """Audit the refusal (once per burst of the caller's refusals of this call, or of `key`), then
+        raise it (AccessDenied, or `exc`)."""
         now = self._clock()
-        key = (who, route, outcome)
+        key = (who, key or route, outcome)
         burst = self._bursts.get(key)
         if burst is not None and now - burst[0] < BURST_SECONDS:
             burst[1] += 1
@@ -169,20 +172,21 @@ class Door:
                     }.get(who.role, "only an admin or a node agent signals pools" if route.roles == ("admin", "agent")
                           else "only an admin may")
         if who.role != "tenant":
-            if isinstance(req, Place) and req.attach is not None and self.attach_check is not None \
-                    and who.role != "admin":
-                return self.attach_check(req.attach, req.spec.name)
             return None
         owners = self.s.owners
         if route.owns == "spec":
-            spec = req.spec  # type: ignore[attr-defined]
+            spec, attach = req.spec, req.attach  # type: ignore[attr-defined]
             if spec.tenant != who.name:
                 return f"a tenant places its own workloads only (the spec says tenant {spec.tenant!r})"
-            ceiling = self.s.tenants.of(who.name).max_priority
-            if priority_rank(spec.priority) < priority_rank(ceiling):
-                return (f"tenant {who.name} places at most at priority {ceiling} (its ceiling, set by an admin); "
-                        f"the spec asks for {spec.priority}")
-            attach = req.attach  # type: ignore[attr-defined]
+            policy = self.s.tenants.of(who.name)
+            if priority_rank(spec.priority) < priority_rank(policy.max_priority):
+                return (f"tenant {who.name} places at most at priority {policy.max_priority} (its ceiling, set by an "
+                        f"admin); the spec asks for {spec.priority}")
+            live = sum(1 for w in self.s.store.workloads.values() if w.spec.tenant == who.name)
+            if spec.name not in self.s.store.workloads and live >= policy.max_workloads:
+                return f"tenant {who.name} has {live} workloads, its most (max_workloads, set by an admin)"
+            if attach is not None and attach.startswith("serve:") and spec.kind != "serving":
+                return "only a serving workload attaches to a Serve app"
             if attach is not None:
                 from elasticml.scheduler.ray_view import serve_attachment
 
@@ -226,7 +230,7 @@ def _target(req: Request) -> str | None:
     for field in ("name", "target", "node_type", "tenant"):
         value = getattr(req, field, None)
         if type(value) is str:
-            return value[:80]
+            return value
     if isinstance(req, SetTenant):
         return req.policy.tenant
     return None
@@ -364,3 +368,14 @@ def _tick(door: Door, who: Principal, req: Tick) -> Any:
 @handles(Whoami)
 def _whoami(door: Door, who: Principal, req: Whoami) -> dict[str, str]:
     return {"name": who.name, "role": who.role}
+
+
+@handles(AuditRecords)
+def _audit_records(door: Door, who: Principal, req: AuditRecords) -> list[dict[str, Any]]:
+    audit = door.s.audit
+    if audit is None:
+        return []
+    records = audit.records()
+    if who.role != "admin":
+        records = [r for r in records if r.get("tenant") == who.name or r.get("who") == str(who)]
+    return records[-req.limit:]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, TypeVar
 
 from elasticml.scheduler.store import Store
@@ -51,7 +51,13 @@ class GroupCommit:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit(items)
+            # A caller that gave up (its call cancelled) is dropped before its command runs.
+            items = [(fn, done) for fn, done in items if done.set_running_or_notify_cancel()]
+            try:
+                self._commit(items)
+            except BaseException as exc:  # never lose the committer: every caller of the batch hears why
+                for _, done in items:
+                    _answer(done, False, exc)
 
     def _commit(self, items: list[tuple[Callable[[], Any], Future[Any]]]) -> None:
         outcomes: list[tuple[Future[Any], bool, Any]] = []
@@ -64,12 +70,19 @@ class GroupCommit:
                         outcomes.append((done, False, exc))
         except BaseException as exc:  # the batch itself did not commit: nobody's command is durable
             for _, done in items:
-                done.set_exception(exc)
+                _answer(done, False, exc)
             return
         self.batches += 1
         self.commands += len(items)
         for done, ok, value in outcomes:
-            if ok:
-                done.set_result(value)
-            else:
-                done.set_exception(value)
+            _answer(done, ok, value)
+
+
+def _answer(done: Future[Any], ok: bool, value: Any) -> None:
+    try:
+        if ok:
+            done.set_result(value)
+        else:
+            done.set_exception(value)
+    except InvalidStateError:  # answered already (the batch failed after its commands ran)
+        pass

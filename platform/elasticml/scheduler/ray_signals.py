@@ -98,11 +98,9 @@ class RaySignals:
             reason = LOST_REASONS.get(int(node.get("DeathReason", 0) or 0))
             if node_type in spot_pools and reason:
                 with self.s.command():
-                    decisions = self.s.interrupt(node_type, lasts_s=LOST_NODE_HOLD_S)["decisions"]
-                    for d in decisions:
-                        d["reason"] = f"spot node {node_id[-8:]} of {node_type} was lost ({reason}); " + d["reason"]
-                    out += decisions
-                    self.s.note_event({"at": time.time(), "event": "spot node lost", "node_id": node_id,
+                    why = f"spot node {node_id[-8:]} of {node_type} was lost ({reason})"
+                    out += self.s.interrupt(node_type, lasts_s=LOST_NODE_HOLD_S, why=why)["decisions"]
+                    self.s.note_event({"at": self.s.clock(), "event": "spot node lost", "node_id": node_id,
                                        "node_type": node_type, "why": reason})
         return out
 

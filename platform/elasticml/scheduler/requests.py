@@ -10,7 +10,8 @@ Columns of a route:
 - `roles`: who may call it at all (admin, tenant, agent);
 - `mutates`: whether it changes the scheduler (its failures are audited);
 - `audit`: `summary` (the door writes one record when it succeeds), `decisions` (the decisions
-  it takes are recorded, one record each) or `none` (a read);
+  it takes are recorded, one record each), `failures` (only a refusal is recorded: a check) or
+  `none` (a read); every refusal and failure of a change is recorded whatever this says;
 - `owns`: which field a tenant must own (`workload`, `tenant`, `spec`, `target`) or `none`.
 """
 
@@ -291,8 +292,20 @@ class Whoami(Request):
     route: ClassVar[str] = "whoami"
 
 
+@dataclass(kw_only=True, frozen=True)
+class AuditRecords(Request):
+    """The audit trail's newest records: a tenant's own (about its workloads, or made by it), an admin's all."""
+
+    route: ClassVar[str] = "audit_records"
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        _exact(self.limit, (int,), "limit")
+        check_number(self.limit, field="limit", lo=1, hi=1000, integer=True)
+
+
 Role = Literal["admin", "tenant", "agent"]
-Audit = Literal["summary", "decisions", "none"]
+Audit = Literal["summary", "decisions", "failures", "none"]
 Owns = Literal["workload", "tenant", "spec", "target", "none"]
 
 
@@ -326,7 +339,7 @@ ROUTES: dict[str, Route] = {r.name: r for r in (
     Route(CostReport, PEOPLE, mutates=False, audit="none"),
     Route(Interrupt, POOL_SIGNALLERS, mutates=True, audit="summary"),
     Route(ClearInterruption, POOL_SIGNALLERS, mutates=True, audit="summary"),
-    Route(CheckResidency, PEOPLE, mutates=False, audit="summary", owns="tenant"),
+    Route(CheckResidency, PEOPLE, mutates=False, audit="failures", owns="tenant"),
     Route(StorageCredentials, PEOPLE, mutates=False, audit="summary", owns="tenant"),
     Route(RecordEvent, PEOPLE, mutates=True, audit="decisions", owns="target"),
     Route(SetTenant, ADMIN, mutates=True, audit="summary"),
@@ -335,4 +348,5 @@ ROUTES: dict[str, Route] = {r.name: r for r in (
     Route(ListPrincipals, ADMIN, mutates=False, audit="none"),
     Route(Tick, ADMIN, mutates=True, audit="decisions"),
     Route(Whoami, EVERYONE, mutates=False, audit="none"),
+    Route(AuditRecords, PEOPLE, mutates=False, audit="none"),
 )}

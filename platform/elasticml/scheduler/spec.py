@@ -168,9 +168,12 @@ class TenantPolicy:
     max_priority: Priority = "normal"
     """The highest priority the tenant's own calls may place at (an admin may place above it): without
     it a tenant could declare `critical` and preempt other tenants' reserved work."""
+    max_workloads: int = 200
+    """Workloads the tenant's own calls may hold at once (placed, queued or paused)."""
 
     def __post_init__(self) -> None:
         check_text(self.tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        check_number(self.max_workloads, field="max_workloads", lo=0, hi=100_000, integer=True)
         if self.max_priority not in PRIORITY_ORDER:
             raise ConfigError(f"must be one of {' > '.join(PRIORITY_ORDER)}, got {str(self.max_priority)[:40]!r}",
                               field="max_priority")

@@ -62,6 +62,8 @@ CREATE INDEX IF NOT EXISTS reasons_of ON reasons(workload, id);
 CREATE TABLE IF NOT EXISTS tenants (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS principals (name TEXT PRIMARY KEY, role TEXT NOT NULL, digest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pools (node_type TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (id INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT NOT NULL, body TEXT NOT NULL,
+                                       why TEXT NOT NULL);
 """
 
 
@@ -202,6 +204,8 @@ class Store:
                 self._depth -= 1
             return
         if self._in_batch:
+            if not self.db.in_transaction:  # SQLite ended the batch (a full disk): nothing more may run in it
+                raise SchedulerError("the batch's transaction was lost; the batch is undone")
             mark = len(self.outbox)
             self.db.execute("SAVEPOINT command")
             self._depth = 1
@@ -209,10 +213,11 @@ class Store:
                 yield
                 self.db.execute("RELEASE command")
             except BaseException:
-                self.db.execute("ROLLBACK TO command")
-                self.db.execute("RELEASE command")
-                del self.outbox[mark:]
-                self.load()  # memory back to what the batch holds so far
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK TO command")
+                    self.db.execute("RELEASE command")
+                    del self.outbox[mark:]
+                    self._reload_after_failure()  # memory back to what the batch holds so far
                 raise
             finally:
                 self._depth = 0
@@ -234,6 +239,8 @@ class Store:
         try:
             yield
             self._in_batch = False
+            if not self.db.in_transaction:
+                raise SchedulerError("the batch's transaction was lost; the batch is undone")
             self._depth = 1
             if self.outbox:
                 records, self.outbox = self.outbox, []
@@ -244,15 +251,24 @@ class Store:
             self.outbox = []
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-            self.load()  # memory back to what the file holds
+            self._reload_after_failure()  # memory back to what the file holds
             raise
         finally:
             self._in_batch = False
             self._depth = 0
 
+    def _reload_after_failure(self) -> None:
+        """`load()`, but never in place of the failure being handled (a schema not there yet, say)."""
+        try:
+            self.load()
+        except sqlite3.Error:
+            pass
+
     def write(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         if not self._depth:
             raise SchedulerError("a write outside a command (the store changes only inside store.command())")
+        if self._in_batch and not self.db.in_transaction:
+            raise SchedulerError("the batch's transaction was lost; the batch is undone")
         self._fault(sql)
         return self.db.execute(sql, params)
 
@@ -290,6 +306,9 @@ class Store:
             except (ConfigError, ValueError, TypeError) as exc:
                 self.quarantined.append(f"pool {name[:80]}: {str(exc)[:200]}")
         self.queue: list[str] = json.loads(self._meta_raw("queue") or "[]")
+        self.quarantined += [f"{what} (migration): {why}" for what, why in self.db.execute("SELECT what, why FROM quarantine")]
+        self.quarantined_tenants = {q.split(" ", 2)[1].rstrip(":") for q in self.quarantined if q.startswith("tenant ")}
+        """Tenants whose policy could not be read: nothing of theirs is placed until an admin sets it again."""
 
     def _meta_raw(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -320,6 +339,7 @@ class Store:
         body = {**asdict(policy), "regions": list(policy.regions)}
         self.write("INSERT OR REPLACE INTO tenants (name, body) VALUES (?, ?)", (policy.tenant, json.dumps(body)))
         self.tenants[policy.tenant] = policy
+        self.quarantined_tenants.discard(policy.tenant)
 
     def put_principal(self, name: str, role: str, digest: str) -> None:
         self.write("INSERT OR REPLACE INTO principals (name, role, digest) VALUES (?, ?, ?)", (name, role, digest))
@@ -371,42 +391,71 @@ class Store:
 
 
 def _migrate_v1(store: Store) -> None:
-    """A schema-1 ledger's key/value rows as records, in the open command (all or nothing)."""
+    """A schema-1 ledger's key/value rows as records, in the open command (all or nothing). A row that
+    does not read as a record is kept aside in `quarantine`, named, rather than stop the migration."""
     rows = dict(store.db.execute("SELECT key, value FROM state"))
 
     def family(prefix: str) -> dict[str, Any]:
         return {k.removeprefix(prefix): v for k, v in rows.items() if k.startswith(prefix)}
 
-    allocs = {n: json.loads(v) for n, v in family("alloc:").items()}
-    steer = {n: json.loads(v) for n, v in family("steer:").items()}
+    def aside(what: str, body: str, exc: Exception) -> None:
+        store.write("INSERT INTO quarantine (what, body, why) VALUES (?, ?, ?)",
+                    (what[:200], body[:100_000], f"{type(exc).__name__}: {str(exc)[:300]}"))
+
+    allocs, steer = family("alloc:"), family("steer:")
     for name, spec_text in family("spec:").items():
-        meta = json.loads(rows.get(f"meta:{name}", "{}"))
-        w = {"spec": json.loads(spec_text), "state": meta.get("state", "queued"), "epoch": meta.get("epoch", 0),
-             "attach": meta.get("attach"), "progress": meta.get("progress"), "moves": meta.get("moves", []),
-             "submitted": meta.get("submitted", 0.0), "allocations": allocs.get(name, []),
-             "next_tick": meta.get("next_tick"), "seen": bool(meta.get("seen", False)),
-             "absent_since": meta.get("absent_since"), "stepper": steer.get(name)}
+        try:
+            meta = json.loads(rows.get(f"meta:{name}", "{}"))
+            w = {"spec": json.loads(spec_text), "state": meta.get("state", "queued"), "epoch": meta.get("epoch", 0),
+                 "attach": meta.get("attach"), "progress": meta.get("progress"), "moves": meta.get("moves", []),
+                 "submitted": meta.get("submitted", 0.0), "allocations": json.loads(allocs.get(name, "[]")),
+                 "next_tick": meta.get("next_tick"), "seen": bool(meta.get("seen", False)),
+                 "absent_since": meta.get("absent_since"),
+                 "stepper": json.loads(steer[name]) if name in steer else None}
+            Workload.from_json(json.dumps(w))  # it reads back as a record, or it is set aside
+        except (ConfigError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            aside(f"workload {name}", spec_text, exc)
+            continue
         store.write("INSERT OR REPLACE INTO workloads (name, body) VALUES (?, ?)", (name, json.dumps(w)))
     for name, tenant in family("owner:").items():
         store.write("INSERT OR REPLACE INTO owners (name, tenant) VALUES (?, ?)", (name, tenant))
     for name, records in family("why:").items():
-        for record in json.loads(records)[-MAX_REASONS:]:
+        try:
+            kept = [r for r in json.loads(records) if type(r) is dict][-MAX_REASONS:]
+        except ValueError as exc:
+            aside(f"reasons {name}", records, exc)
+            continue
+        for record in kept:
             store.write("INSERT INTO reasons (workload, body) VALUES (?, ?)", (name, json.dumps(record)))
     for name, body in family("tenant:").items():
-        store.write("INSERT OR REPLACE INTO tenants (name, body) VALUES (?, ?)", (name, body))
+        store.write("INSERT OR REPLACE INTO tenants (name, body) VALUES (?, ?)", (name, body))  # checked at load
     for name, body in family("principal:").items():
-        role, dig = json.loads(body)
-        store.write("INSERT OR REPLACE INTO principals (name, role, digest) VALUES (?, ?, ?)", (name, role, dig))
-    interrupted = set(json.loads(rows.get("interrupted", "[]")))
-    unfillable = set(json.loads(rows.get("unfillable", "[]")))
-    expiry = json.loads(rows.get("interrupt_expiry", "{}"))
-    live = json.loads(rows.get("live_prices", "{}"))
-    history = {n: json.loads(v) for n, v in family("history:").items()}
+        try:
+            role, dig = json.loads(body)
+        except (ValueError, TypeError) as exc:
+            aside(f"principal {name}", body, exc)
+            continue
+        store.write("INSERT OR REPLACE INTO principals (name, role, digest) VALUES (?, ?, ?)", (name, str(role), str(dig)))
+    try:
+        interrupted = set(json.loads(rows.get("interrupted", "[]")))
+        unfillable = set(json.loads(rows.get("unfillable", "[]")))
+        expiry = dict(json.loads(rows.get("interrupt_expiry", "{}")))
+        live = dict(json.loads(rows.get("live_prices", "{}")))
+    except (ValueError, TypeError) as exc:
+        aside("pools", json.dumps({k: rows.get(k) for k in ("interrupted", "unfillable", "interrupt_expiry",
+                                                             "live_prices")}), exc)
+        interrupted, unfillable, expiry, live = set(), set(), {}, {}
+    history = family("history:")
     for node_type in sorted(interrupted | unfillable | set(expiry) | set(live) | set(history)):
-        price, score = live.get(node_type, (None, None))
-        p = PoolState(node_type=node_type, interrupted=node_type in interrupted, retry_at=expiry.get(node_type),
-                      unfillable=node_type in unfillable, price=price, score=score,
-                      history="".join("1" if b else "0" for b in history.get(node_type, [])))
+        try:
+            price, score = live.get(node_type, (None, None))
+            p = PoolState(node_type=node_type, interrupted=node_type in interrupted, retry_at=expiry.get(node_type),
+                          unfillable=node_type in unfillable, price=price, score=score,
+                          history="".join("1" if b else "0" for b in json.loads(history.get(node_type, "[]"))))
+            PoolState.from_json(p.to_json())
+        except (ConfigError, ValueError, TypeError) as exc:
+            aside(f"pool {node_type}", str(history.get(node_type, ""))[:1000], exc)
+            continue
         store.write("INSERT OR REPLACE INTO pools (node_type, body) VALUES (?, ?)", (node_type, p.to_json()))
     for key in ("queue", "incarnation", "audit_tip"):
         if key in rows:

@@ -61,7 +61,7 @@ def test_every_route_has_one_handler_and_one_client_method_and_nothing_else_is_s
              "finish": ("w",), "explain": ("w",), "intervals": ("w",), "status": (), "cost_report": (),
              "interrupt": ("cpu_spot",), "clear_interruption": ("cpu_spot",), "storage_credentials": ("acme", "bucket"),
              "record_event": ("deploy", "w", "why"), "set_tenant": (TenantPolicy(tenant="acme"),),
-             "remove_principal": ("x",), "list_principals": (), "tick": (), "whoami": ()}
+             "remove_principal": ("x",), "list_principals": (), "tick": (), "whoami": (), "audit_records": (5,)}
     for method, args in calls.items():
         getattr(client, method)(*args)
     client.add_principal("x", "tenant", world.tmp / "x.cred")
@@ -219,6 +219,17 @@ def test_a_record_whose_newline_was_stripped_is_kept_and_a_torn_one_is_cut(world
     assert _verify(world).ok
 
 
+def test_a_tenant_reads_its_own_audit_records_only(world):
+    world.client("acme").place(WorkloadSpec(name="a", tenant="acme"))
+    world.client("globex").place(WorkloadSpec(name="g", tenant="globex"))
+    with pytest.raises(AccessDenied):
+        world.client("acme").finish("globex/g")
+    mine = world.client("acme").audit_records(limit=50)
+    assert mine and all(r["tenant"] == "acme" or r["who"] == "tenant acme" for r in mine)
+    assert any(r["outcome"] == "denied" for r in mine)
+    assert {r["tenant"] for r in world.client("admin").audit_records(limit=50)} >= {"acme", "globex"}
+
+
 def test_audit_show_escapes_control_characters_a_tenant_wrote(world, tmp_path):
     acme = world.client("acme")
     acme.place(WorkloadSpec(name="app", tenant="acme"))
@@ -232,3 +243,58 @@ def test_audit_show_escapes_control_characters_a_tenant_wrote(world, tmp_path):
     lines = proc.stdout.splitlines()
     assert not any(line.lstrip().startswith("99 ") for line in lines)
     assert any("ok\\n     99" in line for line in lines)
+
+
+def test_rotating_call_names_or_credentials_buys_no_more_audit_records(world):
+    before = len(world.scheduler.audit.records())
+    for i in range(200):
+        with pytest.raises(AccessDenied):
+            world.door.call(world.tokens["acme"], f"r{i}", {})
+        with pytest.raises(AccessDenied):
+            world.door.call(new_token(f"x{i}"), f"r{i}", {})
+    assert len(world.scheduler.audit.records()) - before == 2
+    assert len(world.door._bursts) == 2
+
+
+def test_a_tenant_holds_at_most_its_workload_cap_and_attaches_serve_only_as_serving(world):
+    world.client("admin").set_tenant(TenantPolicy(tenant="acme", max_workloads=2))
+    acme = world.client("acme")
+    for name in ("a", "b"):
+        acme.place(WorkloadSpec(name=name, tenant="acme", kind="batch", priority="low"))
+    with pytest.raises(AccessDenied, match="max_workloads"):
+        acme.place(WorkloadSpec(name="c", tenant="acme"))
+    acme.place(WorkloadSpec(name="a", tenant="acme", kind="batch", priority="low", max_workers=2))  # a re-placement
+    with pytest.raises(AccessDenied, match="only a serving workload"):
+        world.client("globex").place(WorkloadSpec(name="web", tenant="globex", max_workers=2), attach="serve:web")
+
+
+def test_an_unforeseen_error_in_a_handler_is_undone_audited_and_told_without_a_trace(world, monkeypatch):
+    from elasticml.errors import SchedulerError
+
+    def boom(*args, **kwargs):  # a bug in a command, half-way through its writes
+        world.store.set_queue(["ghost"])
+        raise KeyError("internal detail")
+
+    monkeypatch.setattr(world.scheduler, "finish", boom)
+    world.client("acme").place(WorkloadSpec(name="a", tenant="acme"))
+    with pytest.raises(SchedulerError, match="finish failed \\(KeyError\\); it was undone") as err:
+        world.client("acme").finish("a")
+    assert "internal detail" not in str(err.value) and "ghost" not in world.store.queue
+    assert world.scheduler.audit.records()[-1]["outcome"] == "error"
+
+
+def test_a_cancelled_caller_does_not_stop_the_committer(world):
+    import threading
+    import time
+
+    from elasticml.scheduler.group_commit import GroupCommit
+
+    committer = GroupCommit(world.store)
+    gate = threading.Event()
+    slow = committer.submit(lambda: gate.wait(5))
+    cancelled = committer.submit(lambda: world.scheduler.status())
+    assert cancelled.cancel()
+    gate.set()
+    slow.result(timeout=10)
+    assert committer.run(lambda: "still here") == "still here"
+    time.sleep(0.1)

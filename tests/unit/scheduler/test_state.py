@@ -381,8 +381,9 @@ def test_a_lost_nodes_interruption_is_tried_again_later_but_a_notice_lasts_until
     s = SchedulerState(CONFIG, str(tmp_path / "l.sqlite"), clock=clock)
     s.place(spec("hold", priority="critical", max_workers=2))
     s.place(spec("b", kind="batch", priority="low", checkpoint_interval_hours=0.1))
-    s.interrupt("cpu_spot", lasts_s=120)  # a spot node of the pool was lost
+    s.interrupt("cpu_spot", lasts_s=120, why="spot node 1234abcd of cpu_spot was lost (unexpected termination)")
     assert s.placement("b").market == "on-demand"
+    assert "was lost (unexpected termination)" in s.explain("b")[-1]["reason"]  # kept as recorded, not patched after
     clock.t += 119
     s.controller_tick()
     assert "cpu_spot" in s.interrupted

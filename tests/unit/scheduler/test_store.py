@@ -313,3 +313,26 @@ def test_a_schema_1_scheduler_folder_keeps_its_trail_verifiable_and_its_key_move
     tip, at = store_tip(folder / "ledger.sqlite")
     assert tip["seq"] >= 3 and Log.verify(folder / "audit.jsonl", key, tip, last_decision_at=at).ok
     assert shell.store.meta("schema_version") == SCHEMA_VERSION
+
+
+def test_a_schema_1_row_that_is_not_a_record_is_set_aside_and_its_tenant_is_not_placed(tmp_path):
+    import sqlite3
+
+    shutil.copy(FIXTURES / "ledger_v1.sqlite", tmp_path / "l.sqlite")
+    db = sqlite3.connect(tmp_path / "l.sqlite")
+    with db:
+        db.execute("UPDATE state SET value = '{\"tenant\": \"acme\", \"budget\": -5}' WHERE key = 'tenant:acme'")
+        db.execute("UPDATE state SET value = 'not json' WHERE key = 'meta:fraud'")
+    db.close()
+    from tests.support.scheduler import Sched
+
+    s = Sched(CONFIG, str(tmp_path / "l.sqlite"))
+    assert "fraud" not in s.specs and "q" in s.specs  # the bad one aside, the rest read
+    assert any(q.startswith("workload fraud") for q in s.store.quarantined)
+    assert "acme" in s.store.quarantined_tenants
+    from elasticml.errors import PlacementRefused
+
+    with pytest.raises(PlacementRefused, match="could not be read"):
+        s.place(WorkloadSpec(name="new", tenant="acme"))
+    s.set_tenant(TenantPolicy(tenant="acme", budget=5.0))  # an admin sets it again
+    assert Sched(CONFIG, str(tmp_path / "l.sqlite")).place(WorkloadSpec(name="new", tenant="acme")) is not None
