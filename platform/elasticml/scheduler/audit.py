@@ -18,9 +18,12 @@ it is a complete record that verifies (only its newline missing), which is kept.
 
 The key (`audit_key_path`) lives apart from the trail and the store: with the credentials,
 or where `ELASTICML_AUDIT_KEY_PATH` says. Whoever can write both the trail and the key can
-rewrite history; an operator who must prove the trail ships it off the host as it grows
-(e.g. `aws s3 cp` to a bucket with S3 Object Lock in compliance mode) and checks copies with
-`elasticml audit verify`.
+rewrite history. Whoever can write the trail and the store, without the key, can still put
+back an earlier trail with the genuine tip it had: `verify` catches that only when the store
+holds decisions after that tip (a changed principal or tenant policy writes none). So an
+operator who must prove the trail ships it off the host as it grows (e.g. `aws s3 cp` to a
+bucket with S3 Object Lock in compliance mode) and checks copies with `elasticml audit verify`:
+a later copy that is shorter than an earlier one is the rollback.
 """
 
 from __future__ import annotations
