@@ -184,6 +184,7 @@ def test_the_cli_speaks_to_the_api_server_with_a_credential_and_no_ray(api, tmp_
 def test_the_dashboard_renders_a_tenants_live_data_and_refreshes_without_a_reload(api, tmp_path):
     """Headless Chromium: the page asks for the credential, shows only the tenant's workloads, costs,
     pools and audit records, and picks up a new placement on its own."""
+    import os
     from io import BytesIO
 
     from tests.support.browser import Browser
@@ -217,9 +218,11 @@ def test_the_dashboard_renders_a_tenants_live_data_and_refreshes_without_a_reloa
     finally:
         browser.close()
     (tmp_path / "dashboard.png").write_bytes(png)
+    if os.environ.get("ELASTICML_KEEP_SCREENSHOT"):
+        Path(os.environ["ELASTICML_KEEP_SCREENSHOT"]).write_bytes(png)
     from PIL import Image
 
     image = Image.open(BytesIO(png)).convert("L")
-    assert image.size == (1280, 1000)
+    assert image.size[0] == 1280 and image.size[1] > 500
     colours = image.getcolors(maxcolors=1 << 16) or []
     assert len(colours) > 20  # text, tables and charts, not a blank page
