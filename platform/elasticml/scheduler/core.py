@@ -73,6 +73,8 @@ class Scheduler:
         self.on_record: Callable[[dict[str, Any]], None] | None = None
         """Told of every decision recorded (the actor's metrics)."""
         store.flush_outbox = self._flush_audit
+        store.batch_undone = self._note_undone
+        self._flushed: tuple[int, int] = (0, 0)
         if incarnation is not None and store.meta("incarnation") not in (None, incarnation):
             self._forget_previous_cluster()
         if incarnation is not None and store.meta("incarnation") != incarnation:
@@ -425,8 +427,18 @@ class Scheduler:
 
     def _flush_audit(self, entries: list[dict[str, Any]]) -> None:
         assert self.audit is not None
+        first = self.audit.seq + 1
         self.audit.append_many(entries)
+        self._flushed = (first, self.audit.seq)
         self.store.set_meta("audit_tip", self.audit.tip())
+
+    def _note_undone(self) -> None:
+        """The trail says so when records it holds belong to a batch that did not commit."""
+        if self.audit is not None:
+            first, last = self._flushed
+            self.audit.append_many([{"at": self.clock(), "who": "scheduler", "action": "undone", "target": None,
+                                     "tenant": None, "outcome": "done",
+                                     "why": f"records {first}-{last} belong to commands that did not commit"}])
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def release(self, w: Workload) -> None:

@@ -93,7 +93,6 @@ class RaySignals:
             node_id = node["NodeID"]
             if node.get("Alive") or node_id in self._seen_dead:
                 continue
-            self._seen_dead.add(node_id)
             node_type = node.get("Labels", {}).get(L.NODE_TYPE)
             reason = LOST_REASONS.get(int(node.get("DeathReason", 0) or 0))
             if node_type in spot_pools and reason:
@@ -102,6 +101,8 @@ class RaySignals:
                     out += self.s.interrupt(node_type, lasts_s=LOST_NODE_HOLD_S, why=why)["decisions"]
                     self.s.note_event({"at": self.s.clock(), "event": "spot node lost", "node_id": node_id,
                                        "node_type": node_type, "why": reason})
+            # Marked seen once its command is done: a failed one is looked at again at the next tick.
+            self._seen_dead.add(node_id)
         return out
 
 

@@ -171,6 +171,8 @@ class Store:
         """Audit entries of the open batch's commands, flushed to the trail just before it commits."""
         self.flush_outbox: Callable[[list[dict[str, Any]]], None] = lambda records: None
         """Appends a batch's audit entries to the trail (and records its tip), inside the batch."""
+        self.batch_undone: Callable[[], None] = lambda: None
+        """Told when a batch whose audit entries were already appended did not commit."""
         self.quarantined: list[str] = []
         """Records the file holds that failed their checks when read (name: why)."""
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -236,6 +238,7 @@ class Store:
         answered, before the batch has left this block."""
         self.db.execute("BEGIN IMMEDIATE")
         self._in_batch = True
+        flushed = False
         try:
             yield
             self._in_batch = False
@@ -245,6 +248,7 @@ class Store:
             if self.outbox:
                 records, self.outbox = self.outbox, []
                 self.flush_outbox(records)
+                flushed = True
             self._fault("COMMIT")
             self.db.execute("COMMIT")
         except BaseException:
@@ -252,6 +256,8 @@ class Store:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             self._reload_after_failure()  # memory back to what the file holds
+            if flushed:
+                self.batch_undone()
             raise
         finally:
             self._in_batch = False

@@ -336,3 +336,22 @@ def test_a_schema_1_row_that_is_not_a_record_is_set_aside_and_its_tenant_is_not_
         s.place(WorkloadSpec(name="new", tenant="acme"))
     s.set_tenant(TenantPolicy(tenant="acme", budget=5.0))  # an admin sets it again
     assert Sched(CONFIG, str(tmp_path / "l.sqlite")).place(WorkloadSpec(name="new", tenant="acme")) is not None
+
+
+def test_a_batch_that_fails_after_its_records_were_written_says_so_in_the_trail(tmp_path):
+    shell = open_at(tmp_path)
+
+    def fail_commit(sql: str) -> None:
+        if sql == "COMMIT":
+            raise OSError("disk gone at the commit")
+
+    shell.store._on_write = fail_commit
+    with pytest.raises(OSError):
+        shell.scheduler.place(WorkloadSpec(name="lost", tenant="t"))
+    shell.store._on_write = None
+    assert "lost" not in shell.store.workloads
+    records = shell.scheduler.audit.records()
+    assert records[-1]["action"] == "undone" and records[-2]["target"] == "lost"
+    shell.scheduler.place(WorkloadSpec(name="kept", tenant="t"))
+    tip, last = store_tip(tmp_path / "ledger.sqlite")
+    assert AuditLog.verify(tmp_path / "audit.jsonl", shell.scheduler.audit.key, tip, last_decision_at=last).ok
