@@ -89,11 +89,25 @@ class Controller:
                     out += self.s.clear_interruption(node_type)
             self._record_pool_availability()
             out += self._reconcile()
+            out += self._hold_to_budgets(now)
             for name in sorted(self.store.workloads):
                 if self.store.workloads[name].stepper is not None:
                     out += self._steer(name, now)
             out += self.s.rebalance()
             return out
+
+    def _hold_to_budgets(self, now: float) -> list[dict[str, Any]]:
+        """A tenant whose spend has reached its budget has its running work paused: a placement is
+        checked against what it is expected to cost, and an expectation can be too low."""
+        spend = self.store.ledger.spend_by_tenant(now=now)
+        over = {t for t, p in self.store.tenants.items() if p.budget is not None and spend.get(t, 0.0) >= p.budget}
+        if not over:
+            return []
+        decisions = [Decision(workload=n, action="pause",
+                              reason=f"over budget: tenant {w.spec.tenant} has spent ${spend[w.spec.tenant]:.2f} of "
+                                     f"${self.store.tenants[w.spec.tenant].budget:.2f}; paused until an admin raises it")
+                     for n, w in sorted(self.store.workloads.items()) if w.spec.tenant in over and w.allocations]
+        return self.s.apply(decisions)
 
     def steered(self, spec: WorkloadSpec) -> bool:
         return spec.kind != "serving" and spec.deadline_hours is not None and spec.checkpoint_interval_hours is not None \

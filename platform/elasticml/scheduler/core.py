@@ -241,6 +241,11 @@ class Scheduler:
             raise ConfigError(f"expected a TenantPolicy, got {type(policy).__name__}", field="policy")
         with self.command():
             self.store.put_tenant(policy)
+            # Work paused when the tenant's budget ran out is placed again under the new policy.
+            paused = [w.spec for w in self.store.workloads.values()
+                      if w.spec.tenant == policy.tenant and w.state == "paused" and w.stepper is None]
+            if paused:
+                self.apply(place(self.snapshot(), paused, self.running_specs(), self.tenants))
 
     def finish(self, name: str) -> None:
         """The workload is done: close its intervals, then give its room to the queue and to cheaper moves."""

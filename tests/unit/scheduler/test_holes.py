@@ -298,3 +298,23 @@ def test_a_cancelled_caller_does_not_stop_the_committer(world):
     slow.result(timeout=10)
     assert committer.run(lambda: "still here") == "still here"
     time.sleep(0.1)
+
+
+def test_a_tenant_that_understates_its_hours_is_paused_when_its_budget_is_spent(tmp_path):
+    """A placement's budget check trusts expected_hours; the controller holds the tenant to what it spent."""
+    from tests.support.scheduler import Sched
+
+    clock = Clock(1_000_000.0)
+    s = Sched(CONFIG, str(tmp_path / "l.sqlite"), clock=clock)
+    s.set_tenant(TenantPolicy(tenant="acme", budget=0.01))
+    placed = s.place(WorkloadSpec(name="w", tenant="acme", max_workers=2, expected_hours=1e-6))
+    assert placed.placed  # expected to cost nothing
+    clock.t += 3600
+    s.controller_tick()
+    assert s.placement("w").state == "paused" and "over budget" in s.placement("w").reason
+    spent = s.cost_report()["total"]["cost"]
+    clock.t += 36_000
+    s.controller_tick()
+    assert s.cost_report()["total"]["cost"] == pytest.approx(spent)  # nothing charged while paused
+    s.set_tenant(TenantPolicy(tenant="acme", budget=100.0))  # an admin raises it: the work goes on
+    assert s.placement("w").placed
