@@ -328,11 +328,20 @@ def _echo_placement(p) -> None:  # type: ignore[no-untyped-def]
 @click.option("--live-prices", "live_prices_s", type=float, default=None,
               help="Refresh spot prices and placement scores from EC2 every this many seconds (AWS clusters; "
                    "$ELASTICML_EC2_ENDPOINT for another endpoint).")
+@click.option("--api-host", default="127.0.0.1", show_default=True,
+              help="Where the API server listens; beyond loopback it needs a certificate (HTTPS only).")
+@click.option("--api-port", type=click.IntRange(0, 65535), default=0, help="[default: a free port]")
+@click.option("--api-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="The API server's certificate [default beyond loopback: the node's Ray TLS certificate, "
+                   "$RAY_TLS_SERVER_CERT].")
+@click.option("--api-key", "api_key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="Its private key [default beyond loopback: $RAY_TLS_SERVER_KEY].")
 @_name_option
 @_address_option
 @_json_option
 def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_seconds: float | None,
-                    seconds_per_hour: float | None, spot_market: Path | None, live_prices_s: float | None, name: str,
+                    seconds_per_hour: float | None, spot_market: Path | None, live_prices_s: float | None,
+                    api_host: str, api_port: int, api_cert: Path | None, api_key: Path | None, name: str,
                     address: str | None, as_json: bool) -> None:
     """Create the cluster's scheduler (once per cluster; `cluster up` does it for local clusters)."""
     from dataclasses import replace
@@ -363,7 +372,14 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
         start_driver(spot_market.resolve(), [p["node_type"] for p in st["pools"] if p["market"] == "spot"])
     from elasticml.api.actor import start_api_server
 
-    url = start_api_server()  # tenants' way in, with their own credential (127.0.0.1 here)
+    import os
+
+    if api_host not in ("127.0.0.1", "localhost"):  # the node's certificate from the cluster's CA, by default
+        api_cert = api_cert or (Path(os.environ["RAY_TLS_SERVER_CERT"]) if os.environ.get("RAY_TLS_SERVER_CERT") else None)
+        api_key = api_key or (Path(os.environ["RAY_TLS_SERVER_KEY"]) if os.environ.get("RAY_TLS_SERVER_KEY") else None)
+    # Tenants' way in, with their own credential.
+    url = start_api_server(host=api_host, port=api_port, tls_cert=str(api_cert) if api_cert else None,
+                           tls_key=str(api_key) if api_key else None)
     if _emit(as_json, {"cluster": st["cluster"], "config": st["config"], "api_url": url,
                        "pools": [{"node_type": p["node_type"], "market": p["market"]} for p in st["pools"]]}):
         return

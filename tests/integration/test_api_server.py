@@ -226,3 +226,36 @@ def test_the_dashboard_renders_a_tenants_live_data_and_refreshes_without_a_reloa
     assert image.size[0] == 1280 and image.size[1] > 500
     colours = image.getcolors(maxcolors=1 << 16) or []
     assert len(colours) > 20  # text, tables and charts, not a blank page
+
+
+def test_beyond_loopback_the_server_speaks_https_with_the_clusters_certificate(api, tmp_path):
+    import uvicorn
+
+    from elasticml.provision.tls import make_ca, make_node_cert
+
+    make_ca(tmp_path / "ca", "api-test")
+    make_node_cert(tmp_path / "ca", tmp_path / "node", ips=["127.0.0.1"], names=["localhost"])
+    shell = api["shell"]
+    committer = GroupCommit(shell.store)
+    app = build_app(lambda token, route, fields: committer.run(lambda: shell.door.call(token, route, fields)))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           ssl_certfile=str(tmp_path / "node" / "node.crt"),
+                                           ssl_keyfile=str(tmp_path / "node" / "node.key")))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        secure = SchedulerClient(HttpTransport(f"https://127.0.0.1:{port}", api["files"]["acme"],
+                                               verify=str(tmp_path / "ca" / "ca.crt")))
+        assert secure.whoami() == {"name": "acme", "role": "tenant"}
+        from elasticml.errors import SchedulerNotRunning
+
+        with pytest.raises(SchedulerNotRunning):  # a certificate not from the cluster's CA is not trusted
+            SchedulerClient(HttpTransport(f"https://127.0.0.1:{port}", api["files"]["acme"])).whoami()
+        with pytest.raises(ConfigError, match="https://"):
+            HttpTransport("http://10.0.0.5:8443", api["files"]["acme"])  # a credential never goes in clear off the host
+    finally:
+        server.should_exit = True

@@ -40,7 +40,8 @@ def configured_client():  # type: ignore[no-untyped-def]
     if not credential:
         raise ConfigError(f"an endpoint needs a credential file: `elasticml login` or ${CREDENTIAL_ENV}",
                           field="credential")
-    return SchedulerClient(HttpTransport(str(endpoint), str(credential)))
+    # A server beyond loopback speaks HTTPS with a certificate from the cluster's CA: $ELASTICML_CA_CERT names it.
+    return SchedulerClient(HttpTransport(str(endpoint), str(credential), verify=os.environ.get("ELASTICML_CA_CERT") or True))
 
 
 @click.command("login")

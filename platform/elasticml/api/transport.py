@@ -31,6 +31,10 @@ class HttpTransport:
             raise ConfigError("must be https://, or http:// on loopback only", field="endpoint")
         self.endpoint = endpoint.rstrip("/")
         self._token = read_credential(credential)
+        if isinstance(verify, str):  # the cluster's CA certificate
+            import ssl
+
+            verify = ssl.create_default_context(cafile=verify)  # type: ignore[assignment]
         self._http = httpx.Client(timeout=timeout_s, verify=verify)
 
     def __call__(self, route: str, args: dict[str, Any], *, wait: bool = True) -> Any:
