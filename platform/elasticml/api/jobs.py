@@ -123,12 +123,29 @@ def _redacted(text: str) -> str:
 
 
 def server_jobs(folder: Path | None = None) -> Jobs:
-    """The API server's jobs, through the Ray dashboard's job API on the head (with the Ray token)."""
-    import ray
-    from ray.job_submission import JobSubmissionClient
-
+    """The API server's jobs, through the Ray dashboard's job API on the head (with the Ray token).
+    The dashboard's address is read from the GCS when the first job call comes, so the server starts
+    even while the dashboard does not answer yet."""
     from elasticml.home import home
 
-    url = ray._private.worker.get_dashboard_url()
-    url = url if url.startswith("http") else f"http://{url}"
-    return Jobs(folder or home() / "api" / "jobs", JobSubmissionClient(url))
+    return Jobs(folder or home() / "api" / "jobs", _LazyJobClient())
+
+
+class _LazyJobClient:
+    def __init__(self) -> None:
+        self._client: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            from ray._private import ray_constants
+            from ray.experimental.internal_kv import _internal_kv_get
+            from ray.job_submission import JobSubmissionClient
+
+            address = _internal_kv_get(ray_constants.DASHBOARD_ADDRESS, namespace=ray_constants.KV_NAMESPACE_DASHBOARD)
+            if not address:
+                from elasticml.errors import SchedulerError
+
+                raise SchedulerError("the cluster's dashboard (its job API) is not up yet; try again")
+            url = address.decode() if isinstance(address, bytes) else str(address)
+            self._client = JobSubmissionClient(url if url.startswith("http") else f"http://{url}")
+        return getattr(self._client, name)
