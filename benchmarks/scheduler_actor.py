@@ -10,7 +10,7 @@ What ships, side by side in one run, the three sides interleaved over `--rounds`
   store, without Ray (the ratio actor / in-process is Ray's share);
 - one at a time: one caller through the door in process (a commit and a trail fsync each);
 - api: the same callers over HTTP on loopback through the API server (an actor on the head,
-  default rate limits on), which calls the actor's door with each caller's credential.
+  default rate limits on: 200 requests/s a credential), each caller with its own credential.
 Every request is a placement or a finish; a placement refused (a budget) or queued is an
 answer too and is counted apart. Latency is per request, from submit to answer.
 """
@@ -53,14 +53,17 @@ def workload(i: int) -> WorkloadSpec:
                         min_workers=1, max_workers=1 + i % 2, checkpoint_interval_hours=0.5 if i % 2 else None)
 
 
-def run_callers(client: SchedulerClient, first: int, n: int, callers: int) -> dict[str, Any]:
-    """n placements (each followed later by its finish) from `callers` threads; latencies and verdicts."""
+def run_callers(client: SchedulerClient | list[SchedulerClient], first: int, n: int, callers: int) -> dict[str, Any]:
+    """n placements (each followed later by its finish) from `callers` threads (each its own client when
+    given a list); latencies and verdicts."""
+    clients = client if isinstance(client, list) else [client] * callers
     lat: list[float] = []
     verdicts = {"placed": 0, "queued": 0, "refused": 0}
     lock = threading.Lock()
     per = n // callers
 
     def caller(c: int) -> None:
+        client = clients[c]
         mine, seen = [], {"placed": 0, "queued": 0, "refused": 0}
         for k in range(per):
             i = first + c * per + k
@@ -123,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     single = SchedulerClient(lambda route, wire_args, wait=True: shell.door.call(token, route, wire_args))
     from elasticml.api.actor import start_api_server
     from elasticml.api.transport import HttpTransport
-    from elasticml.scheduler.identity import credentials_dir
 
-    over_http = SchedulerClient(HttpTransport(start_api_server(), credentials_dir(config.name) / "admin"))
+    url = start_api_server()
+    over_http = []  # one credential a caller, as many operators or tenants would be (each has its own limit)
+    for c in range(args.in_flight):
+        file = actor.add_principal(f"bench-{c}", "admin", tmp / "creds" / f"bench-{c}")
+        over_http.append(SchedulerClient(HttpTransport(url, file)))
     sides = {"actor": (actor, args.in_flight), "in_process": (grouped, args.in_flight), "one_at_a_time": (single, 1),
              "api": (over_http, args.in_flight)}
     for client, callers in sides.values():  # warm-up
