@@ -246,10 +246,8 @@ class Controller:
             self.store.ledger.close(name, at=now)
             for node_type, (workers, nodes) in sorted(seen.items()):
                 pool = pools[node_type]
-                od = nodes * self.s.catalog.hourly(pool.instance_type, "on-demand", pool.region)
-                self.store.ledger.open(workload=name, tenant=w.spec.tenant, node_type=node_type, market=pool.market,
-                                       workers=workers, nodes=nodes, hourly_cost=nodes * pool.hourly_price,
-                                       on_demand_hourly_cost=od, at=now)
+                self.s.open_interval(name, w.spec.tenant, pool, workers=workers, nodes=nodes,
+                                     hourly_cost=nodes * pool.hourly_price, at=now)
             where = ", ".join(f"{n}x {t}" for t, (n, _) in sorted(seen.items())) or "nowhere"
             out.append(self.s.record(name, {"action": "charge", "reason": f"Ray runs its workers on {where}",
                                             "observed": {t: n for t, (n, _) in seen.items()}}))

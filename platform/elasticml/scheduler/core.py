@@ -390,11 +390,16 @@ class Scheduler:
         """Open ledger intervals for what the scheduler gave the workload."""
         pools = {p.node_type: p for p in self._base_pools}
         for a in allocations:
-            pool = pools[a.node_type]
-            od = a.nodes * self.catalog.hourly(pool.instance_type, "on-demand", pool.region)
-            self.store.ledger.open(workload=a.workload, tenant=spec.tenant, node_type=a.node_type, market=a.market,
-                                   workers=a.workers, nodes=a.nodes, hourly_cost=a.hourly_cost,
-                                   on_demand_hourly_cost=od, at=self.clock())
+            self.open_interval(a.workload, spec.tenant, pools[a.node_type], workers=a.workers, nodes=a.nodes,
+                               hourly_cost=a.hourly_cost)
+
+    def open_interval(self, name: str, tenant: str, pool: Pool, *, workers: int, nodes: int, hourly_cost: float,
+                      at: float | None = None) -> None:
+        """One ledger interval from `at` (now), with what the same nodes would cost on demand beside it."""
+        od = nodes * self.catalog.hourly(pool.instance_type, "on-demand", pool.region)
+        self.store.ledger.open(workload=name, tenant=tenant, node_type=pool.node_type, market=pool.market,
+                               workers=workers, nodes=nodes, hourly_cost=hourly_cost, on_demand_hourly_cost=od,
+                               at=self.clock() if at is None else at)
 
     def record(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
         record = {**record, "at": self.clock()}
