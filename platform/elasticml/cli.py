@@ -947,9 +947,10 @@ def demo_cmd(steps: int, clean: bool) -> None:
 
 
 def _add_api_commands() -> None:
-    from elasticml.api.cli import api, jobs, login
+    from elasticml.api.cli import api, apps, jobs, login
 
     main.add_command(api)
+    main.add_command(apps)
     main.add_command(jobs)
     main.add_command(login)
 

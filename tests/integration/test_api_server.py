@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from elasticml.api.apps import Apps
+from elasticml.api.jobs import Jobs
 from elasticml.api.server import build_app
 from elasticml.api.transport import HttpTransport
 from elasticml.cluster.config import load_cluster_spec
@@ -23,6 +25,8 @@ from elasticml.scheduler.principals import add_principal
 from elasticml.scheduler.requests import ROUTES
 from elasticml.scheduler.shell import open_shell
 from elasticml.scheduler.spec import TenantPolicy, WorkloadSpec
+
+from tests.support.api_fakes import FakeJobClient, RecordingServe, built
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -46,8 +50,13 @@ def api(tmp_path_factory):
         add_principal(shell.scheduler, n, "tenant", digest(tokens[n]))
     committer = GroupCommit(shell.store)
     now = {"t": 0.0}  # the rate limiter's clock: a flood is a flood however slow this machine is
-    app = build_app(lambda token, route, fields: committer.run(lambda: shell.door.call(token, route, fields)),
-                    rate_per_s=20.0, burst=60.0, clock=lambda: now["t"])
+    call = lambda token, route, fields: committer.run(lambda: shell.door.call(token, route, fields))  # noqa: E731
+    # Jobs and apps over HTTP: what Ray's job API and Serve were asked is recorded (both run for real in
+    # test_scheduler_cluster.py); here the server's answers to hostile bodies are the subject.
+    jobs = Jobs(tmp / "api" / "jobs", FakeJobClient())
+    apps = Apps(tmp / "api", RecordingServe(), jobs, lambda token: SchedulerClient(
+        lambda route, fields, wait=True: call(token, route, fields)), build=built)
+    app = build_app(call, jobs=jobs, apps=apps, rate_per_s=20.0, burst=60.0, clock=lambda: now["t"])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
@@ -134,6 +143,15 @@ def test_a_hostile_tenant_gets_a_4xx_with_a_reason_for_everything_and_the_server
         (post(api, "place", None, content=b"x" * (70 * 1024)), 413, "at most"),
         (post(api, "add_principal", {"name": "mallory", "role": "admin", "credential_digest": "0" * 64}), 403, "admin"),
         (post(api, "no_such_call", {}), 404, "no such route"),
+        (post(api, "jobs/submit", {"config": {"data": "/d", "storage_path": "/r", "model": "evil:m"}}), 400, "config.model"),
+        (post(api, "jobs/status", {"submission_id": "globex-x-00000000"}), 403, "no job of this tenant"),
+        (post(api, "apps/deploy", {"config": {"checkpoint": "/home/globex/run"}}), 400, "config.checkpoint"),
+        (post(api, "apps/deploy", {"config": {"checkpoint": "s3://b/x", "env_vars": {"A": "b"}}}), 400, "config.env_vars"),
+        (post(api, "apps/deploy", {"config": {"checkpoint": "s3://b/x", "max_batch_size": 10**400}}), 400, "max_batch_size"),
+        (post(api, "apps/deploy", {"config": {"checkpoint": "job:globex-run-0badf00d"}}), 403, "no job of this tenant"),
+        (post(api, "apps/keys/mint", {"app": "globex-app"}), 403, "no app of that name"),
+        (post(api, "apps/keys/revoke", {"app": "../x", "key_id": "k00000000"}), 400, "app"),
+        (post(api, "apps/status", [1]), 400, "body"),
         (httpx.get(f"{api['url']}/v1/status"), 405, "POST"),
     ]
     for reply, status, words in cases:

@@ -182,9 +182,12 @@ def test_a_tenant_without_the_ray_token_works_through_the_api_server_and_cannot_
 
 def test_a_tenant_trains_through_the_api_server_with_only_its_credential(sched, local_cluster, corpus, tmp_path):
     """A tenant with no Ray token submits a training job through the server, follows it to the end,
-    reads its logs, placement and costs; another tenant sees none of it."""
+    reads its logs, placement and costs, serves the model with a key of its own, revokes the key and
+    deletes the app; another tenant sees none of it."""
     import os
     import time
+
+    import httpx
 
     from elasticml.api.transport import HttpTransport
     from elasticml.errors import AccessDenied, ConfigError
@@ -227,6 +230,35 @@ def test_a_tenant_trains_through_the_api_server_with_only_its_credential(sched, 
             piper.post(f"jobs/{op}", {"submission_id": job["submission_id"]})
     assert piper.post("jobs/list", {}) == [] and [j["submission_id"] for j in hooli.post("jobs/list", {})] == [
         job["submission_id"]]
+
+    # It serves what it trained: deployed, keyed and queried through the server, as hooli.
+    (tmp_path / "serve.yaml").write_text(dump_yaml({"name": "tiny-chat", "precision": "fp32", "cache_size": 0}))
+    with pytest.raises(AccessDenied, match="no job of this tenant"):
+        piper.post("apps/deploy", {"config": {"name": "steal", "checkpoint": f"job:{job['submission_id']}"}})
+    out = subprocess.run([ELASTICML, "apps", "deploy", str(tmp_path / "serve.yaml"), "--job", job["submission_id"]],
+                         capture_output=True, text=True, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["route_prefix"] == "/hooli/tiny-chat"
+    out = subprocess.run([ELASTICML, "apps", "keys", "mint", "tiny-chat"], capture_output=True, text=True, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    key = json.loads(out.stdout)
+    assert hooli.post("apps/status", {"app": "tiny-chat"})["status"] == "RUNNING"  # mint answers once the keyed build serves
+    endpoint = "http://127.0.0.1:8000/hooli/tiny-chat/v1/completions"
+    query = {"prompt": "def f(", "max_tokens": 4}
+    answer = httpx.post(endpoint, json=query, headers={"Authorization": f"Bearer {key['key']}"}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["model_step"] == 6, answer.text
+    assert httpx.post(endpoint, json=query, timeout=60).status_code == 401
+    with pytest.raises(AccessDenied, match="no app of that name"):
+        piper.post("apps/keys/mint", {"app": "tiny-chat"})
+    assert piper.post("apps/list", {}) == [] and "hooli" not in json.dumps(piper.post("audit_records", {"limit": 100}))
+    hooli.post("apps/keys/revoke", {"app": "tiny-chat", "key_id": key["key_id"]})
+    assert httpx.post(endpoint, json=query, headers={"X-API-Key": key["key"]}, timeout=60).status_code == 401
+    trail = hooli.post("audit_records", {"limit": 100})
+    assert sum(r.get("action") == "deploy" and "tiny-chat" in json.dumps(r) for r in trail) >= 3, trail[-5:]
+    while "hooli/tiny-chat" not in {r["key"] for r in hooli.post("cost_report", {})["workload"]}:
+        assert time.monotonic() < deadline + 120, "the app's replicas were never charged to hooli"
+        time.sleep(1)
+    assert hooli.post("apps/delete", {"app": "tiny-chat"})["deleted"] and hooli.post("apps/list", {}) == []
 
 
 def test_actor_killed_and_restarted_loses_nothing(sched):

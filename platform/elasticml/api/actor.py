@@ -21,12 +21,11 @@ class ApiServerActor:
     def __init__(self, host: str, port: int, tls_cert: str | None, tls_key: str | None) -> None:
         import uvicorn
 
-        from elasticml.api.jobs import server_jobs
-        from elasticml.api.server import build_app, ray_call
+        from elasticml.api.server import cluster_app
 
         scheme = "https" if tls_cert else "http"
         self.url = f"{scheme}://{'127.0.0.1' if host in ('127.0.0.1', 'localhost') else host}:{port}"
-        config = uvicorn.Config(build_app(ray_call(), jobs=server_jobs()), host=host, port=port, log_level="warning",
+        config = uvicorn.Config(cluster_app(), host=host, port=port, log_level="warning",
                                 ssl_certfile=tls_cert, ssl_keyfile=tls_key)
         self.server = uvicorn.Server(config)
         threading.Thread(target=self.server.run, daemon=True, name="api-server").start()

@@ -70,14 +70,14 @@ def api() -> None:
 @click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
 @click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
 def serve(host: str, port: int, address: str | None, tls_cert: Path | None, tls_key: Path | None) -> None:
-    """Serve the scheduler's door over HTTP (HTTPS beyond loopback)."""
+    """Serve the scheduler's door, tenants' jobs and apps over HTTP (HTTPS beyond loopback)."""
     import uvicorn
 
-    from elasticml.api.server import build_app, ray_call
+    from elasticml.api.server import cluster_app
 
     if host not in ("127.0.0.1", "localhost", "::1") and not (tls_cert and tls_key):
         raise ConfigError("beyond loopback the server speaks HTTPS only: pass --tls-cert and --tls-key", field="host")
-    uvicorn.run(build_app(ray_call(address)), host=host, port=port, log_level="warning",
+    uvicorn.run(cluster_app(address), host=host, port=port, log_level="warning",
                 ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
 
 
@@ -129,3 +129,71 @@ def jobs_stop(submission_id: str) -> None:
 @jobs.command("list")
 def jobs_list() -> None:
     click.echo(json.dumps(_jobs_transport().post("jobs/list", {})))
+
+
+@click.group("apps")
+def apps() -> None:
+    """Your Serve apps and their API keys, through the API server with your credential (no Ray token)."""
+
+
+@apps.command("deploy")
+@click.argument("config_file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--job", "job", default=None,
+              help="Serve the newest checkpoint of this job of yours (its submission id); sets `checkpoint`.")
+def apps_deploy(config_file: Path, job: str | None) -> None:
+    """Deploy or update an app from CONFIG_FILE (a ServeConfig YAML: name, checkpoint, preset...)."""
+    from elasticml.yamlio import load_yaml
+
+    config = load_yaml(config_file, source=str(config_file))
+    if not isinstance(config, dict):
+        raise ConfigError("must be a mapping of ServeConfig fields", field="config")
+    if job is not None:
+        config["checkpoint"] = f"job:{job}"
+    click.echo(json.dumps(_jobs_transport().post("apps/deploy", {"config": config})))
+
+
+@apps.command("status")
+@click.argument("app")
+def apps_status(app: str) -> None:
+    """APP's Serve status, route and number of keys."""
+    click.echo(json.dumps(_jobs_transport().post("apps/status", {"app": app})))
+
+
+@apps.command("list")
+def apps_list() -> None:
+    """Your apps."""
+    click.echo(json.dumps(_jobs_transport().post("apps/list", {})))
+
+
+@apps.command("delete")
+@click.argument("app")
+def apps_delete(app: str) -> None:
+    """Delete APP (its keys go with it)."""
+    click.echo(json.dumps(_jobs_transport().post("apps/delete", {"app": app})))
+
+
+@apps.group("keys")
+def apps_keys() -> None:
+    """APP's API keys: the server keeps their digests; a key is shown once, when minted."""
+
+
+@apps_keys.command("mint")
+@click.argument("app")
+def keys_mint(app: str) -> None:
+    """A new key for APP (printed once, as JSON); it works once this answers."""
+    click.echo(json.dumps(_jobs_transport().post("apps/keys/mint", {"app": app})))
+
+
+@apps_keys.command("list")
+@click.argument("app")
+def keys_list(app: str) -> None:
+    """APP's key ids and when each was minted."""
+    click.echo(json.dumps(_jobs_transport().post("apps/keys/list", {"app": app})))
+
+
+@apps_keys.command("revoke")
+@click.argument("app")
+@click.argument("key_id")
+def keys_revoke(app: str, key_id: str) -> None:
+    """Revoke KEY_ID of APP; it is refused once this answers."""
+    click.echo(json.dumps(_jobs_transport().post("apps/keys/revoke", {"app": app, "key_id": key_id})))

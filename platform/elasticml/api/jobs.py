@@ -87,6 +87,18 @@ class Jobs:
                                "no job of this tenant has that id")
         return str(job_id)
 
+    def run_dir(self, who: dict[str, str], body: Any) -> str:
+        """Where the caller's own job writes its checkpoints (what `latest:` reads)."""
+        from elasticml.yamlio import load_yaml
+
+        job_id = self._own(who, body)
+        config_file = self.folder / job_id / "config.yaml"
+        if not config_file.is_file():  # a job of this tenant's that the server did not submit
+            raise ConfigError(f"job {job_id} was not submitted through this server", field="submission_id")
+        config = load_yaml(config_file, source=str(config_file))
+        storage, run = str(config["storage_path"]), str(config["run_name"])
+        return f"{storage.rstrip('/')}/{run}" if "://" in storage else str(Path(storage) / run)
+
     def status(self, who: dict[str, str], body: Any) -> dict[str, Any]:
         job_id = self._own(who, body)
         info = self.client.get_job_info(job_id)

@@ -102,7 +102,25 @@ def status_of(exc: ElasticMLError) -> tuple[int, str]:
     return 400, type(exc).__name__
 
 
-def build_app(call: Call, *, jobs: Any = None, rate_per_s: float = 200.0, burst: float = 400.0, per_address_per_s: float = 2000.0,
+SERVER_ROUTES: dict[str, tuple[str, str, bool, str]] = {
+    "jobs/submit": ("jobs", "submit", True, "submit a training job of the platform's entrypoint"),
+    "jobs/status": ("jobs", "status", False, "a job's status"),
+    "jobs/logs": ("jobs", "logs", False, "a job's logs, credentials redacted"),
+    "jobs/stop": ("jobs", "stop", False, "stop a job"),
+    "jobs/list": ("jobs", "list", False, "the caller's jobs"),
+    "apps/deploy": ("apps", "deploy", True, "deploy or update a Serve app from a ServeConfig"),
+    "apps/status": ("apps", "status", False, "an app's Serve status and route"),
+    "apps/list": ("apps", "list", False, "the caller's apps"),
+    "apps/delete": ("apps", "delete", True, "delete an app"),
+    "apps/keys/mint": ("apps", "mint_key", True, "a new API key for an app, shown once"),
+    "apps/keys/list": ("apps", "list_keys", False, "an app's key ids"),
+    "apps/keys/revoke": ("apps", "revoke_key", True, "revoke an app's key"),
+}
+"""The server's own routes (beyond the door's): path -> (jobs or apps, its method, whether the method
+takes the caller's credential to act as it, summary). Each runs after the door has named the caller."""
+
+
+def build_app(call: Call, *, jobs: Any = None, apps: Any = None, rate_per_s: float = 200.0, burst: float = 400.0, per_address_per_s: float = 2000.0,
               clock: Callable[[], float] = time.monotonic) -> FastAPI:
     app = FastAPI(title="elasticml", version="1", description=__doc__, docs_url=None, redoc_url=None)
     per_credential = Limiter(rate_per_s, burst, clock)
@@ -173,19 +191,19 @@ def build_app(call: Call, *, jobs: Any = None, rate_per_s: float = 200.0, burst:
                 "security": [{"bearer": []}]},
         )
 
-    if jobs is not None:
-        def as_caller(op: str) -> Callable[[str, Any], Any]:
-            def handle(token: str, body: Any) -> Any:
-                who = call(token, "whoami", {})  # the door verifies the credential (and audits a refusal)
-                if op == "submit":
-                    return jobs.submit(who, token, body)
-                return getattr(jobs, op)(who, body)
-            return handle
+    def as_caller(handle: Callable[..., Any], needs_token: bool) -> Callable[[str, Any], Any]:
+        def run(token: str, body: Any) -> Any:
+            who = call(token, "whoami", {})  # the door verifies the credential (and audits a refusal)
+            return handle(who, token, body) if needs_token else handle(who, body)
+        return run
 
-        for op in ("submit", "status", "logs", "stop", "list"):
-            app.add_api_route(f"/v1/jobs/{op}", endpoint_for(f"jobs/{op}", as_caller(op)), methods=["POST"],
-                              name=f"jobs_{op}", summary=f"a tenant's training jobs: {op}",
-                              openapi_extra={"security": [{"bearer": []}]})
+    for path, (owner, method, needs_token, summary) in SERVER_ROUTES.items():
+        target = {"jobs": jobs, "apps": apps}[owner]
+        if target is None:
+            continue
+        app.add_api_route(f"/v1/{path}", endpoint_for(path, as_caller(getattr(target, method), needs_token)),
+                          methods=["POST"], name=path.replace("/", "_"), summary=summary,
+                          openapi_extra={"security": [{"bearer": []}]})
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -200,6 +218,16 @@ def build_app(call: Call, *, jobs: Any = None, rate_per_s: float = 200.0, burst:
         return error(500, "InternalError", "the server failed; its log has the details")
 
     return app
+
+
+def cluster_app(address: str | None = None) -> FastAPI:
+    """The server of a Ray cluster (this process's, or the one at `address`): the door over Ray, the
+    tenants' jobs and apps."""
+    from elasticml.api.apps import server_apps
+    from elasticml.api.jobs import server_jobs
+
+    call, jobs = ray_call(address), server_jobs()
+    return build_app(call, jobs=jobs, apps=server_apps(jobs, call))
 
 
 def ray_call(address: str | None = None) -> Call:

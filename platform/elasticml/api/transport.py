@@ -26,7 +26,7 @@ MAX_RETRIES_429 = 5
 
 class HttpTransport:
     def __init__(self, endpoint: str, credential: str | Path, *, verify: str | bool = True,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 120.0) -> None:
         if not endpoint.startswith(("https://", "http://127.0.0.1", "http://localhost", "http://[::1]")):
             raise ConfigError("must be https://, or http:// on loopback only", field="endpoint")
         self.endpoint = endpoint.rstrip("/")

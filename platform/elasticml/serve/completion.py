@@ -348,11 +348,12 @@ def build_app(args: dict[str, Any]) -> Application:
 
 
 def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer", backend: bool = False,
-                     version: str | None = None) -> Application:
+                     version: str | None = None, sched: "SchedulerClient | None" = None) -> Application:
     """build_app's work; with backend=True a handle-only ModelBackend (for a router in front of it).
 
     `version`: Serve's code version for the replicas. A redeploy with the same one keeps them running;
-    without one, Serve draws a new version at every deploy and restarts them all."""
+    without one, Serve draws a new version at every deploy and restarts them all. `sched`: the scheduler
+    as whoever builds it (the API server passes the tenant's); default: this process's principal."""
     from ray.serve.config import BackpressureConfig
 
     from elasticml.serve.audit import record_deployment, scheduler_or_none
@@ -361,7 +362,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
     cfg = ServeConfig.from_dict(dict(args), source="completion app args")
     if cfg.autoscaling not in ("reactive", "predictive"):
         check_policy(cfg.autoscaling)
-    sched = scheduler_or_none()
+    sched = sched or scheduler_or_none()
     creds = tenant_storage(cfg.tenant, [cfg.checkpoint], sched)
     cfg = dataclasses.replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))
     if cfg.api_keys_file is not None:  # read here, on the head: replicas get the digests, not the file

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -13,40 +12,7 @@ from elasticml.api.jobs import Jobs
 from elasticml.errors import AccessDenied, ConfigError
 from elasticml.yamlio import load_yaml
 
-
-@dataclass
-class Info:
-    submission_id: str
-    metadata: dict
-    status: str = "RUNNING"
-    message: str = ""
-
-
-@dataclass
-class FakeJobClient:
-    """What the server uses of Ray's JobSubmissionClient, remembering what it was asked."""
-
-    jobs: dict = field(default_factory=dict)
-    submitted: list = field(default_factory=list)
-
-    def submit_job(self, **kw):  # type: ignore[no-untyped-def]
-        self.submitted.append(kw)
-        self.jobs[kw["submission_id"]] = Info(kw["submission_id"], kw["metadata"])
-        return kw["submission_id"]
-
-    def get_job_info(self, job_id):  # type: ignore[no-untyped-def]
-        if job_id not in self.jobs:
-            raise RuntimeError("no such job")
-        return self.jobs[job_id]
-
-    def get_job_logs(self, job_id):  # type: ignore[no-untyped-def]
-        return "step 3/6\\nconnected as eml1.acme.SeCrEt_token-123\\n"
-
-    def stop_job(self, job_id):  # type: ignore[no-untyped-def]
-        return True
-
-    def list_jobs(self):  # type: ignore[no-untyped-def]
-        return list(self.jobs.values())
+from tests.support.api_fakes import FakeJobClient
 
 
 ACME = {"name": "acme", "role": "tenant"}
