@@ -24,7 +24,11 @@ from train import main as train_main  # noqa: E402  (the job's own folder is not
 
 
 def main(argv: list[str]) -> int:
-    if not any(a == "--teacher" or a.startswith("--teacher=") for a in argv) and "--config" not in argv:
+    # --help must reach train.py's parser, which lists --teacher with every other flag.
+    wants_help = "-h" in argv or "--help" in argv
+    # A --config file may name the teacher itself.
+    has_teacher = any(a == "--teacher" or a.startswith("--teacher=") for a in argv) or "--config" in argv
+    if not wants_help and not has_teacher:
         print("distill.py: error: --teacher CHECKPOINT is required (a folder, s3:// URI or latest:RUN_DIR)",
               file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ def elasticml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     old_key = os.environ.get(KEY_ENV)
     os.environ["ELASTICML_HOME"] = str(home)
     os.environ[KEY_ENV] = str(make_cluster_key("elasticml-local"))
-    # Report polls are what small runs wait on; see DEVELOPERS.md.
+    # Report polls are what small runs wait on; see docs/developers.md.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     os.environ.setdefault("ELASTICML_CONTROLLER_TICK_S", "1")  # the scheduler's controller looks every second
     yield home

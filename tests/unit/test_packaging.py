@@ -1,4 +1,4 @@
-"""The layout DEVELOPERS.md fixes: `platform/` must never shadow Python's own module."""
+"""The layout docs/developers.md fixes: `platform/` must never shadow Python's own module."""
 
 import subprocess
 import sys
