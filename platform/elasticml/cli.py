@@ -958,9 +958,6 @@ def _add_api_commands() -> None:
 _add_api_commands()
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 @main.group(cls=_Group)
 def serve() -> None:
@@ -988,3 +985,7 @@ def serve_keygen(tenant: str, key_file: Path | None, as_json: bool) -> None:
         return
     click.echo(f"key (give to {tenant}, shown once): {key}")
     click.echo(f"added to {key_file}" if key_file is not None else f"api_keys entry: {{{tenant}: {digest}}}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,8 +5,10 @@ Stops, in order, each printed as it happens:
   2. start the local elastic cluster from cluster_configs/local.yaml (token auth on);
   3. ask the cost-aware scheduler where the production endpoint (critical) and
      the training run (low priority, checkpointable) go, and why;
-  4. submit jobs/train.py through Ray's Job Submission API on the market the
-     scheduler chose (the autoscaler brings those nodes up); show its progress;
+  4. as tenant `research`, with its own credential and no Ray token, submit a
+     training job through the API server (which prints the dashboard's URL); the
+     scheduler places it on the market it chooses (the autoscaler brings those
+     nodes up); show its progress;
      a third of the way in, take one of its spot nodes away (every process of
      it, as a reclaimed instance) and watch Ray Train resume from the last checkpoint;
   5. show the nodes that came up, by market;
@@ -24,7 +26,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from elasticml import labels as L
 from elasticml import progress
@@ -33,7 +35,7 @@ from elasticml.cluster.local import ClusterInfo, free_port
 from elasticml.data.corpus import build_corpus
 from elasticml.errors import ElasticMLError
 from elasticml.home import home
-from elasticml.repo import ROOT, default_cluster_config
+from elasticml.repo import default_cluster_config
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STEP = re.compile(r"step (\d+)/")
@@ -151,22 +153,24 @@ def _cost_report(sched, say: Callable[[str], None], results: dict[str, object]) 
 
 def _train(info: ClusterInfo, cluster: LocalCluster, sched, workdir: Path, steps: int,  # type: ignore[no-untyped-def]
            say: Callable[[str], None], results: dict[str, object]) -> str:
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
-    from elasticml import auth
+    from elasticml.api.transport import HttpTransport
 
-    say("== 4/9 training: jobs/train.py through Ray's Job Submission API, placed and steered by the scheduler")
-    auth.use_token_in_this_process(Path(info.token_path))
-    client = JobSubmissionClient(info.dashboard_url)
-    entrypoint = (
-        f"python jobs/train.py --data {workdir / 'corpus'} --storage-path {workdir / 'runs'} "
-        f"--run-name nightly-train --steps {steps} --workers 2 --global-batch 16 "
-        f"--tenant research --priority low --expected-hours 0.05 "
-        f"--report-every {max(1, steps // 8)} --checkpoint-every {max(1, steps // 4)}"
-    )
-    # working_dir honours .gitignore, so the virtualenv is not uploaded.
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(ROOT)})
-    say(f"   submitted {job_id}: {entrypoint}")
+    say("== 4/9 training: tenant research submits jobs/train.py through the API server with its own credential "
+        "(no Ray token); the scheduler places and steers it")
+    credential = workdir / "research.cred"
+    sched.add_principal("research", "tenant", credential)  # the operator (admin) gives the tenant its credential
+    research = HttpTransport(info.api_url, credential)
+    config = {"data": str(workdir / "corpus"), "storage_path": str(workdir / "runs"), "run_name": "nightly-train",
+              "steps": steps, "num_workers": 2, "global_batch": 16, "report_every": max(1, steps // 8),
+              "checkpoint_every": max(1, steps // 4)}
+    job = research.post("jobs/submit", {"config": config, "priority": "low", "expected_hours": 0.05})
+    job_id = job["submission_id"]
+    say(f"   submitted {job_id} as tenant research to {info.api_url}/v1/jobs/submit")
+    say(f"   its dashboard: {info.api_url}/  (sign in with the credential in {credential})")
+    results["dashboard_url"] = f"{info.api_url}/"
+    client = _JobsOverHttp(research)
     t0 = time.monotonic()
     take_node_at = f"step {max(1, steps // 8) * 3}/"
     with progress.bar("training", total=steps, unit="step") as shown:
@@ -181,6 +185,19 @@ def _train(info: ClusterInfo, cluster: LocalCluster, sched, workdir: Path, steps
     results["resumed"] = any("resumed from step" in l for l in logs.splitlines())
     say(f"   job {status} in {results['train_s']}s; loss {summary['metrics']['loss']:.3f}; checkpoint {summary['checkpoint']}")
     return str(summary["checkpoint"])
+
+
+class _JobsOverHttp:
+    """A job's status and logs as the tenant reads them: through the API server."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def get_job_status(self, job_id: str) -> str:
+        return str(self.transport.post("jobs/status", {"submission_id": job_id})["status"])
+
+    def get_job_logs(self, job_id: str) -> str:
+        return str(self.transport.post("jobs/logs", {"submission_id": job_id})["logs"])
 
 
 def _follow(client, job_id: str, cluster: LocalCluster, sched, say: Callable[[str], None],  # type: ignore[no-untyped-def]

@@ -21,6 +21,8 @@ def test_demo_trains_serves_answers_and_leaves_what_to_try_next():
     assert results["savings_pct"] > 0
     assert "+spot node" in text  # the autoscaler brought spot capacity for training
     assert "step 120/120" in text
+    # The job went in as tenant research through the API server, whose dashboard's URL was printed.
+    assert "as tenant research to http://127.0.0.1:" in text and f"its dashboard: {results['dashboard_url']}" in text
     assert "[chaos] spot node" in text and results["resumed"]  # a spot node lost mid-run, and the run resumed
     assert "resumed from step" in text
     # The controller at work: the lost spot node made it move the running job off spot, and the job followed.
