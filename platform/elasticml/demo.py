@@ -33,17 +33,13 @@ from elasticml import progress
 from elasticml.cluster import LocalCluster, load_cluster_spec
 from elasticml.cluster.local import ClusterInfo, free_port
 from elasticml.data.corpus import build_corpus
-from elasticml.errors import ElasticMLError
+from elasticml.errors import DemoFailed
 from elasticml.home import home
 from elasticml.repo import default_cluster_config
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STEP = re.compile(r"step (\d+)/")
 PROMPTS = ["def main(", "import os\nimport ", "class Config:\n    def __init__(self"]
-
-
-class DemoFailed(ElasticMLError):
-    """A stop of the demo did not do what it should."""
 
 
 def run_demo(*, steps: int = 240, clean: bool = False, say: Callable[[str], None] = progress.say,

@@ -8,13 +8,17 @@ The hierarchy::
     ├── ClusterError               the local cluster cannot be started, found or stopped
     │   ├── ClusterAlreadyRunning  `cluster up` on a name that is already up
     │   ├── ClusterNotRunning      a command needs a cluster that is not up
-    │   └── HeadStartFailed        the Ray head process exited while starting
+    │   ├── HeadStartFailed        the Ray head process exited while starting
+    │   └── SpotCapacityError      a spot launch found no capacity (also a RuntimeError, as providers raise)
+    ├── DemoFailed                 a stop of the guided tour did not do what it should
     ├── AuthError                  the cluster's token is missing or unreadable
     ├── DataError                  a corpus directory is missing or incomplete
     ├── CheckpointError            a checkpoint is missing, incomplete, unsigned or holds code; or no key
+    ├── AuditError                 the audit trail is not intact, or cannot be written
     └── SchedulerError             the cluster's scheduler cannot answer
         ├── SchedulerNotRunning    no scheduler actor on this cluster
-        └── PlacementRefused       the scheduler will not run a workload (reason: why, with numbers)
+        ├── PlacementRefused       the scheduler will not run a workload (reason: why, with numbers)
+        └── AccessDenied           the caller's credential or role may not do this (audited)
 
 Messages say what is wrong and how to fix it, on one line, so that the CLI can
 print them as they are.
@@ -35,6 +39,10 @@ __all__ = [
     "SchedulerError",
     "SchedulerNotRunning",
     "PlacementRefused",
+    "AccessDenied",
+    "AuditError",
+    "SpotCapacityError",
+    "DemoFailed",
 ]
 
 
@@ -86,6 +94,15 @@ class ClusterNotRunning(ClusterError):
 
 class HeadStartFailed(ClusterError):
     """The Ray head exited before it was ready; the message carries the tail of its log."""
+
+
+class SpotCapacityError(ClusterError, RuntimeError):
+    """What a cloud answers a spot launch with when it has no capacity (EC2's InsufficientInstanceCapacity);
+    the local spot market raises it the same way."""
+
+
+class DemoFailed(ElasticMLError):
+    """A stop of the guided tour did not do what it should."""
 
 
 class AuthError(ElasticMLError):

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from elasticml.dataconf import check_number
-from elasticml.errors import ConfigError
+from elasticml.errors import ConfigError, SpotCapacityError
 
 FILE_NAME = "spot_market.json"
 _EPS = 1e-9
@@ -195,10 +195,6 @@ try:
     from ray.autoscaler.tags import TAG_RAY_USER_NODE_TYPE
 except ImportError:  # pragma: no cover - Ray is a dependency; this keeps the module importable without it
     TAG_RAY_USER_NODE_TYPE = "ray-user-node-type"
-
-
-class SpotCapacityError(RuntimeError):
-    """What a cloud answers a spot launch with when it has no capacity (EC2's InsufficientInstanceCapacity)."""
 
 
 class SpotMarketProvider(LocalNodeProvider):  # type: ignore[misc,valid-type]
