@@ -11,11 +11,10 @@ never turned off.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
-from elasticml.atomic import write_atomic
 from elasticml.errors import AuthError
+from elasticml.secret_file import make_secret
 
 AUTH_MODE_VAR = "RAY_AUTH_MODE"
 TOKEN_PATH_VAR = "RAY_AUTH_TOKEN_PATH"
@@ -27,8 +26,7 @@ def ensure_token(path: Path) -> Path:
     if path.exists():
         read_token(path)  # refuse an empty or unreadable token now, not at connect time
         return path
-    write_atomic(path, secrets.token_hex(32), mode=0o600)
-    return path
+    return make_secret(path)
 
 
 def read_token(path: Path) -> str:

@@ -23,11 +23,10 @@ a folder without a valid one is not a checkpoint. Who owns what:
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
-from elasticml.atomic import write_atomic
 from elasticml.errors import CheckpointError
+from elasticml.secret_file import make_secret
 
 KEY_ENV = "ELASTICML_CHECKPOINT_KEY_PATH"
 KEY_FILE = "checkpoint.key"
@@ -54,8 +53,7 @@ def make_cluster_key(cluster: str) -> Path:
     The one place a key is made: a second call, or a second `cluster up`, keeps the key, so the
     checkpoints already signed stay loadable."""
     path = cluster_key_path(cluster)
-    if not path.exists():
-        write_atomic(path, secrets.token_hex(MIN_KEY_BYTES) + "\n", mode=0o600)
+    make_secret(path, nbytes=MIN_KEY_BYTES)
     _read(path)  # refuse a damaged key now, not at the first checkpoint
     return path
 
@@ -74,17 +72,7 @@ def checkpoint_key() -> bytes:
 
 
 def _read(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            text = fh.read(MAX_KEY_FILE + 1).decode().strip()
-    except FileNotFoundError:
-        raise CheckpointError(f"the checkpoint key {path} ({KEY_ENV}) does not exist; {HOW}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"the checkpoint key {path} is unreadable ({type(exc).__name__})") from None
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(text) > MAX_KEY_FILE or len(key) < MIN_KEY_BYTES:
-        raise CheckpointError(f"the checkpoint key {path} is not {MIN_KEY_BYTES} or more bytes in hex; {HOW}")
-    return key
+    from elasticml.secret_file import read_secret
+
+    return read_secret(path, what="the checkpoint key", error=CheckpointError, min_bytes=MIN_KEY_BYTES, hint=HOW,
+                       shown=f"{path} ({KEY_ENV})")

@@ -229,6 +229,9 @@ def test_without_a_key_nothing_is_read_verified_loaded_signed_or_written(tmp_pat
         write_checkpoint(tmp_path / "new", model_state=model.state_dict(), optim_state=None, model_config=None, step=2)
     (tmp_path / "empty.key").write_text("\n")
     monkeypatch.setenv(KEY_ENV, str(tmp_path / "empty.key"))
+    with pytest.raises(CheckpointError, match="empty.key .* is readable by others"):  # a key others may read is no secret
+        read_meta(folder)
+    (tmp_path / "empty.key").chmod(0o600)
     with pytest.raises(CheckpointError, match="is not 32 or more bytes"):
         read_meta(folder)
     assert not (tmp_path / "nowhere.key").exists() and not (tmp_path / "new").exists() \

@@ -32,12 +32,10 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from elasticml.atomic import write_atomic
 from elasticml.errors import AuditError
 
 MAX_TEXT = 500
@@ -47,12 +45,9 @@ GENESIS = "0" * 64
 
 def load_key(path: Path) -> bytes:
     """The cluster's audit key (32 random bytes, hex, mode 0600), made on first use."""
-    if not path.exists():
-        write_atomic(path, secrets.token_hex(32), mode=0o600)
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except (OSError, ValueError) as exc:
-        raise AuditError(f"cannot read the audit key {path}: {type(exc).__name__}") from None
+    from elasticml.secret_file import make_secret, read_secret
+
+    return read_secret(make_secret(path), what="the audit key", error=AuditError, min_bytes=32)
 
 
 KEY_ENV = "ELASTICML_AUDIT_KEY_PATH"
