@@ -27,6 +27,7 @@ hours instead, as the simulator does.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -36,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from elasticml.dataconf import check_number
-from elasticml.errors import ConfigError, SpotCapacityError
+from elasticml.errors import ConfigError, ElasticMLError, SpotCapacityError
+
+log = logging.getLogger(__name__)
 
 FILE_NAME = "spot_market.json"
 _EPS = 1e-9
@@ -225,8 +228,10 @@ class SpotMarketProvider(LocalNodeProvider):  # type: ignore[misc,valid-type]
         while not self._stopping.wait(0.25):
             try:
                 self._reclaim_once()
-            except Exception:  # the market file mid-replace, a node going away on its own: look again
-                continue
+            except (OSError, ValueError, KeyError, ElasticMLError):
+                continue  # the market file mid-replace, a node going away on its own: look again
+            except Exception:  # noqa: BLE001 - a dead reclaim thread would silently end the market: say why, go on
+                log.exception("the spot market's reclaim failed; it looks again")
 
     def _reclaim_once(self) -> None:
         self._market.reload_clock()

@@ -19,6 +19,7 @@ holder is trusted whatever the door checks, so tenants get credentials, never th
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Any
@@ -27,6 +28,8 @@ import ray
 
 from elasticml.cluster.config import ClusterSpec
 from elasticml.scheduler.settings import ControllerConfig
+
+log = logging.getLogger(__name__)
 
 ACTOR_NAME = "elasticml-scheduler"
 NAMESPACE = "elasticml"
@@ -86,5 +89,5 @@ def _poll_forever(handle: Any, secret: str, period_s: float) -> None:
             ray.get(handle.poll.remote(secret))
         except ray.exceptions.RayActorError:  # the actor is restarting or gone: its next incarnation polls again
             return
-        except Exception as exc:  # one bad tick must not stop the controller: say so, and look again
-            print(f"elasticml scheduler: controller tick failed: {type(exc).__name__}: {str(exc)[:500]}", flush=True)
+        except Exception:  # noqa: BLE001 - one bad tick must not stop the controller: say why, and look again
+            log.exception("the scheduler's controller tick failed; it looks again")

@@ -28,9 +28,11 @@ import random
 import time
 from typing import Any
 
+import ray
 from fastapi import Header, HTTPException
 from ray import serve
 
+from elasticml.errors import ElasticMLError
 from elasticml.serve.api import (
     DEFAULT_BODY_LIMIT,
     CompletionRequest,
@@ -50,6 +52,8 @@ FOLLOW_S = 2.0
 PUBLISH_S = 0.25
 """How often a router with burst pools publishes its requests in flight for their policy."""
 log = logging.getLogger("elasticml.serve.pools")
+FOLLOW_ERRORS = (ray.exceptions.RayError, ElasticMLError, OSError, TimeoutError)
+"""What reading the scheduler or the GCS fails with while either restarts; anything else is a bug and ends the loop loudly."""
 
 
 @serve.deployment(max_ongoing_requests=256)
@@ -86,7 +90,7 @@ class PoolRouter:
             try:
                 sched = sched or await asyncio.to_thread(SchedulerClient.connect)
                 placed = await asyncio.to_thread(sched.placement, self.workload)
-            except Exception as exc:  # the scheduler restarting: keep the last weights
+            except FOLLOW_ERRORS as exc:  # the scheduler restarting: keep the last weights
                 log.warning("could not read the placement of %s: %s", self.workload, type(exc).__name__)
                 sched, placed = None, None
             if placed is not None and placed.epoch != self.followed["epoch"]:
@@ -106,7 +110,7 @@ class PoolRouter:
             if p.get("burst"):
                 try:
                     running = await asyncio.to_thread(pool_running, self.workload, p["deployment"])
-                except Exception:  # the GCS briefly away: keep the last weight
+                except FOLLOW_ERRORS:  # the GCS briefly away: keep the last weight
                     continue
                 weight = min(weight, running or 0)
             p["weight"] = weight
@@ -122,7 +126,7 @@ class PoolRouter:
             try:
                 await asyncio.to_thread(publish_router_load, self.workload, self.router_id, self._mean_in_flight(),
                                         time.time())
-            except Exception as exc:
+            except FOLLOW_ERRORS as exc:  # the GCS briefly away: publish again next time
                 log.warning("could not publish the load of %s: %s", self.workload, type(exc).__name__)
             await asyncio.sleep(PUBLISH_S)
 
