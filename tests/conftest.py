@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,25 +51,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_cluster(request: pytest.FixtureRequest) -> Iterator["object"]:
-    """A real local elastic cluster from cluster_configs/local.yaml, stopped after the module."""
-    from elasticml.cluster import LocalCluster, load_cluster_spec
+    """One cluster per test module (a package of modules may share one: tests/integration/spot/)."""
+    from tests.support.clusters import local_cluster_up
 
-    name = request.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
-    cluster = LocalCluster(name)
-    info = cluster.up(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"))
-    tree = [p for p in cluster.processes()]
-    try:
-        yield cluster
-    finally:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-        if cluster.info() is not None:
-            tree += cluster.processes()
-            cluster.down()
-        leftover = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        assert not leftover, f"cluster {info.name} left processes behind: {leftover}"
+    yield from local_cluster_up(request.module.__name__.rsplit(".", 1)[-1].replace("_", "-"))
 
 
 class FakeIMDS(http.server.BaseHTTPRequestHandler):

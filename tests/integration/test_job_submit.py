@@ -24,6 +24,7 @@ def submit(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.Co
     )
 
 
+@pytest.mark.slow  # the same job runs (and checkpoints) in test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint
 def test_train_job_runs_two_workers_and_saves_a_checkpoint(local_cluster, corpus, tmp_path):
     env = local_cluster.require_info().client_env()
     proc = submit(

@@ -35,6 +35,7 @@ def app_url(local_cluster):
     serve.shutdown()
 
 
+@pytest.mark.slow  # a replayed ramp; the policy on a ramp: tests/unit/test_forecast.py, measured: benchmarks/
 def test_on_a_ramp_it_asks_for_replicas_before_the_reactive_rule_would(app_url):
     from elasticml.serve import loadreplay as lr
     from elasticml.serve.autoscale import decisions

@@ -133,6 +133,7 @@ def scrape_all_nodes() -> str:
     return "\n".join(text)
 
 
+@pytest.mark.slow  # the same gauges feed the dashboards test_prometheus.py checks while a job trains
 def test_loss_tokens_per_s_and_mfu_are_exported_as_prometheus_gauges(local_cluster, corpus, tmp_path):
     from elasticml.train.config import TrainConfig
     from elasticml.train.launch import fit

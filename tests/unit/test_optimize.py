@@ -134,6 +134,7 @@ def test_optimize_writes_signed_smaller_checkpoints_and_the_gate_stops_an_over_p
     assert "| prune2 | fp32 |" in table(report) and "fail: held-out loss" in table(report)
 
 
+@pytest.mark.slow  # the whole command once more; what it runs is tested above
 def test_the_optimize_command_reports_json_and_refuses_bad_settings(teacher, held_out, tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([ELASTICML, "optimize", str(teacher), "--eval-data", str(held_out), "--out",

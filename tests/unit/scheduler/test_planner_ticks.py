@@ -110,7 +110,9 @@ REGRET = 1.12
 """The stated regret: on a misleading history the default pays at most this times uniform progress."""
 
 
-@pytest.mark.parametrize("scenario", list(MISLEADING))
+# One scenario in the default run, the rest with `-m slow` (each replays a whole job tick by tick).
+@pytest.mark.parametrize("scenario", [pytest.param(s, marks=() if i == 0 else pytest.mark.slow)
+                                      for i, s in enumerate(MISLEADING)])
 def test_a_misleading_history_costs_little_against_uniform_progress(scenario):
     g = 1 / 6
     ratios = []

@@ -16,7 +16,7 @@ import pytest
 from elasticml.train.checkpoint import read_meta
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_interruption_notice_makes_training_checkpoint_now(local_cluster, corpus, tmp_path):
@@ -27,6 +27,7 @@ def test_interruption_notice_makes_training_checkpoint_now(local_cluster, corpus
     info = local_cluster.require_info()
     info.connect()
     sched = SchedulerClient.connect()
+    sched.clear_interruption("cpu_spot")  # a spot loss of an earlier test is over
     client = JobSubmissionClient(info.dashboard_url)
     steps = 600
     job = client.submit_job(
@@ -67,6 +68,7 @@ def _worker_node_types(job_id: str) -> list[str]:
                   if "RayTrainWorker" in a["ActorClassName"])
 
 
+@pytest.mark.slow  # three pools in one long run; a move followed on a lost node is in test_train_node_loss
 def test_the_controller_moves_a_running_job_spot_on_demand_spot_and_the_ledger_follows(local_cluster, corpus, tmp_path):
     """Spot lost: the job is moved to on-demand; spot back: moved back. Each move is carried out (checkpoint,
     stop, resume on the new pool) and the ledger's intervals are where Ray ran the workers."""

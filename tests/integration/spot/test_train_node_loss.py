@@ -12,7 +12,7 @@ from elasticml import labels as L
 from elasticml.train.checkpoint import read_meta
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def wait_for_log(client, job: str, words: str, deadline: float) -> None:

@@ -1,0 +1,16 @@
+"""Losing spot capacity, three ways (a node, a notice, the run's own controller), on one cluster: each
+test starts by telling the scheduler the spot pool is back, so what an earlier one took away does
+not decide where the next one runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.clusters import local_cluster_up
+
+
+@pytest.fixture(scope="package")
+def local_cluster() -> Iterator["object"]:
+    yield from local_cluster_up("spot-loss")
