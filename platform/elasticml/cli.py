@@ -164,14 +164,23 @@ def cluster_status(name: str, as_json: bool) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Repository root.")
 @click.option("--image", default=None, help="REPOSITORY:TAG of the platform's image (built from the Dockerfile; "
               "-cpu/-gpu appended) for the KubeRay manifests [default: the definition's].")
+@click.option("--tenant", default=None, help="Instead, TENANT's own RayCluster (KubeRay) in namespace "
+              "elasticml-tenant-TENANT, on --cluster's node pools, calling its API server with the tenant's credential.")
 @_json_option
 def cluster_render(target: str, cluster_def: str | None, check: bool, out: Path | None, image: str | None,
-                   as_json: bool) -> None:
+                   tenant: str | None, as_json: bool) -> None:
     """Write (or --check) the local, AWS and KubeRay files generated from the one definition."""
+    from elasticml.errors import ConfigError
     from elasticml.provision.render import render, render_all
     from elasticml.repo import ROOT
 
-    if target == "all" and image is None:
+    if tenant is not None:
+        from elasticml.provision.tenant import render_tenant
+
+        if target not in ("kuberay", "all"):
+            raise ConfigError("a tenant's cluster is rendered for KubeRay only", field="target")
+        files = render_tenant(cluster_def or "aws-cpu", tenant, image=image)
+    elif target == "all" and image is None:
         files = render_all()
     elif target == "all":
         from elasticml.provision.definition import CLUSTERS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,15 @@ def load(rel: str):
     return yaml.safe_load((REPO / rel).read_text())
 
 
+def _ray_start(commands: list[str]) -> str:
+    return next(c for c in commands if "ray start" in c)
+
+
 def test_committed_files_are_exactly_what_the_definition_renders():
     files = render_all()
-    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2 + 4 + 2 + 4 + 2  # + tenant trust and roles, Serve ingresses, service accounts,
-    # Karpenter, the AWS docker variants, Grafana dashboards, PodMonitors
+    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2 + 4 + 2 + 4 + 2 + 2 + 2  # + tenant trust and
+    # roles, Serve ingresses, service accounts, Karpenter, the AWS docker variants, Grafana dashboards, PodMonitors, the
+    # API server's Service (with the scheduler's config), the platform's namespaces
     stale = [rel for rel, text in files.items() if (REPO / rel).read_text() != text]
     assert not stale, f"run `elasticml cluster render`: {stale}"
     out = subprocess.run([str(Path(sys.executable).with_name("elasticml")), "cluster", "render", "--check"],
@@ -102,7 +108,7 @@ def test_aws_markets_head_auth_security_and_watcher(name):
     for command in [c for c in starts if "ray start" in c] + spot_setups:
         assert all(t in command for t in tls), command
     assert any("pip install" in c and "elasticml" in c for c in raw["setup_commands"])
-    assert "RAY_enable_autoscaler_v2=1" in raw["head_start_ray_commands"][-1]
+    assert "RAY_enable_autoscaler_v2=1" in _ray_start(raw["head_start_ray_commands"])
 
 
 @pytest.mark.parametrize("name", AWS + [f"{n}-docker" for n in AWS])
@@ -404,7 +410,7 @@ def test_each_tenant_role_reaches_only_its_prefix_and_only_the_head_may_assume_i
     assert vend["Resource"] == f"arn:aws:iam::{d.account_id}:role/elasticml-{name}-tenant-*"
     raw = load(f"cluster_configs/{name}.yaml")
     assert f"ELASTICML_TENANT_ROLE_ARN=arn:aws:iam::{d.account_id}:role/elasticml-{name}-tenant-{{tenant}}" in \
-        raw["head_start_ray_commands"][-1]
+        _ray_start(raw["head_start_ray_commands"])
 
 
 @pytest.mark.parametrize("name", AWS)
@@ -467,7 +473,8 @@ def test_aws_nodes_boot_a_current_ami_family_with_python_3_11_or_later(name):
     assert ssm["Action"] == ["ssm:GetParameters"] and ssm["Resource"].endswith("::parameter/aws/service/*")
     setup = raw["setup_commands"]
     assert all(c in setup for c in setup_environment())  # what test_setup_commands... runs in a fresh venv
-    assert all("/venv/bin/ray " in c for c in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"])
+    # Ray and elasticml from the nodes' virtualenv, where setup installed them.
+    assert all(re.search(r"\$HOME/venv/bin/(ray|elasticml) ", c) for c in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"])
 
 
 @pytest.mark.parametrize("name", AWS)

@@ -69,15 +69,21 @@ def api() -> None:
 @click.option("--address", default=None, help="The Ray cluster's GCS address [default: $RAY_ADDRESS].")
 @click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
 @click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
-def serve(host: str, port: int, address: str | None, tls_cert: Path | None, tls_key: Path | None) -> None:
-    """Serve the scheduler's door, tenants' jobs and apps over HTTP (HTTPS beyond loopback)."""
+@click.option("--jobs", "with_jobs", is_flag=True,
+              help="Also serve tenants' training jobs and Serve apps (/v1/jobs/*, /v1/apps/*), as the server on the "
+                   "head does: only where this process shares the head's ELASTICML_HOME (on the head, or in a "
+                   "container of the head's pod), since each job's driver, on the head, reads the credential and "
+                   "config files written there.")
+def serve(host: str, port: int, address: str | None, tls_cert: Path | None, tls_key: Path | None,
+          with_jobs: bool) -> None:
+    """Serve the scheduler's door (and with --jobs tenants' jobs and apps) over HTTP (HTTPS beyond loopback)."""
     import uvicorn
 
     from elasticml.api.server import cluster_app
 
     if host not in ("127.0.0.1", "localhost", "::1") and not (tls_cert and tls_key):
         raise ConfigError("beyond loopback the server speaks HTTPS only: pass --tls-cert and --tls-key", field="host")
-    uvicorn.run(cluster_app(address), host=host, port=port, log_level="warning",
+    uvicorn.run(cluster_app(address, with_jobs=with_jobs), host=host, port=port, log_level="warning",
                 ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
 
 

@@ -220,13 +220,16 @@ def build_app(call: Call, *, jobs: Any = None, apps: Any = None, rate_per_s: flo
     return app
 
 
-def cluster_app(address: str | None = None) -> FastAPI:
-    """The server of a Ray cluster (this process's, or the one at `address`): the door over Ray, the
-    tenants' jobs and apps."""
+def cluster_app(address: str | None = None, *, with_jobs: bool = True) -> FastAPI:
+    """The server of a Ray cluster (this process's, or the one at `address`): the door over Ray and, with
+    `with_jobs`, the tenants' jobs and apps (where the process shares the head's ELASTICML_HOME)."""
     from elasticml.api.apps import server_apps
     from elasticml.api.jobs import server_jobs
 
-    call, jobs = ray_call(address), server_jobs()
+    call = ray_call(address)
+    if not with_jobs:
+        return build_app(call)
+    jobs = server_jobs()
     return build_app(call, jobs=jobs, apps=server_apps(jobs, call))
 
 

@@ -55,7 +55,8 @@ class ClusterDefinition:
     account_id: str = "123456789012"
     """Replace with your AWS account id (IAM ARNs, capacity-reservation groups)."""
     admin_cidr: str = "10.0.0.0/16"
-    """Where SSH may come from: your VPN or bastion range; never 0.0.0.0/0."""
+    """Where SSH and the API server (HTTPS, 8443) may be reached from on AWS: your VPN or bastion range;
+    never 0.0.0.0/0."""
     cpu_ami: str = "resolve:ssm:/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
     """The head's and CPU nodes' AMI family: Canonical's Ubuntu 24.04 (Python 3.12), resolved by EC2 at launch
     from its public SSM parameter in whichever region the cluster runs (pin an `ami-...` id here instead
@@ -70,14 +71,23 @@ class ClusterDefinition:
     serve_certificate: str = "REPLACE-WITH-YOUR-ACM-CERTIFICATE-ID"
     """The ACM certificate (its id in this account and region) that the RayService's load balancer
     answers HTTPS with."""
+    namespace: str = ""
+    """The Kubernetes namespace of the platform's KubeRay manifests (default `elasticml-NAME`, so two
+    definitions' clusters live side by side); tenants' clusters reach the API server's Service in it."""
     tenants: tuple[str, ...] = ()
     """Tenants with a role of their own that reaches only s3://BUCKET/tenants/TENANT/ (the nodes' roles
     are denied tenants/*); the scheduler vends its credentials (scheduler/tenant_storage.py)."""
 
     def __post_init__(self) -> None:
+        import re
+
         if self.admin_cidr in ("0.0.0.0/0", "::/0"):
             raise ConfigError("SSH must not be open to the world; use your VPN or bastion range", field="admin_cidr")
-        import re
+        if not self.namespace:
+            object.__setattr__(self, "namespace", f"elasticml-{self.name}")
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.namespace):
+            raise ConfigError(f"must be a Kubernetes namespace (1-63 of a-z, 0-9 and '-'), got {self.namespace[:70]!r}",
+                              field="namespace")
 
         for tenant in self.tenants:
             if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?", tenant):

@@ -6,59 +6,29 @@ EC2NodeClass against the vendored CRD of its kind (crds/NOTICE.md names the rele
 jsonschema, then applies `controller_rules`: the checks of KubeRay's
 `ray-operator/controllers/ray/utils/validation.go` that matter for what elasticml renders,
 each raising `ManifestError` with the controller's reason. Karpenter's CEL rules
-(`x-kubernetes-validations`) are not evaluated here.
+(`x-kubernetes-validations`) are not evaluated here. The Kubernetes kinds rendered beside them
+(Service, NetworkPolicy, Namespace, ConfigMap) go through `k8s_core`'s schemas and rules instead.
 """
 
 from __future__ import annotations
 
-import functools
 import re
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from elasticml.errors import ConfigError
+from elasticml.provision import k8s_core
+from elasticml.provision.crd_schemas import CRD_FILES, CRDS, ManifestError, crd_schema
+from elasticml.provision.k8s_core import DNS1035, DNS1123_SUBDOMAIN, LABEL_NAME
 from elasticml.yamlio import load_yaml
 
-CRDS = Path(__file__).with_name("crds")
-CRD_FILES = {
-    ("ray.io/v1", "RayCluster"): "kuberay/ray.io_rayclusters.yaml",
-    ("ray.io/v1", "RayJob"): "kuberay/ray.io_rayjobs.yaml",
-    ("ray.io/v1", "RayService"): "kuberay/ray.io_rayservices.yaml",
-    ("karpenter.sh/v1", "NodePool"): "karpenter-aws/karpenter.sh_nodepools.yaml",
-    ("karpenter.k8s.aws/v1", "EC2NodeClass"): "karpenter-aws/karpenter.k8s.aws_ec2nodeclasses.yaml",
-}
+__all__ = ["CRD_FILES", "CRDS", "ManifestError", "crd_schema", "validate_manifest", "controller_rules"]
+
 MAX_NAME = {"RayCluster": 53, "RayJob": 47, "RayService": 47}
 """KubeRay's name limits: a RayCluster's 53 (pod names), RayJob/RayService 6 fewer (their clusters' suffix)."""
-DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 AUTOSCALER_V2_ENV = "RAY_enable_autoscaler_v2"
 RESOURCE_PARAMS = ("num-cpus", "num-gpus", "memory", "resources")
 UPGRADE_TYPES = ("NewClusterWithIncrementalUpgrade", "NewCluster", "None")
 SUBMISSION_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode")
-
-
-class ManifestError(ConfigError):
-    """A manifest the CRD or the KubeRay controller would refuse; `field` says where."""
-
-
-@functools.cache
-def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
-    """The openAPIV3Schema of the served version of a vendored CRD."""
-    rel = CRD_FILES.get((api_version, kind))
-    if rel is None:
-        known = ", ".join(f"{k} ({a})" for a, k in CRD_FILES)
-        raise ManifestError(f"no vendored CRD for {kind} {api_version}; known: {known}", field="kind")
-    # Not load_yaml: the CRDs are vendored release files under review in this repository, not user
-    # input, and the largest is 1.4 MB, which libyaml reads in 0.3 s and load_yaml's pure-Python
-    # checks in about 4 s per process. They hold no anchors, tags or 1.1-only scalars (both loaders
-    # read them equal).
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    crd = yaml.load((CRDS / rel).read_text(), Loader=loader)  # noqa: S506 (a safe loader)
-    version = api_version.rsplit("/", 1)[1]
-    return next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == version)
 
 
 def validate_manifest(doc: Any) -> None:
@@ -67,7 +37,8 @@ def validate_manifest(doc: Any) -> None:
 
     if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str) or not isinstance(doc.get("apiVersion"), str):
         raise ManifestError("a manifest is a mapping with apiVersion and kind", field="kind")
-    schema = crd_schema(doc["apiVersion"], doc["kind"])
+    core = k8s_core.schema(doc["apiVersion"], doc["kind"])
+    schema = core or crd_schema(doc["apiVersion"], doc["kind"])
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
@@ -75,8 +46,11 @@ def validate_manifest(doc: Any) -> None:
         raise ManifestError(f"{doc['kind']} does not match its CRD: {first.message[:300]}", field=where)
     unknown = _unknown_field(doc, schema, "")
     if unknown is not None:  # the API server's strict field validation (kubectl's default) refuses it
-        raise ManifestError(f"{doc['kind']} has a field its CRD does not define", field=unknown)
-    controller_rules(doc)
+        raise ManifestError(f"{doc['kind']} has a field its {'schema' if core else 'CRD'} does not define", field=unknown)
+    if core:
+        k8s_core.rules(doc)
+    else:
+        controller_rules(doc)
 
 
 def _unknown_field(value: Any, schema: dict[str, Any], at: str) -> str | None:

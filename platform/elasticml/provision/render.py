@@ -7,20 +7,25 @@ the committed files.
 Security defaults, on purpose: token authentication on everywhere (the token
 travels to nodes as a file mount / a Kubernetes Secret, never in the file, and
 so does the checkpoint key, with `ELASTICML_CHECKPOINT_KEY_PATH` naming it); no
-ingress from 0.0.0.0/0 (SSH only from the admin CIDR, Ray's ports only inside
-the security group); nodes get an instance profile that may only read and write
-the platform's checkpoint bucket (the head's adds what the autoscaler needs).
+ingress from 0.0.0.0/0 (SSH and the API server's HTTPS only from the admin CIDR,
+Ray's ports only inside the security group); nodes get an instance profile that
+may only read and write the platform's checkpoint bucket (the head's adds what
+the autoscaler needs). The head starts the scheduler and the API server after
+Ray on every cloud target (`api_server.py`); tenants' own clusters are
+`tenant.py`'s.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from elasticml.checkpoint_key import KEY_ENV, KEY_FILE
 from elasticml.errors import ConfigError
+from elasticml.provision import api_server
 from elasticml.provision.definition import CLUSTERS, ClusterDefinition, NodeGroup
 from elasticml.provision.tls import tls_env
 from elasticml.yamlio import dump_yaml
@@ -77,10 +82,7 @@ def render(target: str, cluster: str, *, image: str | None = None) -> dict[str, 
         raise ConfigError(f"unknown cluster {cluster!r}; defined: {', '.join(CLUSTERS)}", field="cluster")
     d = CLUSTERS[cluster]
     if image is not None:
-        repo, _, tag = image.rpartition(":")
-        if not repo or not tag or "/" in tag or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,254}", image):
-            raise ConfigError(f"must be REPOSITORY:TAG, got {image[:80]!r}", field="image")
-        d = replace(d, image=repo, image_tag=tag)
+        d = replace(d, **render_image(image))
     if target == "local":
         if cluster != "local":
             raise ConfigError("only the 'local' definition renders for the local target", field="cluster")
@@ -106,11 +108,25 @@ def render(target: str, cluster: str, *, image: str | None = None) -> dict[str, 
         f"cluster_configs/kuberay/{d.name}-rayservice.yaml": _yaml(_rayservice(d), _header(d, "kubectl apply -f")),
         f"cluster_configs/kuberay/{d.name}-serve-ingress.yaml": _yaml(_serve_ingress(d), _header(d, "kubectl apply -f")),
         f"cluster_configs/kuberay/{d.name}-serviceaccount.yaml": _yaml(_service_account(d), _header(d, "kubectl apply -f")),
+        f"cluster_configs/kuberay/{d.name}-api.yaml": _header(d, "kubectl apply -f (with the RayCluster: its API "
+                                                                 "server's Service and the scheduler's config)")
+        + _docs([api_server.service(namespace=d.namespace, raycluster=_meta(d, "raycluster")["name"], labels=PART_OF),
+                 api_server.scheduler_config_map(name=f"elasticml-{d.name}-scheduler", namespace=d.namespace,
+                                                 labels=PART_OF, config_yaml=scheduler_config(d))]),
         f"cluster_configs/kuberay/{d.name}-podmonitor.yaml": _yaml(_pod_monitor(d), _header(
             d, "kubectl apply -f (with the Prometheus Operator, e.g. kube-prometheus-stack)")),
         f"cluster_configs/kuberay/{d.name}-karpenter.yaml": _header(d, "kubectl apply -f (Karpenter >= 1.5, "
                                                                        "ReservedCapacity feature gate on)") + _karpenter(d),
+        f"cluster_configs/kuberay/{d.name}-namespace.yaml": _yaml(_namespace(d), _header(d, "kubectl apply -f (first)")),
     }
+
+
+def render_image(image: str) -> dict[str, str]:
+    """REPOSITORY:TAG as a definition's `image` and `image_tag`; ConfigError naming `image` otherwise."""
+    repo, _, tag = image.rpartition(":")
+    if not repo or not tag or "/" in tag or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,254}", image):
+        raise ConfigError(f"must be REPOSITORY:TAG, got {image[:80]!r}", field="image")
+    return {"image": repo, "image_tag": tag}
 
 
 def render_all() -> dict[str, str]:
@@ -169,7 +185,7 @@ def _aws_docker(d: ClusterDefinition) -> dict[str, Any]:
         "apt-get install -yq docker.io && sudo usermod -aG docker $USER)"]
     cfg["setup_commands"] = _container_setup(d)
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        cfg[key] = [c.replace(f"{VENV}/bin/ray", "ray") for c in cfg[key]]
+        cfg[key] = [c.replace(f"{VENV}/bin/", "") for c in cfg[key]]  # the image's ray and elasticml
     return cfg
 
 
@@ -225,7 +241,8 @@ def _aws(d: ClusterDefinition) -> dict[str, Any]:
             "security_group": {
                 "GroupName": f"elasticml-{d.name}",
                 "IpPermissions": [{"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp",
-                                   "IpRanges": [{"CidrIp": d.admin_cidr, "Description": "SSH from the admin network only"}]}],
+                                   "IpRanges": [{"CidrIp": d.admin_cidr, "Description": "SSH from the admin network only"}]},
+                                  api_server.aws_ingress(d.admin_cidr)],
             },
         },
         "auth": {"ssh_user": "ubuntu"},
@@ -245,6 +262,8 @@ def _aws(d: ClusterDefinition) -> dict[str, Any]:
             f"{VENV}/bin/ray stop",
             f"{RAY_ENV} {key_env(d)} RAY_enable_autoscaler_v2=1 {TENANT_ROLE_ENV}={_tenant_role(d)} {VENV}/bin/ray start --head --port=6379 --num-cpus=0 "
             "--dashboard-host=127.0.0.1 --autoscaling-config=~/ray_bootstrap_config.yaml --disable-usage-stats",
+            # Once Ray is up: the scheduler, and the API server for tenants (HTTPS, the node's certificate).
+            api_server.aws_start_command(ray_env=RAY_ENV, venv=VENV, node_tls=NODE_TLS),
         ],
         "worker_start_ray_commands": [
             f"{VENV}/bin/ray stop",
@@ -421,7 +440,31 @@ IMAGE_GROUP = 100
 
 
 POD_LABELS = {"app.kubernetes.io/part-of": "elasticml"}
-"""On every Ray pod (KubeRay adds its own `ray.io/*` labels): what the PodMonitor selects."""
+"""On every Ray pod of the platform (KubeRay adds its own `ray.io/*` labels): what the PodMonitor selects."""
+PART_OF = POD_LABELS
+"""On every object of the platform's manifests."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class PodIdentity:
+    """Whose Ray pods a RayCluster makes: the Secrets they mount, the ServiceAccount they run as, their
+    labels. The platform's (`platform_pods`) or a tenant's own (`provision/tenant.py`), never a mix."""
+
+    token_secret: str
+    """authOptions' Secret (key `auth_token`): the cluster's Ray token."""
+    ca_secret: str
+    """The Ray TLS CA (keys `ca.crt`, `ca.key`), mounted in the init container that certifies the pod."""
+    key_secret: str
+    """The checkpoint key (key `checkpoint.key`)."""
+    service_account: str | None
+    """None: KubeRay's default (the head its autoscaler's own, workers the namespace's `default`)."""
+    labels: dict[str, str]
+
+
+def platform_pods(d: ClusterDefinition) -> PodIdentity:
+    return PodIdentity(token_secret=f"elasticml-{d.name}-token", ca_secret=f"elasticml-{d.name}-ca",
+                       key_secret=f"elasticml-{d.name}-checkpoint-key", service_account=service_account(d),
+                       labels=dict(POD_LABELS))
 
 
 def image_for(d: ClusterDefinition, gpus: int) -> str:
@@ -449,14 +492,15 @@ def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
     }
 
 
-def _tls_init(d: ClusterDefinition, image: str) -> dict[str, Any]:
+def _tls_init(image: str, extra_dns: tuple[str, ...] = ()) -> dict[str, Any]:
     """The init container that makes the pod's Ray TLS certificate (its IP, and any service name in
-    its namespace, as KubeRay's head service is dialled) from the CA Secret, before Ray starts."""
+    its namespace, as KubeRay's head service is dialled) from the CA Secret, before Ray starts.
+    `extra_dns`: more names (the API server's Service, whose short name the wildcard does not cover)."""
     return {
         "name": "ray-tls-cert", "image": image,
         "command": ["python", "-m", "elasticml.provision.tls", "node", "--ca-dir", CA_MOUNT, "--out", POD_TLS,
                     "--ip", "$(POD_IP)", "--ip", "127.0.0.1", "--dns", "localhost",
-                    "--dns", "*.$(POD_NAMESPACE).svc.cluster.local"],
+                    "--dns", "*.$(POD_NAMESPACE).svc.cluster.local"] + [a for n in extra_dns for a in ("--dns", n)],
         "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                 {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
         "volumeMounts": [{"name": "ray-ca", "mountPath": CA_MOUNT, "readOnly": True},
@@ -464,35 +508,43 @@ def _tls_init(d: ClusterDefinition, image: str) -> dict[str, Any]:
     }
 
 
-def _tls_volumes(d: ClusterDefinition) -> list[dict[str, Any]]:
-    return [{"name": "ray-ca", "secret": {"secretName": f"elasticml-{d.name}-ca", "defaultMode": 0o400}},
+def _tls_volumes(who: PodIdentity) -> list[dict[str, Any]]:
+    return [{"name": "ray-ca", "secret": {"secretName": who.ca_secret, "defaultMode": 0o400}},
             {"name": "ray-tls", "emptyDir": {"medium": "Memory"}}]
 
 
-def _key_volume(d: ClusterDefinition) -> dict[str, Any]:
-    return {"name": "checkpoint-key", "secret": {"secretName": f"elasticml-{d.name}-checkpoint-key",
-                                                 "defaultMode": 0o400}}
+def _key_volume(who: PodIdentity) -> dict[str, Any]:
+    return {"name": "checkpoint-key", "secret": {"secretName": who.key_secret, "defaultMode": 0o400}}
 
 
 def service_account(d: ClusterDefinition) -> str:
     return f"elasticml-{d.name}"
 
 
-def _pod(d: ClusterDefinition, container: dict[str, Any], node_selector: dict[str, str]) -> dict[str, Any]:
-    return {"serviceAccountName": service_account(d), "nodeSelector": node_selector,
-            # Secret files are root's, and the image runs as `ray`: the pod's group may read them
-            # (Kubernetes makes a read-only Secret's files 0440 for fsGroup), nobody else.
-            "securityContext": {"fsGroup": IMAGE_GROUP},
-            "initContainers": [_tls_init(d, container["image"])], "containers": [container],
-            "volumes": [*_tls_volumes(d), _key_volume(d)]}
+def _pod(container: dict[str, Any], node_selector: dict[str, str], who: PodIdentity) -> dict[str, Any]:
+    pod: dict[str, Any] = {"serviceAccountName": who.service_account} if who.service_account else {}
+    return pod | {"nodeSelector": node_selector,
+                  # Secret files are root's, and the image runs as `ray`: the pod's group may read them
+                  # (Kubernetes makes a read-only Secret's files 0440 for fsGroup), nobody else.
+                  "securityContext": {"fsGroup": IMAGE_GROUP},
+                  "initContainers": [_tls_init(container["image"])], "containers": [container],
+                  "volumes": [*_tls_volumes(who), _key_volume(who)]}
 
 
-def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[str, Any]:
-    """`api_keys`: the head mounts the serving API keys' Secret (the Serve app is built there)."""
+PodHook = Callable[[dict[str, Any]], None]
+"""Changes every pod of a RayCluster spec once built (a tenant's cluster adds its endpoint and credential)."""
+
+
+def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api_keys: bool = False,
+                    api: bool = False, each_pod: PodHook | None = None) -> dict[str, Any]:
+    """`who`: whose pods (default the platform's); `api_keys`: the head mounts the serving API keys'
+    Secret (the Serve app is built there); `api`: the head runs the scheduler and the API server
+    (`api_server.py`), for the platform's own RayCluster only."""
+    who = who or platform_pods(d)
     workers = []
     for g in d.groups:
         capacity = {"spot": "spot", "on-demand": "on-demand", "reserved": "reserved"}[g.market]
-        pod = _pod(d, _container(d, g), {CAPACITY_TYPE: capacity, "node.kubernetes.io/instance-type": g.instance_type})
+        pod = _pod(_container(d, g), {CAPACITY_TYPE: capacity, "node.kubernetes.io/instance-type": g.instance_type}, who)
         if g.market == "spot":
             pod["tolerations"] = [{"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot", "effect": "NoSchedule"}]
         if g.gpus:
@@ -506,32 +558,58 @@ def _raycluster_spec(d: ClusterDefinition, *, api_keys: bool = False) -> dict[st
             "resources": {k: str(v) for k, v in _resources(g).items()},
             "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60),
             "rayStartParams": {},
-            "template": {"metadata": {"labels": dict(POD_LABELS)}, "spec": pod},
+            "template": {"metadata": {"labels": dict(who.labels)}, "spec": pod},
         })
-    head_pod = _pod(d, _container(d, None), {CAPACITY_TYPE: "on-demand"})
+    head_pod = _pod(_container(d, None), {CAPACITY_TYPE: "on-demand"}, who)
     if api_keys:
         head_pod["volumes"].append({"name": "api-keys", "secret": {"secretName": f"elasticml-{d.name}-api-keys"}})
         head_pod["containers"][0]["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_MOUNT,
                                                           "readOnly": True})
+    if api:
+        head_pod["initContainers"] = [_tls_init(head_pod["containers"][0]["image"],
+                                                (api_server.service_dns("$(POD_NAMESPACE)"),))]
+        api_server.add_to_head(head_pod, token_secret=who.token_secret, pod_tls=POD_TLS,
+                               scheduler_config=f"elasticml-{d.name}-scheduler")
+    if each_pod is not None:
+        for pod in [head_pod] + [w["template"]["spec"] for w in workers]:
+            each_pod(pod)
     return {
         "rayVersion": "2.60.0",
         # Token auth the way KubeRay runs it: the Secret's `auth_token` reaches Ray, the autoscaler
         # sidecar, the RayJob submitter and KubeRay's own dashboard client.
-        "authOptions": {"mode": "token", "secretName": f"elasticml-{d.name}-token"},
+        "authOptions": {"mode": "token", "secretName": who.token_secret},
         "enableInTreeAutoscaling": True,
         # v2: the autoscaler that honours label selectors, which is how the scheduler places work.
         "autoscalerOptions": {"version": "v2", "upscalingMode": "Default",
                               "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60)},
         "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                          "template": {"metadata": {"labels": dict(POD_LABELS)}, "spec": head_pod}},
+                          "template": {"metadata": {"labels": dict(who.labels)}, "spec": head_pod}},
         "workerGroupSpecs": workers,
     }
+
+
+def scheduler_config(d: ClusterDefinition) -> str:
+    """The cluster config the scheduler models on a KubeRay head: the AWS render's node types (the same
+    pools, labels, instance types and region, which its prices come from) and nothing of the launcher's."""
+    aws = _aws(d)
+    types = {name: {k: v for k, v in body.items() if k in ("resources", "labels", "min_workers", "max_workers")}
+                   | {"node_config": {"InstanceType": body["node_config"]["InstanceType"]}}
+             for name, body in aws["available_node_types"].items()}
+    raw = {"cluster_name": aws["cluster_name"], "max_workers": aws["max_workers"],
+           "idle_timeout_minutes": aws["idle_timeout_minutes"],
+           "provider": {"type": "aws", "region": d.region, "availability_zone": ",".join(d.zones)},
+           "available_node_types": types, "head_node_type": aws["head_node_type"]}
+    return dump_yaml(raw, sort_keys=False, width=120)
+
+
+def _namespace(d: ClusterDefinition) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": d.namespace, "labels": dict(PART_OF)}}
 
 
 def _service_account(d: ClusterDefinition) -> dict[str, Any]:
     """The pods' identity on EKS (IRSA): the worker role, which reaches the bucket but not tenants' prefixes."""
     return {"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": service_account(d), "labels": {"app.kubernetes.io/part-of": "elasticml"},
+            "metadata": {"name": service_account(d), "namespace": d.namespace, "labels": dict(PART_OF),
                          "annotations": {"eks.amazonaws.com/role-arn":
                                          f"arn:aws:iam::{d.account_id}:role/elasticml-{d.name}-worker"}}}
 
@@ -542,8 +620,8 @@ def _pod_monitor(d: ClusterDefinition) -> dict[str, Any]:
     platform's and Ray's metrics are, as `cluster prometheus-config` does locally."""
     return {
         "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
-        "metadata": {"name": f"elasticml-{d.name}-ray", "labels": {"app.kubernetes.io/part-of": "elasticml",
-                                                                  "release": "prometheus"}},
+        "metadata": {"name": f"elasticml-{d.name}-ray", "namespace": d.namespace,
+                     "labels": {**PART_OF, "release": "prometheus"}},
         "spec": {
             "jobLabel": "ray", "namespaceSelector": {"any": True},
             "selector": {"matchLabels": {"ray.io/is-ray-node": "yes", **POD_LABELS}},
@@ -594,17 +672,18 @@ def _nodepool(d: ClusterDefinition, market: str) -> dict[str, Any]:
 
 def _karpenter(d: ClusterDefinition) -> str:
     markets = [m for m in ("spot", "on-demand", "reserved") if any(g.market == m for g in d.groups)]
-    docs = [_nodeclass(d)] + [_nodepool(d, m) for m in markets]
-    return "---\n".join(dump_yaml(doc, sort_keys=False, width=120) for doc in docs)
+    return _docs([_nodeclass(d)] + [_nodepool(d, m) for m in markets])
 
 
 def _meta(d: ClusterDefinition, kind: str) -> dict[str, Any]:
-    return {"name": f"elasticml-{d.name}" + ("" if kind == "raycluster" else f"-{kind}"),
-            "labels": {"app.kubernetes.io/part-of": "elasticml"}}
+    return {"name": f"elasticml-{d.name}" + ("" if kind == "raycluster" else f"-{kind}"), "namespace": d.namespace,
+            "labels": dict(PART_OF)}
 
 
 def _raycluster(d: ClusterDefinition) -> dict[str, Any]:
-    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _meta(d, "raycluster"), "spec": _raycluster_spec(d)}
+    """The platform's own cluster: the one whose head runs the scheduler and the API server."""
+    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _meta(d, "raycluster"),
+            "spec": raycluster_spec(d, api=True)}
 
 
 def _rayjob(d: ClusterDefinition) -> dict[str, Any]:
@@ -622,7 +701,7 @@ def _rayjob(d: ClusterDefinition) -> dict[str, Any]:
             "activeDeadlineSeconds": 7 * 24 * 3600,
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 600,
-            "rayClusterSpec": _raycluster_spec(d),
+            "rayClusterSpec": raycluster_spec(d),
         },
     }
 
@@ -642,7 +721,7 @@ def _rayservice(d: ClusterDefinition) -> dict[str, Any]:
         "spec": {"serveConfigV2": dump_yaml(serve_config, sort_keys=False),
                  # A new cluster per change: the old one serves until the new one is ready.
                  "upgradeStrategy": {"type": "NewCluster"},
-                 "rayClusterConfig": _raycluster_spec(d, api_keys=True)},
+                 "rayClusterConfig": raycluster_spec(d, api_keys=True)},
     }
 
 
@@ -653,7 +732,7 @@ def _serve_ingress(d: ClusterDefinition) -> dict[str, Any]:
     service = f"{_meta(d, 'serve')['name']}-serve-svc"
     return {
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": {"name": f"elasticml-{d.name}-serve", "labels": {"app.kubernetes.io/part-of": "elasticml"},
+        "metadata": {"name": f"elasticml-{d.name}-serve", "namespace": d.namespace, "labels": dict(PART_OF),
                      "annotations": {
                          "alb.ingress.kubernetes.io/scheme": "internal",
                          "alb.ingress.kubernetes.io/target-type": "ip",
@@ -677,6 +756,11 @@ def _header(d: ClusterDefinition, use: str) -> str:
 
 def _yaml(obj: Any, header: str) -> str:
     return header + dump_yaml(obj, sort_keys=False, width=120)
+
+
+def _docs(docs: list[dict[str, Any]]) -> str:
+    """Several manifests in one file."""
+    return "---\n".join(dump_yaml(doc, sort_keys=False, width=120) for doc in docs)
 
 
 def _json(obj: Any) -> str:

@@ -1,0 +1,156 @@
+"""The API server in the cloud renders: started on the head after Ray, HTTPS with the cluster's CA.
+
+Tenants reach the platform only through the API server, with their own `eml1.` credential; it is
+the one tenant-facing process that holds the Ray token. This module owns where it runs and how
+it is reached in each target (`render.py` calls it; it imports nothing from there):
+
+- AWS (`ray up`): after `ray start`, the head's last start command runs `elasticml scheduler
+  start`, which creates the scheduler and the API server (a detached actor) on 0.0.0.0:8443 with
+  the head's own Ray TLS certificate: `python -m elasticml.provision.tls node` made it at boot for
+  every address the head has, signed by the cluster's CA. The security group admits 8443 from the
+  admin CIDR (workers reach it inside the group). URL: `https://HEAD_PRIVATE_IP:8443`.
+- KubeRay: a second container of the RayCluster's head pod, `elasticml-api`, waits for the GCS,
+  runs `elasticml scheduler start` (idempotent) and then `elasticml api serve` on 8443 with the
+  pod's Ray TLS certificate, which the head's init container also makes for the Service's name;
+  the Service `elasticml-api` (ClusterIP) selects the head pod: `https://elasticml-api.NS.svc:8443`.
+
+Why a container rather than a postStart hook on the Ray container: a hook that fails kills the
+Ray head with it, its output reaches no log, and KubeRay uses that hook itself for some
+features. The container starts the server again whenever it stops, alone (re-running `scheduler
+start`, which finds what exists; its own loop, since with autoscaler v2 KubeRay allows the head
+pod no restartPolicy but Never), logs to `kubectl logs -c elasticml-api`, and its readiness probe
+keeps the Service's endpoint out until the server answers. A Ray driver in another container of the pod finds the head's raylet
+by its process and reaches it through its sockets under /tmp/ray, so the head pod shares its
+process namespace and /tmp/ray (the volume KubeRay's autoscaler sidecar shares already, under
+KubeRay's own name for it), and ~/.elasticml: the scheduler's ledger and admin credential, and
+the files of tenants' jobs, which the job drivers in the Ray container read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from elasticml.provision.tls import tls_env
+
+API_PORT = 8443
+SERVICE = "elasticml-api"
+"""The Service's name, and the API container's."""
+PORT_NAME = "api"
+GCS = "127.0.0.1:6379"
+"""The head's GCS from inside the head (node) or its pod; the node certificate covers 127.0.0.1."""
+TOKEN_MOUNT = "/etc/elasticml/ray-token"
+"""Where the API container mounts the cluster's Ray token Secret (key `auth_token`)."""
+SCHEDULER_CONFIG_MOUNT = "/etc/elasticml/cluster"
+"""Where the API container mounts the scheduler's cluster config (ConfigMap `elasticml-NAME-scheduler`)."""
+SCHEDULER_CONFIG_FILE = "cluster.yaml"
+RAY_TMP = "/tmp/ray"
+RAY_TMP_VOLUME = "ray-logs"
+"""KubeRay's name for the /tmp/ray volume it shares with its autoscaler sidecar: declaring it under the
+same name keeps one volume for all three containers (KubeRay adds none when /tmp/ray is mounted)."""
+HOME_MOUNT = "/home/ray/.elasticml"
+"""ELASTICML_HOME of the image's user (`ray`), shared by the Ray and API containers of the head pod."""
+
+
+def endpoint(namespace: str) -> str:
+    """The API server's URL inside Kubernetes: its Service in the platform's namespace."""
+    return f"https://{SERVICE}.{namespace}.svc:{API_PORT}"
+
+
+def service_dns(namespace_expr: str) -> str:
+    """The Service's short DNS name, which the API server's certificate must cover."""
+    return f"{SERVICE}.{namespace_expr}.svc"
+
+
+# -- AWS --------------------------------------------------------------------------
+def aws_start_command(*, ray_env: str, venv: str, node_tls: str) -> str:
+    """The head's start command after `ray start`: the scheduler, and the API server beyond loopback
+    with the node's own certificate (the CA that signed it is what tenants trust)."""
+    return (f"{ray_env} {venv}/bin/elasticml scheduler start --address {GCS} --api-host 0.0.0.0 "
+            f"--api-port {API_PORT} --api-cert {node_tls}/node.crt --api-key {node_tls}/node.key")
+
+
+def aws_ingress(admin_cidr: str) -> dict[str, Any]:
+    """The security group's rule for the API server: HTTPS from the admin network only."""
+    return {"FromPort": API_PORT, "ToPort": API_PORT, "IpProtocol": "tcp",
+            "IpRanges": [{"CidrIp": admin_cidr, "Description": "the API server (HTTPS) from the admin network only"}]}
+
+
+# -- KubeRay ------------------------------------------------------------------------
+def head_selector(raycluster: str) -> dict[str, str]:
+    """Labels KubeRay puts on the RayCluster's head pod only (not on its workers, nor on the pods of
+    the RayJob's or RayService's clusters, whose names differ)."""
+    return {"ray.io/cluster": raycluster, "ray.io/node-type": "head"}
+
+
+def api_container(*, image: str, pod_tls: str) -> dict[str, Any]:
+    """The head pod's API container: scheduler first, then the server, again after any exit (see the module
+    docstring); the trap hands the pod's TERM on to the server."""
+    script = "\n".join([
+        "trap 'kill $pid 2>/dev/null; exit 0' TERM INT",
+        "while true; do",
+        f"  until ray health-check --address {GCS} >/dev/null 2>&1; do sleep 2; done",
+        f"  if elasticml scheduler start --address {GCS}; then",
+        f"    elasticml api serve --jobs --host 0.0.0.0 --port {API_PORT} --address {GCS} "
+        f"--tls-cert {pod_tls}/node.crt --tls-key {pod_tls}/node.key & pid=$!",
+        "    wait $pid",
+        "  fi",
+        "  echo 'elasticml-api: the API server stopped; starting it again in 5 s' >&2",
+        "  sleep 5",
+        "done",
+    ])
+    return {
+        "name": SERVICE, "image": image, "command": ["sh", "-c", script],
+        # The head's Ray TLS and token (a file, as KubeRay's Secret holds it), and the cluster config the
+        # scheduler models; no checkpoint key: the scheduler actor and the jobs run in the Ray container.
+        "env": [{"name": k, "value": v} for k, v in tls_env(pod_tls).items()] + [
+            {"name": "RAY_AUTH_MODE", "value": "token"},
+            {"name": "RAY_AUTH_TOKEN_PATH", "value": f"{TOKEN_MOUNT}/auth_token"},
+            {"name": "ELASTICML_CLUSTER_CONFIG", "value": f"{SCHEDULER_CONFIG_MOUNT}/{SCHEDULER_CONFIG_FILE}"},
+        ],
+        "ports": [{"name": PORT_NAME, "containerPort": API_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": PORT_NAME, "scheme": "HTTPS"},
+                           "periodSeconds": 10, "failureThreshold": 3},
+        "volumeMounts": [{"name": "ray-tls", "mountPath": pod_tls, "readOnly": True},
+                         {"name": "ray-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
+                         {"name": "scheduler-config", "mountPath": SCHEDULER_CONFIG_MOUNT, "readOnly": True},
+                         *shared_mounts()],
+        "resources": {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"cpu": "500m", "memory": "2Gi"}},
+    }
+
+
+def shared_mounts() -> list[dict[str, Any]]:
+    """What the Ray and API containers of the head pod share (see the module docstring)."""
+    return [{"name": RAY_TMP_VOLUME, "mountPath": RAY_TMP}, {"name": "elasticml-home", "mountPath": HOME_MOUNT}]
+
+
+def api_volumes(*, token_secret: str, scheduler_config: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "ray-token", "secret": {"secretName": token_secret, "defaultMode": 0o400,
+                                         "items": [{"key": "auth_token", "path": "auth_token"}]}},
+        {"name": "scheduler-config", "configMap": {"name": scheduler_config}},
+        {"name": RAY_TMP_VOLUME, "emptyDir": {}},
+        {"name": "elasticml-home", "emptyDir": {}},
+    ]
+
+
+def add_to_head(pod: dict[str, Any], *, token_secret: str, scheduler_config: str, pod_tls: str) -> None:
+    """Give a head pod (its Ray container first) the API container and what the two share."""
+    pod["shareProcessNamespace"] = True
+    pod["containers"][0]["volumeMounts"] += shared_mounts()
+    pod["containers"].append(api_container(image=pod["containers"][0]["image"], pod_tls=pod_tls))
+    pod["volumes"] += api_volumes(token_secret=token_secret, scheduler_config=scheduler_config)
+
+
+def service(*, namespace: str, raycluster: str, labels: dict[str, str]) -> dict[str, Any]:
+    """The API server's Service: in-cluster only (ClusterIP), to the head pod's API container."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": SERVICE, "namespace": namespace, "labels": dict(labels)},
+            "spec": {"type": "ClusterIP", "selector": head_selector(raycluster),
+                     "ports": [{"name": "https", "port": API_PORT, "targetPort": PORT_NAME, "protocol": "TCP"}]}}
+
+
+def scheduler_config_map(*, name: str, namespace: str, labels: dict[str, str], config_yaml: str) -> dict[str, Any]:
+    """The cluster config `scheduler start` reads on a KubeRay head (no launcher wrote one there)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace,
+                                                                  "labels": dict(labels)},
+            "data": {SCHEDULER_CONFIG_FILE: config_yaml}}
