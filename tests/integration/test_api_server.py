@@ -276,5 +276,23 @@ def test_beyond_loopback_the_server_speaks_https_with_the_clusters_certificate(a
             SchedulerClient(HttpTransport(f"https://127.0.0.1:{port}", api["files"]["acme"])).whoami()
         with pytest.raises(ConfigError, match="https://"):
             HttpTransport("http://10.0.0.5:8443", api["files"]["acme"])  # a credential never goes in clear off the host
+        # `login` checks the server against the CA it is given and remembers it for the commands after.
+        import os
+        import subprocess
+        import sys
+
+        exe = str(Path(sys.executable).with_name("elasticml"))
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ELASTICML_"))},
+               "HOME": str(tmp_path), "ELASTICML_HOME": str(tmp_path / "home")}
+        url = f"https://127.0.0.1:{port}"
+        untrusted = subprocess.run([exe, "login", "--endpoint", url, "--credential", str(api["files"]["acme"])],
+                                   capture_output=True, text=True, env=env, timeout=120)
+        assert untrusted.returncode != 0 and not (tmp_path / "home" / "login.json").exists()
+        trusted = subprocess.run([exe, "login", "--endpoint", url, "--credential", str(api["files"]["acme"]),
+                                  "--ca-cert", str(tmp_path / "ca" / "ca.crt")], capture_output=True, text=True,
+                                 env=env, timeout=120)
+        assert trusted.returncode == 0, trusted.stderr
+        who = subprocess.run([exe, "scheduler", "whoami"], capture_output=True, text=True, env=env, timeout=120)
+        assert who.returncode == 0 and "acme" in who.stdout, who.stderr
     finally:
         server.should_exit = True

@@ -20,6 +20,9 @@ from elasticml.home import home
 from elasticml.scheduler.identity import CREDENTIAL_ENV
 
 
+CA_ENV = "ELASTICML_CA_CERT"
+
+
 def login_file() -> Path:
     return home() / "login.json"
 
@@ -29,32 +32,38 @@ def configured_client():  # type: ignore[no-untyped-def]
     from elasticml.scheduler.client import SchedulerClient
 
     endpoint, credential = os.environ.get(ENDPOINT_ENV), os.environ.get(CREDENTIAL_ENV)
+    ca_cert = os.environ.get(CA_ENV)
     if not endpoint and login_file().is_file():
         try:
             saved = json.loads(login_file().read_text())
         except ValueError:
             raise ConfigError(f"{login_file()} is not the JSON `elasticml login` writes: run it again") from None
         endpoint, credential = saved.get("endpoint"), credential or saved.get("credential")
+        ca_cert = ca_cert or saved.get("ca_cert")
     if not endpoint:
         return None
     if not credential:
         raise ConfigError(f"an endpoint needs a credential file: `elasticml login` or ${CREDENTIAL_ENV}",
                           field="credential")
     # A server beyond loopback speaks HTTPS with a certificate from the cluster's CA: $ELASTICML_CA_CERT names it.
-    return SchedulerClient(HttpTransport(str(endpoint), str(credential), verify=os.environ.get("ELASTICML_CA_CERT") or True))
+    return SchedulerClient(HttpTransport(str(endpoint), str(credential), verify=ca_cert or True))
 
 
 @click.command("login")
 @click.option("--endpoint", required=True, help="The API server, https:// (http:// on loopback only).")
 @click.option("--credential", "credential", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Your credential file (`elasticml scheduler credential add` wrote it; mode 0600).")
-def login(endpoint: str, credential: Path) -> None:
-    """Remember the API server and your credential for later commands (written 0600)."""
+@click.option("--ca-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None, envvar=CA_ENV,
+              help=f"The cluster's CA certificate, to check the server's certificate by [default: ${CA_ENV}, else the "
+                   "system's trust store].")
+def login(endpoint: str, credential: Path, ca_cert: Path | None) -> None:
+    """Remember the API server, your credential and the cluster's CA for later commands (written 0600)."""
     from elasticml.scheduler.client import SchedulerClient
 
-    me = SchedulerClient(HttpTransport(endpoint, credential)).whoami()
-    write_atomic(login_file(), json.dumps({"endpoint": endpoint, "credential": str(credential.resolve())}) + "\n",
-                 mode=0o600)
+    me = SchedulerClient(HttpTransport(endpoint, credential, verify=str(ca_cert) if ca_cert else True)).whoami()
+    saved = {"endpoint": endpoint, "credential": str(credential.resolve()),
+             "ca_cert": str(ca_cert.resolve()) if ca_cert else None}
+    write_atomic(login_file(), json.dumps(saved) + "\n", mode=0o600)
     click.echo(f"logged in to {endpoint} as {me['role']} {me['name']}")
 
 
