@@ -221,7 +221,8 @@ def _follow(client, job_id: str, cluster: LocalCluster, sched, say: Callable[[st
                 say(f"   {text}")
                 if m := STEP.match(text):
                     shown.update(max(0, int(m.group(1)) - shown.n))
-            elif text.startswith(('{"event": "placement"', '{"event": "moved"')) and text not in said_lines:
+            elif text.startswith(('{"event": "placement"', '{"event": "moved"', '{"event": "retry"')) \
+                    and text not in said_lines:
                 said_lines.add(text)
                 _say_placement(json.loads(text), say, results)
         shown_lines = len(lines)
@@ -235,7 +236,7 @@ def _follow(client, job_id: str, cluster: LocalCluster, sched, say: Callable[[st
                 results["node_lost_at_s"] = round(time.monotonic() - t0, 1)
         if node_taken and not move_shown:
             # The scheduler saw the spot node die and moved the job off the pool: the job follows.
-            moved = [d for d in sched.explain("nightly-train") if d["action"] == "move"]
+            moved = [d for d in sched.explain("research/nightly-train") if d["action"] == "move"]
             if moved:
                 move_shown = True
                 say(f"   [scheduler] {moved[-1]['reason']}")
@@ -248,10 +249,14 @@ def _say_placement(event: dict[str, object], say: Callable[[str], None], results
         say(f"   [scheduler] nightly-train: placed -> {event['workers']}x {event['node_type']} "
             f"(${event['hourly_cost']:.4f}/h)")
         say(f"      why: {event['reason']}")
-    elif event["event"] == "moved":
+    elif event["event"] == "moved":  # the move came first: the run checkpointed and stopped to follow it
         results["moved_to"] = event["to"]
         say(f"   [scheduler] nightly-train checkpointed at step {event['checkpoint_step']} and follows its move "
             f"to {event['to']}")
+    elif event["event"] == "retry" and event.get("state") == "placed":  # the loss came first: it follows the move
+        results["moved_to"] = event["to"]
+        say(f"   [scheduler] nightly-train lost workers with the node and follows its move to {event['to']}, "
+            "resuming from its last checkpoint")
 
 
 def _take_a_spot_node_away(cluster: LocalCluster) -> str | None:

@@ -26,7 +26,7 @@ def test_demo_trains_serves_answers_and_leaves_what_to_try_next():
     assert "[chaos] spot node" in text and results["resumed"]  # a spot node lost mid-run, and the run resumed
     assert "resumed from step" in text
     # The controller at work: the lost spot node made it move the running job off spot, and the job followed.
-    assert "was lost (unexpected termination)" in text and "[scheduler] nightly-train checkpointed" in text
+    assert "was lost (unexpected termination)" in text and "follows its move to" in text
     assert results["moved_to"] and "cpu_spot" not in results["moved_to"]
     assert len(results["latency_ms"]) == 3
     assert results["bad_request_status"] == 422
