@@ -111,15 +111,24 @@ def jobs() -> None:
 
 @jobs.command("submit")
 @click.argument("config_file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--priority", default="normal", show_default=True)
-@click.option("--expected-hours", type=float, default=1.0, show_default=True)
-@click.option("--deadline-hours", type=float, default=None)
-def jobs_submit(config_file: Path, priority: str, expected_hours: float, deadline_hours: float | None) -> None:
-    """Train with CONFIG_FILE (a TrainConfig YAML: data, storage_path, run_name, steps...)."""
+@click.option("--priority", default=None, help="critical | high | normal | low | preemptible, up to your ceiling "
+              "[default: normal for a training job, low for a sweep].")
+@click.option("--expected-hours", type=float, default=1.0, show_default=True, help="How long the job should take.")
+@click.option("--deadline-hours", type=float, default=None, help="Finish within this many hours (the scheduler "
+              "then weighs spot against the deadline).")
+@click.option("--kind", type=click.Choice(["train", "tune"]), default="train", show_default=True,
+              help="train: a TrainConfig YAML (a `teacher: job:ID` of yours makes it a distillation, `init_from: "
+                   "job:ID` a fine-tune); tune: a sweep's YAML (data, storage_path, name, lrs or lr_min/lr_max, "
+                   "samples, steps, workers, concurrent).")
+def jobs_submit(config_file: Path, priority: str | None, expected_hours: float, deadline_hours: float | None,
+                kind: str) -> None:
+    """Train (or sweep) with CONFIG_FILE, as your tenant, on the platform's own entrypoint."""
     from elasticml.yamlio import load_yaml
 
-    body = {"config": load_yaml(config_file, source=str(config_file)), "priority": priority,
+    body = {"kind": kind, "config": load_yaml(config_file, source=str(config_file)),
             "expected_hours": expected_hours, "deadline_hours": deadline_hours}
+    if priority is not None:
+        body["priority"] = priority
     click.echo(json.dumps(_jobs_transport().post("jobs/submit", body)))
 
 

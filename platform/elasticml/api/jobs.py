@@ -27,8 +27,13 @@ from elasticml.repo import JOBS
 TENANT_KEY = "elasticml_tenant"
 FORBIDDEN = {"model": "a tenant trains a reference model size (`model_size`), not its own module",
              "node_type": "the scheduler picks where a tenant's job runs",
-             "teacher": "distillation through the server is not offered yet",
-             "init_from": "starting from a checkpoint through the server is not offered yet"}
+             "market": "the scheduler picks where a tenant's job runs"}
+FROM_OWN_JOB = ("teacher", "init_from")
+"""Checkpoints a job may start from: `job:SUBMISSION_ID`, the newest of one of the tenant's own jobs."""
+TUNE_FIELDS: dict[str, tuple[type, float, float]] = {
+    "samples": (int, 1, 64), "steps": (int, 1, 1_000_000), "workers": (int, 1, 64), "concurrent": (int, 1, 16),
+    "lr_min": (float, 1e-7, 10.0), "lr_max": (float, 1e-7, 10.0)}
+"""A sweep's numbers (the rest of its fields are a TrainConfig's `data`, `storage_path`, `model_size`)."""
 MAX_LOG_BYTES = 256 * 1024
 SUBMISSION_ID = r"[A-Za-z0-9_-]{1,64}"
 
@@ -40,39 +45,88 @@ class Jobs:
         self.client = client
 
     def submit(self, who: dict[str, str], token: str, body: Any) -> dict[str, Any]:
-        from elasticml.train.config import TrainConfig
-
-        if type(body) is not dict or type(body.get("config")) is not dict:
-            raise ConfigError("the body is {\"config\": {TrainConfig fields}, \"priority\": ..., "
-                              "\"expected_hours\": ...}", field="config")
-        unknown = set(body) - {"config", "priority", "expected_hours", "deadline_hours"}
+        """A training job (with `teacher`, a distillation; `init_from`, a fine-tune) or, with
+        `"kind": "tune"`, a learning-rate sweep: the platform's entrypoint with a checked config."""
+        if type(body) is not dict:
+            raise ConfigError('the body is {"config": {...}, "priority": ..., "expected_hours": ...}', field="body")
+        unknown = set(body) - {"kind", "config", "priority", "expected_hours", "deadline_hours"}
         if unknown:
             raise ConfigError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:200]}", field="body")
-        for name, why in FORBIDDEN.items():
-            if body["config"].get(name) is not None:
-                raise ConfigError(why, field=f"config.{name}")
-        cfg = TrainConfig.from_dict(body["config"], source="config")  # every field checked, strictly
-        check_text(cfg.run_name, field="config.run_name", max_len=63, pattern=r"[A-Za-z0-9][A-Za-z0-9_-]*")
-        priority = body.get("priority", "normal")
+        kind = body.get("kind", "train")
+        if kind not in ("train", "tune"):
+            raise ConfigError("must be train (with a teacher: distillation) or tune", field="kind")
+        if type(body.get("config")) is not dict:
+            raise ConfigError("the body is {\"config\": {TrainConfig fields}, \"priority\": ..., "
+                              "\"expected_hours\": ...}", field="config")
+        priority = body.get("priority", "normal" if kind == "train" else "low")
         check_text(priority, field="priority", max_len=20, pattern=r"[a-z]+")
-        hours = body.get("expected_hours", 1.0)
-        check_number(hours, field="expected_hours", lo=0.001, hi=8760)
         tenant = who["name"]
-        submission_id = f"{tenant}-{cfg.run_name}-{secrets.token_hex(4)}"
+        args, name, config = self._train(who, body) if kind == "train" else (*self._tune(body["config"]), None)
+        args += ["--tenant", tenant, "--priority", priority]
+        submission_id = f"{tenant}-{name}-{secrets.token_hex(4)}"
         folder = self.folder / submission_id
         folder.mkdir(parents=True, exist_ok=False)
-        credential, config_file = folder / "credential", folder / "config.yaml"
+        credential = folder / "credential"
         write_atomic(credential, token + "\n", mode=0o600)
-        write_atomic(config_file, _yaml(cfg.to_dict()), mode=0o600)
-        args = [sys.executable, str(JOBS / "train.py"), "--config", str(config_file), "--tenant", tenant,
-                "--priority", priority, "--expected-hours", str(float(hours))]
+        if config is not None:
+            config_file = folder / "config.yaml"
+            write_atomic(config_file, _yaml(config), mode=0o600)
+            args = [*args[:1], "--config", str(config_file), *args[1:]]
+        self.client.submit_job(entrypoint=shlex.join([sys.executable, *args]), submission_id=submission_id,
+                               metadata={TENANT_KEY: tenant},
+                               runtime_env={"env_vars": {"ELASTICML_CREDENTIAL_PATH": str(credential)}})
+        return {"submission_id": submission_id, "workload": f"{tenant}/{name}", "kind": kind}
+
+    def _train(self, who: dict[str, str], body: dict[str, Any]) -> tuple[list[str], str, dict[str, Any]]:
+        """jobs/train.py's arguments (jobs/distill.py with a teacher), the run's name and its checked config."""
+        from elasticml.train.config import TrainConfig
+
+        raw = dict(body["config"])
+        for name, why in FORBIDDEN.items():
+            if raw.get(name) is not None:
+                raise ConfigError(why, field=f"config.{name}")
+        for name in FROM_OWN_JOB:  # a checkpoint of the tenant's own, never a path that may be another's
+            if raw.get(name) is not None:
+                check_text(raw[name], field=f"config.{name}", max_len=100, pattern=rf"job:{SUBMISSION_ID}")
+                raw[name] = f"latest:{self.run_dir(who, {'submission_id': raw[name].removeprefix('job:')})}"
+        cfg = TrainConfig.from_dict(raw, source="config")  # every field checked, strictly
+        check_text(cfg.run_name, field="config.run_name", max_len=63, pattern=r"[A-Za-z0-9][A-Za-z0-9_-]*")
+        hours = body.get("expected_hours", 1.0)
+        check_number(hours, field="expected_hours", lo=0.001, hi=8760)
+        entry = "distill.py" if cfg.teacher else "train.py"
+        args = [str(JOBS / entry), "--expected-hours", str(float(hours))]
         if body.get("deadline_hours") is not None:
             check_number(body["deadline_hours"], field="deadline_hours", lo=0.001, hi=8760)
             args += ["--deadline-hours", str(float(body["deadline_hours"]))]
-        self.client.submit_job(entrypoint=shlex.join(args), submission_id=submission_id,
-                               metadata={TENANT_KEY: tenant},
-                               runtime_env={"env_vars": {"ELASTICML_CREDENTIAL_PATH": str(credential)}})
-        return {"submission_id": submission_id, "workload": f"{tenant}/{cfg.run_name}"}
+        return args, cfg.run_name, cfg.to_dict()
+
+    @staticmethod
+    def _tune(raw: dict[str, Any]) -> tuple[list[str], str]:
+        """jobs/tune.py's arguments from a sweep's fields, each checked here."""
+        from elasticml.train.config import TrainConfig
+
+        unknown = set(raw) - {"data", "storage_path", "name", "model_size", "lrs", *TUNE_FIELDS}
+        if unknown:
+            raise ConfigError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:200]}", field="config")
+        name = raw.get("name", "sweep")
+        check_text(name, field="config.name", max_len=63, pattern=r"[A-Za-z0-9][A-Za-z0-9_-]*")
+        # The sweep's base run, checked as any training job's (data and storage, the model size).
+        TrainConfig.from_dict({k: raw[k] for k in ("data", "storage_path", "model_size") if k in raw} | {"run_name": name},
+                              source="config")
+        args = [str(JOBS / "tune.py"), "--data", str(raw["data"]), "--storage-path", str(raw["storage_path"]),
+                "--name", name, "--size", str(raw.get("model_size", "tiny"))]
+        for field, (kind, lo, hi) in TUNE_FIELDS.items():
+            if field in raw:
+                check_number(raw[field], field=f"config.{field}", lo=lo, hi=hi, integer=kind is int)
+                args += [f"--{field.replace('_', '-')}", str(kind(raw[field]))]
+        if "lrs" in raw:
+            lrs = raw["lrs"]
+            if type(lrs) is not list or not 1 <= len(lrs) <= 32:
+                raise ConfigError("must be a list of 1 to 32 learning rates", field="config.lrs")
+            for lr in lrs:
+                check_number(lr, field="config.lrs", lo=1e-7, hi=10.0)
+            args += ["--lrs", ",".join(str(float(lr)) for lr in lrs)]
+        return args, name
 
     def _own(self, who: dict[str, str], body: Any) -> str:
         job_id = body.get("submission_id") if type(body) is dict else None

@@ -66,3 +66,44 @@ def test_a_job_is_its_tenants_only_and_its_logs_keep_no_credential(tmp_path):
     assert jobs.list(GLOBEX, {}) == [] and len(jobs.list(ACME, {})) == 1
     with pytest.raises(ConfigError, match="submission_id"):
         jobs.status(ACME, {"submission_id": "x/../y"})
+
+
+def test_a_distillation_or_fine_tune_starts_only_from_the_tenants_own_job(tmp_path):
+    client = FakeJobClient()
+    jobs = Jobs(tmp_path, client)
+    teacher = jobs.submit(ACME, "eml1.acme.secret", {"config": CONFIG})["submission_id"]
+    other = jobs.submit(GLOBEX, "eml1.globex.secret", {"config": CONFIG})["submission_id"]
+    got = jobs.submit(ACME, "eml1.acme.secret", {"config": {**CONFIG, "run_name": "student", "teacher": f"job:{teacher}",
+                                                            "init_from": f"job:{teacher}"}})
+    argv = shlex.split(client.submitted[-1]["entrypoint"])
+    assert argv[1].endswith("jobs/distill.py") and got["workload"] == "acme/student"
+    config = load_yaml(Path(argv[argv.index("--config") + 1]), source="config")
+    assert config["teacher"] == config["init_from"] == "latest:/runs/tiny"
+    with pytest.raises(AccessDenied, match="no job of this tenant"):
+        jobs.submit(ACME, "eml1.acme.secret", {"config": {**CONFIG, "teacher": f"job:{other}"}})
+    for bad in ("/runs/globex/tiny", "latest:/runs/tiny", "s3://b/tenants/globex/x", "job:../../x"):
+        with pytest.raises(ConfigError, match="config.teacher"):
+            jobs.submit(ACME, "eml1.acme.secret", {"config": {**CONFIG, "teacher": bad}})
+    assert len(client.submitted) == 3
+
+
+def test_a_sweep_runs_the_platforms_tune_entrypoint_with_checked_numbers(tmp_path):
+    client = FakeJobClient()
+    jobs = Jobs(tmp_path, client)
+    sweep = {"data": "/data/corpus", "storage_path": "/runs", "name": "lr", "samples": 3, "steps": 20,
+             "lrs": [0.001, 0.003], "workers": 1, "concurrent": 2}
+    got = jobs.submit(ACME, "eml1.acme.secret", {"kind": "tune", "config": sweep})
+    argv = shlex.split(client.submitted[-1]["entrypoint"])
+    assert argv[1].endswith("jobs/tune.py") and got == {**got, "workload": "acme/lr", "kind": "tune"}
+    assert argv[argv.index("--tenant") + 1] == "acme" and argv[argv.index("--priority") + 1] == "low"
+    assert argv[argv.index("--lrs") + 1] == "0.001,0.003" and argv[argv.index("--samples") + 1] == "3"
+    for bad, field in (({"samples": 10**9}, "config.samples"), ({"lrs": [float("nan")]}, "config.lrs"),
+                       ({"lrs": "1,2"}, "config.lrs"), ({"concurrent": 2.5}, "config.concurrent"),
+                       ({"name": "../x"}, "config.name"), ({"script": "evil.py"}, "config"),
+                       ({"model_size": "galactic"}, "model_size")):
+        with pytest.raises(ConfigError) as err:
+            jobs.submit(ACME, "eml1.acme.secret", {"kind": "tune", "config": {**sweep, **bad}})
+        assert field in str(err.value), (bad, err.value)
+    with pytest.raises(ConfigError, match="kind"):
+        jobs.submit(ACME, "eml1.acme.secret", {"kind": "shell", "config": sweep})
+    assert len(client.submitted) == 1
