@@ -49,13 +49,18 @@ def run_demo(*, steps: int = 240, clean: bool = False, say: Callable[[str], None
     t_start = time.monotonic()
     _quiet_ray_loggers()
     workdir = home() / "demo"
-    shutil.rmtree(workdir, ignore_errors=True)
+    # The corpus is a shared dataset every tenant's jobs may read; the run is tenant research's own
+    # (under $ELASTICML_HOME/tenants/research, where the API server keeps a tenant's runs).
+    corpus = home() / "datasets" / "demo-corpus"
+    runs = home() / "tenants" / "research" / "runs" / "nightly-train"
+    for old in (workdir, corpus, runs):
+        shutil.rmtree(old, ignore_errors=True)
     # The tour starts from an empty ledger: its cost report covers this run only.
     shutil.rmtree(home() / "scheduler" / cluster_name, ignore_errors=True)
     results: dict[str, object] = {}
 
     say("== 1/9 data: a byte-level Parquet corpus from Python's standard library")
-    manifest = build_corpus(workdir / "corpus", num_shards=4, max_bytes=2_000_000)
+    manifest = build_corpus(corpus, num_shards=4, max_bytes=2_000_000)
     say(f"   {manifest.num_documents} documents, {manifest.num_bytes / 1e6:.1f} MB in {len(manifest.shards)} shards")
 
     say("== 2/9 cluster: the local elastic cluster from cluster_configs/local.yaml")
@@ -68,7 +73,7 @@ def run_demo(*, steps: int = 240, clean: bool = False, say: Callable[[str], None
     say("   worker node types: " + ", ".join(f"{t.name} ({t.market}, max {t.max_workers})" for t in spec.worker_types.values()))
     try:
         sched, serve_market = _schedule(info, say, results)
-        checkpoint = _train(info, cluster, sched, workdir, steps, say, results)
+        checkpoint = _train(info, cluster, sched, workdir, corpus, steps, say, results)
         results["checkpoint"] = str(checkpoint)
         _show_nodes(cluster, say)
         _serve(info, checkpoint, serve_market, say, results)
@@ -86,18 +91,19 @@ def run_demo(*, steps: int = 240, clean: bool = False, say: Callable[[str], None
             pids = cluster.down()
             say(f"   cluster down: {len(pids)} processes stopped")
             if clean:
-                shutil.rmtree(workdir, ignore_errors=True)
+                for made in (workdir, corpus, runs):
+                    shutil.rmtree(made, ignore_errors=True)
     results["wall_s"] = round(time.monotonic() - t_start, 1)
     say(f"demo finished in {results['wall_s']}s")
     if not clean:
-        _what_next(workdir, home() / "scheduler" / cluster_name, str(results.get("checkpoint", "")),
+        _what_next(corpus, home() / "scheduler" / cluster_name, str(results.get("checkpoint", "")),
                    info.checkpoint_key_path, say)
     return results
 
 
-def _what_next(workdir: Path, ledger_dir: Path, checkpoint: str, key: str, say: Callable[[str], None]) -> None:
+def _what_next(corpus: Path, ledger_dir: Path, checkpoint: str, key: str, say: Callable[[str], None]) -> None:
     say("what it left, to explore next (`elasticml demo --clean` leaves nothing):")
-    say(f"   corpus      {workdir / 'corpus'}")
+    say(f"   corpus      {corpus}")
     say(f"   checkpoint  {checkpoint}")
     say(f"   ledger      {ledger_dir / 'ledger.sqlite'}   audit trail {ledger_dir / 'audit.jsonl'}")
     say("try:")
@@ -147,7 +153,7 @@ def _cost_report(sched, say: Callable[[str], None], results: dict[str, object]) 
     results["savings_pct"] = round(t["savings_pct"], 1)
 
 
-def _train(info: ClusterInfo, cluster: LocalCluster, sched, workdir: Path, steps: int,  # type: ignore[no-untyped-def]
+def _train(info: ClusterInfo, cluster: LocalCluster, sched, workdir: Path, corpus: Path, steps: int,  # type: ignore[no-untyped-def]
            say: Callable[[str], None], results: dict[str, object]) -> str:
     from ray.job_submission import JobStatus
 
@@ -158,7 +164,7 @@ def _train(info: ClusterInfo, cluster: LocalCluster, sched, workdir: Path, steps
     credential = workdir / "research.cred"
     sched.add_principal("research", "tenant", credential)  # the operator (admin) gives the tenant its credential
     research = HttpTransport(info.api_url, credential)
-    config = {"data": str(workdir / "corpus"), "storage_path": str(workdir / "runs"), "run_name": "nightly-train",
+    config = {"data": str(corpus), "run_name": "nightly-train",
               "steps": steps, "num_workers": 2, "global_batch": 16, "report_every": max(1, steps // 8),
               "checkpoint_every": max(1, steps // 4)}
     job = research.post("jobs/submit", {"config": config, "priority": "low", "expected_hours": 0.05})

@@ -197,8 +197,21 @@ def test_a_tenant_trains_through_the_api_server_with_only_its_credential(sched, 
     sched.add_principal("hooli", "tenant", tmp_path / "hooli.cred")
     sched.add_principal("piper", "tenant", tmp_path / "piper.cred")
     hooli, piper = HttpTransport(url, tmp_path / "hooli.cred"), HttpTransport(url, tmp_path / "piper.cred")
-    config = {"data": str(corpus), "storage_path": str(tmp_path / "runs"), "run_name": "tiny", "steps": 6,
-              "num_workers": 1, "global_batch": 2, "seq_len": 32, "report_every": 3}
+    import shutil
+
+    from elasticml.home import home
+
+    # A dataset every tenant may read (the server's shared data); the runs go where the server keeps hooli's.
+    shared = home() / "datasets" / "corpus"
+    shutil.copytree(corpus, shared, dirs_exist_ok=True)
+    config = {"data": str(shared), "run_name": "tiny", "steps": 6, "num_workers": 1, "global_batch": 2,
+              "seq_len": 32, "report_every": 3}
+    for bad, field in (({**config, "storage_path": str(home() / "tenants" / "piper" / "runs")}, "config.storage_path"),
+                       ({**config, "data": str(home() / "tenants" / "piper" / "private")}, "config.data"),
+                       ({**config, "data": f"{shared}/../../tenants/piper"}, "config.data")):
+        with pytest.raises(ConfigError) as err:
+            hooli.post("jobs/submit", {"config": bad})
+        assert field in str(err.value)
     for bad, field in (({**config, "model": "evil.module:make"}, "config.model"),
                        ({**config, "steps": "many"}, "steps"), ({**config, "surprise": 1}, "config")):
         with pytest.raises(ConfigError) as err:

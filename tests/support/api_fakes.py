@@ -69,6 +69,6 @@ class Sched:
         self.finished.append(name)
 
 
-def built(args: dict[str, Any], *, sched: Sched) -> dict[str, Any]:
+def built(args: dict[str, Any], *, sched: Sched, attach: str) -> dict[str, Any]:
     """The build's inputs stand for the app: the test reads what it would have been built from."""
-    return {"args": args, "as": sched.token}
+    return {"args": args, "as": sched.token, "attach": attach}

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,16 +68,33 @@ def route_prefix(tenant: str, name: str) -> str:
 
 class Apps:
     def __init__(self, folder: Path, serve: ServeOps, jobs: Any, connect: Callable[[str], Any], *,
-                 build: Callable[..., Any] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 build: Callable[..., Any] | None = None, resolve: Callable[[str], str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         """`jobs`: the server's `Jobs` (whose run folders a `job:` checkpoint names); `connect(token)`: a
         `SchedulerClient` acting as that credential's principal; `build(args, sched=...)`: the app
-        (default: the completion app's builder)."""
+        (default: the completion app's builder); `resolve`: `latest:RUN_DIR` to the checkpoint it
+        names now (default: the platform's, which also verifies it)."""
         self.folder, self.serve, self.jobs, self.connect, self.clock = folder, serve, jobs, connect, clock
         if build is None:
             from elasticml.serve.completion import build_deployment
 
             build = build_deployment
-        self.build = build
+        if resolve is None:
+            from elasticml.train.checkpoint import resolve_checkpoint
+
+            resolve = resolve_checkpoint
+        self.build, self.resolve = build, resolve
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    @contextmanager
+    def _holding(self, tenant: str, name: str) -> Iterator[None]:
+        """One change of an app at a time (its record, its keys, its build), so two calls never
+        interleave a read and a write of its keys."""
+        with self._locks_lock:
+            lock = self._locks.setdefault((tenant, name), threading.Lock())
+        with lock:
+            yield
 
     # -- the app -----------------------------------------------------------------------------
     def deploy(self, who: dict[str, str], token: str, body: Any) -> dict[str, Any]:
@@ -87,11 +106,14 @@ class Apps:
         # A tenant's ceiling is `normal` unless an admin raised it (ServeConfig's own default is an operator's `high`).
         config = {"priority": "normal", **config, "name": name,
                   "checkpoint": self._checkpoint(who, config.get("checkpoint"))}
-        if not self._record(tenant, name).exists() and len(self._names(tenant)) >= MAX_APPS_PER_TENANT:
-            raise ConfigError(f"a tenant has at most {MAX_APPS_PER_TENANT} apps; delete one first", field="config.name")
-        self._build(tenant, token, config, wait=False)
-        write_atomic(self._record(tenant, name), json.dumps({"config": config, "updated": self.clock()}), mode=0o600)
-        return self._describe(tenant, name)
+        with self._holding(tenant, name):
+            if not self._record(tenant, name).exists() and len(self._names(tenant)) >= MAX_APPS_PER_TENANT:
+                raise ConfigError(f"a tenant has at most {MAX_APPS_PER_TENANT} apps; delete one first",
+                                  field="config.name")
+            self._build(tenant, token, config, self._keys(tenant, name), wait=False)
+            write_atomic(self._record(tenant, name), json.dumps({"config": config, "updated": self.clock()}),
+                         mode=0o600)
+            return self._describe(tenant, name)
 
     def status(self, who: dict[str, str], body: Any) -> dict[str, Any]:
         tenant, name = self._own(who, body)
@@ -103,30 +125,31 @@ class Apps:
 
     def delete(self, who: dict[str, str], token: str, body: Any) -> dict[str, Any]:
         tenant, name = self._own(who, body)
-        self.serve.delete(serve_name(tenant, name))
-        self._record(tenant, name).unlink()
-        self._keys_file(tenant, name).unlink(missing_ok=True)
-        sched = self.connect(token)
-        try:
-            sched.finish(f"{tenant}/{name}")  # its replicas are gone: the ledger stops charging it now
-        except AccessDenied:
-            pass  # an admin deleting a tenant's app: the controller finishes it when Ray shows no replica
+        with self._holding(tenant, name):
+            self._own(who, body)  # still there once this call holds it
+            self.serve.delete(serve_name(tenant, name))
+            self._record(tenant, name).unlink()
+            self._keys_file(tenant, name).unlink(missing_ok=True)
+        # The scheduler's controller finishes the app's workload when Ray shows none of its replicas
+        # (a tenant may not finish a Serve app's workload itself: its replicas would run on unpaid).
         return {"app": name, "tenant": tenant, "deleted": True}
 
     # -- its keys ------------------------------------------------------------------------------
     def mint_key(self, who: dict[str, str], token: str, body: Any) -> dict[str, Any]:
         """A new key for the app, shown once; the app is rebuilt with it before this answers."""
-        tenant, name = self._own(who, body)
-        keys = self._keys(tenant, name)
-        if len(keys) >= MAX_KEYS_PER_APP:
-            raise ConfigError(f"an app has at most {MAX_KEYS_PER_APP} keys; revoke one first", field="app")
         from elasticml.serve.auth import new_key
 
-        key, key_digest = new_key()
-        key_id = f"k{secrets.token_hex(4)}"
-        keys[key_id] = {"digest": key_digest, "created": self.clock()}
-        self._save_keys(tenant, name, keys)
-        self._rebuild(tenant, name, token)
+        tenant, name = self._own(who, body)
+        with self._holding(tenant, name):
+            self._own(who, body)
+            keys = self._keys(tenant, name)
+            if len(keys) >= MAX_KEYS_PER_APP:
+                raise ConfigError(f"an app has at most {MAX_KEYS_PER_APP} keys; revoke one first", field="app")
+            key, key_digest = new_key()
+            key_id = f"k{secrets.token_hex(4)}"
+            keys[key_id] = {"digest": key_digest, "created": self.clock()}
+            self._rebuild(tenant, name, token, keys)  # saved once the app serves with it
+            self._save_keys(tenant, name, keys)
         return {"app": name, "key_id": key_id, "key": key,
                 "note": "shown once: the server keeps only its digest"}
 
@@ -139,31 +162,39 @@ class Apps:
         tenant, name = self._own(who, body)
         key_id = body.get("key_id")
         check_text(key_id, field="key_id", max_len=9, pattern=KEY_ID)
-        keys = self._keys(tenant, name)
-        if key_id not in keys:
-            raise ConfigError(f"the app {name} has no key {key_id}", field="key_id")
-        del keys[key_id]
-        self._save_keys(tenant, name, keys)
-        self._rebuild(tenant, name, token)
+        with self._holding(tenant, name):
+            self._own(who, body)
+            keys = self._keys(tenant, name)
+            if key_id not in keys:
+                raise ConfigError(f"the app {name} has no key {key_id}", field="key_id")
+            del keys[key_id]
+            # The key stays listed (and revocable again) until a build without it serves.
+            self._rebuild(tenant, name, token, keys)
+            self._save_keys(tenant, name, keys)
         return {"app": name, "key_id": key_id, "revoked": True}
 
     # -- inside --------------------------------------------------------------------------------
     def _checkpoint(self, who: dict[str, str], spec: Any) -> str:
         check_text(spec, field="config.checkpoint", max_len=1024)
         if spec.startswith("job:"):
-            return f"latest:{self.jobs.run_dir(who, {'submission_id': spec.removeprefix('job:')})}"
+            # Resolved once, here: a rebuild for a key change serves the same model, whatever the run writes next.
+            return self.resolve(f"latest:{self.jobs.run_dir(who, {'submission_id': spec.removeprefix('job:')})}")
         if spec.startswith("s3://"):
-            return spec  # the build checks it against the tenant's residency and prefix
+            from elasticml.scheduler.tenant_storage import check_confined
+
+            check_confined(who["name"], spec)  # its own prefix, whether or not the cluster vends prefixes
+            return spec  # the build checks it against the tenant's residency too
         raise ConfigError("a tenant's app serves its own job's checkpoint (job:SUBMISSION_ID) or one in its "
                           "S3 prefix (s3://...)", field="config.checkpoint")
 
-    def _build(self, tenant: str, token: str, config: dict[str, Any], *, wait: bool) -> None:
+    def _build(self, tenant: str, token: str, config: dict[str, Any], keys: dict[str, dict[str, Any]], *,
+               wait: bool) -> None:
         name = config["name"]
-        digests = {f"{tenant}/{k}": v["digest"] for k, v in self._keys(tenant, name).items()}
+        digests = {f"{tenant}/{k}": v["digest"] for k, v in keys.items()}
         # No key yet: a digest nobody holds the key of, so the app admits no one (an empty keyring is open).
         args = {**config, "tenant": tenant, "tenant_share": 1.0,
                 "api_keys": digests or {f"{tenant}/none": _nobody()}}
-        app = self.build(args, sched=self.connect(token))
+        app = self.build(args, sched=self.connect(token), attach=f"serve:{serve_name(tenant, name)}")
         self.serve.run(app, name=serve_name(tenant, name), route_prefix=route_prefix(tenant, name))
         if wait:
             deadline = time.monotonic() + READY_WAIT_S
@@ -173,8 +204,8 @@ class Apps:
                                          "its previous keys may still be in force: see apps/status")
                 time.sleep(0.5)
 
-    def _rebuild(self, tenant: str, name: str, token: str) -> None:
-        self._build(tenant, token, json.loads(self._record(tenant, name).read_text())["config"], wait=True)
+    def _rebuild(self, tenant: str, name: str, token: str, keys: dict[str, dict[str, Any]]) -> None:
+        self._build(tenant, token, json.loads(self._record(tenant, name).read_text())["config"], keys, wait=True)
 
     def _own(self, who: dict[str, str], body: Any) -> tuple[str, str]:
         """(tenant, app) named by the body's `app` (and, for an admin, `tenant`), if the caller may see it."""

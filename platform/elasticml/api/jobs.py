@@ -36,13 +36,25 @@ TUNE_FIELDS: dict[str, tuple[type, float, float]] = {
 """A sweep's numbers (the rest of its fields are a TrainConfig's `data`, `storage_path`, `model_size`)."""
 MAX_LOG_BYTES = 256 * 1024
 SUBMISSION_ID = r"[A-Za-z0-9_-]{1,64}"
+MAX_LIVE_JOBS_PER_TENANT = 20
+"""Jobs of one tenant not yet ended: each is a driver process on the head."""
+SHARED_DATA_ENV = "ELASTICML_SHARED_DATA"
+"""Folders on the head (`:`-separated) every tenant's jobs may read data from, beside $ELASTICML_HOME/datasets."""
 
 
 class Jobs:
-    def __init__(self, folder: Path, client: Any) -> None:
-        """`client`: a `ray.job_submission.JobSubmissionClient` (the server's, with the Ray token)."""
+    def __init__(self, folder: Path, client: Any, *, tenants_root: Path | None = None,
+                 shared_data: list[Path] | None = None) -> None:
+        """`client`: a `ray.job_submission.JobSubmissionClient` (the server's, with the Ray token).
+        On the head's disk a tenant's runs live under `tenants_root/TENANT/runs` and its data under
+        `tenants_root/TENANT/` or a shared-data folder; any other local path could be another's."""
         self.folder = folder
         self.client = client
+        self.tenants_root = tenants_root or folder / "tenants"
+        self.shared_data = shared_data if shared_data is not None else []
+
+    def tenant_root(self, tenant: str) -> Path:
+        return self.tenants_root / tenant
 
     def submit(self, who: dict[str, str], token: str, body: Any) -> dict[str, Any]:
         """A training job (with `teacher`, a distillation; `init_from`, a fine-tune) or, with
@@ -61,7 +73,8 @@ class Jobs:
         priority = body.get("priority", "normal" if kind == "train" else "low")
         check_text(priority, field="priority", max_len=20, pattern=r"[a-z]+")
         tenant = who["name"]
-        args, name, config = self._train(who, body) if kind == "train" else (*self._tune(body["config"]), None)
+        self._check_live(tenant)
+        args, name, config = self._train(who, body) if kind == "train" else (*self._tune(who, body["config"]), None)
         args += ["--tenant", tenant, "--priority", priority]
         submission_id = f"{tenant}-{name}-{secrets.token_hex(4)}"
         folder = self.folder / submission_id
@@ -89,6 +102,7 @@ class Jobs:
             if raw.get(name) is not None:
                 check_text(raw[name], field=f"config.{name}", max_len=100, pattern=rf"job:{SUBMISSION_ID}")
                 raw[name] = f"latest:{self.run_dir(who, {'submission_id': raw[name].removeprefix('job:')})}"
+        self._confine(who["name"], raw)
         cfg = TrainConfig.from_dict(raw, source="config")  # every field checked, strictly
         check_text(cfg.run_name, field="config.run_name", max_len=63, pattern=r"[A-Za-z0-9][A-Za-z0-9_-]*")
         hours = body.get("expected_hours", 1.0)
@@ -100,11 +114,12 @@ class Jobs:
             args += ["--deadline-hours", str(float(body["deadline_hours"]))]
         return args, cfg.run_name, cfg.to_dict()
 
-    @staticmethod
-    def _tune(raw: dict[str, Any]) -> tuple[list[str], str]:
+    def _tune(self, who: dict[str, str], raw: dict[str, Any]) -> tuple[list[str], str]:
         """jobs/tune.py's arguments from a sweep's fields, each checked here."""
         from elasticml.train.config import TrainConfig
 
+        raw = dict(raw)
+        self._confine(who["name"], raw)
         unknown = set(raw) - {"data", "storage_path", "name", "model_size", "lrs", *TUNE_FIELDS}
         if unknown:
             raise ConfigError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:200]}", field="config")
@@ -127,6 +142,34 @@ class Jobs:
                 check_number(lr, field="config.lrs", lo=1e-7, hi=10.0)
             args += ["--lrs", ",".join(str(float(lr)) for lr in lrs)]
         return args, name
+
+    def _confine(self, tenant: str, raw: dict[str, Any]) -> None:
+        """The job's storage and data held to the tenant's own: its S3 prefix, or on the head's disk its
+        own folder (the runs' default) and, for data, the shared-data folders."""
+        from elasticml.scheduler.tenant_storage import check_confined
+
+        root = self.tenant_root(tenant)
+        raw.setdefault("storage_path", str(root / "runs"))
+        for name, allowed in (("storage_path", [root]), ("data", [root, *self.shared_data])):
+            value = raw.get(name)
+            if type(value) is not str:
+                continue  # TrainConfig names what is wrong with it
+            if value.startswith("s3://"):
+                check_confined(tenant, value)
+            elif "://" in value or not value.startswith("/"):
+                raise ConfigError("an absolute path on the cluster or an s3:// URI in the tenant's prefix",
+                                  field=f"config.{name}")
+            elif not any(_within(Path(value), folder) for folder in allowed):
+                raise ConfigError(f"a tenant's {'runs' if name == 'storage_path' else 'data'} on the head live under "
+                                  f"{root}" + (" or a shared-data folder" if name == "data" else "") +
+                                  " (or in its S3 prefix)", field=f"config.{name}")
+
+    def _check_live(self, tenant: str) -> None:
+        live = [i for i in self.client.list_jobs() if (i.metadata or {}).get(TENANT_KEY) == tenant
+                and str(i.status) not in ("SUCCEEDED", "FAILED", "STOPPED")]
+        if len(live) >= MAX_LIVE_JOBS_PER_TENANT:
+            raise ConfigError(f"a tenant has at most {MAX_LIVE_JOBS_PER_TENANT} jobs running or waiting; stop one "
+                              "or wait for one to end", field="body")
 
     def _own(self, who: dict[str, str], body: Any) -> str:
         job_id = body.get("submission_id") if type(body) is dict else None
@@ -176,6 +219,11 @@ class Jobs:
         return out
 
 
+def _within(path: Path, folder: Path) -> bool:
+    """Whether `path`, its links and `..` followed, lies inside `folder`."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
 def _yaml(raw: dict[str, Any]) -> str:
     from elasticml.yamlio import dump_yaml
 
@@ -192,9 +240,12 @@ def server_jobs(folder: Path | None = None) -> Jobs:
     """The API server's jobs, through the Ray dashboard's job API on the head (with the Ray token).
     The dashboard's address is read from the GCS when the first job call comes, so the server starts
     even while the dashboard does not answer yet."""
+    import os
+
     from elasticml.home import home
 
-    return Jobs(folder or home() / "api" / "jobs", _LazyJobClient())
+    shared = [home() / "datasets", *(Path(p) for p in os.environ.get(SHARED_DATA_ENV, "").split(":") if p)]
+    return Jobs(folder or home() / "api" / "jobs", _LazyJobClient(), tenants_root=home() / "tenants", shared_data=shared)
 
 
 class _LazyJobClient:

@@ -191,9 +191,11 @@ def build_app(call: Call, *, jobs: Any = None, apps: Any = None, rate_per_s: flo
                 "security": [{"bearer": []}]},
         )
 
-    def as_caller(handle: Callable[..., Any], needs_token: bool) -> Callable[[str, Any], Any]:
+    def as_caller(path: str, handle: Callable[..., Any], needs_token: bool) -> Callable[[str, Any], Any]:
         def run(token: str, body: Any) -> Any:
             who = call(token, "whoami", {})  # the door verifies the credential (and audits a refusal)
+            if who["role"] not in ("tenant", "admin"):  # a node agent's credential is on every node
+                raise AccessDenied(f"{who['role']} {who['name']}", path, "jobs and apps are a tenant's (or an admin's)")
             return handle(who, token, body) if needs_token else handle(who, body)
         return run
 
@@ -201,7 +203,7 @@ def build_app(call: Call, *, jobs: Any = None, apps: Any = None, rate_per_s: flo
         target = {"jobs": jobs, "apps": apps}[owner]
         if target is None:
             continue
-        app.add_api_route(f"/v1/{path}", endpoint_for(path, as_caller(getattr(target, method), needs_token)),
+        app.add_api_route(f"/v1/{path}", endpoint_for(path, as_caller(path, getattr(target, method), needs_token)),
                           methods=["POST"], name=path.replace("/", "_"), summary=summary,
                           openapi_extra={"security": [{"bearer": []}]})
 

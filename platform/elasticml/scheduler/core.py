@@ -27,6 +27,8 @@ from elasticml.scheduler.replay_clock import ReplayClock, priced_by_market
 from elasticml.scheduler.policy import Decision, place, rebalance, replace_interrupted
 from elasticml.scheduler.settings import ControllerConfig
 from elasticml.scheduler.spec import (
+    ATTACH_MAX,
+    ATTACH_PATTERN,
     MAX_NAME,
     MAX_WORKLOAD,
     NAME_PATTERN,
@@ -168,7 +170,7 @@ class Scheduler:
         if type(spec) is not WorkloadSpec:
             raise ConfigError(f"expected a WorkloadSpec, got {type(spec).__name__}", field="spec")
         if attach is not None:
-            check_text(attach, field="attach", max_len=MAX_NAME + 6, pattern=rf"[0-9a-f]{{1,64}}|serve:{NAME_PATTERN}")
+            check_text(attach, field="attach", max_len=ATTACH_MAX, pattern=ATTACH_PATTERN)
         if spec.tenant in self.store.quarantined_tenants:
             raise PlacementRefused(spec.name, f"tenant {spec.tenant}'s policy could not be read from the store: "
                                               "an admin sets it again before its work is placed")

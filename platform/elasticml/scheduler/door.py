@@ -187,13 +187,19 @@ class Door:
                 return f"tenant {who.name} has {live} workloads, its most (max_workloads, set by an admin)"
             if attach is not None and attach.startswith("serve:") and spec.kind != "serving":
                 return "only a serving workload attaches to a Serve app"
+            held = self.s.store.workloads.get(spec.name)
+            if held is not None and held.attach and held.attach.startswith("serve:") and attach != held.attach:
+                # Its replicas run until the app is deleted: placing something else under its name would
+                # stop the charges for them and hand their capacity out again.
+                return f"{spec.name} is a Serve app's workload; it ends when the app is deleted"
             if attach is not None:
                 from elasticml.scheduler.ray_view import serve_attachment
 
                 if attach.startswith("serve:"):
-                    own = serve_attachment(spec.name.rpartition("/")[2])  # Serve names the app without its tenant
-                    if attach != own:
-                        return f"a Serve app attaches as its own workload only ({own})"
+                    bare = spec.name.rpartition("/")[2]  # Serve names the deployments without the tenant
+                    own = (serve_attachment(bare), serve_attachment(bare, tenant=spec.tenant))
+                    if attach not in own:
+                        return f"a Serve app attaches as its own workload only ({' or '.join(own)})"
                 elif self.attach_check is None:
                     return "attach names a Ray job, which only the platform's own entrypoints or an admin may"
                 else:
@@ -215,6 +221,9 @@ class Door:
                 return "cluster events are for an admin"
             if owners.get(name) != who.name:
                 return "a tenant sees and changes its own workloads only (no workload of this tenant has that name)"
+            held = self.s.store.workloads.get(name)
+            if isinstance(req, Finish) and held is not None and held.attach and held.attach.startswith("serve:"):
+                return f"{name} is a Serve app's workload: it ends when the app is deleted (its replicas with it)"
         return None
 
 

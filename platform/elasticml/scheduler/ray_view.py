@@ -18,9 +18,22 @@ LOST_REASONS = {2: "unexpected termination", 3: "preempted"}  # UNEXPECTED_TERMI
 """Ray's NodeDeathInfo reasons that mean the capacity was taken, not given back when idle."""
 
 
-def serve_attachment(workload: str) -> str:
-    """What a scheduler-placed Serve app attaches as: its pinned deployments are named `<workload>-pool-<type>`."""
-    return f"serve:{workload}"
+def serve_attachment(workload: str, *, tenant: str | None = None) -> str:
+    """What a scheduler-placed Serve app attaches as: its pinned deployments are named `<workload>-pool-<type>`,
+    in an operator's Serve app (`serve:NAME`) or in the app TENANT.NAME the API server built for a tenant
+    (`serve:TENANT.NAME`)."""
+    return f"serve:{tenant}.{workload}" if tenant else f"serve:{workload}"
+
+
+def serve_replicas(attach: str) -> "re.Pattern[str]":
+    """The Ray actor names of the pinned replicas a `serve:` attachment stands for. A tenant's app built
+    by the API server is its own Serve app TENANT.NAME; an operator's app has no `.` in its name: so one
+    tenant's replicas are never counted as another's, or as an operator's."""
+    import re
+
+    tenant, _, name = attach.removeprefix("serve:").rpartition(".")
+    app = rf"(?:{re.escape(tenant)}\.{re.escape(name)}|[^:.]+)" if tenant else r"[^:.]+"
+    return re.compile(rf"ServeReplica:{app}:{re.escape(name)}-pool-[A-Za-z0-9_-]+")
 
 
 def ray_observer(attach: str) -> dict[str, tuple[int, int]]:
@@ -33,7 +46,7 @@ def ray_observer(attach: str) -> dict[str, tuple[int, int]]:
     alive_nodes = {n["NodeID"]: n.get("Labels", {}) for n in ray.nodes() if n.get("Alive")}
     seen: dict[str, tuple[int, set[str]]] = {}
     if attach.startswith("serve:"):
-        wanted = re.compile(rf"ServeReplica:[^:]+:{re.escape(attach.removeprefix('serve:'))}-pool-[A-Za-z0-9_-]+")
+        wanted = serve_replicas(attach)
         actors = state.actors(actor_state_name="ALIVE").values()
     else:
         wanted = re.compile(r".*RayTrainWorker.*")

@@ -24,6 +24,8 @@ from typing import Any, ClassVar, Literal
 from elasticml.dataconf import check_number, check_text
 from elasticml.errors import ConfigError
 from elasticml.scheduler.spec import (
+    ATTACH_MAX,
+    ATTACH_PATTERN,
     MAX_NAME,
     MAX_WORKLOAD,
     NAME_PATTERN,
@@ -109,7 +111,7 @@ class Place(Request):
         object.__setattr__(self, "spec", rebuilt(self.spec, WorkloadSpec, "spec"))
         if self.attach is not None:
             _exact(self.attach, (str,), "attach")
-            check_text(self.attach, field="attach", max_len=MAX_NAME + 6, pattern=rf"[0-9a-f]{{1,64}}|serve:{NAME_PATTERN}")
+            check_text(self.attach, field="attach", max_len=ATTACH_MAX, pattern=ATTACH_PATTERN)
 
 
 @dataclass(kw_only=True, frozen=True)

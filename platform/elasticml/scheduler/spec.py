@@ -20,6 +20,10 @@ from elasticml.scheduler.capacity import Allocation
 MAX_NAME = 63
 """Workload and tenant names: a DNS label's length, so they fit Ray, Kubernetes and metric labels."""
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+ATTACH_PATTERN = rf"[0-9a-f]{{1,64}}|serve:({NAME_PATTERN}\.)?{NAME_PATTERN}"
+"""What runs a workload: a Ray job's hex id, or a Serve app's replicas: `serve:NAME` (an operator's app,
+deployments NAME-pool-*), `serve:TENANT.NAME` (the Serve app TENANT.NAME the API server built)."""
+ATTACH_MAX = 2 * MAX_NAME + 7
 WORKLOAD_PATTERN = rf"(?:{NAME_PATTERN}/)?{NAME_PATTERN}"
 """A workload's name: `NAME`, or `TENANT/NAME` in its tenant's own namespace (what a tenant's names become)."""
 MAX_WORKLOAD = 2 * MAX_NAME + 1

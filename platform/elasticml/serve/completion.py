@@ -298,8 +298,10 @@ class Completer:
         return await self.service.score(request)
 
 
-def placement(cfg: ServeConfig, *, name: str, sched: "SchedulerClient | None" = None) -> tuple[dict[str, Any], list["Allocation"]]:
-    """ray_actor_options for the replicas and, when the scheduler placed them, its allocations.
+def placement(cfg: ServeConfig, *, name: str, sched: "SchedulerClient | None" = None, attach: str | None = None
+              ) -> tuple[dict[str, Any], list["Allocation"], str]:
+    """ray_actor_options for the replicas, when the scheduler placed them its allocations, and the
+    workload's name as the scheduler knows it (a tenant's own build gets `TENANT/NAME`).
 
     With a tenant the cluster's scheduler decides: base replicas on reserved or on-demand capacity,
     extra ones on spot, over-provisioned (see the policy); `build_app` gives each allocation its own
@@ -311,7 +313,7 @@ def placement(cfg: ServeConfig, *, name: str, sched: "SchedulerClient | None" = 
     if cfg.tenant is None:
         if cfg.market != "any":
             options["label_selector"] = L.selector_for(cfg.market)  # type: ignore[arg-type]
-        return options, []
+        return options, [], name
     from elasticml.errors import SchedulerError, SchedulerNotRunning
     from elasticml.scheduler.ray_view import serve_attachment
     from elasticml.scheduler.spec import WorkloadSpec
@@ -325,10 +327,10 @@ def placement(cfg: ServeConfig, *, name: str, sched: "SchedulerClient | None" = 
         import ray
 
         raise SchedulerNotRunning(ray.get_runtime_context().gcs_address)
-    placed = sched.place(spec, attach=serve_attachment(name))
+    placed = sched.place(spec, attach=attach or serve_attachment(name))
     if not placed.placed:
         raise SchedulerError(f"the scheduler has not placed {name} yet ({placed.state}): {placed.reason}")
-    return options, list(placed.allocations)
+    return options, list(placed.allocations), placed.workload
 
 
 def tenant_share_of(cfg: ServeConfig) -> float:
@@ -348,7 +350,8 @@ def build_app(args: dict[str, Any]) -> Application:
 
 
 def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer", backend: bool = False,
-                     version: str | None = None, sched: "SchedulerClient | None" = None) -> Application:
+                     version: str | None = None, sched: "SchedulerClient | None" = None,
+                     attach: str | None = None) -> Application:
     """build_app's work; with backend=True a handle-only ModelBackend (for a router in front of it).
 
     `version`: Serve's code version for the replicas. A redeploy with the same one keeps them running;
@@ -369,7 +372,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         from elasticml.serve.auth import read_key_file
 
         cfg = dataclasses.replace(cfg, api_keys={**read_key_file(cfg.api_keys_file), **cfg.api_keys}, api_keys_file=None)
-    options, allocations = placement(cfg, name=cfg.name, sched=sched)
+    options, allocations, workload = placement(cfg, name=cfg.name, sched=sched, attach=attach)
     record_deployment(cfg, allocations, read_meta(cfg.checkpoint), sched)  # before any replica starts
     common: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
@@ -388,7 +391,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
             # Named <workload>-pool-<type>: the scheduler charges (and finishes) the app by these replicas.
             name = f"{cfg.name}-pool-{alloc.node_type}"
             burst = cfg.autoscaling == "predictive" and alloc.market == "spot" and base > 0
-            scale: dict[str, Any] = {"autoscaling_config": burst_autoscaling(cfg, alloc.workers, base)} if burst \
+            scale: dict[str, Any] = {"autoscaling_config": burst_autoscaling(cfg, alloc.workers, base, workload)} if burst \
                 else {"num_replicas": alloc.workers}
             handles.append(ModelBackend.options(name=name, ray_actor_options=pinned, **scale, **common)
                            .bind(backend_cfg, creds))
@@ -398,7 +401,8 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         base_pool = next((a for a in allocations if a.market != "spot"), allocations[0])
         router = {"num_cpus": 0, "runtime_env": options["runtime_env"],
                   "label_selector": {L.NODE_TYPE: base_pool.node_type}}
-        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys, cfg.name,
+        # The router follows the workload by the name the scheduler knows it by.
+        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys, workload,
                                                                  cfg.max_body_bytes)
     deployment: dict[str, Any] = {"name": deployment_name, "ray_actor_options": options, **common}
     if version is not None:  # Serve takes a version only as an internal option
@@ -411,12 +415,12 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
     return (ModelBackend if backend else Completer).options(**deployment).bind(cfg.to_dict(), creds)
 
 
-def burst_autoscaling(cfg: ServeConfig, most: int, base: int) -> dict[str, Any]:
+def burst_autoscaling(cfg: ServeConfig, most: int, base: int, workload: str) -> dict[str, Any]:
     """A spot pool's autoscaling under the predictive policy: none to `most` replicas (what the scheduler
     gave the pool), for what the whole app's forecast needs above its `base` replicas off spot."""
     scaling = cfg.autoscaling_config()
     policy = scaling["policy"]
-    kwargs = {**policy["policy_kwargs"], "burst": {"workload": cfg.name, "base_replicas": base}}
+    kwargs = {**policy["policy_kwargs"], "burst": {"workload": workload, "base_replicas": base}}
     return {**scaling, "min_replicas": 0, "max_replicas": most, "policy": {**policy, "policy_kwargs": kwargs}}
 
 

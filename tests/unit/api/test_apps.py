@@ -14,14 +14,19 @@ from elasticml.errors import AccessDenied, ConfigError
 from elasticml.serve.auth import KeyRing
 
 from tests.support.api_fakes import FakeJobClient, RecordingServe, Sched, built
-from tests.unit.api.test_jobs import ACME, ADMIN, CONFIG, GLOBEX
+from tests.unit.api.test_jobs import ACME, ADMIN, CONFIG, GLOBEX, SHARED
+
+
+def newest(spec: str) -> str:
+    """`latest:RUN_DIR` resolved as the platform would, to that run's newest checkpoint (a stand-in name)."""
+    return spec.removeprefix("latest:") + "/checkpoint_000006"
 
 
 @pytest.fixture
 def world(tmp_path):
-    jobs = Jobs(tmp_path / "jobs", FakeJobClient())
+    jobs = Jobs(tmp_path / "jobs", FakeJobClient(), shared_data=SHARED)
     serve = RecordingServe()
-    apps = Apps(tmp_path, serve, jobs, Sched, build=built)
+    apps = Apps(tmp_path, serve, jobs, Sched, build=built, resolve=newest)
     job = jobs.submit(ACME, "eml1.acme.s", {"config": CONFIG})["submission_id"]
     return apps, serve, jobs, job
 
@@ -31,13 +36,13 @@ def args_of(serve: RecordingServe, tenant: str, name: str) -> dict[str, Any]:
 
 
 def test_a_deploy_serves_the_tenants_own_job_as_the_tenant_and_admits_no_one_before_a_key(world):
-    apps, serve, _, job = world
+    apps, serve, jobs, job = world
     got = apps.deploy(ACME, "eml1.acme.s", {"config": {"name": "chat", "checkpoint": f"job:{job}", "preset": "latency"}})
     assert got == {"app": "chat", "tenant": "acme", "route_prefix": "/acme/chat", "status": "RUNNING", "keys": 0}
     app, prefix = serve.ran["acme.chat"]
-    assert app["as"] == "eml1.acme.s" and prefix == "/acme/chat"
+    assert app["as"] == "eml1.acme.s" and prefix == "/acme/chat" and app["attach"] == "serve:acme.chat"
     args = app["args"]
-    assert args["tenant"] == "acme" and args["checkpoint"] == "latest:/runs/tiny"
+    assert args["tenant"] == "acme" and args["checkpoint"] == newest(f"latest:{jobs.tenant_root('acme')}/runs/tiny")
     ring = KeyRing(args["api_keys"])
     assert not ring.open and ring.tenant_for("Bearer anything", None) is None
 
@@ -73,6 +78,10 @@ def test_another_tenants_job_or_app_is_answered_as_if_it_did_not_exist(world):
         with pytest.raises(AccessDenied, match="no app of that name"):
             call()
     assert apps.list(GLOBEX, {}) == [] and [a["app"] for a in apps.list(ADMIN, {})] == ["chat"]
+    from elasticml.errors import PlacementRefused
+
+    with pytest.raises(PlacementRefused, match="tenants/globex/"):  # another's S3 prefix, vended or not
+        apps.deploy(GLOBEX, "eml1.globex.s", {"config": {"name": "steal", "checkpoint": "s3://b/tenants/acme/run/ck"}})
     assert apps.status(ADMIN, {"app": "chat", "tenant": "acme"})["tenant"] == "acme"
 
 
@@ -96,17 +105,15 @@ def test_a_minted_key_opens_the_app_to_its_holder_and_a_revoked_one_no_longer(wo
     assert not ring.open and ring.tenant_for(None, second["key"]) is None  # no key left: closed, not open
 
 
-def test_an_update_keeps_the_keys_and_a_delete_takes_the_app_its_keys_and_its_charges(world):
+def test_an_update_keeps_the_keys_and_a_delete_takes_the_app_and_its_keys(world):
     apps, serve, _, job = world
     apps.deploy(ACME, "eml1.acme.s", {"config": {"name": "chat", "checkpoint": f"job:{job}"}})
     key = apps.mint_key(ACME, "eml1.acme.s", {"app": "chat"})["key"]
     apps.deploy(ACME, "eml1.acme.s", {"config": {"name": "chat", "checkpoint": f"job:{job}", "num_replicas": 2}})
     args = args_of(serve, "acme", "chat")
     assert args["num_replicas"] == 2 and KeyRing(args["api_keys"]).tenant_for(None, key)
-    sched_calls: list[Sched] = []
-    apps.connect = lambda token: sched_calls.append(Sched(token)) or sched_calls[-1]
     assert apps.delete(ACME, "eml1.acme.s", {"app": "chat"})["deleted"]
-    assert serve.deleted == ["acme.chat"] and sched_calls[0].finished == ["acme/chat"]
+    assert serve.deleted == ["acme.chat"]  # its workload ends when the controller sees no replica of it
     assert apps.list(ACME, {}) == []
     apps.deploy(ACME, "eml1.acme.s", {"config": {"name": "chat", "checkpoint": f"job:{job}"}})
     assert not KeyRing(args_of(serve, "acme", "chat")["api_keys"]).tenant_for(None, key)  # the old key died with it
@@ -118,3 +125,26 @@ def test_two_tenants_apps_of_one_name_never_share_a_serve_app_or_route(world):
     apps.deploy(ACME, "eml1.acme.s", {"config": {"name": "chat", "checkpoint": f"job:{job}"}})
     apps.deploy(GLOBEX, "eml1.globex.s", {"config": {"name": "chat", "checkpoint": f"job:{other}"}})
     assert {n: p for n, (_, p) in serve.ran.items()} == {"acme.chat": "/acme/chat", "globex.chat": "/globex/chat"}
+
+
+def test_a_key_change_whose_build_fails_changes_nothing(world):
+    """The keys are saved only once a build with them serves: a revoke the scheduler refuses leaves the
+    key listed (and revocable again), a mint that fails hands out no key."""
+    from elasticml.errors import PlacementRefused
+
+    apps, serve, _, job = world
+    apps.deploy(ACME, "eml1.acme.s", {"config": {"name": "chat", "checkpoint": f"job:{job}"}})
+    key = apps.mint_key(ACME, "eml1.acme.s", {"app": "chat"})
+
+    def refused(args, *, sched, attach):  # type: ignore[no-untyped-def]
+        raise PlacementRefused("acme/chat", "budget spent")
+
+    apps.build = refused
+    with pytest.raises(PlacementRefused):
+        apps.revoke_key(ACME, "eml1.acme.s", {"app": "chat", "key_id": key["key_id"]})
+    with pytest.raises(PlacementRefused):
+        apps.mint_key(ACME, "eml1.acme.s", {"app": "chat"})
+    assert [k["key_id"] for k in apps.list_keys(ACME, {"app": "chat"})] == [key["key_id"]]
+    apps.build = built
+    apps.revoke_key(ACME, "eml1.acme.s", {"app": "chat", "key_id": key["key_id"]})
+    assert apps.list_keys(ACME, {"app": "chat"}) == []

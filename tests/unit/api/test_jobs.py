@@ -18,12 +18,14 @@ from tests.support.api_fakes import FakeJobClient
 ACME = {"name": "acme", "role": "tenant"}
 GLOBEX = {"name": "globex", "role": "tenant"}
 ADMIN = {"name": "admin", "role": "admin"}
-CONFIG = {"data": "/data/corpus", "storage_path": "/runs", "run_name": "tiny", "steps": 6}
+CONFIG = {"data": "/data/corpus", "run_name": "tiny", "steps": 6}
+SHARED = [Path("/data")]
+"""The shared-data folder the tests' jobs read from."""
 
 
 def test_a_submission_runs_the_platforms_entrypoint_with_the_validated_config_as_its_tenant(tmp_path):
     client = FakeJobClient()
-    jobs = Jobs(tmp_path, client)
+    jobs = Jobs(tmp_path, client, shared_data=SHARED)
     got = jobs.submit(ACME, "eml1.acme.secret", {"config": CONFIG, "priority": "low", "expected_hours": 0.5})
     (kw,) = client.submitted
     argv = shlex.split(kw["entrypoint"])
@@ -48,13 +50,13 @@ def test_a_submission_runs_the_platforms_entrypoint_with_the_validated_config_as
 def test_a_tenant_submits_no_code_no_environment_and_only_valid_configs(tmp_path, body, field):
     client = FakeJobClient()
     with pytest.raises(ConfigError) as err:
-        Jobs(tmp_path, client).submit(ACME, "eml1.acme.secret", body)
+        Jobs(tmp_path, client, shared_data=SHARED).submit(ACME, "eml1.acme.secret", body)
     assert field in str(err.value) and client.submitted == []
 
 
 def test_a_job_is_its_tenants_only_and_its_logs_keep_no_credential(tmp_path):
     client = FakeJobClient()
-    jobs = Jobs(tmp_path, client)
+    jobs = Jobs(tmp_path, client, shared_data=SHARED)
     job_id = jobs.submit(ACME, "eml1.acme.secret", {"config": CONFIG})["submission_id"]
     for op in ("status", "logs", "stop"):
         with pytest.raises(AccessDenied, match="no job of this tenant"):
@@ -70,7 +72,7 @@ def test_a_job_is_its_tenants_only_and_its_logs_keep_no_credential(tmp_path):
 
 def test_a_distillation_or_fine_tune_starts_only_from_the_tenants_own_job(tmp_path):
     client = FakeJobClient()
-    jobs = Jobs(tmp_path, client)
+    jobs = Jobs(tmp_path, client, shared_data=SHARED)
     teacher = jobs.submit(ACME, "eml1.acme.secret", {"config": CONFIG})["submission_id"]
     other = jobs.submit(GLOBEX, "eml1.globex.secret", {"config": CONFIG})["submission_id"]
     got = jobs.submit(ACME, "eml1.acme.secret", {"config": {**CONFIG, "run_name": "student", "teacher": f"job:{teacher}",
@@ -78,10 +80,10 @@ def test_a_distillation_or_fine_tune_starts_only_from_the_tenants_own_job(tmp_pa
     argv = shlex.split(client.submitted[-1]["entrypoint"])
     assert argv[1].endswith("jobs/distill.py") and got["workload"] == "acme/student"
     config = load_yaml(Path(argv[argv.index("--config") + 1]), source="config")
-    assert config["teacher"] == config["init_from"] == "latest:/runs/tiny"
+    assert config["teacher"] == config["init_from"] == f"latest:{tmp_path / 'tenants' / 'acme' / 'runs' / 'tiny'}"
     with pytest.raises(AccessDenied, match="no job of this tenant"):
         jobs.submit(ACME, "eml1.acme.secret", {"config": {**CONFIG, "teacher": f"job:{other}"}})
-    for bad in ("/runs/globex/tiny", "latest:/runs/tiny", "s3://b/tenants/globex/x", "job:../../x"):
+    for bad in ("/runs/globex/tiny", "latest:/runs/tiny", "s3://b/tenants/acme/x", "job:../../x"):
         with pytest.raises(ConfigError, match="config.teacher"):
             jobs.submit(ACME, "eml1.acme.secret", {"config": {**CONFIG, "teacher": bad}})
     assert len(client.submitted) == 3
@@ -89,8 +91,8 @@ def test_a_distillation_or_fine_tune_starts_only_from_the_tenants_own_job(tmp_pa
 
 def test_a_sweep_runs_the_platforms_tune_entrypoint_with_checked_numbers(tmp_path):
     client = FakeJobClient()
-    jobs = Jobs(tmp_path, client)
-    sweep = {"data": "/data/corpus", "storage_path": "/runs", "name": "lr", "samples": 3, "steps": 20,
+    jobs = Jobs(tmp_path, client, shared_data=SHARED)
+    sweep = {"data": "/data/corpus", "name": "lr", "samples": 3, "steps": 20,
              "lrs": [0.001, 0.003], "workers": 1, "concurrent": 2}
     got = jobs.submit(ACME, "eml1.acme.secret", {"kind": "tune", "config": sweep})
     argv = shlex.split(client.submitted[-1]["entrypoint"])

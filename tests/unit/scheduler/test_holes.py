@@ -268,6 +268,23 @@ def test_a_tenant_holds_at_most_its_workload_cap_and_attaches_serve_only_as_serv
         world.client("globex").place(WorkloadSpec(name="web", tenant="globex", max_workers=2), attach="serve:web")
 
 
+def test_a_serve_apps_workload_is_not_finished_or_replaced_while_its_replicas_run(world):
+    """Its replicas run until the app is deleted: a tenant finishing its workload, or placing something
+    else under its name, would stop the charges for them and hand their capacity out again."""
+    acme = world.client("acme")
+    app = WorkloadSpec(name="chat", tenant="acme", kind="serving", priority="normal", max_workers=1)
+    with pytest.raises(AccessDenied, match="attaches as its own workload only"):
+        acme.place(app, attach="serve:globex.chat")  # another tenant's app of the same name
+    acme.place(app, attach="serve:acme.chat")
+    with pytest.raises(AccessDenied, match="ends when the app is deleted"):
+        acme.finish("chat")
+    with pytest.raises(AccessDenied, match="ends when the app is deleted"):
+        acme.place(WorkloadSpec(name="chat", tenant="acme", kind="batch", priority="low"))
+    assert acme.place(app, attach="serve:acme.chat").placed  # the app's own rebuild places it again
+    world.client("admin").finish("acme/chat")  # the controller (as admin) ends it once the app is gone
+    assert acme.placement("chat") is None
+
+
 def test_an_unforeseen_error_in_a_handler_is_undone_audited_and_told_without_a_trace(world, monkeypatch):
     from elasticml.errors import SchedulerError
 
@@ -318,3 +335,18 @@ def test_a_tenant_that_understates_its_hours_is_paused_when_its_budget_is_spent(
     assert s.cost_report()["total"]["cost"] == pytest.approx(spent)  # nothing charged while paused
     s.set_tenant(TenantPolicy(tenant="acme", budget=100.0))  # an admin raises it: the work goes on
     assert s.placement("w").placed
+
+
+def test_a_serve_attachment_counts_its_own_replicas_only():
+    """What the controller charges an app for: its own pinned replicas, never another tenant's app of the
+    same name, and an operator's attachment never a tenant's app."""
+    from elasticml.scheduler.ray_view import serve_replicas
+
+    tenant_app, operator_app = serve_replicas("serve:acme.chat"), serve_replicas("serve:chat")
+    for name, acme, operator in (
+            ("ServeReplica:acme.chat:chat-pool-cpu_spot", True, False),
+            ("ServeReplica:globex.chat:chat-pool-cpu_spot", False, False),
+            ("ServeReplica:placed:chat-pool-cpu_reserved", True, True),  # an operator's deployment of it
+            ("ServeReplica:acme.chat:PoolRouter", False, False),
+            ("ServeReplica:acme.chatter:chatter-pool-cpu_spot", False, False)):
+        assert bool(tenant_app.fullmatch(name)) is acme and bool(operator_app.fullmatch(name)) is operator, name
