@@ -111,6 +111,7 @@ class Apps:
                 raise ConfigError(f"a tenant has at most {MAX_APPS_PER_TENANT} apps; delete one first",
                                   field="config.name")
             self._build(tenant, token, config, self._keys(tenant, name), wait=False)
+            self._record(tenant, name).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             write_atomic(self._record(tenant, name), json.dumps({"config": config, "updated": self.clock()}),
                          mode=0o600)
             return self._describe(tenant, name)
@@ -124,9 +125,7 @@ class Apps:
         return [self._describe(t, n) for t in tenants for n in self._names(t)]
 
     def delete(self, who: dict[str, str], token: str, body: Any) -> dict[str, Any]:
-        tenant, name = self._own(who, body)
-        with self._holding(tenant, name):
-            self._own(who, body)  # still there once this call holds it
+        with self._changing(who, body) as (tenant, name):
             self.serve.delete(serve_name(tenant, name))
             self._record(tenant, name).unlink()
             self._keys_file(tenant, name).unlink(missing_ok=True)
@@ -139,9 +138,7 @@ class Apps:
         """A new key for the app, shown once; the app is rebuilt with it before this answers."""
         from elasticml.serve.auth import new_key
 
-        tenant, name = self._own(who, body)
-        with self._holding(tenant, name):
-            self._own(who, body)
+        with self._changing(who, body) as (tenant, name):
             keys = self._keys(tenant, name)
             if len(keys) >= MAX_KEYS_PER_APP:
                 raise ConfigError(f"an app has at most {MAX_KEYS_PER_APP} keys; revoke one first", field="app")
@@ -159,11 +156,9 @@ class Apps:
 
     def revoke_key(self, who: dict[str, str], token: str, body: Any) -> dict[str, Any]:
         """The key stops working: the app is rebuilt without it before this answers."""
-        tenant, name = self._own(who, body)
-        key_id = body.get("key_id")
-        check_text(key_id, field="key_id", max_len=9, pattern=KEY_ID)
-        with self._holding(tenant, name):
-            self._own(who, body)
+        with self._changing(who, body) as (tenant, name):
+            key_id = body.get("key_id")
+            check_text(key_id, field="key_id", max_len=9, pattern=KEY_ID)
             keys = self._keys(tenant, name)
             if key_id not in keys:
                 raise ConfigError(f"the app {name} has no key {key_id}", field="key_id")
@@ -208,7 +203,22 @@ class Apps:
         self._build(tenant, token, json.loads(self._record(tenant, name).read_text())["config"], keys, wait=True)
 
     def _own(self, who: dict[str, str], body: Any) -> tuple[str, str]:
-        """(tenant, app) named by the body's `app` (and, for an admin, `tenant`), if the caller may see it."""
+        """(tenant, app) named by the body, if the caller may see it."""
+        tenant, name = self._named(who, body)
+        self._require(who, tenant, name)
+        return tenant, name
+
+    @contextmanager
+    def _changing(self, who: dict[str, str], body: Any) -> Iterator[tuple[str, str]]:
+        """(tenant, app) named by the body, held for one change and seen to exist while it is held."""
+        tenant, name = self._named(who, body)
+        with self._holding(tenant, name):
+            self._require(who, tenant, name)
+            yield tenant, name
+
+    @staticmethod
+    def _named(who: dict[str, str], body: Any) -> tuple[str, str]:
+        """(tenant, app) named by the body's `app` (and, for an admin, `tenant`), checked as names."""
         if type(body) is not dict:
             raise ConfigError("the body is a JSON object naming the app", field="body")
         name = body.get("app")
@@ -217,9 +227,11 @@ class Apps:
         if who["role"] == "admin" and body.get("tenant") is not None:
             tenant = body["tenant"]
             check_text(tenant, field="tenant", max_len=MAX_NAME, pattern=NAME_PATTERN)
+        return tenant, str(name)
+
+    def _require(self, who: dict[str, str], tenant: str, name: str) -> None:
         if not self._record(tenant, name).exists():
             raise AccessDenied(f"{who['role']} {who['name']}", f"use app {name}", "this tenant has no app of that name")
-        return tenant, str(name)
 
     def _describe(self, tenant: str, name: str) -> dict[str, Any]:
         return {"app": name, "tenant": tenant, "route_prefix": route_prefix(tenant, name),
@@ -229,9 +241,7 @@ class Apps:
         return sorted(p.stem for p in (self.folder / "apps" / tenant).glob("*.json"))
 
     def _record(self, tenant: str, name: str) -> Path:
-        folder = self.folder / "apps" / tenant
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return folder / f"{name}.json"
+        return self.folder / "apps" / tenant / f"{name}.json"
 
     def _keys_file(self, tenant: str, name: str) -> Path:
         return self._record(tenant, name).with_suffix(".keys")
