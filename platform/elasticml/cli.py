@@ -166,28 +166,36 @@ def cluster_status(name: str, as_json: bool) -> None:
               "-cpu/-gpu appended) for the KubeRay manifests [default: the definition's].")
 @click.option("--tenant", default=None, help="Instead, TENANT's own RayCluster (KubeRay) in namespace "
               "elasticml-tenant-TENANT, on --cluster's node pools, calling its API server with the tenant's credential.")
+@click.option("--values", "values_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Your site's values (account, admin CIDR, bucket, image, certificate, subnets, tenants) "
+                   "[default: cluster_configs/values.example.yaml, what the committed files use].")
 @_json_option
 def cluster_render(target: str, cluster_def: str | None, check: bool, out: Path | None, image: str | None,
-                   tenant: str | None, as_json: bool) -> None:
-    """Write (or --check) the local, AWS and KubeRay files generated from the one definition."""
+                   tenant: str | None, values_file: Path | None, as_json: bool) -> None:
+    """Write (or --check) the local, AWS and KubeRay files generated from the one definition at your site."""
     from elasticml.errors import ConfigError
     from elasticml.provision.render import render, render_all
+    from elasticml.provision.values import load_values
     from elasticml.repo import ROOT
+
+    values = load_values(values_file)
 
     if tenant is not None:
         from elasticml.provision.tenant import render_tenant
 
         if target not in ("kuberay", "all"):
             raise ConfigError("a tenant's cluster is rendered for KubeRay only", field="target")
-        files = render_tenant(cluster_def or "aws-cpu", tenant, image=image)
+        files = render_tenant(cluster_def or "aws-cpu", tenant, image=image, values=values)
     elif target == "all" and image is None:
-        files = render_all()
+        files = render_all(values)
     elif target == "all":
         from elasticml.provision.definition import CLUSTERS
 
-        files = {k: v for c in CLUSTERS if c != "local" for k, v in render("kuberay", c, image=image).items()}
+        files = {k: v for c in CLUSTERS if c != "local"
+                 for k, v in render("kuberay", c, image=image, values=values).items()}
     else:
-        files = render(target, cluster_def or ("local" if target == "local" else "aws-cpu"), image=image)
+        files = render(target, cluster_def or ("local" if target == "local" else "aws-cpu"), image=image,
+                       values=values)
     root = out or ROOT
     stale = []
     for rel, text in files.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from elasticml.provision.render import setup_environment
+from elasticml.provision.aws import setup_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

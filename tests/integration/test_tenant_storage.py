@@ -16,11 +16,15 @@ import pytest
 from botocore.exceptions import ClientError
 
 from elasticml.provision.definition import CLUSTERS
+from elasticml.provision.render import definition_at_site
 from tests.support.output import last_json
+
+AT_SITE = {n: d if n == "local" else definition_at_site(n) for n, d in CLUSTERS.items()}
+"""Each definition with the committed example's site values, as the committed files are rendered."""
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-D = CLUSTERS["aws-cpu"]
+D = AT_SITE["aws-cpu"]
 SETUP_REQUESTS = 14
 """The requests `iam_world` makes before moto starts checking every signature and policy."""
 

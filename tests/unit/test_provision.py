@@ -15,8 +15,13 @@ import yaml
 from elasticml import labels as L
 from elasticml.cluster.config import load_cluster_spec, ray_schema
 from elasticml.provision.definition import CLUSTERS
+from elasticml.provision.render import definition_at_site
 from elasticml.provision.kuberay_rules import ManifestError, validate_manifest
-from elasticml.provision.render import setup_environment, render, render_all
+from elasticml.provision.aws import setup_environment
+from elasticml.provision.render import render, render_all
+
+AT_SITE = {n: d if n == "local" else definition_at_site(n) for n, d in CLUSTERS.items()}
+"""Each definition with the committed example's site values, as the committed files are rendered."""
 
 REPO = Path(__file__).resolve().parents[2]
 AWS = ["aws-cpu", "aws-gpu"]
@@ -142,7 +147,7 @@ def test_every_kuberay_pod_mounts_the_checkpoint_key_secret_read_only_and_names_
         validate_manifest(doc)
         spec = spec_of(doc)
         pods = [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
-        assert len(pods) == 1 + len(CLUSTERS[name].groups)
+        assert len(pods) == 1 + len(AT_SITE[name].groups)
         for pod in pods:
             volume = next(v for v in pod["volumes"] if v["name"] == "checkpoint-key")
             assert volume["secret"] == {"secretName": f"elasticml-{name}-checkpoint-key", "defaultMode": 0o400}
@@ -157,7 +162,7 @@ def test_every_kuberay_pod_mounts_the_checkpoint_key_secret_read_only_and_names_
 
 @pytest.mark.parametrize("name", AWS)
 def test_iam_policies_let_workers_reach_the_bucket_and_nothing_more(name):
-    bucket = CLUSTERS[name].bucket
+    bucket = AT_SITE[name].bucket
     worker = json.loads((REPO / f"cluster_configs/aws/{name}-worker-policy.json").read_text())
     for st in worker["Statement"]:
         if st["Effect"] == "Deny":  # tenants' prefixes, which only their own vended credentials reach
@@ -174,7 +179,7 @@ def test_iam_policies_let_workers_reach_the_bucket_and_nothing_more(name):
     for st in head["Statement"]:
         assert "*" not in st["Action"] and not any(a.endswith(":*") for a in st["Action"])
         if st["Resource"] == "*":
-            assert st["Condition"]["StringEquals"]["aws:RequestedRegion"] == CLUSTERS[name].region
+            assert st["Condition"]["StringEquals"]["aws:RequestedRegion"] == AT_SITE[name].region
 
 
 @pytest.mark.parametrize("name", AWS)
@@ -183,7 +188,7 @@ def test_kuberay_manifests_validate_and_map_markets_to_node_pools(name):
     for doc in docs.values():
         validate_manifest(doc)  # the vendored CRD and the KubeRay controller's rules
     groups = docs["raycluster"]["spec"]["workerGroupSpecs"]
-    definition = {g.name.replace("_", "-"): g for g in CLUSTERS[name].groups}
+    definition = {g.name.replace("_", "-"): g for g in AT_SITE[name].groups}
     assert {g["groupName"] for g in groups} == set(definition)
     for g in groups:
         d = definition[g["groupName"]]
@@ -200,7 +205,7 @@ def test_kuberay_manifests_validate_and_map_markets_to_node_pools(name):
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         assert "RAY_AUTH_TOKEN" not in env and not any("secretKeyRef" in e.get("valueFrom", {}) for e in env.values())
         assert pod["serviceAccountName"] == f"elasticml-{name}"
-        assert pod["containers"][0]["image"].startswith(CLUSTERS[name].image + ":")
+        assert pod["containers"][0]["image"].startswith(AT_SITE[name].image + ":")
         # Ray's TLS: an init container makes the pod's certificate (its IP) from the CA Secret into a
         # memory volume that Ray's container reads and the TLS variables point at.
         init = pod["initContainers"][0]
@@ -290,7 +295,7 @@ def test_karpenter_node_pools_match_the_definitions_markets_and_pass_karpenters_
     assert nodeclass["spec"]["metadataOptions"]["httpTokens"] == "required"
     assert nodeclass["spec"]["capacityReservationSelectorTerms"]
     pools = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NodePool"}
-    markets = {g.market for g in CLUSTERS[name].groups}
+    markets = {g.market for g in AT_SITE[name].groups}
     assert set(pools) == {f"elasticml-{name}-{m}" for m in markets}
     groups = load(f"cluster_configs/kuberay/{name}-raycluster.yaml")["spec"]["workerGroupSpecs"]
     for g in groups:  # every worker group's pods fit exactly one pool: its market's, with its instance type
@@ -331,7 +336,7 @@ def test_every_target_has_the_same_pools_with_the_same_labels(name):
               if "labels" in b}
     kuberay = {g["labels"][L.NODE_TYPE]: g["labels"]
                for g in load(f"cluster_configs/kuberay/{name}-raycluster.yaml")["spec"]["workerGroupSpecs"]}
-    assert aws == docker == kuberay and set(aws) == {g.name for g in CLUSTERS[name].groups}
+    assert aws == docker == kuberay and set(aws) == {g.name for g in AT_SITE[name].groups}
     for node_type, labels in aws.items():
         if node_type in local:
             assert local[node_type]["labels"] == labels
@@ -372,7 +377,7 @@ def test_aws_nodes_require_imdsv2_and_the_head_manages_only_its_own_clusters_ins
 def test_the_bucket_refuses_plain_http_and_encrypts_every_object_with_the_clusters_key(name):
     policy = json.loads((REPO / "cluster_configs" / "aws" / f"{name}-bucket-policy.json").read_text())
     encryption = json.loads((REPO / "cluster_configs" / "aws" / f"{name}-bucket-encryption.json").read_text())
-    key = f"arn:aws:kms:{CLUSTERS[name].region}:{CLUSTERS[name].account_id}:alias/elasticml-{name}"
+    key = f"arn:aws:kms:{AT_SITE[name].region}:{AT_SITE[name].account_id}:alias/elasticml-{name}"
     rule = encryption["Rules"][0]["ApplyServerSideEncryptionByDefault"]
     assert rule == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key}
     by_sid = {st["Sid"]: st for st in policy["Statement"]}
@@ -391,7 +396,7 @@ def test_the_bucket_refuses_plain_http_and_encrypts_every_object_with_the_cluste
 
 @pytest.mark.parametrize("name", AWS)
 def test_each_tenant_role_reaches_only_its_prefix_and_only_the_head_may_assume_it(name):
-    d = CLUSTERS[name]
+    d = AT_SITE[name]
     assert d.tenants
     trust = json.loads((REPO / f"cluster_configs/aws/{name}-tenant-trust.json").read_text())
     assert [st["Principal"]["AWS"] for st in trust["Statement"]] == [f"arn:aws:iam::{d.account_id}:role/elasticml-{name}-head"]
@@ -419,7 +424,7 @@ def test_the_rayservice_is_reached_over_https_only(name):
     service = load(f"cluster_configs/kuberay/{name}-rayservice.yaml")
     notes = ingress["metadata"]["annotations"]
     assert json.loads(notes["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTPS": 443}]  # no plain HTTP listener
-    assert notes["alb.ingress.kubernetes.io/certificate-arn"].startswith(f"arn:aws:acm:{CLUSTERS[name].region}:")
+    assert notes["alb.ingress.kubernetes.io/certificate-arn"].startswith(f"arn:aws:acm:{AT_SITE[name].region}:")
     assert notes["alb.ingress.kubernetes.io/scheme"] == "internal" and "TLS13" in notes["alb.ingress.kubernetes.io/ssl-policy"]
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": f"{service['metadata']['name']}-serve-svc", "port": {"number": 8000}}
@@ -442,7 +447,7 @@ def test_the_image_is_rays_matching_release_with_the_package_and_every_manifest_
     assert "torch==2.13.0+cpu \\" in (REPO / "requirements/runtime-cpu.lock").read_text()
     assert "requirements" not in (REPO / ".dockerignore").read_text().split()
     for name in AWS:
-        d = CLUSTERS[name]
+        d = AT_SITE[name]
         for kind in ("raycluster", "rayjob", "rayservice"):
             text = (REPO / f"cluster_configs/kuberay/{name}-{kind}.yaml").read_text()
             images = set(re.findall(r"image: (\S+)", text))
@@ -479,7 +484,7 @@ def test_aws_nodes_boot_a_current_ami_family_with_python_3_11_or_later(name):
 
 @pytest.mark.parametrize("name", AWS)
 def test_the_docker_variant_runs_ray_in_the_platforms_image_with_the_same_pools(name):
-    d = CLUSTERS[name]
+    d = AT_SITE[name]
     plain, docker = load(f"cluster_configs/{name}.yaml"), load(f"cluster_configs/{name}-docker.yaml")
     assert docker["docker"]["head_image"] == f"{d.image}:{d.image_tag}-cpu"
     for node_type, body in docker["available_node_types"].items():

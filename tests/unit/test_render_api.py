@@ -17,8 +17,12 @@ from elasticml.api.cli import serve as api_serve
 from elasticml.errors import ConfigError
 from elasticml.provision import tls
 from elasticml.provision.definition import CLUSTERS
+from elasticml.provision.render import definition_at_site
 from elasticml.provision.kuberay_rules import ManifestError, validate_manifest
 from elasticml.provision.tenant import render_tenant, tenant_namespace
+
+AT_SITE = {n: d if n == "local" else definition_at_site(n) for n, d in CLUSTERS.items()}
+"""Each definition with the committed example's site values, as the committed files are rendered."""
 
 REPO = Path(__file__).resolve().parents[2]
 AWS = ["aws-cpu", "aws-gpu"]
@@ -88,7 +92,7 @@ def test_only_the_admin_network_reaches_the_aws_api_server(name):
     rules = load(f"cluster_configs/{name}.yaml")["provider"]["security_group"]["IpPermissions"]
     api = [r for r in rules if r["FromPort"] <= 8443 <= r["ToPort"]]
     assert len(api) == 1 and api[0]["IpProtocol"] == "tcp" and (api[0]["FromPort"], api[0]["ToPort"]) == (8443, 8443)
-    assert [r["CidrIp"] for r in api[0]["IpRanges"]] == [CLUSTERS[name].admin_cidr]
+    assert [r["CidrIp"] for r in api[0]["IpRanges"]] == [AT_SITE[name].admin_cidr]
     assert not api[0].get("Ipv6Ranges")
     assert {r["FromPort"] for r in rules} == {22, 8443}  # nothing else is opened to anyone
 
@@ -162,7 +166,7 @@ def test_the_api_service_selects_the_platform_head_pod_and_its_container_port(na
         validate_manifest(doc)
     service = next(d for d in docs if d["kind"] == "Service")
     rc = load(f"cluster_configs/kuberay/{name}-raycluster.yaml")
-    namespace = CLUSTERS[name].namespace
+    namespace = AT_SITE[name].namespace
     assert service["metadata"] == {"name": "elasticml-api", "namespace": namespace,
                                    "labels": {"app.kubernetes.io/part-of": "elasticml"}}
     assert rc["metadata"]["namespace"] == namespace
@@ -196,7 +200,7 @@ def test_the_scheduler_config_on_kuberay_has_the_definitions_pools(name, tmp_pat
     assert on_k8s.name == on_aws.name == f"elasticml-{name}"  # one scheduler name (its ledger, its credentials)
     assert {n: (t.labels, t.resources, t.max_workers) for n, t in on_k8s.worker_types.items()} == \
         {n: (t.labels, t.resources, t.max_workers) for n, t in on_aws.worker_types.items()}
-    assert on_k8s.raw["provider"]["region"] == CLUSTERS[name].region  # what its prices are read for
+    assert on_k8s.raw["provider"]["region"] == AT_SITE[name].region  # what its prices are read for
     assert "setup_commands" not in on_k8s.raw and "file_mounts" not in on_k8s.raw
 
 
@@ -351,7 +355,7 @@ def test_a_tenants_namespace_reaches_only_the_api_port_of_the_platforms(name):
     assert policy["podSelector"] == {} and sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
     assert policy["ingress"] == [{"from": [{"podSelector": {}}]}]  # only its own pods reach it
     service = next(d for d in load_all(f"cluster_configs/kuberay/{name}-api.yaml") if d["kind"] == "Service")
-    platform_ns = CLUSTERS[name].namespace
+    platform_ns = AT_SITE[name].namespace
     to_platform = [r for r in policy["egress"] for p in r.get("to", [])
                    if (p.get("namespaceSelector") or {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == platform_ns]
     assert len(to_platform) == 1
@@ -431,12 +435,12 @@ def test_a_broken_network_policy_is_refused(mutate, field, words):
 def test_the_platforms_namespace_defaults_per_definition_and_a_bad_one_is_refused():
     from elasticml.provision.definition import ClusterDefinition
 
-    assert [CLUSTERS[n].namespace for n in AWS] == ["elasticml-aws-cpu", "elasticml-aws-gpu"]  # side by side
+    assert [AT_SITE[n].namespace for n in AWS] == ["elasticml-aws-cpu", "elasticml-aws-gpu"]  # side by side
     for name in AWS:  # every namespaced manifest of a definition is in its namespace
         for rel in [f"cluster_configs/kuberay/{name}-{k}.yaml" for k in ("raycluster", "rayjob", "rayservice",
                                                                          "serve-ingress", "serviceaccount", "podmonitor")]:
-            assert load(rel)["metadata"]["namespace"] == CLUSTERS[name].namespace, rel
-        assert load(f"cluster_configs/kuberay/{name}-namespace.yaml")["metadata"]["name"] == CLUSTERS[name].namespace
+            assert load(rel)["metadata"]["namespace"] == AT_SITE[name].namespace, rel
+        assert load(f"cluster_configs/kuberay/{name}-namespace.yaml")["metadata"]["name"] == AT_SITE[name].namespace
     with pytest.raises(ConfigError) as info:
         ClusterDefinition(name="x", region="us-east-1", head_instance_type="m7i.large", groups=(), namespace="Ops_NS")
     assert info.value.field == "namespace"

@@ -68,7 +68,7 @@ def test_every_shipped_serve_config_requires_api_keys_from_a_file():
 
 
 def test_the_rayservice_head_mounts_the_key_files_secret():
-    from elasticml.provision.render import API_KEYS_MOUNT
+    from elasticml.provision.kuberay import API_KEYS_MOUNT
 
     for path in sorted((REPO / "cluster_configs" / "kuberay").glob("*-rayservice.yaml")):
         doc = yaml.safe_load(path.read_text())

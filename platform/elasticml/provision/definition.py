@@ -8,7 +8,7 @@ deployed: the same node type names, the same labels, the same markets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from elasticml import labels as L
 from elasticml.errors import ConfigError
@@ -33,6 +33,11 @@ class NodeGroup:
             raise ConfigError("need 0 <= min_workers <= max_workers", field=f"{self.name}.max_workers")
 
     @property
+    def ray_resources(self) -> dict[str, int]:
+        """Ray's logical resources of a node of this group: what the scheduler and Ray place by."""
+        return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
+
+    @property
     def labels(self) -> dict[str, str]:
         out = {L.MARKET_TYPE: "spot" if self.market == "spot" else "on-demand"}
         if self.market == "reserved":
@@ -50,13 +55,24 @@ class ClusterDefinition:
     groups: tuple[NodeGroup, ...]
     idle_timeout_minutes: float = 5.0
     description: str = ""
-    bucket: str = "elasticml-checkpoints"
-    zones: tuple[str, ...] = field(default_factory=tuple)
-    account_id: str = "123456789012"
-    """Replace with your AWS account id (IAM ARNs, capacity-reservation groups)."""
-    admin_cidr: str = "10.0.0.0/16"
-    """Where SSH and the API server (HTTPS, 8443) may be reached from on AWS: your VPN or bastion range;
-    never 0.0.0.0/0."""
+    # Where it runs: the operator's site values (`values.py`, `cluster render --values FILE`) fill these;
+    # the library holds no account, network, bucket, image or certificate of anyone's.
+    zones: tuple[str, ...] = ()
+    account_id: str = ""
+    admin_cidr: str = ""
+    """Where SSH and the API server (HTTPS, 8443) may be reached from on AWS (values.admin_network)."""
+    bucket: str = ""
+    image: str = ""
+    """The platform's image repository (built from the Dockerfile; push it where your cluster pulls)."""
+    image_tag: str = ""
+    """Its tag; `-cpu` or `-gpu` is appended (rayproject/ray 2.60.0 py311 cpu / cu124 bases)."""
+    serve_certificate: str = ""
+    """The ACM certificate id that the RayService's load balancer answers HTTPS with."""
+    subnets: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    tenants: tuple[str, ...] = ()
+    """Tenants with a role of their own that reaches only s3://BUCKET/tenants/TENANT/ (the nodes' roles
+    are denied tenants/*); the scheduler vends its credentials (scheduler/tenant_storage.py)."""
     cpu_ami: str = "resolve:ssm:/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
     """The head's and CPU nodes' AMI family: Canonical's Ubuntu 24.04 (Python 3.12), resolved by EC2 at launch
     from its public SSM parameter in whichever region the cluster runs (pin an `ami-...` id here instead
@@ -64,25 +80,17 @@ class ClusterDefinition:
     gpu_ami: str = "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
     """GPU nodes' AMI family: AWS's Deep Learning Base OSS Nvidia Driver GPU AMI on Ubuntu 24.04 (drivers,
     CUDA, Python 3.12), resolved likewise."""
-    image: str = "ghcr.io/elasticml/elasticml"
-    """The platform's image repository (built from the Dockerfile; push it where your cluster pulls)."""
-    image_tag: str = "0.1.0"
-    """Its tag; `-cpu` or `-gpu` is appended (rayproject/ray 2.60.0 py311 cpu / cu124 bases)."""
-    serve_certificate: str = "REPLACE-WITH-YOUR-ACM-CERTIFICATE-ID"
-    """The ACM certificate (its id in this account and region) that the RayService's load balancer
-    answers HTTPS with."""
     namespace: str = ""
     """The Kubernetes namespace of the platform's KubeRay manifests (default `elasticml-NAME`, so two
     definitions' clusters live side by side); tenants' clusters reach the API server's Service in it."""
-    tenants: tuple[str, ...] = ()
-    """Tenants with a role of their own that reaches only s3://BUCKET/tenants/TENANT/ (the nodes' roles
-    are denied tenants/*); the scheduler vends its credentials (scheduler/tenant_storage.py)."""
 
     def __post_init__(self) -> None:
         import re
 
-        if self.admin_cidr in ("0.0.0.0/0", "::/0"):
-            raise ConfigError("SSH must not be open to the world; use your VPN or bastion range", field="admin_cidr")
+        if self.admin_cidr:
+            from elasticml.provision.values import admin_network  # values imports this module
+
+            admin_network(self.admin_cidr)
         if not self.namespace:
             object.__setattr__(self, "namespace", f"elasticml-{self.name}")
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.namespace):
@@ -96,6 +104,10 @@ class ClusterDefinition:
 
     def group(self, name: str) -> NodeGroup:
         return next(g for g in self.groups if g.name == name)
+
+    def image_for(self, gpus: int) -> str:
+        """The platform's image (Dockerfile: the matching rayproject/ray tag with elasticml installed)."""
+        return f"{self.image}:{self.image_tag}-{'gpu' if gpus else 'cpu'}"
 
 
 def _cpu_groups(instance: str, cpus: int, mem: int, spot: int, od: int, reserved: int) -> tuple[NodeGroup, ...]:
@@ -114,14 +126,13 @@ CLUSTERS: dict[str, ClusterDefinition] = {
         groups=_cpu_groups("m7i.large", 1, 8, spot=2, od=2, reserved=2),
     ),
     "aws-cpu": ClusterDefinition(
-        name="aws-cpu", region="us-east-1", head_instance_type="m7i.large", zones=("us-east-1a", "us-east-1b"),
+        name="aws-cpu", region="us-east-1", head_instance_type="m7i.large",
         description="small business: CPU nodes for training small models and int8 serving",
-        groups=_cpu_groups("m7i.2xlarge", 8, 32, spot=8, od=4, reserved=2), tenants=("research", "payments"),
+        groups=_cpu_groups("m7i.2xlarge", 8, 32, spot=8, od=4, reserved=2),
     ),
     "aws-gpu": ClusterDefinition(
-        name="aws-gpu", region="us-east-1", head_instance_type="m7i.2xlarge", zones=("us-east-1a", "us-east-1b", "us-east-1c"),
+        name="aws-gpu", region="us-east-1", head_instance_type="m7i.2xlarge",
         description="enterprise: GPU nodes for FSDP training and bf16 serving, CPU nodes for data",
-        tenants=("research", "product"),
         groups=_cpu_groups("c7i.4xlarge", 16, 32, spot=8, od=4, reserved=0)[:2] + (
             NodeGroup(name="gpu_spot", market="spot", cpus=48, gpus=4, memory_gib=192, instance_type="g5.12xlarge", max_workers=8),
             NodeGroup(name="gpu_on_demand", market="on-demand", cpus=48, gpus=4, memory_gib=192, instance_type="g5.12xlarge", max_workers=4),

@@ -1,0 +1,191 @@
+"""The AWS cluster-launcher YAMLs (`ray up`): node types, the nodes' set-up and start commands.
+
+Every Ray process a node starts runs with token auth and Ray's TLS (`RAY_ENV`); secrets reach nodes as
+file mounts from the launching machine, never in the file. Spot nodes run the interruption watcher.
+`launcher_docker` is the same cluster with Ray in the platform's image on every node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from elasticml.checkpoint_key import KEY_ENV, KEY_FILE
+from elasticml.provision import api_server, iam
+from elasticml.provision.definition import ClusterDefinition
+from elasticml.provision.tls import tls_env
+
+NODE_TLS = "$HOME/.elasticml/tls"
+"""Where an AWS node keeps the Ray TLS certificate it makes at boot (elasticml.provision.tls)."""
+RAY_ENV = "RAY_AUTH_MODE=token " + " ".join(f"{k}={v}" for k, v in tls_env(NODE_TLS).items())
+"""Token auth and Ray's TLS, for every Ray process an AWS node starts (start commands, the watcher, ~/.bashrc)."""
+WATCHER = (f"{RAY_ENV} nohup sh -c 'while true; do $HOME/venv/bin/python -m elasticml.provision.watcher; sleep 5; done' "
+           ">> /tmp/elasticml-watcher.log 2>&1 &")
+"""The spot watcher under a restart loop: if its process dies for any reason it is back 5 s later. It
+calls the scheduler as the node agent (the agent credential, which every node has), never as admin."""
+
+
+def agent_file(d: ClusterDefinition) -> str:
+    """The node agents' credential, on the launching machine and on every node (`elasticml cluster
+    credentials elasticml-NAME` makes it); the admin's never leaves the head."""
+    return f"~/.elasticml/credentials/elasticml-{d.name}/agent"
+
+
+def ca_dir(d: ClusterDefinition) -> str:
+    """The cluster's CA for Ray's TLS, made beside the agent credential and mounted likewise."""
+    return f"~/.elasticml/credentials/elasticml-{d.name}/tls"
+
+
+def key_file(d: ClusterDefinition) -> str:
+    """The cluster's checkpoint key (elasticml.checkpoint_key), made beside the agent credential and
+    mounted likewise: every node writes or loads checkpoints."""
+    return f"~/.elasticml/credentials/elasticml-{d.name}/{KEY_FILE}"
+
+
+def key_env(d: ClusterDefinition) -> str:
+    """`ELASTICML_CHECKPOINT_KEY_PATH=...` for every Ray process of an AWS node, so its jobs and replicas."""
+    return f"{KEY_ENV}={key_file(d).replace('~', '$HOME', 1)}"
+
+
+IMDS_V2 = {"HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponseHopLimit": 1}
+"""IMDSv2 only (no token-less GETs, the SSRF path to instance credentials), one hop: a container on the
+node cannot reach it through the host (raise to 2 for a containerised Ray on the instance)."""
+
+
+def launcher_docker(d: ClusterDefinition) -> dict[str, Any]:
+    """The same cluster with Ray in the platform's image on every node (Ray's launcher `docker` option):
+    nothing to install on the nodes but Docker itself. A container is a hop from the instance, so
+    IMDSv2's hop limit is 2 here (the watcher in the container must reach it)."""
+    cfg = launcher(d)
+    cfg["docker"] = {"head_image": d.image_for(0), "worker_image": d.image_for(0), "container_name": "ray_container",
+                     "pull_before_run": True, "run_options": ["--ulimit nofile=65536:65536"]}
+    for name, body in cfg["available_node_types"].items():
+        body["node_config"]["MetadataOptions"] = {**IMDS_V2, "HttpPutResponseHopLimit": 2}
+        gpus = body["resources"].get("GPU", 0)
+        if gpus:
+            body["docker"] = {"worker_image": d.image_for(gpus), "worker_run_options": ["--gpus all"]}
+        if "worker_setup_commands" in body:
+            body["worker_setup_commands"] = [*_container_setup(d), WATCHER.replace("$HOME/venv/bin/python", "python")]
+    # On the instance, before its container: Docker (the GPU AMI has it; Ubuntu's base does not).
+    cfg["initialization_commands"] = [
+        "command -v docker >/dev/null || (sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive "
+        "apt-get install -yq docker.io && sudo usermod -aG docker $USER)"]
+    cfg["setup_commands"] = _container_setup(d)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        cfg[key] = [c.replace(f"{VENV}/bin/", "") for c in cfg[key]]  # the image's ray and elasticml
+    return cfg
+
+
+def _container_setup(d: ClusterDefinition) -> list[str]:
+    """In the platform's image elasticml is installed already: the secrets' modes and this node's certificate."""
+    return [
+        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {ca_dir(d)}/ca.key {key_file(d)}",
+        f"grep -q RAY_USE_TLS ~/.bashrc || echo 'export {RAY_ENV}' >> ~/.bashrc",
+        f"grep -q {KEY_ENV} ~/.bashrc || echo 'export {key_env(d)}' >> ~/.bashrc",
+        f"python -m elasticml.provision.tls node --ca-dir {ca_dir(d)} --out {NODE_TLS}",
+    ]
+
+
+def launcher(d: ClusterDefinition) -> dict[str, Any]:
+    head_profile = f"arn:aws:iam::{d.account_id}:instance-profile/elasticml-{d.name}-head"
+    worker_profile = f"arn:aws:iam::{d.account_id}:instance-profile/elasticml-{d.name}-worker"
+    types: dict[str, Any] = {
+        "ray.head.default": {
+            "resources": {"CPU": 0},  # the head coordinates; on-demand, never spot
+            "node_config": {"InstanceType": d.head_instance_type, "ImageId": d.cpu_ami,
+                            "IamInstanceProfile": {"Arn": head_profile}, "MetadataOptions": dict(IMDS_V2), **_disk(100)},
+        }
+    }
+    for g in d.groups:
+        node_config: dict[str, Any] = {"InstanceType": g.instance_type, "ImageId": d.gpu_ami if g.gpus else d.cpu_ami,
+                                       "IamInstanceProfile": {"Arn": worker_profile}, "MetadataOptions": dict(IMDS_V2),
+                                       **_disk(200 if g.gpus else 100)}
+        if g.market == "spot":
+            node_config["InstanceMarketOptions"] = {"MarketType": "spot",
+                                                    "SpotOptions": {"InstanceInterruptionBehavior": "terminate"}}
+        if g.market == "on-demand":
+            # Without this an on-demand launch takes a matching open reservation, which reserved work needs.
+            node_config["CapacityReservationSpecification"] = {"CapacityReservationPreference": "none"}
+        if g.market == "reserved":
+            node_config["CapacityReservationSpecification"] = {
+                "CapacityReservationTarget": {"CapacityReservationResourceGroupArn":
+                                              f"arn:aws:resource-groups:{d.region}:{d.account_id}:group/elasticml-{d.name}-{g.name}"}
+            }
+        body: dict[str, Any] = {"resources": g.ray_resources, "labels": g.labels, "node_config": node_config,
+                                "min_workers": g.min_workers, "max_workers": g.max_workers}
+        if g.market == "spot":
+            # Spot nodes run the interruption watcher: IMDSv2 notices -> scheduler + Ray drain.
+            body["worker_setup_commands"] = [*_setup_commands(d), WATCHER]
+        types[g.name] = body
+    return {
+        "cluster_name": f"elasticml-{d.name}",
+        "max_workers": sum(g.max_workers for g in d.groups),
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": d.idle_timeout_minutes,
+        "provider": {
+            "type": "aws", "region": d.region, "availability_zone": ",".join(d.zones), "cache_stopped_nodes": False,
+            "use_internal_ips": True,
+            "security_group": {
+                "GroupName": f"elasticml-{d.name}",
+                "IpPermissions": [{"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp",
+                                   "IpRanges": [{"CidrIp": d.admin_cidr, "Description": "SSH from the admin network only"}]},
+                                  api_server.aws_ingress(d.admin_cidr)],
+            },
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": types,
+        "head_node_type": "ray.head.default",
+        "file_mounts": {
+            "~/elasticml": ".",
+            # Token auth: `ray get-auth-token --generate` makes this file on your machine.
+            "~/.ray/auth_token": "~/.ray/auth_token",
+            agent_file(d): agent_file(d),
+            ca_dir(d): ca_dir(d),
+            key_file(d): key_file(d),
+        },
+        "rsync_exclude": [".venv", ".git", "**/__pycache__"],
+        "setup_commands": _setup_commands(d),
+        "head_start_ray_commands": [
+            f"{VENV}/bin/ray stop",
+            f"{RAY_ENV} {key_env(d)} RAY_enable_autoscaler_v2=1 {iam.TENANT_ROLE_ENV}={iam.tenant_role(d)} {VENV}/bin/ray start --head --port=6379 --num-cpus=0 "
+            "--dashboard-host=127.0.0.1 --autoscaling-config=~/ray_bootstrap_config.yaml --disable-usage-stats",
+            # Once Ray is up: the scheduler, and the API server for tenants (HTTPS, the node's certificate).
+            api_server.aws_start_command(ray_env=RAY_ENV, venv=VENV, node_tls=NODE_TLS),
+        ],
+        "worker_start_ray_commands": [
+            f"{VENV}/bin/ray stop",
+            f"{RAY_ENV} {key_env(d)} {VENV}/bin/ray start --address=$RAY_HEAD_IP:6379 --disable-usage-stats",
+        ],
+    }
+
+
+VENV = "$HOME/venv"
+"""The nodes' Python environment: Ubuntu 24.04's own Python is externally managed (PEP 668)."""
+
+
+def setup_environment() -> list[str]:
+    """A node's Python environment with elasticml (torch from the CPU index on CPU nodes would be
+    smaller; one command set keeps every node alike). Also what a test runs in a fresh venv here."""
+    return [
+        f"test -x {VENV}/bin/python || python3 -m venv {VENV}",
+        f"{VENV}/bin/python -m pip install -q --upgrade pip",
+        f'{VENV}/bin/python -m pip install -q "torch==2.13.0" -e ~/elasticml',
+    ]
+
+
+def _setup_commands(d: ClusterDefinition) -> list[str]:
+    return [
+        "command -v python3 >/dev/null && python3 -m venv --help >/dev/null 2>&1 || "
+        "(sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -yq python3-venv)",
+        *setup_environment(),
+        f"grep -q {VENV}/bin ~/.bashrc || echo 'export PATH={VENV}/bin:$PATH' >> ~/.bashrc",
+        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {ca_dir(d)}/ca.key {key_file(d)}",
+        f"grep -q RAY_USE_TLS ~/.bashrc || echo 'export {RAY_ENV}' >> ~/.bashrc",
+        f"grep -q {KEY_ENV} ~/.bashrc || echo 'export {key_env(d)}' >> ~/.bashrc",
+        # This node's own certificate for Ray's TLS, for every address it has, signed by the cluster's CA.
+        f"{VENV}/bin/python -m elasticml.provision.tls node --ca-dir {ca_dir(d)} --out {NODE_TLS}",
+    ]
+
+
+def _disk(gib: int) -> dict[str, Any]:
+    return {"BlockDeviceMappings": [{"DeviceName": "/dev/sda1",
+                                     "Ebs": {"VolumeSize": gib, "VolumeType": "gp3", "Encrypted": True}}]}
