@@ -20,12 +20,9 @@ pytestmark = pytest.mark.integration
 
 
 def prometheus_binary() -> str:
-    """Prometheus from PATH, else Debian's package (this project's machines are Debian and root)."""
+    """Prometheus from PATH: `./dev setup` installs Debian's package."""
     found = shutil.which("prometheus")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "prometheus"], capture_output=True, timeout=600)
-        found = shutil.which("prometheus")
-    assert found, "Prometheus is needed: `apt-get install prometheus` (Debian packages it)"
+    assert found, "Prometheus is needed: `./dev setup` installs it as root, else `apt-get install prometheus`"
     return found
 
 

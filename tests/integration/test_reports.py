@@ -4,26 +4,19 @@ through moves between markets; the training report reads the history a run and i
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.browser import chromium
+
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("elasticml"))
 
 
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900)
-        found = shutil.which("chromium")
-    assert found, "Chromium is needed: `apt-get install chromium` (Debian packages it)"
-    return found
 
 
 def screenshot(page: Path, out: Path) -> None:

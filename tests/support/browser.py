@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -22,11 +21,7 @@ def chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=900)
-        if shutil.which("chromium"):
-            return str(shutil.which("chromium"))
-    raise AssertionError("Chromium is needed: `apt-get install chromium` (Debian packages it)")
+    raise AssertionError("Chromium is needed: `./dev setup` installs it as root, else `apt-get install chromium`")
 
 
 class Browser:
