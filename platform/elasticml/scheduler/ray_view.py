@@ -8,6 +8,7 @@ the ledger), `drain_nodes_of_type` (an interruption notice, told to Ray), and
 
 from __future__ import annotations
 
+import re
 import time
 
 import ray
@@ -25,11 +26,10 @@ def serve_attachment(workload: str, *, tenant: str | None = None) -> str:
     return f"serve:{tenant}.{workload}" if tenant else f"serve:{workload}"
 
 
-def serve_replicas(attach: str) -> "re.Pattern[str]":
+def serve_replicas(attach: str) -> re.Pattern[str]:
     """The Ray actor names of the pinned replicas a `serve:` attachment stands for. A tenant's app built
     by the API server is its own Serve app TENANT.NAME; an operator's app has no `.` in its name: so one
     tenant's replicas are never counted as another's, or as an operator's."""
-    import re
 
     tenant, _, name = attach.removeprefix("serve:").rpartition(".")
     app = rf"(?:{re.escape(tenant)}\.{re.escape(name)}|[^:.]+)" if tenant else r"[^:.]+"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,8 +9,8 @@ import pytest
 
 from elasticml.cluster.config import load_cluster_spec
 from elasticml.errors import AccessDenied, AuthError, ConfigError
-from elasticml.scheduler.audit import AuditLog, load_key
-from elasticml.scheduler.principals import add_principal, list_principals
+from elasticml.scheduler.audit import AuditLog
+from elasticml.scheduler.principals import add_principal
 from elasticml.scheduler.identity import digest, new_token, read_credential, verify, write_credential
 from elasticml.scheduler.requests import ROUTES
 from elasticml.scheduler.shell import open_shell

@@ -16,7 +16,6 @@ from elasticml.errors import SchedulerError
 from elasticml.scheduler.audit import AuditLog, store_tip
 from elasticml.scheduler.principals import add_principal, list_principals
 from elasticml.scheduler.identity import digest, new_token
-from elasticml.scheduler.principals import add_principal
 from elasticml.scheduler.shell import open_shell
 from elasticml.scheduler.spec import TenantPolicy, WorkloadSpec
 from elasticml.scheduler.store import SCHEMA_VERSION, Store
