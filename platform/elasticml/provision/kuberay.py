@@ -2,7 +2,9 @@
 
 Every Ray pod gets token auth (authOptions), Ray's TLS (an init container certifies the pod from the
 CA Secret), the checkpoint key, and the platform's labels; worker groups carry the definition's Ray
-labels and logical resources as their own fields, so the same pools as every other target.
+labels and logical resources as their own fields, so the same pools as every other target. A pod
+requests what its node has left (`allocatable.py`) and lands on its market's NodePool of its instance
+family (`karpenter.py`).
 """
 
 from __future__ import annotations
