@@ -17,6 +17,7 @@ from elasticml.cluster.config import load_cluster_spec, ray_schema
 from elasticml.provision.definition import CLUSTERS
 from elasticml.provision.render import definition_at_site
 from elasticml.provision.kuberay_rules import ManifestError, validate_manifest
+from elasticml.provision import karpenter
 from elasticml.provision.aws import setup_environment
 from elasticml.provision.render import render, render_all
 
@@ -294,18 +295,31 @@ def test_karpenter_node_pools_match_the_definitions_markets_and_pass_karpenters_
     nodeclass = next(d for d in docs if d["kind"] == "EC2NodeClass")
     assert nodeclass["spec"]["metadataOptions"]["httpTokens"] == "required"
     assert nodeclass["spec"]["capacityReservationSelectorTerms"]
+    assert nodeclass["spec"]["amiSelectorTerms"] == [{"alias": karpenter.AMI_ALIAS}]  # pinned, never @latest
+    assert re.fullmatch(r"al2023@v\d{8}", karpenter.AMI_ALIAS)
     pools = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NodePool"}
-    markets = {g.market for g in AT_SITE[name].groups}
-    assert set(pools) == {f"elasticml-{name}-{m}" for m in markets}
+    families = {(g.market, g.instance_type.split(".")[0]) for g in AT_SITE[name].groups}
+    assert set(pools) == {f"elasticml-{name}-{m}-{f}" for m, f in families}
+    for pool in pools.values():
+        spec = pool["spec"]
+        assert spec["template"]["spec"]["expireAfter"] == "720h" and spec["disruption"]["budgets"]
+        assert spec["disruption"]["consolidationPolicy"] == "WhenEmpty"
     groups = load(f"cluster_configs/kuberay/{name}-raycluster.yaml")["spec"]["workerGroupSpecs"]
-    for g in groups:  # every worker group's pods fit exactly one pool: its market's, with its instance type
+    by_name = {g.name.replace("_", "-"): g for g in AT_SITE[name].groups}
+    for g in groups:  # every worker group's pods fit exactly one pool: its market's, of its instance family
         selector = g["template"]["spec"]["nodeSelector"]
-        pool = pools[f"elasticml-{name}-{selector['karpenter.sh/capacity-type']}"]
+        family = by_name[g["groupName"]].instance_type.split(".")[0]
+        assert selector == {"karpenter.sh/capacity-type": by_name[g["groupName"]].market,
+                            "karpenter.k8s.aws/instance-family": family}
+        pool = pools[f"elasticml-{name}-{selector['karpenter.sh/capacity-type']}-{family}"]
         reqs = {r["key"]: r["values"] for r in pool["spec"]["template"]["spec"]["requirements"]}
         assert reqs["karpenter.sh/capacity-type"] == [selector["karpenter.sh/capacity-type"]]
-        assert selector["node.kubernetes.io/instance-type"] in reqs["node.kubernetes.io/instance-type"]
-        tainted = bool(pool["spec"]["template"]["spec"].get("taints"))
-        assert tainted == any(t.get("value") == "spot" for t in g["template"]["spec"].get("tolerations", []))
+        assert reqs["karpenter.k8s.aws/instance-family"] == [family]
+        assert by_name[g["groupName"]].instance_type.split(".")[1] in reqs["karpenter.k8s.aws/instance-size"]
+        taints = {t["key"] for t in pool["spec"]["template"]["spec"].get("taints", [])}
+        tolerated = {t["key"] for t in g["template"]["spec"].get("tolerations", [])}
+        assert taints == tolerated  # spot pools only for spot groups, GPU pools only for GPU groups
+        assert ("nvidia.com/gpu" in taints) == bool(by_name[g["groupName"]].gpus)
     bad = json.loads(json.dumps(docs[1]))
     bad["spec"]["template"]["spec"]["requirements"][0]["operator"] = "Within"
     with pytest.raises(ManifestError, match="Within"):

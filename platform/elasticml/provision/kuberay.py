@@ -2,7 +2,9 @@
 
 Every Ray pod gets token auth (authOptions), Ray's TLS (an init container certifies the pod from the
 CA Secret), the checkpoint key, and the platform's labels; worker groups carry the definition's Ray
-labels and logical resources as their own fields, so the same pools as every other target.
+labels and logical resources as their own fields, so the same pools as every other target. A pod
+requests what its node has left (`allocatable.py`) and lands on its market's NodePool of its instance
+family (`karpenter.py`).
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from elasticml.checkpoint_key import KEY_ENV, KEY_FILE
-from elasticml.provision import api_server, aws
+from elasticml.provision import allocatable, api_server, aws
 from elasticml.provision.definition import ClusterDefinition, NodeGroup
+from elasticml.provision.karpenter import CAPACITY_TYPE, DO_NOT_DISRUPT, GPU_TAINT, SPOT_TAINT, node_selector
 from elasticml.provision.tls import tls_env
 from elasticml.yamlio import dump_yaml
 
 API_KEYS_MOUNT = "/etc/elasticml/api-keys"
 """Where the RayService head mounts the Secret `elasticml-<cluster>-api-keys` (key `api_keys.json`)."""
-CAPACITY_TYPE = "karpenter.sh/capacity-type"
 CA_MOUNT = "/etc/elasticml-ca"
 """Where the TLS init container mounts the Secret `elasticml-<cluster>-ca` (keys `ca.crt`, `ca.key`)."""
 POD_TLS = "/etc/ray-tls"
@@ -29,6 +31,9 @@ KEY_MOUNT = "/etc/elasticml/checkpoint-key"
 """Where every Ray pod mounts the Secret `elasticml-<cluster>-checkpoint-key` (key `checkpoint.key`)."""
 IMAGE_GROUP = 100
 """The group of the image's user (rayproject/ray's `ray` is in `users`, gid 100)."""
+HEAD_REQUESTS = {"cpu": "2", "memory": "7Gi"}
+"""The Ray head container's (num-cpus 0: the GCS, dashboard and autoscaler's driver, no tasks); the
+API server's container and KubeRay's autoscaler sidecar bring their own."""
 
 
 POD_LABELS = {"app.kubernetes.io/part-of": "elasticml"}
@@ -59,13 +64,25 @@ def platform_pods(d: ClusterDefinition) -> PodIdentity:
                        labels=dict(POD_LABELS))
 
 
+def _resources(g: NodeGroup | None) -> dict[str, Any]:
+    """A worker requests what its node has left once the kubelet and the DaemonSets have theirs
+    (`allocatable.pod_requests`), not the whole instance, which never schedules. Memory's limit is its
+    request: a pod over it is OOM-killed alone rather than pressing the node into evicting others,
+    and Ray sizes its object store and memory monitor from it. No CPU limit: the request already
+    reserves the cores, and a limit would only throttle Ray's bursts into the CPU the node leaves idle.
+    Ray schedules by the group's logical `resources` (CPU 8 on an m7i.2xlarge), not by these."""
+    if g is None:
+        return {"requests": dict(HEAD_REQUESTS), "limits": {"memory": HEAD_REQUESTS["memory"]}}
+    want = allocatable.pod_requests(g.instance_type)
+    requests = {"cpu": f"{want.cpu_m}m", "memory": f"{want.memory_mi}Mi"}
+    limits = {"memory": requests["memory"]}
+    if want.gpus:  # an extended resource: its request must equal its limit
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(want.gpus)
+    return {"requests": requests, "limits": limits}
+
+
 def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
     gpus = g.gpus if g else 0
-    cpus = g.cpus if g else 2
-    mem = f"{(g.memory_gib if g else 8) * 7 // 8}Gi"  # leave room for the kubelet
-    limits: dict[str, Any] = {"cpu": str(cpus), "memory": mem}
-    if gpus:
-        limits["nvidia.com/gpu"] = str(gpus)
     return {
         "name": "ray-head" if g is None else "ray-worker",
         "image": d.image_for(gpus),
@@ -75,7 +92,7 @@ def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
         + [{"name": KEY_ENV, "value": f"{KEY_MOUNT}/{KEY_FILE}"}],
         "volumeMounts": [{"name": "ray-tls", "mountPath": POD_TLS, "readOnly": True},
                          {"name": "checkpoint-key", "mountPath": KEY_MOUNT, "readOnly": True}],
-        "resources": {"requests": dict(limits), "limits": limits},
+        "resources": _resources(g),
     }
 
 
@@ -123,19 +140,28 @@ PodHook = Callable[[dict[str, Any]], None]
 
 
 def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api_keys: bool = False,
-                    api: bool = False, each_pod: PodHook | None = None) -> dict[str, Any]:
+                    api: bool = False, each_pod: PodHook | None = None,
+                    disruptible_workers: bool = False) -> dict[str, Any]:
     """`who`: whose pods (default the platform's); `api_keys`: the head mounts the serving API keys'
     Secret (the Serve app is built there); `api`: the head runs the scheduler and the API server
-    (`api_server.py`), for the platform's own RayCluster only."""
+    (`api_server.py`), for the platform's own RayCluster only; `disruptible_workers`: Karpenter may
+    move the workers (a RayService's Serve replicas, which Serve restarts elsewhere) instead of
+    leaving their nodes alone (training, whose progress since its last checkpoint a move loses).
+    Heads are never disruptible: the GCS, the scheduler and the Serve controller live there."""
     who = who or platform_pods(d)
     workers = []
     for g in d.groups:
-        capacity = {"spot": "spot", "on-demand": "on-demand", "reserved": "reserved"}[g.market]
-        pod = _pod(_container(d, g), {CAPACITY_TYPE: capacity, "node.kubernetes.io/instance-type": g.instance_type}, who)
+        # The family, not the instance type: the pool may launch a larger size of it, which the pod fits.
+        pod = _pod(_container(d, g), node_selector(g), who)
         if g.market == "spot":
-            pod["tolerations"] = [{"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot", "effect": "NoSchedule"}]
+            pod["tolerations"] = [{"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot",
+                                   "effect": SPOT_TAINT["effect"]}]
         if g.gpus:
-            pod.setdefault("tolerations", []).append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+            pod.setdefault("tolerations", []).append({"key": GPU_TAINT["key"], "operator": "Exists",
+                                                      "effect": GPU_TAINT["effect"]})
+        metadata: dict[str, Any] = {"labels": dict(who.labels)}
+        if not disruptible_workers:
+            metadata["annotations"] = dict(DO_NOT_DISRUPT)
         workers.append({
             "groupName": g.name.replace("_", "-"),
             "replicas": g.min_workers, "minReplicas": g.min_workers, "maxReplicas": g.max_workers,
@@ -145,7 +171,7 @@ def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api
             "resources": {k: str(v) for k, v in g.ray_resources.items()},
             "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60),
             "rayStartParams": {},
-            "template": {"metadata": {"labels": dict(who.labels)}, "spec": pod},
+            "template": {"metadata": metadata, "spec": pod},
         })
     head_pod = _pod(_container(d, None), {CAPACITY_TYPE: "on-demand"}, who)
     if api_keys:
@@ -170,7 +196,8 @@ def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api
         "autoscalerOptions": {"version": "v2", "upscalingMode": "Default",
                               "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60)},
         "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
-                          "template": {"metadata": {"labels": dict(who.labels)}, "spec": head_pod}},
+                          "template": {"metadata": {"labels": dict(who.labels), "annotations": dict(DO_NOT_DISRUPT)},
+                                       "spec": head_pod}},
         "workerGroupSpecs": workers,
     }
 
@@ -264,7 +291,7 @@ def rayservice(d: ClusterDefinition) -> dict[str, Any]:
         "spec": {"serveConfigV2": dump_yaml(serve_config, sort_keys=False),
                  # A new cluster per change: the old one serves until the new one is ready.
                  "upgradeStrategy": {"type": "NewCluster"},
-                 "rayClusterConfig": raycluster_spec(d, api_keys=True)},
+                 "rayClusterConfig": raycluster_spec(d, api_keys=True, disruptible_workers=True)},
     }
 
 
