@@ -252,14 +252,18 @@ def cluster_credentials(cluster_name: str, as_json: bool) -> None:
 
 @cluster.command("prometheus-config")
 @_name_option
-def cluster_prometheus_config(name: str) -> None:
-    """Print a Prometheus config that scrapes every node of the local cluster (Ray's service discovery)."""
+@click.option("--rules", "rule_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A rules file for Prometheus to load (cluster_configs/prometheus/elasticml-rules.yaml); repeatable.")
+def cluster_prometheus_config(name: str, rule_files: tuple[Path, ...]) -> None:
+    """Print a Prometheus config that scrapes every node of the local cluster (Ray's service discovery),
+    labelling its series ray_io_cluster=NAME as the dashboards expect."""
     from elasticml import home
     from elasticml.cluster import LocalCluster
     from elasticml.observe.dashboards import prometheus_config
 
     LocalCluster(name).require_info()
-    click.echo(prometheus_config(str((home.ray_temp_dir(name) / "session_latest").resolve())), nl=False)
+    click.echo(prometheus_config(str((home.ray_temp_dir(name) / "session_latest").resolve()), cluster=name,
+                                 rule_files=tuple(str(p.resolve()) for p in rule_files)), nl=False)
 
 
 @cluster.command("env")

@@ -1,6 +1,7 @@
 """Every dashboard query returns data from a real Prometheus scraping a real local cluster while it
 trains, serves over HTTP and schedules: Prometheus reads Ray's service-discovery file of the
-cluster's metrics agents (the scrape config `elasticml cluster prometheus-config` prints)."""
+cluster's metrics agents (the scrape config `elasticml cluster prometheus-config` prints), and
+labels every series with the cluster's name, which the dashboards' `$cluster` picks."""
 
 from __future__ import annotations
 
@@ -40,8 +41,10 @@ def prometheus(local_cluster, tmp_path_factory):
     folder = tmp_path_factory.mktemp("prometheus")
     printed = subprocess.run([str(Path(os.sys.executable).with_name("elasticml")), "cluster", "prometheus-config",
                               "--name", local_cluster.name], capture_output=True, text=True, timeout=60)
-    assert printed.returncode == 0 and printed.stdout == prometheus_config(str(session.resolve())), printed.stderr
-    (folder / "prometheus.yml").write_text(prometheus_config(str(session.resolve()), interval_s=1))  # faster, here
+    expected = prometheus_config(str(session.resolve()), cluster=local_cluster.name)
+    assert printed.returncode == 0 and printed.stdout == expected, printed.stderr
+    (folder / "prometheus.yml").write_text(prometheus_config(str(session.resolve()), cluster=local_cluster.name,
+                                                             interval_s=1))  # faster, here
     port = free_port()
     proc = subprocess.Popen([exe, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -107,7 +110,8 @@ def test_every_dashboard_panel_returns_data_while_the_cluster_trains_serves_and_
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
     try:
-        missing = exprs()
+        # As Grafana runs them with this cluster picked: the scrape config labels every series with it.
+        missing = [e.replace("$cluster", local_cluster.name) for e in exprs()]
         deadline = time.monotonic() + 240
         while missing and time.monotonic() < deadline:
             missing = [e for e in missing if not httpx.get(f"{prometheus}/api/v1/query", params={"query": e},

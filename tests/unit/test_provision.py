@@ -38,9 +38,10 @@ def _ray_start(commands: list[str]) -> str:
 
 def test_committed_files_are_exactly_what_the_definition_renders():
     files = render_all()
-    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2 + 4 + 2 + 4 + 2 + 2 + 2  # + tenant trust and
-    # roles, Serve ingresses, service accounts, Karpenter, the AWS docker variants, Grafana dashboards, PodMonitors, the
-    # API server's Service (with the scheduler's config), the platform's namespaces
+    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2 + 4 + 2 + 4 + 2 + 2 + 2 + 1 + 2  # + tenant
+    # trust and roles, Serve ingresses, service accounts, Karpenter, the AWS docker variants, Grafana dashboards, PodMonitors,
+    # the API server's Service (with the scheduler's config), the platform's namespaces, the alerting rules and their
+    # PrometheusRules
     stale = [rel for rel, text in files.items() if (REPO / rel).read_text() != text]
     assert not stale, f"run `elasticml cluster render`: {stale}"
     out = subprocess.run([str(Path(sys.executable).with_name("elasticml")), "cluster", "render", "--check"],

@@ -245,6 +245,19 @@ def pod_monitor(d: ClusterDefinition) -> dict[str, Any]:
     }
 
 
+def prometheus_rule(d: ClusterDefinition) -> dict[str, Any]:
+    """Prometheus Operator: the platform's alerting rules (`observe/alerts.py`, the same groups as the
+    plain rules file), picked up by the Prometheus that the PodMonitor's `release` label selects."""
+    from elasticml.observe.alerts import groups
+
+    return {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+        "metadata": {"name": f"elasticml-{d.name}-alerts", "namespace": d.namespace,
+                     "labels": {**PART_OF, "release": "prometheus"}},
+        "spec": {"groups": groups()},
+    }
+
+
 def meta(d: ClusterDefinition, kind: str) -> dict[str, Any]:
     return {"name": f"elasticml-{d.name}" + ("" if kind == "raycluster" else f"-{kind}"), "namespace": d.namespace,
             "labels": dict(PART_OF)}

@@ -85,6 +85,8 @@ def render(target: str, cluster: str, *, image: str | None = None, values: SiteV
                                                 labels=kuberay.PART_OF, config_yaml=kuberay.scheduler_config(d))]),
         f"cluster_configs/kuberay/{d.name}-podmonitor.yaml": as_yaml(kuberay.pod_monitor(d), header(
             d, f"{apply} (with the Prometheus Operator, e.g. kube-prometheus-stack)")),
+        f"cluster_configs/kuberay/{d.name}-prometheusrule.yaml": as_yaml(kuberay.prometheus_rule(d), header(
+            d, f"{apply} (with the Prometheus Operator; the alerts of docs/observability.md)")),
         f"cluster_configs/kuberay/{d.name}-karpenter.yaml": header(d, f"{apply} (Karpenter >= 1.5, "
                                                                       "ReservedCapacity feature gate on)")
         + karpenter.manifests(d),
@@ -97,12 +99,13 @@ render_image = image_parts
 
 
 def render_all(values: SiteValues | None = None) -> dict[str, str]:
-    """Every file `cluster render` writes: the local cluster, each cloud definition at the site, the dashboards."""
-    from elasticml.observe.dashboards import rendered
+    """Every file `cluster render` writes: the local cluster, each cloud definition at the site, the
+    dashboards and the alerting rules."""
+    from elasticml.observe import alerts, dashboards
     from elasticml.provision.values import load_values
 
     values = values or load_values()
-    files = render("local", "local") | rendered()
+    files = render("local", "local") | dashboards.rendered() | alerts.rendered()
     for name in CLUSTERS:
         if name != "local":
             files |= render("aws", name, values=values) | render("kuberay", name, values=values)

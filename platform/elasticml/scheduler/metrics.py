@@ -1,6 +1,8 @@
 """The scheduler's numbers as Prometheus metrics, exported by Ray's metrics agent on the head
 (Ray prefixes them `ray_`): what is being spent, what it saves, what the scheduler decided, and
-the pools it decides over. Set from the store at every controller tick.
+the pools it decides over. Set from the store at every controller tick. The alerting rules
+(observe/alerts.py) read them: tenants' budgets beside their spend, pools out of work, how long the
+oldest queued workload has waited.
 
 Labels are bounded: tenant (one per principal), market (3), node type (the cluster's pools),
 action (the policy's few). Cost per workload stays in `elasticml cost report` (workload names
@@ -41,6 +43,15 @@ class SchedulerMetrics:
         self.price = Gauge("elasticml_scheduler_pool_price_dollars_per_hour", description="a pool's node-hour price",
                            tag_keys=("node_type", "market"))
         self.queued = Gauge("elasticml_scheduler_queued_workloads", description="workloads waiting for capacity")
+        self.oldest_queued = Gauge("elasticml_scheduler_oldest_queued_seconds",
+                                   description="how long the longest-waiting queued workload has waited; 0 = none")
+        self.budget = Gauge("elasticml_scheduler_budget_dollars",
+                            description="a tenant's budget, which its cost is held to; NaN once it has none",
+                            tag_keys=("tenant",))
+        # When each queued workload was first seen queued, by this process: a workload's `submitted`
+        # is when it first came, and one queued again after a preemption would look hours late.
+        self._queued_since: dict[str, float] = {}
+        self._budgeted: set[str] = set()
 
     def update(self, state: Scheduler) -> None:
         now = state.clock()
@@ -67,6 +78,14 @@ class SchedulerMetrics:
             self.available.set(0.0 if p.node_type in unavailable else 1.0, tags=tags)
             self.price.set(p.hourly_price, tags=tags)
         self.queued.set(len(state.queue))
+        self._queued_since = {n: self._queued_since.get(n, now) for n in state.queue}
+        self.oldest_queued.set(now - min(self._queued_since.values(), default=now))
+        budgets = {t: p.budget for t, p in state.store.tenants.items() if p.budget is not None}
+        for tenant in self._budgeted - budgets.keys():  # a gauge cannot be dropped: NaN compares false in every rule
+            self.budget.set(float("nan"), tags={"tenant": tenant})
+        for tenant, budget in budgets.items():
+            self.budget.set(budget, tags={"tenant": tenant})
+        self._budgeted = set(budgets)
 
     def count(self, record: dict[str, Any]) -> None:
         action = record.get("action")

@@ -52,7 +52,9 @@ def _gauges() -> dict[str, Any]:
         name: Gauge(f"elasticml_train_{name}", description=desc, tag_keys=("run",))
         for name, desc in [("loss", "training loss"), ("tokens_per_s", "tokens per second, all workers"),
                            ("mfu", "model FLOPs utilisation"), ("step", "optimizer steps done"),
-                           ("checkpoint_seconds", "how long the last checkpoint took to write and report")]
+                           ("checkpoint_seconds", "how long the last checkpoint took to write and report"),
+                           # Wall-clock, not a duration: an alert compares it with Prometheus' time().
+                           ("last_checkpoint_timestamp_seconds", "when the last checkpoint was reported, Unix time")]
     }
 
 
@@ -261,6 +263,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             )
             if gauges is not None:
                 gauges["checkpoint_seconds"].set(time.perf_counter() - ckpt_start, tags={"run": cfg.run_name})
+                gauges["last_checkpoint_timestamp_seconds"].set(time.time(), tags={"run": cfg.run_name})
         else:
             ray.train.report(metrics)
         loss_sum.zero_()
