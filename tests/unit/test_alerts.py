@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,7 +22,9 @@ AWS = ["aws-cpu", "aws-gpu"]
 RULES = REPO / alerts.RULES_FILE
 RULE_TESTS = REPO / "tests/fixtures/prometheus/elasticml-rules.test.yaml"
 PROMTOOL = shutil.which("promtool") or next((p for p in ("/usr/bin/promtool",) if Path(p).is_file()), None)
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed: `apt-get install prometheus` "
+# CI (`./dev setup` as root installs Debian's prometheus) must run these checks; elsewhere they may skip.
+needs_promtool = pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"),
+                                    reason="promtool is not installed: `apt-get install prometheus` "
                                     "(./dev setup installs it where it may)")
 
 
@@ -51,12 +54,6 @@ def test_each_alert_fires_on_trouble_and_stays_quiet_on_health():
     assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
     tested = set(re.findall(r"alertname: (\w+)", RULE_TESTS.read_text()))
     assert tested == {r["alert"] for r in every_alert(alerts.groups())}, "every alert has its promtool cases"
-
-
-def test_ci_gets_promtool():
-    """`./dev setup` and `./dev test` (which CI runs) install Debian's prometheus where promtool is missing."""
-    dev = (REPO / "dev").read_text()
-    assert "apt-get install -y -q prometheus" in dev and "setup) setup; system_tools ;;" in dev
 
 
 def test_every_alert_says_how_bad_how_long_and_what_to_do():
