@@ -19,6 +19,10 @@ COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users platform ./platform
 COPY --chown=ray:users serve_apps ./serve_apps
 COPY --chown=ray:users jobs ./jobs
-# The package alone: everything it needs is already installed from the lock.
-RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
-    && python -c "import elasticml.provision.tls, serve_apps.completion"
+# The package alone: everything it needs is already installed from the lock. Editable, so that the package
+# finds the files shipped beside it (elasticml.repo: the API server runs jobs/train.py from here); a plain
+# install would look for them next to site-packages. Cluster configs are not in the image: they hold the
+# site's values, and a KubeRay head reads the scheduler's from its ConfigMap (elasticml-NAME-scheduler).
+RUN pip install --no-cache-dir --no-deps --no-build-isolation --editable . \
+    && python -c "import elasticml.provision.k8s_watcher, serve_apps.completion; from elasticml.repo import JOBS; \
+assert (JOBS / 'train.py').is_file(), JOBS"

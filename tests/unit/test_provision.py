@@ -38,10 +38,10 @@ def _ray_start(commands: list[str]) -> str:
 
 def test_committed_files_are_exactly_what_the_definition_renders():
     files = render_all()
-    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2 + 4 + 2 + 4 + 2 + 2 + 2 + 1 + 2  # + tenant
-    # trust and roles, Serve ingresses, service accounts, Karpenter, the AWS docker variants, Grafana dashboards, PodMonitors,
-    # the API server's Service (with the scheduler's config), the platform's namespaces, the alerting rules and their
-    # PrometheusRules
+    assert "cluster_configs/local.yaml" in files and len(files) == 17 + 2 + 4 + 2 + 4 + 2 + 4 + 2 + 2 + 2 + 6 + 1 + 2
+    # + tenant trust and roles, Serve ingresses, service accounts, Karpenter, the AWS docker variants, Grafana
+    # dashboards, PodMonitors, the API server's Service (with the scheduler's config), the platform's namespaces,
+    # the heads' ServiceAccount and RBAC, NetworkPolicies and IRSA trust, the alerting rules and their PrometheusRules
     stale = [rel for rel, text in files.items() if (REPO / rel).read_text() != text]
     assert not stale, f"run `elasticml cluster render`: {stale}"
     out = subprocess.run([str(Path(sys.executable).with_name("elasticml")), "cluster", "render", "--check"],
@@ -206,7 +206,8 @@ def test_kuberay_manifests_validate_and_map_markets_to_node_pools(name):
         # no manifest holds it or points an env var at a secret of its own.
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
         assert "RAY_AUTH_TOKEN" not in env and not any("secretKeyRef" in e.get("valueFrom", {}) for e in env.values())
-        assert pod["serviceAccountName"] == f"elasticml-{name}"
+        # The head has its own ServiceAccount (the head role, the watcher's RBAC); workers keep the worker one.
+        assert pod["serviceAccountName"] == (f"elasticml-{name}-head" if pod is head else f"elasticml-{name}")
         assert pod["containers"][0]["image"].startswith(AT_SITE[name].image + ":")
         # Ray's TLS: an init container makes the pod's certificate (its IP) from the CA Secret into a
         # memory volume that Ray's container reads and the TLS variables point at.
@@ -458,7 +459,11 @@ def test_the_image_is_rays_matching_release_with_the_package_and_every_manifest_
     # the package alone.
     assert "ARG LOCK=runtime-cpu.lock" in docker and "--build-arg LOCK=runtime-cuda.lock" in docker
     assert '--require-hashes --extra-index-url "${TORCH_CPU_INDEX}" -r "requirements/${LOCK}"' in docker
-    assert "pip install --no-cache-dir --no-deps --no-build-isolation ." in docker
+    # Editable, so elasticml.repo finds jobs/ beside the package (the API server runs jobs/train.py from there),
+    # which the build checks; no cluster configs in the image (the scheduler's comes from its ConfigMap).
+    assert "pip install --no-cache-dir --no-deps --no-build-isolation --editable ." in docker
+    assert "assert (JOBS / 'train.py').is_file()" in docker
+    assert "cluster_configs" in (REPO / ".dockerignore").read_text().split()
     assert "torch==2.13.0+cpu \\" in (REPO / "requirements/runtime-cpu.lock").read_text()
     assert "requirements" not in (REPO / ".dockerignore").read_text().split()
     for name in AWS:

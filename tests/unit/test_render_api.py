@@ -178,11 +178,13 @@ def test_the_api_service_selects_the_platform_head_pod_and_its_container_port(na
     for group in rc["spec"]["workerGroupSpecs"]:  # never a worker
         assert not selector.items() <= kuberay_labels(rc["metadata"]["name"], group, head=False).items()
     for kind, cluster in (("rayjob", "rayClusterSpec"), ("rayservice", "rayClusterConfig")):
-        # Their clusters are named after them (plus a suffix): their heads are not selected, nor run the server.
+        # Their clusters are named after them (plus a suffix): their heads are not selected, nor run the server
+        # (only their own scheduler and watcher: tests/unit/test_k8s_head.py).
         doc = load(f"cluster_configs/kuberay/{name}-{kind}.yaml")
         assert not selector.items() <= kuberay_labels(f"{doc['metadata']['name']}-x1", doc["spec"][cluster]["headGroupSpec"],
                                                       head=True).items()
-        assert [c["name"] for c in head_of(doc["spec"][cluster])["containers"]] == ["ray-head"]
+        assert [c["name"] for c in head_of(doc["spec"][cluster])["containers"]] == \
+            ["ray-head", "elasticml-scheduler", "elasticml-watcher"]
     [port] = spec["ports"]
     api = next(c for c in head_of(rc["spec"])["containers"] if c["name"] == "elasticml-api")
     [container_port] = api["ports"]

@@ -1,9 +1,11 @@
-"""Kubernetes' own kinds among the rendered manifests: Service, NetworkPolicy, Namespace, ConfigMap.
+"""Kubernetes' own kinds among the rendered manifests: Service, NetworkPolicy, Namespace, ConfigMap,
+ServiceAccount and RBAC's ClusterRole, Role and their bindings.
 
 No CRD describes these, and the project vendors no Kubernetes OpenAPI document, so their schemas
 come from what is vendored: a Service is exactly the RayCluster CRD's `headService` (KubeRay embeds
 core/v1 Service whole), and NetworkPolicy's selectors are the CRD's LabelSelector; the rest of
-NetworkPolicy, Namespace and ConfigMap is written here from the Kubernetes API reference, only the
+NetworkPolicy, Namespace, ConfigMap, ServiceAccount and RBAC is written here from the Kubernetes API
+reference, only the
 fields the renders may use, so that an unknown field is refused as the API server's strict field
 validation does. `rules(doc)` adds the API server's own checks that a schema cannot say (names,
 label values, ports, CIDRs). `kuberay_rules.validate_manifest` calls both for these kinds.
@@ -26,7 +28,10 @@ LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 IANA_SVC_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 """A named port: at most 15 characters with at least one letter (checked beside the pattern)."""
 CONFIG_KEY = re.compile(r"[-._a-zA-Z0-9]+")
-NAMESPACED = ("Service", "NetworkPolicy", "ConfigMap")
+NAMESPACED = ("Service", "NetworkPolicy", "ConfigMap", "ServiceAccount", "Role", "RoleBinding")
+CLUSTER_SCOPED = ("Namespace", "ClusterRole", "ClusterRoleBinding")
+RBAC = "rbac.authorization.k8s.io"
+VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
 
 _STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
 _METADATA = {"type": "object", "required": ["name"],
@@ -81,8 +86,40 @@ def _service() -> dict[str, Any]:
     return service | {"required": ["apiVersion", "kind", "metadata", "spec"]}
 
 
+def _service_account() -> dict[str, Any]:
+    return {"type": "object", "required": ["apiVersion", "kind", "metadata"], "properties": {
+        "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": _METADATA,
+        "automountServiceAccountToken": {"type": "boolean"}}}
+
+
+_STRING_LIST = {"type": "array", "items": {"type": "string"}}
+
+
+def _role() -> dict[str, Any]:
+    rule = {"type": "object", "required": ["verbs"], "properties": {
+        "apiGroups": _STRING_LIST, "resources": _STRING_LIST, "resourceNames": _STRING_LIST,
+        "verbs": _STRING_LIST, "nonResourceURLs": _STRING_LIST}}
+    return {"type": "object", "required": ["apiVersion", "kind", "metadata"], "properties": {
+        "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": _METADATA,
+        "rules": {"type": "array", "items": rule}}}
+
+
+def _binding() -> dict[str, Any]:
+    ref = {"type": "object", "required": ["apiGroup", "kind", "name"], "properties": {
+        "apiGroup": {"type": "string"}, "kind": {"type": "string"}, "name": {"type": "string"}}}
+    subject = {"type": "object", "required": ["kind", "name"], "properties": {
+        "apiGroup": {"type": "string"}, "kind": {"type": "string"}, "name": {"type": "string"},
+        "namespace": {"type": "string"}}}
+    return {"type": "object", "required": ["apiVersion", "kind", "metadata", "roleRef"], "properties": {
+        "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": _METADATA,
+        "roleRef": ref, "subjects": {"type": "array", "items": subject}}}
+
+
 SCHEMAS = {("v1", "Service"): _service, ("networking.k8s.io/v1", "NetworkPolicy"): _network_policy,
-           ("v1", "Namespace"): _namespace, ("v1", "ConfigMap"): _config_map}
+           ("v1", "Namespace"): _namespace, ("v1", "ConfigMap"): _config_map,
+           ("v1", "ServiceAccount"): _service_account, (f"{RBAC}/v1", "ClusterRole"): _role,
+           (f"{RBAC}/v1", "Role"): _role, (f"{RBAC}/v1", "ClusterRoleBinding"): _binding,
+           (f"{RBAC}/v1", "RoleBinding"): _binding}
 
 
 @functools.cache
@@ -100,11 +137,20 @@ def rules(doc: dict[str, Any]) -> None:
         raise ManifestError(f"a {kind}'s name must be a DNS label, got {meta['name'][:70]!r}", field="metadata.name")
     if kind in NAMESPACED and not DNS1123_LABEL.fullmatch(meta.get("namespace", "")):
         raise ManifestError(f"a {kind} of the renders names its namespace (a DNS label)", field="metadata.namespace")
+    if kind in CLUSTER_SCOPED and "namespace" in meta:
+        raise ManifestError(f"a {kind} is cluster-wide: it has no namespace", field="metadata.namespace")
+    if kind in ("ServiceAccount", "ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding") and not (
+            len(meta["name"]) <= 253 and DNS1123_SUBDOMAIN.fullmatch(meta["name"])):
+        raise ManifestError(f"a {kind}'s name must be a DNS subdomain, got {meta['name'][:70]!r}", field="metadata.name")
     _labels(meta.get("labels") or {}, "metadata.labels")
     if kind == "Service":
         _service_rules(doc["spec"])
     elif kind == "NetworkPolicy":
         _policy_rules(doc["spec"])
+    elif kind in ("ClusterRole", "Role"):
+        _role_rules(doc)
+    elif kind in ("ClusterRoleBinding", "RoleBinding"):
+        _binding_rules(doc)
     elif kind == "ConfigMap":
         for key in doc.get("data") or {}:
             if not (len(key) <= 253 and CONFIG_KEY.fullmatch(key)):
@@ -178,3 +224,27 @@ def _ip_block(block: dict[str, Any], field: str) -> None:
     for e in excepted:
         if e.version != cidr.version or not e.subnet_of(cidr):  # type: ignore[arg-type]
             raise ManifestError(f"except {e} must lie inside {cidr}", field=f"{field}.except")
+
+
+def _role_rules(doc: dict[str, Any]) -> None:
+    for i, rule in enumerate(doc.get("rules") or []):
+        at = f"rules[{i}]"
+        if not rule["verbs"] or any(v not in VERBS for v in rule["verbs"]):
+            raise ManifestError(f"a rule's verbs are some of {', '.join(VERBS)}, got {rule['verbs']}", field=f"{at}.verbs")
+        if "nonResourceURLs" in rule and doc["kind"] == "Role":
+            raise ManifestError("a Role (namespaced) cannot grant nonResourceURLs", field=f"{at}.nonResourceURLs")
+        if "nonResourceURLs" not in rule and not (rule.get("apiGroups") is not None and rule.get("resources")):
+            raise ManifestError("a resource rule names its apiGroups and resources", field=at)
+
+
+def _binding_rules(doc: dict[str, Any]) -> None:
+    ref = doc["roleRef"]
+    kinds = ("ClusterRole",) if doc["kind"] == "ClusterRoleBinding" else ("ClusterRole", "Role")
+    if ref["apiGroup"] != RBAC or ref["kind"] not in kinds:
+        raise ManifestError(f"a {doc['kind']}'s roleRef is a {' or '.join(kinds)} of {RBAC}", field="roleRef")
+    for i, subject in enumerate(doc.get("subjects") or []):
+        at = f"subjects[{i}]"
+        if subject["kind"] not in ("ServiceAccount", "User", "Group"):
+            raise ManifestError("a subject is a ServiceAccount, User or Group", field=f"{at}.kind")
+        if subject["kind"] == "ServiceAccount" and not DNS1123_LABEL.fullmatch(subject.get("namespace", "")):
+            raise ManifestError("a ServiceAccount subject names its namespace", field=f"{at}.namespace")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from elasticml.checkpoint_key import KEY_ENV, KEY_FILE
-from elasticml.provision import allocatable, api_server, aws
+from elasticml.provision import allocatable, api_server, aws, head_access, iam
 from elasticml.provision.definition import ClusterDefinition, NodeGroup
 from elasticml.provision.karpenter import CAPACITY_TYPE, DO_NOT_DISRUPT, GPU_TAINT, SPOT_TAINT, node_selector
 from elasticml.provision.tls import tls_env
@@ -56,12 +56,14 @@ class PodIdentity:
     service_account: str | None
     """None: KubeRay's default (the head its autoscaler's own, workers the namespace's `default`)."""
     labels: dict[str, str]
+    head_service_account: str | None = None
+    """The head pod's own, where it differs from the workers' (the platform's: `head_access.py`)."""
 
 
 def platform_pods(d: ClusterDefinition) -> PodIdentity:
     return PodIdentity(token_secret=f"elasticml-{d.name}-token", ca_secret=f"elasticml-{d.name}-ca",
                        key_secret=f"elasticml-{d.name}-checkpoint-key", service_account=service_account(d),
-                       labels=dict(POD_LABELS))
+                       labels=dict(POD_LABELS), head_service_account=head_access.service_account(d))
 
 
 def _resources(g: NodeGroup | None) -> dict[str, Any]:
@@ -140,14 +142,15 @@ PodHook = Callable[[dict[str, Any]], None]
 
 
 def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api_keys: bool = False,
-                    api: bool = False, each_pod: PodHook | None = None,
+                    api: bool = False, scheduler: bool = False, each_pod: PodHook | None = None,
                     disruptible_workers: bool = False) -> dict[str, Any]:
     """`who`: whose pods (default the platform's); `api_keys`: the head mounts the serving API keys'
-    Secret (the Serve app is built there); `api`: the head runs the scheduler and the API server
-    (`api_server.py`), for the platform's own RayCluster only; `disruptible_workers`: Karpenter may
-    move the workers (a RayService's Serve replicas, which Serve restarts elsewhere) instead of
-    leaving their nodes alone (training, whose progress since its last checkpoint a move loses).
-    Heads are never disruptible: the GCS, the scheduler and the Serve controller live there."""
+    Secret (the Serve app is built there); `scheduler`: the head runs this Ray cluster's scheduler and
+    interruption watcher, `api` the API server too, for the platform's own RayCluster only
+    (`api_server.py`); `disruptible_workers`: Karpenter may move the workers (a RayService's Serve
+    replicas, which Serve restarts elsewhere) instead of leaving their nodes alone (training, whose
+    progress since its last checkpoint a move loses). Heads are never disruptible: the GCS, the
+    scheduler and the Serve controller live there."""
     who = who or platform_pods(d)
     workers = []
     for g in d.groups:
@@ -174,6 +177,8 @@ def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api
             "template": {"metadata": metadata, "spec": pod},
         })
     head_pod = _pod(_container(d, None), {CAPACITY_TYPE: "on-demand"}, who)
+    if who.head_service_account:
+        head_pod["serviceAccountName"] = who.head_service_account
     if api_keys:
         head_pod["volumes"].append({"name": "api-keys", "secret": {"secretName": f"elasticml-{d.name}-api-keys"}})
         head_pod["containers"][0]["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_MOUNT,
@@ -181,8 +186,10 @@ def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api
     if api:
         head_pod["initContainers"] = [_tls_init(head_pod["containers"][0]["image"],
                                                 (api_server.service_dns("$(POD_NAMESPACE)"),))]
+    if api or scheduler:
         api_server.add_to_head(head_pod, token_secret=who.token_secret, pod_tls=POD_TLS,
-                               scheduler_config=f"elasticml-{d.name}-scheduler")
+                               scheduler_config=f"elasticml-{d.name}-scheduler", serve_api=api,
+                               tenant_role=iam.tenant_role(d))
     if each_pod is not None:
         for pod in [head_pod] + [w["template"]["spec"] for w in workers]:
             each_pod(pod)
@@ -221,7 +228,8 @@ def namespace(d: ClusterDefinition) -> dict[str, Any]:
 
 
 def service_account_manifest(d: ClusterDefinition) -> dict[str, Any]:
-    """The pods' identity on EKS (IRSA): the worker role, which reaches the bucket but not tenants' prefixes."""
+    """The worker pods' identity on EKS (IRSA): the worker role, which reaches the bucket but not tenants'
+    prefixes. The head pods have their own (`head_access.py`)."""
     return {"apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": service_account(d), "namespace": d.namespace, "labels": dict(PART_OF),
                          "annotations": {"eks.amazonaws.com/role-arn":
@@ -264,7 +272,7 @@ def meta(d: ClusterDefinition, kind: str) -> dict[str, Any]:
 
 
 def raycluster(d: ClusterDefinition) -> dict[str, Any]:
-    """The platform's own cluster: the one whose head runs the scheduler and the API server."""
+    """The platform's own cluster: the one whose head runs the API server beside its scheduler."""
     return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": meta(d, "raycluster"),
             "spec": raycluster_spec(d, api=True)}
 
@@ -284,7 +292,7 @@ def rayjob(d: ClusterDefinition) -> dict[str, Any]:
             "activeDeadlineSeconds": 7 * 24 * 3600,
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 600,
-            "rayClusterSpec": raycluster_spec(d),
+            "rayClusterSpec": raycluster_spec(d, scheduler=True),
         },
     }
 
@@ -304,7 +312,7 @@ def rayservice(d: ClusterDefinition) -> dict[str, Any]:
         "spec": {"serveConfigV2": dump_yaml(serve_config, sort_keys=False),
                  # A new cluster per change: the old one serves until the new one is ready.
                  "upgradeStrategy": {"type": "NewCluster"},
-                 "rayClusterConfig": raycluster_spec(d, api_keys=True, disruptible_workers=True)},
+                 "rayClusterConfig": raycluster_spec(d, api_keys=True, scheduler=True, disruptible_workers=True)},
     }
 
 

@@ -7,7 +7,8 @@ jsonschema, then applies `controller_rules`: the checks of KubeRay's
 `ray-operator/controllers/ray/utils/validation.go` that matter for what elasticml renders,
 each raising `ManifestError` with the controller's reason. Karpenter's CEL rules
 (`x-kubernetes-validations`) are not evaluated here. The Kubernetes kinds rendered beside them
-(Service, NetworkPolicy, Namespace, ConfigMap) go through `k8s_core`'s schemas and rules instead.
+(Service, NetworkPolicy, Namespace, ConfigMap, ServiceAccount, RBAC) go through `k8s_core`'s
+schemas and rules instead.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ with the example site values (`values.py`, `cluster_configs/values.example.yaml`
 
 The parts live in rooms of their own: `aws.py` (the launcher YAMLs and node set-up), `iam.py` (the
 policies), `kuberay.py` (RayCluster, RayJob, RayService and their neighbours), `karpenter.py`,
-`api_server.py` (where the scheduler and the API server run), `tenant.py` (tenants' own clusters).
+`api_server.py` (where the scheduler and the API server run), `head_access.py` (the head pods' identity and
+who reaches the platform's pods), `tenant.py` (tenants' own clusters).
 
 Security defaults, on purpose: token authentication on everywhere (the token travels to nodes as a
 file mount / a Kubernetes Secret, never in the file, and so does the checkpoint key); no ingress from
@@ -21,7 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from elasticml.errors import ConfigError
-from elasticml.provision import api_server, aws, iam, karpenter, kuberay
+from elasticml.provision import api_server, aws, head_access, iam, karpenter, kuberay
 from elasticml.provision.definition import CLUSTERS, ClusterDefinition, image_parts
 from elasticml.provision.files import as_json, as_yaml, docs, header
 
@@ -67,6 +68,7 @@ def render(target: str, cluster: str, *, image: str | None = None, values: SiteV
             f"cluster_configs/aws/{d.name}-bucket-policy.json": as_json(iam.bucket_policy(d)),
             f"cluster_configs/aws/{d.name}-bucket-encryption.json": as_json(iam.bucket_encryption(d)),
             f"cluster_configs/aws/{d.name}-tenant-trust.json": as_json(iam.tenant_trust(d)),
+            f"cluster_configs/aws/{d.name}-head-irsa-trust.json": as_json(head_access.irsa_trust(d)),
             **{f"cluster_configs/aws/{d.name}-tenant-{t}-policy.json": as_json(iam.tenant_policy(d, t)) for t in d.tenants},
         }
     apply = "kubectl apply -f"
@@ -83,6 +85,13 @@ def render(target: str, cluster: str, *, image: str | None = None, values: SiteV
                                    labels=kuberay.PART_OF),
                 api_server.scheduler_config_map(name=f"elasticml-{d.name}-scheduler", namespace=d.namespace,
                                                 labels=kuberay.PART_OF, config_yaml=kuberay.scheduler_config(d))]),
+        f"cluster_configs/kuberay/{d.name}-head.yaml": header(d, f"{apply} (the head pods' ServiceAccount and the "
+                                                                 "interruption watcher's read-only rights)")
+        + docs([head_access.service_account_manifest(d, kuberay.PART_OF), *head_access.watcher_rbac(d, kuberay.PART_OF)]),
+        f"cluster_configs/kuberay/{d.name}-networkpolicy.yaml": header(d, f"{apply} (who reaches the platform's Ray "
+                                                                          "pods and its API server)")
+        + docs(head_access.network_policies(d, raycluster=kuberay.meta(d, "raycluster")["name"],
+                                            pod_labels=kuberay.POD_LABELS, labels=kuberay.PART_OF)),
         f"cluster_configs/kuberay/{d.name}-podmonitor.yaml": as_yaml(kuberay.pod_monitor(d), header(
             d, f"{apply} (with the Prometheus Operator, e.g. kube-prometheus-stack)")),
         f"cluster_configs/kuberay/{d.name}-prometheusrule.yaml": as_yaml(kuberay.prometheus_rule(d), header(

@@ -154,10 +154,8 @@ class Watcher:
 
 
 def notify_scheduler(notice: Notice) -> None:
-    """The production callback: re-place this node type's work and drain it, via the scheduler actor."""
+    """The production callback on a spot node: its own node type's notice, via `report_to_scheduler`."""
     import ray
-
-    from elasticml.scheduler.client import SchedulerClient
 
     node_type = os.environ.get("RAY_NODE_TYPE_NAME")
     if not ray.is_initialized():
@@ -167,12 +165,26 @@ def notify_scheduler(notice: Notice) -> None:
     if node_type is None:
         log.error("spot %s notice, but this node's type is unknown; nothing re-placed", notice.kind)
         return
+    report_to_scheduler(node_type, notice)
+
+
+def report_to_scheduler(node_type: str, notice: Notice) -> None:
+    """Tell this Ray cluster's scheduler, as the node agent, that `node_type` is being interrupted: it
+    re-places the pool's work and drains its nodes as preempted. A rebalance recommendation is only
+    logged. Raises when the scheduler did not take it (the caller reports it again). The Kubernetes
+    watcher (`k8s_watcher.py`) calls this too, with the node type of the pods on a tainted node."""
+    import ray
+
+    from elasticml.scheduler.client import SchedulerClient
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR")
     if notice.kind == "rebalance":
         log.warning("rebalance recommendation for %s at %s: no action until an interruption notice", node_type, notice.time)
         return
     result = SchedulerClient.connect(default="agent").interrupt(node_type)
-    log.warning("interruption notice (%s at %s): %d workloads re-placed, %d nodes drained", notice.action, notice.time,
-                len(result["decisions"]), len(result["drained_nodes"]))
+    log.warning("interruption notice for %s (%s at %s): %d workloads re-placed, %d nodes drained", node_type,
+                notice.action, notice.time, len(result["decisions"]), len(result["drained_nodes"]))
 
 
 def main() -> int:
