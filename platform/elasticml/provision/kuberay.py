@@ -1,8 +1,12 @@
 """The KubeRay manifests: RayCluster, RayJob and RayService specs, their pods, and what sits beside them.
 
-Every Ray pod gets token auth (authOptions), Ray's TLS (an init container certifies the pod from the
-CA Secret), the checkpoint key, and the platform's labels; worker groups carry the definition's Ray
-labels and logical resources as their own fields, so the same pools as every other target.
+Every Ray pod gets token auth (authOptions), Ray's TLS, the checkpoint key, and the platform's labels;
+worker groups carry the definition's Ray labels and logical resources as their own fields, so the
+same pools as every other target. Ray's TLS: a head's init container certifies the pod from the CA
+Secret (the key's only readers, with the platform's API server); a platform worker's init container
+makes the pod's key and has the API server certify its IP, as the node agent (`node_certs.py`), and
+mounts the CA's certificate alone. KubeRay's autoscaler sidecar gets the head pod's certificate
+(`autoscalerOptions.env` and `volumeMounts`, as KubeRay's TLS sample).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ API_KEYS_MOUNT = "/etc/elasticml/api-keys"
 """Where the RayService head mounts the Secret `elasticml-<cluster>-api-keys` (key `api_keys.json`)."""
 CAPACITY_TYPE = "karpenter.sh/capacity-type"
 CA_MOUNT = "/etc/elasticml-ca"
-"""Where the TLS init container mounts the Secret `elasticml-<cluster>-ca` (keys `ca.crt`, `ca.key`)."""
+"""Where the TLS init container mounts the Secret `elasticml-<cluster>-ca` (keys `ca.crt`, `ca.key`; a worker's: `ca.crt` only)."""
+AGENT_MOUNT = "/etc/elasticml/agent"
+"""Where a platform worker's TLS init container mounts the Secret `elasticml-<cluster>-agent` (key `credential`)."""
 POD_TLS = "/etc/ray-tls"
 """The pod's own Ray TLS certificate, made by the init container into an in-memory volume."""
 KEY_MOUNT = "/etc/elasticml/checkpoint-key"
@@ -46,6 +52,10 @@ class PodIdentity:
     """authOptions' Secret (key `auth_token`): the cluster's Ray token."""
     ca_secret: str
     """The Ray TLS CA (keys `ca.crt`, `ca.key`), mounted in the init container that certifies the pod."""
+    agent_secret: str | None = None
+    """The node agent's credential (key `credential`): workers have the platform's API server certify them
+    with it and see only the CA's certificate. None: every pod certifies itself from `ca_secret` (a
+    tenant's cluster, whose CA is its own and which has no API server)."""
     key_secret: str
     """The checkpoint key (key `checkpoint.key`)."""
     service_account: str | None
@@ -55,6 +65,7 @@ class PodIdentity:
 
 def platform_pods(d: ClusterDefinition) -> PodIdentity:
     return PodIdentity(token_secret=f"elasticml-{d.name}-token", ca_secret=f"elasticml-{d.name}-ca",
+                       agent_secret=f"elasticml-{d.name}-agent",
                        key_secret=f"elasticml-{d.name}-checkpoint-key", service_account=service_account(d),
                        labels=dict(POD_LABELS))
 
@@ -95,9 +106,37 @@ def _tls_init(image: str, extra_dns: tuple[str, ...] = ()) -> dict[str, Any]:
     }
 
 
-def _tls_volumes(who: PodIdentity) -> list[dict[str, Any]]:
-    return [{"name": "ray-ca", "secret": {"secretName": who.ca_secret, "defaultMode": 0o400}},
-            {"name": "ray-tls", "emptyDir": {"medium": "Memory"}}]
+def _tls_request(image: str, endpoint: str) -> dict[str, Any]:
+    """A platform worker's init container: the pod's own key, certified for its IP by the API server at
+    `endpoint` as the node agent (retrying until the server answers). The agent's Secret file is 0440
+    for the pod's group, which credentials refuse: it is copied 0600 into the container's own /tmp."""
+    credential = "/tmp/agent-credential"
+    script = (f"install -m 600 {AGENT_MOUNT}/credential {credential} && exec python -m elasticml.provision.tls "
+              f"request --server {endpoint} --ca-cert {CA_MOUNT}/ca.crt --credential {credential} --out {POD_TLS} "
+              "--ip $(POD_IP)")
+    return {
+        "name": "ray-tls-cert", "image": image, "command": ["sh", "-c", script],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "volumeMounts": [{"name": "ray-ca", "mountPath": CA_MOUNT, "readOnly": True},
+                         {"name": "agent-credential", "mountPath": AGENT_MOUNT, "readOnly": True},
+                         {"name": "ray-tls", "mountPath": POD_TLS}],
+    }
+
+
+def _tls_volumes(who: PodIdentity, *, requests: bool = False) -> list[dict[str, Any]]:
+    """`requests`: a worker that asks the API server: the CA Secret's certificate only, and the agent's Secret."""
+    ca: dict[str, Any] = {"secretName": who.ca_secret, "defaultMode": 0o400}
+    if requests:
+        ca["items"] = [{"key": "ca.crt", "path": "ca.crt"}]
+    volumes = [{"name": "ray-ca", "secret": ca}, {"name": "ray-tls", "emptyDir": {"medium": "Memory"}}]
+    if requests:
+        volumes.append(_agent_volume(who))
+    return volumes
+
+
+def _agent_volume(who: PodIdentity) -> dict[str, Any]:
+    return {"name": "agent-credential", "secret": {"secretName": who.agent_secret, "defaultMode": 0o400,
+                                                   "items": [{"key": "credential", "path": "credential"}]}}
 
 
 def _key_volume(who: PodIdentity) -> dict[str, Any]:
@@ -108,14 +147,18 @@ def service_account(d: ClusterDefinition) -> str:
     return f"elasticml-{d.name}"
 
 
-def _pod(container: dict[str, Any], node_selector: dict[str, str], who: PodIdentity) -> dict[str, Any]:
+def _pod(container: dict[str, Any], node_selector: dict[str, str], who: PodIdentity,
+         certifier: str | None = None) -> dict[str, Any]:
+    """`certifier`: for a worker of the platform's, the API server that certifies it (else it certifies itself)."""
+    requests = certifier is not None and who.agent_secret is not None
+    tls_init = _tls_request(container["image"], certifier) if requests else _tls_init(container["image"])  # type: ignore[arg-type]
     pod: dict[str, Any] = {"serviceAccountName": who.service_account} if who.service_account else {}
     return pod | {"nodeSelector": node_selector,
                   # Secret files are root's, and the image runs as `ray`: the pod's group may read them
                   # (Kubernetes makes a read-only Secret's files 0440 for fsGroup), nobody else.
                   "securityContext": {"fsGroup": IMAGE_GROUP},
-                  "initContainers": [_tls_init(container["image"])], "containers": [container],
-                  "volumes": [*_tls_volumes(who), _key_volume(who)]}
+                  "initContainers": [tls_init], "containers": [container],
+                  "volumes": [*_tls_volumes(who, requests=requests), _key_volume(who)]}
 
 
 PodHook = Callable[[dict[str, Any]], None]
@@ -131,7 +174,8 @@ def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api
     workers = []
     for g in d.groups:
         capacity = {"spot": "spot", "on-demand": "on-demand", "reserved": "reserved"}[g.market]
-        pod = _pod(_container(d, g), {CAPACITY_TYPE: capacity, "node.kubernetes.io/instance-type": g.instance_type}, who)
+        pod = _pod(_container(d, g), {CAPACITY_TYPE: capacity, "node.kubernetes.io/instance-type": g.instance_type}, who,
+                   certifier=api_server.endpoint(d.namespace))
         if g.market == "spot":
             pod["tolerations"] = [{"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot", "effect": "NoSchedule"}]
         if g.gpus:
@@ -156,7 +200,9 @@ def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api
         head_pod["initContainers"] = [_tls_init(head_pod["containers"][0]["image"],
                                                 (api_server.service_dns("$(POD_NAMESPACE)"),))]
         api_server.add_to_head(head_pod, token_secret=who.token_secret, pod_tls=POD_TLS,
-                               scheduler_config=f"elasticml-{d.name}-scheduler")
+                               scheduler_config=f"elasticml-{d.name}-scheduler", ca_mount=CA_MOUNT,
+                               agent_mount=AGENT_MOUNT, cluster=f"elasticml-{d.name}")
+        head_pod["volumes"].append(_agent_volume(who))  # the scheduler's node agent, which workers ask as
     if each_pod is not None:
         for pod in [head_pod] + [w["template"]["spec"] for w in workers]:
             each_pod(pod)
@@ -166,9 +212,12 @@ def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api
         # sidecar, the RayJob submitter and KubeRay's own dashboard client.
         "authOptions": {"mode": "token", "secretName": who.token_secret},
         "enableInTreeAutoscaling": True,
-        # v2: the autoscaler that honours label selectors, which is how the scheduler places work.
+        # v2: the autoscaler that honours label selectors, which is how the scheduler places work. KubeRay
+        # adds its sidecar to the head pod: it reaches the GCS with the head's certificate.
         "autoscalerOptions": {"version": "v2", "upscalingMode": "Default",
-                              "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60)},
+                              "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60),
+                              "env": [{"name": k, "value": v} for k, v in tls_env(POD_TLS).items()],
+                              "volumeMounts": [{"name": "ray-tls", "mountPath": POD_TLS, "readOnly": True}]},
         "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
                           "template": {"metadata": {"labels": dict(who.labels)}, "spec": head_pod}},
         "workerGroupSpecs": workers,
