@@ -1,4 +1,5 @@
-"""Worker certificates by request: the worker's key never leaves it, the CA's key never reaches it.
+"""Node certificates: how one is issued, and a worker's by request (its key never leaves it, the CA's
+key never reaches it). `tls.py` (the CA, a head's own certificate, the command line) builds on this.
 
 Who owns what: the head holds the cluster CA's key and signs (`NodeSigner`, which the API server's
 `POST /v1/nodes/certificate` calls); a worker makes its own key pair and a certificate signing
@@ -18,6 +19,7 @@ SAN, a certificate's subjectAltName.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import logging
 import random
@@ -30,7 +32,6 @@ from urllib.parse import urlsplit
 
 from elasticml.atomic import write_atomic
 from elasticml.errors import AccessDenied, AuthError, ConfigError, SchedulerError, SchedulerNotRunning
-from elasticml.provision.tls import _key_pem, issue
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,42 @@ DNS_NAMES = ("localhost",)
 BACKOFF_S = (1.0, 30.0)
 """The first and the longest wait between two requests while the server does not answer."""
 REQUEST_TIMEOUT_S = 30.0
+
+
+NODE_DAYS = 397
+"""What browsers accept for a leaf certificate; a node lives far shorter and makes a new one at each boot. Not
+shorter: Ray reads its certificate once, when it starts, and cannot take a new one, so a certificate that
+expired under a long-lived node would cut it off; what bounds a worker's certificate is its address, not its age."""
+
+
+def key_pem(key: object) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
+                             serialization.NoEncryption()).decode()
+
+
+def issue(ca_key: object, ca_cert: object, public_key: object, *, ips: list[str], names: list[str]) -> object:
+    """A node certificate for `public_key`, signed by the CA, for `ips` and DNS `names` (an x509.Certificate)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    alt: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    alt += [x509.DNSName(n) for n in names]
+    now = dt.datetime.now(dt.timezone.utc)
+    return (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (names or ips)[0][:64])]))
+            .issuer_name(ca_cert.subject).public_key(public_key)  # type: ignore[attr-defined, arg-type]
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=NODE_DAYS))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            # Ray's peers are both servers and clients of each other.
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+
 
 
 def peer_address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -153,10 +190,10 @@ def make_request(ip: str) -> tuple[str, str]:
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(ips[0]))]))
            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
            .sign(key, hashes.SHA256()))
-    return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM).decode()
+    return key_pem(key), csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def check_issued(cert_pem: object, ca_pem: str, key_pem: str) -> Any:
+def check_issued(cert_pem: object, ca_pem: str, key_text: str) -> Any:
     """The certificate the server sent, once it is shown to be the CA's, for our key, valid now, and no CA."""
     import datetime as dt
 
@@ -172,7 +209,7 @@ def check_issued(cert_pem: object, ca_pem: str, key_pem: str) -> Any:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise SchedulerError(f"the server's certificate is not one the cluster's CA signed ({type(exc).__name__})") from None
-    mine = serialization.load_pem_private_key(key_pem.encode(), password=None).public_key()
+    mine = serialization.load_pem_private_key(key_text.encode(), password=None).public_key()
     raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if cert.public_key().public_bytes(*raw) != mine.public_bytes(*raw):
         raise SchedulerError("the server's certificate is for another key")
@@ -202,12 +239,12 @@ def request_certificate(*, server: str, ca_cert: Path, credential: Path, out: Pa
 
         post = HttpTransport(server, credential, verify=str(ca_cert), timeout_s=REQUEST_TIMEOUT_S).post
     address = ip or local_address(server)
-    key_pem, csr_pem = make_request(address)
+    key_text, csr_pem = make_request(address)
     ends, wait = clock() + deadline_s, BACKOFF_S[0]
     while True:
         try:
             answer = post(ROUTE, {"csr": csr_pem})
-            cert = check_issued(answer.get("certificate") if isinstance(answer, dict) else None, ca_pem, key_pem)
+            cert = check_issued(answer.get("certificate") if isinstance(answer, dict) else None, ca_pem, key_text)
             break
         except (AuthError, AccessDenied, ConfigError):
             raise
@@ -219,7 +256,7 @@ def request_certificate(*, server: str, ca_cert: Path, credential: Path, out: Pa
             wait = min(BACKOFF_S[1], wait * 2)
     from cryptography.hazmat.primitives import serialization
 
-    write_atomic(out / "node.key", key_pem, mode=0o600)
+    write_atomic(out / "node.key", key_text, mode=0o600)
     write_atomic(out / "node.crt", cert.public_bytes(serialization.Encoding.PEM).decode(), mode=0o644)
     write_atomic(out / "ca.crt", ca_pem, mode=0o644)
     from cryptography import x509

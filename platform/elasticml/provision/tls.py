@@ -30,19 +30,10 @@ import sys
 from pathlib import Path
 
 from elasticml.atomic import write_atomic
+from elasticml.provision.node_certs import NODE_DAYS, issue, key_pem
 
 CA_DAYS = 3650
-NODE_DAYS = 397
-"""What browsers accept for a leaf certificate; a node lives far shorter and makes a new one at each boot. Not
-shorter: Ray reads its certificate once, when it starts, and cannot take a new one, so a certificate that
-expired under a long-lived node would cut it off; what bounds a worker's certificate is its address, not its age."""
-
-
-def _key_pem(key: object) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
-                             serialization.NoEncryption()).decode()
+__all__ = ["CA_DAYS", "NODE_DAYS", "make_ca", "make_node_cert", "node_addresses", "tls_env", "main"]
 
 
 def make_ca(folder: Path, cluster: str) -> Path:
@@ -66,7 +57,7 @@ def make_ca(folder: Path, cluster: str) -> Path:
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256()))
-    write_atomic(folder / "ca.key", _key_pem(key), mode=0o600)
+    write_atomic(folder / "ca.key", key_pem(key), mode=0o600)
     write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM).decode(), mode=0o644)
     return cert_path
 
@@ -85,28 +76,6 @@ def node_addresses() -> list[str]:
     return sorted(found)
 
 
-def issue(ca_key: object, ca_cert: object, public_key: object, *, ips: list[str], names: list[str]) -> object:
-    """A node certificate for `public_key`, signed by the CA, for `ips` and DNS `names` (an x509.Certificate)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    alt: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    alt += [x509.DNSName(n) for n in names]
-    now = dt.datetime.now(dt.timezone.utc)
-    return (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (names or ips)[0][:64])]))
-            .issuer_name(ca_cert.subject).public_key(public_key)  # type: ignore[attr-defined, arg-type]
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=NODE_DAYS))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            # Ray's peers are both servers and clients of each other.
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-
-
 def make_node_cert(ca_dir: Path, out: Path, *, ips: list[str], names: list[str]) -> Path:
     """This node's key (0600) and certificate, signed by the cluster's CA, for `ips` and DNS `names`
     (a head's way: it holds the CA's key)."""
@@ -118,7 +87,7 @@ def make_node_cert(ca_dir: Path, out: Path, *, ips: list[str], names: list[str])
     ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     cert = issue(ca_key, ca_cert, key.public_key(), ips=ips, names=names)
-    write_atomic(out / "node.key", _key_pem(key), mode=0o600)
+    write_atomic(out / "node.key", key_pem(key), mode=0o600)
     write_atomic(out / "node.crt", cert.public_bytes(serialization.Encoding.PEM).decode(), mode=0o644)  # type: ignore[attr-defined]
     write_atomic(out / "ca.crt", (ca_dir / "ca.crt").read_text(), mode=0o644)
     return out / "node.crt"
