@@ -227,9 +227,10 @@ def cluster_credentials(cluster_name: str, as_json: bool) -> None:
     """Make (once) a cloud cluster's node-agent credential, Ray TLS CA and checkpoint key, before `ray up`.
 
     CLUSTER_NAME is the launcher's `cluster_name` (e.g. elasticml-aws-cpu). The rendered YAML
-    mounts all three on every node: the scheduler trusts the credential as an agent when it starts,
-    each node makes its own TLS certificate from the CA at boot (elasticml.provision.tls), and
-    every node signs and checks checkpoints with the key ($ELASTICML_CHECKPOINT_KEY_PATH).
+    mounts all three on every node, the CA's key on the head only: the scheduler trusts the
+    credential as an agent when it starts, the head certifies itself with the CA and each worker
+    has the head's API server certify it (elasticml.provision.tls), and every node signs and
+    checks checkpoints with the key ($ELASTICML_CHECKPOINT_KEY_PATH).
     """
     from elasticml.checkpoint_key import make_cluster_key
     from elasticml.provision.tls import make_ca

@@ -91,9 +91,10 @@ def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
 
 
 def _tls_init(image: str, extra_dns: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The init container that makes the pod's Ray TLS certificate (its IP, and any service name in
-    its namespace, as KubeRay's head service is dialled) from the CA Secret, before Ray starts.
-    `extra_dns`: more names (the API server's Service, whose short name the wildcard does not cover)."""
+    """The init container that makes the pod's Ray TLS certificate from the CA Secret, key included, before
+    Ray starts (a head's; every pod's of a tenant's cluster): for its IP and any service name in its
+    namespace, as KubeRay's head service is dialled. `extra_dns`: more names (the API server's Service,
+    whose short name the wildcard does not cover)."""
     return {
         "name": "ray-tls-cert", "image": image,
         "command": ["python", "-m", "elasticml.provision.tls", "node", "--ca-dir", CA_MOUNT, "--out", POD_TLS,
@@ -150,8 +151,9 @@ def service_account(d: ClusterDefinition) -> str:
 def _pod(container: dict[str, Any], node_selector: dict[str, str], who: PodIdentity,
          certifier: str | None = None) -> dict[str, Any]:
     """`certifier`: for a worker of the platform's, the API server that certifies it (else it certifies itself)."""
-    requests = certifier is not None and who.agent_secret is not None
-    tls_init = _tls_request(container["image"], certifier) if requests else _tls_init(container["image"])  # type: ignore[arg-type]
+    certifier = certifier if who.agent_secret is not None else None
+    tls_init = _tls_init(container["image"]) if certifier is None else _tls_request(container["image"], certifier)
+    requests = certifier is not None
     pod: dict[str, Any] = {"serviceAccountName": who.service_account} if who.service_account else {}
     return pod | {"nodeSelector": node_selector,
                   # Secret files are root's, and the image runs as `ray`: the pod's group may read them

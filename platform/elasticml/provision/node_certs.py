@@ -111,7 +111,6 @@ class NodeSigner:
 
     def sign(self, csr_pem: object, peer: str) -> str:
         """The PEM certificate for a CSR from `peer`; ConfigError naming the field when it asks for more."""
-        from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
         public_key, ips, names = check_csr(csr_pem, peer_address(peer))

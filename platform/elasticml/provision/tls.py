@@ -33,7 +33,7 @@ from elasticml.atomic import write_atomic
 from elasticml.provision.node_certs import NODE_DAYS, issue, key_pem
 
 CA_DAYS = 3650
-__all__ = ["CA_DAYS", "NODE_DAYS", "make_ca", "make_node_cert", "node_addresses", "tls_env", "main"]
+__all__ = ["CA_DAYS", "NODE_DAYS", "main", "make_ca", "make_node_cert", "node_addresses", "tls_env"]
 
 
 def make_ca(folder: Path, cluster: str) -> Path:
