@@ -227,9 +227,10 @@ def cluster_credentials(cluster_name: str, as_json: bool) -> None:
     """Make (once) a cloud cluster's node-agent credential, Ray TLS CA and checkpoint key, before `ray up`.
 
     CLUSTER_NAME is the launcher's `cluster_name` (e.g. elasticml-aws-cpu). The rendered YAML
-    mounts all three on every node: the scheduler trusts the credential as an agent when it starts,
-    each node makes its own TLS certificate from the CA at boot (elasticml.provision.tls), and
-    every node signs and checks checkpoints with the key ($ELASTICML_CHECKPOINT_KEY_PATH).
+    mounts all three on every node, the CA's key on the head only: the scheduler trusts the
+    credential as an agent when it starts, the head certifies itself with the CA and each worker
+    has the head's API server certify it (elasticml.provision.tls), and every node signs and
+    checks checkpoints with the key ($ELASTICML_CHECKPOINT_KEY_PATH).
     """
     from elasticml.checkpoint_key import make_cluster_key
     from elasticml.provision.tls import make_ca
@@ -357,12 +358,16 @@ def _echo_placement(p) -> None:  # type: ignore[no-untyped-def]
                    "$RAY_TLS_SERVER_CERT].")
 @click.option("--api-key", "api_key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="Its private key [default beyond loopback: $RAY_TLS_SERVER_KEY].")
+@click.option("--node-ca-dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="The cluster CA's folder on the head (ca.crt, ca.key): the API server also signs workers' Ray "
+                   "TLS certificates, each for its own address (/v1/nodes/certificate).")
 @_name_option
 @_address_option
 @_json_option
 def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_seconds: float | None,
                     seconds_per_hour: float | None, spot_market: Path | None, live_prices_s: float | None,
-                    api_host: str, api_port: int, api_cert: Path | None, api_key: Path | None, name: str,
+                    api_host: str, api_port: int, api_cert: Path | None, api_key: Path | None,
+                    node_ca_dir: Path | None, name: str,
                     address: str | None, as_json: bool) -> None:
     """Create the cluster's scheduler (once per cluster; `cluster up` does it for local clusters)."""
     from dataclasses import replace
@@ -400,7 +405,8 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
         api_key = api_key or (Path(os.environ["RAY_TLS_SERVER_KEY"]) if os.environ.get("RAY_TLS_SERVER_KEY") else None)
     # Tenants' way in, with their own credential.
     url = start_api_server(host=api_host, port=api_port, tls_cert=str(api_cert) if api_cert else None,
-                           tls_key=str(api_key) if api_key else None)
+                           tls_key=str(api_key) if api_key else None,
+                           node_ca=str(node_ca_dir.resolve()) if node_ca_dir else None)
     if _emit(as_json, {"cluster": st["cluster"], "config": st["config"], "api_url": url,
                        "pools": [{"node_type": p["node_type"], "market": p["market"]} for p in st["pools"]]}):
         return

@@ -102,13 +102,17 @@ def test_aws_markets_head_auth_security_and_watcher(name):
     agent = f"~/.elasticml/credentials/{raw['cluster_name']}/agent"
     assert raw["file_mounts"][agent] == agent and not any("admin" in k for k in raw["file_mounts"])
     assert any(c.startswith("chmod 600") and agent in c for c in raw["setup_commands"])
-    # Ray's TLS: the CA on every node, each node's own certificate made after the package is installed,
-    # and every Ray process (head, workers, the watcher) started with it.
+    # Ray's TLS: the CA on every node (its key on the head only: test_aws_workers_never_get_the_ca_key), each
+    # node's own certificate made after the package is installed (Ray runs setup_commands, then the head's or
+    # the worker's own), and every Ray process (head, workers, the watcher) started with it.
     ca = f"~/.elasticml/credentials/{raw['cluster_name']}/tls"
     assert raw["file_mounts"][ca] == ca
-    setup = raw["setup_commands"]
-    cert = next(i for i, c in enumerate(setup) if "elasticml.provision.tls node" in c and ca in c)
-    assert cert > next(i for i, c in enumerate(setup) if "pip install" in c)
+    assert any("pip install" in c for c in raw["setup_commands"])
+    assert any("elasticml.provision.tls node" in c and ca in c for c in raw["head_setup_commands"])
+    for setup in [raw["worker_setup_commands"]] + [b["worker_setup_commands"] for b in types.values()
+                                                    if "worker_setup_commands" in b]:
+        cert = next(i for i, c in enumerate(setup) if "elasticml.provision.tls request" in c)
+        assert cert < next((i for i, c in enumerate(setup) if "watcher" in c), len(setup))
     tls = ["RAY_USE_TLS=1", "RAY_TLS_SERVER_CERT=$HOME/.elasticml/tls/node.crt",
            "RAY_TLS_SERVER_KEY=$HOME/.elasticml/tls/node.key", "RAY_TLS_CA_CERT=$HOME/.elasticml/tls/ca.crt"]
     spot_setups = [c for b in types.values() for c in b.get("worker_setup_commands", []) if "watcher" in c]
@@ -209,11 +213,15 @@ def test_kuberay_manifests_validate_and_map_markets_to_node_pools(name):
         # The head has its own ServiceAccount (the head role, the watcher's RBAC); workers keep the worker one.
         assert pod["serviceAccountName"] == (f"elasticml-{name}-head" if pod is head else f"elasticml-{name}")
         assert pod["containers"][0]["image"].startswith(AT_SITE[name].image + ":")
-        # Ray's TLS: an init container makes the pod's certificate (its IP) from the CA Secret into a
-        # memory volume that Ray's container reads and the TLS variables point at.
+        # Ray's TLS: an init container makes the pod's certificate (its IP) into a memory volume that Ray's
+        # container reads and the TLS variables point at: the head's from the CA Secret, a worker's by asking
+        # the API server (test_render_tls.py).
         init = pod["initContainers"][0]
-        assert init["command"][:4] == ["python", "-m", "elasticml.provision.tls", "node"] and "$(POD_IP)" in init["command"]
-        assert {e["name"] for e in init["env"]} == {"POD_IP", "POD_NAMESPACE"}
+        if pod is head:
+            assert init["command"][:4] == ["python", "-m", "elasticml.provision.tls", "node"]
+            assert "$(POD_IP)" in init["command"] and {e["name"] for e in init["env"]} == {"POD_IP", "POD_NAMESPACE"}
+        else:
+            assert "elasticml.provision.tls request" in init["command"][-1] and "$(POD_IP)" in init["command"][-1]
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["ray-ca"]["secret"]["secretName"] == f"elasticml-{name}-ca"
         assert volumes["ray-tls"]["emptyDir"] == {"medium": "Memory"}
@@ -515,7 +523,8 @@ def test_the_docker_variant_runs_ray_in_the_platforms_image_with_the_same_pools(
         if body["resources"].get("GPU"):
             assert body["docker"]["worker_image"] == f"{d.image}:{d.image_tag}-gpu"
     assert not any("pip install" in c for c in docker["setup_commands"])  # the image has the platform
-    assert any("elasticml.provision.tls node" in c for c in docker["setup_commands"])
+    assert any("elasticml.provision.tls node" in c for c in docker["head_setup_commands"])
+    assert any("elasticml.provision.tls request" in c for c in docker["worker_setup_commands"])
     assert any("docker.io" in c for c in docker["initialization_commands"])
 
 

@@ -78,8 +78,10 @@ def test_the_aws_head_starts_the_scheduler_and_the_api_server_with_tls_after_ray
     # every address of the head: the same file Ray's TLS uses.
     node_tls = "$HOME/.elasticml/tls"
     assert given["--api-cert"] == f"{node_tls}/node.crt" and given["--api-key"] == f"{node_tls}/node.key"
-    setup = raw["setup_commands"]
+    setup = raw["head_setup_commands"]
     assert any("elasticml.provision.tls node" in c and f"--out {node_tls}" in c for c in setup)
+    # With the CA (the head's alone) it signs workers' certificates.
+    assert given["--node-ca-dir"] == f"~/.elasticml/credentials/{raw['cluster_name']}/tls"
     # It connects to the head's Ray as Ray's own processes do: token auth, Ray's TLS.
     assert given["--address"] == "127.0.0.1:6379"
     for var in ("RAY_AUTH_MODE=token", "RAY_USE_TLS=1", f"RAY_TLS_SERVER_CERT={node_tls}/node.crt",
@@ -285,7 +287,7 @@ def test_a_tenants_cluster_references_no_platform_secret(name):
     platform = load(f"cluster_configs/kuberay/{name}-rayservice.yaml")["spec"]["rayClusterConfig"]
     platform_secrets = {v["secret"]["secretName"] for p in pods_of({"spec": platform}) for v in p["volumes"] if "secret" in v}
     platform_secrets.add(platform["authOptions"]["secretName"])
-    assert platform_secrets == {f"elasticml-{name}-{s}" for s in ("token", "ca", "checkpoint-key", "api-keys")}
+    assert platform_secrets == {f"elasticml-{name}-{s}" for s in ("token", "ca", "checkpoint-key", "api-keys", "agent")}
     assert not any(s in text for s in platform_secrets)
     assert rc["spec"]["authOptions"] == {"mode": "token", "secretName": "tenant-research-token"}  # a token of its own
     for pod in pods_of(rc):

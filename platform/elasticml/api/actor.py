@@ -18,14 +18,17 @@ SERVER_NAME = "elasticml-api"
 
 @ray.remote(num_cpus=0, max_restarts=-1)
 class ApiServerActor:
-    def __init__(self, host: str, port: int, tls_cert: str | None, tls_key: str | None) -> None:
+    def __init__(self, host: str, port: int, tls_cert: str | None, tls_key: str | None,
+                 node_ca: str | None = None) -> None:
+        from pathlib import Path
+
         import uvicorn
 
         from elasticml.api.server import cluster_app
 
         scheme = "https" if tls_cert else "http"
         self.url = f"{scheme}://{'127.0.0.1' if host in ('127.0.0.1', 'localhost') else host}:{port}"
-        config = uvicorn.Config(cluster_app(), host=host, port=port, log_level="warning",
+        config = uvicorn.Config(cluster_app(node_ca=Path(node_ca) if node_ca else None), host=host, port=port, log_level="warning",
                                 ssl_certfile=tls_cert, ssl_keyfile=tls_key)
         self.server = uvicorn.Server(config)
         threading.Thread(target=self.server.run, daemon=True, name="api-server").start()
@@ -40,9 +43,9 @@ class ApiServerActor:
 
 
 def start_api_server(*, host: str = "127.0.0.1", port: int = 0, tls_cert: str | None = None,
-                     tls_key: str | None = None) -> str:
+                     tls_key: str | None = None, node_ca: str | None = None) -> str:
     """The cluster's API server (started once; found again after), and its URL. Needs a Ray driver
-    connection. Port 0: a free one."""
+    connection. Port 0: a free one. `node_ca`: the CA's folder on the head, to sign workers' certificates."""
     from elasticml.errors import ConfigError
     from elasticml.scheduler.actor import NAMESPACE
 
@@ -57,7 +60,7 @@ def start_api_server(*, host: str = "127.0.0.1", port: int = 0, tls_cert: str | 
     handle = ApiServerActor.options(
         name=SERVER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         resources={"node:__internal_head__": 0.001},
-    ).remote(host, port, tls_cert, tls_key)
+    ).remote(host, port, tls_cert, tls_key, node_ca)
     return str(ray.get(handle.address.remote(), timeout=60))
 
 

@@ -83,8 +83,11 @@ def api() -> None:
                    "head does: only where this process shares the head's ELASTICML_HOME (on the head, or in a "
                    "container of the head's pod), since each job's driver, on the head, reads the credential and "
                    "config files written there.")
+@click.option("--node-ca-dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="The cluster CA's folder (ca.crt, ca.key; on the head only): also sign workers' Ray TLS "
+                   "certificates for the node agent (/v1/nodes/certificate), each for its own address.")
 def serve(host: str, port: int, address: str | None, tls_cert: Path | None, tls_key: Path | None,
-          with_jobs: bool) -> None:
+          with_jobs: bool, node_ca_dir: Path | None) -> None:
     """Serve the scheduler's door (and with --jobs tenants' jobs and apps) over HTTP (HTTPS beyond loopback)."""
     import uvicorn
 
@@ -92,7 +95,7 @@ def serve(host: str, port: int, address: str | None, tls_cert: Path | None, tls_
 
     if host not in ("127.0.0.1", "localhost", "::1") and not (tls_cert and tls_key):
         raise ConfigError("beyond loopback the server speaks HTTPS only: pass --tls-cert and --tls-key", field="host")
-    uvicorn.run(cluster_app(address, with_jobs=with_jobs), host=host, port=port, log_level="warning",
+    uvicorn.run(cluster_app(address, with_jobs=with_jobs, node_ca=node_ca_dir), host=host, port=port, log_level="warning",
                 ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
 
 

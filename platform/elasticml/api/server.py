@@ -8,6 +8,10 @@ stack trace, limits per credential and per client address (429 with Retry-After)
 `/openapi.json` built from the request types. No route answers without a credential except
 `/healthz`.
 
+Given the cluster's CA (`node_signer`, on the head only), it also signs workers' Ray TLS
+certificates: `POST /v1/nodes/certificate` with `{"csr": PEM}`, for the node agent (or an admin)
+only, and only for the address the request came from (`provision/node_certs.py`).
+
 Status codes: 400 a malformed or invalid request (the field named), 401 no or a malformed
 credential, 403 refused by the door, 404 no such route, 409 a placement refused (budget,
 residency, deadline), 413 a body too large, 429 too many requests, 503 the scheduler unreachable.
@@ -17,11 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -31,6 +36,13 @@ from elasticml.api import dashboard, wire
 from elasticml.errors import AccessDenied, AuthError, ConfigError, ElasticMLError, PlacementRefused, SchedulerNotRunning
 from elasticml.scheduler.identity import name_of
 from elasticml.scheduler.requests import ROUTES
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from elasticml.provision.node_certs import NodeSigner
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 """A request body's bound: a spec is well under 2 KiB."""
@@ -120,7 +132,7 @@ SERVER_ROUTES: dict[str, tuple[str, str, bool, str]] = {
 takes the caller's credential to act as it, summary). Each runs after the door has named the caller."""
 
 
-def build_app(call: Call, *, jobs: Any = None, apps: Any = None, rate_per_s: float = 200.0, burst: float = 400.0, per_address_per_s: float = 2000.0,
+def build_app(call: Call, *, jobs: Any = None, apps: Any = None, node_signer: NodeSigner | None = None, rate_per_s: float = 200.0, burst: float = 400.0, per_address_per_s: float = 2000.0,
               clock: Callable[[], float] = time.monotonic) -> FastAPI:
     app = FastAPI(title="elasticml", version="1", description=__doc__, docs_url=None, redoc_url=None)
     per_credential = Limiter(rate_per_s, burst, clock)
@@ -207,6 +219,9 @@ def build_app(call: Call, *, jobs: Any = None, apps: Any = None, rate_per_s: flo
                           methods=["POST"], name=path.replace("/", "_"), summary=summary,
                           openapi_extra={"security": [{"bearer": []}]})
 
+    if node_signer is not None:
+        add_node_certificates(app, call, node_signer, serve)
+
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return error(404, "NotFound", f"no such route {request.url.path[:80]}; see /openapi.json")
@@ -222,17 +237,45 @@ def build_app(call: Call, *, jobs: Any = None, apps: Any = None, rate_per_s: flo
     return app
 
 
-def cluster_app(address: str | None = None, *, with_jobs: bool = True) -> FastAPI:
+def add_node_certificates(app: FastAPI, call: Call, signer: NodeSigner,
+                          serve: Callable[[str, Request, Callable[[str, Any], Any]], Any]) -> None:
+    """`POST /v1/nodes/certificate`: a worker's Ray TLS certificate, for the address it asks from."""
+    from elasticml.provision.node_certs import ROUTE
+
+    def sign_for(peer: str) -> Callable[[str, Any], Any]:
+        def run(token: str, body: Any) -> Any:
+            who = call(token, "whoami", {})  # the door verifies the credential (and audits a refusal)
+            if who["role"] not in ("agent", "admin"):  # a tenant's pods have Ray TLS of their own CA
+                raise AccessDenied(f"{who['role']} {who['name']}", ROUTE, "node certificates are the node agent's")
+            if type(body) is not dict or set(body) != {"csr"}:
+                raise ConfigError("the body must be {\"csr\": PEM} and nothing else", field="body")
+            certificate = signer.sign(body["csr"], peer)
+            log.info("signed a node certificate for %s at the request of %s %s", peer, who["role"], who["name"])
+            return {"certificate": certificate, "ca_certificate": signer.ca_pem}
+        return run
+
+    async def endpoint(request: Request) -> JSONResponse:
+        return await serve(ROUTE, request, sign_for(request.client.host if request.client else "?"))
+
+    app.add_api_route(f"/v1/{ROUTE}", endpoint, methods=["POST"], name=ROUTE.replace("/", "_"),
+                      summary="this node's Ray TLS certificate, signed by the cluster's CA for its own address",
+                      openapi_extra={"security": [{"bearer": []}]})
+
+
+def cluster_app(address: str | None = None, *, with_jobs: bool = True, node_ca: Path | None = None) -> FastAPI:
     """The server of a Ray cluster (this process's, or the one at `address`): the door over Ray and, with
-    `with_jobs`, the tenants' jobs and apps (where the process shares the head's ELASTICML_HOME)."""
+    `with_jobs`, the tenants' jobs and apps (where the process shares the head's ELASTICML_HOME); with
+    `node_ca` (the cluster CA's folder, on the head), workers' certificates."""
     from elasticml.api.apps import server_apps
     from elasticml.api.jobs import server_jobs
+    from elasticml.provision.node_certs import NodeSigner
 
+    signer = NodeSigner(node_ca) if node_ca is not None else None  # refuse a missing CA before Ray is touched
     call = ray_call(address)
     if not with_jobs:
-        return build_app(call)
+        return build_app(call, node_signer=signer)
     jobs = server_jobs()
-    return build_app(call, jobs=jobs, apps=server_apps(jobs, call))
+    return build_app(call, jobs=jobs, apps=server_apps(jobs, call), node_signer=signer)
 
 
 def ray_call(address: str | None = None) -> Call:

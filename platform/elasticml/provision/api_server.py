@@ -28,6 +28,13 @@ where the platform's token is not. Every platform head also runs the interruptio
 (`head_access.py`), and its Ray container, where the scheduler actor runs, has the tenant roles it
 vends (`iam.TENANT_ROLE_ENV`), as the AWS head's start command sets.
 
+On both, the server holds the cluster CA's key (AWS: the head's file mount; KubeRay: the CA Secret,
+which in the head pod only this container and the init container mount) and signs workers' Ray TLS
+certificates, each for the address it asks from, for the node agent (`--node-ca-dir`,
+`node_certs.py`). On KubeRay the scheduler trusts as the agent the credential of the Secret
+`elasticml-<cluster>-agent`, which workers ask with: the container copies it where `scheduler
+start` looks before starting it.
+
 Why a container rather than a postStart hook on the Ray container: a hook that fails kills the
 Ray head with it, its output reaches no log, and KubeRay uses that hook itself for some
 features. The container starts the server again whenever it stops, alone (re-running `scheduler
@@ -82,11 +89,13 @@ def service_dns(namespace_expr: str) -> str:
 
 
 # -- AWS --------------------------------------------------------------------------
-def aws_start_command(*, ray_env: str, venv: str, node_tls: str) -> str:
+def aws_start_command(*, ray_env: str, venv: str, node_tls: str, node_ca: str) -> str:
     """The head's start command after `ray start`: the scheduler, and the API server beyond loopback
-    with the node's own certificate (the CA that signed it is what tenants trust)."""
+    with the node's own certificate (the CA that signed it is what tenants trust), which signs
+    workers' certificates with the CA in `node_ca` (the head's alone)."""
     return (f"{ray_env} {venv}/bin/elasticml scheduler start --address {GCS} --api-host 0.0.0.0 "
-            f"--api-port {API_PORT} --api-cert {node_tls}/node.crt --api-key {node_tls}/node.key")
+            f"--api-port {API_PORT} --api-cert {node_tls}/node.crt --api-key {node_tls}/node.key "
+            f"--node-ca-dir {node_ca}")
 
 
 def aws_ingress(admin_cidr: str) -> dict[str, Any]:
@@ -102,16 +111,21 @@ def head_selector(raycluster: str) -> dict[str, str]:
     return {"ray.io/cluster": raycluster, "ray.io/node-type": "head"}
 
 
-def api_container(*, image: str, pod_tls: str) -> dict[str, Any]:
+def api_container(*, image: str, pod_tls: str, ca_mount: str, agent_mount: str, cluster: str) -> dict[str, Any]:
     """The platform RayCluster head's API container: scheduler first, then the server, again after any exit
-    (see the module docstring); the trap hands the pod's TERM on to the server."""
+    (see the module docstring); the trap hands the pod's TERM on to the server. The server signs workers'
+    certificates with the CA Secret at `ca_mount`; the scheduler trusts, as the node agent, the credential
+    of the Secret at `agent_mount`, which workers ask with (copied 0600 where `scheduler start` looks for it)."""
+    agent = f"{HOME_MOUNT}/credentials/{cluster}/agent"
     script = "\n".join([
         "trap 'kill $pid 2>/dev/null; exit 0' TERM INT",
+        f"mkdir -p {agent.rsplit('/', 1)[0]} && install -m 600 {agent_mount}/credential {agent} || "
+        f"echo 'elasticml-api: no node agent credential in {agent_mount}: workers get no certificate' >&2",
         "while true; do",
         f"  until ray health-check --address {GCS} >/dev/null 2>&1; do sleep 2; done",
         f"  if elasticml scheduler start --address {GCS}; then",
         f"    elasticml api serve --jobs --host 0.0.0.0 --port {API_PORT} --address {GCS} "
-        f"--tls-cert {pod_tls}/node.crt --tls-key {pod_tls}/node.key & pid=$!",
+        f"--tls-cert {pod_tls}/node.crt --tls-key {pod_tls}/node.key --node-ca-dir {ca_mount} & pid=$!",
         "    wait $pid",
         "  fi",
         "  echo 'elasticml-api: the API server stopped; starting it again in 5 s' >&2",
@@ -126,6 +140,8 @@ def api_container(*, image: str, pod_tls: str) -> dict[str, Any]:
         "readinessProbe": {"httpGet": {"path": "/healthz", "port": PORT_NAME, "scheme": "HTTPS"},
                            "periodSeconds": 10, "failureThreshold": 3},
         "volumeMounts": _driver_mounts(pod_tls) + [
+            {"name": "ray-ca", "mountPath": ca_mount, "readOnly": True},
+            {"name": "agent-credential", "mountPath": agent_mount, "readOnly": True},
             {"name": "scheduler-config", "mountPath": SCHEDULER_CONFIG_MOUNT, "readOnly": True}],
         "resources": {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"cpu": "500m", "memory": "2Gi"}},
     }
@@ -208,15 +224,17 @@ def api_volumes(*, token_secret: str, scheduler_config: str) -> list[dict[str, A
 
 
 def add_to_head(pod: dict[str, Any], *, token_secret: str, scheduler_config: str, pod_tls: str, serve_api: bool,
-                tenant_role: str) -> None:
+                tenant_role: str, ca_mount: str, agent_mount: str, cluster: str) -> None:
     """Give a platform head pod (its Ray container first) the scheduler (with the API server when `serve_api`:
-    the platform RayCluster's), the interruption watcher, and what they share with Ray. The Ray container,
-    where the scheduler actor runs, gets the tenant roles it vends credentials of (`tenant_role`)."""
+    the platform RayCluster's, which also signs workers' certificates), the interruption watcher, and what
+    they share with Ray. The Ray container, where the scheduler actor runs, gets the tenant roles it vends
+    credentials of (`tenant_role`). The pod's own volumes `ray-ca` and `agent-credential` are the caller's."""
     image = pod["containers"][0]["image"]
     pod["shareProcessNamespace"] = True
     pod["containers"][0]["env"].append({"name": TENANT_ROLE_ENV, "value": tenant_role})
     pod["containers"][0]["volumeMounts"] += shared_mounts()
-    pod["containers"].append(api_container(image=image, pod_tls=pod_tls) if serve_api
+    pod["containers"].append(api_container(image=image, pod_tls=pod_tls, ca_mount=ca_mount, agent_mount=agent_mount,
+                                           cluster=cluster) if serve_api
                              else scheduler_container(image=image, pod_tls=pod_tls))
     pod["containers"].append(watcher_container(image=image, pod_tls=pod_tls))
     pod["volumes"] += api_volumes(token_secret=token_secret, scheduler_config=scheduler_config)

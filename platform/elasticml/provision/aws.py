@@ -1,7 +1,9 @@
 """The AWS cluster-launcher YAMLs (`ray up`): node types, the nodes' set-up and start commands.
 
 Every Ray process a node starts runs with token auth and Ray's TLS (`RAY_ENV`); secrets reach nodes as
-file mounts from the launching machine, never in the file. Spot nodes run the interruption watcher.
+file mounts from the launching machine, never in the file, and the CA's key reaches the head only
+(`ca_dir`): the head certifies itself, a worker asks the head's API server (`node_certs.py`). Spot
+nodes run the interruption watcher.
 `launcher_docker` is the same cluster with Ray in the platform's image on every node.
 """
 
@@ -31,8 +33,33 @@ def agent_file(d: ClusterDefinition) -> str:
 
 
 def ca_dir(d: ClusterDefinition) -> str:
-    """The cluster's CA for Ray's TLS, made beside the agent credential and mounted likewise."""
+    """The cluster's CA for Ray's TLS, made beside the agent credential and mounted likewise; its key
+    stays on the head.
+
+    How: Ray's autoscaler syncs every file mount to a worker from the head's copy (the bootstrap
+    config it runs from names each mount's path on the head), with the launcher's `rsync_filter`.
+    Before Ray starts, the head writes HEAD_ONLY into this folder naming `ca.key`, so every sync the
+    head sends skips the key (an rsync dir-merge filter is read on the sending side); the sync from
+    your machine to the head has no such file and carries it. Workers get ca.crt only."""
     return f"~/.elasticml/credentials/elasticml-{d.name}/tls"
+
+
+HEAD_ONLY = ".elasticml-head-only"
+"""The rsync filter file (Ray's `rsync_filter`, exclude patterns) the head writes into `ca_dir`."""
+
+
+def _head_tls(d: ClusterDefinition, python: str) -> list[str]:
+    """The head, before Ray starts: keep the CA's key to itself, then certify its own addresses and name."""
+    return [f"printf 'ca.key\\n' > {ca_dir(d)}/{HEAD_ONLY}",
+            f"chmod 600 {ca_dir(d)}/ca.key",
+            f"{python} -m elasticml.provision.tls node --ca-dir {ca_dir(d)} --out {NODE_TLS}"]
+
+
+def _worker_tls(d: ClusterDefinition, python: str) -> list[str]:
+    """A worker, before Ray starts: its own key, certified by the head's API server for its address, as the
+    node agent. Ray exports RAY_HEAD_IP to a worker's setup commands; the request waits for the server."""
+    return [f"{python} -m elasticml.provision.tls request --server https://$RAY_HEAD_IP:{api_server.API_PORT} "
+            f"--ca-cert {ca_dir(d)}/ca.crt --credential {agent_file(d)} --out {NODE_TLS}"]
 
 
 def key_file(d: ClusterDefinition) -> str:
@@ -64,24 +91,26 @@ def launcher_docker(d: ClusterDefinition) -> dict[str, Any]:
         if gpus:
             body["docker"] = {"worker_image": d.image_for(gpus), "worker_run_options": ["--gpus all"]}
         if "worker_setup_commands" in body:
-            body["worker_setup_commands"] = [*_container_setup(d), WATCHER.replace("$HOME/venv/bin/python", "python")]
+            body["worker_setup_commands"] = [*_container_setup(d), *_worker_tls(d, "python"),
+                                             WATCHER.replace("$HOME/venv/bin/python", "python")]
     # On the instance, before its container: Docker (the GPU AMI has it; Ubuntu's base does not).
     cfg["initialization_commands"] = [
         "command -v docker >/dev/null || (sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive "
         "apt-get install -yq docker.io && sudo usermod -aG docker $USER)"]
     cfg["setup_commands"] = _container_setup(d)
+    cfg["head_setup_commands"], cfg["worker_setup_commands"] = _head_tls(d, "python"), _worker_tls(d, "python")
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         cfg[key] = [c.replace(f"{VENV}/bin/", "") for c in cfg[key]]  # the image's ray and elasticml
     return cfg
 
 
 def _container_setup(d: ClusterDefinition) -> list[str]:
-    """In the platform's image elasticml is installed already: the secrets' modes and this node's certificate."""
+    """In the platform's image elasticml is installed already: the secrets' modes (the certificate: `_head_tls`,
+    `_worker_tls`)."""
     return [
-        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {ca_dir(d)}/ca.key {key_file(d)}",
+        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {key_file(d)}",
         f"grep -q RAY_USE_TLS ~/.bashrc || echo 'export {RAY_ENV}' >> ~/.bashrc",
         f"grep -q {KEY_ENV} ~/.bashrc || echo 'export {key_env(d)}' >> ~/.bashrc",
-        f"python -m elasticml.provision.tls node --ca-dir {ca_dir(d)} --out {NODE_TLS}",
     ]
 
 
@@ -114,7 +143,7 @@ def launcher(d: ClusterDefinition) -> dict[str, Any]:
                                 "min_workers": g.min_workers, "max_workers": g.max_workers}
         if g.market == "spot":
             # Spot nodes run the interruption watcher: IMDSv2 notices -> scheduler + Ray drain.
-            body["worker_setup_commands"] = [*_setup_commands(d), WATCHER]
+            body["worker_setup_commands"] = [*_setup_commands(d), *_worker_tls(d, f"{VENV}/bin/python"), WATCHER]
         types[g.name] = body
     return {
         "cluster_name": f"elasticml-{d.name}",
@@ -143,13 +172,16 @@ def launcher(d: ClusterDefinition) -> dict[str, Any]:
             key_file(d): key_file(d),
         },
         "rsync_exclude": [".venv", ".git", "**/__pycache__"],
+        "rsync_filter": [HEAD_ONLY],  # what the head never passes on to a worker (`ca_dir`)
         "setup_commands": _setup_commands(d),
+        "head_setup_commands": _head_tls(d, f"{VENV}/bin/python"),
+        "worker_setup_commands": _worker_tls(d, f"{VENV}/bin/python"),
         "head_start_ray_commands": [
             f"{VENV}/bin/ray stop",
             f"{RAY_ENV} {key_env(d)} RAY_enable_autoscaler_v2=1 {iam.TENANT_ROLE_ENV}={iam.tenant_role(d)} {VENV}/bin/ray start --head --port=6379 --num-cpus=0 "
             "--dashboard-host=127.0.0.1 --autoscaling-config=~/ray_bootstrap_config.yaml --disable-usage-stats",
             # Once Ray is up: the scheduler, and the API server for tenants (HTTPS, the node's certificate).
-            api_server.aws_start_command(ray_env=RAY_ENV, venv=VENV, node_tls=NODE_TLS),
+            api_server.aws_start_command(ray_env=RAY_ENV, venv=VENV, node_tls=NODE_TLS, node_ca=ca_dir(d)),
         ],
         "worker_start_ray_commands": [
             f"{VENV}/bin/ray stop",
@@ -178,11 +210,10 @@ def _setup_commands(d: ClusterDefinition) -> list[str]:
         "(sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -yq python3-venv)",
         *setup_environment(),
         f"grep -q {VENV}/bin ~/.bashrc || echo 'export PATH={VENV}/bin:$PATH' >> ~/.bashrc",
-        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {ca_dir(d)}/ca.key {key_file(d)}",
+        f"chmod 600 ~/.ray/auth_token {agent_file(d)} {key_file(d)}",
         f"grep -q RAY_USE_TLS ~/.bashrc || echo 'export {RAY_ENV}' >> ~/.bashrc",
         f"grep -q {KEY_ENV} ~/.bashrc || echo 'export {key_env(d)}' >> ~/.bashrc",
-        # This node's own certificate for Ray's TLS, for every address it has, signed by the cluster's CA.
-        f"{VENV}/bin/python -m elasticml.provision.tls node --ca-dir {ca_dir(d)} --out {NODE_TLS}",
+        # This node's own certificate for Ray's TLS comes after these: `_head_tls`, `_worker_tls`.
     ]
 
 

@@ -1,10 +1,13 @@
 """The KubeRay manifests: RayCluster, RayJob and RayService specs, their pods, and what sits beside them.
 
-Every Ray pod gets token auth (authOptions), Ray's TLS (an init container certifies the pod from the
-CA Secret), the checkpoint key, and the platform's labels; worker groups carry the definition's Ray
-labels and logical resources as their own fields, so the same pools as every other target. A pod
-requests what its node has left (`allocatable.py`) and lands on its market's NodePool of its instance
-family (`karpenter.py`).
+Every Ray pod gets token auth (authOptions), Ray's TLS, the checkpoint key, and the platform's labels;
+worker groups carry the definition's Ray labels and logical resources as their own fields, so the
+same pools as every other target. A pod requests what its node has left (`allocatable.py`) and lands
+on its market's NodePool of its instance family (`karpenter.py`). Ray's TLS: a head's init container
+certifies the pod from the CA Secret (the key's only readers, with the platform's API server); a
+platform worker's init container makes the pod's key and has the API server certify its IP, as the
+node agent (`node_certs.py`), and mounts the CA's certificate alone. KubeRay's autoscaler sidecar gets
+the head pod's certificate (`autoscalerOptions.env` and `volumeMounts`, as KubeRay's TLS sample).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from elasticml.yamlio import dump_yaml
 API_KEYS_MOUNT = "/etc/elasticml/api-keys"
 """Where the RayService head mounts the Secret `elasticml-<cluster>-api-keys` (key `api_keys.json`)."""
 CA_MOUNT = "/etc/elasticml-ca"
-"""Where the TLS init container mounts the Secret `elasticml-<cluster>-ca` (keys `ca.crt`, `ca.key`)."""
+"""Where the TLS init container mounts the Secret `elasticml-<cluster>-ca` (keys `ca.crt`, `ca.key`; a worker's: `ca.crt` only)."""
+AGENT_MOUNT = "/etc/elasticml/agent"
+"""Where a platform worker's TLS init container mounts the Secret `elasticml-<cluster>-agent` (key `credential`)."""
 POD_TLS = "/etc/ray-tls"
 """The pod's own Ray TLS certificate, made by the init container into an in-memory volume."""
 KEY_MOUNT = "/etc/elasticml/checkpoint-key"
@@ -51,6 +56,10 @@ class PodIdentity:
     """authOptions' Secret (key `auth_token`): the cluster's Ray token."""
     ca_secret: str
     """The Ray TLS CA (keys `ca.crt`, `ca.key`), mounted in the init container that certifies the pod."""
+    agent_secret: str | None = None
+    """The node agent's credential (key `credential`): workers have the platform's API server certify them
+    with it and see only the CA's certificate. None: every pod certifies itself from `ca_secret` (a
+    tenant's cluster, whose CA is its own and which has no API server)."""
     key_secret: str
     """The checkpoint key (key `checkpoint.key`)."""
     service_account: str | None
@@ -62,6 +71,7 @@ class PodIdentity:
 
 def platform_pods(d: ClusterDefinition) -> PodIdentity:
     return PodIdentity(token_secret=f"elasticml-{d.name}-token", ca_secret=f"elasticml-{d.name}-ca",
+                       agent_secret=f"elasticml-{d.name}-agent",
                        key_secret=f"elasticml-{d.name}-checkpoint-key", service_account=service_account(d),
                        labels=dict(POD_LABELS), head_service_account=head_access.service_account(d))
 
@@ -99,9 +109,10 @@ def _container(d: ClusterDefinition, g: NodeGroup | None) -> dict[str, Any]:
 
 
 def _tls_init(image: str, extra_dns: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The init container that makes the pod's Ray TLS certificate (its IP, and any service name in
-    its namespace, as KubeRay's head service is dialled) from the CA Secret, before Ray starts.
-    `extra_dns`: more names (the API server's Service, whose short name the wildcard does not cover)."""
+    """The init container that makes the pod's Ray TLS certificate from the CA Secret, key included, before
+    Ray starts (a head's; every pod's of a tenant's cluster): for its IP and any service name in its
+    namespace, as KubeRay's head service is dialled. `extra_dns`: more names (the API server's Service,
+    whose short name the wildcard does not cover)."""
     return {
         "name": "ray-tls-cert", "image": image,
         "command": ["python", "-m", "elasticml.provision.tls", "node", "--ca-dir", CA_MOUNT, "--out", POD_TLS,
@@ -114,9 +125,37 @@ def _tls_init(image: str, extra_dns: tuple[str, ...] = ()) -> dict[str, Any]:
     }
 
 
-def _tls_volumes(who: PodIdentity) -> list[dict[str, Any]]:
-    return [{"name": "ray-ca", "secret": {"secretName": who.ca_secret, "defaultMode": 0o400}},
-            {"name": "ray-tls", "emptyDir": {"medium": "Memory"}}]
+def _tls_request(image: str, endpoint: str) -> dict[str, Any]:
+    """A platform worker's init container: the pod's own key, certified for its IP by the API server at
+    `endpoint` as the node agent (retrying until the server answers). The agent's Secret file is 0440
+    for the pod's group, which credentials refuse: it is copied 0600 into the container's own /tmp."""
+    credential = "/tmp/agent-credential"
+    script = (f"install -m 600 {AGENT_MOUNT}/credential {credential} && exec python -m elasticml.provision.tls "
+              f"request --server {endpoint} --ca-cert {CA_MOUNT}/ca.crt --credential {credential} --out {POD_TLS} "
+              "--ip $(POD_IP)")
+    return {
+        "name": "ray-tls-cert", "image": image, "command": ["sh", "-c", script],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "volumeMounts": [{"name": "ray-ca", "mountPath": CA_MOUNT, "readOnly": True},
+                         {"name": "agent-credential", "mountPath": AGENT_MOUNT, "readOnly": True},
+                         {"name": "ray-tls", "mountPath": POD_TLS}],
+    }
+
+
+def _tls_volumes(who: PodIdentity, *, requests: bool = False) -> list[dict[str, Any]]:
+    """`requests`: a worker that asks the API server: the CA Secret's certificate only, and the agent's Secret."""
+    ca: dict[str, Any] = {"secretName": who.ca_secret, "defaultMode": 0o400}
+    if requests:
+        ca["items"] = [{"key": "ca.crt", "path": "ca.crt"}]
+    volumes = [{"name": "ray-ca", "secret": ca}, {"name": "ray-tls", "emptyDir": {"medium": "Memory"}}]
+    if requests:
+        volumes.append(_agent_volume(who))
+    return volumes
+
+
+def _agent_volume(who: PodIdentity) -> dict[str, Any]:
+    return {"name": "agent-credential", "secret": {"secretName": who.agent_secret, "defaultMode": 0o400,
+                                                   "items": [{"key": "credential", "path": "credential"}]}}
 
 
 def _key_volume(who: PodIdentity) -> dict[str, Any]:
@@ -127,14 +166,19 @@ def service_account(d: ClusterDefinition) -> str:
     return f"elasticml-{d.name}"
 
 
-def _pod(container: dict[str, Any], node_selector: dict[str, str], who: PodIdentity) -> dict[str, Any]:
+def _pod(container: dict[str, Any], node_selector: dict[str, str], who: PodIdentity,
+         certifier: str | None = None) -> dict[str, Any]:
+    """`certifier`: for a worker of the platform's, the API server that certifies it (else it certifies itself)."""
+    certifier = certifier if who.agent_secret is not None else None
+    tls_init = _tls_init(container["image"]) if certifier is None else _tls_request(container["image"], certifier)
+    requests = certifier is not None
     pod: dict[str, Any] = {"serviceAccountName": who.service_account} if who.service_account else {}
     return pod | {"nodeSelector": node_selector,
                   # Secret files are root's, and the image runs as `ray`: the pod's group may read them
                   # (Kubernetes makes a read-only Secret's files 0440 for fsGroup), nobody else.
                   "securityContext": {"fsGroup": IMAGE_GROUP},
-                  "initContainers": [_tls_init(container["image"])], "containers": [container],
-                  "volumes": [*_tls_volumes(who), _key_volume(who)]}
+                  "initContainers": [tls_init], "containers": [container],
+                  "volumes": [*_tls_volumes(who, requests=requests), _key_volume(who)]}
 
 
 PodHook = Callable[[dict[str, Any]], None]
@@ -155,7 +199,7 @@ def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api
     workers = []
     for g in d.groups:
         # The family, not the instance type: the pool may launch a larger size of it, which the pod fits.
-        pod = _pod(_container(d, g), node_selector(g), who)
+        pod = _pod(_container(d, g), node_selector(g), who, certifier=api_server.endpoint(d.namespace))
         if g.market == "spot":
             pod["tolerations"] = [{"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot",
                                    "effect": SPOT_TAINT["effect"]}]
@@ -189,7 +233,10 @@ def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api
     if api or scheduler:
         api_server.add_to_head(head_pod, token_secret=who.token_secret, pod_tls=POD_TLS,
                                scheduler_config=f"elasticml-{d.name}-scheduler", serve_api=api,
-                               tenant_role=iam.tenant_role(d))
+                               tenant_role=iam.tenant_role(d), ca_mount=CA_MOUNT, agent_mount=AGENT_MOUNT,
+                               cluster=f"elasticml-{d.name}")
+        if api:
+            head_pod["volumes"].append(_agent_volume(who))  # the scheduler's node agent, which workers ask as
     if each_pod is not None:
         for pod in [head_pod] + [w["template"]["spec"] for w in workers]:
             each_pod(pod)
@@ -199,9 +246,12 @@ def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api
         # sidecar, the RayJob submitter and KubeRay's own dashboard client.
         "authOptions": {"mode": "token", "secretName": who.token_secret},
         "enableInTreeAutoscaling": True,
-        # v2: the autoscaler that honours label selectors, which is how the scheduler places work.
+        # v2: the autoscaler that honours label selectors, which is how the scheduler places work. KubeRay
+        # adds its sidecar to the head pod: it reaches the GCS with the head's certificate.
         "autoscalerOptions": {"version": "v2", "upscalingMode": "Default",
-                              "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60)},
+                              "idleTimeoutSeconds": int(d.idle_timeout_minutes * 60),
+                              "env": [{"name": k, "value": v} for k, v in tls_env(POD_TLS).items()],
+                              "volumeMounts": [{"name": "ray-tls", "mountPath": POD_TLS, "readOnly": True}]},
         "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
                           "template": {"metadata": {"labels": dict(who.labels), "annotations": dict(DO_NOT_DISRUPT)},
                                        "spec": head_pod}},
