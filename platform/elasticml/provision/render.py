@@ -17,13 +17,12 @@ bucket (the head's adds what the autoscaler needs).
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from elasticml.errors import ConfigError
 from elasticml.provision import api_server, aws, iam, karpenter, kuberay
-from elasticml.provision.definition import CLUSTERS, ClusterDefinition
+from elasticml.provision.definition import CLUSTERS, ClusterDefinition, image_parts
 from elasticml.provision.files import as_json, as_yaml, docs, header
 
 if TYPE_CHECKING:
@@ -40,7 +39,7 @@ def definition_at_site(cluster: str, values: SiteValues | None = None, *, image:
     if cluster not in CLUSTERS:
         raise ConfigError(f"unknown cluster {cluster!r}; defined: {', '.join(CLUSTERS)}", field="cluster")
     d = (values or load_values()).apply(CLUSTERS[cluster])
-    return replace(d, **render_image(image)) if image is not None else d
+    return replace(d, **image_parts(image)) if image is not None else d
 
 
 def render(target: str, cluster: str, *, image: str | None = None, values: SiteValues | None = None) -> dict[str, str]:
@@ -91,16 +90,6 @@ def render(target: str, cluster: str, *, image: str | None = None, values: SiteV
         + karpenter.manifests(d),
         f"cluster_configs/kuberay/{d.name}-namespace.yaml": as_yaml(kuberay.namespace(d), header(d, f"{apply} (first)")),
     }
-
-
-def render_image(image: str) -> dict[str, str]:
-    """REPOSITORY:TAG as a definition's `image` and `image_tag`; ConfigError naming `image` otherwise."""
-    if not isinstance(image, str):
-        raise ConfigError(f"must be a string, got {type(image).__name__}", field="image")
-    repo, _, tag = image.rpartition(":")
-    if not repo or not tag or "/" in tag or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,254}", image):
-        raise ConfigError(f"must be REPOSITORY:TAG, got {image[:80]!r}", field="image")
-    return {"image": repo, "image_tag": tag}
 
 
 def render_all(values: SiteValues | None = None) -> dict[str, str]:

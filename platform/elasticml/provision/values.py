@@ -6,44 +6,30 @@ certificate, the subnets and security groups, the tenants. Those live in a YAML 
 `elasticml cluster render --values FILE` reads; `cluster_configs/values.example.yaml` is the
 committed example, and what the committed renders (and `render --check`) use.
 
-Every field is checked here, naming it: an account id is 12 digits, a CIDR is parsed with
-`ipaddress` (a host address with bits past the prefix, or a prefix of 0, is refused), ids have
-their AWS shape, lists are bounded.
+Every field is checked here, naming it: an account id is 12 digits, the admin CIDR is parsed with
+`ipaddress` (`definition.admin_network`: bits past the prefix, or a network wider than /8, are
+refused), ids have their AWS shape, lists are bounded. (The checks a definition's own fields share
+with the values live in definition.py, which imports nothing of this package's rooms.)
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from elasticml.dataconf import check_text, from_mapping, shown
 from elasticml.errors import ConfigError
-from elasticml.provision.definition import ClusterDefinition
+from elasticml.provision.definition import ClusterDefinition, admin_network, image_parts
 from elasticml.repo import CLUSTER_CONFIGS
 from elasticml.yamlio import load_yaml
+
+__all__ = ["EXAMPLE", "MAX_IDS", "ClusterSite", "SiteValues", "admin_network", "load_values"]
 
 EXAMPLE = CLUSTER_CONFIGS / "values.example.yaml"
 MAX_IDS = 16
 """Subnets, security groups, zones or tenants a cluster lists."""
-MIN_ADMIN_PREFIX = 8
-"""The widest admin network accepted (IPv4 /8, IPv6 /8 and narrower): an admin range is a VPN or
-bastion's, not a continent."""
 REGION = r"[a-z]{2}(-gov)?-[a-z]+-[0-9]"
-
-
-def admin_network(value: Any, *, field: str = "admin_cidr") -> str:
-    """`value` as a CIDR that `ipaddress` parses strictly (no bits past the prefix) and no wider than /8."""
-    check_text(value, field=field, max_len=43)
-    try:
-        net = ipaddress.ip_network(value, strict=True)
-    except ValueError as exc:
-        raise ConfigError(f"must be a network such as 10.0.0.0/16 ({exc})", field=field) from None
-    if net.prefixlen < MIN_ADMIN_PREFIX:
-        raise ConfigError(f"{value} is open to {'the world' if net.prefixlen == 0 else 'too much of it'}; "
-                          f"use your VPN or bastion range (/{MIN_ADMIN_PREFIX} or narrower)", field=field)
-    return str(net)
 
 
 def _ids(value: Any, *, field: str, pattern: str) -> tuple[str, ...]:
@@ -107,9 +93,7 @@ class SiteValues:
         check_text(self.account_id, field="account_id", max_len=12, pattern=r"[0-9]{12}")
         object.__setattr__(self, "admin_cidr", admin_network(self.admin_cidr))
         check_text(self.bucket, field="bucket", max_len=63, pattern=r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-        from elasticml.provision.render import render_image  # render imports this module
-
-        render_image(self.image)
+        image_parts(self.image)
         check_text(self.serve_certificate, field="serve_certificate", max_len=64, pattern=r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}")
         if not isinstance(self.clusters, dict) or len(self.clusters) > MAX_IDS:
             raise ConfigError(f"must be a mapping of at most {MAX_IDS} definitions", field="clusters")
@@ -126,12 +110,10 @@ class SiteValues:
             raise ConfigError(f"the values list no site for {d.name!r} (have: {', '.join(sorted(self.clusters)) or 'none'})",
                               field="clusters")
         site = self.clusters[d.name]
-        from elasticml.provision.render import render_image
-
         return replace(d, account_id=self.account_id, admin_cidr=self.admin_cidr, bucket=self.bucket,
                        serve_certificate=self.serve_certificate, region=site.region, zones=site.zones,
                        subnets=site.subnets, security_groups=site.security_groups, tenants=site.tenants,
-                       **render_image(self.image))
+                       **image_parts(self.image))
 
 
 def load_values(path: str | Path | None = None) -> SiteValues:
