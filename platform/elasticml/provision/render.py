@@ -9,9 +9,10 @@ policies), `kuberay.py` (RayCluster, RayJob, RayService and their neighbours), `
 `api_server.py` (where the scheduler and the API server run), `tenant.py` (tenants' own clusters).
 
 Security defaults, on purpose: token authentication on everywhere (the token travels to nodes as a
-file mount / a Kubernetes Secret, never in the file, and so does the checkpoint key); no ingress from
-0.0.0.0/0 (SSH and the API server's HTTPS only from the admin CIDR, Ray's ports only inside the
-security group); nodes get an instance profile that may only read and write the platform's checkpoint
+file mount / a Kubernetes Secret, never in the file, and so does the checkpoint key); no rendered
+ingress from 0.0.0.0/0 (SSH and the API server's HTTPS only from the admin CIDR, Ray's ports only
+inside the security group; a group Ray's launcher makes gets Ray's own SSH rule from 0.0.0.0/0 too,
+which the site's `security_groups` avoid: `aws._provider`); nodes get an instance profile that may only read and write the platform's checkpoint
 bucket (the head's adds what the autoscaler needs).
 """
 

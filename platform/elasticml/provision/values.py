@@ -55,7 +55,8 @@ class ClusterSite:
     """`subnet-...` ids the nodes launch into (one per zone, private); empty: the launcher picks from
     the first VPC it finds, which is rarely what a site wants."""
     security_groups: tuple[str, ...] = ()
-    """`sg-...` ids the nodes get; empty: the launcher creates `elasticml-NAME` with the rules rendered."""
+    """`sg-...` ids every node gets, the rules yours; empty: Ray's launcher creates `elasticml-NAME` with
+    the rules rendered and its own SSH rule from 0.0.0.0/0 beside them (docs/cloud.md)."""
     tenants: tuple[str, ...] = ()
     """Tenants with a role of their own (their prefix of the bucket only)."""
 
