@@ -22,6 +22,7 @@ def local_raw():
 
 
 def test_every_cluster_yaml_matches_ray_schema():
+    # values.example.yaml is the site values' example, not a cluster (test_site_values.py).
     paths = sorted(p for p in (REPO / "cluster_configs").glob("*.yaml") if p.name != "values.example.yaml")
     assert paths
     for path in paths:

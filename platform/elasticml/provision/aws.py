@@ -74,19 +74,22 @@ def key_env(d: ClusterDefinition) -> str:
 
 
 IMDS_V2 = {"HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponseHopLimit": 1}
-"""IMDSv2 only (no token-less GETs, the SSRF path to instance credentials), one hop: a container on the
-node cannot reach it through the host (raise to 2 for a containerised Ray on the instance)."""
+"""IMDSv2 only (no token-less GETs, the SSRF path to instance credentials), hop limit 1 on the plain configs:
+a container on the node cannot reach it through the host. The `-docker` configs use `DOCKER_HOP_LIMIT`."""
+DOCKER_HOP_LIMIT = 2
+"""IMDSv2's hop limit where Ray runs in a container (`launcher_docker`): the container's bridge is one more
+hop, and the spot watcher in it must reach the metadata service."""
 
 
 def launcher_docker(d: ClusterDefinition) -> dict[str, Any]:
     """The same cluster with Ray in the platform's image on every node (Ray's launcher `docker` option):
     nothing to install on the nodes but Docker itself. A container is a hop from the instance, so
-    IMDSv2's hop limit is 2 here (the watcher in the container must reach it)."""
+    IMDSv2's hop limit is `DOCKER_HOP_LIMIT` (2) here: the watcher in the container must reach it."""
     cfg = launcher(d)
     cfg["docker"] = {"head_image": d.image_for(0), "worker_image": d.image_for(0), "container_name": "ray_container",
                      "pull_before_run": True, "run_options": ["--ulimit nofile=65536:65536"]}
     for name, body in cfg["available_node_types"].items():
-        body["node_config"]["MetadataOptions"] = {**IMDS_V2, "HttpPutResponseHopLimit": 2}
+        body["node_config"]["MetadataOptions"] = {**IMDS_V2, "HttpPutResponseHopLimit": DOCKER_HOP_LIMIT}
         gpus = body["resources"].get("GPU", 0)
         if gpus:
             body["docker"] = {"worker_image": d.image_for(gpus), "worker_run_options": ["--gpus all"]}
@@ -95,8 +98,7 @@ def launcher_docker(d: ClusterDefinition) -> dict[str, Any]:
                                              WATCHER.replace("$HOME/venv/bin/python", "python")]
     # On the instance, before its container: Docker (the GPU AMI has it; Ubuntu's base does not).
     cfg["initialization_commands"] = [
-        "command -v docker >/dev/null || (sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive "
-        "apt-get install -yq docker.io && sudo usermod -aG docker $USER)"]
+        f"command -v docker >/dev/null || ({apt_install('docker.io')} && sudo -n usermod -aG docker $(id -un))"]
     cfg["setup_commands"] = _container_setup(d)
     cfg["head_setup_commands"], cfg["worker_setup_commands"] = _head_tls(d, "python"), _worker_tls(d, "python")
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
@@ -115,19 +117,19 @@ def _container_setup(d: ClusterDefinition) -> list[str]:
 
 
 def launcher(d: ClusterDefinition) -> dict[str, Any]:
-    head_profile = f"arn:aws:iam::{d.account_id}:instance-profile/elasticml-{d.name}-head"
-    worker_profile = f"arn:aws:iam::{d.account_id}:instance-profile/elasticml-{d.name}-worker"
+    head_profile, worker_profile = iam.instance_profile(d, "head"), iam.instance_profile(d, "worker")
     types: dict[str, Any] = {
         "ray.head.default": {
             "resources": {"CPU": 0},  # the head coordinates; on-demand, never spot
             "node_config": {"InstanceType": d.head_instance_type, "ImageId": d.cpu_ami,
-                            "IamInstanceProfile": {"Arn": head_profile}, "MetadataOptions": dict(IMDS_V2), **_disk(100)},
+                            "IamInstanceProfile": {"Arn": head_profile}, "MetadataOptions": dict(IMDS_V2), **_disk(100),
+                            **_network(d)},
         }
     }
     for g in d.groups:
         node_config: dict[str, Any] = {"InstanceType": g.instance_type, "ImageId": d.gpu_ami if g.gpus else d.cpu_ami,
                                        "IamInstanceProfile": {"Arn": worker_profile}, "MetadataOptions": dict(IMDS_V2),
-                                       **_disk(200 if g.gpus else 100)}
+                                       **_disk(200 if g.gpus else 100), **_network(d)}
         if g.market == "spot":
             node_config["InstanceMarketOptions"] = {"MarketType": "spot",
                                                     "SpotOptions": {"InstanceInterruptionBehavior": "terminate"}}
@@ -143,23 +145,14 @@ def launcher(d: ClusterDefinition) -> dict[str, Any]:
                                 "min_workers": g.min_workers, "max_workers": g.max_workers}
         if g.market == "spot":
             # Spot nodes run the interruption watcher: IMDSv2 notices -> scheduler + Ray drain.
-            body["worker_setup_commands"] = [*_setup_commands(d), *_worker_tls(d, f"{VENV}/bin/python"), WATCHER]
+            body["worker_setup_commands"] = [*setup_commands(d), *_worker_tls(d, f"{VENV}/bin/python"), WATCHER]
         types[g.name] = body
     return {
         "cluster_name": f"elasticml-{d.name}",
         "max_workers": sum(g.max_workers for g in d.groups),
         "upscaling_speed": 1.0,
         "idle_timeout_minutes": d.idle_timeout_minutes,
-        "provider": {
-            "type": "aws", "region": d.region, "availability_zone": ",".join(d.zones), "cache_stopped_nodes": False,
-            "use_internal_ips": True,
-            "security_group": {
-                "GroupName": f"elasticml-{d.name}",
-                "IpPermissions": [{"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp",
-                                   "IpRanges": [{"CidrIp": d.admin_cidr, "Description": "SSH from the admin network only"}]},
-                                  api_server.aws_ingress(d.admin_cidr)],
-            },
-        },
+        "provider": _provider(d),
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": types,
         "head_node_type": "ray.head.default",
@@ -173,7 +166,7 @@ def launcher(d: ClusterDefinition) -> dict[str, Any]:
         },
         "rsync_exclude": [".venv", ".git", "**/__pycache__"],
         "rsync_filter": [HEAD_ONLY],  # what the head never passes on to a worker (`ca_dir`)
-        "setup_commands": _setup_commands(d),
+        "setup_commands": setup_commands(d),
         "head_setup_commands": _head_tls(d, f"{VENV}/bin/python"),
         "worker_setup_commands": _worker_tls(d, f"{VENV}/bin/python"),
         "head_start_ray_commands": [
@@ -192,22 +185,45 @@ def launcher(d: ClusterDefinition) -> dict[str, Any]:
 
 VENV = "$HOME/venv"
 """The nodes' Python environment: Ubuntu 24.04's own Python is externally managed (PEP 668)."""
+APT_LOCK_WAIT_S = 300
+"""How long apt waits for the dpkg lock: on a fresh instance cloud-init or unattended-upgrades may hold it."""
+
+
+def apt_install(package: str) -> str:
+    """Install a Debian package as the ssh user (`ubuntu`, passwordless sudo on Canonical's images).
+
+    `sudo -n` fails at once where a password would be asked (a launcher has no terminal to type it
+    in); the variable goes through `env` because sudo refuses `VAR=value` without SETENV in sudoers."""
+    apt = f"apt-get -o DPkg::Lock::Timeout={APT_LOCK_WAIT_S}"
+    return f"sudo -n {apt} update -q && sudo -n env DEBIAN_FRONTEND=noninteractive {apt} install -yq {package}"
+
+
+def python_venv_package() -> str:
+    """Debian and Ubuntu ship `venv` in the stdlib but `ensurepip` (which `python3 -m venv` needs to put
+    pip in) in python3-venv, which Canonical's image lacks: `venv --help` works without it, so ask for
+    what the venv needs."""
+    return f"python3 -c 'import ensurepip' >/dev/null 2>&1 || ({apt_install('python3-venv')})"
 
 
 def setup_environment() -> list[str]:
     """A node's Python environment with elasticml (torch from the CPU index on CPU nodes would be
-    smaller; one command set keeps every node alike). Also what a test runs in a fresh venv here."""
+    smaller; one command set keeps every node alike). Also what a test runs in a fresh venv here.
+
+    A venv counts as made when its pip runs: an earlier try without ensurepip leaves `bin/python`
+    behind with no pip, and `--clear` makes it afresh."""
     return [
-        f"test -x {VENV}/bin/python || python3 -m venv {VENV}",
+        f"{VENV}/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear {VENV}",
         f"{VENV}/bin/python -m pip install -q --upgrade pip",
         f'{VENV}/bin/python -m pip install -q "torch==2.13.0" -e ~/elasticml',
     ]
 
 
-def _setup_commands(d: ClusterDefinition) -> list[str]:
+def setup_commands(d: ClusterDefinition) -> list[str]:
+    """The set-up of a node off Canonical's (or AWS's Deep Learning) Ubuntu 24.04 image, as the ssh
+    user: Python's venv package, the venv with the platform, the secrets' modes, this node's
+    certificate. Each command may run again on a node that has run it (`ray up` reruns them)."""
     return [
-        "command -v python3 >/dev/null && python3 -m venv --help >/dev/null 2>&1 || "
-        "(sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -yq python3-venv)",
+        python_venv_package(),
         *setup_environment(),
         f"grep -q {VENV}/bin ~/.bashrc || echo 'export PATH={VENV}/bin:$PATH' >> ~/.bashrc",
         f"chmod 600 ~/.ray/auth_token {agent_file(d)} {key_file(d)}",
@@ -215,6 +231,37 @@ def _setup_commands(d: ClusterDefinition) -> list[str]:
         f"grep -q {KEY_ENV} ~/.bashrc || echo 'export {key_env(d)}' >> ~/.bashrc",
         # This node's own certificate for Ray's TLS comes after these: `_head_tls`, `_worker_tls`.
     ]
+
+
+def _network(d: ClusterDefinition) -> dict[str, Any]:
+    """The site's subnets and security groups, for every node type (Ray's launcher picks its own for any
+    node type without them: subnets from the first VPC it finds, a group it makes)."""
+    out: dict[str, Any] = {}
+    if d.subnets:
+        out["SubnetIds"] = list(d.subnets)
+    if d.security_groups:
+        out["SecurityGroupIds"] = list(d.security_groups)
+    return out
+
+
+def _provider(d: ClusterDefinition) -> dict[str, Any]:
+    """Ray's AWS provider. Without the site's security groups the launcher makes `elasticml-NAME` with
+    these rules, and Ray adds its own beside them: all traffic within the group and SSH from 0.0.0.0/0
+    (ray.autoscaler._private.aws.config `_create_default_ssh_inbound_rules`), which no setting here
+    removes. With the site's groups on every node type Ray makes none and reads no `security_group`
+    block, so none is rendered: the site's groups carry the rules (docs/cloud.md)."""
+    provider: dict[str, Any] = {"type": "aws", "region": d.region, "availability_zone": ",".join(d.zones),
+                                "cache_stopped_nodes": False, "use_internal_ips": True}
+    if not d.security_groups:
+        provider["security_group"] = {"GroupName": f"elasticml-{d.name}", "IpPermissions": ingress(d)}
+    return provider
+
+
+def ingress(d: ClusterDefinition) -> list[dict[str, Any]]:
+    """What the cluster admits from outside itself: SSH and the API server's HTTPS, from `admin_cidr` only."""
+    return [{"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp",
+             "IpRanges": [{"CidrIp": d.admin_cidr, "Description": "SSH from the admin network only"}]},
+            api_server.aws_ingress(d.admin_cidr)]
 
 
 def _disk(gib: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ instances tagged for its own cluster.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from elasticml.provision.definition import ClusterDefinition
 
@@ -15,6 +15,20 @@ RAY_CLUSTER_TAG = "ray-cluster-name"
 """The tag Ray's AWS node provider puts on every instance it launches (ray.autoscaler.tags)."""
 TENANT_ROLE_ENV = "ELASTICML_TENANT_ROLE_ARN"
 """Set for the head's Ray (and so its scheduler actor): the tenant roles it vends credentials of."""
+
+
+SPOT_SERVICE = "spot.amazonaws.com"
+"""The service whose service-linked role (AWSServiceRoleForEC2Spot) EC2 launches spot instances with."""
+
+
+def node_role(d: ClusterDefinition, kind: Literal["head", "worker"]) -> str:
+    """`elasticml-NAME-head` or `-worker`: the name of a node's role and of the instance profile holding it
+    (the launcher YAMLs name the profile, the head passes the worker's role, tenants trust the head's)."""
+    return f"elasticml-{d.name}-{kind}"
+
+
+def instance_profile(d: ClusterDefinition, kind: Literal["head", "worker"]) -> str:
+    return f"arn:aws:iam::{d.account_id}:instance-profile/{node_role(d, kind)}"
 
 
 def tenant_role(d: ClusterDefinition) -> str:
@@ -64,7 +78,7 @@ def tenant_trust(d: ClusterDefinition) -> dict[str, Any]:
     """Every tenant role's trust policy: only the head (its scheduler) may assume it, for at most 12 h."""
     return {"Version": "2012-10-17", "Statement": [
         {"Sid": "TheSchedulerVends", "Effect": "Allow", "Action": "sts:AssumeRole",
-         "Principal": {"AWS": f"arn:aws:iam::{d.account_id}:role/elasticml-{d.name}-head"}}]}
+         "Principal": {"AWS": f"arn:aws:iam::{d.account_id}:role/{node_role(d, 'head')}"}}]}
 
 
 def kms_key(d: ClusterDefinition) -> str:
@@ -113,10 +127,18 @@ def head_policy(d: ClusterDefinition) -> dict[str, Any]:
         {"Sid": "LaunchOnlyTaggedForThisCluster", "Effect": "Allow", "Action": ["ec2:RunInstances"],
          "Resource": f"arn:aws:ec2:{d.region}:{d.account_id}:instance/*",
          "Condition": {"StringEquals": {f"aws:RequestTag/{RAY_CLUSTER_TAG}": cluster}}},
+        # A spot launch (InstanceMarketOptions) makes a spot-instances-request, which RunInstances must
+        # be allowed to create too, or every spot launch is denied.
         {"Sid": "LaunchWithTheseParts", "Effect": "Allow", "Action": ["ec2:RunInstances"],
          "Resource": [f"arn:aws:ec2:{d.region}:{d.account_id}:{kind}/*" for kind in
-                      ("volume", "network-interface", "subnet", "security-group", "key-pair", "capacity-reservation")]
+                      ("volume", "network-interface", "subnet", "security-group", "key-pair", "capacity-reservation",
+                       "spot-instances-request")]
          + [f"arn:aws:ec2:{d.region}::image/*"]},
+        # EC2 launches spot instances through the account's spot service-linked role; where it is missing,
+        # EC2 makes it during the launch with the caller's rights, or the launch fails: that role only.
+        {"Sid": "SpotServiceLinkedRole", "Effect": "Allow", "Action": ["iam:CreateServiceLinkedRole"],
+         "Resource": f"arn:aws:iam::{d.account_id}:role/aws-service-role/{SPOT_SERVICE}/AWSServiceRoleForEC2Spot",
+         "Condition": {"StringLike": {"iam:AWSServiceName": SPOT_SERVICE}}},
         {"Sid": "TagAtLaunch", "Effect": "Allow", "Action": ["ec2:CreateTags"],
          "Resource": f"arn:aws:ec2:{d.region}:{d.account_id}:instance/*",
          "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}}},
@@ -128,8 +150,10 @@ def head_policy(d: ClusterDefinition) -> dict[str, Any]:
          "Action": ["ec2:DescribeInstances", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeImages",
                     "ec2:DescribeCapacityReservations", "ec2:DescribeSpotPriceHistory", "ec2:GetSpotPlacementScores"],
          "Resource": "*", "Condition": {"StringEquals": {"aws:RequestedRegion": d.region}}},
+        # Launching with the worker's instance profile passes the role in it (named alike, `node_role`).
         {"Sid": "PassWorkerRole", "Effect": "Allow", "Action": ["iam:PassRole"],
-         "Resource": f"arn:aws:iam::{d.account_id}:role/elasticml-{d.name}-worker"},
+         "Resource": f"arn:aws:iam::{d.account_id}:role/{node_role(d, 'worker')}",
+         "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
         # The scheduler vends each tenant short-lived credentials of its own role (tenant_storage.py).
         {"Sid": "VendTenantCredentials", "Effect": "Allow", "Action": ["sts:AssumeRole"],
          "Resource": f"arn:aws:iam::{d.account_id}:role/elasticml-{d.name}-tenant-*"},

@@ -10,9 +10,10 @@ policies), `kuberay.py` (RayCluster, RayJob, RayService and their neighbours), `
 who reaches the platform's pods), `tenant.py` (tenants' own clusters).
 
 Security defaults, on purpose: token authentication on everywhere (the token travels to nodes as a
-file mount / a Kubernetes Secret, never in the file, and so does the checkpoint key); no ingress from
-0.0.0.0/0 (SSH and the API server's HTTPS only from the admin CIDR, Ray's ports only inside the
-security group); nodes get an instance profile that may only read and write the platform's checkpoint
+file mount / a Kubernetes Secret, never in the file, and so does the checkpoint key); no rendered
+ingress from 0.0.0.0/0 (SSH and the API server's HTTPS only from the admin CIDR, Ray's ports only
+inside the security group; a group Ray's launcher makes gets Ray's own SSH rule from 0.0.0.0/0 too,
+which the site's `security_groups` avoid: `aws._provider`); nodes get an instance profile that may only read and write the platform's checkpoint
 bucket (the head's adds what the autoscaler needs).
 """
 
@@ -101,10 +102,6 @@ def render(target: str, cluster: str, *, image: str | None = None, values: SiteV
         + karpenter.manifests(d),
         f"cluster_configs/kuberay/{d.name}-namespace.yaml": as_yaml(kuberay.namespace(d), header(d, f"{apply} (first)")),
     }
-
-
-render_image = image_parts
-"""REPOSITORY:TAG as a definition's `image` and `image_tag` (definition.image_parts)."""
 
 
 def render_all(values: SiteValues | None = None) -> dict[str, str]:

@@ -6,9 +6,10 @@ certificate, the subnets and security groups, the tenants. Those live in a YAML 
 `elasticml cluster render --values FILE` reads; `cluster_configs/values.example.yaml` is the
 committed example, and what the committed renders (and `render --check`) use.
 
-Every field is checked here, naming it: an account id is 12 digits, a CIDR is parsed with
-`ipaddress` (a host address with bits past the prefix, or a prefix of 0, is refused), ids have
-their AWS shape, lists are bounded.
+Every field is checked here, naming it: an account id is 12 digits, the admin CIDR is parsed with
+`ipaddress` (`definition.admin_network`: bits past the prefix, or a network wider than /8, are
+refused), ids have their AWS shape, lists are bounded. (The checks a definition's own fields share
+with the values live in definition.py, which imports nothing of this package's rooms.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from elasticml.errors import ConfigError
 from elasticml.provision.definition import ClusterDefinition, admin_network, image_parts
 from elasticml.repo import CLUSTER_CONFIGS
 from elasticml.yamlio import load_yaml
+
+__all__ = ["EXAMPLE", "MAX_IDS", "ClusterSite", "SiteValues", "admin_network", "load_values"]
 
 EXAMPLE = CLUSTER_CONFIGS / "values.example.yaml"
 MAX_IDS = 16
@@ -52,7 +55,8 @@ class ClusterSite:
     """`subnet-...` ids the nodes launch into (one per zone, private); empty: the launcher picks from
     the first VPC it finds, which is rarely what a site wants."""
     security_groups: tuple[str, ...] = ()
-    """`sg-...` ids the nodes get; empty: the launcher creates `elasticml-NAME` with the rules rendered."""
+    """`sg-...` ids every node gets, the rules yours; empty: Ray's launcher creates `elasticml-NAME` with
+    the rules rendered and its own SSH rule from 0.0.0.0/0 beside them (docs/cloud.md)."""
     tenants: tuple[str, ...] = ()
     """Tenants with a role of their own (their prefix of the bucket only)."""
 
