@@ -17,6 +17,7 @@ import pytest
 import yaml
 from elasticml.provision import aws
 from elasticml.provision.render import definition_at_site, render
+from elasticml.errors import ConfigError
 from elasticml.provision.values import SiteValues, load_values
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,17 +108,33 @@ def test_a_venv_left_without_pip_is_made_again_and_a_working_one_is_kept(tmp_pat
 @pytest.mark.parametrize("name", AWS)
 def test_the_sites_subnets_reach_every_node_type_of_both_variants(name):
     site = load_values().clusters[name]
-    assert site.subnets and not site.security_groups  # the example: subnets, and the launcher's own group
+    assert site.subnets and site.security_groups
     files = _rendered(name)
     for variant in (name, f"{name}-docker"):
         raw = files[f"cluster_configs/{variant}.yaml"]
         for node_type, body in raw["available_node_types"].items():
             assert body["node_config"]["SubnetIds"] == list(site.subnets), (variant, node_type)
-            assert "SecurityGroupIds" not in body["node_config"], (variant, node_type)
-        # Ray makes the group and gives it these rules (besides its own: docs/cloud.md).
-        rules = raw["provider"]["security_group"]["IpPermissions"]
-        assert {r["FromPort"] for r in rules} == {22, 8443}
-        assert all(ip["CidrIp"] == load_values().admin_cidr for r in rules for ip in r["IpRanges"])
+            assert body["node_config"]["SecurityGroupIds"] == list(site.security_groups), (variant, node_type)
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_the_sites_group_admits_its_own_nodes_and_the_admin_network_only(name):
+    site, admin = load_values().clusters[name], load_values().admin_cidr
+    rules = _rendered(name)[f"cluster_configs/aws/{name}-security-group.json"]
+    (own,) = [r for r in rules if "UserIdGroupPairs" in r]
+    assert own["IpProtocol"] == "-1" and [p["GroupId"] for p in own["UserIdGroupPairs"]] == [site.security_groups[0]]
+    outside = [r for r in rules if r is not own]
+    assert sorted((r["FromPort"], r["ToPort"], r["IpProtocol"]) for r in outside) == [(22, 22, "tcp"), (8443, 8443, "tcp")]
+    assert all([ip["CidrIp"] for ip in r["IpRanges"]] == [admin] and not r.get("Ipv6Ranges") for r in outside)
+
+
+@pytest.mark.parametrize("name", AWS)
+def test_without_the_sites_groups_the_aws_render_is_refused_naming_the_field(name):
+    """A group Ray's launcher makes admits SSH from 0.0.0.0/0, whatever rules are rendered for it."""
+    with pytest.raises(ConfigError) as err:
+        render("aws", name, values=_with_site(name, security_groups=()))
+    assert err.value.field == f"clusters.{name}.security_groups" and "0.0.0.0/0" in str(err.value)
+    assert render("kuberay", name, values=_with_site(name, security_groups=()))  # Karpenter finds its own by tag
 
 
 @pytest.mark.parametrize("name", AWS)

@@ -91,7 +91,8 @@ def test_the_aws_head_starts_the_scheduler_and_the_api_server_with_tls_after_ray
 
 @pytest.mark.parametrize("name", AWS)
 def test_only_the_admin_network_reaches_the_aws_api_server(name):
-    rules = load(f"cluster_configs/{name}.yaml")["provider"]["security_group"]["IpPermissions"]
+    rules = json.loads((REPO / f"cluster_configs/aws/{name}-security-group.json").read_text())
+    rules = [r for r in rules if "UserIdGroupPairs" not in r]  # the cluster's own nodes: every port
     api = [r for r in rules if r["FromPort"] <= 8443 <= r["ToPort"]]
     assert len(api) == 1 and api[0]["IpProtocol"] == "tcp" and (api[0]["FromPort"], api[0]["ToPort"]) == (8443, 8443)
     assert [r["CidrIp"] for r in api[0]["IpRanges"]] == [AT_SITE[name].admin_cidr]

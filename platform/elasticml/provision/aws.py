@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from elasticml.checkpoint_key import KEY_ENV, KEY_FILE
+from elasticml.errors import ConfigError
 from elasticml.provision import api_server, iam
 from elasticml.provision.definition import ClusterDefinition
 from elasticml.provision.tls import tls_env
@@ -245,16 +246,30 @@ def _network(d: ClusterDefinition) -> dict[str, Any]:
 
 
 def _provider(d: ClusterDefinition) -> dict[str, Any]:
-    """Ray's AWS provider. Without the site's security groups the launcher makes `elasticml-NAME` with
-    these rules, and Ray adds its own beside them: all traffic within the group and SSH from 0.0.0.0/0
-    (ray.autoscaler._private.aws.config `_create_default_ssh_inbound_rules`), which no setting here
-    removes. With the site's groups on every node type Ray makes none and reads no `security_group`
-    block, so none is rendered: the site's groups carry the rules (docs/cloud.md)."""
-    provider: dict[str, Any] = {"type": "aws", "region": d.region, "availability_zone": ",".join(d.zones),
-                                "cache_stopped_nodes": False, "use_internal_ips": True}
+    """Ray's AWS provider, with no `security_group` block: the site's groups are on every node type, so
+    Ray makes none and reads no rules (`security_group_rules` are what the site's group admits)."""
+    return {"type": "aws", "region": d.region, "availability_zone": ",".join(d.zones),
+            "cache_stopped_nodes": False, "use_internal_ips": True}
+
+
+def require_security_groups(d: ClusterDefinition) -> None:
+    """The AWS target needs the site's own groups. A group Ray's launcher makes gets, beside any rules
+    rendered for it, all traffic within the group and SSH from 0.0.0.0/0
+    (ray.autoscaler._private.aws.config `_create_default_ssh_inbound_rules`), which no setting removes."""
     if not d.security_groups:
-        provider["security_group"] = {"GroupName": f"elasticml-{d.name}", "IpPermissions": ingress(d)}
-    return provider
+        raise ConfigError(f"list the security group(s) of {d.name!r}'s nodes (sg-...): a group Ray's launcher makes "
+                          "admits SSH from 0.0.0.0/0; create one with `security_group_rules` "
+                          f"(cluster_configs/aws/{d.name}-security-group.json, docs/cloud.md), or render "
+                          "--target kuberay only", field=f"clusters.{d.name}.security_groups")
+
+
+def security_group_rules(d: ClusterDefinition) -> list[dict[str, Any]]:
+    """What the site's first group admits (`aws ec2 authorize-security-group-ingress --group-id SG
+    --ip-permissions file://...`): every protocol from the group itself (Ray's ports between nodes),
+    SSH and the API server's HTTPS from `admin_cidr`; nothing from anywhere else."""
+    own = d.security_groups[0]
+    return [{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": own, "Description": "Ray between the cluster's nodes"}]},
+            *ingress(d)]
 
 
 def ingress(d: ClusterDefinition) -> list[dict[str, Any]]:

@@ -60,12 +60,14 @@ def render(target: str, cluster: str, *, image: str | None = None, values: SiteV
                           f"{' or '.join(c for c in CLUSTERS if c != 'local')}", field="cluster")
     d = definition_at_site(cluster, values, image=image)
     if target == "aws":
+        aws.require_security_groups(d)
         return {
             f"cluster_configs/{d.name}.yaml": as_yaml(aws.launcher(d), header(d, f"ray up cluster_configs/{d.name}.yaml")),
             f"cluster_configs/{d.name}-docker.yaml": as_yaml(aws.launcher_docker(d), header(
                 d, f"ray up cluster_configs/{d.name}-docker.yaml (Ray in the platform's image: see Dockerfile)")),
             f"cluster_configs/aws/{d.name}-head-policy.json": as_json(iam.head_policy(d)),
             f"cluster_configs/aws/{d.name}-worker-policy.json": as_json(iam.worker_policy(d)),
+            f"cluster_configs/aws/{d.name}-security-group.json": as_json(aws.security_group_rules(d)),
             f"cluster_configs/aws/{d.name}-bucket-policy.json": as_json(iam.bucket_policy(d)),
             f"cluster_configs/aws/{d.name}-bucket-encryption.json": as_json(iam.bucket_encryption(d)),
             f"cluster_configs/aws/{d.name}-tenant-trust.json": as_json(iam.tenant_trust(d)),
