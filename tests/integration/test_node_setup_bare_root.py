@@ -6,7 +6,8 @@ works there while `python3 -m venv DIR` fails for want of ensurepip, leaving `DI
 behind. Debian splits Python alike, so a minimal Debian root (python3, sudo, ca-certificates,
 nothing else) built with mmdebstrap stands in for the image: the `ubuntu` user gets passwordless
 sudo as cloud-init gives it, a failed earlier try leaves a venv without pip, then every command
-of the rendered `setup_commands` runs in a chroot and must succeed, and once more must change nothing.
+of the rendered `setup_commands` and the head's `head_setup_commands` runs in a chroot and must succeed,
+and once more must change nothing.
 
 Packages: python3-venv from Debian's registry (a node gets it from Ubuntu's), pip from PyPI or
 this machine's index, torch and the platform's dependencies from this machine's pip index where
@@ -175,7 +176,9 @@ def _file_mounts(node: BareNode, launcher: dict) -> None:
 def test_the_rendered_setup_makes_a_working_venv_on_a_bare_root_as_the_ssh_user(bare_node):
     node = bare_node
     launcher = yaml.safe_load(render("aws", "aws-cpu")["cluster_configs/aws-cpu.yaml"])
-    commands = launcher["setup_commands"]
+    # The head's sequence: the shared set-up, then the head's own (it signs its certificate with the CA key
+    # only it keeps); a worker's last step asks the head's API server instead (tests/unit/api/test_node_certs.py).
+    commands = launcher["setup_commands"] + launcher["head_setup_commands"]
     # The root is what the image is: python3 without ensurepip; a try before left a venv with no pip.
     assert node.as_root("python3 -c 'import ensurepip'").returncode != 0
     broken = node.run("python3 -m venv $HOME/venv")
