@@ -9,6 +9,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_CONFIGS = ROOT / "cluster_configs"
 JOBS = ROOT / "jobs"
 SERVE_APPS = ROOT / "serve_apps"
+SITE_VALUES_EXAMPLE = CLUSTER_CONFIGS / "values.example.yaml"
+"""The site values' example (provision/values.py), which sits beside the cluster configs but is not one."""
+
+
+def cluster_yamls() -> list[Path]:
+    """The Ray cluster configs committed under cluster_configs/ (local and the AWS launcher's)."""
+    return sorted(p for p in CLUSTER_CONFIGS.glob("*.yaml") if p != SITE_VALUES_EXAMPLE)
 
 
 def default_cluster_config() -> Path:

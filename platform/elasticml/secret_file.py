@@ -10,6 +10,7 @@ what to do, never the secret.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import stat
@@ -20,6 +21,11 @@ from elasticml.errors import ElasticMLError
 
 MAX_BYTES = 4096
 """The most a secret file may hold (a key is 64 hex characters; anything larger was mounted by mistake)."""
+
+
+def digest(secret: str) -> str:
+    """What is kept of a credential or an API key instead of the secret itself: its SHA-256, in hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def make_secret(path: Path, *, nbytes: int = 32) -> Path:

@@ -136,13 +136,12 @@ def bucket_region(uri: str) -> str | None:
     """The AWS region an s3:// URI's bucket is in (S3's GetBucketLocation); None for a local path."""
     if not uri.startswith("s3://"):
         return None
-    import boto3
-
+    from elasticml.aws_client import client as aws_client
+    from elasticml.aws_client import s3_endpoint
     from elasticml.errors import DataError
 
     bucket = uri.removeprefix("s3://").split("/", 1)[0]
-    endpoint = os.environ.get("ELASTICML_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
-    client = boto3.client("s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    client = aws_client("s3", endpoint_url=s3_endpoint())
     try:
         where = client.get_bucket_location(Bucket=bucket).get("LocationConstraint")
     except Exception as exc:  # no such bucket, no permission: a region that cannot be told is not allowed

@@ -3,7 +3,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-
 from elasticml import labels as L
 from elasticml.cluster.config import (
     load_cluster_spec,
@@ -12,6 +11,7 @@ from elasticml.cluster.config import (
     render_local_autoscaling_config,
 )
 from elasticml.errors import ConfigError
+from elasticml.repo import cluster_yamls
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / "cluster_configs" / "local.yaml"
@@ -22,8 +22,7 @@ def local_raw():
 
 
 def test_every_cluster_yaml_matches_ray_schema():
-    # values.example.yaml is the site values' example, not a cluster (test_site_values.py).
-    paths = sorted(p for p in (REPO / "cluster_configs").glob("*.yaml") if p.name != "values.example.yaml")
+    paths = cluster_yamls()  # not the site values' example beside them (test_site_values.py)
     assert paths
     for path in paths:
         jsonschema.validate(yaml.safe_load(path.read_text()), ray_schema())

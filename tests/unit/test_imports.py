@@ -81,3 +81,15 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_package_has_no_import_cycle():
     assert cycles(graph()) == []
+
+
+def test_boto3_and_the_digest_of_secrets_each_live_in_one_module():
+    """boto3's clients are made in aws_client.py only; a secret's digest is secret_file.digest only."""
+    boto3, digests = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if "import boto3" in text:
+            boto3.append(path.name)
+        if "\ndef digest(" in text:
+            digests.append(path.name)
+    assert boto3 == ["aws_client.py"] and digests == ["secret_file.py"]

@@ -19,17 +19,18 @@ from elasticml.errors import ConfigError
 from elasticml.labels import Market
 
 MIN_ADMIN_PREFIX = 8
-"""The widest admin network accepted (IPv4 /8, IPv6 /8 and narrower): an admin range is a VPN or
-bastion's, not a continent."""
+"""The widest admin network accepted (/8 and narrower): an admin range is a VPN or bastion's, not a
+continent."""
 
 
 def admin_network(value: Any, *, field: str = "admin_cidr") -> str:
-    """`value` as a CIDR that `ipaddress` parses strictly (no bits past the prefix) and no wider than /8."""
+    """`value` as an IPv4 CIDR that `ipaddress` parses strictly (no bits past the prefix), no wider than /8.
+    IPv4 only: it becomes a security group rule's `CidrIp`, which EC2 takes for IPv4 alone."""
     check_text(value, field=field, max_len=43)
     try:
-        net = ipaddress.ip_network(value, strict=True)
+        net = ipaddress.IPv4Network(value, strict=True)
     except ValueError as exc:
-        raise ConfigError(f"must be a network such as 10.0.0.0/16 ({exc})", field=field) from None
+        raise ConfigError(f"must be an IPv4 network such as 10.0.0.0/16, got {value!r} ({exc})", field=field) from None
     if net.prefixlen < MIN_ADMIN_PREFIX:
         raise ConfigError(f"{value} is open to {'the world' if net.prefixlen == 0 else 'too much of it'}; "
                           f"use your VPN or bastion range (/{MIN_ADMIN_PREFIX} or narrower)", field=field)
@@ -37,35 +38,6 @@ def admin_network(value: Any, *, field: str = "admin_cidr") -> str:
 
 
 def image_parts(image: Any) -> dict[str, str]:
-    """REPOSITORY:TAG as a definition's `image` and `image_tag`; ConfigError naming `image` otherwise."""
-    if not isinstance(image, str):
-        raise ConfigError(f"must be a string, got {type(image).__name__}", field="image")
-    repo, _, tag = image.rpartition(":")
-    if not repo or not tag or "/" in tag or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,254}", image):
-        raise ConfigError(f"must be REPOSITORY:TAG, got {image[:80]!r}", field="image")
-    return {"image": repo, "image_tag": tag}
-
-
-MIN_ADMIN_PREFIX = 8
-"""The widest admin network accepted (IPv4 /8, IPv6 /8 and narrower): an admin range is a VPN or
-bastion's, not a continent."""
-
-
-def admin_network(value: Any, *, field: str = "admin_cidr") -> str:
-    """`value` as a CIDR that `ipaddress` parses strictly (no bits past the prefix) and no wider than /8."""
-    check_text(value, field=field, max_len=43)
-    try:
-        net = ipaddress.ip_network(value, strict=True)
-    except ValueError as exc:
-        raise ConfigError(f"must be a network such as 10.0.0.0/16 ({exc})", field=field) from None
-    if net.prefixlen < MIN_ADMIN_PREFIX:
-        raise ConfigError(f"{value} is open to {'the world' if net.prefixlen == 0 else 'too much of it'}; "
-                          f"use your VPN or bastion range (/{MIN_ADMIN_PREFIX} or narrower)", field=field)
-    return str(net)
-
-
-
-def image_parts(image: str) -> dict[str, str]:
     """REPOSITORY:TAG as a definition's `image` and `image_tag`; ConfigError naming `image` otherwise."""
     if not isinstance(image, str):
         raise ConfigError(f"must be a string, got {type(image).__name__}", field="image")

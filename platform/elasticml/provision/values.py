@@ -21,12 +21,12 @@ from typing import Any
 from elasticml.dataconf import check_text, from_mapping, shown
 from elasticml.errors import ConfigError
 from elasticml.provision.definition import ClusterDefinition, admin_network, image_parts
-from elasticml.repo import CLUSTER_CONFIGS
+from elasticml.repo import SITE_VALUES_EXAMPLE
 from elasticml.yamlio import load_yaml
 
 __all__ = ["EXAMPLE", "MAX_IDS", "ClusterSite", "SiteValues", "admin_network", "load_values"]
 
-EXAMPLE = CLUSTER_CONFIGS / "values.example.yaml"
+EXAMPLE = SITE_VALUES_EXAMPLE
 MAX_IDS = 16
 """Subnets, security groups, zones or tenants a cluster lists."""
 REGION = r"[a-z]{2}(-gov)?-[a-z]+-[0-9]"

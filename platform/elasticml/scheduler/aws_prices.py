@@ -1,4 +1,4 @@
-"""Live spot prices and placement scores from EC2: the one place elasticml talks to boto3.
+"""Live spot prices and placement scores from EC2.
 
 `LiveSpotPrices` offers the catalog's accessor shape for spot
 (`hourly(instance_type, "spot", region)`), backed by EC2's
@@ -7,8 +7,8 @@ cheapest zone wins), and `placement_scores` from `GetSpotPlacementScores`
 (1-10: how likely a spot request of that size is to succeed). Anything that
 is not spot falls through to the versioned catalog.
 
-boto3 is imported lazily, here only. `endpoint_url` points the client
-elsewhere (tests use a server on 127.0.0.1).
+Its EC2 client comes from `aws_client.py`, where every boto3 client is made;
+`endpoint_url` points it elsewhere (tests use a server on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ class LiveSpotPrices:
             if self._factory is not None:
                 self._clients[region] = self._factory(region)
             else:
-                import boto3
+                from elasticml.aws_client import client
 
-                self._clients[region] = boto3.client("ec2", region_name=region, endpoint_url=self._endpoint_url,
-                                                     **self._client_kwargs)
+                self._clients[region] = client("ec2", region=region, endpoint_url=self._endpoint_url,
+                                               **self._client_kwargs)
         return self._clients[region]
 
     def spot_prices(self, instance_types: list[str], region: str) -> dict[str, dict[str, float]]:

@@ -16,7 +16,6 @@ compares in constant time. The cluster's creator gets the admin credential at
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 from elasticml.atomic import write_atomic
 from elasticml.errors import AuthError, ConfigError
 from elasticml.home import home
+from elasticml.secret_file import digest
 
 ROLES = ("admin", "tenant", "agent")
 CREDENTIAL_ENV = "ELASTICML_CREDENTIAL_PATH"
@@ -49,10 +49,6 @@ class Principal:
 
     def __str__(self) -> str:
         return f"{self.role} {self.name}"
-
-
-def digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def new_token(name: str) -> str:

@@ -77,11 +77,9 @@ class CredentialVendor:
         return cls(role_arn=arn, endpoint=os.environ.get(STS_ENDPOINT_ENV) or os.environ.get("ELASTICML_S3_ENDPOINT"))
 
     def vend(self, tenant: str, bucket: str, hours: float) -> S3Credentials:
-        import boto3
+        from elasticml.aws_client import client
 
-        # A session of its own: boto3's default one keeps the first credentials it found for good.
-        sts = boto3.session.Session().client("sts", endpoint_url=self.endpoint,
-                                             region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+        sts = client("sts", endpoint_url=self.endpoint)
         got = sts.assume_role(RoleArn=self.role_arn.format(tenant=tenant), RoleSessionName=f"elasticml-{tenant}"[:64],
                               DurationSeconds=int(max(900, min(hours, MAX_SESSION_HOURS) * 3600)),
                               Policy=json.dumps(session_policy(bucket, tenant)))

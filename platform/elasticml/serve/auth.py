@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import re
 import secrets
 from pathlib import Path
 
-
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+from elasticml.secret_file import digest
 
 
 def new_key() -> tuple[str, str]:

@@ -3,15 +3,15 @@
 from pathlib import Path
 
 import pytest
-from ray.train import ScalingConfig
-
 from elasticml import labels as L
 from elasticml.cluster import load_cluster_spec
 from elasticml.errors import ConfigError
+from elasticml.repo import cluster_yamls
 from elasticml.scheduler.capacity import Pool, Snapshot, pools_from_cluster
 from elasticml.scheduler.catalog import PriceCatalog
 from elasticml.scheduler.policy import place, rebalance, replace_interrupted
 from elasticml.scheduler.spec import TenantPolicy, Tenants, WorkloadSpec
+from ray.train import ScalingConfig
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -164,7 +164,7 @@ def test_catalog_prices_every_instance_type_our_configs_use_and_refuses_unknown_
 
     catalog = PriceCatalog.load()
     assert catalog.version == "2026-11-01"
-    for path in (REPO / "cluster_configs").glob("*.yaml"):
+    for path in cluster_yamls():
         raw = yaml.safe_load(path.read_text())
         region = raw["provider"].get("region", "us-east-1")
         for name, body in raw["available_node_types"].items():
