@@ -24,12 +24,12 @@ class ApiServerActor:
 
         import uvicorn
 
-        from elasticml.api.server import cluster_app
+        from elasticml.api.server import SERVER_OPTIONS, cluster_app
 
         scheme = "https" if tls_cert else "http"
         self.url = f"{scheme}://{'127.0.0.1' if host in ('127.0.0.1', 'localhost') else host}:{port}"
         config = uvicorn.Config(cluster_app(node_ca=Path(node_ca) if node_ca else None), host=host, port=port, log_level="warning",
-                                ssl_certfile=tls_cert, ssl_keyfile=tls_key)
+                                ssl_certfile=tls_cert, ssl_keyfile=tls_key, **SERVER_OPTIONS)
         self.server = uvicorn.Server(config)
         threading.Thread(target=self.server.run, daemon=True, name="api-server").start()
         deadline = time.monotonic() + 30

@@ -91,12 +91,13 @@ def serve(host: str, port: int, address: str | None, tls_cert: Path | None, tls_
     """Serve the scheduler's door (and with --jobs tenants' jobs and apps) over HTTP (HTTPS beyond loopback)."""
     import uvicorn
 
-    from elasticml.api.server import cluster_app
+    from elasticml.api.server import SERVER_OPTIONS, cluster_app
 
     if host not in ("127.0.0.1", "localhost", "::1") and not (tls_cert and tls_key):
         raise ConfigError("beyond loopback the server speaks HTTPS only: pass --tls-cert and --tls-key", field="host")
     uvicorn.run(cluster_app(address, with_jobs=with_jobs, node_ca=node_ca_dir), host=host, port=port, log_level="warning",
-                ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None)
+                ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
+                **SERVER_OPTIONS)
 
 
 def _jobs_transport() -> HttpTransport:

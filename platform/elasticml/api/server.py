@@ -14,11 +14,13 @@ only, and only for the address the request came from (`provision/node_certs.py`)
 
 Status codes: 400 a malformed or invalid request (the field named), 401 no or a malformed
 credential, 403 refused by the door, 404 no such route, 409 a placement refused (budget,
-residency, deadline), 413 a body too large, 429 too many requests, 503 the scheduler unreachable.
+residency, deadline), 408 a body that did not arrive in time, 413 a body too large, 429 too many
+requests, 503 the scheduler unreachable (or, past the bound on connections, the server busy).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -46,6 +48,17 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 """A request body's bound: a spec is well under 2 KiB."""
+BODY_TIMEOUT_S = 10.0
+"""A request body arrives whole within this or is answered 408: a client that declares a body and sends
+it slowly holds a connection, not the server."""
+SERVER_OPTIONS: dict[str, Any] = {
+    # The caller's address is the socket's peer: the certificate route signs for it and the limiter counts
+    # by it, so no header may rename it (uvicorn trusts X-Forwarded-For from 127.0.0.1 by default).
+    "proxy_headers": False, "forwarded_allow_ips": "",
+    # Connections are bounded in number and in idle time; past the bound a request is answered 503.
+    "limit_concurrency": 1024, "timeout_keep_alive": 5, "h11_max_incomplete_event_size": 16 * 1024,
+}
+"""uvicorn's settings for the API server wherever it runs (`api serve`, the actor on an AWS head)."""
 MAX_BUCKETS = 10_000
 """Rate-limit buckets kept (the least recently used go first), so a flood of made-up keys cannot grow memory."""
 
@@ -90,6 +103,16 @@ class Limiter:
         while len(self._buckets) > MAX_BUCKETS:
             self._buckets.popitem(last=False)
         return wait
+
+
+async def _read_body(request: Request) -> bytearray | None:
+    """The body, or None past MAX_BODY_BYTES (whatever Content-Length said)."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            return None
+    return raw
 
 
 def error(status: int, kind: str, message: str, *, field: str | None = None, details: dict[str, str] | None = None,
@@ -165,11 +188,12 @@ def build_app(call: Call, *, jobs: Any = None, apps: Any = None, node_signer: No
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             return error(413, "TooLarge", f"a request body is at most {MAX_BODY_BYTES} bytes")
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_BODY_BYTES:
-                return error(413, "TooLarge", f"a request body is at most {MAX_BODY_BYTES} bytes")
+        try:
+            raw = await asyncio.wait_for(_read_body(request), BODY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return error(408, "Timeout", f"the request body did not arrive within {BODY_TIMEOUT_S:g}s")
+        if raw is None:
+            return error(413, "TooLarge", f"a request body is at most {MAX_BODY_BYTES} bytes")
         try:
             body = json.loads(raw or b"{}")
         except ValueError:

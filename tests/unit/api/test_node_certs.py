@@ -260,3 +260,47 @@ def test_tls_request_end_to_end_against_a_real_https_server_on_loopback(ca, tmp_
     finally:
         server.should_exit = server.force_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture()
+def served(ca, monkeypatch):
+    """The route behind a real uvicorn on loopback, with the settings the API server runs with."""
+    import uvicorn
+
+    from elasticml.api import server as api_server
+
+    monkeypatch.setattr(api_server, "BODY_TIMEOUT_S", 0.5)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(door, node_signer=NodeSigner(ca)), host="127.0.0.1", port=port,
+                                           log_level="warning", **api_server.SERVER_OPTIONS))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_forwarded_for_header_does_not_rename_the_peer_it_signs_for(served):
+    """From loopback, a header naming another node's address gets no certificate for that address."""
+    import httpx
+
+    url, _ = served
+    headers = {"Authorization": f"Bearer {AGENT}", "X-Forwarded-For": "10.9.9.9", "Forwarded": "for=10.9.9.9"}
+    _, csr = make_request("10.9.9.9")
+    reply = httpx.post(f"{url}/v1/nodes/certificate", json={"csr": csr}, headers=headers, timeout=10)
+    assert reply.status_code == 400 and "ip" in reply.json()["field"], reply.text
+    _, own = make_request("127.0.0.1")
+    assert httpx.post(f"{url}/v1/nodes/certificate", json={"csr": own}, headers=headers, timeout=10).status_code == 200
+
+
+def test_a_body_that_never_comes_is_answered_408_and_the_connection_closed(served):
+    _, port = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(("POST /v1/nodes/certificate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   f"Authorization: Bearer {AGENT}\r\nContent-Length: 100\r\n\r\n{{").encode())
+        reply = s.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 408"), reply[:200]
