@@ -3,9 +3,11 @@
 A worker group's pods select their pool by `karpenter.sh/capacity-type` and
 `karpenter.k8s.aws/instance-family` (`node_selector`); the pool allows the sizes of that family its
 pods fit on (`allocatable.pool_sizes`), so Karpenter may launch a larger size when the cheapest is
-short. Two taints keep pods off nodes that are not for them: the spot pools' (only pods that
-tolerate losing their node) and the GPU pools' `nvidia.com/gpu` (only pods that use GPUs, so a head
-never lands on a p5).
+short. Taints keep pods off nodes that are not for them: the GPU pools' `nvidia.com/gpu` (only pods
+that use GPUs, so a head never lands on a p5), and the CPU spot pools' capacity-type taint (only pods
+that tolerate losing their node). A GPU spot pool carries the GPU taint alone: the NVIDIA device
+plugin's DaemonSet tolerates that one and no other, and without it no node advertises its GPUs; the
+GPU taint already keeps every pod but GPU workers off, and those select their market.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def nodepool(d: ClusterDefinition, market: str, family: str, groups: list[NodeGr
         "expireAfter": EXPIRE_AFTER,
         "terminationGracePeriod": TERMINATION_GRACE,
     }
-    taints = ([SPOT_TAINT] if market == "spot" else []) + ([GPU_TAINT] if gpu else [])
+    taints = [GPU_TAINT] if gpu else [SPOT_TAINT] if market == "spot" else []
     if taints:
         spec["taints"] = [dict(t) for t in taints]
     return {
