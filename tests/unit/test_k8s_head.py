@@ -113,7 +113,10 @@ def test_the_heads_service_account_has_the_head_role_and_read_only_rbac(name):
         assert kinds[binding]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role,
                                              "name": kinds[role]["metadata"]["name"]}
     trust = json.loads((REPO / f"cluster_configs/aws/{name}-head-irsa-trust.json").read_text())
-    [st] = trust["Statement"]
+    # One trust for both heads (`update-assume-role-policy` replaces it whole): the `ray up` head's EC2 and
+    # the EKS head pods' ServiceAccount, nothing else.
+    ec2, st = trust["Statement"]
+    assert ec2["Action"] == "sts:AssumeRole" and ec2["Principal"] == {"Service": "ec2.amazonaws.com"}
     assert st["Action"] == "sts:AssumeRoleWithWebIdentity" and ":oidc-provider/oidc.eks." in st["Principal"]["Federated"]
     conditions = st["Condition"]["StringEquals"]
     assert sorted(v for k, v in conditions.items()) == sorted(
@@ -156,10 +159,11 @@ def test_the_network_policy_lets_only_the_platform_operator_prometheus_and_tenan
             assert ports == {8000}  # Serve's HTTP (the Ingress's ALB, KubeRay's proxy check); API keys guard it
             continue
         [peer] = rule["from"]
-        assert peer["namespaceSelector"] == {}
+        # The operator's and Prometheus's own namespaces: their label on a pod elsewhere admits nothing.
+        where = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
         who = peer["podSelector"]["matchLabels"]
-        assert (who, ports) in (({"app.kubernetes.io/name": "kuberay-operator"}, {8265, 52365}),
-                                ({"app.kubernetes.io/name": "prometheus"}, {8080}))
+        assert (who, ports, where) in (({"app.kubernetes.io/name": "kuberay-operator"}, {8265, 52365}, d.kuberay_namespace),
+                                       ({"app.kubernetes.io/name": "prometheus"}, {8080}, d.prometheus_namespace))
         assert 6379 not in ports and 10001 not in ports  # GCS and Ray Client: the platform's pods only
     # The API port from tenants' namespaces, as their own egress policy expects.
     [rule] = api["spec"]["ingress"]

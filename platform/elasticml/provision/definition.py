@@ -112,6 +112,10 @@ class ClusterDefinition:
     gpu_ami: str = "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id"
     """GPU nodes' AMI family: AWS's Deep Learning Base OSS Nvidia Driver GPU AMI on Ubuntu 24.04 (drivers,
     CUDA, Python 3.12), resolved likewise."""
+    kuberay_namespace: str = "kuberay-system"
+    """Where the KubeRay operator runs (it alone, of other namespaces, reaches the Ray dashboard's ports)."""
+    prometheus_namespace: str = "monitoring"
+    """Where the Prometheus that scrapes the PodMonitor runs (it alone, of other namespaces, reaches 8080)."""
     namespace: str = ""
     """The Kubernetes namespace of the platform's KubeRay manifests (default `elasticml-NAME`, so two
     definitions' clusters live side by side); tenants' clusters reach the API server's Service in it."""
@@ -121,9 +125,11 @@ class ClusterDefinition:
             admin_network(self.admin_cidr)
         if not self.namespace:
             object.__setattr__(self, "namespace", f"elasticml-{self.name}")
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.namespace):
-            raise ConfigError(f"must be a Kubernetes namespace (1-63 of a-z, 0-9 and '-'), got {self.namespace[:70]!r}",
-                              field="namespace")
+        for name in ("namespace", "kuberay_namespace", "prometheus_namespace"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+                raise ConfigError(f"must be a Kubernetes namespace (1-63 of a-z, 0-9 and '-'), got {str(value)[:70]!r}",
+                                  field=name)
 
         for tenant in self.tenants:
             if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?", tenant):

@@ -28,9 +28,9 @@ from elasticml.provision.definition import ClusterDefinition
 
 RBAC = "rbac.authorization.k8s.io"
 OPERATOR_PODS = {"app.kubernetes.io/name": "kuberay-operator"}
-"""The KubeRay operator's pods (its Helm chart's label), in whichever namespace it was installed."""
+"""The KubeRay operator's pods (its Helm chart's label), in the site's `kuberay_namespace`."""
 PROMETHEUS_PODS = {"app.kubernetes.io/name": "prometheus"}
-"""The Prometheus Operator's Prometheus pods (what scrapes the PodMonitor)."""
+"""The Prometheus Operator's Prometheus pods (what scrapes the PodMonitor), in the site's `prometheus_namespace`."""
 DASHBOARD, DASHBOARD_AGENT, METRICS, SERVE = 8265, 52365, 8080, 8000
 TENANT_LABEL = "elasticml.io/tenant"
 
@@ -53,10 +53,15 @@ part of `aws eks describe-cluster --name EKS --query cluster.identity.oidc.issue
 
 
 def irsa_trust(d: ClusterDefinition) -> dict[str, Any]:
-    """The head role's trust policy on EKS: only the head pods' ServiceAccount may assume it (with the
-    pod's projected token). Replace OIDC_PLACEHOLDER before `aws iam update-assume-role-policy`."""
+    """The head role's trust policy: EC2 (the `ray up` head's instance profile, which holds the same role)
+    and, on EKS, only the head pods' ServiceAccount (with the pod's projected token). One document for
+    both, since `aws iam update-assume-role-policy` replaces the whole trust: one that named only the
+    ServiceAccount would leave a `ray up` head without credentials once its current ones expired.
+    Replace OIDC_PLACEHOLDER before applying it."""
     issuer = f"oidc.eks.{d.region}.amazonaws.com/id/{OIDC_PLACEHOLDER}"
     return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "TheRayUpHead", "Effect": "Allow", "Action": "sts:AssumeRole",
+         "Principal": {"Service": "ec2.amazonaws.com"}},
         {"Sid": "TheHeadPodsServiceAccount", "Effect": "Allow", "Action": "sts:AssumeRoleWithWebIdentity",
          "Principal": {"Federated": f"arn:aws:iam::{d.account_id}:oidc-provider/{issuer}"},
          "Condition": {"StringEquals": {f"{issuer}:sub": f"system:serviceaccount:{d.namespace}:{service_account(d)}",
@@ -89,7 +94,9 @@ def network_policies(d: ClusterDefinition, *, raycluster: str, pod_labels: dict[
                      labels: dict[str, str]) -> list[dict[str, Any]]:
     """Ingress to the platform's Ray pods (`pod_labels`: every Ray pod of the namespace's clusters), and to
     the API server on `raycluster`'s head (see the module docstring). Egress is not limited."""
-    anywhere_ns: dict[str, Any] = {"namespaceSelector": {}}
+    def namespace(name: str) -> dict[str, Any]:  # a pod label alone would match in any namespace
+        return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
     ray = {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": f"elasticml-{d.name}-ray", "namespace": d.namespace, "labels": dict(labels)},
@@ -98,9 +105,9 @@ def network_policies(d: ClusterDefinition, *, raycluster: str, pod_labels: dict[
             "policyTypes": ["Ingress"],
             "ingress": [
                 {"from": [{"podSelector": {}}]},  # the platform's namespace: its own pods only
-                {"from": [{**anywhere_ns, "podSelector": {"matchLabels": dict(OPERATOR_PODS)}}],
+                {"from": [{**namespace(d.kuberay_namespace), "podSelector": {"matchLabels": dict(OPERATOR_PODS)}}],
                  "ports": _tcp(DASHBOARD, DASHBOARD_AGENT)},
-                {"from": [{**anywhere_ns, "podSelector": {"matchLabels": dict(PROMETHEUS_PODS)}}],
+                {"from": [{**namespace(d.prometheus_namespace), "podSelector": {"matchLabels": dict(PROMETHEUS_PODS)}}],
                  "ports": _tcp(METRICS)},
                 {"ports": _tcp(SERVE)},
             ],

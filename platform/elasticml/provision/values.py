@@ -87,6 +87,10 @@ class SiteValues:
     """REPOSITORY:TAG of the platform's image (built from the Dockerfile; `-cpu`/`-gpu` is appended)."""
     serve_certificate: str
     """The ACM certificate id (a UUID) the RayService's load balancer answers HTTPS with."""
+    kuberay_namespace: str = "kuberay-system"
+    """Where the KubeRay operator runs (EKS): the platform's NetworkPolicy admits it to the dashboard's ports."""
+    prometheus_namespace: str = "monitoring"
+    """Where the Prometheus that scrapes the PodMonitor runs (EKS): admitted to the metrics port."""
     clusters: dict[str, ClusterSite] = field(default_factory=dict)
     """Per definition name; a definition not listed cannot be rendered for the cloud."""
 
@@ -113,6 +117,7 @@ class SiteValues:
         site = self.clusters[d.name]
         return replace(d, account_id=self.account_id, admin_cidr=self.admin_cidr, bucket=self.bucket,
                        serve_certificate=self.serve_certificate, region=site.region, zones=site.zones,
+                       kuberay_namespace=self.kuberay_namespace, prometheus_namespace=self.prometheus_namespace,
                        subnets=site.subnets, security_groups=site.security_groups, tenants=site.tenants,
                        **image_parts(self.image))
 
