@@ -102,7 +102,7 @@ def test_the_map_itself():
         entrypoint.run(_raising(ZeroDivisionError()), [], prog="p")
 
 
-def test_elasticml_interrupted_exits_130(monkeypatch):
+def test_a_group_interrupted_exits_130():
     group = click.Group("g", commands={"stop": _raising(KeyboardInterrupt())})
     top = entrypoint.EntryGroup("top", commands={"g": group}, prog="top")
     assert CliRunner().invoke(top, ["g", "stop"]).exit_code == 130

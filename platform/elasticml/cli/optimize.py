@@ -27,6 +27,8 @@ def _shares(value: str, option: str) -> tuple[float, ...]:
         raise ConfigError(f"must be comma-separated numbers, got {value[:80]!r}", field=option) from None
 
 
+# These defaults are OptimizeConfig's, GateConfig's and DistillConfig's written out: reading them would
+# import torch on every `elasticml` call. tests/unit/test_entrypoints.py holds them equal.
 @click.command("optimize")
 @click.argument("checkpoint")
 @click.option("--eval-data", required=True, help="Held-out corpus (elasticml data build) the teacher did not train on.")

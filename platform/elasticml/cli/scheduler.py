@@ -16,7 +16,9 @@ from elasticml.cli.options import (
     read_yaml,
     scheduler_client,
 )
+from elasticml.entrypoint import default_of
 from elasticml.scheduler.identity import ROLES
+from elasticml.scheduler.settings import ControllerConfig
 
 
 @click.group()
@@ -51,8 +53,12 @@ def _echo_placement(p) -> None:  # type: ignore[no-untyped-def]
                    "~/ray_bootstrap_config.yaml].")
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SQLite ledger on the head [default: ~/.elasticml/scheduler/CLUSTER/ledger.sqlite].")
-@click.option("--tick-seconds", type=float, default=None, help="Controller period [default 10].")
-@click.option("--seconds-per-hour", type=float, default=None, help="Wall seconds per scheduler hour [default 3600].")
+@click.option("--tick-seconds", type=float, default=None,
+              help="Controller period [default: $ELASTICML_CONTROLLER_TICK_S, else "
+                   f"{default_of(ControllerConfig, 'tick_seconds'):g}].")
+@click.option("--seconds-per-hour", type=float, default=None,
+              help="Wall seconds per scheduler hour [default: $ELASTICML_SECONDS_PER_HOUR, else "
+                   f"{default_of(ControllerConfig, 'seconds_per_hour'):g}].")
 @click.option("--spot-market", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A replayed spot market's file (written by `cluster up --spot-trace`).")
 @click.option("--live-prices", "live_prices_s", type=float, default=None,
@@ -78,7 +84,6 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
 
     from elasticml.cluster import load_cluster_spec
     from elasticml.scheduler.client import SchedulerClient, running_cluster_config
-    from elasticml.scheduler.settings import ControllerConfig
 
     spec = load_cluster_spec(running_cluster_config(config_path))  # refuse a bad config before touching the cluster
     controller = ControllerConfig.from_env()
