@@ -16,54 +16,82 @@ the trials run on the pools it gave; a trial that loses its node is run again
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
+import click
+
+from elasticml.entrypoint import as_help, default_of, run
 from elasticml.errors import ConfigError, ElasticMLError
 from elasticml.home import default_storage_path
 from elasticml.train.config import TrainConfig
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--storage-path", default=str(default_storage_path()))
-    p.add_argument("--name", default="sweep")
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--lr-min", type=float, default=3e-4)
-    p.add_argument("--lr-max", type=float, default=1e-2)
-    p.add_argument("--lrs", help="comma-separated learning rates to try, in this order (a grid instead of "
-                   "--samples draws between --lr-min and --lr-max)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
-    p.add_argument("--concurrent", type=int, default=2)
-    p.add_argument("--market", help="without a tenant: where trials run (sweeps are low priority: spot by default)")
-    p.add_argument("--tenant", help="place the sweep through the cluster's scheduler, as this tenant")
-    p.add_argument("--priority", default="low", help="with --tenant: critical | high | normal | low | preemptible")
-    p.add_argument("--max-wait-s", type=float, default=3600.0, help="with --tenant: give up if not placed for this long")
-    p.add_argument("--trial-retries", type=int, default=2, help="times a failed trial is run again")
-    p.add_argument("--size", default="tiny")
-    args = p.parse_args(argv)
+@dataclass(kw_only=True, frozen=True)
+class Sweep:
+    """The sweep's flags, as they arrive."""
+
+    data: str
+    storage_path: str
+    name: str = "sweep"
+    samples: int = 8
+    steps: int = 60
+    lr_min: float = 3e-4
+    lr_max: float = 1e-2
+    lrs: str | None = None
+    workers: int = 1
+    concurrent: int = 2
+    market: str | None = None
+    tenant: str | None = None
+    priority: str = "low"
+    max_wait_s: float = 3600.0
+    trial_retries: int = 2
+    size: str = default_of(TrainConfig, "model_size")
+
+
+def _default(name: str) -> dict[str, Any]:
+    return {"default": default_of(Sweep, name), "show_default": True}
+
+
+@click.command("tune.py", help=as_help(__doc__))
+@click.option("--data", required=True, help="Corpus folder or s3:// prefix (`elasticml data build`).")
+@click.option("--storage-path", default=str(default_storage_path()), show_default="$ELASTICML_HOME/runs",
+              help="Where the trials' runs and Tune's state go, local or s3://.")
+@click.option("--name", **_default("name"), help="The sweep's name (its folder, its workload).")
+@click.option("--samples", type=int, **_default("samples"), help="Learning rates drawn between --lr-min and --lr-max.")
+@click.option("--steps", type=int, **_default("steps"), help="Steps per trial (ASHA's max_t).")
+@click.option("--lr-min", type=float, **_default("lr_min"), help="Smallest learning rate drawn.")
+@click.option("--lr-max", type=float, **_default("lr_max"), help="Largest learning rate drawn.")
+@click.option("--lrs", help="Comma-separated learning rates to try, in this order (a grid instead of "
+              "--samples draws between --lr-min and --lr-max).")
+@click.option("--workers", type=int, **_default("workers"), help="Ray Train workers per trial.")
+@click.option("--concurrent", type=int, **_default("concurrent"), help="Trials running at once.")
+@click.option("--market", help="Without a tenant: where trials run (sweeps are low priority: spot by default).")
+@click.option("--tenant", help="Place the sweep through the cluster's scheduler, as this tenant.")
+@click.option("--priority", **_default("priority"), help="With --tenant: critical | high | normal | low | preemptible.")
+@click.option("--max-wait-s", type=float, **_default("max_wait_s"),
+              help="With --tenant: give up if not placed for this long.")
+@click.option("--trial-retries", type=int, **_default("trial_retries"), help="Times a failed trial is run again.")
+@click.option("--size", **_default("size"), help="Reference transformer of every trial: tiny | small | 125m | ...")
+def command(**flags: Any) -> int:
+    args = Sweep(**flags)
+    base = TrainConfig(data=args.data, storage_path=args.storage_path, run_name=args.name, model_size=args.size,
+                       steps=args.steps, num_workers=args.workers, global_batch=4 * args.workers,
+                       market=args.market or "spot", report_every=max(1, args.steps // 6), max_failures=1)
+    if args.samples < 1 or not 0 < args.lr_min <= args.lr_max:
+        raise ElasticMLError("need --samples >= 1 and 0 < --lr-min <= --lr-max")
+    if args.trial_retries < 0:
+        raise ElasticMLError(f"--trial-retries must be >= 0, got {args.trial_retries}")
     try:
-        base = TrainConfig(data=args.data, storage_path=args.storage_path, run_name=args.name, model_size=args.size,
-                           steps=args.steps, num_workers=args.workers, global_batch=4 * args.workers,
-                           market=args.market or "spot", report_every=max(1, args.steps // 6), max_failures=1)
-        if args.samples < 1 or not 0 < args.lr_min <= args.lr_max:
-            raise ElasticMLError("need --samples >= 1 and 0 < --lr-min <= --lr-max")
-        if args.trial_retries < 0:
-            raise ElasticMLError(f"--trial-retries must be >= 0, got {args.trial_retries}")
-        try:
-            grid = [float(x) for x in args.lrs.split(",")] if args.lrs else None
-        except ValueError:
-            raise ElasticMLError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
-        if grid is not None and not all(lr > 0 for lr in grid):
-            raise ElasticMLError(f"--lrs must all be > 0, got {args.lrs!r}")
-    except ElasticMLError as exc:
-        print(f"tune.py: error: {exc}", file=sys.stderr)
-        return 2
+        grid = [float(x) for x in args.lrs.split(",")] if args.lrs else None
+    except ValueError:
+        raise ElasticMLError(f"--lrs must be comma-separated numbers, got {args.lrs!r}") from None
+    if grid is not None and not all(lr > 0 for lr in grid):
+        raise ElasticMLError(f"--lrs must all be > 0, got {args.lrs!r}")
 
     import ray
 
@@ -86,8 +114,7 @@ def main(argv: list[str]) -> int:
         if sched is not None:
             sched.finish(args.name)
         print(json.dumps({"event": "tune_refused", "error": str(exc)[:500]}), flush=True)
-        print(f"tune.py: error: {exc}", file=sys.stderr)
-        return 2
+        raise
     try:
         return sweep(base, args, grid)
     finally:
@@ -95,12 +122,15 @@ def main(argv: list[str]) -> int:
             sched.finish(args.name)
 
 
-def placed_sweep(base: TrainConfig, args: argparse.Namespace, tenant: str) -> tuple[object, TrainConfig]:
+def main(argv: list[str] | None = None) -> int:
+    return run(command, argv, prog="tune.py")
+
+
+def placed_sweep(base: TrainConfig, args: Sweep, tenant: str) -> tuple[object, TrainConfig]:
     """Residency first, then the scheduler's placement; the trials' config pinned to the pools given."""
     import dataclasses
 
     import ray
-
     from elasticml.errors import SchedulerError
     from elasticml.scheduler.client import SchedulerClient
     from elasticml.scheduler.spec import WorkloadSpec
@@ -122,14 +152,12 @@ def placed_sweep(base: TrainConfig, args: argparse.Namespace, tenant: str) -> tu
     return sched, dataclasses.replace(base, market="any", node_type=",".join(placement.node_types))
 
 
-def sweep(base: TrainConfig, args: argparse.Namespace, grid: list[float] | None) -> int:
+def sweep(base: TrainConfig, args: Sweep, grid: list[float] | None) -> int:
+    from elasticml.storage import installed_credentials
+    from elasticml.train.launch import fit
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.tune.schedulers import ASHAScheduler
-
-    from elasticml.train.launch import fit
-
-    from elasticml.storage import installed_credentials
 
     s3_credentials = installed_credentials()  # a tenant's, where its prefix is out of the node role's reach
 
@@ -181,4 +209,4 @@ def sweep(base: TrainConfig, args: argparse.Namespace, grid: list[float] | None)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

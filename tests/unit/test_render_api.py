@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from elasticml.cli import scheduler_start
-from elasticml.api.cli import serve as api_serve
+from elasticml.cli.api import serve as api_serve
 from elasticml.errors import ConfigError
 from elasticml.provision import tls
 from elasticml.provision.definition import CLUSTERS
@@ -325,7 +325,7 @@ def test_a_tenants_pods_call_the_platforms_api_server_with_the_tenants_credentia
         assert volumes["credential-secret"]["secret"]["secretName"] == "tenant-research-credential"
         assert env["ELASTICML_CA_CERT"] == f"{mounts['api-ca']}/ca.crt" and volumes["api-ca"]["configMap"]
     # What the CLI and SchedulerClient build from that environment: the API server over HTTPS, trusting the CA.
-    from elasticml.api.cli import configured_client
+    from elasticml.api.login import configured_client
     from elasticml.api.transport import HttpTransport
 
     ca = tmp_path / "ca"

@@ -306,12 +306,16 @@ def test_the_repository_ships_yaml_to_check():
 def test_every_shipped_yaml_loads_strictly_the_same_as_before_and_validates(path):
     from elasticml.cluster.config import load_cluster_spec
     from elasticml.provision.kuberay_rules import CRD_FILES, validate_manifest
+    from elasticml.provision.values import load_values
+    from elasticml.repo import SITE_VALUES_EXAMPLE, cluster_yamls
     from elasticml.serve.release import read_base
 
     docs = load_yaml_documents(path, source=str(path), agree_with_yaml11=True)
     assert docs == list(yaml.safe_load_all(path.read_text()))  # the same values under YAML 1.1 and 1.2
-    if path.parent == REPO / "cluster_configs":
+    if path in cluster_yamls():
         load_cluster_spec(path)
+    elif path == SITE_VALUES_EXAMPLE:
+        load_values(path)
     for doc in docs:
         if (doc.get("apiVersion"), doc.get("kind")) in CRD_FILES:
             validate_manifest(doc)  # with its serveConfigV2 / runtimeEnvYAML through the loader

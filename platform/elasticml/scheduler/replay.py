@@ -23,15 +23,19 @@ an on-demand (or reserved) hour K. Hours are trace hours.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
+
+from elasticml import entrypoint
+from elasticml.entrypoint import FINITE, as_help, default_of
 from elasticml.errors import ConfigError, ElasticMLError
 from elasticml.scheduler.deadline import NONE, OD, SPOT, JobParams
 from elasticml.scheduler.policies import DEFAULT_POLICY, POLICIES
@@ -41,31 +45,53 @@ MIN_TICK_SECONDS = 2.0
 """A trace tick must last this long on the wall clock, so the controller (1 s) sees every one."""
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
+@dataclass(kw_only=True, frozen=True)
+class ReplayArgs:
+    """What to replay, as the flags give it; `check` refuses what cannot be replayed."""
+
+    trace: Path
+    job_hours: float
+    deadline_hours: float
+    restart_hours: float
+    price_ratio: float
+    seconds_per_hour: float
+    start_hour: float = 0.0
+    policy: str = DEFAULT_POLICY
+    step_seconds: float = 0.25
+    name: str = "replay"
+    data: Path | None = None
+    as_json: bool = False
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m elasticml.scheduler.replay", description=__doc__.splitlines()[0])
-    p.add_argument("--trace", required=True, type=Path)
-    p.add_argument("--start-hour", type=_finite, default=0.0)
-    p.add_argument("--job-hours", type=_finite, required=True)
-    p.add_argument("--deadline-hours", type=_finite, required=True)
-    p.add_argument("--restart-hours", type=_finite, required=True)
-    p.add_argument("--price-ratio", type=_finite, required=True)
-    p.add_argument("--seconds-per-hour", type=_finite, required=True, help="wall seconds per trace hour")
-    p.add_argument("--policy", default=DEFAULT_POLICY, help=f"one of {', '.join(POLICIES)}")
-    p.add_argument("--step-seconds", type=_finite, default=0.25, help="the pace of a training step")
-    p.add_argument("--name", default="replay", help="local cluster name (used if up with this market, else started)")
-    p.add_argument("--data", type=Path, help="corpus folder [default: a small one built for the replay]")
-    p.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
-    return p.parse_args(argv)
+def _default(name: str) -> dict[str, Any]:
+    return {"default": default_of(ReplayArgs, name), "show_default": True}
 
 
-def check(args: argparse.Namespace) -> tuple[list[bool], float, JobParams]:
+@click.command("replay", help=as_help(__doc__))
+@click.option("--trace", required=True, type=click.Path(path_type=Path),
+              help='Trace JSON: {"metadata": {"gap_seconds": G}, "data": [0/1, ...]}, 0 = spot available.')
+@click.option("--start-hour", type=FINITE, **_default("start_hour"), help="Trace hour the replay starts at.")
+@click.option("--job-hours", type=FINITE, required=True, help="Hours of work the job needs.")
+@click.option("--deadline-hours", type=FINITE, required=True, help="Hours after the start it must be done by.")
+@click.option("--restart-hours", type=FINITE, required=True, help="What each start costs the job, in hours.")
+@click.option("--price-ratio", type=FINITE, required=True, help="On-demand price per hour / spot price per hour.")
+@click.option("--seconds-per-hour", type=FINITE, required=True, help="Wall seconds per trace hour.")
+@click.option("--policy", **_default("policy"), help=f"One of {', '.join(POLICIES)}.")
+@click.option("--step-seconds", type=FINITE, **_default("step_seconds"), help="The pace of a training step.")
+@click.option("--name", **_default("name"), help="Local cluster name (used if up with this market, else started).")
+@click.option("--data", type=click.Path(path_type=Path), help="Corpus folder [default: a small one built for the replay].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output too).")
+def command(**flags: Any) -> int:
+    print(json.dumps(run(ReplayArgs(**flags))))
+    return 0
+
+
+def parse(argv: list[str]) -> ReplayArgs:
+    """The flags as ReplayArgs, without running anything (click's usage errors raised as they are)."""
+    return ReplayArgs(**command.make_context("replay", list(argv)).params)
+
+
+def check(args: ReplayArgs) -> tuple[list[bool], float, JobParams]:
     """Everything refused before a cluster starts: the trace, the numbers, whether the deadline can be met."""
     from elasticml.scheduler.traces import load_trace
 
@@ -99,7 +125,7 @@ def _summarise(decisions: list[str]) -> dict[str, int]:
     return {"restarts": max(0, launches - 1), "moves": moves}
 
 
-def simulated(args: argparse.Namespace, availability: list[bool], gap_h: float, params: JobParams) -> dict[str, Any]:
+def simulated(args: ReplayArgs, availability: list[bool], gap_h: float, params: JobParams) -> dict[str, Any]:
     from elasticml.scheduler.deadline import simulate
 
     skip = math.floor(args.start_hour / gap_h + 1e-9)
@@ -148,7 +174,7 @@ def _steps_lost(logs: str) -> int:
     return lost
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: ReplayArgs) -> dict[str, Any]:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from elasticml.cluster import LocalCluster, load_cluster_spec
@@ -240,14 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # A stop (Ctrl-C, SIGTERM) still takes down the cluster this command started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    args = parse(argv)
-    try:
-        result = run(args)
-    except ElasticMLError as exc:
-        print(f"replay: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    return 0
+    return entrypoint.run(command, argv, prog="replay")
 
 
 if __name__ == "__main__":

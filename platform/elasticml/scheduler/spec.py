@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 from elasticml.dataconf import check_number, check_text, from_mapping, shown
 from elasticml.errors import ConfigError
 from elasticml.scheduler.capacity import Allocation
+from elasticml.scheduler.policies import DEFAULT_POLICY
 
 MAX_NAME = 63
 """Workload and tenant names: a DNS label's length, so they fit Ray, Kubernetes and metric labels."""
@@ -78,7 +79,7 @@ class WorkloadSpec:
     budget: float | None = None
     """Dollars this workload may cost at its expected duration; None = no limit of its own."""
 
-    spot_policy: str = "stochastic-dp"
+    spot_policy: str = DEFAULT_POLICY
     """The deadline policy the controller runs for checkpointable work with a deadline (see `policies.NAMES`)."""
 
     def __post_init__(self) -> None:

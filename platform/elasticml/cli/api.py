@@ -1,52 +1,23 @@
-"""`elasticml api serve` and `elasticml login`: the API server, and a tenant's way to it.
+"""`elasticml login`, `api serve`, `jobs` and `apps`: the API server, and a tenant's way to it.
 
-After `elasticml login --endpoint URL --credential FILE` (or with $ELASTICML_ENDPOINT and
-$ELASTICML_CREDENTIAL_PATH, or `elasticml --endpoint URL ...`), the scheduler commands of the
-CLI go to that server with that credential, with no Ray connection and no Ray token.
+`login` remembers the server and credential (elasticml.api.login reads them back); `jobs` and `apps`
+go through that server with the tenant's credential, never a Ray token.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
+from elasticml.api.login import CA_ENV, configured_client, login_file
 from elasticml.api.transport import ENDPOINT_ENV, HttpTransport
 from elasticml.atomic import write_atomic
+from elasticml.entrypoint import default_of
 from elasticml.errors import ConfigError
-from elasticml.home import home
 from elasticml.scheduler.identity import CREDENTIAL_ENV
-
-
-CA_ENV = "ELASTICML_CA_CERT"
-
-
-def login_file() -> Path:
-    return home() / "login.json"
-
-
-def configured_client():  # type: ignore[no-untyped-def]
-    """A SchedulerClient over HTTP when an endpoint is configured (flag/env, then the login file), else None."""
-    from elasticml.scheduler.client import SchedulerClient
-
-    endpoint, credential = os.environ.get(ENDPOINT_ENV), os.environ.get(CREDENTIAL_ENV)
-    ca_cert = os.environ.get(CA_ENV)
-    if not endpoint and login_file().is_file():
-        try:
-            saved = json.loads(login_file().read_text())
-        except ValueError:
-            raise ConfigError(f"{login_file()} is not the JSON `elasticml login` writes: run it again") from None
-        endpoint, credential = saved.get("endpoint"), credential or saved.get("credential")
-        ca_cert = ca_cert or saved.get("ca_cert")
-    if not endpoint:
-        return None
-    if not credential:
-        raise ConfigError(f"an endpoint needs a credential file: `elasticml login` or ${CREDENTIAL_ENV}",
-                          field="credential")
-    # A server beyond loopback speaks HTTPS with a certificate from the cluster's CA: $ELASTICML_CA_CERT names it.
-    return SchedulerClient(HttpTransport(str(endpoint), str(credential), verify=ca_cert or True))
+from elasticml.scheduler.spec import WorkloadSpec
 
 
 @click.command("login")
@@ -73,11 +44,14 @@ def api() -> None:
 
 
 @api.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Where to listen; beyond loopback only with --tls-cert and --tls-key (HTTPS).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True, help="Port to listen on.")
 @click.option("--address", default=None, help="The Ray cluster's GCS address [default: $RAY_ADDRESS].")
-@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
-@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None)
+@click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="The server's certificate (PEM), e.g. the node's Ray TLS certificate from the cluster's CA.")
+@click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="Its private key (PEM).")
 @click.option("--jobs", "with_jobs", is_flag=True,
               help="Also serve tenants' training jobs and Serve apps (/v1/jobs/*, /v1/apps/*), as the server on the "
                    "head does: only where this process shares the head's ELASTICML_HOME (on the head, or in a "
@@ -117,7 +91,7 @@ def jobs() -> None:
 @click.argument("config_file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--priority", default=None, help="critical | high | normal | low | preemptible, up to your ceiling "
               "[default: normal for a training job, low for a sweep].")
-@click.option("--expected-hours", type=float, default=1.0, show_default=True, help="How long the job should take.")
+@click.option("--expected-hours", type=float, default=default_of(WorkloadSpec, "expected_hours"), show_default=True, help="How long the job should take.")
 @click.option("--deadline-hours", type=float, default=None, help="Finish within this many hours (the scheduler "
               "then weighs spot against the deadline).")
 @click.option("--kind", type=click.Choice(["train", "tune"]), default="train", show_default=True,
@@ -139,23 +113,27 @@ def jobs_submit(config_file: Path, priority: str | None, expected_hours: float, 
 @jobs.command("status")
 @click.argument("submission_id")
 def jobs_status(submission_id: str) -> None:
+    """The status of your job SUBMISSION_ID (`jobs submit` printed it), as JSON."""
     click.echo(json.dumps(_jobs_transport().post("jobs/status", {"submission_id": submission_id})))
 
 
 @jobs.command("logs")
 @click.argument("submission_id")
 def jobs_logs(submission_id: str) -> None:
+    """The logs of your job SUBMISSION_ID so far (the last part of a long log, secrets redacted)."""
     click.echo(_jobs_transport().post("jobs/logs", {"submission_id": submission_id})["logs"], nl=False)
 
 
 @jobs.command("stop")
 @click.argument("submission_id")
 def jobs_stop(submission_id: str) -> None:
+    """Stop your job SUBMISSION_ID."""
     click.echo(json.dumps(_jobs_transport().post("jobs/stop", {"submission_id": submission_id})))
 
 
 @jobs.command("list")
 def jobs_list() -> None:
+    """Your jobs and their statuses, as JSON."""
     click.echo(json.dumps(_jobs_transport().post("jobs/list", {})))
 
 
