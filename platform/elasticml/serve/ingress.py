@@ -22,7 +22,7 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,6 +37,9 @@ from elasticml.serve.api import (
     ScoreResponse,
 )
 from elasticml.serve.auth import KeyRing
+
+if TYPE_CHECKING:
+    from elasticml.serve.config import ServeConfig
 
 DEFAULT_BODY_LIMIT = 65536
 UNAUTHORIZED = "missing or unknown API key: send Authorization: Bearer <key> or X-API-Key: <key>"
@@ -89,9 +92,14 @@ class Gate:
 
     keys: KeyRing
     body_limit: int = DEFAULT_BODY_LIMIT
+    """Bytes a request body may have, declared or counted; more get 413."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.body_limit, bool) or not isinstance(self.body_limit, int) or self.body_limit < 1:
+            raise ValueError(f"body_limit must be a positive number of bytes, got {self.body_limit!r}")
 
     @classmethod
-    def of(cls, config: Any) -> "Gate":
+    def of(cls, config: "ServeConfig") -> "Gate":
         """The gate a ServeConfig describes (its digests, already read from any key file, and its limit)."""
         return cls(keys=KeyRing(config.api_keys), body_limit=config.max_body_bytes)
 
