@@ -211,6 +211,8 @@ def test_the_router_weighs_a_burst_pool_by_the_replicas_it_runs(monkeypatch):
     import asyncio
 
     from elasticml.serve import autoscale
+    from elasticml.serve.auth import KeyRing
+    from elasticml.serve.ingress import Gate
     from elasticml.serve.pools import PoolRouter
 
     running = {"n": 0}
@@ -219,7 +221,7 @@ def test_the_router_weighs_a_burst_pool_by_the_replicas_it_runs(monkeypatch):
               "burst": False},
              {"node_type": "cpu_spot", "market": "spot", "replicas": 3, "deployment": "w-pool-cpu_spot", "burst": True}]
     plain = PoolRouter.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
-    router = plain(pools, [None, None], {}, "w")
+    router = plain(pools, [None, None], Gate(keys=KeyRing({})), "w")
     assert [p["weight"] for p in router.pools] == [1, 0]  # nothing runs on spot yet
     running["n"] = 2
     asyncio.run(router._weigh())

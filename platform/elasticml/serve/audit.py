@@ -37,7 +37,7 @@ def keyring_fingerprint(api_keys: dict[str, str]) -> str:
 def deployment_record(cfg: ServeConfig, allocations: list[Allocation], meta: dict[str, Any] | None) -> str:
     """The `why` of a deploy event: what runs, from which checkpoint, for whom."""
     where = ", ".join(f"{a.workers} on {a.node_type} ({a.market})" for a in allocations) or (
-        f"market {cfg.market}" + (f", {cfg.num_replicas} replica(s)" if not cfg.autoscaling_config() else
+        f"market {cfg.market}" + (f", {cfg.num_replicas} replica(s)" if cfg.preset == "fixed" else
                                   f", autoscaling {cfg.preset}"))
     parts = [f"checkpoint {cfg.checkpoint[:300]}"]
     if meta is not None:

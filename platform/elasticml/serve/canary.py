@@ -20,7 +20,6 @@ from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from fastapi import Header
 from ray import serve
 from ray.serve import Application
 
@@ -31,17 +30,14 @@ from elasticml.home import home
 from elasticml.serve.api import (
     CompletionRequest,
     CompletionResponse,
-    HotRoute,
-    Ingress,
     ScoreRequest,
     ScoreResponse,
     answer_or_raise,
-    authenticate,
-    new_api,
 )
+from elasticml.serve.auth import KeyRing
 from elasticml.serve.config import ServeConfig
+from elasticml.serve.ingress import Gate, Ingress, Route
 
-canary_api = new_api("elasticml completion (canary release)")
 log = logging.getLogger("elasticml.serve.canary")
 
 
@@ -109,34 +105,33 @@ ROUTER_VERSION = "canary-router-1"
 
 
 @serve.deployment(max_ongoing_requests=256)
-@serve.ingress(canary_api)
+@serve.ingress()
 class CanaryRouter:
     """The ingress of a released app: `stable` and, during a release, `canary` are model versions
     (ModelBackend deployments of this app, named by what they serve), found by name."""
 
-    def __init__(self, *versions: Any) -> None:
-        from elasticml.serve.auth import KeyRing
+    ROUTES = (Route(method="GET", path="/v1/canary", handler="status"),
+              Route(method="POST", path="/v1/canary/evaluate", handler="evaluate"))
 
+    def __init__(self, *versions: Any) -> None:
         # `versions` are bound only so that Serve deploys them; a reconfigured replica outlives them.
         del versions
-        self.keys = KeyRing({})
+        # Replaced by the first `reconfigure`, which Serve runs before the replica takes any request.
+        self.gate = Gate(keys=KeyRing({}))
         self.release: dict[str, Any] = {}
         self.handles: dict[str, Any] = {}
-        self._ingress: Ingress | None = None
         self._judging = asyncio.Lock()
         self.canary_cfg: CanaryConfig | None = None
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        from elasticml.serve.auth import KeyRing
-
+        # Checked again here, unlike a model replica's typed config: Serve carries `user_config` as JSON,
+        # and a deploy file may override it.
         self.cfg = ServeConfig.from_dict(config["serve_config"])
         self.canary_cfg = CanaryConfig(**config["canary_config"]) if config["canary_config"] else None
         app = serve.get_replica_context().app_name
         names = {"stable": config["stable"], **({"canary": config["canary"]} if self.canary_cfg else {})}
         self.handles = {v: serve.get_deployment_handle(n, app_name=app) for v, n in names.items()}
-        self.keys = KeyRing(self.cfg.api_keys)
-        if self._ingress is not None:
-            self._ingress.keys, self._ingress.body_limit = self.keys, self.cfg.max_body_bytes
+        self.gate = Gate.of(self.cfg)  # whole, so that no request sees new keys with the old limit
         release = {"stable": self.cfg.checkpoint}
         if self.canary_cfg is not None:
             release["canary"] = self.canary_cfg.canary_checkpoint
@@ -182,20 +177,8 @@ class CanaryRouter:
             "held_out_nll_per_byte": self.last_scores, "decided_at": time.time()}, indent=2))
 
     def __serve_build_asgi_app__(self) -> Ingress:
-        """Serve calls this once the replica exists; `self.app` is the FastAPI app `@serve.ingress` bound."""
-
-        async def score(request: ScoreRequest, tenant: str | None) -> Any:
-            return await self._score(request)
-
-        self._ingress = Ingress(self.app, keys=self.keys,  # type: ignore[attr-defined]
-                                hot={("POST", "/v1/completions"): HotRoute(CompletionRequest, self._complete),
-                                     ("POST", "/v1/score"): HotRoute(ScoreRequest, score)})
-        if hasattr(self, "cfg"):
-            self._ingress.body_limit = self.cfg.max_body_bytes
-        return self._ingress
-
-    def _auth(self, authorization: str | None, x_api_key: str | None) -> str | None:
-        return authenticate(self.keys, authorization, x_api_key)
+        """Serve calls this once the replica exists."""
+        return Ingress(self, title="elasticml completion (canary release)", routes=self.ROUTES)
 
     def _pick(self) -> str:
         return "canary" if random.random() < self.share else "stable"
@@ -204,12 +187,7 @@ class CanaryRouter:
         """A backend's answer; its refusal (a 4xx, a 504) goes to the client with the same status."""
         return answer_or_raise(await getattr(self.handles[version], method).remote(request, *args))
 
-    @canary_api.post("/v1/completions", response_model=CompletionResponse)
-    async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
-                       x_api_key: str | None = Header(None)) -> Any:
-        return await self._complete(request, self._auth(authorization, x_api_key))
-
-    async def _complete(self, request: CompletionRequest, tenant: str | None) -> CompletionResponse:
+    async def complete(self, request: CompletionRequest, tenant: str | None) -> CompletionResponse:
         version = self._pick()
         t0 = time.perf_counter()
         reply = await self._call(version, "complete", request, tenant)
@@ -221,18 +199,10 @@ class CanaryRouter:
             asyncio.get_running_loop().create_task(self.evaluate_now())
         return reply.model_copy(update={"model_version": version})
 
-    @canary_api.post("/v1/score", response_model=ScoreResponse)
-    async def score(self, request: ScoreRequest, authorization: str | None = Header(None),
-                    x_api_key: str | None = Header(None)) -> Any:
-        self._auth(authorization, x_api_key)
-        return await self._score(request)
-
-    async def _score(self, request: ScoreRequest) -> ScoreResponse:
+    async def score(self, request: ScoreRequest, tenant: str | None) -> ScoreResponse:
         return await self._call(self._pick(), "score", request)
 
-    @canary_api.get("/v1/canary")
-    def status(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
-        self._auth(authorization, x_api_key)
+    def status(self, tenant: str | None) -> dict:
         return {**self.verdict(), "verdict_uri": self.verdict_uri}
 
     def verdict(self) -> dict:
@@ -252,11 +222,9 @@ class CanaryRouter:
         await self.evaluate_now()
         return self.verdict()
 
-    @canary_api.post("/v1/canary/evaluate")
-    async def evaluate(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
-        self._auth(authorization, x_api_key)
+    async def evaluate(self, tenant: str | None) -> dict:
         await self.evaluate_now()
-        return self.status(authorization, x_api_key)
+        return self.status(tenant)
 
     async def _held_out_nll(self, version: str, texts: list[str]) -> float:
         total, n = 0.0, 0
@@ -323,7 +291,11 @@ def build_release_app(args: dict[str, Any]) -> Application:
     release. Without `canary_checkpoint` the app is its stable version alone behind the router, the
     shape `elasticml release` keeps an app in between releases."""
     from elasticml.serve.audit import scheduler_or_none
-    from elasticml.serve.completion import build_deployment, tenant_share_of, tenant_storage
+    from elasticml.serve.completion import (
+        build_deployment,
+        tenant_share_of,
+        tenant_storage,
+    )
     from elasticml.train.checkpoint import resolve_checkpoint
 
     canary_keys = set(CanaryConfig.__dataclass_fields__)

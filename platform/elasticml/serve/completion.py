@@ -15,7 +15,7 @@ requests are answered from a per-tenant LRU cache; bodies over `max_body_bytes` 
 `api_keys` set, /v1/* need a tenant's key (401 before the body is read). A tenant
 holding its share of the replica gets 429 at once; backpressure beyond that
 (`max_queued_requests` -> 429 + Retry-After) is Serve's own, configured in `build_app`.
-The hot endpoints skip FastAPI's per-request work (`elasticml.serve.api.Ingress`).
+Routes, keys and the body limit are the ingress's (`elasticml.serve.ingress`), as on the routers.
 
 It lives in the package (not in serve_apps/) so that a replica on any node
 imports it from the installed package; `serve_apps/completion.py` exposes the
@@ -31,7 +31,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Header, HTTPException
+from fastapi import HTTPException
 from ray import serve
 from ray.serve import Application
 
@@ -39,17 +39,14 @@ from elasticml import labels as L
 from elasticml.serve.api import (
     CompletionRequest,
     CompletionResponse,
-    HotRoute,
-    Ingress,
     Refusal,
     ScoreRequest,
     ScoreResponse,
-    authenticate,
-    new_api,
     refusal_for,
 )
 from elasticml.serve.batching import Batcher
 from elasticml.serve.config import ServeConfig
+from elasticml.serve.ingress import HEALTHZ, Gate, Ingress, Route
 from elasticml.train.checkpoint import resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -57,30 +54,29 @@ if TYPE_CHECKING:
     from elasticml.scheduler.client import SchedulerClient
 
 log = logging.getLogger("elasticml.serve")
-api = new_api("elasticml completion")
 
 
 class CompletionService:
-    """What a replica does, apart from HTTP: the model, batching, cache, keys and stats.
+    """What a replica does, apart from HTTP: the model, batching, cache, per-tenant shares and stats.
 
-    `Completer` puts it behind FastAPI routes (an app's HTTP ingress); `ModelBackend` is the same
-    service reachable only through deployment handles (the versions behind a canary router).
+    `Completer` puts it behind the app's HTTP ingress; `ModelBackend` is the same service reachable
+    only through deployment handles (the pools and versions behind a router).
     """
 
-    def __init__(self, config: dict[str, Any], s3_credentials: list | None = None) -> None:
-        """`s3_credentials`: a tenant's, where the cluster confines its checkpoints to its prefix
+    def __init__(self, config: ServeConfig, s3_credentials: list | None = None) -> None:
+        """`config`: validated once, where the app was built (Ray pickles it to the replica as it is).
+        `s3_credentials`: a tenant's, where the cluster confines its checkpoints to its prefix
         (scheduler/tenant_storage.py); they arrive in the replica's constructor arguments."""
         import ray
         import torch
 
-        from elasticml.serve.auth import KeyRing
-        from elasticml.storage import use_credentials
         from elasticml.serve.cache import ResponseCache
         from elasticml.serve.metrics import ServeMetrics
         from elasticml.serve.precision import prepare
+        from elasticml.storage import use_credentials
         from elasticml.train.checkpoint import load_model
 
-        self.cfg = ServeConfig.from_dict(config)
+        self.cfg = config
         if s3_credentials:
             use_credentials(s3_credentials)
         torch.set_num_threads(max(1, int(self.cfg.num_cpus)))
@@ -88,7 +84,6 @@ class CompletionService:
         self.context = model.config.max_seq_len
         self.model = prepare(model, device=self.cfg.device, precision=self.cfg.resolved_precision)
         self.cache: ResponseCache[tuple[str, int]] = ResponseCache(self.cfg.cache_size)  # (text, bytes generated)
-        self.keys = KeyRing(self.cfg.api_keys)
         share = tenant_share_of(self.cfg)
         self.tenant_slots = max(self.cfg.max_batch_size, int(self.cfg.max_ongoing_requests * share))
         """Requests one tenant may have in this replica at once (never fewer than a full batch)."""
@@ -105,9 +100,6 @@ class CompletionService:
                                wait_s=self.cfg.batch_wait_ms / 1000)
         self._metrics = ServeMetrics()
         self.node_labels = dict(ray.get_runtime_context().get_node_labels())  # a replica never moves
-
-    def tenant(self, authorization: str | None, x_api_key: str | None) -> str | None:
-        return authenticate(self.keys, authorization, x_api_key)
 
     async def _generate(self, prompts: list) -> list[bytes]:
         from elasticml.serve.generate import generate_batch
@@ -243,7 +235,7 @@ class CompletionService:
 class ModelBackend:
     """A model version reachable only through handles (keys are checked by whoever holds the handle)."""
 
-    def __init__(self, config: dict[str, Any], s3_credentials: list | None = None) -> None:
+    def __init__(self, config: ServeConfig, s3_credentials: list | None = None) -> None:
         self.service = CompletionService(config, s3_credentials)
 
     async def complete(self, request: CompletionRequest, tenant: str | None = None) -> "CompletionResponse | Refusal":
@@ -255,53 +247,44 @@ class ModelBackend:
 
 
 @serve.deployment(max_ongoing_requests=32)
-@serve.ingress(api)
+@serve.ingress()
 class Completer:
-    def __init__(self, config: dict[str, Any], s3_credentials: list | None = None) -> None:
+    """The app's HTTP ingress when it serves one model version itself: the shared routes and its own."""
+
+    ROUTES = (HEALTHZ, Route(method="GET", path="/v1/health", handler="health"),
+              Route(method="GET", path="/v1/stats", handler="stats"))
+
+    def __init__(self, config: ServeConfig, s3_credentials: list | None = None) -> None:
         self.service = CompletionService(config, s3_credentials)
+        self.gate = Gate.of(config)
 
     def __serve_build_asgi_app__(self) -> Ingress:
-        """Serve calls this once the replica exists; `self.app` is the FastAPI app `@serve.ingress` bound."""
-        service = self.service
+        """Serve calls this once the replica exists."""
+        return Ingress(self, title="elasticml completion", routes=self.ROUTES)
 
-        async def score(request: ScoreRequest, tenant: str | None) -> ScoreResponse:
-            return await service.score(request)
+    async def complete(self, request: CompletionRequest, tenant: str | None) -> CompletionResponse:
+        return await self.service.complete(request, tenant)
 
-        return Ingress(self.app, keys=service.keys, body_limit=service.cfg.max_body_bytes,  # type: ignore[attr-defined]
-                       hot={("POST", "/v1/completions"): HotRoute(CompletionRequest, service.complete),
-                            ("POST", "/v1/score"): HotRoute(ScoreRequest, score)})
+    async def score(self, request: ScoreRequest, tenant: str | None) -> ScoreResponse:
+        return await self.service.score(request)
 
-    # async: a plain def would make FastAPI hop to its thread pool for a few dictionary lookups
-    @api.get("/healthz")
-    async def healthz(self) -> dict:
+    # async: a sync handler would run on FastAPI's thread pool for a few dictionary lookups
+    async def healthz(self, tenant: None) -> dict:
         # Open to anyone who can reach the port: nothing about the model, its storage or its node.
         return {"status": "ok"}
 
-    @api.get("/v1/health")
-    async def health(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
-        self.service.tenant(authorization, x_api_key)
+    async def health(self, tenant: str | None) -> dict:
         return self.service.health()
 
-    @api.get("/v1/stats")
-    async def stats(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
-        return self.service.stats(self.service.tenant(authorization, x_api_key))
-
-    @api.post("/v1/completions", response_model=CompletionResponse)
-    async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
-                       x_api_key: str | None = Header(None)) -> CompletionResponse:
-        return await self.service.complete(request, self.service.tenant(authorization, x_api_key))
-
-    @api.post("/v1/score", response_model=ScoreResponse)
-    async def score(self, request: ScoreRequest, authorization: str | None = Header(None),
-                    x_api_key: str | None = Header(None)) -> ScoreResponse:
-        self.service.tenant(authorization, x_api_key)
-        return await self.service.score(request)
+    async def stats(self, tenant: str | None) -> dict:
+        return self.service.stats(tenant)
 
 
-def placement(cfg: ServeConfig, *, name: str, sched: "SchedulerClient | None" = None, attach: str | None = None
-              ) -> tuple[dict[str, Any], list["Allocation"], str]:
+def placement(cfg: ServeConfig, *, scaling: dict[str, Any], name: str, sched: "SchedulerClient | None" = None,
+              attach: str | None = None) -> tuple[dict[str, Any], list["Allocation"], str]:
     """ray_actor_options for the replicas, when the scheduler placed them its allocations, and the
-    workload's name as the scheduler knows it (a tenant's own build gets `TENANT/NAME`).
+    workload's name as the scheduler knows it (a tenant's own build gets `TENANT/NAME`). `scaling`:
+    `cfg.autoscaling_config()`, as the caller computed it.
 
     With a tenant the cluster's scheduler decides: base replicas on reserved or on-demand capacity,
     extra ones on spot, over-provisioned (see the policy); `build_app` gives each allocation its own
@@ -318,11 +301,10 @@ def placement(cfg: ServeConfig, *, name: str, sched: "SchedulerClient | None" = 
     from elasticml.scheduler.ray_view import serve_attachment
     from elasticml.scheduler.spec import WorkloadSpec
 
-    replicas = cfg.autoscaling_config()
     spec = WorkloadSpec(name=name, tenant=cfg.tenant, kind="serving", priority=cfg.priority,
                         cpus_per_worker=cfg.num_cpus, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0,
-                        min_workers=replicas.get("min_replicas", cfg.num_replicas) or 1,
-                        max_workers=replicas.get("max_replicas", cfg.num_replicas), expected_hours=24)
+                        min_workers=scaling.get("min_replicas", cfg.num_replicas) or 1,
+                        max_workers=scaling.get("max_replicas", cfg.num_replicas), expected_hours=24)
     if sched is None:
         import ray
 
@@ -372,7 +354,8 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         from elasticml.serve.auth import read_key_file
 
         cfg = dataclasses.replace(cfg, api_keys={**read_key_file(cfg.api_keys_file), **cfg.api_keys}, api_keys_file=None)
-    options, allocations, workload = placement(cfg, name=cfg.name, sched=sched, attach=attach)
+    scaling = cfg.autoscaling_config()
+    options, allocations, workload = placement(cfg, scaling=scaling, name=cfg.name, sched=sched, attach=attach)
     record_deployment(cfg, allocations, read_meta(cfg.checkpoint), sched)  # before any replica starts
     common: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
@@ -383,7 +366,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         from elasticml.serve.pools import PoolRouter
 
         # Keys are checked by the router; the backends keep each tenant to its share of the router's tenants.
-        backend_cfg = {**cfg.to_dict(), "api_keys": {}, "tenant_share": tenant_share_of(cfg)}
+        backend_cfg = dataclasses.replace(cfg, api_keys={}, tenant_share=tenant_share_of(cfg))
         pools, handles = [], []
         base = sum(a.workers for a in allocations if a.market != "spot")
         for alloc in allocations:
@@ -391,7 +374,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
             # Named <workload>-pool-<type>: the scheduler charges (and finishes) the app by these replicas.
             name = f"{cfg.name}-pool-{alloc.node_type}"
             burst = cfg.autoscaling == "predictive" and alloc.market == "spot" and base > 0
-            scale: dict[str, Any] = {"autoscaling_config": burst_autoscaling(cfg, alloc.workers, base, workload)} if burst \
+            scale: dict[str, Any] = {"autoscaling_config": burst_autoscaling(scaling, alloc.workers, base, workload)} if burst \
                 else {"num_replicas": alloc.workers}
             handles.append(ModelBackend.options(name=name, ray_actor_options=pinned, **scale, **common)
                            .bind(backend_cfg, creds))
@@ -402,23 +385,21 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         router = {"num_cpus": 0, "runtime_env": options["runtime_env"],
                   "label_selector": {L.NODE_TYPE: base_pool.node_type}}
         # The router follows the workload by the name the scheduler knows it by.
-        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, cfg.api_keys, workload,
-                                                                 cfg.max_body_bytes)
+        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, Gate.of(cfg), workload)
     deployment: dict[str, Any] = {"name": deployment_name, "ray_actor_options": options, **common}
     if version is not None:  # Serve takes a version only as an internal option
         deployment.update(version=version, _internal=True)
-    autoscaling = cfg.autoscaling_config()
-    if autoscaling:
-        deployment["autoscaling_config"] = autoscaling
+    if scaling:
+        deployment["autoscaling_config"] = scaling
     else:
         deployment["num_replicas"] = cfg.num_replicas
-    return (ModelBackend if backend else Completer).options(**deployment).bind(cfg.to_dict(), creds)
+    return (ModelBackend if backend else Completer).options(**deployment).bind(cfg, creds)
 
 
-def burst_autoscaling(cfg: ServeConfig, most: int, base: int, workload: str) -> dict[str, Any]:
-    """A spot pool's autoscaling under the predictive policy: none to `most` replicas (what the scheduler
-    gave the pool), for what the whole app's forecast needs above its `base` replicas off spot."""
-    scaling = cfg.autoscaling_config()
+def burst_autoscaling(scaling: dict[str, Any], most: int, base: int, workload: str) -> dict[str, Any]:
+    """A spot pool's autoscaling under the predictive policy (`scaling`: the app's autoscaling_config):
+    none to `most` replicas (what the scheduler gave the pool), for what the whole app's forecast needs
+    above its `base` replicas off spot."""
     policy = scaling["policy"]
     kwargs = {**policy["policy_kwargs"], "burst": {"workload": workload, "base_replicas": base}}
     return {**scaling, "min_replicas": 0, "max_replicas": most, "policy": {**policy, "policy_kwargs": kwargs}}

@@ -29,24 +29,13 @@ import time
 from typing import Any
 
 import ray
-from fastapi import Header, HTTPException
+from fastapi import HTTPException
 from ray import serve
 
 from elasticml.errors import ElasticMLError
-from elasticml.serve.api import (
-    DEFAULT_BODY_LIMIT,
-    CompletionRequest,
-    CompletionResponse,
-    HotRoute,
-    Ingress,
-    ScoreRequest,
-    ScoreResponse,
-    answer_or_raise,
-    authenticate,
-    new_api,
-)
+from elasticml.serve.api import CompletionRequest, ScoreRequest, answer_or_raise
+from elasticml.serve.ingress import HEALTHZ, Gate, Ingress, Route
 
-pools_api = new_api("elasticml completion (spot-aware pools)")
 FOLLOW_S = 2.0
 """How often the router reads its workload's placement from the scheduler."""
 PUBLISH_S = 0.25
@@ -57,15 +46,15 @@ FOLLOW_ERRORS = (ray.exceptions.RayError, ElasticMLError, OSError, TimeoutError)
 
 
 @serve.deployment(max_ongoing_requests=256)
-@serve.ingress(pools_api)
+@serve.ingress()
 class PoolRouter:
-    def __init__(self, pools: list[dict[str, Any]], handles: list[Any], api_keys: dict[str, str],
-                 workload: str | None = None, body_limit: int = DEFAULT_BODY_LIMIT) -> None:
-        from elasticml.serve.auth import KeyRing
+    """The app's HTTP ingress in front of its pools: the shared routes, and the pools' state."""
 
+    ROUTES = (HEALTHZ, Route(method="GET", path="/v1/pools", handler="status"))
+
+    def __init__(self, pools: list[dict[str, Any]], handles: list[Any], gate: Gate, workload: str | None = None) -> None:
         self.pools = [dict(p, handle=h, requests=0, failovers=0, weight=p["replicas"]) for p, h in zip(pools, handles)]
-        self.keys = KeyRing(api_keys)
-        self.body_limit = body_limit
+        self.gate = gate
         self.workload = workload
         self.followed: dict[str, Any] = {"epoch": None, "reason": None}
         self._follower: asyncio.Task[None] | None = None  # started on the replica's loop by the first request
@@ -131,20 +120,21 @@ class PoolRouter:
             await asyncio.sleep(PUBLISH_S)
 
     def __serve_build_asgi_app__(self) -> Ingress:
-        """Serve calls this once the replica exists; `self.app` is the FastAPI app `@serve.ingress` bound."""
+        """Serve calls this once the replica exists."""
+        return Ingress(self, title="elasticml completion (spot-aware pools)", routes=self.ROUTES)
 
-        async def complete(request: CompletionRequest, tenant: str | None) -> Any:
-            return await self._call("complete", request, tenant)
+    async def complete(self, request: CompletionRequest, tenant: str | None) -> Any:
+        return await self._call("complete", request, tenant)
 
-        async def score(request: ScoreRequest, tenant: str | None) -> Any:
-            return await self._call("score", request)
+    async def score(self, request: ScoreRequest, tenant: str | None) -> Any:
+        return await self._call("score", request)
 
-        return Ingress(self.app, keys=self.keys, body_limit=self.body_limit,  # type: ignore[attr-defined]
-                       hot={("POST", "/v1/completions"): HotRoute(CompletionRequest, complete),
-                            ("POST", "/v1/score"): HotRoute(ScoreRequest, score)})
+    def status(self, tenant: str | None) -> dict:
+        return {"pools": [{k: v for k, v in p.items() if k != "handle"} for p in self.pools],
+                "followed": self.followed, "in_flight": self.in_flight}
 
-    def _auth(self, authorization: str | None, x_api_key: str | None) -> str | None:
-        return authenticate(self.keys, authorization, x_api_key)
+    async def healthz(self, tenant: None) -> dict:
+        return {"status": "ok"}  # open: the pools and their node types are at /v1/pools, behind a key
 
     def _order(self) -> list[dict[str, Any]]:
         """All pools, the first drawn in proportion to its weight, the others as failovers (base first)."""
@@ -193,24 +183,3 @@ class PoolRouter:
             return answer_or_raise(reply)
         raise HTTPException(status_code=503, detail=f"no pool could serve the request ({type(last).__name__}); "
                             "retry shortly", headers={"Retry-After": "1"})
-
-    @pools_api.post("/v1/completions", response_model=CompletionResponse)
-    async def complete(self, request: CompletionRequest, authorization: str | None = Header(None),
-                       x_api_key: str | None = Header(None)) -> Any:
-        return await self._call("complete", request, self._auth(authorization, x_api_key))
-
-    @pools_api.post("/v1/score", response_model=ScoreResponse)
-    async def score(self, request: ScoreRequest, authorization: str | None = Header(None),
-                    x_api_key: str | None = Header(None)) -> Any:
-        self._auth(authorization, x_api_key)
-        return await self._call("score", request)
-
-    @pools_api.get("/v1/pools")
-    def status(self, authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> dict:
-        self._auth(authorization, x_api_key)
-        return {"pools": [{k: v for k, v in p.items() if k != "handle"} for p in self.pools],
-                "followed": self.followed, "in_flight": self.in_flight}
-
-    @pools_api.get("/healthz")
-    async def healthz(self) -> dict:
-        return {"status": "ok"}  # open: the pools and their node types are at /v1/pools, behind a key
