@@ -4,7 +4,8 @@ The hierarchy::
 
     ElasticMLError                 base; `elasticml` CLI prints its message and exits 2
     ├── ConfigError                a config file or spec is missing, malformed or invalid
-    │                              (fields: source, field)
+    │   │                          (fields: source, field)
+    │   └── ManifestError          a rendered manifest a CRD, the Kubernetes API server or KubeRay would refuse
     ├── ClusterError               the local cluster cannot be started, found or stopped
     │   ├── ClusterAlreadyRunning  `cluster up` on a name that is already up
     │   ├── ClusterNotRunning      a command needs a cluster that is not up
@@ -29,6 +30,7 @@ from __future__ import annotations
 __all__ = [
     "ElasticMLError",
     "ConfigError",
+    "ManifestError",
     "ClusterError",
     "ClusterAlreadyRunning",
     "ClusterNotRunning",
@@ -68,6 +70,10 @@ class ConfigError(ElasticMLError, ValueError):
         elif field:
             where = f"{field}: "
         super().__init__(where + message)
+
+
+class ManifestError(ConfigError):
+    """A manifest the CRD, the Kubernetes API server or the KubeRay controller would refuse; `field` says where."""
 
 
 class ClusterError(ElasticMLError):

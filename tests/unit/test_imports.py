@@ -93,3 +93,13 @@ def test_boto3_and_the_digest_of_secrets_each_live_in_one_module():
         if "\ndef digest(" in text:
             digests.append(path.name)
     assert boto3 == ["aws_client.py"] and digests == ["secret_file.py"]
+
+
+def test_every_error_is_declared_in_the_errors_tree():
+    """errors.py holds every exception the package defines (one tree, one map to exit codes), but for a
+    module's private control flow (`_Name`), which never leaves it."""
+    import re
+
+    pattern = re.compile(r"^class [A-Za-z]\w*\((?:[\w.]*(?:Error|Exception|Failed|Refused|Denied|Running)\b[^)]*)\):", re.M)
+    outside = {p.name: pattern.findall(p.read_text()) for p in sorted(PACKAGE.rglob("*.py")) if p.name != "errors.py"}
+    assert {k: v for k, v in outside.items() if v} == {}

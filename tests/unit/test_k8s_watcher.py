@@ -18,7 +18,7 @@ from elasticml.provision.k8s_watcher import (
     DISRUPTED,
     NTH_REBALANCE,
     NTH_SPOT,
-    Expired,
+    _Expired,
     KubeAPI,
     NodeWatcher,
     Target,
@@ -247,7 +247,7 @@ def test_an_expired_version_lists_again(kube, gone):
     st["batches"] = [gone, []]
     seen: list = []
     w = watcher(url, seen)
-    with pytest.raises(Expired):
+    with pytest.raises(_Expired):
         w.watch_once("1")
     st["batches"] = [gone, []]
     rounds = iter(range(2))

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from elasticml.errors import ConfigError
+from elasticml.errors import ManifestError
 
 CRDS = Path(__file__).with_name("crds")
 CRD_FILES = {
@@ -21,10 +21,6 @@ CRD_FILES = {
     ("karpenter.sh/v1", "NodePool"): "karpenter-aws/karpenter.sh_nodepools.yaml",
     ("karpenter.k8s.aws/v1", "EC2NodeClass"): "karpenter-aws/karpenter.k8s.aws_ec2nodeclasses.yaml",
 }
-
-
-class ManifestError(ConfigError):
-    """A manifest the CRD, the Kubernetes API server or the KubeRay controller would refuse; `field` says where."""
 
 
 @functools.cache

@@ -18,7 +18,8 @@ import ipaddress
 import re
 from typing import Any
 
-from elasticml.provision.crd_schemas import ManifestError, crd_schema
+from elasticml.errors import ManifestError
+from elasticml.provision.crd_schemas import crd_schema
 
 DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")

@@ -91,7 +91,7 @@ GROUP = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
-class Expired(Exception):
+class _Expired(Exception):
     """The watch's resourceVersion is too old (410 Gone): list again."""
 
 
@@ -168,12 +168,12 @@ class KubeAPI:
         return doc
 
     def lines(self, path: str, params: dict[str, str], *, deadline_s: float) -> Iterator[bytes]:
-        """The lines of a streamed answer (a watch), until the server ends it; Expired on 410."""
+        """The lines of a streamed answer (a watch), until the server ends it; _Expired on 410."""
         deadline = time.monotonic() + deadline_s
         timeout = httpx.Timeout(self.timeout_s, read=deadline_s)
         with self.client.stream("GET", path, params=params, headers=self._headers(), timeout=timeout) as r:
             if r.status_code == 410:
-                raise Expired(path)
+                raise _Expired(path)
             if r.status_code != 200:
                 raise httpx.HTTPStatusError(f"{path}: HTTP {r.status_code}", request=r.request, response=r)
             buf = bytearray()
@@ -329,7 +329,7 @@ class NodeWatcher:
         raise ValueError(f"the node list went on past {MAX_PAGES} pages")
 
     def watch_once(self, version: str) -> str:
-        """One watch from `version` until the server ends it; the last version seen. Expired: list again."""
+        """One watch from `version` until the server ends it; the last version seen. _Expired: list again."""
         length = min(self.watch_s, RETRY_S) if self.pending else self.watch_s
         params = {"watch": "1", "resourceVersion": version, "allowWatchBookmarks": "true",
                   "timeoutSeconds": str(length)}
@@ -346,7 +346,7 @@ class NodeWatcher:
                 continue
             if kind == "ERROR":
                 if obj.get("code") == 410:
-                    raise Expired("the node watch's resourceVersion expired")
+                    raise _Expired("the node watch's resourceVersion expired")
                 raise httpx.HTTPError(f"the node watch ended in an error: {str(obj.get('message'))[:200]}")
             meta = obj.get("metadata")
             new = _text(meta.get("resourceVersion"), 64) if isinstance(meta, dict) else None
@@ -382,7 +382,7 @@ class NodeWatcher:
                 self.retry_pending()
                 version = self.watch_once(version)
                 backoff = min_backoff_s
-            except Expired:  # list again, after a pause should the server keep answering so
+            except _Expired:  # list again, after a pause should the server keep answering so
                 version = None
                 time.sleep(min_backoff_s)
             except Exception as exc:  # the API server down, slow or lying: log, back off, list again

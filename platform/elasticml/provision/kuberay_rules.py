@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from elasticml.errors import ConfigError
+from elasticml.errors import ConfigError, ManifestError
 from elasticml.provision import k8s_core
-from elasticml.provision.crd_schemas import CRD_FILES, CRDS, ManifestError, crd_schema
+from elasticml.provision.crd_schemas import CRD_FILES, CRDS, crd_schema
 from elasticml.provision.k8s_core import DNS1035, DNS1123_SUBDOMAIN, LABEL_NAME
 from elasticml.yamlio import load_yaml
 
