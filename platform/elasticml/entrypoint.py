@@ -1,7 +1,8 @@
 """How every command-line entry point ends: one map from what happened to an exit status.
 
 Every entry point (`elasticml`, `python -m elasticml.scheduler.replay` and `.simulate`,
-`jobs/train.py`, `jobs/tune.py`, `jobs/distill.py`) is a click command run through `run`:
+`jobs/train.py`, `jobs/tune.py`, `jobs/distill.py`, `python -m elasticml.provision.tls`) is a click
+command run through `run`:
 
     what happened                     what the user sees                            exit
     returned normally                 the command's output                          0, or the int it returned

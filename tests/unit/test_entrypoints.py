@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from elasticml import entrypoint
 from elasticml.cli import main as elasticml
 from elasticml.errors import ConfigError
+from elasticml.provision import tls
 from elasticml.scheduler import replay, simulate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,6 +31,7 @@ ENTRY_POINTS = {
     "jobs/distill.py": job("distill")["command"],
     "python -m elasticml.scheduler.replay": replay.command,
     "python -m elasticml.scheduler.simulate": simulate.command,
+    "python -m elasticml.provision.tls": tls.cli,
 }
 
 
@@ -179,3 +181,9 @@ def test_default_of_refuses_a_field_that_is_not_there():
         entrypoint.default_of(C, "a")
     with pytest.raises(TypeError, match="no field"):
         entrypoint.default_of(C, "c")
+
+
+def test_tls_refuses_a_bad_address_with_exit_2_naming_it(tmp_path, capsys):
+    tls.make_ca(tmp_path / "ca", "x")
+    assert tls.main(["node", "--ca-dir", str(tmp_path / "ca"), "--out", str(tmp_path / "out"), "--ip", "10.0.0.300"]) == 2
+    assert capsys.readouterr().err.startswith("tls: error: ip: ") and not (tmp_path / "out").exists()

@@ -22,14 +22,16 @@ Ray's gRPC TLS (the dashboard listens on the head's loopback only; Serve has its
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import ipaddress
 import os
 import sys
 from pathlib import Path
 
+import click
+
 from elasticml.atomic import write_atomic
+from elasticml.errors import ConfigError
 from elasticml.provision.node_certs import NODE_DAYS, issue, key_pem
 
 CA_DAYS = 3650
@@ -99,57 +101,64 @@ def tls_env(out: str | Path) -> dict[str, str]:
             "RAY_TLS_CA_CERT": f"{out}/ca.crt"}
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m elasticml.provision.tls", description="This node's Ray TLS certificate.")
-    sub = p.add_subparsers(dest="command", required=True)
-    node = sub.add_parser("node", help="make this node's key and certificate from the cluster's CA (a head: it holds "
-                          "the CA's key)")
-    node.add_argument("--ca-dir", required=True, type=Path)
-    node.add_argument("--out", required=True, type=Path)
-    node.add_argument("--ip", action="append", default=[], help="an address to certify (default: every one this "
-                      "machine has; repeat)")
-    node.add_argument("--dns", action="append", default=[], help="a DNS name to certify (repeat)")
-    ask = sub.add_parser("request", help="make this node's key and have the head's API server sign its certificate "
-                         "(a worker: it never holds the CA's key)")
-    ask.add_argument("--server", required=True, help="the API server, https://HOST:PORT")
-    ask.add_argument("--ca-cert", required=True, type=Path, help="the cluster's CA certificate (checks the server and "
-                     "the certificate it signs)")
-    ask.add_argument("--credential", required=True, type=Path, help="the node agent's credential file (mode 0600)")
-    ask.add_argument("--out", required=True, type=Path)
-    ask.add_argument("--ip", default=None, help="this node's address as the server sees it (default: the one this "
-                     "machine reaches the server from); 127.0.0.1 and localhost are always added")
-    ask.add_argument("--deadline-s", type=float, default=900.0, help="keep asking (with backoff) while the server is "
-                     "unreachable or busy, this long [default 900]")
-    args = p.parse_args(argv)
-    if args.command == "request":
-        return _request(args)
-    try:
-        ips = args.ip or node_addresses()
-        for ip in ips:
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """This node's Ray TLS certificate."""
+
+
+@cli.command("node")
+@click.option("--ca-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The cluster CA's folder (ca.crt, ca.key): a head's, which holds the key.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Where node.key, node.crt and ca.crt are written.")
+@click.option("--ip", "ips", multiple=True, help="An address to certify (repeat) [default: every one this machine has].")
+@click.option("--dns", "names", multiple=True, help="A DNS name to certify (repeat) [default: this machine's name].")
+def node(ca_dir: Path, out: Path, ips: tuple[str, ...], names: tuple[str, ...]) -> None:
+    """Make this node's key and certificate from the cluster's CA (a head: it holds the CA's key)."""
+    addresses = list(ips) or node_addresses()
+    for ip in addresses:
+        try:
             ipaddress.ip_address(ip)
-        made = make_node_cert(args.ca_dir.expanduser(), args.out.expanduser(), ips=ips,
-                              names=args.dns or [os.uname().nodename])
-    except (OSError, ValueError) as exc:
-        print(f"tls: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"node certificate {made} for {', '.join(ips)}")
-    return 0
+        except ValueError as exc:
+            raise ConfigError(str(exc), field="ip") from None
+    try:
+        made = make_node_cert(ca_dir.expanduser(), out.expanduser(), ips=addresses,
+                              names=list(names) or [os.uname().nodename])
+    except OSError as exc:
+        raise ConfigError(str(exc), field="ca-dir") from None
+    click.echo(f"node certificate {made} for {', '.join(addresses)}")
 
 
-def _request(args: argparse.Namespace) -> int:
-    from elasticml.errors import ElasticMLError
+@cli.command("request")
+@click.option("--server", required=True, help="The head's API server, https://HOST:PORT.")
+@click.option("--ca-cert", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The cluster's CA certificate (checks the server and the certificate it signs).")
+@click.option("--credential", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The node agent's credential file (mode 0600).")
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Where node.key, node.crt and ca.crt are written.")
+@click.option("--ip", default=None, help="This node's address as the server sees it [default: the one this machine "
+              "reaches the server from]; 127.0.0.1 and localhost are always added.")
+@click.option("--deadline-s", type=click.FloatRange(0, 86400), default=900.0, show_default=True,
+              help="Keep asking (with backoff) while the server is unreachable or busy, this long.")
+def request(server: str, ca_cert: Path, credential: Path, out: Path, ip: str | None, deadline_s: float) -> None:
+    """Make this node's key and have the head's API server sign its certificate (a worker: it never holds
+    the CA's key)."""
     from elasticml.provision.node_certs import request_certificate
 
     try:
-        made, ips = request_certificate(server=args.server, ca_cert=args.ca_cert.expanduser(),
-                                        credential=args.credential.expanduser(), out=args.out.expanduser(),
-                                        ip=args.ip, deadline_s=args.deadline_s)
-    except (OSError, ValueError, ElasticMLError) as exc:
-        print(f"tls: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"node certificate {made} for {', '.join(ips)}, signed by {args.server}")
-    return 0
+        made, ips = request_certificate(server=server, ca_cert=ca_cert.expanduser(), credential=credential.expanduser(),
+                                        out=out.expanduser(), ip=ip, deadline_s=deadline_s)
+    except OSError as exc:
+        raise ConfigError(str(exc), field="out") from None
+    click.echo(f"node certificate {made} for {', '.join(ips)}, signed by {server}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from elasticml.entrypoint import run
+
+    return run(cli, argv, prog="tls", prog_name="python -m elasticml.provision.tls")
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
