@@ -83,7 +83,7 @@ def test_watcher_process_turns_an_imds_notice_into_a_replacement(local_cluster, 
     finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
-    assert "interruption notice (terminate" in out
+    assert "interruption notice for cpu_spot (terminate" in out
     assert sched.placement("batch-2").market == "on-demand"
     assert next(p for p in sched.status()["pools"] if p["node_type"] == "cpu_spot")["interrupted"]
     sched.finish("prod-2")
