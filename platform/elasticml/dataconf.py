@@ -78,7 +78,7 @@ class _Bounded(reprlib.Repr):
     def repr_bytes(self, x: bytes, level: int) -> str:
         return repr(x[:self.maxstring]) + ("..." if len(x) > self.maxstring else "")
 
-    repr_bytearray = repr_bytes  # type: ignore[assignment]
+    repr_bytearray = repr_bytes
 
     def repr_instance(self, x: Any, level: int) -> str:
         if x is None or isinstance(x, (bool, float, complex)):  # short by nature

@@ -23,7 +23,7 @@ def login_file() -> Path:
     return home() / "login.json"
 
 
-def configured_client():  # type: ignore[no-untyped-def]
+def configured_client():
     """A SchedulerClient over HTTP when an endpoint is configured (flag/env, then the login file), else None."""
     from elasticml.scheduler.client import SchedulerClient
 

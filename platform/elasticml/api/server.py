@@ -310,7 +310,7 @@ def ray_call(address: str | None = None) -> Call:
     from elasticml.scheduler.client import RayTransport
 
     if not ray.is_initialized():
-        ray.init(address=address, logging_level="ERROR")
+        ray.init(address=address, logging_level=logging.ERROR)
     try:
         handle = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
     except ValueError:

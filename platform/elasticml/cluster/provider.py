@@ -24,7 +24,7 @@ MODULE = f"{__name__}.LocalNodeProvider"
 _PARAMS = threading.Lock()
 
 
-class LocalNodeProvider(FakeMultiNodeProvider):  # type: ignore[misc,valid-type]
+class LocalNodeProvider(FakeMultiNodeProvider):
     def _create_node_with_resources_and_labels(self, node_config: Any, tags: Any, count: Any, resources: Any,
                                                labels: Any) -> None:
         import ray._private.parameter as parameter

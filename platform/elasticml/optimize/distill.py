@@ -45,7 +45,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Te
     return alpha * soft + (1 - alpha) * hard
 
 
-def finetune(student: torch.nn.Module, teacher: torch.nn.Module, batches, cfg: DistillConfig) -> list[float]:  # type: ignore[no-untyped-def]
+def finetune(student: torch.nn.Module, teacher: torch.nn.Module, batches, cfg: DistillConfig) -> list[float]:
     """`cfg.steps` AdamW steps of the student on `batches` (an iterator of (inputs, targets)) against
     the frozen teacher; returns the loss of each step."""
     teacher.eval()

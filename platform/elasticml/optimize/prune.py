@@ -24,11 +24,11 @@ def channel_importance(model: Transformer, tokens: torch.Tensor) -> list[torch.T
     scores: list[torch.Tensor] = []
     hooks = []
     for block in model.blocks:
-        def hook(mlp, args, _out, _scores=scores):  # type: ignore[no-untyped-def]
+        def hook(mlp, args, _out, _scores=scores):
             x = args[0]
             act = (F.silu(mlp.gate(x)) * mlp.up(x)).abs().flatten(0, -2).mean(0)
             _scores.append(act * mlp.down.weight.norm(dim=0))
-        hooks.append(block.mlp.register_forward_hook(hook))
+        hooks.append(block.mlp.register_forward_hook(hook))  # type: ignore[union-attr]  # nn.ModuleList yields nn.Module; these are Blocks
     try:
         model.eval()(tokens)
     finally:

@@ -117,7 +117,7 @@ class NodeSigner:
         cert = issue(self._ca_key, self._ca_cert, public_key, ips=ips, names=names)
         log.info("node certificate for %s (serial %x) until %s", ", ".join(ips + names), cert.serial_number,  # type: ignore[attr-defined]
                  cert.not_valid_after_utc.isoformat())  # type: ignore[attr-defined]
-        return cert.public_bytes(serialization.Encoding.PEM).decode()  # type: ignore[attr-defined, no-any-return]
+        return cert.public_bytes(serialization.Encoding.PEM).decode()  # type: ignore[attr-defined]
 
 
 def check_csr(csr_pem: object, peer: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[Any, list[str], list[str]]:

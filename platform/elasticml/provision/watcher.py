@@ -159,9 +159,9 @@ def notify_scheduler(notice: Notice) -> None:
 
     node_type = os.environ.get("RAY_NODE_TYPE_NAME")
     if not ray.is_initialized():
-        ray.init(address="auto", logging_level="ERROR")
+        ray.init(address="auto", logging_level=logging.ERROR)
     if node_type is None:
-        node_type = ray.get_runtime_context().get_node_labels().get("elasticml.io/node-type")
+        node_type = ray.get_runtime_context().get_node_labels().get("elasticml.io/node-type")  # type: ignore[assignment]  # Ray annotates label values list[str]; they are str
     if node_type is None:
         log.error("spot %s notice, but this node's type is unknown; nothing re-placed", notice.kind)
         return
@@ -178,7 +178,7 @@ def report_to_scheduler(node_type: str, notice: Notice) -> None:
     from elasticml.scheduler.client import SchedulerClient
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR")
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level=logging.ERROR)
     if notice.kind == "rebalance":
         log.warning("rebalance recommendation for %s at %s: no action until an interruption notice", node_type, notice.time)
         return

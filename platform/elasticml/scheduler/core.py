@@ -331,7 +331,7 @@ class Scheduler:
 
     def intervals(self, name: str) -> list[dict[str, Any]]:
         check_workload_name(name)
-        return self.store.ledger.intervals(name)  # type: ignore[return-value]
+        return self.store.ledger.intervals(name)
 
     def status(self) -> dict[str, Any]:
         snap = self.snapshot()
