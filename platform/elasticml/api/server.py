@@ -68,7 +68,7 @@ def _csp() -> str:
     import re
 
     def digest(tag: str) -> str:
-        body = re.search(rf"<{tag}>(.*?)</{tag}>", dashboard.PAGE, re.S).group(1)  # type: ignore[union-attr]
+        body = re.search(rf"<{tag}>(.*?)</{tag}>", dashboard.PAGE, re.S).group(1)  # type: ignore[union-attr]  # the constant page holds each tag asked for
         return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
 
     return (f"default-src 'none'; connect-src 'self'; script-src {digest('script')}; style-src {digest('style')}; "

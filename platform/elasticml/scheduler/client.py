@@ -252,7 +252,7 @@ class SchedulerClient:
     principals = list_principals
 
     def kill(self, *, no_restart: bool = False) -> None:
-        ray.kill(self._transport.actor, no_restart=no_restart)  # type: ignore[attr-defined]
+        ray.kill(self._transport.actor, no_restart=no_restart)  # type: ignore[attr-defined]  # kill is for a RayTransport (a driver on the cluster)
 
 
 def job_tenant(tenant: str | None, market: str | None) -> str | None:

@@ -196,7 +196,7 @@ class Scheduler:
             if own.action == "refuse":
                 raise PlacementRefused(spec.name, own.reason)
             self.apply(decisions)
-            return self.placement(spec.name)  # type: ignore[return-value]
+            return self.placement(spec.name)  # type: ignore[return-value]  # apply() has just recorded it
 
     def _within_residency(self, spec: WorkloadSpec) -> WorkloadSpec:
         """The spec held to its tenant's regions: it may narrow them, never widen them."""

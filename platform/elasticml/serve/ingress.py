@@ -170,7 +170,7 @@ class Ingress:
         if messages is None:
             return
         if hot is not None:
-            request = _parse(hot[0].body, headers, messages)  # type: ignore[arg-type]
+            request = _parse(hot[0].body, headers, messages)  # type: ignore[arg-type]  # a hot Route has a body model (Route refuses one without)
             if request is not None:
                 return await self._answer(hot[1], request, tenant, scope, send)
         pending = iter(messages)
@@ -225,7 +225,7 @@ def _endpoint(route: Route, handler: Callable[..., Any]) -> Callable[..., Any]:
         # Declared so that the schema tells a client where its key goes; the ingress has checked it.
         params += [inspect.Parameter(name, kw, default=Header(None), annotation=str | None)
                    for name in ("authorization", "x_api_key")]
-    endpoint.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    endpoint.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # what FastAPI reads; typeshed's functions lack the attribute
     endpoint.__name__ = route.handler  # FastAPI names the operation after it
     return endpoint
 

@@ -128,7 +128,7 @@ class OrtTransformer(nn.Module):
         logits, present_k, present_v = self.session.run(None, {
             "tokens": tokens.numpy(), "past_k": past[0], "past_v": past[1], "pad": pad.astype(np.int64)})
         if cache is not None:
-            cache.onnx_past = (present_k, present_v)  # type: ignore[attr-defined]
+            cache.onnx_past = (present_k, present_v)  # type: ignore[attr-defined]  # ONNX Runtime's past rides on the KVCache; only this backend sets and reads it
             cache.length = start + t
         return torch.from_numpy(logits)
 
