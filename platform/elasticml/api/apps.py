@@ -179,7 +179,7 @@ class Apps:
             from elasticml.scheduler.tenant_storage import check_confined
 
             check_confined(who["name"], spec)  # its own prefix, whether or not the cluster vends prefixes
-            return spec  # the build checks it against the tenant's residency too
+            return str(spec)  # the build checks it against the tenant's residency too
         raise ConfigError("a tenant's app serves its own job's checkpoint (job:SUBMISSION_ID) or one in its "
                           "S3 prefix (s3://...)", field="config.checkpoint")
 

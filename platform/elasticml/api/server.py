@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -262,7 +262,7 @@ def build_app(call: Call, *, jobs: Any = None, apps: Any = None, node_signer: No
 
 
 def add_node_certificates(app: FastAPI, call: Call, signer: NodeSigner,
-                          serve: Callable[[str, Request, Callable[[str, Any], Any]], Any]) -> None:
+                          serve: Callable[[str, Request, Callable[[str, Any], Any]], Awaitable[JSONResponse]]) -> None:
     """`POST /v1/nodes/certificate`: a worker's Ray TLS certificate, for the address it asks from."""
     from elasticml.provision.node_certs import ROUTE
 

@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import httpx
@@ -93,7 +94,7 @@ class Watcher:
             self._token_expiry = time.monotonic() + TOKEN_TTL_S - 60
         return self._token
 
-    def _get(self, path: str) -> dict | None:
+    def _get(self, path: str) -> dict[str, Any] | None:
         status, body = self._request("GET", path, {"X-aws-ec2-metadata-token": self._get_token()})
         if status == 401:  # token expired early or was revoked: fetch a new one next time
             self._token = None
