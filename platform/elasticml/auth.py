@@ -54,7 +54,7 @@ def use_token_in_this_process(token_path: Path) -> None:
     read_token(token_path)
     os.environ.update(client_env(token_path))
     os.environ.pop(TOKEN_VAR, None)  # a stale token in the env would win over the file
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # ray/_raylet.pyi declares only part of the extension
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()

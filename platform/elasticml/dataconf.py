@@ -19,7 +19,7 @@ def from_mapping(cls: type[T], raw: Any, *, source: str) -> T:
     """cls(**raw), with unknown and missing fields and wrong types reported as ConfigError naming source."""
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a mapping of field: value, got {type(raw).__name__}", source=source)
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # callers pass dataclasses; T is not bound to them
     # keys as text first: a mapping from JSON or code may mix types that do not sort together
     unknown = sorted(k if isinstance(k, str) else shown(k) for k in raw if k not in known)
     if unknown:
@@ -78,7 +78,7 @@ class _Bounded(reprlib.Repr):
     def repr_bytes(self, x: bytes, level: int) -> str:
         return repr(x[:self.maxstring]) + ("..." if len(x) > self.maxstring else "")
 
-    repr_bytearray = repr_bytes  # type: ignore[assignment]
+    repr_bytearray = repr_bytes
 
     def repr_instance(self, x: Any, level: int) -> str:
         if x is None or isinstance(x, (bool, float, complex)):  # short by nature

@@ -126,7 +126,7 @@ def _quiet_ray_loggers() -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _schedule(info: ClusterInfo, say: Callable[[str], None], results: dict[str, object]):  # type: ignore[no-untyped-def]
+def _schedule(info: ClusterInfo, say: Callable[[str], None], results: dict[str, object]):
     from elasticml.scheduler.client import SchedulerClient
     from elasticml.scheduler.spec import WorkloadSpec
 
@@ -143,7 +143,7 @@ def _schedule(info: ClusterInfo, say: Callable[[str], None], results: dict[str, 
     return sched, endpoint.market
 
 
-def _cost_report(sched, say: Callable[[str], None], results: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+def _cost_report(sched, say: Callable[[str], None], results: dict[str, object]) -> None:
     say("== 8/9 cost report (ledger of every allocation interval)")
     report = sched.cost_report()
     for r in report["workload"]:
@@ -153,7 +153,7 @@ def _cost_report(sched, say: Callable[[str], None], results: dict[str, object]) 
     results["savings_pct"] = round(t["savings_pct"], 1)
 
 
-def _train(info: ClusterInfo, cluster: LocalCluster, sched, workdir: Path, corpus: Path, steps: int,  # type: ignore[no-untyped-def]
+def _train(info: ClusterInfo, cluster: LocalCluster, sched, workdir: Path, corpus: Path, steps: int,
            say: Callable[[str], None], results: dict[str, object]) -> str:
     from ray.job_submission import JobStatus
 
@@ -202,7 +202,7 @@ class _JobsOverHttp:
         return str(self.transport.post("jobs/logs", {"submission_id": job_id})["logs"])
 
 
-def _follow(client, job_id: str, cluster: LocalCluster, sched, say: Callable[[str], None],  # type: ignore[no-untyped-def]
+def _follow(client, job_id: str, cluster: LocalCluster, sched, say: Callable[[str], None],
             results: dict[str, object], shown, take_node_at: str, t0: float):
     """Print the job's progress, its placement and its moves, and take a spot node away on cue, until
     the job ends; its final status."""
@@ -251,7 +251,7 @@ def _follow(client, job_id: str, cluster: LocalCluster, sched, say: Callable[[st
 def _say_placement(event: dict[str, object], say: Callable[[str], None], results: dict[str, object]) -> None:
     """The job's own placement and each move it followed, as its driver printed them."""
     if event["event"] == "placement" and event.get("state") == "placed":
-        results.setdefault("placements", {}).setdefault("training", event["market"])  # type: ignore[union-attr]
+        results.setdefault("placements", {}).setdefault("training", event["market"])  # type: ignore[attr-defined]  # results["placements"] is the dict made here
         say(f"   [scheduler] nightly-train: placed -> {event['workers']}x {event['node_type']} "
             f"(${event['hourly_cost']:.4f}/h)")
         say(f"      why: {event['reason']}")

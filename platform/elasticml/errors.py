@@ -144,7 +144,7 @@ class PlacementRefused(SchedulerError):
         self.reason = reason
         super().__init__(f"the scheduler refused {workload}: {reason}")
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self):
         return (PlacementRefused, (self.workload, self.reason))
 
 
@@ -157,7 +157,7 @@ class AccessDenied(SchedulerError):
         self.reason = reason
         super().__init__(f"{who} may not {action}: {reason}")
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self):
         return (AccessDenied, (self.who, self.action, self.reason))
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import yaml
 from yaml.nodes import MappingNode, ScalarNode
@@ -64,7 +64,7 @@ class _Loader(yaml.SafeLoader):
     # Fresh tables, not copies of SafeLoader's: nothing of YAML 1.1 (yes/no, 1:30, dates, `<<`, `=`)
     # resolves, and only the core schema's tags construct; any other tag is refused.
     yaml_implicit_resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = {}
-    yaml_constructors: dict[Any, Any] = {}
+    yaml_constructors: ClassVar[dict[Any, Any]] = {}
 
     def __init__(self, stream: str, agree_with_yaml11: bool):
         super().__init__(stream)
@@ -74,7 +74,7 @@ class _Loader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
-            raise _Refused(event.start_mark, f"alias *{_cut(event.anchor)}: aliases are not allowed; write it out")
+            raise _Refused(event.start_mark, f"alias *{_cut(event.anchor)}: aliases are not allowed; write it out")  # type: ignore[arg-type]  # an alias always names its anchor
         if getattr(event, "anchor", None) is not None:
             raise _Refused(event.start_mark, f"anchor &{_cut(event.anchor)}: anchors are not allowed; write it out")
         nested = isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent))
@@ -97,7 +97,7 @@ class _Loader(yaml.SafeLoader):
                                                  "to YAML 1.1 readers such as Ray's; quote it")
         return node
 
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict[str, Any]:
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[str, Any]:  # type: ignore[override]  # narrower than PyYAML's dict[Hashable, Any]: keys are refused unless str
         if not isinstance(node, MappingNode):
             raise _Refused(node.start_mark, f"expected a mapping, found {node.id}")
         mapping: dict[str, Any] = {}
@@ -174,7 +174,7 @@ def load_yaml_documents(src: str | bytes | Path, *, source: str, max_bytes: int 
             docs.append(loader.get_data())
         return docs
 
-    return _load(src, source, max_bytes, agree_with_yaml11, every)  # type: ignore[no-any-return]
+    return _load(src, source, max_bytes, agree_with_yaml11, every)
 
 
 class _Dumper(yaml.SafeDumper):

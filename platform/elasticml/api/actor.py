@@ -57,7 +57,7 @@ def start_api_server(*, host: str = "127.0.0.1", port: int = 0, tls_cert: str | 
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-    handle = ApiServerActor.options(
+    handle = ApiServerActor.options(  # type: ignore[attr-defined]  # mypy keeps a decorated class's own type; ray.remote made it an ActorClass
         name=SERVER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         resources={"node:__internal_head__": 0.001},
     ).remote(host, port, tls_cert, tls_key, node_ca)

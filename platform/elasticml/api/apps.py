@@ -20,6 +20,7 @@ revoked key is refused from then on.
 
 from __future__ import annotations
 
+import builtins
 import json
 import secrets
 import threading
@@ -150,7 +151,7 @@ class Apps:
         return {"app": name, "key_id": key_id, "key": key,
                 "note": "shown once: the server keeps only its digest"}
 
-    def list_keys(self, who: dict[str, str], body: Any) -> list[dict[str, Any]]:
+    def list_keys(self, who: dict[str, str], body: Any) -> builtins.list[dict[str, Any]]:  # the method `list` shadows it here
         tenant, name = self._own(who, body)
         return [{"key_id": k, "created": v["created"]} for k, v in sorted(self._keys(tenant, name).items())]
 
@@ -178,7 +179,7 @@ class Apps:
             from elasticml.scheduler.tenant_storage import check_confined
 
             check_confined(who["name"], spec)  # its own prefix, whether or not the cluster vends prefixes
-            return spec  # the build checks it against the tenant's residency too
+            return str(spec)  # the build checks it against the tenant's residency too
         raise ConfigError("a tenant's app serves its own job's checkpoint (job:SUBMISSION_ID) or one in its "
                           "S3 prefix (s3://...)", field="config.checkpoint")
 
@@ -237,7 +238,7 @@ class Apps:
         return {"app": name, "tenant": tenant, "route_prefix": route_prefix(tenant, name),
                 "status": self.serve.status(serve_name(tenant, name)), "keys": len(self._keys(tenant, name))}
 
-    def _names(self, tenant: str) -> list[str]:
+    def _names(self, tenant: str) -> builtins.list[str]:
         return sorted(p.stem for p in (self.folder / "apps" / tenant).glob("*.json"))
 
     def _record(self, tenant: str, name: str) -> Path:
@@ -276,7 +277,7 @@ def _config_of(body: Any) -> dict[str, Any]:
 
 
 def _nobody() -> str:
-    from elasticml.serve.auth import digest
+    from elasticml.secret_file import digest
 
     return digest(secrets.token_urlsafe(32))
 

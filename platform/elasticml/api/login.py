@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from elasticml.api.transport import ENDPOINT_ENV, HttpTransport
 from elasticml.errors import ConfigError
 from elasticml.home import home
 from elasticml.scheduler.identity import CREDENTIAL_ENV
+
+if TYPE_CHECKING:
+    from elasticml.scheduler.client import SchedulerClient
 
 CA_ENV = "ELASTICML_CA_CERT"
 
@@ -23,7 +27,7 @@ def login_file() -> Path:
     return home() / "login.json"
 
 
-def configured_client():  # type: ignore[no-untyped-def]
+def configured_client() -> SchedulerClient | None:
     """A SchedulerClient over HTTP when an endpoint is configured (flag/env, then the login file), else None."""
     from elasticml.scheduler.client import SchedulerClient
 

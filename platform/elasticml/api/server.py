@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -68,7 +68,7 @@ def _csp() -> str:
     import re
 
     def digest(tag: str) -> str:
-        body = re.search(rf"<{tag}>(.*?)</{tag}>", dashboard.PAGE, re.S).group(1)  # type: ignore[union-attr]
+        body = re.search(rf"<{tag}>(.*?)</{tag}>", dashboard.PAGE, re.S).group(1)  # type: ignore[union-attr]  # the constant page holds each tag asked for
         return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
 
     return (f"default-src 'none'; connect-src 'self'; script-src {digest('script')}; style-src {digest('style')}; "
@@ -262,7 +262,7 @@ def build_app(call: Call, *, jobs: Any = None, apps: Any = None, node_signer: No
 
 
 def add_node_certificates(app: FastAPI, call: Call, signer: NodeSigner,
-                          serve: Callable[[str, Request, Callable[[str, Any], Any]], Any]) -> None:
+                          serve: Callable[[str, Request, Callable[[str, Any], Any]], Awaitable[JSONResponse]]) -> None:
     """`POST /v1/nodes/certificate`: a worker's Ray TLS certificate, for the address it asks from."""
     from elasticml.provision.node_certs import ROUTE
 
@@ -310,7 +310,7 @@ def ray_call(address: str | None = None) -> Call:
     from elasticml.scheduler.client import RayTransport
 
     if not ray.is_initialized():
-        ray.init(address=address, logging_level="ERROR")
+        ray.init(address=address, logging_level=logging.ERROR)
     try:
         handle = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
     except ValueError:

@@ -34,7 +34,7 @@ class HttpTransport:
         if isinstance(verify, str):  # the cluster's CA certificate
             import ssl
 
-            verify = ssl.create_default_context(cafile=verify)  # type: ignore[assignment]
+            verify = ssl.create_default_context(cafile=verify)  # type: ignore[assignment]  # the same choice in the form httpx takes
         self._http = httpx.Client(timeout=timeout_s, verify=verify)
 
     def __call__(self, route: str, args: dict[str, Any], *, wait: bool = True) -> Any:

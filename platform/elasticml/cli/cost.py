@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,7 +41,7 @@ def cost_report(name: str, address: str | None, ledger: Path | None, html_out: P
 
         book = Ledger.read_only(ledger)
         now = book.last_recorded() or time.time()
-        report = book.report(now=now)
+        report: dict[str, Any] = book.report(now=now)
         intervals = book.intervals() if (html_out or png_out) else []
     else:
         sched = scheduler_client(name, address)

@@ -4,6 +4,7 @@ JSON, and the way to the cluster's scheduler (over HTTP with a tenant's login, e
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,12 @@ def connect(name: str, address: str | None) -> None:
     address = address or (env if env and "://" not in env else None)  # http:// is the job API, not the GCS
     if address:
         if not ray.is_initialized():
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         return
     LocalCluster(name).require_info().connect()
 
 
-def scheduler_client(name: str, address: str | None = None):  # type: ignore[no-untyped-def]
+def scheduler_client(name: str, address: str | None = None):
     from elasticml.api.login import configured_client
     from elasticml.scheduler.client import SchedulerClient
 

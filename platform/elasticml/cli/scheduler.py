@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,7 +28,7 @@ def scheduler() -> None:
 
 
 
-def _echo_records(records: list[dict]) -> None:  # type: ignore[type-arg]
+def _echo_records(records: list[dict]) -> None:
     for d in records:
         allocs = d.get("allocations", [])
         where = ", ".join(f"{a['workers']}x {a['node_type']} ({a['market']})" for a in allocs)
@@ -39,7 +40,7 @@ def _echo_records(records: list[dict]) -> None:  # type: ignore[type-arg]
             click.echo(f"  ray options: {json.dumps(d['ray_options'])}")
 
 
-def _echo_placement(p) -> None:  # type: ignore[no-untyped-def]
+def _echo_placement(p) -> None:
     where = ", ".join(f"{a.workers}x {a.node_type} ({a.market})" for a in p.allocations)
     click.echo(f"{p.workload}: {p.state}{' -> ' + where if where else ''}" + (f" ${p.hourly_cost:.4f}/h" if where else ""))
     click.echo(f"  why: {p.reason}")
@@ -91,7 +92,7 @@ def scheduler_start(config_path: Path | None, ledger_path: Path | None, tick_sec
 
     spec = load_cluster_spec(running_cluster_config(config_path))  # refuse a bad config before touching the cluster
     controller = ControllerConfig.from_env()
-    overrides = {k: v for k, v in (("tick_seconds", tick_seconds), ("seconds_per_hour", seconds_per_hour),
+    overrides: dict[str, Any] = {k: v for k, v in (("tick_seconds", tick_seconds), ("seconds_per_hour", seconds_per_hour),
                                    ("live_prices_seconds", live_prices_s)) if v is not None}
     from elasticml.cluster.spot_market import SpotMarket
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from elasticml.cluster.spot_market import SpotMarket
 
 
-def _driver_class():  # type: ignore[no-untyped-def]
+def _driver_class():
     import ray
 
     @ray.remote(num_cpus=0, max_restarts=-1)

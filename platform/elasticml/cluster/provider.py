@@ -18,13 +18,13 @@ from typing import Any
 try:
     from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 except ImportError:  # pragma: no cover - Ray is a dependency; this keeps the module importable without it
-    FakeMultiNodeProvider = object  # type: ignore[assignment,misc]
+    FakeMultiNodeProvider = object  # type: ignore[assignment,misc]  # without Ray, a plain base keeps the module importable
 
 MODULE = f"{__name__}.LocalNodeProvider"
 _PARAMS = threading.Lock()
 
 
-class LocalNodeProvider(FakeMultiNodeProvider):  # type: ignore[misc,valid-type]
+class LocalNodeProvider(FakeMultiNodeProvider):
     def _create_node_with_resources_and_labels(self, node_config: Any, tags: Any, count: Any, resources: Any,
                                                labels: Any) -> None:
         import ray._private.parameter as parameter
@@ -37,8 +37,8 @@ class LocalNodeProvider(FakeMultiNodeProvider):  # type: ignore[misc,valid-type]
             return base(*args, **kwargs)
 
         with _PARAMS:
-            parameter.RayParams = own_folder  # type: ignore[misc,assignment]
+            parameter.RayParams = own_folder  # type: ignore[misc,assignment]  # swapped for this one call, under _PARAMS
             try:
                 super()._create_node_with_resources_and_labels(node_config, tags, count, resources, labels)
             finally:
-                parameter.RayParams = base  # type: ignore[misc]
+                parameter.RayParams = base  # type: ignore[misc]  # and put back

@@ -200,7 +200,7 @@ except ImportError:  # pragma: no cover - Ray is a dependency; this keeps the mo
     TAG_RAY_USER_NODE_TYPE = "ray-user-node-type"
 
 
-class SpotMarketProvider(LocalNodeProvider):  # type: ignore[misc,valid-type]
+class SpotMarketProvider(LocalNodeProvider):
     """The local cluster's provider, with spot node types that follow the replayed market.
 
     Provider config keys beside the fake provider's: `spot_market` (the market file)
@@ -214,7 +214,7 @@ class SpotMarketProvider(LocalNodeProvider):  # type: ignore[misc,valid-type]
         self._stopping = threading.Event()
         threading.Thread(target=self._reclaim_forever, daemon=True, name="spot-reclaim").start()
 
-    def create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):  # type: ignore[no-untyped-def]
+    def create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
         node_type = tags.get(TAG_RAY_USER_NODE_TYPE)
         if node_type in self._spot_types:
             self._market.reload_clock()

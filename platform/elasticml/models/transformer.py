@@ -143,7 +143,7 @@ def decode_mask(start: int | torch.Tensor, t: int, pad: torch.Tensor | None, dev
     """Which keys (positions 0..start+t-1) each of t new queries (positions start..) may attend to:
     (t, S) causal, or with `pad` (B,) left padding positions per row, (B, 1, t, S), padding never
     attended to. Built from comparisons of positions, so an exported graph (ONNX) computes it too."""
-    keys = torch.arange(start + t, device=device)
+    keys = torch.arange(start + t, device=device)  # type: ignore[arg-type]  # a 0-d tensor end works (and traces for ONNX); torch's stub says Number
     queries = start + torch.arange(t, device=device)
     causal = keys[None, :] <= queries[:, None]  # (t, S)
     if pad is None:
@@ -208,6 +208,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    rope: torch.Tensor  # a buffer registered in __init__, declared for the type checker
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config

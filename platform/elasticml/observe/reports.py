@@ -21,7 +21,7 @@ from typing import Any
 MARKET_COLOURS = {"spot": "#2a9d8f", "on-demand": "#e76f51", "reserved": "#264653"}
 
 
-def _figure(width: float = 7.5, height: float = 3.2):  # type: ignore[no-untyped-def]
+def _figure(width: float = 7.5, height: float = 3.2):
     import matplotlib
 
     matplotlib.use("Agg")

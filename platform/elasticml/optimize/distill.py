@@ -7,6 +7,7 @@ gradients on the scale of the hard one's as T changes).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,8 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Te
     return alpha * soft + (1 - alpha) * hard
 
 
-def finetune(student: torch.nn.Module, teacher: torch.nn.Module, batches, cfg: DistillConfig) -> list[float]:  # type: ignore[no-untyped-def]
+def finetune(student: torch.nn.Module, teacher: torch.nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+             cfg: DistillConfig) -> list[float]:
     """`cfg.steps` AdamW steps of the student on `batches` (an iterator of (inputs, targets)) against
     the frozen teacher; returns the loss of each step."""
     teacher.eval()

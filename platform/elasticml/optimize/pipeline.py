@@ -17,7 +17,7 @@ import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -122,11 +122,12 @@ def optimize(cfg: OptimizeConfig, *, say: Any = print) -> dict[str, Any]:
         if cfg.train_data is not None:
             train = TokenBlocks(cfg.train_data, seq_len=seq_len, seed=1)
             calibration = train.batch(0, global_batch=min(16, len(train)))[0]
+            reference = cast(Transformer, teacher)  # refused above unless it is one
             shapes = [(1.0, k) for k in cfg.keeps] + [(d, k) for d in cfg.layer_keeps for k in (1.0, *cfg.keeps)]
             for depth, keep in shapes:
                 name = "+".join(([f"depth{round(depth * 100)}"] if depth < 1 else []) +
                                 ([f"prune{round(keep * 100)}"] if keep < 1 else []))
-                student = drop_blocks(teacher, keep=depth) if depth < 1 else teacher
+                student = drop_blocks(reference, keep=depth) if depth < 1 else reference
                 student = prune_mlp(student, calibration, keep=keep) if keep < 1 else student  # new models, both
                 batches = (train.batch(s, global_batch=cfg.distill.batch) for s in itertools.count(1))
                 losses = finetune(student, teacher, batches, cfg.distill) if cfg.distill.steps else []
@@ -147,7 +148,7 @@ def optimize(cfg: OptimizeConfig, *, say: Any = print) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads)
     base = measured.pop("teacher")
-    candidates = {n: {"checkpoint": models[n][2], "precision": models[n][3], "measurement": m}
+    candidates: dict[str, dict[str, Any]] = {n: {"checkpoint": models[n][2], "precision": models[n][3], "measurement": m}
                   for n, m in measured.items()}
     verdicts: dict[str, Verdict] = {n: judge(base, c["measurement"], cfg.gate) for n, c in candidates.items()}
     chosen = choose(verdicts)

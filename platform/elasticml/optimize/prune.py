@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from elasticml.dataconf import check_number
-from elasticml.models.transformer import Transformer
+from elasticml.models.transformer import MLP, Transformer
 
 
 @torch.no_grad()
@@ -24,11 +24,11 @@ def channel_importance(model: Transformer, tokens: torch.Tensor) -> list[torch.T
     scores: list[torch.Tensor] = []
     hooks = []
     for block in model.blocks:
-        def hook(mlp, args, _out, _scores=scores):  # type: ignore[no-untyped-def]
+        def hook(mlp: MLP, args: tuple[torch.Tensor, ...], _out: torch.Tensor, _scores: list[torch.Tensor] = scores) -> None:
             x = args[0]
             act = (F.silu(mlp.gate(x)) * mlp.up(x)).abs().flatten(0, -2).mean(0)
             _scores.append(act * mlp.down.weight.norm(dim=0))
-        hooks.append(block.mlp.register_forward_hook(hook))
+        hooks.append(block.mlp.register_forward_hook(hook))  # type: ignore[union-attr]  # nn.ModuleList yields nn.Module; these are Blocks
     try:
         model.eval()(tokens)
     finally:

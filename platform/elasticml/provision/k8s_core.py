@@ -223,7 +223,7 @@ def _ip_block(block: dict[str, Any], field: str) -> None:
     except ValueError as exc:
         raise ManifestError(f"not a CIDR: {exc}", field=field) from None
     for e in excepted:
-        if e.version != cidr.version or not e.subnet_of(cidr):  # type: ignore[arg-type]
+        if e.version != cidr.version or not e.subnet_of(cidr):  # type: ignore[arg-type]  # same version, checked first; mypy cannot pair the two unions
             raise ManifestError(f"except {e} must lie inside {cidr}", field=f"{field}.except")
 
 

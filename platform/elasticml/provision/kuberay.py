@@ -196,7 +196,7 @@ def raycluster_spec(d: ClusterDefinition, who: PodIdentity | None = None, *, api
     progress since its last checkpoint a move loses). Heads are never disruptible: the GCS, the
     scheduler and the Serve controller live there."""
     who = who or platform_pods(d)
-    workers = []
+    workers: list[dict[str, Any]] = []
     for g in d.groups:
         # The family, not the instance type: the pool may launch a larger size of it, which the pod fits.
         pod = _pod(_container(d, g), node_selector(g), who, certifier=api_server.endpoint(d.namespace))

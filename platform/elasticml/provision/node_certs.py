@@ -27,11 +27,16 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from elasticml.atomic import write_atomic
 from elasticml.errors import AccessDenied, AuthError, ConfigError, SchedulerError, SchedulerNotRunning
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificateIssuerPrivateKeyTypes, CertificatePublicKeyTypes, PrivateKeyTypes)
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +58,15 @@ shorter: Ray reads its certificate once, when it starts, and cannot take a new o
 expired under a long-lived node would cut it off; what bounds a worker's certificate is its address, not its age."""
 
 
-def key_pem(key: object) -> str:
+def key_pem(key: PrivateKeyTypes) -> str:
     from cryptography.hazmat.primitives import serialization
 
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
 
 
-def issue(ca_key: object, ca_cert: object, public_key: object, *, ips: list[str], names: list[str]) -> object:
+def issue(ca_key: CertificateIssuerPrivateKeyTypes, ca_cert: x509.Certificate, public_key: CertificatePublicKeyTypes, *,
+          ips: list[str], names: list[str]) -> x509.Certificate:
     """A node certificate for `public_key`, signed by the CA, for `ips` and DNS `names` (an x509.Certificate)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -71,7 +77,7 @@ def issue(ca_key: object, ca_cert: object, public_key: object, *, ips: list[str]
     now = dt.datetime.now(dt.timezone.utc)
     return (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (names or ips)[0][:64])]))
-            .issuer_name(ca_cert.subject).public_key(public_key)  # type: ignore[attr-defined, arg-type]
+            .issuer_name(ca_cert.subject).public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=NODE_DAYS))
             .add_extension(x509.SubjectAlternativeName(alt), critical=False)
@@ -79,7 +85,7 @@ def issue(ca_key: object, ca_cert: object, public_key: object, *, ips: list[str]
             # Ray's peers are both servers and clients of each other.
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
-            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+            .sign(ca_key, hashes.SHA256()))
 
 
 
@@ -114,10 +120,10 @@ class NodeSigner:
         from cryptography.hazmat.primitives import serialization
 
         public_key, ips, names = check_csr(csr_pem, peer_address(peer))
-        cert = issue(self._ca_key, self._ca_cert, public_key, ips=ips, names=names)
-        log.info("node certificate for %s (serial %x) until %s", ", ".join(ips + names), cert.serial_number,  # type: ignore[attr-defined]
-                 cert.not_valid_after_utc.isoformat())  # type: ignore[attr-defined]
-        return cert.public_bytes(serialization.Encoding.PEM).decode()  # type: ignore[attr-defined, no-any-return]
+        cert = issue(self._ca_key, self._ca_cert, public_key, ips=ips, names=names)  # type: ignore[arg-type]  # the CA's key is the EC signing key `tls` made, not any loadable key
+        log.info("node certificate for %s (serial %x) until %s", ", ".join(ips + names), cert.serial_number,
+                 cert.not_valid_after_utc.isoformat())
+        return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def check_csr(csr_pem: object, peer: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[Any, list[str], list[str]]:

@@ -41,7 +41,7 @@ def definition_at_site(cluster: str, values: SiteValues | None = None, *, image:
     if cluster not in CLUSTERS:
         raise ConfigError(f"unknown cluster {cluster!r}; defined: {', '.join(CLUSTERS)}", field="cluster")
     d = (values or load_values()).apply(CLUSTERS[cluster])
-    return replace(d, **image_parts(image)) if image is not None else d
+    return replace(d, **image_parts(image)) if image is not None else d  # type: ignore[arg-type]  # image_parts: the str image fields only
 
 
 def render(target: str, cluster: str, *, image: str | None = None, values: SiteValues | None = None) -> dict[str, str]:

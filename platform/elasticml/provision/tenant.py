@@ -128,7 +128,7 @@ def _as_tenant(pod: dict[str, Any], d: ClusterDefinition, tenant: str) -> None:
 
 
 def network_policy(d: ClusterDefinition, namespace: str, tenant: str) -> dict[str, Any]:
-    own = [{"podSelector": {}}]
+    own: list[dict[str, Any]] = [{"podSelector": {}}]
     platform_head = api_server.head_selector(f"elasticml-{d.name}")
     return {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",

@@ -88,9 +88,9 @@ def make_node_cert(ca_dir: Path, out: Path, *, ips: list[str], names: list[str])
     ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
     ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = issue(ca_key, ca_cert, key.public_key(), ips=ips, names=names)
+    cert = issue(ca_key, ca_cert, key.public_key(), ips=ips, names=names)  # type: ignore[arg-type]  # the CA's key is the EC signing key `tls` made, not any loadable key
     write_atomic(out / "node.key", key_pem(key), mode=0o600)
-    write_atomic(out / "node.crt", cert.public_bytes(serialization.Encoding.PEM).decode(), mode=0o644)  # type: ignore[attr-defined]
+    write_atomic(out / "node.crt", cert.public_bytes(serialization.Encoding.PEM).decode(), mode=0o644)
     write_atomic(out / "ca.crt", (ca_dir / "ca.crt").read_text(), mode=0o644)
     return out / "node.crt"
 

@@ -119,7 +119,7 @@ class SiteValues:
                        serve_certificate=self.serve_certificate, region=site.region, zones=site.zones,
                        kuberay_namespace=self.kuberay_namespace, prometheus_namespace=self.prometheus_namespace,
                        subnets=site.subnets, security_groups=site.security_groups, tenants=site.tenants,
-                       **image_parts(self.image))
+                       **image_parts(self.image))  # type: ignore[arg-type]  # image_parts: the str image fields only
 
 
 def load_values(path: str | Path | None = None) -> SiteValues:

@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 import httpx
@@ -93,7 +94,7 @@ class Watcher:
             self._token_expiry = time.monotonic() + TOKEN_TTL_S - 60
         return self._token
 
-    def _get(self, path: str) -> dict | None:
+    def _get(self, path: str) -> dict[str, Any] | None:
         status, body = self._request("GET", path, {"X-aws-ec2-metadata-token": self._get_token()})
         if status == 401:  # token expired early or was revoked: fetch a new one next time
             self._token = None
@@ -159,9 +160,9 @@ def notify_scheduler(notice: Notice) -> None:
 
     node_type = os.environ.get("RAY_NODE_TYPE_NAME")
     if not ray.is_initialized():
-        ray.init(address="auto", logging_level="ERROR")
+        ray.init(address="auto", logging_level=logging.ERROR)
     if node_type is None:
-        node_type = ray.get_runtime_context().get_node_labels().get("elasticml.io/node-type")
+        node_type = ray.get_runtime_context().get_node_labels().get("elasticml.io/node-type")  # type: ignore[assignment]  # Ray annotates label values list[str]; they are str
     if node_type is None:
         log.error("spot %s notice, but this node's type is unknown; nothing re-placed", notice.kind)
         return
@@ -178,7 +179,7 @@ def report_to_scheduler(node_type: str, notice: Notice) -> None:
     from elasticml.scheduler.client import SchedulerClient
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level="ERROR")
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", logging_level=logging.ERROR)
     if notice.kind == "rebalance":
         log.warning("rebalance recommendation for %s at %s: no action until an interruption notice", node_type, notice.time)
         return

@@ -35,7 +35,7 @@ ACTOR_NAME = "elasticml-scheduler"
 NAMESPACE = "elasticml"
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=256)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=256)  # type: ignore[call-overload]  # Ray's overloads omit actor-only options (max_concurrency)
 class SchedulerActor:
     """The named, detached actor on the head node. Its own methods: `ping` (the cluster's name,
     nothing else), `call` (every request, through the authenticating `Door`) and `poll` (the

@@ -140,10 +140,11 @@ class AuditLog:
             body = {"seq": seq + 1, "at": at, "who": str(e["who"])[:80], "action": str(e["action"])[:40],
                     "target": None if e.get("target") is None else str(e["target"])[:80], "tenant": e.get("tenant"),
                     "outcome": str(e.get("outcome", "done"))[:20], "why": str(e.get("why", ""))[:MAX_TEXT], "prev": mac}
-            record = {**body, "mac": _mac(self.key, mac, body)}
+            new_mac = _mac(self.key, mac, body)
+            record = {**body, "mac": new_mac}
             records.append(record)
             lines.append(json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n")
-            seq, mac = record["seq"], record["mac"]
+            seq, mac = seq + 1, new_mac
         if not records:
             return []
         data = "".join(lines).encode()

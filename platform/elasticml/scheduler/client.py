@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ray
 
@@ -88,12 +88,13 @@ class SchedulerClient:
         cluster it was started for whatever the head's working directory holds.
         """
         from elasticml.scheduler.audit import audit_key_path
-        from elasticml.scheduler.identity import admin_credential, agent_credential, digest, name_of
+        from elasticml.scheduler.identity import admin_credential, agent_credential, name_of
+        from elasticml.secret_file import digest
 
         spec = cluster if isinstance(cluster, ClusterSpec) else load_cluster_spec(cluster)
         ledger = str(ledger_path or home() / "scheduler" / spec.name / "ledger.sqlite")
         token = admin_credential(spec.name)  # the creator is the first admin
-        handle = SchedulerActor.options(
+        handle = SchedulerActor.options(  # type: ignore[attr-defined]  # mypy keeps a decorated class's own type; ray.remote made it an ActorClass
             name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
             # On the head: the ledger file lives on its disk, and the head is never spot.
             resources={"node:__internal_head__": 0.001},
@@ -119,7 +120,8 @@ class SchedulerClient:
             handle = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
         except ValueError:
             raise SchedulerNotRunning(ray.get_runtime_context().gcs_address) from None
-        return cls(RayTransport(handle, find_credential(ray.get(handle.ping.remote()), credential, default=default)))
+        cluster_name = cast(str, ray.get(handle.ping.remote()))  # ping answers the cluster's name
+        return cls(RayTransport(handle, find_credential(cluster_name, credential, default=default)))
 
     def _send(self, request: R.Request, *, wait: bool = True) -> Any:
         return self._transport(request.route, request.wire(), wait=wait)
@@ -129,10 +131,10 @@ class SchedulerClient:
 
         `attach`: the Ray job id whose training workers run it, so the ledger charges where they run.
         """
-        return self._send(R.Place(spec=spec, attach=attach))
+        return cast("Placement", self._send(R.Place(spec=spec, attach=attach)))
 
     def placement(self, name: str) -> Placement | None:
-        return self._send(R.GetPlacement(name=name))
+        return cast("Placement | None", self._send(R.GetPlacement(name=name)))
 
     def wait_placed(self, name: str, placement: Placement, *, max_wait_s: float, waited_s: float = 0.0,
                     poll_s: float = 1.0) -> tuple[Placement, float]:
@@ -162,34 +164,34 @@ class SchedulerClient:
 
     def run_started(self, name: str, epoch: int) -> float:
         """The workload's run for placement `epoch` is up; how long to wait before training (a replay's restart)."""
-        return self._send(R.RunStarted(name=name, epoch=epoch))
+        return cast("float", self._send(R.RunStarted(name=name, epoch=epoch)))
 
     def finish(self, name: str) -> None:
         self._send(R.Finish(name=name))
 
     def interrupt(self, node_type: str) -> dict[str, Any]:
         """{"decisions": [...], "drained_nodes": [Ray node ids drained as preempted]}."""
-        return self._send(R.Interrupt(node_type=node_type))
+        return cast("dict[str, Any]", self._send(R.Interrupt(node_type=node_type)))
 
     def clear_interruption(self, node_type: str) -> list[dict[str, Any]]:
-        return self._send(R.ClearInterruption(node_type=node_type))
+        return cast("list[dict[str, Any]]", self._send(R.ClearInterruption(node_type=node_type)))
 
     def tick(self) -> list[dict[str, Any]]:
         """Run the controller once now (it also runs on its own period)."""
-        return self._send(R.Tick())
+        return cast("list[dict[str, Any]]", self._send(R.Tick()))
 
     def explain(self, name: str) -> list[dict[str, Any]]:
-        return self._send(R.Explain(name=name))
+        return cast("list[dict[str, Any]]", self._send(R.Explain(name=name)))
 
     def status(self) -> dict[str, Any]:
-        return self._send(R.Status())
+        return cast("dict[str, Any]", self._send(R.Status()))
 
     def cost_report(self) -> dict[str, Any]:
-        return self._send(R.CostReport())
+        return cast("dict[str, Any]", self._send(R.CostReport()))
 
     def intervals(self, name: str) -> list[dict[str, Any]]:
         """The ledger's intervals for one workload, oldest first."""
-        return self._send(R.Intervals(name=name))
+        return cast("list[dict[str, Any]]", self._send(R.Intervals(name=name)))
 
     def set_tenant(self, policy: TenantPolicy) -> None:
         self._send(R.SetTenant(policy=policy))
@@ -207,7 +209,7 @@ class SchedulerClient:
     def storage_credentials(self, tenant: str, bucket: str, hours: float = 1.0) -> "S3Credentials | None":
         """Short-lived credentials reaching only s3://BUCKET/tenants/TENANT/ (None where the cluster
         keeps no tenant prefixes)."""
-        return self._send(R.StorageCredentials(tenant=tenant, bucket=bucket, hours=hours))
+        return cast("S3Credentials | None", self._send(R.StorageCredentials(tenant=tenant, bucket=bucket, hours=hours)))
 
     def tenant_storage(self, tenant: str, uris: list[str], hours: float) -> list["S3Credentials"]:
         """Credentials for every bucket among `uris`, installed in this process (storage.use_credentials)
@@ -224,16 +226,17 @@ class SchedulerClient:
         self._send(R.RecordEvent(action=action, target=target, why=why))
 
     def whoami(self) -> dict[str, str]:
-        return self._send(R.Whoami())
+        return cast("dict[str, str]", self._send(R.Whoami()))
 
     def audit_records(self, limit: int = 100) -> list[dict[str, Any]]:
         """The trail's newest records: a tenant's own, an admin's all."""
-        return self._send(R.AuditRecords(limit=limit))
+        return cast("list[dict[str, Any]]", self._send(R.AuditRecords(limit=limit)))
 
     def add_principal(self, name: str, role: str, file: str | Path) -> Path:
         """A new credential for `name` with `role` (admin only), written to `file` (mode 0600); the
         scheduler keeps only its digest. Hand the file to whoever acts as `name`."""
-        from elasticml.scheduler.identity import Principal, digest, new_token, write_credential
+        from elasticml.scheduler.identity import Principal, new_token, write_credential
+        from elasticml.secret_file import digest
 
         Principal(name, role)  # refuse a bad name or role before a secret exists
         token = new_token(name)
@@ -244,12 +247,12 @@ class SchedulerClient:
         self._send(R.RemovePrincipal(name=name))
 
     def list_principals(self) -> list[dict[str, str]]:
-        return self._send(R.ListPrincipals())
+        return cast("list[dict[str, str]]", self._send(R.ListPrincipals()))
 
     principals = list_principals
 
     def kill(self, *, no_restart: bool = False) -> None:
-        ray.kill(self._transport.actor, no_restart=no_restart)  # type: ignore[attr-defined]
+        ray.kill(self._transport.actor, no_restart=no_restart)  # type: ignore[attr-defined]  # kill is for a RayTransport (a driver on the cluster)
 
 
 def job_tenant(tenant: str | None, market: str | None) -> str | None:

@@ -118,7 +118,7 @@ class Controller:
         spot = self._spot_pool(spec)
         od = self._od_price(spec)
         ratio = min(1000.0, max(1.0, od / spot.hourly_price)) if spot is not None and od else 1.0
-        params = JobParams(job_hours=spec.expected_hours, deadline_hours=spec.deadline_hours,  # type: ignore[arg-type]
+        params = JobParams(job_hours=spec.expected_hours, deadline_hours=spec.deadline_hours,  # type: ignore[arg-type]  # steered(): only a spec with a deadline is admitted
                            restart_hours=spec.restart_overhead_hours, price_ratio=ratio)
         now = self.s.clock()
         market = self.s.market

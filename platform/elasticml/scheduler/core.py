@@ -196,7 +196,7 @@ class Scheduler:
             if own.action == "refuse":
                 raise PlacementRefused(spec.name, own.reason)
             self.apply(decisions)
-            return self.placement(spec.name)  # type: ignore[return-value]
+            return self.placement(spec.name)  # type: ignore[return-value]  # apply() has just recorded it
 
     def _within_residency(self, spec: WorkloadSpec) -> WorkloadSpec:
         """The spec held to its tenant's regions: it may narrow them, never widen them."""
@@ -331,7 +331,7 @@ class Scheduler:
 
     def intervals(self, name: str) -> list[dict[str, Any]]:
         check_workload_name(name)
-        return self.store.ledger.intervals(name)  # type: ignore[return-value]
+        return self.store.ledger.intervals(name)
 
     def status(self) -> dict[str, Any]:
         snap = self.snapshot()

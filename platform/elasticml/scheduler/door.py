@@ -118,14 +118,14 @@ class Door:
         """Audit the refusal (once per burst of the caller's refusals of this call, or of `key`), then
         raise it (AccessDenied, or `exc`)."""
         now = self._clock()
-        key = (who, key or route, outcome)
-        burst = self._bursts.get(key)
+        burst_key = (who, key or route, outcome)
+        burst = self._bursts.get(burst_key)
         if burst is not None and now - burst[0] < BURST_SECONDS:
             burst[1] += 1
             burst[2] = (target, reason)
         else:
-            self.flush_refusals(only=key)
-            self._bursts[key] = [now, 0, None]
+            self.flush_refusals(only=burst_key)
+            self._bursts[burst_key] = [now, 0, None]
             with self.s.command():
                 self.s.audit_action(route, target=target, who=who, why=reason, outcome=outcome)
         if exc is not None:
@@ -162,7 +162,7 @@ class Door:
             return replace(req, target=_own(who.name, req.target, owners))
         name = getattr(req, "name", None)
         if ROUTES[req.route].owns == "workload" and type(name) is str and name != "_events":
-            return replace(req, name=_own(who.name, name, owners))  # type: ignore[call-arg]
+            return replace(req, name=_own(who.name, name, owners))  # type: ignore[type-var]  # every Request subclass is a dataclass; the base is not
         return req
 
     def _forbidden(self, who: Principal, route: Route, req: Request) -> str | None:
@@ -175,7 +175,7 @@ class Door:
             return None
         owners = self.s.owners
         if route.owns == "spec":
-            spec, attach = req.spec, req.attach  # type: ignore[attr-defined]
+            spec, attach = req.spec, req.attach  # type: ignore[attr-defined]  # owns == "spec": a Place, which has both
             if spec.tenant != who.name:
                 return f"a tenant places its own workloads only (the spec says tenant {spec.tenant!r})"
             policy = self.s.tenants.of(who.name)
@@ -206,17 +206,17 @@ class Door:
                     return self.attach_check(attach, spec.name)
             return None
         if route.owns == "target":
-            if owners.get(req.target) != who.name:  # type: ignore[attr-defined]
+            if owners.get(req.target) != who.name:  # type: ignore[attr-defined]  # owns == "target": the request has .target
                 return ("a tenant records events of its own workloads only (an app without a tenant is an "
                         "operator's: give it `tenant:` so the scheduler places it)")
             return None
         if route.owns == "tenant":
-            if req.tenant != who.name:  # type: ignore[attr-defined]
+            if req.tenant != who.name:  # type: ignore[attr-defined]  # owns == "tenant": the request has .tenant
                 return ("a tenant checks its own residency only" if isinstance(req, CheckResidency)
                         else "a tenant gets credentials for its own prefix only")
             return None
         if route.owns == "workload":
-            name = req.name  # type: ignore[attr-defined]
+            name = req.name  # type: ignore[attr-defined]  # owns == "workload": the request has .name
             if name == "_events":
                 return "cluster events are for an admin"
             if owners.get(name) != who.name:

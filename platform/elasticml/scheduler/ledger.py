@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 @dataclass(frozen=True)
 class CostRow:
@@ -47,7 +47,8 @@ class Ledger:
     def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
         if self._writer is None:
             raise sqlite3.OperationalError("this ledger was opened read only")
-        return self._writer(sql, params)
+        cursor: sqlite3.Cursor = self._writer(sql, params)
+        return cursor
 
     def open(self, *, workload: str, tenant: str, node_type: str, market: str, workers: int, nodes: int,
              hourly_cost: float, on_demand_hourly_cost: float, at: float) -> None:
@@ -89,9 +90,9 @@ class Ledger:
         for column in ("tenant", "workload", "market"):
             report[column] = [{"key": r.key, "cost": r.cost, "on_demand_cost": r.on_demand_cost,
                                "savings": r.savings, "worker_hours": r.hours} for r in self.costs_by(column, now=now)]
-        rows = report["tenant"]
-        total = sum(r["cost"] for r in rows)  # type: ignore[union-attr]
-        od = sum(r["on_demand_cost"] for r in rows)  # type: ignore[union-attr]
+        rows = cast("list[dict[str, Any]]", report["tenant"])  # built just above
+        total = sum(r["cost"] for r in rows)
+        od = sum(r["on_demand_cost"] for r in rows)
         report["total"] = {"cost": total, "on_demand_cost": od, "savings": od - total,
                            "savings_pct": 100 * (od - total) / od if od else 0.0}
         report["intervals"] = len(self.intervals())

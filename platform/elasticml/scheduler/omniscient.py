@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ def omniscient_plan(
     price = {NONE: 0.0, SPOT: gap_hours, OD: gap_hours * params.price_ratio}
     INF = np.inf
 
-    def step(t: int, dp: np.ndarray, back: np.ndarray | None) -> tuple[np.ndarray, tuple | None]:
+    def step(t: int, dp: np.ndarray, back: np.ndarray | None) -> tuple[np.ndarray, tuple[Any, ...] | None]:
         """Tick t from values `dp` (before it): the values after it, and its cheapest finish."""
         avail = t < len(availability) and bool(availability[t])
         new = np.full_like(dp, INF)

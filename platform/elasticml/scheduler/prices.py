@@ -30,8 +30,8 @@ def refresh_prices(s: Scheduler, spot_prices: Mapping[str, float], scores: Mappi
             ceiling = 10 * (s.catalog.hourly(p.instance_type, "on-demand", p.region)
                             if (p.instance_type, p.region) in s.catalog else p.hourly_price)
             new_price, new_score = p.hourly_price, p.placement_score
-            if type(price) in (int, float) and math.isfinite(price) and 0 < price < ceiling:  # type: ignore[arg-type]
-                new_price = float(price)  # type: ignore[arg-type]
+            if price is not None and type(price) in (int, float) and math.isfinite(price) and 0 < price < ceiling:
+                new_price = float(price)
             if type(score) is int and 1 <= score <= 10:
                 new_score = score
             s.store.put_pool(replace(s.store.pool(p.node_type), price=new_price, score=new_score))

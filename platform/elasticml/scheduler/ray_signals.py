@@ -108,5 +108,5 @@ class RaySignals:
 
 def session() -> str:
     """The running Ray cluster's session: new at every start, the same across restarts of the actor."""
-    return f"{ray.get_runtime_context().gcs_address}/{ray._private.worker.global_worker.node.session_name}"
+    return f"{ray.get_runtime_context().gcs_address}/{ray._private.worker.global_worker.node.session_name}"  # type: ignore[union-attr]  # a connected process has a node
 

@@ -67,13 +67,13 @@ def drain_nodes_of_type(node_type: str, notice_seconds: int) -> list[str]:
     """Ask the GCS to drain every alive node of a node type as preempted; returns the accepted node ids."""
     from ray.core.generated import autoscaler_pb2
 
-    gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)
+    gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)  # type: ignore[attr-defined]  # ray/_raylet.pyi declares only part of the extension
     deadline_ms = time.time_ns() // 1_000_000 + notice_seconds * 1000
     drained = []
     for node in ray.nodes():
         if node.get("Alive") and node.get("Labels", {}).get(L.NODE_TYPE) == node_type:
             accepted, _ = gcs.drain_node(
-                node["NodeID"], autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+                node["NodeID"], autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),  # type: ignore[attr-defined]  # protobuf-generated, no stub
                 f"spot interruption notice for {node_type}", deadline_ms,
             )
             if accepted:

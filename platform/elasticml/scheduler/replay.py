@@ -28,6 +28,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import click
 from elasticml import entrypoint
 from elasticml.entrypoint import FINITE, as_help, default_of
 from elasticml.errors import ConfigError, ElasticMLError
-from elasticml.scheduler.deadline import NONE, OD, SPOT, JobParams
+from elasticml.scheduler.deadline import NONE, OD, SPOT, Instance, JobParams
 from elasticml.scheduler.policies import DEFAULT_POLICY, POLICIES
 
 TENANT = "replay"
@@ -113,10 +114,10 @@ def check(args: ReplayArgs) -> tuple[list[bool], float, JobParams]:
     return availability, gap_h, params
 
 
-def _summarise(decisions: list[str]) -> dict[str, int]:
+def _summarise(decisions: Sequence[str]) -> dict[str, int]:
     """Restarts (launches after the first) and moves (spot <-> on-demand while running) from per-tick choices."""
     launches = moves = 0
-    prev = NONE
+    prev: str = NONE
     for d in decisions:
         if d != prev and d != NONE:
             launches += 1
@@ -129,7 +130,7 @@ def simulated(args: ReplayArgs, availability: list[bool], gap_h: float, params: 
     from elasticml.scheduler.deadline import simulate
 
     skip = math.floor(args.start_hour / gap_h + 1e-9)
-    decisions: list[str] = []
+    decisions: list[Instance] = []
     result = simulate(POLICIES[args.policy](), availability[skip:], gap_h, params, history=availability[:skip],
                       decisions=decisions)
     ran = decisions[: math.ceil((result.finish_hour or len(decisions) * gap_h) / gap_h - 1e-9)]

@@ -72,13 +72,13 @@ class Request:
     route: ClassVar[str]
 
     def wire(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]  # subclasses are dataclasses; the base is not
 
     @classmethod
     def from_wire(cls, raw: Any) -> Request:
         if type(raw) is not dict or len(raw) > MAX_FIELDS:
             raise ConfigError(f"must be a mapping of at most {MAX_FIELDS} fields", field="args")
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]  # subclasses are dataclasses; the base is not
         for key in raw:
             if type(key) is not str or key not in known:
                 raise ConfigError(f"unknown field {str(key)[:40]!r}; {cls.route} takes {', '.join(sorted(known)) or 'none'}",

@@ -375,7 +375,7 @@ class Store:
 
     def last_reason(self, name: str, actions: tuple[str, ...]) -> dict[str, Any] | None:
         for (body,) in self.db.execute("SELECT body FROM reasons WHERE workload = ? ORDER BY id DESC", (name,)):
-            record = json.loads(body)
+            record: dict[str, Any] = json.loads(body)
             if record.get("action") in actions:
                 return record
         return None

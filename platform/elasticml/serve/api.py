@@ -4,7 +4,8 @@ and how a backend's refusal crosses a handle. The routes, keys and limits are `e
 # No `from __future__ import annotations`: FastAPI must see the request models
 # as classes, not strings, to read them from the body.
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -38,7 +39,7 @@ class CompletionResponse(BaseModel):
     latency_ms: float
     model_step: int
     cached: bool
-    model_version: str = Field("current", description="current, or stable/canary during a canary release.")
+    model_version: str = Field(default="current", description="current, or stable/canary during a canary release.")
 
 
 class ScoreRequest(BaseModel):
@@ -63,7 +64,10 @@ class Refusal:
     detail: Any
 
 
-async def refusal_for(call: Any) -> Any:
+T = TypeVar("T")
+
+
+async def refusal_for(call: Awaitable[T]) -> T | Refusal:
     """Await a backend method's work, returning its HTTP error as a Refusal (the backend side)."""
     try:
         return await call

@@ -107,7 +107,8 @@ def pool_running(workload: str, deployment: str) -> int | None:
     """Running replicas of a burst pool's deployment, as its policy last saw them; None if unknown."""
     report = _kv_get(f"pool/{workload}/{deployment}".encode())
     if isinstance(report, dict) and type(report.get("running")) is int and report["running"] >= 0:
-        return report["running"]
+        running: int = report["running"]
+        return running
     return None
 
 

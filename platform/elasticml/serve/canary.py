@@ -140,7 +140,7 @@ class CanaryRouter:
         if release == self.release:
             return  # the same release (keys or limits changed): keep its traffic and its verdict
         self.release = release
-        self.latency: dict[str, deque] = {v: deque(maxlen=500) for v in ("stable", "canary")}
+        self.latency: dict[str, deque[float]] = {v: deque(maxlen=500) for v in ("stable", "canary")}
         self.requests = {v: 0 for v in ("stable", "canary")}
         self.last_scores: dict[str, float] = {}
         if self.canary_cfg is None:
@@ -156,10 +156,10 @@ class CanaryRouter:
         """Take up a verdict an earlier router of this release reached (this replica may be its restart)."""
         from elasticml.storage import exists, read_text
 
-        if not exists(self.verdict_uri):
+        if not exists(self.verdict_uri):  # type: ignore[arg-type]  # set whenever a canary runs (the only caller)
             return
         try:
-            saved = json.loads(read_text(self.verdict_uri))
+            saved = json.loads(read_text(self.verdict_uri))  # type: ignore[arg-type]  # as above
         except (OSError, ValueError) as exc:  # written atomically, so this is someone else's file
             log.warning("ignoring unreadable canary verdict %s: %s", self.verdict_uri, exc)
             return
@@ -172,7 +172,7 @@ class CanaryRouter:
     def _save_verdict(self) -> None:
         from elasticml.storage import write_text_atomic
 
-        write_text_atomic(self.verdict_uri, json.dumps({
+        write_text_atomic(self.verdict_uri, json.dumps({  # type: ignore[arg-type]  # set whenever a canary runs
             "release": self.release, "state": self.state, "reason": self.reason, "canary_share": self.share,
             "held_out_nll_per_byte": self.last_scores, "decided_at": time.time()}, indent=2))
 
@@ -190,7 +190,7 @@ class CanaryRouter:
     async def complete(self, request: CompletionRequest, tenant: str | None) -> CompletionResponse:
         version = self._pick()
         t0 = time.perf_counter()
-        reply = await self._call(version, "complete", request, tenant)
+        reply: CompletionResponse = await self._call(version, "complete", request, tenant)
         if not reply.cached:
             self.latency[version].append((time.perf_counter() - t0) * 1e3 / max(1, reply.tokens))
         self.requests[version] += 1
@@ -200,12 +200,13 @@ class CanaryRouter:
         return reply.model_copy(update={"model_version": version})
 
     async def score(self, request: ScoreRequest, tenant: str | None) -> ScoreResponse:
-        return await self._call(self._pick(), "score", request)
+        reply: ScoreResponse = await self._call(self._pick(), "score", request)
+        return reply
 
-    def status(self, tenant: str | None) -> dict:
+    def status(self, tenant: str | None) -> dict[str, Any]:
         return {**self.verdict(), "verdict_uri": self.verdict_uri}
 
-    def verdict(self) -> dict:
+    def verdict(self) -> dict[str, Any]:
         """The release's state for a driver holding a deployment handle (`elasticml release`): no key,
         because only a process already admitted to the cluster gets a handle."""
         stable = {"checkpoint": self.cfg.checkpoint, "precision": self.cfg.resolved_precision}
@@ -217,12 +218,12 @@ class CanaryRouter:
                 "requests": dict(self.requests), "held_out_nll_per_byte": dict(self.last_scores),
                 "p50_ms_per_token": {v: (sorted(l)[len(l) // 2] if l else None) for v, l in self.latency.items()}}
 
-    async def judge_now(self) -> dict:
+    async def judge_now(self) -> dict[str, Any]:
         """Judge now on what was seen so far (a handle call, like `verdict`)."""
         await self.evaluate_now()
         return self.verdict()
 
-    async def evaluate(self, tenant: str | None) -> dict:
+    async def evaluate(self, tenant: str | None) -> dict[str, Any]:
         await self.evaluate_now()
         return self.status(tenant)
 
@@ -331,10 +332,10 @@ def build_release_app(args: dict[str, Any]) -> Application:
                 for n, a in built.items()]
     router_options: dict[str, Any] = {"num_cpus": 0}
     if serve_cfg.market != "any":  # the router goes where the versions go (never spot unless asked)
-        router_options["label_selector"] = L.selector_for(serve_cfg.market)  # type: ignore[arg-type]
+        router_options["label_selector"] = L.selector_for(serve_cfg.market)
     config = {"serve_config": serve_cfg.to_dict(), "canary_config": asdict(canary_cfg) if canary_cfg else None,
               "stable": names["stable"], "canary": names.get("canary")}
-    return CanaryRouter.options(ray_actor_options=router_options, user_config=config,  # type: ignore[call-arg]
+    return CanaryRouter.options(ray_actor_options=router_options, user_config=config,  # type: ignore[attr-defined, no-any-return]  # mypy keeps a decorated class's own type; Serve made it a Deployment
                                 version=ROUTER_VERSION, _internal=True).bind(*versions)
 
 

@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import HTTPException
 from ray import serve
@@ -50,6 +50,7 @@ from elasticml.serve.ingress import HEALTHZ, Gate, Ingress, Route
 from elasticml.train.checkpoint import resolve_checkpoint
 
 if TYPE_CHECKING:
+    from elasticml.models.transformer import Transformer
     from elasticml.scheduler.capacity import Allocation
     from elasticml.scheduler.client import SchedulerClient
 
@@ -63,7 +64,7 @@ class CompletionService:
     only through deployment handles (the pools and versions behind a router).
     """
 
-    def __init__(self, config: ServeConfig, s3_credentials: list | None = None) -> None:
+    def __init__(self, config: ServeConfig, s3_credentials: list[Any] | None = None) -> None:
         """`config`: validated once, where the app was built (Ray pickles it to the replica as it is).
         `s3_credentials`: a tenant's, where the cluster confines its checkpoints to its prefix
         (scheduler/tenant_storage.py); they arrive in the replica's constructor arguments."""
@@ -81,8 +82,9 @@ class CompletionService:
             use_credentials(s3_credentials)
         torch.set_num_threads(max(1, int(self.cfg.num_cpus)))
         model, self.meta = load_model(self.cfg.checkpoint, allowed_modules=tuple(self.cfg.allowed_model_modules))
-        self.context = model.config.max_seq_len
-        self.model = prepare(model, device=self.cfg.device, precision=self.cfg.resolved_precision)
+        # The reference Transformer, or a model with its interface (allowed_model_modules, ONNX, int8).
+        self.context: int = cast("Transformer", model).config.max_seq_len
+        self.model = cast("Transformer", prepare(model, device=self.cfg.device, precision=self.cfg.resolved_precision))
         self.cache: ResponseCache[tuple[str, int]] = ResponseCache(self.cfg.cache_size)  # (text, bytes generated)
         share = tenant_share_of(self.cfg)
         self.tenant_slots = max(self.cfg.max_batch_size, int(self.cfg.max_ongoing_requests * share))
@@ -101,7 +103,7 @@ class CompletionService:
         self._metrics = ServeMetrics()
         self.node_labels = dict(ray.get_runtime_context().get_node_labels())  # a replica never moves
 
-    async def _generate(self, prompts: list) -> list[bytes]:
+    async def _generate(self, prompts: list[Any]) -> list[bytes]:
         from elasticml.serve.generate import generate_batch
 
         self.batches += 1
@@ -134,7 +136,7 @@ class CompletionService:
                 cancel.set()
             raise
 
-    def health(self) -> dict:
+    def health(self) -> dict[str, Any]:
         node_labels = self.node_labels
         return {
             "status": "ok",
@@ -142,12 +144,12 @@ class CompletionService:
             "step": self.meta["step"],
             "device": self.cfg.device,
             "precision": self.cfg.resolved_precision,
-            "market": L.market_of(node_labels),
+            "market": L.market_of(node_labels),  # type: ignore[arg-type]  # Ray annotates label values list[str]; they are str
             "node_type": node_labels.get(L.NODE_TYPE),
             "replica": serve.get_replica_context().replica_id.unique_id,
         }
 
-    def stats(self, tenant: str | None = None) -> dict:
+    def stats(self, tenant: str | None = None) -> dict[str, Any]:
         """This replica's numbers (Prometheus sums them over replicas), and the caller's own tenant's:
         a tenant never sees another's."""
         mine = self.per_tenant.get(tenant, {"requests": 0, "cache_hits": 0})
@@ -235,7 +237,7 @@ class CompletionService:
 class ModelBackend:
     """A model version reachable only through handles (keys are checked by whoever holds the handle)."""
 
-    def __init__(self, config: ServeConfig, s3_credentials: list | None = None) -> None:
+    def __init__(self, config: ServeConfig, s3_credentials: list[Any] | None = None) -> None:
         self.service = CompletionService(config, s3_credentials)
 
     async def complete(self, request: CompletionRequest, tenant: str | None = None) -> "CompletionResponse | Refusal":
@@ -254,7 +256,7 @@ class Completer:
     ROUTES = (HEALTHZ, Route(method="GET", path="/v1/health", handler="health"),
               Route(method="GET", path="/v1/stats", handler="stats"))
 
-    def __init__(self, config: ServeConfig, s3_credentials: list | None = None) -> None:
+    def __init__(self, config: ServeConfig, s3_credentials: list[Any] | None = None) -> None:
         self.service = CompletionService(config, s3_credentials)
         self.gate = Gate.of(config)
 
@@ -269,14 +271,14 @@ class Completer:
         return await self.service.score(request)
 
     # async: a sync handler would run on FastAPI's thread pool for a few dictionary lookups
-    async def healthz(self, tenant: None) -> dict:
+    async def healthz(self, tenant: None) -> dict[str, Any]:
         # Open to anyone who can reach the port: nothing about the model, its storage or its node.
         return {"status": "ok"}
 
-    async def health(self, tenant: str | None) -> dict:
+    async def health(self, tenant: str | None) -> dict[str, Any]:
         return self.service.health()
 
-    async def stats(self, tenant: str | None) -> dict:
+    async def stats(self, tenant: str | None) -> dict[str, Any]:
         return self.service.stats(tenant)
 
 
@@ -295,13 +297,13 @@ def placement(cfg: ServeConfig, *, scaling: dict[str, Any], name: str, sched: "S
         options["num_gpus"] = 1
     if cfg.tenant is None:
         if cfg.market != "any":
-            options["label_selector"] = L.selector_for(cfg.market)  # type: ignore[arg-type]
+            options["label_selector"] = L.selector_for(cfg.market)
         return options, [], name
     from elasticml.errors import SchedulerError, SchedulerNotRunning
     from elasticml.scheduler.ray_view import serve_attachment
     from elasticml.scheduler.spec import WorkloadSpec
 
-    spec = WorkloadSpec(name=name, tenant=cfg.tenant, kind="serving", priority=cfg.priority,
+    spec = WorkloadSpec(name=name, tenant=cfg.tenant, kind="serving", priority=cfg.priority,  # type: ignore[arg-type]  # WorkloadSpec checks it
                         cpus_per_worker=cfg.num_cpus, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0,
                         min_workers=scaling.get("min_replicas", cfg.num_replicas) or 1,
                         max_workers=scaling.get("max_replicas", cfg.num_replicas), expected_hours=24)
@@ -376,7 +378,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
             burst = cfg.autoscaling == "predictive" and alloc.market == "spot" and base > 0
             scale: dict[str, Any] = {"autoscaling_config": burst_autoscaling(scaling, alloc.workers, base, workload)} if burst \
                 else {"num_replicas": alloc.workers}
-            handles.append(ModelBackend.options(name=name, ray_actor_options=pinned, **scale, **common)
+            handles.append(ModelBackend.options(name=name, ray_actor_options=pinned, **scale, **common)  # type: ignore[attr-defined]  # mypy keeps a decorated class's own type; Serve made it a Deployment
                            .bind(backend_cfg, creds))
             pools.append({"node_type": alloc.node_type, "market": alloc.market, "replicas": alloc.workers,
                           "deployment": name, "burst": burst})
@@ -385,7 +387,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         router = {"num_cpus": 0, "runtime_env": options["runtime_env"],
                   "label_selector": {L.NODE_TYPE: base_pool.node_type}}
         # The router follows the workload by the name the scheduler knows it by.
-        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, Gate.of(cfg), workload)
+        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, Gate.of(cfg), workload)  # type: ignore[attr-defined, no-any-return]  # mypy keeps a decorated class's own type; Serve made it a Deployment
     deployment: dict[str, Any] = {"name": deployment_name, "ray_actor_options": options, **common}
     if version is not None:  # Serve takes a version only as an internal option
         deployment.update(version=version, _internal=True)
@@ -393,7 +395,7 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         deployment["autoscaling_config"] = scaling
     else:
         deployment["num_replicas"] = cfg.num_replicas
-    return (ModelBackend if backend else Completer).options(**deployment).bind(cfg, creds)
+    return (ModelBackend if backend else Completer).options(**deployment).bind(cfg, creds)  # type: ignore[union-attr, no-any-return]  # mypy keeps a decorated class's own type; Serve made it a Deployment
 
 
 def burst_autoscaling(scaling: dict[str, Any], most: int, base: int, workload: str) -> dict[str, Any]:
@@ -420,7 +422,7 @@ def check_policy(path: str) -> None:
         raise ConfigError(f"{path!r} is not a callable autoscaling policy", field="autoscaling")
 
 
-def tenant_storage(tenant: str | None, checkpoints: list[str], sched: "SchedulerClient | None") -> list:
+def tenant_storage(tenant: str | None, checkpoints: list[str], sched: "SchedulerClient | None") -> list[Any]:
     """For a tenant's app: its checkpoints' buckets checked against its regions before anything is read,
     and, where the cluster confines tenants to their prefixes, the credentials that reach them
     (installed here for `latest:` and the manifest check; handed to the replicas). Vended for the

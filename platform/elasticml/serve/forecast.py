@@ -147,7 +147,7 @@ class LoadForecaster:
 
     def _complete(self, y: float, *, skipped: bool = False) -> None:
         cfg = self.config
-        index = round(self.bucket_start / cfg.bucket_s)  # type: ignore[operator]
+        index = round(self.bucket_start / cfg.bucket_s)  # type: ignore[operator]  # a bucket has started before one completes
         self.last_index = index
         while self.pending and self.pending[0][0] < index:
             self.pending.popleft()

@@ -20,7 +20,7 @@ Glossary:
 # as classes, not strings, to read them from the body.
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -145,7 +145,7 @@ class Ingress:
         self._handlers[exc_class] = handler
         self.app.add_exception_handler(exc_class, handler)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         gate: Gate = self.surface.gate
@@ -170,17 +170,17 @@ class Ingress:
         if messages is None:
             return
         if hot is not None:
-            request = _parse(hot[0].body, headers, messages)  # type: ignore[arg-type]
+            request = _parse(hot[0].body, headers, messages)  # type: ignore[arg-type]  # a hot Route has a body model (Route refuses one without)
             if request is not None:
                 return await self._answer(hot[1], request, tenant, scope, send)
         pending = iter(messages)
 
-        async def replay() -> dict:
+        async def replay() -> dict[str, Any]:
             return next(pending, None) or await receive()
 
         await self.app(scope, replay, send)
 
-    async def _answer(self, handler: Callable[..., Any], request: BaseModel, tenant: str | None, scope: dict,
+    async def _answer(self, handler: Callable[..., Any], request: BaseModel, tenant: str | None, scope: dict[str, Any],
                       send: Any) -> None:
         try:
             reply = await handler(request, tenant)
@@ -192,7 +192,8 @@ class Ingress:
                 await _send_json(send, 500, {"detail": "internal error"})
                 raise  # to Serve, which logs it as it logs FastAPI's
             response = on_error(Request(scope), exc)
-            return await response(scope, _no_body, send)
+            await response(scope, _no_body, send)
+            return
         body = reply.model_dump_json().encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [_JSON, (b"content-length", str(len(body)).encode())]})
@@ -224,20 +225,21 @@ def _endpoint(route: Route, handler: Callable[..., Any]) -> Callable[..., Any]:
         # Declared so that the schema tells a client where its key goes; the ingress has checked it.
         params += [inspect.Parameter(name, kw, default=Header(None), annotation=str | None)
                    for name in ("authorization", "x_api_key")]
-    endpoint.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    endpoint.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # what FastAPI reads; typeshed's functions lack the attribute
     endpoint.__name__ = route.handler  # FastAPI names the operation after it
     return endpoint
 
 
-def route_path(scope: dict) -> str:
+def route_path(scope: dict[str, Any]) -> str:
     """The path within the app: Serve puts the route prefix in root_path and leaves it on path."""
-    path, root = scope["path"], scope.get("root_path", "")
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
     if root and path.startswith(root) and path[len(root):len(root) + 1] in ("/", ""):
         return path[len(root):] or "/"
     return path
 
 
-async def _read_body(receive: Any, send: Any, limit: int) -> list[dict] | None:
+async def _read_body(receive: Any, send: Any, limit: int) -> list[dict[str, Any]] | None:
     """The request's messages up to the end of its body; None once a 413 is sent."""
     messages, size = [], 0
     while True:
@@ -253,7 +255,7 @@ async def _read_body(receive: Any, send: Any, limit: int) -> list[dict] | None:
             return messages
 
 
-def _parse(model: type[BaseModel], headers: dict[bytes, bytes], messages: list[dict]) -> BaseModel | None:
+def _parse(model: type[BaseModel], headers: dict[bytes, bytes], messages: list[dict[str, Any]]) -> BaseModel | None:
     """The body as `model` when it is JSON that the model accepts, else None (FastAPI will say why)."""
     kind = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
     if kind != b"application/json" or messages[-1]["type"] != "http.request":
@@ -265,11 +267,11 @@ def _parse(model: type[BaseModel], headers: dict[bytes, bytes], messages: list[d
         return None
 
 
-async def _no_body() -> dict:
+async def _no_body() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-async def _send_json(send: Any, status: int, content: Any, headers: dict[str, str] | None = None) -> None:
+async def _send_json(send: Any, status: int, content: Any, headers: Mapping[str, str] | None = None) -> None:
     body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
     extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,

@@ -152,7 +152,7 @@ class ReplicaSampler:
         for key, (app, deployment) in self.targets.items():
             try:
                 states = status.applications[app].deployments[deployment].replica_states
-                counts[key] = int(states.get("RUNNING", 0))
+                counts[key] = int(states.get("RUNNING", 0))  # type: ignore[call-overload]  # ReplicaState is a str enum: its value finds it
             except KeyError:
                 counts[key] = 0
         return counts

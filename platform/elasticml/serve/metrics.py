@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64]
+BATCH_SIZES: list[float] = [1, 2, 4, 8, 16, 32, 64]
 
 
 class ServeMetrics:

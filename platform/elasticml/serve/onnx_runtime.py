@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticml.models.transformer import KVCache, Transformer, decode_mask
+from elasticml.models.transformer import Block, KVCache, Transformer, decode_mask
 
 PRECISIONS = ("onnx", "onnx-int8")
 OPSET = 18
@@ -44,7 +46,7 @@ class Step(nn.Module):
         rope = m.rope[start:start + t]
         mask = decode_mask(start, t, pad)
         present_k, present_v = [], []
-        for i, block in enumerate(m.blocks):
+        for i, block in enumerate(cast("Iterable[Block]", m.blocks)):  # nn.ModuleList yields nn.Module
             attn = block.attn
             q, k, v = attn.heads(block.attn_norm(x), rope)
             k, v = torch.cat([past_k[i], k], 2), torch.cat([past_v[i], v], 2)
@@ -126,7 +128,7 @@ class OrtTransformer(nn.Module):
         logits, present_k, present_v = self.session.run(None, {
             "tokens": tokens.numpy(), "past_k": past[0], "past_v": past[1], "pad": pad.astype(np.int64)})
         if cache is not None:
-            cache.onnx_past = (present_k, present_v)  # type: ignore[attr-defined]
+            cache.onnx_past = (present_k, present_v)  # type: ignore[attr-defined]  # ONNX Runtime's past rides on the KVCache; only this backend sets and reads it
             cache.length = start + t
         return torch.from_numpy(logits)
 

@@ -77,8 +77,9 @@ class PoolRouter:
         sched: SchedulerClient | None = None  # looked up once (actor, cluster name, credential file), again after a failure
         while True:
             try:
-                sched = sched or await asyncio.to_thread(SchedulerClient.connect)
-                placed = await asyncio.to_thread(sched.placement, self.workload)
+                if sched is None:
+                    sched = await asyncio.to_thread(SchedulerClient.connect)
+                placed = await asyncio.to_thread(sched.placement, self.workload)  # type: ignore[arg-type]  # followed only when it has a workload
             except FOLLOW_ERRORS as exc:  # the scheduler restarting: keep the last weights
                 log.warning("could not read the placement of %s: %s", self.workload, type(exc).__name__)
                 sched, placed = None, None
@@ -98,7 +99,7 @@ class PoolRouter:
             weight = self.given.get(p["node_type"], 0)
             if p.get("burst"):
                 try:
-                    running = await asyncio.to_thread(pool_running, self.workload, p["deployment"])
+                    running = await asyncio.to_thread(pool_running, self.workload, p["deployment"])  # type: ignore[arg-type]  # followed only when it has a workload
                 except FOLLOW_ERRORS:  # the GCS briefly away: keep the last weight
                     continue
                 weight = min(weight, running or 0)
@@ -113,7 +114,7 @@ class PoolRouter:
 
         while True:
             try:
-                await asyncio.to_thread(publish_router_load, self.workload, self.router_id, self._mean_in_flight(),
+                await asyncio.to_thread(publish_router_load, self.workload, self.router_id, self._mean_in_flight(),  # type: ignore[arg-type]  # published only when it has a workload
                                         time.time())
             except FOLLOW_ERRORS as exc:  # the GCS briefly away: publish again next time
                 log.warning("could not publish the load of %s: %s", self.workload, type(exc).__name__)
@@ -129,11 +130,11 @@ class PoolRouter:
     async def score(self, request: ScoreRequest, tenant: str | None) -> Any:
         return await self._call("score", request)
 
-    def status(self, tenant: str | None) -> dict:
+    def status(self, tenant: str | None) -> dict[str, Any]:
         return {"pools": [{k: v for k, v in p.items() if k != "handle"} for p in self.pools],
                 "followed": self.followed, "in_flight": self.in_flight}
 
-    async def healthz(self, tenant: None) -> dict:
+    async def healthz(self, tenant: None) -> dict[str, Any]:
         return {"status": "ok"}  # open: the pools and their node types are at /v1/pools, behind a key
 
     def _order(self) -> list[dict[str, Any]]:
@@ -167,7 +168,7 @@ class PoolRouter:
         return area / span if span > 0 else float(self.in_flight)
 
     async def _call_pools(self, method: str, request: Any, *args: Any) -> Any:
-        last: Exception | None = None
+        last: BaseException | None = None
         for i, pool in enumerate(self._order()):
             pool["requests"] += 1
             try:

@@ -131,7 +131,7 @@ def candidate_from_report(report_path: str | Path, name: str | None = None) -> C
     report = _read_json(path, "report")
     if not isinstance(report, dict) or not isinstance(report.get("candidates"), list):
         raise ConfigError(f"{path} is not an `elasticml optimize` report (no candidates)", field="report")
-    rows = {c.get("name"): c for c in report["candidates"] if isinstance(c, dict) and isinstance(c.get("name"), str)}
+    rows: dict[str, dict[str, Any]] = {c["name"]: c for c in report["candidates"] if isinstance(c, dict) and isinstance(c.get("name"), str)}
     wanted = name if name is not None else report.get("chosen")
     if wanted is None:
         why = "; ".join(f"{n}: {', '.join(c.get('reasons', []))}" for n, c in rows.items())[:1500]
@@ -144,8 +144,9 @@ def candidate_from_report(report_path: str | Path, name: str | None = None) -> C
     if row.get("passed") is not True:
         raise ConfigError(f"the gate stopped {wanted}: {'; '.join(map(str, row.get('reasons', [])))[:1500]}",
                           field="candidate")
-    gate = {k: row.get(k) for k in ("loss", "loss_ratio", "speedup", "size_ratio", "tokens_per_s") if k in row}
-    return Candidate(checkpoint=row.get("checkpoint"), precision=row.get("precision"), name=wanted, gate=gate)
+    gate: dict[str, Any] = {k: row.get(k) for k in ("loss", "loss_ratio", "speedup", "size_ratio", "tokens_per_s") if k in row}
+    return Candidate(checkpoint=row.get("checkpoint"), precision=row.get("precision"),  # type: ignore[arg-type]  # __post_init__ refuses a missing one
+                     name=wanted, gate=gate)
 
 
 def read_base(path: str | Path, app: str) -> tuple[dict[str, Any], str | None]:
@@ -229,7 +230,7 @@ def _wait_for_verdict(cfg: ReleaseConfig, say: Callable[[str], None]) -> dict[st
     deadline = time.monotonic() + cfg.timeout_s
     seen = -1
     while True:
-        state = router.verdict.remote().result(timeout_s=120)
+        state: dict[str, Any] = router.verdict.remote().result(timeout_s=120)
         if state["state"] != "running":
             return state
         if state["requests"]["canary"] != seen:

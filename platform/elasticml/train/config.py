@@ -91,8 +91,8 @@ class TrainConfig:
             if isinstance(value, int) and not isinstance(value, bool) and value < lo:
                 raise ConfigError(f"must be >= {lo}, got {value}", field=name)
             check_number(value, field=name, lo=lo, hi=hi, integer=True)
-        for name, (lo, hi) in _REALS.items():
-            check_number(getattr(self, name), field=name, lo=lo, hi=hi)
+        for name, (low, high) in _REALS.items():
+            check_number(getattr(self, name), field=name, lo=low, hi=high)
         for name in _FLAGS:
             check_bool(getattr(self, name), field=name)
         for name in ("data", "storage_path", "run_name"):
@@ -144,7 +144,7 @@ class TrainConfig:
         if self.node_type:
             types = self.node_type.split(",")
             return {L.NODE_TYPE: types[0] if len(types) == 1 else f"in({', '.join(types)})"}
-        return None if self.market == "any" else L.selector_for(self.market)  # type: ignore[arg-type]
+        return None if self.market == "any" else L.selector_for(self.market)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,11 +9,20 @@ their reasons are the scheduler's, this module only follows them.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from elasticml.train.config import TrainConfig
 
+if TYPE_CHECKING:
+    from ray.train import Result, UserCallback
 
-def scheduled_spec(cfg: TrainConfig, scheduling: dict) -> object:
+    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.scheduler.spec import Placement, WorkloadSpec
+
+
+def scheduled_spec(cfg: TrainConfig, scheduling: dict[str, Any]) -> WorkloadSpec:
     from elasticml.scheduler.spec import WorkloadSpec
 
     hours = scheduling["expected_hours"]
@@ -30,7 +39,7 @@ def scheduled_spec(cfg: TrainConfig, scheduling: dict) -> object:
 class Follower:
     """Watches this job's placement from the driver; raises the stop flag when the scheduler moves it."""
 
-    def __init__(self, sched: object, name: str, epoch: int, flag: object, period_s: float = 1.0) -> None:
+    def __init__(self, sched: SchedulerClient, name: str, epoch: int, flag: Any, period_s: float = 1.0) -> None:
         import threading
 
         self.sched, self.name, self.epoch, self.flag, self.period_s = sched, name, epoch, flag, period_s
@@ -59,30 +68,30 @@ class Follower:
                 return
 
 
-def progress_callback(sched: object, name: str, steps: int) -> object:
+def progress_callback(sched: SchedulerClient, name: str, steps: int) -> UserCallback:
     """A Ray Train callback (on the run's controller) that tells the scheduler the share of steps done,
     as the job's own principal (`sched` is its SchedulerClient, which travels with the callback)."""
     from ray.train import UserCallback
 
     class Progress(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):  # type: ignore[no-untyped-def]
+        def after_report(self, run_context, metrics, checkpoint):
             step = metrics[0].get("step") if metrics else None
             if step is not None:
-                sched.report_progress_async(name, min(1.0, step / steps))  # type: ignore[attr-defined]
+                sched.report_progress_async(name, min(1.0, step / steps))
 
     return Progress()
 
 
-def started_hook(sched: object, name: str, epoch: int) -> object:
+def started_hook(sched: SchedulerClient, name: str, epoch: int) -> Callable[[], float]:
     """Called by rank 0 once a run is up: tells the scheduler, and returns how long to wait before training."""
 
     def started() -> float:
-        return float(sched.run_started(name, epoch))  # type: ignore[attr-defined]
+        return float(sched.run_started(name, epoch))
 
     return started
 
 
-def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConfig]:
+def run_scheduled(cfg: TrainConfig, scheduling: dict[str, Any]) -> tuple[Result, TrainConfig]:
     """Train where the scheduler says, and follow it: a move checkpoints, stops and resumes on the new placement."""
     import dataclasses
 
@@ -95,7 +104,7 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
 
     spec = scheduled_spec(cfg, scheduling)
     if not ray.is_initialized():
-        ray.init(logging_level="ERROR")
+        ray.init(logging_level=logging.ERROR)
     sched = SchedulerClient.connect()
     # Residency first: nothing is read from or written to a bucket outside the tenant's regions.
     sched.check_residency(spec.tenant, [str(cfg.data), str(cfg.storage_path)])
@@ -139,9 +148,10 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
             step = (result.metrics or {}).get("step", 0)
             if result.error is not None or step >= cfg.steps:
                 return result, run_cfg
-            placement = sched.placement(cfg.run_name)
-            if placement is None:
+            found = sched.placement(cfg.run_name)
+            if found is None:
                 raise SchedulerError(f"the scheduler forgot {cfg.run_name}")
+            placement = found
             saved = _checkpoint_step(result)
             print(json.dumps({"event": "moved", "at_step": step, "checkpoint_step": saved, "to": placement.node_type,
                               "state": placement.state, "reason": placement.reason}), flush=True)
@@ -150,7 +160,7 @@ def run_scheduled(cfg: TrainConfig, scheduling: dict) -> tuple[object, TrainConf
         ray.kill(flag)
 
 
-def await_move(sched: object, name: str, epoch: int, settle_s: float) -> object:
+def await_move(sched: SchedulerClient, name: str, epoch: int, settle_s: float) -> Placement:
     """After a failed run: the placement once the scheduler has moved it (its epoch grew), or the same
     one after `settle_s` (the failure was not one the scheduler acts on, such as a crashed worker).
     The scheduler learns of a lost node at its next tick, so a retry that did not wait for it would
@@ -161,7 +171,7 @@ def await_move(sched: object, name: str, epoch: int, settle_s: float) -> object:
 
     deadline = time.monotonic() + settle_s
     while True:
-        placement = sched.placement(name)  # type: ignore[attr-defined]
+        placement = sched.placement(name)
         if placement is None:
             raise SchedulerError(f"the scheduler forgot {name}")
         if placement.epoch != epoch or time.monotonic() >= deadline:
@@ -169,7 +179,7 @@ def await_move(sched: object, name: str, epoch: int, settle_s: float) -> object:
         time.sleep(0.5)
 
 
-def _checkpoint_step(result: object) -> int | None:
+def _checkpoint_step(result: Result) -> int | None:
     """The step of the run's last checkpoint: where the next run resumes."""
     from elasticml.train.checkpoint import read_meta
 

@@ -17,7 +17,7 @@ FOLDER = "history"
 def record(storage_path: str, run_name: str, metrics: dict[str, Any], *, resumed_from: int | None) -> None:
     from elasticml.storage import write_text_atomic
 
-    row = {k: metrics[k] for k in ("step", "loss", "tokens_per_s", "world_size") if k in metrics}
+    row: dict[str, Any] = {k: metrics[k] for k in ("step", "loss", "tokens_per_s", "world_size") if k in metrics}
     row["at"] = time.time()
     if resumed_from is not None:
         row["resumed_from"] = resumed_from

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -119,7 +120,7 @@ def with_checkpoints_resolved(cfg: TrainConfig) -> TrainConfig:
     worker, and every resumed run, must load the same one."""
     from elasticml.train.checkpoint import resolve_checkpoint
 
-    found = {}
+    found: dict[str, Any] = {}
     for name in ("teacher", "init_from"):
         value = getattr(cfg, name)
         if value is not None:
@@ -144,7 +145,7 @@ def execute(cfg: TrainConfig, scheduling: dict[str, Any]) -> int:
             from elasticml.scheduler.client import job_tenant
 
             if not ray.is_initialized():
-                ray.init(logging_level="ERROR")
+                ray.init(logging_level=logging.ERROR)
             scheduling["tenant"] = job_tenant(scheduling["tenant"], cfg.market)
         if scheduling["tenant"]:
             from elasticml.train.follow import run_scheduled

@@ -55,10 +55,10 @@ def fit(cfg: TrainConfig, *, callbacks: list | None = None, stop: Any = None,
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             scaling_config=ScalingConfig(
                 # Elastic on spot: Ray Train runs with what it can get between the two bounds.
-                num_workers=(cfg.min_workers, cfg.num_workers) if cfg.min_workers else cfg.num_workers,
+                num_workers=(cfg.min_workers, cfg.num_workers) if cfg.min_workers else cfg.num_workers,  # type: ignore[arg-type]  # Train V2 takes a range; mypy resolves ray.train's V1 ScalingConfig
                 use_gpu=cfg.use_gpu,
                 resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
-                label_selector=cfg.label_selector(),
+                label_selector=cfg.label_selector(),  # type: ignore[call-arg]  # a Train V2 field, as above
             ),
             run_config=RunConfig(
                 name=cfg.run_name,
@@ -66,7 +66,7 @@ def fit(cfg: TrainConfig, *, callbacks: list | None = None, stop: Any = None,
                 storage_filesystem=storage_fs,
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                 failure_config=FailureConfig(max_failures=cfg.max_failures) if retries
-                else FailureConfig(max_failures=0, max_preemption_failures=0),
+                else FailureConfig(max_failures=0, max_preemption_failures=0),  # type: ignore[call-arg]  # a Train V2 field; mypy sees V1's FailureConfig
                 callbacks=callbacks or [],
             ),
         )
@@ -105,4 +105,4 @@ class StopFlag:
 
 def stop_flag() -> Any:
     """A StopFlag on the head node, which no spot interruption takes away."""
-    return StopFlag.options(resources={"node:__internal_head__": 0.001}).remote()
+    return StopFlag.options(resources={"node:__internal_head__": 0.001}).remote()  # type: ignore[attr-defined]  # mypy keeps a decorated class's own type; ray.remote made it an ActorClass

@@ -97,7 +97,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
+    device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")  # type: ignore[attr-defined]  # ray.train.torch: imported by TorchTrainer, which runs this loop
 
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
@@ -139,7 +139,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with restored.as_directory() as folder:
             meta = read_meta(folder)
             # Sharded states of *this* world size; DCP reads each worker's slices whatever world wrote them.
-            state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+            state: dict[str, Any] = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
             read_state(folder, state)
             set_model_state_dict(model, state["model"])
             set_optimizer_state_dict(model, opt, optim_state_dict=state["optim"])

@@ -112,7 +112,7 @@ class SafeReader(FileSystemReader):
     def _load(self) -> Metadata:
         path = self._get_metadata_path()
         with self.fs.create_stream(path, "rb") as fh:
-            return load_metadata(fh, source=str(path))
+            return load_metadata(fh, source=str(path))  # type: ignore[arg-type]  # opened "rb": a binary stream
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         super().reset(checkpoint_id)
