@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from elasticml.dataconf import check_number, check_text
 from elasticml.scheduler.policies import DEFAULT_POLICY
 from elasticml.scheduler.spec import MAX_HOURS, WorkloadSpec
 from elasticml.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from elasticml.scheduler.admission import Admission
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -156,7 +159,7 @@ def run_scheduled(cfg: TrainConfig, scheduling: Scheduling, *, callbacks: list |
             ray.kill(flag)
 
 
-def _follow(cfg: TrainConfig, admission: Any, flag: object, *, settle_s: float, max_wait_s: float,
+def _follow(cfg: TrainConfig, admission: Admission[None], flag: object, *, settle_s: float, max_wait_s: float,
             callbacks: list) -> tuple[object, TrainConfig]:
     """Run on the admitted placement, and again on each one the scheduler moves the job to."""
     import dataclasses
