@@ -11,7 +11,8 @@ tenant's workload: the scheduler checks its data and storage buckets against
 the tenant's regions before anything is read or written, places the sweep
 (kind `sweep`, `--priority` low by default) within its budget and quota, and
 the trials run on the pools it gave; a trial that loses its node is run again
-(--trial-retries) from its last checkpoint. The sweep is finished when it ends.
+(--trial-retries) from its last checkpoint. The sweep is finished when it ends
+(elasticml.scheduler.admission owns that sequence).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import click
-
 from elasticml.entrypoint import as_help, default_of, run
 from elasticml.errors import ConfigError, ElasticMLError
 from elasticml.home import default_storage_path
@@ -49,6 +51,7 @@ class Sweep:
     tenant: str | None = None
     priority: str = "low"
     max_wait_s: float = 3600.0
+    expected_hours: float = 1.0
     trial_retries: int = 2
     size: str = default_of(TrainConfig, "model_size")
 
@@ -75,6 +78,9 @@ def _default(name: str) -> dict[str, Any]:
 @click.option("--priority", **_default("priority"), help="With --tenant: critical | high | normal | low | preemptible.")
 @click.option("--max-wait-s", type=float, **_default("max_wait_s"),
               help="With --tenant: give up if not placed for this long.")
+@click.option("--expected-hours", type=float, **_default("expected_hours"),
+              help="With --tenant: how long the sweep should take (its cost estimate, and how long its storage "
+                   "credentials last).")
 @click.option("--trial-retries", type=int, **_default("trial_retries"), help="Times a failed trial is run again.")
 @click.option("--size", **_default("size"), help="Reference transformer of every trial: tiny | small | 125m | ...")
 def command(**flags: Any) -> int:
@@ -97,59 +103,52 @@ def command(**flags: Any) -> int:
 
     if not ray.is_initialized():
         ray.init(logging_level="ERROR")
-    sched = None
-    try:
-        from elasticml.scheduler.client import job_tenant
+    with ExitStack() as placed:
+        try:
+            from elasticml.scheduler.client import job_tenant
+            from elasticml.train.preflight import preflight
 
-        tenant = job_tenant(args.tenant, args.market)
-        if tenant is not None:
-            if args.market is not None:
-                raise ConfigError("a sweep with a tenant is placed by the scheduler; --market is without one",
-                                  field="market")
-            sched, base = placed_sweep(base, args, tenant)
-        from elasticml.train.preflight import preflight
-
-        preflight(base)  # data and storage, before Tune starts a trial (a tenant's with its credentials)
-    except ElasticMLError as exc:
-        if sched is not None:
-            sched.finish(args.name)
-        print(json.dumps({"event": "tune_refused", "error": str(exc)[:500]}), flush=True)
-        raise
-    try:
+            tenant = job_tenant(args.tenant, args.market)
+            if tenant is None:
+                preflight(base)  # data and storage, before Tune starts a trial
+            else:
+                if args.market is not None:
+                    raise ConfigError("a sweep with a tenant is placed by the scheduler; --market is without one",
+                                      field="market")
+                # Finished when the sweep ends, however it ends (and at once if admission fails after placing).
+                base = placed.enter_context(placed_sweep(base, args, tenant))
+        except ElasticMLError as exc:
+            print(json.dumps({"event": "tune_refused", "error": str(exc)[:500]}), flush=True)
+            raise
         return sweep(base, args, grid)
-    finally:
-        if sched is not None:
-            sched.finish(args.name)
 
 
 def main(argv: list[str] | None = None) -> int:
     return run(command, argv, prog="tune.py")
 
 
-def placed_sweep(base: TrainConfig, args: Sweep, tenant: str) -> tuple[object, TrainConfig]:
-    """Residency first, then the scheduler's placement; the trials' config pinned to the pools given."""
+@contextmanager
+def placed_sweep(base: TrainConfig, args: Sweep, tenant: str) -> Iterator[TrainConfig]:
+    """The sweep admitted by the scheduler (residency, the tenant's credentials, which the trials take
+    along, the base run's preflight, its placement): the trials' config pinned to the pools given."""
     import dataclasses
 
     import ray
-    from elasticml.errors import SchedulerError
+    from elasticml.scheduler.admission import admitted
     from elasticml.scheduler.client import SchedulerClient
     from elasticml.scheduler.spec import WorkloadSpec
+    from elasticml.train.preflight import preflight
 
-    sched = SchedulerClient.connect()
-    sched.check_residency(tenant, [str(base.data), str(base.storage_path)])
-    sched.tenant_storage(tenant, [str(base.data), str(base.storage_path)], hours=12.0)  # trials take them along
-    spec = WorkloadSpec(name=args.name, tenant=tenant, kind="sweep", priority=args.priority,
+    spec = WorkloadSpec(name=args.name, tenant=tenant, kind="sweep", priority=args.priority,  # type: ignore[arg-type]
                         cpus_per_worker=base.cpus_per_worker, gpus_per_worker=1.0 if base.use_gpu else 0.0,
-                        min_workers=args.workers, max_workers=args.workers * args.concurrent, expected_hours=1.0,
-                        checkpoint_interval_hours=0.1)
-    placement = sched.place(spec, attach=ray.get_runtime_context().get_job_id())
-    try:
-        placement, _ = sched.wait_placed(args.name, placement, max_wait_s=args.max_wait_s)
-    except SchedulerError:
-        sched.finish(args.name)
-        raise
-    print(json.dumps({"event": "placement", **placement.to_dict()}), flush=True)
-    return sched, dataclasses.replace(base, market="any", node_type=",".join(placement.node_types))
+                        min_workers=args.workers, max_workers=args.workers * args.concurrent,
+                        expected_hours=args.expected_hours, checkpoint_interval_hours=0.1)
+    with admitted(spec, sched=SchedulerClient.connect(), uris=[str(base.data), str(base.storage_path)],
+                  attach=ray.get_runtime_context().get_job_id(), max_wait_s=args.max_wait_s,
+                  preflight=lambda: preflight(base)) as admission:
+        placement = admission.placement
+        print(json.dumps({"event": "placement", **placement.to_dict()}), flush=True)
+        yield dataclasses.replace(base, market="any", node_type=",".join(placement.node_types))
 
 
 def sweep(base: TrainConfig, args: Sweep, grid: list[float] | None) -> int:

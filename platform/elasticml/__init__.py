@@ -11,8 +11,17 @@ The Python API, the same code the `elasticml` command and the jobs run:
     sched = eml.SchedulerClient.connect()                      # the cost-aware scheduler
     placement = sched.place(eml.WorkloadSpec(name="nightly", tenant="research", priority="low"))
 
-    result = eml.fit(eml.TrainConfig(data=..., storage_path=..., run_name="nightly", steps=100))
+    cfg = eml.TrainConfig(data=..., storage_path=..., run_name="nightly", steps=100)
+    result = eml.fit(cfg)                                      # where cfg.market / node_type say
+    result = eml.fit(cfg, tenant="research", priority="low", expected_hours=2)   # or: the scheduler's
     app = eml.build_app({"checkpoint": f"latest:{storage_path}/nightly"})   # for serve.run
+
+`fit` with a `tenant` takes the path of `jobs/train.py --tenant`: residency and the tenant's
+storage credentials, preflight, then the scheduler places the run (its workload is in `status` and
+`explain`), moves it (checkpoint, stop, resume on the new pool) and finishes it when it ends. The
+other scheduling options (`priority`, `expected_hours`, `deadline_hours`, `restart_hours`,
+`max_wait_s`, `spot_policy`, `settle_s`) are keyword-only and need a tenant; without one `fit` runs
+where the config says, as before.
 
 Packages: `cluster` (local elastic cluster from cluster YAMLs), `scheduler` (placement, the
 ledger, identities, the audit trail), `data` (Parquet corpora), `models`, `train` (Ray Train

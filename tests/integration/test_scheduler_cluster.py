@@ -274,6 +274,43 @@ def test_a_tenant_trains_through_the_api_server_with_only_its_credential(sched, 
     assert hooli.post("apps/delete", {"app": "tiny-chat"})["deleted"] and hooli.post("apps/list", {}) == []
 
 
+def test_eml_fit_with_a_tenant_is_placed_by_the_scheduler_and_finished_after(sched, corpus, tmp_path):
+    """`eml.fit(cfg, tenant=...)` from plain Python takes jobs/train.py --tenant's path: admitted and
+    placed as the tenant's workload (in status, with its tenant, while it runs) and finished on return."""
+    import threading
+    import time
+
+    import elasticml as eml
+
+    cfg = eml.TrainConfig(data=str(corpus), storage_path=str(tmp_path / "runs"), run_name="sdk-fit", steps=12,
+                          num_workers=1, global_batch=2, seq_len=32, report_every=3, min_step_seconds=0.25)
+    out: dict = {}
+
+    def train() -> None:
+        try:
+            out["result"] = eml.fit(cfg, tenant="research", priority="normal", expected_hours=0.1, max_wait_s=120)
+        except BaseException as exc:  # handed to the test thread below
+            out["error"] = exc
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    seen = []
+    while worker.is_alive():
+        if (running := sched.status()["running"].get("sdk-fit")) is not None:
+            seen.append(running)
+        time.sleep(0.5)
+    worker.join()
+    assert "error" not in out, out.get("error")
+    result = out["result"]
+    assert result.error is None and result.metrics["step"] == 12 and result.checkpoint is not None
+    assert seen and {a["tenant"] for a in seen[0]} == {"research"}, seen[:1]
+    assert "place" in [d["action"] for d in sched.explain("sdk-fit")]
+    assert "sdk-fit" not in sched.status()["running"]  # finished when fit returned
+    assert all(i["end"] is not None for i in sched.intervals("sdk-fit"))
+    with pytest.raises(ConfigError, match="needs a tenant"):
+        eml.fit(cfg, priority="low")
+
+
 def test_actor_killed_and_restarted_loses_nothing(sched):
     import time
 

@@ -53,8 +53,12 @@ if TYPE_CHECKING:
     from elasticml.models.transformer import Transformer
     from elasticml.scheduler.capacity import Allocation
     from elasticml.scheduler.client import SchedulerClient
+    from elasticml.scheduler.spec import WorkloadSpec
 
 log = logging.getLogger("elasticml.serve")
+
+SERVING_HOURS = 24.0
+"""What a Serve app tells the scheduler it expects to run for (its cost estimate, its credentials)."""
 
 
 class CompletionService:
@@ -282,39 +286,29 @@ class Completer:
         return self.service.stats(tenant)
 
 
-def placement(cfg: ServeConfig, *, scaling: dict[str, Any], name: str, sched: "SchedulerClient | None" = None,
-              attach: str | None = None) -> tuple[dict[str, Any], list["Allocation"], str]:
-    """ray_actor_options for the replicas, when the scheduler placed them its allocations, and the
-    workload's name as the scheduler knows it (a tenant's own build gets `TENANT/NAME`). `scaling`:
-    `cfg.autoscaling_config()`, as the caller computed it.
-
-    With a tenant the cluster's scheduler decides: base replicas on reserved or on-demand capacity,
-    extra ones on spot, over-provisioned (see the policy); `build_app` gives each allocation its own
-    deployment pinned to its pool (elasticml.serve.pools).
-    """
+def replica_options(cfg: ServeConfig) -> dict[str, Any]:
+    """ray_actor_options for the replicas: where an app without a tenant runs is its `market`; a tenant's
+    app is pinned to the scheduler's pools instead (`build_app` gives each allocation its own deployment,
+    elasticml.serve.pools)."""
     options: dict[str, Any] = {"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": dict(cfg.env_vars)}}
     if cfg.device == "gpu":
         options["num_gpus"] = 1
-    if cfg.tenant is None:
-        if cfg.market != "any":
-            options["label_selector"] = L.selector_for(cfg.market)
-        return options, [], name
-    from elasticml.errors import SchedulerError, SchedulerNotRunning
-    from elasticml.scheduler.ray_view import serve_attachment
+    if cfg.tenant is None and cfg.market != "any":
+        options["label_selector"] = L.selector_for(cfg.market)
+    return options
+
+
+def serving_spec(cfg: ServeConfig, *, scaling: dict[str, Any]) -> "WorkloadSpec":
+    """A tenant's app as the scheduler's workload (`scaling`: `cfg.autoscaling_config()`): base replicas
+    on reserved or on-demand capacity, extra ones on spot, over-provisioned (see the policy)."""
     from elasticml.scheduler.spec import WorkloadSpec
 
-    spec = WorkloadSpec(name=name, tenant=cfg.tenant, kind="serving", priority=cfg.priority,  # type: ignore[arg-type]  # WorkloadSpec checks it
+    if cfg.tenant is None:
+        raise ValueError("an app without a tenant is not the scheduler's workload")
+    return WorkloadSpec(name=cfg.name, tenant=cfg.tenant, kind="serving", priority=cfg.priority,  # type: ignore[arg-type]  # WorkloadSpec checks it
                         cpus_per_worker=cfg.num_cpus, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0,
                         min_workers=scaling.get("min_replicas", cfg.num_replicas) or 1,
-                        max_workers=scaling.get("max_replicas", cfg.num_replicas), expected_hours=24)
-    if sched is None:
-        import ray
-
-        raise SchedulerNotRunning(ray.get_runtime_context().gcs_address)
-    placed = sched.place(spec, attach=attach or serve_attachment(name))
-    if not placed.placed:
-        raise SchedulerError(f"the scheduler has not placed {name} yet ({placed.state}): {placed.reason}")
-    return options, list(placed.allocations), placed.workload
+                        max_workers=scaling.get("max_replicas", cfg.num_replicas), expected_hours=SERVING_HOURS)
 
 
 def tenant_share_of(cfg: ServeConfig) -> float:
@@ -340,25 +334,53 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
 
     `version`: Serve's code version for the replicas. A redeploy with the same one keeps them running;
     without one, Serve draws a new version at every deploy and restarts them all. `sched`: the scheduler
-    as whoever builds it (the API server passes the tenant's); default: this process's principal."""
-    from ray.serve.config import BackpressureConfig
-
+    as whoever builds it (the API server passes the tenant's); default: this process's principal.
+    A tenant's app is admitted by the scheduler (elasticml.scheduler.admission) and must be placed at
+    once: a build does not wait."""
     from elasticml.serve.audit import record_deployment, scheduler_or_none
     from elasticml.train.checkpoint import read_meta
 
     cfg = ServeConfig.from_dict(dict(args), source="completion app args")
     if cfg.autoscaling not in ("reactive", "predictive"):
         check_policy(cfg.autoscaling)
-    sched = sched or scheduler_or_none()
-    creds = tenant_storage(cfg.tenant, [cfg.checkpoint], sched)
-    cfg = dataclasses.replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))
     if cfg.api_keys_file is not None:  # read here, on the head: replicas get the digests, not the file
         from elasticml.serve.auth import read_key_file
 
         cfg = dataclasses.replace(cfg, api_keys={**read_key_file(cfg.api_keys_file), **cfg.api_keys}, api_keys_file=None)
+    sched = sched or scheduler_or_none()
     scaling = cfg.autoscaling_config()
-    options, allocations, workload = placement(cfg, scaling=scaling, name=cfg.name, sched=sched, attach=attach)
-    record_deployment(cfg, allocations, read_meta(cfg.checkpoint), sched)  # before any replica starts
+    if cfg.tenant is None:
+        cfg = dataclasses.replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))
+        record_deployment(cfg, [], read_meta(cfg.checkpoint), sched)  # before any replica starts
+        return _bind(cfg, scaling=scaling, creds=[], allocations=[], workload=cfg.name,
+                     deployment_name=deployment_name, backend=backend, version=version)
+    if sched is None:
+        import ray
+
+        from elasticml.errors import SchedulerNotRunning
+
+        raise SchedulerNotRunning(ray.get_runtime_context().gcs_address)
+    from elasticml.scheduler.admission import admitted
+    from elasticml.scheduler.ray_view import serve_attachment
+
+    # The app outlives its build: finished here only if the build fails after placing it.
+    with admitted(serving_spec(cfg, scaling=scaling), sched=sched, uris=[cfg.checkpoint],
+                  attach=attach or serve_attachment(cfg.name), max_wait_s=None,
+                  preflight=lambda: resolve_checkpoint(cfg.checkpoint), finish="on_error") as admission:
+        cfg = dataclasses.replace(cfg, checkpoint=admission.checked)
+        allocations = list(admission.placement.allocations)
+        record_deployment(cfg, allocations, read_meta(cfg.checkpoint), sched)  # before any replica starts
+        return _bind(cfg, scaling=scaling, creds=admission.credentials, allocations=allocations,
+                     workload=admission.placement.workload, deployment_name=deployment_name, backend=backend,
+                     version=version)
+
+
+def _bind(cfg: ServeConfig, *, scaling: dict[str, Any], creds: list[Any], allocations: list["Allocation"], workload: str,
+          deployment_name: str, backend: bool, version: str | None) -> Application:
+    """The app's deployments: one per allocation behind a PoolRouter (a tenant's), else one of its own."""
+    from ray.serve.config import BackpressureConfig
+
+    options = replica_options(cfg)
     common: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,
@@ -425,10 +447,9 @@ def check_policy(path: str) -> None:
 def tenant_storage(tenant: str | None, checkpoints: list[str], sched: "SchedulerClient | None") -> list[Any]:
     """For a tenant's app: its checkpoints' buckets checked against its regions before anything is read,
     and, where the cluster confines tenants to their prefixes, the credentials that reach them
-    (installed here for `latest:` and the manifest check; handed to the replicas). Vended for the
-    longest session IAM allows: a replica that starts after they expire needs a redeploy."""
+    (installed here for `latest:` and the manifest check), for as long as admission gives a Serve app."""
     if tenant is None or sched is None:
         return []
-    uris = [c.removeprefix("latest:") for c in checkpoints]
-    sched.check_residency(tenant, uris)
-    return sched.tenant_storage(tenant, uris, hours=12.0)
+    from elasticml.scheduler.admission import credential_hours, storage_for
+
+    return storage_for(sched, tenant, checkpoints, hours=credential_hours(SERVING_HOURS))

@@ -2,8 +2,9 @@
 moves the job (spot lost or back, a deadline policy's choice, cheaper capacity) checkpoints at the next
 report point, ends the run and resumes from that checkpoint on the new pool.
 
-The driver side of jobs/train.py --tenant (elasticml.train.job runs it); the placement, the moves and
-their reasons are the scheduler's, this module only follows them.
+The driver side of jobs/train.py --tenant (elasticml.train.job runs it) and of `eml.fit(cfg, tenant=...)`;
+admission (residency, credentials, preflight, place, wait, finish) is `elasticml.scheduler.admission`'s,
+the placement, the moves and their reasons are the scheduler's: this module only follows them.
 """
 
 from __future__ import annotations
@@ -11,28 +12,76 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
+from elasticml.dataconf import check_number, check_text
+from elasticml.scheduler.policies import DEFAULT_POLICY
+from elasticml.scheduler.spec import MAX_HOURS, WorkloadSpec
 from elasticml.train.config import TrainConfig
 
 if TYPE_CHECKING:
     from ray.train import Result, UserCallback
 
+    from elasticml.scheduler.admission import Admission
     from elasticml.scheduler.client import SchedulerClient
-    from elasticml.scheduler.spec import Placement, WorkloadSpec
+    from elasticml.scheduler.spec import Placement
 
 
-def scheduled_spec(cfg: TrainConfig, scheduling: dict[str, Any]) -> WorkloadSpec:
-    from elasticml.scheduler.spec import WorkloadSpec
+@dataclass(kw_only=True, frozen=True)
+class Scheduling:
+    """How a training run asks the scheduler for its placement (jobs/train.py's flags of the same names)."""
 
-    hours = scheduling["expected_hours"]
+    tenant: str | None = None
+    """Whose workload it is; None: not placed by the scheduler (the run goes where its config says)."""
+    priority: str = "normal"
+    expected_hours: float = 1.0
+    """How long the run should take (its cost estimate, and its storage credentials' lifetime)."""
+    deadline_hours: float | None = None
+    restart_hours: float | None = None
+    """What a move costs, in hours; None: min(0.1, expected_hours / 4)."""
+    max_wait_s: float = 3600.0
+    """Give up when not placed for this long (all waits counted, after moves too)."""
+    spot_policy: str = DEFAULT_POLICY
+    settle_s: float | None = None
+    """After a failed run, how long to wait for the scheduler to move it before restarting where it was;
+    None: Ray's time to declare a node dead plus two controller ticks."""
+
+    def __post_init__(self) -> None:
+        if self.tenant is not None:
+            check_text(self.tenant, field="tenant", max_len=200)
+        check_number(self.max_wait_s, field="max_wait_s", lo=0, hi=MAX_HOURS * 3600)
+        if self.restart_hours is not None:
+            check_number(self.restart_hours, field="restart_hours", lo=0, hi=MAX_HOURS)
+        if self.settle_s is not None:
+            check_number(self.settle_s, field="settle_s", lo=0, hi=3600)
+
+
+def settle_seconds(scheduling: Scheduling) -> float:
+    """`settle_s` as given, else how long a lost node takes to reach the scheduler: the GCS knows it once
+    its health checks have failed (period x threshold), the scheduler at its next tick after that."""
+    if scheduling.settle_s is not None:
+        return scheduling.settle_s
+    import ray
+
+    from elasticml.scheduler.settings import ControllerConfig
+
+    ray_detects_s = ray._config.health_check_period_ms() * ray._config.health_check_failure_threshold() / 1000
+    return ray_detects_s + 2 * ControllerConfig.from_env().tick_seconds
+
+
+def scheduled_spec(cfg: TrainConfig, scheduling: Scheduling) -> WorkloadSpec:
+    if scheduling.tenant is None:
+        raise ValueError("a scheduled run needs a tenant")
+    hours = scheduling.expected_hours
     return WorkloadSpec(
-        name=cfg.run_name, tenant=scheduling["tenant"], kind="training", priority=scheduling["priority"],
+        name=cfg.run_name, tenant=scheduling.tenant, kind="training", priority=scheduling.priority,  # type: ignore[arg-type]  # a str here; WorkloadSpec checks it against its Literal
         cpus_per_worker=cfg.cpus_per_worker, gpus_per_worker=1.0 if cfg.use_gpu else 0.0,
-        min_workers=cfg.min_workers or cfg.num_workers, max_workers=cfg.num_workers, expected_hours=hours, deadline_hours=scheduling["deadline_hours"],
+        min_workers=cfg.min_workers or cfg.num_workers, max_workers=cfg.num_workers, expected_hours=hours,
+        deadline_hours=scheduling.deadline_hours,
         checkpoint_interval_hours=hours * cfg.checkpoint_every / cfg.steps if cfg.checkpoint_every else hours / 10,
-        restart_overhead_hours=scheduling["restart_hours"] if scheduling["restart_hours"] is not None else min(0.1, hours / 4),
-        spot_policy=scheduling["spot_policy"],
+        restart_overhead_hours=scheduling.restart_hours if scheduling.restart_hours is not None else min(0.1, hours / 4),
+        spot_policy=scheduling.spot_policy,
     )
 
 
@@ -91,73 +140,85 @@ def started_hook(sched: SchedulerClient, name: str, epoch: int) -> Callable[[], 
     return started
 
 
-def run_scheduled(cfg: TrainConfig, scheduling: dict[str, Any]) -> tuple[Result, TrainConfig]:
-    """Train where the scheduler says, and follow it: a move checkpoints, stops and resumes on the new placement."""
+def run_scheduled(cfg: TrainConfig, scheduling: Scheduling, *,
+                  callbacks: list[Any] | None = None) -> tuple[Result, TrainConfig]:
+    """Train where the scheduler says, and follow it: a move checkpoints, stops and resumes on the new
+    placement. (Ray Train's Result, the config of the last run); `callbacks` go to every run."""
+    import ray
+
+    from elasticml.scheduler.admission import admitted
+    from elasticml.scheduler.client import SchedulerClient
+    from elasticml.train.preflight import preflight
+    from elasticml.train.trainer import stop_flag
+
+    spec = scheduled_spec(cfg, scheduling)
+    settle_s = settle_seconds(scheduling)
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.ERROR)
+    with admitted(spec, sched=SchedulerClient.connect(), uris=[str(cfg.data), str(cfg.storage_path)],
+                  attach=ray.get_runtime_context().get_job_id(), max_wait_s=scheduling.max_wait_s,
+                  preflight=lambda: preflight(cfg)) as admission:
+        flag = stop_flag()
+        try:
+            return _follow(cfg, admission, flag, settle_s=settle_s, max_wait_s=scheduling.max_wait_s,
+                           callbacks=callbacks or [])
+        finally:
+            ray.kill(flag)
+
+
+def _follow(cfg: TrainConfig, admission: Admission[None], flag: object, *, settle_s: float, max_wait_s: float,
+            callbacks: list[Any]) -> tuple[Result, TrainConfig]:
+    """Run on the admitted placement, and again on each one the scheduler moves the job to."""
     import dataclasses
 
     import ray
     from ray.train import TrainingFailedError
 
     from elasticml.errors import SchedulerError
-    from elasticml.scheduler.client import SchedulerClient
-    from elasticml.train.launch import fit, stop_flag
+    from elasticml.train.trainer import run_trainer
 
-    spec = scheduled_spec(cfg, scheduling)
-    if not ray.is_initialized():
-        ray.init(logging_level=logging.ERROR)
-    sched = SchedulerClient.connect()
-    # Residency first: nothing is read from or written to a bucket outside the tenant's regions.
-    sched.check_residency(spec.tenant, [str(cfg.data), str(cfg.storage_path)])
-    # Where the cluster confines tenants to their bucket prefixes, only these credentials reach them.
-    sched.tenant_storage(spec.tenant, [str(cfg.data), str(cfg.storage_path)], hours=min(12.0, max(1.0, 2 * spec.expected_hours)))
-    from elasticml.train.preflight import preflight
-
-    preflight(cfg)  # a bad path fails before the job takes capacity
-    placement = sched.place(spec, attach=ray.get_runtime_context().get_job_id())
-    flag = stop_flag()
-    waited_s, result, run_cfg, failures = 0.0, None, cfg, 0
-    try:
-        while True:
-            print(json.dumps({"event": "placement", **placement.to_dict()}), flush=True)
-            placement, waited_s = sched.wait_placed(cfg.run_name, placement, max_wait_s=scheduling["max_wait_s"],
-                                                    waited_s=waited_s)
-            workers = min(placement.workers, cfg.global_batch)
-            run_cfg = dataclasses.replace(cfg, node_type=",".join(placement.node_types), num_workers=workers,
-                                          min_workers=min(cfg.min_workers, workers) if cfg.min_workers else None)
-            ray.get(flag.clear.remote())
-            try:
-                with Follower(sched, cfg.run_name, placement.epoch, flag):
-                    # Ray Train does not retry on its own here: its retry would start on the placement the
-                    # run had, though the scheduler may have moved it (a lost spot node is an interruption
-                    # of its pool). This loop restarts the run where the scheduler says.
-                    result = fit(run_cfg, stop=flag, callbacks=[progress_callback(sched, cfg.run_name, cfg.steps)],
-                                 started=started_hook(sched, cfg.run_name, placement.epoch), retries=False)
-            except TrainingFailedError as exc:
-                failed_on = placement
-                placement = await_move(sched, cfg.run_name, failed_on.epoch, scheduling["settle_s"])
-                # A run the scheduler moved away (its node lost, its pool interrupted) did not fail on its
-                # own: only failures where it stays count against max_failures.
-                failures += placement.epoch == failed_on.epoch
-                if failures > cfg.max_failures:
-                    raise
-                print(json.dumps({"event": "retry", "failure": failures, "of": cfg.max_failures,
-                                  "error": str(exc).splitlines()[0][:300], "from": failed_on.node_type,
-                                  "to": placement.node_type, "state": placement.state, "reason": placement.reason}),
-                      flush=True)
-                continue
-            step = (result.metrics or {}).get("step", 0)
-            if result.error is not None or step >= cfg.steps:
-                return result, run_cfg
-            found = sched.placement(cfg.run_name)
-            if found is None:
-                raise SchedulerError(f"the scheduler forgot {cfg.run_name}")
-            placement = found
-            saved = _checkpoint_step(result)
-            print(json.dumps({"event": "moved", "at_step": step, "checkpoint_step": saved, "to": placement.node_type,
-                              "state": placement.state, "reason": placement.reason}), flush=True)
-    finally:
-        sched.finish(cfg.run_name)
-        ray.kill(flag)
+    # Admitted through SchedulerClient.connect(): the protocol admission takes names only its own calls.
+    sched = cast("SchedulerClient", admission.sched)
+    placement, waited_s = admission.placement, admission.waited_s
+    failures = 0
+    while True:
+        print(json.dumps({"event": "placement", **placement.to_dict()}), flush=True)
+        placement, waited_s = sched.wait_placed(cfg.run_name, placement, max_wait_s=max_wait_s, waited_s=waited_s)
+        workers = min(placement.workers, cfg.global_batch)
+        run_cfg = dataclasses.replace(cfg, node_type=",".join(placement.node_types), num_workers=workers,
+                                      min_workers=min(cfg.min_workers, workers) if cfg.min_workers else None)
+        ray.get(flag.clear.remote())  # type: ignore[attr-defined]  # an actor handle: ray.remote gives the class methods .remote
+        try:
+            with Follower(sched, cfg.run_name, placement.epoch, flag):
+                # Ray Train does not retry on its own here: its retry would start on the placement the
+                # run had, though the scheduler may have moved it (a lost spot node is an interruption
+                # of its pool). This loop restarts the run where the scheduler says.
+                result = run_trainer(run_cfg, stop=flag, retries=False,
+                                     callbacks=[progress_callback(sched, cfg.run_name, cfg.steps), *callbacks],
+                                     started=started_hook(sched, cfg.run_name, placement.epoch))
+        except TrainingFailedError as exc:
+            failed_on = placement
+            placement = await_move(sched, cfg.run_name, failed_on.epoch, settle_s)
+            # A run the scheduler moved away (its node lost, its pool interrupted) did not fail on its
+            # own: only failures where it stays count against max_failures.
+            failures += placement.epoch == failed_on.epoch
+            if failures > cfg.max_failures:
+                raise
+            print(json.dumps({"event": "retry", "failure": failures, "of": cfg.max_failures,
+                              "error": str(exc).splitlines()[0][:300], "from": failed_on.node_type,
+                              "to": placement.node_type, "state": placement.state, "reason": placement.reason}),
+                  flush=True)
+            continue
+        step = (result.metrics or {}).get("step", 0)
+        if result.error is not None or step >= cfg.steps:
+            return result, run_cfg
+        found = sched.placement(cfg.run_name)
+        if found is None:
+            raise SchedulerError(f"the scheduler forgot {cfg.run_name}")
+        placement = found
+        saved = _checkpoint_step(result)
+        print(json.dumps({"event": "moved", "at_step": step, "checkpoint_step": saved, "to": placement.node_type,
+                          "state": placement.state, "reason": placement.reason}), flush=True)
 
 
 def await_move(sched: SchedulerClient, name: str, epoch: int, settle_s: float) -> Placement:

@@ -24,6 +24,7 @@ from elasticml.home import default_storage_path
 from elasticml.scheduler.identity import CREDENTIAL_ENV
 from elasticml.scheduler.spec import WorkloadSpec
 from elasticml.train.config import TrainConfig
+from elasticml.train.follow import Scheduling
 
 SCHEDULING = ("tenant", "priority", "expected_hours", "deadline_hours", "restart_hours", "max_wait_s", "spot_policy",
               "settle_s")
@@ -71,7 +72,7 @@ _OPTIONS: list[Callable[[Any], Any]] = [
                  help="How long the job should take."),
     click.option("--deadline-hours", type=float, help="Finish within this many hours."),
     click.option("--restart-hours", type=float, help="What a move costs, in hours [default: min(0.1, expected / 4)]."),
-    click.option("--max-wait-s", type=float, default=3600.0, show_default=True,
+    click.option("--max-wait-s", type=float, default=default_of(Scheduling, "max_wait_s"), show_default=True,
                  help="Give up if not placed for this long."),
     click.option("--spot-policy", default=default_of(WorkloadSpec, "spot_policy"), show_default=True,
                  help="The deadline policy the scheduler runs for this job."),
@@ -88,22 +89,10 @@ def train_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def configure(flags: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+def configure(flags: dict[str, Any]) -> tuple[TrainConfig, Scheduling]:
     """The run's TrainConfig (flags over --config's file) and its scheduling settings."""
     args = dict(flags)
-    scheduling = {k: args.pop(k) for k in SCHEDULING}
-    if scheduling["settle_s"] is None:
-        import ray
-
-        from elasticml.scheduler.settings import ControllerConfig
-
-        # A lost node is known to the GCS once its health checks have failed (period x threshold),
-        # and to the scheduler at its next tick after that.
-        ray_detects_s = ray._config.health_check_period_ms() * ray._config.health_check_failure_threshold() / 1000
-        scheduling["settle_s"] = ray_detects_s + 2 * ControllerConfig.from_env().tick_seconds
-    from elasticml.dataconf import check_number
-
-    check_number(scheduling["settle_s"], field="settle_s", lo=0, hi=3600)
+    scheduling = Scheduling(**{k: args.pop(k) for k in SCHEDULING})
     config_file = args.pop("config")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in args.items() if v is not None and k in known}
@@ -131,7 +120,7 @@ def with_checkpoints_resolved(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **found) if found else cfg
 
 
-def execute(cfg: TrainConfig, scheduling: dict[str, Any]) -> int:
+def execute(cfg: TrainConfig, scheduling: Scheduling) -> int:
     """Train (where the scheduler says, with a tenant) and print the JSON summary as the last line:
     0 when the run finished with a checkpoint, 1 when it did not; an ElasticMLError is re-raised for
     the entry point to report, after a `train_failed` summary."""
@@ -146,8 +135,8 @@ def execute(cfg: TrainConfig, scheduling: dict[str, Any]) -> int:
 
             if not ray.is_initialized():
                 ray.init(logging_level=logging.ERROR)
-            scheduling["tenant"] = job_tenant(scheduling["tenant"], cfg.market)
-        if scheduling["tenant"]:
+            scheduling = dataclasses.replace(scheduling, tenant=job_tenant(scheduling.tenant, cfg.market))
+        if scheduling.tenant:
             from elasticml.train.follow import run_scheduled
 
             result, cfg = run_scheduled(cfg, scheduling)
