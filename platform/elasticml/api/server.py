@@ -38,6 +38,7 @@ from elasticml.api import dashboard, wire
 from elasticml.errors import AccessDenied, AuthError, ConfigError, ElasticMLError, PlacementRefused, SchedulerNotRunning
 from elasticml.scheduler.identity import name_of
 from elasticml.scheduler.requests import ROUTES
+from elasticml.secret_file import digest
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -67,11 +68,11 @@ def _csp() -> str:
     import base64
     import re
 
-    def digest(tag: str) -> str:
+    def source_hash(tag: str) -> str:
         body = re.search(rf"<{tag}>(.*?)</{tag}>", dashboard.PAGE, re.S).group(1)  # type: ignore[union-attr]  # the constant page holds each tag asked for
         return "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
 
-    return (f"default-src 'none'; connect-src 'self'; script-src {digest('script')}; style-src {digest('style')}; "
+    return (f"default-src 'none'; connect-src 'self'; script-src {source_hash('script')}; style-src {source_hash('style')}; "
             "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 
@@ -181,7 +182,7 @@ def build_app(call: Call, *, jobs: Any = None, apps: Any = None, node_signer: No
                 return error(401, "AuthError", "send your credential as `Authorization: Bearer eml1.NAME.SECRET` "
                                                "(the file `elasticml scheduler credential add` wrote)",
                              headers={"WWW-Authenticate": "Bearer"})
-            wait = per_credential.wait_s(hashlib.sha256(token.encode()).hexdigest())
+            wait = per_credential.wait_s(digest(token))
         if wait:
             return error(429, "TooManyRequests", f"slow down: try again in {wait:.2f}s",
                          headers={"Retry-After": str(max(1, math.ceil(wait)))})
