@@ -1,5 +1,5 @@
-"""Shared fixtures: an isolated ELASTICML_HOME with the local clusters' checkpoint key, and one real
-local cluster per test module."""
+"""Shared fixtures: an isolated ELASTICML_HOME with the local clusters' checkpoint key, and the real
+local clusters the integration tests run on (tests/support/clusters.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.clusters import SharedCluster, local_cluster_up
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,12 +51,43 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def local_cluster(request: pytest.FixtureRequest) -> Iterator["object"]:
-    """One cluster per test module (a package of modules may share one: tests/integration/spot/)."""
-    from tests.support.clusters import local_cluster_up
+@pytest.fixture(scope="session")
+def shared_cluster() -> Iterator[SharedCluster]:
+    shared = SharedCluster()
+    yield shared
+    shared.release()
 
+
+@pytest.fixture(scope="module")
+def local_cluster(request: pytest.FixtureRequest, shared_cluster: SharedCluster) -> Iterator[object]:
+    """The shared cluster, or for a module marked `own_cluster` one of its own (the shared one goes down
+    first). A package of modules may share one of its own: tests/integration/spot/."""
+    if request.node.get_closest_marker("own_cluster") is None:
+        yield shared_cluster.get()
+        return
+    shared_cluster.release()
     yield from local_cluster_up(request.module.__name__.rsplit(".", 1)[-1].replace("_", "-"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules on the shared cluster run after every other test (those that kill or replace its
+    scheduler, marked `ends_shared_cluster`, last), so it comes up once and never beside another
+    cluster. Modules stay whole and otherwise in their order."""
+    group: dict[str, int] = {}
+    for item in items:
+        module = item.getparent(pytest.Module)
+        key = module.nodeid if module else item.nodeid
+        if "local_cluster" in item.fixturenames and not (module and module.get_closest_marker("own_cluster")):
+            group[key] = 2 if module and module.get_closest_marker("ends_shared_cluster") else 1
+        else:
+            group.setdefault(key, 0)
+    order = {id(item): i for i, item in enumerate(items)}
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        module = item.getparent(pytest.Module)
+        return group[module.nodeid if module else item.nodeid], order[id(item)]
+
+    items.sort(key=key)
 
 
 class FakeIMDS(http.server.BaseHTTPRequestHandler):

@@ -16,7 +16,7 @@ from elasticml import labels as L
 from elasticml.cluster import LocalCluster
 from elasticml.errors import ClusterAlreadyRunning
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_cluster]
 REPO = Path(__file__).resolve().parents[2]
 ELASTICML = str(Path(sys.executable).with_name("elasticml"))
 

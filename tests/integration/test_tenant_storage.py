@@ -22,7 +22,7 @@ from tests.support.output import last_json
 AT_SITE = {n: d if n == "local" else definition_at_site(n) for n, d in CLUSTERS.items()}
 """Each definition with the committed example's site values, as the committed files are rendered."""
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_cluster]
 REPO = Path(__file__).resolve().parents[2]
 D = AT_SITE["aws-cpu"]
 SETUP_REQUESTS = 14

@@ -1,4 +1,6 @@
-"""The local cluster a test module (or a package of them) runs on."""
+"""The local clusters the integration tests run on: one shared by every module that leaves the cluster
+as it found it, and clusters of their own for the modules that take nodes away or change the
+cluster's environment (marked `own_cluster`)."""
 
 from __future__ import annotations
 
@@ -30,3 +32,26 @@ def local_cluster_up(name: str) -> Iterator[object]:
             cluster.down()
         leftover = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not leftover, f"cluster {info.name} left processes behind: {leftover}"
+
+
+class SharedCluster:
+    """One cluster for the session, up on first use; `release()` takes it down (with the same check that
+    nothing is left behind) before a module brings up a cluster of its own, since two clusters at once
+    would share 2 cores. tests/conftest.py orders the modules so that it comes up once."""
+
+    def __init__(self, name: str = "shared") -> None:
+        self.name = name
+        self._running: Iterator[object] | None = None
+        self._cluster: object | None = None
+
+    def get(self) -> object:
+        if self._running is None:
+            self._running = local_cluster_up(self.name)
+            self._cluster = next(self._running)
+        return self._cluster
+
+    def release(self) -> None:
+        running, self._running, self._cluster = self._running, None, None
+        if running is not None:
+            for _ in running:  # runs local_cluster_up's `finally`: down, and nothing left behind
+                pass

@@ -1,6 +1,6 @@
-"""Losing spot capacity, three ways (a node, a notice, the run's own controller), on one cluster: each
-test starts by telling the scheduler the spot pool is back, so what an earlier one took away does
-not decide where the next one runs."""
+"""Losing capacity, four ways (a node, a notice, the run's own controller, a node under Serve's load),
+on one cluster of the package's own: each test starts by telling the scheduler the spot pool is back,
+so what an earlier one took away does not decide where the next one runs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.clusters import local_cluster_up
+from tests.support.clusters import SharedCluster, local_cluster_up
 
 
 @pytest.fixture(scope="package")
-def local_cluster() -> Iterator["object"]:
+def local_cluster(shared_cluster: SharedCluster) -> Iterator[object]:
+    shared_cluster.release()
     yield from local_cluster_up("spot-loss")

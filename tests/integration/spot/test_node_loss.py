@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_cluster]
 
 
 def test_a_lost_spot_node_makes_the_scheduler_replace_its_work(local_cluster):

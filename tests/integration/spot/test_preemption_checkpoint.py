@@ -15,7 +15,7 @@ import pytest
 
 from elasticml.train.checkpoint import read_meta
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_cluster]
 REPO = Path(__file__).resolve().parents[3]
 
 

@@ -11,7 +11,7 @@ import pytest
 from elasticml import labels as L
 from elasticml.train.checkpoint import read_meta
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_cluster]
 REPO = Path(__file__).resolve().parents[3]
 
 

@@ -99,6 +99,10 @@ def test_a_sweep_runs_the_platforms_tune_entrypoint_with_checked_numbers(tmp_pat
     assert argv[1].endswith("jobs/tune.py") and got == {**got, "workload": "acme/lr", "kind": "tune"}
     assert argv[argv.index("--tenant") + 1] == "acme" and argv[argv.index("--priority") + 1] == "low"
     assert argv[argv.index("--lrs") + 1] == "0.001,0.003" and argv[argv.index("--samples") + 1] == "3"
+    assert "--expected-hours" not in argv  # the entrypoint's default
+    jobs.submit(ACME, "eml1.acme.secret", {"kind": "tune", "config": sweep, "expected_hours": 0.25})
+    argv = shlex.split(client.submitted[-1]["entrypoint"])  # sized for the sweep: its credentials' life too
+    assert argv[argv.index("--expected-hours") + 1] == "0.25"
     for bad, field in (({"samples": 10**9}, "config.samples"), ({"lrs": [float("nan")]}, "config.lrs"),
                        ({"lrs": "1,2"}, "config.lrs"), ({"concurrent": 2.5}, "config.concurrent"),
                        ({"name": "../x"}, "config.name"), ({"script": "evil.py"}, "config"),
@@ -106,6 +110,9 @@ def test_a_sweep_runs_the_platforms_tune_entrypoint_with_checked_numbers(tmp_pat
         with pytest.raises(ConfigError) as err:
             jobs.submit(ACME, "eml1.acme.secret", {"kind": "tune", "config": {**sweep, **bad}})
         assert field in str(err.value), (bad, err.value)
-    with pytest.raises(ConfigError, match="kind"):
-        jobs.submit(ACME, "eml1.acme.secret", {"kind": "shell", "config": sweep})
-    assert len(client.submitted) == 1
+    for body, field in (({"expected_hours": -1}, "expected_hours"), ({"deadline_hours": 2}, "deadline_hours"),
+                        ({"kind": "shell"}, "kind")):
+        with pytest.raises(ConfigError) as err:
+            jobs.submit(ACME, "eml1.acme.secret", {"kind": "tune", "config": sweep, **body})
+        assert field in str(err.value), (body, err.value)
+    assert len(client.submitted) == 2

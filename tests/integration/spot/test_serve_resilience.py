@@ -19,7 +19,7 @@ from elasticml.cluster.local import free_port
 from elasticml.models import SIZES, build_model
 from elasticml.train.checkpoint import write_checkpoint
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_cluster]
 RETRIES = 3
 CLIENTS = 4
 
