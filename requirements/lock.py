@@ -87,7 +87,8 @@ def _norm(name: str) -> str:
 
 
 def refresh(uv: str) -> None:
-    """Resolve every lock today: dev.lock first, the runtime locks held to its versions."""
+    """Resolve every lock: dev.lock first, the runtime locks held to its versions; what a lock already pins
+    stays pinned (delete a lock, or its line, to take a newer release)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base_pins: dict[str, str] = {}
@@ -101,6 +102,8 @@ def refresh(uv: str) -> None:
             held = [f"{p}=={v}" for p, v in base_pins.items() if p != "torch"]
             cons.write_text("\n".join([TORCH[flavour], *held]) + "\n")
             out = tmp / name
+            if (HERE / name).exists():  # uv keeps the versions an existing output pins: a refresh adds, not upgrades
+                out.write_text((HERE / name).read_text())
             cmd = [uv, "pip", "compile", str(REPO / "pyproject.toml"), str(src), "-c", str(cons),
                    *[a for e in extras for a in ("--extra", e)], "--generate-hashes",
                    "--python-version", PYTHON, "--python-platform", PLATFORM, "--no-header", "--quiet",
