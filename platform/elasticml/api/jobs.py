@@ -74,8 +74,14 @@ class Jobs:
         check_text(priority, field="priority", max_len=20, pattern=r"[a-z]+")
         tenant = who["name"]
         self._check_live(tenant)
+        if kind == "tune" and body.get("deadline_hours") is not None:
+            raise ConfigError("a sweep has no deadline (it runs at low priority until its trials end)",
+                              field="deadline_hours")
         args, name, config = self._train(who, body) if kind == "train" else (*self._tune(who, body["config"]), None)
         args += ["--tenant", tenant, "--priority", priority]
+        if "expected_hours" in body:  # both kinds: the scheduler's estimate and the storage credentials' life
+            check_number(body["expected_hours"], field="expected_hours", lo=0.001, hi=8760)
+            args += ["--expected-hours", str(float(body["expected_hours"]))]
         submission_id = f"{tenant}-{name}-{secrets.token_hex(4)}"
         folder = self.folder / submission_id
         folder.mkdir(parents=True, exist_ok=False)
@@ -105,10 +111,8 @@ class Jobs:
         self._confine(who["name"], raw)
         cfg = TrainConfig.from_dict(raw, source="config")  # every field checked, strictly
         check_text(cfg.run_name, field="config.run_name", max_len=63, pattern=r"[A-Za-z0-9][A-Za-z0-9_-]*")
-        hours = body.get("expected_hours", 1.0)
-        check_number(hours, field="expected_hours", lo=0.001, hi=8760)
         entry = "distill.py" if cfg.teacher else "train.py"
-        args = [str(JOBS / entry), "--expected-hours", str(float(hours))]
+        args = [str(JOBS / entry)]
         if body.get("deadline_hours") is not None:
             check_number(body["deadline_hours"], field="deadline_hours", lo=0.001, hi=8760)
             args += ["--deadline-hours", str(float(body["deadline_hours"]))]

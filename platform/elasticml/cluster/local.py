@@ -43,6 +43,7 @@ from elasticml.cluster.config import (
     render_local_autoscaling_config,
 )
 from elasticml.cluster.spot_market import MarketSettings
+from elasticml.cluster.supervisor import kill_all
 from elasticml.errors import (
     ClusterAlreadyRunning,
     ClusterError,
@@ -382,13 +383,7 @@ def _stop(info: ClusterInfo, *, timeout_s: float) -> list[int]:
         pass
     _, alive = psutil.wait_procs([root], timeout=timeout_s)
     # Anything of the tree that outlived the supervisor (it was killed, or hung): by PID.
-    leftovers = [p for p in tree if p.is_running()]
-    for p in leftovers:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(leftovers, timeout=10)
+    kill_all([p for p in tree if p.is_running()], timeout_s=10)
     return pids
 
 

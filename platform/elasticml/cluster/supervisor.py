@@ -41,12 +41,17 @@ def stop_tree(root: psutil.Process, grace_s: float) -> None:
     _, alive = psutil.wait_procs(procs, timeout=grace_s)
     # Orphans adopted while we waited are children now: take them too.
     alive += [p for p in root.children(recursive=True) if p not in alive]
-    for proc in alive:
+    kill_all(alive, timeout_s=5)
+
+
+def kill_all(procs: list[psutil.Process], *, timeout_s: float) -> None:
+    """SIGKILL each of procs still there, then wait up to timeout_s for them to go."""
+    for proc in procs:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=5)
+    psutil.wait_procs(procs, timeout=timeout_s)
 
 
 def _reap_orphans(child: subprocess.Popen[bytes]) -> None:

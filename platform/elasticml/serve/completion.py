@@ -347,13 +347,15 @@ def build_deployment(args: dict[str, Any], *, deployment_name: str = "Completer"
         from elasticml.serve.auth import read_key_file
 
         cfg = dataclasses.replace(cfg, api_keys={**read_key_file(cfg.api_keys_file), **cfg.api_keys}, api_keys_file=None)
-    sched = sched or scheduler_or_none()
     scaling = cfg.autoscaling_config()
     if cfg.tenant is None:
+        # A checkpoint that does not verify is refused before the cluster is asked anything.
         cfg = dataclasses.replace(cfg, checkpoint=resolve_checkpoint(cfg.checkpoint))
+        sched = sched or scheduler_or_none()
         record_deployment(cfg, [], read_meta(cfg.checkpoint), sched)  # before any replica starts
         return _bind(cfg, scaling=scaling, creds=[], allocations=[], workload=cfg.name,
                      deployment_name=deployment_name, backend=backend, version=version)
+    sched = sched or scheduler_or_none()
     if sched is None:
         import ray
 
