@@ -1,34 +1,57 @@
-"""Serving over real HTTP: dynamic batching vs none at 32 concurrent clients, and Serve's per-request overhead.
+"""Serving over real HTTP: the shipped default path against bare Serve with the same batching, batching
+vs none at 32 concurrent clients, and our part of a request with batching off.
 
-    python benchmarks/serve_http.py [--size small] [--clients 32] [--requests 6] [--tokens 16]
-                                    [--rounds 3] [--batch-wait-ms 5,10,20]
+    python benchmarks/serve_http.py                    # every part; raw results: benchmarks/results/serve_http.json
+    python benchmarks/serve_http.py --parts shipped    # the shipped default against bare Serve only
+    python benchmarks/serve_http.py --parts batching,overhead --tokens 32 --batch-wait-ms 5,10,20
 
-One local Ray instance, one Serve replica per variant, all deployed at once (the shipped CPU
-config: int8, threads = its CPUs), distinct prompts and the response cache off, so every request
-runs the model:
-- throughput: --clients threads each send --requests completions to a replica with
-  max_batch_size=1 (no batching) and to one with max_batch_size=32 per --batch-wait-ms (batching),
-  --rounds times in rotating order; the ratio to no batching is taken within each round; then the
-  p50 latency of a lone request (one client) on each: what waiting for a batch costs without load;
-- overhead (what is ours on the request path): p50 latency of a 1-token completion on the
-  no-batching replica minus p50 of the same request to a bare Serve deployment that runs the same
-  model call (`generate_batch` on the same int8 model, in a thread, threads = its CPUs) and
-  returns the same JSON: Serve's proxy, routing and replica hop and the model are in both, so the
-  difference is our ingress, validation, keys, cache, stats and response. The model's time in a
-  replica is not its time in a tight loop in this process (idle intra-op threads are woken per
-  request there), so the floor is measured in a replica, not here. Floors too: p50 of the same
-  JSON POST and of a GET on a bare deployment with no model, and of GET /healthz.
+One local Ray instance; a part's sides are all deployed at once (an idle replica costs no CPU time) and
+measured in turn, the order alternating every round, so a noisy neighbour hits them alike; comparisons
+are taken within a round. No app sees a prompt twice.
+
+shipped: the completion app built from `serve_apps/completion.yaml`'s args (--shipped-config), changed
+only where a one-node benchmark must: `checkpoint` (a fresh one of --size); `market: any` (the Ray
+started here has no market labels, so an on-demand selector would place nothing; where a replica runs is
+not on the request path); `max_replicas: 1` (the shipped 2 would let the autoscaler add a replica under
+load and compare two replicas with one; the predictive policy still runs); `api_keys_file` (a new file
+with one tenant's key, made by `elasticml serve keygen --file`, sent with every request). So keys are
+checked, the response cache is on at its shipped size (every answer misses and is stored), batching
+runs at the shipped max_batch_size and batch_wait_ms. Against it, bare Serve: a plain `__call__`
+deployment with the same replica options, Serve limits (max_ongoing_requests, max_queued_requests),
+model call (`generate_batch` on the same model, in a thread, as many torch threads) and batching: our
+`Batcher` with the same max_batch_size and wait. Not Serve's `@serve.batch`: it forms batches otherwise
+(the next one while one runs, from what arrives within the wait; benchmarks/README.md), so the ratio
+would compare two batching policies, not what our path adds to a request (ours also counts completions
+whose body is still being read as company worth waiting for: that is ours). The policy is measured apart:
+in the batching part, and here by a lone request on the shipped app with max_batch_size=1. Each round,
+per side: p50 of --lone-requests requests from one client, then throughput of --clients threads x
+--requests each (the max_batch_size=1 app: the lone requests only).
+
+batching: replicas of --cpus CPUs, int8, cache off, max_batch_size=1 against 32 per --batch-wait-ms:
+throughput of --clients threads (ratio to no batching within each round), then 10 requests from one
+client per variant per round.
+
+overhead (batching off, no keys, cache off): p50 of a 1-token completion on the no-batching replica minus
+p50 of the same request to a bare deployment running the same model call (both pay Serve's proxy,
+routing and replica hop, and the model); floors: the same JSON POST and a GET on a bare deployment with
+no model, and our GET /healthz.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import datetime
+import json
 import os
+import shlex
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,64 +59,213 @@ import httpx
 import torch
 
 warnings.filterwarnings("ignore")
+REPO = Path(__file__).resolve().parent.parent
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--size", default="small")
-    p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--requests", type=int, default=6)
-    p.add_argument("--tokens", type=int, default=16)
-    p.add_argument("--cpus", type=float, default=2)
-    p.add_argument("--latency-samples", type=int, default=200)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--batch-wait-ms", default="5,10,20",
-                   help="comma-separated batch waits; one batching variant each")
-    p.add_argument("--parts", default="batching,overhead", help="which measurements: batching, overhead or both")
-    args = p.parse_args()
+def spread(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
-    import ray
+
+def shown(s: dict[str, float], unit: str = "", digits: int = 2) -> str:
+    return f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f} to {s['max']:.{digits}f})"
+
+
+def git(*cmd: str) -> str:
+    return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=REPO, check=False).stdout.strip()
+
+
+def poster(client: httpx.Client, url: str, tokens: int, headers: dict[str, str] | None = None) -> Callable[[str], None]:
+    def post(prompt: str) -> None:
+        client.post(url, json={"prompt": prompt, "max_tokens": tokens}, headers=headers).raise_for_status()
+    return post
+
+
+def lone(post: Callable[[str], None], tag: str, n: int) -> list[float]:
+    """Seconds for each of `n` requests sent one after another by one client: nobody to batch with."""
+    took = []
+    for j in range(n):
+        t = time.perf_counter()
+        post(f"lone {tag} request {j:03d}: def f(")
+        took.append(time.perf_counter() - t)
+    return took
+
+
+def throughput(post: Callable[[str], None], tag: str, clients: int, requests: int) -> float:
+    """Requests/s of `clients` threads each sending `requests` one after another."""
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda i: [post(f"client {i:02d} {tag} request {j:03d}: def f(") for j in range(requests)],
+                      range(clients)))
+    return clients * requests / (time.perf_counter() - t0)
+
+
+def shipped_args(path: Path, folder: Path, key_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The shipped app's args and the overrides applied to them (see the module's docstring)."""
+    from elasticml.yamlio import load_yaml
+
+    shipped = load_yaml(path, source=str(path), agree_with_yaml11=True)["applications"][0]["args"]
+    overrides = {"checkpoint": str(folder), "market": "any", "max_replicas": 1, "api_keys_file": str(key_file)}
+    return {**shipped, **overrides}, overrides
+
+
+def bare_batched(cfg: Any) -> Any:
+    """Bare Serve with our batching: the replica options, Serve limits, model call and `Batcher` of `cfg`."""
     from ray import serve
 
-    from elasticml.checkpoint_key import KEY_ENV, make_cluster_key
-    from elasticml.cluster.local import free_port
-    from elasticml.models import SIZES, build_model
+    from elasticml.serve.batching import Batcher
+    from elasticml.serve.completion import replica_options
+    from elasticml.serve.generate import Prompt, generate_batch
+    from elasticml.serve.precision import prepare
+    from elasticml.train.checkpoint import load_model
+
+    @serve.deployment(num_replicas=1, ray_actor_options=replica_options(cfg), max_ongoing_requests=cfg.max_ongoing_requests,
+                      max_queued_requests=cfg.max_queued_requests)
+    class BareBatched:
+        def __init__(self) -> None:
+            import asyncio
+
+            torch.set_num_threads(max(1, int(cfg.num_cpus)))
+            model = prepare(load_model(cfg.checkpoint, allowed_modules=tuple(cfg.allowed_model_modules))[0],
+                            device=cfg.device, precision=cfg.resolved_precision)
+
+            async def run(prompts: list[Any]) -> list[bytes]:
+                return await asyncio.to_thread(generate_batch, model, prompts)
+
+            self.batcher = Batcher(run, max_batch_size=cfg.max_batch_size, wait_s=cfg.batch_wait_ms / 1000)
+
+        async def __call__(self, request: Any) -> Any:
+            body = await request.json()
+            out = await self.batcher.submit(Prompt(text=body["prompt"].encode(), max_tokens=body["max_tokens"]))
+            return {"completion": out.decode("utf-8", errors="replace"), "tokens": len(out)}
+
+    return BareBatched.bind()
+
+
+GOALS = {"p50_added_ms": ("<=", 1.0, " ms"), "throughput_ratio": (">=", 1.0, "x"), "batching_added_ms": ("<=", 1.0, " ms")}
+"""Issue 30's goals for the shipped path: ms ours adds at 1 client, ours/bare at --clients, ms batching adds."""
+
+
+def shipped_part(args: argparse.Namespace, raw: dict[str, Any], overrides: dict[str, Any], client: httpx.Client,
+                 base: str) -> dict[str, Any]:
+    from ray import serve
+
+    from elasticml.serve.completion import build_app
+    from elasticml.serve.config import ServeConfig
+
+    made = subprocess.run([sys.executable, "-m", "elasticml.cli", "serve", "keygen", "bench", "--file",
+                           raw["api_keys_file"], "--json"], capture_output=True, text=True, check=True)
+    headers = {"Authorization": f"Bearer {json.loads(made.stdout)['key']}"}
+    cfg = ServeConfig.from_dict(dict(raw))
+    serve.run(build_app(raw), name="shipped", route_prefix="/shipped")
+    serve.run(build_app({**raw, "max_batch_size": 1}), name="shipped-unbatched", route_prefix="/shipped-unbatched")
+    serve.run(bare_batched(cfg), name="bare-batched", route_prefix="/bare-batched")
+    posts = {"ours": poster(client, f"{base}/shipped/v1/completions", args.tokens, headers),
+             "bare": poster(client, f"{base}/bare-batched", args.tokens),
+             "ours, no batching": poster(client, f"{base}/shipped-unbatched/v1/completions", args.tokens, headers)}
+    for side, post in posts.items():
+        post(f"warm-up {side}: def f(")
+    rounds = []
+    for r in range(args.rounds):
+        order = list(posts) if r % 2 == 0 else list(posts)[::-1]
+        row: dict[str, Any] = {"round": r, "order": order, "lone_s": {}, "lone_p50_ms": {}, "per_s": {}}
+        for side in order:
+            row["lone_s"][side] = lone(posts[side], f"r{r:02d}", args.lone_requests)
+            row["lone_p50_ms"][side] = statistics.median(row["lone_s"][side]) * 1e3
+            if side != "ours, no batching":
+                row["per_s"][side] = throughput(posts[side], f"r{r:02d}", args.clients, args.requests)
+        p50, rate = row["lone_p50_ms"], row["per_s"]
+        row.update(p50_added_ms=p50["ours"] - p50["bare"], p50_ratio=p50["ours"] / p50["bare"],
+                   throughput_ratio=rate["ours"] / rate["bare"], batching_added_ms=p50["ours"] - p50["ours, no batching"])
+        rounds.append(row)
+        print(f"round {r}: 1 client p50 ours {p50['ours']:.2f} ms, bare {p50['bare']:.2f} ms, ours unbatched "
+              f"{p50['ours, no batching']:.2f} ms; {args.clients} clients ours {rate['ours']:.1f}/s, "
+              f"bare {rate['bare']:.1f}/s", flush=True)
+    summary = {k: spread([row[k] for row in rounds]) for k in ("p50_added_ms", "p50_ratio", *GOALS)}
+    summary.update({f"lone_p50_ms {side}": spread([row["lone_p50_ms"][side] for row in rounds]) for side in posts})
+    summary.update({f"per_s {side}": spread([row["per_s"][side] for row in rounds]) for side in ("ours", "bare")})
+
+    def ok(k: str, x: float) -> bool:
+        op, bound, _ = GOALS[k]
+        return x <= bound if op == "<=" else x >= bound
+
+    goals = {k: {"goal": f"{op} {bound:g}{unit}", "median_meets": ok(k, summary[k]["median"]),
+                 "rounds_meeting": sum(ok(k, row[k]) for row in rounds)} for k, (op, bound, unit) in GOALS.items()}
+    stats = client.get(f"{base}/shipped/v1/stats", headers=headers).json()
+
+    def verdict(k: str) -> str:
+        g = goals[k]
+        return (f"goal {g['goal']}: {'met' if g['median_meets'] else 'NOT met'} by the median, in "
+                f"{g['rounds_meeting']} of {len(rounds)} rounds")
+
+    print(f"shipped default ({args.shipped_config.name}: max batch {cfg.max_batch_size}, wait {cfg.batch_wait_ms:g} ms, "
+          f"keys on, cache {cfg.cache_size}), {args.tokens} tokens; median (min to max) of {len(rounds)} rounds:\n"
+          f"  1 client p50: ours {shown(summary['lone_p50_ms ours'], ' ms')}, bare Serve + the same batching "
+          f"{shown(summary['lone_p50_ms bare'], ' ms')}; ours adds {shown(summary['p50_added_ms'], ' ms')}, "
+          f"ours/bare {shown(summary['p50_ratio'], 'x', 3)} ({verdict('p50_added_ms')})\n"
+          f"  {args.clients} clients: ours {shown(summary['per_s ours'], '/s', 1)}, bare {shown(summary['per_s bare'], '/s', 1)};"
+          f" ours/bare {shown(summary['throughput_ratio'], 'x', 3)} ({verdict('throughput_ratio')})\n"
+          f"  a lone request on ours, batching on minus off (max_batch_size=1): {shown(summary['batching_added_ms'], ' ms')}"
+          f" ({verdict('batching_added_ms')})\n"
+          f"  ours after the rounds: cache hits {stats['cache']['hits']}, mean batch {stats['mean_batch_size']:.2f}, "
+          f"largest {stats['largest_batch']}")
+    return {"args": raw, "overrides": overrides, "rounds": rounds, "summary": summary, "goals": goals, "ours_stats": stats}
+
+
+def batching_part(args: argparse.Namespace, post: Callable[[str, int], Callable[[str], None]],
+                  names: list[str]) -> dict[str, Any]:
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    alone: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            rates[name].append(throughput(post(name, args.tokens), f"b{r:02d}", args.clients, args.requests))
+            alone[name] += lone(post(name, args.tokens), f"b{r:02d}", 10)
+        for name in names:
+            ratios[name].append(rates[name][-1] / rates[names[0]][-1])
+    print(f"batching: model {args.size}, {args.clients} clients x {args.requests} requests, {args.tokens} tokens, "
+          f"replica {args.cpus} CPUs (int8), {args.rounds} rounds")
+    for name in names:
+        each = ", ".join(f"{x:.2f}x" for x in ratios[name])
+        print(f"  {name:34s} {statistics.median(rates[name]):7.1f} requests/s  median {statistics.median(ratios[name]):.2f}x "
+              f"({each})   a lone request p50 {statistics.median(alone[name]) * 1e3:6.1f} ms")
+    return {"per_s": rates, "ratio_to_none": ratios, "lone_s": alone}
+
+
+def overhead_part(args: argparse.Namespace, calls: dict[str, Callable[[int], None]]) -> dict[str, Any]:
+    floors: dict[str, list[float]] = {what: [] for what in calls}
+    for j in range(args.latency_samples):  # interleaved, so each sees the same machine
+        for what, call in calls.items():
+            t = time.perf_counter()
+            call(j)
+            floors[what].append(time.perf_counter() - t)
+    p50 = {what: statistics.median(v) * 1e3 for what, v in floors.items()}
+    p90 = {what: statistics.quantiles(v, n=10)[-1] * 1e3 for what, v in floors.items()}
+    print(f"overhead: 1-token completion p50 over HTTP: ours {p50['completion']:.2f} ms, bare Serve + the same model "
+          f"call {p50['bare + model']:.2f} ms: ours adds {p50['completion'] - p50['bare + model']:.2f} ms (p90 ours "
+          f"{p90['completion']:.2f} ms, bare + model {p90['bare + model']:.2f} ms)")
+    print("floors, p50: " + ", ".join(f"{what} {p50[what]:.2f} ms" for what in ("healthz", "bare GET", "bare POST")))
+    return {"samples_s": floors, "p50_ms": p50, "p90_ms": p90}
+
+
+def variants_of(args: argparse.Namespace, parts: set[str]) -> dict[str, dict[str, Any]]:
+    """The batching part's replicas (cache off, as many in flight as a batch needs); the first serves the overhead part."""
+    none = {"no batching (max_batch_size=1)": {"max_batch_size": 1, "batch_wait_ms": 0, "max_ongoing_requests": 64}}
+    return {**none, **{f"batching (max 32, wait {w:g} ms)": {"max_batch_size": 32, "batch_wait_ms": w, "max_ongoing_requests": 64}
+                       for w in map(float, args.batch_wait_ms.split(",")) if "batching" in parts}}
+
+
+def batching_and_overhead(args: argparse.Namespace, parts: set[str], folder: Path, client: httpx.Client,
+                          base: str) -> dict[str, Any]:
+    """The batching and overhead parts (see the module's docstring), on replicas of --cpus CPUs."""
+    from ray import serve
+
     from elasticml.serve.completion import build_app
     from elasticml.serve.generate import Prompt, generate_batch
     from elasticml.serve.precision import prepare
-    from elasticml.train.checkpoint import load_model, write_checkpoint
+    from elasticml.train.checkpoint import load_model
 
-    # The Ray that ray.init starts below is this run's cluster: its key (unless the shell names one),
-    # which its replicas inherit with this process's environment.
-    os.environ.setdefault(KEY_ENV, str(make_cluster_key("benchmarks")))
-
-    folder = Path(tempfile.mkdtemp()) / "ckpt"
-    torch.manual_seed(0)
-    write_checkpoint(folder, model_state=build_model(args.size).state_dict(), optim_state=None,
-                     model_config=SIZES[args.size], step=1)
-    common = {"checkpoint": str(folder), "num_cpus": args.cpus, "cache_size": 0, "max_queued_requests": 1000}
-    variants = {
-        "no batching (max_batch_size=1)": {"max_batch_size": 1, "batch_wait_ms": 0, "max_ongoing_requests": 64},
-        **{f"batching (max 32, wait {w:g} ms)": {"max_batch_size": 32, "batch_wait_ms": w, "max_ongoing_requests": 64}
-           for w in map(float, args.batch_wait_ms.split(","))},
-    }
-    # Every variant is deployed at once (each reserves --cpus; an idle replica costs no CPU time) and
-    # the rounds alternate between them in a rotating order, so a noisy neighbour on the machine
-    # hits all variants alike; ratios are taken within a round.
-    ray.init(num_cpus=int(args.cpus * (len(variants) + 1)) + 1, logging_level="ERROR", log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "ERROR"})
-    base = f"http://127.0.0.1:{port}"
-    client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=args.clients * 2))
-
-    def one(route: str, i: int, j: int, tokens: int) -> None:
-        r = client.post(f"{base}{route}/v1/completions",
-                        json={"prompt": f"client {i} request {j}: def f(", "max_tokens": tokens})
-        r.raise_for_status()
-
-    # Serve's own floor on this machine: a bare deployment (no FastAPI, no model).
     @serve.deployment(ray_actor_options={"num_cpus": 0})
-    class Bare:
+    class Bare:  # Serve's own floor on this machine: no FastAPI, no model
         async def __call__(self, request: Any) -> Any:
             return await request.json() if request.method == "POST" else "ok"
 
@@ -116,66 +288,94 @@ def main() -> None:
 
     serve.run(Bare.bind(), name="bare", route_prefix="/bare")
     serve.run(BareModel.bind(), name="bare-model", route_prefix="/bare-model")
-    routes = {}
-    for k, (name, extra) in enumerate(variants.items()):
-        routes[name] = f"/v{k}"
-        serve.run(build_app({**common, **extra}), name=f"v{k}", route_prefix=routes[name])
-        one(routes[name], 0, 0, 2)  # warm-up
+    variants = variants_of(args, parts)
+    common = {"checkpoint": str(folder), "num_cpus": args.cpus, "cache_size": 0, "max_queued_requests": 1000}
+    routes = {name: f"/v{k}" for k, name in enumerate(variants)}
+    for name, extra in variants.items():
+        serve.run(build_app({**common, **extra}), name=routes[name][1:], route_prefix=routes[name])
+        client.post(f"{base}{routes[name]}/v1/completions", json={"prompt": "warm-up", "max_tokens": 2}).raise_for_status()
 
-    names = list(variants)
-    ratios: dict[str, list[float]] = {name: [] for name in names}
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    alone: dict[str, list[float]] = {name: [] for name in names}
+    def post(name: str, tokens: int) -> Callable[[str], None]:
+        return poster(client, f"{base}{routes[name]}/v1/completions", tokens)
+
+    names, results = list(variants), {}
+    if "batching" in parts:
+        results["batching"] = batching_part(args, post, names)
+    if "overhead" in parts:
+        def body(j: int) -> dict[str, Any]:
+            return {"prompt": f"client 999 request {j}: def f(", "max_tokens": 1}
+
+        ours = post(names[0], 1)
+        results["overhead"] = overhead_part(args, {
+            "completion": lambda j: ours(f"client 999 request {j}: def f("),
+            "bare + model": lambda j: client.post(f"{base}/bare-model", json=body(j)).raise_for_status(),
+            "healthz": lambda j: client.get(f"{base}{routes[names[0]]}/healthz").raise_for_status(),
+            "bare GET": lambda j: client.get(f"{base}/bare").raise_for_status(),
+            "bare POST": lambda j: client.post(f"{base}/bare", json=body(j)).raise_for_status()})
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--parts", default="shipped,batching,overhead", help="comma-separated: shipped, batching, overhead")
+    p.add_argument("--size", default="small")
+    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--requests", type=int, default=6, help="per client, per side and round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--lone-requests", type=int, default=20, help="shipped: one client's requests per side and round")
+    p.add_argument("--shipped-config", type=Path, default=REPO / "serve_apps" / "completion.yaml")
+    p.add_argument("--cpus", type=float, default=2, help="batching and overhead: CPUs per replica")
+    p.add_argument("--latency-samples", type=int, default=200)
+    p.add_argument("--batch-wait-ms", default="5,10,20", help="batching: comma-separated waits, one variant each")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_http.json")
+    args = p.parse_args()
     parts = set(args.parts.split(","))
-    for r in range(args.rounds if "batching" in parts else 0):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            with cf.ThreadPoolExecutor(args.clients) as pool:
-                list(pool.map(lambda i: [one(routes[name], i, j, args.tokens) for j in range(args.requests)],
-                              range(args.clients)))
-            rates[name].append(args.clients * args.requests / (time.perf_counter() - t0))
-            for j in range(10):  # the price of waiting for a batch: one client, nobody to batch with
-                t = time.perf_counter()
-                one(routes[name], 998, r * 100 + j, args.tokens)
-                alone[name].append(time.perf_counter() - t)
-        for name in names:
-            ratios[name].append(rates[name][-1] / rates[names[0]][-1])
+    if not parts <= {"shipped", "batching", "overhead"} or args.rounds < 1:
+        p.error("--parts takes shipped, batching and overhead; --rounds at least 1")
 
-    floors: dict[str, list[float]] = {"completion": [], "bare + model": [], "healthz": [], "bare GET": [],
-                                      "bare POST": []}
+    import ray
+    from ray import serve
 
-    def body(j: int) -> dict:
-        return {"prompt": f"client 999 request {j}: def f(", "max_tokens": 1}
+    from elasticml.checkpoint_key import KEY_ENV, make_cluster_key
+    from elasticml.cluster.local import free_port
+    from elasticml.models import SIZES, build_model
+    from elasticml.train.checkpoint import write_checkpoint
 
-    calls = {
-        "completion": lambda j: one(routes[names[0]], 999, j, 1),
-        "bare + model": lambda j: client.post(f"{base}/bare-model", json=body(j)).raise_for_status(),
-        "healthz": lambda j: client.get(f"{base}{routes[names[0]]}/healthz").raise_for_status(),
-        "bare GET": lambda j: client.get(f"{base}/bare").raise_for_status(),
-        "bare POST": lambda j: client.post(f"{base}/bare", json=body(j)).raise_for_status(),
-    }
-    for j in range(args.latency_samples if "overhead" in parts else 0):  # interleaved, so each sees the same machine
-        for what, call in calls.items():
-            t = time.perf_counter()
-            call(j)
-            floors[what].append(time.perf_counter() - t)
+    # The Ray that ray.init starts below is this run's cluster: its key (unless the shell names one),
+    # which its replicas inherit with this process's environment.
+    os.environ.setdefault(KEY_ENV, str(make_cluster_key("benchmarks")))
+    scratch = Path(tempfile.mkdtemp())
+    folder = scratch / "ckpt"
+    torch.manual_seed(0)
+    write_checkpoint(folder, model_state=build_model(args.size).state_dict(), optim_state=None,
+                     model_config=SIZES[args.size], step=1)
+    raw, overrides = shipped_args(args.shipped_config, folder, scratch / "api_keys.json")
+    # Logical CPUs for every replica deployed at once (three of the shipped app's, the variants and the bare model).
+    cpus = 3 * float(raw.get("num_cpus", 1)) * ("shipped" in parts) + \
+        (len(variants_of(args, parts)) + 1) * args.cpus * bool(parts - {"shipped"})
+    ray.init(num_cpus=int(cpus) + 1, logging_level="ERROR", log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "ERROR"})
+    base = f"http://127.0.0.1:{port}"
+    client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=args.clients * 2))
+    results: dict[str, Any] = {
+        "command": shlex.join(["python", "benchmarks/serve_http.py", *sys.argv[1:]]), "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    if "shipped" in parts:
+        results["shipped"] = shipped_part(args, raw, overrides, client, base)
+
+    if parts - {"shipped"}:
+        results.update(batching_and_overhead(args, parts, folder, client, base))
     serve.shutdown()
     ray.shutdown()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"raw results: {args.out}")
 
-    print(f"model {args.size}, {args.clients} clients x {args.requests} requests, {args.tokens} tokens each, "
-          f"replica {args.cpus} CPUs (int8), {args.rounds} rounds")
-    for name in names if "batching" in parts else []:
-        each = ", ".join(f"{x:.2f}x" for x in ratios[name])
-        print(f"  {name:34s} {statistics.median(rates[name]):7.1f} requests/s  "
-              f"median {statistics.median(ratios[name]):.2f}x ({each})   "
-              f"a lone request p50 {statistics.median(alone[name]) * 1e3:6.1f} ms")
-    p50 = {what: statistics.median(v) * 1e3 for what, v in floors.items() if v}
-    if "overhead" in parts:
-        print(f"1-token completion p50 over HTTP: ours {p50['completion']:.2f} ms, bare Serve + the same model call "
-              f"{p50['bare + model']:.2f} ms: ours adds {p50['completion'] - p50['bare + model']:.2f} ms "
-              f"(p90 ours {statistics.quantiles(floors['completion'], n=10)[-1] * 1e3:.2f} ms, "
-              f"bare + model {statistics.quantiles(floors['bare + model'], n=10)[-1] * 1e3:.2f} ms)")
-        print("floors, p50: " + ", ".join(f"{what} {p50[what]:.2f} ms" for what in ("healthz", "bare GET", "bare POST")))
 
 if __name__ == "__main__":
     main()

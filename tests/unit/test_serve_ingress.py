@@ -213,3 +213,45 @@ def test_a_surface_that_replaces_its_gate_is_held_to_the_new_one_at_once():
     assert client.post("/v1/echo", json={"prompt": "x"}).status_code == 401
     assert client.post("/v1/echo", json={"prompt": "x" * 30}, headers={"x-api-key": "k"}).status_code == 413
     assert client.post("/v1/echo", json={"prompt": "x"}, headers={"x-api-key": "k"}).status_code == 200
+
+
+
+def test_a_completion_counts_as_on_its_way_to_the_batcher_while_its_body_is_read():
+    import asyncio
+
+    completer = _surfaces(Gate(keys=KeyRing({})))["completer"]
+    answered: list[str] = []
+
+    async def complete(request: CompletionRequest, tenant: str | None) -> CompletionResponse:
+        answered.append(request.prompt)
+        return CompletionResponse(completion="", tokens=1, latency_ms=0.1, model_step=1, cached=False)
+
+    completer.complete = complete  # type: ignore[attr-defined]  # no model behind it here
+
+    async def scenario():
+        ingress = completer.__serve_build_asgi_app__()  # type: ignore[attr-defined]
+        body_sent = asyncio.Event()
+        statuses: list[int] = []
+
+        async def receive():  # the body comes from the proxy, a round trip away
+            await body_sent.wait()
+            return {"type": "http.request", "body": b'{"prompt": "abc"}', "more_body": False}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/completions", "root_path": "",
+                 "headers": [(b"content-type", b"application/json")], "query_string": b""}
+        call = asyncio.create_task(ingress(scope, receive, send))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # What the Completer hands its batcher as `arriving`, and the route it counts.
+        reading = completer._arriving(), ingress.reading("complete"), ingress.reading("score")  # type: ignore[attr-defined]
+        body_sent.set()
+        await call
+        return reading, completer._arriving(), statuses  # type: ignore[attr-defined]
+
+    reading, after, statuses = asyncio.run(scenario())
+    assert reading == (1, 1, 0) and after == 0  # only while its body is on the way, and only its own route
+    assert statuses == [200] and answered == ["abc"]

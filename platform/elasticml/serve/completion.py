@@ -8,7 +8,8 @@ Endpoints (schema at `/openapi.json`):
   `GET /v1/stats` (cache hit rate, batch sizes)
 
 Requests are batched by `elasticml.serve.batching.Batcher` (a batch forms when the
-model is free, one request from each tenant in turn; prompts of different lengths
+model is free, one request from each tenant in turn; it waits for company only where
+some is expected, so a lone request runs at once; prompts of different lengths
 share a forward pass, see `elasticml.serve.generate`); repeated deterministic
 requests are answered from a per-tenant LRU cache; bodies over `max_body_bytes` get
 413; a request over `request_timeout_s` gets 504 and stops generating; with
@@ -29,6 +30,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import HTTPException
@@ -68,10 +70,13 @@ class CompletionService:
     only through deployment handles (the pools and versions behind a router).
     """
 
-    def __init__(self, config: ServeConfig, s3_credentials: list[Any] | None = None) -> None:
+    def __init__(self, config: ServeConfig, s3_credentials: list[Any] | None = None, *,
+                 arriving: Callable[[], int] | None = None) -> None:
         """`config`: validated once, where the app was built (Ray pickles it to the replica as it is).
         `s3_credentials`: a tenant's, where the cluster confines its checkpoints to its prefix
-        (scheduler/tenant_storage.py); they arrive in the replica's constructor arguments."""
+        (scheduler/tenant_storage.py); they arrive in the replica's constructor arguments.
+        `arriving`: completions in the replica that have not reached `complete` yet, the batcher's
+        company on the way (`Batcher`'s `arriving`)."""
         import ray
         import torch
 
@@ -103,7 +108,7 @@ class CompletionService:
         self.batch_seconds = 0.0
         self.longest_batch_s = 0.0
         self.batcher = Batcher(self._generate, max_batch_size=self.cfg.max_batch_size,
-                               wait_s=self.cfg.batch_wait_ms / 1000)
+                               wait_s=self.cfg.batch_wait_ms / 1000, arriving=arriving)
         self._metrics = ServeMetrics()
         self.node_labels = dict(ray.get_runtime_context().get_node_labels())  # a replica never moves
 
@@ -261,12 +266,18 @@ class Completer:
               Route(method="GET", path="/v1/stats", handler="stats"))
 
     def __init__(self, config: ServeConfig, s3_credentials: list[Any] | None = None) -> None:
-        self.service = CompletionService(config, s3_credentials)
+        self.ingress: Ingress | None = None
+        self.service = CompletionService(config, s3_credentials, arriving=self._arriving)
         self.gate = Gate.of(config)
 
     def __serve_build_asgi_app__(self) -> Ingress:
         """Serve calls this once the replica exists."""
-        return Ingress(self, title="elasticml completion", routes=self.ROUTES)
+        self.ingress = Ingress(self, title="elasticml completion", routes=self.ROUTES)
+        return self.ingress
+
+    def _arriving(self) -> int:
+        # A completion whose body is still coming from the proxy is company for the batch about to form.
+        return self.ingress.reading("complete") if self.ingress is not None else 0
 
     async def complete(self, request: CompletionRequest, tenant: str | None) -> CompletionResponse:
         return await self.service.complete(request, tenant)

@@ -83,9 +83,11 @@ class ServeConfig:
     {season_s: 86400, startup_s: 20}; only with autoscaling: predictive."""
     max_batch_size: int = 16
     batch_wait_ms: float = 5.0
-    """How long a request waits for company when the model is free: the latency batching can add to a
-    lone request. Under load it hardly matters: a batch forms from everything that queued while the
-    previous one ran (elasticml.serve.batching; measured in benchmarks/README.md)."""
+    """The longest a request waits for company when the model is free, and only where company is
+    expected (others queued or on their way in, or the previous batch held several): a request that
+    finds nothing else in flight runs at once. Under load it hardly matters: a batch forms from
+    everything that queued while the previous one ran (elasticml.serve.batching; measured in
+    benchmarks/README.md)."""
     max_ongoing_requests: int = 32
     max_queued_requests: int = 64
     """Requests waiting at each proxy beyond those in flight; more get 429 with Retry-After."""

@@ -138,6 +138,12 @@ class Ingress:
             self.table[(route.method, route.path)] = (route, handler)
         self.app = fastapi_app(title, [(route, handler) for route, handler in self.table.values()])
         self._handlers: dict[type, Any] = {}
+        self._reading: dict[str, int] = {}
+
+    def reading(self, handler: str) -> int:
+        """Requests to `handler`'s hot route that are in this replica with their body still being read
+        (from the proxy, a round trip away): on their way to the handler, which may wait for them."""
+        return self._reading.get(handler, 0)
 
     def add_exception_handler(self, exc_class: type, handler: Any) -> None:
         """Serve registers its own errors (backpressure, an unavailable deployment) on the ASGI app: the
@@ -166,7 +172,13 @@ class Ingress:
         hot = found if found and found[0].hot else None
         if hot is None and (declared is not None or scope["method"] not in ("POST", "PUT", "PATCH")):
             return await self.app(scope, receive, send)  # the server's framing holds a declared length
-        messages = await _read_body(receive, send, gate.body_limit)
+        if hot is not None:
+            self._reading[hot[0].handler] = self._reading.get(hot[0].handler, 0) + 1
+        try:
+            messages = await _read_body(receive, send, gate.body_limit)
+        finally:
+            if hot is not None:
+                self._reading[hot[0].handler] -= 1
         if messages is None:
             return
         if hot is not None:
