@@ -2,20 +2,21 @@
 and both, on the CPU.
 
     python benchmarks/optimize.py [--size small] [--train-steps 600] [--keeps 0.5,0.25] [--layers 0.5] [--threads 2]
-        [--distill-steps 200] [--repeats 5] [--json out.json] [--png benchmarks/optimize.png]
+        [--distill-steps 200] [--repeats 5] [--json OUT] [--png benchmarks/optimize.png]
 
 Trains a teacher of --size on a corpus of the Python stdlib (plain torch, one process), then runs
 `elasticml optimize`'s pipeline on it: every candidate and the fp32 teacher measured in one run on
 the same held-out text (the stdlib's email package, never trained on), the same prompts and the
 same CPU threads, and judged by the release gate (loss within 1% of the teacher's and a gain).
-Prints the table and each candidate's speed-up and loss ratio. Writes nothing outside a temporary
-folder (its own ELASTICML_HOME for the checkpoint key).
+Prints the table and each candidate's speed-up and loss ratio. Writes the report with every
+candidate's bytes/s round by round and the teacher's training losses to
+benchmarks/results/optimize.json (benchmarks/record.py), the chart only where --png says, and
+nothing else outside a temporary folder (its own ELASTICML_HOME for the checkpoint key).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -24,6 +25,10 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import record  # noqa: E402
 
 
 def main() -> None:
@@ -37,9 +42,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--distill-steps", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5, help="rounds of the speed measurement")
-    ap.add_argument("--json", default=None)
+    record.add_arguments(ap, __file__)
     ap.add_argument("--png", default=None, help="copy the report's chart here (benchmarks/optimize.png)")
     args = ap.parse_args()
+    run = record.start(__file__, args)
 
     work = Path(tempfile.mkdtemp(prefix="elasticml-optimize-"))
     os.environ["ELASTICML_HOME"] = str(work / "home")
@@ -66,6 +72,7 @@ def main() -> None:
     blocks = TokenBlocks(str(train_dir), seq_len=args.seq_len)
     opt = torch.optim.AdamW(teacher.parameters(), lr=1e-3)
     t0 = time.monotonic()
+    losses = []
     for step in range(args.train_steps):
         lr = 1e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / args.train_steps))
         for group in opt.param_groups:
@@ -75,6 +82,7 @@ def main() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        losses.append(round(loss.item(), 5))
         if step % 100 == 0:
             print(f"teacher step {step}: loss {loss.item():.3f}", file=sys.stderr)
     train_s = time.monotonic() - t0
@@ -93,8 +101,11 @@ def main() -> None:
           f"({report['eval_blocks']} blocks); optimize took {time.monotonic() - t1:.0f} s")
     print(table(report))
     print(f"chosen: {report['chosen']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    rounds = {"teacher": report["teacher"]["round_tokens_per_s"],
+              **{c["name"]: c["round_tokens_per_s"] for c in report["candidates"]}}
+    run.write(samples={"bytes_per_s_by_round": rounds, "teacher_train_losses": losses},
+              summary={"chosen": report["chosen"], "teacher_train_s": round(train_s, 1),
+                       "optimize_s": round(time.monotonic() - t1, 1)}, report=report)
     if args.png:
         Path(args.png).write_bytes((work / "out" / "report.png").read_bytes())
 

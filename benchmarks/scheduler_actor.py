@@ -1,8 +1,8 @@
 """Placements per second through the scheduler actor's door and the API server, with the audit trail, and their latency.
 
-    python benchmarks/scheduler_actor.py [--requests 2000] [--in-flight 32] [--rounds 3] [--json OUT]
+    python benchmarks/scheduler_actor.py [--requests 2000] [--in-flight 8] [--rounds 3] [--json OUT]
 
-What ships, side by side in one run, the three sides interleaved over `--rounds` rounds:
+What ships, side by side in one run, the four sides interleaved over `--rounds` rounds:
 - actor: `--in-flight` callers' place/finish requests through the named actor (credential
   checked, request rebuilt, audited, group-committed: one trail append and one SQLite commit,
   each fsynced, per batch), a Ray round trip each;
@@ -11,8 +11,12 @@ What ships, side by side in one run, the three sides interleaved over `--rounds`
 - one at a time: one caller through the door in process (a commit and a trail fsync each);
 - api: the same callers over HTTP on loopback through the API server (an actor on the head,
   default rate limits on: 200 requests/s a credential), each caller with its own credential.
-Every request is a placement or a finish; a placement refused (a budget) or queued is an
-answer too and is counted apart. Latency is per request, from submit to answer.
+Every request is a placement or a finish. Each side's answers are counted by what they were:
+placements granted, queued (or paused), refused (by reason) and finishes. Two rates, never mixed:
+answers/s (every placement and finish answered, whatever the verdict: the door's load) and granted
+placements/s (only placements that were granted: what the goal counts). Latency is per request,
+from submit to answer, over all answers and apart for placements and finishes. Raw results, round
+by round: benchmarks/results/scheduler_actor.json (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -21,24 +25,28 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from elasticml.cluster.config import load_cluster_spec
-from elasticml.errors import PlacementRefused
-from elasticml.repo import CLUSTER_CONFIGS
-from elasticml.scheduler.client import SchedulerClient
-from elasticml.scheduler.group_commit import GroupCommit
-from elasticml.scheduler.identity import admin_credential, digest
-from elasticml.scheduler.shell import open_shell
-from elasticml.scheduler.spec import WorkloadSpec
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import record  # noqa: E402
+
+from elasticml.cluster.config import load_cluster_spec  # noqa: E402
+from elasticml.errors import PlacementRefused  # noqa: E402
+from elasticml.repo import CLUSTER_CONFIGS  # noqa: E402
+from elasticml.scheduler.client import SchedulerClient  # noqa: E402
+from elasticml.scheduler.group_commit import GroupCommit  # noqa: E402
+from elasticml.scheduler.identity import admin_credential, digest  # noqa: E402
+from elasticml.scheduler.shell import open_shell  # noqa: E402
+from elasticml.scheduler.spec import WorkloadSpec  # noqa: E402
 
 GOAL_PER_S = 2000.0
 GOAL_P99_MS = 5.0
@@ -55,32 +63,36 @@ def workload(i: int) -> WorkloadSpec:
 
 def run_callers(client: SchedulerClient | list[SchedulerClient], first: int, n: int, callers: int) -> dict[str, Any]:
     """n placements (each followed later by its finish) from `callers` threads (each its own client when
-    given a list); latencies and verdicts."""
+    given a list): latencies, and every answer counted by what it was."""
     clients = client if isinstance(client, list) else [client] * callers
-    lat: list[float] = []
-    verdicts = {"placed": 0, "queued": 0, "refused": 0}
+    place_lat: list[float] = []
+    finish_lat: list[float] = []
+    states: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
     lock = threading.Lock()
     per = n // callers
 
     def caller(c: int) -> None:
         client = clients[c]
-        mine, seen = [], {"placed": 0, "queued": 0, "refused": 0}
+        places, finishes = [], []
+        seen: Counter[str] = Counter()
+        why: Counter[str] = Counter()
         for k in range(per):
             i = first + c * per + k
             t = time.perf_counter()
             try:
-                p = client.place(workload(i))
-                seen["placed" if p.placed else "queued"] += 1
-            except PlacementRefused:
-                seen["refused"] += 1
-            mine.append(time.perf_counter() - t)
+                seen[client.place(workload(i)).state] += 1
+            except PlacementRefused as e:
+                why[e.reason] += 1
+            places.append(time.perf_counter() - t)
             t = time.perf_counter()
             client.finish(f"w{i}")
-            mine.append(time.perf_counter() - t)
+            finishes.append(time.perf_counter() - t)
         with lock:
-            lat.extend(mine)
-            for key, v in seen.items():
-                verdicts[key] += v
+            place_lat.extend(places)
+            finish_lat.extend(finishes)
+            states.update(seen)
+            refused.update(why)
 
     threads = [threading.Thread(target=caller, args=(c,)) for c in range(callers)]
     start = time.perf_counter()
@@ -89,20 +101,27 @@ def run_callers(client: SchedulerClient | list[SchedulerClient], first: int, n: 
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {"requests": len(lat), "wall_s": wall, "per_s": len(lat) / wall, "lat": lat, **verdicts}
+    answers = len(place_lat) + len(finish_lat)
+    return {"placements_asked": len(place_lat), "granted": states["placed"], "queued": states["queued"],
+            "paused": states["paused"], "refused": sum(refused.values()), "refused_by_reason": dict(refused),
+            "finishes": len(finish_lat), "answers": answers, "wall_s": wall, "answers_per_s": answers / wall,
+            "granted_per_s": states["placed"] / wall, "place_lat": place_lat, "finish_lat": finish_lat}
 
 
-def stats(lat: list[float]) -> dict[str, float]:
+def stats(lat: list[float], prefix: str = "") -> dict[str, float]:
     q = statistics.quantiles(lat, n=100)
-    return {"p50_ms": q[49] * 1e3, "p99_ms": q[98] * 1e3}
+    return {f"{prefix}p50_ms": q[49] * 1e3, f"{prefix}p99_ms": q[98] * 1e3}
 
 
-def commit_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return "unknown"
+def side_row(got: dict[str, Any]) -> dict[str, Any]:
+    """One side's round as recorded: the counts and rates, and latency quantiles instead of every latency."""
+    row = {key: v for key, v in got.items() if not key.endswith("_lat")}
+    return {**row, **stats(got["place_lat"] + got["finish_lat"]), **stats(got["place_lat"], "place_"),
+            **stats(got["finish_lat"], "finish_")}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=2000, help="placements per side per round (each also finished)")
     p.add_argument("--in-flight", type=int, default=8, help="concurrent callers (Little: 2,000/s at 4 ms is 8 in flight)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--json", type=Path, default=None)
+    record.add_arguments(p, __file__)
     args = p.parse_args(argv)
+    run = record.start(__file__, args, argv)
     config = load_cluster_spec(CLUSTER_CONFIGS / "aws-cpu.yaml")  # pools of a real size: 14 nodes
     tmp = Path(tempfile.mkdtemp())
     os.environ["ELASTICML_HOME"] = str(tmp / "home")
@@ -140,38 +160,38 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         row: dict[str, Any] = {"round": r}
         for k, (side, (client, callers)) in enumerate(sides.items()):
-            got = run_callers(client, (r * len(sides) + k) * args.requests, args.requests, callers)
-            row[side] = {**{key: v for key, v in got.items() if key != "lat"}, **stats(got["lat"])}
-        row["actor_over_in_process_per_s"] = row["actor"]["per_s"] / row["in_process"]["per_s"]
+            row[side] = side_row(run_callers(client, (r * len(sides) + k) * args.requests, args.requests, callers))
+        row["actor_over_in_process_answers_per_s"] = row["actor"]["answers_per_s"] / row["in_process"]["answers_per_s"]
         rounds.append(row)
         print(f"round {r}: " + " | ".join(
-            f"{side} {row[side]['per_s']:6.0f} req/s p50 {row[side]['p50_ms']:6.2f} ms p99 {row[side]['p99_ms']:6.2f} ms"
-            f" (queued {row[side]['queued']}, refused {row[side]['refused']})" for side in sides), flush=True)
-    per_s = [r["actor"]["per_s"] for r in rounds]
-    p99 = [r["actor"]["p99_ms"] for r in rounds]
-    ratio = [r["actor_over_in_process_per_s"] for r in rounds]
-    single_per_s = [r["one_at_a_time"]["per_s"] for r in rounds]
-    api_per_s = [r["api"]["per_s"] for r in rounds]
-    api_p99 = [r["api"]["p99_ms"] for r in rounds]
-    summary = {
-        "actor_per_s_median": statistics.median(per_s), "actor_per_s_range": [min(per_s), max(per_s)],
-        "actor_p99_ms_median": statistics.median(p99), "actor_p99_ms_range": [min(p99), max(p99)],
-        "actor_over_in_process_median": statistics.median(ratio), "ratio_range": [min(ratio), max(ratio)],
-        "one_at_a_time_per_s_median": statistics.median(single_per_s),
-        "api_per_s_median": statistics.median(api_per_s), "api_per_s_range": [min(api_per_s), max(api_per_s)],
-        "api_p99_ms_median": statistics.median(api_p99), "api_goal_per_s": API_GOAL_PER_S,
-        "api_goal_p99_ms": API_GOAL_P99_MS, "api_goals_met": statistics.median(api_per_s) >= API_GOAL_PER_S
-        and statistics.median(api_p99) <= API_GOAL_P99_MS,
-        "goal_per_s": GOAL_PER_S, "goal_p99_ms": GOAL_P99_MS,
-        "per_s_goal_met": statistics.median(per_s) >= GOAL_PER_S, "p99_goal_met": statistics.median(p99) <= GOAL_P99_MS,
+            f"{side} {row[side]['answers_per_s']:6.0f} answers/s, {row[side]['granted_per_s']:6.0f} granted placements/s,"
+            f" p50 {row[side]['p50_ms']:6.2f} ms p99 {row[side]['p99_ms']:6.2f} ms (granted {row[side]['granted']},"
+            f" queued {row[side]['queued']}, paused {row[side]['paused']}, refused {row[side]['refused']}"
+            f"{' ' + str(row[side]['refused_by_reason']) if row[side]['refused'] else ''},"
+            f" finishes {row[side]['finishes']})" for side in sides), flush=True)
+
+    def over(side: str, key: str) -> dict[str, float]:
+        return spread([r[side][key] for r in rounds])
+
+    summary: dict[str, Any] = {
+        side: {"answers_per_s": over(side, "answers_per_s"), "granted_per_s": over(side, "granted_per_s"),
+               "p50_ms": over(side, "p50_ms"), "p99_ms": over(side, "p99_ms"),
+               **{key: sum(r[side][key] for r in rounds) for key in
+                  ("placements_asked", "granted", "queued", "paused", "refused", "finishes")},
+               "refused_by_reason": dict(sum((Counter(r[side]["refused_by_reason"]) for r in rounds), Counter()))}
+        for side in sides}
+    summary["actor_over_in_process_answers_per_s"] = spread([r["actor_over_in_process_answers_per_s"] for r in rounds])
+    # The goals count placements: a refusal, a queued placement or a finish is an answer, not a placement.
+    actor_granted, api_granted = summary["actor"]["granted_per_s"]["median"], summary["api"]["granted_per_s"]["median"]
+    summary["goals"] = {
+        "actor": {"granted_per_s": GOAL_PER_S, "p99_ms": GOAL_P99_MS, "granted_per_s_met": actor_granted >= GOAL_PER_S,
+                  "p99_met": summary["actor"]["p99_ms"]["median"] <= GOAL_P99_MS},
+        "api": {"granted_per_s": API_GOAL_PER_S, "p99_ms": API_GOAL_P99_MS,
+                "granted_per_s_met": api_granted >= API_GOAL_PER_S,
+                "p99_met": summary["api"]["p99_ms"]["median"] <= API_GOAL_P99_MS},
     }
     print(json.dumps(summary, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps({"command": " ".join(["python", "benchmarks/scheduler_actor.py", *(argv or sys.argv[1:])]),
-                                         "commit": commit_sha(), "date": time.strftime("%Y-%m-%d"),
-                                         "cpus": os.cpu_count(), "in_flight": args.in_flight,
-                                         "requests_per_round": args.requests, "rounds": rounds,
-                                         "summary": summary}, indent=1) + "\n")
+    run.write(samples=rounds, summary=summary, in_flight=args.in_flight, requests_per_round=args.requests)
     actor.kill(no_restart=True)
     ray.shutdown()
     return 0

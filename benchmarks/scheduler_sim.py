@@ -1,7 +1,7 @@
 """Deadline policies against the omniscient optimum: synthetic families and every real folder, each
 real trace at its native tick and at 10 minutes.
 
-    python benchmarks/scheduler_sim.py [--seeds 10] [--step-hours 12] [--workers 2] [--json out.json]
+    python benchmarks/scheduler_sim.py [--seeds 10] [--step-hours 12] [--workers 2] [--json OUT]
                                        [--folders validation,tuning] [--ticks native,600]
 
 Every policy runs on the same cases; a cell is the mean cost / omniscient optimum (1.00 = optimal;
@@ -19,13 +19,13 @@ its run-length model fitted on the job's own window, i.e. on the future.
   start as history. stochastic-dp's parameters were chosen on the tuning folder only
   (benchmarks/tune_spot_policy.py); the validation folder is for reporting only.
 
-Restart 0.2 h, on-demand = 3x spot throughout. With --json, every case's ratios are written too.
+Restart 0.2 h, on-demand = 3x spot throughout. The summaries and every case's ratios go to
+benchmarks/results/scheduler_sim.json (benchmarks/record.py; --json elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import record  # noqa: E402
 from spot_traces import tuning_traces, validation_traces  # noqa: E402
 
 from elasticml.scheduler.deadline import JobParams, simulate  # noqa: E402
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--folders", default="validation,tuning", help="real folders: validation, tuning")
     p.add_argument("--ticks", default="native,600", help="'native' and/or seconds to resample real traces to")
-    p.add_argument("--json", dest="json_out", help="write the summaries and every case's ratios here")
+    record.add_arguments(p, __file__)
     args = p.parse_args(argv)
     folders = [f for f in args.folders.split(",") if f]
     if any(f not in FOLDERS for f in folders):
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ticks = [t for t in args.ticks.split(",") if t]
     if any(t != "native" and not t.isdigit() for t in ticks):
         p.error("--ticks: 'native' or whole seconds")
+    run = record.start(__file__, args, argv)
     t0 = time.time()
     todo = cases(args.seeds, args.step_hours, folders, ticks)
     # The finest ticks first: their optima take longest, so the pool ends together.
@@ -151,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     for group in dict.fromkeys(r["group"] for r in sorted(results, key=lambda r: r["group"] != "synthetic")):
         print(f"\n{group}:")
         summaries[group] = _table(group, results)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"argv": sys.argv[1:], "summaries": summaries,
-                                                   "cases": results}, indent=1))
+    run.write(samples=results, summary=summaries)
     for group, s in summaries.items():
         if group == "synthetic":
             continue

@@ -1,7 +1,7 @@
 """Predictive vs reactive Serve autoscaling, replaying request-rate traces side by side.
 
     python benchmarks/serve_autoscale.py [--traces diurnal,ramp,fast_ramp,spike,flat,noisy] [--rounds 1]
-        [--scale 1.0] [--json out.json] [--png out.png]
+        [--scale 1.0] [--json OUT] [--png out.png]
 
 One local Ray instance, two Serve apps with the same `SyntheticModel` deployment (each request
 holds one of a replica's 2 slots for 0.25 s; a new replica loads for 3 s before it serves:
@@ -17,8 +17,9 @@ signal.
 
 Printed per trace and policy: requests, those over the latency SLO (or failed), 429/503, p99,
 replica-seconds (the cost), and on the ramp the time from its start until the replicas its top
-needs were running; then the predictive/reactive ratios. --png draws the diurnal trace's replicas
-(both policies) and the predictive policy's forecast over time.
+needs were running; then the predictive/reactive ratios. Every trace's rounds, policy by policy,
+go to benchmarks/results/serve_autoscale.json (benchmarks/record.py). --png draws the diurnal
+trace's replicas (both policies) and the predictive policy's forecast over time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ import sys
 import time
 import warnings
 from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import record  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -116,11 +122,12 @@ def main() -> None:
     ap.add_argument("--traces", default="diurnal,ramp,fast_ramp,spike,flat,noisy")
     ap.add_argument("--rounds", type=int, default=1, help="replay each trace this many times (other arrivals each)")
     ap.add_argument("--scale", type=float, default=1.0, help="stretch every trace (and its season) by this")
-    ap.add_argument("--json", default=None)
+    record.add_arguments(ap, __file__)
     ap.add_argument("--png", default=None)
     ap.add_argument("--forecast", default="{}", help="ForecastConfig settings to try, as JSON")
     ap.add_argument("--verbose", action="store_true", help="print each policy's replicas over time")
     args = ap.parse_args()
+    run = record.start(__file__, args)
     FORECAST.update(json.loads(args.forecast))
 
     import ray
@@ -151,6 +158,10 @@ def main() -> None:
                 need = math.ceil(top * SERVICE_S / TARGET)
                 reached = sampler.first_reaching(policy, need, after_s=start)
                 r["ramp_to_enough_s"] = round(reached - start, 1) if reached is not None else None
+            # Every request and replica count, so that any other statistic can be computed from the record.
+            r["raw"] = {"sent_at_s": [round(t, 3) for t in outcome.sent_at],
+                        "latency_s": [round(t, 4) for t in outcome.latency_s], "status": outcome.status,
+                        "replicas": [(round(t, 2), n) for t, n in sampler.samples[policy]]}
             row[policy] = r
         results.setdefault(name, []).append(row)
         print(f"{name} round {k + 1}: done ({duration_s:.0f} s)", file=sys.stderr)
@@ -178,14 +189,16 @@ def main() -> None:
                       f"{r['replica_s']} | {r.get('ramp_to_enough_s', '')} |")
     print("| trace | over SLO predictive vs reactive, summed over rounds | ratio | replica-s ratio per round |")
     print("|---|---|---|---|")
+    summary = {}
     for name, rows in results.items():
         p = sum(row["predictive"]["over_slo"] for row in rows)
         r = sum(row["reactive"]["over_slo"] for row in rows)
-        cost = ", ".join(f"{row['predictive']['replica_s'] / row['reactive']['replica_s']:.2f}" for row in rows)
-        print(f"| {name} | {p} vs {r} | {f'{p / r:.2f}' if r else '-'} | {cost} |")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+        costs = [row["predictive"]["replica_s"] / row["reactive"]["replica_s"] for row in rows]
+        print(f"| {name} | {p} vs {r} | {f'{p / r:.2f}' if r else '-'} | {', '.join(f'{c:.2f}' for c in costs)} |")
+        summary[name] = {"over_slo_predictive": p, "over_slo_reactive": r, "replica_s_ratio_by_round": costs}
+    run.write(samples=results, summary=summary,
+              setting={"service_s": SERVICE_S, "slots": SLOTS, "load_s": LOAD_S, "slo_s": SLO_S, "target": TARGET,
+                       **BOUNDS, **DELAYS, "forecast": FORECAST})
     if args.png and picture is not None:
         draw(picture, args.png)
 

@@ -5,19 +5,28 @@
 
 Plain torch (no Ray on the GPU machines we borrow): the replica's own code path,
 `elasticml.serve.precision.prepare` then `elasticml.serve.generate.generate_batch`, greedy,
---tokens bytes per request, random weights (speed does not depend on the values).
+--tokens bytes per request, random weights (speed does not depend on the values). Each precision
+and batch is timed --rounds times, the rounds interleaved; every round's rate goes to
+benchmarks/results/serve_gpu.json (benchmarks/record.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from elasticml.models import SIZES, build_model
-from elasticml.serve.generate import Prompt, generate_batch
-from elasticml.serve.precision import prepare
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import record  # noqa: E402
+
+from elasticml.models import SIZES, build_model  # noqa: E402
+from elasticml.serve.generate import Prompt, generate_batch  # noqa: E402
+from elasticml.serve.precision import prepare  # noqa: E402
 
 
 def rate(model: torch.nn.Module, batch: int, tokens: int, cuda: bool) -> float:
@@ -37,15 +46,26 @@ def main() -> None:
     p.add_argument("--size", default="125m", choices=list(SIZES))
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--device", choices=["gpu", "cpu"], default="gpu")
+    p.add_argument("--rounds", type=int, default=3, help="times each precision and batch is timed, interleaved")
+    record.add_arguments(p, __file__)
     args = p.parse_args()
+    run = record.start(__file__, args)
     cuda = args.device == "gpu"
     precisions = ["fp32", "bf16"] if cuda else ["fp32"]
-    print(f"{torch.cuda.get_device_name(0) if cuda else 'cpu'}: model {args.size}, {args.tokens} tokens per request")
+    device = torch.cuda.get_device_name(0) if cuda else "cpu"
+    print(f"{device}: model {args.size}, {args.tokens} tokens per request")
+    models = {}
     for precision in precisions:
         torch.manual_seed(0)
-        model = prepare(build_model(args.size), device=args.device, precision=precision)
-        for batch in (1, 32):
-            print(f"  {precision:5s} batch {batch:3d}: {rate(model, batch, args.tokens, cuda):10.0f} tokens/s")
+        models[precision] = prepare(build_model(args.size), device=args.device, precision=precision)
+    rates: dict[str, list[float]] = {f"{precision} batch {batch}": [] for precision in precisions for batch in (1, 32)}
+    for _ in range(args.rounds):
+        for precision, model in models.items():
+            for batch in (1, 32):
+                rates[f"{precision} batch {batch}"].append(rate(model, batch, args.tokens, cuda))
+    for name, values in rates.items():
+        print(f"  {name:14s}: {statistics.median(values):10.0f} tokens/s (median; {min(values):.0f}-{max(values):.0f})")
+    run.write(samples=rates, summary={name: statistics.median(v) for name, v in rates.items()}, device=device)
 
 
 if __name__ == "__main__":

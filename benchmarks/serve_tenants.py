@@ -1,6 +1,6 @@
 """Fair share over real HTTP: one tenant floods at 10x another's rate; what does the other see?
 
-    python benchmarks/serve_tenants.py [--rate 6] [--flood 10] [--seconds 20] [--rounds 2] [--tokens 32]
+    python benchmarks/serve_tenants.py [--rate 6] [--flood 10] [--seconds 20] [--rounds 2] [--tokens 32] [--json OUT]
 
 One local Ray instance and two apps on the same checkpoint and replica settings (the shipped CPU
 config: int8, batches of up to 16 with a 5 ms wait, 32 requests in flight a replica, 64 queued):
@@ -12,7 +12,8 @@ Open-loop load to 127.0.0.1 (a request every 1/rate s whatever the answers do): 
 --rate requests/s, in three phases per round on each app: B alone, then B while A sends --flood
 times B's rate. Rounds alternate the apps' order. Printed: B's p50 and p99 latency, B's 429s and
 errors, A's answered and refused requests, and B's p99 under the flood relative to B alone on the
-same app in the same round.
+same app in the same round. Every request's status and latency, phase by phase, goes to
+benchmarks/results/serve_tenants.json (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -28,6 +30,10 @@ from pathlib import Path
 
 import httpx
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import record  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -69,7 +75,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--cpus", type=float, default=2)
+    record.add_arguments(ap, __file__)
     args = ap.parse_args()
+    run = record.start(__file__, args)
 
     import ray
     from ray import serve
@@ -125,6 +133,7 @@ def main() -> None:
     print("| app | round | B alone p50 / p99 ms | B flooded p50 / p99 ms | B p99 flooded / alone | "
           "B 429 / errors | A answered / 429 / errors |")
     print("|---|---|---|---|---|---|---|")
+    table: list[dict] = []
     for name in names:
         for r, row in enumerate(rows[name]):
             def ok(results: list[tuple[int, float]]) -> list[float]:
@@ -139,6 +148,12 @@ def main() -> None:
                   f"{p(flooded, 50) if flooded else float('nan'):.0f} / {p(flooded, 99) if flooded else float('nan'):.0f} | "
                   f"{ratio:.2f}x | {b429} / {berr} | {a.count(200)} / {a.count(429)} / "
                   f"{sum(s not in (200, 429) for s in a)} |")
+            table.append({"app": name, "round": r, "b_alone_p50_ms": p(alone, 50), "b_alone_p99_ms": p(alone, 99),
+                          "b_flooded_p50_ms": p(flooded, 50) if flooded else None,
+                          "b_flooded_p99_ms": p(flooded, 99) if flooded else None,
+                          "b_p99_flooded_over_alone": ratio, "b_429": b429, "b_errors": berr,
+                          "a_answered": a.count(200), "a_429": a.count(429),
+                          "a_errors": sum(s not in (200, 429) for s in a)})
     # B is under its share, so the next batch always has room for it: it waits at most for the batch
     # running when it arrives, then runs in the next one.
     from elasticml.serve.config import ServeConfig
@@ -150,6 +165,11 @@ def main() -> None:
           f"{stats['mean_batch_ms']:.0f} ms, longest {stats['longest_batch_ms']:.0f} ms; the bound for a tenant under "
           f"its share, 2 x the longest batch + the {wait_ms:g} ms wait = {bound:.0f} ms; B's worst p99 flooded {worst:.0f} ms "
           f"({'within' if worst <= bound else 'OVER'} the bound)")
+    # (status, seconds) of every request, in the order they were answered, phase by phase.
+    raw = {name: [{phase: [(status, round(s, 4)) for status, s in got] for phase, got in row.items()}
+                  for row in rows[name]] for name in names}
+    run.write(samples=raw, summary={"rows": table, "fair_stats": stats, "bound_ms": bound, "worst_b_p99_flooded_ms": worst,
+                                    "within_bound": worst <= bound})
 
 
 if __name__ == "__main__":

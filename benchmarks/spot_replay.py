@@ -1,6 +1,7 @@
 """Live vs simulated: real spot traces replayed on the local cluster, a real job steered through each.
 
     python benchmarks/spot_replay.py [--cases NAME,...] [--seconds-per-hour 15] [--job-hours 4] [--deadline-hours 6]
+        [--json OUT]
 
 For each case it writes one node's 0/1 trace, picks the first start hour (after
 a day of history) whose deadline window holds an outage, and runs
@@ -11,7 +12,9 @@ simulator runs the same policy on the same trace. Printed side by side: live
 and simulated cost (spot-hours), spot and on-demand hours, restarts, whether
 the deadline was met, and live / simulated cost. Cases: synthetic families
 (long outages, short flapping windows, mostly down) and the shared tuning
-traces (16-node group read as one node, 1-node preemption records).
+traces (16-node group read as one node, 1-node preemption records). Each
+case's full replay result goes to benchmarks/results/spot_replay.json
+(benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import record  # noqa: E402
 from spot_traces import tuning_traces  # noqa: E402
 
 from elasticml.scheduler import traces  # noqa: E402
@@ -67,12 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--native-tick", action="store_true",
                    help="tuning traces at their own tick (300 s, 32-34 s) instead of 10 minutes; a tick must "
                         "last 2 s on the wall clock, so a 34-s tick needs --seconds-per-hour >= 212")
+    record.add_arguments(p, __file__)
     args = p.parse_args(argv)
+    run = record.start(__file__, args, argv)
     todo = cases(args.native_tick)
     if args.cases:
         todo = {k: v for k, v in todo.items() if k in args.cases.split(",")}
     tmp = Path(tempfile.mkdtemp(prefix="spot-replay-"))
-    rows = []
+    rows, failed = [], []
     for i, (name, (avail, gap_h)) in enumerate(todo.items()):
         path = tmp / f"case{i}.json"
         path.write_text(json.dumps({"metadata": {"gap_seconds": round(gap_h * 3600)}, "data": [0 if a else 1 for a in avail]}))
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{name}: failed: {proc.stderr.strip()[-800:]}", flush=True)
+            failed.append({"case": name, "start_hour": start, "stderr_tail": proc.stderr.strip()[-800:]})
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         r["case"], r["start_hour"] = name, start
@@ -98,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{lv['spot_hours']:>7.2f}/{lv['on_demand_hours']:<7.2f} {sm['spot_hours']:>6.2f}/{sm['on_demand_hours']:<7.2f} "
               f"{lv['restarts']:>5}/{sm['restarts']:<6} {str(r['finished_by_deadline'])[0]:>4} {r['steps_lost']:>5}")
     within = sum(1 for r in rows if r["cost_ratio"] is not None and abs(r["cost_ratio"] - 1) <= 0.15)
-    print(f"within 15% of the simulator: {within}/{len(rows)}; deadline met: "
-          f"{sum(r['finished_by_deadline'] for r in rows)}/{len(rows)} (of {len(todo)} cases)")
+    met = sum(r["finished_by_deadline"] for r in rows)
+    print(f"within 15% of the simulator: {within}/{len(rows)}; deadline met: {met}/{len(rows)} (of {len(todo)} cases)")
+    run.write(samples=rows, summary={"cases": len(todo), "replayed": len(rows), "within_15_percent": within,
+                                     "deadline_met": met}, failed=failed)
     return 0 if len(rows) == len(todo) else 1
 
 

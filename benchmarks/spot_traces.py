@@ -4,6 +4,8 @@ tick or resampled to a coarser one.
     tuning_traces(gap_seconds=None)      -> [(name, availability, gap_hours)]   choose parameters on these only
     validation_traces(gap_seconds=None)  -> [(name, availability, gap_hours)]   report on these; never tune on them
 
+    python benchmarks/spot_traces.py [--ticks native,600] [--json OUT]   # what each trace holds, as read
+
 `gap_seconds=None` keeps each file's own tick (600 s validation, 300 s 16-node and 4-node, 30-34 s
 1-node preemption); a number resamples every trace to it (600: the validation set's tick).
 
@@ -24,8 +26,14 @@ How each folder is turned into one node's availability (read off the data):
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import record  # noqa: E402
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "spot-traces"
 MIN_HOURS = 150
@@ -69,3 +77,37 @@ def validation_traces(gap_seconds: float | None = None, root: Path = TRACES) -> 
         data, gap = _load(path)
         _keep(path.stem, _resample([v == 0 for v in data], gap, gap_seconds), out)
     return out
+
+
+def describe(name: str, available: list[bool], gap_hours: float) -> dict:
+    """One trace as the simulator reads it: its tick, length, share of ticks with spot, outages."""
+    outages = sum(1 for i, up in enumerate(available) if not up and (i == 0 or available[i - 1]))
+    return {"trace": name, "tick_s": round(gap_hours * 3600, 3), "hours": round(len(available) * gap_hours, 2),
+            "spot_share": round(sum(available) / len(available), 4) if available else 0.0, "outages": outages}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="What each real spot trace holds, as the benchmarks read it.")
+    p.add_argument("--ticks", default="native,600", help="'native' and/or seconds to resample to")
+    p.add_argument("--root", type=Path, default=TRACES)
+    record.add_arguments(p, __file__)
+    args = p.parse_args(argv)
+    run = record.start(__file__, args, argv)
+    rows = []
+    for folder, read in (("validation", validation_traces), ("tuning", tuning_traces)):
+        for tick in [t for t in args.ticks.split(",") if t]:
+            for name, available, gap in read(None if tick == "native" else float(tick), root=args.root):
+                rows.append({"folder": folder, "tick": tick, **describe(name, available, gap)})
+    print(f"{'folder':<11}{'tick':>7}  {'trace':<58}{'tick s':>8}{'hours':>9}{'spot':>7}{'outages':>8}")
+    for r in rows:
+        print(f"{r['folder']:<11}{r['tick']:>7}  {r['trace']:<58}{r['tick_s']:>8g}{r['hours']:>9g}"
+              f"{r['spot_share']:>7.3f}{r['outages']:>8}")
+    summary = {f"{folder} @ {tick}": len([r for r in rows if r["folder"] == folder and r["tick"] == tick])
+               for folder, tick in dict.fromkeys((r["folder"], r["tick"]) for r in rows)}
+    print(f"traces: {summary}")
+    run.write(samples=rows, summary={"traces": summary, "root": str(args.root)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

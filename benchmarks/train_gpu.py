@@ -9,20 +9,27 @@ model, FSDP2 wrapping (each block, then the root) and MixedPrecisionPolicy as
 `elasticml.train.loop`, on a world of one process (NCCL on GPU, gloo on CPU). Side by side in
 one run: eager vs torch.compile'd blocks. MFU = model FLOP/s / peak, with model FLOPs per token
 = 6 N + 12 L d T (`ModelConfig.flops_per_token`); --peak-tflops defaults to 989 (H100 SXM dense bf16).
-Random tokens: the step's speed does not depend on the data.
+Random tokens: the step's speed does not depend on the data. Each variant's rate and MFU go to
+benchmarks/results/train_gpu.json (benchmarks/record.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from elasticml.models import SIZES, build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import record  # noqa: E402
+
+from elasticml.models import SIZES, build_model  # noqa: E402
 
 
 def run(args: argparse.Namespace, *, compiled: bool) -> tuple[float, float]:
@@ -77,7 +84,9 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--no-compile", action="store_true", help="eager only (compile on CPU mostly costs time)")
+    record.add_arguments(p, __file__)
     args = p.parse_args()
+    run_record = record.start(__file__, args)
     if args.seq_len > SIZES[args.size].max_seq_len:
         p.error(f"--seq-len {args.seq_len} exceeds the {args.size} model's context {SIZES[args.size].max_seq_len}")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -89,10 +98,14 @@ def main() -> None:
     print(f"{name}: model {args.size} ({SIZES[args.size].num_params() / 1e6:.0f}M params), batch {args.batch} x "
           f"{args.seq_len} tokens, {args.steps} timed steps, peak {args.peak_tflops} TFLOP/s")
     variants = [("eager", False)] + ([] if args.no_compile else [("torch.compile", True)])
+    rows = []
     for label, compiled in variants:
         tokens_per_s, mfu = run(args, compiled=compiled)
         print(f"  {label:14s} {tokens_per_s:12.0f} tokens/s   MFU {mfu:.1%}")
+        rows.append({"variant": label, "tokens_per_s": tokens_per_s, "mfu": mfu})
     dist.destroy_process_group()
+    run_record.write(samples=rows, summary={r["variant"]: r["tokens_per_s"] for r in rows}, device=name,
+                     params=SIZES[args.size].num_params())
 
 
 if __name__ == "__main__":

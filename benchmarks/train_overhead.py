@@ -1,13 +1,14 @@
 """Ray Train's overhead against the same FSDP2 loop under plain torch.distributed, on CPU.
 
-    python benchmarks/train_overhead.py [--size small] [--steps 40] [--workers 2]
+    python benchmarks/train_overhead.py [--size small] [--steps 40] [--workers 2] [--rounds 2] [--json OUT]
 
 Both sides run elasticml's training step (FSDP2 over gloo, same model, data,
 batch and seed) in `--workers` processes; only the launcher differs: Ray
 Train V2's TorchTrainer on a local Ray instance vs torch.multiprocessing with
 a hand-made process group. Throughput is measured inside the loop, after
 `--warmup` steps, so start-up is excluded; Ray's per-step cost (its context,
-its report barrier every `--report-every` steps) is included.
+its report barrier every `--report-every` steps) is included. Both sides' rates,
+round by round, go to benchmarks/results/train_overhead.json (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -18,15 +19,20 @@ import socket
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from elasticml.data.corpus import build_corpus
-from elasticml.data.loader import TokenBlocks
-from elasticml.models import build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import record  # noqa: E402
+
+from elasticml.data.corpus import build_corpus  # noqa: E402
+from elasticml.data.loader import TokenBlocks  # noqa: E402
+from elasticml.models import build_model  # noqa: E402
 
 
 def train_steps(rank: int, world: int, args: argparse.Namespace, report) -> float:  # type: ignore[no-untyped-def]
@@ -124,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--report-every", type=int, default=10)
     p.add_argument("--rounds", type=int, default=2, help="alternate plain/Ray this many times")
+    record.add_arguments(p, __file__)
     args = p.parse_args(argv)
+    run = record.start(__file__, args, argv)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     args.corpus = tempfile.mkdtemp() + "/c"
     build_corpus(args.corpus, num_shards=2, max_bytes=1_000_000)
@@ -138,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plain torch.distributed: {best_plain:9.0f} tokens/s   (rounds: {', '.join(f'{r:.0f}' for r in plain)})")
     print(f"Ray Train (TorchTrainer): {best_ray:9.0f} tokens/s   (rounds: {', '.join(f'{r:.0f}' for r in ray_rates)})")
     print(f"Ray Train overhead: {100 * (1 - best_ray / best_plain):+.1f}% (best of {args.rounds} each)")
+    run.write(samples=[{"round": r, "plain_tokens_per_s": a, "ray_tokens_per_s": b}
+                       for r, (a, b) in enumerate(zip(plain, ray_rates))],
+              summary={"best_plain_tokens_per_s": best_plain, "best_ray_tokens_per_s": best_ray,
+                       "ray_overhead": 1 - best_ray / best_plain})
     return 0
 
 
