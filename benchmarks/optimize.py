@@ -26,9 +26,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import record  # noqa: E402
+import record  # benchmarks/record.py: a script's own folder is first on sys.path
 
 
 def main() -> None:

@@ -35,9 +35,8 @@ from typing import Any
 
 import ray
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import record  # noqa: E402
+import record  # benchmarks/record.py: a script's own folder is first on sys.path
 
 from elasticml.cluster.config import load_cluster_spec  # noqa: E402
 from elasticml.errors import PlacementRefused  # noqa: E402

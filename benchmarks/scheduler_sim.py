@@ -30,11 +30,9 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import record  # noqa: E402
+import record  # benchmarks/record.py: a script's own folder is first on sys.path
 from spot_traces import tuning_traces, validation_traces  # noqa: E402
 
 from elasticml.scheduler.deadline import JobParams, simulate  # noqa: E402

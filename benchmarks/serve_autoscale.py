@@ -32,11 +32,9 @@ import sys
 import time
 import warnings
 from datetime import date
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import record  # noqa: E402
+import record  # benchmarks/record.py: a script's own folder is first on sys.path
 
 warnings.filterwarnings("ignore")
 

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import record  # noqa: E402
+import record  # benchmarks/record.py: a script's own folder is first on sys.path
 
 from elasticml.models import SIZES, build_model  # noqa: E402
 from elasticml.serve.generate import Prompt, generate_batch  # noqa: E402

@@ -41,10 +41,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import datetime
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -56,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import record  # benchmarks/record.py: a script's own folder is first on sys.path
 import torch
 
 warnings.filterwarnings("ignore")
@@ -68,10 +67,6 @@ def spread(xs: list[float]) -> dict[str, float]:
 
 def shown(s: dict[str, float], unit: str = "", digits: int = 2) -> str:
     return f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f} to {s['max']:.{digits}f})"
-
-
-def git(*cmd: str) -> str:
-    return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=REPO, check=False).stdout.strip()
 
 
 def poster(client: httpx.Client, url: str, tokens: int, headers: dict[str, str] | None = None) -> Callable[[str], None]:
@@ -328,11 +323,12 @@ def main() -> None:
     p.add_argument("--cpus", type=float, default=2, help="batching and overhead: CPUs per replica")
     p.add_argument("--latency-samples", type=int, default=200)
     p.add_argument("--batch-wait-ms", default="5,10,20", help="batching: comma-separated waits, one variant each")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_http.json")
+    record.add_arguments(p, __file__)
     args = p.parse_args()
     parts = set(args.parts.split(","))
     if not parts <= {"shipped", "batching", "overhead"} or args.rounds < 1:
         p.error("--parts takes shipped, batching and overhead; --rounds at least 1")
+    run = record.start(__file__, args)
 
     import ray
     from ray import serve
@@ -359,12 +355,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "ERROR"})
     base = f"http://127.0.0.1:{port}"
     client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=args.clients * 2))
-    results: dict[str, Any] = {
-        "command": shlex.join(["python", "benchmarks/serve_http.py", *sys.argv[1:]]), "commit": git("rev-parse", "--short", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "cpus": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    results: dict[str, Any] = {}
     if "shipped" in parts:
         results["shipped"] = shipped_part(args, raw, overrides, client, base)
 
@@ -372,9 +363,7 @@ def main() -> None:
         results.update(batching_and_overhead(args, parts, folder, client, base))
     serve.shutdown()
     ray.shutdown()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"raw results: {args.out}")
+    run.write(samples=results, summary={part: r.get("summary") for part, r in results.items() if isinstance(r, dict)})
 
 
 if __name__ == "__main__":

@@ -44,9 +44,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import record  # noqa: E402
+import record  # benchmarks/record.py: a script's own folder is first on sys.path
 
 from elasticml.models import build_model  # noqa: E402
 from elasticml.serve.generate import generate  # noqa: E402

@@ -26,9 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import record  # noqa: E402
+import record  # benchmarks/record.py: a script's own folder is first on sys.path
 from spot_traces import tuning_traces  # noqa: E402
 
 from elasticml.scheduler import traces  # noqa: E402

@@ -31,9 +31,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import record  # noqa: E402
+import record  # benchmarks/record.py: a script's own folder is first on sys.path
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "spot-traces"
 MIN_HOURS = 150

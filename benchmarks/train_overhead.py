@@ -19,16 +19,14 @@ import socket
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import record  # noqa: E402
+import record  # benchmarks/record.py: a script's own folder is first on sys.path
 
 from elasticml.data.corpus import build_corpus  # noqa: E402
 from elasticml.data.loader import TokenBlocks  # noqa: E402
