@@ -1,25 +1,67 @@
-"""Predictive vs reactive Serve autoscaling, replaying request-rate traces side by side.
+"""Predictive vs reactive Serve autoscaling: paired rounds on traces the forecaster was not tuned on.
 
-    python benchmarks/serve_autoscale.py [--traces diurnal,ramp,fast_ramp,spike,flat,noisy] [--rounds 1]
-        [--scale 1.0] [--json OUT] [--png out.png]
+    python benchmarks/serve_autoscale.py [--rounds 5] [--scale 1.0] [--traces diurnal,ramp,flat]
+        [--resamples 10000] [--forecast JSON] [--json OUT | --no-json] [--png out.png] [--verbose]
 
-One local Ray instance, two Serve apps with the same `SyntheticModel` deployment (each request
-holds one of a replica's 2 slots for 0.25 s; a new replica loads for 3 s before it serves:
-elasticml/serve/loadreplay.py) and the same autoscaling bounds and delays; they differ only in
-the policy: Serve's default (reactive: requests in flight now / target) and
-elasticml.serve.autoscale:PredictivePolicy (the forecast one measured start-up ahead). For each
-trace both apps are deployed afresh (the predictive one with nothing learnt) and the same trace,
-with the same seeded arrivals (other seeds in each of --rounds), is replayed against one app and
-then the other (so that neither starts replicas on cores the other's are starting on): open-loop
-Poisson requests to 127.0.0.1. Serve's load metrics are pushed every 0.5 s (`metrics_interval_s`,
-instead of 10) so that a trace compressed into minutes is seen at all; both policies get the same
-signal.
+Setting. One local Ray instance and one Serve app at a time, a `SyntheticModel` deployment
+(elasticml/serve/loadreplay.py): each request holds one of a replica's 4 slots for 0.25 s, and a
+new replica loads for 3 s before it serves. Both policies get the same bounds (1..8 replicas),
+target (3 in flight a replica), delays (up 0.5 s, down 8 s), look-back (1 s) and load reports
+every 0.5 s (`metrics_interval_s`, instead of Serve's 10 s, so that a trace compressed into
+minutes is seen at all); they differ only in the policy: Serve's default (reactive: requests in
+flight now / target) and elasticml.serve.autoscale:PredictivePolicy (the forecast one learnt
+start-up ahead; told the trace's season where it has one, as an app names its day). Requests are
+open-loop Poisson arrivals to 127.0.0.1; SLO 1 s.
 
-Printed per trace and policy: requests, those over the latency SLO (or failed), 429/503, p99,
-replica-seconds (the cost), and on the ramp the time from its start until the replicas its top
-needs were running; then the predictive/reactive ratios. Every trace's rounds, policy by policy,
-go to benchmarks/results/serve_autoscale.json (benchmarks/record.py). --png draws the diurnal
-trace's replicas (both policies) and the predictive policy's forecast over time.
+Method, so that a difference is told from run-to-run noise:
+- Paired rounds (--rounds, default 5). In round k every trace is drawn from its family with seed
+  1000 + k and replayed with arrival seed 2000 + k against both policies: the same requests at the
+  same moments for the two, other ones each round.
+- The order alternates: reactive first in even rounds, predictive first in odd ones, so that a
+  drift over a round (the machine warming, what the previous replay left running) falls on each
+  policy as often.
+- One app on the machine at a time, fresh: each policy's app is deployed (its learnt state and
+  decision log deleted first) just before its own replay and deleted right after, so the
+  predictive one starts with nothing learnt and never sees the other policy's load, and neither
+  starts replicas on cores the other's are using.
+- Traces held out from tuning. The forecaster's defaults (damped trend phi 0.9, margin 0.5 RMS,
+  down headroom 0.9) were chosen at 2dc289c on fixed traces (TUNED_ON): a symmetric raised-cosine
+  day of 60 s from 1 to 28 requests/s with its trough at t=0, a linear ramp from 1 to 28/s over
+  30 s from t=20 s (and over 8 s), a spike of 24/s, flat 12/s and that day with noise seed 7;
+  arrival seeds 11 and 12. The families here (FAMILIES) differ in shape and seed: a day of 70-90 s
+  that climbs faster than it falls (the rise over 30-40% of it), starting at a random hour; an
+  S-shaped ramp over 15-40 s; flat at 6-16/s; other bounds; seeds from 1000 and 2000 up.
+- Statistics, per trace and metric (requests over the SLO or failed; replica-seconds, the cost):
+  the paired differences predictive - reactive, their mean with a percentile bootstrap 95%
+  interval (`bootstrap_ci`: 10,000 resamples of the rounds, seeded), and the ratio of the totals
+  with its interval from the same resamples. With 5 pairs a percentile bootstrap is narrower than
+  the truth (it cannot see beyond the 5 values); more rounds make a verdict firmer.
+
+Goals (issue 30), printed as a verdict per trace: on diurnal and ramp, predictive has >= 50% fewer
+requests over the SLO (ratio of totals <= 0.5) with the interval of the paired difference below
+zero, at <= the replica-seconds (mean paired difference <= 0); on flat load, no worse: the interval
+of each paired difference includes zero or lies below it. fast_ramp, spike and noisy (--traces)
+are measured but not goals. A verdict from fewer than 5 rounds is marked as such.
+
+Runtime (an estimate from the formula, not a measurement): a replay lasts its trace's duration
+(DURATIONS x --scale: diurnal 240 s, ramp 90 s, flat 60 s; fast_ramp 60, spike 70, noisy 160), and
+each replay adds O for deploying its app (the replica's 3 s load, Serve's start), deleting it and
+SETTLE_S, O of the order of 10 s. So, with D the summed durations of the chosen traces at scale 1
+(390 s for the default three) and T their number:
+
+    wall ~ rounds x (2 x D x scale + 2 x T x O) + Ray's and Serve's start
+    default (5 rounds, scale 1):  5 x (780 + 60) s ~ 4,200 s ~ 70 min
+    --scale 0.5 --rounds 5:       5 x (390 + 60) s ~ 2,250 s ~ 38 min
+
+--scale stretches every trace, its season and its ramp; the 3 s replica load does not scale, so a
+scale below 1 is a harder test for both policies, not the same test shorter.
+
+Printed: each round's requests, those over the SLO, 429/503, p99, replica-seconds and on ramps the
+time from the ramp's start until the replicas its top needs were running; then the paired
+statistics and the verdicts. The record (benchmarks/record.py; rewritten after every round, so an
+interrupted run keeps its complete rounds) holds every request's latency and status, the replica
+counts over time, the predictive policy's decision log with reasons, and each round's drawn trace.
+--png draws round 1's diurnal trace: both policies' replicas and the forecast.
 """
 
 from __future__ import annotations
@@ -28,11 +70,13 @@ import argparse
 import asyncio
 import json
 import math
+import random
 import sys
 import time
 import warnings
-from datetime import date
-
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 import record  # benchmarks/record.py: a script's own folder is first on sys.path
 
@@ -45,181 +89,393 @@ SLO_S = 1.0
 TARGET = 3.0
 BOUNDS = {"min_replicas": 1, "max_replicas": 8}
 DELAYS = {"upscale_delay_s": 0.5, "downscale_delay_s": 8.0, "look_back_period_s": 1.0, "metrics_interval_s": 0.5}
+SETTLE_S = 2.0
+"""Pause after an app is deleted, so that its replicas' processes are gone before the next replay."""
+POLICIES = ("reactive", "predictive")
+TRACE_SEED0 = 1000
+ARRIVAL_SEED0 = 2000
+MIN_ROUNDS = 5
+"""Fewer paired rounds than this give a verdict the issue does not accept."""
+FEWER_GOAL = ("diurnal", "ramp")
+NO_WORSE_GOAL = ("flat",)
+DEFAULT_TRACES = "diurnal,ramp,flat"
+DURATIONS = {"diurnal": 240.0, "ramp": 90.0, "flat": 60.0, "fast_ramp": 60.0, "spike": 70.0, "noisy": 160.0}
+"""Each trace's length at --scale 1, whatever its drawn parameters, so that the runtime is known."""
+OVERHEAD_S = 10.0
+"""Guessed cost of one replay beyond its trace: deploy (3 s load and Serve's start), delete, SETTLE_S."""
+
+TUNED_ON = {
+    "commit": "2dc289c (defaults phi 0.9, margin_sigmas 0.5, down_headroom 0.9), kept through 28ebd6f",
+    "diurnal": "loadreplay.diurnal(60 s, 1, 28): symmetric raised cosine, trough at t=0, 3 periods",
+    "ramp": "loadreplay.ramp(20 s, 30 s, 1, 28): linear, held to 80 s",
+    "fast_ramp": "loadreplay.ramp(20 s, 8 s, 1, 28), 60 s",
+    "spike": "loadreplay.spike(30 s, 15 s, 2, 24), 70 s",
+    "flat": "loadreplay.flat(12), 60 s",
+    "noisy": "loadreplay.noisy(diurnal(60 s, 2, 24), sd 4, seed 7), 2 periods",
+    "arrival_seeds": [11, 12],
+}
+FAMILIES = {
+    "diurnal": "loadreplay.day: period U(70, 90) s, low U(1.5, 4), high U(20, 26), rise over U(0.3, 0.4) "
+               "of the day, t=0 at a U(0, 1) share of it; season told to the policy",
+    "ramp": "loadreplay.eased_ramp (S-shaped): start U(10, 25) s, length U(15, 40) s, U(1, 3) to U(20, 26)",
+    "flat": "loadreplay.flat: U(6, 16) requests/s",
+    "fast_ramp": "loadreplay.eased_ramp: start U(10, 25) s, length U(4, 10) s, U(1, 3) to U(20, 26)",
+    "spike": "loadreplay.spike: at U(15, 35) s for U(8, 20) s, U(1, 3) to U(18, 26)",
+    "noisy": "the diurnal family plus loadreplay.noisy: sd U(2, 5) every 2 s, noise seed 3000 + round",
+}
 
 
-def traces(scale: float) -> dict[str, tuple[object, float, dict]]:
-    """name -> (trace, duration_s, facts); `scale` stretches every duration (and the season)."""
+# -- traces ---------------------------------------------------------------------------------------
+@dataclass(kw_only=True, frozen=True)
+class Case:
+    """One round's draw of a trace family: the same for both policies."""
+
+    name: str
+    rate: Callable[[float], float]
+    duration_s: float
+    season_s: float | None = None
+    ramp: tuple[float, float] | None = None
+    """(start s, top requests/s) for the time from a ramp's start to the replicas its top needs."""
+    params: dict[str, float] = field(default_factory=dict)
+    """What was drawn, for the record."""
+
+
+def case(name: str, round_: int, scale: float = 1.0) -> Case:
+    """Round `round_`'s trace of family `name` (FAMILIES), seeded by its name and TRACE_SEED0 + round_."""
     from elasticml.serve import loadreplay as lr
 
-    period = 60.0 * scale
-    return {
-        "diurnal": (lr.diurnal(period, 1.0, 28.0), 3 * period, {"season_s": period}),
-        "ramp": (lr.ramp(20 * scale, 30 * scale, 1.0, 28.0), 80 * scale, {"ramp": (20 * scale, 28.0)}),
-        # The same climb in 8 s: faster than a replica starts and Serve sees the load, as a launch or a
-        # news spike is; the slow ramp above gives a reactive policy time to keep up.
-        "fast_ramp": (lr.ramp(20 * scale, 8 * scale, 1.0, 28.0), 60 * scale, {"ramp": (20 * scale, 28.0)}),
-        "spike": (lr.spike(30 * scale, 15 * scale, 2.0, 24.0), 70 * scale, {}),
-        "flat": (lr.flat(12.0), 60 * scale, {}),
-        "noisy": (lr.noisy(lr.diurnal(period, 2.0, 24.0), 4.0), 2 * period, {"season_s": period}),
-    }
+    if name not in DURATIONS:
+        raise ValueError(f"no trace family {name!r}; known: {', '.join(DURATIONS)}")
+    rng = random.Random(f"{name}/{TRACE_SEED0 + round_}")
+    u = rng.uniform
+    duration = DURATIONS[name] * scale
+    if name in ("diurnal", "noisy"):
+        p = {"period_s": u(70, 90) * scale, "low": u(1.5, 4), "high": u(20, 26), "rise": u(0.3, 0.4),
+             "phase": u(0, 1)}
+        rate = lr.day(p["period_s"], p["low"], p["high"], rise=p["rise"], phase=p["phase"])
+        if name == "noisy":
+            p["sd"] = u(2, 5)
+            rate = lr.noisy(rate, p["sd"], seed=3000 + round_)
+        return Case(name=name, rate=rate, duration_s=duration, season_s=p["period_s"], params=p)
+    if name in ("ramp", "fast_ramp"):
+        length = (15, 40) if name == "ramp" else (4, 10)
+        p = {"start_s": u(10, 25) * scale, "length_s": u(*length) * scale, "low": u(1, 3), "high": u(20, 26)}
+        return Case(name=name, rate=lr.eased_ramp(p["start_s"], p["length_s"], p["low"], p["high"]),
+                    duration_s=duration, ramp=(p["start_s"], p["high"]), params=p)
+    if name == "spike":
+        p = {"at_s": u(15, 35) * scale, "length_s": u(8, 20) * scale, "low": u(1, 3), "high": u(18, 26)}
+        return Case(name=name, rate=lr.spike(p["at_s"], p["length_s"], p["low"], p["high"]), duration_s=duration,
+                    params=p)
+    p = {"rate": u(6, 16)}
+    return Case(name=name, rate=lr.flat(p["rate"]), duration_s=duration, params=p)
 
 
-FORECAST: dict = {}
-"""Extra ForecastConfig settings from --forecast (JSON), for trying them; none = the defaults."""
+def order(round_: int) -> tuple[str, str]:
+    """Which policy replays first in a round: reactive in even rounds, predictive in odd ones."""
+    return POLICIES if round_ % 2 == 0 else POLICIES[::-1]
 
 
-def autoscaling(policy: str, season_s: float | None) -> dict:
-    from dataclasses import asdict
+def estimate_s(traces: Sequence[str], rounds: int, scale: float) -> float:
+    """The docstring's runtime formula: rounds x (2 x summed durations x scale + 2 x traces x OVERHEAD_S)."""
+    return rounds * (2 * sum(DURATIONS[t] for t in traces) * scale + 2 * len(traces) * OVERHEAD_S)
 
+
+# -- statistics -----------------------------------------------------------------------------------
+T = TypeVar("T")
+
+
+def bootstrap_ci(samples: Sequence[T], statistic: Callable[[Sequence[T]], float], *, resamples: int = 10_000,
+                 confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """statistic(samples) and its percentile bootstrap interval: the statistic of `resamples` draws of
+    len(samples) samples with replacement, cut at the tails. Seeded: the same samples, the same interval."""
+    if not samples:
+        raise ValueError("no samples to bootstrap")
+    if resamples < 1 or not 0 < confidence < 1:
+        raise ValueError(f"resamples must be >= 1 and confidence in (0, 1), got {resamples}, {confidence}")
+    rng = random.Random(seed)
+    n = len(samples)
+    stats = sorted(statistic([samples[rng.randrange(n)] for _ in range(n)]) for _ in range(resamples))
+    tail = (1 - confidence) / 2
+    lo = stats[min(resamples - 1, round(tail * resamples))]
+    hi = stats[max(0, round((1 - tail) * resamples) - 1)]
+    return statistic(samples), lo, hi
+
+
+def ratio(predictive: float, reactive: float) -> float:
+    """predictive / reactive; 1 when both are zero (no difference), inf when only the reactive one is."""
+    if reactive:
+        return predictive / reactive
+    return 1.0 if predictive == 0 else math.inf
+
+
+def paired(predictive: Sequence[float], reactive: Sequence[float], *, resamples: int = 10_000,
+           seed: int = 0) -> dict[str, Any]:
+    """Round-by-round pairs: the mean of predictive - reactive and the ratio of the totals, each with a
+    bootstrap 95% interval over the same resamples of the rounds."""
+    if len(predictive) != len(reactive):
+        raise ValueError("the policies were replayed a different number of rounds")
+    pairs = list(zip(predictive, reactive, strict=True))
+    mean, lo, hi = bootstrap_ci(pairs, lambda ps: sum(p - r for p, r in ps) / len(ps), resamples=resamples, seed=seed)
+    r, r_lo, r_hi = bootstrap_ci(pairs, lambda ps: ratio(sum(p for p, _ in ps), sum(r for _, r in ps)),
+                                 resamples=resamples, seed=seed)
+    return {"rounds": len(pairs), "diffs": [p - r for p, r in pairs], "mean_diff": mean, "ci": [lo, hi],
+            "ratio": r, "ratio_ci": [r_lo, r_hi], "predictive": sum(predictive), "reactive": sum(reactive)}
+
+
+def verdict(name: str, over_slo: dict[str, Any], replica_s: dict[str, Any]) -> tuple[bool | None, str]:
+    """Issue 30's goal for this trace, met or not, and how close; None where the trace is not a goal."""
+    few = over_slo["rounds"] < MIN_ROUNDS
+    caveat = f" (only {over_slo['rounds']} round(s): fewer than {MIN_ROUNDS}, not a verdict)" if few else ""
+    o_lo, o_hi = over_slo["ci"]
+    c_lo, _ = replica_s["ci"]
+    if name in FEWER_GOAL:
+        fewer = over_slo["reactive"] > 0 and over_slo["ratio"] <= 0.5
+        beyond_noise = o_hi < 0
+        cheaper = replica_s["mean_diff"] <= 0
+        met = fewer and beyond_noise and cheaper
+        parts = [f"over SLO ratio {over_slo['ratio']:.2f} (goal <= 0.50)" if over_slo["reactive"] else
+                 "reactive had none over the SLO: nothing to halve",
+                 f"paired difference CI [{o_lo:+.1f}, {o_hi:+.1f}] ({'below' if beyond_noise else 'not below'} zero)",
+                 f"replica-s {replica_s['mean_diff']:+.1f} a round (CI [{c_lo:+.1f}, {replica_s['ci'][1]:+.1f}]), "
+                 f"ratio {replica_s['ratio']:.2f} (goal: mean difference <= 0)"]
+        return met, f"{'met' if met else 'NOT met'}: " + "; ".join(parts) + caveat
+    if name in NO_WORSE_GOAL:
+        met = o_lo <= 0 and c_lo <= 0
+        return met, (f"{'met' if met else 'NOT met'} (no worse: each CI includes zero or is below it): over SLO "
+                     f"CI [{o_lo:+.1f}, {o_hi:+.1f}], replica-s CI [{c_lo:+.1f}, {replica_s['ci'][1]:+.1f}]" + caveat)
+    return None, "not a goal trace"
+
+
+def finite(x: Any) -> Any:
+    """x with inf and nan as None, for JSON (the record's reader need not parse Infinity)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite(v) for v in x]
+    return x
+
+
+# -- the live part (Ray and Serve) ---------------------------------------------------------------
+def autoscaling(policy: str, season_s: float | None, forecast: dict[str, Any]) -> dict[str, Any]:
     from elasticml.serve.autoscale import POLICY_PATH, forecast_config
 
-    config = {**BOUNDS, **DELAYS, "target_ongoing_requests": TARGET}
+    config: dict[str, Any] = {**BOUNDS, **DELAYS, "target_ongoing_requests": TARGET}
     if policy == "predictive":
-        settings = forecast_config({"bucket_s": 1.0, "startup_s": LOAD_S + 2.0, "season_s": season_s, **FORECAST},
+        # startup_s is only the prior: the 3 s load and a guess at Serve's part; the policy learns the rest.
+        settings = forecast_config({"bucket_s": 1.0, "startup_s": LOAD_S + 2.0, "season_s": season_s, **forecast},
                                    target_per_replica=TARGET)
         config["policy"] = {"policy_function": POLICY_PATH, "policy_kwargs": asdict(settings)}
     return config
 
 
-def deploy(port: int, season_s: float | None) -> dict[str, str]:
+def deploy(policy: str, port: int, season_s: float | None, forecast: dict[str, Any]) -> str:
+    """The policy's app, fresh (nothing learnt, no decision log); returns its URL once it serves."""
     from ray import serve
     from ray.experimental.internal_kv import _internal_kv_del
 
     from elasticml.serve.autoscale import NAMESPACE
     from elasticml.serve.loadreplay import SyntheticModel
 
-    urls = {}
-    for policy in ("reactive", "predictive"):
-        serve.delete(policy)
-        for what in ("state", "events"):
-            _internal_kv_del(f"{policy}/SyntheticModel/{what}".encode(), namespace=NAMESPACE)
-        app = SyntheticModel.options(autoscaling_config=autoscaling(policy, season_s),
-                                     max_ongoing_requests=SLOTS).bind(SERVICE_S, LOAD_S)
-        serve.run(app, name=policy, route_prefix=f"/{policy}")
-        urls[policy] = f"http://127.0.0.1:{port}/{policy}"
-    return urls
+    serve.delete(policy)
+    for what in ("state", "events"):
+        _internal_kv_del(f"{policy}/SyntheticModel/{what}".encode(), namespace=NAMESPACE)
+    app = SyntheticModel.options(autoscaling_config=autoscaling(policy, season_s, forecast),
+                                 max_ongoing_requests=SLOTS).bind(SERVICE_S, LOAD_S)
+    serve.run(app, name=policy, route_prefix=f"/{policy}")
+    return f"http://127.0.0.1:{port}/{policy}"
 
 
-async def run_trace(urls: dict[str, str], trace, duration_s: float, seed: int) -> tuple[dict, dict]:
-    """The trace against each app in turn (the same seeded arrivals), each with the machine to itself."""
+async def _replay(policy: str, url: str, c: Case, seed: int) -> tuple[Any, Any]:
     from elasticml.serve.loadreplay import ReplicaSampler, replay
 
-    outcomes, samplers = {}, {}
-    for policy, url in urls.items():
-        sampler = ReplicaSampler({policy: (policy, "SyntheticModel")})
-        sampling = asyncio.create_task(sampler.run())
-        outcomes[policy] = await replay(url, trace, duration_s, seed=seed)
-        sampler.stop()
-        await sampling
-        samplers[policy] = sampler
-    return outcomes, samplers
+    sampler = ReplicaSampler({policy: (policy, "SyntheticModel")})
+    sampling = asyncio.create_task(sampler.run())
+    outcome = await replay(url, c.rate, c.duration_s, seed=seed)
+    sampler.stop()
+    await sampling
+    return outcome, sampler
+
+
+def replay_one(policy: str, c: Case, seed: int, port: int, forecast: dict[str, Any]) -> dict[str, Any]:
+    """Deploy the policy's app, replay the case against it, delete it: one measured replay."""
+    from ray import serve
+
+    from elasticml.serve.autoscale import decisions
+
+    url = deploy(policy, port, c.season_s, forecast)
+    try:
+        outcome, sampler = asyncio.run(_replay(policy, url, c, seed))
+        events = decisions(policy, "SyntheticModel") if policy == "predictive" else []
+    finally:
+        serve.delete(policy)
+        time.sleep(SETTLE_S)
+    r: dict[str, Any] = outcome.summary(SLO_S)
+    r["replica_s"] = round(sampler.replica_seconds(policy), 1)
+    if c.ramp is not None:
+        start, top = c.ramp
+        reached = sampler.first_reaching(policy, math.ceil(top * SERVICE_S / TARGET), after_s=start)
+        r["ramp_to_enough_s"] = round(reached - start, 1) if reached is not None else None
+    # Every request and replica count, so that any other statistic can be computed from the record.
+    r["raw"] = {"sent_at_s": [round(t, 3) for t in outcome.sent_at],
+                "latency_s": [round(t, 4) for t in outcome.latency_s], "status": outcome.status,
+                "replicas": [(round(t, 2), n) for t, n in sampler.samples[policy]],
+                "started_at": sampler.started_at, "decisions": events}
+    return r
+
+
+def run_rounds(chosen: Sequence[str], rounds: int, scale: float,
+               replay: Callable[[str, Case, int], dict[str, Any]],
+               after_round: Callable[[int, dict[str, list[dict[str, Any]]]], None] = lambda k, results: None,
+               ) -> dict[str, list[dict[str, Any]]]:
+    """Every round of every trace: one draw of the trace and one arrival seed, replayed against each
+    policy in the round's order by `replay(policy, case, arrival_seed)` (which deploys the policy's app
+    fresh and deletes it after). Round-major, so that an interrupted run keeps whole rounds."""
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+    for k in range(rounds):
+        for name in chosen:
+            c = case(name, k, scale)
+            row: dict[str, Any] = {"round": k, "order": list(order(k)), "trace_seed": TRACE_SEED0 + k,
+                                   "arrival_seed": ARRIVAL_SEED0 + k, "duration_s": c.duration_s, "params": c.params}
+            for policy in order(k):
+                row[policy] = replay(policy, c, ARRIVAL_SEED0 + k)
+            results[name].append(row)
+            print(f"round {k + 1}/{rounds} {name}: over SLO reactive {row['reactive']['over_slo']}, predictive "
+                  f"{row['predictive']['over_slo']}; replica-s {row['reactive']['replica_s']} vs "
+                  f"{row['predictive']['replica_s']}", file=sys.stderr)
+        after_round(k, results)
+    return results
+
+
+def summarise(results: dict[str, list[dict[str, Any]]], resamples: int) -> dict[str, Any]:
+    summary = {}
+    for name, rows in results.items():
+        if not rows:
+            continue
+        stats = {metric: paired([row["predictive"][metric] for row in rows], [row["reactive"][metric] for row in rows],
+                                resamples=resamples, seed=0)
+                 for metric in ("over_slo", "replica_s")}
+        met, text = verdict(name, stats["over_slo"], stats["replica_s"])
+        summary[name] = {**stats, "goal_met": met, "verdict": text}
+    return summary
+
+
+def print_tables(results: dict[str, list[dict[str, Any]]], summary: dict[str, Any]) -> None:
+    print("| trace | round | first | policy | requests | over SLO | 429/503 | p99 s | replica-s | ramp to enough s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, rows in results.items():
+        for row in rows:
+            for policy in POLICIES:
+                r = row[policy]
+                print(f"| {name} | {row['round'] + 1} | {row['order'][0]} | {policy} | {r['requests']} | "
+                      f"{r['over_slo']} | {r['rejected']} | {r['p99_s']} | {r['replica_s']} | "
+                      f"{r.get('ramp_to_enough_s', '')} |")
+    print("\nPredictive - reactive, paired by round (mean and bootstrap 95% CI), and predictive / reactive totals:\n")
+    print("| trace | metric | mean difference | 95% CI | ratio of totals | 95% CI | per round |")
+    print("|---|---|---|---|---|---|---|")
+    for name, s in summary.items():
+        for metric in ("over_slo", "replica_s"):
+            m = s[metric]
+            print(f"| {name} | {metric} | {m['mean_diff']:+.1f} | [{m['ci'][0]:+.1f}, {m['ci'][1]:+.1f}] | "
+                  f"{m['ratio']:.2f} | [{m['ratio_ci'][0]:.2f}, {m['ratio_ci'][1]:.2f}] | "
+                  f"{', '.join(f'{d:+.0f}' for d in m['diffs'])} |")
+    print()
+    for name, s in summary.items():
+        print(f"{name}: {s['verdict']}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--traces", default="diurnal,ramp,fast_ramp,spike,flat,noisy")
-    ap.add_argument("--rounds", type=int, default=1, help="replay each trace this many times (other arrivals each)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--traces", default=DEFAULT_TRACES, help=f"of {','.join(DURATIONS)} (default: %(default)s)")
+    ap.add_argument("--rounds", type=int, default=MIN_ROUNDS,
+                    help="paired rounds, other seeds each (default: %(default)s)")
     ap.add_argument("--scale", type=float, default=1.0, help="stretch every trace (and its season) by this")
+    ap.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default: %(default)s)")
     record.add_arguments(ap, __file__)
     ap.add_argument("--png", default=None)
     ap.add_argument("--forecast", default="{}", help="ForecastConfig settings to try, as JSON")
     ap.add_argument("--verbose", action="store_true", help="print each policy's replicas over time")
     args = ap.parse_args()
+    chosen = args.traces.split(",")
+    unknown = [t for t in chosen if t not in DURATIONS]
+    if unknown or args.rounds < 1 or not 0 < args.scale <= 10:
+        ap.error(f"--traces from {','.join(DURATIONS)} (unknown: {unknown}), --rounds >= 1, --scale in (0, 10]")
+    try:  # checked before an hour of replays, not at the first predictive deploy
+        forecast = json.loads(args.forecast)
+        if not isinstance(forecast, dict):
+            raise ValueError("must be a JSON object of ForecastConfig settings")
+        autoscaling("predictive", 60.0, forecast)
+    except ValueError as exc:
+        ap.error(f"--forecast: {exc}")
+    if args.resamples < 1:
+        ap.error("--resamples must be >= 1")
     run = record.start(__file__, args)
-    FORECAST.update(json.loads(args.forecast))
+    print(f"estimated {estimate_s(chosen, args.rounds, args.scale) / 60:.0f} min (the docstring's formula)",
+          file=sys.stderr)
 
     import ray
     from ray import serve
 
     from elasticml.cluster.local import free_port
-    from elasticml.serve.autoscale import decisions
 
-    chosen = {k: v for k, v in traces(args.scale).items() if k in args.traces.split(",")}
     ray.init(num_cpus=4, logging_level="ERROR", log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "ERROR"})
-    results: dict[str, dict] = {}
-    picture = None
+    setting = {"service_s": SERVICE_S, "slots": SLOTS, "load_s": LOAD_S, "slo_s": SLO_S, "target": TARGET,
+               **BOUNDS, **DELAYS, "settle_s": SETTLE_S, "forecast": forecast, "tuned_on": TUNED_ON,
+               "families": {n: FAMILIES[n] for n in chosen}}
     t_start = time.monotonic()
-    runs = [(name, k) for name in chosen for k in range(args.rounds)]
-    for name, k in runs:
-        trace, duration_s, facts = chosen[name]
-        urls = deploy(port, facts.get("season_s"))
-        outcomes, samplers = asyncio.run(run_trace(urls, trace, duration_s, seed=11 + k))
-        row = {}
-        for policy, outcome in outcomes.items():
-            sampler = samplers[policy]
-            r = outcome.summary(SLO_S)
-            r["replica_s"] = round(sampler.replica_seconds(policy), 1)
-            if "ramp" in facts:
-                start, top = facts["ramp"]
-                need = math.ceil(top * SERVICE_S / TARGET)
-                reached = sampler.first_reaching(policy, need, after_s=start)
-                r["ramp_to_enough_s"] = round(reached - start, 1) if reached is not None else None
-            # Every request and replica count, so that any other statistic can be computed from the record.
-            r["raw"] = {"sent_at_s": [round(t, 3) for t in outcome.sent_at],
-                        "latency_s": [round(t, 4) for t in outcome.latency_s], "status": outcome.status,
-                        "replicas": [(round(t, 2), n) for t, n in sampler.samples[policy]]}
-            row[policy] = r
-        results.setdefault(name, []).append(row)
-        print(f"{name} round {k + 1}: done ({duration_s:.0f} s)", file=sys.stderr)
+
+    def after_round(k: int, results: dict[str, list[dict[str, Any]]]) -> None:
+        run.write(samples=finite(results), summary=finite(summarise(results, args.resamples)), setting=setting,
+                  rounds_done=k + 1)
         if args.verbose:
-            for policy, sampler in samplers.items():
-                series = [n for _, n in sampler.samples[policy]][::10]
-                print(f"  {policy} replicas every 5 s: {series}", file=sys.stderr)
-        if name == "diurnal" and k == 0:
-            picture = ({p: samplers[p].samples[p] for p in samplers}, samplers["predictive"].started_at,
-                       decisions("predictive", "SyntheticModel"), trace, duration_s)
-    serve.shutdown()
-    ray.shutdown()
+            for name, rows in results.items():
+                for policy in POLICIES:
+                    series = [n for _, n in rows[-1][policy]["raw"]["replicas"]][::10]
+                    print(f"  {name} {policy} replicas every 5 s: {series}", file=sys.stderr)
+        print(f"round {k + 1} done, {time.monotonic() - t_start:.0f} s in", file=sys.stderr)
 
-    print(f"benchmarks/serve_autoscale.py, {date.today()}: service {SERVICE_S}s x {SLOTS} slots a replica, "
-          f"{LOAD_S}s model load, SLO {SLO_S}s, target {TARGET} in flight a replica, "
-          f"replicas {BOUNDS['min_replicas']}..{BOUNDS['max_replicas']}, scale {args.scale:g}, "
-          f"forecast settings {FORECAST or 'default'}, {args.rounds} round(s) of each trace; "
-          f"{time.monotonic() - t_start:.0f} s in all")
-    print("| trace | round | policy | requests | over SLO | 429/503 | p99 s | replica-s | ramp to enough s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, rows in results.items():
-        for k, row in enumerate(rows, 1):
-            for policy, r in row.items():
-                print(f"| {name} | {k} | {policy} | {r['requests']} | {r['over_slo']} | {r['rejected']} | {r['p99_s']} | "
-                      f"{r['replica_s']} | {r.get('ramp_to_enough_s', '')} |")
-    print("| trace | over SLO predictive vs reactive, summed over rounds | ratio | replica-s ratio per round |")
-    print("|---|---|---|---|")
-    summary = {}
-    for name, rows in results.items():
-        p = sum(row["predictive"]["over_slo"] for row in rows)
-        r = sum(row["reactive"]["over_slo"] for row in rows)
-        costs = [row["predictive"]["replica_s"] / row["reactive"]["replica_s"] for row in rows]
-        print(f"| {name} | {p} vs {r} | {f'{p / r:.2f}' if r else '-'} | {', '.join(f'{c:.2f}' for c in costs)} |")
-        summary[name] = {"over_slo_predictive": p, "over_slo_reactive": r, "replica_s_ratio_by_round": costs}
-    run.write(samples=results, summary=summary,
-              setting={"service_s": SERVICE_S, "slots": SLOTS, "load_s": LOAD_S, "slo_s": SLO_S, "target": TARGET,
-                       **BOUNDS, **DELAYS, "forecast": FORECAST})
-    if args.png and picture is not None:
-        draw(picture, args.png)
+    try:
+        results = run_rounds(chosen, args.rounds, args.scale,
+                             lambda policy, c, seed: replay_one(policy, c, seed, port, forecast), after_round)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    summary = summarise(results, args.resamples)
+
+    print(f"benchmarks/serve_autoscale.py: service {SERVICE_S}s x {SLOTS} slots a replica, {LOAD_S}s model load, "
+          f"SLO {SLO_S}s, target {TARGET} in flight a replica, "
+          f"replicas {BOUNDS['min_replicas']}..{BOUNDS['max_replicas']}, "
+          f"scale {args.scale:g}, forecast settings {forecast or 'default'}, {args.rounds} paired round(s), order "
+          f"alternated, each app fresh for its own replay; {time.monotonic() - t_start:.0f} s in all\n")
+    print_tables(results, summary)
+    if args.png and results.get("diurnal"):
+        draw(results["diurnal"][0], case("diurnal", 0, args.scale), args.png)
 
 
-def draw(picture, path: str) -> None:
+def draw(row: dict[str, Any], c: Case, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samples, started_at, events, trace, duration_s = picture
     fig, ax = plt.subplots(figsize=(9, 4))
-    xs = [i * 0.5 for i in range(int(duration_s * 2))]
-    ax.plot(xs, [trace(x) * SERVICE_S / TARGET for x in xs], color="0.6", lw=1, label="replicas the load needs")
+    xs = [i * 0.5 for i in range(int(c.duration_s * 2))]
+    ax.plot(xs, [c.rate(x) * SERVICE_S / TARGET for x in xs], color="0.6", lw=1, label="replicas the load needs")
     for policy, style in (("reactive", "tab:orange"), ("predictive", "tab:blue")):
-        ax.step([t for t, _ in samples[policy]], [n for _, n in samples[policy]], where="post", color=style,
+        samples = row[policy]["raw"]["replicas"]
+        ax.step([t for t, _ in samples], [n for _, n in samples], where="post", color=style,
                 label=f"{policy}: running replicas")
-    decided = [e for e in events if e.get("event") == "decision" and 0 <= e["t"] - started_at <= duration_s]
+    started_at = row["predictive"]["raw"]["started_at"]
+    decided = [e for e in row["predictive"]["raw"]["decisions"]
+               if e.get("event") == "decision" and started_at is not None and 0 <= e["t"] - started_at <= c.duration_s]
     if decided:
-        ax.plot([e["t"] - started_at for e in decided], [e["forecast"] / TARGET for e in decided], ".", color="tab:blue",
-                ms=3, alpha=0.6, label="predictive: forecast (replicas' worth)")
-    ax.set_xlim(0, duration_s)
-    ax.set_xlabel("seconds (a compressed day is 60 s)")
+        ax.plot([e["t"] - started_at for e in decided], [e["forecast"] / TARGET for e in decided], ".",
+                color="tab:blue", ms=3, alpha=0.6, label="predictive: forecast (replicas' worth)")
+    ax.set_xlim(0, c.duration_s)
+    ax.set_xlabel(f"seconds (a compressed day is {c.season_s:.0f} s)")
     ax.set_ylabel("replicas")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

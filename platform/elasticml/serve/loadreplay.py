@@ -45,8 +45,33 @@ def diurnal(period_s: float, low: float, high: float) -> Trace:
     return lambda t: low + (high - low) * 0.5 * (1 - math.cos(2 * math.pi * t / period_s))
 
 
+def day(period_s: float, low: float, high: float, *, rise: float = 0.5, phase: float = 0.0) -> Trace:
+    """A day compressed into period_s that climbs from trough to peak over `rise` of it and falls back
+    over the rest; `phase` (a share of the period) is where in that day t=0 falls. rise 0.5 and phase
+    0 is `diurnal`."""
+    if not 0.0 < rise < 1.0:
+        raise ValueError(f"rise must be a share of the period in (0, 1), got {rise!r}")
+
+    def rate(t: float) -> float:
+        u = (t / period_s + phase) % 1.0
+        if u < rise:
+            return low + (high - low) * 0.5 * (1 - math.cos(math.pi * u / rise))
+        return low + (high - low) * 0.5 * (1 + math.cos(math.pi * (u - rise) / (1 - rise)))
+
+    return rate
+
+
 def ramp(start_s: float, length_s: float, low: float, high: float) -> Trace:
     return lambda t: low if t < start_s else min(high, low + (high - low) * (t - start_s) / length_s)
+
+
+def eased_ramp(start_s: float, length_s: float, low: float, high: float) -> Trace:
+    """low until start_s, then an S-shaped climb to high over length_s (slow, fastest halfway, slow), held."""
+    def rate(t: float) -> float:
+        x = min(1.0, max(0.0, (t - start_s) / length_s))
+        return low + (high - low) * 0.5 * (1 - math.cos(math.pi * x))
+
+    return rate
 
 
 def spike(at_s: float, length_s: float, low: float, high: float) -> Trace:

@@ -1,0 +1,148 @@
+"""The autoscaling benchmark's method, without Ray: pairing, order, held-out traces, the bootstrap, the verdicts.
+
+benchmarks/serve_autoscale.py decides from these what a run's figures mean; the replays themselves
+start Ray and Serve and are not run here.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[Any]:
+    pytest.importorskip("ray")  # loadreplay imports ray.serve for its deployment; nothing is started
+    sys.path.insert(0, str(BENCH))
+    try:
+        import serve_autoscale
+
+        yield serve_autoscale
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_the_bootstrap_is_seeded_and_brackets_the_mean(bench: Any) -> None:
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    xs = [-40.0, -55.0, -10.0, -70.0, -30.0]
+    got = bench.bootstrap_ci(xs, mean, resamples=10_000, seed=3)
+    assert got == bench.bootstrap_ci(xs, mean, resamples=10_000, seed=3)
+    m, lo, hi = got
+    assert m == pytest.approx(-41.0) and lo < m < hi < 0  # every pair below zero: so is the interval
+    assert min(xs) <= lo and hi <= max(xs)
+    narrower = bench.bootstrap_ci(xs, mean, resamples=10_000, confidence=0.5, seed=3)
+    assert lo < narrower[1] <= narrower[2] < hi
+    assert bench.bootstrap_ci([5.0] * 6, mean, resamples=500) == (5.0, 5.0, 5.0)
+    m, lo, hi = bench.bootstrap_ci([-30.0, 25.0, -5.0, 40.0, -20.0], mean, resamples=10_000)
+    assert lo < 0 < hi  # pairs either side: the interval includes zero
+    with pytest.raises(ValueError):
+        bench.bootstrap_ci([], mean)
+
+
+def test_the_bootstrap_interval_matches_the_normal_one_on_many_samples(bench: Any) -> None:
+    import random
+
+    rng = random.Random(1)
+    xs = [rng.gauss(10.0, 4.0) for _ in range(400)]
+    _, lo, hi = bench.bootstrap_ci(xs, statistics.fmean, resamples=2000, seed=0)
+    half = 1.96 * statistics.stdev(xs) / math.sqrt(len(xs))
+    assert lo == pytest.approx(statistics.fmean(xs) - half, abs=0.1)
+    assert hi == pytest.approx(statistics.fmean(xs) + half, abs=0.1)
+
+
+def test_paired_statistics_difference_and_ratio_of_totals(bench: Any) -> None:
+    got = bench.paired([10.0, 0.0, 30.0], [40.0, 20.0, 60.0], resamples=2000)
+    assert got["diffs"] == [-30.0, -20.0, -30.0] and got["mean_diff"] == pytest.approx(-80 / 3)
+    assert got["ratio"] == pytest.approx(40 / 120)
+    assert got["ci"][1] < 0 and got["ratio_ci"][0] <= got["ratio"] <= got["ratio_ci"][1]
+    assert bench.ratio(0, 0) == 1.0 and bench.ratio(3, 0) == math.inf
+    with pytest.raises(ValueError):
+        bench.paired([1.0], [1.0, 2.0])
+
+
+def test_rounds_alternate_the_order_and_pair_the_same_trace_and_arrivals(bench: Any) -> None:
+    calls: list[tuple[int, str, str, int, tuple[float, ...]]] = []
+
+    def replay(policy: str, c: Any, seed: int) -> dict[str, Any]:
+        calls.append((len(calls), c.name, policy, seed, tuple(c.rate(t) for t in range(0, 200, 7))))
+        return {"over_slo": 1, "replica_s": 1.0}
+
+    done: list[int] = []
+    results = bench.run_rounds(["diurnal", "flat"], 4, 1.0, replay, lambda k, r: done.append(k))
+    assert done == [0, 1, 2, 3]
+    firsts = [row["order"][0] for row in results["diurnal"]]
+    assert firsts == ["reactive", "predictive", "reactive", "predictive"]
+    policies = [policy for _, name, policy, _, _ in calls if name == "diurnal"]
+    assert policies == ["reactive", "predictive", "predictive", "reactive"] * 2
+    pairs = {}
+    for _, name, policy, seed, rates in calls:
+        pairs.setdefault((name, seed), []).append(rates)
+    assert len(pairs) == 8 and all(len(v) == 2 and v[0] == v[1] for v in pairs.values())  # same trace, same seed
+    assert len({v[0] for (name, _), v in pairs.items() if name == "diurnal"}) == 4  # another draw each round
+    assert [row["arrival_seed"] for row in results["flat"]] == [2000, 2001, 2002, 2003]
+
+
+def test_the_evaluation_traces_are_not_the_ones_the_defaults_were_tuned_on(bench: Any) -> None:
+    from elasticml.serve import loadreplay as lr
+
+    tuned_day = lr.diurnal(60.0, 1.0, 28.0)
+    tuned_ramp = lr.ramp(20.0, 30.0, 1.0, 28.0)
+    for k in range(8):
+        day = bench.case("diurnal", k)
+        assert 70 <= day.season_s <= 90 and 0.3 <= day.params["rise"] <= 0.4
+        assert day.duration_s == bench.DURATIONS["diurnal"]
+        assert max(abs(day.rate(t) - tuned_day(t)) for t in range(0, 240, 3)) > 3.0
+        up = bench.case("ramp", k)
+        assert 15 <= up.params["length_s"] <= 40 and up.ramp == (up.params["start_s"], up.params["high"])
+        assert max(abs(up.rate(t) - tuned_ramp(t)) for t in range(0, 90)) > 2.0
+        assert 6 <= bench.case("flat", k).params["rate"] <= 16
+    assert bench.TRACE_SEED0 > max(bench.TUNED_ON["arrival_seeds"]) and bench.ARRIVAL_SEED0 > bench.TRACE_SEED0
+    assert bench.case("ramp", 3).params == bench.case("ramp", 3).params
+    half = bench.case("ramp", 3, scale=0.5)
+    assert half.params["start_s"] == pytest.approx(bench.case("ramp", 3).params["start_s"] / 2)
+    with pytest.raises(ValueError, match="no trace family"):
+        bench.case("sawtooth", 0)
+
+
+def _stats(bench: Any, predictive: list[float], reactive: list[float]) -> dict[str, Any]:
+    return bench.paired(predictive, reactive, resamples=2000)
+
+
+def test_the_verdicts_are_the_goals_of_issue_30(bench: Any) -> None:
+    halved = _stats(bench, [10, 5, 20, 0, 15], [60, 40, 70, 30, 50])
+    cheaper = _stats(bench, [100, 98, 101, 97, 99], [101, 99, 100, 99, 100])
+    dearer = _stats(bench, [120, 118, 121, 117, 119], [101, 99, 100, 99, 100])
+    assert bench.verdict("diurnal", halved, cheaper)[0] is True
+    assert bench.verdict("ramp", halved, dearer)[0] is False  # fewer misses, but at more replica-seconds
+    fewer = _stats(bench, [40, 30, 50, 25, 45], [60, 40, 70, 30, 50])  # fewer, not half
+    met, text = bench.verdict("diurnal", fewer, cheaper)
+    assert met is False and "ratio 0.76" in text
+    noisy = _stats(bench, [0, 90, 5, 80, 10], [60, 40, 70, 30, 50])  # half as many, but not beyond noise
+    assert bench.verdict("ramp", noisy, cheaper)[0] is False
+    none = _stats(bench, [0, 0, 0, 0, 0], [0, 0, 0, 0, 0])
+    assert "nothing to halve" in bench.verdict("ramp", none, cheaper)[1]
+    either_way = _stats(bench, [12, 30, 8, 25, 15], [20, 10, 18, 22, 16])
+    assert bench.verdict("flat", either_way, cheaper)[0] is True
+    assert bench.verdict("flat", either_way, dearer)[0] is False
+    assert bench.verdict("flat", _stats(bench, [30, 40, 35, 45, 38], [10, 12, 9, 14, 11]), cheaper)[0] is False
+    assert bench.verdict("spike", halved, cheaper) == (None, "not a goal trace")
+    short = _stats(bench, [10, 5], [60, 40])
+    assert "not a verdict" in bench.verdict("diurnal", short, _stats(bench, [1, 1], [2, 2]))[1]
+
+
+def test_the_docstring_states_the_setting_and_the_runtime_formula_the_code_uses(bench: Any) -> None:
+    doc = bench.__doc__
+    assert f"one of a replica's {bench.SLOTS} slots" in doc
+    assert f"target ({bench.TARGET:g} in flight a replica)" in doc
+    assert bench.estimate_s(bench.DEFAULT_TRACES.split(","), 5, 1.0) == 4200
+    assert bench.estimate_s(bench.DEFAULT_TRACES.split(","), 5, 0.5) == 2250
+    assert "5 x (780 + 60) s ~ 4,200 s" in doc and "5 x (390 + 60) s ~ 2,250 s" in doc
+    assert bench.finite({"a": [math.inf, 1.0, math.nan]}) == {"a": [None, 1.0, None]}
