@@ -70,22 +70,18 @@ def local_cluster(request: pytest.FixtureRequest, shared_cluster: SharedCluster)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules on the shared cluster run after every other test (those that kill or replace its
-    scheduler, marked `ends_shared_cluster`, last), so it comes up once and never beside another
-    cluster. Modules stay whole and otherwise in their order."""
-    group: dict[str, int] = {}
+    """The modules on the shared cluster run after every other test, so it comes up once and never
+    beside another cluster. Modules stay whole and otherwise in their order."""
+    shared: set[str] = set()
     for item in items:
         module = item.getparent(pytest.Module)
-        key = module.nodeid if module else item.nodeid
-        if "local_cluster" in item.fixturenames and not (module and module.get_closest_marker("own_cluster")):
-            group[key] = 2 if module and module.get_closest_marker("ends_shared_cluster") else 1
-        else:
-            group.setdefault(key, 0)
+        if module and "local_cluster" in item.fixturenames and not module.get_closest_marker("own_cluster"):
+            shared.add(module.nodeid)
     order = {id(item): i for i, item in enumerate(items)}
 
-    def key(item: pytest.Item) -> tuple[int, int]:
+    def key(item: pytest.Item) -> tuple[bool, int]:
         module = item.getparent(pytest.Module)
-        return group[module.nodeid if module else item.nodeid], order[id(item)]
+        return (module is not None and module.nodeid in shared), order[id(item)]
 
     items.sort(key=key)
 

@@ -13,7 +13,7 @@ from elasticml import labels as L
 from elasticml.errors import ConfigError, PlacementRefused, SchedulerNotRunning
 from elasticml.scheduler.spec import Placement, TenantPolicy, WorkloadSpec
 
-pytestmark = [pytest.mark.integration, pytest.mark.ends_shared_cluster]
+pytestmark = [pytest.mark.integration, pytest.mark.own_cluster]
 ELASTICML = str(Path(sys.executable).with_name("elasticml"))
 
 

@@ -1,5 +1,5 @@
-"""Losing capacity, four ways (a node, a notice, the run's own controller, a node under Serve's load),
-on one cluster of the package's own: each test starts by telling the scheduler the spot pool is back,
+"""Losing spot capacity under training, three ways (a node, a notice, the run's own controller), on one
+cluster of the package's own: each test starts by telling the scheduler the spot pool is back,
 so what an earlier one took away does not decide where the next one runs."""
 
 from __future__ import annotations
