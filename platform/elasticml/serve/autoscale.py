@@ -2,18 +2,16 @@
 
 Serve's controller instantiates `PredictivePolicy` once per deployment with the app's forecast
 settings (`policy_kwargs`) and calls it every control-loop tick with an `AutoscalingContext`. Each
-call feeds the requests in flight (Serve's `total_num_requests`) and the target/running replicas,
-with what the policy last asked for (to learn how long this deployment's replicas take from the ask
-to serving), to a `LoadForecaster`, whose answer goes back to Serve, which still applies the
-deployment's bounds and up/down delays.
+call feeds the requests in flight (Serve's `total_num_requests`) and the target/running replicas
+(to measure how long a replica takes to start) to a `LoadForecaster`, whose answer goes back to
+Serve, which still applies the deployment's bounds and up/down delays.
 
 What the forecaster has learnt lives in the controller's memory, which a controller restart
 loses, so it is also written to Ray's GCS key-value store (namespace `elasticml_autoscale`, a few
 KB per deployment, at most once a bucket) and read back when the policy is made again. Beside it
-goes a bounded log of the decisions that changed the replica count, each with its reason in words,
-its margin and lead, and what the reactive rule (`ceil(in flight / target)`) would have asked at
-that moment, and of every start-up measured: `decisions(app, deployment)` reads it (the benchmark
-and the tests measure the policy from it).
+goes a bounded log of the decisions that changed the replica count, each with what the reactive
+rule (`ceil(in flight / target)`) would have asked at that moment: `decisions(app, deployment)`
+reads it (the benchmark and the tests measure the policy from it).
 """
 
 from __future__ import annotations
@@ -165,10 +163,7 @@ class PredictivePolicy:
         base = self.burst["base_replicas"] if self.burst else 0
         running, target = int(ctx.current_num_replicas), int(ctx.target_num_replicas)
         low, high = base + int(ctx.capacity_adjusted_min_replicas), base + int(ctx.capacity_adjusted_max_replicas)
-        # Start-up is this deployment's, base or not; last_replicas is the ask, in this deployment's count.
-        for took in fc.replicas_seen(now, target, running, asked=self.last_replicas):
-            self._event(app, deployment, {"t": now, "event": "startup", "took_s": round(took, 2),
-                                          "startup_s": round(fc.startup, 2), "measured": fc.startups})
+        fc.replicas_seen(now, target, running)  # start-up is this deployment's, base or not
         load = float(ctx.total_num_requests or 0.0)
         if self.burst:
             try:
@@ -189,9 +184,8 @@ class PredictivePolicy:
             reactive = max(low, min(high, math.ceil(load / self.config.target_per_replica))) - base
             self._event(app, deployment, {"t": now, "event": "decision", "replicas": decision.replicas,
                                           "reactive": reactive, "mode": decision.mode, "load": round(load, 3),
-                                          "forecast": round(decision.forecast, 3), "margin": round(decision.margin, 3),
-                                          "lead_s": round(decision.lead_s, 2), "running": int(ctx.current_num_replicas),
-                                          "reason": decision.reason})
+                                          "forecast": round(decision.forecast, 3), "lead_s": round(decision.lead_s, 2),
+                                          "running": int(ctx.current_num_replicas)})
             self.last_replicas = decision.replicas
         if fc.last_index is not None and fc.last_index != self.saved_bucket:
             self.saved_bucket = fc.last_index

@@ -76,14 +76,11 @@ class ServeConfig:
     """Override the preset's look-back: the window the load is averaged over before a decision."""
     autoscaling: str = "reactive"
     """How a latency/batch preset picks its replica count: reactive (Serve's own policy: the requests in
-    flight now), predictive (elasticml.serve.autoscale: replicas asked for one start-up, learnt per
-    deployment, ahead of the forecast load), or a `package.module:callable` Serve autoscaling policy
-    of your own."""
+    flight now), predictive (elasticml.serve.autoscale: replicas asked for one measured start-up ahead
+    of the forecast load), or a `package.module:callable` Serve autoscaling policy of your own."""
     forecast: dict[str, Any] = field(default_factory=dict)
     """The predictive policy's settings (elasticml.serve.forecast.ForecastConfig), e.g.
-    {season_s: 86400, startup_s: 20}: startup_s is the prior the measured start-ups are averaged into
-    (startup_weight, within startup_spread of it), margin_on whether the error margin is added only on
-    a forecast rise (rise, the default) or always; only with autoscaling: predictive."""
+    {season_s: 86400, startup_s: 20}; only with autoscaling: predictive."""
     max_batch_size: int = 16
     batch_wait_ms: float = 5.0
     """The longest a request waits for company when the model is free, and only where company is

@@ -10,20 +10,9 @@ smoothing) and, when the app names its season (a day, or a day compressed into m
 benchmark), a profile of the load with one slot per bucket, smoothed over the seasons seen. Within
 a season the forecast is the current level plus the change the profile saw over the same stretch
 last time, which anticipates a peak that came at the same hour yesterday (a trend cannot see it
-coming); without one, the level and its trend follow a ramp one start-up ahead. Each bucket's
-forecast is checked when its time comes, and while the forecast is poor (or still learning) the
-decision falls back to reactive (what is in flight now), so a bad forecast costs at most what the
-reactive policy would.
-
-The error's RMS sets a safety margin, added where the forecast rises above the load now and at
-most as large as the rise: on steady load the forecast's errors are noise either side of the
-level, and a margin there buys a replica that sits idle and is given back (`margin_on: always`
-adds it on every decision, for comparison).
-
-The lead is one replica start-up, learnt per deployment: the time from the policy asking for a
-replica to Serve running it (so it covers Serve's upscale delay as well as the model load),
-averaged with weights that start at the configured `startup_s` and stay within `startup_spread`
-of it.
+coming); without one, the level and its trend follow a ramp one start-up ahead. Each bucket's forecast is checked when its time comes: the error's RMS
+sets a safety margin, and while the forecast is poor (or still learning) the decision falls back
+to reactive (what is in flight now), so a bad forecast costs at most what the reactive policy would.
 
 Scaling down has hysteresis: replicas are given back only when the forecast for the whole coming
 start-up window stays below what one replica fewer can carry, with room to spare.
@@ -34,15 +23,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
-from elasticml.dataconf import check_choice, check_number
+from elasticml.dataconf import check_number
 from elasticml.errors import ConfigError
 
 MAX_SLOTS = 2880
 """Seasonal slots kept (season_s / bucket_s): a day in 30 s buckets; bounds the persisted state."""
-MarginOn = Literal["rise", "always"]
-"""Where the error margin is added: only on a forecast rise, or on every forecast."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -54,15 +41,7 @@ class ForecastConfig:
     season_s: float | None = None
     """The load's period (86400 for a daily pattern); None = trend only."""
     startup_s: float = 10.0
-    """A replica's start-up (from asking for it to it serving): the prior the measured ones are
-    averaged into, and the centre of the range they may move the learnt value within."""
-    startup_weight: float = 0.3
-    """Weight of each measured start-up in the learnt one (an exponentially weighted mean starting at
-    startup_s); 0 keeps startup_s whatever is measured."""
-    startup_spread: float = 4.0
-    """The learnt start-up, and each measurement, stays within startup_s / spread .. startup_s * spread:
-    a replica that waited minutes for a node, or one already starting when asked for, says little
-    about the next start-up. 1 = startup_s, fixed."""
+    """A replica's start-up time until one has been measured."""
     alpha: float = 0.5
     beta: float = 0.2
     gamma: float = 0.3
@@ -71,10 +50,7 @@ class ForecastConfig:
     """Damping of the trend (Gardner's damped Holt): step k ahead adds trend * (phi + ... + phi**k), so a
     queue draining or filling is not extrapolated for the whole lead; 1 = an undamped trend."""
     margin_sigmas: float = 0.5
-    """Safety margin: this many RMS forecast errors above the forecast (see margin_on)."""
-    margin_on: MarginOn = "rise"
-    """rise: the margin only where the forecast rises above the load now, and at most
-    margin_sigmas x the rise (steady load gets none); always: on every forecast."""
+    """Safety margin: this many RMS forecast errors above the forecast."""
     max_relative_error: float = 0.6
     """Fall back to reactive while the forecast's RMS error exceeds this share of the mean load."""
     warmup_buckets: int = 10
@@ -91,12 +67,9 @@ class ForecastConfig:
                 raise ConfigError(f"season_s / bucket_s must be at most {MAX_SLOTS} slots, got "
                                   f"{self.season_s / self.bucket_s:.0f}; use longer buckets", field="season_s")
         check_number(self.startup_s, field="startup_s", lo=0, hi=3600)
-        check_number(self.startup_weight, field="startup_weight", lo=0.0, hi=1.0)
-        check_number(self.startup_spread, field="startup_spread", lo=1.0, hi=100.0)
         for name in ("alpha", "beta", "gamma", "phi"):
             check_number(getattr(self, name), field=name, lo=0.0, hi=1.0)
         check_number(self.margin_sigmas, field="margin_sigmas", lo=0, hi=10)
-        check_choice(self.margin_on, get_args(MarginOn), field="margin_on")
         check_number(self.max_relative_error, field="max_relative_error", lo=0.01, hi=100)
         check_number(self.warmup_buckets, field="warmup_buckets", lo=1, hi=100_000, integer=True)
         check_number(self.down_headroom, field="down_headroom", lo=0.1, hi=1.0)
@@ -104,10 +77,6 @@ class ForecastConfig:
     @property
     def slots(self) -> int:
         return round(self.season_s / self.bucket_s) if self.season_s else 0
-
-    def startup_bounds(self) -> tuple[float, float]:
-        """The range the learnt start-up stays in."""
-        return self.startup_s / self.startup_spread, self.startup_s * self.startup_spread
 
 
 @dataclass
@@ -121,10 +90,6 @@ class Decision:
     """Load expected one start-up from now (with the margin: what is provisioned for)."""
     lead_s: float
     rms_error: float
-    margin: float = 0.0
-    """What was added to the forecast for its error (0 on steady or falling load, and in reactive mode)."""
-    reason: str = ""
-    """Why this many replicas, in words, for the decision log."""
 
 
 @dataclass
@@ -147,11 +112,9 @@ class LoadForecaster:
     sq_error: float = 0.0
     mean_load: float = 0.0
     startup_s: float | None = None
-    """Learnt replica start-up (weighted mean from the prior config.startup_s), None until one was measured."""
-    startups: int = 0
-    """Start-ups measured."""
+    """Measured replica start-up (EMA), None until a scale-up completed."""
     waiting: dict[int, float] = field(default_factory=dict)
-    """replica count -> when it was first asked for, for the start-up measurement."""
+    """replica target -> when it was first asked for, for the start-up measurement."""
 
     def __post_init__(self) -> None:
         if not self.season and self.config.slots:
@@ -211,14 +174,9 @@ class LoadForecaster:
 
     # -- forecasts -------------------------------------------------------------------
     @property
-    def startup(self) -> float:
-        """The start-up the lead covers: learnt, or the configured prior until one was measured."""
-        return self.startup_s if self.startup_s is not None else self.config.startup_s
-
-    @property
     def lead_s(self) -> float:
         """How far ahead replicas must be asked for: one start-up, and the bucket being filled."""
-        return self.startup + self.config.bucket_s
+        return (self.startup_s if self.startup_s is not None else self.config.startup_s) + self.config.bucket_s
 
     def _steps_ahead(self) -> int:
         return max(1, math.ceil(self.lead_s / self.config.bucket_s))
@@ -255,84 +213,51 @@ class LoadForecaster:
         return self.rms_error <= self.config.max_relative_error * scale
 
     # -- replica start-up --------------------------------------------------------------
-    def replicas_seen(self, now: float, target: int, running: int, *, asked: int | None = None) -> list[float]:
-        """Serve's target and running replicas at `now`, and what this policy last `asked` for: measures
-        how long a replica takes from being asked for to serving, and returns the start-ups measured.
-
-        The clock starts at the ask, not when Serve's target follows it: Serve holds an ask for its
-        upscale delay first, and the lead has to cover that wait as well as the start-up."""
-        wanted = max(target, asked if asked is not None else 0)
-        if wanted > running:
-            for want in range(running + 1, wanted + 1):
+    def replicas_seen(self, now: float, target: int, running: int) -> None:
+        """Serve's target and running replicas at `now`: measures how long a scale-up takes to serve."""
+        if target > running:
+            for want in range(running + 1, target + 1):
                 self.waiting.setdefault(want, now)
-        measured = []
-        for want in sorted(w for w in self.waiting if w <= running):
+        for want in [w for w in self.waiting if w <= running]:
             took = now - self.waiting.pop(want)
-            if took >= 0:  # a clock step back measures nothing
-                self._learn_startup(took)
-                measured.append(took)
-        for want in [w for w in self.waiting if w > wanted]:  # asked for, then no longer wanted
+            if 0 <= took <= 3600:
+                self.startup_s = took if self.startup_s is None else 0.7 * self.startup_s + 0.3 * took
+        for want in [w for w in self.waiting if w > target]:  # asked for, then no longer wanted
             self.waiting.pop(want)
         while len(self.waiting) > 64:
             self.waiting.pop(min(self.waiting))
-        return measured
-
-    def _learn_startup(self, took: float) -> None:
-        cfg = self.config
-        lo, hi = cfg.startup_bounds()
-        took = min(hi, max(lo, took))
-        self.startup_s = min(hi, max(lo, (1 - cfg.startup_weight) * self.startup + cfg.startup_weight * took))
-        self.startups += 1
 
     # -- the decision ---------------------------------------------------------------------
-    def _distrust(self) -> str:
-        if self.buckets < self.config.warmup_buckets:
-            return f"learning ({self.buckets} of {self.config.warmup_buckets} buckets seen)"
-        return f"forecast error RMS {self.rms_error:.2f} above {self.config.max_relative_error:g} of the load"
-
     def decide(self, *, running: int, low: int, high: int) -> Decision:
-        """How many replicas to ask for now, within [low, high], and why."""
+        """How many replicas to ask for now, within [low, high]."""
         cfg = self.config
         load = self.bucket_sum / self.bucket_n if self.bucket_n else (self.level or 0.0)
-        margin = 0.0
+        now_need = load / cfg.target_per_replica
         if not self.trusted:
-            replicas = math.ceil(load / cfg.target_per_replica)
+            replicas = math.ceil(now_need)
             mode, provisioned = "reactive", load
-            reason = f"reactive: {self._distrust()}; {load:.2f} in flight now"
         else:
             ahead = self._steps_ahead()
+            margin = cfg.margin_sigmas * self.rms_error
             path = [self.forecast(k) for k in range(1, ahead + 1)]
-            rise = max(0.0, path[-1] - max(load, self.level or 0.0))
-            if cfg.margin_on == "always":
-                margin = cfg.margin_sigmas * self.rms_error
-            else:  # a margin never larger than the rise it guards: none on steady or falling load
-                margin = cfg.margin_sigmas * min(self.rms_error, rise)
             provisioned = max(path[-1] + margin, load)
             replicas = math.ceil(provisioned / cfg.target_per_replica)
             mode = "predictive"
-            reason = (f"forecast {path[-1]:.2f} in flight in {self.lead_s:.1f} s (now {load:.2f}), "
-                      + (f"margin {margin:.2f}" if margin else "no margin (not rising)"))
             if replicas < running:
                 # Hysteresis: only as far down as the whole coming window allows, with headroom; a
                 # falling trend is not taken as a promise (the level now counts).
                 window = max(max(path), self.level or 0.0) + margin
                 window = max(window, load)
                 floor = math.ceil(window / (cfg.target_per_replica * cfg.down_headroom))
-                if min(running, floor) > replicas:
-                    reason += f"; keeps {min(running, floor)}: the coming window peaks at {window:.2f}"
                 replicas = max(replicas, min(running, floor))
-        bounded = max(low, min(high, replicas))
-        if bounded != replicas:
-            reason += f"; {replicas} bounded to {bounded}"
-        return Decision(replicas=bounded, mode=mode, load=load, forecast=provisioned, lead_s=self.lead_s,
-                        rms_error=self.rms_error, margin=margin, reason=reason)
+        return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
+                        lead_s=self.lead_s, rms_error=self.rms_error)
 
     # -- persistence --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"v": 1, "level": self.level, "trend": self.trend, "season": [round(x, 6) for x in self.season],
                 "seasons_seen": self.seasons_seen, "bucket_start": self.bucket_start, "buckets": self.buckets,
-                "sq_error": self.sq_error, "mean_load": self.mean_load, "startup_s": self.startup_s,
-                "startups": self.startups}
+                "sq_error": self.sq_error, "mean_load": self.mean_load, "startup_s": self.startup_s}
 
     @classmethod
     def from_dict(cls, config: ForecastConfig, raw: Any) -> LoadForecaster:
@@ -349,18 +274,13 @@ class LoadForecaster:
             optional = [raw["level"], raw["bucket_start"], raw["startup_s"]]
             if not all(is_finite_number(x) for x in numbers) or not all(x is None or is_finite_number(x) for x in optional):
                 return fresh
-            startups = raw.get("startups", 0)  # absent from state written before it was counted
-            if type(raw["buckets"]) is not int or raw["buckets"] < 0 or type(startups) is not int or startups < 0:
+            if type(raw["buckets"]) is not int or raw["buckets"] < 0:
                 return fresh
             last = round(optional[1] / config.bucket_s) - 1 if optional[1] is not None else None
-            startup = optional[2]
-            if startup is not None:  # learnt under other settings: kept within this config's range
-                lo, hi = config.startup_bounds()
-                startup = min(hi, max(lo, float(startup)))
             return cls(config=config, level=optional[0], last_index=last, trend=float(raw["trend"]),
                        season=[float(x) for x in season], seasons_seen=float(raw["seasons_seen"]),
                        bucket_start=optional[1], buckets=raw["buckets"], sq_error=float(raw["sq_error"]),
-                       mean_load=float(raw["mean_load"]), startup_s=startup, startups=startups)
+                       mean_load=float(raw["mean_load"]), startup_s=optional[2])
         except (KeyError, TypeError):
             return fresh
 
