@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -47,6 +48,11 @@ RESULTS = REPO / "benchmarks" / "results"
 SCHEMA = 1
 # Reported when the run had them imported; importing them here would cost seconds for nothing.
 PACKAGES = ("torch", "ray", "onnxruntime", "onnx", "torchao", "numpy", "httpx")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of a measurement's rounds: how every table states a figure with its spread."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def default_path(script: str | Path) -> Path:

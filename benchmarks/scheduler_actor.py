@@ -119,10 +119,6 @@ def side_row(got: dict[str, Any]) -> dict[str, Any]:
             **stats(got["finish_lat"], "finish_")}
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=2000, help="placements per side per round (each also finished)")
@@ -170,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             f" finishes {row[side]['finishes']})" for side in sides), flush=True)
 
     def over(side: str, key: str) -> dict[str, float]:
-        return spread([r[side][key] for r in rounds])
+        return record.spread([r[side][key] for r in rounds])
 
     summary: dict[str, Any] = {
         side: {"answers_per_s": over(side, "answers_per_s"), "granted_per_s": over(side, "granted_per_s"),
@@ -179,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                   ("placements_asked", "granted", "queued", "paused", "refused", "finishes")},
                "refused_by_reason": dict(sum((Counter(r[side]["refused_by_reason"]) for r in rounds), Counter()))}
         for side in sides}
-    summary["actor_over_in_process_answers_per_s"] = spread([r["actor_over_in_process_answers_per_s"] for r in rounds])
+    summary["actor_over_in_process_answers_per_s"] = record.spread([r["actor_over_in_process_answers_per_s"] for r in rounds])
     # The goals count placements: a refusal, a queued placement or a finish is an answer, not a placement.
     actor_granted, api_granted = summary["actor"]["granted_per_s"]["median"], summary["api"]["granted_per_s"]["median"]
     summary["goals"] = {

@@ -61,10 +61,6 @@ warnings.filterwarnings("ignore")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def spread(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
-
-
 def shown(s: dict[str, float], unit: str = "", digits: int = 2) -> str:
     return f"{s['median']:.{digits}f}{unit} ({s['min']:.{digits}f} to {s['max']:.{digits}f})"
 
@@ -175,9 +171,9 @@ def shipped_part(args: argparse.Namespace, raw: dict[str, Any], overrides: dict[
         print(f"round {r}: 1 client p50 ours {p50['ours']:.2f} ms, bare {p50['bare']:.2f} ms, ours unbatched "
               f"{p50['ours, no batching']:.2f} ms; {args.clients} clients ours {rate['ours']:.1f}/s, "
               f"bare {rate['bare']:.1f}/s", flush=True)
-    summary = {k: spread([row[k] for row in rounds]) for k in ("p50_added_ms", "p50_ratio", *GOALS)}
-    summary.update({f"lone_p50_ms {side}": spread([row["lone_p50_ms"][side] for row in rounds]) for side in posts})
-    summary.update({f"per_s {side}": spread([row["per_s"][side] for row in rounds]) for side in ("ours", "bare")})
+    summary = {k: record.spread([row[k] for row in rounds]) for k in ("p50_added_ms", "p50_ratio", *GOALS)}
+    summary.update({f"lone_p50_ms {side}": record.spread([row["lone_p50_ms"][side] for row in rounds]) for side in posts})
+    summary.update({f"per_s {side}": record.spread([row["per_s"][side] for row in rounds]) for side in ("ours", "bare")})
 
     def ok(k: str, x: float) -> bool:
         op, bound, _ = GOALS[k]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import sysconfig
 import tempfile
@@ -98,15 +97,11 @@ def interleaved(runs: dict[str, Callable[[], None]], tokens: int, rounds: int) -
     return {"order": orders, "tokens_per_s": rates}
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarise(measured: dict[str, Any], base: str) -> dict[str, dict[str, dict[str, float]]]:
     """Per candidate: tokens/s over rounds, and its ratio to `base` taken within each round."""
     rates = measured["tokens_per_s"]
-    return {name: {"tokens_per_s": spread(values),
-                   "vs_base": spread([v / b for v, b in zip(values, rates[base])])} for name, values in rates.items()}
+    return {name: {"tokens_per_s": record.spread(values),
+                   "vs_base": record.spread([v / b for v, b in zip(values, rates[base])])} for name, values in rates.items()}
 
 
 def generation_runs(models: dict[str, torch.nn.Module], tokens: int, reps: int) -> dict[str, Callable[[], None]]:
