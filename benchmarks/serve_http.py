@@ -136,16 +136,20 @@ GOALS = {"p50_added_ms": ("<=", 1.0, " ms"), "throughput_ratio": (">=", 1.0, "x"
 """Issue 30's goals for the shipped path: ms ours adds at 1 client, ours/bare at --clients, ms batching adds."""
 
 
-def shipped_part(args: argparse.Namespace, raw: dict[str, Any], overrides: dict[str, Any], client: httpx.Client,
-                 base: str) -> dict[str, Any]:
+def key_headers(raw: dict[str, Any]) -> dict[str, str]:
+    """A new tenant's key, made by `elasticml serve keygen` into the shipped app's key file, as request headers."""
+    made = subprocess.run([sys.executable, "-m", "elasticml.cli", "serve", "keygen", "bench", "--file",
+                           raw["api_keys_file"], "--json"], capture_output=True, text=True, check=True)
+    return {"Authorization": f"Bearer {json.loads(made.stdout)['key']}"}
+
+
+def shipped_part(args: argparse.Namespace, raw: dict[str, Any], overrides: dict[str, Any], headers: dict[str, str],
+                 client: httpx.Client, base: str) -> dict[str, Any]:
     from ray import serve
 
     from elasticml.serve.completion import build_app
     from elasticml.serve.config import ServeConfig
 
-    made = subprocess.run([sys.executable, "-m", "elasticml.cli", "serve", "keygen", "bench", "--file",
-                           raw["api_keys_file"], "--json"], capture_output=True, text=True, check=True)
-    headers = {"Authorization": f"Bearer {json.loads(made.stdout)['key']}"}
     cfg = ServeConfig.from_dict(dict(raw))
     serve.run(build_app(raw), name="shipped", route_prefix="/shipped")
     serve.run(build_app({**raw, "max_batch_size": 1}), name="shipped-unbatched", route_prefix="/shipped-unbatched")
@@ -200,6 +204,55 @@ def shipped_part(args: argparse.Namespace, raw: dict[str, Any], overrides: dict[
           f"  ours after the rounds: cache hits {stats['cache']['hits']}, mean batch {stats['mean_batch_size']:.2f}, "
           f"largest {stats['largest_batch']}")
     return {"args": raw, "overrides": overrides, "rounds": rounds, "summary": summary, "goals": goals, "ours_stats": stats}
+
+
+COSTS = {"ours": {}, "keys off": {"api_keys_file": None}, "cache off": {"cache_size": 0},
+         "reactive autoscaling": {"autoscaling": "reactive", "forecast": None},
+         "no autoscaling": {"preset": "fixed", "num_replicas": 1, "autoscaling": "reactive", "forecast": None,
+                            "max_replicas": None}}
+"""The cost part's variants: the shipped app, then each with one of its features off (overrides of its args; None
+drops an arg)."""
+
+
+def cost_part(args: argparse.Namespace, raw: dict[str, Any], headers: dict[str, str], client: httpx.Client,
+              base: str) -> dict[str, Any]:
+    """What each feature of the shipped path costs: p50 at 1 client and throughput at --clients of the shipped
+    app, of the same app with one feature off, and of bare Serve with the same batching, interleaved."""
+    from ray import serve
+
+    from elasticml.serve.completion import build_app
+    from elasticml.serve.config import ServeConfig
+
+    posts = {}
+    for k, (name, off) in enumerate(COSTS.items()):
+        cfg = {key: value for key, value in {**raw, **off}.items() if value is not None}
+        serve.run(build_app(cfg), name=f"cost{k}", route_prefix=f"/cost{k}")
+        posts[name] = poster(client, f"{base}/cost{k}/v1/completions", args.tokens,
+                             headers if cfg.get("api_keys_file") else None)
+    serve.run(bare_batched(ServeConfig.from_dict(dict(raw))), name="cost-bare", route_prefix="/cost-bare")
+    posts["bare"] = poster(client, f"{base}/cost-bare", args.tokens)
+    for side, post in posts.items():
+        post(f"warm-up cost {side}: def f(")
+    names, rounds = list(posts), []
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        row: dict[str, Any] = {"round": r, "order": order, "lone_p50_ms": {}, "per_s": {}}
+        for side in order:
+            row["lone_p50_ms"][side] = statistics.median(lone(posts[side], f"c{r:02d}", args.lone_requests)) * 1e3
+            row["per_s"][side] = throughput(posts[side], f"c{r:02d}", args.clients, args.requests)
+        rounds.append(row)
+        print(f"cost round {r}: " + ", ".join(f"{side} {row['lone_p50_ms'][side]:.2f} ms {row['per_s'][side]:.1f}/s"
+                                                for side in names), flush=True)
+    summary = {side: {"p50_over_bare_ms": record.spread([row["lone_p50_ms"][side] - row["lone_p50_ms"]["bare"]
+                                                         for row in rounds]),
+                      "throughput_over_bare": record.spread([row["per_s"][side] / row["per_s"]["bare"] for row in rounds])}
+               for side in names if side != "bare"}
+    print(f"cost of each feature of the shipped path, {args.tokens} tokens, median (min to max) of {len(rounds)} "
+          f"rounds against bare Serve with the same batching:")
+    for side, s in summary.items():
+        print(f"  {side:22s} p50 {shown(s['p50_over_bare_ms'], ' ms')} over bare; throughput "
+              f"{shown(s['throughput_over_bare'], 'x', 3)} of bare")
+    return {"variants": COSTS, "rounds": rounds, "summary": summary}
 
 
 def batching_part(args: argparse.Namespace, post: Callable[[str, int], Callable[[str], None]],
@@ -308,7 +361,8 @@ def batching_and_overhead(args: argparse.Namespace, parts: set[str], folder: Pat
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--parts", default="shipped,batching,overhead", help="comma-separated: shipped, batching, overhead")
+    p.add_argument("--parts", default="shipped,batching,overhead",
+                   help="comma-separated: shipped, batching, overhead, cost (the shipped path with each feature off)")
     p.add_argument("--size", default="small")
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--clients", type=int, default=32)
@@ -322,8 +376,8 @@ def main() -> None:
     record.add_arguments(p, __file__)
     args = p.parse_args()
     parts = set(args.parts.split(","))
-    if not parts <= {"shipped", "batching", "overhead"} or args.rounds < 1:
-        p.error("--parts takes shipped, batching and overhead; --rounds at least 1")
+    if not parts <= {"shipped", "batching", "overhead", "cost"} or args.rounds < 1:
+        p.error("--parts takes shipped, batching, overhead and cost; --rounds at least 1")
     run = record.start(__file__, args)
 
     import ray
@@ -344,18 +398,20 @@ def main() -> None:
                      model_config=SIZES[args.size], step=1)
     raw, overrides = shipped_args(args.shipped_config, folder, scratch / "api_keys.json")
     # Logical CPUs for every replica deployed at once (three of the shipped app's, the variants and the bare model).
-    cpus = 3 * float(raw.get("num_cpus", 1)) * ("shipped" in parts) + \
-        (len(variants_of(args, parts)) + 1) * args.cpus * bool(parts - {"shipped"})
+    cpus = (3 * ("shipped" in parts) + (len(COSTS) + 1) * ("cost" in parts)) * float(raw.get("num_cpus", 1)) + \
+        (len(variants_of(args, parts)) + 1) * args.cpus * bool(parts & {"batching", "overhead"})
     ray.init(num_cpus=int(cpus) + 1, logging_level="ERROR", log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "ERROR"})
     base = f"http://127.0.0.1:{port}"
     client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=args.clients * 2))
     results: dict[str, Any] = {}
+    headers = key_headers(raw)
     if "shipped" in parts:
-        results["shipped"] = shipped_part(args, raw, overrides, client, base)
-
-    if parts - {"shipped"}:
+        results["shipped"] = shipped_part(args, raw, overrides, headers, client, base)
+    if "cost" in parts:
+        results["cost"] = cost_part(args, raw, headers, client, base)
+    if parts & {"batching", "overhead"}:
         results.update(batching_and_overhead(args, parts, folder, client, base))
     serve.shutdown()
     ray.shutdown()

@@ -96,6 +96,39 @@ def test_the_gate_wants_quality_within_budget_and_a_gain():
         GateConfig(quality_budget=-0.1)
 
 
+def test_speed_ups_are_taken_within_each_round_and_the_choice_goes_by_their_median():
+    def rounds(*bps: float) -> Measurement:
+        return Measurement(loss=2.0, accuracy=0.5, p50_ms=1.0, tokens_per_s=sorted(bps)[len(bps) // 2], size_bytes=1000,
+                           params=1, round_tokens_per_s=bps)
+
+    # The machine halves its speed in the last two rounds; both candidates are measured through it.
+    teacher = rounds(100, 100, 100, 50, 50)
+    steady = rounds(150, 150, 150, 75, 75)  # 1.5x in every round
+    lucky = rounds(140, 140, 140, 140, 140)  # 1.4x while the machine was fast, 2.8x once it slowed
+    cfg = GateConfig()
+    a, b = judge(teacher, steady, cfg), judge(teacher, lucky, cfg)
+    assert a.speedup == 1.5 and a.speedup_range == (1.5, 1.5)
+    assert b.speedup == pytest.approx(1.4) and b.speedup_range == (pytest.approx(1.4), pytest.approx(2.8))
+    # Pooled over the rounds, lucky looks faster (140 bytes/s against 120); paired, steady is.
+    assert choose({"steady": a, "lucky": b}) == "steady"
+    assert a.to_dict()["speedup_min"] == 1.5 and b.to_dict()["speedup_max"] == 2.8
+
+
+def test_every_model_is_timed_in_every_round_and_none_always_first(monkeypatch):
+    import elasticml.serve.generate as generate_module
+    from elasticml.optimize import measure
+
+    order: list[str] = []
+    monkeypatch.setattr(generate_module, "generate", lambda model, prompt, *, max_tokens: order.append(model))
+    models = {name: name for name in ("teacher", "int8", "onnx")}
+    out = measure.speeds(models, [b"p"], max_tokens=4, repeats=6)  # type: ignore[arg-type]  # names stand in for models
+    timed = order[3:]  # after one warm-up call each
+    firsts = [timed[r * 3] for r in range(6)]
+    assert sorted(timed) == sorted(list(models) * 6)
+    assert set(firsts) == set(models) and all(firsts.count(m) == 2 for m in models)
+    assert all(len(out[m][2]) == 6 for m in models)
+
+
 def test_optimize_writes_signed_smaller_checkpoints_and_the_gate_stops_an_over_pruned_one(teacher, held_out, corpus,
                                                                                           tmp_path):
     from elasticml.data.loader import TokenBlocks

@@ -6,6 +6,7 @@ verdict, and the verdict says why in words.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 from elasticml.dataconf import check_number
@@ -31,17 +32,22 @@ class GateConfig:
 class Verdict:
     passed: bool
     speedup: float
+    """The median of the rounds' speed-ups (the candidate's bytes/s over the teacher's in the same round)."""
     size_ratio: float
     loss_ratio: float
     reasons: list[str] = field(default_factory=list)
+    speedup_range: tuple[float, float] = (0.0, 0.0)
+    """The least and the greatest of the rounds' speed-ups."""
 
     def to_dict(self) -> dict[str, object]:
-        return {"passed": self.passed, "speedup": round(self.speedup, 3), "size_ratio": round(self.size_ratio, 3),
+        return {"passed": self.passed, "speedup": round(self.speedup, 3), "speedup_min": round(self.speedup_range[0], 3),
+                "speedup_max": round(self.speedup_range[1], 3), "size_ratio": round(self.size_ratio, 3),
                 "loss_ratio": round(self.loss_ratio, 4), "reasons": self.reasons}
 
 
 def judge(teacher: Measurement, candidate: Measurement, cfg: GateConfig) -> Verdict:
-    speedup = candidate.tokens_per_s / teacher.tokens_per_s
+    ratios = candidate.speedups(teacher)
+    speedup = statistics.median(ratios)
     size_ratio = candidate.size_bytes / teacher.size_bytes
     loss_ratio = candidate.loss / teacher.loss
     reasons = []
@@ -51,10 +57,12 @@ def judge(teacher: Measurement, candidate: Measurement, cfg: GateConfig) -> Verd
     if speedup < cfg.min_speedup and size_ratio > cfg.max_size_ratio:
         reasons.append(f"no gain: {speedup:.2f}x the teacher's tokens/s (needs {cfg.min_speedup:g}x) and "
                        f"{size_ratio:.2f}x its size (needs at most {cfg.max_size_ratio:g}x)")
-    return Verdict(passed=not reasons, speedup=speedup, size_ratio=size_ratio, loss_ratio=loss_ratio, reasons=reasons)
+    return Verdict(passed=not reasons, speedup=speedup, size_ratio=size_ratio, loss_ratio=loss_ratio, reasons=reasons,
+                   speedup_range=(min(ratios), max(ratios)))
 
 
 def choose(verdicts: dict[str, Verdict]) -> str | None:
-    """The passing candidate to release: the fastest (then the smallest); None if none passed."""
+    """The passing candidate to release: the fastest by its median speed-up (then the smallest); None if none
+    passed."""
     passing = [(v.speedup, -v.size_ratio, name) for name, v in verdicts.items() if v.passed]
     return max(passing)[2] if passing else None
