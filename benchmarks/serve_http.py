@@ -23,9 +23,14 @@ model call (`generate_batch` on the same model, in a thread, as many torch threa
 (the next one while one runs, from what arrives within the wait; benchmarks/README.md), so the ratio
 would compare two batching policies, not what our path adds to a request (ours also counts completions
 whose body is still being read as company worth waiting for: that is ours). The policy is measured apart:
-in the batching part, and here by a lone request on the shipped app with max_batch_size=1. Each round,
-per side: p50 of --lone-requests requests from one client, then throughput of --clients threads x
---requests each (the max_batch_size=1 app: the lone requests only).
+in the batching part, and here by a lone request on the shipped app with max_batch_size=1. Each round:
+--lone-requests requests per side from one client, one to each side in turn (the order reversed every
+other turn: a noisy moment of the shared machine hits every side alike), their p50 per side; then, side
+by side, the throughput of --clients threads x --requests each (the max_batch_size=1 app: the lone
+requests only).
+
+cost: the shipped app, then the same app with one feature off at a time (keys, the cache, the predictive
+policy, any autoscaling), and bare Serve with the same batching, measured as in the shipped part.
 
 batching: replicas of --cpus CPUs, int8, cache off, max_batch_size=1 against 32 per --batch-wait-ms:
 throughput of --clients threads (ratio to no batching within each round), then 10 requests from one
@@ -78,6 +83,18 @@ def lone(post: Callable[[str], None], tag: str, n: int) -> list[float]:
         t = time.perf_counter()
         post(f"lone {tag} request {j:03d}: def f(")
         took.append(time.perf_counter() - t)
+    return took
+
+
+def lone_interleaved(posts: dict[str, Callable[[str], None]], order: list[str], tag: str, n: int) -> dict[str, list[float]]:
+    """`lone` for several sides at once, request by request: one request to each side in turn (the order
+    reversed every other turn), so that each side's requests see the same moments of a noisy machine."""
+    took: dict[str, list[float]] = {side: [] for side in order}
+    for j in range(n):
+        for side in order if j % 2 == 0 else order[::-1]:
+            t = time.perf_counter()
+            posts[side](f"lone {side} {tag} request {j:03d}: def f(")
+            took[side].append(time.perf_counter() - t)
     return took
 
 
@@ -163,9 +180,9 @@ def shipped_part(args: argparse.Namespace, raw: dict[str, Any], overrides: dict[
     for r in range(args.rounds):
         order = list(posts) if r % 2 == 0 else list(posts)[::-1]
         row: dict[str, Any] = {"round": r, "order": order, "lone_s": {}, "lone_p50_ms": {}, "per_s": {}}
+        row["lone_s"] = lone_interleaved(posts, order, f"r{r:02d}", args.lone_requests)
+        row["lone_p50_ms"] = {side: statistics.median(took) * 1e3 for side, took in row["lone_s"].items()}
         for side in order:
-            row["lone_s"][side] = lone(posts[side], f"r{r:02d}", args.lone_requests)
-            row["lone_p50_ms"][side] = statistics.median(row["lone_s"][side]) * 1e3
             if side != "ours, no batching":
                 row["per_s"][side] = throughput(posts[side], f"r{r:02d}", args.clients, args.requests)
         p50, rate = row["lone_p50_ms"], row["per_s"]
@@ -237,8 +254,9 @@ def cost_part(args: argparse.Namespace, raw: dict[str, Any], headers: dict[str, 
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         row: dict[str, Any] = {"round": r, "order": order, "lone_p50_ms": {}, "per_s": {}}
+        row["lone_p50_ms"] = {side: statistics.median(took) * 1e3
+                              for side, took in lone_interleaved(posts, order, f"c{r:02d}", args.lone_requests).items()}
         for side in order:
-            row["lone_p50_ms"][side] = statistics.median(lone(posts[side], f"c{r:02d}", args.lone_requests)) * 1e3
             row["per_s"][side] = throughput(posts[side], f"c{r:02d}", args.clients, args.requests)
         rounds.append(row)
         print(f"cost round {r}: " + ", ".join(f"{side} {row['lone_p50_ms'][side]:.2f} ms {row['per_s'][side]:.1f}/s"
@@ -368,7 +386,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--requests", type=int, default=6, help="per client, per side and round")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--lone-requests", type=int, default=20, help="shipped: one client's requests per side and round")
+    p.add_argument("--lone-requests", type=int, default=40, help="shipped, cost: one client's requests per side and round")
     p.add_argument("--shipped-config", type=Path, default=REPO / "serve_apps" / "completion.yaml")
     p.add_argument("--cpus", type=float, default=2, help="batching and overhead: CPUs per replica")
     p.add_argument("--latency-samples", type=int, default=200)
