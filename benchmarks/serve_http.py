@@ -29,8 +29,10 @@ other turn: a noisy moment of the shared machine hits every side alike), their p
 by side, the throughput of --clients threads x --requests each (the max_batch_size=1 app: the lone
 requests only).
 
-cost: the shipped app, then the same app with one feature off at a time (keys, the cache, the predictive
-policy, any autoscaling), and bare Serve with the same batching, measured as in the shipped part.
+cost: the shipped app, a second deployment of it, then the same app with one feature off at a time (keys, the
+cache, the predictive policy, any autoscaling), and bare Serve with the same batching, measured as in the shipped
+part. The second deployment says how far two deployments of identical code differ here: a feature's cost is
+told only where it exceeds that.
 
 batching: replicas of --cpus CPUs, int8, cache off, max_batch_size=1 against 32 per --batch-wait-ms:
 throughput of --clients threads (ratio to no batching within each round), then 10 requests from one
@@ -223,12 +225,13 @@ def shipped_part(args: argparse.Namespace, raw: dict[str, Any], overrides: dict[
     return {"args": raw, "overrides": overrides, "rounds": rounds, "summary": summary, "goals": goals, "ours_stats": stats}
 
 
-COSTS = {"ours": {}, "keys off": {"api_keys_file": None}, "cache off": {"cache_size": 0},
+COSTS = {"ours": {}, "ours again": {}, "keys off": {"api_keys_file": None}, "cache off": {"cache_size": 0},
          "reactive autoscaling": {"autoscaling": "reactive", "forecast": None},
          "no autoscaling": {"preset": "fixed", "num_replicas": 1, "autoscaling": "reactive", "forecast": None,
                             "max_replicas": None}}
-"""The cost part's variants: the shipped app, then each with one of its features off (overrides of its args; None
-drops an arg)."""
+"""The cost part's variants: the shipped app, a second deployment of it (how far two deployments of the same code
+differ on this machine: the resolution of every other row), then each with one of its features off (overrides of
+its args; None drops an arg)."""
 
 
 def cost_part(args: argparse.Namespace, raw: dict[str, Any], headers: dict[str, str], client: httpx.Client,
