@@ -181,9 +181,9 @@ def shipped_part(args: argparse.Namespace, raw: dict[str, Any], overrides: dict[
     rounds = []
     for r in range(args.rounds):
         order = list(posts) if r % 2 == 0 else list(posts)[::-1]
-        row: dict[str, Any] = {"round": r, "order": order, "lone_s": {}, "lone_p50_ms": {}, "per_s": {}}
-        row["lone_s"] = lone_interleaved(posts, order, f"r{r:02d}", args.lone_requests)
-        row["lone_p50_ms"] = {side: statistics.median(took) * 1e3 for side, took in row["lone_s"].items()}
+        took = lone_interleaved(posts, order, f"r{r:02d}", args.lone_requests)
+        row: dict[str, Any] = {"round": r, "order": order, "lone_s": took, "per_s": {},
+                               "lone_p50_ms": {side: statistics.median(t) * 1e3 for side, t in took.items()}}
         for side in order:
             if side != "ours, no batching":
                 row["per_s"][side] = throughput(posts[side], f"r{r:02d}", args.clients, args.requests)
@@ -256,9 +256,9 @@ def cost_part(args: argparse.Namespace, raw: dict[str, Any], headers: dict[str, 
     names, rounds = list(posts), []
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
-        row: dict[str, Any] = {"round": r, "order": order, "lone_p50_ms": {}, "per_s": {}}
-        row["lone_p50_ms"] = {side: statistics.median(took) * 1e3
-                              for side, took in lone_interleaved(posts, order, f"c{r:02d}", args.lone_requests).items()}
+        took = lone_interleaved(posts, order, f"c{r:02d}", args.lone_requests)
+        row: dict[str, Any] = {"round": r, "order": order, "per_s": {},
+                               "lone_p50_ms": {side: statistics.median(t) * 1e3 for side, t in took.items()}}
         for side in order:
             row["per_s"][side] = throughput(posts[side], f"c{r:02d}", args.clients, args.requests)
         rounds.append(row)
