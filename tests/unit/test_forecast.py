@@ -64,8 +64,26 @@ def test_a_poor_forecast_falls_back_to_reactive():
     assert d.replicas == max(1, math.ceil(d.load))
 
 
+def test_its_reactive_answer_is_serves_rule_on_the_load_just_observed_not_the_buckets_mean():
+    # While learning (fewer buckets than warmup_buckets) the policy must cost no more than Serve's
+    # rule: a jump within a bucket is answered at once, not once the bucket's mean catches up.
+    fc = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, bucket_s=1.0, warmup_buckets=10))
+    for i in range(9):
+        fc.observe(0.1 * i, 1.0)
+    fc.observe(0.95, 14.0)  # in the same bucket, the handles now report 14 in flight
+    d = fc.decide(running=1, low=1, high=8)
+    assert (d.mode, d.load, d.replicas) == ("reactive", 14.0, math.ceil(14.0 / 3.0))
+    # the trusted path keeps it as its floor: never fewer than what is in flight now asks
+    fc = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, bucket_s=1.0, warmup_buckets=2))
+    for i in range(60):
+        fc.observe(0.1 * i, 3.0)
+    fc.observe(6.05, 20.0)
+    d = fc.decide(running=1, low=1, high=8)
+    assert d.mode == "predictive" and d.replicas >= math.ceil(20.0 / 3.0)
+
+
 def test_it_scales_down_only_once_the_whole_coming_window_fits_in_fewer_replicas():
-    cfg = ForecastConfig(target_per_replica=1.0, startup_s=4.0)
+    cfg = ForecastConfig(target_per_replica=1.0, startup_s=4.0, down_headroom=0.8)
     fc = LoadForecaster(config=cfg)
     drive(fc, lambda t: 4.0, 0, 30, running=4)
     assert fc.decide(running=4, low=1, high=10).replicas == 4

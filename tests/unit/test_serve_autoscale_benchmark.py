@@ -146,3 +146,44 @@ def test_the_docstring_states_the_setting_and_the_runtime_formula_the_code_uses(
     assert bench.estimate_s(bench.DEFAULT_TRACES.split(","), 5, 0.5) == 2250
     assert "5 x (780 + 60) s ~ 4,200 s" in doc and "5 x (390 + 60) s ~ 2,250 s" in doc
     assert bench.finite({"a": [math.inf, 1.0, math.nan]}) == {"a": [None, 1.0, None]}
+
+
+@pytest.fixture(scope="module")
+def sim(bench: Any) -> Iterator[Any]:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import autoscale_sim
+
+        yield autoscale_sim
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_the_simulator_serves_a_load_one_replica_carries_within_the_slo_on_one_replica(sim: Any, bench: Any) -> None:
+    c = bench.Case(name="flat", rate=lambda t: 4.0, duration_s=30.0)  # 1 in flight: a third of the target
+    run = sim.simulate(c, sim.Reactive(), arrival_seed=1, startup_seed=1)
+    assert 90 <= run.requests <= 150 and run.over_slo == 0
+    assert {n for _, n, _ in run.timeline} == {1} and run.replica_s == pytest.approx(30.0, abs=0.1)
+
+
+def test_the_simulator_queues_what_the_replicas_cannot_hold_and_starts_replicas_late(sim: Any, bench: Any) -> None:
+    # 30/s needs 7.5 slots: two replicas at least; one replica (16/s at most) falls behind while the others start.
+    c = bench.Case(name="step", rate=lambda t: 2.0 if t < 10 else 30.0, duration_s=40.0)
+    run = sim.simulate(c, sim.Reactive(), arrival_seed=2, startup_seed=2)
+    assert run.over_slo > 30  # the queue of the start-up
+    started = next(t for t, n, _ in run.timeline if n >= 2)
+    assert started >= 10 + sim.STARTUP_S  # a replica serves only once started
+    late = [n for t, n, _ in run.timeline if t >= 30]
+    assert min(late) >= 3  # ceil(7.5 in flight / 3 a replica)
+
+
+def test_the_simulator_drives_the_forecaster_as_serves_policy_does(sim: Any, bench: Any) -> None:
+    # On a ramp the predictive side asks for replicas before Serve's rule would, in the same draw.
+    c = bench.Case(name="ramp", rate=lambda t: 2.0 if t < 20 else min(26.0, 2.0 + (t - 20) * 1.5), duration_s=70.0)
+    reactive = sim.simulate(c, sim.Reactive(), arrival_seed=3, startup_seed=3)
+    predictive = sim.simulate(c, sim.Predictive({}, None), arrival_seed=3, startup_seed=3)
+    assert predictive.requests == reactive.requests
+    first = {name: next(t for t, n, _ in r.timeline if t > 20 and n >= 2)
+             for name, r in (("reactive", reactive), ("predictive", predictive))}
+    assert first["predictive"] < first["reactive"]
+    assert predictive.over_slo < reactive.over_slo

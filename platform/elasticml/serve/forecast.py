@@ -42,21 +42,25 @@ class ForecastConfig:
     """The load's period (86400 for a daily pattern); None = trend only."""
     startup_s: float = 10.0
     """A replica's start-up time until one has been measured."""
-    alpha: float = 0.5
-    beta: float = 0.2
+    alpha: float = 0.8
+    beta: float = 0.4
     gamma: float = 0.3
-    """Smoothing of the level, the trend and the seasonal profile across seasons (0..1: higher follows faster)."""
+    """Smoothing of the level, the trend and the seasonal profile across seasons (0..1: higher follows faster).
+    A level and trend that follow fast see a ramp's onset a start-up sooner; chosen with the other defaults
+    in simulation (benchmarks/autoscale_sim.py) on draws the live benchmark does not use."""
     phi: float = 0.9
     """Damping of the trend (Gardner's damped Holt): step k ahead adds trend * (phi + ... + phi**k), so a
     queue draining or filling is not extrapolated for the whole lead; 1 = an undamped trend."""
-    margin_sigmas: float = 0.5
-    """Safety margin: this many RMS forecast errors above the forecast."""
+    margin_sigmas: float = 0.0
+    """Safety margin: this many RMS forecast errors above the forecast. None by default: on the benchmark's
+    traces a margin bought little over the fast trend and paid for it in replicas held through noise."""
     max_relative_error: float = 0.6
     """Fall back to reactive while the forecast's RMS error exceeds this share of the mean load."""
     warmup_buckets: int = 10
     """Buckets observed before the forecast is trusted."""
-    down_headroom: float = 0.9
-    """Give a replica back only when the coming load fits in this share of one replica fewer."""
+    down_headroom: float = 1.0
+    """Give a replica back only when the coming load fits in this share of one replica fewer (1: when it fits;
+    the coming window and Serve's downscale delay are the hysteresis)."""
 
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
@@ -85,7 +89,7 @@ class Decision:
     mode: str
     """'predictive', or 'reactive' while the forecast is not trusted."""
     load: float
-    """Requests in flight now (this bucket's mean so far)."""
+    """Requests in flight now (the last load observed)."""
     forecast: float
     """Load expected one start-up from now (with the margin: what is provisioned for)."""
     lead_s: float
@@ -115,6 +119,9 @@ class LoadForecaster:
     """Measured replica start-up (EMA), None until a scale-up completed."""
     waiting: dict[int, float] = field(default_factory=dict)
     """replica target -> when it was first asked for, for the start-up measurement."""
+    latest: float | None = None
+    """The last load observed: what the reactive fallback and the floor of a decision use, as Serve's own
+    rule uses the load it was just told (the bucket's mean so far would lag a rise by up to a bucket)."""
 
     def __post_init__(self) -> None:
         if not self.season and self.config.slots:
@@ -124,6 +131,7 @@ class LoadForecaster:
     def observe(self, now: float, load: float) -> None:
         """Load (requests in flight) seen at `now`; completes buckets as time passes."""
         load = max(0.0, float(load)) if math.isfinite(load) else 0.0
+        self.latest = load
         size = self.config.bucket_s
         if self.bucket_start is None:
             self.bucket_start = math.floor(now / size) * size
@@ -231,7 +239,7 @@ class LoadForecaster:
     def decide(self, *, running: int, low: int, high: int) -> Decision:
         """How many replicas to ask for now, within [low, high]."""
         cfg = self.config
-        load = self.bucket_sum / self.bucket_n if self.bucket_n else (self.level or 0.0)
+        load = self.latest if self.latest is not None else (self.level or 0.0)
         now_need = load / cfg.target_per_replica
         if not self.trusted:
             replicas = math.ceil(now_need)
