@@ -1,7 +1,7 @@
 """Predictive vs reactive autoscaling in simulation: the live benchmark's setting, in seconds instead of an hour.
 
     python benchmarks/autoscale_sim.py [--rounds 20] [--seed0 5000] [--traces diurnal,ramp,flat]
-        [--tuning-shapes] [--forecast JSON] [--compare JSON] [--json OUT | --no-json]
+        [--tuning-shapes] [--forecast JSON] [--compare JSON] [--oracle] [--json OUT | --no-json]
 
 What is simulated is benchmarks/serve_autoscale.py's setting (its constants and its trace
 families, `case`): open-loop Poisson arrivals; replicas of `SLOTS` slots, each request holding one
@@ -25,6 +25,10 @@ shapes to choose settings on, so that the families stay held out.
 Printed per trace: over-SLO requests and replica-seconds of each policy summed over the rounds,
 their ratio (predictive / reactive) and the paired differences' bootstrap interval, as the live
 benchmark prints them. With --compare, a second forecast setting is run on the same draws too.
+With --oracle, so is a clairvoyant policy (`Oracle`): it reads the trace's true rate over the
+coming start-up and asks for what that needs at 3/4 of a replica's slots. No policy can see the
+future, so its figures bound what forecasting can win in this setting: the requests over the SLO
+that it still has are those no policy avoids (a replay that starts at high load on one replica).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import record  # benchmarks/record.py: a script's own folder is first on sys.path
-from serve_autoscale import (BOUNDS, DELAYS, LOAD_S, SERVICE_S, SLO_S, SLOTS, TARGET, Case,  # noqa: E402
+from serve_autoscale import (BOUNDS, DELAYS, DURATIONS, LOAD_S, SERVICE_S, SLO_S, SLOTS, TARGET, Case,  # noqa: E402
                              case, finite, paired, verdict)
 
 STARTUP_S = 5.5
@@ -47,6 +51,8 @@ STARTUP_S = 5.5
 STARTUP_PER_START_S = 0.5
 """Added to each start-up per replica starting at the same time."""
 STARTUP_JITTER_S = 1.0
+ORACLE: dict[str, Any] = {"oracle": True}
+"""The settings entry that stands for Oracle (its record shows it as this)."""
 TICK_S = 0.1
 DT = 0.01
 
@@ -71,6 +77,18 @@ class Run:
 class Reactive:
     def __call__(self, now: float, load: float, running: int, target: int) -> int:
         return math.ceil(load / TARGET - 1e-9)
+
+
+class Oracle:
+    """Knows the trace: asks, `lead_s` ahead, for the replicas the highest true rate over the coming start-up
+    needs at `utilisation` of their slots. A bound, not a policy."""
+
+    def __init__(self, rate: Any, lead_s: float = STARTUP_S + 1.0, utilisation: float = 0.75) -> None:
+        self.rate, self.lead_s, self.utilisation = rate, lead_s, utilisation
+
+    def __call__(self, now: float, load: float, running: int, target: int) -> int:
+        coming = max(self.rate(now + self.lead_s * x / 4) for x in range(5))
+        return math.ceil(coming * SERVICE_S / (SLOTS * self.utilisation))
 
 
 class Predictive:
@@ -196,7 +214,8 @@ def run(traces: list[str], rounds: int, seed0: int, settings: dict[str, dict[str
             arrival_seed = seed0 + 1000 + k
             row: dict[str, Any] = {"round": k}
             sides: dict[str, Any] = {"reactive": Reactive()}
-            sides.update({label: Predictive(s, c.season_s) for label, s in settings.items()})
+            sides.update({label: Oracle(c.rate) if s is ORACLE else Predictive(s, c.season_s)
+                          for label, s in settings.items()})
             for label, pol in sides.items():
                 r = simulate(c, pol, arrival_seed, startup_seed=arrival_seed)
                 row[label] = {"requests": r.requests, "over_slo": r.over_slo, "replica_s": round(r.replica_s, 1)}
@@ -213,15 +232,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tuning-shapes", action="store_true", help="the fixed traces of TUNED_ON, not the families")
     ap.add_argument("--forecast", default="{}", help="ForecastConfig settings for the predictive side, as JSON")
     ap.add_argument("--compare", default=None, help="a second ForecastConfig setting to run beside it, as JSON")
+    ap.add_argument("--oracle", action="store_true", help="also a clairvoyant policy: the bound on what forecasting wins")
     record.add_arguments(ap, __file__)
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= 1000:
         ap.error("--rounds in 1..1000")
     rec = record.start(__file__, args, argv)
-    settings = {"predictive": json.loads(args.forecast)}
+
+    def setting(flag: str, text: str) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            ap.error(f"{flag}: not JSON ({exc})")
+        if not isinstance(value, dict) or "oracle" in value:
+            ap.error(f"{flag}: a JSON object of ForecastConfig settings, like '{{\"alpha\": 0.5}}'")
+        return value
+
+    settings = {"predictive": setting("--forecast", args.forecast)}
     if args.compare is not None:
-        settings["compare"] = json.loads(args.compare)
+        settings["compare"] = setting("--compare", args.compare)
+    if args.oracle:
+        settings["oracle"] = ORACLE
     traces = args.traces.split(",")
+    known = ("diurnal", "ramp", "fast_ramp", "spike", "flat") if args.tuning_shapes else tuple(DURATIONS)
+    if unknown := [t for t in traces if t not in known]:
+        ap.error(f"--traces from {','.join(known)} (unknown: {','.join(unknown)})")
     results = run(traces, args.rounds, args.seed0, settings, args.tuning_shapes)
     summary: dict[str, Any] = {}
     for name, rows in results.items():
