@@ -73,13 +73,14 @@ def test_its_reactive_answer_is_serves_rule_on_the_load_just_observed_not_the_bu
     fc.observe(0.95, 14.0)  # in the same bucket, the handles now report 14 in flight
     d = fc.decide(running=1, low=1, high=8)
     assert (d.mode, d.load, d.replicas) == ("reactive", 14.0, math.ceil(14.0 / 3.0))
-    # the trusted path keeps it as its floor: never fewer than what is in flight now asks
+    # the trusted path keeps it as its floor: never fewer than what is in flight now asks, here 20 where
+    # the bucket's mean (9 ticks at 3 and one at 20: 4.7) would ask for 2
     fc = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, bucket_s=1.0, warmup_buckets=2))
-    for i in range(60):
+    for i in range(69):
         fc.observe(0.1 * i, 3.0)
-    fc.observe(6.05, 20.0)
+    fc.observe(6.95, 20.0)
     d = fc.decide(running=1, low=1, high=8)
-    assert d.mode == "predictive" and d.replicas >= math.ceil(20.0 / 3.0)
+    assert d.mode == "predictive" and d.replicas == math.ceil(20.0 / 3.0)
 
 
 def test_it_scales_down_only_once_the_whole_coming_window_fits_in_fewer_replicas():
@@ -91,6 +92,13 @@ def test_it_scales_down_only_once_the_whole_coming_window_fits_in_fewer_replicas
     down = drive(fc, lambda t: 4.0 if t < 30 else 1.0, 30, 90, running=5)
     assert down[-1][1].replicas <= 2
     assert down[0][1].replicas >= 4  # not the moment the load dipped
+
+
+def test_by_default_a_replica_goes_back_once_the_coming_window_fits_in_one_fewer():
+    fc = LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=4.0))
+    drive(fc, lambda t: 4.0, 0, 30, running=5)
+    assert fc.decide(running=5, low=1, high=10).replicas == 4  # 4 in flight fits 4 at the target
+    assert fc.decide(running=4, low=1, high=10).replicas == 4
 
 
 def test_replica_start_up_is_measured_from_target_and_running_counts():

@@ -162,8 +162,8 @@ def sim(bench: Any) -> Iterator[Any]:
 def test_the_simulator_serves_a_load_one_replica_carries_within_the_slo_on_one_replica(sim: Any, bench: Any) -> None:
     c = bench.Case(name="flat", rate=lambda t: 4.0, duration_s=30.0)  # 1 in flight: a third of the target
     run = sim.simulate(c, sim.Reactive(), arrival_seed=1, startup_seed=1)
-    assert 90 <= run.requests <= 150 and run.over_slo == 0
-    assert {n for _, n, _ in run.timeline} == {1} and run.replica_s == pytest.approx(30.0, abs=0.1)
+    assert 90 <= run.requests <= 150 and run.answered == run.requests and run.over_slo == 0
+    assert {n for _, n, _ in run.timeline} == {1} and run.replica_s == pytest.approx(30.0, abs=0.3)
 
 
 def test_the_simulator_queues_what_the_replicas_cannot_hold_and_starts_replicas_late(sim: Any, bench: Any) -> None:
@@ -175,6 +175,29 @@ def test_the_simulator_queues_what_the_replicas_cannot_hold_and_starts_replicas_
     assert started >= 10 + sim.STARTUP_S  # a replica serves only once started
     late = [n for t, n, _ in run.timeline if t >= 30]
     assert min(late) >= 3  # ceil(7.5 in flight / 3 a replica)
+    assert run.answered == run.requests  # the backlog is served after the trace, as the live replayer waits
+
+
+def test_the_simulator_applies_serves_delays_before_a_decision_takes_effect(sim: Any, bench: Any) -> None:
+    # 24/s needs 2 replicas at the target; then almost nothing: the target holds downscale_delay_s first.
+    c = bench.Case(name="drop", rate=lambda t: 24.0 if t < 30 else 0.5, duration_s=60.0)
+    run = sim.simulate(c, sim.Reactive(), arrival_seed=4, startup_seed=4)
+    target = {t: tg for t, _, tg in run.timeline}
+    asked = next(t for t in sorted(target) if target[t] >= 2)
+    assert asked >= bench.DELAYS["upscale_delay_s"]  # not at the first tick that saw the load
+    high = target[29.0]
+    assert high >= 2
+    held = [t for t in sorted(target) if t >= 30 and target[t] == high]
+    assert held and max(held) >= 30 + bench.DELAYS["downscale_delay_s"] - 1
+    assert target[max(target)] == 1
+
+
+def test_the_oracle_reference_knows_the_trace_and_beats_the_reactive_rule_on_a_ramp(sim: Any, bench: Any) -> None:
+    c = bench.Case(name="ramp", rate=lambda t: 2.0 if t < 20 else min(26.0, 2.0 + (t - 20) * 1.5), duration_s=70.0)
+    reactive = sim.simulate(c, sim.Reactive(), arrival_seed=3, startup_seed=3)
+    oracle = sim.simulate(c, sim.Oracle(c.rate), arrival_seed=3, startup_seed=3)
+    assert oracle.over_slo == 0 < reactive.over_slo
+    assert next(t for t, _, tg in oracle.timeline if tg >= 2) < 20  # asked before the ramp began
 
 
 def test_the_simulator_drives_the_forecaster_as_serves_policy_does(sim: Any, bench: Any) -> None:

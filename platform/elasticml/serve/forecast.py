@@ -10,12 +10,15 @@ smoothing) and, when the app names its season (a day, or a day compressed into m
 benchmark), a profile of the load with one slot per bucket, smoothed over the seasons seen. Within
 a season the forecast is the current level plus the change the profile saw over the same stretch
 last time, which anticipates a peak that came at the same hour yesterday (a trend cannot see it
-coming); without one, the level and its trend follow a ramp one start-up ahead. Each bucket's forecast is checked when its time comes: the error's RMS
-sets a safety margin, and while the forecast is poor (or still learning) the decision falls back
-to reactive (what is in flight now), so a bad forecast costs at most what the reactive policy would.
+coming); without one, the level and its trend follow a ramp one start-up ahead. Each bucket's
+forecast is checked when its time comes: the error's RMS can set a safety margin (`margin_sigmas`,
+none by default), and while the forecast is poor (or still learning) the decision falls back to
+reactive (Serve's rule on the load just reported), so a bad forecast costs at most what the
+reactive policy would. A decision never asks for fewer replicas than that rule.
 
 Scaling down has hysteresis: replicas are given back only when the forecast for the whole coming
-start-up window stays below what one replica fewer can carry, with room to spare.
+start-up window fits in one replica fewer (in `down_headroom` of it; 1 by default, the window and
+Serve's downscale delay being the hysteresis).
 """
 
 from __future__ import annotations
@@ -46,14 +49,14 @@ class ForecastConfig:
     beta: float = 0.4
     gamma: float = 0.3
     """Smoothing of the level, the trend and the seasonal profile across seasons (0..1: higher follows faster).
-    A level and trend that follow fast see a ramp's onset a start-up sooner; chosen with the other defaults
-    in simulation (benchmarks/autoscale_sim.py) on draws the live benchmark does not use."""
+    Chosen with the margin and the headroom in simulation (benchmarks/autoscale_sim.py) on draws the live
+    benchmark does not replay: a level and trend that follow fast see a ramp's onset sooner."""
     phi: float = 0.9
     """Damping of the trend (Gardner's damped Holt): step k ahead adds trend * (phi + ... + phi**k), so a
     queue draining or filling is not extrapolated for the whole lead; 1 = an undamped trend."""
     margin_sigmas: float = 0.0
-    """Safety margin: this many RMS forecast errors above the forecast. None by default: on the benchmark's
-    traces a margin bought little over the fast trend and paid for it in replicas held through noise."""
+    """Safety margin: this many RMS forecast errors above the forecast. None by default, with the faster
+    trend; where a margin paid and where it did not, in simulation: benchmarks/README.md."""
     max_relative_error: float = 0.6
     """Fall back to reactive while the forecast's RMS error exceeds this share of the mean load."""
     warmup_buckets: int = 10
