@@ -26,9 +26,10 @@ Method, so that a difference is told from run-to-run noise:
   starts replicas on cores the other's are using.
 - Traces held out from tuning. The forecaster's defaults were first chosen at 2dc289c (damped
   trend phi 0.9, margin 0.5 RMS, down headroom 0.9) and re-chosen at 43736b5 in simulation
-  (benchmarks/autoscale_sim.py: alpha 0.8, beta 0.4, no margin, down headroom 1.0), on the fixed
-  traces of TUNED_ON and on draws of the families below with seeds from 5000, never the seeds
-  this benchmark replays. TUNED_ON: a symmetric raised-cosine
+  (benchmarks/autoscale_sim.py: alpha 0.8, beta 0.4, no margin, down headroom 1.0), on the shapes
+  of TUNED_ON (without its noisy day; other arrival seeds) and on draws of the families below with
+  seeds from 5000: never the draws this benchmark replays, but with its families' shapes in view.
+  TUNED_ON: a symmetric raised-cosine
   day of 60 s from 1 to 28 requests/s with its trough at t=0, a linear ramp from 1 to 28/s over
   30 s from t=20 s (and over 8 s), a spike of 24/s, flat 12/s and that day with noise seed 7;
   arrival seeds 11 and 12. The families here (FAMILIES) differ in shape and seed: a day of 70-90 s
