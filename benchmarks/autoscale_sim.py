@@ -2,6 +2,7 @@
 
     python benchmarks/autoscale_sim.py [--rounds 20] [--seed0 5000] [--traces diurnal,ramp,flat]
         [--tuning-shapes] [--forecast JSON] [--compare JSON] [--oracle] [--json OUT | --no-json]
+    python benchmarks/autoscale_sim.py --fit-contention LIVE.json [LIVE.json ...]
 
 What is simulated is benchmarks/serve_autoscale.py's setting (its constants and its trace
 families, `case`): open-loop Poisson arrivals; replicas of `SLOTS` slots, each request holding one
@@ -28,6 +29,10 @@ live benchmark only. `--seed0` picks the draws: the live benchmark uses 1000 + r
 fixed traces the forecaster was first tuned on (serve_autoscale.TUNED_ON: a symmetric day, a linear
 ramp, a spike, flat load) instead of the benchmark's families, arrivals seeded from --seed0 + 1000: the
 shapes to choose settings on, so that the families stay held out.
+
+`--fit-contention` takes records of the live benchmark (benchmarks/results/serve_autoscale*.json) and
+prints, for each candidate CONTENTION_PER_START, the model's reactive totals on the same draws beside
+the live reactive ones: how the constant was chosen (the predictive side is not used).
 
 Printed per trace: over-SLO requests and replica-seconds of each policy summed over the rounds,
 their ratio (predictive / reactive) and the paired differences' bootstrap interval, as the live
@@ -253,6 +258,45 @@ def run(traces: list[str], rounds: int, seed0: int, settings: dict[str, dict[str
     return results
 
 
+CONTENTION_CANDIDATES = (0.0, 0.05, 0.1, 0.15, 0.2)
+
+
+def fit_contention(paths: list[str]) -> list[dict[str, Any]]:
+    """Each candidate contention's reactive totals (over the SLO, replica-s) on the live records' draws, beside
+    the live reactive totals; a draw replayed in several records counts once per record, as live."""
+    live: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for path in paths:
+        with open(path) as fh:
+            raw = json.load(fh)
+        if not (isinstance(raw, dict) and str(raw.get("script", "")).endswith("serve_autoscale.py")
+                and isinstance(raw.get("samples"), dict)):
+            raise SystemExit(f"{path}: not a record of benchmarks/serve_autoscale.py")
+        if raw.get("args", {}).get("scale", 1.0) != 1.0:
+            raise SystemExit(f"{path}: a --scale run; the model replays scale 1")
+        for name, rows in raw["samples"].items():
+            if name not in DURATIONS:
+                continue
+            for row in rows:
+                live.setdefault(name, {}).setdefault(int(row["round"]), []).append(row["reactive"])
+    out = []
+    for contention in CONTENTION_CANDIDATES:
+        entry: dict[str, Any] = {"contention": contention}
+        for name, by_round in live.items():
+            sim_over = sim_rs = live_over = live_rs = 0.0
+            for k, rows in by_round.items():
+                r = simulate(case(name, k), Reactive(), 2000 + k, 2000 + k, contention=contention)
+                sim_over, sim_rs = sim_over + r.over_slo * len(rows), sim_rs + r.replica_s * len(rows)
+                live_over += sum(x["over_slo"] for x in rows)
+                live_rs += sum(x["replica_s"] for x in rows)
+            entry[name] = {"sim_over_slo": sim_over, "live_over_slo": live_over, "sim_replica_s": round(sim_rs, 1),
+                           "live_replica_s": round(live_rs, 1)}
+        out.append(entry)
+        print(f"contention {contention:4.2f}: " + " | ".join(
+            f"{n} over SLO {v['sim_over_slo']:.0f} (live {v['live_over_slo']:.0f}), replica-s {v['sim_replica_s']:.0f} "
+            f"(live {v['live_replica_s']:.0f})" for n, v in entry.items() if n != "contention"), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--traces", default="diurnal,ramp,flat")
@@ -261,12 +305,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tuning-shapes", action="store_true", help="the fixed traces of TUNED_ON, not the families")
     ap.add_argument("--forecast", default="{}", help="ForecastConfig settings for the predictive side, as JSON")
     ap.add_argument("--compare", default=None, help="a second ForecastConfig setting to run beside it, as JSON")
-    ap.add_argument("--oracle", action="store_true", help="also a clairvoyant policy: the bound on what forecasting wins")
+    ap.add_argument("--oracle", action="store_true", help="also a clairvoyant reference (knows the trace)")
+    ap.add_argument("--fit-contention", nargs="+", default=None, metavar="LIVE_JSON",
+                    help="live records: the model's reactive totals at each candidate contention beside them")
     record.add_arguments(ap, __file__)
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= 1000:
         ap.error("--rounds in 1..1000")
     rec = record.start(__file__, args, argv)
+    if args.fit_contention:
+        fit = fit_contention(args.fit_contention)
+        rec.write(samples=fit, summary={"chosen": CONTENTION_PER_START})
+        return 0
 
     def setting(flag: str, text: str) -> dict[str, Any]:
         from elasticml.errors import ConfigError
@@ -280,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(value, dict):
             ap.error(f"{flag}: a JSON object of ForecastConfig settings, like '{{\"alpha\": 0.5}}'")
         if fixed := sorted(set(value) & FIXED_SETTINGS):
-            ap.error(f"{flag}: {', '.join(fixed)} are the benchmark's (as the live one sets them), not a setting to try")
+            ap.error(f"{flag}: {', '.join(fixed)} are set by the benchmark, as the live one sets them")
         try:
             Predictive(value, None)  # the same check the app's forecast: settings get
         except ConfigError as exc:

@@ -6,6 +6,7 @@ start Ray and Serve and are not run here.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
@@ -179,17 +180,18 @@ def test_the_simulator_queues_what_the_replicas_cannot_hold_and_starts_replicas_
 
 
 def test_the_simulator_applies_serves_delays_before_a_decision_takes_effect(sim: Any, bench: Any) -> None:
-    # 24/s needs 2 replicas at the target; then almost nothing: the target holds downscale_delay_s first.
-    c = bench.Case(name="drop", rate=lambda t: 24.0 if t < 30 else 0.5, duration_s=60.0)
-    run = sim.simulate(c, sim.Reactive(), arrival_seed=4, startup_seed=4)
+    # A scripted policy (3 replicas from 10 s to 30 s, 1 otherwise) on light load: only the delays move the target.
+    def scripted(now: float, load: float, running: int, target: int) -> int:
+        return 3 if 10.0 <= now < 30.0 else 1
+
+    c = bench.Case(name="light", rate=lambda t: 1.0, duration_s=50.0)
+    run = sim.simulate(c, scripted, arrival_seed=4, startup_seed=4)
     target = {t: tg for t, _, tg in run.timeline}
-    asked = next(t for t in sorted(target) if target[t] >= 2)
-    assert asked >= bench.DELAYS["upscale_delay_s"]  # not at the first tick that saw the load
-    high = target[29.0]
-    assert high >= 2
-    held = [t for t in sorted(target) if t >= 30 and target[t] == high]
-    assert held and max(held) >= 30 + bench.DELAYS["downscale_delay_s"] - 1
-    assert target[max(target)] == 1
+    assert bench.DELAYS["upscale_delay_s"] == 0.5 and bench.DELAYS["downscale_delay_s"] == 8.0
+    assert target[10.0] == 1 and target[11.0] == 3  # up after 0.5 s of asking
+    assert target[37.0] == 3 and target[39.0] == 1  # down only after 8 s of asking
+    running = {t: n for t, n, _ in run.timeline}
+    assert running[11.0] == 1 and running[20.0] == 3  # replicas serve once started
 
 
 def test_the_oracle_reference_knows_the_trace_and_beats_the_reactive_rule_on_a_ramp(sim: Any, bench: Any) -> None:
@@ -210,3 +212,18 @@ def test_the_simulator_drives_the_forecaster_as_serves_policy_does(sim: Any, ben
              for name, r in (("reactive", reactive), ("predictive", predictive))}
     assert first["predictive"] < first["reactive"]
     assert predictive.over_slo < reactive.over_slo
+
+
+def test_the_contention_fit_sets_the_models_reactive_totals_beside_the_live_ones(sim: Any, tmp_path: Path) -> None:
+    live = {"script": "benchmarks/serve_autoscale.py", "args": {"scale": 1.0},
+            "samples": {"flat": [{"round": 0, "reactive": {"over_slo": 5, "replica_s": 61.5}}]}}
+    path = tmp_path / "live.json"
+    path.write_text(json.dumps(live))
+    fit = sim.fit_contention([str(path), str(path)])  # a draw in two records counts twice, as live
+    assert [e["contention"] for e in fit] == list(sim.CONTENTION_CANDIDATES)
+    assert all(e["flat"]["live_over_slo"] == 10 and e["flat"]["live_replica_s"] == 123.0 for e in fit)
+    alone = sim.simulate(sim.case("flat", 0), sim.Reactive(), 2000, 2000, contention=0.0)
+    assert fit[0]["flat"]["sim_over_slo"] == 2 * alone.over_slo
+    (tmp_path / "other.json").write_text(json.dumps({**live, "script": "benchmarks/optimize.py"}))
+    with pytest.raises(SystemExit, match="not a record of"):
+        sim.fit_contention([str(tmp_path / "other.json")])
