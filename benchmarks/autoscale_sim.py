@@ -57,8 +57,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import record  # benchmarks/record.py: a script's own folder is first on sys.path
-from serve_autoscale import (BOUNDS, DELAYS, DURATIONS, LOAD_S, SERVICE_S, SLO_S, SLOTS, TARGET, Case,  # noqa: E402
-                             case, finite, paired, verdict)
+from serve_autoscale import (BOUNDS, DELAYS, DURATIONS, SERVICE_S, SLO_S, SLOTS, TARGET, Case,  # noqa: E402
+                             case, finite, forecast_settings, paired, verdict)
 
 STARTUP_S = 5.5
 """The fixed part of a replica's start-up (process, Serve's replica, the 3 s load)."""
@@ -98,9 +98,14 @@ class Run:
     """(t, running, target) every second."""
 
 
+def reactive_replicas(load: float) -> int:
+    """Serve's rule: the requests in flight over the target."""
+    return math.ceil(load / TARGET - 1e-9)
+
+
 class Reactive:
     def __call__(self, now: float, load: float, running: int, target: int) -> int:
-        return math.ceil(load / TARGET - 1e-9)
+        return reactive_replicas(load)
 
 
 class Oracle:
@@ -115,19 +120,16 @@ class Oracle:
 
     def __call__(self, now: float, load: float, running: int, target: int) -> int:
         coming = max(self.rate(now + self.lead_s * x / 8) for x in range(9))
-        return max(math.ceil(coming * SERVICE_S / TARGET), math.ceil(load / TARGET - 1e-9))
+        return max(math.ceil(coming * SERVICE_S / TARGET), reactive_replicas(load))
 
 
 class Predictive:
     """The forecaster as PredictivePolicy drives it (without the GCS persistence)."""
 
     def __init__(self, settings: dict[str, Any], season_s: float | None) -> None:
-        from elasticml.serve.autoscale import forecast_config
         from elasticml.serve.forecast import LoadForecaster
 
-        cfg = forecast_config({"bucket_s": 1.0, "startup_s": LOAD_S + 2.0, "season_s": season_s, **settings},
-                              target_per_replica=TARGET)
-        self.fc = LoadForecaster(config=cfg)
+        self.fc = LoadForecaster(config=forecast_settings(season_s, settings))
 
     def __call__(self, now: float, load: float, running: int, target: int) -> int:
         self.fc.replicas_seen(now, target, running)

@@ -263,14 +263,21 @@ def finite(x: Any) -> Any:
 
 
 # -- the live part (Ray and Serve) ---------------------------------------------------------------
+def forecast_settings(season_s: float | None, forecast: dict[str, Any]) -> Any:
+    """The predictive policy's ForecastConfig here (the live replays and benchmarks/autoscale_sim.py alike)."""
+    from elasticml.serve.autoscale import forecast_config
+
+    # startup_s is only the prior: the 3 s load and a guess at Serve's part; the policy learns the rest.
+    return forecast_config({"bucket_s": 1.0, "startup_s": LOAD_S + 2.0, "season_s": season_s, **forecast},
+                           target_per_replica=TARGET)
+
+
 def autoscaling(policy: str, season_s: float | None, forecast: dict[str, Any]) -> dict[str, Any]:
-    from elasticml.serve.autoscale import POLICY_PATH, forecast_config
+    from elasticml.serve.autoscale import POLICY_PATH
 
     config: dict[str, Any] = {**BOUNDS, **DELAYS, "target_ongoing_requests": TARGET}
     if policy == "predictive":
-        # startup_s is only the prior: the 3 s load and a guess at Serve's part; the policy learns the rest.
-        settings = forecast_config({"bucket_s": 1.0, "startup_s": LOAD_S + 2.0, "season_s": season_s, **forecast},
-                                   target_per_replica=TARGET)
+        settings = forecast_settings(season_s, forecast)
         config["policy"] = {"policy_function": POLICY_PATH, "policy_kwargs": asdict(settings)}
     return config
 
