@@ -7,9 +7,9 @@
 What is simulated is benchmarks/serve_autoscale.py's setting (its constants and its trace
 families, `case`): open-loop Poisson arrivals; replicas of `SLOTS` slots, each request holding one
 for `SERVICE_S`; one FIFO queue in front of them (Serve's handles queue when every replica is
-full); Serve's control loop every 0.1 s, seeing the requests in flight (running + queued) as the
-handles recorded them every 0.1 s and pushed them every `metrics_interval_s`, averaged over the
-last `look_back_period_s` at every tick; its delay logic (a decision must hold `upscale_delay_s` /
+full); Serve's control loop every 0.1 s, seeing the requests in flight (running + queued) and those
+queued as the handles recorded them every 0.1 s and pushed them every `metrics_interval_s`,
+averaged over the last `look_back_period_s` at every tick; its delay logic (a decision must hold `upscale_delay_s` /
 `downscale_delay_s` before it applies); replicas that take `STARTUP_S` plus `STARTUP_PER_START_S`
 for each replica starting at the same time, itself included, plus up to `STARTUP_JITTER_S` (the
 start-ups compete for the cores: the live runs measured about 6-7 s for one and 9-10 s for
@@ -20,7 +20,8 @@ start takes CPU from the proxy and the replicas, which is how over-asking fed on
 After the trace ends, what is queued and running is served (the live replayer waits for every
 request), and replica-seconds count until then.
 The predictive side drives the same `LoadForecaster` that `PredictivePolicy` does, call for call
-(`replicas_seen`, `observe`, `decide`); the reactive side is Serve's rule, ceil(in flight / target).
+(`replicas_seen`, `signal_load`, `observe`, `decide`); the reactive side is Serve's rule,
+ceil(in flight / target). `--compare '{"signal": "in_flight"}'` runs the forecast on Serve's count.
 
 It is a model: it has no CPU contention beyond the start-up term, no proxy, no routing imbalance.
 It is for trying policy settings on many draws quickly; a verdict about the product comes from the
@@ -104,7 +105,7 @@ def reactive_replicas(load: float) -> int:
 
 
 class Reactive:
-    def __call__(self, now: float, load: float, running: int, target: int) -> int:
+    def __call__(self, now: float, load: float, running: int, target: int, queued: float) -> int:
         return reactive_replicas(load)
 
 
@@ -118,7 +119,7 @@ class Oracle:
         self.lead_s = (STARTUP_S + STARTUP_PER_START_S * BOUNDS["max_replicas"] + STARTUP_JITTER_S
                        + DELAYS["upscale_delay_s"])
 
-    def __call__(self, now: float, load: float, running: int, target: int) -> int:
+    def __call__(self, now: float, load: float, running: int, target: int, queued: float) -> int:
         coming = max(self.rate(now + self.lead_s * x / 8) for x in range(9))
         return max(math.ceil(coming * SERVICE_S / TARGET), reactive_replicas(load))
 
@@ -131,10 +132,14 @@ class Predictive:
 
         self.fc = LoadForecaster(config=forecast_settings(season_s, settings))
 
-    def __call__(self, now: float, load: float, running: int, target: int) -> int:
+    def __call__(self, now: float, load: float, running: int, target: int, queued: float) -> int:
+        from elasticml.serve.forecast import signal_load
+
         self.fc.replicas_seen(now, target, running)
-        self.fc.observe(now, load)
-        return self.fc.decide(running=running, low=BOUNDS["min_replicas"], high=BOUNDS["max_replicas"]).replicas
+        followed, waiting = signal_load(self.fc.config, in_flight=load, queued=queued)
+        self.fc.observe(now, followed)
+        return self.fc.decide(running=running, low=BOUNDS["min_replicas"], high=BOUNDS["max_replicas"],
+                              queued=waiting).replicas
 
 
 def simulate(c: Case, policy: Any, arrival_seed: int, startup_seed: int, contention: float | None = None) -> Run:
@@ -151,8 +156,8 @@ def simulate(c: Case, policy: Any, arrival_seed: int, startup_seed: int, content
     queue: deque[float] = deque()
     replicas = [Replica(ready_at=0.0)]
     target = 1
-    recorded: list[tuple[float, float]] = []  # (t, in flight) the handles record, not yet pushed
-    pushed: deque[tuple[float, float]] = deque()  # what the controller has received
+    recorded: list[tuple[float, int, int]] = []  # (t, in flight, queued) the handles record, not yet pushed
+    pushed: deque[tuple[float, int, int]] = deque()  # what the controller has received
     next_push, next_tick, next_sample, next_line = 0.0, 0.0, 0.0, 0.0
     delay_since: float | None = None
     delay_dir = 0
@@ -182,7 +187,7 @@ def simulate(c: Case, policy: Any, arrival_seed: int, startup_seed: int, content
                 out.over_slo += 1
         in_flight = len(queue) + sum(len(r.busy) for r in replicas)
         if now >= next_sample:
-            recorded.append((now, in_flight))
+            recorded.append((now, in_flight, len(queue)))
             next_sample += 0.1
         if now >= next_push:
             pushed.extend(recorded)
@@ -194,8 +199,10 @@ def simulate(c: Case, policy: Any, arrival_seed: int, startup_seed: int, content
             # Serve's window: the pushed samples of the last look-back period (the last one standing for now)
             while len(pushed) > 1 and pushed[0][0] < now - DELAYS["look_back_period_s"]:
                 pushed.popleft()
-            load = sum(x for _, x in pushed) / len(pushed) if pushed else 0.0
-            desired = max(BOUNDS["min_replicas"], min(BOUNDS["max_replicas"], policy(now, load, running, target)))
+            load = sum(x for _, x, _ in pushed) / len(pushed) if pushed else 0.0
+            queued = sum(q for _, _, q in pushed) / len(pushed) if pushed else 0.0
+            asked = policy(now, load, running, target, queued)
+            desired = max(BOUNDS["min_replicas"], min(BOUNDS["max_replicas"], asked))
             direction = (desired > target) - (desired < target)
             if direction == 0:
                 delay_since, delay_dir = None, 0

@@ -48,9 +48,9 @@ def test_on_a_ramp_it_asks_for_replicas_before_the_reactive_rule_would(app_url):
     # At the moment of each of these decisions the rule "requests in flight / target" asked for fewer.
     assert ahead, events
     assert max(e["replicas"] for e in ahead) >= 2
-    # and what it got ahead of did come: the load later reached what was provisioned for.
+    # and what it got ahead of did come: the requests in flight later reached what was provisioned for.
     first = ahead[0]
-    later = [e["load"] for e in events if e["t"] > first["t"]]
+    later = [e["in_flight"] for e in events if e["t"] > first["t"]]
     assert later and max(later) >= first["reactive"] + 1, events
 
 

@@ -111,6 +111,37 @@ def test_replica_start_up_is_measured_from_target_and_running_counts():
     assert fc.lead_s < 10
 
 
+def test_by_default_it_follows_the_requests_served_and_the_waiting_ones_through_one_rule():
+    from elasticml.serve.forecast import signal_load
+
+    running, in_flight = ForecastConfig(), ForecastConfig(signal="in_flight")
+    assert running.signal == "running"
+    assert signal_load(running, in_flight=10.0, queued=6.0) == (4.0, 6.0)
+    assert signal_load(in_flight, in_flight=10.0, queued=6.0) == (10.0, 0.0)  # Serve's count; its rule has the queue
+    # What Serve may report: no queue figure, a queue over the total (separate windows), nonsense.
+    assert signal_load(running, in_flight=10.0, queued=None) == (10.0, 0.0)
+    assert signal_load(running, in_flight=3.0, queued=5.0) == (0.0, 3.0)
+    assert signal_load(running, in_flight=float("nan"), queued=float("inf")) == (0.0, 0.0)
+    assert signal_load(running, in_flight=-2.0, queued=-1.0) == (0.0, 0.0)
+
+
+def test_while_requests_wait_and_no_replica_is_starting_it_asks_for_one_more():
+    # A target equal to the replicas' slots (4): the requests served never exceed 4 a replica, so the served
+    # load alone would never ask for a second one however long the queue.
+    fc = LoadForecaster(config=ForecastConfig(target_per_replica=4.0, startup_s=2.0, warmup_buckets=3))
+    for i in range(100):
+        fc.replicas_seen(i * 0.1, 1, 1)
+        fc.observe(i * 0.1, 4.0)
+    assert fc.decide(running=1, low=1, high=8).replicas == 1
+    assert fc.decide(running=1, low=1, high=8, queued=0.5).replicas == 1  # less than a request waits on average
+    assert fc.decide(running=1, low=1, high=8, queued=9.0).replicas == 2
+    assert fc.decide(running=8, low=1, high=8, queued=9.0).replicas == 8  # within the bounds
+    fc.replicas_seen(10.0, 2, 1)  # the second one is starting: it is what the queue waits for
+    assert fc.decide(running=1, low=1, high=8, queued=9.0).replicas == 1
+    fc.replicas_seen(14.0, 2, 2)
+    assert fc.decide(running=2, low=1, high=8, queued=9.0).replicas == 3
+
+
 def test_its_state_round_trips_and_hostile_state_starts_afresh():
     cfg = ForecastConfig(season_s=20.0)
     fc = LoadForecaster(config=cfg)
@@ -139,6 +170,7 @@ def test_load_that_is_not_a_finite_number_counts_as_none():
     ({"season_s": 1e9}, "season_s"), ({"season_s": 86400.0, "bucket_s": 1.0}, "season_s"),
     ({"alpha": 1.5}, "alpha"), ({"startup_s": float("inf")}, "startup_s"), ({"warmup_buckets": 2.5}, "warmup_buckets"),
     ({"margin": 1}, "unknown field"), ({"target_per_replica": 4}, "forecast.target_per_replica"),
+    ({"signal": "queue"}, "signal"), ({"signal": ["running"]}, "signal"),
 ])
 def test_the_apps_forecast_settings_are_checked_naming_the_field(forecast, field):
     with pytest.raises(ConfigError, match=field):
@@ -199,6 +231,60 @@ def test_serves_policy_logs_its_decisions_and_a_new_instance_resumes_what_was_le
 
     with pytest.raises(ConfigError, match="policy_kwargs: unknown field"):
         autoscale.PredictivePolicy(bogus=1)
+
+
+@pytest.mark.parametrize("signal", ["running", "in_flight"])
+def test_serves_policy_does_not_take_the_queue_its_own_start_ups_cause_for_demand(monkeypatch, signal):
+    """Steady load a replica carries; then a second replica starts and, as it takes the cores, requests queue
+    behind the first (Serve's in-flight count climbs while the served count holds at the first one's slots)."""
+    from types import SimpleNamespace
+
+    from elasticml.serve import autoscale
+
+    store: dict[bytes, object] = {}
+    monkeypatch.setattr(autoscale, "_kv_get", lambda key: store.get(key))
+    monkeypatch.setattr(autoscale, "_kv_put", lambda key, value: store.__setitem__(key, value))
+    policy = autoscale.PredictivePolicy(target_per_replica=3.0, bucket_s=1.0, startup_s=5.0, warmup_buckets=5,
+                                        signal=signal)
+    asked = []
+    for i in range(400):
+        t = 100.0 + i * 0.1
+        target, running = (2, 1) if 130.0 <= t < 138.0 else (1, 1)
+        queued = 0.0 if t < 130.0 else min(12.0, (t - 130.0) * 2.0) if t < 138.0 else max(0.0, 12.0 - (t - 138.0) * 4)
+        ctx = SimpleNamespace(current_time=t, app_name="a", deployment_name="d", target_num_replicas=target,
+                              current_num_replicas=running, total_num_requests=3.0 + queued,
+                              total_queued_requests=queued, capacity_adjusted_min_replicas=1,
+                              capacity_adjusted_max_replicas=8)
+        replicas, _ = policy(ctx)
+        if 130.0 <= t < 138.0:
+            asked.append(replicas)
+    events = [e for e in autoscale.decisions("a", "d") if e["event"] == "decision"]
+    assert all({"in_flight", "queued", "load", "reactive"} <= set(e) for e in events)
+    if signal == "running":
+        assert max(asked) == 1  # the served load stayed one replica's; a replica is already coming
+        assert all(e["load"] == pytest.approx(e["in_flight"] - e["queued"], abs=2e-3) for e in events)
+    else:
+        assert max(asked) >= 4  # Serve's count read the queue as a rising load
+
+
+def test_serves_policy_follows_the_in_flight_count_when_the_queued_one_cannot_be_read(monkeypatch):
+    from elasticml.serve import autoscale
+
+    monkeypatch.setattr(autoscale, "_kv_get", lambda key: None)
+    monkeypatch.setattr(autoscale, "_kv_put", lambda key, value: None)
+
+    class Ctx:
+        current_time, app_name, deployment_name = 10.0, "a", "d"
+        target_num_replicas = current_num_replicas = 1
+        total_num_requests, capacity_adjusted_min_replicas, capacity_adjusted_max_replicas = 9.0, 1, 8
+
+        @property
+        def total_queued_requests(self) -> float:
+            raise RuntimeError("the metric failed to aggregate")
+
+    policy = autoscale.PredictivePolicy(target_per_replica=3.0)
+    replicas, state = policy(Ctx())
+    assert (replicas, state["elasticml_mode"]) == (3, "reactive")  # ceil(9 in flight / 3), Serve's own rule
 
 
 def test_a_spot_burst_pool_is_sized_for_the_whole_apps_forecast_above_the_base(monkeypatch):

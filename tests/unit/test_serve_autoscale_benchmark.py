@@ -181,7 +181,7 @@ def test_the_simulator_queues_what_the_replicas_cannot_hold_and_starts_replicas_
 
 def test_the_simulator_applies_serves_delays_before_a_decision_takes_effect(sim: Any, bench: Any) -> None:
     # A scripted policy (3 replicas from 10 s to 30 s, 1 otherwise) on light load: only the delays move the target.
-    def scripted(now: float, load: float, running: int, target: int) -> int:
+    def scripted(now: float, load: float, running: int, target: int, queued: float) -> int:
         return 3 if 10.0 <= now < 30.0 else 1
 
     c = bench.Case(name="light", rate=lambda t: 1.0, duration_s=50.0)
@@ -212,6 +212,31 @@ def test_the_simulator_drives_the_forecaster_as_serves_policy_does(sim: Any, ben
              for name, r in (("reactive", reactive), ("predictive", predictive))}
     assert first["predictive"] < first["reactive"]
     assert predictive.over_slo < reactive.over_slo
+
+
+def test_the_simulator_shows_the_queue_replica_start_ups_cause_and_the_served_signal_not_feeding_on_it(
+        sim: Any, bench: Any) -> None:
+    # 12/s needs one replica (3 in flight, its target). One policy asks for 8 replicas for 20 s: their
+    # start-ups slow the serving replica (the fitted contention), and requests queue behind it.
+    def asks_eight(now: float, load: float, running: int, target: int, queued: float) -> int:
+        seen.append((now, load, queued))
+        return 8 if 10.0 <= now < 30.0 else 1
+
+    seen: list[tuple[float, float, float]] = []
+    c = bench.Case(name="flat", rate=lambda t: 12.0, duration_s=40.0)
+    sim.simulate(c, asks_eight, arrival_seed=5, startup_seed=5)
+    starting = [(load, queued) for t, load, queued in seen if 10.5 <= t < 18.0]  # before any of the 7 serves
+    assert max(q for _, q in starting) >= 3  # the queue those start-ups cause
+    from elasticml.serve.forecast import signal_load
+
+    followed = [signal_load(sim.Predictive({}, None).fc.config, in_flight=load, queued=q)[0] for load, q in starting]
+    assert max(followed) <= 4 + 1e-9 < max(load for load, _ in starting)  # served: one replica's slots at most
+
+    # The forecast on each signal, on the same draws of a flat load one replica carries.
+    flat = bench.Case(name="flat", rate=lambda t: 10.0, duration_s=60.0)
+    runs = {signal: [sim.simulate(flat, sim.Predictive({"signal": signal}, None), arrival_seed=k, startup_seed=k)
+                     for k in range(6)] for signal in ("running", "in_flight")}
+    assert sum(r.replica_s for r in runs["running"]) < sum(r.replica_s for r in runs["in_flight"])
 
 
 def test_the_contention_fit_sets_the_models_reactive_totals_beside_the_live_ones(sim: Any, tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 Serve's controller instantiates `PredictivePolicy` once per deployment with the app's forecast
 settings (`policy_kwargs`) and calls it every control-loop tick with an `AutoscalingContext`. Each
-call feeds the requests in flight (Serve's `total_num_requests`) and the target/running replicas
-(to measure how long a replica takes to start) to a `LoadForecaster`, whose answer goes back to
-Serve, which still applies the deployment's bounds and up/down delays.
+call feeds the load (by default the requests the replicas serve: Serve's `total_num_requests` less
+its `total_queued_requests`, see elasticml.serve.forecast), the requests waiting, and the
+target/running replicas (to measure how long a replica takes to start) to a `LoadForecaster`, whose
+answer goes back to Serve, which still applies the deployment's bounds and up/down delays.
 
 What the forecaster has learnt lives in the controller's memory, which a controller restart
 loses, so it is also written to Ray's GCS key-value store (namespace `elasticml_autoscale`, a few
@@ -23,7 +24,7 @@ import time
 from typing import Any
 
 from elasticml.dataconf import from_mapping
-from elasticml.serve.forecast import ForecastConfig, LoadForecaster, is_finite_number
+from elasticml.serve.forecast import ForecastConfig, LoadForecaster, is_finite_number, signal_load
 
 NAMESPACE = "elasticml_autoscale"
 MAX_EVENTS = 500
@@ -112,6 +113,16 @@ def pool_running(workload: str, deployment: str) -> int | None:
     return None
 
 
+def _queued(ctx: Any) -> float | None:
+    """The requests waiting at the handles, as Serve reports them (None where it does not)."""
+    try:
+        queued = ctx.total_queued_requests
+    except Exception as exc:  # a lazy metric that failed to aggregate: follow Serve's in-flight count
+        log.warning("could not read the queued requests: %s", type(exc).__name__)
+        return None
+    return float(queued) if is_finite_number(queued) else None
+
+
 class PredictivePolicy:
     """Serve's policy for one deployment. With `burst` ({"workload": W, "base_replicas": B}) it sizes the
     spot pool of a tenant's app (elasticml.serve.pools): the load is the whole app's, as its routers
@@ -164,8 +175,10 @@ class PredictivePolicy:
         running, target = int(ctx.current_num_replicas), int(ctx.target_num_replicas)
         low, high = base + int(ctx.capacity_adjusted_min_replicas), base + int(ctx.capacity_adjusted_max_replicas)
         fc.replicas_seen(now, target, running)  # start-up is this deployment's, base or not
-        load = float(ctx.total_num_requests or 0.0)
-        if self.burst:
+        in_flight = float(ctx.total_num_requests or 0.0)
+        load, queued = signal_load(self.config, in_flight=in_flight, queued=_queued(ctx))
+        if self.burst:  # the routers report what they have in flight, queued or not: Serve's count
+            queued = 0.0
             try:
                 if running != self._published[1] or now - self._published[0] >= 1.0:
                     publish_running(self.burst["workload"], deployment, running, now)
@@ -176,14 +189,16 @@ class PredictivePolicy:
             except Exception as exc:  # the GCS briefly away: this deployment's own load, plus the base's share
                 log.warning("could not read the routers' load: %s", type(exc).__name__)
                 whole = None
-            load = whole if whole is not None else load + base * self.config.target_per_replica
+            load = in_flight = whole if whole is not None else in_flight + base * self.config.target_per_replica
         fc.observe(now, load)
-        decision = fc.decide(running=base + running, low=low, high=high)
+        decision = fc.decide(running=base + running, low=low, high=high, queued=queued)
         decision.replicas -= base
         if decision.replicas != self.last_replicas:
-            reactive = max(low, min(high, math.ceil(load / self.config.target_per_replica))) - base
+            # `reactive`: what Serve's own rule would ask, on the requests in flight
+            reactive = max(low, min(high, math.ceil(in_flight / self.config.target_per_replica))) - base
             self._event(app, deployment, {"t": now, "event": "decision", "replicas": decision.replicas,
                                           "reactive": reactive, "mode": decision.mode, "load": round(load, 3),
+                                          "in_flight": round(in_flight, 3), "queued": round(queued, 3),
                                           "forecast": round(decision.forecast, 3), "lead_s": round(decision.lead_s, 2),
                                           "running": int(ctx.current_num_replicas)})
             self.last_replicas = decision.replicas

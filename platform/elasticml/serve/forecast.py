@@ -13,8 +13,18 @@ last time, which anticipates a peak that came at the same hour yesterday (a tren
 coming); without one, the level and its trend follow a ramp one start-up ahead. Each bucket's
 forecast is checked when its time comes: the error's RMS can set a safety margin (`margin_sigmas`,
 none by default), and while the forecast is poor (or still learning) the decision falls back to
-reactive (Serve's rule on the load just reported), so a bad forecast costs at most what the
-reactive policy would. A decision never asks for fewer replicas than that rule.
+reactive (Serve's rule, ceil(load / target), on the load just reported), so a bad forecast costs
+at most what that rule would. A decision never asks for fewer replicas than it.
+
+Which load: Serve's own rule counts the requests in flight, those the replicas serve plus those
+waiting at the handles for a free slot. Requests wait only once every replica is full, and where
+replicas share cores a replica starting up slows the ones serving, so the wait grows while replicas
+start; read as demand, it asks for more replicas, whose start-ups grow it further. So by default
+(`signal` "running") the forecast, its reactive fallback and the floor follow the requests being
+served, which a start-up inflates only by the service it slows, and the waiting ones count through
+one rule instead: while requests wait and no replica is starting, ask for one more replica than run
+(what is served cannot exceed the replicas' slots, so a deployment whose target is its
+max_ongoing_requests would otherwise never grow). "in_flight" follows Serve's count, as before.
 
 Scaling down has hysteresis: replicas are given back only when the forecast for the whole coming
 start-up window fits in one replica fewer (in `down_headroom` of it; 1 by default, the window and
@@ -33,6 +43,9 @@ from elasticml.errors import ConfigError
 
 MAX_SLOTS = 2880
 """Seasonal slots kept (season_s / bucket_s): a day in 30 s buckets; bounds the persisted state."""
+
+
+SIGNALS = ("running", "in_flight")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -64,6 +77,9 @@ class ForecastConfig:
     down_headroom: float = 1.0
     """Give a replica back only when the coming load fits in this share of one replica fewer (1: when it fits;
     the coming window and Serve's downscale delay are the hysteresis)."""
+    signal: str = "running"
+    """The load the forecast follows (see `signal_load`): "running", the requests the replicas serve (Serve's
+    in-flight count less what waits at the handles for a free slot), or "in_flight", Serve's own count."""
 
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
@@ -80,6 +96,8 @@ class ForecastConfig:
         check_number(self.max_relative_error, field="max_relative_error", lo=0.01, hi=100)
         check_number(self.warmup_buckets, field="warmup_buckets", lo=1, hi=100_000, integer=True)
         check_number(self.down_headroom, field="down_headroom", lo=0.1, hi=1.0)
+        if not (isinstance(self.signal, str) and self.signal in SIGNALS):
+            raise ConfigError(f"must be one of {', '.join(SIGNALS)}, got {str(self.signal)[:40]!r}", field="signal")
 
     @property
     def slots(self) -> int:
@@ -239,8 +257,9 @@ class LoadForecaster:
             self.waiting.pop(min(self.waiting))
 
     # -- the decision ---------------------------------------------------------------------
-    def decide(self, *, running: int, low: int, high: int) -> Decision:
-        """How many replicas to ask for now, within [low, high]."""
+    def decide(self, *, running: int, low: int, high: int, queued: float = 0.0) -> Decision:
+        """How many replicas to ask for now, within [low, high]. `queued`: the requests waiting for a free
+        slot (`signal_load`'s second answer), which add a replica while none is starting."""
         cfg = self.config
         load = self.latest if self.latest is not None else (self.level or 0.0)
         now_need = load / cfg.target_per_replica
@@ -261,6 +280,8 @@ class LoadForecaster:
                 window = max(window, load)
                 floor = math.ceil(window / (cfg.target_per_replica * cfg.down_headroom))
                 replicas = max(replicas, min(running, floor))
+        if queued >= 1.0 and not self.waiting:  # requests wait, and no replica asked for is still starting
+            replicas = max(replicas, running + 1)
         return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
                         lead_s=self.lead_s, rms_error=self.rms_error)
 
@@ -294,6 +315,17 @@ class LoadForecaster:
                        mean_load=float(raw["mean_load"]), startup_s=optional[2])
         except (KeyError, TypeError):
             return fresh
+
+
+def signal_load(config: ForecastConfig, *, in_flight: float, queued: float | None) -> tuple[float, float]:
+    """(the load to observe, the requests waiting to pass to `decide`) from what Serve reports: its requests
+    in flight (running and queued at the handles) and those queued (None when not reported). "running"
+    observes the difference; "in_flight" observes Serve's count and passes no queue (its rule counts it)."""
+    in_flight = max(0.0, float(in_flight)) if is_finite_number(in_flight) else 0.0
+    queued = min(in_flight, max(0.0, float(queued))) if queued is not None and is_finite_number(queued) else 0.0
+    if config.signal == "in_flight":
+        return in_flight, 0.0
+    return in_flight - queued, queued
 
 
 def is_finite_number(x: Any) -> bool:
