@@ -9,8 +9,9 @@ new replica loads for 3 s before it serves. Both policies get the same bounds (1
 target (3 in flight a replica), delays (up 0.5 s, down 8 s), look-back (1 s) and load reports
 every 0.5 s (`metrics_interval_s`, instead of Serve's 10 s, so that a trace compressed into
 minutes is seen at all); they differ only in the policy: Serve's default (reactive: requests in
-flight now / target) and elasticml.serve.autoscale:PredictivePolicy (the forecast one learnt
-start-up ahead; told the trace's season where it has one, as an app names its day). Requests are
+flight now / target) and elasticml.serve.autoscale:PredictivePolicy (the forecast of the requests
+its replicas serve, one learnt start-up ahead; told the trace's season where it has one, as an app
+names its day). Requests are
 open-loop Poisson arrivals to 127.0.0.1; SLO 1 s.
 
 Method, so that a difference is told from run-to-run noise:
@@ -29,6 +30,9 @@ Method, so that a difference is told from run-to-run noise:
   (benchmarks/autoscale_sim.py: alpha 0.8, beta 0.4, no margin, down headroom 1.0), on the shapes
   of TUNED_ON (without its noisy day; other arrival seeds) and on draws of the families below with
   seeds from 5000: never the draws this benchmark replays, but with its families' shapes in view.
+  The load signal of a60d951 (the requests served, not those in flight) was chosen in simulation
+  among six candidate signals on family seeds 5000 and 7000 up and on the model's replay of this
+  benchmark's own draws (seeds 1000 up): the live arrivals are new to it, the model of its draws not.
   TUNED_ON: a symmetric raised-cosine
   day of 60 s from 1 to 28 requests/s with its trough at t=0, a linear ramp from 1 to 28/s over
   30 s from t=20 s (and over 8 s), a spike of 24/s, flat 12/s and that day with noise seed 7;
@@ -110,7 +114,9 @@ OVERHEAD_S = 10.0
 
 TUNED_ON = {
     "commit": "2dc289c (defaults phi 0.9, margin_sigmas 0.5, down_headroom 0.9), kept through 28ebd6f; 43736b5 "
-              "(alpha 0.8, beta 0.4, margin_sigmas 0, down_headroom 1.0) in simulation, also on family seeds 5000 up",
+              "(alpha 0.8, beta 0.4, margin_sigmas 0, down_headroom 1.0) in simulation, also on family seeds 5000 up; "
+              "a60d951 (signal running, one more replica while requests wait) in simulation, on family seeds 5000 "
+              "and 7000 up and on the model of this benchmark's draws (seeds 1000 up)",
     "diurnal": "loadreplay.diurnal(60 s, 1, 28): symmetric raised cosine, trough at t=0, 3 periods",
     "ramp": "loadreplay.ramp(20 s, 30 s, 1, 28): linear, held to 80 s",
     "fast_ramp": "loadreplay.ramp(20 s, 8 s, 1, 28), 60 s",

@@ -125,7 +125,7 @@ def test_by_default_it_follows_the_requests_served_and_the_waiting_ones_through_
     assert signal_load(running, in_flight=-2.0, queued=-1.0) == (0.0, 0.0)
 
 
-def test_while_requests_wait_and_no_replica_is_starting_it_asks_for_one_more():
+def test_while_requests_wait_at_full_replicas_it_keeps_what_starts_and_else_asks_for_one_more():
     # A target equal to the replicas' slots (4): the requests served never exceed 4 a replica, so the served
     # load alone would never ask for a second one however long the queue.
     fc = LoadForecaster(config=ForecastConfig(target_per_replica=4.0, startup_s=2.0, warmup_buckets=3))
@@ -135,11 +135,22 @@ def test_while_requests_wait_and_no_replica_is_starting_it_asks_for_one_more():
     assert fc.decide(running=1, low=1, high=8).replicas == 1
     assert fc.decide(running=1, low=1, high=8, queued=0.5).replicas == 1  # less than a request waits on average
     assert fc.decide(running=1, low=1, high=8, queued=9.0).replicas == 2
-    assert fc.decide(running=8, low=1, high=8, queued=9.0).replicas == 8  # within the bounds
-    fc.replicas_seen(10.0, 2, 1)  # the second one is starting: it is what the queue waits for
-    assert fc.decide(running=1, low=1, high=8, queued=9.0).replicas == 1
-    fc.replicas_seen(14.0, 2, 2)
-    assert fc.decide(running=2, low=1, high=8, queued=9.0).replicas == 3
+    assert fc.decide(running=1, low=1, high=1, queued=9.0).replicas == 1  # within the bounds
+    fc.replicas_seen(10.0, 3, 1)  # two more are starting: what the queue waits for; asking fewer would stop them
+    assert fc.decide(running=1, low=1, high=8, queued=9.0).replicas == 3
+    fc.replicas_seen(14.0, 3, 3)
+    fc.observe(14.0, 12.0)
+    assert fc.decide(running=3, low=1, high=8, queued=9.0).replicas == 4
+
+
+def test_a_queue_beside_free_slots_adds_no_replica():
+    # Serve counts a request as queued while its router picks a replica, free slots or not: at high rates that
+    # is a request or more on average. Below their target the replicas have room: no rule fires.
+    fc = LoadForecaster(config=ForecastConfig(target_per_replica=4.0, startup_s=2.0, warmup_buckets=3))
+    for i in range(100):
+        fc.replicas_seen(i * 0.1, 2, 2)
+        fc.observe(i * 0.1, 5.0)
+    assert fc.decide(running=2, low=1, high=8, queued=3.0).replicas == 2
 
 
 def test_its_state_round_trips_and_hostile_state_starts_afresh():
@@ -261,86 +272,62 @@ def test_serves_policy_does_not_take_the_queue_its_own_start_ups_cause_for_deman
     events = [e for e in autoscale.decisions("a", "d") if e["event"] == "decision"]
     assert all({"in_flight", "queued", "load", "reactive"} <= set(e) for e in events)
     if signal == "running":
-        assert max(asked) == 1  # the served load stayed one replica's; a replica is already coming
+        assert max(asked) == 2  # the one starting is kept; the served load stayed one replica's
         assert all(e["load"] == pytest.approx(e["in_flight"] - e["queued"], abs=2e-3) for e in events)
     else:
         assert max(asked) >= 4  # Serve's count read the queue as a rising load
 
 
-def test_serves_policy_follows_the_in_flight_count_when_the_queued_one_cannot_be_read(monkeypatch):
-    from elasticml.serve import autoscale
-
-    monkeypatch.setattr(autoscale, "_kv_get", lambda key: None)
-    monkeypatch.setattr(autoscale, "_kv_put", lambda key, value: None)
-
-    class Ctx:
-        current_time, app_name, deployment_name = 10.0, "a", "d"
-        target_num_replicas = current_num_replicas = 1
-        total_num_requests, capacity_adjusted_min_replicas, capacity_adjusted_max_replicas = 9.0, 1, 8
-
-        @property
-        def total_queued_requests(self) -> float:
-            raise RuntimeError("the metric failed to aggregate")
-
-    policy = autoscale.PredictivePolicy(target_per_replica=3.0)
-    replicas, state = policy(Ctx())
-    assert (replicas, state["elasticml_mode"]) == (3, "reactive")  # ceil(9 in flight / 3), Serve's own rule
-
-
-def test_a_spot_burst_pool_is_sized_for_the_whole_apps_forecast_above_the_base(monkeypatch):
-    """Burst mode: the load is what the app's routers have in flight; the base replicas off spot come off."""
-    from types import SimpleNamespace
+def test_serves_policy_reads_serves_own_context_and_follows_in_flight_where_the_queue_is_no_use(monkeypatch):
+    """Ray's AutoscalingContext, with its lazy metrics: the served load is in flight less queued; a queued
+    count that fails, or one aggregated by max (two peaks), leaves Serve's in-flight count."""
+    from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
     from elasticml.serve import autoscale
 
     store: dict[bytes, object] = {}
     monkeypatch.setattr(autoscale, "_kv_get", lambda key: store.get(key))
     monkeypatch.setattr(autoscale, "_kv_put", lambda key, value: store.__setitem__(key, value))
-    import ray.experimental.internal_kv as kv
 
-    monkeypatch.setattr(kv, "_internal_kv_list",
-                        lambda prefix, namespace=None: [k for k in store if k.startswith(prefix)])
-    policy = autoscale.PredictivePolicy(target_per_replica=1.0, bucket_s=0.5, startup_s=2.0, warmup_buckets=4,
-                                        burst={"workload": "acme/chat", "base_replicas": 2})
-    running = 0
-    for i in range(200):
-        t = 5000.0 + i * 0.1
-        autoscale.publish_router_load("acme/chat", "r1", 6.0, t)  # the whole app: 6 in flight
-        ctx = SimpleNamespace(current_time=t, app_name="a", deployment_name="acme/chat-pool-cpu_spot",
-                              target_num_replicas=running, current_num_replicas=running, total_num_requests=0.0,
-                              capacity_adjusted_min_replicas=0, capacity_adjusted_max_replicas=6)
-        replicas, _ = policy(ctx)
-        running = replicas
-    assert running == 4  # 6 in flight at 1 a replica, 2 of them on the base
-    assert autoscale.pool_running("acme/chat", "acme/chat-pool-cpu_spot") is not None
-    # A router that stopped reporting no longer counts: the pool's own load (none) plus the base's share.
-    assert autoscale.router_load("acme/chat", 5000.0 + 200 * 0.1 + autoscale.ROUTER_FRESH_S + 1) is None
-    with pytest.raises(ConfigError, match="policy_kwargs.burst"):
-        autoscale.PredictivePolicy(burst={"workload": "w", "base_replicas": -1})
+    def broken() -> float:
+        raise RuntimeError("the metric failed to aggregate")
+
+    def ctx(queued, aggregation: str = "mean") -> AutoscalingContext:
+        return AutoscalingContext(
+            deployment_id=None, deployment_name="d", app_name="a", current_num_replicas=1, target_num_replicas=1,
+            running_replicas=[], total_num_requests=lambda: 9.0, total_queued_requests=queued,
+            aggregated_metrics=None, raw_metrics=None, capacity_adjusted_min_replicas=1,
+            capacity_adjusted_max_replicas=8, policy_state={}, last_scale_up_time=None, last_scale_down_time=None,
+            current_time=10.0, config=AutoscalingConfig(aggregation_function=aggregation))
+
+    cases = [(lambda: 6.0, "mean", 2, 6.0),  # 3 served at the target, 6 waiting: one more than runs
+             (broken, "mean", 3, None), (None, "mean", 3, None),  # ceil(9 in flight / 3), Serve's own rule
+             (lambda: 6.0, "max", 3, None)]
+    for queued, aggregation, replicas, logged in cases:
+        store.clear()
+        policy = autoscale.PredictivePolicy(target_per_replica=3.0)
+        asked, state = policy(ctx(queued, aggregation))
+        assert (asked, state["elasticml_mode"]) == (replicas, "reactive"), (queued, aggregation)
+        event = autoscale.decisions("a", "d")[-1]
+        assert (event["in_flight"], event["queued"]) == (9.0, logged)
 
 
-def test_the_router_weighs_a_burst_pool_by_the_replicas_it_runs(monkeypatch):
-    import asyncio
+def test_state_learnt_on_another_signal_is_not_resumed():
+    running = LoadForecaster(config=ForecastConfig())
+    for i in range(50):
+        running.observe(i * 0.5, 2.0)
+    state = running.to_dict()
+    assert LoadForecaster.from_dict(ForecastConfig(), state).buckets == running.buckets
+    assert LoadForecaster.from_dict(ForecastConfig(signal="in_flight"), state).buckets == 0
+    old = {k: v for k, v in state.items() if k != "signal"}  # written before there was a choice: in flight
+    assert LoadForecaster.from_dict(ForecastConfig(), old).buckets == 0
+    assert LoadForecaster.from_dict(ForecastConfig(signal="in_flight"), old).buckets == running.buckets
 
-    from elasticml.serve import autoscale
-    from elasticml.serve.auth import KeyRing
-    from elasticml.serve.ingress import Gate
-    from elasticml.serve.pools import PoolRouter
 
-    running = {"n": 0}
-    monkeypatch.setattr(autoscale, "pool_running", lambda workload, deployment: running["n"])
-    pools = [{"node_type": "cpu_reserved", "market": "on-demand", "replicas": 1, "deployment": "w-pool-cpu_reserved",
-              "burst": False},
-             {"node_type": "cpu_spot", "market": "spot", "replicas": 3, "deployment": "w-pool-cpu_spot", "burst": True}]
-    plain = PoolRouter.func_or_class.__mro__[1]  # the class under Serve's ASGI wrapper
-    router = plain(pools, [None, None], Gate(keys=KeyRing({})), "w")
-    assert [p["weight"] for p in router.pools] == [1, 0]  # nothing runs on spot yet
-    running["n"] = 2
-    asyncio.run(router._weigh())
-    assert [p["weight"] for p in router.pools] == [1, 2]
-    running["n"] = 9  # never more than the scheduler gave the pool
-    asyncio.run(router._weigh())
-    assert [p["weight"] for p in router.pools] == [1, 3]
-    router.given = {"cpu_reserved": 1, "cpu_spot": 0}  # the scheduler took spot away: traffic leaves it
-    asyncio.run(router._weigh())
-    assert [p["weight"] for p in router.pools] == [1, 0]
+def test_the_served_signal_needs_a_target_below_the_replicas_slots():
+    with pytest.raises(ConfigError, match="forecast.signal: the requests a replica serves cannot exceed"):
+        ServeConfig(checkpoint="c", preset="batch", autoscaling="predictive", max_ongoing_requests=16,
+                    max_batch_size=16)
+    ServeConfig(checkpoint="c", preset="batch", autoscaling="predictive", max_ongoing_requests=16, max_batch_size=16,
+                forecast={"signal": "in_flight"})
+    ServeConfig(checkpoint="c", preset="batch", autoscaling="predictive", max_ongoing_requests=17, max_batch_size=16)

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 from elasticml.dataconf import from_mapping
@@ -113,21 +114,31 @@ def pool_running(workload: str, deployment: str) -> int | None:
     return None
 
 
-def _queued(ctx: Any) -> float | None:
-    """The requests waiting at the handles, as Serve reports them (None where it does not)."""
+WARN_EVERY_S = 60.0
+"""A warning that would repeat every control-loop tick is logged at most this often."""
+
+
+def _queued(ctx: Any) -> tuple[float | None, str | None]:
+    """The requests waiting at the handles as Serve reports them, or None and why not: a count that cannot
+    be read, or one aggregated by max or min over the look-back window (then in flight less queued is no
+    count of the requests served: the two peaks need not fall together)."""
+    aggregation = getattr(getattr(ctx, "config", None), "aggregation_function", "mean")
+    if getattr(aggregation, "value", aggregation) != "mean":
+        return None, f"aggregation_function {getattr(aggregation, 'value', aggregation)}"
     try:
         queued = ctx.total_queued_requests
     except Exception as exc:  # a lazy metric that failed to aggregate: follow Serve's in-flight count
-        log.warning("could not read the queued requests: %s", type(exc).__name__)
-        return None
-    return float(queued) if is_finite_number(queued) else None
+        return None, type(exc).__name__
+    return (float(queued), None) if is_finite_number(queued) else (None, None)
 
 
 class PredictivePolicy:
     """Serve's policy for one deployment. With `burst` ({"workload": W, "base_replicas": B}) it sizes the
     spot pool of a tenant's app (elasticml.serve.pools): the load is the whole app's, as its routers
     report it, the forecast is for the whole app, and the B base replicas off spot (fixed, placed by
-    the scheduler) come off the answer, so only what the forecast adds above them goes to spot."""
+    the scheduler) come off the answer, so only what the forecast adds above them goes to spot. The
+    routers count what they have in flight, waiting or not, so a burst pool follows that count
+    (`signal` in_flight, whatever the app's settings say)."""
 
     def __init__(self, **kwargs: Any) -> None:
         burst = kwargs.pop("burst", None)
@@ -139,6 +150,9 @@ class PredictivePolicy:
             raise ConfigError("must be {workload: NAME, base_replicas: N}", field="policy_kwargs.burst")
         self.burst: dict[str, Any] | None = burst
         self.config = from_mapping(ForecastConfig, kwargs, source="autoscaling_config.policy.policy_kwargs")
+        if burst is not None:  # its load is what the app's routers have in flight, waiting or not
+            self.config = replace(self.config, signal="in_flight")
+        self._warned = -math.inf
         self.forecaster: LoadForecaster | None = None
         self.events: list[dict[str, Any]] = []
         self.last_replicas: int | None = None
@@ -176,9 +190,14 @@ class PredictivePolicy:
         low, high = base + int(ctx.capacity_adjusted_min_replicas), base + int(ctx.capacity_adjusted_max_replicas)
         fc.replicas_seen(now, target, running)  # start-up is this deployment's, base or not
         in_flight = float(ctx.total_num_requests or 0.0)
-        load, queued = signal_load(self.config, in_flight=in_flight, queued=_queued(ctx))
-        if self.burst:  # the routers report what they have in flight, queued or not: Serve's count
-            queued = 0.0
+        reported: float | None = None
+        if self.config.signal == "running":
+            reported, why = _queued(ctx)
+            if why and now - self._warned >= WARN_EVERY_S:
+                self._warned = now
+                log.warning("following the requests in flight: the queued ones cannot be used (%s)", why)
+        load, queued = signal_load(self.config, in_flight=in_flight, queued=reported)
+        if self.burst:
             try:
                 if running != self._published[1] or now - self._published[0] >= 1.0:
                     publish_running(self.burst["workload"], deployment, running, now)
@@ -198,7 +217,8 @@ class PredictivePolicy:
             reactive = max(low, min(high, math.ceil(in_flight / self.config.target_per_replica))) - base
             self._event(app, deployment, {"t": now, "event": "decision", "replicas": decision.replicas,
                                           "reactive": reactive, "mode": decision.mode, "load": round(load, 3),
-                                          "in_flight": round(in_flight, 3), "queued": round(queued, 3),
+                                          "in_flight": round(in_flight, 3),
+                                          "queued": None if reported is None else round(queued, 3),
                                           "forecast": round(decision.forecast, 3), "lead_s": round(decision.lead_s, 2),
                                           "running": int(ctx.current_num_replicas)})
             self.last_replicas = decision.replicas

@@ -198,6 +198,13 @@ class ServeConfig:
             from elasticml.serve.autoscale import POLICY_PATH, forecast_config
 
             settings = forecast_config(self.forecast, target_per_replica=preset["target_ongoing_requests"])
+            if settings.signal == "running" and settings.target_per_replica >= self.max_ongoing_requests:
+                # The requests served never exceed max_ongoing_requests a replica: at the target they would not
+                # ask for a replica more than run (elasticml.serve.forecast).
+                raise ConfigError(f"the requests a replica serves cannot exceed max_ongoing_requests "
+                                  f"({self.max_ongoing_requests}), which the preset's target "
+                                  f"({settings.target_per_replica:g}) reaches; raise max_ongoing_requests above it "
+                                  "or set forecast.signal: in_flight", field="forecast.signal")
             preset["policy"] = {"policy_function": POLICY_PATH, "policy_kwargs": asdict(settings)}
         elif self.autoscaling != "reactive":
             preset["policy"] = {"policy_function": self.autoscaling}

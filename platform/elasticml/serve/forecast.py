@@ -2,8 +2,8 @@
 
 Pure: a `LoadForecaster` is fed (time, load) observations and answers how many replicas the load
 will need one replica start-up from now. Serve's adapter (elasticml.serve.autoscale) feeds it the
-requests in flight every control-loop tick and persists its state; the benchmark and the tests
-drive it directly too.
+load every control-loop tick (`signal_load`: by default the requests the replicas serve) and
+persists its state; the benchmark and the tests drive it directly too.
 
 The model works over fixed buckets of time: a level and a trend (Holt's double exponential
 smoothing) and, when the app names its season (a day, or a day compressed into minutes in the
@@ -13,8 +13,9 @@ last time, which anticipates a peak that came at the same hour yesterday (a tren
 coming); without one, the level and its trend follow a ramp one start-up ahead. Each bucket's
 forecast is checked when its time comes: the error's RMS can set a safety margin (`margin_sigmas`,
 none by default), and while the forecast is poor (or still learning) the decision falls back to
-reactive (Serve's rule, ceil(load / target), on the load just reported), so a bad forecast costs
-at most what that rule would. A decision never asks for fewer replicas than it.
+reactive (Serve's rule, ceil(load / target), on the load just reported, served or in flight as
+`signal` says), so a bad forecast costs at most what that rule on that load would. A decision never
+asks for fewer replicas than it.
 
 Which load: Serve's own rule counts the requests in flight, those the replicas serve plus those
 waiting at the handles for a free slot. Requests wait only once every replica is full, and where
@@ -22,9 +23,12 @@ replicas share cores a replica starting up slows the ones serving, so the wait g
 start; read as demand, it asks for more replicas, whose start-ups grow it further. So by default
 (`signal` "running") the forecast, its reactive fallback and the floor follow the requests being
 served, which a start-up inflates only by the service it slows, and the waiting ones count through
-one rule instead: while requests wait and no replica is starting, ask for one more replica than run
-(what is served cannot exceed the replicas' slots, so a deployment whose target is its
-max_ongoing_requests would otherwise never grow). "in_flight" follows Serve's count, as before.
+one rule instead: while requests wait and the replicas carry their target, keep every replica asked
+for and, with none starting, ask for one more. What is served cannot exceed the replicas' slots
+(`max_ongoing_requests`), so on a sudden excess this grows by at most slots / target per start-up
+where Serve's rule jumps to the whole queue: a target well below the slots (the presets: 2 and 16
+of 32) leaves room; ServeConfig refuses "running" for a target at or above them. "in_flight"
+follows Serve's count, as before.
 
 Scaling down has hysteresis: replicas are given back only when the forecast for the whole coming
 start-up window fits in one replica fewer (in `down_headroom` of it; 1 by default, the window and
@@ -38,7 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from elasticml.dataconf import check_number
+from elasticml.dataconf import check_number, shown
 from elasticml.errors import ConfigError
 
 MAX_SLOTS = 2880
@@ -97,7 +101,7 @@ class ForecastConfig:
         check_number(self.warmup_buckets, field="warmup_buckets", lo=1, hi=100_000, integer=True)
         check_number(self.down_headroom, field="down_headroom", lo=0.1, hi=1.0)
         if not (isinstance(self.signal, str) and self.signal in SIGNALS):
-            raise ConfigError(f"must be one of {', '.join(SIGNALS)}, got {str(self.signal)[:40]!r}", field="signal")
+            raise ConfigError(f"must be one of {', '.join(SIGNALS)}, got {shown(self.signal)}", field="signal")
 
     @property
     def slots(self) -> int:
@@ -110,7 +114,7 @@ class Decision:
     mode: str
     """'predictive', or 'reactive' while the forecast is not trusted."""
     load: float
-    """Requests in flight now (the last load observed)."""
+    """The last load observed (`signal_load`'s: by default the requests served)."""
     forecast: float
     """Load expected one start-up from now (with the margin: what is provisioned for)."""
     lead_s: float
@@ -150,7 +154,7 @@ class LoadForecaster:
 
     # -- observations --------------------------------------------------------------
     def observe(self, now: float, load: float) -> None:
-        """Load (requests in flight) seen at `now`; completes buckets as time passes."""
+        """Load (`signal_load`'s) seen at `now`; completes buckets as time passes."""
         load = max(0.0, float(load)) if math.isfinite(load) else 0.0
         self.latest = load
         size = self.config.bucket_s
@@ -280,23 +284,28 @@ class LoadForecaster:
                 window = max(window, load)
                 floor = math.ceil(window / (cfg.target_per_replica * cfg.down_headroom))
                 replicas = max(replicas, min(running, floor))
-        if queued >= 1.0 and not self.waiting:  # requests wait, and no replica asked for is still starting
-            replicas = max(replicas, running + 1)
+        if queued >= 1.0 and load >= running * cfg.target_per_replica:
+            # Requests wait and the replicas carry their target: the served count cannot show the demand beyond
+            # their slots. Keep every replica asked for (a decision below Serve's target would, held for the
+            # downscale delay, stop a replica still starting), and with none starting ask for one more.
+            replicas = max(replicas, max(self.waiting) if self.waiting else running + 1)
         return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
                         lead_s=self.lead_s, rms_error=self.rms_error)
 
     # -- persistence --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"v": 1, "level": self.level, "trend": self.trend, "season": [round(x, 6) for x in self.season],
+        return {"v": 1, "signal": self.config.signal, "level": self.level, "trend": self.trend,
+                "season": [round(x, 6) for x in self.season],
                 "seasons_seen": self.seasons_seen, "bucket_start": self.bucket_start, "buckets": self.buckets,
                 "sq_error": self.sq_error, "mean_load": self.mean_load, "startup_s": self.startup_s}
 
     @classmethod
     def from_dict(cls, config: ForecastConfig, raw: Any) -> LoadForecaster:
         """A forecaster resumed from `to_dict`'s output; a fresh one when it does not fit this config
-        (another season length) or is not what to_dict writes."""
+        (another season length, or learnt on another signal: state without one was Serve's in-flight
+        count) or is not what to_dict writes."""
         fresh = cls(config=config)
-        if not isinstance(raw, dict) or raw.get("v") != 1:
+        if not isinstance(raw, dict) or raw.get("v") != 1 or raw.get("signal", "in_flight") != config.signal:
             return fresh
         try:
             season = raw["season"]
