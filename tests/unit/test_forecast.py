@@ -143,14 +143,22 @@ def test_while_requests_wait_at_full_replicas_it_keeps_what_starts_and_else_asks
     assert fc.decide(running=3, low=1, high=8, queued=9.0).replicas == 4
 
 
-def test_a_queue_beside_free_slots_adds_no_replica():
+def test_a_queue_beside_free_slots_adds_no_replica_one_as_long_as_the_served_does():
     # Serve counts a request as queued while its router picks a replica, free slots or not: at high rates that
-    # is a request or more on average. Below their target the replicas have room: no rule fires.
+    # is a request or more on average, though fewer than are served. Below their target the replicas have room.
     fc = LoadForecaster(config=ForecastConfig(target_per_replica=4.0, startup_s=2.0, warmup_buckets=3))
     for i in range(100):
         fc.replicas_seen(i * 0.1, 2, 2)
         fc.observe(i * 0.1, 5.0)
     assert fc.decide(running=2, low=1, high=8, queued=3.0).replicas == 2
+    # Just under one replica's target, with a queue as long as what is served: a replica short (the served count
+    # of a full replica hovers at its slots, which may sit at the target) - one more.
+    fc = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, startup_s=2.0, warmup_buckets=3))
+    for i in range(100):
+        fc.replicas_seen(i * 0.1, 1, 1)
+        fc.observe(i * 0.1, 2.9)
+    assert fc.decide(running=1, low=1, high=8, queued=2.0).replicas == 1
+    assert fc.decide(running=1, low=1, high=8, queued=2.9).replicas == 2
 
 
 def test_its_state_round_trips_and_hostile_state_starts_afresh():

@@ -23,8 +23,8 @@ replicas share cores a replica starting up slows the ones serving, so the wait g
 start; read as demand, it asks for more replicas, whose start-ups grow it further. So by default
 (`signal` "running") the forecast, its reactive fallback and the floor follow the requests being
 served, which a start-up inflates only by the service it slows, and the waiting ones count through
-one rule instead: while requests wait and the replicas carry their target, keep every replica asked
-for and, with none starting, ask for one more. What is served cannot exceed the replicas' slots
+one rule instead: while requests wait, as many as are served or while the replicas carry their
+target, keep every replica asked for and, with none starting, ask for one more. What is served cannot exceed the replicas' slots
 (`max_ongoing_requests`), so on a sudden excess this grows by at most slots / target per start-up
 where Serve's rule jumps to the whole queue: a target well below the slots (the presets: 2 and 16
 of 32) leaves room; ServeConfig refuses "running" for a target at or above them. "in_flight"
@@ -284,10 +284,12 @@ class LoadForecaster:
                 window = max(window, load)
                 floor = math.ceil(window / (cfg.target_per_replica * cfg.down_headroom))
                 replicas = max(replicas, min(running, floor))
-        if queued >= 1.0 and load >= running * cfg.target_per_replica:
-            # Requests wait and the replicas carry their target: the served count cannot show the demand beyond
-            # their slots. Keep every replica asked for (a decision below Serve's target would, held for the
-            # downscale delay, stop a replica still starting), and with none starting ask for one more.
+        if queued >= 1.0 and (queued >= load or load >= running * cfg.target_per_replica):
+            # Requests wait, as many as are served or while the replicas carry their target: the served count
+            # cannot show the demand beyond the slots. (A request also counts as queued while its router picks
+            # a replica, free slots or not, but for a routing time far shorter than a service, so those never
+            # outnumber the served.) Keep every replica asked for (a decision below Serve's target would, held
+            # for the downscale delay, stop a replica still starting), and with none starting ask for one more.
             replicas = max(replicas, max(self.waiting) if self.waiting else running + 1)
         return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
                         lead_s=self.lead_s, rms_error=self.rms_error)
