@@ -128,15 +128,14 @@ class Predictive:
     """The forecaster as PredictivePolicy drives it (without the GCS persistence)."""
 
     def __init__(self, settings: dict[str, Any], season_s: float | None) -> None:
-        from elasticml.serve.forecast import LoadForecaster
+        from elasticml.serve.forecast import LoadForecaster, signal_load
 
         self.fc = LoadForecaster(config=forecast_settings(season_s, settings))
+        self.signal_load = signal_load  # imported once here, not on every tick of the simulation
 
     def __call__(self, now: float, load: float, running: int, target: int, queued: float) -> int:
-        from elasticml.serve.forecast import signal_load
-
         self.fc.replicas_seen(now, target, running)
-        followed, waiting = signal_load(self.fc.config, in_flight=load, queued=queued)
+        followed, waiting = self.signal_load(self.fc.config, in_flight=load, queued=queued)
         self.fc.observe(now, followed)
         return self.fc.decide(running=running, low=BOUNDS["min_replicas"], high=BOUNDS["max_replicas"],
                               queued=waiting).replicas

@@ -31,8 +31,9 @@ Method, so that a difference is told from run-to-run noise:
   of TUNED_ON (without its noisy day; other arrival seeds) and on draws of the families below with
   seeds from 5000: never the draws this benchmark replays, but with its families' shapes in view.
   The load signal of a60d951 (the requests served, not those in flight) was chosen in simulation
-  among six candidate signals on family seeds 5000 and 7000 up and on the model's replay of this
-  benchmark's own draws (seeds 1000 up): the live arrivals are new to it, the model of its draws not.
+  among candidate signals (benchmarks/README.md lists them) on family seeds 5000 and 7000 up and
+  on the model's replay of this benchmark's own draws (seeds 1000 up): the live arrivals are new
+  to it, the model of its draws not.
   TUNED_ON: a symmetric raised-cosine
   day of 60 s from 1 to 28 requests/s with its trough at t=0, a linear ramp from 1 to 28/s over
   30 s from t=20 s (and over 8 s), a spike of 24/s, flat 12/s and that day with noise seed 7;

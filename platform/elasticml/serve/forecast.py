@@ -24,11 +24,11 @@ start; read as demand, it asks for more replicas, whose start-ups grow it furthe
 (`signal` "running") the forecast, its reactive fallback and the floor follow the requests being
 served, which a start-up inflates only by the service it slows, and the waiting ones count through
 one rule instead: while requests wait, as many as are served or while the replicas carry their
-target, keep every replica asked for and, with none starting, ask for one more. What is served cannot exceed the replicas' slots
-(`max_ongoing_requests`), so on a sudden excess this grows by at most slots / target per start-up
-where Serve's rule jumps to the whole queue: a target well below the slots (the presets: 2 and 16
-of 32) leaves room; ServeConfig refuses "running" for a target at or above them. "in_flight"
-follows Serve's count, as before.
+target, keep every replica asked for and, with none starting, ask for one more. What is served
+cannot exceed the replicas' slots (`max_ongoing_requests`), so on a sudden excess this grows by at
+most slots / target per start-up where Serve's rule jumps to the whole queue: a target well below
+the slots (the presets: 2 and 16 of 32) leaves room; ServeConfig refuses "running" for a target at
+or above them. "in_flight" follows Serve's count, as before.
 
 Scaling down has hysteresis: replicas are given back only when the forecast for the whole coming
 start-up window fits in one replica fewer (in `down_headroom` of it; 1 by default, the window and
@@ -263,7 +263,8 @@ class LoadForecaster:
     # -- the decision ---------------------------------------------------------------------
     def decide(self, *, running: int, low: int, high: int, queued: float = 0.0) -> Decision:
         """How many replicas to ask for now, within [low, high]. `queued`: the requests waiting for a free
-        slot (`signal_load`'s second answer), which add a replica while none is starting."""
+        slot (`signal_load`'s second answer); while enough wait, every replica still starting is kept and,
+        with none starting, one more is asked for (the rule in the module docstring)."""
         cfg = self.config
         load = self.latest if self.latest is not None else (self.level or 0.0)
         now_need = load / cfg.target_per_replica
