@@ -276,7 +276,7 @@ def forecast_settings(season_s: float | None, forecast: dict[str, Any]) -> Any:
 
     # startup_s is only the prior: the 3 s load and a guess at Serve's part; the policy learns the rest.
     return forecast_config({"bucket_s": 1.0, "startup_s": LOAD_S + 2.0, "season_s": season_s, **forecast},
-                           target_per_replica=TARGET)
+                           target_per_replica=TARGET, replica_slots=SLOTS)
 
 
 def autoscaling(policy: str, season_s: float | None, forecast: dict[str, Any]) -> dict[str, Any]:

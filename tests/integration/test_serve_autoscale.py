@@ -24,7 +24,9 @@ def app_url(local_cluster):
     local_cluster.require_info().connect()
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    settings = forecast_config({"bucket_s": 0.5, "startup_s": 4.0, "warmup_buckets": 6}, target_per_replica=1.0)
+    # SyntheticModel's 2 slots a replica, as ServeConfig passes max_ongoing_requests
+    settings = forecast_config({"bucket_s": 0.5, "startup_s": 4.0, "warmup_buckets": 6}, target_per_replica=1.0,
+                               replica_slots=2)
     autoscaling = {"min_replicas": 1, "max_replicas": 6, "target_ongoing_requests": 1.0, "upscale_delay_s": 0.5,
                    "downscale_delay_s": 30.0, "look_back_period_s": 1.0,
                    "metrics_interval_s": 0.5,  # load reported every 0.5 s, not 10: a ramp of seconds is seen

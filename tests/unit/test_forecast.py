@@ -125,6 +125,23 @@ def test_by_default_it_follows_the_requests_served_and_the_waiting_ones_through_
     assert signal_load(running, in_flight=-2.0, queued=-1.0) == (0.0, 0.0)
 
 
+def test_with_the_replicas_slots_the_served_count_comes_from_one_count_not_two_windows():
+    from elasticml.serve.forecast import signal_load
+
+    slots = ForecastConfig(replica_slots=4)
+    assert signal_load(slots, in_flight=10.0, queued=None, running=2) == (8.0, 2.0)  # both replicas full
+    # Serve's queued count, aggregated over another window, said 5 of 5 waited with free slots: not read.
+    assert signal_load(slots, in_flight=5.0, queued=5.0, running=2) == (5.0, 0.0)
+    assert signal_load(slots, in_flight=3.0, queued=0.0, running=0) == (0.0, 3.0)  # nothing runs: all wait
+    assert signal_load(slots, in_flight=float("nan"), queued=None, running=2) == (0.0, 0.0)
+    assert signal_load(ForecastConfig(replica_slots=4, signal="in_flight"), in_flight=10.0, queued=None,
+                       running=2) == (10.0, 0.0)
+    assert signal_load(slots, in_flight=10.0, queued=6.0) == (4.0, 6.0)  # running unknown: in flight less queued
+    for bad in (0, 2.5, True, "4", 10**6):
+        with pytest.raises(ConfigError, match="replica_slots"):
+            ForecastConfig(replica_slots=bad)
+
+
 def test_while_requests_wait_at_full_replicas_it_keeps_what_starts_and_else_asks_for_one_more():
     # A target equal to the replicas' slots (4): the requests served never exceed 4 a replica, so the served
     # load alone would never ask for a second one however long the queue.
@@ -318,6 +335,55 @@ def test_serves_policy_reads_serves_own_context_and_follows_in_flight_where_the_
         assert (asked, state["elasticml_mode"]) == (replicas, "reactive"), (queued, aggregation)
         event = autoscale.decisions("a", "d")[-1]
         assert (event["in_flight"], event["queued"]) == (9.0, logged)
+
+
+def test_serves_policy_with_the_slots_does_not_read_serves_queued_count(monkeypatch):
+    """With max_ongoing_requests known the served count is what the running replicas' slots hold of those in
+    flight: Serve's queued count is not evaluated (its window is not the in-flight one's), so one that fails
+    or disagrees changes nothing."""
+    from ray.serve.config import AutoscalingConfig, AutoscalingContext
+
+    from elasticml.serve import autoscale
+
+    store: dict[bytes, object] = {}
+    monkeypatch.setattr(autoscale, "_kv_get", lambda key: store.get(key))
+    monkeypatch.setattr(autoscale, "_kv_put", lambda key, value: store.__setitem__(key, value))
+    read = []
+
+    def queued() -> float:
+        read.append(1)
+        raise RuntimeError("the metric failed to aggregate")
+
+    def ctx(in_flight: float, running: int) -> AutoscalingContext:
+        return AutoscalingContext(
+            deployment_id=None, deployment_name="d", app_name="a", current_num_replicas=running,
+            target_num_replicas=running, running_replicas=[], total_num_requests=lambda: in_flight,
+            total_queued_requests=queued, aggregated_metrics=None, raw_metrics=None,
+            capacity_adjusted_min_replicas=1, capacity_adjusted_max_replicas=8, policy_state={},
+            last_scale_up_time=None, last_scale_down_time=None, current_time=10.0,
+            config=AutoscalingConfig(aggregation_function="max"))
+
+    # 9 in flight at one replica of 4 slots: 4 served (over the target of 3), 5 waiting: one more than runs.
+    # Serve's own rule on 9 in flight would ask for 3.
+    store.clear()
+    asked, _ = autoscale.PredictivePolicy(target_per_replica=3.0, replica_slots=4)(ctx(9.0, 1))
+    event = autoscale.decisions("a", "d")[-1]
+    assert (asked, event["load"], event["queued"], event["reactive"]) == (2, 4.0, 5.0, 3)
+    # 7 in flight at 2 replicas of 4: every request in a slot, none waiting.
+    store.clear()
+    asked, _ = autoscale.PredictivePolicy(target_per_replica=3.0, replica_slots=4)(ctx(7.0, 2))
+    event = autoscale.decisions("a", "d")[-1]
+    assert (asked, event["load"], event["queued"]) == (3, 7.0, 0.0)
+    assert read == []
+
+
+def test_serve_config_passes_the_replicas_slots_to_the_policy():
+    config = ServeConfig(checkpoint="c", preset="batch", autoscaling="predictive", max_ongoing_requests=40,
+                         max_batch_size=16)
+    assert config.autoscaling_config()["policy"]["policy_kwargs"]["replica_slots"] == 40
+    with pytest.raises(ConfigError, match="forecast.replica_slots: comes from max_ongoing_requests"):
+        ServeConfig(checkpoint="c", preset="batch", autoscaling="predictive", max_ongoing_requests=40,
+                    max_batch_size=16, forecast={"replica_slots": 8}).autoscaling_config()
 
 
 def test_state_learnt_on_another_signal_is_not_resumed():

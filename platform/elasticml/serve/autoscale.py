@@ -2,8 +2,8 @@
 
 Serve's controller instantiates `PredictivePolicy` once per deployment with the app's forecast
 settings (`policy_kwargs`) and calls it every control-loop tick with an `AutoscalingContext`. Each
-call feeds the load (by default the requests the replicas serve: Serve's `total_num_requests` less
-its `total_queued_requests`, see elasticml.serve.forecast), the requests waiting, and the
+call feeds the load (by default the requests the replicas serve: of Serve's `total_num_requests`, what
+the running replicas' `max_ongoing_requests` slots hold; see elasticml.serve.forecast), the requests waiting, and the
 target/running replicas (to measure how long a replica takes to start) to a `LoadForecaster`, whose
 answer goes back to Serve, which still applies the deployment's bounds and up/down delays.
 
@@ -33,14 +33,18 @@ POLICY_PATH = "elasticml.serve.autoscale:PredictivePolicy"
 log = logging.getLogger("elasticml.serve.autoscale")
 
 
-def forecast_config(raw: dict[str, Any], *, target_per_replica: float) -> ForecastConfig:
-    """The app's `forecast:` settings, checked (exact fields and types, bounded numbers)."""
-    if "target_per_replica" in raw:
-        from elasticml.errors import ConfigError
+def forecast_config(raw: dict[str, Any], *, target_per_replica: float,
+                    replica_slots: int | None = None) -> ForecastConfig:
+    """The app's `forecast:` settings, checked (exact fields and types, bounded numbers); the target and the
+    slots come from the deployment's own settings."""
+    from elasticml.errors import ConfigError
 
-        raise ConfigError("comes from the preset's target_ongoing_requests; do not set it here",
-                          field="forecast.target_per_replica")
-    return from_mapping(ForecastConfig, {**raw, "target_per_replica": target_per_replica}, source="forecast")
+    for name, source in (("target_per_replica", "the preset's target_ongoing_requests"),
+                         ("replica_slots", "max_ongoing_requests")):
+        if name in raw:
+            raise ConfigError(f"comes from {source}; do not set it here", field=f"forecast.{name}")
+    return from_mapping(ForecastConfig, {**raw, "target_per_replica": target_per_replica,
+                                         "replica_slots": replica_slots}, source="forecast")
 
 
 def _key(app: str | None, deployment: str, what: str) -> bytes:
@@ -191,12 +195,13 @@ class PredictivePolicy:
         fc.replicas_seen(now, target, running)  # start-up is this deployment's, base or not
         in_flight = float(ctx.total_num_requests or 0.0)
         reported: float | None = None
-        if self.config.signal == "running":
+        if self.config.signal == "running" and self.config.replica_slots is None:
             reported, why = _queued(ctx)
             if why and now - self._warned >= WARN_EVERY_S:
                 self._warned = now
                 log.warning("following the requests in flight: the queued ones cannot be used (%s)", why)
-        load, queued = signal_load(self.config, in_flight=in_flight, queued=reported)
+        load, queued = signal_load(self.config, in_flight=in_flight, queued=reported, running=running)
+        known = self.config.signal == "running" and (self.config.replica_slots is not None or reported is not None)
         if self.burst:
             try:
                 if running != self._published[1] or now - self._published[0] >= 1.0:
@@ -218,7 +223,7 @@ class PredictivePolicy:
             self._event(app, deployment, {"t": now, "event": "decision", "replicas": decision.replicas,
                                           "reactive": reactive, "mode": decision.mode, "load": round(load, 3),
                                           "in_flight": round(in_flight, 3),
-                                          "queued": None if reported is None else round(queued, 3),
+                                          "queued": round(queued, 3) if known else None,
                                           "forecast": round(decision.forecast, 3), "lead_s": round(decision.lead_s, 2),
                                           "running": int(ctx.current_num_replicas)})
             self.last_replicas = decision.replicas

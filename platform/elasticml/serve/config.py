@@ -197,7 +197,8 @@ class ServeConfig:
         if self.autoscaling == "predictive":
             from elasticml.serve.autoscale import POLICY_PATH, forecast_config
 
-            settings = forecast_config(self.forecast, target_per_replica=preset["target_ongoing_requests"])
+            settings = forecast_config(self.forecast, target_per_replica=preset["target_ongoing_requests"],
+                                       replica_slots=self.max_ongoing_requests)
             if settings.signal == "running" and settings.target_per_replica >= self.max_ongoing_requests:
                 # The requests served never exceed max_ongoing_requests a replica: at the target they would not
                 # ask for a replica more than run (elasticml.serve.forecast).

@@ -22,9 +22,11 @@ waiting at the handles for a free slot. Requests wait only once every replica is
 replicas share cores a replica starting up slows the ones serving, so the wait grows while replicas
 start; read as demand, it asks for more replicas, whose start-ups grow it further. So by default
 (`signal` "running") the forecast, its reactive fallback and the floor follow the requests being
-served, which a start-up inflates only by the service it slows, and the waiting ones count through
-one rule instead: while requests wait, as many as are served or while the replicas carry their
-target, keep every replica asked for and, with none starting, ask for one more. What is served
+served (of those in flight, what the running replicas' slots hold: one count, where Serve's own
+queued count is aggregated over another window), which a start-up inflates only by the service it
+slows, and the waiting ones count through one rule instead: while requests wait, as many as are
+served or while the replicas carry their target, keep every replica asked for and, with none
+starting, ask for one more. What is served
 cannot exceed the replicas' slots (`max_ongoing_requests`), so on a sudden excess this grows by at
 most slots / target per start-up where Serve's rule jumps to the whole queue: a target well below
 the slots (the presets: 2 and 16 of 32) leaves room; ServeConfig refuses "running" for a target at
@@ -84,6 +86,10 @@ class ForecastConfig:
     signal: str = "running"
     """The load the forecast follows (see `signal_load`): "running", the requests the replicas serve (Serve's
     in-flight count less what waits at the handles for a free slot), or "in_flight", Serve's own count."""
+    replica_slots: int | None = None
+    """The deployment's max_ongoing_requests (ServeConfig passes it). With it the requests served are read as
+    what the running replicas' slots hold of those in flight, from one count; without it, as Serve's in-flight
+    count less its queued one (see `signal_load`)."""
 
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
@@ -102,6 +108,8 @@ class ForecastConfig:
         check_number(self.down_headroom, field="down_headroom", lo=0.1, hi=1.0)
         if not (isinstance(self.signal, str) and self.signal in SIGNALS):
             raise ConfigError(f"must be one of {', '.join(SIGNALS)}, got {shown(self.signal)}", field="signal")
+        if self.replica_slots is not None:
+            check_number(self.replica_slots, field="replica_slots", lo=1, hi=100_000, integer=True)
 
     @property
     def slots(self) -> int:
@@ -329,14 +337,23 @@ class LoadForecaster:
             return fresh
 
 
-def signal_load(config: ForecastConfig, *, in_flight: float, queued: float | None) -> tuple[float, float]:
+def signal_load(config: ForecastConfig, *, in_flight: float, queued: float | None,
+                running: int | None = None) -> tuple[float, float]:
     """(the load to observe, the requests waiting to pass to `decide`) from what Serve reports: its requests
-    in flight (running and queued at the handles) and those queued (None when not reported). "running"
-    observes the difference; "in_flight" observes Serve's count and passes no queue (its rule counts it)."""
+    in flight (running and queued at the handles), those queued (None when not read) and the running replicas.
+    "in_flight" observes Serve's count and passes no queue (its rule counts it). "running" observes the
+    requests served: with `replica_slots` known, those in flight up to what the running replicas' slots hold
+    (a handle queues a request only when no replica has a free slot), the rest waiting; otherwise in flight
+    less queued. Serve aggregates its in-flight and queued counts over look-back windows opened separately,
+    so while the load moves their difference can read near zero with every slot full; the slots need one
+    count only."""
     in_flight = max(0.0, float(in_flight)) if is_finite_number(in_flight) else 0.0
-    queued = min(in_flight, max(0.0, float(queued))) if queued is not None and is_finite_number(queued) else 0.0
     if config.signal == "in_flight":
         return in_flight, 0.0
+    if config.replica_slots is not None and running is not None:
+        served = min(in_flight, max(0, running) * config.replica_slots)
+        return served, in_flight - served
+    queued = min(in_flight, max(0.0, float(queued))) if queued is not None and is_finite_number(queued) else 0.0
     return in_flight - queued, queued
 
 
