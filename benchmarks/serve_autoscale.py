@@ -70,7 +70,7 @@ time from the ramp's start until the replicas its top needs were running; then t
 statistics and the verdicts. The record (benchmarks/record.py; rewritten after every round, so an
 interrupted run keeps its complete rounds) holds every request's latency and status, the replica
 counts over time, the predictive policy's decision log with reasons, and each round's drawn trace.
---png draws round 1's diurnal trace: both policies' replicas and the forecast.
+--png draws round 0's (the first) diurnal trace: both policies' replicas and the forecast.
 """
 
 from __future__ import annotations
