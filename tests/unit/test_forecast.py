@@ -354,14 +354,14 @@ def test_serves_policy_with_the_slots_does_not_read_serves_queued_count(monkeypa
         read.append(1)
         raise RuntimeError("the metric failed to aggregate")
 
-    def ctx(in_flight: float, running: int) -> AutoscalingContext:
+    def ctx(in_flight: float, running: int, aggregation: str = "mean") -> AutoscalingContext:
         return AutoscalingContext(
             deployment_id=None, deployment_name="d", app_name="a", current_num_replicas=running,
             target_num_replicas=running, running_replicas=[], total_num_requests=lambda: in_flight,
             total_queued_requests=queued, aggregated_metrics=None, raw_metrics=None,
             capacity_adjusted_min_replicas=1, capacity_adjusted_max_replicas=8, policy_state={},
             last_scale_up_time=None, last_scale_down_time=None, current_time=10.0,
-            config=AutoscalingConfig(aggregation_function="max"))
+            config=AutoscalingConfig(aggregation_function=aggregation))
 
     # 9 in flight at one replica of 4 slots: 4 served (over the target of 3), 5 waiting: one more than runs.
     # Serve's own rule on 9 in flight would ask for 3.
@@ -375,6 +375,11 @@ def test_serves_policy_with_the_slots_does_not_read_serves_queued_count(monkeypa
     event = autoscale.decisions("a", "d")[-1]
     assert (asked, event["load"], event["queued"]) == (3, 7.0, 0.0)
     assert read == []
+    # Under max aggregation 9 is a peak: no queue held over the window; Serve's count is followed, ceil(9 / 3).
+    store.clear()
+    asked, _ = autoscale.PredictivePolicy(target_per_replica=3.0, replica_slots=4)(ctx(9.0, 1, "max"))
+    event = autoscale.decisions("a", "d")[-1]
+    assert (asked, event["load"], event["queued"]) == (3, 9.0, None)
 
 
 def test_serve_config_passes_the_replicas_slots_to_the_policy():
@@ -396,6 +401,13 @@ def test_state_learnt_on_another_signal_is_not_resumed():
     old = {k: v for k, v in state.items() if k != "signal"}  # written before there was a choice: in flight
     assert LoadForecaster.from_dict(ForecastConfig(), old).buckets == 0
     assert LoadForecaster.from_dict(ForecastConfig(signal="in_flight"), old).buckets == running.buckets
+    # the served count read as in flight less queued is another reading than the one bounded by the slots
+    assert LoadForecaster.from_dict(ForecastConfig(replica_slots=4), state).buckets == 0
+    slots = LoadForecaster(config=ForecastConfig(replica_slots=4))
+    slots.observe(0.0, 2.0)
+    slots.observe(2.0, 2.0)
+    assert LoadForecaster.from_dict(ForecastConfig(replica_slots=8), slots.to_dict()).buckets == slots.buckets
+    assert LoadForecaster.from_dict(ForecastConfig(), slots.to_dict()).buckets == 0
 
 
 def test_the_served_signal_needs_a_target_below_the_replicas_slots():

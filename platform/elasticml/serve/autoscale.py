@@ -122,13 +122,16 @@ WARN_EVERY_S = 60.0
 """A warning that would repeat every control-loop tick is logged at most this often."""
 
 
-def _queued(ctx: Any) -> tuple[float | None, str | None]:
-    """The requests waiting at the handles as Serve reports them, or None and why not: a count that cannot
-    be read, or one aggregated by max or min over the look-back window (then in flight less queued is no
-    count of the requests served: the two peaks need not fall together)."""
+def _aggregation(ctx: Any) -> str:
+    """How Serve aggregates its counts over the look-back window: under max or min the in-flight count is a
+    peak or a trough, of which no served count can be taken (the queue's peak need not fall with it, and a
+    peak above the slots is no queue held for the whole window)."""
     aggregation = getattr(getattr(ctx, "config", None), "aggregation_function", "mean")
-    if getattr(aggregation, "value", aggregation) != "mean":
-        return None, f"aggregation_function {getattr(aggregation, 'value', aggregation)}"
+    return str(getattr(aggregation, "value", aggregation))
+
+
+def _queued(ctx: Any) -> tuple[float | None, str | None]:
+    """The requests waiting at the handles as Serve reports them, or None and why not."""
     try:
         queued = ctx.total_queued_requests
     except Exception as exc:  # a lazy metric that failed to aggregate: follow Serve's in-flight count
@@ -195,13 +198,20 @@ class PredictivePolicy:
         fc.replicas_seen(now, target, running)  # start-up is this deployment's, base or not
         in_flight = float(ctx.total_num_requests or 0.0)
         reported: float | None = None
-        if self.config.signal == "running" and self.config.replica_slots is None:
-            reported, why = _queued(ctx)
+        slots_over: int | None = None  # the running replicas whose slots bound the requests served
+        if self.config.signal == "running":
+            why: str | None = None
+            if _aggregation(ctx) != "mean":
+                why = f"aggregation_function {_aggregation(ctx)}"
+            elif self.config.replica_slots is not None:
+                slots_over = running
+            else:
+                reported, why = _queued(ctx)
             if why and now - self._warned >= WARN_EVERY_S:
                 self._warned = now
-                log.warning("following the requests in flight: the queued ones cannot be used (%s)", why)
-        load, queued = signal_load(self.config, in_flight=in_flight, queued=reported, running=running)
-        known = self.config.signal == "running" and (self.config.replica_slots is not None or reported is not None)
+                log.warning("following the requests in flight: the served ones cannot be read (%s)", why)
+        load, queued = signal_load(self.config, in_flight=in_flight, queued=reported, running=slots_over)
+        known = slots_over is not None or reported is not None
         if self.burst:
             try:
                 if running != self._published[1] or now - self._published[0] >= 1.0:

@@ -84,12 +84,13 @@ class ForecastConfig:
     """Give a replica back only when the coming load fits in this share of one replica fewer (1: when it fits;
     the coming window and Serve's downscale delay are the hysteresis)."""
     signal: str = "running"
-    """The load the forecast follows (see `signal_load`): "running", the requests the replicas serve (Serve's
-    in-flight count less what waits at the handles for a free slot), or "in_flight", Serve's own count."""
+    """The load the forecast follows (see `signal_load`): "running", the requests the replicas serve (of those
+    in flight, what the running replicas' slots hold), or "in_flight", Serve's own count."""
     replica_slots: int | None = None
-    """The deployment's max_ongoing_requests (ServeConfig passes it). With it the requests served are read as
-    what the running replicas' slots hold of those in flight, from one count; without it, as Serve's in-flight
-    count less its queued one (see `signal_load`)."""
+    """The deployment's max_ongoing_requests, copied when the app is built (ServeConfig passes it; Serve's
+    context does not carry it, so a deployment option changed later is not seen). With it the requests served
+    are read as what the running replicas' slots hold of those in flight, from one count; without it, as
+    Serve's in-flight count less its queued one (see `signal_load`)."""
 
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
@@ -110,6 +111,13 @@ class ForecastConfig:
             raise ConfigError(f"must be one of {', '.join(SIGNALS)}, got {shown(self.signal)}", field="signal")
         if self.replica_slots is not None:
             check_number(self.replica_slots, field="replica_slots", lo=1, hi=100_000, integer=True)
+
+    @property
+    def reading(self) -> str:
+        """What the load observed is, as state learnt on it is tagged: state learnt on another is not resumed."""
+        if self.signal == "running" and self.replica_slots is not None:
+            return "running/slots"
+        return self.signal
 
     @property
     def slots(self) -> int:
@@ -305,7 +313,7 @@ class LoadForecaster:
 
     # -- persistence --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"v": 1, "signal": self.config.signal, "level": self.level, "trend": self.trend,
+        return {"v": 1, "signal": self.config.reading, "level": self.level, "trend": self.trend,
                 "season": [round(x, 6) for x in self.season],
                 "seasons_seen": self.seasons_seen, "bucket_start": self.bucket_start, "buckets": self.buckets,
                 "sq_error": self.sq_error, "mean_load": self.mean_load, "startup_s": self.startup_s}
@@ -313,10 +321,10 @@ class LoadForecaster:
     @classmethod
     def from_dict(cls, config: ForecastConfig, raw: Any) -> LoadForecaster:
         """A forecaster resumed from `to_dict`'s output; a fresh one when it does not fit this config
-        (another season length, or learnt on another signal: state without one was Serve's in-flight
-        count) or is not what to_dict writes."""
+        (another season length, or learnt on another reading of the load (`ForecastConfig.reading`):
+        state without one was Serve's in-flight count) or is not what to_dict writes."""
         fresh = cls(config=config)
-        if not isinstance(raw, dict) or raw.get("v") != 1 or raw.get("signal", "in_flight") != config.signal:
+        if not isinstance(raw, dict) or raw.get("v") != 1 or raw.get("signal", "in_flight") != config.reading:
             return fresh
         try:
             season = raw["season"]
@@ -342,11 +350,13 @@ def signal_load(config: ForecastConfig, *, in_flight: float, queued: float | Non
     """(the load to observe, the requests waiting to pass to `decide`) from what Serve reports: its requests
     in flight (running and queued at the handles), those queued (None when not read) and the running replicas.
     "in_flight" observes Serve's count and passes no queue (its rule counts it). "running" observes the
-    requests served: with `replica_slots` known, those in flight up to what the running replicas' slots hold
-    (a handle queues a request only when no replica has a free slot), the rest waiting; otherwise in flight
-    less queued. Serve aggregates its in-flight and queued counts over look-back windows opened separately,
-    so while the load moves their difference can read near zero with every slot full; the slots need one
-    count only."""
+    requests served: with `replica_slots` and `running` known, those in flight up to what the running
+    replicas' slots hold, the rest waiting; otherwise in flight less queued. Serve aggregates its in-flight
+    and queued counts over look-back windows opened separately, so while the load moves their difference
+    can read near zero with every slot full; the slots need one count only. A replica admits no more than
+    its slots, so beyond them requests wait; within them a few may wait too (a router backs off when the two
+    replicas it sampled are full, and counts a request as queued while it picks), which this reading does
+    not count, and over a window mean it counts at most the mean excess: a lower bound on the queue."""
     in_flight = max(0.0, float(in_flight)) if is_finite_number(in_flight) else 0.0
     if config.signal == "in_flight":
         return in_flight, 0.0
