@@ -17,7 +17,9 @@ open-loop Poisson arrivals to 127.0.0.1; SLO 1 s.
 Method, so that a difference is told from run-to-run noise:
 - Paired rounds (--rounds, default 5). In round k every trace is drawn from its family with seed
   1000 + k and replayed with arrival seed 2000 + k against both policies: the same requests at the
-  same moments for the two, other ones each round.
+  same moments for the two, other ones each round. --seed0 S draws from S + k and S + 1000 + k
+  instead: fresh draws for a change chosen after these were seen (the simulator's tuning used 5000
+  and 7000 up; 9000 up is unseen).
 - The order alternates: reactive first in even rounds, predictive first in odd ones, so that a
   drift over a round (the machine warming, what the previous replay left running) falls on each
   policy as often.
@@ -414,6 +416,8 @@ def main() -> None:
     record.add_arguments(ap, __file__)
     ap.add_argument("--png", default=None)
     ap.add_argument("--forecast", default="{}", help="ForecastConfig settings to try, as JSON")
+    ap.add_argument("--seed0", type=int, default=TRACE_SEED0,
+                    help="draws: traces seeded from this, arrivals from it + 1000 (default: %(default)s)")
     ap.add_argument("--verbose", action="store_true", help="print each policy's replicas over time")
     args = ap.parse_args()
     chosen = args.traces.split(",")
@@ -429,6 +433,10 @@ def main() -> None:
         ap.error(f"--forecast: {exc}")
     if args.resamples < 1:
         ap.error("--resamples must be >= 1")
+    if not 1000 <= args.seed0 <= 1_000_000:
+        ap.error("--seed0 in 1000..1000000 (below are the tuning seeds)")
+    global TRACE_SEED0, ARRIVAL_SEED0
+    TRACE_SEED0, ARRIVAL_SEED0 = args.seed0, args.seed0 + 1000
     run = record.start(__file__, args)
     print(f"estimated {estimate_s(chosen, args.rounds, args.scale) / 60:.0f} min (the docstring's formula)",
           file=sys.stderr)

@@ -92,6 +92,11 @@ class ForecastConfig:
     are read as what the running replicas' slots hold of those in flight, from one count; without it, as
     Serve's in-flight count less its queued one (see `signal_load`)."""
 
+    fill_backlog: bool = False
+    """While requests wait, also ask for the replicas whose slots would hold every request in flight,
+    ceil(in flight / replica_slots): a backlog met at once, as Serve's rule meets it (which divides by the
+    target). Off: with none starting, one replica more per decision. Needs the served signal and the slots."""
+
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
         check_number(self.bucket_s, field="bucket_s", lo=0.05, hi=3600)
@@ -111,6 +116,11 @@ class ForecastConfig:
             raise ConfigError(f"must be one of {', '.join(SIGNALS)}, got {shown(self.signal)}", field="signal")
         if self.replica_slots is not None:
             check_number(self.replica_slots, field="replica_slots", lo=1, hi=100_000, integer=True)
+        if type(self.fill_backlog) is not bool:
+            raise ConfigError(f"must be true or false, got {shown(self.fill_backlog)}", field="fill_backlog")
+        if self.fill_backlog and (self.signal != "running" or self.replica_slots is None):
+            raise ConfigError("needs signal running and replica_slots (ServeConfig passes max_ongoing_requests)",
+                              field="fill_backlog")
 
     @property
     def reading(self) -> str:
@@ -163,6 +173,11 @@ class LoadForecaster:
     latest: float | None = None
     """The last load observed: what the reactive fallback and the floor of a decision use, as Serve's own
     rule uses the load it was just told (the bucket's mean so far would lag a rise by up to a bucket)."""
+
+    fill_backlog: bool = False
+    """While requests wait, also ask for the replicas whose slots would hold every request in flight,
+    ceil(in flight / replica_slots): a backlog met at once, as Serve's rule meets it (which divides by the
+    target). Off: with none starting, one replica more per decision. Needs the served signal and the slots."""
 
     def __post_init__(self) -> None:
         if not self.season and self.config.slots:
@@ -308,6 +323,8 @@ class LoadForecaster:
             # outnumber the served.) Keep every replica asked for (a decision below Serve's target would, held
             # for the downscale delay, stop a replica still starting), and with none starting ask for one more.
             replicas = max(replicas, max(self.waiting) if self.waiting else running + 1)
+            if cfg.fill_backlog and cfg.replica_slots:
+                replicas = max(replicas, math.ceil((load + queued) / cfg.replica_slots))
         return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
                         lead_s=self.lead_s, rms_error=self.rms_error)
 
