@@ -407,6 +407,7 @@ def print_tables(results: dict[str, list[dict[str, Any]]], summary: dict[str, An
 
 
 def main() -> None:
+    global TRACE_SEED0, ARRIVAL_SEED0  # --seed0 moves the draws
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--traces", default=DEFAULT_TRACES, help=f"of {','.join(DURATIONS)} (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=MIN_ROUNDS,
@@ -435,7 +436,6 @@ def main() -> None:
         ap.error("--resamples must be >= 1")
     if not 1000 <= args.seed0 <= 1_000_000:
         ap.error("--seed0 in 1000..1000000 (below are the tuning seeds)")
-    global TRACE_SEED0, ARRIVAL_SEED0
     TRACE_SEED0, ARRIVAL_SEED0 = args.seed0, args.seed0 + 1000
     run = record.start(__file__, args)
     print(f"estimated {estimate_s(chosen, args.rounds, args.scale) / 60:.0f} min (the docstring's formula)",

@@ -419,25 +419,19 @@ def test_the_served_signal_needs_a_target_below_the_replicas_slots():
     ServeConfig(checkpoint="c", preset="batch", autoscaling="predictive", max_ongoing_requests=17, max_batch_size=16)
 
 
-def test_fill_backlog_asks_for_the_slots_every_request_in_flight_needs_while_requests_wait():
-    def asked(fill: bool, queued: float, load: float = 4.0, running: int = 1, high: int = 8) -> int:
-        fc = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, replica_slots=4, fill_backlog=fill))
-        fc.observe(0.0, load)
-        return fc.decide(running=running, low=1, high=high, queued=queued).replicas
+def test_rise_sigmas_provisions_for_a_rise_only_beyond_the_forecasts_noise():
+    def trained(rise: float) -> LoadForecaster:
+        fc = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, startup_s=4.0, warmup_buckets=5,
+                                                  max_relative_error=5.0, rise_sigmas=rise))
+        for i, y in enumerate([6, 9, 5, 8, 6, 9, 5, 8, 6, 9, 5, 8, 6, 6, 9, 9]):  # steady load about 7, noisy
+            fc.observe(float(i), float(y))
+        return fc
 
-    # one replica full (4 served), 26 waiting: 30 in flight need 8 replicas' slots; without, one more than runs
-    assert (asked(True, 26.0), asked(False, 26.0)) == (8, 2)
-    assert asked(True, 60.0, high=6) == 6  # within the bounds
-    assert asked(True, 3.0) == 2  # 7 in flight: 2 replicas' slots
-    assert asked(True, 0.0) == asked(False, 0.0) == 2  # nothing waits: the forecast alone, ceil(4 / 3)
-    assert asked(True, 0.5) == 2  # less than a request waits on average
-    for bad in ("yes", 1, None):
-        with pytest.raises(ConfigError, match="fill_backlog"):
-            ForecastConfig(replica_slots=4, fill_backlog=bad)
-    with pytest.raises(ConfigError, match="fill_backlog: needs signal running and replica_slots"):
-        ForecastConfig(fill_backlog=True)
-    with pytest.raises(ConfigError, match="fill_backlog: needs"):
-        ForecastConfig(replica_slots=4, fill_backlog=True, signal="in_flight")
-    config = ServeConfig(checkpoint="c", preset="batch", autoscaling="predictive", max_ongoing_requests=40,
-                         max_batch_size=16, forecast={"fill_backlog": True})
-    assert config.autoscaling_config()["policy"]["policy_kwargs"]["fill_backlog"] is True
+    plain, gated = trained(0.0), trained(1.0)
+    assert plain.rms_error == gated.rms_error > 1.0
+    rise = plain.forecast(plain._steps_ahead()) - plain.latest
+    assert 0 < rise < plain.rms_error  # the trend extrapolates the jump, by less than its usual error
+    assert plain.decide(running=3, low=1, high=8).replicas > 3  # asks for a replica the load does not need
+    assert gated.decide(running=3, low=1, high=8).replicas == 3  # ceil(9 / 3): the load now
+    with pytest.raises(ConfigError, match="rise_sigmas"):
+        ForecastConfig(rise_sigmas=-1.0)

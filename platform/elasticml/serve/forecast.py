@@ -92,10 +92,9 @@ class ForecastConfig:
     are read as what the running replicas' slots hold of those in flight, from one count; without it, as
     Serve's in-flight count less its queued one (see `signal_load`)."""
 
-    fill_backlog: bool = False
-    """While requests wait, also ask for the replicas whose slots would hold every request in flight,
-    ceil(in flight / replica_slots): a backlog met at once, as Serve's rule meets it (which divides by the
-    target). Off: with none starting, one replica more per decision. Needs the served signal and the slots."""
+    rise_sigmas: float = 0.0
+    """Provision for a forecast above the load now only when the rise exceeds this many RMS forecast errors:
+    on steady load the trend's noise then asks for no replica the load does not need. 0: any rise counts."""
 
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
@@ -112,15 +111,11 @@ class ForecastConfig:
         check_number(self.max_relative_error, field="max_relative_error", lo=0.01, hi=100)
         check_number(self.warmup_buckets, field="warmup_buckets", lo=1, hi=100_000, integer=True)
         check_number(self.down_headroom, field="down_headroom", lo=0.1, hi=1.0)
+        check_number(self.rise_sigmas, field="rise_sigmas", lo=0, hi=10)
         if not (isinstance(self.signal, str) and self.signal in SIGNALS):
             raise ConfigError(f"must be one of {', '.join(SIGNALS)}, got {shown(self.signal)}", field="signal")
         if self.replica_slots is not None:
             check_number(self.replica_slots, field="replica_slots", lo=1, hi=100_000, integer=True)
-        if type(self.fill_backlog) is not bool:
-            raise ConfigError(f"must be true or false, got {shown(self.fill_backlog)}", field="fill_backlog")
-        if self.fill_backlog and (self.signal != "running" or self.replica_slots is None):
-            raise ConfigError("needs signal running and replica_slots (ServeConfig passes max_ongoing_requests)",
-                              field="fill_backlog")
 
     @property
     def reading(self) -> str:
@@ -174,10 +169,9 @@ class LoadForecaster:
     """The last load observed: what the reactive fallback and the floor of a decision use, as Serve's own
     rule uses the load it was just told (the bucket's mean so far would lag a rise by up to a bucket)."""
 
-    fill_backlog: bool = False
-    """While requests wait, also ask for the replicas whose slots would hold every request in flight,
-    ceil(in flight / replica_slots): a backlog met at once, as Serve's rule meets it (which divides by the
-    target). Off: with none starting, one replica more per decision. Needs the served signal and the slots."""
+    rise_sigmas: float = 0.0
+    """Provision for a forecast above the load now only when the rise exceeds this many RMS forecast errors:
+    on steady load the trend's noise then asks for no replica the load does not need. 0: any rise counts."""
 
     def __post_init__(self) -> None:
         if not self.season and self.config.slots:
@@ -307,6 +301,8 @@ class LoadForecaster:
             margin = cfg.margin_sigmas * self.rms_error
             path = [self.forecast(k) for k in range(1, ahead + 1)]
             provisioned = max(path[-1] + margin, load)
+            if provisioned - load < cfg.rise_sigmas * self.rms_error:
+                provisioned = load  # a rise within the forecast's own noise
             replicas = math.ceil(provisioned / cfg.target_per_replica)
             mode = "predictive"
             if replicas < running:
@@ -323,8 +319,6 @@ class LoadForecaster:
             # outnumber the served.) Keep every replica asked for (a decision below Serve's target would, held
             # for the downscale delay, stop a replica still starting), and with none starting ask for one more.
             replicas = max(replicas, max(self.waiting) if self.waiting else running + 1)
-            if cfg.fill_backlog and cfg.replica_slots:
-                replicas = max(replicas, math.ceil((load + queued) / cfg.replica_slots))
         return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
                         lead_s=self.lead_s, rms_error=self.rms_error)
 
