@@ -201,8 +201,9 @@ class PredictivePolicy:
         slots_over: int | None = None  # the running replicas whose slots bound the requests served
         if self.config.signal == "running":
             why: str | None = None
-            if _aggregation(ctx) != "mean":
-                why = f"aggregation_function {_aggregation(ctx)}"
+            aggregation = _aggregation(ctx)
+            if aggregation != "mean":
+                why = f"aggregation_function {aggregation}"
             elif self.config.replica_slots is not None:
                 slots_over = running
             else:

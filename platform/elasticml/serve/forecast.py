@@ -91,7 +91,6 @@ class ForecastConfig:
     context does not carry it, so a deployment option changed later is not seen). With it the requests served
     are read as what the running replicas' slots hold of those in flight, from one count; without it, as
     Serve's in-flight count less its queued one (see `signal_load`)."""
-
     rise_sigmas: float = 0.0
     """Provision for a forecast above the load now only when the rise exceeds this many RMS forecast errors:
     on steady load the trend's noise then asks for no replica the load does not need. 0: any rise counts."""
@@ -168,10 +167,6 @@ class LoadForecaster:
     latest: float | None = None
     """The last load observed: what the reactive fallback and the floor of a decision use, as Serve's own
     rule uses the load it was just told (the bucket's mean so far would lag a rise by up to a bucket)."""
-
-    rise_sigmas: float = 0.0
-    """Provision for a forecast above the load now only when the rise exceeds this many RMS forecast errors:
-    on steady load the trend's noise then asks for no replica the load does not need. 0: any rise counts."""
 
     def __post_init__(self) -> None:
         if not self.season and self.config.slots:
