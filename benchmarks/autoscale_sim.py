@@ -1,7 +1,7 @@
 """Predictive vs reactive autoscaling in simulation: the live benchmark's setting, in seconds instead of an hour.
 
     python benchmarks/autoscale_sim.py [--rounds 20] [--seed0 5000] [--traces diurnal,ramp,flat]
-        [--tuning-shapes] [--forecast JSON] [--compare JSON] [--oracle] [--json OUT | --no-json]
+        [--tuning-shapes] [--forecast JSON] [--compare JSON]... [--oracle] [--json OUT | --no-json]
     python benchmarks/autoscale_sim.py --fit-contention LIVE.json [LIVE.json ...]
 
 What is simulated is benchmarks/serve_autoscale.py's setting (its constants and its trace
@@ -12,8 +12,8 @@ queued as the handles recorded them every 0.1 s and pushed them every `metrics_i
 averaged over the last `look_back_period_s` at every tick; its delay logic (a decision must hold `upscale_delay_s` /
 `downscale_delay_s` before it applies); replicas that take `STARTUP_S` plus `STARTUP_PER_START_S`
 for each replica starting at the same time, itself included, plus up to `STARTUP_JITTER_S` (the
-start-ups compete for the cores: the live runs measured about 6-7 s for one and 9-10 s for
-several). The start-up is drawn when a replica is asked for; one asked for later does not slow it.
+start-ups compete for the cores: the live runs' decision logs show about 4.5 s for one and 5-6 s
+for several). The start-up is drawn when a replica is asked for; one asked for later does not slow it.
 Starting replicas also slow the serving ones (`CONTENTION_PER_START`: a request that begins while
 k replicas start holds its slot SERVICE_S x (1 + CONTENTION_PER_START x k)): on 2 cores a process
 start takes CPU from the proxy and the replicas, which is how over-asking fed on itself live.
@@ -32,12 +32,14 @@ ramp, a spike, flat load) instead of the benchmark's families, arrivals seeded f
 shapes to choose settings on, so that the families stay held out.
 
 `--fit-contention` takes records of the live benchmark (benchmarks/results/serve_autoscale*.json) and
-prints, for each candidate CONTENTION_PER_START, the model's reactive totals on the same draws beside
-the live reactive ones: how the constant was chosen (the predictive side is not used).
+prints the replica start-ups their decision logs show (how the start-up constants were set), then, for
+each candidate CONTENTION_PER_START, the model's reactive totals on the same draws beside the live
+reactive ones and how far apart they are: how the constant was chosen (the predictive side is not used).
 
 Printed per trace: over-SLO requests and replica-seconds of each policy summed over the rounds,
 their ratio (predictive / reactive) and the paired differences' bootstrap interval, as the live
-benchmark prints them. With --compare, a second forecast setting is run on the same draws too.
+benchmark prints them. With --compare, another forecast setting is run on the same draws too (repeated:
+one more for each, labelled compare, compare2, ...: a sweep).
 With --oracle, so is a clairvoyant reference (`Oracle`): it reads the trace's true rate over the
 longest start-up ahead and asks for what that needs at Serve's target, never fewer than the
 reactive rule asks for what is in flight. It is not a proven bound (a policy holding more
@@ -52,25 +54,31 @@ import argparse
 import json
 import math
 import random
+import statistics
 import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import record  # benchmarks/record.py: a script's own folder is first on sys.path
-from serve_autoscale import (BOUNDS, DELAYS, DURATIONS, SERVICE_S, SLO_S, SLOTS, TARGET, Case,  # noqa: E402
-                             case, finite, forecast_settings, paired, verdict)
+from serve_autoscale import (BOUNDS, DELAYS, DURATIONS, SERVICE_S, SLO_S, SLOTS, TARGET, TRACE_SEED0,  # noqa: E402
+                             Case, case, finite, forecast_settings, paired, verdict)
 
-STARTUP_S = 5.5
+STARTUP_S = 3.9
 """The fixed part of a replica's start-up (process, Serve's replica, the 3 s load)."""
-STARTUP_PER_START_S = 0.5
-"""Added to a start-up for each replica starting at the same time, itself included: 6-7 s alone."""
-STARTUP_JITTER_S = 1.0
-CONTENTION_PER_START = 0.1
-"""How much each replica starting slows the requests served meanwhile (see the module docstring). Fitted
-to the reactive side of the two live scale-1 runs (e3c9ba1 and 43736b5: 10 rounds a trace, the same draws
-as --seed0 1000): of 0, 0.05, 0.1, 0.15 and 0.2 the one whose reactive over-SLO and replica-s totals came
-closest; the predictive side was not used to fit it."""
+STARTUP_PER_START_S = 0.3
+"""Added to a start-up for each replica starting at the same time, itself included."""
+STARTUP_JITTER_S = 0.5
+"""With the two above: 4.2-4.7 s alone, 4.8-5.3 s for three at once, 5.1-5.6 s for four. Set from the
+start-ups the live runs' decision logs show (`--fit-contention` prints them: medians 4.5, 4.7 and 5.0 s
+for 1, 2 and 3 asked at once, 6.3 s for 4 or more, in the records of d761f26, f196304 and 6f85860; the
+last group has 5 start-ups only, so the slope was set from the first three)."""
+CONTENTION_PER_START = 0.15
+"""How much each replica starting slows the requests served meanwhile (see the module docstring). Fitted,
+with the start-ups above, to the reactive side of the live runs of d761f26, f196304 and 6f85860 (25 rounds,
+the draws of --seed0 1000, 9000 and 11000): of 0 to 0.3 in steps of 0.05, the one whose reactive over-SLO
+totals came closest over the three traces (the sum of the absolute log ratios); the predictive side was not
+used to fit it."""
 FIXED_SETTINGS = {"bucket_s", "startup_s", "season_s", "target_per_replica"}
 """Set by the benchmark as the live one sets them; --forecast and --compare may not change them."""
 ORACLE: dict[str, Any] = {"oracle": True}
@@ -230,6 +238,11 @@ def simulate(c: Case, policy: Any, arrival_seed: int, startup_seed: int, content
     return out
 
 
+def case_seeded(name: str, trace_seed: int) -> Case:
+    """The benchmark's trace of family `name` drawn from `trace_seed` (what its records call trace_seed)."""
+    return case(name, trace_seed - TRACE_SEED0)
+
+
 def tuning_shape(name: str) -> Case:
     """serve_autoscale.TUNED_ON's fixed trace of that name."""
     from elasticml.serve import loadreplay as lr
@@ -251,8 +264,7 @@ def run(traces: list[str], rounds: int, seed0: int, settings: dict[str, dict[str
     for name in traces:
         rows = []
         for k in range(rounds):
-            # case() seeds traces by 1000 + its round
-            c = tuning_shape(name) if tuning_shapes else case(name, seed0 - 1000 + k)
+            c = tuning_shape(name) if tuning_shapes else case_seeded(name, seed0 + k)
             arrival_seed = seed0 + 1000 + k
             row: dict[str, Any] = {"round": k}
             sides: dict[str, Any] = {"reactive": Reactive()}
@@ -266,13 +278,12 @@ def run(traces: list[str], rounds: int, seed0: int, settings: dict[str, dict[str
     return results
 
 
-CONTENTION_CANDIDATES = (0.0, 0.05, 0.1, 0.15, 0.2)
+CONTENTION_CANDIDATES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 
 
-def fit_contention(paths: list[str]) -> list[dict[str, Any]]:
-    """Each candidate contention's reactive totals (over the SLO, replica-s) on the live records' draws, beside
-    the live reactive totals; a draw replayed in several records counts once per record, as live."""
-    live: dict[str, dict[int, list[dict[str, Any]]]] = {}
+def live_records(paths: list[str]) -> list[dict[str, Any]]:
+    """The live benchmark's records (scale 1), read and checked."""
+    out = []
     for path in paths:
         with open(path) as fh:
             raw = json.load(fh)
@@ -281,27 +292,73 @@ def fit_contention(paths: list[str]) -> list[dict[str, Any]]:
             raise SystemExit(f"{path}: not a record of benchmarks/serve_autoscale.py")
         if raw.get("args", {}).get("scale", 1.0) != 1.0:
             raise SystemExit(f"{path}: a --scale run; the model replays scale 1")
+        out.append(raw)
+    return out
+
+
+def measured_startups(records: list[dict[str, Any]]) -> dict[int, list[float]]:
+    """Live start-ups from the predictive side's decision logs, by how many replicas were asked for at once
+    (the ask less the replicas running; 4 stands for 4 or more): from the decision that first asked for the
+    n-th replica, plus Serve's upscale delay, to the sampler seeing n running. The sampler reads every 0.5 s,
+    and a decision that flipped back and forth is timed from its last rise, so single values are rough;
+    the median per group is what the model's constants were set from."""
+    took: dict[int, list[float]] = {}
+    for raw in records:
+        for rows in raw["samples"].values():
+            for row in rows:
+                side = row["predictive"]["raw"]
+                t0 = side.get("started_at")
+                if t0 is None:
+                    continue
+                asks = [(e["t"] - t0, e["replicas"], e["running"]) for e in side.get("decisions", [])
+                        if e.get("event") == "decision"]
+                before = side["replicas"][0][1] if side["replicas"] else 1
+                for t, n in side["replicas"]:
+                    if n > before:
+                        rises = [(ta, want, running) for i, (ta, want, running) in enumerate(asks)
+                                 if ta < t and want >= n and (i == 0 or asks[i - 1][1] < n)]
+                        if rises:
+                            ta, want, running = rises[-1]
+                            seconds = t - ta - DELAYS["upscale_delay_s"]
+                            if 0 < seconds < 30:
+                                took.setdefault(min(4, max(1, want - running)), []).append(round(seconds, 2))
+                    before = n
+    return dict(sorted(took.items()))
+
+
+def fit_contention(paths: list[str]) -> list[dict[str, Any]]:
+    """Each candidate contention's reactive totals (over the SLO, replica-s) on the live records' draws, beside
+    the live reactive totals; a draw replayed in several records counts once per record, as live."""
+    live: dict[str, dict[tuple[int, int], list[dict[str, Any]]]] = {}
+    for raw in live_records(paths):
         for name, rows in raw["samples"].items():
             if name not in DURATIONS:
                 continue
             for row in rows:
-                live.setdefault(name, {}).setdefault(int(row["round"]), []).append(row["reactive"])
+                draw = (int(row["trace_seed"]), int(row["arrival_seed"]))
+                live.setdefault(name, {}).setdefault(draw, []).append(row["reactive"])
     out = []
     for contention in CONTENTION_CANDIDATES:
         entry: dict[str, Any] = {"contention": contention}
         for name, by_round in live.items():
             sim_over = sim_rs = live_over = live_rs = 0.0
-            for k, rows in by_round.items():
-                r = simulate(case(name, k), Reactive(), 2000 + k, 2000 + k, contention=contention)
+            for (trace_seed, arrival_seed), rows in by_round.items():
+                r = simulate(case_seeded(name, trace_seed), Reactive(), arrival_seed, arrival_seed,
+                             contention=contention)
                 sim_over, sim_rs = sim_over + r.over_slo * len(rows), sim_rs + r.replica_s * len(rows)
                 live_over += sum(x["over_slo"] for x in rows)
                 live_rs += sum(x["replica_s"] for x in rows)
             entry[name] = {"sim_over_slo": sim_over, "live_over_slo": live_over, "sim_replica_s": round(sim_rs, 1),
                            "live_replica_s": round(live_rs, 1)}
+        # How far the model's over-SLO totals are from the live ones, over the traces: each off by a factor
+        # counts alike (+1: a trace with none over the SLO has no ratio).
+        entry["score"] = round(sum(abs(math.log((v["sim_over_slo"] + 1) / (v["live_over_slo"] + 1)))
+                                   for v in entry.values() if isinstance(v, dict)), 3)
         out.append(entry)
         print(f"contention {contention:4.2f}: " + " | ".join(
             f"{n} over SLO {v['sim_over_slo']:.0f} (live {v['live_over_slo']:.0f}), replica-s {v['sim_replica_s']:.0f} "
-            f"(live {v['live_replica_s']:.0f})" for n, v in entry.items() if n != "contention"), flush=True)
+            f"(live {v['live_replica_s']:.0f})" for n, v in entry.items() if isinstance(v, dict))
+            + f" | score {entry['score']}", flush=True)
     return out
 
 
@@ -312,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed0", type=int, default=5000, help="draws: traces from this, arrivals from it + 1000")
     ap.add_argument("--tuning-shapes", action="store_true", help="the fixed traces of TUNED_ON, not the families")
     ap.add_argument("--forecast", default="{}", help="ForecastConfig settings for the predictive side, as JSON")
-    ap.add_argument("--compare", default=None, help="a second ForecastConfig setting to run beside it, as JSON")
+    ap.add_argument("--compare", action="append", default=None,
+                    help="another ForecastConfig setting to run beside it, as JSON; repeat it for a sweep (at most 30)")
     ap.add_argument("--oracle", action="store_true", help="also a clairvoyant reference (knows the trace)")
     ap.add_argument("--fit-contention", nargs="+", default=None, metavar="LIVE_JSON",
                     help="live records: the model's reactive totals at each candidate contention beside them")
@@ -322,8 +380,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rounds in 1..1000")
     rec = record.start(__file__, args, argv)
     if args.fit_contention:
+        startups = measured_startups(live_records(args.fit_contention))
+        for k, took in startups.items():
+            q = sorted(took)
+            low = STARTUP_S + STARTUP_PER_START_S * k
+            print(f"start-up live, {k}{'+' if k == 4 else ''} asked at once: median {statistics.median(q):.2f} s "
+                  f"[{q[len(q) // 4]:.2f}, {q[3 * len(q) // 4]:.2f}] of {len(q)}; the model "
+                  f"{low:.2f}-{low + STARTUP_JITTER_S:.2f}", flush=True)
         fit = fit_contention(args.fit_contention)
-        rec.write(samples=fit, summary={"chosen": CONTENTION_PER_START})
+        print(f"closest: {min(fit, key=lambda e: e['score'])['contention']} (the model's: {CONTENTION_PER_START})")
+        rec.write(samples=fit, summary={"chosen": CONTENTION_PER_START, "startup_s": STARTUP_S,
+                                        "startup_per_start_s": STARTUP_PER_START_S,
+                                        "startup_jitter_s": STARTUP_JITTER_S},
+                  startups={str(k): v for k, v in startups.items()})
         return 0
 
     def setting(flag: str, text: str) -> dict[str, Any]:
@@ -346,8 +415,12 @@ def main(argv: list[str] | None = None) -> int:
         return value
 
     settings = {"predictive": setting("--forecast", args.forecast)}
-    if args.compare is not None:
-        settings["compare"] = setting("--compare", args.compare)
+    if len(args.compare or []) > 30:
+        ap.error("--compare: at most 30 settings")
+    for i, text in enumerate(args.compare or []):
+        label = "compare" if i == 0 else f"compare{i + 1}"
+        settings[label] = setting("--compare", text)
+        print(f"{label} = {json.dumps(settings[label])}", flush=True)
     if args.oracle:
         settings["oracle"] = ORACLE
     traces = args.traces.split(",")

@@ -199,7 +199,8 @@ def test_the_oracle_reference_knows_the_trace_and_beats_the_reactive_rule_on_a_r
     reactive = sim.simulate(c, sim.Reactive(), arrival_seed=3, startup_seed=3)
     oracle = sim.simulate(c, sim.Oracle(c.rate), arrival_seed=3, startup_seed=3)
     assert oracle.over_slo == 0 < reactive.over_slo
-    assert next(t for t, _, tg in oracle.timeline if tg >= 2) < 20  # asked before the ramp began
+    needed_at = 20 + (bench.TARGET / bench.SERVICE_S - 2.0) / 1.5  # where one replica's target is passed
+    assert next(t for t, _, tg in oracle.timeline if tg >= 2) <= needed_at - sim.STARTUP_S  # a start-up ahead
 
 
 def test_the_simulator_drives_the_forecaster_as_serves_policy_does(sim: Any, bench: Any) -> None:
@@ -240,14 +241,30 @@ def test_in_the_simulator_the_served_signal_does_not_feed_on_the_queue_its_start
 
 def test_the_contention_fit_sets_the_models_reactive_totals_beside_the_live_ones(sim: Any, tmp_path: Path) -> None:
     live = {"script": "benchmarks/serve_autoscale.py", "args": {"scale": 1.0},
-            "samples": {"flat": [{"round": 0, "reactive": {"over_slo": 5, "replica_s": 61.5}}]}}
+            "samples": {"flat": [{"round": 0, "trace_seed": 9001, "arrival_seed": 10001,
+                                  "reactive": {"over_slo": 5, "replica_s": 61.5}}]}}
     path = tmp_path / "live.json"
     path.write_text(json.dumps(live))
     fit = sim.fit_contention([str(path), str(path)])  # a draw in two records counts twice, as live
     assert [e["contention"] for e in fit] == list(sim.CONTENTION_CANDIDATES)
     assert all(e["flat"]["live_over_slo"] == 10 and e["flat"]["live_replica_s"] == 123.0 for e in fit)
-    alone = sim.simulate(sim.case("flat", 0), sim.Reactive(), 2000, 2000, contention=0.0)
+    alone = sim.simulate(sim.case_seeded("flat", 9001), sim.Reactive(), 10001, 10001, contention=0.0)
     assert fit[0]["flat"]["sim_over_slo"] == 2 * alone.over_slo
     (tmp_path / "other.json").write_text(json.dumps({**live, "script": "benchmarks/optimize.py"}))
     with pytest.raises(SystemExit, match="not a record of"):
         sim.fit_contention([str(tmp_path / "other.json")])
+
+
+def test_live_start_ups_are_read_from_the_decision_log_by_how_many_were_asked_at_once(sim: Any) -> None:
+    decisions = [{"event": "decision", "t": 110.0, "replicas": 2, "running": 1},  # the 2nd asked: up 4.5 s later
+                 {"event": "decision", "t": 120.0, "replicas": 5, "running": 2},  # three at once
+                 {"event": "decision", "t": 120.4, "replicas": 2, "running": 2},  # flipped back,
+                 {"event": "decision", "t": 121.0, "replicas": 5, "running": 2},  # asked again: timed from here
+                 {"event": "resumed", "t": 99.0}]
+    replicas = [[0.0, 1], [15.0, 2], [26.5, 3], [27.0, 5]]
+    record = {"samples": {"ramp": [{"predictive": {"raw": {"started_at": 100.0, "decisions": decisions,
+                                                           "replicas": replicas}}}]}}
+    took = sim.measured_startups([record])
+    assert took == {1: [4.5], 3: [5.0, 5.5]}
+    assert sim.measured_startups([{"samples": {"ramp": [{"predictive": {"raw": {
+        "started_at": None, "decisions": decisions, "replicas": replicas}}}]}}]) == {}
