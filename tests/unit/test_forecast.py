@@ -187,8 +187,13 @@ def test_its_state_round_trips_and_hostile_state_starts_afresh():
     again = LoadForecaster.from_dict(cfg, fc.to_dict())
     assert again.buckets == fc.buckets and again.seasonal and again.startup_s == fc.startup_s
     assert again.forecast(3) == pytest.approx(fc.forecast(3), abs=1e-4)
+    assert fc.mean_error != 0 and (again.mean_error, again.sq_error) == (fc.mean_error, fc.sq_error)
+    # State written before the errors' mean was kept resumes with none: every error counts as noise.
+    older = {k: v for k, v in fc.to_dict().items() if k != "mean_error"}
+    assert LoadForecaster.from_dict(cfg, older).mean_error == 0.0 and LoadForecaster.from_dict(cfg, older).buckets
     for bad in (None, [], {"v": 2}, {**fc.to_dict(), "level": float("nan")}, {**fc.to_dict(), "season": [1.0]},
-                {**fc.to_dict(), "buckets": -1}, {**fc.to_dict(), "trend": "1"}, {**fc.to_dict(), "level": True}):
+                {**fc.to_dict(), "buckets": -1}, {**fc.to_dict(), "trend": "1"}, {**fc.to_dict(), "level": True},
+                {**fc.to_dict(), "mean_error": float("inf")}, {**fc.to_dict(), "mean_error": "0"}):
         fresh = LoadForecaster.from_dict(cfg, bad)
         assert fresh.buckets == 0 and fresh.level is None
     # Another season length: what was learnt does not fit.
@@ -428,10 +433,25 @@ def test_rise_sigmas_provisions_for_a_rise_only_beyond_the_forecasts_noise():
         return fc
 
     plain, gated = trained(0.0), trained(1.0)
-    assert plain.rms_error == gated.rms_error > 1.0
+    assert plain.noise == gated.noise > 1.0
     rise = plain.forecast(plain._steps_ahead()) - plain.latest
-    assert 0 < rise < plain.rms_error  # the trend extrapolates the jump, by less than its usual error
+    assert 0 < rise < plain.noise  # the trend extrapolates the jump, by less than its usual error
     assert plain.decide(running=3, low=1, high=8).replicas > 3  # asks for a replica the load does not need
     assert gated.decide(running=3, low=1, high=8).replicas == 3  # ceil(9 / 3): the load now
     with pytest.raises(ConfigError, match="rise_sigmas"):
         ForecastConfig(rise_sigmas=-1.0)
+
+
+def test_on_a_noisy_ramp_the_forecasts_lag_is_not_counted_as_noise():
+    """The errors on a ramp lean one way (the forecast lags the load): their spread about the mean, not their RMS,
+    is what a rise must exceed, so the default rise_sigmas still provisions ahead of a ramp."""
+    fc = LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=4.0, warmup_buckets=5))
+    assert fc.config.rise_sigmas > 0  # the default gates rises
+    for i in range(40):
+        fc.observe(float(i), 1.0 + 0.4 * i + (0.05 if i % 2 else -0.05))
+    assert fc.mean_error > 0.5 * fc.rms_error and fc.noise < 0.8 * fc.rms_error
+    rise = fc.forecast(fc._steps_ahead()) - fc.latest
+    assert fc.config.rise_sigmas * fc.noise < rise < fc.config.rise_sigmas * fc.rms_error  # the RMS would gate it
+    decision = fc.decide(running=16, low=1, high=50)
+    assert decision.forecast == pytest.approx(fc.latest + rise)
+    assert decision.replicas > math.ceil(fc.latest)  # ahead of the load now

@@ -204,15 +204,21 @@ def test_the_oracle_reference_knows_the_trace_and_beats_the_reactive_rule_on_a_r
 
 
 def test_the_simulator_drives_the_forecaster_as_serves_policy_does(sim: Any, bench: Any) -> None:
-    # On a ramp the predictive side asks for replicas before Serve's rule would, in the same draw.
-    c = bench.Case(name="ramp", rate=lambda t: 2.0 if t < 20 else min(26.0, 2.0 + (t - 20) * 1.5), duration_s=70.0)
-    reactive = sim.simulate(c, sim.Reactive(), arrival_seed=3, startup_seed=3)
-    predictive = sim.simulate(c, sim.Predictive({}, None), arrival_seed=3, startup_seed=3)
-    assert predictive.requests == reactive.requests
-    first = {name: next(t for t, n, _ in r.timeline if t > 20 and n >= 2)
-             for name, r in (("reactive", reactive), ("predictive", predictive))}
-    assert first["predictive"] < first["reactive"]
-    assert predictive.over_slo < reactive.over_slo
+    # On a ramp the predictive side never has its second replica later than Serve's rule, in the same draw, and
+    # sometimes earlier (on a draw whose rise stands out from the noise soon enough); fewer requests miss the SLO.
+    c = bench.Case(name="ramp", rate=lambda t: 2.0 if t < 20 else min(26.0, 2.0 + (t - 20) * 1.0), duration_s=70.0)
+    ahead, over = [], {"reactive": 0, "predictive": 0}
+    for seed in range(10):
+        reactive = sim.simulate(c, sim.Reactive(), arrival_seed=seed, startup_seed=seed)
+        predictive = sim.simulate(c, sim.Predictive({}, None), arrival_seed=seed, startup_seed=seed)
+        assert predictive.requests == reactive.requests
+        first = {name: next(t for t, n, _ in r.timeline if t > 20 and n >= 2)
+                 for name, r in (("reactive", reactive), ("predictive", predictive))}
+        ahead.append(first["reactive"] - first["predictive"])
+        over["reactive"] += reactive.over_slo
+        over["predictive"] += predictive.over_slo
+    assert min(ahead) >= 0 and max(ahead) > 0
+    assert over["predictive"] < over["reactive"]
 
 
 def test_in_the_simulator_the_served_signal_does_not_feed_on_the_queue_its_start_ups_cause(
@@ -230,9 +236,11 @@ def test_in_the_simulator_the_served_signal_does_not_feed_on_the_queue_its_start
     assert statistics.mean(starting) > 5 * statistics.mean(before) and max(starting) > 2 * max(before)
 
     # The forecast on each signal, on the same draws of a flat load one replica carries: following Serve's
-    # in-flight count it asks for more replicas, and holds more, than following the requests served.
+    # in-flight count it asks for more replicas, and holds more, than following the requests served (rise_sigmas
+    # off: it would hide a queue's rise on either signal, which is not what is compared here).
     flat = bench.Case(name="flat", rate=lambda t: 10.0, duration_s=60.0)
-    runs = {signal: [sim.simulate(flat, sim.Predictive({"signal": signal}, None), arrival_seed=k, startup_seed=k)
+    runs = {signal: [sim.simulate(flat, sim.Predictive({"signal": signal, "rise_sigmas": 0.0}, None), arrival_seed=k,
+                                  startup_seed=k)
                      for k in range(10)] for signal in ("running", "in_flight")}
     peak = {signal: sum(max(tg for _, _, tg in r.timeline) for r in rs) for signal, rs in runs.items()}
     assert peak["running"] < peak["in_flight"]

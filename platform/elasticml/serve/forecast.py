@@ -65,11 +65,12 @@ class ForecastConfig:
     startup_s: float = 10.0
     """A replica's start-up time until one has been measured."""
     alpha: float = 0.8
-    beta: float = 0.4
+    beta: float = 0.3
     gamma: float = 0.3
     """Smoothing of the level, the trend and the seasonal profile across seasons (0..1: higher follows faster).
-    Chosen with the margin and the headroom in simulation (benchmarks/autoscale_sim.py) on draws the live
-    benchmark does not replay: a level and trend that follow fast see a ramp's onset sooner."""
+    Chosen in simulation (benchmarks/autoscale_sim.py) on draws the live benchmark does not replay, beta with
+    `rise_sigmas`: a level that follows fast sees a ramp's onset sooner; a slower trend reads less of steady
+    load's noise as a rise."""
     phi: float = 0.9
     """Damping of the trend (Gardner's damped Holt): step k ahead adds trend * (phi + ... + phi**k), so a
     queue draining or filling is not extrapolated for the whole lead; 1 = an undamped trend."""
@@ -91,9 +92,11 @@ class ForecastConfig:
     context does not carry it, so a deployment option changed later is not seen). With it the requests served
     are read as what the running replicas' slots hold of those in flight, from one count; without it, as
     Serve's in-flight count less its queued one (see `signal_load`)."""
-    rise_sigmas: float = 0.0
-    """Provision for a forecast above the load now only when the rise exceeds this many RMS forecast errors:
-    on steady load the trend's noise then asks for no replica the load does not need. 0: any rise counts."""
+    rise_sigmas: float = 2.5
+    """Provision for a forecast above the load now only when the rise exceeds this many times the forecast
+    errors' spread about their mean (`LoadForecaster.noise`: on a ramp the errors lean one way, the forecast's
+    lag, which is no noise): on steady load (a ramp's plateau too) the trend's noise then asks for no replica
+    the load does not need, which Serve's downscale delay would hold. 0: any rise counts."""
 
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
@@ -159,6 +162,8 @@ class LoadForecaster:
     pending: deque[tuple[int, float]] = field(default_factory=deque)
     """(bucket index, forecast) made one lead ahead, checked when that bucket completes."""
     sq_error: float = 0.0
+    mean_error: float = 0.0
+    """The forecast errors' mean (EMA, as sq_error): their bias, which on a ramp is the forecast's lag."""
     mean_load: float = 0.0
     startup_s: float | None = None
     """Measured replica start-up (EMA), None until a scale-up completed."""
@@ -207,6 +212,7 @@ class LoadForecaster:
         if self.pending and self.pending[0][0] == index and not skipped:
             err = y - self.pending.popleft()[1]
             self.sq_error = err * err if self.buckets < 2 else 0.9 * self.sq_error + 0.1 * err * err
+            self.mean_error = err if self.buckets < 2 else 0.9 * self.mean_error + 0.1 * err
         self.mean_load = y if self.buckets == 0 else 0.95 * self.mean_load + 0.05 * y
         if self.level is None:
             self.level = y
@@ -258,6 +264,11 @@ class LoadForecaster:
         return math.sqrt(self.sq_error)
 
     @property
+    def noise(self) -> float:
+        """The forecast errors' spread about their mean: the noise, without the bias (a ramp's lag is no noise)."""
+        return math.sqrt(max(0.0, self.sq_error - self.mean_error ** 2))
+
+    @property
     def trusted(self) -> bool:
         if self.buckets < self.config.warmup_buckets:
             return False
@@ -296,7 +307,7 @@ class LoadForecaster:
             margin = cfg.margin_sigmas * self.rms_error
             path = [self.forecast(k) for k in range(1, ahead + 1)]
             provisioned = max(path[-1] + margin, load)
-            if provisioned - load < cfg.rise_sigmas * self.rms_error:
+            if provisioned - load < cfg.rise_sigmas * self.noise:
                 provisioned = load  # a rise within the forecast's own noise
             replicas = math.ceil(provisioned / cfg.target_per_replica)
             mode = "predictive"
@@ -322,7 +333,8 @@ class LoadForecaster:
         return {"v": 1, "signal": self.config.reading, "level": self.level, "trend": self.trend,
                 "season": [round(x, 6) for x in self.season],
                 "seasons_seen": self.seasons_seen, "bucket_start": self.bucket_start, "buckets": self.buckets,
-                "sq_error": self.sq_error, "mean_load": self.mean_load, "startup_s": self.startup_s}
+                "sq_error": self.sq_error, "mean_error": self.mean_error, "mean_load": self.mean_load,
+                "startup_s": self.startup_s}
 
     @classmethod
     def from_dict(cls, config: ForecastConfig, raw: Any) -> LoadForecaster:
@@ -336,7 +348,9 @@ class LoadForecaster:
             season = raw["season"]
             if not (isinstance(season, list) and len(season) == config.slots):
                 return fresh
-            numbers = [raw["trend"], raw["seasons_seen"], raw["sq_error"], raw["mean_load"], *season]
+            # mean_error is newer than the state's format: without it, every error counts as noise
+            numbers = [raw["trend"], raw["seasons_seen"], raw["sq_error"], raw.get("mean_error", 0.0), raw["mean_load"],
+                       *season]
             optional = [raw["level"], raw["bucket_start"], raw["startup_s"]]
             if not all(is_finite_number(x) for x in numbers) or not all(x is None or is_finite_number(x) for x in optional):
                 return fresh
@@ -346,7 +360,8 @@ class LoadForecaster:
             return cls(config=config, level=optional[0], last_index=last, trend=float(raw["trend"]),
                        season=[float(x) for x in season], seasons_seen=float(raw["seasons_seen"]),
                        bucket_start=optional[1], buckets=raw["buckets"], sq_error=float(raw["sq_error"]),
-                       mean_load=float(raw["mean_load"]), startup_s=optional[2])
+                       mean_error=float(raw.get("mean_error", 0.0)), mean_load=float(raw["mean_load"]),
+                       startup_s=optional[2])
         except (KeyError, TypeError):
             return fresh
 
