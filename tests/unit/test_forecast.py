@@ -193,7 +193,11 @@ def test_its_state_round_trips_and_hostile_state_starts_afresh():
     assert LoadForecaster.from_dict(cfg, older).mean_error == 0.0 and LoadForecaster.from_dict(cfg, older).buckets
     for bad in (None, [], {"v": 2}, {**fc.to_dict(), "level": float("nan")}, {**fc.to_dict(), "season": [1.0]},
                 {**fc.to_dict(), "buckets": -1}, {**fc.to_dict(), "trend": "1"}, {**fc.to_dict(), "level": True},
-                {**fc.to_dict(), "mean_error": float("inf")}, {**fc.to_dict(), "mean_error": "0"}):
+                {**fc.to_dict(), "mean_error": float("inf")}, {**fc.to_dict(), "mean_error": "0"},
+                {**fc.to_dict(), "sq_error": -1.0}, {**fc.to_dict(), "sq_error": 0.0, "mean_error": 1e200},
+                {**fc.to_dict(), "mean_error": 10 ** 400}, {**fc.to_dict(), "trend": 10 ** 400},
+                {**fc.to_dict(), "mean_error": 2 * math.sqrt(fc.sq_error)}, {**fc.to_dict(), "checked": -1},
+                {**fc.to_dict(), "checked": "3"}):
         fresh = LoadForecaster.from_dict(cfg, bad)
         assert fresh.buckets == 0 and fresh.level is None
     # Another season length: what was learnt does not fit.
@@ -448,10 +452,23 @@ def test_on_a_noisy_ramp_the_forecasts_lag_is_not_counted_as_noise():
     fc = LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=4.0, warmup_buckets=5))
     assert fc.config.rise_sigmas > 0  # the default gates rises
     for i in range(40):
-        fc.observe(float(i), 1.0 + 0.4 * i + (0.05 if i % 2 else -0.05))
+        fc.observe(float(i), 1.0 + 0.8 * i + (0.05 if i % 2 else -0.05))
     assert fc.mean_error > 0.5 * fc.rms_error and fc.noise < 0.8 * fc.rms_error
     rise = fc.forecast(fc._steps_ahead()) - fc.latest
     assert fc.config.rise_sigmas * fc.noise < rise < fc.config.rise_sigmas * fc.rms_error  # the RMS would gate it
     decision = fc.decide(running=16, low=1, high=50)
     assert decision.forecast == pytest.approx(fc.latest + rise)
     assert decision.replicas > math.ceil(fc.latest)  # ahead of the load now
+
+
+def test_the_first_checked_forecast_sets_the_error_averages_not_a_zero_before_it():
+    """Averages started at zero would read a small error (a trusted forecast, no noise) for a dozen checks."""
+    fc = LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=4.0, warmup_buckets=3))
+    ahead = fc._steps_ahead()
+    for i in range(ahead + 2):  # the forecast made at bucket 0 is checked when bucket `ahead` completes
+        fc.observe(float(i), 1.0 if i < ahead else 3.0)
+    assert fc.checked == 1
+    assert (fc.sq_error, fc.mean_error, fc.noise) == (pytest.approx(4.0), pytest.approx(2.0), pytest.approx(0.0))
+    assert fc.buckets >= fc.config.warmup_buckets and not fc.trusted  # an error of 2 on a load of 1-3
+    again = LoadForecaster.from_dict(fc.config, fc.to_dict())
+    assert again.checked == 1 and again.sq_error == fc.sq_error

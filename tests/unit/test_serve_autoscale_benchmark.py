@@ -200,7 +200,9 @@ def test_the_oracle_reference_knows_the_trace_and_beats_the_reactive_rule_on_a_r
     oracle = sim.simulate(c, sim.Oracle(c.rate), arrival_seed=3, startup_seed=3)
     assert oracle.over_slo == 0 < reactive.over_slo
     needed_at = 20 + (bench.TARGET / bench.SERVICE_S - 2.0) / 1.5  # where one replica's target is passed
-    assert next(t for t, _, tg in oracle.timeline if tg >= 2) <= needed_at - sim.STARTUP_S  # a start-up ahead
+    # asked a whole start-up ahead: Serve's upscale delay and the longest start-up of one replica
+    longest = bench.DELAYS["upscale_delay_s"] + sim.STARTUP_S + sim.STARTUP_PER_START_S + sim.STARTUP_JITTER_S
+    assert next(t for t, _, tg in oracle.timeline if tg >= 2) <= needed_at - longest
 
 
 def test_the_simulator_drives_the_forecaster_as_serves_policy_does(sim: Any, bench: Any) -> None:
@@ -258,21 +260,35 @@ def test_the_contention_fit_sets_the_models_reactive_totals_beside_the_live_ones
     assert all(e["flat"]["live_over_slo"] == 10 and e["flat"]["live_replica_s"] == 123.0 for e in fit)
     alone = sim.simulate(sim.case_seeded("flat", 9001), sim.Reactive(), 10001, 10001, contention=0.0)
     assert fit[0]["flat"]["sim_over_slo"] == 2 * alone.over_slo
+    # A record whose draw the model would not reproduce is refused, not fitted to
+    row = live["samples"]["flat"][0]
+    assert sim.case_seeded("flat", 9001).params == sim.case("flat", 8001).params  # seeds from the base 1000
+    drifted = {**live, "samples": {"flat": [{**row, "params": {"rate": 1.0}}]}}
+    (tmp_path / "drifted.json").write_text(json.dumps(drifted))
+    with pytest.raises(SystemExit, match="other parameters"):
+        sim.fit_contention([str(tmp_path / "drifted.json")])
     (tmp_path / "other.json").write_text(json.dumps({**live, "script": "benchmarks/optimize.py"}))
     with pytest.raises(SystemExit, match="not a record of"):
         sim.fit_contention([str(tmp_path / "other.json")])
 
 
-def test_live_start_ups_are_read_from_the_decision_log_by_how_many_were_asked_at_once(sim: Any) -> None:
-    decisions = [{"event": "decision", "t": 110.0, "replicas": 2, "running": 1},  # the 2nd asked: up 4.5 s later
-                 {"event": "decision", "t": 120.0, "replicas": 5, "running": 2},  # three at once
-                 {"event": "decision", "t": 120.4, "replicas": 2, "running": 2},  # flipped back,
-                 {"event": "decision", "t": 121.0, "replicas": 5, "running": 2},  # asked again: timed from here
+def test_live_start_ups_are_timed_from_serves_target_as_its_delay_logic_moves_it(sim: Any) -> None:
+    decisions = [{"event": "decision", "t": 110.0, "replicas": 2, "running": 1},  # Serve's target 2 at 10.5
+                 {"event": "decision", "t": 120.0, "replicas": 5, "running": 2},  # held 0.6 s: target 5 at 20.5,
+                 {"event": "decision", "t": 120.6, "replicas": 2, "running": 2},  # then a dip shorter than 8 s
+                 {"event": "decision", "t": 121.0, "replicas": 5, "running": 2},  # leaves it there
+                 {"event": "decision", "t": 130.0, "replicas": 6, "running": 5},  # a flip shorter than 0.5 s
+                 {"event": "decision", "t": 130.3, "replicas": 5, "running": 5},  # restarts the wait:
+                 {"event": "decision", "t": 131.0, "replicas": 6, "running": 5},  # target 6 at 31.5
+                 {"event": "decision", "t": 140.0, "replicas": 1, "running": 6},  # down only after 8 s
                  {"event": "resumed", "t": 99.0}]
-    replicas = [[0.0, 1], [15.0, 2], [26.5, 3], [27.0, 5]]
+    asks = [(e["t"] - 100.0, e["replicas"]) for e in decisions if e["event"] == "decision"]
+    assert sim.serve_targets(asks, first=1) == [(-math.inf, 1), (10.5, 2), (20.5, 5), (31.5, 6), (48.0, 1)]
+    replicas = [[0.0, 1], [15.0, 2], [25.0, 3], [25.5, 5], [36.0, 6]]
     record = {"samples": {"ramp": [{"predictive": {"raw": {"started_at": 100.0, "decisions": decisions,
                                                            "replicas": replicas}}}]}}
+    half = sim.SAMPLE_S / 2  # the sampler sees a replica half its interval late, on average
     took = sim.measured_startups([record])
-    assert took == {1: [4.5], 3: [5.0, 5.5]}
+    assert took == {1: [round(4.5 - half, 2), round(4.5 - half, 2)], 3: [round(4.5 - half, 2), round(5.0 - half, 2)]}
     assert sim.measured_startups([{"samples": {"ramp": [{"predictive": {"raw": {
         "started_at": None, "decisions": decisions, "replicas": replicas}}}]}}]) == {}

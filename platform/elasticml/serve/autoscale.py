@@ -235,7 +235,9 @@ class PredictivePolicy:
                                           "reactive": reactive, "mode": decision.mode, "load": round(load, 3),
                                           "in_flight": round(in_flight, 3),
                                           "queued": round(queued, 3) if known else None,
-                                          "forecast": round(decision.forecast, 3), "lead_s": round(decision.lead_s, 2),
+                                          "forecast": round(decision.forecast, 3),
+                                          "predicted": round(decision.predicted, 3), "noise": round(decision.noise, 3),
+                                          "lead_s": round(decision.lead_s, 2),
                                           "running": int(ctx.current_num_replicas)})
             self.last_replicas = decision.replicas
         if fc.last_index is not None and fc.last_index != self.saved_bucket:
