@@ -292,3 +292,20 @@ def test_live_start_ups_are_timed_from_serves_target_as_its_delay_logic_moves_it
     assert took == {1: [round(4.5 - half, 2), round(4.5 - half, 2)], 3: [round(4.5 - half, 2), round(5.0 - half, 2)]}
     assert sim.measured_startups([{"samples": {"ramp": [{"predictive": {"raw": {
         "started_at": None, "decisions": decisions, "replicas": replicas}}}]}}]) == {}
+
+
+def test_a_sweeps_margins_rank_the_settings_that_met_every_goal_by_the_nearest_one(sim: Any) -> None:
+    def side(over: float, cost: float, verdict: str = "met") -> dict[str, Any]:
+        return {"over_slo": {"ratio": over}, "replica_s": {"ratio": cost}, "verdict": verdict}
+
+    settings = {"predictive": {"rise_sigmas": 0.0}, "compare": {"rise_sigmas": 2.0}, "compare2": {"rise_sigmas": 3.0},
+                "compare3": {"beta": 0.1}, "oracle": sim.ORACLE}
+    summary = {"diurnal": {"predictive": side(0.40, 0.98), "compare": side(0.45, 0.90), "compare2": side(0.30, 0.92),
+                           "compare3": side(0.30, 0.90), "oracle": side(0.1, 0.9)},
+               "ramp": {"predictive": side(0.10, 1.05, "NOT met"), "compare": side(0.10, 0.95),
+                        "compare2": side(0.20, 0.90), "compare3": side(0.33, 0.90), "oracle": side(0.0, 0.9)},
+               "flat": {label: side(1.0, 1.0) for label in settings}}
+    ranked = sim.margins({"model": {"settings": settings}, "summary": summary})
+    assert [e["label"] for e in ranked] == ["compare2", "compare", "predictive", "compare3"]
+    assert ranked[0]["margin"] == pytest.approx(0.08) and ranked[1]["margin"] == pytest.approx(0.05)
+    assert not ranked[2]["met"] and ranked[3]["met"] and not ranked[3]["eligible"]  # its ramp beyond RAMP_CAP
