@@ -197,7 +197,9 @@ def test_its_state_round_trips_and_hostile_state_starts_afresh():
                 {**fc.to_dict(), "sq_error": -1.0}, {**fc.to_dict(), "sq_error": 0.0, "mean_error": 1e200},
                 {**fc.to_dict(), "mean_error": 10 ** 400}, {**fc.to_dict(), "trend": 10 ** 400},
                 {**fc.to_dict(), "mean_error": 2 * math.sqrt(fc.sq_error)}, {**fc.to_dict(), "checked": -1},
-                {**fc.to_dict(), "checked": "3"}):
+                {**fc.to_dict(), "checked": "3"}, {**fc.to_dict(), "level": 1e308, "trend": 1e308},
+                {**fc.to_dict(), "season": [1e300] * len(fc.season)}, {**fc.to_dict(), "startup_s": 1e6},
+                {**fc.to_dict(), "startup_s": -1.0}):
         fresh = LoadForecaster.from_dict(cfg, bad)
         assert fresh.buckets == 0 and fresh.level is None
     # Another season length: what was learnt does not fit.
@@ -261,6 +263,9 @@ def test_serves_policy_logs_its_decisions_and_a_new_instance_resumes_what_was_le
         assert 1 <= replicas <= 10 and state["elasticml_mode"] in ("predictive", "reactive")
     events = [e for e in autoscale.decisions("a", "d") if e["event"] == "decision"]
     assert any(e["mode"] == "predictive" and e["replicas"] > e["reactive"] for e in events)
+    # why a decision did or did not provision for a rise: the forecast before the gate, and the noise
+    ahead = [e for e in events if e["mode"] == "predictive" and e["replicas"] > e["reactive"]]
+    assert all(e["predicted"] >= e["load"] + 2.0 * e["noise"] - 1e-3 for e in ahead)
     learned = autoscale.learned_state("a", "d")
     assert learned and learned["buckets"] >= 50
 
@@ -472,3 +477,29 @@ def test_the_first_checked_forecast_sets_the_error_averages_not_a_zero_before_it
     assert fc.buckets >= fc.config.warmup_buckets and not fc.trusted  # an error of 2 on a load of 1-3
     again = LoadForecaster.from_dict(fc.config, fc.to_dict())
     assert again.checked == 1 and again.sq_error == fc.sq_error
+
+
+def test_a_margin_goes_on_what_is_provisioned_for_and_is_no_rise():
+    def trained(**settings: float) -> LoadForecaster:
+        fc = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, startup_s=4.0, warmup_buckets=5,
+                                                  max_relative_error=5.0, **settings))
+        for i, y in enumerate([6, 9, 5, 8, 6, 9, 5, 8, 6, 9, 5, 8, 6, 6, 9, 9]):  # steady load about 7, noisy
+            fc.observe(float(i), float(y))
+        return fc
+
+    gated = trained(rise_sigmas=1.0, margin_sigmas=1.0)
+    d = gated.decide(running=3, low=1, high=8)
+    assert d.predicted - d.load < gated.noise  # the rise alone does not pass the gate,
+    assert d.predicted + gated.rms_error - d.load > gated.noise  # the rise with the margin would
+    assert d.forecast == pytest.approx(d.load + gated.rms_error)  # the margin goes on the load, not the forecast
+    plain = trained(rise_sigmas=0.0, margin_sigmas=1.0)
+    assert plain.decide(running=3, low=1, high=8).forecast == pytest.approx(plain.decide(running=3, low=1, high=8)
+                                                                            .predicted + plain.rms_error)
+
+
+def test_state_no_observation_makes_falls_back_to_serves_rule_not_a_crash():
+    fc = LoadForecaster(config=ForecastConfig(target_per_replica=1.0, warmup_buckets=1, max_relative_error=100.0))
+    drive(fc, lambda t: 3.0, 0, 20)
+    fc.trend = 1e308  # what from_dict no longer reads back, set in memory
+    d = fc.decide(running=1, low=1, high=10)
+    assert (d.mode, d.replicas) == ("reactive", 3)

@@ -284,6 +284,9 @@ def test_live_start_ups_are_timed_from_serves_target_as_its_delay_logic_moves_it
                  {"event": "resumed", "t": 99.0}]
     asks = [(e["t"] - 100.0, e["replicas"]) for e in decisions if e["event"] == "decision"]
     assert sim.serve_targets(asks, first=1) == [(-math.inf, 1), (10.5, 2), (20.5, 5), (31.5, 6), (48.0, 1)]
+    # an ask that changes but stays on the same side keeps the wait; what applies is the ask then standing
+    assert sim.serve_targets([(10.0, 3), (10.3, 4)], first=1) == [(-math.inf, 1), (10.5, 4)]
+    assert sim.serve_targets([(0.0, 4), (1.0, 2), (5.0, 1), (9.0, 3)], first=4) == [(-math.inf, 4), (9.0, 1), (9.5, 3)]
     replicas = [[0.0, 1], [15.0, 2], [25.0, 3], [25.5, 5], [36.0, 6]]
     record = {"samples": {"ramp": [{"predictive": {"raw": {"started_at": 100.0, "decisions": decisions,
                                                            "replicas": replicas}}}]}}
@@ -304,7 +307,8 @@ def test_a_sweeps_margins_rank_the_settings_that_met_every_goal_by_the_nearest_o
                            "compare3": side(0.30, 0.90), "oracle": side(0.1, 0.9)},
                "ramp": {"predictive": side(0.10, 1.05, "NOT met"), "compare": side(0.10, 0.95),
                         "compare2": side(0.20, 0.90), "compare3": side(0.33, 0.90), "oracle": side(0.0, 0.9)},
-               "flat": {label: side(1.0, 1.0) for label in settings}}
+               "flat": {label: side(1.0, 1.0) for label in settings},
+               "spike": {label: side(2.0, 2.0, "not a goal trace") for label in settings}}  # ignored
     ranked = sim.margins({"model": {"settings": settings}, "summary": summary})
     assert [e["label"] for e in ranked] == ["compare2", "compare", "predictive", "compare3"]
     assert ranked[0]["margin"] == pytest.approx(0.08) and ranked[1]["margin"] == pytest.approx(0.05)

@@ -50,6 +50,9 @@ from typing import Any
 from elasticml.dataconf import check_number, shown
 from elasticml.errors import ConfigError
 
+MAX_STATE = 1e12
+"""The largest magnitude a number of resumed state may have (loads, errors, times in seconds since the epoch):
+beyond it the state is not what observations make, and a forecast from it could overflow."""
 MAX_SLOTS = 2880
 """Seasonal slots kept (season_s / bucket_s): a day in 30 s buckets; bounds the persisted state."""
 
@@ -80,8 +83,9 @@ class ForecastConfig:
     """Damping of the trend (Gardner's damped Holt): step k ahead adds trend * (phi + ... + phi**k), so a
     queue draining or filling is not extrapolated for the whole lead; 1 = an undamped trend."""
     margin_sigmas: float = 0.0
-    """Safety margin: this many RMS forecast errors above the forecast. None by default, with the faster
-    trend; where a margin paid and where it did not, in simulation: benchmarks/README.md."""
+    """Safety margin: this many RMS forecast errors above what is provisioned for (the forecast where its rise
+    passes `rise_sigmas`, else the load). None by default; where a margin paid and where it did not, in
+    simulation: benchmarks/README.md."""
     max_relative_error: float = 0.6
     """Fall back to reactive while the forecast's RMS error exceeds this share of the mean load."""
     warmup_buckets: int = 10
@@ -176,7 +180,9 @@ class LoadForecaster:
     """The forecast errors' mean (EMA, as sq_error): their bias, which on a ramp is the forecast's lag."""
     checked: int = 0
     """Forecasts checked against the load: the first sets both error averages (an average started at zero
-    would read small errors, and a trusted forecast, for its first dozen checks)."""
+    would read small errors, and a trusted forecast, for its first dozen checks). `noise` is 0 after the first
+    check and reads low for the next few (the spread of few errors about their own mean), so for the first
+    checks after the warm-up the rise gate is narrower than `rise_sigmas` says."""
     mean_load: float = 0.0
     startup_s: float | None = None
     """Measured replica start-up (EMA), None until a scale-up completed."""
@@ -323,10 +329,14 @@ class LoadForecaster:
             margin = cfg.margin_sigmas * self.rms_error
             path = [self.forecast(k) for k in range(1, ahead + 1)]
             predicted = path[-1]
-            # The rise itself must stand out of the noise; a margin is no rise.
-            provisioned = load if predicted - load < cfg.rise_sigmas * self.noise else max(predicted + margin, load)
-            replicas = math.ceil(provisioned / cfg.target_per_replica)
+            # The rise itself must stand out of the noise (a margin is no rise); the margin goes on what is kept.
+            base = predicted if predicted - load >= cfg.rise_sigmas * self.noise else load
+            provisioned = max(base + margin, load)
             mode = "predictive"
+            if not all(math.isfinite(x) for x in (provisioned, margin, *path)):
+                # state no observations make (from_dict bounds what it reads back): Serve's rule, not a crash
+                path, margin, provisioned, mode = [load], 0.0, load, "reactive"
+            replicas = math.ceil(provisioned / cfg.target_per_replica)
             if replicas < running:
                 # Hysteresis: only as far down as the whole coming window allows, with headroom; a
                 # falling trend is not taken as a promise (the level now counts).
@@ -370,8 +380,10 @@ class LoadForecaster:
                        *season]
             checked = raw.get("checked", 1 if raw["buckets"] else 0)
             optional = [raw["level"], raw["bucket_start"], raw["startup_s"]]
-            if not (all(is_finite_number(x) for x in numbers)
-                    and all(x is None or is_finite_number(x) for x in optional)):
+            if not (all(is_finite_number(x) and abs(x) <= MAX_STATE for x in numbers)
+                    and all(x is None or is_finite_number(x) and abs(x) <= MAX_STATE for x in optional)):
+                return fresh
+            if optional[2] is not None and not 0 <= optional[2] <= 3600:  # a start-up, as replicas_seen keeps one
                 return fresh
             if type(raw["buckets"]) is not int or raw["buckets"] < 0 or type(checked) is not int or checked < 0:
                 return fresh
