@@ -71,14 +71,12 @@ class ForecastConfig:
     startup_s: float = 10.0
     """A replica's start-up time until one has been measured."""
     alpha: float = 0.8
-    beta: float = 0.2
+    beta: float = 0.4
     gamma: float = 0.3
     """Smoothing of the level, the trend and the seasonal profile across seasons (0..1: higher follows faster).
-    Chosen in simulation (benchmarks/autoscale_sim.py) on draws of the benchmark's families the live benchmark
-    does not replay, beta with `rise_sigmas` (benchmarks/README.md: the sweep and the rule): a level that follows
-    fast sees a ramp's onset sooner; a slower trend reads less of steady load's noise as a rise. For the
-    benchmark's setting (a target of 3 of 4 slots, the served signal); other targets and burst pools take
-    them unmeasured."""
+    Chosen in simulation (benchmarks/autoscale_sim.py) on draws the live benchmark does not replay: a level and
+    trend that follow fast see a ramp's onset sooner. A slower trend with `rise_sigmas` 2 (beta 0.2), chosen in
+    a model later found to be of the wrong shape, did worse live (benchmarks/README.md)."""
     phi: float = 0.9
     """Damping of the trend (Gardner's damped Holt): step k ahead adds trend * (phi + ... + phi**k), so a
     queue draining or filling is not extrapolated for the whole lead; 1 = an undamped trend."""
@@ -101,11 +99,12 @@ class ForecastConfig:
     context does not carry it, so a deployment option changed later is not seen). With it the requests served
     are read as what the running replicas' slots hold of those in flight, from one count; without it, as
     Serve's in-flight count less its queued one (see `signal_load`)."""
-    rise_sigmas: float = 2.0
+    rise_sigmas: float = 0.0
     """Provision for a forecast above the load now only when the rise exceeds this many times the forecast
     errors' spread about their mean (`LoadForecaster.noise`: on a ramp the errors lean one way, the forecast's
     lag, which is no noise): on steady load (a ramp's plateau too) the trend's noise then asks for no replica
-    the load does not need, which Serve's downscale delay would hold. 0: any rise counts."""
+    the load does not need, which Serve's downscale delay would hold. 0 (the default): any rise counts; 2, with
+    beta 0.2, was measured live and not kept (benchmarks/README.md)."""
 
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
