@@ -35,8 +35,9 @@ beside them; a live run's draws (--seed0 in serve_autoscale.py) are what stays h
 
 `--fit-contention` takes records of the live benchmark (benchmarks/results/serve_autoscale*.json) and
 prints the replica start-ups their decision logs show (how the start-up constants were set), then, for
-each candidate CONTENTION_PER_START, the model's reactive totals on the same draws beside the live
-reactive ones and how far apart they are: how the constant was chosen (the predictive side is not used).
+each candidate contention (CONTENTION_CANDIDATES: a share while any replica starts, and one per start),
+the model's reactive totals on the same draws beside the live reactive ones and how far apart they are:
+how CONTENTION_BASE and CONTENTION_PER_START were chosen (the predictive side is not used).
 
 Printed per trace: over-SLO requests and replica-seconds of each policy summed over the rounds,
 their ratio (predictive / reactive) and the paired differences' bootstrap interval, as the live

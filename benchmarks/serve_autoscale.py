@@ -19,7 +19,8 @@ Method, so that a difference is told from run-to-run noise:
   1000 + k and replayed with arrival seed 2000 + k against both policies: the same requests at the
   same moments for the two, other ones each round. --seed0 S draws from S + k and S + 1000 + k
   instead: fresh draws for a change chosen after these were seen (the simulator's tuning uses 5000
-  and 7000 up; 9000 and 11000 up have been replayed live and fitted the model, 13000 up are unseen).
+  and 7000 up; 9000, 11000 and 13000 up have been replayed live, the first two fitted the model;
+  15000 up are unseen).
 - The order alternates: reactive first in even rounds, predictive first in odd ones, so that a
   drift over a round (the machine warming, what the previous replay left running) falls on each
   policy as often.
