@@ -64,6 +64,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import record  # benchmarks/record.py: a script's own folder is first on sys.path
+import serve_autoscale
 from serve_autoscale import (BOUNDS, DELAYS, DURATIONS, FEWER_GOAL, NO_WORSE_GOAL, SERVICE_S, SLO_S,  # noqa: E402
                              SLOTS, TARGET, Case, case, finite, forecast_settings, paired, verdict)
 
@@ -252,8 +253,6 @@ def simulate(c: Case, policy: Any, arrival_seed: int, startup_seed: int,
 
 def case_seeded(name: str, trace_seed: int) -> Case:
     """The benchmark's trace of family `name` drawn from `trace_seed` (what its records call trace_seed)."""
-    import serve_autoscale
-
     return case(name, trace_seed - serve_autoscale.TRACE_SEED0)  # its base now, as case() reads it
 
 
@@ -379,13 +378,14 @@ FIT_STARTUP_DRAWS = 3
 ones; the start-up jitter is the model's own)."""
 
 
-def fit_contention(paths: list[str]) -> list[dict[str, Any]]:
-    """Each candidate contention's reactive totals (over the SLO, replica-s) on the live records' draws, beside
+def fit_contention(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each candidate contention's reactive totals (over the SLO, replica-s) on the live records' draws (as
+    `live_records` reads them), beside
     the live reactive totals; a draw replayed in several records counts once per record, as live. Each draw is
     checked to be the one the record names (its parameters), and the model's figure for it is the mean over
     FIT_STARTUP_DRAWS start-up draws."""
     live: dict[str, dict[tuple[int, int], list[dict[str, Any]]]] = {}
-    for raw in live_records(paths):
+    for raw in records:
         for name, rows in raw["samples"].items():
             if name not in DURATIONS:
                 continue
@@ -436,11 +436,11 @@ def margins(raw: dict[str, Any]) -> list[dict[str, Any]]:
     the smallest, over the diurnal and ramp traces, of 0.50 less its over-SLO ratio and 1 less its replica-s
     ratio (how far the nearest goal is). Best first among those met with the ramp within RAMP_CAP; the rest
     after, in the record's order."""
+    goals = (*FEWER_GOAL, *NO_WORSE_GOAL)  # the other traces' verdicts are "not a goal trace"
     out = []
     for label, setting in raw["model"]["settings"].items():
         if setting == ORACLE:
             continue
-        goals = (*FEWER_GOAL, *NO_WORSE_GOAL)  # the other traces' verdicts are "not a goal trace"
         per = {name: raw["summary"][name][label] for name in raw["summary"]
                if name in goals and label in raw["summary"][name]}
         met = all(str(s["verdict"]).startswith("met") for s in per.values())
@@ -479,14 +479,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rounds in 1..1000")
     rec = record.start(__file__, args, argv)
     if args.fit_contention:
-        startups = measured_startups(live_records(args.fit_contention))
+        live = live_records(args.fit_contention)  # read once: the records run to tens of MB
+        startups = measured_startups(live)
         for k, took in startups.items():
             q = sorted(took)
             low = STARTUP_S + STARTUP_PER_START_S * k
             print(f"start-up live, {k}{'+' if k == 4 else ''} asked at once: median {statistics.median(q):.2f} s "
                   f"[{q[len(q) // 4]:.2f}, {q[3 * len(q) // 4]:.2f}] of {len(q)}; the model "
                   f"{low:.2f}-{low + STARTUP_JITTER_S:.2f}", flush=True)
-        fit = fit_contention(args.fit_contention)
+        fit = fit_contention(live)
         print(f"closest: {min(fit, key=lambda e: e['score'])['contention']} "
               f"(the model's: {[CONTENTION_BASE, CONTENTION_PER_START]})")
         rec.write(samples=fit, summary={"chosen": [CONTENTION_BASE, CONTENTION_PER_START], "startup_s": STARTUP_S,

@@ -454,7 +454,7 @@ def test_rise_sigmas_provisions_for_a_rise_only_beyond_the_forecasts_noise():
 
 def test_on_a_noisy_ramp_the_forecasts_lag_is_not_counted_as_noise():
     """The errors on a ramp lean one way (the forecast lags the load): their spread about the mean, not their RMS,
-    is what a rise must exceed, so the default rise_sigmas still provisions ahead of a ramp."""
+    is what a rise must exceed, so a gate of 2 still provisions ahead of a ramp."""
     fc = LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=4.0, warmup_buckets=5,
                                               rise_sigmas=2.0))
     for i in range(40):

@@ -255,7 +255,7 @@ def test_the_contention_fit_sets_the_models_reactive_totals_beside_the_live_ones
                                   "reactive": {"over_slo": 5, "replica_s": 61.5}}]}}
     path = tmp_path / "live.json"
     path.write_text(json.dumps(live))
-    fit = sim.fit_contention([str(path), str(path)])  # a draw in two records counts twice, as live
+    fit = sim.fit_contention(sim.live_records([str(path), str(path)]))  # a draw in two records counts twice, as live
     assert [tuple(e["contention"]) for e in fit] == list(sim.CONTENTION_CANDIDATES)
     assert all(e["flat"]["live_over_slo"] == 10 and e["flat"]["live_replica_s"] == 123.0 for e in fit)
     alone = sim.simulate(sim.case_seeded("flat", 9001), sim.Reactive(), 10001, 10001, contention=(0.0, 0.0))
@@ -266,10 +266,10 @@ def test_the_contention_fit_sets_the_models_reactive_totals_beside_the_live_ones
     drifted = {**live, "samples": {"flat": [{**row, "params": {"rate": 1.0}}]}}
     (tmp_path / "drifted.json").write_text(json.dumps(drifted))
     with pytest.raises(SystemExit, match="other parameters"):
-        sim.fit_contention([str(tmp_path / "drifted.json")])
+        sim.fit_contention(sim.live_records([str(tmp_path / "drifted.json")]))
     (tmp_path / "other.json").write_text(json.dumps({**live, "script": "benchmarks/optimize.py"}))
     with pytest.raises(SystemExit, match="not a record of"):
-        sim.fit_contention([str(tmp_path / "other.json")])
+        sim.live_records([str(tmp_path / "other.json")])
 
 
 def test_live_start_ups_are_timed_from_serves_target_as_its_delay_logic_moves_it(sim: Any) -> None:

@@ -375,12 +375,12 @@ class LoadForecaster:
                 return fresh
             # mean_error and checked are newer than the state's format: without them every error counts as noise,
             # and the errors seen so far as checked
-            numbers = [raw["trend"], raw["seasons_seen"], raw["sq_error"], raw.get("mean_error", 0.0), raw["mean_load"],
-                       *season]
+            mean_error = raw.get("mean_error", 0.0)
+            numbers = [raw["trend"], raw["seasons_seen"], raw["sq_error"], mean_error, raw["mean_load"], *season]
             checked = raw.get("checked", 1 if raw["buckets"] else 0)
             optional = [raw["level"], raw["bucket_start"], raw["startup_s"]]
-            if not (all(is_finite_number(x) and abs(x) <= MAX_STATE for x in numbers)
-                    and all(x is None or is_finite_number(x) and abs(x) <= MAX_STATE for x in optional)):
+            present = [*numbers, *(x for x in optional if x is not None)]
+            if not all(is_finite_number(x) and abs(x) <= MAX_STATE for x in present):
                 return fresh
             if optional[2] is not None and not 0 <= optional[2] <= 3600:  # a start-up, as replicas_seen keeps one
                 return fresh
@@ -388,13 +388,13 @@ class LoadForecaster:
                 return fresh
             # The squared error's average bounds the mean's square (the same weights); state breaking that is
             # not to_dict's
-            if raw["sq_error"] < 0 or abs(raw.get("mean_error", 0.0)) > math.sqrt(raw["sq_error"]) * (1 + 1e-9) + 1e-12:
+            if raw["sq_error"] < 0 or abs(mean_error) > math.sqrt(raw["sq_error"]) * (1 + 1e-9) + 1e-12:
                 return fresh
             last = round(optional[1] / config.bucket_s) - 1 if optional[1] is not None else None
             return cls(config=config, level=optional[0], last_index=last, trend=float(raw["trend"]),
                        season=[float(x) for x in season], seasons_seen=float(raw["seasons_seen"]),
                        bucket_start=optional[1], buckets=raw["buckets"], sq_error=float(raw["sq_error"]),
-                       mean_error=float(raw.get("mean_error", 0.0)), checked=min(checked, 1 << 30),
+                       mean_error=float(mean_error), checked=min(checked, 1 << 30),
                        mean_load=float(raw["mean_load"]), startup_s=optional[2])
         except (KeyError, TypeError, ValueError, OverflowError):
             return fresh
