@@ -160,3 +160,27 @@ def test_the_int8_benchmark_times_candidates_interleaved_in_rotating_order() -> 
     table = serve_int8.summarise({"tokens_per_s": {"a": [10.0, 20.0, 30.0], "b": [20.0, 20.0, 90.0]}}, "a")
     assert table["b"]["tokens_per_s"] == {"median": 20.0, "min": 20.0, "max": 90.0}
     assert table["b"]["vs_base"] == {"median": 2.0, "min": 1.0, "max": 3.0}  # 20/10, 20/20, 90/30: within each round
+
+
+def test_the_node_loss_benchmark_reads_the_resume_line_the_training_loop_logs() -> None:
+    """The benchmark times the resume by the loop's own log line: the format it parses is the one loop.py writes."""
+    import logging
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import node_loss
+    finally:
+        sys.path.remove(str(BENCH))
+    from elasticml.train import loop
+
+    source = (Path(loop.__file__)).read_text()
+    fmt = "resumed from step %d (next sample %d, %d workers) from %s"
+    assert fmt in source  # the line loop.py logs on a resume
+    line = logging.LogRecord("x", logging.INFO, "", 0, fmt, (30, 120, 2, "/tmp/ckpt"), None).getMessage()
+    assert node_loss.resumed_step(f"(RayTrainWorker pid=1) step 20/200\n(RayTrainWorker pid=2) {line}\n") == 30
+    assert node_loss.resumed_step("(RayTrainWorker pid=1) step 20/200 loss 2.1\n") is None
+    spread = node_loss.summarise([{"dead_s": 3.0, "replaced_s": 6.0, "resumed_s": 14.0},
+                                  {"dead_s": 5.0, "replaced_s": 9.0, "resumed_s": 12.0},
+                                  {"dead_s": 4.0, "replaced_s": 7.0, "resumed_s": 20.0}])
+    assert spread["resumed_s"] == {"median": 14.0, "min": 12.0, "max": 20.0}
+    assert spread["dead_s"]["median"] == 4.0
