@@ -2,6 +2,7 @@
 
     python benchmarks/serve_autoscale.py [--rounds 5] [--scale 1.0] [--traces diurnal,ramp,flat]
         [--resamples 10000] [--forecast JSON] [--json OUT | --no-json] [--png out.png] [--verbose]
+    python benchmarks/serve_autoscale.py --seasons RECORD.json
 
 Setting. One local Ray instance and one Serve app at a time, a `SyntheticModel` deployment
 (elasticml/serve/loadreplay.py): each request holds one of a replica's 4 slots for 0.25 s, and a
@@ -19,8 +20,8 @@ Method, so that a difference is told from run-to-run noise:
   1000 + k and replayed with arrival seed 2000 + k against both policies: the same requests at the
   same moments for the two, other ones each round. --seed0 S draws from S + k and S + 1000 + k
   instead: fresh draws for a change chosen after these were seen (the simulator's tuning uses 5000
-  and 7000 up; 9000, 11000 and 13000 up have been replayed live, the first two fitted the model;
-  15000 up are unseen).
+  and 7000 up; 9000, 11000, 13000 and 15000 up have been replayed live, the first two fitted the model;
+  17000 up are unseen).
 - The order alternates: reactive first in even rounds, predictive first in odd ones, so that a
   drift over a round (the machine warming, what the previous replay left running) falls on each
   policy as often.
@@ -387,6 +388,36 @@ def summarise(results: dict[str, list[dict[str, Any]]], resamples: int) -> dict[
     return summary
 
 
+def over_slo_by_season(rows: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
+    """Each policy's requests over the SLO (or failed, as `Outcome.summary` counts them) in the first season of
+    a seasonal trace's rounds and in the seasons after it, summed over the rounds: [first, after]. In the first
+    season the forecast has no profile yet and is a trend (or, while not trusted, the reactive fallback); from
+    the second on it knows what came at that hour."""
+    out = {policy: [0, 0] for policy in POLICIES}
+    for row in rows:
+        season = row["params"]["period_s"]
+        for policy in POLICIES:
+            raw = row[policy]["raw"]
+            for sent, latency, status in zip(raw["sent_at_s"], raw["latency_s"], raw["status"], strict=True):
+                if status != 200 or latency > SLO_S:
+                    out[policy][0 if sent < season else 1] += 1
+    return out
+
+
+def print_seasons(path: str) -> None:
+    """--seasons: the split of a record's seasonal traces, from its raw requests (nothing is replayed)."""
+    with open(path) as fh:
+        raw = json.load(fh)
+    for name, rows in raw["samples"].items():
+        if not rows or "period_s" not in rows[0]["params"]:
+            continue
+        split = over_slo_by_season(rows)
+        (r_first, r_after), (p_first, p_after) = split["reactive"], split["predictive"]
+        print(f"{name}: requests over the SLO, reactive / predictive, first season {r_first} / {p_first} "
+              f"(x{ratio(p_first, r_first):.2f}), after it {r_after} / {p_after} (x{ratio(p_after, r_after):.2f}); "
+              f"{len(rows)} rounds of {raw['command']} at {raw['commit']}")
+
+
 def print_tables(results: dict[str, list[dict[str, Any]]], summary: dict[str, Any]) -> None:
     print("| trace | round | first | policy | requests | over SLO | 429/503 | p99 s | replica-s | ramp to enough s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -425,7 +456,12 @@ def main() -> None:
     ap.add_argument("--seed0", type=int, default=TRACE_SEED0,
                     help="draws: traces seeded from this, arrivals from it + 1000 (default: %(default)s)")
     ap.add_argument("--verbose", action="store_true", help="print each policy's replicas over time")
+    ap.add_argument("--seasons", default=None, metavar="RECORD_JSON",
+                    help="a record's requests over the SLO in the first season and after it; replays nothing")
     args = ap.parse_args()
+    if args.seasons:
+        print_seasons(args.seasons)
+        return
     chosen = args.traces.split(",")
     unknown = [t for t in chosen if t not in DURATIONS]
     if unknown or args.rounds < 1 or not 0 < args.scale <= 10:

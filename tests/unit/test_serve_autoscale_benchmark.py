@@ -139,6 +139,32 @@ def test_the_verdicts_are_the_goals_of_issue_30(bench: Any) -> None:
     assert "not a verdict" in bench.verdict("diurnal", short, _stats(bench, [1, 1], [2, 2]))[1]
 
 
+def test_requests_over_the_slo_split_at_the_first_season_as_the_record_counts_them(bench: Any, tmp_path: Path,
+                                                                                   capsys: Any) -> None:
+    """A failed request counts as over the SLO, as in the run's own totals; the split is at each round's period."""
+    def side(sent: list[float], latency: list[float], status: list[int]) -> dict[str, Any]:
+        return {"over_slo": sum(1 for lat, code in zip(latency, status) if code != 200 or lat > bench.SLO_S),
+                "raw": {"sent_at_s": sent, "latency_s": latency, "status": status}}
+
+    rows = [{"params": {"period_s": 70.0},
+             "reactive": side([1.0, 30.0, 69.9, 70.0, 150.0], [2.0, 0.3, 1.5, 3.0, 0.2], [200, 503, 200, 200, 200]),
+             "predictive": side([1.0, 80.0], [0.2, 1.2], [200, 200])},
+            {"params": {"period_s": 90.0},
+             "reactive": side([80.0, 95.0], [1.1, 0.1], [200, 200]),
+             "predictive": side([80.0, 95.0], [0.1, 5.0], [200, 200])}]
+    split = bench.over_slo_by_season(rows)
+    assert split == {"reactive": [4, 1], "predictive": [0, 2]}
+    assert sum(split["reactive"]) == sum(r["reactive"]["over_slo"] for r in rows)  # the totals the verdict used
+    record = tmp_path / "run.json"
+    record.write_text(json.dumps({"command": "python benchmarks/serve_autoscale.py", "commit": "abc1234",
+                                  "samples": {"diurnal": rows, "ramp": [{"params": {"start_s": 10.0}}]}}))
+    bench.print_seasons(str(record))
+    out = capsys.readouterr().out
+    assert ("diurnal: requests over the SLO, reactive / predictive, first season 4 / 0 (x0.00), "
+            "after it 1 / 2 (x2.00)") in out
+    assert "ramp" not in out  # no season, no split
+
+
 def test_the_docstring_states_the_setting_and_the_runtime_formula_the_code_uses(bench: Any) -> None:
     doc = bench.__doc__
     assert f"one of a replica's {bench.SLOTS} slots" in doc
