@@ -4,17 +4,21 @@
 
 Brings up the local elastic cluster of cluster_configs/local.yaml (as the integration tests do) and
 builds the small corpus, then, each round: submits jobs/train.py on spot (2 workers, a sharded
-checkpoint every 10 steps), waits for step 20, kills the raylet of a spot node that runs a worker
-and every process under it (as a reclaimed instance vanishes), and times from the kill:
+checkpoint every 10 steps), waits for step 25 (between two checkpoints, so which one it resumes
+from does not depend on a race with the checkpoint being written), kills the raylet of a spot node
+that runs a worker and every process under it (as a reclaimed instance vanishes), and times from
+the kill:
 
     dead_s      until Ray reports the node dead (its health check gives up)
     replaced_s  until a new spot node is alive (the autoscaler's replacement)
-    resumed_s   until the job's log says it resumed from a checkpoint
+    resumed_s   until the job's log says it resumed from a checkpoint (the log is polled about
+                every 0.5 s, so this may be up to about a second late)
 
-with the step it resumed from. The job is then stopped: that the run finishes where it should is
-what tests/integration/spot/test_train_node_loss.py checks. The times are this 2-core machine's,
-with the cluster's processes sharing the cores; they say where the time goes (detection,
-replacement, restart), not what a cloud would take, where a new VM boots in minutes.
+with the last step logged before the kill and the step it resumed from. The job is then stopped:
+that the run finishes where it should is what tests/integration/spot/test_train_node_loss.py
+checks. The times are this 2-core machine's, with the cluster's processes sharing the cores; they
+say where the time goes (detection, replacement, restart), not what a cloud would take, where a
+new VM boots in minutes.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import record  # benchmarks/record.py: a script's own folder is first on sys.pat
 
 REPO = Path(__file__).resolve().parents[1]
 RESUMED = re.compile(r"resumed from step (\d+) \(next sample (\d+), (\d+) workers\)")
-LOST_AT_STEP = 20
+LOST_AT_STEP = 25
+STEP = re.compile(r"step (\d+)/")
 STEPS = 200
 """Long enough that the run is still training when it resumes (it is stopped then)."""
 ROUND_LIMIT_S = 600.0
@@ -42,6 +47,11 @@ def resumed_step(logs: str) -> int | None:
     """The step the job's log says it resumed from, or None before it has."""
     match = RESUMED.search(logs)
     return int(match.group(1)) if match else None
+
+
+def last_step(logs: str) -> int | None:
+    """The highest step the job's log reports, or None before the first."""
+    return max((int(s) for s in STEP.findall(logs)), default=None)
 
 
 def spot_nodes() -> dict[str, bool]:
@@ -71,7 +81,7 @@ def one_round(cluster: Any, client: Any, corpus: Path, storage: Path, k: int) ->
             raise RuntimeError(f"round {k}: job {status}, or past {ROUND_LIMIT_S:.0f} s:\n{text[-3000:]}")
         return text
 
-    while f"step {LOST_AT_STEP}/" not in logs():
+    while (last_step(text := logs()) or 0) < LOST_AT_STEP:
         time.sleep(0.5)
     workers = {a.node_id for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
                                                 limit=1000)}
@@ -79,6 +89,7 @@ def one_round(cluster: Any, client: Any, corpus: Path, storage: Path, k: int) ->
     victim = next((n for n, alive in before.items() if alive and n in workers), None)
     if victim is None:
         raise RuntimeError(f"round {k}: no alive spot node runs a train worker ({before}, workers on {workers})")
+    seen = last_step(text)
     t0 = time.monotonic()
     cluster.kill_node(victim)
     dead = replaced = resumed = None
@@ -100,10 +111,13 @@ def one_round(cluster: Any, client: Any, corpus: Path, storage: Path, k: int) ->
                                f"{ROUND_LIMIT_S:.0f} s")
         time.sleep(POLL_S)
     client.stop_job(job)
+    stop_by = time.monotonic() + 60
     while client.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING):
+        if time.monotonic() > stop_by:
+            raise RuntimeError(f"round {k}: job {job} still running 60 s after it was stopped")
         time.sleep(0.5)
     return {"round": k, "dead_s": round(dead, 2), "replaced_s": round(replaced, 2), "resumed_s": round(resumed, 2),
-            "resumed_from_step": step, "lost_after_step": LOST_AT_STEP}
+            "resumed_from_step": step, "last_step_logged": seen}
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -125,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from elasticml.data.corpus import build_corpus
 
     rounds: list[dict[str, Any]] = []
+    setting = {"steps": STEPS, "lost_at_step": LOST_AT_STEP, "workers": 2, "checkpoint_every": 10}
     with tempfile.TemporaryDirectory(prefix="node-loss-") as tmp:
         corpus = Path(tmp) / "corpus"
         build_corpus(corpus, num_shards=4, max_bytes=600_000)
@@ -135,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             client = JobSubmissionClient(info.dashboard_url)
             for k in range(args.rounds):
                 r = one_round(cluster, client, corpus, Path(tmp) / "runs", k)
-                print(f"round {k}: node dead after {r['dead_s']:.1f} s, replaced after {r['replaced_s']:.1f} s, "
-                      f"resumed from step {r['resumed_from_step']} after {r['resumed_s']:.1f} s", flush=True)
+                print(f"round {k}: lost after step {r['last_step_logged']}; node dead after {r['dead_s']:.1f} s, "
+                      f"replaced after {r['replaced_s']:.1f} s, resumed from step {r['resumed_from_step']} after "
+                      f"{r['resumed_s']:.1f} s", flush=True)
                 rounds.append(r)
+                rec.write(samples=rounds, summary=summarise(rounds), setting=setting, rounds_done=k + 1)
         finally:
             import ray
 
@@ -147,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rounds)
     for key, s in summary.items():
         print(f"{key}: median {s['median']:.1f} s ({s['min']:.1f} to {s['max']:.1f}) over {len(rounds)} rounds")
-    rec.write(samples=rounds, summary=summary, setting={"steps": STEPS, "lost_at_step": LOST_AT_STEP,
-                                                        "workers": 2, "checkpoint_every": 10})
+    rec.write(samples=rounds, summary=summary, setting=setting, rounds_done=len(rounds))
     return 0
 
 

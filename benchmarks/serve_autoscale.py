@@ -388,34 +388,56 @@ def summarise(results: dict[str, list[dict[str, Any]]], resamples: int) -> dict[
     return summary
 
 
+MAX_RECORD_BYTES = 256 << 20
+"""--seasons reads a record whole; the records of a full run are a few MB."""
+
+
 def over_slo_by_season(rows: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
     """Each policy's requests over the SLO (or failed, as `Outcome.summary` counts them) in the first season of
     a seasonal trace's rounds and in the seasons after it, summed over the rounds: [first, after]. In the first
     season the forecast has no profile yet and is a trend (or, while not trusted, the reactive fallback); from
-    the second on it knows what came at that hour."""
+    the second on it knows what came at that hour. The record keeps latencies to 0.1 ms, so a request within
+    0.05 ms of the SLO can count on the other side of it than in the run's own total. A row that is not what
+    `replay_one` records raises ValueError naming it."""
     out = {policy: [0, 0] for policy in POLICIES}
-    for row in rows:
-        season = row["params"]["period_s"]
-        for policy in POLICIES:
-            raw = row[policy]["raw"]
-            for sent, latency, status in zip(raw["sent_at_s"], raw["latency_s"], raw["status"], strict=True):
-                if status != 200 or latency > SLO_S:
-                    out[policy][0 if sent < season else 1] += 1
+    for k, row in enumerate(rows):
+        try:
+            season = row["params"]["period_s"]
+            if not (isinstance(season, (int, float)) and math.isfinite(season) and season > 0):
+                raise ValueError(f"period_s {season!r} is not a positive number")
+            for policy in POLICIES:
+                raw = row[policy]["raw"]
+                for sent, latency, status in zip(raw["sent_at_s"], raw["latency_s"], raw["status"], strict=True):
+                    if type(status) is not int or not isinstance(latency, (int, float)) or \
+                            not isinstance(sent, (int, float)):
+                        raise ValueError(f"a {policy} request is not (sent_at_s, latency_s, status) numbers")
+                    if status != 200 or latency > SLO_S:
+                        out[policy][0 if sent < season else 1] += 1
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"round {k}: not a round of this benchmark's record ({str(exc)[:200]})") from None
     return out
 
 
 def print_seasons(path: str) -> None:
     """--seasons: the split of a record's seasonal traces, from its raw requests (nothing is replayed)."""
-    with open(path) as fh:
-        raw = json.load(fh)
-    for name, rows in raw["samples"].items():
-        if not rows or "period_s" not in rows[0]["params"]:
+    with open(path, "rb") as fh:
+        body = fh.read(MAX_RECORD_BYTES + 1)
+    if len(body) > MAX_RECORD_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_RECORD_BYTES >> 20} MB, not a record of this benchmark")
+    try:
+        raw = json.loads(body)
+        samples = raw["samples"]
+        traces = [(name, rows) for name, rows in samples.items() if isinstance(rows, list)]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{path}: not a record of this benchmark (JSON with samples by trace)") from None
+    for name, rows in traces:
+        if not rows or not isinstance(rows[0], dict) or "period_s" not in rows[0].get("params", {}):
             continue
         split = over_slo_by_season(rows)
         (r_first, r_after), (p_first, p_after) = split["reactive"], split["predictive"]
-        print(f"{name}: requests over the SLO, reactive / predictive, first season {r_first} / {p_first} "
+        print(f"{name[:40]!s}: requests over the SLO, reactive / predictive, first season {r_first} / {p_first} "
               f"(x{ratio(p_first, r_first):.2f}), after it {r_after} / {p_after} (x{ratio(p_after, r_after):.2f}); "
-              f"{len(rows)} rounds of {raw['command']} at {raw['commit']}")
+              f"{len(rows)} rounds of {str(raw.get('command'))[:300]!r} at {str(raw.get('commit'))[:40]!r}")
 
 
 def print_tables(results: dict[str, list[dict[str, Any]]], summary: dict[str, Any]) -> None:
@@ -459,8 +481,11 @@ def main() -> None:
     ap.add_argument("--seasons", default=None, metavar="RECORD_JSON",
                     help="a record's requests over the SLO in the first season and after it; replays nothing")
     args = ap.parse_args()
-    if args.seasons:
-        print_seasons(args.seasons)
+    if args.seasons is not None:
+        try:
+            print_seasons(args.seasons)
+        except (OSError, ValueError) as exc:
+            ap.error(f"--seasons: {exc}")
         return
     chosen = args.traces.split(",")
     unknown = [t for t in chosen if t not in DURATIONS]

@@ -179,6 +179,9 @@ def test_the_node_loss_benchmark_reads_the_resume_line_the_training_loop_logs() 
     line = logging.LogRecord("x", logging.INFO, "", 0, fmt, (30, 120, 2, "/tmp/ckpt"), None).getMessage()
     assert node_loss.resumed_step(f"(RayTrainWorker pid=1) step 20/200\n(RayTrainWorker pid=2) {line}\n") == 30
     assert node_loss.resumed_step("(RayTrainWorker pid=1) step 20/200 loss 2.1\n") is None
+    # the kill waits for this step; "resumed from step 30 (" is no step report
+    assert node_loss.last_step(f"step 5/200\nstep 25/200\n{line}\nstep 20/200\n") == 25
+    assert node_loss.last_step("job submitted\n") is None
     spread = node_loss.summarise([{"dead_s": 3.0, "replaced_s": 6.0, "resumed_s": 14.0},
                                   {"dead_s": 5.0, "replaced_s": 9.0, "resumed_s": 12.0},
                                   {"dead_s": 4.0, "replaced_s": 7.0, "resumed_s": 20.0}])

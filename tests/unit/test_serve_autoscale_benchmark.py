@@ -163,6 +163,16 @@ def test_requests_over_the_slo_split_at_the_first_season_as_the_record_counts_th
     assert ("diurnal: requests over the SLO, reactive / predictive, first season 4 / 0 (x0.00), "
             "after it 1 / 2 (x2.00)") in out
     assert "ramp" not in out  # no season, no split
+    # a record that is not this benchmark's: an error naming what is wrong, not a count or a traceback
+    bad = dict(rows[0], params={"period_s": float("nan")})
+    with pytest.raises(ValueError, match="round 1: .*period_s"):
+        bench.over_slo_by_season([rows[0], bad])
+    broken = dict(rows[0], predictive={"raw": {"sent_at_s": [1.0], "latency_s": [0.2], "status": ["200"]}})
+    with pytest.raises(ValueError, match="round 0: .*not \\(sent_at_s"):
+        bench.over_slo_by_season([broken])
+    record.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a record of this benchmark"):
+        bench.print_seasons(str(record))
 
 
 def test_the_docstring_states_the_setting_and_the_runtime_formula_the_code_uses(bench: Any) -> None:
