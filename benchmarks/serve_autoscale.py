@@ -408,8 +408,8 @@ def over_slo_by_season(rows: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
             for policy in POLICIES:
                 raw = row[policy]["raw"]
                 for sent, latency, status in zip(raw["sent_at_s"], raw["latency_s"], raw["status"], strict=True):
-                    if type(status) is not int or not isinstance(latency, (int, float)) or \
-                            not isinstance(sent, (int, float)):
+                    if type(status) is not int or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                          and math.isfinite(x) for x in (sent, latency)):
                         raise ValueError(f"a {policy} request is not (sent_at_s, latency_s, status) numbers")
                     if status != 200 or latency > SLO_S:
                         out[policy][0 if sent < season else 1] += 1

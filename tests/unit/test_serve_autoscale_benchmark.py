@@ -170,6 +170,9 @@ def test_requests_over_the_slo_split_at_the_first_season_as_the_record_counts_th
     broken = dict(rows[0], predictive={"raw": {"sent_at_s": [1.0], "latency_s": [0.2], "status": ["200"]}})
     with pytest.raises(ValueError, match="round 0: .*not \\(sent_at_s"):
         bench.over_slo_by_season([broken])
+    endless = dict(rows[0], reactive={"raw": {"sent_at_s": [1.0], "latency_s": [float("inf")], "status": [200]}})
+    with pytest.raises(ValueError, match="round 0: .*reactive request"):
+        bench.over_slo_by_season([endless])
     record.write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a record of this benchmark"):
         bench.print_seasons(str(record))
