@@ -300,11 +300,10 @@ def live_records(paths: list[str]) -> list[dict[str, Any]]:
     """The live benchmark's records (scale 1), read and checked."""
     out = []
     for path in paths:
-        with open(path) as fh:
-            raw = json.load(fh)
-        if not (isinstance(raw, dict) and str(raw.get("script", "")).endswith("serve_autoscale.py")
-                and isinstance(raw.get("samples"), dict)):
-            raise SystemExit(f"{path}: not a record of benchmarks/serve_autoscale.py")
+        try:
+            raw = serve_autoscale.read_record(path)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(str(exc)) from None
         if raw.get("args", {}).get("scale", 1.0) != 1.0:
             raise SystemExit(f"{path}: a --scale run; the model replays scale 1")
         out.append(raw)

@@ -60,7 +60,7 @@ def spot_nodes() -> dict[str, bool]:
 
     from elasticml import labels as L
 
-    return {n["NodeID"]: bool(n["Alive"]) for n in ray.nodes() if n["Labels"].get(L.NODE_TYPE) == "cpu_spot"}
+    return {n["NodeID"]: bool(n["Alive"]) for n in ray.nodes() if L.market_of(n["Labels"]) == "spot"}
 
 
 def one_round(cluster: Any, client: Any, corpus: Path, storage: Path, k: int) -> dict[str, Any]:

@@ -389,7 +389,26 @@ def summarise(results: dict[str, list[dict[str, Any]]], resamples: int) -> dict[
 
 
 MAX_RECORD_BYTES = 256 << 20
-"""--seasons reads a record whole; the records of a full run are a few MB."""
+"""A record is read whole; those of a full run are a few MB."""
+
+
+def read_record(path: str) -> dict[str, Any]:
+    """A record this script wrote (`run.write`), read and checked: bounded in size, JSON, written by
+    serve_autoscale.py, with samples by trace. ValueError naming the file otherwise (OSError if unreadable).
+    --seasons and the simulator's fit (autoscale_sim.live_records) read records through it."""
+    with open(path, "rb") as fh:
+        body = fh.read(MAX_RECORD_BYTES + 1)
+    if len(body) > MAX_RECORD_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_RECORD_BYTES >> 20} MB, "
+                         "not a record of benchmarks/serve_autoscale.py")
+    try:
+        raw = json.loads(body)
+    except (ValueError, RecursionError):
+        raw = None
+    if not (isinstance(raw, dict) and str(raw.get("script", "")).endswith("serve_autoscale.py")
+            and isinstance(raw.get("samples"), dict)):
+        raise ValueError(f"{path}: not a record of benchmarks/serve_autoscale.py")
+    return raw
 
 
 def over_slo_by_season(rows: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
@@ -399,17 +418,18 @@ def over_slo_by_season(rows: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
     the second on it knows what came at that hour. The record keeps latencies to 0.1 ms, so a request within
     0.05 ms of the SLO can count on the other side of it than in the run's own total. A row that is not what
     `replay_one` records raises ValueError naming it."""
+    from elasticml.serve.forecast import is_finite_number
+
     out = {policy: [0, 0] for policy in POLICIES}
     for k, row in enumerate(rows):
         try:
             season = row["params"]["period_s"]
-            if not (isinstance(season, (int, float)) and math.isfinite(season) and season > 0):
+            if not (is_finite_number(season) and season > 0):
                 raise ValueError(f"period_s {season!r} is not a positive number")
             for policy in POLICIES:
                 raw = row[policy]["raw"]
                 for sent, latency, status in zip(raw["sent_at_s"], raw["latency_s"], raw["status"], strict=True):
-                    if type(status) is not int or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                          and math.isfinite(x) for x in (sent, latency)):
+                    if type(status) is not int or not (is_finite_number(sent) and is_finite_number(latency)):
                         raise ValueError(f"a {policy} request is not (sent_at_s, latency_s, status) numbers")
                     if status != 200 or latency > SLO_S:
                         out[policy][0 if sent < season else 1] += 1
@@ -420,18 +440,11 @@ def over_slo_by_season(rows: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
 
 def print_seasons(path: str) -> None:
     """--seasons: the split of a record's seasonal traces, from its raw requests (nothing is replayed)."""
-    with open(path, "rb") as fh:
-        body = fh.read(MAX_RECORD_BYTES + 1)
-    if len(body) > MAX_RECORD_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_RECORD_BYTES >> 20} MB, not a record of this benchmark")
-    try:
-        raw = json.loads(body)
-        samples = raw["samples"]
-        traces = [(name, rows) for name, rows in samples.items() if isinstance(rows, list)]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ValueError(f"{path}: not a record of this benchmark (JSON with samples by trace)") from None
-    for name, rows in traces:
-        if not rows or not isinstance(rows[0], dict) or "period_s" not in rows[0].get("params", {}):
+    raw = read_record(path)
+    for name, rows in raw["samples"].items():
+        seasonal = isinstance(rows, list) and rows and isinstance(rows[0], dict) \
+            and "period_s" in rows[0].get("params", {})
+        if not seasonal:
             continue
         split = over_slo_by_season(rows)
         (r_first, r_after), (p_first, p_after) = split["reactive"], split["predictive"]

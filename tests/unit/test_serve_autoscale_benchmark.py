@@ -156,7 +156,8 @@ def test_requests_over_the_slo_split_at_the_first_season_as_the_record_counts_th
     assert split == {"reactive": [4, 1], "predictive": [0, 2]}
     assert sum(split["reactive"]) == sum(r["reactive"]["over_slo"] for r in rows)  # the totals the verdict used
     record = tmp_path / "run.json"
-    record.write_text(json.dumps({"command": "python benchmarks/serve_autoscale.py", "commit": "abc1234",
+    record.write_text(json.dumps({"script": "benchmarks/serve_autoscale.py",
+                                  "command": "python benchmarks/serve_autoscale.py", "commit": "abc1234",
                                   "samples": {"diurnal": rows, "ramp": [{"params": {"start_s": 10.0}}]}}))
     bench.print_seasons(str(record))
     out = capsys.readouterr().out
@@ -174,7 +175,7 @@ def test_requests_over_the_slo_split_at_the_first_season_as_the_record_counts_th
     with pytest.raises(ValueError, match="round 0: .*reactive request"):
         bench.over_slo_by_season([endless])
     record.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="not a record of this benchmark"):
+    with pytest.raises(ValueError, match="not a record of benchmarks/serve_autoscale.py"):
         bench.print_seasons(str(record))
 
 
