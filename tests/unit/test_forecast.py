@@ -504,3 +504,60 @@ def test_state_no_observation_makes_falls_back_to_serves_rule_not_a_crash():
     fc.trend = 1e308  # what from_dict no longer reads back, set in memory
     d = fc.decide(running=1, low=1, high=10)
     assert (d.mode, d.replicas) == ("reactive", 3)
+
+
+@pytest.mark.parametrize("fixed", [True, False])
+def test_a_burst_pools_replica_still_starting_is_not_stopped_by_a_dip_in_the_load(monkeypatch, fixed):
+    """Serve's own wrapper (its bounds and delays) around the policy, on a clock the test moves: while no spot
+    replica runs yet, a load that dips for less than the downscale delay keeps the replicas asked for; without
+    the policy's hold, Serve applies each dip at once (its cold-start path) and restarts the start-up. A drop
+    that lasts takes them away."""
+    from types import SimpleNamespace
+
+    import ray.serve.autoscaling_policy as serve_policy
+    from ray.serve.config import AutoscalingConfig, AutoscalingContext
+
+    from elasticml.serve import autoscale
+
+    store: dict[bytes, object] = {}
+    monkeypatch.setattr(autoscale, "_kv_get", lambda key: store.get(key))
+    monkeypatch.setattr(autoscale, "_kv_put", lambda key, value: store.__setitem__(key, value))
+    clock = [1000.0]
+    monkeypatch.setattr(serve_policy, "time", SimpleNamespace(time=lambda: clock[0]))  # Serve's delays, on it
+    # The whole app's requests in flight, as its routers report them: 2 base + 1 or 2 spot replicas' worth,
+    # dipping to the base's own for 0.4 s in every 1.2 s; from t = 12 s to the end at 30 s, no load.
+    whole = [0.0]
+    monkeypatch.setattr(autoscale, "router_load", lambda workload, now: whole[0])
+    if not fixed:
+        monkeypatch.setattr(autoscale.PredictivePolicy, "_hold_while_none_runs",
+                            lambda self, wanted, **kw: wanted)
+    config = AutoscalingConfig(min_replicas=0, max_replicas=3, upscale_delay_s=1.0, downscale_delay_s=3.0,
+                               target_ongoing_requests=2.0)
+    policy = serve_policy._apply_autoscaling_config(autoscale.PredictivePolicy(
+        target_per_replica=2.0, bucket_s=0.5, startup_s=4.0, warmup_buckets=6,
+        burst={"workload": "w", "base_replicas": 1}))
+    target, state, seen = 0, {}, []
+    for i in range(300):
+        t = i * 0.1
+        clock[0] = 1000.0 + t
+        phase = t % 1.2
+        whole[0] = 0.0 if t >= 12.0 else 2.0 if phase < 0.4 else 5.0 if phase < 0.8 else 4.0
+        ctx = AutoscalingContext(
+            deployment_id=None, deployment_name="shop-pool-cpu_spot", app_name="a", current_num_replicas=0,
+            target_num_replicas=target, running_replicas=[], total_num_requests=0.0, total_queued_requests=0.0,
+            aggregated_metrics=None, raw_metrics=None, capacity_adjusted_min_replicas=0,
+            capacity_adjusted_max_replicas=3, policy_state=state, last_scale_up_time=None,
+            last_scale_down_time=None, current_time=clock[0], config=config)
+        target, state = policy(ctx)
+        seen.append((t, target))
+    loaded = [n for t, n in seen if 2.0 <= t < 12.0]
+    dips = [(a, b) for (_, a), (t, b) in zip(seen, seen[1:]) if t < 12.0 and b < a]
+    if fixed:
+        assert max(loaded) >= 1 and dips == [], dips  # asked for once, never taken back under the load
+        assert seen[-1][1] == 0  # the drop lasted: none asked for (the forecast's window, the hold, Serve's delay)
+        changes = [t for (_, a), (t, b) in zip(seen, seen[1:]) if b != a]
+        downs = [t for (_, a), (t, b) in zip(seen, seen[1:]) if b < a]
+        # each step down waited the downscale delay after the change before it, as Serve's own delay does
+        assert downs and all(t - max(c for c in changes if c < t) >= 3.0 - 1e-6 for t in downs), (changes, downs)
+    else:
+        assert dips  # Serve alone takes each dip at once: what this test would catch

@@ -5,7 +5,8 @@ settings (`policy_kwargs`) and calls it every control-loop tick with an `Autosca
 call feeds the load (by default the requests the replicas serve: of Serve's `total_num_requests`, what
 the running replicas' `max_ongoing_requests` slots hold; see elasticml.serve.forecast), the requests waiting, and the
 target/running replicas (to measure how long a replica takes to start) to a `LoadForecaster`, whose
-answer goes back to Serve, which still applies the deployment's bounds and up/down delays.
+answer goes back to Serve, which still applies the deployment's bounds and up/down delays (save
+while none of its replicas runs, when the policy holds a scale-down itself: `_hold_while_none_runs`).
 
 What the forecaster has learnt lives in the controller's memory, which a controller restart
 loses, so it is also written to Ray's GCS key-value store (namespace `elasticml_autoscale`, a few
@@ -139,6 +140,15 @@ def _queued(ctx: Any) -> tuple[float | None, str | None]:
     return (float(queued), None) if is_finite_number(queued) else (None, None)
 
 
+def _downscale_delay(config: Any, *, target: int, wanted: int) -> float:
+    """How long Serve holds a decision for fewer replicas (its AutoscalingConfig's rule); 0 where unknown."""
+    delay = getattr(config, "downscale_delay_s", None)
+    to_zero = getattr(config, "downscale_to_zero_delay_s", None)
+    if wanted == 0 and target == 1 and to_zero is not None:
+        delay = to_zero
+    return float(delay) if delay is not None and is_finite_number(delay) and delay >= 0 else 0.0
+
+
 class PredictivePolicy:
     """Serve's policy for one deployment. With `burst` ({"workload": W, "base_replicas": B}) it sizes the
     spot pool of a tenant's app (elasticml.serve.pools): the load is the whole app's, as its routers
@@ -167,6 +177,7 @@ class PredictivePolicy:
         # Serve calls the policy every control loop (~10 Hz); the routers publish 4 times a second.
         self._read: tuple[float, float | None] = (-math.inf, None)
         self._published: tuple[float, int] = (-math.inf, -1)
+        self._fewer_since: float | None = None
 
     def _resume(self, app: str | None, deployment: str, now: float) -> LoadForecaster:
         state = _kv_get(_key(app, deployment, "state"))
@@ -185,6 +196,22 @@ class PredictivePolicy:
             _kv_put(_key(app, deployment, "events"), self.events)
         except Exception as exc:  # the GCS briefly away: the decision stands, the log catches up later
             log.warning("could not log an autoscaling decision: %s", type(exc).__name__)
+
+    def _hold_while_none_runs(self, wanted: int, *, target: int, running: int, now: float, config: Any) -> int:
+        """Fewer replicas than Serve's target, while none of the deployment's replicas runs, only once fewer has
+        been wanted for the downscale delay. Serve applies a positive answer at once while none runs (its cold
+        start path, down as well as up), skipping its delay and leaving the delay's timer as it was: an answer
+        just below the target would stop a replica still starting (a burst pool's, waiting for a spot node),
+        and the next one above it would start another from scratch, round after round under steady load."""
+        if running > 0 or wanted >= target:
+            self._fewer_since = None
+            return wanted
+        if self._fewer_since is None:
+            self._fewer_since = now
+        if now - self._fewer_since < _downscale_delay(config, target=target, wanted=wanted):
+            return target
+        self._fewer_since = None  # as Serve's delay does: the next step down waits the whole delay again
+        return wanted
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         now = ctx.current_time if isinstance(ctx.current_time, (int, float)) else time.time()
@@ -227,7 +254,8 @@ class PredictivePolicy:
             load = in_flight = whole if whole is not None else in_flight + base * self.config.target_per_replica
         fc.observe(now, load)
         decision = fc.decide(running=base + running, low=low, high=high, queued=queued)
-        decision.replicas -= base
+        decision.replicas = self._hold_while_none_runs(decision.replicas - base, target=target, running=running,
+                                                       now=now, config=getattr(ctx, "config", None))
         if decision.replicas != self.last_replicas:
             # `reactive`: what Serve's own rule would ask, on the requests in flight
             reactive = max(low, min(high, math.ceil(in_flight / self.config.target_per_replica))) - base
