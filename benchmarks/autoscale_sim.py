@@ -1,7 +1,7 @@
 """Predictive vs reactive autoscaling in simulation: the live benchmark's setting, in seconds instead of an hour.
 
     python benchmarks/autoscale_sim.py [--rounds 20] [--seed0 5000] [--traces diurnal,ramp,flat]
-        [--tuning-shapes] [--forecast JSON] [--compare JSON]... [--oracle] [--json OUT | --no-json]
+        [--tuning-shapes] [--forecast JSON] [--compare JSON]... [--oracle] [--blocks K] [--json OUT | --no-json]
     python benchmarks/autoscale_sim.py --fit-contention LIVE.json [LIVE.json ...]
     python benchmarks/autoscale_sim.py --margins SWEEP.json
 
@@ -43,6 +43,9 @@ Printed per trace: over-SLO requests and replica-seconds of each policy summed o
 their ratio (predictive / reactive) and the paired differences' bootstrap interval, as the live
 benchmark prints them. With --compare, another forecast setting is run on the same draws too (repeated:
 one more for each, labelled compare, compare2, ...: a sweep).
+With --blocks K, each run of K consecutive rounds is also judged apart, as the live benchmark judges its
+K rounds (its verdict, the over-SLO ratio): over many rounds, how far one live run's verdict can land from
+the verdict of all of them on draws alike, in the model.
 With --oracle, so is a clairvoyant reference (`Oracle`): it reads the trace's true rate over the
 longest start-up ahead and asks for what that needs at Serve's target, never fewer than the
 reactive rule asks for what is in flight. It is not a proven bound (a policy holding more
@@ -451,6 +454,23 @@ def margins(raw: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: (not e["eligible"], -e["margin"] if e["eligible"] else 0))
 
 
+def blocks(rows: list[dict[str, Any]], name: str, label: str, size: int) -> dict[str, Any]:
+    """The run's rounds cut into consecutive blocks of `size` (a live run's rounds; an incomplete tail is left
+    out), each judged as the live benchmark judges its run: how far a run of that many rounds can land from the
+    verdict of all of them, on draws alike."""
+    ratios, met = [], 0
+    for start in range(0, len(rows) - size + 1, size):
+        part = rows[start:start + size]
+        s = {metric: paired([row[label][metric] for row in part], [row["reactive"][metric] for row in part],
+                            resamples=1000) for metric in ("over_slo", "replica_s")}
+        ratios.append(s["over_slo"]["ratio"])
+        met += bool(verdict(name, s["over_slo"], s["replica_s"])[0])
+    known = sorted(r for r in ratios if math.isfinite(r))
+    return {"size": size, "blocks": len(ratios), "met": met,
+            "over_slo_ratio": {"median": statistics.median(known), "min": known[0], "max": known[-1],
+                               "undefined": len(ratios) - len(known)} if known else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--traces", default="diurnal,ramp,flat")
@@ -461,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", action="append", default=None,
                     help="another ForecastConfig setting to run beside it, as JSON; repeat it for a sweep (at most 30)")
     ap.add_argument("--oracle", action="store_true", help="also a clairvoyant reference (knows the trace)")
+    ap.add_argument("--blocks", type=int, default=None, metavar="K",
+                    help="also judge each run of K consecutive rounds apart (a live run's size: 5)")
     ap.add_argument("--fit-contention", nargs="+", default=None, metavar="LIVE_JSON",
                     help="live records: the model's reactive totals at each candidate contention beside them")
     ap.add_argument("--margins", default=None, metavar="SWEEP_JSON",
@@ -476,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not 1 <= args.rounds <= 1000:
         ap.error("--rounds in 1..1000")
+    if args.blocks is not None and not 1 <= args.blocks <= args.rounds // 2:
+        ap.error("--blocks: at least 1 and at most half of --rounds (two blocks to compare)")
     rec = record.start(__file__, args, argv)
     if args.fit_contention:
         live = live_records(args.fit_contention)  # read once: the records run to tens of MB
@@ -542,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:8s} {label:10s} over SLO {o['reactive']:6.0f} -> {o['predictive']:6.0f} (x{o['ratio']:.2f}, "
                   f"diff CI [{o['ci'][0]:+.1f}, {o['ci'][1]:+.1f}])  replica-s {c['reactive']:6.0f} -> "
                   f"{c['predictive']:6.0f} (x{c['ratio']:.2f})  {s['verdict'][:9]}", flush=True)
+            if args.blocks and label != "oracle":
+                s["blocks"] = b = blocks(rows, name, label, args.blocks)
+                spread = b["over_slo_ratio"]
+                print(f"{'':8s} {'':10s} in {b['blocks']} runs of {b['size']} rounds: over SLO ratio "
+                      + (f"median {spread['median']:.2f} [{spread['min']:.2f}, {spread['max']:.2f}]" if spread else
+                         "undefined") + f"; goal met in {b['met']}", flush=True)
     rec.write(samples=results, summary=finite(summary),
               model={"startup_s": STARTUP_S, "startup_per_start_s": STARTUP_PER_START_S,
                      "startup_jitter_s": STARTUP_JITTER_S, "contention_base": CONTENTION_BASE,

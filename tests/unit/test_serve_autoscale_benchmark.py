@@ -353,3 +353,22 @@ def test_a_sweeps_margins_rank_the_settings_that_met_every_goal_by_the_nearest_o
     assert [e["label"] for e in ranked] == ["compare2", "compare", "predictive", "compare3"]
     assert ranked[0]["margin"] == pytest.approx(0.08) and ranked[1]["margin"] == pytest.approx(0.05)
     assert not ranked[2]["met"] and ranked[3]["met"] and not ranked[3]["eligible"]  # its ramp beyond RAMP_CAP
+
+
+def test_blocks_judge_each_run_of_k_rounds_as_the_live_benchmark_judges_its_run(sim: Any) -> None:
+    """Four rounds: the first two halve reactive's misses at less cost (the goal met by themselves, however
+    narrow the interval of two), the last two do not; a fifth round, an incomplete block, is left out."""
+    def row(pred: float, react: float, cost: float = 90.0) -> dict[str, Any]:
+        return {"predictive": {"over_slo": pred, "replica_s": cost},
+                "reactive": {"over_slo": react, "replica_s": 100.0}}
+
+    rows = [row(10, 40), row(12, 40), row(50, 40), row(45, 40, 120.0), row(0, 1000)]
+    out = sim.blocks(rows, "diurnal", "predictive", 2)
+    assert (out["size"], out["blocks"], out["met"]) == (2, 2, 1)
+    spread = out["over_slo_ratio"]
+    assert spread["min"] == pytest.approx(22 / 80) and spread["max"] == pytest.approx(95 / 80)
+    assert spread["undefined"] == 0
+    none = sim.blocks([row(5, 0), row(3, 0)], "diurnal", "predictive", 1)  # reactive had none: no ratio
+    assert none["met"] == 0 and none["over_slo_ratio"] is None
+    with pytest.raises(SystemExit):
+        sim.main(["--rounds", "4", "--blocks", "3", "--no-json"])
