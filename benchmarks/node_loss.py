@@ -14,7 +14,8 @@ the kill:
     resumed_s   until the job's log says it resumed from a checkpoint (the log is polled about
                 every 0.5 s, so this may be up to about a second late)
 
-with the last step logged before the kill and the step it resumed from. The job is then stopped:
+with the last step logged before the kill, the newest checkpoint complete in storage just after it
+(registered by Ray Train's controller or not) and the step it resumed from. The job is then stopped:
 that the run finishes where it should is what tests/integration/spot/test_train_node_loss.py
 checks. The times are this 2-core machine's, with the cluster's processes sharing the cores; they
 say where the time goes (detection, replacement, restart), not what a cloud would take, where a
@@ -92,6 +93,7 @@ def one_round(cluster: Any, client: Any, corpus: Path, storage: Path, k: int) ->
     seen = last_step(text)
     t0 = time.monotonic()
     cluster.kill_node(victim)
+    newest = newest_step(storage / f"loss{k}")
     dead = replaced = resumed = None
     step = None
     next_log = t0
@@ -117,12 +119,25 @@ def one_round(cluster: Any, client: Any, corpus: Path, storage: Path, k: int) ->
             raise RuntimeError(f"round {k}: job {job} still running 60 s after it was stopped")
         time.sleep(0.5)
     return {"round": k, "dead_s": round(dead, 2), "replaced_s": round(replaced, 2), "resumed_s": round(resumed, 2),
-            "resumed_from_step": step, "last_step_logged": seen}
+            "resumed_from_step": step, "last_step_logged": seen, "newest_complete_at_loss": newest}
+
+
+def newest_step(run: Path) -> int | None:
+    """The step of the run's newest complete checkpoint in storage (registered by Ray Train or not), or None."""
+    from elasticml.train.checkpoint import latest_checkpoint, read_meta
+
+    found = latest_checkpoint(run)
+    return None if found is None else int(read_meta(found)["step"])
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each time's median and spread over the rounds."""
-    return {key: record.spread([r[key] for r in rounds]) for key in ("dead_s", "replaced_s", "resumed_s")}
+    """Each time's median and spread over the rounds, and in how many the run resumed from the newest
+    checkpoint complete in storage at the loss."""
+    out: dict[str, Any] = {key: record.spread([r[key] for r in rounds])
+                           for key in ("dead_s", "replaced_s", "resumed_s")}
+    out["resumed_from_newest"] = sum(1 for r in rounds if r["newest_complete_at_loss"] is not None
+                                     and r["resumed_from_step"] >= r["newest_complete_at_loss"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             client = JobSubmissionClient(info.dashboard_url)
             for k in range(args.rounds):
                 r = one_round(cluster, client, corpus, Path(tmp) / "runs", k)
-                print(f"round {k}: lost after step {r['last_step_logged']}; node dead after {r['dead_s']:.1f} s, "
-                      f"replaced after {r['replaced_s']:.1f} s, resumed from step {r['resumed_from_step']} after "
+                print(f"round {k}: lost after step {r['last_step_logged']} (newest complete checkpoint: step "
+                      f"{r['newest_complete_at_loss']}); node dead after {r['dead_s']:.1f} s, replaced after "
+                      f"{r['replaced_s']:.1f} s, resumed from step {r['resumed_from_step']} after "
                       f"{r['resumed_s']:.1f} s", flush=True)
                 rounds.append(r)
                 rec.write(samples=rounds, summary=summarise(rounds), setting=setting, rounds_done=k + 1)
@@ -162,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                 ray.shutdown()
             cluster.down()
     summary = summarise(rounds)
-    for key, s in summary.items():
+    for key in ("dead_s", "replaced_s", "resumed_s"):
+        s = summary[key]
         print(f"{key}: median {s['median']:.1f} s ({s['min']:.1f} to {s['max']:.1f}) over {len(rounds)} rounds")
+    print(f"resumed from the newest checkpoint complete at the loss in {summary['resumed_from_newest']} of "
+          f"{len(rounds)} rounds")
     rec.write(samples=rounds, summary=summary, setting=setting, rounds_done=len(rounds))
     return 0
 

@@ -182,8 +182,11 @@ def test_the_node_loss_benchmark_reads_the_resume_line_the_training_loop_logs() 
     # the kill waits for this step; "resumed from step 30 (" is no step report
     assert node_loss.last_step(f"step 5/200\nstep 25/200\n{line}\nstep 20/200\n") == 25
     assert node_loss.last_step("job submitted\n") is None
-    spread = node_loss.summarise([{"dead_s": 3.0, "replaced_s": 6.0, "resumed_s": 14.0},
-                                  {"dead_s": 5.0, "replaced_s": 9.0, "resumed_s": 12.0},
-                                  {"dead_s": 4.0, "replaced_s": 7.0, "resumed_s": 20.0}])
+    def row(dead: float, replaced: float, resumed: float, step: int, newest: int | None) -> dict:
+        return {"dead_s": dead, "replaced_s": replaced, "resumed_s": resumed, "resumed_from_step": step,
+                "newest_complete_at_loss": newest}
+
+    spread = node_loss.summarise([row(3.0, 6.0, 14.0, 20, 20), row(5.0, 9.0, 12.0, 10, 20), row(4.0, 7.0, 20.0, 10, None)])
     assert spread["resumed_s"] == {"median": 14.0, "min": 12.0, "max": 20.0}
     assert spread["dead_s"]["median"] == 4.0
+    assert spread["resumed_from_newest"] == 1  # the second resumed from an older one; the third saw none to count

@@ -5,7 +5,8 @@ import pytest
 from elasticml.checkpoint_key import KEY_ENV, make_cluster_key
 from elasticml.errors import CheckpointError
 from elasticml.models import SIZES, build_model
-from elasticml.train.checkpoint import is_complete, latest_checkpoint, load_model, read_meta, write_checkpoint
+from elasticml.train.checkpoint import (is_complete, latest_checkpoint, load_model, newer_checkpoint, read_meta,
+                                       write_checkpoint)
 
 
 def save(folder, step):
@@ -43,6 +44,21 @@ def test_latest_checkpoint_skips_incomplete_ones(tmp_path):
     (tmp_path / "run" / "checkpoint_b" / ".metadata").unlink()  # a crash mid-copy
     assert latest_checkpoint(tmp_path / "run") == tmp_path / "run" / "checkpoint_a"
     assert latest_checkpoint(tmp_path / "empty") is None
+
+
+def test_a_newer_complete_checkpoint_than_the_registered_one_is_found_and_an_incomplete_one_is_not(tmp_path):
+    """Ray Train registered step 10; step 20 was written and uploaded but its report not yet taken."""
+    run = tmp_path / "run"
+    save(run / "checkpoint_10", 10)
+    assert newer_checkpoint(run, run / "checkpoint_10") is None  # the registered one is the newest
+    save(run / "checkpoint_20", 20)
+    assert newer_checkpoint(run, run / "checkpoint_10") == run / "checkpoint_20"
+    assert newer_checkpoint(run, run / "checkpoint_20") is None
+    save(run / "checkpoint_30", 30)
+    (run / "checkpoint_30" / "__0_0.distcp").unlink()  # a worker lost mid-upload: its shard never landed
+    assert newer_checkpoint(run, run / "checkpoint_10") == run / "checkpoint_20"
+    (run / "checkpoint_10" / "meta.json").unlink()  # a registered one that is not complete does not win either
+    assert newer_checkpoint(run, run / "checkpoint_10") == run / "checkpoint_20"
 
 
 def test_files_are_dcp_shards_listed_in_meta(tmp_path):

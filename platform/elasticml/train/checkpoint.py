@@ -295,6 +295,23 @@ def latest_checkpoint(run_dir: str | Path) -> Path | str | None:
     return best[1] if is_remote(uri) else Path(best[1])
 
 
+def newer_checkpoint(run_dir: str | Path, than: str | Path) -> Path | str | None:
+    """The run's newest complete checkpoint (`latest_checkpoint`) where its step is past `than`'s, else None.
+
+    Ray Train resumes a run from the last checkpoint its controller registered. A checkpoint the workers
+    wrote and uploaded whose report the controller had not yet taken when they were lost is in storage,
+    complete and signed, but not the run's latest as Ray Train knows it: resuming from it saves the steps
+    since the one before."""
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        return None
+    try:
+        registered = int(read_meta(than)["step"])
+    except CheckpointError:  # not complete (it would not load either): the newest complete one is the choice
+        registered = -1
+    return found if int(read_meta(found)["step"]) > registered else None
+
+
 def load_model(folder: str | Path, *, device: str | torch.device = "cpu",
                allowed_modules: tuple[str, ...] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained model (eval mode, unsharded) and its meta.json, from a local folder or an s3:// URI.

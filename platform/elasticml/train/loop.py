@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from elasticml.data.loader import TokenBlocks
+from elasticml.errors import CheckpointError
 from elasticml.models import user as user_models
 from elasticml.models.transformer import Transformer, build_model
 from elasticml.optimize.distill import distill_loss
@@ -69,6 +70,38 @@ def _teacher(cfg: TrainConfig, device: torch.device, mp: Any, fully_shard: Any) 
         fully_shard(block, mp_policy=mp)
     fully_shard(teacher, mp_policy=mp)
     return teacher.eval()
+
+
+def _newest_of_run(cfg: TrainConfig, restored: Any, *, rank: int, device: torch.device) -> Any:
+    """The checkpoint to resume from: Ray Train's last registered one, or a newer complete one of the same run in
+    storage (`newer_checkpoint`: written before the loss, its report not yet taken). Rank 0 looks and tells the
+    others, so every worker loads the same one."""
+    import ray.train
+
+    from elasticml.storage import is_remote
+    from elasticml.train.checkpoint import newer_checkpoint
+
+    remote = is_remote(cfg.storage_path)
+    newer: str | None = None
+    if rank == 0:
+        def uri(path: str) -> str:
+            return f"s3://{path}" if remote else path
+
+        try:
+            found = newer_checkpoint(uri(restored.path.rstrip("/").rsplit("/", 1)[0]), uri(restored.path))
+            newer = None if found is None else str(found)
+        except (OSError, CheckpointError) as exc:  # the registered one still resumes the run
+            log.info("did not look past the run's last registered checkpoint: %s", str(exc)[:200])
+    if dist.is_initialized():
+        box = [newer]
+        dist.broadcast_object_list(box, src=0, device=device if cfg.use_gpu else None)
+        newer = box[0]
+    if newer is None:
+        return restored
+    if rank == 0:
+        log.info("a complete checkpoint newer than the run's last registered one: %s (registered: %s)",
+                 newer, restored.path)
+    return ray.train.Checkpoint(path=newer.removeprefix("s3://"), filesystem=restored.filesystem)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -136,6 +169,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     start_step = 0
     restored = ray.train.get_checkpoint()
     if restored is not None:
+        restored = _newest_of_run(cfg, restored, rank=rank, device=device)
         with restored.as_directory() as folder:
             meta = read_meta(folder)
             # Sharded states of *this* world size; DCP reads each worker's slices whatever world wrote them.
