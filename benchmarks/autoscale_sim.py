@@ -157,7 +157,7 @@ class Predictive:
     def __call__(self, now: float, load: float, running: int, target: int, queued: float) -> int:
         self.fc.replicas_seen(now, target, running)
         followed, waiting = self.signal_load(self.fc.config, in_flight=load, queued=queued, running=running)
-        self.fc.observe(now, followed)
+        self.fc.observe(now, followed, waiting)
         return self.fc.decide(running=running, low=BOUNDS["min_replicas"], high=BOUNDS["max_replicas"],
                               queued=waiting).replicas
 

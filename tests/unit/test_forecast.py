@@ -199,9 +199,14 @@ def test_its_state_round_trips_and_hostile_state_starts_afresh():
                 {**fc.to_dict(), "mean_error": 2 * math.sqrt(fc.sq_error)}, {**fc.to_dict(), "checked": -1},
                 {**fc.to_dict(), "checked": "3"}, {**fc.to_dict(), "level": 1e308, "trend": 1e308},
                 {**fc.to_dict(), "season": [1e300] * len(fc.season)}, {**fc.to_dict(), "startup_s": 1e6},
-                {**fc.to_dict(), "startup_s": -1.0}):
+                {**fc.to_dict(), "startup_s": -1.0}, {**fc.to_dict(), "backlogged": "yes"},
+                {**fc.to_dict(), "backlogged": 1}):
         fresh = LoadForecaster.from_dict(cfg, bad)
         assert fresh.buckets == 0 and fresh.level is None
+    # A backlog open at the save is still open after it; state from before the flag was kept had none open.
+    fc.backlogged = True
+    assert LoadForecaster.from_dict(cfg, fc.to_dict()).backlogged
+    assert not LoadForecaster.from_dict(cfg, {k: v for k, v in fc.to_dict().items() if k != "backlogged"}).backlogged
     # Another season length: what was learnt does not fit.
     assert LoadForecaster.from_dict(ForecastConfig(season_s=30.0), fc.to_dict()).buckets == 0
 
@@ -381,9 +386,14 @@ def test_serves_policy_with_the_slots_does_not_read_serves_queued_count(monkeypa
     # 9 in flight at one replica of 4 slots: 4 served (over the target of 3), 5 waiting: one more than runs.
     # Serve's own rule on 9 in flight would ask for 3.
     store.clear()
-    asked, _ = autoscale.PredictivePolicy(target_per_replica=3.0, replica_slots=4)(ctx(9.0, 1))
+    policy = autoscale.PredictivePolicy(target_per_replica=3.0, replica_slots=4, warmup_backlog_share=0.0)
+    asked, _ = policy(ctx(9.0, 1))
     event = autoscale.decisions("a", "d")[-1]
     assert (asked, event["load"], event["queued"], event["reactive"]) == (2, 4.0, 5.0, 3)
+    # By default, nothing learnt yet, the waiting count at half: ceil((4 + 5 / 2) / 3).
+    store.clear()
+    asked, _ = autoscale.PredictivePolicy(target_per_replica=3.0, replica_slots=4)(ctx(9.0, 1))
+    assert asked == 3
     # 7 in flight at 2 replicas of 4: every request in a slot, none waiting.
     store.clear()
     asked, _ = autoscale.PredictivePolicy(target_per_replica=3.0, replica_slots=4)(ctx(7.0, 2))
@@ -550,14 +560,57 @@ def test_a_burst_pools_replica_still_starting_is_not_stopped_by_a_dip_in_the_loa
             last_scale_down_time=None, current_time=clock[0], config=config)
         target, state = policy(ctx)
         seen.append((t, target))
-    loaded = [n for t, n in seen if 2.0 <= t < 12.0]
-    dips = [(a, b) for (_, a), (t, b) in zip(seen, seen[1:]) if t < 12.0 and b < a]
+    changes = [t for (_, a), (t, b) in zip(seen, seen[1:]) if b != a]
+    early = [t for (_, a), (t, b) in zip(seen, seen[1:])  # steps down sooner than the delay after the last change
+             if b < a and t - max(c for c in changes if c < t) < 3.0 - 1e-6]
     if fixed:
-        assert max(loaded) >= 1 and dips == [], dips  # asked for once, never taken back under the load
+        assert max(n for t, n in seen if t < 12.0) >= 1 and early == [], (changes, early)
         assert seen[-1][1] == 0  # the drop lasted: none asked for (the forecast's window, the hold, Serve's delay)
-        changes = [t for (_, a), (t, b) in zip(seen, seen[1:]) if b != a]
-        downs = [t for (_, a), (t, b) in zip(seen, seen[1:]) if b < a]
-        # each step down waited the downscale delay after the change before it, as Serve's own delay does
-        assert downs and all(t - max(c for c in changes if c < t) >= 3.0 - 1e-6 for t in downs), (changes, downs)
     else:
-        assert dips  # Serve alone takes each dip at once: what this test would catch
+        assert [t for t in early if t < 12.0]  # Serve alone takes each dip of the load at once: what this catches
+
+
+def test_a_bucket_in_which_requests_waited_teaches_neither_the_level_nor_the_profile():
+    """What the slots held while requests waited is no demand: the level, the trend and a learnt season's slots
+    keep what they had, and the first bucket without a wait restarts the level at its load, with no trend."""
+    cfg = ForecastConfig(season_s=20.0, bucket_s=1.0)
+    fc = LoadForecaster(config=cfg)
+    for i in range(401):  # two seasons at 3 (the last bucket completes at t = 40)
+        fc.observe(i * 0.1, 3.0)
+    level, trend, profile = fc.level, fc.trend, list(fc.season)
+    assert fc.seasonal and level == pytest.approx(3.0)
+    for i in range(401, 450):  # 5 s at the slots' 8 with 6 waiting
+        fc.observe(i * 0.1, 8.0, waiting=6.0)
+    assert (fc.level, fc.trend) == (level, trend) and fc.backlogged
+    assert fc.season == profile  # the slots of those 5 s too
+    for i in range(450, 471):  # the wait is over: 5 in flight, all served
+        fc.observe(i * 0.1, 5.0)
+    assert fc.level == pytest.approx(5.0) and fc.trend == 0.0 and not fc.backlogged
+    # A first season has nothing else for its slots: what the slots held is kept there, a lower bound.
+    first = LoadForecaster(config=cfg)
+    for i in range(30):
+        first.observe(i * 0.1, 4.0, waiting=3.0)
+    assert first.season[0] == pytest.approx(4.0) and first.season[1] == pytest.approx(4.0)
+    # learn_while_waiting: every bucket teaches, the wait's too
+    every = LoadForecaster(config=ForecastConfig(learn_while_waiting=True))
+    for i in range(200):
+        every.observe(i * 0.1, 3.0 if i < 100 else 8.0, waiting=0.0 if i < 100 else 6.0)
+    assert every.level == pytest.approx(8.0, abs=0.1) and not every.backlogged
+    with pytest.raises(ConfigError, match="learn_while_waiting"):
+        ForecastConfig(learn_while_waiting="no")  # type: ignore[arg-type]
+
+
+def test_before_the_warm_up_a_backlog_counts_at_its_share_and_after_it_through_the_one_more_rule():
+    """A deployment that learnt nothing, under load on one replica of 4 slots: 4 served, 5 waiting."""
+    def decided(buckets: int, share: float | None = None) -> int:
+        extra = {} if share is None else {"warmup_backlog_share": share}
+        fc = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, replica_slots=4, **extra))
+        for i in range(buckets * 10 + 1):
+            fc.observe(i * 0.1, 4.0, waiting=5.0)
+        return fc.decide(running=1, low=1, high=8, queued=5.0).replicas
+
+    assert decided(0) == 3  # ceil((4 + 5 / 2) / 3): nothing learnt, half the waiting count too
+    assert decided(0, share=1.0) == 3 and decided(0, share=0.0) == 2  # Serve's rule ceil(9 / 3); one more
+    assert decided(ForecastConfig().warmup_buckets) == 2  # warmed up: the one-more rule only
+    with pytest.raises(ConfigError, match="warmup_backlog_share"):
+        ForecastConfig(warmup_backlog_share=1.5)

@@ -252,7 +252,7 @@ class PredictivePolicy:
                 log.warning("could not read the routers' load: %s", type(exc).__name__)
                 whole = None
             load = in_flight = whole if whole is not None else in_flight + base * self.config.target_per_replica
-        fc.observe(now, load)
+        fc.observe(now, load, queued)
         decision = fc.decide(running=base + running, low=low, high=high, queued=queued)
         decision.replicas = self._hold_while_none_runs(decision.replicas - base, target=target, running=running,
                                                        now=now, config=getattr(ctx, "config", None))

@@ -33,7 +33,11 @@ starting, ask for one more. What is served
 cannot exceed the replicas' slots (`max_ongoing_requests`), so on a sudden excess this grows by at
 most slots / target per start-up where Serve's rule jumps to the whole queue: a target well below
 the slots (the presets: 2 and 16 of 32) leaves room; ServeConfig refuses "running" for a target at
-or above them. "in_flight" follows Serve's count, as before.
+or above them; and until the forecaster has seen `warmup_buckets` (a deployment that learnt nothing
+may start under load on one replica) the waiting requests count too, at `warmup_backlog_share`.
+A bucket in which requests waited shows what the slots held, not the demand: the level, the trend
+and a learnt profile skip it, and the level restarts at the load after it. "in_flight" follows
+Serve's count, as before.
 
 Scaling down has hysteresis: replicas are given back only when the forecast for the whole coming
 start-up window fits in one replica fewer (in `down_headroom` of it; 1 by default, the window and
@@ -71,12 +75,12 @@ class ForecastConfig:
     startup_s: float = 10.0
     """A replica's start-up time until one has been measured."""
     alpha: float = 0.8
-    beta: float = 0.4
+    beta: float = 0.3
     gamma: float = 0.3
     """Smoothing of the level, the trend and the seasonal profile across seasons (0..1: higher follows faster).
-    Chosen in simulation (benchmarks/autoscale_sim.py) on draws the live benchmark does not replay: a level and
-    trend that follow fast see a ramp's onset sooner. A slower trend with `rise_sigmas` 2 (beta 0.2), chosen in
-    a model later found to be of the wrong shape, did worse live (benchmarks/README.md)."""
+    Chosen in simulation (benchmarks/autoscale_sim.py) on draws the live benchmark does not replay, with
+    `rise_sigmas` and `warmup_backlog_share` (benchmarks/README.md says on which draws, and what was measured
+    live)."""
     phi: float = 0.9
     """Damping of the trend (Gardner's damped Holt): step k ahead adds trend * (phi + ... + phi**k), so a
     queue draining or filling is not extrapolated for the whole lead; 1 = an undamped trend."""
@@ -99,12 +103,20 @@ class ForecastConfig:
     context does not carry it, so a deployment option changed later is not seen). With it the requests served
     are read as what the running replicas' slots hold of those in flight, from one count; without it, as
     Serve's in-flight count less its queued one (see `signal_load`)."""
-    rise_sigmas: float = 0.0
+    rise_sigmas: float = 1.0
     """Provision for a forecast above the load now only when the rise exceeds this many times the forecast
     errors' spread about their mean (`LoadForecaster.noise`: on a ramp the errors lean one way, the forecast's
     lag, which is no noise): on steady load (a ramp's plateau too) the trend's noise then asks for no replica
-    the load does not need, which Serve's downscale delay would hold. 0 (the default): any rise counts; 2, with
-    beta 0.2, was measured live and not kept (benchmarks/README.md)."""
+    the load does not need, which Serve's downscale delay would hold. 0: any rise counts."""
+    learn_while_waiting: bool = False
+    """Whether a bucket in which requests waited teaches the level, the trend and a learnt profile (see
+    `LoadForecaster._complete`); True learns from every bucket, as before the backlog rules."""
+    warmup_backlog_share: float = 0.5
+    """Until `warmup_buckets` have been observed (a deployment that has learnt nothing, which may start under
+    load on one replica), requests waiting count toward the replicas asked for at this share, as Serve's rule
+    counts them all (1): the served count alone, capped by the running replicas' slots, would add one
+    replica's slots per start-up while the backlog grows. 0: they count only through the rule that keeps
+    what starts and asks for one more."""
 
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
@@ -122,6 +134,10 @@ class ForecastConfig:
         check_number(self.warmup_buckets, field="warmup_buckets", lo=1, hi=100_000, integer=True)
         check_number(self.down_headroom, field="down_headroom", lo=0.1, hi=1.0)
         check_number(self.rise_sigmas, field="rise_sigmas", lo=0, hi=10)
+        check_number(self.warmup_backlog_share, field="warmup_backlog_share", lo=0, hi=1)
+        if type(self.learn_while_waiting) is not bool:
+            raise ConfigError(f"must be true or false, got {shown(self.learn_while_waiting)}",
+                              field="learn_while_waiting")
         if not (isinstance(self.signal, str) and self.signal in SIGNALS):
             raise ConfigError(f"must be one of {', '.join(SIGNALS)}, got {shown(self.signal)}", field="signal")
         if self.replica_slots is not None:
@@ -187,6 +203,10 @@ class LoadForecaster:
     """Measured replica start-up (EMA), None until a scale-up completed."""
     waiting: dict[int, float] = field(default_factory=dict)
     """replica target -> when it was first asked for, for the start-up measurement."""
+    backlogged: bool = False
+    """The last completed bucket had requests waiting: the next one without restarts the level (`_complete`)."""
+    bucket_waiting: bool = False
+    """Requests waited at some observation of the bucket being filled."""
     latest: float | None = None
     """The last load observed: what the reactive fallback and the floor of a decision use, as Serve's own
     rule uses the load it was just told (the bucket's mean so far would lag a rise by up to a bucket)."""
@@ -196,8 +216,9 @@ class LoadForecaster:
             self.season = [0.0] * self.config.slots
 
     # -- observations --------------------------------------------------------------
-    def observe(self, now: float, load: float) -> None:
-        """Load (`signal_load`'s) seen at `now`; completes buckets as time passes."""
+    def observe(self, now: float, load: float, waiting: float = 0.0) -> None:
+        """Load (`signal_load`'s) seen at `now`, with the requests waiting (its second answer); completes buckets
+        as time passes."""
         load = max(0.0, float(load)) if math.isfinite(load) else 0.0
         self.latest = load
         size = self.config.bucket_s
@@ -208,8 +229,9 @@ class LoadForecaster:
             self.bucket_sum, self.bucket_n = 0.0, 0
         while now >= self.bucket_start + size:
             if self.bucket_n:
-                self._complete(self.bucket_sum / self.bucket_n)
-                self.bucket_sum, self.bucket_n = 0.0, 0
+                waited = self.bucket_waiting and not self.config.learn_while_waiting
+                self._complete(self.bucket_sum / self.bucket_n, waited=waited)
+                self.bucket_sum, self.bucket_n, self.bucket_waiting = 0.0, 0, False
             else:  # a silent bucket (no tick in it) repeats the last value
                 self._complete(self.level if self.level is not None else 0.0, skipped=True)
             self.bucket_start += size
@@ -217,11 +239,17 @@ class LoadForecaster:
                 self.bucket_start = math.floor(now / size) * size
         self.bucket_sum += load
         self.bucket_n += 1
+        if is_finite_number(waiting) and waiting >= 1.0:
+            self.bucket_waiting = True
 
     def _slot(self, index: int) -> int:
         return index % self.config.slots
 
-    def _complete(self, y: float, *, skipped: bool = False) -> None:
+    def _complete(self, y: float, *, skipped: bool = False, waited: bool = False) -> None:
+        """A bucket's mean load `y`. Where requests waited in it (`waited`), `y` is what the replicas' slots could
+        hold, not the demand: neither the level and trend nor a learnt season's profile take it in (a first
+        season's slot still does, a lower bound where it has nothing), and the first bucket without restarts the
+        level at its load and the trend at zero, as a jump from the level before the backlog is no trend."""
         cfg = self.config
         index = round(self.bucket_start / cfg.bucket_s)  # type: ignore[operator]  # a bucket has started before one completes
         self.last_index = index
@@ -236,6 +264,11 @@ class LoadForecaster:
         self.mean_load = y if self.buckets == 0 else 0.95 * self.mean_load + 0.05 * y
         if self.level is None:
             self.level = y
+        elif waited:
+            self.backlogged = True
+        elif self.backlogged:
+            self.backlogged = False
+            self.level, self.trend = y, 0.0
         else:
             previous = self.level
             self.level = cfg.alpha * y + (1 - cfg.alpha) * (self.level + cfg.phi * self.trend)
@@ -243,7 +276,8 @@ class LoadForecaster:
         if cfg.slots:
             slot = self._slot(index)
             first = self.seasons_seen < 1
-            self.season[slot] = y if first else cfg.gamma * y + (1 - cfg.gamma) * self.season[slot]
+            if first or not waited:
+                self.season[slot] = y if first else cfg.gamma * y + (1 - cfg.gamma) * self.season[slot]
             self.seasons_seen += 1 / cfg.slots
         self.buckets += 1
         ahead = self._steps_ahead()
@@ -350,6 +384,9 @@ class LoadForecaster:
             # outnumber the served.) Keep every replica asked for (a decision below Serve's target would, held
             # for the downscale delay, stop a replica still starting), and with none starting ask for one more.
             replicas = max(replicas, max(self.waiting) if self.waiting else running + 1)
+            if self.buckets < cfg.warmup_buckets:  # nothing learnt yet: the waiting count too, at its share
+                need = load + cfg.warmup_backlog_share * queued
+                replicas = max(replicas, math.ceil(need / cfg.target_per_replica))
         return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
                         lead_s=self.lead_s, rms_error=self.rms_error, predicted=predicted, noise=self.noise)
 
@@ -359,7 +396,7 @@ class LoadForecaster:
                 "season": [round(x, 6) for x in self.season],
                 "seasons_seen": self.seasons_seen, "bucket_start": self.bucket_start, "buckets": self.buckets,
                 "sq_error": self.sq_error, "mean_error": self.mean_error, "checked": self.checked,
-                "mean_load": self.mean_load, "startup_s": self.startup_s}
+                "mean_load": self.mean_load, "startup_s": self.startup_s, "backlogged": self.backlogged}
 
     @classmethod
     def from_dict(cls, config: ForecastConfig, raw: Any) -> LoadForecaster:
@@ -386,6 +423,9 @@ class LoadForecaster:
                 return fresh
             if type(raw["buckets"]) is not int or raw["buckets"] < 0 or type(checked) is not int or checked < 0:
                 return fresh
+            backlogged = raw.get("backlogged", False)  # newer than the format: without it, no backlog was open
+            if type(backlogged) is not bool:
+                return fresh
             # The squared error's average bounds the mean's square (the same weights); state breaking that is
             # not to_dict's
             if raw["sq_error"] < 0 or abs(mean_error) > math.sqrt(raw["sq_error"]) * (1 + 1e-9) + 1e-12:
@@ -395,7 +435,7 @@ class LoadForecaster:
                        season=[float(x) for x in season], seasons_seen=float(raw["seasons_seen"]),
                        bucket_start=optional[1], buckets=raw["buckets"], sq_error=float(raw["sq_error"]),
                        mean_error=float(mean_error), checked=min(checked, 1 << 30),
-                       mean_load=float(raw["mean_load"]), startup_s=optional[2])
+                       mean_load=float(raw["mean_load"]), startup_s=optional[2], backlogged=backlogged)
         except (KeyError, TypeError, ValueError, OverflowError):
             return fresh
 
