@@ -591,6 +591,13 @@ def test_a_bucket_in_which_requests_waited_teaches_neither_the_level_nor_the_pro
     for i in range(30):
         first.observe(i * 0.1, 4.0, waiting=3.0)
     assert first.season[0] == pytest.approx(4.0) and first.season[1] == pytest.approx(4.0)
+    # A wait in the very first bucket: its capped load starts the level, which restarts once the wait is over.
+    opening = LoadForecaster(config=ForecastConfig())
+    for i in range(10):
+        opening.observe(i * 0.1, 4.0, waiting=5.0)
+    for i in range(10, 21):  # the first bucket completes at t = 1 (a wait in it), the next at t = 2 (none)
+        opening.observe(i * 0.1, 6.0)
+    assert opening.level == pytest.approx(6.0) and opening.trend == 0.0 and not opening.backlogged
     # learn_while_waiting: every bucket teaches, the wait's too
     every = LoadForecaster(config=ForecastConfig(learn_while_waiting=True))
     for i in range(200):

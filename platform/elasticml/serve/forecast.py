@@ -112,11 +112,12 @@ class ForecastConfig:
     """Whether a bucket in which requests waited teaches the level, the trend and a learnt profile (see
     `LoadForecaster._complete`); True learns from every bucket, as before the backlog rules."""
     warmup_backlog_share: float = 0.5
-    """Until `warmup_buckets` have been observed (a deployment that has learnt nothing, which may start under
-    load on one replica), requests waiting count toward the replicas asked for at this share, as Serve's rule
-    counts them all (1): the served count alone, capped by the running replicas' slots, would add one
-    replica's slots per start-up while the backlog grows. 0: they count only through the rule that keeps
-    what starts and asks for one more."""
+    """For a deployment's first `warmup_buckets` buckets (learnt from or not: it may start under load on one
+    replica, with nothing learnt), requests waiting count toward the replicas asked for at this share, as
+    Serve's rule counts them all (1): the served count alone, capped by the running replicas' slots, would
+    add one replica's slots per start-up while the backlog grows. 0: they count only through the rule that
+    keeps what starts and asks for one more. With `signal` "in_flight" nothing is counted as waiting, so
+    neither this nor the unlearnt waiting buckets apply."""
 
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
@@ -226,14 +227,14 @@ class LoadForecaster:
             self.bucket_start = math.floor(now / size) * size
         if now < self.bucket_start:  # a clock step back: start the bucket again
             self.bucket_start = math.floor(now / size) * size
-            self.bucket_sum, self.bucket_n = 0.0, 0
+            self.bucket_sum, self.bucket_n, self.bucket_waiting = 0.0, 0, False
         while now >= self.bucket_start + size:
             if self.bucket_n:
                 waited = self.bucket_waiting and not self.config.learn_while_waiting
                 self._complete(self.bucket_sum / self.bucket_n, waited=waited)
                 self.bucket_sum, self.bucket_n, self.bucket_waiting = 0.0, 0, False
-            else:  # a silent bucket (no tick in it) repeats the last value
-                self._complete(self.level if self.level is not None else 0.0, skipped=True)
+            else:  # a silent bucket (no tick in it) repeats the last value, and leaves a backlog open
+                self._complete(self.level if self.level is not None else 0.0, skipped=True, waited=self.backlogged)
             self.bucket_start += size
             if now - self.bucket_start > size * 1000:  # a long gap (a restart): jump, do not replay it
                 self.bucket_start = math.floor(now / size) * size
@@ -263,7 +264,7 @@ class LoadForecaster:
             self.checked = min(self.checked + 1, 1 << 30)
         self.mean_load = y if self.buckets == 0 else 0.95 * self.mean_load + 0.05 * y
         if self.level is None:
-            self.level = y
+            self.level, self.backlogged = y, waited  # a first bucket with a wait: the level restarts after it
         elif waited:
             self.backlogged = True
         elif self.backlogged:
