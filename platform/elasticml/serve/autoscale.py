@@ -140,6 +140,24 @@ def _queued(ctx: Any) -> tuple[float | None, str | None]:
     return (float(queued), None) if is_finite_number(queued) else (None, None)
 
 
+def _serve_down_since(ctx: Any) -> float | None:
+    """When Serve's delay logic began holding a scale-down for this deployment (its policy state), or None."""
+    try:
+        from ray.serve._private.constants import (SERVE_AUTOSCALING_DECISION_COUNTERS_KEY,
+                                                  SERVE_AUTOSCALING_DECISION_TIMESTAMP_KEY)
+    except ImportError:  # another Ray: an answer of 0 then takes Serve's delay as it stands
+        return None
+    state = getattr(ctx, "policy_state", None)
+    if not isinstance(state, dict):
+        return None
+    counter = state.get(SERVE_AUTOSCALING_DECISION_COUNTERS_KEY)
+    since = state.get(SERVE_AUTOSCALING_DECISION_TIMESTAMP_KEY)
+    if counter is not None and since is not None and is_finite_number(counter) and counter < 0 \
+            and is_finite_number(since):
+        return float(since)
+    return None
+
+
 def _downscale_delay(config: Any, *, target: int, wanted: int) -> float:
     """How long Serve holds a decision for fewer replicas (its AutoscalingConfig's rule); 0 where unknown."""
     delay = getattr(config, "downscale_delay_s", None)
@@ -178,6 +196,7 @@ class PredictivePolicy:
         self._read: tuple[float, float | None] = (-math.inf, None)
         self._published: tuple[float, int] = (-math.inf, -1)
         self._fewer_since: float | None = None
+        self._fewer_most = 0
 
     def _resume(self, app: str | None, deployment: str, now: float) -> LoadForecaster:
         state = _kv_get(_key(app, deployment, "state"))
@@ -197,21 +216,30 @@ class PredictivePolicy:
         except Exception as exc:  # the GCS briefly away: the decision stands, the log catches up later
             log.warning("could not log an autoscaling decision: %s", type(exc).__name__)
 
-    def _hold_while_none_runs(self, wanted: int, *, target: int, running: int, now: float, config: Any) -> int:
+    def _hold_while_none_runs(self, wanted: int, *, target: int, running: int, now: float, config: Any,
+                              serve_down_since: float | None = None) -> int:
         """Fewer replicas than Serve's target, while none of the deployment's replicas runs, only once fewer has
-        been wanted for the downscale delay. Serve applies a positive answer at once while none runs (its cold
+        been wanted for the downscale delay, and then the most wanted over it. Serve applies a positive answer at once while none runs (its cold
         start path, down as well as up), skipping its delay and leaving the delay's timer as it was: an answer
         just below the target would stop a replica still starting (a burst pool's, waiting for a spot node),
-        and the next one above it would start another from scratch, round after round under steady load."""
+        and the next one above it would start another from scratch, round after round under steady load.
+        An answer of 0 takes Serve's own delay, so it is passed on at once unless Serve's timer for it
+        (`serve_down_since`) is older than this wish for fewer (the path above leaves it as it was), which
+        would stop them at once: held, it would wait both delays."""
         if running > 0 or wanted >= target:
             self._fewer_since = None
             return wanted
         if self._fewer_since is None:
-            self._fewer_since = now
-        if now - self._fewer_since < _downscale_delay(config, target=target, wanted=wanted):
+            self._fewer_since, self._fewer_most = now, wanted
+        self._fewer_most = max(self._fewer_most, wanted)
+        if self._fewer_most == 0 and (serve_down_since is None or serve_down_since >= self._fewer_since):
+            return 0
+        if now - self._fewer_since < _downscale_delay(config, target=target, wanted=self._fewer_most):
             return target
-        self._fewer_since = None  # as Serve's delay does: the next step down waits the whole delay again
-        return wanted
+        # Down to the most wanted over the delay, not the last answer (a dip at its end would stop what the rest
+        # of it wanted); the next step down waits the whole delay again, as Serve's does.
+        self._fewer_since = None
+        return self._fewer_most
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         now = ctx.current_time if isinstance(ctx.current_time, (int, float)) else time.time()
@@ -255,7 +283,8 @@ class PredictivePolicy:
         fc.observe(now, load, queued)
         decision = fc.decide(running=base + running, low=low, high=high, queued=queued)
         decision.replicas = self._hold_while_none_runs(decision.replicas - base, target=target, running=running,
-                                                       now=now, config=getattr(ctx, "config", None))
+                                                       now=now, config=getattr(ctx, "config", None),
+                                                       serve_down_since=_serve_down_since(ctx))
         if decision.replicas != self.last_replicas:
             # `reactive`: what Serve's own rule would ask, on the requests in flight
             reactive = max(low, min(high, math.ceil(in_flight / self.config.target_per_replica))) - base
