@@ -15,7 +15,8 @@ the kill:
                 every 0.5 s, so this may be up to about a second late)
 
 with the last step logged before the kill, the newest checkpoint complete in storage just after it
-(registered by Ray Train's controller or not) and the step it resumed from. The job is then stopped:
+(registered by Ray Train's controller or not), the step it resumed from and whether that checkpoint
+was one the controller had not registered (loop.py says so in the log). The job is then stopped:
 that the run finishes where it should is what tests/integration/spot/test_train_node_loss.py
 checks. The times are this 2-core machine's, with the cluster's processes sharing the cores; they
 say where the time goes (detection, replacement, restart), not what a cloud would take, where a
@@ -36,6 +37,8 @@ import record  # benchmarks/record.py: a script's own folder is first on sys.pat
 
 REPO = Path(__file__).resolve().parents[1]
 RESUMED = re.compile(r"resumed from step (\d+) \(next sample (\d+), (\d+) workers\)")
+PAST_REGISTERED = "a complete checkpoint newer than the run's last registered one"
+"""What loop.py logs when it resumes from a checkpoint Ray Train's controller had not registered."""
 LOST_AT_STEP = 25
 STEP = re.compile(r"step (\d+)/")
 STEPS = 200
@@ -112,6 +115,7 @@ def one_round(cluster: Any, client: Any, corpus: Path, storage: Path, k: int) ->
             raise RuntimeError(f"round {k}: dead {dead}, replaced {replaced}, resumed {resumed} after "
                                f"{ROUND_LIMIT_S:.0f} s")
         time.sleep(POLL_S)
+    past_registered = PAST_REGISTERED in logs()
     client.stop_job(job)
     stop_by = time.monotonic() + 60
     while client.get_job_status(job) in (JobStatus.PENDING, JobStatus.RUNNING):
@@ -119,7 +123,8 @@ def one_round(cluster: Any, client: Any, corpus: Path, storage: Path, k: int) ->
             raise RuntimeError(f"round {k}: job {job} still running 60 s after it was stopped")
         time.sleep(0.5)
     return {"round": k, "dead_s": round(dead, 2), "replaced_s": round(replaced, 2), "resumed_s": round(resumed, 2),
-            "resumed_from_step": step, "last_step_logged": seen, "newest_complete_at_loss": newest}
+            "resumed_from_step": step, "last_step_logged": seen, "newest_complete_at_loss": newest,
+            "past_registered": past_registered}
 
 
 def newest_step(run: Path) -> int | None:
@@ -137,6 +142,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
                            for key in ("dead_s", "replaced_s", "resumed_s")}
     out["resumed_from_newest"] = sum(1 for r in rounds if r["newest_complete_at_loss"] is not None
                                      and r["resumed_from_step"] >= r["newest_complete_at_loss"])
+    out["past_registered"] = sum(1 for r in rounds if r.get("past_registered"))
     return out
 
 
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         s = summary[key]
         print(f"{key}: median {s['median']:.1f} s ({s['min']:.1f} to {s['max']:.1f}) over {len(rounds)} rounds")
     print(f"resumed from the newest checkpoint complete at the loss in {summary['resumed_from_newest']} of "
-          f"{len(rounds)} rounds")
+          f"{len(rounds)} rounds; from one Ray Train had not registered in {summary['past_registered']}")
     rec.write(samples=rounds, summary=summary, setting=setting, rounds_done=len(rounds))
     return 0
 

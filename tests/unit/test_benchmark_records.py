@@ -190,3 +190,5 @@ def test_the_node_loss_benchmark_reads_the_resume_line_the_training_loop_logs() 
     assert spread["resumed_s"] == {"median": 14.0, "min": 12.0, "max": 20.0}
     assert spread["dead_s"]["median"] == 4.0
     assert spread["resumed_from_newest"] == 1  # the second resumed from an older one; the third saw none to count
+    assert spread["past_registered"] == 0
+    assert node_loss.PAST_REGISTERED in source  # the line loop.py logs when it goes past Ray Train's choice

@@ -26,7 +26,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from elasticml.data.loader import TokenBlocks
-from elasticml.errors import CheckpointError
 from elasticml.models import user as user_models
 from elasticml.models.transformer import Transformer, build_model
 from elasticml.optimize.distill import distill_loss
@@ -79,7 +78,7 @@ def _newest_of_run(cfg: TrainConfig, restored: Any, *, rank: int, device: torch.
     import ray.train
 
     from elasticml.storage import is_remote
-    from elasticml.train.checkpoint import newer_checkpoint
+    from elasticml.train.checkpoint import newer_checkpoint, verify_files
 
     remote = is_remote(cfg.storage_path)
     newer: str | None = None
@@ -89,8 +88,10 @@ def _newest_of_run(cfg: TrainConfig, restored: Any, *, rank: int, device: torch.
 
         try:
             found = newer_checkpoint(uri(restored.path.rstrip("/").rsplit("/", 1)[0]), uri(restored.path))
+            if found is not None:
+                verify_files(found)  # every file's digest now: one that fails would fail every retry's load
             newer = None if found is None else str(found)
-        except (OSError, CheckpointError) as exc:  # the registered one still resumes the run
+        except Exception as exc:  # anything: the registered one still resumes the run, and no rank waits forever
             log.info("did not look past the run's last registered checkpoint: %s", str(exc)[:200])
     if dist.is_initialized():
         box = [newer]
