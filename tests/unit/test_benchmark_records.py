@@ -186,7 +186,8 @@ def test_the_node_loss_benchmark_reads_the_resume_line_the_training_loop_logs() 
         return {"dead_s": dead, "replaced_s": replaced, "resumed_s": resumed, "resumed_from_step": step,
                 "newest_complete_at_loss": newest}
 
-    spread = node_loss.summarise([row(3.0, 6.0, 14.0, 20, 20), row(5.0, 9.0, 12.0, 10, 20), row(4.0, 7.0, 20.0, 10, None)])
+    spread = node_loss.summarise([row(3.0, 6.0, 14.0, 20, 20), row(5.0, 9.0, 12.0, 10, 20),
+                                  row(4.0, 7.0, 20.0, 10, None)])
     assert spread["resumed_s"] == {"median": 14.0, "min": 12.0, "max": 20.0}
     assert spread["dead_s"]["median"] == 4.0
     assert spread["resumed_from_newest"] == 1  # the second resumed from an older one; the third saw none to count

@@ -219,13 +219,15 @@ class PredictivePolicy:
     def _hold_while_none_runs(self, wanted: int, *, target: int, running: int, now: float, config: Any,
                               serve_down_since: float | None = None) -> int:
         """Fewer replicas than Serve's target, while none of the deployment's replicas runs, only once fewer has
-        been wanted for the downscale delay, and then the most wanted over it. Serve applies a positive answer at once while none runs (its cold
-        start path, down as well as up), skipping its delay and leaving the delay's timer as it was: an answer
-        just below the target would stop a replica still starting (a burst pool's, waiting for a spot node),
-        and the next one above it would start another from scratch, round after round under steady load.
-        An answer of 0 takes Serve's own delay, so it is passed on at once unless Serve's timer for it
-        (`serve_down_since`) is older than this wish for fewer (the path above leaves it as it was), which
-        would stop them at once: held, it would wait both delays."""
+        been wanted for the downscale delay, and then the most wanted over it.
+
+        Serve applies a positive answer at once while none runs (its cold start path, down as well as up),
+        skipping its delay and leaving the delay's timer as it was: an answer just below the target would stop
+        a replica still starting (a burst pool's, waiting for a spot node), and the next one above it would
+        start another from scratch, round after round under steady load. An answer of 0 takes Serve's own
+        delay, so it is passed on at once unless Serve's timer for it (`serve_down_since`) is older than this
+        wish for fewer (the path above leaves it as it was), which would stop them at once: held, it would
+        wait both delays."""
         if running > 0 or wanted >= target:
             self._fewer_since = None
             return wanted

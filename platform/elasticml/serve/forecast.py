@@ -385,7 +385,7 @@ class LoadForecaster:
             # outnumber the served.) Keep every replica asked for (a decision below Serve's target would, held
             # for the downscale delay, stop a replica still starting), and with none starting ask for one more.
             replicas = max(replicas, max(self.waiting) if self.waiting else running + 1)
-            if self.buckets < cfg.warmup_buckets:  # nothing learnt yet: the waiting count too, at its share
+            if self.buckets < cfg.warmup_buckets:  # its first buckets, maybe under load with nothing learnt
                 need = load + cfg.warmup_backlog_share * queued
                 replicas = max(replicas, math.ceil(need / cfg.target_per_replica))
         return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
