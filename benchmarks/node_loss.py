@@ -129,10 +129,10 @@ def one_round(cluster: Any, client: Any, corpus: Path, storage: Path, k: int) ->
 
 def newest_step(run: Path) -> int | None:
     """The step of the run's newest complete checkpoint in storage (registered by Ray Train or not), or None."""
-    from elasticml.train.checkpoint import latest_checkpoint, read_meta
+    from elasticml.train.checkpoint import newest_complete
 
-    found = latest_checkpoint(run)
-    return None if found is None else int(read_meta(found)["step"])
+    newest = newest_complete(run)
+    return None if newest is None else newest[0]
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -267,6 +267,12 @@ def is_complete(folder: str | Path) -> bool:
 
 def latest_checkpoint(run_dir: str | Path) -> Path | str | None:
     """The complete checkpoint with the highest step under a Ray Train run folder (local or s3://)."""
+    newest = newest_complete(run_dir)
+    return None if newest is None else newest[1]
+
+
+def newest_complete(run_dir: str | Path) -> tuple[int, Path | str] | None:
+    """(step, folder) of `latest_checkpoint`'s choice, its manifest read once; None if the run has none."""
     import pyarrow.fs as pafs
 
     from elasticml.storage import filesystem_for, is_remote
@@ -292,7 +298,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | str | None:
             best = (step, folder)
     if best is None:
         return None
-    return best[1] if is_remote(uri) else Path(best[1])
+    return best[0], (best[1] if is_remote(uri) else Path(best[1]))
 
 
 def newer_checkpoint(run_dir: str | Path, than: str | Path) -> Path | str | None:
@@ -302,14 +308,14 @@ def newer_checkpoint(run_dir: str | Path, than: str | Path) -> Path | str | None
     wrote and uploaded whose report the controller had not yet taken when they were lost is in storage,
     complete and signed, but not the run's latest as Ray Train knows it: resuming from it saves the steps
     since the one before."""
-    found = latest_checkpoint(run_dir)
-    if found is None:
+    newest = newest_complete(run_dir)
+    if newest is None:
         return None
     try:
         registered = int(read_meta(than)["step"])
     except CheckpointError:  # not complete (it would not load either): the newest complete one is the choice
         registered = -1
-    return found if int(read_meta(found)["step"]) > registered else None
+    return newest[1] if newest[0] > registered else None
 
 
 def load_model(folder: str | Path, *, device: str | torch.device = "cpu",
