@@ -24,7 +24,7 @@ def submit(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.Co
     )
 
 
-@pytest.mark.slow  # the same job runs (and checkpoints) in test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint
+@pytest.mark.slow  # a job of the same script trains on two workers and checkpoints in the scheduled-job test below
 def test_train_job_runs_two_workers_and_saves_a_checkpoint(local_cluster, corpus, tmp_path):
     env = local_cluster.require_info().client_env()
     proc = submit(
@@ -63,27 +63,43 @@ def test_submission_without_the_right_token_is_refused(local_cluster, tmp_path):
     assert "unauthorized" in out or "authentication" in out or "401" in out or "403" in out, out[-2000:]
 
 
-def test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint(local_cluster, corpus, tmp_path):
-    """`ray job submit` then `serve deploy serve_apps/completion.yaml`, as the README says."""
+def test_a_job_placed_by_the_scheduler_trains_and_serve_deploy_yaml_serves_its_latest_checkpoint(
+        local_cluster, corpus, tmp_path):
+    """`ray job submit` of a tenant's job, which asks the scheduler where to run and trains there, then
+    `serve deploy serve_apps/completion.yaml` of its checkpoint, as the README says."""
     import time
 
     import httpx
     import yaml
 
     from elasticml.cluster.local import free_port
+    from elasticml.scheduler.client import SchedulerClient
     from elasticml.serve.generate import generate
     from elasticml.train.checkpoint import latest_checkpoint
 
     env = local_cluster.require_info().client_env()
     runs = tmp_path / "runs"
-    proc = submit(env, "--data", str(corpus), "--storage-path", str(runs), "--run-name", "train",
-                  "--steps", "3", "--workers", "1", "--global-batch", "2", "--report-every", "3")
+    proc = submit(env, "--data", str(corpus), "--storage-path", str(runs), "--run-name", "sched-run",
+                  "--steps", "10", "--workers", "2", "--global-batch", "4", "--report-every", "5",
+                  "--tenant", "research", "--priority", "high")
     assert proc.returncode == 0, proc.stdout[-3000:]
+    placement = next(json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{"event": "placement"'))
+    summary = next(json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{"event": "train_done"'))
+    assert placement["state"] == "placed" and "reserved" in placement["reason"]
+    assert summary["node_type"] == "cpu_reserved" and summary["num_workers"] == 2
+    assert summary["metrics"]["world_size"] == 2 and summary["metrics"]["step"] == 10
+    local_cluster.require_info().connect()
+    sched = SchedulerClient.connect()
+    assert "sched-run" not in sched.status()["running"]  # it reported itself finished
+    # Charged where Ray ran its workers (2 on the reserved pool), and closed at the end.
+    charged = sched.intervals("sched-run")
+    assert charged and {(i["node_type"], i["workers"]) for i in charged} <= {("cpu_reserved", 2), ("cpu_reserved", 1)}
+    assert all(i["end"] is not None for i in charged)
 
     config = yaml.safe_load((REPO / "serve_apps" / "completion.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
-    config["applications"][0]["args"]["checkpoint"] = f"latest:{runs / 'train'}"
+    config["applications"][0]["args"]["checkpoint"] = f"latest:{runs / 'sched-run'}"
     # The shipped config requires keys from a file: make one, as the comment in it says.
     from elasticml.serve.auth import add_to_key_file, new_key
 
@@ -99,7 +115,7 @@ def test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint(local_cluster, corp
 
     from elasticml.serve.precision import prepare
 
-    model, _ = load_model(latest_checkpoint(runs / "train"))
+    model, _ = load_model(latest_checkpoint(runs / "sched-run"))
     model = prepare(model, device="cpu", precision=config["applications"][0]["args"]["precision"])  # int8, as served
     expected = generate(model, b"import ", max_tokens=12).decode("utf-8", errors="replace")
     deadline = time.monotonic() + 180
@@ -115,34 +131,10 @@ def test_serve_deploy_yaml_serves_the_jobs_latest_checkpoint(local_cluster, corp
             pass
         time.sleep(2)
     assert body is not None, "the deployed app never answered"
-    assert body["completion"] == expected and body["model_step"] == 3
+    assert body["completion"] == expected and body["model_step"] == 10
     anonymous = httpx.post(f"http://127.0.0.1:{port}/v1/completions", content=b"{not json", timeout=10)
     assert anonymous.status_code == 401  # the key is checked before the body is even parsed
     subprocess.run([serve_cli, "shutdown", "-y"], env={**os.environ, **env}, capture_output=True, timeout=120)
-
-
-def test_train_job_asks_the_scheduler_where_to_run(local_cluster, corpus, tmp_path):
-    """--tenant: the job submits itself to the scheduler and trains where it was placed."""
-
-    from elasticml.scheduler.client import SchedulerClient
-
-    env = local_cluster.require_info().client_env()
-    proc = submit(env, "--data", str(corpus), "--storage-path", str(tmp_path), "--run-name", "sched-run",
-                  "--steps", "40", "--workers", "2", "--global-batch", "4", "--report-every", "2",
-                  "--tenant", "research", "--priority", "high")
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    placement = next(json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{"event": "placement"'))
-    summary = next(json.loads(l) for l in proc.stdout.splitlines() if l.startswith('{"event": "train_done"'))
-    assert placement["state"] == "placed" and "reserved" in placement["reason"]
-    assert summary["node_type"] == "cpu_reserved" and summary["num_workers"] == 2
-    assert summary["metrics"]["world_size"] == 2
-    local_cluster.require_info().connect()
-    sched = SchedulerClient.connect()
-    assert "sched-run" not in sched.status()["running"]  # it reported itself finished
-    # Charged where Ray ran its workers (2 on the reserved pool), and closed at the end.
-    charged = sched.intervals("sched-run")
-    assert charged and {(i["node_type"], i["workers"]) for i in charged} <= {("cpu_reserved", 2), ("cpu_reserved", 1)}
-    assert all(i["end"] is not None for i in charged)
 
 
 @pytest.mark.slow  # four Ray Train trials
