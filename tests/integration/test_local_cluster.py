@@ -1,7 +1,10 @@
-"""The local elastic cluster: label-driven autoscaling up and down, token auth, clean shutdown."""
+"""The local elastic cluster: a head that fails to start is started once more, label-driven autoscaling
+up and down, token auth, clean shutdown."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -21,6 +24,39 @@ REPO = Path(__file__).resolve().parents[2]
 ELASTICML = str(Path(sys.executable).with_name("elasticml"))
 
 
+HEAD_START: dict = {}
+"""What bringing this module's cluster up took: the commands `up` ran and what it printed on stderr."""
+
+
+@pytest.fixture(scope="module")
+def local_cluster(shared_cluster):
+    """The module's own cluster, whose first head exits while starting the way Ray's does when its own
+    start-up times out on a loaded machine: `up` starts it once more, and every test here runs on that
+    second head."""
+    import elasticml.cluster.local as local
+    from tests.support.clusters import local_cluster_up
+
+    real_popen, commands = subprocess.Popen, []
+
+    class FirstHeadDies(real_popen):  # a class still: other code may subclass subprocess.Popen meanwhile
+        def __init__(self, cmd, **kwargs):
+            commands.append(cmd)
+            if len(commands) == 1:  # a real process that fails the way Ray's head did
+                cmd = [sys.executable, "-c", "import sys; print('RuntimeError: Timed out waiting for node info'); "
+                       "sys.exit(1)"]
+            super().__init__(cmd, **kwargs)
+
+    shared_cluster.release()
+    running = local_cluster_up("local-cluster")
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as err:
+        patch.setattr(local.subprocess, "Popen", FirstHeadDies)
+        cluster = next(running)
+    HEAD_START.update(commands=commands, stderr=err.getvalue())
+    yield cluster
+    for _ in running:  # down, and nothing left behind
+        pass
+
+
 def worker_nodes(cluster: LocalCluster) -> list[dict]:
     return [n for n in cluster.nodes() if not n.get("is_head_node")]
 
@@ -33,6 +69,13 @@ def wait_for(predicate, timeout_s: float, what: str):
             return value
         time.sleep(1)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def test_a_head_that_exits_while_starting_is_started_once_more(local_cluster):
+    heads = [c for c in HEAD_START["commands"] if "elasticml.cluster.supervisor" in c]
+    assert len(heads) == 2  # (the other command is `scheduler start`, once the head is up)
+    assert "exited while starting; trying once more" in HEAD_START["stderr"]
+    assert local_cluster.info() is not None
 
 
 def test_starts_with_only_the_head(local_cluster):
@@ -138,34 +181,3 @@ def test_cli_up_and_down_leave_no_process_behind(tmp_path):
     # `down` returns once it has signalled the tree; the last processes may take a moment to be reaped.
     wait_for(lambda: not [p for p in tree if _alive(p)], 30, f"the cluster's processes to exit: {tree}")
     assert cluster.info() is None
-
-
-def test_a_head_that_exits_while_starting_is_started_once_more(monkeypatch, capsys):
-    """Ray's own start-up can time out on a loaded machine (seen in CI); `up` tries a second time."""
-    import elasticml.cluster.local as local
-    from elasticml.cluster import load_cluster_spec
-
-    real_popen, commands = subprocess.Popen, []
-
-    class FirstHeadDies(real_popen):  # a class still: other code may subclass subprocess.Popen meanwhile
-        def __init__(self, cmd, **kwargs):
-            commands.append(cmd)
-            if len(commands) == 1:  # a real process that fails the way Ray's head did
-                cmd = [sys.executable, "-c", "import sys; print('RuntimeError: Timed out waiting for node info'); "
-                       "sys.exit(1)"]
-            super().__init__(cmd, **kwargs)
-
-    monkeypatch.setattr(local.subprocess, "Popen", FirstHeadDies)
-    cluster = LocalCluster("flaky-head")
-    try:
-        info = cluster.up(load_cluster_spec(REPO / "cluster_configs" / "local.yaml"))
-        monkeypatch.undo()
-        heads = [c for c in commands if "elasticml.cluster.supervisor" in c]
-        assert len(heads) == 2  # (the other command is `scheduler start`, once the head is up)
-        assert "exited while starting; trying once more" in capsys.readouterr().err
-        assert cluster.info() == info
-        assert len(cluster.nodes()) == 1  # the head, up and answering the token-guarded state API
-    finally:
-        monkeypatch.undo()
-        if cluster.info() is not None:
-            cluster.down()
