@@ -174,9 +174,11 @@ def test_a_tenant_without_the_ray_token_works_through_the_api_server_and_cannot_
     cli = subprocess.run([ELASTICML, "--endpoint", url, "scheduler", "explain", "etl"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert cli.returncode == 0 and "place" in cli.stdout, cli.stderr
-    driver = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={local_cluster.require_info().gcs_address!r})"],
-                            capture_output=True, text=True, env=env, timeout=120)
-    assert driver.returncode != 0  # token auth: no token, no driver
+    # Ray retries a refused connection for about 20 s by default: two tries say as much here.
+    connect = f"import ray; ray.init(address={local_cluster.require_info().gcs_address!r})"
+    driver = subprocess.run([sys.executable, "-c", connect], capture_output=True, text=True,
+                            env={**env, "RAY_gcs_server_port_wait_time_s": "2"}, timeout=120)
+    assert driver.returncode != 0 and "InvalidAuthToken" in driver.stderr, driver.stderr[-2000:]  # no token, no driver
     tenant.finish("etl")
 
 
