@@ -24,7 +24,9 @@ def submit(env: dict[str, str], *args: str, timeout: int = 300) -> subprocess.Co
     )
 
 
-@pytest.mark.slow  # a job of the same script trains on two workers and checkpoints in the scheduled-job test below
+# Slow: a job of the same script trains on two workers and checkpoints in the scheduled-job test below; the
+# checks of its history (`elasticml train report`), model size and loss are made only here.
+@pytest.mark.slow
 def test_train_job_runs_two_workers_and_saves_a_checkpoint(local_cluster, corpus, tmp_path):
     env = local_cluster.require_info().client_env()
     proc = submit(

@@ -32,7 +32,8 @@ HEAD_START: dict = {}
 def local_cluster(shared_cluster):
     """The module's own cluster, whose first head exits while starting the way Ray's does when its own
     start-up times out on a loaded machine: `up` starts it once more, and every test here runs on that
-    second head."""
+    second head. The fake failure uses up `up`'s one retry: a real timeout of the second head fails the
+    module's set-up, as it would fail any cluster's second try."""
     import elasticml.cluster.local as local
     from tests.support.clusters import local_cluster_up
 
@@ -50,8 +51,11 @@ def local_cluster(shared_cluster):
     running = local_cluster_up("local-cluster")
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as err:
         patch.setattr(local.subprocess, "Popen", FirstHeadDies)
-        cluster = next(running)
-    HEAD_START.update(commands=commands, stderr=err.getvalue())
+        try:
+            cluster = next(running)
+        finally:  # what `up` said, in the report too if the second head fails as well
+            HEAD_START.update(commands=commands, stderr=err.getvalue())
+            sys.__stderr__.write(HEAD_START["stderr"])
     yield cluster
     for _ in running:  # down, and nothing left behind
         pass
@@ -75,7 +79,8 @@ def test_a_head_that_exits_while_starting_is_started_once_more(local_cluster):
     heads = [c for c in HEAD_START["commands"] if "elasticml.cluster.supervisor" in c]
     assert len(heads) == 2  # (the other command is `scheduler start`, once the head is up)
     assert "exited while starting; trying once more" in HEAD_START["stderr"]
-    assert local_cluster.info() is not None
+    # The state `up` saved names the second head's supervisor, running.
+    assert psutil.Process(local_cluster.require_info().pid).cmdline() == heads[1]
 
 
 def test_starts_with_only_the_head(local_cluster):

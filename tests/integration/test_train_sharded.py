@@ -24,7 +24,7 @@ def losses(result) -> dict[int, float]:
 
 def test_a_users_model_on_two_sharded_workers_matches_the_single_process_loss_curve(local_cluster, corpus, tmp_path):
     """A user's `module:factory` model (not the reference transformer) trains FSDP2-sharded over 2 gloo
-    workers, recomputing activations, and computes what one process computes, step by step."""
+    workers and computes what one process (recomputing activations) computes, step by step."""
     from elasticml.train.checkpoint import latest_checkpoint, load_model
     from elasticml.train.config import TrainConfig
     from elasticml.train.launch import fit
@@ -33,8 +33,10 @@ def test_a_users_model_on_two_sharded_workers_matches_the_single_process_loss_cu
     local_cluster.require_info().connect()
     common = dict(data=str(corpus), storage_path=str(tmp_path), steps=6, global_batch=4, seq_len=64, lr=1e-2,
                   report_every=1, checkpoint_every=1, keep_checkpoints=10, seed=3, model=SPEC)
-    single = fit(TrainConfig(run_name="one", num_workers=1, **common))
-    sharded = fit(TrainConfig(run_name="two", num_workers=2, activation_checkpointing=True, **common))
+    # Recomputing activations on the lone process, plain FSDP2 on the two workers: the transformer's test
+    # below has both on two workers, so every pairing is compared with one process somewhere.
+    single = fit(TrainConfig(run_name="one", num_workers=1, activation_checkpointing=True, **common))
+    sharded = fit(TrainConfig(run_name="two", num_workers=2, **common))
     assert single.error is None and sharded.error is None, (single.error, sharded.error)
     a, b = losses(single), losses(sharded)
     assert sorted(a) == sorted(b) == list(range(1, 7))

@@ -30,8 +30,9 @@ def test_interruption_notice_makes_training_checkpoint_now(local_cluster, corpus
     sched.clear_interruption("cpu_spot")  # a spot loss of an earlier test is over
     client = JobSubmissionClient(info.dashboard_url)
     # Ray Train looks for a drained node every 5 s unless told otherwise: here every second, so that the
-    # notice lands within the first few report points and the rest of the run proves it goes on after it.
-    steps = 150
+    # notice lands well before the end (about 20 s of steps are left after step 20 here) and the rest of
+    # the run proves it goes on after it.
+    steps = 200
     job = client.submit_job(
         entrypoint=f"python jobs/train.py --data {corpus} --storage-path {tmp_path} --run-name pre "
                    f"--steps {steps} --workers 2 --global-batch 4 --report-every 10 --market spot",

@@ -72,7 +72,9 @@ def test_losing_a_spot_node_mid_run_resumes_at_the_checkpointed_data_position(lo
     print(f"lost a node at step ~20; resumed at step {step} after {resumed_at - t_lost:.1f}s")
 
 
-@pytest.mark.slow  # a rarer loss than a node's; resuming from the newest checkpoint is checked above in every run
+# Slow: Ray Train replacing its own killed controller is a rarer loss than a node's, and only this test has it;
+# resuming from the newest complete checkpoint is checked in the default run by the node-loss tests here.
+@pytest.mark.slow
 def test_losing_the_runs_controller_starts_a_new_one_from_the_last_checkpoint(local_cluster, corpus, tmp_path):
     """The controller's process dies mid-run (SIGKILL, as a crash would): the run goes on under a new
     controller, from the last checkpoint, and finishes."""
