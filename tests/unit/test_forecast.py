@@ -574,6 +574,49 @@ def test_a_burst_pools_replica_still_starting_is_not_stopped_by_a_dip_in_the_loa
         assert [t for t in early if t < 12.0]  # Serve alone takes each dip of the load at once: what this catches
 
 
+def test_a_wish_for_none_then_for_fewer_is_one_wish_whose_delay_counts_from_the_first(monkeypatch):
+    """While none runs: 2 asked, then 0 wanted (passed on: Serve's delay holds it), then 1. The 1 is held at
+    Serve's target until fewer has been wanted for the delay counted from the 0, then let through, with how
+    long logged; Serve's real wrapper applies it at once (its cold-start path) and never the 0."""
+    from types import SimpleNamespace
+
+    import ray.serve.autoscaling_policy as serve_policy
+    from ray.serve.config import AutoscalingConfig, AutoscalingContext
+
+    from elasticml.serve import autoscale
+
+    clock = [1000.0]
+    monkeypatch.setattr(serve_policy, "time", SimpleNamespace(time=lambda: clock[0]))
+    config = AutoscalingConfig(min_replicas=0, max_replicas=2, upscale_delay_s=1.0, downscale_delay_s=3.0)
+    policy = autoscale.PredictivePolicy(target_per_replica=2.0)
+
+    def held(ctx):  # the hold alone, on what the forecast wanted at each moment
+        t = ctx.current_time - 1000.0
+        wanted = 2 if t < 5.0 else 0 if t < 7.2 else 1
+        answer = policy._hold_while_none_runs(wanted, target=ctx.target_num_replicas, running=0, now=ctx.current_time,
+                                              config=config, serve_down_since=autoscale._serve_down_since(ctx))
+        answers.append((round(t, 1), answer, policy.fewer_for_s))
+        return answer, {}
+
+    wrapped = serve_policy._apply_autoscaling_config(held)
+    answers: list = []
+    target, state, targets = 0, {}, []
+    for i in range(120):
+        clock[0] = 1000.0 + i * 0.1
+        ctx = AutoscalingContext(
+            deployment_id=None, deployment_name="d", app_name="a", current_num_replicas=0, target_num_replicas=target,
+            running_replicas=[], total_num_requests=0.0, total_queued_requests=0.0, aggregated_metrics=None,
+            raw_metrics=None, capacity_adjusted_min_replicas=0, capacity_adjusted_max_replicas=2, policy_state=state,
+            last_scale_up_time=None, last_scale_down_time=None, current_time=clock[0], config=config)
+        target, state = wrapped(ctx)
+        targets.append((round(i * 0.1, 1), target))
+    assert {a for t, a, _ in answers if 5.0 <= t < 7.2} == {0}  # the 0 passed on as it came
+    assert {a for t, a, _ in answers if 7.2 <= t < 8.0} == {2}  # the 1 held at the target: fewer since 5.0 only
+    released = next((t, s) for t, a, s in answers if a == 1)
+    assert released == (8.0, pytest.approx(3.0))  # once fewer had been wanted for the delay, from the 0
+    assert min(n for t, n in targets if t < 8.0) == 2 and targets[-1][1] == 1  # Serve never took the 0
+
+
 def test_a_bucket_in_which_requests_waited_teaches_neither_the_level_nor_the_profile():
     """What the slots held while requests waited is no demand: the level, the trend and a learnt season's slots
     keep what they had, and the first bucket without a wait restarts the level at its load, with no trend."""

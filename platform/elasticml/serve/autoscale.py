@@ -197,6 +197,8 @@ class PredictivePolicy:
         self._published: tuple[float, int] = (-math.inf, -1)
         self._fewer_since: float | None = None
         self._fewer_most = 0
+        self.fewer_for_s: float | None = None
+        """How long fewer had been wanted when the hold last let a step down through; None otherwise."""
 
     def _resume(self, app: str | None, deployment: str, now: float) -> LoadForecaster:
         state = _kv_get(_key(app, deployment, "state"))
@@ -227,7 +229,9 @@ class PredictivePolicy:
         start another from scratch, round after round under steady load. An answer of 0 takes Serve's own
         delay, so it is passed on at once unless Serve's timer for it (`serve_down_since`) is older than this
         wish for fewer (the path above leaves it as it was), which would stop them at once: held, it would
-        wait both delays."""
+        wait both delays. A wish for 0 passed on and one for more, below the target, that follows it are one
+        wish for fewer: its delay counts from the first."""
+        self.fewer_for_s = None
         if running > 0 or wanted >= target:
             self._fewer_since = None
             return wanted
@@ -240,7 +244,7 @@ class PredictivePolicy:
             return target
         # Down to the most wanted over the delay, not the last answer (a dip at its end would stop what the rest
         # of it wanted); the next step down waits the whole delay again, as Serve's does.
-        self._fewer_since = None
+        self.fewer_for_s, self._fewer_since = now - self._fewer_since, None
         return self._fewer_most
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
@@ -297,7 +301,9 @@ class PredictivePolicy:
                                           "forecast": round(decision.forecast, 3),
                                           "predicted": round(decision.predicted, 3), "noise": round(decision.noise, 3),
                                           "lead_s": round(decision.lead_s, 2),
-                                          "running": int(ctx.current_num_replicas)})
+                                          "running": int(ctx.current_num_replicas), "target": target,
+                                          "fewer_for_s": None if self.fewer_for_s is None
+                                          else round(self.fewer_for_s, 2)})
             self.last_replicas = decision.replicas
         if fc.last_index is not None and fc.last_index != self.saved_bucket:
             self.saved_bucket = fc.last_index
