@@ -53,9 +53,10 @@ def local_cluster(shared_cluster):
         patch.setattr(local.subprocess, "Popen", FirstHeadDies)
         try:
             cluster = next(running)
-        finally:  # what `up` said, in the report too if the second head fails as well
-            HEAD_START.update(commands=commands, stderr=err.getvalue())
-            sys.__stderr__.write(HEAD_START["stderr"])
+        except BaseException:  # the second head failed too: what `up` said goes into the report
+            sys.__stderr__.write(err.getvalue())
+            raise
+    HEAD_START.update(commands=commands, stderr=err.getvalue())
     yield cluster
     for _ in running:  # down, and nothing left behind
         pass
