@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -321,11 +322,13 @@ class LocalCluster:
                 seen += [arg.split("=", 1)[1] for arg in args if arg.startswith("--node_id=")]
                 if node_id in " ".join(args):
                     victims = [*proc.children(recursive=True), proc]
-                    for p in victims:
-                        # A worker can exit on its own once its siblings die: that must not abort
-                        # the kill (it once did, and the node was then reported as not found).
-                        with contextlib.suppress(psutil.NoSuchProcess):
-                            p.kill()
+                    # Frozen first, then killed: a vanished machine reports nothing, so no raylet may
+                    # tell the GCS of its workers' deaths; Ray learns of the loss by missed health
+                    # checks only. A process that exits on its own meanwhile must not abort the kill.
+                    for sig in (signal.SIGSTOP, signal.SIGKILL):
+                        for p in victims:
+                            with contextlib.suppress(psutil.NoSuchProcess):
+                                p.send_signal(sig)
                     return [p.pid for p in victims]
             except psutil.Error:  # a process that went away on its own is fine here
                 continue
