@@ -188,8 +188,8 @@ def sweep(base: TrainConfig, args: Sweep, grid: list[float] | None) -> int:
                                     reduction_factor=2),
         ),
         # A trial on spot can lose its node, or its workers can start into a working_dir that Ray is
-        # garbage-collecting (seen once in CI: "No such file or directory" importing torch): run it
-        # again, from its last checkpoint, before calling it an error.
+        # garbage-collecting (a "No such file or directory" importing torch): run it again, from its
+        # last checkpoint, before calling it an error.
         run_config=tune.RunConfig(name=args.name, storage_path=storage_path, storage_filesystem=storage_fs,
                                   failure_config=tune.FailureConfig(max_failures=args.trial_retries)),
     )
