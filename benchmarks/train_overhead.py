@@ -11,13 +11,18 @@ its report barrier every `--report-every` steps) is included. The verdict is the
 rounds' paired overheads (each Ray run against the plain run just before it). Each side's rate over
 the first and the second half of the timed steps is printed too: Ray's own processes (dashboard,
 agents) are still busy for seconds after `ray.init`, and a gap that closes in the second half is
-that start-up, not a per-step cost. Both sides' rates, round by round, go to
-benchmarks/results/train_overhead.json (benchmarks/record.py).
+that start-up, not a per-step cost. To tell where a gap comes from, each side also counts, over the
+timed steps, the CPU seconds of its worker processes (every thread: the loop, gloo's, Ray's own in
+the worker) and of the whole machine: more CPU per token on the Ray side is work Ray adds to each
+step; more CPU used by everything but the workers is Ray's other processes taking cores the workers
+wait for, which a machine with cores to spare would not see. Both sides' figures, round by round,
+go to benchmarks/results/train_overhead.json (benchmarks/record.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -37,8 +42,9 @@ from elasticml.data.loader import TokenBlocks  # noqa: E402
 from elasticml.models import build_model  # noqa: E402
 
 
-def train_steps(rank: int, world: int, args: argparse.Namespace, report) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
-    """The shared loop; returns tokens/s after warm-up: over all timed steps, their first half and their second."""
+def train_steps(rank: int, world: int, args: argparse.Namespace, report) -> Rates:  # type: ignore[no-untyped-def]
+    """The shared loop; its rates and CPU use over the timed steps (after warm-up)."""
+    import psutil
     from torch.distributed.fsdp import fully_shard
 
     torch.set_num_threads(1)
@@ -55,6 +61,7 @@ def train_steps(rank: int, world: int, args: argparse.Namespace, report) -> tupl
         if step == args.warmup:
             dist.barrier()
             t0, tokens = time.perf_counter(), 0
+            cpu0, machine0 = time.process_time(), psutil.cpu_times()
         if step == half:
             t_half, tokens_half = time.perf_counter(), tokens
         x, y = data.batch(step, global_batch=args.global_batch, rank=rank, world_size=world)
@@ -67,11 +74,37 @@ def train_steps(rank: int, world: int, args: argparse.Namespace, report) -> tupl
             report({"step": step + 1, "loss": loss.item()})
     dist.barrier()
     end = time.perf_counter()
-    return tokens / (end - t0), tokens_half / (t_half - t0), (tokens - tokens_half) / (end - t_half)
+    machine1 = psutil.cpu_times()
+    workers_cpu = torch.tensor([time.process_time() - cpu0], dtype=torch.float64)
+    dist.all_reduce(workers_cpu)  # every thread of every worker process: the loop, gloo's, Ray's own
+    busy = _busy(machine1) - _busy(machine0)
+    return {"tokens_per_s": tokens / (end - t0), "first_half": tokens_half / (t_half - t0),
+            "second_half": (tokens - tokens_half) / (end - t_half), "wall_s": end - t0,
+            "workers_cpu_s": float(workers_cpu.item()), "machine_busy_cpu_s": busy}
 
 
-Rates = tuple[float, float, float]
-"""tokens/s over all timed steps, their first half, their second half."""
+def _busy(t) -> float:  # type: ignore[no-untyped-def]
+    """CPU seconds this machine's processes ran (psutil.cpu_times(): guest time is already in user)."""
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+def _worker_share(r: Rates, workers: int) -> float:
+    """The share of the timed wall time the workers ran on a CPU."""
+    return r["workers_cpu_s"] / (workers * r["wall_s"])
+
+
+def _others_cores(r: Rates) -> float:
+    """Cores used by every process but the workers over the timed steps (Ray's own, the driver, the rest)."""
+    return (r["machine_busy_cpu_s"] - r["workers_cpu_s"]) / r["wall_s"]
+
+
+def _cpu_per_token(r: Rates) -> float:
+    return r["workers_cpu_s"] / (r["tokens_per_s"] * r["wall_s"])
+
+
+Rates = dict[str, float]
+"""Over the timed steps: tokens/s over all of them, their first half and their second; their wall time;
+the CPU seconds the worker processes used (all their threads); the CPU seconds the whole machine was busy."""
 
 
 def _plain_worker(rank: int, world: int, port: int, args: argparse.Namespace, out: mp.Queue) -> None:
@@ -107,7 +140,7 @@ def _ray_loop(config: dict) -> None:
     if ctx.get_world_rank() == 0:
         # Ray Train V2 attaches metrics to checkpoints only; this run keeps none, so the rate goes to a file.
         with open(args.rate_file, "w") as fh:
-            fh.write(",".join(map(str, rate)))
+            json.dump(rate, fh)
 
 
 def run_ray(args: argparse.Namespace) -> Rates:
@@ -127,8 +160,7 @@ def run_ray(args: argparse.Namespace) -> Rates:
     if result.error is not None:
         raise RuntimeError(f"the Ray Train run failed: {result.error!r}")
     with open(args.rate_file) as fh:
-        whole, first, second = map(float, fh.read().split(","))
-    return whole, first, second
+        return json.load(fh)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,21 +188,30 @@ def main(argv: list[str] | None = None) -> int:
         ray_rates.append(run_ray(args))
     print(f"model {args.size}, {args.workers} workers, global batch {args.global_batch} x {args.seq_len} tokens, "
           f"{args.steps - args.warmup} timed steps after {args.warmup}, report every {args.report_every}")
+    keys = ("tokens_per_s", "first_half", "second_half")
     for name, rates in (("plain torch.distributed", plain), ("Ray Train (TorchTrainer)", ray_rates)):
-        print(f"{name:25s} tokens/s by round: {', '.join(f'{r[0]:.0f}' for r in rates)}   "
-              f"first half / second half: {', '.join(f'{r[1]:.0f}/{r[2]:.0f}' for r in rates)}")
+        print(f"{name:25s} tokens/s by round: {', '.join(f'{r[keys[0]]:.0f}' for r in rates)}   "
+              f"first half / second half: {', '.join(f'{r[keys[1]]:.0f}/{r[keys[2]]:.0f}' for r in rates)}")
+        print(f"{'':25s} workers had a CPU {', '.join(f'{_worker_share(r, args.workers):.0%}' for r in rates)} "
+              f"of the time; everything else used {', '.join(f'{_others_cores(r):.2f}' for r in rates)} cores")
     # each round's Ray run against its plain one: over all timed steps, then over each half
-    paired = [record.spread([1 - b[i] / a[i] for a, b in zip(plain, ray_rates)]) for i in range(3)]
+    paired = [record.spread([1 - b[k] / a[k] for a, b in zip(plain, ray_rates)]) for k in keys]
+    # Where a gap comes from: work Ray adds inside the workers (CPU per token), or CPU its other
+    # processes take from the workers (cores used by everything but the workers).
+    work = record.spread([_cpu_per_token(b) / _cpu_per_token(a) - 1 for a, b in zip(plain, ray_rates)])
+    others = record.spread([_others_cores(b) - _others_cores(a) for a, b in zip(plain, ray_rates)])
     print(f"Ray Train overhead, median of {args.rounds} paired rounds: {100 * paired[0]['median']:+.1f}% "
           f"({100 * paired[0]['min']:+.1f}% to {100 * paired[0]['max']:+.1f}%); first half "
           f"{100 * paired[1]['median']:+.1f}%, second half {100 * paired[2]['median']:+.1f}%   goal <= 2%: "
           f"{'met' if paired[0]['median'] <= 0.02 else 'NOT met'}")
-    run.write(samples=[{"round": r, "plain_tokens_per_s": a[0], "ray_tokens_per_s": b[0],
-                        "plain_halves_tokens_per_s": list(a[1:]), "ray_halves_tokens_per_s": list(b[1:])}
-                       for r, (a, b) in enumerate(zip(plain, ray_rates))],
+    print(f"  the workers' CPU per token, Ray against plain: {100 * work['median']:+.1f}% "
+          f"({100 * work['min']:+.1f}% to {100 * work['max']:+.1f}%); the other processes' use, Ray minus plain: "
+          f"{others['median']:+.2f} cores ({others['min']:+.2f} to {others['max']:+.2f}) of {os.cpu_count()}")
+    run.write(samples=[{"round": r, "plain": a, "ray": b} for r, (a, b) in enumerate(zip(plain, ray_rates))],
               summary={"ray_overhead_by_round": paired[0], "first_half": paired[1], "second_half": paired[2],
-                       "best_plain_tokens_per_s": max(r[0] for r in plain),
-                       "best_ray_tokens_per_s": max(r[0] for r in ray_rates)})
+                       "workers_cpu_per_token_ray_vs_plain": work, "other_processes_cores_ray_minus_plain": others,
+                       "best_plain_tokens_per_s": max(r["tokens_per_s"] for r in plain),
+                       "best_ray_tokens_per_s": max(r["tokens_per_s"] for r in ray_rates)})
     return 0
 
 
