@@ -61,7 +61,7 @@ def train_steps(rank: int, world: int, args: argparse.Namespace, report) -> Rate
         if step == args.warmup:
             dist.barrier()
             t0, tokens = time.perf_counter(), 0
-            cpu0, machine0 = time.process_time(), psutil.cpu_times()
+            cpu0, machine0, procs0 = time.process_time(), psutil.cpu_times(), _process_cpu() if rank == 0 else {}
         if step == half:
             t_half, tokens_half = time.perf_counter(), tokens
         x, y = data.batch(step, global_batch=args.global_batch, rank=rank, world_size=world)
@@ -74,13 +74,51 @@ def train_steps(rank: int, world: int, args: argparse.Namespace, report) -> Rate
             report({"step": step + 1, "loss": loss.item()})
     dist.barrier()
     end = time.perf_counter()
-    machine1 = psutil.cpu_times()
+    machine1, procs1 = psutil.cpu_times(), _process_cpu() if rank == 0 else {}
     workers_cpu = torch.tensor([time.process_time() - cpu0], dtype=torch.float64)
     dist.all_reduce(workers_cpu)  # every thread of every worker process: the loop, gloo's, Ray's own
     busy = _busy(machine1) - _busy(machine0)
     return {"tokens_per_s": tokens / (end - t0), "first_half": tokens_half / (t_half - t0),
             "second_half": (tokens - tokens_half) / (end - t_half), "wall_s": end - t0,
-            "workers_cpu_s": float(workers_cpu.item()), "machine_busy_cpu_s": busy}
+            "workers_cpu_s": float(workers_cpu.item()), "machine_busy_cpu_s": busy,
+            "others_cpu_s_by_name": _by_name(procs0, procs1, skip={os.getpid(), *_peer_pids()})}
+
+
+def _process_cpu() -> dict[int, tuple[str, float]]:
+    """Every process's (name, CPU seconds so far), by pid."""
+    import psutil
+
+    found = {}
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is None:
+            continue
+        cmd = proc.info["cmdline"] or []
+        name = proc.info["name"] or "?"
+        if cmd and cmd[0].startswith("ray::"):  # a Ray worker names itself by what it runs
+            name = cmd[0].split()[0]
+        elif name.startswith("python"):  # by its script or module
+            name = next((c.rsplit("/", 1)[-1] for c in cmd[1:] if c.endswith(".py") or not c.startswith("-")), name)
+        found[proc.pid] = (name[:60], times.user + times.system)
+    return found
+
+
+def _by_name(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+             skip: set[int]) -> dict[str, float]:
+    """CPU seconds each process name used between the two looks (the workers left out)."""
+    used: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        if pid in skip:
+            continue
+        used[name] = used.get(name, 0.0) + cpu - (before[pid][1] if pid in before else 0.0)
+    return {name: round(cpu, 3) for name, cpu in sorted(used.items(), key=lambda kv: -kv[1]) if cpu >= 0.01}
+
+
+def _peer_pids() -> list[int]:
+    """The pids of every worker of this run (gathered from all ranks)."""
+    pids: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(pids, os.getpid())
+    return [int(p) for p in pids]  # type: ignore[call-overload]
 
 
 def _busy(t) -> float:  # type: ignore[no-untyped-def]
@@ -194,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
               f"first half / second half: {', '.join(f'{r[keys[1]]:.0f}/{r[keys[2]]:.0f}' for r in rates)}")
         print(f"{'':25s} workers had a CPU {', '.join(f'{_worker_share(r, args.workers):.0%}' for r in rates)} "
               f"of the time; everything else used {', '.join(f'{_others_cores(r):.2f}' for r in rates)} cores")
+        names = {n for r in rates for n in r["others_cpu_s_by_name"]}
+        cores = {n: record.spread([r["others_cpu_s_by_name"].get(n, 0.0) / r["wall_s"] for r in rates])["median"]
+                 for n in names}
+        top = sorted(cores.items(), key=lambda kv: -kv[1])[:8]
+        print(f"{'':25s} of it, by process (median cores): {', '.join(f'{n} {c:.3f}' for n, c in top)}")
     # each round's Ray run against its plain one: over all timed steps, then over each half
     paired = [record.spread([1 - b[k] / a[k] for a, b in zip(plain, ray_rates)]) for k in keys]
     # Where a gap comes from: work Ray adds inside the workers (CPU per token), or CPU its other

@@ -668,3 +668,21 @@ def test_before_the_warm_up_a_backlog_counts_at_its_share_and_after_it_through_t
     assert decided(ForecastConfig().warmup_buckets) == 2  # warmed up: the one-more rule only
     with pytest.raises(ConfigError, match="warmup_backlog_share"):
         ForecastConfig(warmup_backlog_share=1.5)
+
+
+def test_after_the_warm_up_a_backlog_counts_at_backlog_share_where_one_is_set():
+    """Warmed up on one replica of 4 slots, then 4 served and 14 waiting: the one-more rule asks for 2."""
+    def decided(**extra: float) -> int:
+        fc = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, replica_slots=4, **extra))
+        warm = fc.config.warmup_buckets * 10
+        for i in range(warm + 11):
+            fc.observe(i * 0.1, 3.0 if i < warm else 4.0, waiting=0.0 if i < warm else 14.0)
+        return fc.decide(running=1, low=1, high=8, queued=14.0).replicas
+
+    assert decided() == 2  # the default: one more than runs
+    assert decided(backlog_share=0.5) == 4  # ceil((4 + 14 / 2) / 3)
+    assert decided(backlog_share=1.0) == 6  # Serve's rule: ceil(18 / 3)
+    assert decided(backlog_share=1.0, warmup_backlog_share=0.0) == 6  # the warm-up's own share is not this one
+    for bad in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(ConfigError, match="backlog_share"):
+            ForecastConfig(backlog_share=bad)

@@ -118,6 +118,10 @@ class ForecastConfig:
     add one replica's slots per start-up while the backlog grows. 0: they count only through the rule that
     keeps what starts and asks for one more. With `signal` "in_flight" nothing is counted as waiting, so
     neither this nor the unlearnt waiting buckets apply."""
+    backlog_share: float = 0.0
+    """The same after the first `warmup_buckets`: requests waiting count toward the replicas asked for at this
+    share. 0: only the rule that keeps what starts and asks for one more (one replica's slots per start-up,
+    which a steep rise outruns)."""
 
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
@@ -136,6 +140,7 @@ class ForecastConfig:
         check_number(self.down_headroom, field="down_headroom", lo=0.1, hi=1.0)
         check_number(self.rise_sigmas, field="rise_sigmas", lo=0, hi=10)
         check_number(self.warmup_backlog_share, field="warmup_backlog_share", lo=0, hi=1)
+        check_number(self.backlog_share, field="backlog_share", lo=0, hi=1)
         if type(self.learn_while_waiting) is not bool:
             raise ConfigError(f"must be true or false, got {shown(self.learn_while_waiting)}",
                               field="learn_while_waiting")
@@ -385,9 +390,10 @@ class LoadForecaster:
             # outnumber the served.) Keep every replica asked for (a decision below Serve's target would, held
             # for the downscale delay, stop a replica still starting), and with none starting ask for one more.
             replicas = max(replicas, max(self.waiting) if self.waiting else running + 1)
-            if self.buckets < cfg.warmup_buckets:  # its first buckets, maybe under load with nothing learnt
-                need = load + cfg.warmup_backlog_share * queued
-                replicas = max(replicas, math.ceil(need / cfg.target_per_replica))
+            # its first buckets, maybe under load with nothing learnt, have a share of their own
+            share = cfg.warmup_backlog_share if self.buckets < cfg.warmup_buckets else cfg.backlog_share
+            if share > 0:
+                replicas = max(replicas, math.ceil((load + share * queued) / cfg.target_per_replica))
         return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
                         lead_s=self.lead_s, rms_error=self.rms_error, predicted=predicted, noise=self.noise)
 
