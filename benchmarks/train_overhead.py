@@ -28,6 +28,7 @@ import socket
 import sys
 import tempfile
 import time
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -140,9 +141,10 @@ def _cpu_per_token(r: Rates) -> float:
     return r["workers_cpu_s"] / (r["tokens_per_s"] * r["wall_s"])
 
 
-Rates = dict[str, float]
+Rates = dict[str, Any]
 """Over the timed steps: tokens/s over all of them, their first half and their second; their wall time;
-the CPU seconds the worker processes used (all their threads); the CPU seconds the whole machine was busy."""
+the CPU seconds the worker processes used (all their threads); the CPU seconds the whole machine was busy;
+the CPU seconds of every other process, by name (`_by_name`)."""
 
 
 def _plain_worker(rank: int, world: int, port: int, args: argparse.Namespace, out: mp.Queue) -> None:

@@ -169,10 +169,8 @@ def test_a_scheduled_run_that_loses_its_spot_node_restarts_once_where_the_schedu
     spot_before = {n["NodeID"] for n in ray.nodes() if n["Labels"].get(L.NODE_TYPE) == "cpu_spot"}
     victim = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get(L.NODE_TYPE) == "cpu_spot")
     assert local_cluster.kill_node(victim)
-    spot_since: set[str] = set()
     while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
         assert time.monotonic() < deadline + 300, client.get_job_logs(job)[-3000:]
-        spot_since |= {n["NodeID"] for n in ray.nodes() if n["Labels"].get(L.NODE_TYPE) == "cpu_spot"}
         time.sleep(0.5)
     logs = client.get_job_logs(job)
     assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-3000:]
@@ -184,10 +182,11 @@ def test_a_scheduled_run_that_loses_its_spot_node_restarts_once_where_the_schedu
     # Where the run's workers were: spot before the loss, on-demand after, none on a spot node launched since.
     # Such a node may come up: Ray reschedules the lost node's placement-group bundle (spot) at its death,
     # before Ray Train removes the group, and the autoscaler can act on that; it then idles out.
-    node_type = {n["NodeID"]: n["Labels"].get(L.NODE_TYPE) for n in ray.nodes()}
+    node_type = {n["NodeID"]: n["Labels"].get(L.NODE_TYPE) for n in ray.nodes()}  # dead nodes too
     job_id = client.get_job_info(job).job_id
     workers = [a.node_id for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10_000)
                if a.job_id == job_id]
     assert {node_type[n] for n in workers} == {"cpu_spot", "cpu_on_demand"}, workers
-    assert not set(workers) & (spot_since - spot_before), "a worker ran on a spot node launched after the loss"
+    on_spot = {n for n in workers if node_type[n] == "cpu_spot"}
+    assert on_spot <= spot_before, ("a worker ran on a spot node launched after the loss", on_spot - spot_before)
     sched.finish("hold")
