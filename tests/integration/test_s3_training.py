@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from elasticml.models import SIZES, build_model
-from elasticml.storage import filesystem_for
-from elasticml.train.checkpoint import latest_checkpoint, load_model, read_meta, write_checkpoint
+from elasticml.storage import filesystem_for, list_files
+from elasticml.train.checkpoint import latest_checkpoint, load_model, read_meta, remove_half_written, write_checkpoint
 from tests.support.output import last_json
 
 pytestmark = pytest.mark.integration
@@ -61,6 +61,12 @@ def test_a_half_uploaded_checkpoint_on_s3_is_never_loaded(s3_env, tmp_path):
         pafs.copy_files(str(local), f"half-up/run/checkpoint_{step}", source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=fs)
     fs.delete_file("half-up/run/checkpoint_10/__0_0.distcp")  # the upload of step 10 died midway
+    assert latest_checkpoint("s3://half-up/run") == "s3://half-up/run/checkpoint_5"
+    # the resumed run's rank 0 deletes the half-upload: every object under its prefix
+    assert remove_half_written("s3://half-up/run", keep=("s3://half-up/run/checkpoint_5",)) == \
+        ["s3://half-up/run/checkpoint_10"]
+    assert sorted(list_files("s3://half-up/run")) == sorted(f"checkpoint_5/{name}" for name in list_files(
+        str(tmp_path / "checkpoint_5")))
     assert latest_checkpoint("s3://half-up/run") == "s3://half-up/run/checkpoint_5"
 
 

@@ -6,6 +6,7 @@ distillation (jobs/distill.py's run) moves a pruned student to its teacher and r
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 import time
 
@@ -114,7 +115,13 @@ def test_distillation_on_two_sharded_workers_moves_a_pruned_student_to_its_teach
                   teacher=str(t_dir), init_from=str(s_dir), distill_alpha=1.0, distill_temperature=1.0)
     first = fit(TrainConfig(steps=10, **common))
     assert first.error is None and first.metrics["step"] == 10
+    # What a worker lost mid-upload leaves: its shards, no manifest. The resume deletes it.
+    run = tmp_path / "runs" / "distil"
+    half = run / "checkpoint_9999-12-31_23-59-59.999999"
+    shutil.copytree(latest_checkpoint(run), half)
+    (half / "meta.json").unlink()
     second = fit(TrainConfig(steps=35, **common))
+    assert not half.exists()
     assert second.error is None and second.metrics["step"] == 35 and second.metrics["world_size"] == 2
     history = read_history(str(tmp_path / "runs" / "distil"))
     assert [r["resumed_from"] for r in history if "resumed_from" in r] == [10]  # the second run went on

@@ -6,7 +6,7 @@ from elasticml.checkpoint_key import KEY_ENV, make_cluster_key
 from elasticml.errors import CheckpointError
 from elasticml.models import SIZES, build_model
 from elasticml.train.checkpoint import (is_complete, latest_checkpoint, load_model, newer_checkpoint, read_meta,
-                                       write_checkpoint)
+                                       remove_half_written, write_checkpoint)
 
 
 def save(folder, step):
@@ -59,6 +59,37 @@ def test_a_newer_complete_checkpoint_than_the_registered_one_is_found_and_an_inc
     assert newer_checkpoint(run, run / "checkpoint_10") == run / "checkpoint_20"
     (run / "checkpoint_10" / "meta.json").unlink()  # a registered one that is not complete does not win either
     assert newer_checkpoint(run, run / "checkpoint_10") == run / "checkpoint_20"
+
+
+def test_a_resume_deletes_the_checkpoints_left_half_written_and_nothing_else(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    for step in (1, 2, 3, 4, 5, 6, 8, 9):
+        save(run / f"checkpoint_{step}", step)
+    (run / "checkpoint_2" / "meta.json").unlink()  # lost before rank 0's manifest
+    meta = (run / "checkpoint_3" / "meta.json").read_bytes()
+    (run / "checkpoint_3" / "meta.json").write_bytes(meta[: len(meta) // 2])  # the manifest's copy cut off
+    (run / "checkpoint_4" / "__0_0.distcp").unlink()  # a worker lost before its shard landed
+    shard = run / "checkpoint_5" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])  # ... or midway through it
+    (run / "checkpoint_6" / ".metadata").unlink()  # the one Ray Train registered, broken: not this call's to judge
+    with monkeypatch.context() as m:  # whole, signed under a key since rotated: an operator may still sign it
+        m.setenv(KEY_ENV, str(make_cluster_key("before rotation")))
+        save(run / "checkpoint_7", 7)
+    (run / "checkpoint_8" / "meta.json").write_text('{"format": "someone-else/v1"}')  # not this platform's
+    (run / "checkpoint_9" / "__0_0.distcp").unlink()
+    (run / "checkpoint_9" / "meta.json").unlink()
+    (run / "checkpoint_9").rename(run / "elsewhere_9")  # not a checkpoint folder of the run
+    (run / "checkpoint_file").write_text("x")
+    (run / "checkpoint_empty").mkdir()  # created, nothing uploaded yet
+
+    removed = remove_half_written(run, keep=(run / "checkpoint_6",))
+
+    assert sorted(removed) == sorted(str(run / f"checkpoint_{s}") for s in (2, 3, 4, 5, "empty"))
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_1", "checkpoint_6", "checkpoint_7", "checkpoint_8",
+                                                    "checkpoint_file", "elsewhere_9"]
+    assert latest_checkpoint(run) == run / "checkpoint_1"
+    assert remove_half_written(run, keep=(run / "checkpoint_6",)) == []
+    assert remove_half_written(tmp_path / "no-run") == []
 
 
 def test_files_are_dcp_shards_listed_in_meta(tmp_path):

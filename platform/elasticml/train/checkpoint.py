@@ -318,6 +318,61 @@ def newer_checkpoint(run_dir: str | Path, than: str | Path) -> Path | str | None
     return newest[1] if newest[0] > registered else None
 
 
+def _half_written(fs: Any, folder: str) -> bool:
+    """Whether a run's checkpoint folder is one a writer left midway: no meta.json (it goes last), one cut off, or a
+    manifest of this format naming a file that is missing or short. A manifest that is whole but not signed with
+    this cluster's key (a key since rotated, a checkpoint an operator has yet to sign) is no half-write: kept."""
+    import pyarrow.fs as pafs
+
+    try:
+        with fs.open_input_stream(f"{folder}/{META}") as fh:
+            body = fh.read(MAX_META + 1)
+    except FileNotFoundError:
+        return True
+    try:
+        meta = json.loads(body.decode())
+    except ValueError:
+        return len(body) <= MAX_META  # cut off mid-copy; an oversized one is not ours to judge
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict):
+        return False
+    for name, size in meta["files"].items():
+        if type(name) is not str or "/" in name or name in ("", ".", "..") or type(size) is not int:
+            return False
+        info = fs.get_file_info(f"{folder}/{name}")
+        if info.type != pafs.FileType.File or info.size != size:
+            return True
+    return False
+
+
+def remove_half_written(run_dir: str | Path, *, keep: tuple[str | Path, ...] = ()) -> list[str]:
+    """Delete the checkpoint folders of a Ray Train run (`checkpoint_*` directly under `run_dir`, local or s3://)
+    that a writer left midway (`_half_written`), except those in `keep`; returns what was deleted.
+
+    A worker lost mid-upload leaves such a folder, which no run loads and Ray Train, not having registered it,
+    never deletes. Call it only where nothing writes to the run: a resumed run's rank 0 does, before its first
+    step (Ray Train stops every worker of an attempt before it starts the next)."""
+    import pyarrow.fs as pafs
+
+    from elasticml.storage import filesystem_for, is_remote
+
+    uri = str(run_dir)
+    fs, root = filesystem_for(uri)
+    kept = {filesystem_for(str(k))[1].rstrip("/") for k in keep}
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
+    except FileNotFoundError:
+        return []
+    removed = []
+    for info in infos:
+        path = info.path.rstrip("/")
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_") or path in kept:
+            continue
+        if _half_written(fs, path):
+            fs.delete_dir(path)
+            removed.append(("s3://" + path) if is_remote(uri) else path)
+    return removed
+
+
 def load_model(folder: str | Path, *, device: str | torch.device = "cpu",
                allowed_modules: tuple[str, ...] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained model (eval mode, unsharded) and its meta.json, from a local folder or an s3:// URI.

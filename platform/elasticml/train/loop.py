@@ -74,11 +74,12 @@ def _teacher(cfg: TrainConfig, device: torch.device, mp: Any, fully_shard: Any) 
 def _newest_of_run(cfg: TrainConfig, restored: Any, *, rank: int, device: torch.device) -> Any:
     """The checkpoint to resume from: Ray Train's last registered one, or a newer complete one of the same run in
     storage (`newer_checkpoint`: written before the loss, its report not yet taken). Rank 0 looks and tells the
-    others, so every worker loads the same one."""
+    others, so every worker loads the same one. Rank 0 also deletes the run's checkpoint folders the lost attempt
+    left half-written (`remove_half_written`): nothing writes to the run until the loop's first step."""
     import ray.train
 
     from elasticml.storage import is_remote
-    from elasticml.train.checkpoint import newer_checkpoint, verify_files
+    from elasticml.train.checkpoint import newer_checkpoint, remove_half_written, verify_files
 
     remote = is_remote(cfg.storage_path)
     newer: str | None = None
@@ -86,13 +87,19 @@ def _newest_of_run(cfg: TrainConfig, restored: Any, *, rank: int, device: torch.
         def uri(path: str) -> str:
             return f"s3://{path}" if remote else path
 
+        run_dir = uri(restored.path.rstrip("/").rsplit("/", 1)[0])
         try:
-            found = newer_checkpoint(uri(restored.path.rstrip("/").rsplit("/", 1)[0]), uri(restored.path))
+            found = newer_checkpoint(run_dir, uri(restored.path))
             if found is not None:
                 verify_files(found)  # every file's digest now: one that fails would fail every retry's load
             newer = None if found is None else str(found)
         except Exception as exc:  # anything: the registered one still resumes the run, and no rank waits forever
             log.info("did not look past the run's last registered checkpoint: %s", str(exc)[:200])
+        try:
+            for folder in remove_half_written(run_dir, keep=(uri(restored.path), *([newer] if newer else []))):
+                log.info("deleted %s: a checkpoint the lost attempt left half-written", folder)
+        except Exception as exc:  # storage left as it was; the run resumes all the same
+            log.warning("could not delete the half-written checkpoints of %s: %s", run_dir, str(exc)[:200])
     if dist.is_initialized():
         box = [newer]
         dist.broadcast_object_list(box, src=0, device=device if cfg.use_gpu else None)
