@@ -1,7 +1,8 @@
 """Predictive vs reactive autoscaling in simulation: the live benchmark's setting, in seconds instead of an hour.
 
     python benchmarks/autoscale_sim.py [--rounds 20] [--seed0 5000] [--traces diurnal,ramp,flat]
-        [--tuning-shapes] [--forecast JSON] [--compare JSON]... [--oracle] [--blocks K] [--json OUT | --no-json]
+        [--tuning-shapes] [--forecast JSON] [--compare JSON]... [--oracle] [--blocks K]
+        [--preset latency|batch --scale S] [--json OUT | --no-json]
     python benchmarks/autoscale_sim.py --fit-contention LIVE.json [LIVE.json ...]
     python benchmarks/autoscale_sim.py --margins SWEEP.json
 
@@ -46,6 +47,10 @@ one more for each, labelled compare, compare2, ...: a sweep).
 With --blocks K, each run of K consecutive rounds is also judged apart, as the live benchmark judges its
 K rounds (its verdict, the over-SLO ratio): over many rounds, how far one live run's verdict can land from
 the verdict of all of them on draws alike, in the model.
+With --preset, Serve's delays are an app preset's (elasticml.serve.config.PRESETS: the latency preset's
+12 s look-back, 3 s upscale delay, Serve's 10 s metrics interval) instead of the benchmark's sub-second
+ones, for Serve's mechanics and the policy alike; --scale stretches the traces' time to match (a ramp of
+15-40 s is over before a 12 s window has seen it). The replicas stay the benchmark's.
 With --oracle, so is a clairvoyant reference (`Oracle`): it reads the trace's true rate over the
 longest start-up ahead and asks for what that needs at Serve's target, never fewer than the
 reactive rule asks for what is in flight. It is not a proven bound (a policy holding more
@@ -149,9 +154,12 @@ class Predictive:
     """The forecaster as PredictivePolicy drives it (without the GCS persistence)."""
 
     def __init__(self, settings: dict[str, Any], season_s: float | None) -> None:
-        from elasticml.serve.forecast import LoadForecaster, signal_load
+        from types import SimpleNamespace
+
+        from elasticml.serve.forecast import LoadForecaster, serve_delay, signal_load
 
         self.fc = LoadForecaster(config=forecast_settings(season_s, settings))
+        self.fc.serve_delay_s = serve_delay(self.fc.config, SimpleNamespace(**DELAYS))  # as the policy reads it
         self.signal_load = signal_load  # imported once here, not on every tick of the simulation
 
     def __call__(self, now: float, load: float, running: int, target: int, queued: float) -> int:
@@ -254,9 +262,24 @@ def simulate(c: Case, policy: Any, arrival_seed: int, startup_seed: int,
     return out
 
 
-def case_seeded(name: str, trace_seed: int) -> Case:
-    """The benchmark's trace of family `name` drawn from `trace_seed` (what its records call trace_seed)."""
-    return case(name, trace_seed - serve_autoscale.TRACE_SEED0)  # its base now, as case() reads it
+def case_seeded(name: str, trace_seed: int, scale: float = 1.0) -> Case:
+    """The benchmark's trace of family `name` drawn from `trace_seed` (what its records call trace_seed), its time
+    stretched by `scale`."""
+    return case(name, trace_seed - serve_autoscale.TRACE_SEED0, scale)  # its base now, as case() reads it
+
+
+SERVE_METRICS_INTERVAL_S = 10.0
+"""Serve's default metrics_interval_s, which the app presets leave as it is."""
+
+
+def use_preset(name: str) -> None:
+    """Serve's delays of the app preset `name` (elasticml.serve.config.PRESETS) instead of the benchmark's fast
+    ones, for Serve's mechanics and the policy alike; the replicas (slots, target, bounds) stay the benchmark's."""
+    from elasticml.serve.config import PRESETS
+
+    preset = PRESETS[name]
+    DELAYS.update({k: float(preset[k]) for k in ("upscale_delay_s", "downscale_delay_s", "look_back_period_s")},
+                  metrics_interval_s=SERVE_METRICS_INTERVAL_S)
 
 
 def tuning_shape(name: str) -> Case:
@@ -274,13 +297,13 @@ def tuning_shape(name: str) -> Case:
 
 
 def run(traces: list[str], rounds: int, seed0: int, settings: dict[str, dict[str, Any]],
-        tuning_shapes: bool = False) -> dict[str, Any]:
+        tuning_shapes: bool = False, scale: float = 1.0) -> dict[str, Any]:
     """Every trace's rounds under the reactive rule and each named forecast setting, on the same draws."""
     results: dict[str, Any] = {}
     for name in traces:
         rows = []
         for k in range(rounds):
-            c = tuning_shape(name) if tuning_shapes else case_seeded(name, seed0 + k)
+            c = tuning_shape(name) if tuning_shapes else case_seeded(name, seed0 + k, scale)
             arrival_seed = seed0 + 1000 + k
             row: dict[str, Any] = {"round": k}
             sides: dict[str, Any] = {"reactive": Reactive()}
@@ -481,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", action="append", default=None,
                     help="another ForecastConfig setting to run beside it, as JSON; repeat it for a sweep (at most 30)")
     ap.add_argument("--oracle", action="store_true", help="also a clairvoyant reference (knows the trace)")
+    ap.add_argument("--preset", choices=("latency", "batch"), default=None,
+                    help="Serve's delays of this app preset, not the benchmark's (with --scale, to stretch the traces)")
+    ap.add_argument("--scale", type=float, default=1.0, help="stretch the traces' time by this (1..50)")
     ap.add_argument("--blocks", type=int, default=None, metavar="K",
                     help="also judge each run of K consecutive rounds apart (a live run's size: 5)")
     ap.add_argument("--fit-contention", nargs="+", default=None, metavar="LIVE_JSON",
@@ -498,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not 1 <= args.rounds <= 1000:
         ap.error("--rounds in 1..1000")
+    if not (math.isfinite(args.scale) and 1 <= args.scale <= 50) or (args.scale != 1 and args.tuning_shapes):
+        ap.error("--scale in 1..50, and not with --tuning-shapes")
+    if args.preset:
+        use_preset(args.preset)
     if args.blocks is not None and not 1 <= args.blocks <= args.rounds // 2:
         ap.error("--blocks: at least 1 and at most half of --rounds (two blocks to compare)")
     rec = record.start(__file__, args, argv)
@@ -553,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     known = ("diurnal", "ramp", "fast_ramp", "spike", "flat") if args.tuning_shapes else tuple(DURATIONS)
     if unknown := [t for t in traces if t not in known]:
         ap.error(f"--traces from {','.join(known)} (unknown: {','.join(unknown)})")
-    results = run(traces, args.rounds, args.seed0, settings, args.tuning_shapes)
+    results = run(traces, args.rounds, args.seed0, settings, args.tuning_shapes, args.scale)
     summary: dict[str, Any] = {}
     for name, rows in results.items():
         summary[name] = {}
@@ -579,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
                      "tick_s": TICK_S, "dt": DT, "settings": settings,
                      "resolved": {label: asdict(forecast_settings(None, s)) for label, s in settings.items()
                                   if s is not ORACLE},
-                     "bounds": BOUNDS, "delays": DELAYS, "slots": SLOTS, "service_s": SERVICE_S,
+                     "bounds": BOUNDS, "delays": DELAYS, "preset": args.preset, "scale": args.scale,
+                     "slots": SLOTS, "service_s": SERVICE_S,
                      "target": TARGET, "slo_s": SLO_S})
     return 0
 

@@ -686,3 +686,56 @@ def test_after_the_warm_up_a_backlog_counts_at_backlog_share_where_one_is_set():
     for bad in (-0.1, 1.5, float("nan"), True):
         with pytest.raises(ConfigError, match="backlog_share"):
             ForecastConfig(backlog_share=bad)
+
+
+def test_the_lead_counts_serves_delay_before_a_replica_is_asked_for():
+    """Serve averages the load over its look-back window, from reports pushed every metrics interval, and holds
+    an ask for its upscale delay: a replica must be foreseen that much earlier than its start-up alone says."""
+    from types import SimpleNamespace
+
+    from elasticml.serve.forecast import serve_delay
+
+    latency = SimpleNamespace(upscale_delay_s=3.0, look_back_period_s=12.0, metrics_interval_s=10.0)
+    assert serve_delay(ForecastConfig(), latency) == 3.0 + 6.0 + 5.0
+    assert serve_delay(ForecastConfig(serve_delay_s=0.0), latency) == 0.0  # the start-up alone
+    assert serve_delay(ForecastConfig(serve_delay_s=2.5), None) == 2.5
+    hostile = SimpleNamespace(upscale_delay_s=float("nan"), look_back_period_s=-5.0, metrics_interval_s=True)
+    assert serve_delay(ForecastConfig(), hostile) == 0.0 and serve_delay(ForecastConfig(), None) == 0.0
+    for bad in (-1.0, float("inf"), "3", 4000.0):
+        with pytest.raises(ConfigError, match="serve_delay_s"):
+            ForecastConfig(serve_delay_s=bad)
+
+    # On a ramp, the further lead asks for more, sooner: what the load will need by the time a replica serves.
+    ramp = lambda t: 1.0 if t < 30 else 1.0 + (t - 30) * 0.2  # noqa: E731
+    plain, delayed = (LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=5.0)) for _ in range(2))
+    delayed.serve_delay_s = 4.0
+    assert delayed.lead_s == plain.lead_s + 4.0
+    pairs = list(zip(drive(plain, ramp, 0, 80), drive(delayed, ramp, 0, 80)))
+    late = [(p, d) for (t, p), (_, d) in pairs if t >= 50]
+    assert all(d.replicas >= p.replicas for p, d in late) and any(d.replicas > p.replicas for p, d in late)
+    # the deployment's config, not what was learnt: not persisted; the policy sets it again on every call
+    assert set(delayed.to_dict()) == set(plain.to_dict())
+    assert LoadForecaster.from_dict(delayed.config, delayed.to_dict()).serve_delay_s == 0.0
+
+
+def test_serves_policy_takes_the_delay_from_the_deployments_autoscaling_config(monkeypatch):
+    from types import SimpleNamespace
+
+    from elasticml.serve import autoscale
+
+    store: dict[bytes, object] = {}
+    monkeypatch.setattr(autoscale, "_kv_get", lambda key: store.get(key))
+    monkeypatch.setattr(autoscale, "_kv_put", lambda key, value: store.__setitem__(key, value))
+    config = SimpleNamespace(upscale_delay_s=3.0, look_back_period_s=12.0, metrics_interval_s=10.0,
+                             aggregation_function="mean", downscale_delay_s=30.0)
+    ctx = SimpleNamespace(current_time=100.0, app_name="a", deployment_name="d", target_num_replicas=1,
+                          current_num_replicas=1, total_num_requests=1.0, capacity_adjusted_min_replicas=1,
+                          capacity_adjusted_max_replicas=4, config=config, policy_state={})
+    policy = autoscale.PredictivePolicy(target_per_replica=2.0, replica_slots=4, startup_s=5.0, bucket_s=1.0)
+    policy(ctx)
+    assert policy.forecaster.lead_s == 14.0 + 5.0 + 1.0
+    assert autoscale.decisions("a", "d")[-1]["lead_s"] == 20.0
+    set_here = autoscale.PredictivePolicy(target_per_replica=2.0, replica_slots=4, startup_s=5.0, bucket_s=1.0,
+                                          serve_delay_s=0.0)
+    set_here(ctx)
+    assert set_here.forecaster.lead_s == 6.0

@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from elasticml.dataconf import from_mapping
-from elasticml.serve.forecast import ForecastConfig, LoadForecaster, is_finite_number, signal_load
+from elasticml.serve.forecast import ForecastConfig, LoadForecaster, is_finite_number, serve_delay, signal_load
 
 NAMESPACE = "elasticml_autoscale"
 MAX_EVENTS = 500
@@ -257,6 +257,7 @@ class PredictivePolicy:
         running, target = int(ctx.current_num_replicas), int(ctx.target_num_replicas)
         low, high = base + int(ctx.capacity_adjusted_min_replicas), base + int(ctx.capacity_adjusted_max_replicas)
         fc.replicas_seen(now, target, running)  # start-up is this deployment's, base or not
+        fc.serve_delay_s = serve_delay(self.config, getattr(ctx, "config", None))
         in_flight = float(ctx.total_num_requests or 0.0)
         reported: float | None = None
         slots_over: int | None = None  # the running replicas whose slots bound the requests served

@@ -1,9 +1,11 @@
 """Forecasting a deployment's load, to have replicas ready before it arrives.
 
 Pure: a `LoadForecaster` is fed (time, load) observations and answers how many replicas the load
-will need one replica start-up from now. Serve's adapter (elasticml.serve.autoscale) feeds it the
-load every control-loop tick (`signal_load`: by default the requests the replicas serve) and
-persists its state; the benchmark and the tests drive it directly too.
+will need one replica start-up from now, and Serve's delay before it (`serve_delay`: the load Serve
+reports is a window's mean, and an ask waits its upscale delay). Serve's adapter
+(elasticml.serve.autoscale) feeds it the load every control-loop tick (`signal_load`: by default
+the requests the replicas serve) and persists its state; the benchmark and the tests drive it
+directly too.
 
 The model works over fixed buckets of time: a level and a trend (Holt's double exponential
 smoothing) and, when the app names its season (a day, or a day compressed into minutes in the
@@ -123,6 +125,11 @@ class ForecastConfig:
     share. 0: only the rule that keeps what starts and asks for one more (one replica's slots per start-up,
     which a steep rise outruns)."""
 
+    serve_delay_s: float | None = None
+    """How long before it is asked for a replica must be foreseen, beyond its start-up: Serve averages the load
+    over its look-back window (on a rise the mean lags by half of it, and by half a metrics interval more, its
+    reports' mean age) and holds an ask for its upscale delay. None: that, from the deployment's autoscaling
+    config as the policy reads it every call (`serve_delay`); a number: this instead (0: the start-up alone)."""
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
         check_number(self.bucket_s, field="bucket_s", lo=0.05, hi=3600)
@@ -141,6 +148,8 @@ class ForecastConfig:
         check_number(self.rise_sigmas, field="rise_sigmas", lo=0, hi=10)
         check_number(self.warmup_backlog_share, field="warmup_backlog_share", lo=0, hi=1)
         check_number(self.backlog_share, field="backlog_share", lo=0, hi=1)
+        if self.serve_delay_s is not None:
+            check_number(self.serve_delay_s, field="serve_delay_s", lo=0, hi=3600)
         if type(self.learn_while_waiting) is not bool:
             raise ConfigError(f"must be true or false, got {shown(self.learn_while_waiting)}",
                               field="learn_while_waiting")
@@ -216,6 +225,9 @@ class LoadForecaster:
     latest: float | None = None
     """The last load observed: what the reactive fallback and the floor of a decision use, as Serve's own
     rule uses the load it was just told (the bucket's mean so far would lag a rise by up to a bucket)."""
+    serve_delay_s: float = 0.0
+    """Serve's delay before a replica is asked for (`ForecastConfig.serve_delay_s`, resolved by `serve_delay`): the
+    adapter sets it every call from the deployment's config, so it is not state and is not persisted."""
 
     def __post_init__(self) -> None:
         if not self.season and self.config.slots:
@@ -294,8 +306,10 @@ class LoadForecaster:
     # -- forecasts -------------------------------------------------------------------
     @property
     def lead_s(self) -> float:
-        """How far ahead replicas must be asked for: one start-up, and the bucket being filled."""
-        return (self.startup_s if self.startup_s is not None else self.config.startup_s) + self.config.bucket_s
+        """How far ahead replicas must be asked for: Serve's delay (`serve_delay_s`), one start-up, and the bucket
+        being filled."""
+        startup = self.startup_s if self.startup_s is not None else self.config.startup_s
+        return self.serve_delay_s + startup + self.config.bucket_s
 
     def _steps_ahead(self) -> int:
         return max(1, math.ceil(self.lead_s / self.config.bucket_s))
@@ -445,6 +459,20 @@ class LoadForecaster:
                        mean_load=float(raw["mean_load"]), startup_s=optional[2], backlogged=backlogged)
         except (KeyError, TypeError, ValueError, OverflowError):
             return fresh
+
+
+def serve_delay(config: ForecastConfig, autoscaling: Any) -> float:
+    """`ForecastConfig.serve_delay_s` where set, else from Serve's AutoscalingConfig (or anything with its fields):
+    its upscale delay, and half its look-back window and half its metrics interval (a window mean of reports
+    pushed that often lags a rise by about that). A field missing or not a finite number in range counts as 0."""
+    if config.serve_delay_s is not None:
+        return float(config.serve_delay_s)
+
+    def field(name: str) -> float:
+        x = getattr(autoscaling, name, None)
+        return float(x) if is_finite_number(x) and 0 <= x <= 86400 else 0.0
+
+    return field("upscale_delay_s") + (field("look_back_period_s") + field("metrics_interval_s")) / 2
 
 
 def signal_load(config: ForecastConfig, *, in_flight: float, queued: float | None,
