@@ -43,7 +43,8 @@ how CONTENTION_BASE and CONTENTION_PER_START were chosen (the predictive side is
 Printed per trace: over-SLO requests and replica-seconds of each policy summed over the rounds,
 their ratio (predictive / reactive) and the paired differences' bootstrap interval, as the live
 benchmark prints them. With --compare, another forecast setting is run on the same draws too (repeated:
-one more for each, labelled compare, compare2, ...: a sweep).
+one more for each, labelled compare, compare2, ...: a sweep), and its paired differences from the
+predictive side (`--forecast`) are printed too: the setting's own effect, round by round.
 With --blocks K, each run of K consecutive rounds is also judged apart, as the live benchmark judges its
 K rounds (its verdict, the over-SLO ratio): over many rounds, how far one live run's verdict can land from
 the verdict of all of them on draws alike, in the model.
@@ -596,6 +597,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:8s} {label:10s} over SLO {o['reactive']:6.0f} -> {o['predictive']:6.0f} (x{o['ratio']:.2f}, "
                   f"diff CI [{o['ci'][0]:+.1f}, {o['ci'][1]:+.1f}])  replica-s {c['reactive']:6.0f} -> "
                   f"{c['predictive']:6.0f} (x{c['ratio']:.2f})  {s['verdict'][:9]}", flush=True)
+            if label.startswith("compare"):  # against the predictive side, round by round: the setting's own effect
+                vs = s["vs_predictive"] = {metric: paired([row[label][metric] for row in rows],
+                                                          [row["predictive"][metric] for row in rows], resamples=2000)
+                                           for metric in ("over_slo", "replica_s")}
+                print(f"{'':8s} {'':10s} minus predictive, a round: over SLO {vs['over_slo']['mean_diff']:+.2f} "
+                      f"[{vs['over_slo']['ci'][0]:+.2f}, {vs['over_slo']['ci'][1]:+.2f}], replica-s "
+                      f"{vs['replica_s']['mean_diff']:+.2f} [{vs['replica_s']['ci'][0]:+.2f}, "
+                      f"{vs['replica_s']['ci'][1]:+.2f}]", flush=True)
             if args.blocks and label != "oracle":
                 s["blocks"] = b = blocks(rows, name, label, args.blocks)
                 spread = b["over_slo_ratio"]
