@@ -598,9 +598,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"diff CI [{o['ci'][0]:+.1f}, {o['ci'][1]:+.1f}])  replica-s {c['reactive']:6.0f} -> "
                   f"{c['predictive']:6.0f} (x{c['ratio']:.2f})  {s['verdict'][:9]}", flush=True)
             if label.startswith("compare"):  # against the predictive side, round by round: the setting's own effect
-                vs = s["vs_predictive"] = {metric: paired([row[label][metric] for row in rows],
-                                                          [row["predictive"][metric] for row in rows], resamples=2000)
-                                           for metric in ("over_slo", "replica_s")}
+                vs = s["vs_predictive"] = {}
+                for metric in ("over_slo", "replica_s"):
+                    p = paired([row[label][metric] for row in rows], [row["predictive"][metric] for row in rows],
+                               resamples=2000)  # its sides are named for the live benchmark's: name them here
+                    p["setting"], p["predictive"] = p.pop("predictive"), p.pop("reactive")
+                    vs[metric] = p
                 print(f"{'':8s} {'':10s} minus predictive, a round: over SLO {vs['over_slo']['mean_diff']:+.2f} "
                       f"[{vs['over_slo']['ci'][0]:+.2f}, {vs['over_slo']['ci'][1]:+.2f}], replica-s "
                       f"{vs['replica_s']['mean_diff']:+.2f} [{vs['replica_s']['ci'][0]:+.2f}, "

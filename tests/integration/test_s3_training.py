@@ -50,24 +50,28 @@ def test_train_reads_s3_data_and_checkpoints_to_s3(local_cluster, corpus, s3_env
     assert resolve_checkpoint("latest:s3://ml-data/runs/s3run") == latest
 
 
-def test_a_half_uploaded_checkpoint_on_s3_is_never_loaded(s3_env, tmp_path):
+def test_a_half_uploaded_checkpoint_on_s3_is_never_loaded_and_a_resume_deletes_it(s3_env, tmp_path):
     boto3.client("s3", endpoint_url=s3_env["ELASTICML_S3_ENDPOINT"]).create_bucket(Bucket="half-up")
     fs, _ = filesystem_for("s3://half-up")
-    for step in (5, 10):
-        local = tmp_path / f"checkpoint_{step}"
+
+    def upload(name: str, step: int) -> None:
         torch.manual_seed(step)
-        write_checkpoint(local, model_state=build_model("tiny").state_dict(), optim_state={"s": step},
+        write_checkpoint(tmp_path / name, model_state=build_model("tiny").state_dict(), optim_state={"s": step},
                          model_config=SIZES["tiny"], step=step)
-        pafs.copy_files(str(local), f"half-up/run/checkpoint_{step}", source_filesystem=pafs.LocalFileSystem(),
+        pafs.copy_files(str(tmp_path / name), f"half-up/run/{name}", source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=fs)
-    fs.delete_file("half-up/run/checkpoint_10/__0_0.distcp")  # the upload of step 10 died midway
-    assert latest_checkpoint("s3://half-up/run") == "s3://half-up/run/checkpoint_5"
-    # the resumed run's rank 0 deletes the half-upload: every object under its prefix
-    assert remove_half_written("s3://half-up/run", keep=("s3://half-up/run/checkpoint_5",)) == \
-        ["s3://half-up/run/checkpoint_10"]
-    assert sorted(list_files("s3://half-up/run")) == sorted(f"checkpoint_5/{name}" for name in list_files(
-        str(tmp_path / "checkpoint_5")))
-    assert latest_checkpoint("s3://half-up/run") == "s3://half-up/run/checkpoint_5"
+
+    upload("checkpoint_05", 5)
+    upload("checkpoint_1", 10)
+    fs.delete_file("half-up/run/checkpoint_1/__0_0.distcp")  # the upload of step 10 died midway
+    assert latest_checkpoint("s3://half-up/run") == "s3://half-up/run/checkpoint_05"
+    upload("checkpoint_10", 8)  # complete, its key prefix starting with the half-upload's
+    # the resumed run's rank 0 deletes the half-upload: every object under its prefix, and nothing else
+    assert remove_half_written("s3://half-up/run", registered="s3://half-up/run/checkpoint_05") == \
+        ["s3://half-up/run/checkpoint_1"]
+    assert sorted(list_files("s3://half-up/run")) == sorted(
+        f"{name}/{file}" for name in ("checkpoint_05", "checkpoint_10") for file in list_files(str(tmp_path / name)))
+    assert latest_checkpoint("s3://half-up/run") == "s3://half-up/run/checkpoint_10"
 
 
 def test_the_serve_app_answers_from_a_checkpoint_on_s3(local_cluster, s3_env, tmp_path):

@@ -62,34 +62,38 @@ def test_a_newer_complete_checkpoint_than_the_registered_one_is_found_and_an_inc
 
 
 def test_a_resume_deletes_the_checkpoints_left_half_written_and_nothing_else(tmp_path, monkeypatch):
+    """Ray Train names a run's checkpoints checkpoint_<date and time>; here checkpoint_5 is the last it registered."""
     run = tmp_path / "run"
-    for step in (1, 2, 3, 4, 5, 6, 8, 9):
-        save(run / f"checkpoint_{step}", step)
-    (run / "checkpoint_2" / "meta.json").unlink()  # lost before rank 0's manifest
-    meta = (run / "checkpoint_3" / "meta.json").read_bytes()
-    (run / "checkpoint_3" / "meta.json").write_bytes(meta[: len(meta) // 2])  # the manifest's copy cut off
-    (run / "checkpoint_4" / "__0_0.distcp").unlink()  # a worker lost before its shard landed
-    shard = run / "checkpoint_5" / "__0_0.distcp"
+    for step in (1, 2, 5, 6, 7, 8, 9, 10, 11, 12):
+        save(run / f"checkpoint_{step:02}", step)
+    (run / "checkpoint_01" / "__0_0.distcp").unlink()  # damaged, but registered earlier: Ray Train would miss it
+    (run / "checkpoint_05" / ".metadata").unlink()  # the last registered one, damaged: not this call's to judge
+    (run / "checkpoint_06" / "meta.json").unlink()  # lost before rank 0's manifest
+    meta = (run / "checkpoint_07" / "meta.json").read_bytes()
+    (run / "checkpoint_07" / "meta.json").write_bytes(meta[: len(meta) // 2])  # the manifest's copy cut off
+    (run / "checkpoint_08" / "__0_0.distcp").unlink()  # a worker lost before its shard landed
+    shard = run / "checkpoint_09" / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:100])  # ... or midway through it
-    (run / "checkpoint_6" / ".metadata").unlink()  # the one Ray Train registered, broken: not this call's to judge
     with monkeypatch.context() as m:  # whole, signed under a key since rotated: an operator may still sign it
         m.setenv(KEY_ENV, str(make_cluster_key("before rotation")))
-        save(run / "checkpoint_7", 7)
-    (run / "checkpoint_8" / "meta.json").write_text('{"format": "someone-else/v1"}')  # not this platform's
-    (run / "checkpoint_9" / "__0_0.distcp").unlink()
-    (run / "checkpoint_9" / "meta.json").unlink()
-    (run / "checkpoint_9").rename(run / "elsewhere_9")  # not a checkpoint folder of the run
+        save(run / "checkpoint_13", 13)
+    (run / "checkpoint_11" / "meta.json").write_text('{"format": "someone-else/v1"}')  # not this platform's
+    (run / "checkpoint_12" / "meta.json").unlink()
+    (run / "checkpoint_12").rename(run / "elsewhere_12")  # not a checkpoint folder of the run
     (run / "checkpoint_file").write_text("x")
     (run / "checkpoint_empty").mkdir()  # created, nothing uploaded yet
 
-    removed = remove_half_written(run, keep=(run / "checkpoint_6",))
+    removed = remove_half_written(run, registered=run / "checkpoint_05")
 
-    assert sorted(removed) == sorted(str(run / f"checkpoint_{s}") for s in (2, 3, 4, 5, "empty"))
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_1", "checkpoint_6", "checkpoint_7", "checkpoint_8",
-                                                    "checkpoint_file", "elsewhere_9"]
-    assert latest_checkpoint(run) == run / "checkpoint_1"
-    assert remove_half_written(run, keep=(run / "checkpoint_6",)) == []
-    assert remove_half_written(tmp_path / "no-run") == []
+    assert removed == [str(run / f"checkpoint_{s}") for s in ("06", "07", "08", "09", "empty")]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_01", "checkpoint_02", "checkpoint_05",
+                                                    "checkpoint_10", "checkpoint_11", "checkpoint_13",
+                                                    "checkpoint_file", "elsewhere_12"]
+    assert newer_checkpoint(run, run / "checkpoint_05") == run / "checkpoint_10"  # the complete one after it stays
+    assert remove_half_written(run, registered=run / "checkpoint_05") == []
+    (run / "checkpoint_10" / "meta.json").unlink()
+    assert remove_half_written(run, registered=run / "checkpoint_05", keep=(run / "checkpoint_10",)) == []
+    assert remove_half_written(tmp_path / "no-run", registered=tmp_path / "no-run" / "checkpoint_1") == []
 
 
 def test_files_are_dcp_shards_listed_in_meta(tmp_path):

@@ -699,8 +699,11 @@ def test_the_lead_counts_serves_delay_before_a_replica_is_asked_for():
     assert serve_delay(ForecastConfig(), latency) == 3.0 + 6.0 + 5.0
     assert serve_delay(ForecastConfig(serve_delay_s=0.0), latency) == 0.0  # the start-up alone
     assert serve_delay(ForecastConfig(serve_delay_s=2.5), None) == 2.5
+    assert serve_delay(ForecastConfig(), latency, windowed=False) == 3.0  # a burst pool's routers report fresh
     hostile = SimpleNamespace(upscale_delay_s=float("nan"), look_back_period_s=-5.0, metrics_interval_s=True)
     assert serve_delay(ForecastConfig(), hostile) == 0.0 and serve_delay(ForecastConfig(), None) == 0.0
+    huge = SimpleNamespace(upscale_delay_s=86400.0, look_back_period_s=86400.0, metrics_interval_s=86400.0)
+    assert serve_delay(ForecastConfig(), huge) == 3600.0  # as far as a set one may go
     for bad in (-1.0, float("inf"), "3", 4000.0):
         with pytest.raises(ConfigError, match="serve_delay_s"):
             ForecastConfig(serve_delay_s=bad)
@@ -739,3 +742,8 @@ def test_serves_policy_takes_the_delay_from_the_deployments_autoscaling_config(m
                                           serve_delay_s=0.0)
     set_here(ctx)
     assert set_here.forecaster.lead_s == 6.0
+    monkeypatch.setattr(autoscale, "router_load", lambda workload, now: 2.0)  # the routers' fresh counts
+    pool = autoscale.PredictivePolicy(target_per_replica=2.0, replica_slots=4, startup_s=5.0, bucket_s=1.0,
+                                      burst={"workload": "w", "base_replicas": 1})
+    pool(ctx)
+    assert pool.forecaster.lead_s == 3.0 + 5.0 + 1.0  # no window to lag behind: Serve's upscale delay alone

@@ -257,7 +257,8 @@ class PredictivePolicy:
         running, target = int(ctx.current_num_replicas), int(ctx.target_num_replicas)
         low, high = base + int(ctx.capacity_adjusted_min_replicas), base + int(ctx.capacity_adjusted_max_replicas)
         fc.replicas_seen(now, target, running)  # start-up is this deployment's, base or not
-        fc.serve_delay_s = serve_delay(self.config, getattr(ctx, "config", None))
+        # a burst pool's load is its routers' fresh counts, not a mean over Serve's window
+        fc.serve_delay_s = serve_delay(self.config, getattr(ctx, "config", None), windowed=self.burst is None)
         in_flight = float(ctx.total_num_requests or 0.0)
         reported: float | None = None
         slots_over: int | None = None  # the running replicas whose slots bound the requests served

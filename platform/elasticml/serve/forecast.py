@@ -63,6 +63,10 @@ MAX_SLOTS = 2880
 """Seasonal slots kept (season_s / bucket_s): a day in 30 s buckets; bounds the persisted state."""
 
 
+MAX_SERVE_DELAY_S = 3600.0
+"""The most `serve_delay` answers, set or derived (the lead is walked bucket by bucket every control-loop tick)."""
+
+
 SIGNALS = ("running", "in_flight")
 
 
@@ -130,6 +134,7 @@ class ForecastConfig:
     over its look-back window (on a rise the mean lags by half of it, and by half a metrics interval more, its
     reports' mean age) and holds an ask for its upscale delay. None: that, from the deployment's autoscaling
     config as the policy reads it every call (`serve_delay`); a number: this instead (0: the start-up alone)."""
+
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
         check_number(self.bucket_s, field="bucket_s", lo=0.05, hi=3600)
@@ -149,7 +154,7 @@ class ForecastConfig:
         check_number(self.warmup_backlog_share, field="warmup_backlog_share", lo=0, hi=1)
         check_number(self.backlog_share, field="backlog_share", lo=0, hi=1)
         if self.serve_delay_s is not None:
-            check_number(self.serve_delay_s, field="serve_delay_s", lo=0, hi=3600)
+            check_number(self.serve_delay_s, field="serve_delay_s", lo=0, hi=MAX_SERVE_DELAY_S)
         if type(self.learn_while_waiting) is not bool:
             raise ConfigError(f"must be true or false, got {shown(self.learn_while_waiting)}",
                               field="learn_while_waiting")
@@ -461,10 +466,11 @@ class LoadForecaster:
             return fresh
 
 
-def serve_delay(config: ForecastConfig, autoscaling: Any) -> float:
+def serve_delay(config: ForecastConfig, autoscaling: Any, *, windowed: bool = True) -> float:
     """`ForecastConfig.serve_delay_s` where set, else from Serve's AutoscalingConfig (or anything with its fields):
-    its upscale delay, and half its look-back window and half its metrics interval (a window mean of reports
-    pushed that often lags a rise by about that). A field missing or not a finite number in range counts as 0."""
+    its upscale delay and, where the load is Serve's (`windowed`), half its look-back window and half its metrics
+    interval (a window mean of reports pushed that often lags a rise by about that; a burst pool reads its
+    routers' fresh counts instead). A field missing or not a finite number in range counts as 0."""
     if config.serve_delay_s is not None:
         return float(config.serve_delay_s)
 
@@ -472,7 +478,8 @@ def serve_delay(config: ForecastConfig, autoscaling: Any) -> float:
         x = getattr(autoscaling, name, None)
         return float(x) if is_finite_number(x) and 0 <= x <= 86400 else 0.0
 
-    return field("upscale_delay_s") + (field("look_back_period_s") + field("metrics_interval_s")) / 2
+    window = (field("look_back_period_s") + field("metrics_interval_s")) / 2 if windowed else 0.0
+    return min(MAX_SERVE_DELAY_S, field("upscale_delay_s") + window)
 
 
 def signal_load(config: ForecastConfig, *, in_flight: float, queued: float | None,

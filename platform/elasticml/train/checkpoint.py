@@ -344,28 +344,36 @@ def _half_written(fs: Any, folder: str) -> bool:
     return False
 
 
-def remove_half_written(run_dir: str | Path, *, keep: tuple[str | Path, ...] = ()) -> list[str]:
+def remove_half_written(run_dir: str | Path, *, registered: str | Path, keep: tuple[str | Path, ...] = ()) -> list[str]:
     """Delete the checkpoint folders of a Ray Train run (`checkpoint_*` directly under `run_dir`, local or s3://)
-    that a writer left midway (`_half_written`), except those in `keep`; returns what was deleted.
+    made after `registered`, the last one Ray Train registered, that a writer left midway (`_half_written`),
+    except those in `keep`; returns what was deleted.
 
-    A worker lost mid-upload leaves such a folder, which no run loads and Ray Train, not having registered it,
-    never deletes. Call it only where nothing writes to the run: a resumed run's rank 0 does, before its first
-    step (Ray Train stops every worker of an attempt before it starts the next)."""
+    A worker lost mid-upload leaves such a folder, which no run loads and Ray Train, never having registered it,
+    never deletes. Only folders after the last registered one are looked at (Ray Train names them
+    `checkpoint_<date and time>`, so the names sort in time): an older registered checkpoint that is damaged
+    stays, since Ray Train refuses to resume a run whose registered checkpoints have gone. Call it only where
+    the run's workers do not write: a resumed run's rank 0 does, before its first step (Ray Train shuts the
+    attempt's workers down, killing them after a grace period, before it starts the next). A worker cut off
+    from the cluster may still be uploading; what it uploads was never registered, and a folder it brings back
+    goes at the next resume."""
     import pyarrow.fs as pafs
 
     from elasticml.storage import filesystem_for, is_remote
 
     uri = str(run_dir)
     fs, root = filesystem_for(uri)
+    after = filesystem_for(str(registered))[1].rstrip("/").rsplit("/", 1)[-1]
     kept = {filesystem_for(str(k))[1].rstrip("/") for k in keep}
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=False, allow_not_found=True))
     except FileNotFoundError:
         return []
     removed = []
-    for info in infos:
+    for info in sorted(infos, key=lambda i: i.base_name):
         path = info.path.rstrip("/")
-        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_") or path in kept:
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_") \
+                or info.base_name <= after or path in kept:
             continue
         if _half_written(fs, path):
             fs.delete_dir(path)

@@ -74,8 +74,8 @@ def _teacher(cfg: TrainConfig, device: torch.device, mp: Any, fully_shard: Any) 
 def _newest_of_run(cfg: TrainConfig, restored: Any, *, rank: int, device: torch.device) -> Any:
     """The checkpoint to resume from: Ray Train's last registered one, or a newer complete one of the same run in
     storage (`newer_checkpoint`: written before the loss, its report not yet taken). Rank 0 looks and tells the
-    others, so every worker loads the same one. Rank 0 also deletes the run's checkpoint folders the lost attempt
-    left half-written (`remove_half_written`): nothing writes to the run until the loop's first step."""
+    others, so every worker loads the same one. Rank 0 also deletes the checkpoint folders made after the registered
+    one that the lost attempt left half-written (`remove_half_written`): no worker writes before the first step."""
     import ray.train
 
     from elasticml.storage import is_remote
@@ -96,9 +96,9 @@ def _newest_of_run(cfg: TrainConfig, restored: Any, *, rank: int, device: torch.
         except Exception as exc:  # anything: the registered one still resumes the run, and no rank waits forever
             log.info("did not look past the run's last registered checkpoint: %s", str(exc)[:200])
         try:
-            for folder in remove_half_written(run_dir, keep=(uri(restored.path), *([newer] if newer else []))):
+            for folder in remove_half_written(run_dir, registered=uri(restored.path), keep=(newer,) if newer else ()):
                 log.info("deleted %s: a checkpoint the lost attempt left half-written", folder)
-        except Exception as exc:  # storage left as it was; the run resumes all the same
+        except Exception as exc:  # what is left stays until the next resume; the run resumes all the same
             log.warning("could not delete the half-written checkpoints of %s: %s", run_dir, str(exc)[:200])
     if dist.is_initialized():
         box = [newer]
