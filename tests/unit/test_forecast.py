@@ -696,14 +696,15 @@ def test_the_lead_counts_serves_delay_before_a_replica_is_asked_for():
     from elasticml.serve.forecast import serve_delay
 
     latency = SimpleNamespace(upscale_delay_s=3.0, look_back_period_s=12.0, metrics_interval_s=10.0)
-    assert serve_delay(ForecastConfig(), latency) == 3.0 + 6.0 + 5.0
-    assert serve_delay(ForecastConfig(serve_delay_s=0.0), latency) == 0.0  # the start-up alone
+    serves = ForecastConfig(serve_delay_s=None)
+    assert serve_delay(serves, latency) == 3.0 + 6.0 + 5.0
+    assert serve_delay(ForecastConfig(), latency) == 0.0  # by default the start-up alone
     assert serve_delay(ForecastConfig(serve_delay_s=2.5), None) == 2.5
-    assert serve_delay(ForecastConfig(), latency, windowed=False) == 3.0  # a burst pool's routers report fresh
+    assert serve_delay(serves, latency, windowed=False) == 3.0  # a burst pool's routers report fresh
     hostile = SimpleNamespace(upscale_delay_s=float("nan"), look_back_period_s=-5.0, metrics_interval_s=True)
-    assert serve_delay(ForecastConfig(), hostile) == 0.0 and serve_delay(ForecastConfig(), None) == 0.0
+    assert serve_delay(serves, hostile) == 0.0 and serve_delay(serves, None) == 0.0
     huge = SimpleNamespace(upscale_delay_s=86400.0, look_back_period_s=86400.0, metrics_interval_s=86400.0)
-    assert serve_delay(ForecastConfig(), huge) == 3600.0  # as far as a set one may go
+    assert serve_delay(serves, huge) == 3600.0  # as far as a set one may go
     for bad in (-1.0, float("inf"), "3", 4000.0):
         with pytest.raises(ConfigError, match="serve_delay_s"):
             ForecastConfig(serve_delay_s=bad)
@@ -721,7 +722,7 @@ def test_the_lead_counts_serves_delay_before_a_replica_is_asked_for():
     assert LoadForecaster.from_dict(delayed.config, delayed.to_dict()).serve_delay_s == 0.0
 
 
-def test_serves_policy_takes_the_delay_from_the_deployments_autoscaling_config(monkeypatch):
+def test_serves_policy_takes_the_delay_from_the_deployments_autoscaling_config_where_asked(monkeypatch):
     from types import SimpleNamespace
 
     from elasticml.serve import autoscale
@@ -734,16 +735,16 @@ def test_serves_policy_takes_the_delay_from_the_deployments_autoscaling_config(m
     ctx = SimpleNamespace(current_time=100.0, app_name="a", deployment_name="d", target_num_replicas=1,
                           current_num_replicas=1, total_num_requests=1.0, capacity_adjusted_min_replicas=1,
                           capacity_adjusted_max_replicas=4, config=config, policy_state={})
-    policy = autoscale.PredictivePolicy(target_per_replica=2.0, replica_slots=4, startup_s=5.0, bucket_s=1.0)
+    policy = autoscale.PredictivePolicy(target_per_replica=2.0, replica_slots=4, startup_s=5.0, bucket_s=1.0,
+                                        serve_delay_s=None)
     policy(ctx)
     assert policy.forecaster.lead_s == 14.0 + 5.0 + 1.0
     assert autoscale.decisions("a", "d")[-1]["lead_s"] == 20.0
-    set_here = autoscale.PredictivePolicy(target_per_replica=2.0, replica_slots=4, startup_s=5.0, bucket_s=1.0,
-                                          serve_delay_s=0.0)
-    set_here(ctx)
-    assert set_here.forecaster.lead_s == 6.0
+    by_default = autoscale.PredictivePolicy(target_per_replica=2.0, replica_slots=4, startup_s=5.0, bucket_s=1.0)
+    by_default(ctx)
+    assert by_default.forecaster.lead_s == 6.0
     monkeypatch.setattr(autoscale, "router_load", lambda workload, now: 2.0)  # the routers' fresh counts
     pool = autoscale.PredictivePolicy(target_per_replica=2.0, replica_slots=4, startup_s=5.0, bucket_s=1.0,
-                                      burst={"workload": "w", "base_replicas": 1})
+                                      serve_delay_s=None, burst={"workload": "w", "base_replicas": 1})
     pool(ctx)
     assert pool.forecaster.lead_s == 3.0 + 5.0 + 1.0  # no window to lag behind: Serve's upscale delay alone

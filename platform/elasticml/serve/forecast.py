@@ -1,8 +1,8 @@
 """Forecasting a deployment's load, to have replicas ready before it arrives.
 
 Pure: a `LoadForecaster` is fed (time, load) observations and answers how many replicas the load
-will need one replica start-up from now, and Serve's delay before it (`serve_delay`: the load Serve
-reports is a window's mean, and an ask waits its upscale delay). Serve's adapter
+will need one replica start-up from now (and, where `serve_delay_s` asks for it, Serve's delay before
+it: the load Serve reports is a window's mean, and an ask waits its upscale delay). Serve's adapter
 (elasticml.serve.autoscale) feeds it the load every control-loop tick (`signal_load`: by default
 the requests the replicas serve) and persists its state; the benchmark and the tests drive it
 directly too.
@@ -129,11 +129,14 @@ class ForecastConfig:
     share. 0: only the rule that keeps what starts and asks for one more (one replica's slots per start-up,
     which a steep rise outruns)."""
 
-    serve_delay_s: float | None = None
-    """How long before it is asked for a replica must be foreseen, beyond its start-up: Serve averages the load
-    over its look-back window (on a rise the mean lags by half of it, and by half a metrics interval more, its
-    reports' mean age) and holds an ask for its upscale delay. None: that, from the deployment's autoscaling
-    config as the policy reads it every call (`serve_delay`); a number: this instead (0: the start-up alone)."""
+    serve_delay_s: float | None = 0.0
+    """How long before it is asked for a replica must be foreseen, beyond its start-up. 0 (the default): the
+    start-up alone. None: Serve's own delay, from the deployment's autoscaling config as the policy reads it
+    every call (`serve_delay`): Serve averages the load over its look-back window (on a rise the mean lags by
+    half of it, and by half a metrics interval more, its reports' mean age) and holds an ask for its upscale
+    delay. Not the default: in the model it bought no fewer requests over the SLO at the benchmark's
+    sub-second delays, at more replica-seconds, and with the presets' delays fewer over the SLO at more
+    replica-seconds still (benchmarks/README.md)."""
 
     def __post_init__(self) -> None:
         check_number(self.target_per_replica, field="target_per_replica", lo=0.01, hi=1e6)
@@ -467,7 +470,7 @@ class LoadForecaster:
 
 
 def serve_delay(config: ForecastConfig, autoscaling: Any, *, windowed: bool = True) -> float:
-    """`ForecastConfig.serve_delay_s` where set, else from Serve's AutoscalingConfig (or anything with its fields):
+    """`ForecastConfig.serve_delay_s` where a number, else from Serve's AutoscalingConfig (or anything with its fields):
     its upscale delay and, where the load is Serve's (`windowed`), half its look-back window and half its metrics
     interval (a window mean of reports pushed that often lags a rise by about that; a burst pool reads its
     routers' fresh counts instead). A field missing or not a finite number in range counts as 0."""
