@@ -478,7 +478,7 @@ def serve_delay(config: ForecastConfig, autoscaling: Any, *, windowed: bool = Tr
         return float(config.serve_delay_s)
 
     def field(name: str) -> float:
-        x = getattr(autoscaling, name, None)
+        x: Any = getattr(autoscaling, name, None)
         return float(x) if is_finite_number(x) and 0 <= x <= 86400 else 0.0
 
     window = (field("look_back_period_s") + field("metrics_interval_s")) / 2 if windowed else 0.0
