@@ -128,7 +128,6 @@ class ForecastConfig:
     """The same after the first `warmup_buckets`: requests waiting count toward the replicas asked for at this
     share. 0: only the rule that keeps what starts and asks for one more (one replica's slots per start-up,
     which a steep rise outruns)."""
-
     serve_delay_s: float | None = 0.0
     """How long before it is asked for a replica must be foreseen, beyond its start-up. 0 (the default): the
     start-up alone. None: Serve's own delay, from the deployment's autoscaling config as the policy reads it

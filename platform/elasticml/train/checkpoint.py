@@ -137,9 +137,21 @@ def read_state(folder: str | Path, state: dict[str, Any]) -> None:
         load_state(state, Path(folder), no_dist=not _distributed())
 
 
+def _outside(name: object) -> bool:
+    """Whether a manifest's file name could point outside its checkpoint folder (or is no name at all)."""
+    return type(name) is not str or "/" in name or name in ("", ".", "..")
+
+
+def _in_place(fs: Any, folder: str, name: str, size: object) -> bool:
+    """Whether a listed file is in the folder at its listed size."""
+    import pyarrow.fs as pafs
+
+    info = fs.get_file_info(f"{folder}/{name}")
+    return bool(info.type == pafs.FileType.File and info.size == size)
+
+
 def read_meta(folder: str | Path) -> dict[str, Any]:
     """meta.json of a complete checkpoint (local path or s3:// URI); CheckpointError if incomplete or foreign."""
-    import pyarrow.fs as pafs
 
     from elasticml.storage import filesystem_for
 
@@ -166,10 +178,9 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
             or set(meta["files"]) != set(meta["sha256"]):
         raise CheckpointError(f"{folder}/{META} does not list every file with its size and sha256")
     for name, size in meta["files"].items():
-        if "/" in name or name in ("", ".", ".."):
+        if _outside(name):
             raise CheckpointError(f"{folder}/{META} names a file outside the checkpoint: {name[:80]!r}")
-        info = fs.get_file_info(f"{root}/{name}")
-        if info.type != pafs.FileType.File or info.size != size:
+        if not _in_place(fs, root, name, size):
             raise CheckpointError(f"{folder} is incomplete: {name} is missing or truncated")
     return meta
 
@@ -206,14 +217,12 @@ def sign_checkpoint(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder}/{META} is not valid JSON") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT or not isinstance(raw.get("files"), dict):
         raise CheckpointError(f"{folder} is not an {FORMAT} checkpoint with a file list; it cannot be signed")
-    import pyarrow.fs as pafs
 
     sha: dict[str, str] = {}
     for name, size in raw["files"].items():
-        if type(name) is not str or "/" in name or name in ("", ".", "..", META) or type(size) is not int:
+        if _outside(name) or name == META or type(size) is not int:
             raise CheckpointError(f"{folder}/{META} lists a file it cannot hold: {str(name)[:80]!r}")
-        info = fs.get_file_info(f"{root}/{name}")
-        if info.type != pafs.FileType.File or info.size != size:
+        if not _in_place(fs, root, name, size):
             raise CheckpointError(f"{folder} is incomplete: {name} is missing or truncated; not signed")
         sha[name] = _sha256(lambda name=name: fs.open_input_stream(f"{root}/{name}"))
     meta = {**{k: v for k, v in raw.items() if k not in ("sha256", "mac")}, "sha256": sha}
@@ -322,7 +331,6 @@ def _half_written(fs: Any, folder: str) -> bool:
     """Whether a run's checkpoint folder is one a writer left midway: no meta.json (it goes last), one cut off, or a
     manifest of this format naming a file that is missing or short. A manifest that is whole but not signed with
     this cluster's key (a key since rotated, a checkpoint an operator has yet to sign) is no half-write: kept."""
-    import pyarrow.fs as pafs
 
     try:
         with fs.open_input_stream(f"{folder}/{META}") as fh:
@@ -336,10 +344,9 @@ def _half_written(fs: Any, folder: str) -> bool:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict):
         return False
     for name, size in meta["files"].items():
-        if type(name) is not str or "/" in name or name in ("", ".", "..") or type(size) is not int:
+        if _outside(name) or type(size) is not int:
             return False
-        info = fs.get_file_info(f"{folder}/{name}")
-        if info.type != pafs.FileType.File or info.size != size:
+        if not _in_place(fs, folder, name, size):
             return True
     return False
 
