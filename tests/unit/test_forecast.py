@@ -688,6 +688,26 @@ def test_after_the_warm_up_a_backlog_counts_at_backlog_share_where_one_is_set():
             ForecastConfig(backlog_share=bad)
 
 
+def test_a_surge_counts_every_waiting_request_once_they_outnumber_the_served_by_surge_ratio():
+    """Warmed up on 2 replicas of 4 slots, then 8 served: with 14 waiting (1.75x) and 20 (2.5x)."""
+    def decided(waiting: float, **extra: float) -> int:
+        fc = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, replica_slots=4, **extra))
+        warm = fc.config.warmup_buckets * 10
+        for i in range(warm + 11):
+            fc.observe(i * 0.1, 5.0 if i < warm else 8.0, waiting=0.0 if i < warm else waiting)
+        return fc.decide(running=2, low=1, high=12, queued=waiting).replicas
+
+    assert decided(14.0) == 3 and decided(20.0) == 3  # the default: one more than runs
+    assert decided(14.0, surge_ratio=2.0) == 3  # fewer waiting than twice the served: one more
+    assert decided(20.0, surge_ratio=2.0) == 10  # Serve's rule on the whole: ceil((8 + 20) / 3)
+    assert decided(14.0, surge_ratio=1.0) == 8  # ceil(22 / 3)
+    assert decided(20.0, surge_ratio=2.0, backlog_share=0.25) == 10  # the surge counts them all, not a share
+    assert ForecastConfig(surge_ratio=0).surge_ratio == 0  # off
+    for bad in (0.5, -1.0, 1001.0, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(ConfigError, match="surge_ratio"):
+            ForecastConfig(surge_ratio=bad)  # type: ignore[arg-type]
+
+
 def test_the_lead_counts_serves_delay_before_a_replica_is_asked_for():
     """Serve averages the load over its look-back window, from reports pushed every metrics interval, and holds
     an ask for its upscale delay: a replica must be foreseen that much earlier than its start-up alone says."""

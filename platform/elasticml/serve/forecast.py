@@ -128,6 +128,11 @@ class ForecastConfig:
     """The same after the first `warmup_buckets`: requests waiting count toward the replicas asked for at this
     share. 0: only the rule that keeps what starts and asks for one more (one replica's slots per start-up,
     which a steep rise outruns)."""
+    surge_ratio: float = 0.0
+    """Where requests waiting reach this many times those served (at least one full round of every running
+    replica's slots: a backlog that the rule adding one replica per start-up cannot catch up with), count
+    them all, as Serve's rule does: ask for (served + waiting) / target at once. 0: never (one replica's
+    slots per start-up, plus `backlog_share`)."""
     serve_delay_s: float | None = 0.0
     """How long before it is asked for a replica must be foreseen, beyond its start-up. 0 (the default): the
     start-up alone. None: Serve's own delay, from the deployment's autoscaling config as the policy reads it
@@ -155,6 +160,8 @@ class ForecastConfig:
         check_number(self.rise_sigmas, field="rise_sigmas", lo=0, hi=10)
         check_number(self.warmup_backlog_share, field="warmup_backlog_share", lo=0, hi=1)
         check_number(self.backlog_share, field="backlog_share", lo=0, hi=1)
+        if self.surge_ratio != 0:
+            check_number(self.surge_ratio, field="surge_ratio", lo=1, hi=1000)
         if self.serve_delay_s is not None:
             check_number(self.serve_delay_s, field="serve_delay_s", lo=0, hi=MAX_SERVE_DELAY_S)
         if type(self.learn_while_waiting) is not bool:
@@ -413,6 +420,8 @@ class LoadForecaster:
             replicas = max(replicas, max(self.waiting) if self.waiting else running + 1)
             # its first buckets, maybe under load with nothing learnt, have a share of their own
             share = cfg.warmup_backlog_share if self.buckets < cfg.warmup_buckets else cfg.backlog_share
+            if cfg.surge_ratio and queued >= cfg.surge_ratio * load:
+                share = 1.0
             if share > 0:
                 replicas = max(replicas, math.ceil((load + share * queued) / cfg.target_per_replica))
         return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
