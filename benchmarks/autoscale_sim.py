@@ -14,8 +14,8 @@ queued as the handles recorded them every 0.1 s and pushed them every `metrics_i
 averaged over the last `look_back_period_s` at every tick; its delay logic (a decision must hold `upscale_delay_s` /
 `downscale_delay_s` before it applies); replicas that take `STARTUP_S` plus `STARTUP_PER_START_S`
 for each replica starting at the same time, itself included, plus up to `STARTUP_JITTER_S` (the
-start-ups compete for the cores: the live runs' decision logs show about 4.4 s for one and
-5.2-6.6 s for four or more). The start-up is drawn when a replica is asked for; one asked for later does not slow it.
+start-ups compete for the cores: the live runs' decision logs show about 5.1 s for one and
+6.2-11 s for four or more). The start-up is drawn when a replica is asked for; one asked for later does not slow it.
 Starting replicas also slow the serving ones (a request that begins while k > 0 replicas start holds
 its slot SERVICE_S x (1 + CONTENTION_BASE + CONTENTION_PER_START x k)): on 2 cores a process start
 takes CPU from the proxy and the replicas, which is how over-asking fed on itself live.
@@ -38,7 +38,8 @@ beside them; a live run's draws (--seed0 in serve_autoscale.py) are what stays h
 prints the replica start-ups their decision logs show (how the start-up constants were set), then, for
 each candidate contention (CONTENTION_CANDIDATES: a share while any replica starts, and one per start),
 the model's reactive totals on the same draws beside the live reactive ones and how far apart they are:
-how CONTENTION_BASE and CONTENTION_PER_START were chosen (the predictive side is not used).
+how CONTENTION_BASE and CONTENTION_PER_START were chosen (the predictive side is not used). Then, as a check,
+both sides at the model's contention, the predictive one with each record's own policy, beside the live totals.
 
 Printed per trace: over-SLO requests and replica-seconds of each policy summed over the rounds,
 their ratio (predictive / reactive) and the paired differences' bootstrap interval, as the live
@@ -63,6 +64,7 @@ replica: no policy has a replica ready for its first seconds).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -77,27 +79,23 @@ import serve_autoscale
 from serve_autoscale import (BOUNDS, DELAYS, DURATIONS, FEWER_GOAL, NO_WORSE_GOAL, SERVICE_S, SLO_S,  # noqa: E402
                              SLOTS, TARGET, Case, case, finite, forecast_settings, paired, verdict)
 
-STARTUP_S = 3.9
+STARTUP_S = 4.3
 """The fixed part of a replica's start-up (process, Serve's replica, the 3 s load)."""
-STARTUP_PER_START_S = 0.3
+STARTUP_PER_START_S = 0.5
 """Added to a start-up for each replica starting at the same time, itself included."""
 STARTUP_JITTER_S = 0.5
-"""With the two above: 4.2-4.7 s alone, 4.8-5.3 s for three at once, 5.1-5.6 s for four. Set from the start-ups
-the live runs' decision logs show (`--fit-contention` prints them, `measured_startups`: medians 4.4, 4.4
-and 4.8 s for 1, 2 and 3 started at once, 6.1 s for 4 or more, in the records of d761f26, f196304 and
-6f85860). The slope lies between the first three's (about 0.2 s a replica) and the last group's (5
-start-ups only): the model is somewhat slow for two or three at once and fast for many."""
-CONTENTION_BASE = 0.45
-CONTENTION_PER_START = 0.0
+"""With the two above: 4.8-5.3 s alone, 5.3-5.8 s for two at once, 5.8-6.3 s for three, 6.3-6.8 s for four and
+7.3-7.8 s for six. Set from the start-ups the live runs' decision logs show (`--fit-contention` prints them,
+`measured_startups`): medians 5.07, 5.52 and 5.80 s for 1, 2 and 3 started at once and 7.27 s for 4 or more in
+the records of 617537a, 371ee46 and 0e672bb (seeds 23000, 25000, 27000), the newest of the policy as it ships."""
+CONTENTION_BASE = 0.3
+CONTENTION_PER_START = 0.15
 """How much replicas starting slow the requests served meanwhile (see the module docstring): by
 CONTENTION_BASE while any starts, and CONTENTION_PER_START more for each. Fitted, with the start-ups above,
-to the reactive side of the live runs of d761f26, f196304 and 6f85860 (35 replays: the day 5, ramp and flat
-15 each, the draws of --seed0 1000, 9000 and 11000): of the pairs in CONTENTION_CANDIDATES, the one whose
-reactive over-SLO totals came closest over the three traces (`fit_contention`'s score). The predictive side
-was not used to fit it. A start slowing the serving replicas by a share that hardly grows with more
-starts is what two saturated cores give; the linear shape (0.2 a start, no base) fitted worse and
-overstated Serve's rule's losses on a ramp about twice, which made asking for many replicas at once look
-costlier than it is live."""
+to the reactive side of the live runs of 617537a, 371ee46 and 0e672bb (45 replays, 15 of each trace): of the
+pairs in CONTENTION_CANDIDATES, the one whose reactive over-SLO totals came closest over the three traces
+(`fit_contention`'s score). The predictive side was not used to fit it; `check_predictive` replays it beside
+the live one as a check. (What earlier fits chose, and why they were replaced: benchmarks/README.md.)"""
 FIXED_SETTINGS = {"bucket_s", "startup_s", "season_s", "target_per_replica"}
 """Set by the benchmark as the live one sets them; --forecast and --compare may not change them."""
 ORACLE: dict[str, Any] = {"oracle": True}
@@ -319,7 +317,7 @@ def run(traces: list[str], rounds: int, seed0: int, settings: dict[str, dict[str
 
 
 CONTENTION_CANDIDATES = tuple((base, per) for base in (0.0, 0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
-                              for per in (0.0, 0.05, 0.1, 0.2))
+                              for per in (0.0, 0.05, 0.1, 0.15, 0.2))
 """(base, per start) pairs `fit_contention` tries."""
 
 
@@ -404,6 +402,15 @@ FIT_STARTUP_DRAWS = 3
 ones; the start-up jitter is the model's own)."""
 
 
+def model_mean(c: Case, policy: Any, arrival_seed: int, contention: tuple[float, float]) -> tuple[float, float]:
+    """The model's mean over-SLO requests and replica-seconds for a live draw under `policy()` (a fresh one per
+    replay), over FIT_STARTUP_DRAWS start-up draws: the arrivals are the live ones, the start-up jitter the
+    model's own."""
+    runs = [simulate(c, policy(), arrival_seed, arrival_seed + j, contention=contention)
+            for j in range(FIT_STARTUP_DRAWS)]
+    return statistics.mean(r.over_slo for r in runs), statistics.mean(r.replica_s for r in runs)
+
+
 def fit_contention(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each candidate contention's reactive totals (over the SLO, replica-s) on the live records' draws (as
     `live_records` reads them), beside
@@ -426,11 +433,9 @@ def fit_contention(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name, by_round in live.items():
             sim_over = sim_rs = live_over = live_rs = 0.0
             for (trace_seed, arrival_seed), rows in by_round.items():
-                c = case_seeded(name, trace_seed)
-                runs = [simulate(c, Reactive(), arrival_seed, arrival_seed + j, contention=contention)
-                        for j in range(FIT_STARTUP_DRAWS)]
-                sim_over += statistics.mean(r.over_slo for r in runs) * len(rows)
-                sim_rs += statistics.mean(r.replica_s for r in runs) * len(rows)
+                over, rs = model_mean(case_seeded(name, trace_seed), Reactive, arrival_seed, contention)
+                sim_over += over * len(rows)
+                sim_rs += rs * len(rows)
                 live_over += sum(x["over_slo"] for x in rows)
                 live_rs += sum(x["replica_s"] for x in rows)
             entry[name] = {"replays": sum(len(rows) for rows in by_round.values()), "sim_over_slo": round(sim_over, 1),
@@ -451,10 +456,73 @@ def fit_contention(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+SETTINGS_THEN: dict[str, dict[str, Any]] = {"617537a": {}, "371ee46": {}, "0e672bb": {"serve_delay_s": None},
+                                             "96e1b19": {}}
+"""Live records made before they recorded their policy's settings (`forecast_resolved`), by commit (clean trees
+only): what their predictive side ran with beyond the record's own `--forecast`, against this commit's defaults
+(0e672bb had the serve delay on by default). `check_predictive` replays only records it knows the policy of."""
+
+
+def record_policy(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """The forecast settings a live record's predictive side ran with, or None where not known."""
+    setting = raw.get("setting", {})
+    if isinstance(setting.get("forecast_resolved"), dict):
+        return dict(setting["forecast_resolved"])
+    then = None if raw.get("dirty", True) else SETTINGS_THEN.get(str(raw.get("commit", "")))
+    return None if then is None else {**then, **(setting.get("forecast") or {})}
+
+
+def check_predictive(records: list[dict[str, Any]], contention: tuple[float, float]) -> dict[str, Any]:
+    """The model's totals for both sides on the live records' draws at `contention`, beside the live ones: the
+    predictive side, which the fit does not use, replayed with each record's own policy (`record_policy`;
+    records whose policy is not known, or no longer valid here, are left out and named)."""
+    from elasticml.errors import ConfigError
+
+    totals: dict[str, dict[str, float]] = {}
+    skipped = []
+    for raw in records:
+        policy = record_policy(raw)
+        try:
+            if policy is not None:
+                Predictive(policy, None)  # the settings still valid
+        except ConfigError as exc:
+            policy = None
+            print(f"check: {raw.get('commit')}'s policy is not valid here: {exc}")
+        if policy is None:
+            skipped.append(str(raw.get("commit")))
+            continue
+        for name, rows in raw["samples"].items():
+            if name not in DURATIONS:
+                continue
+            for row in rows:
+                c = case_seeded(name, int(row["trace_seed"]))
+                t = totals.setdefault(name, {})
+                sides = {"reactive": Reactive, "predictive": functools.partial(Predictive, policy, c.season_s)}
+                for side, make in sides.items():
+                    over, rs = model_mean(c, make, int(row["arrival_seed"]), contention)
+                    live = row[side]
+                    for key, value in ((f"sim_{side}_over_slo", over), (f"live_{side}_over_slo", live["over_slo"]),
+                                       (f"sim_{side}_replica_s", rs), (f"live_{side}_replica_s", live["replica_s"])):
+                        t[key] = t.get(key, 0.0) + value
+    for name, t in totals.items():
+        for where in ("sim", "live"):
+            t[f"{where}_over_slo_ratio"] = t[f"{where}_predictive_over_slo"] / max(t[f"{where}_reactive_over_slo"], 1)
+            t[f"{where}_replica_s_ratio"] = t[f"{where}_predictive_replica_s"] / t[f"{where}_reactive_replica_s"]
+        print(f"check, {name}: predictive / reactive over the SLO, model {t['sim_over_slo_ratio']:.2f} "
+              f"({t['sim_predictive_over_slo']:.0f} vs {t['sim_reactive_over_slo']:.0f}), live "
+              f"{t['live_over_slo_ratio']:.2f} ({t['live_predictive_over_slo']:.0f} vs "
+              f"{t['live_reactive_over_slo']:.0f}); replica-s model {t['sim_replica_s_ratio']:.3f}, live "
+              f"{t['live_replica_s_ratio']:.3f}", flush=True)
+    if skipped:
+        print(f"check: records of {', '.join(skipped)} left out (their policy's settings are not known)")
+    return {"contention": list(contention), "traces": {n: {k: round(v, 3) for k, v in t.items()}
+                                                        for n, t in totals.items()}, "skipped": skipped}
+
+
 RAMP_CAP = 0.25
 """`margins` sets aside a setting whose ramp puts more than this share of reactive's requests over the SLO in the
-model: the model overstates Serve's rule's losses on a ramp about twice (`fit_contention`), so live the ramp's
-margin is smaller than the model's."""
+model: the sweeps it ranks were recorded with a model that overstated Serve's rule's losses on a ramp about
+twice (the fit to d761f26's records), so live the ramp's margin was smaller than the model's."""
 
 
 def margins(raw: dict[str, Any]) -> list[dict[str, Any]]:
@@ -511,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", type=int, default=None, metavar="K",
                     help="also judge each run of K consecutive rounds apart (a live run's size: 5)")
     ap.add_argument("--fit-contention", nargs="+", default=None, metavar="LIVE_JSON",
-                    help="live records: the model's reactive totals at each candidate contention beside them")
+                    help="live records: the model's reactive totals at each candidate contention beside them, "
+                         "then both sides at the model's contention (the predictive one as a check)")
     ap.add_argument("--margins", default=None, metavar="SWEEP_JSON",
                     help="a sweep's record: each setting's margin to the nearest goal, best first; simulates nothing")
     record.add_arguments(ap, __file__)
@@ -542,11 +611,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"[{q[len(q) // 4]:.2f}, {q[3 * len(q) // 4]:.2f}] of {len(q)}; the model "
                   f"{low:.2f}-{low + STARTUP_JITTER_S:.2f}", flush=True)
         fit = fit_contention(live)
-        print(f"closest: {min(fit, key=lambda e: e['score'])['contention']} "
-              f"(the model's: {[CONTENTION_BASE, CONTENTION_PER_START]})")
-        rec.write(samples=fit, summary={"chosen": [CONTENTION_BASE, CONTENTION_PER_START], "startup_s": STARTUP_S,
-                                        "startup_per_start_s": STARTUP_PER_START_S,
-                                        "startup_jitter_s": STARTUP_JITTER_S},
+        closest = min(fit, key=lambda e: e["score"])["contention"]
+        print(f"closest: {closest} (the model's: {[CONTENTION_BASE, CONTENTION_PER_START]})")
+        check = check_predictive(live, (CONTENTION_BASE, CONTENTION_PER_START))  # the model's, as it is used
+        rec.write(samples=fit, summary={"chosen": [CONTENTION_BASE, CONTENTION_PER_START], "closest": closest,
+                                        "startup_s": STARTUP_S, "startup_per_start_s": STARTUP_PER_START_S,
+                                        "startup_jitter_s": STARTUP_JITTER_S, "check": check},
                   startups={str(k): v for k, v in startups.items()})
         return 0
 

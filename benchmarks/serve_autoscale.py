@@ -535,7 +535,12 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "ERROR"})
     setting = {"service_s": SERVICE_S, "slots": SLOTS, "load_s": LOAD_S, "slo_s": SLO_S, "target": TARGET,
                **BOUNDS, **DELAYS, "settle_s": SETTLE_S, "forecast": forecast, "tuned_on": TUNED_ON,
-               "families": {n: FAMILIES[n] for n in chosen}}
+               "families": {n: FAMILIES[n] for n in chosen},
+               # every setting the policy ran with (the season is the trace's, the target and slots are above): a
+               # replay of this record's policy must not depend on the defaults of the day it is replayed
+               "forecast_resolved": {k: v for k, v in asdict(forecast_settings(None, forecast)).items()
+                                     if k not in ("target_per_replica", "replica_slots")
+                                     and (k != "season_s" or k in forecast)}}
     t_start = time.monotonic()
 
     def after_round(k: int, results: dict[str, list[dict[str, Any]]]) -> None:

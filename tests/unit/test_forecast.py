@@ -540,7 +540,7 @@ def test_a_burst_pools_replica_still_starting_is_not_stopped_by_a_dip_in_the_loa
     monkeypatch.setattr(autoscale, "router_load", lambda workload, now: whole[0])
     if not fixed:
         monkeypatch.setattr(autoscale.PredictivePolicy, "_hold_while_none_runs",
-                            lambda self, wanted, **kw: wanted)
+                            lambda self, wanted, **kw: (wanted, None))
     config = AutoscalingConfig(min_replicas=0, max_replicas=3, upscale_delay_s=1.0, downscale_delay_s=3.0,
                                target_ongoing_requests=2.0)
     policy = serve_policy._apply_autoscaling_config(autoscale.PredictivePolicy(
@@ -593,9 +593,10 @@ def test_a_wish_for_none_then_for_fewer_is_one_wish_whose_delay_counts_from_the_
     def held(ctx):  # the hold alone, on what the forecast wanted at each moment
         t = ctx.current_time - 1000.0
         wanted = 2 if t < 5.0 else 0 if t < 7.2 else 1
-        answer = policy._hold_while_none_runs(wanted, target=ctx.target_num_replicas, running=0, now=ctx.current_time,
-                                              config=config, serve_down_since=autoscale._serve_down_since(ctx))
-        answers.append((round(t, 1), answer, policy.fewer_for_s))
+        answer, held_for = policy._hold_while_none_runs(
+            wanted, target=ctx.target_num_replicas, running=0, now=ctx.current_time, config=config,
+            serve_down_since=autoscale._serve_down_since(ctx))
+        answers.append((round(t, 1), answer, held_for))
         return answer, {}
 
     wrapped = serve_policy._apply_autoscaling_config(held)
@@ -701,9 +702,15 @@ def test_a_surge_counts_every_waiting_request_once_they_outnumber_the_served_by_
     assert decided(14.0, surge_ratio=2.0) == 3  # fewer waiting than twice the served: one more
     assert decided(20.0, surge_ratio=2.0) == 10  # Serve's rule on the whole: ceil((8 + 20) / 3)
     assert decided(14.0, surge_ratio=1.0) == 8  # ceil(22 / 3)
+    assert decided(16.0, surge_ratio=2.0) == 8  # exactly twice the served: ceil(24 / 3)
     assert decided(20.0, surge_ratio=2.0, backlog_share=0.25) == 10  # the surge counts them all, not a share
     assert ForecastConfig(surge_ratio=0).surge_ratio == 0  # off
-    for bad in (0.5, -1.0, 1001.0, float("nan"), float("inf"), True, "2"):
+    # none served (no replica runs): the rules for that case, not a surge
+    idle = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, replica_slots=4, surge_ratio=1.0))
+    for i in range(idle.config.warmup_buckets * 10 + 11):
+        idle.observe(i * 0.1, 0.0, waiting=0.0)
+    assert idle.decide(running=0, low=0, high=12, queued=30.0).replicas == 1  # one more, not ceil(30 / 3)
+    for bad in (0.5, -1.0, 1001.0, float("nan"), float("inf"), True, False, "2", None):
         with pytest.raises(ConfigError, match="surge_ratio"):
             ForecastConfig(surge_ratio=bad)  # type: ignore[arg-type]
 

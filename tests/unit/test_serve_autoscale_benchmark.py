@@ -312,6 +312,38 @@ def test_the_contention_fit_sets_the_models_reactive_totals_beside_the_live_ones
         sim.live_records([str(tmp_path / "other.json")])
 
 
+def test_the_fit_check_replays_the_predictive_side_with_each_records_own_policy(
+        sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    side = {"over_slo": 3, "replica_s": 70.0}
+    row = {"round": 0, "trace_seed": 9001, "arrival_seed": 10001, "reactive": side, "predictive": side}
+    resolved = {"samples": {"flat": [row]}, "commit": "abc1234",
+                "setting": {"forecast": {}, "forecast_resolved": {"rise_sigmas": 0.0, "serve_delay_s": 0.0}}}
+    then = {"samples": {"flat": [row]}, "commit": "0e672bb", "dirty": False, "setting": {"forecast": {"alpha": 0.5}}}
+    unknown = {"samples": {"flat": [row]}, "commit": "fffffff", "dirty": False, "setting": {"forecast": {}}}
+    assert sim.record_policy(resolved) == {"rise_sigmas": 0.0, "serve_delay_s": 0.0}  # recorded: as it ran
+    assert sim.record_policy(then) == {"serve_delay_s": None, "alpha": 0.5}  # that day's defaults and its own
+    assert sim.record_policy(unknown) is None
+    assert sim.record_policy({**then, "dirty": True}) is None  # a dirty tree's policy is not the commit's
+    given: list[dict[str, Any]] = []
+    real = sim.Predictive
+
+    def predictive(settings: dict[str, Any], season_s: float | None) -> Any:
+        given.append(settings)
+        return real(settings, season_s)
+
+    monkeypatch.setattr(sim, "Predictive", predictive)
+    check = sim.check_predictive([resolved, unknown], (0.3, 0.15))
+    assert given and all(s == {"rise_sigmas": 0.0, "serve_delay_s": 0.0} for s in given)  # the record's own
+    assert check["skipped"] == ["fffffff"]
+    flat = check["traces"]["flat"]
+    assert flat["live_predictive_over_slo"] == 3 and flat["live_reactive_replica_s"] == 70.0  # one record counted
+    c = sim.case_seeded("flat", 9001)
+    runs = [sim.simulate(c, real({"rise_sigmas": 0.0, "serve_delay_s": 0.0}, None), 10001, 10001 + j,
+                         contention=(0.3, 0.15)) for j in range(sim.FIT_STARTUP_DRAWS)]
+    assert flat["sim_predictive_over_slo"] == pytest.approx(statistics.mean(r.over_slo for r in runs), abs=1e-3)
+    assert flat["live_over_slo_ratio"] == 1.0
+
+
 def test_live_start_ups_are_timed_from_serves_target_as_its_delay_logic_moves_it(sim: Any) -> None:
     decisions = [{"event": "decision", "t": 110.0, "replicas": 2, "running": 1},  # Serve's target 2 at 10.5
                  {"event": "decision", "t": 120.0, "replicas": 5, "running": 2},  # held 0.6 s: target 5 at 20.5,

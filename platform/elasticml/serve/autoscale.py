@@ -197,8 +197,6 @@ class PredictivePolicy:
         self._published: tuple[float, int] = (-math.inf, -1)
         self._fewer_since: float | None = None
         self._fewer_most = 0
-        self.fewer_for_s: float | None = None
-        """How long fewer had been wanted when the hold last let a step down through; None otherwise."""
 
     def _resume(self, app: str | None, deployment: str, now: float) -> LoadForecaster:
         state = _kv_get(_key(app, deployment, "state"))
@@ -219,9 +217,10 @@ class PredictivePolicy:
             log.warning("could not log an autoscaling decision: %s", type(exc).__name__)
 
     def _hold_while_none_runs(self, wanted: int, *, target: int, running: int, now: float, config: Any,
-                              serve_down_since: float | None = None) -> int:
+                              serve_down_since: float | None = None) -> tuple[int, float | None]:
         """Fewer replicas than Serve's target, while none of the deployment's replicas runs, only once fewer has
-        been wanted for the downscale delay, and then the most wanted over it.
+        been wanted for the downscale delay, and then the most wanted over it. Returns the answer and, where
+        this call let a held step down through, how long fewer had been wanted (for the decision log).
 
         Serve applies a positive answer at once while none runs (its cold start path, down as well as up),
         skipping its delay and leaving the delay's timer as it was: an answer just below the target would stop
@@ -231,21 +230,20 @@ class PredictivePolicy:
         wish for fewer (the path above leaves it as it was), which would stop them at once: held, it would
         wait both delays. A wish for 0 passed on and one for more, below the target, that follows it are one
         wish for fewer: its delay counts from the first."""
-        self.fewer_for_s = None
         if running > 0 or wanted >= target:
             self._fewer_since = None
-            return wanted
+            return wanted, None
         if self._fewer_since is None:
             self._fewer_since, self._fewer_most = now, wanted
         self._fewer_most = max(self._fewer_most, wanted)
         if self._fewer_most == 0 and (serve_down_since is None or serve_down_since >= self._fewer_since):
-            return 0
+            return 0, None
         if now - self._fewer_since < _downscale_delay(config, target=target, wanted=self._fewer_most):
-            return target
+            return target, None
         # Down to the most wanted over the delay, not the last answer (a dip at its end would stop what the rest
         # of it wanted); the next step down waits the whole delay again, as Serve's does.
-        self.fewer_for_s, self._fewer_since = now - self._fewer_since, None
-        return self._fewer_most
+        held_for, self._fewer_since = now - self._fewer_since, None
+        return self._fewer_most, held_for
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         now = ctx.current_time if isinstance(ctx.current_time, (int, float)) else time.time()
@@ -290,9 +288,9 @@ class PredictivePolicy:
             load = in_flight = whole if whole is not None else in_flight + base * self.config.target_per_replica
         fc.observe(now, load, queued)
         decision = fc.decide(running=base + running, low=low, high=high, queued=queued)
-        decision.replicas = self._hold_while_none_runs(decision.replicas - base, target=target, running=running,
-                                                       now=now, config=getattr(ctx, "config", None),
-                                                       serve_down_since=_serve_down_since(ctx))
+        decision.replicas, fewer_for_s = self._hold_while_none_runs(
+            decision.replicas - base, target=target, running=running, now=now, config=getattr(ctx, "config", None),
+            serve_down_since=_serve_down_since(ctx))
         if decision.replicas != self.last_replicas:
             # `reactive`: what Serve's own rule would ask, on the requests in flight
             reactive = max(low, min(high, math.ceil(in_flight / self.config.target_per_replica))) - base
@@ -304,8 +302,7 @@ class PredictivePolicy:
                                           "predicted": round(decision.predicted, 3), "noise": round(decision.noise, 3),
                                           "lead_s": round(decision.lead_s, 2),
                                           "running": int(ctx.current_num_replicas), "target": target,
-                                          "fewer_for_s": None if self.fewer_for_s is None
-                                          else round(self.fewer_for_s, 2)})
+                                          "fewer_for_s": None if fewer_for_s is None else round(fewer_for_s, 2)})
             self.last_replicas = decision.replicas
         if fc.last_index is not None and fc.last_index != self.saved_bucket:
             self.saved_bucket = fc.last_index

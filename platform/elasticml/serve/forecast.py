@@ -31,7 +31,8 @@ served (of those in flight, what the running replicas' slots hold: one count, wh
 queued count is aggregated over another window), which a start-up inflates only by the service it
 slows, and the waiting ones count through one rule instead: while requests wait, as many as are
 served or while the replicas carry their target, keep every replica asked for and, with none
-starting, ask for one more. What is served
+starting, ask for one more (and, where set, count them at `backlog_share`, or all of them once they
+outnumber the served `surge_ratio` times). What is served
 cannot exceed the replicas' slots (`max_ongoing_requests`), so on a sudden excess this grows by at
 most slots / target per start-up where Serve's rule jumps to the whole queue: a target well below
 the slots (the presets: 2 and 16 of 32) leaves room; ServeConfig refuses "running" for a target at
@@ -129,10 +130,12 @@ class ForecastConfig:
     share. 0: only the rule that keeps what starts and asks for one more (one replica's slots per start-up,
     which a steep rise outruns)."""
     surge_ratio: float = 0.0
-    """Where requests waiting reach this many times those served (at least one full round of every running
-    replica's slots: a backlog that the rule adding one replica per start-up cannot catch up with), count
-    them all, as Serve's rule does: ask for (served + waiting) / target at once. 0: never (one replica's
-    slots per start-up, plus `backlog_share`)."""
+    """Where requests waiting reach this many times those served (with `replica_slots`, at least this many full
+    rounds of every running replica's slots: a backlog that the rule adding one replica per start-up cannot
+    catch up with), count them all, as Serve's rule does: ask for (served + waiting) / target at once. Only
+    while some are served (with none, the rules for a deployment with no replica running apply); with
+    `signal` "in_flight" nothing counts as waiting, so it never applies. 0: never (one replica's slots per
+    start-up, plus `backlog_share`)."""
     serve_delay_s: float | None = 0.0
     """How long before it is asked for a replica must be foreseen, beyond its start-up. 0 (the default): the
     start-up alone. None: Serve's own delay, from the deployment's autoscaling config as the policy reads it
@@ -160,8 +163,9 @@ class ForecastConfig:
         check_number(self.rise_sigmas, field="rise_sigmas", lo=0, hi=10)
         check_number(self.warmup_backlog_share, field="warmup_backlog_share", lo=0, hi=1)
         check_number(self.backlog_share, field="backlog_share", lo=0, hi=1)
-        if self.surge_ratio != 0:
-            check_number(self.surge_ratio, field="surge_ratio", lo=1, hi=1000)
+        check_number(self.surge_ratio, field="surge_ratio", lo=0, hi=1000)
+        if 0 < self.surge_ratio < 1:
+            raise ConfigError(f"must be 0 (off) or in [1, 1000], got {shown(self.surge_ratio)}", field="surge_ratio")
         if self.serve_delay_s is not None:
             check_number(self.serve_delay_s, field="serve_delay_s", lo=0, hi=MAX_SERVE_DELAY_S)
         if type(self.learn_while_waiting) is not bool:
@@ -420,7 +424,7 @@ class LoadForecaster:
             replicas = max(replicas, max(self.waiting) if self.waiting else running + 1)
             # its first buckets, maybe under load with nothing learnt, have a share of their own
             share = cfg.warmup_backlog_share if self.buckets < cfg.warmup_buckets else cfg.backlog_share
-            if cfg.surge_ratio and queued >= cfg.surge_ratio * load:
+            if cfg.surge_ratio and load > 0 and queued >= cfg.surge_ratio * load:
                 share = 1.0
             if share > 0:
                 replicas = max(replicas, math.ceil((load + share * queued) / cfg.target_per_replica))
