@@ -93,8 +93,9 @@ CONTENTION_PER_START = 0.15
 """How much replicas starting slow the requests served meanwhile (see the module docstring): by
 CONTENTION_BASE while any starts, and CONTENTION_PER_START more for each. Fitted, with the start-ups above,
 to the reactive side of the live runs of 617537a, 371ee46 and 0e672bb (45 replays, 15 of each trace): of the
-pairs in CONTENTION_CANDIDATES, the one whose reactive over-SLO totals came closest over the three traces
-(`fit_contention`'s score). The predictive side was not used to fit it; `check_predictive` replays it beside
+pairs in CONTENTION_CANDIDATES, one of the two whose reactive over-SLO totals came closest over the three
+traces (`fit_contention`'s score: 0.385, against 0.378 for 0.3 + 0.2, a tie), the one whose replica-seconds came
+closer too (0.20 against 0.32). The predictive side was not used to fit it; `check_predictive` replays it beside
 the live one as a check. (What earlier fits chose, and why they were replaced: benchmarks/README.md.)"""
 FIXED_SETTINGS = {"bucket_s", "startup_s", "season_s", "target_per_replica"}
 """Set by the benchmark as the live one sets them; --forecast and --compare may not change them."""
