@@ -458,6 +458,49 @@ def print_seasons(path: str) -> None:
               f"{len(rows)} rounds of {str(raw.get('command'))[:300]!r} at {str(raw.get('commit'))[:40]!r}")
 
 
+QUEUE_WINDOW_S = 2.0
+"""The window `served_per_replica` counts in."""
+
+
+def served_per_replica(side: dict[str, Any], *, until_s: float) -> list[dict[str, float]]:
+    """One replay's side, window by window (QUEUE_WINDOW_S) up to `until_s`, from its raw requests and replica
+    samples: requests sent and answered a second, the replicas running at the window's start, the requests in
+    flight then (sent, not yet answered), and the answers a second per running replica. Where many wait, this
+    shows whether the replicas keep serving at their rate or a queue slows them."""
+    raw = side["raw"]
+    requests = list(zip(raw["sent_at_s"], raw["latency_s"]))
+    samples = sorted(raw["replicas"])
+    out = []
+    t = 0.0
+    while t < until_s:
+        end = t + QUEUE_WINDOW_S
+        running = next((n for ts, n in reversed(samples) if ts <= t), samples[0][1] if samples else 0)
+        answered = sum(1 for sent, lat in requests if t <= sent + lat < end) / QUEUE_WINDOW_S
+        out.append({"t": t, "sent_per_s": sum(1 for sent, _ in requests if t <= sent < end) / QUEUE_WINDOW_S,
+                    "answered_per_s": answered, "running": running,
+                    "in_flight": sum(1 for sent, lat in requests if sent <= t < sent + lat),
+                    "answered_per_replica_s": answered / running if running else math.nan})
+        t = end
+    return out
+
+
+def print_queue(path: str, trace: str, round_no: int) -> None:
+    """--queue: `served_per_replica` for both sides of one round of a record (nothing is replayed)."""
+    raw = read_record(path)
+    rows = raw["samples"].get(trace)
+    if not isinstance(rows, list) or not 1 <= round_no <= len(rows):
+        raise ValueError(f"{trace!r} has no round {round_no} in this record")
+    row = rows[round_no - 1]
+    print(f"{trace} round {round_no} of {str(raw.get('command'))[:300]!r} at {str(raw.get('commit'))[:40]!r}: "
+          f"requests over the SLO, reactive {row['reactive']['over_slo']}, predictive {row['predictive']['over_slo']}")
+    print("| t s | policy | sent/s | answered/s | running | in flight | answered/s a replica |")
+    print("|---|---|---|---|---|---|---|")
+    for policy in POLICIES:
+        for w in served_per_replica(row[policy], until_s=float(row.get("duration_s", 90.0))):
+            print(f"| {w['t']:.0f} | {policy} | {w['sent_per_s']:.1f} | {w['answered_per_s']:.1f} | {w['running']} | "
+                  f"{w['in_flight']} | {w['answered_per_replica_s']:.1f} |")
+
+
 def print_tables(results: dict[str, list[dict[str, Any]]], summary: dict[str, Any]) -> None:
     print("| trace | round | first | policy | requests | over SLO | 429/503 | p99 s | replica-s | ramp to enough s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -498,7 +541,15 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true", help="print each policy's replicas over time")
     ap.add_argument("--seasons", default=None, metavar="RECORD_JSON",
                     help="a record's requests over the SLO in the first season and after it; replays nothing")
+    ap.add_argument("--queue", nargs=3, default=None, metavar=("RECORD_JSON", "TRACE", "ROUND"),
+                    help="one round of a record, every 2 s: sent, answered, running, in flight, answered a replica")
     args = ap.parse_args()
+    if args.queue is not None:
+        try:
+            print_queue(args.queue[0], args.queue[1], int(args.queue[2]))
+        except (OSError, ValueError) as exc:
+            ap.error(f"--queue: {exc}")
+        return
     if args.seasons is not None:
         try:
             print_seasons(args.seasons)

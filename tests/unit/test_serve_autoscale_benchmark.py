@@ -179,6 +179,16 @@ def test_requests_over_the_slo_split_at_the_first_season_as_the_record_counts_th
         bench.print_seasons(str(record))
 
 
+def test_served_per_replica_counts_each_window_from_the_raw_requests_and_replica_samples(bench: Any) -> None:
+    side = {"raw": {"sent_at_s": [0.0, 0.5, 1.0, 2.5, 3.9], "latency_s": [0.25, 0.25, 1.5, 0.25, 0.5],
+                    "replicas": [[0.0, 1], [1.5, 2]]}}
+    first, second = bench.served_per_replica(side, until_s=4.0)
+    assert first == {"t": 0.0, "sent_per_s": 1.5, "answered_per_s": 1.0, "running": 1, "in_flight": 1,
+                     "answered_per_replica_s": 1.0}  # the third is answered at 2.5, in the next window
+    assert second == {"t": 2.0, "sent_per_s": 1.0, "answered_per_s": 1.0, "running": 2, "in_flight": 1,
+                      "answered_per_replica_s": 0.5}  # answered: the third (2.5) and the fourth (2.75); not 4.4
+
+
 def test_the_docstring_states_the_setting_and_the_runtime_formula_the_code_uses(bench: Any) -> None:
     doc = bench.__doc__
     assert f"one of a replica's {bench.SLOTS} slots" in doc
