@@ -464,9 +464,11 @@ QUEUE_WINDOW_S = 2.0
 
 def served_per_replica(side: dict[str, Any], *, until_s: float) -> list[dict[str, float]]:
     """One replay's side, window by window (QUEUE_WINDOW_S) up to `until_s`, from its raw requests and replica
-    samples: requests sent and answered a second, the replicas running at the window's start, the requests in
-    flight then (sent, not yet answered), and the answers a second per running replica. Where many wait, this
-    shows whether the replicas keep serving at their rate or a queue slows them."""
+    samples: requests sent and answered a second (every response, errors and refusals too), the replicas
+    running at the window's start, the requests in flight then (sent, not yet answered), and the answers a
+    second per replica running at its start (so it reads high in a window where replicas come up, low where
+    they go). Where the replicas are saturated, how fast each serves; what slows them (a queue, replicas
+    starting beside them) it cannot tell apart."""
     raw = side["raw"]
     requests = list(zip(raw["sent_at_s"], raw["latency_s"]))
     samples = sorted(raw["replicas"])
