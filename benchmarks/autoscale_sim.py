@@ -14,8 +14,8 @@ queued as the handles recorded them every 0.1 s and pushed them every `metrics_i
 averaged over the last `look_back_period_s` at every tick; its delay logic (a decision must hold `upscale_delay_s` /
 `downscale_delay_s` before it applies); replicas that take `STARTUP_S` plus `STARTUP_PER_START_S`
 for each replica starting at the same time, itself included, plus up to `STARTUP_JITTER_S` (the
-start-ups compete for the cores: the live runs' decision logs show about 5.1 s for one and
-6.2-11 s for four or more). The start-up is drawn when a replica is asked for; one asked for later does not slow it.
+start-ups compete for the cores: the live runs' decision logs show medians of 5.1 s for one and
+7.3 s for four or more). The start-up is drawn when a replica is asked for; one asked for later does not slow it.
 Starting replicas also slow the serving ones (a request that begins while k > 0 replicas start holds
 its slot SERVICE_S x (1 + CONTENTION_BASE + CONTENTION_PER_START x k)): on 2 cores a process start
 takes CPU from the proxy and the replicas, which is how over-asking fed on itself live.
@@ -87,7 +87,8 @@ STARTUP_JITTER_S = 0.5
 """With the two above: 4.8-5.3 s alone, 5.3-5.8 s for two at once, 5.8-6.3 s for three, 6.3-6.8 s for four and
 7.3-7.8 s for six. Set from the start-ups the live runs' decision logs show (`--fit-contention` prints them,
 `measured_startups`): medians 5.07, 5.52 and 5.80 s for 1, 2 and 3 started at once and 7.27 s for 4 or more in
-the records of 617537a, 371ee46 and 0e672bb (seeds 23000, 25000, 27000), the newest of the policy as it ships."""
+the records of 617537a, 371ee46 and 0e672bb (seeds 23000, 25000, 27000: the policy as it ships, twice, and with
+the serve delay)."""
 CONTENTION_BASE = 0.3
 CONTENTION_PER_START = 0.15
 """How much replicas starting slow the requests served meanwhile (see the module docstring): by
