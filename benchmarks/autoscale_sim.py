@@ -404,6 +404,15 @@ FIT_STARTUP_DRAWS = 3
 ones; the start-up jitter is the model's own)."""
 
 
+def live_case(name: str, row: dict[str, Any]) -> Case:
+    """The trace a live record's round replayed, drawn again from its seed; SystemExit where the model draws other
+    parameters than the record names (the families changed since: a fit to it would fit another trace)."""
+    c = case_seeded(name, int(row["trace_seed"]))
+    if "params" in row and c.params != row["params"]:
+        raise SystemExit(f"{name} trace seed {row['trace_seed']}: the model draws other parameters than the record")
+    return c
+
+
 def model_mean(c: Case, policy: Any, arrival_seed: int, contention: tuple[float, float]) -> tuple[float, float]:
     """The model's mean over-SLO requests and replica-seconds for a live draw under `policy()` (a fresh one per
     replay), over FIT_STARTUP_DRAWS start-up draws: the arrivals are the live ones, the start-up jitter the
@@ -425,9 +434,8 @@ def fit_contention(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if name not in DURATIONS:
                 continue
             for row in rows:
+                live_case(name, row)  # the draw the record names, or it is refused
                 draw = (int(row["trace_seed"]), int(row["arrival_seed"]))
-                if "params" in row and case_seeded(name, draw[0]).params != row["params"]:
-                    raise SystemExit(f"{name} trace seed {draw[0]}: the model draws other parameters than the record")
                 live.setdefault(name, {}).setdefault(draw, []).append(row["reactive"])
     out = []
     for contention in CONTENTION_CANDIDATES:
@@ -497,7 +505,7 @@ def check_predictive(records: list[dict[str, Any]], contention: tuple[float, flo
             if name not in DURATIONS:
                 continue
             for row in rows:
-                c = case_seeded(name, int(row["trace_seed"]))
+                c = live_case(name, row)
                 t = totals.setdefault(name, {})
                 sides = {"reactive": Reactive, "predictive": functools.partial(Predictive, policy, c.season_s)}
                 for side, make in sides.items():

@@ -443,6 +443,11 @@ def over_slo_by_season(rows: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
     return out
 
 
+def record_label(raw: dict[str, Any]) -> str:
+    """A record's command and commit, bounded, for a line that reads from it."""
+    return f"{str(raw.get('command'))[:300]!r} at {str(raw.get('commit'))[:40]!r}"
+
+
 def print_seasons(path: str) -> None:
     """--seasons: the split of a record's seasonal traces, from its raw requests (nothing is replayed)."""
     raw = read_record(path)
@@ -455,7 +460,7 @@ def print_seasons(path: str) -> None:
         (r_first, r_after), (p_first, p_after) = split["reactive"], split["predictive"]
         print(f"{name[:40]!s}: requests over the SLO, reactive / predictive, first season {r_first} / {p_first} "
               f"(x{ratio(p_first, r_first):.2f}), after it {r_after} / {p_after} (x{ratio(p_after, r_after):.2f}); "
-              f"{len(rows)} rounds of {str(raw.get('command'))[:300]!r} at {str(raw.get('commit'))[:40]!r}")
+              f"{len(rows)} rounds of {record_label(raw)}")
 
 
 QUEUE_WINDOW_S = 2.0
@@ -493,7 +498,7 @@ def print_queue(path: str, trace: str, round_no: int) -> None:
     if not isinstance(rows, list) or not 1 <= round_no <= len(rows):
         raise ValueError(f"{trace!r} has no round {round_no} in this record")
     row = rows[round_no - 1]
-    print(f"{trace} round {round_no} of {str(raw.get('command'))[:300]!r} at {str(raw.get('commit'))[:40]!r}: "
+    print(f"{trace} round {round_no} of {record_label(raw)}: "
           f"requests over the SLO, reactive {row['reactive']['over_slo']}, predictive {row['predictive']['over_slo']}")
     print("| t s | policy | sent/s | answered/s | running | in flight | answered/s a replica |")
     print("|---|---|---|---|---|---|---|")

@@ -152,7 +152,6 @@ def _in_place(fs: Any, folder: str, name: str, size: object) -> bool:
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
     """meta.json of a complete checkpoint (local path or s3:// URI); CheckpointError if incomplete or foreign."""
-
     from elasticml.storage import filesystem_for
 
     key = checkpoint_key()  # first: without it nothing is trusted, complete or not
@@ -331,7 +330,6 @@ def _half_written(fs: Any, folder: str) -> bool:
     """Whether a run's checkpoint folder is one a writer left midway: no meta.json (it goes last), one cut off, or a
     manifest of this format naming a file that is missing or short. A manifest that is whole but not signed with
     this cluster's key (a key since rotated, a checkpoint an operator has yet to sign) is no half-write: kept."""
-
     try:
         with fs.open_input_stream(f"{folder}/{META}") as fh:
             body = fh.read(MAX_META + 1)
