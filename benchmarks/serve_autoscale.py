@@ -587,6 +587,7 @@ def main() -> None:
     from ray import serve
 
     from elasticml.cluster.local import free_port
+    from elasticml.serve.loadreplay import SyntheticModel
 
     ray.init(num_cpus=4, logging_level="ERROR", log_to_driver=False)
     port = free_port()
@@ -598,7 +599,10 @@ def main() -> None:
                # replay of this record's policy must not depend on the defaults of the day it is replayed
                "forecast_resolved": {k: v for k, v in asdict(forecast_settings(None, forecast)).items()
                                      if k not in ("target_per_replica", "replica_slots")
-                                     and (k != "season_s" or k in forecast)}}
+                                     and (k != "season_s" or k in forecast)},
+               # how soon Serve's router hands a queued request a freed slot (elasticml.serve.routing); records
+               # without it ran with Serve's own 0.5 s
+               "router_max_backoff_s": SyntheticModel._deployment_config.request_router_config.max_backoff_s}
     t_start = time.monotonic()
 
     def after_round(k: int, results: dict[str, list[dict[str, Any]]]) -> None:

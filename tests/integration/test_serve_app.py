@@ -266,8 +266,9 @@ def test_overload_gets_429_with_retry_after_and_slow_requests_504(served):
 
     serve.run(build_app({"checkpoint": str(served["folder"]), "precision": "fp32", "max_batch_size": 1,
                          "max_ongoing_requests": 1, "max_queued_requests": 1, "retry_after_s": 2,
-                         "request_timeout_s": 0.5, "cache_size": 0}),
+                         "request_timeout_s": 0.5, "cache_size": 0, "router_max_backoff_s": 0.02}),
               name="tight", route_prefix="/tight")
+    assert _router_settings("tight")["max_backoff_s"] == 0.02  # as Serve's controller holds it
     base = f"http://127.0.0.1:{served['port']}/tight"
     body = {"prompt": "slow", "max_tokens": 120}
     with cf.ThreadPoolExecutor(8) as pool:
@@ -279,6 +280,23 @@ def test_overload_gets_429_with_retry_after_and_slow_requests_504(served):
     # (A certain 504 and what it does to the replica: test_a_request_past_its_deadline_gets_504_...)
     assert httpx.post(f"{base}/v1/completions", json={"prompt": "ok", "max_tokens": 2}, timeout=60).status_code == 200
     serve.delete("tight")
+
+
+def _router_settings(app: str) -> dict:
+    """The request router settings of the app's one deployment, as Serve's controller holds them."""
+    from ray.serve.context import _get_global_client
+
+    (deployment,) = _get_global_client().get_serve_details()["applications"][app]["deployments"].values()
+    return deployment["deployment_config"]["request_router_config"]
+
+
+def test_the_router_retries_a_queued_request_at_the_platforms_cap_not_serves(served):
+    from ray.serve.config import RequestRouterConfig
+
+    from elasticml.serve.routing import ROUTER_MAX_BACKOFF_S
+
+    settings = _router_settings("completion")
+    assert settings["max_backoff_s"] == ROUTER_MAX_BACKOFF_S != RequestRouterConfig().max_backoff_s
 
 
 def _hostile_requests() -> list[tuple[str, str, dict[str, str], bytes]]:

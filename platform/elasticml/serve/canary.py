@@ -37,6 +37,7 @@ from elasticml.serve.api import (
 from elasticml.serve.auth import KeyRing
 from elasticml.serve.config import ServeConfig
 from elasticml.serve.ingress import Gate, Ingress, Route
+from elasticml.serve.routing import router_config
 
 log = logging.getLogger("elasticml.serve.canary")
 
@@ -104,7 +105,7 @@ def _chunks(text: bytes, size: int) -> list[bytes]:
 ROUTER_VERSION = "canary-router-1"
 
 
-@serve.deployment(max_ongoing_requests=256)
+@serve.deployment(max_ongoing_requests=256, request_router_config=router_config())
 @serve.ingress()
 class CanaryRouter:
     """The ingress of a released app: `stable` and, during a release, `canary` are model versions

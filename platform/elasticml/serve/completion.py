@@ -393,11 +393,14 @@ def _bind(cfg: ServeConfig, *, scaling: dict[str, Any], creds: list[Any], alloca
     """The app's deployments: one per allocation behind a PoolRouter (a tenant's), else one of its own."""
     from ray.serve.config import BackpressureConfig
 
+    from elasticml.serve.routing import router_config
+
     options = replica_options(cfg)
     common: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,
         "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=cfg.retry_after_s),
+        "request_router_config": router_config(cfg.router_max_backoff_s),
     }
     if allocations:
         from elasticml.serve.pools import PoolRouter

@@ -12,6 +12,8 @@ from typing import Any, Literal, get_args
 
 from elasticml.dataconf import check_choice, check_number, from_mapping, shown
 from elasticml.errors import ConfigError
+from elasticml.serve.routing import BOUNDS as ROUTER_BOUNDS
+from elasticml.serve.routing import ROUTER_MAX_BACKOFF_S
 
 Device = Literal["cpu", "gpu"]
 Precision = Literal["auto", "fp32", "int8", "bf16", "onnx", "onnx-int8"]
@@ -39,6 +41,7 @@ _NUMBERS: dict[str, tuple[float, float, bool]] = {
     "max_ongoing_requests": (1, 100_000, True), "max_queued_requests": (1, 1_000_000, True),
     "retry_after_s": (0, 3600, False), "cache_size": (0, 1_000_000, True),
     "max_body_bytes": (1, 1 << 30, True), "request_timeout_s": (0.001, 3600, False),
+    "router_max_backoff_s": (*ROUTER_BOUNDS, False),
 }
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}(\.[A-Za-z_][A-Za-z0-9_]{0,99}){0,9}")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -91,6 +94,10 @@ class ServeConfig:
     max_ongoing_requests: int = 32
     max_queued_requests: int = 64
     """Requests waiting at each proxy beyond those in flight; more get 429 with Retry-After."""
+    router_max_backoff_s: float = ROUTER_MAX_BACKOFF_S
+    """While every replica is full, the longest Serve's router waits before it tries a waiting request again
+    (Serve's own default: 0.5 s). Nothing else hands it a slot that frees meanwhile, so a long wait leaves
+    slots empty while requests queue (elasticml.serve.routing; measured in benchmarks/README.md)."""
     tenant_share: float | None = None
     """The share of a replica's `max_ongoing_requests` one tenant may hold at once; beyond it its requests
     get 429 at once, so one tenant's flood cannot take every slot from the others. None = an equal share

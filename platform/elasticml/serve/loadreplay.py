@@ -3,7 +3,8 @@
 `SyntheticModel` is a Serve deployment whose cost is time, not CPU: each request holds one of its
 `max_ongoing_requests` slots for `service_s`, and a new replica spends `load_s` loading before it
 serves (as a model load does). On a laptop's few cores that is what lets replica count, not CPU
-contention, decide latency, which is what an autoscaling policy is judged on.
+contention, decide latency, which is what an autoscaling policy is judged on. Serve's router feeds it
+as it feeds the platform's own apps (elasticml.serve.routing).
 
 `replay` sends open-loop Poisson arrivals at a trace's rate (requests per second as a function of
 time) to one URL on 127.0.0.1 and records every request's latency and status; `ReplicaSampler`
@@ -23,12 +24,15 @@ from typing import Any
 
 from ray import serve
 
+from elasticml.serve.routing import router_config
+
 Trace = Callable[[float], float]
 MAX_IN_FLIGHT = 2000
 """Requests the replayer keeps open at once; arrivals beyond it count as failed (status 0)."""
 
 
-@serve.deployment(max_ongoing_requests=2, ray_actor_options={"num_cpus": 0})
+@serve.deployment(max_ongoing_requests=2, ray_actor_options={"num_cpus": 0},
+                  request_router_config=router_config())
 class SyntheticModel:
     def __init__(self, service_s: float = 0.25, load_s: float = 3.0) -> None:
         time.sleep(load_s)  # the model load a new replica waits for before it serves

@@ -35,6 +35,7 @@ from ray import serve
 from elasticml.errors import ElasticMLError
 from elasticml.serve.api import CompletionRequest, ScoreRequest, answer_or_raise
 from elasticml.serve.ingress import HEALTHZ, Gate, Ingress, Route
+from elasticml.serve.routing import router_config
 
 FOLLOW_S = 2.0
 """How often the router reads its workload's placement from the scheduler."""
@@ -45,7 +46,7 @@ FOLLOW_ERRORS = (ray.exceptions.RayError, ElasticMLError, OSError, TimeoutError)
 """What reading the scheduler or the GCS fails with while either restarts; anything else is a bug and ends the loop loudly."""
 
 
-@serve.deployment(max_ongoing_requests=256)
+@serve.deployment(max_ongoing_requests=256, request_router_config=router_config())
 @serve.ingress()
 class PoolRouter:
     """The app's HTTP ingress in front of its pools: the shared routes, and the pools' state."""

@@ -15,7 +15,7 @@ Every elasticml deployment that requests can queue for takes its router settings
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ray.serve.config import RequestRouterConfig
@@ -30,5 +30,7 @@ def router_config(max_backoff_s: float = ROUTER_MAX_BACKOFF_S) -> "RequestRouter
     `max_backoff_s` while every replica is full (Serve's own first retry, 25 ms, caps at it too)."""
     from ray.serve.config import RequestRouterConfig
 
-    return RequestRouterConfig(max_backoff_s=max_backoff_s,
-                               initial_backoff_s=min(RequestRouterConfig().initial_backoff_s, max_backoff_s))
+    # Ray types the constructor's keywords as dicts (`**kwargs: dict[str, Any]`); they are its fields.
+    settings: dict[str, Any] = {"max_backoff_s": max_backoff_s,
+                                "initial_backoff_s": min(RequestRouterConfig().initial_backoff_s, max_backoff_s)}
+    return RequestRouterConfig(**settings)
