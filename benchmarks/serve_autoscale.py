@@ -587,7 +587,7 @@ def main() -> None:
     from ray import serve
 
     from elasticml.cluster.local import free_port
-    from elasticml.serve.loadreplay import SyntheticModel
+    from elasticml.serve.routing import ROUTER_MAX_BACKOFF_S  # SyntheticModel's
 
     ray.init(num_cpus=4, logging_level="ERROR", log_to_driver=False)
     port = free_port()
@@ -602,7 +602,7 @@ def main() -> None:
                                      and (k != "season_s" or k in forecast)},
                # how soon Serve's router hands a queued request a freed slot (elasticml.serve.routing); records
                # without it ran with Serve's own 0.5 s
-               "router_max_backoff_s": SyntheticModel._deployment_config.request_router_config.max_backoff_s}
+               "router_max_backoff_s": ROUTER_MAX_BACKOFF_S}
     t_start = time.monotonic()
 
     def after_round(k: int, results: dict[str, list[dict[str, Any]]]) -> None:

@@ -126,10 +126,12 @@ def bare_batched(cfg: Any) -> Any:
     from elasticml.serve.completion import replica_options
     from elasticml.serve.generate import Prompt, generate_batch
     from elasticml.serve.precision import prepare
+    from elasticml.serve.routing import router_config
     from elasticml.train.checkpoint import load_model
 
     @serve.deployment(num_replicas=1, ray_actor_options=replica_options(cfg), max_ongoing_requests=cfg.max_ongoing_requests,
-                      max_queued_requests=cfg.max_queued_requests)
+                      max_queued_requests=cfg.max_queued_requests,
+                      request_router_config=router_config(cfg.router_max_backoff_s))
     class BareBatched:
         def __init__(self) -> None:
             import asyncio

@@ -3,10 +3,9 @@
     python benchmarks/serve_router.py [--rounds 5] [--replicas 2] [--loads 1.25,0.75] [--seconds 15]
         [--backoffs 0.5,0.05] [--json OUT | --no-json]
 
-Why: when every replica is full, Serve's router retries a queued request after a sleep that doubles
-up to `max_backoff_s` (Serve's default 0.5 s), and a slot that frees meanwhile waits for it
-(elasticml/serve/routing.py). elasticml ships a shorter cap (`ROUTER_MAX_BACKOFF_S`); this measures
-what that buys and costs.
+Why: Serve's router tries a queued request again after a wait that doubles up to `max_backoff_s`
+(Serve's default 0.5 s), and a slot that frees meanwhile waits for it; elasticml ships a shorter cap
+(elasticml/serve/routing.py says why and what it costs). This measures both side by side.
 
 Setting. One local Ray instance; a `SyntheticModel` deployment (elasticml/serve/loadreplay.py: each
 request holds one of a replica's 4 slots for 0.25 s and takes no CPU, so the router, not the cores,
@@ -16,15 +15,19 @@ Serve's HTTP proxy on 127.0.0.1. At 1.25 a queue forms and grows; at 0.75 it com
 the arrivals' bursts. A request unanswered 20 s after it was sent counts as failed (status 0).
 
 Method. Every round, for each load, each cap in --backoffs (the first is Serve's default unless told
-otherwise) gets its own app, deployed fresh just before its replay and deleted after; the order
-rotates every round, so a drift over a round falls on each cap as often. Measured per replay: the
+otherwise) gets its own app, deployed fresh just before its replay and deleted after, with the same
+arrivals as the others; the order rotates every round, so each cap goes first as often when --rounds
+is a multiple of the number of caps (otherwise the first caps go first once more). Measured per replay: the
 requests answered per second per replica from 5 s (a queue has formed by then under overload) to the
 end of the arrivals; the latency p50 and p99 of every request; the CPU seconds (user + system) that
 the HTTP proxy and the replicas took over the replay, per answered request. Each cap's ratio to the
-first cap is taken within the round; printed as the median (min to max) over the rounds.
+first cap is taken within the round; printed as the median (min to max) over the rounds. A request
+still unanswered after 20 s is cut off, so a cap that loses requests has its p50 and p99 cut at 20 s
+(lower bounds) and its CPU per answered request inflated by the ones that timed out.
 
 Runtime: about (loads x caps) replays of --seconds plus the drain and a deploy (~5 s) each, per round;
-the defaults take about 12 minutes on 2 cores.
+the defaults take about 9 minutes on 2 cores. One proxy and at most 4 routing tasks here: the probes
+that many proxies and replicas would send while every replica is full are not measured.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def floats(text: str, name: str, lo: float, hi: float) -> list[float]:
         raise SystemExit(f"{name}: comma-separated numbers, got {text!r}") from None
     if not values or len(values) > 8 or not all(lo <= v <= hi for v in values):
         raise SystemExit(f"{name}: 1 to 8 numbers in [{lo}, {hi}], got {text!r}")
+    if len(set(values)) != len(values):
+        raise SystemExit(f"{name}: each value once, got {text!r}")
     return values
 
 

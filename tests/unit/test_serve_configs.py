@@ -139,7 +139,11 @@ def test_every_shipped_serve_config_that_listens_beyond_loopback_answers_https_o
     ("request_timeout_s", float("nan"), "must be in"), ("retry_after_s", -1, "must be in"),
     ("metrics_interval_s", 0.01, "must be in"), ("look_back_period_s", "1", "must be a number"),
     ("router_max_backoff_s", 0, "must be in"), ("router_max_backoff_s", float("nan"), "must be in"),
-    ("router_max_backoff_s", 60, "must be in"), ("router_max_backoff_s", True, "must be a number"),
+    ("router_max_backoff_s", 0.0049, "must be in"), ("router_max_backoff_s", 0.51, "must be in"),
+    ("router_max_backoff_s", True, "must be a number"),
+    # a YAML key left empty reads as null: refused where the field has a value by default, not passed on
+    ("router_max_backoff_s", None, "must be a number"), ("max_batch_size", None, "must be an integer"),
+    ("max_queued_requests", None, "must be an integer"),
 ])
 def test_every_number_in_a_serve_config_is_finite_bounded_and_named_when_wrong(field, value, message):
     from elasticml.errors import ConfigError

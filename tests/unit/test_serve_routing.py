@@ -33,9 +33,41 @@ def test_every_deployment_built_outside_the_apps_config_retries_at_the_cap(modul
         assert d._deployment_config.request_router_config.max_backoff_s == ROUTER_MAX_BACKOFF_S
 
 
-def test_the_apps_config_takes_the_cap_and_defaults_to_the_platforms():
+def test_the_apps_config_takes_the_cap_within_its_bounds_and_defaults_to_the_platforms():
     from elasticml.serve.config import ServeConfig
-    from elasticml.serve.routing import ROUTER_MAX_BACKOFF_S
+    from elasticml.serve.routing import BOUNDS, ROUTER_MAX_BACKOFF_S
 
     assert ServeConfig.from_dict({"checkpoint": "c"}).router_max_backoff_s == ROUTER_MAX_BACKOFF_S
-    assert ServeConfig.from_dict({"checkpoint": "c", "router_max_backoff_s": 0.5}).router_max_backoff_s == 0.5
+    for edge in BOUNDS:
+        assert ServeConfig.from_dict({"checkpoint": "c", "router_max_backoff_s": edge}).router_max_backoff_s == edge
+
+
+def _cap(app) -> float:
+    return app._bound_deployment._deployment_config.request_router_config.max_backoff_s
+
+
+def test_an_apps_cap_reaches_every_deployment_it_builds_the_pools_and_their_router_alike():
+    from elasticml.scheduler.capacity import Allocation
+    from elasticml.serve.completion import _bind
+    from elasticml.serve.config import ServeConfig
+
+    cfg = ServeConfig.from_dict({"checkpoint": "c", "router_max_backoff_s": 0.2})
+    alone = _bind(cfg, scaling={}, creds=[], allocations=[], workload="w", deployment_name="Completer",
+                  backend=False, version=None)
+    assert _cap(alone) == 0.2
+    pools = [Allocation(workload="w", tenant="t", priority="high", node_type=node_type, market=market, workers=1,
+                        cpus=1.0, nodes=1, hourly_cost=0.1, started_at=0.0)
+             for node_type, market in (("cpu-reserved", "reserved"), ("cpu-spot", "spot"))]
+    router = _bind(cfg, scaling={}, creds=[], allocations=pools, workload="w", deployment_name="Completer",
+                   backend=False, version=None)
+    _pools, handles = router._bound_deployment.init_args[:2]
+    assert [_cap(router)] + [_cap(h) for h in handles] == [0.2, 0.2, 0.2]
+
+
+def test_the_cap_is_no_part_of_a_model_versions_name():
+    from elasticml.serve.canary import version_name
+
+    args = {"checkpoint": "c", "precision": "int8"}
+    # Serve changes the cap on running replicas; a new name would start new ones and load the model again
+    assert version_name({**args, "router_max_backoff_s": 0.2}) == version_name(args)
+    assert version_name({**args, "precision": "fp32"}) != version_name(args)

@@ -281,10 +281,12 @@ class CanaryRouter:
 
 def version_name(backend_args: dict[str, Any]) -> str:
     """A model version's deployment name: a digest of what it serves and how, so the same version
-    keeps its name (and its running replicas) from canary to stable across redeploys."""
+    keeps its name (and its running replicas) from canary to stable across redeploys. The router's retry
+    cap is not part of it: Serve changes that on running replicas."""
     import hashlib
 
-    blob = json.dumps({k: v for k, v in backend_args.items() if k != "name"}, sort_keys=True, default=str)
+    blob = json.dumps({k: v for k, v in backend_args.items() if k not in ("name", "router_max_backoff_s")},
+                      sort_keys=True, default=str)
     return "v-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -337,6 +339,7 @@ def build_release_app(args: dict[str, Any]) -> Application:
     config = {"serve_config": serve_cfg.to_dict(), "canary_config": asdict(canary_cfg) if canary_cfg else None,
               "stable": names["stable"], "canary": names.get("canary")}
     return CanaryRouter.options(ray_actor_options=router_options, user_config=config,  # type: ignore[attr-defined, no-any-return]  # mypy keeps a decorated class's own type; Serve made it a Deployment
+                                request_router_config=router_config(serve_cfg.router_max_backoff_s),
                                 version=ROUTER_VERSION, _internal=True).bind(*versions)
 
 

@@ -49,6 +49,7 @@ from elasticml.serve.api import (
 from elasticml.serve.batching import Batcher
 from elasticml.serve.config import ServeConfig
 from elasticml.serve.ingress import HEALTHZ, Gate, Ingress, Route
+from elasticml.serve.routing import router_config
 from elasticml.train.checkpoint import resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -242,7 +243,7 @@ class CompletionService:
         return ScoreResponse(log_likelihood=total, tokens=n, nll_per_byte=-total / n, model_step=int(self.meta["step"]))
 
 
-@serve.deployment(max_ongoing_requests=32)
+@serve.deployment(max_ongoing_requests=32, request_router_config=router_config())
 class ModelBackend:
     """A model version reachable only through handles (keys are checked by whoever holds the handle)."""
 
@@ -257,7 +258,7 @@ class ModelBackend:
         return await refusal_for(self.service.score(request))
 
 
-@serve.deployment(max_ongoing_requests=32)
+@serve.deployment(max_ongoing_requests=32, request_router_config=router_config())
 @serve.ingress()
 class Completer:
     """The app's HTTP ingress when it serves one model version itself: the shared routes and its own."""
@@ -393,8 +394,6 @@ def _bind(cfg: ServeConfig, *, scaling: dict[str, Any], creds: list[Any], alloca
     """The app's deployments: one per allocation behind a PoolRouter (a tenant's), else one of its own."""
     from ray.serve.config import BackpressureConfig
 
-    from elasticml.serve.routing import router_config
-
     options = replica_options(cfg)
     common: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
@@ -425,7 +424,7 @@ def _bind(cfg: ServeConfig, *, scaling: dict[str, Any], creds: list[Any], alloca
         router = {"num_cpus": 0, "runtime_env": options["runtime_env"],
                   "label_selector": {L.NODE_TYPE: base_pool.node_type}}
         # The router follows the workload by the name the scheduler knows it by.
-        return PoolRouter.options(ray_actor_options=router).bind(pools, handles, Gate.of(cfg), workload)  # type: ignore[attr-defined, no-any-return]  # mypy keeps a decorated class's own type; Serve made it a Deployment
+        return PoolRouter.options(ray_actor_options=router, request_router_config=common["request_router_config"]).bind(pools, handles, Gate.of(cfg), workload)  # type: ignore[attr-defined, no-any-return]  # mypy keeps a decorated class's own type; Serve made it a Deployment
     deployment: dict[str, Any] = {"name": deployment_name, "ray_actor_options": options, **common}
     if version is not None:  # Serve takes a version only as an internal option
         deployment.update(version=version, _internal=True)

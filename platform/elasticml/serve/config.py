@@ -7,7 +7,7 @@ a bad value raises ConfigError naming the field and what would be accepted.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from elasticml.dataconf import check_choice, check_number, from_mapping, shown
@@ -95,9 +95,8 @@ class ServeConfig:
     max_queued_requests: int = 64
     """Requests waiting at each proxy beyond those in flight; more get 429 with Retry-After."""
     router_max_backoff_s: float = ROUTER_MAX_BACKOFF_S
-    """While every replica is full, the longest Serve's router waits before it tries a waiting request again
-    (Serve's own default: 0.5 s). Nothing else hands it a slot that frees meanwhile, so a long wait leaves
-    slots empty while requests queue (elasticml.serve.routing; measured in benchmarks/README.md)."""
+    """The longest Serve's router waits before it tries a queued request again (Serve's own: 0.5 s); why it is
+    short: elasticml.serve.routing."""
     tenant_share: float | None = None
     """The share of a replica's `max_ongoing_requests` one tenant may hold at once; beyond it its requests
     get 429 at once, so one tenant's flood cannot take every slot from the others. None = an equal share
@@ -131,8 +130,9 @@ class ServeConfig:
             raise ConfigError("bf16 is for GPU replicas; use int8 or fp32 on CPU", field="precision")
         if self.device == "gpu" and self.precision in ("int8", "onnx", "onnx-int8"):
             raise ConfigError(f"{self.precision} is for CPU replicas; use bf16 or fp32 on GPU", field="precision")
+        may_be_none = {f.name for f in fields(self) if f.default is None}  # None: the preset's or Serve's value
         for name, (lo, hi, integer) in _NUMBERS.items():
-            if getattr(self, name) is not None:
+            if getattr(self, name) is not None or name not in may_be_none:
                 check_number(getattr(self, name), field=name, lo=lo, hi=hi, integer=integer)
         if self.tenant_share is not None and not (isinstance(self.tenant_share, (int, float))
                                                   and not isinstance(self.tenant_share, bool)
