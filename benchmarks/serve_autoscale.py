@@ -1,7 +1,8 @@
 """Predictive vs reactive Serve autoscaling: paired rounds on traces the forecaster was not tuned on.
 
     python benchmarks/serve_autoscale.py [--rounds 5] [--scale 1.0] [--traces diurnal,ramp,flat]
-        [--resamples 10000] [--forecast JSON] [--json OUT | --no-json] [--png out.png] [--verbose]
+        [--resamples 10000] [--forecast JSON] [--router-max-backoff-s S] [--json OUT | --no-json]
+        [--png out.png] [--verbose]
     python benchmarks/serve_autoscale.py --seasons RECORD.json
 
 Setting. One local Ray instance and one Serve app at a time, a `SyntheticModel` deployment
@@ -302,19 +303,22 @@ def autoscaling(policy: str, season_s: float | None, forecast: dict[str, Any]) -
     return config
 
 
-def deploy(policy: str, port: int, season_s: float | None, forecast: dict[str, Any]) -> str:
-    """The policy's app, fresh (nothing learnt, no decision log); returns its URL once it serves."""
+def deploy(policy: str, port: int, season_s: float | None, forecast: dict[str, Any], router_cap: float) -> str:
+    """The policy's app, fresh (nothing learnt, no decision log), its router retrying within `router_cap`
+    seconds (elasticml.serve.routing); returns its URL once it serves."""
     from ray import serve
     from ray.experimental.internal_kv import _internal_kv_del
 
     from elasticml.serve.autoscale import NAMESPACE
     from elasticml.serve.loadreplay import SyntheticModel
+    from elasticml.serve.routing import router_config
 
     serve.delete(policy)
     for what in ("state", "events"):
         _internal_kv_del(f"{policy}/SyntheticModel/{what}".encode(), namespace=NAMESPACE)
     app = SyntheticModel.options(autoscaling_config=autoscaling(policy, season_s, forecast),
-                                 max_ongoing_requests=SLOTS).bind(SERVICE_S, LOAD_S)
+                                 max_ongoing_requests=SLOTS,
+                                 request_router_config=router_config(router_cap)).bind(SERVICE_S, LOAD_S)
     serve.run(app, name=policy, route_prefix=f"/{policy}")
     return f"http://127.0.0.1:{port}/{policy}"
 
@@ -330,13 +334,14 @@ async def _replay(policy: str, url: str, c: Case, seed: int) -> tuple[Any, Any]:
     return outcome, sampler
 
 
-def replay_one(policy: str, c: Case, seed: int, port: int, forecast: dict[str, Any]) -> dict[str, Any]:
+def replay_one(policy: str, c: Case, seed: int, port: int, forecast: dict[str, Any],
+               router_cap: float) -> dict[str, Any]:
     """Deploy the policy's app, replay the case against it, delete it: one measured replay."""
     from ray import serve
 
     from elasticml.serve.autoscale import decisions
 
-    url = deploy(policy, port, c.season_s, forecast)
+    url = deploy(policy, port, c.season_s, forecast, router_cap)
     try:
         outcome, sampler = asyncio.run(_replay(policy, url, c, seed))
         events = decisions(policy, "SyntheticModel") if policy == "predictive" else []
@@ -545,6 +550,9 @@ def main() -> None:
     ap.add_argument("--forecast", default="{}", help="ForecastConfig settings to try, as JSON")
     ap.add_argument("--seed0", type=int, default=TRACE_SEED0,
                     help="draws: traces seeded from this, arrivals from it + 1000 (default: %(default)s)")
+    ap.add_argument("--router-max-backoff-s", type=float, default=None,
+                    help="both apps' router retry cap in seconds (default: what ships, elasticml.serve.routing; "
+                         "0.5 is Serve's own), to replay the same draws under another")
     ap.add_argument("--verbose", action="store_true", help="print each policy's replicas over time")
     ap.add_argument("--seasons", default=None, metavar="RECORD_JSON",
                     help="a record's requests over the SLO in the first season and after it; replays nothing")
@@ -578,6 +586,11 @@ def main() -> None:
         ap.error("--resamples must be >= 1")
     if not 1000 <= args.seed0 <= 1_000_000:
         ap.error("--seed0 in 1000..1000000 (below are the tuning seeds)")
+    from elasticml.serve.routing import BOUNDS, ROUTER_MAX_BACKOFF_S
+
+    router_cap = ROUTER_MAX_BACKOFF_S if args.router_max_backoff_s is None else args.router_max_backoff_s
+    if not BOUNDS[0] <= router_cap <= BOUNDS[1]:  # NaN fails both
+        ap.error(f"--router-max-backoff-s in [{BOUNDS[0]}, {BOUNDS[1]}]")
     TRACE_SEED0, ARRIVAL_SEED0 = args.seed0, args.seed0 + 1000
     run = record.start(__file__, args)
     print(f"estimated {estimate_s(chosen, args.rounds, args.scale) / 60:.0f} min (the docstring's formula)",
@@ -587,7 +600,6 @@ def main() -> None:
     from ray import serve
 
     from elasticml.cluster.local import free_port
-    from elasticml.serve.routing import ROUTER_MAX_BACKOFF_S  # SyntheticModel's
 
     ray.init(num_cpus=4, logging_level="ERROR", log_to_driver=False)
     port = free_port()
@@ -602,7 +614,7 @@ def main() -> None:
                                      and (k != "season_s" or k in forecast)},
                # how soon Serve's router hands a queued request a freed slot (elasticml.serve.routing); records
                # without it ran with Serve's own 0.5 s
-               "router_max_backoff_s": ROUTER_MAX_BACKOFF_S}
+               "router_max_backoff_s": router_cap}
     t_start = time.monotonic()
 
     def after_round(k: int, results: dict[str, list[dict[str, Any]]]) -> None:
@@ -617,7 +629,8 @@ def main() -> None:
 
     try:
         results = run_rounds(chosen, args.rounds, args.scale,
-                             lambda policy, c, seed: replay_one(policy, c, seed, port, forecast), after_round)
+                             lambda policy, c, seed: replay_one(policy, c, seed, port, forecast, router_cap),
+                             after_round)
     finally:
         serve.shutdown()
         ray.shutdown()

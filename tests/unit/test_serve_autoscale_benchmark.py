@@ -414,3 +414,12 @@ def test_blocks_judge_each_run_of_k_rounds_as_the_live_benchmark_judges_its_run(
     assert none["met"] == 0 and none["over_slo_ratio"] is None
     with pytest.raises(SystemExit):
         sim.main(["--rounds", "4", "--blocks", "3", "--no-json"])
+
+
+@pytest.mark.parametrize("value", ["0.6", "nan", "0.001", "inf"])
+def test_a_router_cap_an_app_could_not_set_is_refused_before_anything_runs(bench: Any, monkeypatch: Any, capsys: Any,
+                                                                          value: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["serve_autoscale.py", "--router-max-backoff-s", value, "--no-json"])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "--router-max-backoff-s in [0.005, 0.5]" in capsys.readouterr().err
