@@ -586,11 +586,12 @@ def main() -> None:
         ap.error("--resamples must be >= 1")
     if not 1000 <= args.seed0 <= 1_000_000:
         ap.error("--seed0 in 1000..1000000 (below are the tuning seeds)")
-    from elasticml.serve.routing import BOUNDS, ROUTER_MAX_BACKOFF_S
+    from elasticml.serve.routing import BOUNDS as CAPS  # this module's BOUNDS are the replica bounds
+    from elasticml.serve.routing import ROUTER_MAX_BACKOFF_S
 
     router_cap = ROUTER_MAX_BACKOFF_S if args.router_max_backoff_s is None else args.router_max_backoff_s
-    if not BOUNDS[0] <= router_cap <= BOUNDS[1]:  # NaN fails both
-        ap.error(f"--router-max-backoff-s in [{BOUNDS[0]}, {BOUNDS[1]}]")
+    if not CAPS[0] <= router_cap <= CAPS[1]:  # NaN fails both
+        ap.error(f"--router-max-backoff-s in [{CAPS[0]}, {CAPS[1]}]")
     TRACE_SEED0, ARRIVAL_SEED0 = args.seed0, args.seed0 + 1000
     run = record.start(__file__, args)
     print(f"estimated {estimate_s(chosen, args.rounds, args.scale) / 60:.0f} min (the docstring's formula)",
