@@ -13,9 +13,10 @@ full); Serve's control loop every 0.1 s, seeing the requests in flight (running 
 queued as the handles recorded them every 0.1 s and pushed them every `metrics_interval_s`,
 averaged over the last `look_back_period_s` at every tick; its delay logic (a decision must hold `upscale_delay_s` /
 `downscale_delay_s` before it applies); replicas that take `STARTUP_S` plus `STARTUP_PER_START_S`
-for each replica starting at the same time, itself included, plus up to `STARTUP_JITTER_S` (the
-start-ups compete for the cores: the live runs' decision logs show medians of 5.1 s for one and
-7.3 s for four or more). The start-up is drawn when a replica is asked for; one asked for later does not slow it.
+for each replica starting at the same time, itself included, plus up to `STARTUP_JITTER_S` (under Serve's
+0.5-s router cap the start-ups competed for the cores, 5.1 s for one and 7.3 s for four or more; with the cap
+that ships they take about 4.4 s however many start). The start-up is drawn when a replica is asked for; one
+asked for later does not slow it.
 Starting replicas also slow the serving ones (a request that begins while k > 0 replicas start holds
 its slot SERVICE_S x (1 + CONTENTION_BASE + CONTENTION_PER_START x k)): on 2 cores a process start
 takes CPU from the proxy and the replicas, which is how over-asking fed on itself live.
@@ -79,25 +80,29 @@ import serve_autoscale
 from serve_autoscale import (BOUNDS, DELAYS, DURATIONS, FEWER_GOAL, NO_WORSE_GOAL, SERVICE_S, SLO_S,  # noqa: E402
                              SLOTS, TARGET, Case, case, finite, forecast_settings, paired, verdict)
 
-STARTUP_S = 4.3
+STARTUP_S = 4.2
 """The fixed part of a replica's start-up (process, Serve's replica, the 3 s load)."""
-STARTUP_PER_START_S = 0.5
+STARTUP_PER_START_S = 0.0
 """Added to a start-up for each replica starting at the same time, itself included."""
 STARTUP_JITTER_S = 0.5
-"""With the two above: 4.8-5.3 s alone, 5.3-5.8 s for two at once, 5.8-6.3 s for three, 6.3-6.8 s for four and
-7.3-7.8 s for six. Set from the start-ups the live runs' decision logs show (`--fit-contention` prints them,
-`measured_startups`): medians 5.07, 5.52 and 5.80 s for 1, 2 and 3 started at once and 7.27 s for 4 or more in
-the records of 617537a, 371ee46 and 0e672bb (seeds 23000, 25000, 27000: the policy as it ships, twice, and with
-the serve delay)."""
-CONTENTION_BASE = 0.3
-CONTENTION_PER_START = 0.15
+"""With the two above: 4.2-4.7 s however many start at once. Set from the start-ups the live run's decision log
+shows (`--fit-contention` prints them, `measured_startups`): medians 4.46, 4.45, 4.44 and 4.32 s for 1, 2, 3 and
+4 or more started at once (77, 13, 1 and 1 of them) in the record of 93a7588 (seeds 31000: the first with the
+router's backoff capped at 0.05 s, elasticml.serve.routing). The runs before it, under Serve's 0.5-s cap, took
+longer and longer with more at once (medians 5.07 s for one to 7.27 s for four or more in the records of
+617537a, 371ee46 and 0e672bb), which the model had as 4.3 s + 0.5 s a start."""
+CONTENTION_BASE = 0.0
+CONTENTION_PER_START = 0.1
 """How much replicas starting slow the requests served meanwhile (see the module docstring): by
 CONTENTION_BASE while any starts, and CONTENTION_PER_START more for each. Fitted, with the start-ups above,
-to the reactive side of the live runs of 617537a, 371ee46 and 0e672bb (45 replays, 15 of each trace): of the
-pairs in CONTENTION_CANDIDATES, one of the two whose reactive over-SLO totals came closest over the three
-traces (`fit_contention`'s score: 0.385, against 0.378 for 0.3 + 0.2, a tie), the one whose replica-seconds came
-closer too (0.20 against 0.32). The predictive side was not used to fit it; `check_predictive` replays it beside
-the live one as a check. (What earlier fits chose, and why they were replaced: benchmarks/README.md.)"""
+to the reactive side of the live run of 93a7588 (15 replays, 5 of each trace; the router as it ships): of the
+pairs in CONTENTION_CANDIDATES, the one whose reactive over-SLO totals came closest over the three traces
+(`fit_contention`'s score: 0.244, the next 0.727), its replica-seconds closest too (0.068). The predictive side
+was not used to fit it; `check_predictive` replays it beside the live one as a check (over the SLO 0.48 of
+reactive's in the model against 0.37 live on the day, 0 against 0 on the ramp; replica-seconds 0.994, 0.995
+and 1.115 of reactive's against 1.025, 0.996 and 1.108 live). The fit before (0.3 + 0.15, with the start-ups
+of the runs under Serve's 0.5-s cap) had the model's reactive side lose 9 times as many requests as live on
+those draws. (What earlier fits chose, and why they were replaced: benchmarks/README.md.)"""
 FIXED_SETTINGS = {"bucket_s", "startup_s", "season_s", "target_per_replica"}
 """Set by the benchmark as the live one sets them; --forecast and --compare may not change them."""
 ORACLE: dict[str, Any] = {"oracle": True}
