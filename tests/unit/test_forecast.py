@@ -462,6 +462,22 @@ def test_rise_sigmas_provisions_for_a_rise_only_beyond_the_forecasts_noise():
         ForecastConfig(rise_sigmas=-1.0)
 
 
+def test_a_dip_in_the_load_just_reported_does_not_pass_the_rise_gate():
+    """The rise is measured from the level too: a tick that reads low (a count between arrivals, noisier than a
+    bucket's mean) must not make the forecast's usual noise look like a rise and ask for a replica."""
+    fc = LoadForecaster(config=ForecastConfig(target_per_replica=3.0, startup_s=4.0, warmup_buckets=5,
+                                              max_relative_error=5.0, rise_sigmas=1.0))
+    for i, y in enumerate([6, 9, 5, 8, 6, 9, 5, 8, 6, 9, 5, 8, 6, 6, 9, 9]):  # steady load about 7, noisy
+        fc.observe(float(i), float(y))
+    predicted = fc.forecast(fc._steps_ahead())
+    assert predicted - fc.level < fc.noise  # no rise out of the noise from the level
+    assert fc.decide(running=3, low=1, high=8).replicas == 3
+    fc.observe(15.5, 2.0)  # one low tick in the bucket being filled: the level and the forecast stand
+    assert fc.forecast(fc._steps_ahead()) == predicted and predicted - fc.latest > fc.noise  # from it, a "rise"
+    d = fc.decide(running=3, low=1, high=8)
+    assert d.forecast == 2.0 and d.replicas <= 3  # provisioned for the load, not the forecast
+
+
 def test_on_a_noisy_ramp_the_forecasts_lag_is_not_counted_as_noise():
     """The errors on a ramp lean one way (the forecast lags the load): their spread about the mean, not their RMS,
     is what a rise must exceed, so a gate of 2 still provisions ahead of a ramp."""

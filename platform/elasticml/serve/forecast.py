@@ -83,11 +83,11 @@ class ForecastConfig:
     """A replica's start-up time until one has been measured."""
     alpha: float = 0.8
     beta: float = 0.3
-    gamma: float = 0.3
+    gamma: float = 0.5
     """Smoothing of the level, the trend and the seasonal profile across seasons (0..1: higher follows faster).
     Chosen in simulation (benchmarks/autoscale_sim.py) on draws the live benchmark does not replay, with
-    `rise_sigmas` and `warmup_backlog_share` (benchmarks/README.md says on which draws, and what was measured
-    live)."""
+    `rise_sigmas` and `warmup_backlog_share`; gamma last, in the model refitted to the router that ships
+    (benchmarks/README.md says on which draws, and what was measured live)."""
     phi: float = 0.9
     """Damping of the trend (Gardner's damped Holt): step k ahead adds trend * (phi + ... + phi**k), so a
     queue draining or filling is not extrapolated for the whole lead; 1 = an undamped trend."""
@@ -111,10 +111,11 @@ class ForecastConfig:
     are read as what the running replicas' slots hold of those in flight, from one count; without it, as
     Serve's in-flight count less its queued one (see `signal_load`)."""
     rise_sigmas: float = 1.0
-    """Provision for a forecast above the load now only when the rise exceeds this many times the forecast
-    errors' spread about their mean (`LoadForecaster.noise`: on a ramp the errors lean one way, the forecast's
-    lag, which is no noise): on steady load (a ramp's plateau too) the trend's noise then asks for no replica
-    the load does not need, which Serve's downscale delay would hold. 0: any rise counts."""
+    """Provision for a forecast above the load now only when its rise, from the higher of that load and the level,
+    exceeds this many times the forecast errors' spread about their mean (`LoadForecaster.noise`: on a ramp the
+    errors lean one way, the forecast's lag, which is no noise): on steady load (a ramp's plateau too) the
+    trend's noise then asks for no replica the load does not need, which Serve's downscale delay would hold.
+    0: any rise counts."""
     learn_while_waiting: bool = False
     """Whether a bucket in which requests waited teaches the level, the trend and a learnt profile (see
     `LoadForecaster._complete`); True learns from every bucket, as before the backlog rules."""
@@ -401,7 +402,10 @@ class LoadForecaster:
             path = [self.forecast(k) for k in range(1, ahead + 1)]
             predicted = path[-1]
             # The rise itself must stand out of the noise (a margin is no rise); the margin goes on what is kept.
-            base = predicted if predicted - load >= cfg.rise_sigmas * self.noise else load
+            # Measured from the level as well as the load just reported: a dip in that report (a tick's
+            # count, noisier than a bucket's mean) would otherwise widen the gap and provision for the rise.
+            rise = predicted - max(load, self.level or 0.0)
+            base = predicted if rise >= cfg.rise_sigmas * self.noise else load
             provisioned = max(base + margin, load)
             mode = "predictive"
             if not all(math.isfinite(x) for x in (provisioned, margin, *path)):
