@@ -13,10 +13,9 @@ full); Serve's control loop every 0.1 s, seeing the requests in flight (running 
 queued as the handles recorded them every 0.1 s and pushed them every `metrics_interval_s`,
 averaged over the last `look_back_period_s` at every tick; its delay logic (a decision must hold `upscale_delay_s` /
 `downscale_delay_s` before it applies); replicas that take `STARTUP_S` plus `STARTUP_PER_START_S`
-for each replica starting at the same time, itself included, plus up to `STARTUP_JITTER_S` (under Serve's
-0.5-s router cap the start-ups competed for the cores, 5.1 s for one and 7.3 s for four or more; with the cap
-that ships they take about 4.4 s however many start). The start-up is drawn when a replica is asked for; one
-asked for later does not slow it.
+for each replica starting at the same time, itself included, plus up to `STARTUP_JITTER_S` (in the live run
+fitted to, about 4.4 s however many started; in earlier runs, on other draws, 5.1 s for one and 7.3 s for four
+or more). The start-up is drawn when a replica is asked for; one asked for later does not slow it.
 Starting replicas also slow the serving ones (a request that begins while k > 0 replicas start holds
 its slot SERVICE_S x (1 + CONTENTION_BASE + CONTENTION_PER_START x k)): on 2 cores a process start
 takes CPU from the proxy and the replicas, which is how over-asking fed on itself live.
@@ -88,9 +87,10 @@ STARTUP_JITTER_S = 0.5
 """With the two above: 4.2-4.7 s however many start at once. Set from the start-ups the live run's decision log
 shows (`--fit-contention` prints them, `measured_startups`): medians 4.46, 4.45, 4.44 and 4.32 s for 1, 2, 3 and
 4 or more started at once (77, 13, 1 and 1 of them) in the record of 93a7588 (seeds 31000: the first with the
-router's backoff capped at 0.05 s, elasticml.serve.routing). The runs before it, under Serve's 0.5-s cap, took
-longer and longer with more at once (medians 5.07 s for one to 7.27 s for four or more in the records of
-617537a, 371ee46 and 0e672bb), which the model had as 4.3 s + 0.5 s a start."""
+router's backoff capped at 0.05 s, elasticml.serve.routing). Not the cap's doing: its ramp and flat draws
+replayed under Serve's 0.5-s cap started in 4.47 s (one at once) and 4.61 s (two). The runs before, on other
+draws, took longer and longer with more at once (medians 5.07 s for one to 7.27 s for four or more in the
+records of 617537a, 371ee46 and 0e672bb), which the model had as 4.3 s + 0.5 s a start."""
 CONTENTION_BASE = 0.0
 CONTENTION_PER_START = 0.1
 """How much replicas starting slow the requests served meanwhile (see the module docstring): by
@@ -98,11 +98,12 @@ CONTENTION_BASE while any starts, and CONTENTION_PER_START more for each. Fitted
 to the reactive side of the live run of 93a7588 (15 replays, 5 of each trace; the router as it ships): of the
 pairs in CONTENTION_CANDIDATES, the one whose reactive over-SLO totals came closest over the three traces
 (`fit_contention`'s score: 0.244, the next 0.727), its replica-seconds closest too (0.068). The predictive side
-was not used to fit it; `check_predictive` replays it beside the live one as a check (over the SLO 0.48 of
-reactive's in the model against 0.37 live on the day, 0 against 0 on the ramp; replica-seconds 0.994, 0.995
-and 1.115 of reactive's against 1.025, 0.996 and 1.108 live). The fit before (0.3 + 0.15, with the start-ups
-of the runs under Serve's 0.5-s cap) had the model's reactive side lose 9 times as many requests as live on
-those draws. (What earlier fits chose, and why they were replaced: benchmarks/README.md.)"""
+was not used to fit it; `check_predictive` replays it beside the live one as a check (at 480fa3b, the policy
+the run had: over the SLO 0.48 of reactive's in the model against 0.37 live on the day, 0 against 0 on the
+ramp; replica-seconds 0.994, 0.995 and 1.115 of reactive's against 1.025, 0.996 and 1.108 live). The model
+before (0.3 + 0.15, the start-ups of the earlier runs) had reactive's side lose 11 times as many requests as
+live on those draws (results/autoscale_sim_fit_router_before.json). (What earlier fits chose, and why they
+were replaced: benchmarks/README.md.)"""
 FIXED_SETTINGS = {"bucket_s", "startup_s", "season_s", "target_per_replica"}
 """Set by the benchmark as the live one sets them; --forecast and --compare may not change them."""
 ORACLE: dict[str, Any] = {"oracle": True}

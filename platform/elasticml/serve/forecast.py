@@ -15,7 +15,8 @@ last time, which anticipates a peak that came at the same hour yesterday (a tren
 coming); without one, the level and its trend follow a ramp one start-up ahead. Each bucket's
 forecast is checked when its time comes: the error's RMS can set a safety margin (`margin_sigmas`,
 none by default), a rise is provisioned for only once it stands out of the errors' noise (their
-spread about their mean, `rise_sigmas` of it: on steady load the trend's noise asks for nothing,
+spread about their mean, `rise_sigmas` of it, the rise counted from the higher of the load just reported
+and the level: on steady load the trend's noise asks for nothing,
 while a ramp's errors, leaning one way, are no noise), and while the forecast is poor (or still
 learning) the decision falls back to
 reactive (Serve's rule, ceil(load / target), on the load just reported, served or in flight as
