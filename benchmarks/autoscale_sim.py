@@ -90,7 +90,9 @@ shows (`--fit-contention` prints them, `measured_startups`): medians 4.46, 4.45,
 router's backoff capped at 0.05 s, elasticml.serve.routing). Not the cap's doing: its ramp and flat draws
 replayed under Serve's 0.5-s cap started in 4.47 s (one at once) and 4.61 s (two). The runs before, on other
 draws, took longer and longer with more at once (medians 5.07 s for one to 7.27 s for four or more in the
-records of 617537a, 371ee46 and 0e672bb), which the model had as 4.3 s + 0.5 s a start."""
+records of 617537a, 371ee46 and 0e672bb), which the model had as 4.3 s + 0.5 s a start; and the run after it
+(1a36042, seeds 33000) took 4.64, 4.71, 4.79 and 5.19 s (62, 16, 7 and 3), so how start-ups grow with how many
+start moves with the draws, and one constant is a fit to one run."""
 CONTENTION_BASE = 0.0
 CONTENTION_PER_START = 0.1
 """How much replicas starting slow the requests served meanwhile (see the module docstring): by
