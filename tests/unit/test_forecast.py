@@ -200,7 +200,10 @@ def test_its_state_round_trips_and_hostile_state_starts_afresh():
                 {**fc.to_dict(), "checked": "3"}, {**fc.to_dict(), "level": 1e308, "trend": 1e308},
                 {**fc.to_dict(), "season": [1e300] * len(fc.season)}, {**fc.to_dict(), "startup_s": 1e6},
                 {**fc.to_dict(), "startup_s": -1.0}, {**fc.to_dict(), "backlogged": "yes"},
-                {**fc.to_dict(), "backlogged": 1}):
+                {**fc.to_dict(), "backlogged": 1}, {**fc.to_dict(), "gap": [[20, 1.0]]},
+                {**fc.to_dict(), "gap": [[0, -1.0]]}, {**fc.to_dict(), "gap": [[True, 1.0]]},
+                {**fc.to_dict(), "gap": [[0, 1.0]] * 21}, {**fc.to_dict(), "gap": "[]"},
+                {**fc.to_dict(), "gap_from": float("nan")}, {**fc.to_dict(), "gap_from": "1"}):
         fresh = LoadForecaster.from_dict(cfg, bad)
         assert fresh.buckets == 0 and fresh.level is None
     # A backlog open at the save is still open after it; state from before the flag was kept had none open.
@@ -669,6 +672,51 @@ def test_a_bucket_in_which_requests_waited_teaches_neither_the_level_nor_the_pro
     assert every.level == pytest.approx(8.0, abs=0.1) and not every.backlogged
     with pytest.raises(ConfigError, match="learn_while_waiting"):
         ForecastConfig(learn_while_waiting="no")  # type: ignore[arg-type]
+
+
+def test_a_first_season_that_opens_on_a_backlog_does_not_teach_its_drain_as_demand():
+    """A deployment that starts on a rise: a backlog grows on one replica's 4 slots, then replicas come and drain
+    it (24 served, the backlog falling), then 10 are served with none waiting. The slots the drain served take a
+    line to the load after the wait, so next season the profile foresees no spike: the policy asks for the
+    replicas 10 needs, not 24's."""
+    cfg = ForecastConfig(season_s=30.0, bucket_s=1.0, warmup_buckets=5)
+    fc = LoadForecaster(config=cfg)
+    tick = 0.1
+
+    def served(t: float) -> tuple[float, float]:  # (load served, requests waiting) at t into the season
+        if t < 4:
+            return 4.0, 2.0 + 4 * t  # the backlog grows on one replica
+        if t < 8:
+            return 24.0, 18.0 - 4 * (t - 4)  # the replicas that came drain it
+        return 10.0, 0.0
+
+    def season(t: float) -> tuple[float, float]:  # the first season, then 10 served all along
+        return served(t) if t < 30 else (10.0, 0.0)
+
+    for i in range(int(33.5 / tick)):
+        fc.observe(i * tick, *season(i * tick))
+    assert fc.seasonal
+    assert max(fc.season[4:8]) <= 10.0 + 1e-9  # the drain's slots: on the way to the load after the wait
+    assert min(fc.season[:4]) >= 4.0 - 1e-9  # the growing backlog's: no lower than what the slots held
+    # Next season at the slot before the drain's: the forecast holds what is served.
+    decision = fc.decide(running=5, low=1, high=20)
+    assert decision.mode == "predictive" and decision.replicas == 5
+
+
+def test_a_first_season_wait_after_a_learnt_slot_starts_its_line_there():
+    """A wait later in a first season: the line runs from the slot before it to the load after it."""
+    fc = LoadForecaster(config=ForecastConfig(season_s=20.0, bucket_s=1.0))
+    for i in range(100):
+        fc.observe(i * 0.1, 2.0)
+    for i in range(100, 130):  # three buckets draining a backlog at 12 served (two completed by the end)
+        fc.observe(i * 0.1, 12.0, waiting=9.0 - (i - 100) * 0.3)
+    assert [slot for slot, _ in fc.gap] == [10, 11] and fc.gap_from == pytest.approx(2.0)
+    state = LoadForecaster.from_dict(fc.config, fc.to_dict())  # a restart mid-wait keeps the gap open
+    assert state.gap == fc.gap and state.gap_from == fc.gap_from
+    for i in range(130, 150):
+        fc.observe(i * 0.1, 6.0)
+    assert fc.season[10:13] == pytest.approx([3.0, 4.0, 5.0]) and fc.season[13] == pytest.approx(6.0)
+    assert not fc.gap and fc.gap_from is None
 
 
 def test_before_the_warm_up_a_backlog_counts_at_its_share_and_after_it_through_the_one_more_rule():

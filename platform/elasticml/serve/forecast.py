@@ -40,8 +40,11 @@ the slots (the presets: 2 and 16 of 32) leaves room; ServeConfig refuses "runnin
 or above them; and until the forecaster has seen `warmup_buckets` (a deployment that learnt nothing
 may start under load on one replica) the waiting requests count too, at `warmup_backlog_share`.
 A bucket in which requests waited shows what the slots held, not the demand: the level, the trend
-and a learnt profile skip it, and the level restarts at the load after it. "in_flight" follows
-Serve's count, as before.
+and a learnt profile skip it, and the level restarts at the load after it. A first season has no
+profile to keep, so once the wait is over its slots take a line from the load before the wait to
+the load after it, no lower than what the slots held while the backlog grew (a lower bound on the
+demand): while a backlog drains the slots serve more than arrives, a spike next season would
+foresee. "in_flight" follows Serve's count, as before.
 
 Scaling down has hysteresis: replicas are given back only when the forecast for the whole coming
 start-up window fits in one replica fewer (in `down_headroom` of it; 1 by default, the window and
@@ -242,6 +245,15 @@ class LoadForecaster:
     """The last completed bucket had requests waiting: the next one without restarts the level (`_complete`)."""
     bucket_waiting: bool = False
     """Requests waited at some observation of the bucket being filled."""
+    bucket_queue: tuple[float, float] = (0.0, 0.0)
+    """The requests waiting at the first and at the last observation of the bucket being filled: a backlog
+    that fell drained in it."""
+    gap: list[tuple[int, float]] = field(default_factory=list)
+    """A first season's slots whose buckets had requests waiting, in order, each with what it holds at least:
+    the load served where the backlog did not fall (the demand was no lower), else 0. `_complete` fills them
+    once a bucket has none waiting."""
+    gap_from: float | None = None
+    """The profile's slot before `gap`, None where the gap opened the first season."""
     latest: float | None = None
     """The last load observed: what the reactive fallback and the floor of a decision use, as Serve's own
     rule uses the load it was just told (the bucket's mean so far would lag a rise by up to a bucket)."""
@@ -268,26 +280,31 @@ class LoadForecaster:
         while now >= self.bucket_start + size:
             if self.bucket_n:
                 waited = self.bucket_waiting and not self.config.learn_while_waiting
-                self._complete(self.bucket_sum / self.bucket_n, waited=waited)
+                self._complete(self.bucket_sum / self.bucket_n, waited=waited,
+                               drained=self.bucket_queue[1] < self.bucket_queue[0])
                 self.bucket_sum, self.bucket_n, self.bucket_waiting = 0.0, 0, False
             else:  # a silent bucket (no tick in it) repeats the last value, and leaves a backlog open
                 self._complete(self.level if self.level is not None else 0.0, skipped=True, waited=self.backlogged)
             self.bucket_start += size
             if now - self.bucket_start > size * 1000:  # a long gap (a restart): jump, do not replay it
                 self.bucket_start = math.floor(now / size) * size
+        queue = max(0.0, float(waiting)) if is_finite_number(waiting) else 0.0
+        self.bucket_queue = (queue if self.bucket_n == 0 else self.bucket_queue[0], queue)
         self.bucket_sum += load
         self.bucket_n += 1
-        if is_finite_number(waiting) and waiting >= 1.0:
+        if queue >= 1.0:
             self.bucket_waiting = True
 
     def _slot(self, index: int) -> int:
         return index % self.config.slots
 
-    def _complete(self, y: float, *, skipped: bool = False, waited: bool = False) -> None:
+    def _complete(self, y: float, *, skipped: bool = False, waited: bool = False, drained: bool = False) -> None:
         """A bucket's mean load `y`. Where requests waited in it (`waited`), `y` is what the replicas' slots could
-        hold, not the demand: neither the level and trend nor a learnt season's profile take it in (a first
-        season's slot still does, a lower bound where it has nothing), and the first bucket without restarts the
-        level at its load and the trend at zero, as a jump from the level before the backlog is no trend."""
+        hold, not the demand: neither the level and trend nor a learnt season's profile take it in, and the first
+        bucket without restarts the level at its load and the trend at zero, as a jump from the level before the
+        backlog is no trend. A first season's slot has nothing to keep: it holds `y` until the wait is over, then
+        its share of a line from the slot before the wait to the load after (`_fill_gap`). `drained`: the
+        backlog fell in the bucket, so its slots served more than arrived and `y` bounds nothing."""
         cfg = self.config
         index = round(self.bucket_start / cfg.bucket_s)  # type: ignore[operator]  # a bucket has started before one completes
         self.last_index = index
@@ -316,12 +333,28 @@ class LoadForecaster:
             first = self.seasons_seen < 1
             if first or not waited:
                 self.season[slot] = y if first else cfg.gamma * y + (1 - cfg.gamma) * self.season[slot]
+            if first and waited:
+                if not self.gap:
+                    self.gap_from = self.season[self._slot(index - 1)] if self.buckets else None
+                self.gap.append((slot, 0.0 if drained else y))
+            elif self.gap and not waited:
+                self._fill_gap(y)
             self.seasons_seen += 1 / cfg.slots
         self.buckets += 1
         ahead = self._steps_ahead()
         self.pending.append((index + ahead, self.forecast(ahead)))
         while len(self.pending) > 4 * ahead + 8:
             self.pending.popleft()
+
+    def _fill_gap(self, after: float) -> None:
+        """The first season's slots in which requests waited, now that a bucket had none (its load `after`): a
+        line from the slot before them (or, where they opened the season, the lower of the first one's load and
+        `after`) to `after`, each slot no lower than its floor (`gap`)."""
+        before = self.gap_from if self.gap_from is not None else min(self.season[self.gap[0][0]], after)
+        n = len(self.gap)
+        for j, (slot, floor) in enumerate(self.gap):
+            self.season[slot] = max(floor, before + (after - before) * (j + 1) / (n + 1))
+        self.gap, self.gap_from = [], None
 
     # -- forecasts -------------------------------------------------------------------
     @property
@@ -442,7 +475,8 @@ class LoadForecaster:
                 "season": [round(x, 6) for x in self.season],
                 "seasons_seen": self.seasons_seen, "bucket_start": self.bucket_start, "buckets": self.buckets,
                 "sq_error": self.sq_error, "mean_error": self.mean_error, "checked": self.checked,
-                "mean_load": self.mean_load, "startup_s": self.startup_s, "backlogged": self.backlogged}
+                "mean_load": self.mean_load, "startup_s": self.startup_s, "backlogged": self.backlogged,
+                "gap": [[slot, round(floor, 6)] for slot, floor in self.gap], "gap_from": self.gap_from}
 
     @classmethod
     def from_dict(cls, config: ForecastConfig, raw: Any) -> LoadForecaster:
@@ -472,6 +506,13 @@ class LoadForecaster:
             backlogged = raw.get("backlogged", False)  # newer than the format: without it, no backlog was open
             if type(backlogged) is not bool:
                 return fresh
+            gap, gap_from = raw.get("gap", []), raw.get("gap_from")  # newer than the format: without, none open
+            if not (isinstance(gap, list) and len(gap) <= config.slots and all(
+                    isinstance(g, list) and len(g) == 2 and type(g[0]) is int and 0 <= g[0] < config.slots
+                    and is_finite_number(g[1]) and 0 <= g[1] <= MAX_STATE for g in gap)):
+                return fresh
+            if gap_from is not None and not (is_finite_number(gap_from) and 0 <= gap_from <= MAX_STATE):
+                return fresh
             # The squared error's average bounds the mean's square (the same weights); state breaking that is
             # not to_dict's
             if raw["sq_error"] < 0 or abs(mean_error) > math.sqrt(raw["sq_error"]) * (1 + 1e-9) + 1e-12:
@@ -481,7 +522,9 @@ class LoadForecaster:
                        season=[float(x) for x in season], seasons_seen=float(raw["seasons_seen"]),
                        bucket_start=optional[1], buckets=raw["buckets"], sq_error=float(raw["sq_error"]),
                        mean_error=float(mean_error), checked=min(checked, 1 << 30),
-                       mean_load=float(raw["mean_load"]), startup_s=optional[2], backlogged=backlogged)
+                       mean_load=float(raw["mean_load"]), startup_s=optional[2], backlogged=backlogged,
+                       gap=[(g[0], float(g[1])) for g in gap],
+                       gap_from=float(gap_from) if gap_from is not None and gap else None)
         except (KeyError, TypeError, ValueError, OverflowError):
             return fresh
 
