@@ -203,7 +203,9 @@ def test_its_state_round_trips_and_hostile_state_starts_afresh():
                 {**fc.to_dict(), "backlogged": 1}, {**fc.to_dict(), "gap": [[20, 1.0]]},
                 {**fc.to_dict(), "gap": [[0, -1.0]]}, {**fc.to_dict(), "gap": [[True, 1.0]]},
                 {**fc.to_dict(), "gap": [[0, 1.0]] * 21}, {**fc.to_dict(), "gap": "[]"},
-                {**fc.to_dict(), "gap_from": float("nan")}, {**fc.to_dict(), "gap_from": "1"}):
+                {**fc.to_dict(), "gap_from": float("nan")}, {**fc.to_dict(), "gap_from": "1"},
+                {**fc.to_dict(), "gap": [[0, 1.0], [0, 1.0]]}, {**fc.to_dict(), "gap": [[0, 1.0]], "gap_span": 0},
+                {**fc.to_dict(), "gap_span": True}, {**fc.to_dict(), "gap_span": 10 ** 9}):
         fresh = LoadForecaster.from_dict(cfg, bad)
         assert fresh.buckets == 0 and fresh.level is None
     # A backlog open at the save is still open after it; state from before the flag was kept had none open.
@@ -693,18 +695,24 @@ def test_a_first_season_that_opens_on_a_backlog_does_not_teach_its_drain_as_dema
     def season(t: float) -> tuple[float, float]:  # the first season, then 10 served all along
         return served(t) if t < 30 else (10.0, 0.0)
 
-    for i in range(int(33.5 / tick)):
+    asked = []
+    for i in range(int(60 / tick)):
         fc.observe(i * tick, *season(i * tick))
-    assert fc.seasonal
-    assert max(fc.season[4:8]) <= 10.0 + 1e-9  # the drain's slots: on the way to the load after the wait
-    assert min(fc.season[:4]) >= 4.0 - 1e-9  # the growing backlog's: no lower than what the slots held
-    # Next season at the slot before the drain's: the forecast holds what is served.
-    decision = fc.decide(running=5, low=1, high=20)
-    assert decision.mode == "predictive" and decision.replicas == 5
+        if i * tick >= 40:  # the coming window (11 buckets ahead) covers the drain's slots, 34-38 s
+            asked.append(fc.decide(running=5, low=1, high=20))
+        if i * tick == pytest.approx(31.5):
+            # The wait opened the season: a line from the lower of its first load and the load after (4, 10) to
+            # 10 over the eight buckets that waited, the four where the backlog grew no lower than their 4 served;
+            # the next season's first bucket blended into slot 0, not taken for the first season's.
+            line = [4 + 6 * (j + 1) / 9 for j in range(8)]
+            assert fc.season[:8] == pytest.approx([0.5 * 10 + 0.5 * line[0], *line[1:]])  # gamma 0.5
+            assert not fc.first_season and not fc.gap
+    assert {d.mode for d in asked} == {"predictive"} and {d.replicas for d in asked} == {5}
 
 
 def test_a_first_season_wait_after_a_learnt_slot_starts_its_line_there():
-    """A wait later in a first season: the line runs from the slot before it to the load after it."""
+    """A wait later in a first season: the line runs from the slot before it to the load after it, over every
+    bucket that waited (the next season's too), each slot no lower than what it served while the backlog grew."""
     fc = LoadForecaster(config=ForecastConfig(season_s=20.0, bucket_s=1.0))
     for i in range(100):
         fc.observe(i * 0.1, 2.0)
@@ -712,11 +720,41 @@ def test_a_first_season_wait_after_a_learnt_slot_starts_its_line_there():
         fc.observe(i * 0.1, 12.0, waiting=9.0 - (i - 100) * 0.3)
     assert [slot for slot, _ in fc.gap] == [10, 11] and fc.gap_from == pytest.approx(2.0)
     state = LoadForecaster.from_dict(fc.config, fc.to_dict())  # a restart mid-wait keeps the gap open
-    assert state.gap == fc.gap and state.gap_from == fc.gap_from
+    assert (state.gap, state.gap_span, state.gap_from) == (fc.gap, 2, fc.gap_from)
     for i in range(130, 150):
         fc.observe(i * 0.1, 6.0)
     assert fc.season[10:13] == pytest.approx([3.0, 4.0, 5.0]) and fc.season[13] == pytest.approx(6.0)
     assert not fc.gap and fc.gap_from is None
+    # A wait from the first season's last two buckets into the next two: the line runs over all four.
+    late = LoadForecaster(config=ForecastConfig(season_s=20.0, bucket_s=1.0))
+    for i in range(240):
+        t = i * 0.1
+        late.observe(t, 2.0 if t < 18 else 6.0 if t >= 22 else 12.0, waiting=9.0 - t / 10 if 18 <= t < 22 else 0.0)
+    assert late.season[18:20] == pytest.approx([2.8, 3.6])  # 2 to 6 in five steps, not three
+    # A backlog that grows at 12 served, then 6 served with none waiting: 12 was demand, the slots keep it.
+    grown = LoadForecaster(config=ForecastConfig(season_s=20.0, bucket_s=1.0))
+    for i in range(40):
+        grown.observe(i * 0.1, 12.0 if i < 30 else 6.0, waiting=1.0 + i * 0.1 if i < 30 else 0.0)
+    assert grown.season[:3] == pytest.approx([12.0] * 3)
+    # Buckets with no observation during a wait repeat the level, which bounds nothing: the line, not the 30 of
+    # the first bucket's.
+    silent = LoadForecaster(config=ForecastConfig(season_s=20.0, bucket_s=1.0))
+    for i in range(10):
+        silent.observe(i * 0.1, 30.0, waiting=5.0)
+    for t in (4.0, 4.5, 5.0):
+        silent.observe(t, 5.0)
+    assert silent.season[0] == pytest.approx(30.0) and silent.season[1:4] == pytest.approx([5.0] * 3)
+    # A wait after a restart's jump follows no learnt slot: the slot before it was never taught (0), so the
+    # line starts from the lower of the wait's first load and the load after, not from 0.
+    jumped = LoadForecaster(config=ForecastConfig(season_s=20.0, bucket_s=1.0))
+    for i in range(50):
+        jumped.observe(i * 0.1, 8.0)
+    for i in range(30):  # slots 10-12 drain a backlog at 12 served
+        jumped.observe(2010 + i * 0.1, 12.0, waiting=9.0 - i * 0.3)
+    assert jumped.gap_from is None
+    for i in range(20):
+        jumped.observe(2013 + i * 0.1, 8.0)
+    assert jumped.season[9] == 0.0 and jumped.season[10:13] == pytest.approx([8.0] * 3)
 
 
 def test_before_the_warm_up_a_backlog_counts_at_its_share_and_after_it_through_the_one_more_rule():

@@ -41,10 +41,11 @@ or above them; and until the forecaster has seen `warmup_buckets` (a deployment 
 may start under load on one replica) the waiting requests count too, at `warmup_backlog_share`.
 A bucket in which requests waited shows what the slots held, not the demand: the level, the trend
 and a learnt profile skip it, and the level restarts at the load after it. A first season has no
-profile to keep, so once the wait is over its slots take a line from the load before the wait to
-the load after it, no lower than what the slots held while the backlog grew (a lower bound on the
-demand): while a backlog drains the slots serve more than arrives, a spike next season would
-foresee. "in_flight" follows Serve's count, as before.
+profile to keep, so once the wait is over its slots take a line from the load before the wait (where
+the wait opened the season, the lower of its first load and the load after) to the load after it,
+no lower than what the slots held while the backlog grew (a lower bound on the demand): while a
+backlog drains the slots serve more than arrives, a spike next season would foresee. "in_flight"
+follows Serve's count, as before.
 
 Scaling down has hysteresis: replicas are given back only when the forecast for the whole coming
 start-up window fits in one replica fewer (in `down_headroom` of it; 1 by default, the window and
@@ -249,11 +250,15 @@ class LoadForecaster:
     """The requests waiting at the first and at the last observation of the bucket being filled: a backlog
     that fell drained in it."""
     gap: list[tuple[int, float]] = field(default_factory=list)
-    """A first season's slots whose buckets had requests waiting, in order, each with what it holds at least:
-    the load served where the backlog did not fall (the demand was no lower), else 0. `_complete` fills them
-    once a bucket has none waiting."""
+    """The first season's slots whose buckets had requests waiting, one after another, each with what it holds at
+    least: the load served where the backlog did not fall (the demand was no lower), else 0 (a backlog that
+    drained, or a bucket with no observation). `_complete` fills them once a bucket has none waiting."""
+    gap_span: int = 0
+    """The buckets with requests waiting since `gap` opened, those after the first season too: the line that fills
+    the gap runs over all of them, to the first bucket without."""
     gap_from: float | None = None
-    """The profile's slot before `gap`, None where the gap opened the first season."""
+    """What the slot before the gap held when the gap opened; None where the gap opened the first season or
+    followed no completed bucket (after a restart's jump or a clock step back, that slot was never learnt)."""
     latest: float | None = None
     """The last load observed: what the reactive fallback and the floor of a decision use, as Serve's own
     rule uses the load it was just told (the bucket's mean so far would lag a rise by up to a bucket)."""
@@ -303,10 +308,12 @@ class LoadForecaster:
         hold, not the demand: neither the level and trend nor a learnt season's profile take it in, and the first
         bucket without restarts the level at its load and the trend at zero, as a jump from the level before the
         backlog is no trend. A first season's slot has nothing to keep: it holds `y` until the wait is over, then
-        its share of a line from the slot before the wait to the load after (`_fill_gap`). `drained`: the
-        backlog fell in the bucket, so its slots served more than arrived and `y` bounds nothing."""
+        its share of a line to the load after (`_fill_gap`), no lower than `y` where the backlog did not fall.
+        `drained`: the backlog fell in the bucket, so its slots served more than arrived and `y` bounds nothing;
+        a `skipped` bucket (no observation) repeats the level, which bounds nothing either."""
         cfg = self.config
         index = round(self.bucket_start / cfg.bucket_s)  # type: ignore[operator]  # a bucket has started before one completes
+        follows = self.last_index == index - 1
         self.last_index = index
         while self.pending and self.pending[0][0] < index:
             self.pending.popleft()
@@ -330,13 +337,15 @@ class LoadForecaster:
             self.trend = cfg.beta * (self.level - previous) + (1 - cfg.beta) * cfg.phi * self.trend
         if cfg.slots:
             slot = self._slot(index)
-            first = self.seasons_seen < 1
+            first = self.first_season
             if first or not waited:
                 self.season[slot] = y if first else cfg.gamma * y + (1 - cfg.gamma) * self.season[slot]
-            if first and waited:
+            if waited and (first or self.gap):
                 if not self.gap:
-                    self.gap_from = self.season[self._slot(index - 1)] if self.buckets else None
-                self.gap.append((slot, 0.0 if drained else y))
+                    self.gap_from = self.season[self._slot(index - 1)] if self.buckets and follows else None
+                if first and all(slot != s for s, _ in self.gap):  # a step back in time may repeat a slot
+                    self.gap.append((slot, 0.0 if drained or skipped else y))
+                self.gap_span = min(self.gap_span + 1, MAX_SLOTS * 2)
             elif self.gap and not waited:
                 self._fill_gap(y)
             self.seasons_seen += 1 / cfg.slots
@@ -348,13 +357,13 @@ class LoadForecaster:
 
     def _fill_gap(self, after: float) -> None:
         """The first season's slots in which requests waited, now that a bucket had none (its load `after`): a
-        line from the slot before them (or, where they opened the season, the lower of the first one's load and
-        `after`) to `after`, each slot no lower than its floor (`gap`)."""
+        line over every bucket that waited (`gap_span`) from the slot before them (or, where there is none, the
+        lower of the first one's load and `after`) to `after`, each slot no lower than its floor (`gap`)."""
         before = self.gap_from if self.gap_from is not None else min(self.season[self.gap[0][0]], after)
-        n = len(self.gap)
+        n = max(self.gap_span, len(self.gap))
         for j, (slot, floor) in enumerate(self.gap):
             self.season[slot] = max(floor, before + (after - before) * (j + 1) / (n + 1))
-        self.gap, self.gap_from = [], None
+        self.gap, self.gap_span, self.gap_from = [], 0, None
 
     # -- forecasts -------------------------------------------------------------------
     @property
@@ -383,8 +392,14 @@ class LoadForecaster:
         return max(0.0, y)
 
     @property
+    def first_season(self) -> bool:
+        """Fewer buckets than a season's slots completed (counted whole: `seasons_seen` adds 1 / slots a bucket,
+        which summed `slots` times can fall a rounding short of 1)."""
+        return self.seasons_seen * self.config.slots < self.config.slots - 0.5
+
+    @property
     def seasonal(self) -> bool:
-        return bool(self.config.slots) and self.seasons_seen >= 1
+        return bool(self.config.slots) and not self.first_season
 
     @property
     def rms_error(self) -> float:
@@ -476,7 +491,8 @@ class LoadForecaster:
                 "seasons_seen": self.seasons_seen, "bucket_start": self.bucket_start, "buckets": self.buckets,
                 "sq_error": self.sq_error, "mean_error": self.mean_error, "checked": self.checked,
                 "mean_load": self.mean_load, "startup_s": self.startup_s, "backlogged": self.backlogged,
-                "gap": [[slot, round(floor, 6)] for slot, floor in self.gap], "gap_from": self.gap_from}
+                "gap": [[slot, round(floor, 6)] for slot, floor in self.gap], "gap_span": self.gap_span,
+                "gap_from": self.gap_from}
 
     @classmethod
     def from_dict(cls, config: ForecastConfig, raw: Any) -> LoadForecaster:
@@ -506,10 +522,16 @@ class LoadForecaster:
             backlogged = raw.get("backlogged", False)  # newer than the format: without it, no backlog was open
             if type(backlogged) is not bool:
                 return fresh
-            gap, gap_from = raw.get("gap", []), raw.get("gap_from")  # newer than the format: without, none open
+            # Newer than the format: without them no gap is open (slots a wait taught before keep what was served).
+            gap, gap_from = raw.get("gap", []), raw.get("gap_from")
             if not (isinstance(gap, list) and len(gap) <= config.slots and all(
                     isinstance(g, list) and len(g) == 2 and type(g[0]) is int and 0 <= g[0] < config.slots
                     and is_finite_number(g[1]) and 0 <= g[1] <= MAX_STATE for g in gap)):
+                return fresh
+            if len({g[0] for g in gap}) != len(gap):
+                return fresh
+            gap_span = raw.get("gap_span", len(gap))
+            if type(gap_span) is not int or not len(gap) <= gap_span <= MAX_SLOTS * 2:
                 return fresh
             if gap_from is not None and not (is_finite_number(gap_from) and 0 <= gap_from <= MAX_STATE):
                 return fresh
@@ -523,7 +545,7 @@ class LoadForecaster:
                        bucket_start=optional[1], buckets=raw["buckets"], sq_error=float(raw["sq_error"]),
                        mean_error=float(mean_error), checked=min(checked, 1 << 30),
                        mean_load=float(raw["mean_load"]), startup_s=optional[2], backlogged=backlogged,
-                       gap=[(g[0], float(g[1])) for g in gap],
+                       gap=[(g[0], float(g[1])) for g in gap], gap_span=gap_span if gap else 0,
                        gap_from=float(gap_from) if gap_from is not None and gap else None)
         except (KeyError, TypeError, ValueError, OverflowError):
             return fresh
