@@ -67,6 +67,8 @@ MAX_STATE = 1e12
 beyond it the state is not what observations make, and a forecast from it could overflow."""
 MAX_SLOTS = 2880
 """Seasonal slots kept (season_s / bucket_s): a day in 30 s buckets; bounds the persisted state."""
+MAX_GAP_SPAN = 2 * MAX_SLOTS
+"""The most buckets `LoadForecaster.gap_span` counts: a wait without end does not grow the state."""
 
 
 MAX_SERVE_DELAY_S = 3600.0
@@ -345,7 +347,7 @@ class LoadForecaster:
                     self.gap_from = self.season[self._slot(index - 1)] if self.buckets and follows else None
                 if first and all(slot != s for s, _ in self.gap):  # a step back in time may repeat a slot
                     self.gap.append((slot, 0.0 if drained or skipped else y))
-                self.gap_span = min(self.gap_span + 1, MAX_SLOTS * 2)
+                self.gap_span = min(self.gap_span + 1, MAX_GAP_SPAN)
             elif self.gap and not waited:
                 self._fill_gap(y)
             self.seasons_seen += 1 / cfg.slots
@@ -360,7 +362,7 @@ class LoadForecaster:
         line over every bucket that waited (`gap_span`) from the slot before them (or, where there is none, the
         lower of the first one's load and `after`) to `after`, each slot no lower than its floor (`gap`)."""
         before = self.gap_from if self.gap_from is not None else min(self.season[self.gap[0][0]], after)
-        n = max(self.gap_span, len(self.gap))
+        n = self.gap_span  # never below len(gap): counted with every slot added, and checked so on resume
         for j, (slot, floor) in enumerate(self.gap):
             self.season[slot] = max(floor, before + (after - before) * (j + 1) / (n + 1))
         self.gap, self.gap_span, self.gap_from = [], 0, None
@@ -531,7 +533,7 @@ class LoadForecaster:
             if len({g[0] for g in gap}) != len(gap):
                 return fresh
             gap_span = raw.get("gap_span", len(gap))
-            if type(gap_span) is not int or not len(gap) <= gap_span <= MAX_SLOTS * 2:
+            if type(gap_span) is not int or not len(gap) <= gap_span <= MAX_GAP_SPAN:
                 return fresh
             if gap_from is not None and not (is_finite_number(gap_from) and 0 <= gap_from <= MAX_STATE):
                 return fresh
