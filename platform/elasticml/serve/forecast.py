@@ -49,7 +49,10 @@ follows Serve's count, as before.
 
 Scaling down has hysteresis: replicas are given back only when the forecast for the whole coming
 start-up window fits in one replica fewer (in `down_headroom` of it; 1 by default, the window and
-Serve's downscale delay being the hysteresis).
+Serve's downscale delay being the hysteresis). Once a decision has asked for fewer, the next ones at the
+same running count are not pulled back up by that window (only by the load or a forecast rise): Serve
+restarts its delay at every ask at or above its target, so an ask flipping with each bucket's level
+would hold the replica a whole delay after the last flip.
 """
 
 from __future__ import annotations
@@ -264,6 +267,10 @@ class LoadForecaster:
     latest: float | None = None
     """The last load observed: what the reactive fallback and the floor of a decision use, as Serve's own
     rule uses the load it was just told (the bucket's mean so far would lag a rise by up to a bucket)."""
+    fewer: tuple[int, int] | None = None
+    """(running, replicas) of the last decision where it asked for fewer replicas than were running; None once
+    one did not. Not persisted: Serve keeps its delay's timer in its controller's memory, so after a restart
+    both start again."""
     serve_delay_s: float = 0.0
     """Serve's delay before a replica is asked for (`ForecastConfig.serve_delay_s`, resolved by `serve_delay`): the
     adapter sets it every call from the deployment's config, so it is not state and is not persisted."""
@@ -469,6 +476,12 @@ class LoadForecaster:
                 window = max(max(path), self.level or 0.0) + margin
                 window = max(window, load)
                 floor = math.ceil(window / (cfg.target_per_replica * cfg.down_headroom))
+                if self.fewer is not None and self.fewer[0] == running:
+                    # Fewer were asked for at this count already: the window, which moves with every bucket's
+                    # level, does not pull the ask back up (only the load or a rise does). Serve restarts its
+                    # downscale delay at every ask at or above its target, so an ask flipping with the level
+                    # would keep the replica a whole delay after the last flip.
+                    floor = min(floor, self.fewer[1])
                 replicas = max(replicas, min(running, floor))
         if queued >= 1.0 and (queued >= load or load >= running * cfg.target_per_replica):
             # Requests wait, as many as are served or while the replicas carry their target: the served count
@@ -483,7 +496,9 @@ class LoadForecaster:
                 share = 1.0
             if share > 0:
                 replicas = max(replicas, math.ceil((load + share * queued) / cfg.target_per_replica))
-        return Decision(replicas=max(low, min(high, replicas)), mode=mode, load=load, forecast=provisioned,
+        replicas = max(low, min(high, replicas))
+        self.fewer = (running, replicas) if replicas < running else None
+        return Decision(replicas=replicas, mode=mode, load=load, forecast=provisioned,
                         lead_s=self.lead_s, rms_error=self.rms_error, predicted=predicted, noise=self.noise)
 
     # -- persistence --------------------------------------------------------------------
