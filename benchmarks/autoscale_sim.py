@@ -176,7 +176,7 @@ class Predictive:
         followed, waiting = self.signal_load(self.fc.config, in_flight=load, queued=queued, running=running)
         self.fc.observe(now, followed, waiting)
         return self.fc.decide(running=running, low=BOUNDS["min_replicas"], high=BOUNDS["max_replicas"],
-                              queued=waiting).replicas
+                              queued=waiting, target=target).replicas
 
 
 def simulate(c: Case, policy: Any, arrival_seed: int, startup_seed: int,

@@ -102,35 +102,50 @@ def test_by_default_a_replica_goes_back_once_the_coming_window_fits_in_one_fewer
     assert fc.decide(running=4, low=1, high=10).replicas == 4
 
 
-def test_once_it_asked_for_fewer_the_levels_window_does_not_flip_the_ask_and_restart_serves_delay():
+def test_once_it_asked_for_fewer_the_window_holds_below_serves_target_and_does_not_restart_its_delay():
     from ray.serve.autoscaling_policy import _apply_delay_logic
 
-    # Trusted, steady load of 0.8 on 2 replicas (target 1 each); each second a bucket moves the level, above and
-    # below one replica's worth: the window's floor alone would keep 2 at the higher level.
-    fc = LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=2.0), level=0.9, last_index=100,
-                        buckets=100, checked=100, sq_error=0.09, mean_load=1.0, latest=0.8)
+    def trusted(level: float, latest: float) -> LoadForecaster:  # steady, with some noise: no rise passes the gate
+        return LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=2.0), level=level,
+                              last_index=100, buckets=100, checked=100, sq_error=0.09, mean_load=1.0, latest=latest)
+
+    # A load of 0.8 on 2 replicas; each second a bucket moves the level above and below one replica's worth, where
+    # the window alone would ask for 2, Serve's target: that would restart Serve's downscale delay at every flip.
+    fc = trusted(0.9, 0.8)
     serve = SimpleNamespace(upscale_delay_s=0.0, downscale_delay_s=3.0, downscale_to_zero_delay_s=None)
     state: dict = {}
     target, asks, targets = 2, [], []
     for second in range(8):
         fc.level = 0.9 if second % 2 == 0 else 1.2
-        asks.append(fc.decide(running=2, low=1, high=4).replicas)
+        asks.append(fc.decide(running=target, low=1, high=4, target=target).replicas)
         target, state = _apply_delay_logic(asks[-1], target, serve, state, _now=float(second))
         targets.append(target)
-    assert asks == [1] * 8  # the old floor asked 1, 2, 1, 2, ...: Serve's delay restarted at every 2
-    assert targets[:3] == [2, 2, 2] and targets[3] == 1  # the replica goes the delay after the first ask
-    # Before any ask for fewer, the window is the hysteresis, and the load's own need still counts after one.
-    fresh = LoadForecaster(config=fc.config, level=1.2, last_index=100, buckets=100, checked=100, sq_error=0.09,
-                           mean_load=1.0, latest=0.8)
-    assert fresh.decide(running=2, low=1, high=4).replicas == 2
+    assert asks == [1] * 8  # the window alone asked 1, 2, 1, 2, ...
+    assert targets[:3] == [2, 2, 2] and targets[3:] == [1] * 5  # the replica goes the delay after the first ask
+    # Before any ask for fewer the window is the hysteresis; the load's own need still counts after one, and a
+    # new wish for fewer is held by the window again.
+    assert trusted(1.2, 0.8).decide(running=2, low=1, high=4).replicas == 2
+    fc = trusted(0.9, 0.8)
+    assert fc.decide(running=2, low=1, high=4).replicas == 1  # without a target, the running count is Serve's
+    fc.level = 1.2
+    assert fc.decide(running=2, low=1, high=4).replicas == 1
     fc.latest = 1.5
     assert fc.decide(running=2, low=1, high=4).replicas == 2
-    fc.latest = 0.8  # a new wish for fewer: the window holds again
+    fc.latest = 0.8
     assert fc.decide(running=2, low=1, high=4).replicas == 2
-    fc.level = 0.9
-    assert fc.decide(running=2, low=1, high=4).replicas == 1
-    fc.level = 1.2
-    assert fc.decide(running=3, low=1, high=4).replicas == 2  # another running count: the window counts again
+    # The window still holds below the target: 5 running, fewer asked for (3), then a window of 3.6 asks for 4,
+    # which Serve applies when its delay ends, and one of 4.2 for no more than 4.
+    fc = trusted(2.8, 2.5)
+    assert fc.decide(running=5, low=1, high=8, target=5).replicas == 3
+    fc.level = 3.6
+    assert fc.decide(running=5, low=1, high=8, target=5).replicas == 4
+    fc.level = 4.2
+    assert fc.decide(running=5, low=1, high=8, target=5).replicas == 4
+    # Against another target (Serve's changed since the ask for fewer) the window counts in full.
+    fc = trusted(0.9, 0.8)
+    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
+    fc.level = 2.2
+    assert fc.decide(running=3, low=1, high=4, target=3).replicas == 3
 
 
 def test_replica_start_up_is_measured_from_target_and_running_counts():

@@ -287,7 +287,7 @@ class PredictivePolicy:
                 whole = None
             load = in_flight = whole if whole is not None else in_flight + base * self.config.target_per_replica
         fc.observe(now, load, queued)
-        decision = fc.decide(running=base + running, low=low, high=high, queued=queued)
+        decision = fc.decide(running=base + running, low=low, high=high, queued=queued, target=base + target)
         decision.replicas, fewer_for_s = self._hold_while_none_runs(
             decision.replicas - base, target=target, running=running, now=now, config=getattr(ctx, "config", None),
             serve_down_since=_serve_down_since(ctx))

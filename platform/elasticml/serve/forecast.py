@@ -49,10 +49,10 @@ follows Serve's count, as before.
 
 Scaling down has hysteresis: replicas are given back only when the forecast for the whole coming
 start-up window fits in one replica fewer (in `down_headroom` of it; 1 by default, the window and
-Serve's downscale delay being the hysteresis). Once a decision has asked for fewer, the next ones at the
-same running count are not pulled back up by that window (only by the load or a forecast rise): Serve
-restarts its delay at every ask at or above its target, so an ask flipping with each bucket's level
-would hold the replica a whole delay after the last flip.
+Serve's downscale delay being the hysteresis). Once a decision has asked for fewer than Serve's target,
+that window holds the next ones at most one below the target (only the load, or a rise that passes
+`rise_sigmas`, asks for the target again): Serve restarts its delay at every ask at or above its target,
+so an ask flipping with each bucket's forecast would hold the replica a whole delay after the last flip.
 """
 
 from __future__ import annotations
@@ -267,10 +267,10 @@ class LoadForecaster:
     latest: float | None = None
     """The last load observed: what the reactive fallback and the floor of a decision use, as Serve's own
     rule uses the load it was just told (the bucket's mean so far would lag a rise by up to a bucket)."""
-    fewer: tuple[int, int] | None = None
-    """(running, replicas) of the last decision where it asked for fewer replicas than were running; None once
-    one did not. Not persisted: Serve keeps its delay's timer in its controller's memory, so after a restart
-    both start again."""
+    fewer: int | None = None
+    """Serve's target when the last decision asked for fewer replicas than it (its downscale delay running);
+    None once one did not. Not persisted: Serve keeps that delay's timer in its controller's memory, so after a
+    restart both start again."""
     serve_delay_s: float = 0.0
     """Serve's delay before a replica is asked for (`ForecastConfig.serve_delay_s`, resolved by `serve_delay`): the
     adapter sets it every call from the deployment's config, so it is not state and is not persisted."""
@@ -443,11 +443,14 @@ class LoadForecaster:
             self.waiting.pop(min(self.waiting))
 
     # -- the decision ---------------------------------------------------------------------
-    def decide(self, *, running: int, low: int, high: int, queued: float = 0.0) -> Decision:
+    def decide(self, *, running: int, low: int, high: int, queued: float = 0.0, target: int | None = None
+               ) -> Decision:
         """How many replicas to ask for now, within [low, high]. `queued`: the requests waiting for a free
         slot (`signal_load`'s second answer); while enough wait, every replica still starting is kept and,
-        with none starting, one more is asked for (the rule in the module docstring)."""
+        with none starting, one more is asked for (the rule in the module docstring). `target`: Serve's target
+        replicas (the running ones where not given), against which it holds an ask for fewer."""
         cfg = self.config
+        serve_target = running if target is None else target
         load = self.latest if self.latest is not None else (self.level or 0.0)
         now_need = load / cfg.target_per_replica
         predicted = 0.0
@@ -476,12 +479,11 @@ class LoadForecaster:
                 window = max(max(path), self.level or 0.0) + margin
                 window = max(window, load)
                 floor = math.ceil(window / (cfg.target_per_replica * cfg.down_headroom))
-                if self.fewer is not None and self.fewer[0] == running:
-                    # Fewer were asked for at this count already: the window, which moves with every bucket's
-                    # level, does not pull the ask back up (only the load or a rise does). Serve restarts its
-                    # downscale delay at every ask at or above its target, so an ask flipping with the level
-                    # would keep the replica a whole delay after the last flip.
-                    floor = min(floor, self.fewer[1])
+                if self.fewer == serve_target:
+                    # The last decision asked for fewer than this target, which started Serve's downscale delay;
+                    # an ask at the target restarts it, so the window, which moves with every bucket's forecast,
+                    # holds at most one below it (the load, or a rise through the gate, can still ask for more).
+                    floor = min(floor, serve_target - 1)
                 replicas = max(replicas, min(running, floor))
         if queued >= 1.0 and (queued >= load or load >= running * cfg.target_per_replica):
             # Requests wait, as many as are served or while the replicas carry their target: the served count
@@ -497,7 +499,7 @@ class LoadForecaster:
             if share > 0:
                 replicas = max(replicas, math.ceil((load + share * queued) / cfg.target_per_replica))
         replicas = max(low, min(high, replicas))
-        self.fewer = (running, replicas) if replicas < running else None
+        self.fewer = serve_target if replicas < serve_target else None
         return Decision(replicas=replicas, mode=mode, load=load, forecast=provisioned,
                         lead_s=self.lead_s, rms_error=self.rms_error, predicted=predicted, noise=self.noise)
 
