@@ -3,7 +3,7 @@
     python benchmarks/serve_autoscale.py [--rounds 5] [--scale 1.0] [--traces diurnal,ramp,flat]
         [--resamples 10000] [--forecast JSON] [--router-max-backoff-s S] [--json OUT | --no-json]
         [--png out.png] [--verbose]
-    python benchmarks/serve_autoscale.py --seasons RECORD.json
+    python benchmarks/serve_autoscale.py --seasons RECORD.json | --returns RECORD.json
 
 Setting. One local Ray instance and one Serve app at a time, a `SyntheticModel` deployment
 (elasticml/serve/loadreplay.py): each request holds one of a replica's 4 slots for 0.25 s, and a
@@ -473,6 +473,40 @@ def print_seasons(path: str) -> None:
               f"{len(rows)} rounds of {record_label(raw)}")
 
 
+def returns_to_target(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """From the predictive side's decision logs: how often it asked for fewer replicas than Serve's target, how
+    often its next ask (the log records every change) was back at that unchanged target, which restarts Serve's
+    downscale delay, and how many of those the down-scaling window's hold made: what it provisioned for (the
+    load, or a rise through the gate; logged to 3 decimals, so a value within 0.01 of the line counts as the
+    load's) fitted in one replica fewer at the benchmark's target and nothing waited. A row that is not what
+    `replay_one` records raises ValueError naming it."""
+    out = {"fewer": 0, "back": 0, "by_window": 0}
+    for k, row in enumerate(rows):
+        try:
+            logged = [e for e in row["predictive"]["raw"]["decisions"] if e.get("event") == "decision"]
+            for ask, then in zip(logged, logged[1:]):
+                if ask["replicas"] >= ask["target"]:
+                    continue
+                out["fewer"] += 1
+                if then["target"] == ask["target"] and then["replicas"] >= then["target"]:
+                    out["back"] += 1
+                    out["by_window"] += then["forecast"] < (then["target"] - 1) * TARGET - 0.01 \
+                        and (then.get("queued") or 0.0) < 1.0
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"round {k}: not a round of this benchmark's record ({str(exc)[:200]})") from None
+    return out
+
+
+def print_returns(path: str) -> None:
+    """--returns: `returns_to_target` for each trace of a record (nothing is replayed)."""
+    raw = read_record(path)
+    for name, rows in raw["samples"].items():
+        if isinstance(rows, list) and rows:
+            n = returns_to_target(rows)
+            print(f"{name[:40]!s}: asks for fewer than the target {n['fewer']}, next ask back at it {n['back']}, "
+                  f"of which by the window's hold {n['by_window']}; {len(rows)} rounds of {record_label(raw)}")
+
+
 QUEUE_WINDOW_S = 2.0
 """The window `served_per_replica` counts in."""
 
@@ -561,6 +595,8 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true", help="print each policy's replicas over time")
     ap.add_argument("--seasons", default=None, metavar="RECORD_JSON",
                     help="a record's requests over the SLO in the first season and after it; replays nothing")
+    ap.add_argument("--returns", default=None, metavar="RECORD_JSON",
+                    help="how often the predictive side's ask went back to Serve's target after fewer; replays nothing")
     ap.add_argument("--queue", nargs=3, default=None, metavar=("RECORD_JSON", "TRACE", "ROUND"),
                     help="one round of a record, every 2 s: sent, answered, running, in flight, answered a replica")
     args = ap.parse_args()
@@ -575,6 +611,12 @@ def main() -> None:
             print_seasons(args.seasons)
         except (OSError, ValueError) as exc:
             ap.error(f"--seasons: {exc}")
+        return
+    if args.returns is not None:
+        try:
+            print_returns(args.returns)
+        except (OSError, ValueError) as exc:
+            ap.error(f"--returns: {exc}")
         return
     chosen = args.traces.split(",")
     unknown = [t for t in chosen if t not in DURATIONS]

@@ -179,6 +179,30 @@ def test_requests_over_the_slo_split_at_the_first_season_as_the_record_counts_th
         bench.print_seasons(str(record))
 
 
+def test_returns_to_target_counts_the_asks_that_restart_serves_downscale_delay(bench: Any, tmp_path: Path,
+                                                                               capsys: Any) -> None:
+    def ask(replicas: int, target: int, forecast: float, queued: float | None = 0.0) -> dict[str, Any]:
+        return {"event": "decision", "replicas": replicas, "target": target, "forecast": forecast, "queued": queued}
+
+    log = [ask(3, 3, 8.0), ask(2, 3, 5.0),
+           ask(3, 3, 5.0),           # back at the target on a forecast that fits 2 replicas: the window's hold
+           ask(2, 3, 5.5), ask(3, 3, 5.995),   # at the line, as logged (over it unrounded): the load's
+           ask(2, 3, 4.0), ask(3, 3, 4.0, queued=2.0),   # requests waiting: the backlog rule's
+           ask(2, 3, 4.0), ask(2, 2, 4.0),   # Serve applied the ask: a new target, no return
+           {"event": "resumed"}, ask(1, 2, 2.0), ask(2, 2, 4.0, queued=None)]   # the load's again
+    rows = [{"predictive": {"raw": {"decisions": log}}}]
+    assert bench.returns_to_target(rows) == {"fewer": 5, "back": 4, "by_window": 1}
+    record = tmp_path / "run.json"
+    record.write_text(json.dumps({"script": "benchmarks/serve_autoscale.py", "command": "c", "commit": "abc1234",
+                                  "samples": {"flat": rows}}))
+    bench.print_returns(str(record))
+    assert "flat: asks for fewer than the target 5, next ask back at it 4, of which by the window's hold 1" \
+        in capsys.readouterr().out
+    with pytest.raises(ValueError, match="round 1: "):
+        bench.returns_to_target([rows[0], {"predictive": {"raw": {"decisions": [ask(1, 2, 1.0),
+                                                                               {"event": "decision"}]}}}])
+
+
 def test_served_per_replica_counts_each_window_from_the_raw_requests_and_replica_samples(bench: Any) -> None:
     side = {"raw": {"sent_at_s": [0.0, 0.5, 1.0, 2.5, 3.9], "latency_s": [0.25, 0.25, 1.5, 0.25, 0.5],
                     "replicas": [[0.0, 1], [1.5, 2]]}}
