@@ -600,24 +600,15 @@ def main() -> None:
     ap.add_argument("--queue", nargs=3, default=None, metavar=("RECORD_JSON", "TRACE", "ROUND"),
                     help="one round of a record, every 2 s: sent, answered, running, in flight, answered a replica")
     args = ap.parse_args()
-    if args.queue is not None:
-        try:
-            print_queue(args.queue[0], args.queue[1], int(args.queue[2]))
-        except (OSError, ValueError) as exc:
-            ap.error(f"--queue: {exc}")
-        return
-    if args.seasons is not None:
-        try:
-            print_seasons(args.seasons)
-        except (OSError, ValueError) as exc:
-            ap.error(f"--seasons: {exc}")
-        return
-    if args.returns is not None:
-        try:
-            print_returns(args.returns)
-        except (OSError, ValueError) as exc:
-            ap.error(f"--returns: {exc}")
-        return
+    readers: dict[str, Callable[[Any], None]] = {  # each reads a record and replays nothing
+        "queue": lambda v: print_queue(v[0], v[1], int(v[2])), "seasons": print_seasons, "returns": print_returns}
+    for flag, read in readers.items():
+        if getattr(args, flag) is not None:
+            try:
+                read(getattr(args, flag))
+            except (OSError, ValueError) as exc:
+                ap.error(f"--{flag}: {exc}")
+            return
     chosen = args.traces.split(",")
     unknown = [t for t in chosen if t not in DURATIONS]
     if unknown or args.rounds < 1 or not 0 < args.scale <= 10:
