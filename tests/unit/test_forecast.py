@@ -148,6 +148,25 @@ def test_once_it_asked_for_fewer_the_window_holds_below_serves_target_and_does_n
     assert fc.decide(running=3, low=1, high=4, target=3).replicas == 3
 
 
+def test_serves_policy_holds_an_ask_for_fewer_against_serves_target_not_the_running_count(monkeypatch):
+    from elasticml.serve import autoscale
+
+    monkeypatch.setattr(autoscale, "_kv_get", lambda key: None)
+    monkeypatch.setattr(autoscale, "_kv_put", lambda key, value: None)
+    policy = autoscale.PredictivePolicy(target_per_replica=1.0, startup_s=2.0, signal="in_flight")
+    policy.forecaster = LoadForecaster(config=policy.config, level=0.9, last_index=99, buckets=100, checked=100,
+                                       sq_error=0.09, mean_load=1.0, bucket_start=100.0)
+
+    def ask(t: float) -> int:  # 2 running while Serve's target is 3 (one starting), 0.8 in flight
+        return policy(SimpleNamespace(current_time=t, app_name="a", deployment_name="d", target_num_replicas=3,
+                                      current_num_replicas=2, total_num_requests=0.8,
+                                      capacity_adjusted_min_replicas=1, capacity_adjusted_max_replicas=8))[0]
+
+    assert ask(100.1) == 1
+    policy.forecaster.level = 1.2  # the window now fits 2: below Serve's target, so no delay restarts
+    assert ask(100.2) == 2  # held against the running count, it would stay at 1
+
+
 def test_replica_start_up_is_measured_from_target_and_running_counts():
     fc = LoadForecaster(config=ForecastConfig(startup_s=30.0))
     assert fc.lead_s == 31.0
