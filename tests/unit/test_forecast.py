@@ -148,6 +148,47 @@ def test_once_it_asked_for_fewer_the_window_holds_below_serves_target_and_does_n
     assert fc.decide(running=3, low=1, high=4, target=3).replicas == 3
 
 
+def test_with_a_down_band_a_load_on_the_line_keeps_asking_for_fewer_while_the_wish_runs():
+    from ray.serve.autoscaling_policy import _apply_delay_logic
+
+    def trusted(band: float, latest: float) -> LoadForecaster:  # steady at one replica's line: no rise passes the gate
+        return LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=2.0, down_band=band),
+                              level=0.9, last_index=100, buckets=100, checked=100, sq_error=0.09, mean_load=1.0,
+                              latest=latest)
+
+    # 2 replicas, a load of 0.8 asks for 1; then the load's reports wander about the line (1.1, 0.9, ...): without
+    # the band each one over it asks for Serve's target, 2, and restarts its downscale delay.
+    serve = SimpleNamespace(upscale_delay_s=0.0, downscale_delay_s=5.0, downscale_to_zero_delay_s=None)
+    loads = [0.8, 1.1, 0.9, 1.15, 0.95, 1.1, 0.9, 0.95]
+    kept = {}
+    for band in (0.0, 0.2):
+        fc, target, state, asks, targets = trusted(band, 0.8), 2, {}, [], []
+        for second, load in enumerate(loads):
+            fc.latest = load
+            asks.append(fc.decide(running=target, low=1, high=4, target=target).replicas)
+            target, state = _apply_delay_logic(asks[-1], target, serve, state, _now=float(second))
+            targets.append(target)
+        kept[band] = targets
+        assert asks == ([1, 2, 1, 2, 1, 2, 1, 1] if band == 0.0 else [1] * 8)
+    assert kept[0.0] == [2] * 8  # every ask at the target restarted the delay: the replica was never given back
+    assert kept[0.2] == [2] * 5 + [1] * 3  # given back the delay after the first ask
+    # The band is only for a wish that runs: before an ask for fewer the load over the line asks for the target;
+    # a load beyond the band asks for it during one; so does a rise through the gate.
+    assert trusted(0.2, 1.1).decide(running=1, low=1, high=4, target=1).replicas == 2
+    fc = trusted(0.2, 0.8)
+    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
+    fc.latest = 1.25
+    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 2
+    fc = trusted(0.2, 0.8)
+    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
+    fc.latest, fc.level, fc.trend = 0.85, 0.85, 0.14  # a forecast of 1.19, its rise just over the noise (0.3)
+    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 2
+    with pytest.raises(ConfigError, match="down_band"):
+        ForecastConfig(down_band=1.5)
+    with pytest.raises(ConfigError, match="down_band"):
+        ForecastConfig(down_band=float("nan"))
+
+
 def test_serves_policy_holds_an_ask_for_fewer_against_serves_target_not_the_running_count(monkeypatch):
     from elasticml.serve import autoscale
 

@@ -53,6 +53,7 @@ Serve's downscale delay being the hysteresis). Once a decision has asked for few
 that window holds the next ones at most one below the target (only the load, or a rise that passes
 `rise_sigmas`, asks for the target again): Serve restarts its delay at every ask at or above its target,
 so an ask flipping with each bucket's forecast would hold the replica a whole delay after the last flip.
+With `down_band` the load too must clear the line by that share of a replica to ask for the target again.
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ class ForecastConfig:
     down_headroom: float = 1.0
     """Give a replica back only when the coming load fits in this share of one replica fewer (1: when it fits;
     the coming window and Serve's downscale delay are the hysteresis)."""
+    down_band: float = 0.0
+    """While an ask for fewer than Serve's target runs (its downscale delay counting) and no rise passes
+    `rise_sigmas`, the load's own need is read this share of one replica's target lower: a load on the line
+    between two counts, whose noise would ask for the target again and restart Serve's delay, then keeps asking
+    for fewer (the replicas left carry up to this share of a replica more for the delay). 0: no band (the
+    coming window alone holds the ask, see `LoadForecaster.decide`)."""
     signal: str = "running"
     """The load the forecast follows (see `signal_load`): "running", the requests the replicas serve (of those
     in flight, what the running replicas' slots hold), or "in_flight", Serve's own count."""
@@ -171,6 +178,7 @@ class ForecastConfig:
         check_number(self.max_relative_error, field="max_relative_error", lo=0.01, hi=100)
         check_number(self.warmup_buckets, field="warmup_buckets", lo=1, hi=100_000, integer=True)
         check_number(self.down_headroom, field="down_headroom", lo=0.1, hi=1.0)
+        check_number(self.down_band, field="down_band", lo=0, hi=1.0)
         check_number(self.rise_sigmas, field="rise_sigmas", lo=0, hi=10)
         check_number(self.warmup_backlog_share, field="warmup_backlog_share", lo=0, hi=1)
         check_number(self.backlog_share, field="backlog_share", lo=0, hi=1)
@@ -466,13 +474,18 @@ class LoadForecaster:
             # Measured from the level as well as the load just reported: a dip in that report (a tick's
             # count, noisier than a bucket's mean) would otherwise widen the gap and provision for the rise.
             rise = predicted - max(load, self.level or 0.0)
-            base = predicted if rise >= cfg.rise_sigmas * self.noise else load
+            rising = rise >= cfg.rise_sigmas * self.noise
+            base = predicted if rising else load
             provisioned = max(base + margin, load)
             mode = "predictive"
             if not all(math.isfinite(x) for x in (provisioned, margin, *path)):
                 # state no observations make (from_dict bounds what it reads back): Serve's rule, not a crash
                 path, margin, provisioned, mode = [load], 0.0, load, "reactive"
             replicas = math.ceil(provisioned / cfg.target_per_replica)
+            if cfg.down_band and self.fewer == serve_target and not rising:
+                # A wish for fewer runs: the load must clear the line by the band to ask for the target again.
+                replicas = math.ceil(max(0.0, provisioned - cfg.down_band * cfg.target_per_replica)
+                                     / cfg.target_per_replica)
             if replicas < running:
                 # Hysteresis: only as far down as the whole coming window allows, with headroom; a
                 # falling trend is not taken as a promise (the level now counts).
