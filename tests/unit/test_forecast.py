@@ -151,9 +151,9 @@ def test_once_it_asked_for_fewer_the_window_holds_below_serves_target_and_does_n
 def test_with_a_down_band_a_load_on_the_line_keeps_asking_for_fewer_while_the_wish_runs():
     from ray.serve.autoscaling_policy import _apply_delay_logic
 
-    def trusted(band: float, latest: float) -> LoadForecaster:  # steady at one replica's line: no rise passes the gate
-        return LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=2.0, down_band=band),
-                              level=0.9, last_index=100, buckets=100, checked=100, sq_error=0.09, mean_load=1.0,
+    def trusted(band: float, latest: float, level: float = 0.9, **config) -> LoadForecaster:  # no rise passes the gate
+        return LoadForecaster(config=ForecastConfig(target_per_replica=1.0, startup_s=2.0, down_band=band, **config),
+                              level=level, last_index=100, buckets=100, checked=100, sq_error=0.09, mean_load=1.0,
                               latest=latest)
 
     # 2 replicas, a load of 0.8 asks for 1; then the load's reports wander about the line (1.1, 0.9, ...): without
@@ -183,10 +183,34 @@ def test_with_a_down_band_a_load_on_the_line_keeps_asking_for_fewer_while_the_wi
     assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
     fc.latest, fc.level, fc.trend = 0.85, 0.85, 0.14  # a forecast of 1.19, its rise just over the noise (0.3)
     assert fc.decide(running=2, low=1, high=4, target=2).replicas == 2
-    with pytest.raises(ConfigError, match="down_band"):
-        ForecastConfig(down_band=1.5)
-    with pytest.raises(ConfigError, match="down_band"):
-        ForecastConfig(down_band=float("nan"))
+    # Only against the target the wish was for: Serve's target since moved to 2 (and one replica lost), a load of
+    # 1.1 asks for 2.
+    fc = trusted(0.2, 0.8)
+    assert fc.decide(running=3, low=1, high=4, target=3).replicas == 1
+    fc.latest = 1.1
+    assert fc.decide(running=1, low=1, high=4, target=2).replicas == 2
+    # Nor where the forecast is unusable and Serve's rule decides (state no observations make).
+    fc = trusted(0.2, 0.8)
+    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
+    fc.latest, fc.level = 1.1, math.inf
+    decision = fc.decide(running=2, low=1, high=4, target=2)
+    assert (decision.mode, decision.replicas) == ("reactive", 2)
+    fc.latest = 0.8  # and Serve's rule alone, with no window from that state
+    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
+    # The band comes off what is provisioned, margin included: a margin of 0.3 on a load of 1.0 still asks for 2.
+    fc = trusted(0.2, 0.5, level=0.6, margin_sigmas=1.0)
+    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
+    fc.latest = 1.0
+    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 2
+    # Never the last replica while load is seen (scale to zero is Serve's own delay, on no load).
+    fc = trusted(0.2, 0.0, level=0.0)
+    assert fc.decide(running=1, low=0, high=4, target=1).replicas == 0
+    fc.latest = 0.15
+    assert fc.decide(running=1, low=0, high=4, target=1).replicas == 1
+    assert ForecastConfig(down_band=0.5).down_band == 0.5
+    for bad in (0.6, -0.1, float("nan"), True, "0.2"):
+        with pytest.raises(ConfigError, match="down_band"):
+            ForecastConfig(down_band=bad)
 
 
 def test_serves_policy_holds_an_ask_for_fewer_against_serves_target_not_the_running_count(monkeypatch):

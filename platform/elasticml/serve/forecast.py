@@ -21,7 +21,8 @@ while a ramp's errors, leaning one way, are no noise), and while the forecast is
 learning) the decision falls back to
 reactive (Serve's rule, ceil(load / target), on the load just reported, served or in flight as
 `signal` says), so a bad forecast costs at most what that rule on that load would. A decision never
-asks for fewer replicas than it.
+asks for fewer replicas than it, but by `down_band` (at most one fewer, never none while load is seen) while an
+ask for fewer than Serve's target runs.
 
 Which load: Serve's own rule counts the requests in flight, those the replicas serve plus those
 waiting at the handles for a free slot. Requests wait only once every replica is full, and where
@@ -115,9 +116,11 @@ class ForecastConfig:
     the coming window and Serve's downscale delay are the hysteresis)."""
     down_band: float = 0.2
     """While an ask for fewer than Serve's target runs (its downscale delay counting) and no rise passes
-    `rise_sigmas`, the load's own need is read this share of one replica's target lower: a load on the line
-    between two counts, whose noise would ask for the target again and restart Serve's delay, then keeps asking
-    for fewer (the replicas left carry up to this share of a replica more for the delay). 0: no band (the
+    `rise_sigmas`, what is provisioned (the load, plus `margin_sigmas`' margin) is read this share of one
+    replica's target lower: a load on the line between two counts, whose noise would ask for the target again
+    and restart Serve's delay, then keeps asking for fewer (the replicas left carry up to this share of a
+    replica more for the delay). Never below one replica while any load is seen: the band is for the line
+    between two counts, not for the last replica. At most 0.5 (beyond, the next line's noise). 0: no band (the
     coming window alone holds the ask, see `LoadForecaster.decide`). Chosen in the model on the tuning draws
     (0.1, 0.2, 0.3: the widest that put no request more over the SLO there) and checked on two held-out seed
     sets (benchmarks/README.md)."""
@@ -180,7 +183,7 @@ class ForecastConfig:
         check_number(self.max_relative_error, field="max_relative_error", lo=0.01, hi=100)
         check_number(self.warmup_buckets, field="warmup_buckets", lo=1, hi=100_000, integer=True)
         check_number(self.down_headroom, field="down_headroom", lo=0.1, hi=1.0)
-        check_number(self.down_band, field="down_band", lo=0, hi=1.0)
+        check_number(self.down_band, field="down_band", lo=0, hi=0.5)
         check_number(self.rise_sigmas, field="rise_sigmas", lo=0, hi=10)
         check_number(self.warmup_backlog_share, field="warmup_backlog_share", lo=0, hi=1)
         check_number(self.backlog_share, field="backlog_share", lo=0, hi=1)
@@ -484,11 +487,11 @@ class LoadForecaster:
                 # state no observations make (from_dict bounds what it reads back): Serve's rule, not a crash
                 path, margin, provisioned, mode = [load], 0.0, load, "reactive"
             replicas = math.ceil(provisioned / cfg.target_per_replica)
-            if cfg.down_band and self.fewer == serve_target and not rising:
+            if cfg.down_band and self.fewer == serve_target and not rising and mode == "predictive":
                 # A wish for fewer runs: the load must clear the line by the band to ask for the target again.
-                replicas = math.ceil(max(0.0, provisioned - cfg.down_band * cfg.target_per_replica)
-                                     / cfg.target_per_replica)
-            if replicas < running:
+                banded = math.ceil((provisioned - cfg.down_band * cfg.target_per_replica) / cfg.target_per_replica)
+                replicas = max(banded, 1 if provisioned > 0 else 0)
+            if replicas < running and mode == "predictive":
                 # Hysteresis: only as far down as the whole coming window allows, with headroom; a
                 # falling trend is not taken as a promise (the level now counts).
                 window = max(max(path), self.level or 0.0) + margin
