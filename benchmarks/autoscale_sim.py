@@ -407,6 +407,34 @@ def measured_startups(records: list[dict[str, Any]]) -> dict[int, list[float]]:
     return dict(sorted(took.items()))
 
 
+def sampled_startups(records: list[dict[str, Any]], side: str) -> dict[int, list[float]]:
+    """Live start-ups of one side (Serve's own rule logs no decisions) from the sampler's counts of replicas
+    starting and running, in records that have the first (`raw["starting"]`): a replica starts at the sample
+    where starting plus running rose, and is up at the first sample after it where running rose (first in,
+    first out); grouped by how many were starting at the sample it started at (itself included; 4 stands for
+    4 or more), as `STARTUP_PER_START_S` counts them. Both ends are seen by the same sampler, so its lag
+    cancels on average. A replica that stops while another starts hides one start, so a few read long."""
+    took: dict[int, list[float]] = {}
+    for raw in records:
+        for rows in raw["samples"].values():
+            for row in rows:
+                seen = row[side]["raw"]
+                starting = seen.get("starting")
+                if not starting or len(starting) != len(seen["replicas"]):
+                    continue
+                queue: deque[tuple[float, int]] = deque()
+                before: tuple[int, int] | None = None
+                for (t, running), (_, starts) in zip(seen["replicas"], starting):
+                    if before is not None:
+                        for _ in range(max(0, running - before[0])):
+                            if queue:
+                                began, together = queue.popleft()
+                                took.setdefault(min(4, max(1, together)), []).append(round(t - began, 2))
+                        queue.extend([(t, starts)] * max(0, running + starts - sum(before)))
+                    before = (running, starts)
+    return dict(sorted(took.items()))
+
+
 FIT_STARTUP_DRAWS = 3
 """Start-up draws the model averages over for each live draw in the contention fit (the arrivals are the live
 ones; the start-up jitter is the model's own)."""
@@ -628,6 +656,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"start-up live, {k}{'+' if k == 4 else ''} asked at once: median {statistics.median(q):.2f} s "
                   f"[{q[len(q) // 4]:.2f}, {q[3 * len(q) // 4]:.2f}] of {len(q)}; the model "
                   f"{low:.2f}-{low + STARTUP_JITTER_S:.2f}", flush=True)
+        for side in ("reactive", "predictive"):
+            for k, took in sampled_startups(live, side).items():
+                q = sorted(took)
+                print(f"start-up live ({side}, the sampler's counts), {k}{'+' if k == 4 else ''} starting at once: "
+                      f"median {statistics.median(q):.2f} s [{q[len(q) // 4]:.2f}, {q[3 * len(q) // 4]:.2f}] of "
+                      f"{len(q)}", flush=True)
         fit = fit_contention(live)
         closest = min(fit, key=lambda e: e["score"])["contention"]
         print(f"closest: {closest} (the model's: {[CONTENTION_BASE, CONTENTION_PER_START]})")
@@ -635,7 +669,9 @@ def main(argv: list[str] | None = None) -> int:
         rec.write(samples=fit, summary={"chosen": [CONTENTION_BASE, CONTENTION_PER_START], "closest": closest,
                                         "startup_s": STARTUP_S, "startup_per_start_s": STARTUP_PER_START_S,
                                         "startup_jitter_s": STARTUP_JITTER_S, "check": check},
-                  startups={str(k): v for k, v in startups.items()})
+                  startups={str(k): v for k, v in startups.items()},
+                  sampled_startups={side: {str(k): v for k, v in sampled_startups(live, side).items()}
+                                    for side in ("reactive", "predictive")})
         return 0
 
     def setting(flag: str, text: str) -> dict[str, Any]:

@@ -364,6 +364,7 @@ def replay_one(policy: str, c: Case, seed: int, port: int, forecast: dict[str, A
     r["raw"] = {"sent_at_s": [round(t, 3) for t in outcome.sent_at],
                 "latency_s": [round(t, 4) for t in outcome.latency_s], "status": outcome.status,
                 "replicas": [(round(t, 2), n) for t, n in sampler.samples[policy]],
+                "starting": [(round(t, 2), n) for t, n in sampler.starting[policy]],
                 "started_at": sampler.started_at, "decisions": events}
     return r
 

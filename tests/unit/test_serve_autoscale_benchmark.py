@@ -6,6 +6,7 @@ start Ray and Serve and are not run here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import statistics
@@ -406,6 +407,17 @@ def test_live_start_ups_are_timed_from_serves_target_as_its_delay_logic_moves_it
         "started_at": None, "decisions": decisions, "replicas": replicas}}}]}}]) == {}
 
 
+def test_start_ups_are_timed_from_the_samplers_starting_and_running_counts_for_either_side(sim: Any) -> None:
+    # 1 running; at 2.0 s three start at once, up at 6.5, 7.0 and 8.0 s; at 9.0 s one more alone, up at 13.5 s;
+    # at 20.0 s one stops (running 5 -> 4, nothing starts).
+    replicas = [[0.0, 1], [2.0, 1], [6.5, 2], [7.0, 3], [8.0, 4], [9.0, 4], [13.5, 5], [20.0, 4]]
+    starting = [[0.0, 0], [2.0, 3], [6.5, 2], [7.0, 1], [8.0, 0], [9.0, 1], [13.5, 0], [20.0, 0]]
+    record = {"samples": {"flat": [{"reactive": {"raw": {"replicas": replicas, "starting": starting}},
+                                    "predictive": {"raw": {"replicas": replicas}}}]}}
+    assert sim.sampled_startups([record], "reactive") == {1: [4.5], 3: [4.5, 5.0, 6.0]}
+    assert sim.sampled_startups([record], "predictive") == {}  # a record from before the sampler counted starts
+
+
 def test_a_sweeps_margins_rank_the_settings_that_met_every_goal_by_the_nearest_one(sim: Any) -> None:
     def side(over: float, cost: float, verdict: str = "met") -> dict[str, Any]:
         return {"over_slo": {"ratio": over}, "replica_s": {"ratio": cost}, "verdict": verdict}
@@ -450,3 +462,29 @@ def test_a_router_cap_an_app_could_not_set_is_refused_before_anything_runs(bench
     with pytest.raises(SystemExit):
         bench.main()
     assert "--router-max-backoff-s in [0.005, 0.5]" in capsys.readouterr().err
+
+
+def test_the_replica_sampler_counts_running_and_starting_replicas_as_serve_reports_them(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from ray.serve._private.common import ReplicaState
+
+    from elasticml.serve import loadreplay
+
+    states = {ReplicaState.RUNNING: 2, ReplicaState.STARTING: 3, ReplicaState.STOPPING: 1}
+    status = SimpleNamespace(applications={"a": SimpleNamespace(deployments={"d": SimpleNamespace(
+        replica_states=states)})})
+    monkeypatch.setattr(loadreplay.serve, "status", lambda: status)
+    sampler = loadreplay.ReplicaSampler({"ours": ("a", "d"), "gone": ("b", "d")}, every_s=0.05)
+
+    async def sample() -> None:
+        task = asyncio.create_task(sampler.run())
+        await asyncio.sleep(0.12)
+        sampler.stop()
+        await task
+
+    asyncio.run(sample())
+    assert sampler.samples["ours"] and {n for _, n in sampler.samples["ours"]} == {2}
+    assert [t for t, _ in sampler.starting["ours"]] == [t for t, _ in sampler.samples["ours"]]
+    assert {n for _, n in sampler.starting["ours"]} == {3}  # stopping replicas are neither
+    assert {n for _, n in sampler.starting["gone"]} == {n for _, n in sampler.samples["gone"]} == {0}

@@ -165,25 +165,31 @@ async def replay(url: str, trace: Trace, duration_s: float, *, seed: int = 1, ti
 
 
 class ReplicaSampler:
-    """Running replicas of each (app, deployment), sampled every `every_s` from serve.status()."""
+    """Running and starting replicas of each (app, deployment), sampled every `every_s` from serve.status(): the
+    starting ones time each start-up for a policy that logs no decisions (Serve's own), as for one that does."""
 
     def __init__(self, targets: dict[str, tuple[str, str]], every_s: float = 0.5) -> None:
         self.targets = targets
         self.every_s = every_s
         self.samples: dict[str, list[tuple[float, int]]] = {k: [] for k in targets}
+        """(seconds from the start, replicas running)"""
+        self.starting: dict[str, list[tuple[float, int]]] = {k: [] for k in targets}
+        """(seconds from the start, replicas starting), at the same moments"""
         self._stop = asyncio.Event()
         self.started_at: float | None = None
         """Wall time (time.time()) of the first sample, to line samples up with the policy's events."""
 
-    def _read(self) -> dict[str, int]:
+    def _read(self) -> dict[str, tuple[int, int]]:
         status = serve.status()
         counts = {}
         for key, (app, deployment) in self.targets.items():
             try:
                 states = status.applications[app].deployments[deployment].replica_states
-                counts[key] = int(states.get("RUNNING", 0))  # type: ignore[call-overload]  # ReplicaState is a str enum: its value finds it
+                # ReplicaState is a str enum: its value finds it
+                running = int(states.get("RUNNING", 0))  # type: ignore[call-overload]
+                counts[key] = (running, int(states.get("STARTING", 0)))  # type: ignore[call-overload]
             except KeyError:
-                counts[key] = 0
+                counts[key] = (0, 0)
         return counts
 
     async def run(self) -> None:
@@ -192,8 +198,9 @@ class ReplicaSampler:
         while not self._stop.is_set():
             counts = await asyncio.to_thread(self._read)
             now = time.monotonic() - t0
-            for key, n in counts.items():
-                self.samples[key].append((now, n))
+            for key, (running, starting) in counts.items():
+                self.samples[key].append((now, running))
+                self.starting[key].append((now, starting))
             try:
                 await asyncio.wait_for(self._stop.wait(), self.every_s)
             except asyncio.TimeoutError:
