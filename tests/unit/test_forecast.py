@@ -172,34 +172,34 @@ def test_with_a_down_band_a_load_on_the_line_keeps_asking_for_fewer_while_the_wi
         assert asks == ([1, 2, 1, 2, 1, 2, 1, 1] if band == 0.0 else [1] * 8)
     assert kept[0.0] == [2] * 8  # every ask at the target restarted the delay: the replica was never given back
     assert kept[0.2] == [2] * 5 + [1] * 3  # given back the delay after the first ask
+    def wished(latest: float = 0.8, level: float = 0.9, running: int = 2, **config) -> LoadForecaster:
+        fc = trusted(0.2, latest, level, **config)  # it asks for 1 where Serve's target is `running`
+        assert fc.decide(running=running, low=1, high=4, target=running).replicas == 1
+        return fc
+
     # The band is only for a wish that runs: before an ask for fewer the load over the line asks for the target;
     # a load beyond the band asks for it during one; so does a rise through the gate.
     assert trusted(0.2, 1.1).decide(running=1, low=1, high=4, target=1).replicas == 2
-    fc = trusted(0.2, 0.8)
-    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
+    fc = wished()
     fc.latest = 1.25
     assert fc.decide(running=2, low=1, high=4, target=2).replicas == 2
-    fc = trusted(0.2, 0.8)
-    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
+    fc = wished()
     fc.latest, fc.level, fc.trend = 0.85, 0.85, 0.14  # a forecast of 1.19, its rise just over the noise (0.3)
     assert fc.decide(running=2, low=1, high=4, target=2).replicas == 2
     # Only against the target the wish was for: Serve's target since moved to 2 (and one replica lost), a load of
     # 1.1 asks for 2.
-    fc = trusted(0.2, 0.8)
-    assert fc.decide(running=3, low=1, high=4, target=3).replicas == 1
+    fc = wished(running=3)
     fc.latest = 1.1
     assert fc.decide(running=1, low=1, high=4, target=2).replicas == 2
     # Nor where the forecast is unusable and Serve's rule decides (state no observations make).
-    fc = trusted(0.2, 0.8)
-    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
+    fc = wished()
     fc.latest, fc.level = 1.1, math.inf
     decision = fc.decide(running=2, low=1, high=4, target=2)
     assert (decision.mode, decision.replicas) == ("reactive", 2)
     fc.latest = 0.8  # and Serve's rule alone, with no window from that state
     assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
     # The band comes off what is provisioned, margin included: a margin of 0.3 on a load of 1.0 still asks for 2.
-    fc = trusted(0.2, 0.5, level=0.6, margin_sigmas=1.0)
-    assert fc.decide(running=2, low=1, high=4, target=2).replicas == 1
+    fc = wished(latest=0.5, level=0.6, margin_sigmas=1.0)
     fc.latest = 1.0
     assert fc.decide(running=2, low=1, high=4, target=2).replicas == 2
     # Never the last replica while load is seen (scale to zero is Serve's own delay, on no load).
