@@ -409,11 +409,14 @@ def measured_startups(records: list[dict[str, Any]]) -> dict[int, list[float]]:
 
 def sampled_startups(records: list[dict[str, Any]], side: str) -> dict[int, list[float]]:
     """Live start-ups of one side (Serve's own rule logs no decisions) from the sampler's counts of replicas
-    starting and running, in records that have the first (`raw["starting"]`): a replica starts at the sample
-    where starting plus running rose, and is up at the first sample after it where running rose (first in,
-    first out); grouped by how many were starting at the sample it started at (itself included; 4 stands for
-    4 or more), as `STARTUP_PER_START_S` counts them. Both ends are seen by the same sampler, so its lag
-    cancels on average. A replica that stops while another starts hides one start, so a few read long."""
+    starting and running, in records that have the first (`raw["starting"]`). The replicas starting are kept in
+    the order they were first seen: a rise in those running ends the oldest (first in, first out), then any
+    beyond the starting count have stopped before they ran (a downscale stops those first; which of them is not
+    known, so the newest go), then any short of it started at this sample. Each end is grouped by how many were
+    starting at the sample it started at (itself included; 4 stands for 4 or more), as `STARTUP_PER_START_S`
+    counts them. Both ends are seen by the same sampler, so its lag cancels on average; replicas already starting
+    at the first sample are not timed. A replica that comes up in the same sample as another that stops while
+    running leaves the counts unchanged, so its end is read at a later rise (long), and the next start's short."""
     took: dict[int, list[float]] = {}
     for raw in records:
         for rows in raw["samples"].values():
@@ -422,16 +425,19 @@ def sampled_startups(records: list[dict[str, Any]], side: str) -> dict[int, list
                 starting = seen.get("starting")
                 if not starting or len(starting) != len(seen["replicas"]):
                     continue
-                queue: deque[tuple[float, int]] = deque()
-                before: tuple[int, int] | None = None
+                queue: deque[tuple[float, int] | None] = deque()
+                ran: int | None = None
                 for (t, running), (_, starts) in zip(seen["replicas"], starting):
-                    if before is not None:
-                        for _ in range(max(0, running - before[0])):
-                            if queue:
-                                began, together = queue.popleft()
-                                took.setdefault(min(4, max(1, together)), []).append(round(t - began, 2))
-                        queue.extend([(t, starts)] * max(0, running + starts - sum(before)))
-                    before = (running, starts)
+                    if ran is None:
+                        queue.extend([None] * starts)  # began before the first sample: untimed
+                    for _ in range(max(0, running - ran) if ran is not None else 0):
+                        entry = queue.popleft() if queue else None
+                        if entry is not None:
+                            took.setdefault(min(4, max(1, entry[1])), []).append(round(t - entry[0], 2))
+                    while len(queue) > starts:
+                        queue.pop()
+                    queue.extend([(t, starts)] * (starts - len(queue)))
+                    ran = running
     return dict(sorted(took.items()))
 
 

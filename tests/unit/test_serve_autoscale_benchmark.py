@@ -408,14 +408,31 @@ def test_live_start_ups_are_timed_from_serves_target_as_its_delay_logic_moves_it
 
 
 def test_start_ups_are_timed_from_the_samplers_starting_and_running_counts_for_either_side(sim: Any) -> None:
+    def startups(pairs: list[tuple[float, int, int]]) -> dict[int, list[float]]:  # (t, running, starting)
+        record = {"samples": {"flat": [{"reactive": {"raw": {"replicas": [[t, r] for t, r, _ in pairs],
+                                                             "starting": [[t, s] for t, _, s in pairs]}},
+                                        "predictive": {"raw": {"replicas": [[t, r] for t, r, _ in pairs]}}}]}}
+        assert sim.sampled_startups([record], "predictive") == {}  # a record from before the sampler counted starts
+        return sim.sampled_startups([record], "reactive")
+
     # 1 running; at 2.0 s three start at once, up at 6.5, 7.0 and 8.0 s; at 9.0 s one more alone, up at 13.5 s;
-    # at 20.0 s one stops (running 5 -> 4, nothing starts).
-    replicas = [[0.0, 1], [2.0, 1], [6.5, 2], [7.0, 3], [8.0, 4], [9.0, 4], [13.5, 5], [20.0, 4]]
-    starting = [[0.0, 0], [2.0, 3], [6.5, 2], [7.0, 1], [8.0, 0], [9.0, 1], [13.5, 0], [20.0, 0]]
-    record = {"samples": {"flat": [{"reactive": {"raw": {"replicas": replicas, "starting": starting}},
-                                    "predictive": {"raw": {"replicas": replicas}}}]}}
-    assert sim.sampled_startups([record], "reactive") == {1: [4.5], 3: [4.5, 5.0, 6.0]}
-    assert sim.sampled_startups([record], "predictive") == {}  # a record from before the sampler counted starts
+    # at 20.0 s a running one stops.
+    assert startups([(0.0, 1, 0), (2.0, 1, 3), (6.5, 2, 2), (7.0, 3, 1), (8.0, 4, 0), (9.0, 4, 1), (13.5, 5, 0),
+                     (20.0, 4, 0)]) == {1: [4.5], 3: [4.5, 5.0, 6.0]}
+    # Overlapping: two start at 1.0 s, one comes up at 5.0 s as another starts (2 then starting, the newcomer
+    # included), the first batch's second at 6.0 s, the newcomer at 9.5 s; five at once count as 4 or more.
+    assert startups([(0.0, 1, 0), (1.0, 1, 2), (5.0, 2, 2), (6.0, 3, 1), (9.5, 4, 0), (10.0, 4, 5),
+                     (15.0, 9, 0)]) == {2: [4.0, 5.0, 4.5], 4: [5.0] * 5}
+    # Cancelled: five start, three come up, the other two are stopped by a downscale before they run; a later
+    # single start is timed from its own start, not a cancelled one's.
+    assert startups([(0.0, 1, 0), (1.0, 1, 5), (5.5, 4, 2), (7.0, 4, 0), (30.0, 4, 1), (34.5, 5, 0)]) == {
+        1: [4.5], 4: [4.5, 4.5, 4.5]}
+    # Which of those starting a downscale stopped is not known: the newest are taken to have gone.
+    assert startups([(0.0, 1, 0), (1.0, 1, 1), (3.0, 1, 2), (4.0, 1, 1), (5.5, 2, 0)]) == {1: [4.5]}
+    # A running replica stops as another starts: the start is seen (starting rose, running fell).
+    assert startups([(0.0, 2, 0), (1.0, 1, 1), (5.5, 2, 0)]) == {1: [4.5]}
+    # Already starting at the first sample: not timed, and no later start takes its end.
+    assert startups([(0.0, 1, 1), (1.0, 1, 2), (3.0, 2, 1), (5.5, 3, 0)]) == {2: [4.5]}
 
 
 def test_a_sweeps_margins_rank_the_settings_that_met_every_goal_by_the_nearest_one(sim: Any) -> None:
