@@ -185,9 +185,9 @@ class ReplicaSampler:
         for key, (app, deployment) in self.targets.items():
             try:
                 states = status.applications[app].deployments[deployment].replica_states
-                # ReplicaState is a str enum: its value finds it
-                running = int(states.get("RUNNING", 0))  # type: ignore[call-overload]
-                counts[key] = (running, int(states.get("STARTING", 0)))  # type: ignore[call-overload]
+                running = int(states.get("RUNNING", 0))  # type: ignore[call-overload]  # keys: a str enum
+                starting = int(states.get("STARTING", 0))  # type: ignore[call-overload]  # keys: a str enum
+                counts[key] = (running, starting)
             except KeyError:
                 counts[key] = (0, 0)
         return counts
