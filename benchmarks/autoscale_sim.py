@@ -662,8 +662,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"start-up live, {k}{'+' if k == 4 else ''} asked at once: median {statistics.median(q):.2f} s "
                   f"[{q[len(q) // 4]:.2f}, {q[3 * len(q) // 4]:.2f}] of {len(q)}; the model "
                   f"{low:.2f}-{low + STARTUP_JITTER_S:.2f}", flush=True)
-        for side in ("reactive", "predictive"):
-            for k, took in sampled_startups(live, side).items():
+        sampled = {side: sampled_startups(live, side) for side in ("reactive", "predictive")}
+        for side, by_count in sampled.items():
+            for k, took in by_count.items():
                 q = sorted(took)
                 print(f"start-up live ({side}, the sampler's counts), {k}{'+' if k == 4 else ''} starting at once: "
                       f"median {statistics.median(q):.2f} s [{q[len(q) // 4]:.2f}, {q[3 * len(q) // 4]:.2f}] of "
@@ -676,8 +677,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "startup_s": STARTUP_S, "startup_per_start_s": STARTUP_PER_START_S,
                                         "startup_jitter_s": STARTUP_JITTER_S, "check": check},
                   startups={str(k): v for k, v in startups.items()},
-                  sampled_startups={side: {str(k): v for k, v in sampled_startups(live, side).items()}
-                                    for side in ("reactive", "predictive")})
+                  sampled_startups={side: {str(k): v for k, v in by_count.items()}
+                                    for side, by_count in sampled.items()})
         return 0
 
     def setting(flag: str, text: str) -> dict[str, Any]:

@@ -136,8 +136,8 @@ TUNED_ON = {
               "rise_sigmas 1, a bucket with requests waiting not learnt, warmup_backlog_share 0.5) in that model "
               "on family seeds 40000 and 60000 up, 100 rounds each, checked on 80000 up; the rise gate from the "
               "level as well as the load, and gamma 0.5, in the model refitted to the live run of seeds 31000 (the "
-              "router as it ships), on family seeds 40000 up, checked on 5000 and 100000 up, 100 rounds each; down_band 0.2 in that model on "
-              "family seeds 40000 up (0.1, 0.2, 0.3), checked on 5000 and 100000 up",
+              "router as it ships), on family seeds 40000 up, checked on 5000 and 100000 up, 100 rounds each; "
+              "down_band 0.2 in that model on family seeds 40000 up (0.1, 0.2, 0.3), checked on 5000 and 100000 up",
     "diurnal": "loadreplay.diurnal(60 s, 1, 28): symmetric raised cosine, trough at t=0, 3 periods",
     "ramp": "loadreplay.ramp(20 s, 30 s, 1, 28): linear, held to 80 s",
     "fast_ramp": "loadreplay.ramp(20 s, 8 s, 1, 28), 60 s",
