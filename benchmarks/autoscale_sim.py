@@ -441,6 +441,13 @@ def sampled_startups(records: list[dict[str, Any]], side: str) -> dict[int, list
     return dict(sorted(took.items()))
 
 
+def startup_spread(k: int, took: list[float], verb: str) -> str:
+    """One group of live start-ups (`measured_startups`, `sampled_startups`), as --fit-contention prints it."""
+    q = sorted(took)
+    return (f"{k}{'+' if k == 4 else ''} {verb} at once: median {statistics.median(q):.2f} s "
+            f"[{q[len(q) // 4]:.2f}, {q[3 * len(q) // 4]:.2f}] of {len(q)}")
+
+
 FIT_STARTUP_DRAWS = 3
 """Start-up draws the model averages over for each live draw in the contention fit (the arrivals are the live
 ones; the start-up jitter is the model's own)."""
@@ -657,18 +664,14 @@ def main(argv: list[str] | None = None) -> int:
         live = live_records(args.fit_contention)  # read once: the records run to tens of MB
         startups = measured_startups(live)
         for k, took in startups.items():
-            q = sorted(took)
             low = STARTUP_S + STARTUP_PER_START_S * k
-            print(f"start-up live, {k}{'+' if k == 4 else ''} asked at once: median {statistics.median(q):.2f} s "
-                  f"[{q[len(q) // 4]:.2f}, {q[3 * len(q) // 4]:.2f}] of {len(q)}; the model "
+            print(f"start-up live, {startup_spread(k, took, 'asked')}; the model "
                   f"{low:.2f}-{low + STARTUP_JITTER_S:.2f}", flush=True)
         sampled = {side: sampled_startups(live, side) for side in ("reactive", "predictive")}
         for side, by_count in sampled.items():
             for k, took in by_count.items():
-                q = sorted(took)
-                print(f"start-up live ({side}, the sampler's counts), {k}{'+' if k == 4 else ''} starting at once: "
-                      f"median {statistics.median(q):.2f} s [{q[len(q) // 4]:.2f}, {q[3 * len(q) // 4]:.2f}] of "
-                      f"{len(q)}", flush=True)
+                print(f"start-up live ({side}, the sampler's counts), {startup_spread(k, took, 'starting')}",
+                      flush=True)
         fit = fit_contention(live)
         closest = min(fit, key=lambda e: e["score"])["contention"]
         print(f"closest: {closest} (the model's: {[CONTENTION_BASE, CONTENTION_PER_START]})")
